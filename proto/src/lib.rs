@@ -1,0 +1,25 @@
+//! The Terrace wire protocol: protobuf frame headers (generated from
+//! `proto/terrace.proto`) and the frame codec that carries them.
+//!
+//! A frame is `u32 length | u8 type | u32 header length | header | body`.
+//! This crate only knows messages and frames. It must not hold domain logic:
+//! ids, validation and the meaning of messages live in `terrace-tier-api`
+//! and the services.
+
+mod codec;
+mod message;
+
+/// Generated protobuf messages (package `terrace.v1`).
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/terrace.v1.rs"));
+}
+
+pub use codec::{FRAME_PREFIX_LEN, FrameError, FramePrefix, FrameReader, encode_frame, write_frame};
+pub use message::{Message, MessageType};
+
+/// The protocol version sent in every handshake. Peers with another version are refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default upper bound for one frame (type, header and body), in bytes.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;

@@ -1,0 +1,303 @@
+//! The client side of a connection: requests matched to replies by request
+//! id, and stream frames routed to their stream's receiver by stream id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use terrace_proto::{FrameReader, Message, PROTOCOL_VERSION, pb};
+use terrace_tier_api::{TierError, TierResult};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::writer::{FrameSender, spawn_writer};
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Named in the handshake, for the server's logs.
+    pub name: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            name: "terrace-client".into(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(120),
+            max_frame_bytes: terrace_proto::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// What a stream's receiver gets.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// A `ReadData`, `SubpartitionEnd` or `StreamError` frame with its body.
+    Frame(Message, Bytes),
+    /// The connection is gone; no more frames will come.
+    Lost(TierError),
+}
+
+pub type StreamReceiver = mpsc::UnboundedReceiver<StreamEvent>;
+
+type ReplySender = oneshot::Sender<TierResult<(Message, Bytes)>>;
+
+#[derive(Debug, Default)]
+struct Routes {
+    pending: HashMap<u64, ReplySender>,
+    streams: HashMap<u64, mpsc::UnboundedSender<StreamEvent>>,
+    /// Set once the connection is gone; every later call fails with it.
+    failed: Option<TierError>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    peer: String,
+    sender: FrameSender,
+    routes: Mutex<Routes>,
+    next_id: AtomicU64,
+    cancel: CancellationToken,
+    request_timeout: Duration,
+}
+
+/// A connection to a master or worker. Cheap to clone; closed when the last
+/// clone is dropped or [`Client::close`] is called.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// A reply that has been asked for and not yet received.
+#[derive(Debug)]
+pub struct PendingReply {
+    rx: oneshot::Receiver<TierResult<(Message, Bytes)>>,
+    peer: String,
+    timeout: Duration,
+}
+
+impl PendingReply {
+    /// Waits for the reply; an error reply becomes an error.
+    pub async fn wait(self) -> TierResult<(Message, Bytes)> {
+        match tokio::time::timeout(self.timeout, self.rx).await {
+            Err(_) => Err(TierError::unavailable(format!(
+                "no reply from {} within {:?}",
+                self.peer, self.timeout
+            ))),
+            Ok(Err(_)) => Err(TierError::unavailable(format!("connection to {} closed", self.peer))),
+            Ok(Ok(reply)) => reply,
+        }
+    }
+}
+
+impl Client {
+    /// Connects to `addr` and completes the version handshake.
+    pub async fn connect(addr: &str, options: &ClientOptions) -> TierResult<Client> {
+        let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| TierError::unavailable(format!("connect to {addr}: timed out after {:?}", options.connect_timeout)))?
+            .map_err(|e| TierError::unavailable(format!("connect to {addr}: {e}")))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| TierError::unavailable(format!("set TCP_NODELAY on {addr}: {e}")))?;
+        let (read, write) = stream.into_split();
+        let cancel = CancellationToken::new();
+        let sender = spawn_writer(write, cancel.clone());
+        let inner = Arc::new(Inner {
+            peer: addr.to_string(),
+            sender,
+            routes: Mutex::new(Routes::default()),
+            next_id: AtomicU64::new(1),
+            cancel: cancel.clone(),
+            request_timeout: options.request_timeout,
+        });
+        tokio::spawn(read_loop(
+            Arc::downgrade(&inner),
+            FrameReader::new(read, options.max_frame_bytes),
+            cancel,
+        ));
+        let client = Client { inner };
+        let name = options.name.clone();
+        let (reply, _) = client
+            .request(|request_id| {
+                Message::Handshake(pb::Handshake {
+                    request_id,
+                    protocol_version: PROTOCOL_VERSION,
+                    client_name: name,
+                })
+            })
+            .await
+            .map_err(|e| e.context(format!("handshake with {addr}")))?;
+        match reply {
+            Message::HandshakeOk(ok) if ok.protocol_version == PROTOCOL_VERSION => Ok(client),
+            other => Err(TierError::bad_input(format!(
+                "handshake with {addr}: unexpected reply {:?}",
+                other.message_type()
+            ))),
+        }
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.inner.peer
+    }
+
+    /// Whether the connection has failed or been closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.cancel.is_cancelled() || self.inner.sender.is_closed()
+    }
+
+    pub fn next_request_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a request (built from a fresh request id) and returns the pending reply.
+    pub fn start_request(&self, build: impl FnOnce(u64) -> Message, body: Bytes) -> TierResult<PendingReply> {
+        let request_id = self.next_request_id();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut routes = self.inner.routes.lock().expect("routes lock poisoned");
+            if let Some(err) = &routes.failed {
+                return Err(err.clone());
+            }
+            routes.pending.insert(request_id, tx);
+        }
+        if !self.inner.sender.send(build(request_id), body) {
+            self.inner
+                .routes
+                .lock()
+                .expect("routes lock poisoned")
+                .pending
+                .remove(&request_id);
+            return Err(self.lost_error());
+        }
+        Ok(PendingReply {
+            rx,
+            peer: self.inner.peer.clone(),
+            timeout: self.inner.request_timeout,
+        })
+    }
+
+    /// Sends a request without a body and waits for its reply.
+    pub async fn request(&self, build: impl FnOnce(u64) -> Message) -> TierResult<(Message, Bytes)> {
+        self.start_request(build, Bytes::new())?.wait().await
+    }
+
+    /// Sends a frame that gets no reply (stream control).
+    pub fn send(&self, message: Message) -> TierResult<()> {
+        if self.inner.sender.send(message, Bytes::new()) {
+            Ok(())
+        } else {
+            Err(self.lost_error())
+        }
+    }
+
+    /// Registers a receiver for the frames of `stream_id`.
+    pub fn register_stream(&self, stream_id: u64) -> TierResult<StreamReceiver> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut routes = self.inner.routes.lock().expect("routes lock poisoned");
+        if let Some(err) = &routes.failed {
+            return Err(err.clone());
+        }
+        routes.streams.insert(stream_id, tx);
+        Ok(rx)
+    }
+
+    pub fn unregister_stream(&self, stream_id: u64) {
+        self.inner
+            .routes
+            .lock()
+            .expect("routes lock poisoned")
+            .streams
+            .remove(&stream_id);
+    }
+
+    /// Closes the connection; pending requests fail.
+    pub fn close(&self) {
+        self.inner.cancel.cancel();
+    }
+
+    fn lost_error(&self) -> TierError {
+        self.inner
+            .routes
+            .lock()
+            .expect("routes lock poisoned")
+            .failed
+            .clone()
+            .unwrap_or_else(|| TierError::unavailable(format!("connection to {} is closed", self.inner.peer)))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn stream_id_of(message: &Message) -> Option<u64> {
+    match message {
+        Message::ReadData(m) => Some(m.stream_id),
+        Message::SubpartitionEnd(m) => Some(m.stream_id),
+        Message::StreamError(m) => Some(m.stream_id),
+        _ => None,
+    }
+}
+
+async fn read_loop(
+    inner: std::sync::Weak<Inner>,
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    cancel: CancellationToken,
+) {
+    let failure = loop {
+        let frame = tokio::select! {
+            frame = reader.read_frame() => frame,
+            _ = cancel.cancelled() => break TierError::closed("connection closed"),
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let (message, body) = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break TierError::unavailable(format!("{} closed the connection", inner.peer)),
+            Err(e) => break TierError::unavailable(format!("reading from {}: {e}", inner.peer)),
+        };
+        let mut routes = inner.routes.lock().expect("routes lock poisoned");
+        if let Some(stream_id) = stream_id_of(&message) {
+            if let Some(tx) = routes.streams.get(&stream_id) {
+                let _ = tx.send(StreamEvent::Frame(message, body));
+            }
+            continue;
+        }
+        let request_id = message.request_id();
+        if let Message::ErrorReply(err) = &message {
+            if request_id == 0 {
+                // A connection-level protocol error: the server closes the connection.
+                break TierError::from_wire(err.code, format!("{} reported: {}", inner.peer, err.message));
+            }
+        }
+        match routes.pending.remove(&request_id) {
+            Some(tx) => {
+                let reply = match message {
+                    Message::ErrorReply(err) => Err(TierError::from_wire(err.code, err.message)),
+                    other => Ok((other, body)),
+                };
+                let _ = tx.send(reply);
+            }
+            None => tracing::debug!(peer = %inner.peer, request_id, "reply to no pending request"),
+        }
+    };
+    cancel.cancel();
+    if let Some(inner) = inner.upgrade() {
+        let mut routes = inner.routes.lock().expect("routes lock poisoned");
+        routes.failed = Some(failure.clone());
+        for (_, tx) in routes.pending.drain() {
+            let _ = tx.send(Err(failure.clone()));
+        }
+        for (_, tx) in routes.streams.drain() {
+            let _ = tx.send(StreamEvent::Lost(failure.clone()));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Connections between Terrace peers over the framed protocol: a client that
+//! matches replies to requests and routes stream frames to their readers, the
+//! server side of the version handshake, a frame writer task shared by both,
+//! and the shared I/O runtime the synchronous agents run on.
+//!
+//! It knows frames and request ids, never what a message means.
+
+mod client;
+mod runtime;
+mod server;
+mod writer;
+
+pub use client::{Client, ClientOptions, PendingReply, StreamEvent, StreamReceiver};
+pub use runtime::io_runtime;
+pub use server::{accept_handshake, reply_error};
+pub use writer::{FrameSender, OutFrame, spawn_writer};

@@ -1,0 +1,196 @@
+//! Agent configuration and the human-readable byte size type used by every
+//! Terrace config file (`"64MiB"`, `"512KiB"`, `1048576`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A size in bytes, written in config files as an integer or a string with a
+/// binary (`KiB`, `MiB`, `GiB`, `TiB`) or decimal (`KB`, `MB`, `GB`) unit.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn kib(n: u64) -> Self {
+        ByteSize(n * 1024)
+    }
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n * 1024 * 1024)
+    }
+    pub const fn gib(n: u64) -> Self {
+        ByteSize(n * 1024 * 1024 * 1024)
+    }
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("size {s:?} does not start with a whole number"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "t" | "tib" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            other => return Err(format!("size {s:?} has unknown unit {other:?} (use B, KiB, MiB, GiB, TiB)")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} overflows 64 bits"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        for (name, size) in UNITS {
+            if self.0 >= size && self.0 % size == 0 {
+                return write!(f, "{}{name}", self.0 / size);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl fmt::Debug for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Settings shared by the producer, consumer and master agents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Masters to talk to, `host:port`; any of them can answer.
+    pub master_addresses: Vec<String>,
+    /// Largest segment a producer writes before it closes the segment with END_OF_SEGMENT.
+    pub segment_size: ByteSize,
+    /// A producer pushes once it has this many bytes of buffers batched.
+    pub push_size: ByteSize,
+    /// Pushed but not yet acknowledged bytes per producer; `try_write` waits beyond it.
+    pub max_bytes_in_flight: ByteSize,
+    /// Largest single engine buffer accepted.
+    pub max_buffer_size: ByteSize,
+    /// lz4-compress pushes.
+    pub compression: bool,
+    /// Read batches a consumer lets a worker send ahead per stream (credits).
+    pub read_credits: u32,
+    /// Largest frame sent or accepted.
+    pub max_frame_size: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            master_addresses: vec!["127.0.0.1:9870".to_string()],
+            segment_size: ByteSize::mib(8),
+            push_size: ByteSize::kib(512),
+            max_bytes_in_flight: ByteSize::mib(8),
+            max_buffer_size: ByteSize::mib(4),
+            compression: true,
+            read_credits: 8,
+            max_frame_size: ByteSize::mib(16),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Checks the relations between fields; call after loading.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.segment_size.0 == 0 || self.push_size.0 == 0 || self.max_buffer_size.0 == 0 {
+            return Err("segment_size, push_size and max_buffer_size must be positive".into());
+        }
+        if self.max_bytes_in_flight < self.push_size {
+            return Err(format!(
+                "max_bytes_in_flight ({}) must be at least push_size ({})",
+                self.max_bytes_in_flight, self.push_size
+            ));
+        }
+        // A push holds at most push_size plus one maximal buffer, plus headers and lz4 overhead.
+        let worst_push = self.push_size.0 + self.max_buffer_size.0 + self.max_buffer_size.0 / 200 + 64 * 1024;
+        if worst_push > self.max_frame_size.0 {
+            return Err(format!(
+                "push_size ({}) + max_buffer_size ({}) does not fit in max_frame_size ({})",
+                self.push_size, self.max_buffer_size, self.max_frame_size
+            ));
+        }
+        if self.read_credits == 0 {
+            return Err("read_credits must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!("64MiB".parse::<ByteSize>(), Ok(ByteSize::mib(64)));
+        assert_eq!("64 MiB".parse::<ByteSize>(), Ok(ByteSize::mib(64)));
+        assert_eq!("512k".parse::<ByteSize>(), Ok(ByteSize::kib(512)));
+        assert_eq!("1000".parse::<ByteSize>(), Ok(ByteSize(1000)));
+        assert_eq!("2MB".parse::<ByteSize>(), Ok(ByteSize(2_000_000)));
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert!("MiB".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize::mib(64).to_string(), "64MiB");
+        assert_eq!(ByteSize(1500).to_string(), "1500B");
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        AgentConfig::default().validate().expect("defaults are consistent");
+        let bad = AgentConfig {
+            max_bytes_in_flight: ByteSize(1),
+            ..AgentConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

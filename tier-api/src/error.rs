@@ -1,0 +1,126 @@
+//! The public error of every Terrace library: a kind that tells the caller
+//! what to do, and a message that names what failed.
+
+use std::fmt;
+
+use terrace_proto::pb::ErrorCode;
+
+/// What the caller should do about an error.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum ErrorKind {
+    /// A peer is unreachable or overloaded: retry later or elsewhere.
+    Unavailable,
+    /// The partition does not exist (never created, released, or lost with its
+    /// worker): the engine must re-run its producer.
+    PartitionNotFound,
+    /// Stored or transferred bytes fail their checksum: the data is lost.
+    DataCorruption,
+    /// The request is invalid (bad ids, writes after seal, a broken frame): a bug in the caller.
+    BadInput,
+    /// The object was closed or the service is shutting down.
+    Closed,
+    /// No worker is registered with the master.
+    NoWorkers,
+    /// Something that should not happen; see the message.
+    Internal,
+}
+
+/// An error from a Terrace library.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TierError {
+    kind: ErrorKind,
+    message: String,
+}
+
+/// Result alias for Terrace libraries.
+pub type TierResult<T> = Result<T, TierError>;
+
+impl TierError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        TierError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadInput, message)
+    }
+
+    pub fn corruption(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::DataCorruption, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PartitionNotFound, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub fn closed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Closed, message)
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Prefixes the message with what was being done.
+    pub fn context(self, doing: impl fmt::Display) -> Self {
+        TierError {
+            kind: self.kind,
+            message: format!("{doing}: {}", self.message),
+        }
+    }
+
+    /// The wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self.kind {
+            ErrorKind::Unavailable => ErrorCode::Unavailable,
+            ErrorKind::PartitionNotFound => ErrorCode::PartitionNotFound,
+            ErrorKind::DataCorruption => ErrorCode::DataCorruption,
+            ErrorKind::BadInput => ErrorCode::BadRequest,
+            ErrorKind::Closed => ErrorCode::Unavailable,
+            ErrorKind::NoWorkers => ErrorCode::NoWorkers,
+            ErrorKind::Internal => ErrorCode::Internal,
+        }
+    }
+
+    /// An error received from a peer as `code` and `message`.
+    pub fn from_wire(code: i32, message: impl Into<String>) -> Self {
+        let kind = match ErrorCode::try_from(code).unwrap_or(ErrorCode::Unspecified) {
+            ErrorCode::Protocol | ErrorCode::BadRequest | ErrorCode::PartitionSealed => ErrorKind::BadInput,
+            ErrorCode::VersionMismatch | ErrorCode::AlreadyExists => ErrorKind::BadInput,
+            ErrorCode::PartitionNotFound => ErrorKind::PartitionNotFound,
+            ErrorCode::DataCorruption => ErrorKind::DataCorruption,
+            ErrorCode::Unavailable => ErrorKind::Unavailable,
+            ErrorCode::NoWorkers => ErrorKind::NoWorkers,
+            ErrorCode::Internal | ErrorCode::Unspecified => ErrorKind::Internal,
+        };
+        Self::new(kind, message)
+    }
+}
+
+impl fmt::Display for TierError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl fmt::Debug for TierError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for TierError {}

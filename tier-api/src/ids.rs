@@ -1,0 +1,188 @@
+//! Newtype ids. Job and partition ids are opaque engine bytes (Flink's `JobID`
+//! and `ResultPartitionID`); subpartition and segment ids are small integers.
+
+use std::fmt;
+
+use bytes::Bytes;
+use terrace_proto::pb;
+
+use crate::error::TierError;
+
+/// Longest job or partition id accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+fn check_id(what: &str, bytes: &[u8]) -> Result<(), TierError> {
+    if bytes.is_empty() {
+        return Err(TierError::bad_input(format!("{what} id is empty")));
+    }
+    if bytes.len() > MAX_ID_BYTES {
+        return Err(TierError::bad_input(format!(
+            "{what} id has {} bytes, more than {MAX_ID_BYTES}",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for b in bytes {
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+macro_rules! bytes_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Bytes);
+
+        impl $name {
+            /// Validates and wraps engine id bytes (1..=256 bytes).
+            pub fn new(bytes: impl Into<Bytes>) -> Result<Self, TierError> {
+                let bytes = bytes.into();
+                check_id($what, &bytes)?;
+                Ok(Self(bytes))
+            }
+
+            pub fn as_bytes(&self) -> &Bytes {
+                &self.0
+            }
+
+            /// Lower-case hex, used in file names and logs.
+            pub fn to_hex(&self) -> String {
+                self.to_string()
+            }
+
+            /// Parses the hex form produced by `to_hex`.
+            pub fn from_hex(hex: &str) -> Result<Self, TierError> {
+                if hex.len() % 2 != 0 {
+                    return Err(TierError::bad_input(format!("{} id {hex:?} is not even-length hex", $what)));
+                }
+                let bytes = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+                    .collect::<Result<Vec<u8>, _>>()
+                    .map_err(|_| TierError::bad_input(format!("{} id {hex:?} is not hex", $what)))?;
+                Self::new(bytes)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_hex(f, &self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}(", stringify!($name))?;
+                write_hex(f, &self.0)?;
+                write!(f, ")")
+            }
+        }
+    };
+}
+
+bytes_id!(
+    /// A job (Flink `JobID`).
+    JobId,
+    "job"
+);
+bytes_id!(
+    /// One producer attempt's output (Flink `ResultPartitionID` bytes).
+    PartitionId,
+    "partition"
+);
+
+/// A subpartition index within a partition, from 0.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct SubpartitionId(pub u32);
+
+/// A segment index within a subpartition, from 0, increasing by 1.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct SegmentId(pub u32);
+
+/// An input channel of a consumer's gate (Flink `TieredStorageInputChannelId`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct InputChannelId(pub u32);
+
+impl fmt::Display for SubpartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a partition lives on a worker: its job and its id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct PartitionKey {
+    pub job: JobId,
+    pub partition: PartitionId,
+}
+
+impl fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job {} partition {}", self.job, self.partition)
+    }
+}
+
+impl TryFrom<pb::PartitionKey> for PartitionKey {
+    type Error = TierError;
+
+    fn try_from(key: pb::PartitionKey) -> Result<Self, TierError> {
+        Ok(PartitionKey {
+            job: JobId::new(key.job_id)?,
+            partition: PartitionId::new(key.partition_id)?,
+        })
+    }
+}
+
+impl TryFrom<Option<pb::PartitionKey>> for PartitionKey {
+    type Error = TierError;
+
+    fn try_from(key: Option<pb::PartitionKey>) -> Result<Self, TierError> {
+        key.ok_or_else(|| TierError::bad_input("partition key missing"))?
+            .try_into()
+    }
+}
+
+impl From<&PartitionKey> for pb::PartitionKey {
+    fn from(key: &PartitionKey) -> Self {
+        pb::PartitionKey {
+            job_id: key.job.0.clone(),
+            partition_id: key.partition.0.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_validate_and_roundtrip_hex() {
+        assert!(JobId::new(Bytes::new()).is_err());
+        assert!(JobId::new(vec![0u8; MAX_ID_BYTES + 1]).is_err());
+        let id = PartitionId::new(vec![0x00, 0xab, 0x7f]).expect("valid id");
+        assert_eq!(id.to_hex(), "00ab7f");
+        assert_eq!(PartitionId::from_hex("00ab7f").expect("hex"), id);
+        assert!(PartitionId::from_hex("0g").is_err());
+        assert!(PartitionId::from_hex("abc").is_err());
+    }
+
+    #[test]
+    fn key_from_proto_requires_both_ids() {
+        let missing = pb::PartitionKey {
+            job_id: Bytes::from_static(b"j"),
+            partition_id: Bytes::new(),
+        };
+        assert!(PartitionKey::try_from(missing).is_err());
+        assert!(PartitionKey::try_from(None::<pb::PartitionKey>).is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! The tier contract shared by every Terrace crate: newtype ids, engine
+//! buffers, the buffer-batch body format (lz4 + CRC32C), errors whose kind
+//! tells the caller what to do, shuffle descriptors, and the agent traits that
+//! mirror Flink 1.20's `TierFactory`, `TierMasterAgent`, `TierProducerAgent`,
+//! `TierConsumerAgent`, `TierShuffleHandler` and `AvailabilityNotifier`.
+//!
+//! This crate does no I/O and holds no state. It is the only place (with the
+//! frame codec) that touches raw protobuf structs: everything else converts
+//! through the `TryFrom`/`From` impls here.
+
+mod batch;
+mod buffer;
+mod config;
+mod contract;
+mod descriptor;
+mod error;
+mod ids;
+
+pub use batch::{
+    BatchBuilder, BatchReader, BufferHeader, BUFFER_HEADER_LEN, EncodedBatch, compress_batch,
+    decode_push_body, decompress_batch,
+};
+pub use buffer::{Buffer, DataType};
+pub use config::{AgentConfig, ByteSize};
+pub use contract::{
+    AvailabilityNotifier, ConsumerSpec, SubpartitionRange, TierConsumerAgent, TierMasterAgent,
+    TierProducerAgent, TierShuffleHandler, WriteOutcome,
+};
+pub use descriptor::ShuffleDescriptor;
+pub use error::{ErrorKind, TierError, TierResult};
+pub use ids::{InputChannelId, JobId, PartitionId, PartitionKey, SegmentId, SubpartitionId, MAX_ID_BYTES};
