@@ -1,0 +1,317 @@
+//! Read streams: `OpenStream`, `RequireSegment`, `AddCredit`, `CloseStream`.
+//!
+//! A stream serves one partition's subpartition range to one reader. For each
+//! subpartition the reader names the segment it wants next; the stream sends
+//! that segment's extents in write order, one `ReadData` frame per credit,
+//! and stops after the segment's END_OF_SEGMENT until the next segment is
+//! required. A segment not written yet parks the stream until the partition
+//! changes (pipelined reads); a segment that will never exist gets
+//! `SubpartitionEnd`; a released partition gets `StreamError`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use terrace_proto::{Message, pb};
+use terrace_rpc::{FrameSender, reply_error};
+use terrace_tier_api::{PartitionKey, SegmentId, SubpartitionId, TierError, TierResult};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{Connection, Shared};
+use crate::store::{Location, NextRead, Partition, read_extents};
+
+/// The connection's handle on one of its streams.
+#[derive(Debug)]
+pub struct StreamHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug)]
+enum Command {
+    Require { subpartition: u32, segment: u32 },
+    Credit(u32),
+}
+
+pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
+    let key = PartitionKey::try_from(m.key)?;
+    if m.first_subpartition > m.last_subpartition {
+        return Err(TierError::bad_input(format!(
+            "subpartition range {}..={} is empty",
+            m.first_subpartition, m.last_subpartition
+        )));
+    }
+    if conn.streams.contains_key(&m.stream_id) {
+        return Err(TierError::bad_input(format!("stream {} is already open", m.stream_id)));
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let cancel = conn.cancel.child_token();
+    conn.streams.insert(
+        m.stream_id,
+        StreamHandle {
+            tx,
+            cancel: cancel.clone(),
+        },
+    );
+    let stream = Stream {
+        shared: Arc::clone(&conn.shared),
+        sender: conn.sender.clone(),
+        stream_id: m.stream_id,
+        key,
+        first: m.first_subpartition,
+        last: m.last_subpartition,
+        credits: m.initial_credit,
+        required: vec![None; (m.last_subpartition - m.first_subpartition) as usize + 1],
+        cursor: 0,
+    };
+    tokio::spawn(stream.run(m.request_id, rx, cancel));
+    Ok(())
+}
+
+fn send_command(conn: &Connection, stream_id: u64, command: Command) {
+    match conn.streams.get(&stream_id) {
+        Some(stream) => {
+            let _ = stream.tx.send(command);
+        }
+        None => {
+            conn.sender.send(
+                Message::StreamError(pb::StreamError {
+                    stream_id,
+                    code: pb::ErrorCode::BadRequest as i32,
+                    message: format!("stream {stream_id} is not open"),
+                }),
+                Bytes::new(),
+            );
+        }
+    }
+}
+
+pub fn require_segment(conn: &Connection, m: pb::RequireSegment) {
+    send_command(
+        conn,
+        m.stream_id,
+        Command::Require {
+            subpartition: m.subpartition,
+            segment: m.segment_id,
+        },
+    );
+}
+
+pub fn add_credit(conn: &Connection, m: pb::AddCredit) {
+    send_command(conn, m.stream_id, Command::Credit(m.credit));
+}
+
+pub fn close(conn: &mut Connection, m: pb::CloseStream) {
+    if let Some(stream) = conn.streams.remove(&m.stream_id) {
+        stream.cancel.cancel();
+    }
+}
+
+struct Stream {
+    shared: Arc<Shared>,
+    sender: FrameSender,
+    stream_id: u64,
+    key: PartitionKey,
+    first: u32,
+    last: u32,
+    credits: u32,
+    /// Per subpartition of the range: the segment wanted and the next extent in it.
+    required: Vec<Option<(u32, usize)>>,
+    cursor: usize,
+}
+
+enum Step {
+    /// Something was sent or changed; look again.
+    Progress,
+    /// Nothing to do until a command or a partition change.
+    Idle,
+    /// The stream is over.
+    Finished,
+}
+
+impl Stream {
+    async fn run(mut self, request_id: u64, mut rx: mpsc::UnboundedReceiver<Command>, cancel: CancellationToken) {
+        let wait = self.shared.config.partition_wait_timeout;
+        let partition = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = self.shared.store.get_or_wait(&self.key, wait) => p,
+        };
+        let partition = match partition {
+            Ok(p) => p,
+            Err(e) => {
+                reply_error(&self.sender, request_id, e.code(), e.message().to_string());
+                return;
+            }
+        };
+        let num_subpartitions = partition.meta().num_subpartitions;
+        if self.last >= num_subpartitions {
+            reply_error(
+                &self.sender,
+                request_id,
+                pb::ErrorCode::BadRequest,
+                format!(
+                    "subpartition {} out of range: {} has {num_subpartitions}",
+                    self.last, self.key
+                ),
+            );
+            return;
+        }
+        self.sender.send(
+            Message::StreamOpened(pb::StreamOpened {
+                request_id,
+                stream_id: self.stream_id,
+                num_subpartitions,
+            }),
+            Bytes::new(),
+        );
+        let mut version = partition.subscribe();
+        loop {
+            while let Ok(command) = rx.try_recv() {
+                if let Err(e) = self.apply(command) {
+                    self.fail(&e);
+                    return;
+                }
+            }
+            version.borrow_and_update();
+            match self.step(&partition).await {
+                Step::Progress => continue,
+                Step::Finished => return,
+                Step::Idle => {}
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                command = rx.recv() => match command {
+                    Some(command) => if let Err(e) = self.apply(command) {
+                        self.fail(&e);
+                        return;
+                    },
+                    None => return,
+                },
+                changed = version.changed() => if changed.is_err() { return },
+                // A safety net against a missed wake-up; cheap when idle.
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    fn apply(&mut self, command: Command) -> TierResult<()> {
+        match command {
+            Command::Credit(n) => self.credits = self.credits.saturating_add(n),
+            Command::Require { subpartition, segment } => {
+                if subpartition < self.first || subpartition > self.last {
+                    return Err(TierError::bad_input(format!(
+                        "subpartition {subpartition} is outside this stream's range {}..={}",
+                        self.first, self.last
+                    )));
+                }
+                self.required[(subpartition - self.first) as usize] = Some((segment, 0));
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&self, e: &TierError) {
+        self.sender.send(
+            Message::StreamError(pb::StreamError {
+                stream_id: self.stream_id,
+                code: e.code() as i32,
+                message: e.message().to_string(),
+            }),
+            Bytes::new(),
+        );
+    }
+
+    /// Looks at every subpartition once, from the round-robin cursor; sends at
+    /// most one data frame.
+    async fn step(&mut self, partition: &Arc<Partition>) -> Step {
+        let n = self.required.len();
+        let max_bytes = self.shared.config.read_batch_size.as_usize();
+        let mut progressed = false;
+        for i in 0..n {
+            let index = (self.cursor + i) % n;
+            let Some((segment, position)) = self.required[index] else { continue };
+            let subpartition = self.first + index as u32;
+            match partition.next_read(SubpartitionId(subpartition), SegmentId(segment), position, max_bytes) {
+                NextRead::Wait => {}
+                NextRead::SegmentDone => {
+                    self.required[index] = None;
+                }
+                NextRead::End => {
+                    self.required[index] = None;
+                    self.sender.send(
+                        Message::SubpartitionEnd(pb::SubpartitionEnd {
+                            stream_id: self.stream_id,
+                            subpartition,
+                            segment_id: segment,
+                        }),
+                        Bytes::new(),
+                    );
+                    progressed = true;
+                }
+                NextRead::Released => {
+                    self.fail(&TierError::not_found(format!("{} was released", self.key)));
+                    return Step::Finished;
+                }
+                NextRead::Extents(extents) => {
+                    if self.credits == 0 {
+                        continue;
+                    }
+                    let body = match read_body(partition, &extents).await {
+                        Ok(body) => body,
+                        Err(e) => {
+                            tracing::error!(partition = %self.key, subpartition, segment, error = %e, "read failed");
+                            self.fail(&e);
+                            return Step::Finished;
+                        }
+                    };
+                    self.credits -= 1;
+                    self.required[index] = Some((segment, position + extents.len()));
+                    self.cursor = (index + 1) % n;
+                    self.shared
+                        .store
+                        .counters
+                        .bytes_read
+                        .fetch_add(body.len() as u64, Ordering::Relaxed);
+                    let sent = self.sender.send(
+                        Message::ReadData(pb::ReadData {
+                            stream_id: self.stream_id,
+                            subpartition,
+                            segment_id: segment,
+                            extent_lengths: extents.iter().map(|e| e.len).collect(),
+                            extent_crc32cs: extents.iter().map(|e| e.crc32c).collect(),
+                            num_buffers: extents.iter().map(|e| e.num_buffers).sum(),
+                        }),
+                        body,
+                    );
+                    if !sent {
+                        return Step::Finished;
+                    }
+                    return Step::Progress;
+                }
+            }
+        }
+        if progressed { Step::Progress } else { Step::Idle }
+    }
+}
+
+async fn read_body(partition: &Arc<Partition>, extents: &[crate::store::Extent]) -> TierResult<Bytes> {
+    let on_disk = extents.iter().any(|e| matches!(e.location, Location::LocalFile { .. }));
+    if !on_disk {
+        if let [only] = extents {
+            if let Location::Memory(bytes) = &only.location {
+                return Ok(bytes.clone());
+            }
+        }
+        return read_extents(&partition.meta().data_path, extents)
+            .map_err(|e| TierError::internal(format!("assemble extents: {e}")));
+    }
+    let path = partition.meta().data_path.clone();
+    let extents = extents.to_vec();
+    let key = partition.key().clone();
+    tokio::task::spawn_blocking(move || read_extents(&path, &extents))
+        .await
+        .map_err(|e| TierError::internal(format!("read task failed: {e}")))?
+        .map_err(|e| TierError::internal(format!("read data file of {key}: {e}")))
+}

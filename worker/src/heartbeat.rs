@@ -1,0 +1,112 @@
+//! Registration with the masters and periodic heartbeats carrying load.
+//! A master replies with jobs it knows are gone; their data is dropped.
+
+use std::sync::Arc;
+
+use terrace_proto::{Message, pb};
+use terrace_rpc::{Client, ClientOptions};
+use terrace_tier_api::{JobId, TierResult};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Shared;
+use crate::store::Store;
+
+/// The load a worker reports.
+pub fn load(store: &Store) -> pb::WorkerLoad {
+    let partitions = store.partitions();
+    let sealed = partitions.iter().filter(|p| p.is_sealed()).count() as u32;
+    pb::WorkerLoad {
+        stored_bytes: partitions.iter().map(|p| p.stored_bytes()).sum(),
+        memory_used_bytes: store.budget().used(),
+        open_partitions: partitions.len() as u32 - sealed,
+        sealed_partitions: sealed,
+    }
+}
+
+/// Starts one heartbeat loop per configured master.
+pub fn spawn(shared: Arc<Shared>, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
+    shared
+        .config
+        .master_addresses
+        .clone()
+        .into_iter()
+        .map(|master| {
+            let shared = Arc::clone(&shared);
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = heartbeat_loop(shared, master) => {}
+                }
+            })
+        })
+        .collect()
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, master: String) {
+    let options = ClientOptions {
+        name: format!("worker {}", shared.worker_id),
+        connect_timeout: shared.config.heartbeat_interval.max(std::time::Duration::from_secs(1)),
+        request_timeout: shared.config.heartbeat_interval * 5,
+        ..ClientOptions::default()
+    };
+    let mut warned = false;
+    loop {
+        match session(&shared, &master, &options).await {
+            Ok(()) => {}
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(%master, error = %e, "master unreachable; retrying every heartbeat interval");
+                    warned = true;
+                } else {
+                    tracing::debug!(%master, error = %e, "master still unreachable");
+                }
+            }
+        }
+        tokio::time::sleep(shared.config.heartbeat_interval).await;
+    }
+}
+
+/// One connection's life: register, then heartbeat until an error.
+async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) -> TierResult<()> {
+    let client = Client::connect(master, options).await?;
+    let worker_id = shared.worker_id.clone();
+    let address = shared.address.clone();
+    client
+        .request(|request_id| {
+            Message::RegisterWorker(pb::RegisterWorker {
+                request_id,
+                worker_id,
+                data_address: address,
+            })
+        })
+        .await?;
+    tracing::info!(%master, worker = %shared.worker_id, "registered with master");
+    loop {
+        let worker_id = shared.worker_id.clone();
+        let address = shared.address.clone();
+        let load = load(&shared.store);
+        let (reply, _) = client
+            .request(|request_id| {
+                Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+                    request_id,
+                    worker_id,
+                    data_address: address,
+                    load: Some(load),
+                })
+            })
+            .await?;
+        if let Message::HeartbeatReply(reply) = reply {
+            for job in reply.released_jobs {
+                let Ok(job) = JobId::new(job) else { continue };
+                match shared.store.drop_job(&job).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(%job, partitions = n, "dropped data of a job the master released"),
+                    Err(e) => tracing::error!(%job, error = %e, "dropping a released job failed"),
+                }
+            }
+        }
+        tokio::time::sleep(shared.config.heartbeat_interval).await;
+    }
+}

@@ -1,0 +1,112 @@
+//! The worker's memory budget: bytes of pushed data held in memory. A push
+//! reserves its size before its body is read off the socket, so when the
+//! budget is short the producer's connection simply stops being read
+//! (backpressure) while the flusher frees memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// A reservation against the budget; released on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Reservation {
+    /// A reservation of nothing (for empty bodies).
+    pub fn empty() -> Self {
+        Reservation { _permit: None }
+    }
+}
+
+#[derive(Debug)]
+pub struct MemoryBudget {
+    total: u64,
+    semaphore: Arc<Semaphore>,
+    peak: AtomicU64,
+    /// Woken when a reservation has to wait: the flusher should free memory.
+    pressure: Arc<Notify>,
+}
+
+impl MemoryBudget {
+    pub fn new(total: u64) -> Self {
+        let permits = usize::try_from(total)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        MemoryBudget {
+            total: permits as u64,
+            semaphore: Arc::new(Semaphore::new(permits)),
+            peak: AtomicU64::new(0),
+            pressure: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub fn used(&self) -> u64 {
+        self.total - self.semaphore.available_permits() as u64
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    pub fn pressure(&self) -> &Arc<Notify> {
+        &self.pressure
+    }
+
+    /// Reserves `bytes`, waiting while the budget is short. Fails only if
+    /// `bytes` exceeds the whole budget.
+    pub async fn reserve(&self, bytes: u64) -> Result<Reservation, String> {
+        if bytes == 0 {
+            return Ok(Reservation::empty());
+        }
+        if bytes > self.total {
+            return Err(format!(
+                "{bytes} bytes exceed the worker's whole memory budget of {} bytes",
+                self.total
+            ));
+        }
+        let n = u32::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large for one reservation"))?;
+        let permit = match Arc::clone(&self.semaphore).try_acquire_many_owned(n) {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.pressure.notify_one();
+                Arc::clone(&self.semaphore)
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(|_| "memory budget closed".to_string())?
+            }
+        };
+        self.peak.fetch_max(self.used(), Ordering::Relaxed);
+        Ok(Reservation { _permit: Some(permit) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn reservations_wait_for_released_memory() {
+        let budget = Arc::new(MemoryBudget::new(100));
+        let a = budget.reserve(60).await.expect("fits");
+        assert_eq!(budget.used(), 60);
+        assert!(budget.reserve(101).await.is_err());
+        let waiter = {
+            let budget = Arc::clone(&budget);
+            tokio::spawn(async move { budget.reserve(50).await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "must wait while only 40 bytes are free");
+        drop(a);
+        waiter.await.expect("join").expect("reserved after release");
+        assert_eq!(budget.peak(), 60);
+        assert_eq!(budget.used(), 0);
+    }
+}
