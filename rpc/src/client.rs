@@ -157,7 +157,7 @@ impl Client {
     }
 
     /// Sends a request (built from a fresh request id) and returns the pending reply.
-    pub fn start_request(&self, build: impl FnOnce(u64) -> Message, body: Bytes) -> TierResult<PendingReply> {
+    pub fn start_request(&self, build: impl FnOnce(u64) -> Message, body: Vec<Bytes>) -> TierResult<PendingReply> {
         let request_id = self.next_request_id();
         let (tx, rx) = oneshot::channel();
         {
@@ -167,7 +167,7 @@ impl Client {
             }
             routes.pending.insert(request_id, tx);
         }
-        if !self.inner.sender.send(build(request_id), body) {
+        if !self.inner.sender.send_chunks(build(request_id), body) {
             self.inner
                 .routes
                 .lock()
@@ -185,7 +185,7 @@ impl Client {
 
     /// Sends a request without a body and waits for its reply.
     pub async fn request(&self, build: impl FnOnce(u64) -> Message) -> TierResult<(Message, Bytes)> {
-        self.start_request(build, Bytes::new())?.wait().await
+        self.start_request(build, Vec::new())?.wait().await
     }
 
     /// Sends a frame that gets no reply (stream control).

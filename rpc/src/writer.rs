@@ -2,16 +2,17 @@
 //! into a buffered socket, flushing whenever the queue runs empty.
 
 use bytes::Bytes;
-use terrace_proto::{Message, write_frame};
+use terrace_proto::{Message, encode_frame};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// A frame waiting to be written.
+/// A frame waiting to be written. The body may come in several chunks,
+/// written back to back, so a sender never has to concatenate them.
 #[derive(Debug)]
 pub struct OutFrame {
     pub message: Message,
-    pub body: Bytes,
+    pub body: Vec<Bytes>,
 }
 
 /// The sending side of a connection's writer. Cloneable; sending fails only
@@ -25,6 +26,12 @@ pub struct FrameSender {
 impl FrameSender {
     /// Queues a frame; false if the connection is closed.
     pub fn send(&self, message: Message, body: Bytes) -> bool {
+        let body = if body.is_empty() { Vec::new() } else { vec![body] };
+        self.send_chunks(message, body)
+    }
+
+    /// Queues a frame whose body is the concatenation of `body`.
+    pub fn send_chunks(&self, message: Message, body: Vec<Bytes>) -> bool {
         self.tx.send(OutFrame { message, body }).is_ok()
     }
 
@@ -49,7 +56,7 @@ where
                 _ = cancel.cancelled() => None,
             };
             let Some(frame) = frame else { break };
-            if let Err(e) = write_frame(&mut out, &frame.message, &frame.body).await {
+            if let Err(e) = write_out_frame(&mut out, &frame).await {
                 tracing::debug!(error = %e, "connection write failed");
                 cancel.cancel();
                 return;
@@ -66,4 +73,13 @@ where
         let _ = out.shutdown().await;
     });
     FrameSender { tx }
+}
+
+async fn write_out_frame<W: AsyncWrite + Unpin>(out: &mut W, frame: &OutFrame) -> std::io::Result<()> {
+    let body_len: usize = frame.body.iter().map(Bytes::len).sum();
+    out.write_all(&encode_frame(&frame.message, body_len)).await?;
+    for chunk in &frame.body {
+        out.write_all(chunk).await?;
+    }
+    Ok(())
 }

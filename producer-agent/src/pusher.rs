@@ -1,0 +1,112 @@
+//! Pushes batches to a worker, keeping at most a budget of bytes unacknowledged.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use terrace_proto::{Message, pb};
+use terrace_rpc::Client;
+use terrace_tier_api::{PartitionKey, TierError, TierResult, compress_batch};
+use tokio::sync::Semaphore;
+
+#[derive(Debug)]
+pub struct Pusher {
+    client: Client,
+    key: PartitionKey,
+    compression: bool,
+    in_flight: Arc<Semaphore>,
+    budget: u32,
+    /// The first failed push; every later call reports it.
+    failure: Arc<Mutex<Option<TierError>>>,
+}
+
+impl Pusher {
+    pub fn new(client: Client, key: PartitionKey, compression: bool, max_bytes_in_flight: u64) -> Self {
+        let budget = u32::try_from(max_bytes_in_flight).unwrap_or(u32::MAX);
+        Pusher {
+            client,
+            key,
+            compression,
+            in_flight: Arc::new(Semaphore::new(budget as usize)),
+            budget,
+            failure: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn check(&self) -> TierResult<()> {
+        match &*self.failure.lock().expect("failure lock poisoned") {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a batch given as chunks (per-subpartition runs, in order). Waits
+    /// while the in-flight budget is used up.
+    pub async fn push(&self, chunks: Vec<Bytes>, num_buffers: u32) -> TierResult<()> {
+        self.check()?;
+        let raw_len: usize = chunks.iter().map(Bytes::len).sum();
+        let uncompressed_length = u32::try_from(raw_len)
+            .map_err(|_| TierError::bad_input(format!("push of {raw_len} bytes is too large")))?;
+        let (body, compressed) = if self.compression {
+            let raw = if chunks.len() == 1 {
+                chunks[0].clone()
+            } else {
+                let mut all = Vec::with_capacity(raw_len);
+                for chunk in &chunks {
+                    all.extend_from_slice(chunk);
+                }
+                Bytes::from(all)
+            };
+            (vec![compress_batch(&raw)], true)
+        } else {
+            (chunks, false)
+        };
+        let crc32c = body.iter().fold(0u32, |crc, chunk| crc32c::crc32c_append(crc, chunk));
+        let permits = uncompressed_length.clamp(1, self.budget);
+        let permit = Arc::clone(&self.in_flight)
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| TierError::closed("producer closed"))?;
+        let key = pb::PartitionKey::from(&self.key);
+        let pending = self.client.start_request(
+            |request_id| {
+                Message::PushData(pb::PushData {
+                    request_id,
+                    key: Some(key),
+                    crc32c,
+                    compressed,
+                    uncompressed_length,
+                    num_buffers,
+                })
+            },
+            body,
+        )?;
+        let failure = Arc::clone(&self.failure);
+        let partition = self.key.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pending.wait().await {
+                let mut failure = failure.lock().expect("failure lock poisoned");
+                if failure.is_none() {
+                    tracing::debug!(%partition, error = %e, "push failed");
+                    *failure = Some(e.context(format!("push to {partition}")));
+                }
+            }
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// Waits until every push is acknowledged (or one failed).
+    pub async fn drain(&self) -> TierResult<()> {
+        let all = self
+            .in_flight
+            .acquire_many(self.budget)
+            .await
+            .map_err(|_| TierError::closed("producer closed"))?;
+        drop(all);
+        self.check()
+    }
+}
