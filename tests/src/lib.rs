@@ -1,1 +1,246 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for Terrace's end-to-end tests: an in-process worker on
+//! loopback, a Flink-like writer that keeps the segment protocol and records
+//! exactly what a reader must see, and a reader that drains a gate with a
+//! deadline (a test never hangs).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use terrace_consumer_agent::ConsumerAgent;
+use terrace_producer_agent::{ProducerAgent, ProducerSpec};
+use terrace_tier_api::{
+    AgentConfig, AvailabilityNotifier, Buffer, DataType, InputChannelId, JobId, PartitionId, PartitionKey,
+    SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierError, TierProducerAgent, WriteOutcome,
+};
+use terrace_worker::{WorkerConfig, WorkerHandle};
+
+/// The payload of END_OF_SEGMENT buffers in tests.
+pub const EOS_PAYLOAD: &[u8] = b"end-of-segment";
+/// The payload of the event that ends a subpartition (like Flink's EndOfPartitionEvent).
+pub const END_PAYLOAD: &[u8] = b"end-of-partition";
+
+/// An in-process worker with its own runtime.
+#[derive(Debug)]
+pub struct TestWorker {
+    pub runtime: tokio::runtime::Runtime,
+    pub handle: Option<WorkerHandle>,
+    pub address: String,
+    pub worker_id: String,
+}
+
+impl TestWorker {
+    pub fn start(config: WorkerConfig) -> TestWorker {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("worker runtime");
+        let handle = runtime
+            .block_on(terrace_worker::start(WorkerConfig {
+                listen: "127.0.0.1:0".into(),
+                ..config
+            }))
+            .expect("worker starts");
+        TestWorker {
+            address: handle.address.to_string(),
+            worker_id: handle.worker_id.clone(),
+            handle: Some(handle),
+            runtime,
+        }
+    }
+
+    pub fn descriptor(&self, key: &PartitionKey) -> ShuffleDescriptor {
+        ShuffleDescriptor::new(key, self.worker_id.clone(), self.address.clone())
+    }
+
+    pub fn stop(mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.runtime.block_on(handle.stop()).expect("worker stops cleanly");
+        }
+    }
+}
+
+pub fn key(job: u8, partition: u32) -> PartitionKey {
+    PartitionKey {
+        job: JobId::new(vec![job; 16]).expect("job id"),
+        partition: PartitionId::new([b"partition-".as_slice(), &partition.to_be_bytes()].concat()).expect("partition id"),
+    }
+}
+
+/// Deterministic payload bytes for (partition, subpartition, index).
+pub fn payload(partition: u32, sub: u32, index: u32, len: usize) -> Bytes {
+    let mut state = (u64::from(partition) << 40) ^ (u64::from(sub) << 20) ^ u64::from(index) ^ 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+/// Writes like Flink's producer client: starts segment 0 on first use, and on
+/// `SegmentFull` starts the next segment and writes the buffer again. Records
+/// the exact sequence a reader must see per subpartition (END_OF_SEGMENT included).
+#[derive(Debug)]
+pub struct RecordingWriter {
+    pub agent: ProducerAgent,
+    segments: HashMap<u32, u32>,
+    pub expected: HashMap<u32, Vec<Buffer>>,
+}
+
+impl RecordingWriter {
+    pub fn new(agent: ProducerAgent) -> Self {
+        RecordingWriter {
+            agent,
+            segments: HashMap::new(),
+            expected: HashMap::new(),
+        }
+    }
+
+    pub fn write(&mut self, sub: u32, buffer: Buffer) -> Result<(), TierError> {
+        let mut buffer = buffer;
+        if !self.segments.contains_key(&sub) {
+            assert!(self.agent.try_start_new_segment(SubpartitionId(sub), SegmentId(0), 1)?);
+            self.segments.insert(sub, 0);
+        }
+        loop {
+            let copy = buffer.clone();
+            match self.agent.try_write(SubpartitionId(sub), buffer, 0)? {
+                WriteOutcome::Written => {
+                    self.expected.entry(sub).or_default().push(copy);
+                    return Ok(());
+                }
+                WriteOutcome::SegmentFull(back) => {
+                    self.expected
+                        .entry(sub)
+                        .or_default()
+                        .push(Buffer::end_of_segment(Bytes::from_static(EOS_PAYLOAD)));
+                    let segment = self.segments.get_mut(&sub).expect("segment started above");
+                    *segment += 1;
+                    assert!(self.agent.try_start_new_segment(SubpartitionId(sub), SegmentId(*segment), 1)?);
+                    buffer = back;
+                }
+            }
+        }
+    }
+
+    pub fn close(&mut self) -> Result<(), TierError> {
+        self.agent.close()
+    }
+
+    /// Number of segments started for `sub`.
+    pub fn segments_of(&self, sub: u32) -> u32 {
+        self.segments.get(&sub).map_or(0, |s| s + 1)
+    }
+}
+
+/// A producer agent for `key` on `worker`.
+pub fn producer(config: &AgentConfig, descriptor: ShuffleDescriptor, subs: u32, broadcast_only: bool) -> ProducerAgent {
+    ProducerAgent::new(
+        config.clone(),
+        ProducerSpec {
+            descriptor,
+            num_subpartitions: subs,
+            broadcast_only,
+            end_of_segment_payload: Bytes::from_static(EOS_PAYLOAD),
+        },
+    )
+    .expect("producer agent connects")
+}
+
+/// Wakes a reader thread when any channel gets data.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    count: Mutex<u64>,
+    condvar: Condvar,
+}
+
+impl Wakeup {
+    pub fn wait(&self, seen: u64, timeout: Duration) -> u64 {
+        let guard = self.count.lock().expect("wakeup lock");
+        let (guard, _) = self
+            .condvar
+            .wait_timeout_while(guard, timeout, |c| *c == seen)
+            .expect("wakeup wait");
+        *guard
+    }
+
+    pub fn current(&self) -> u64 {
+        *self.count.lock().expect("wakeup lock")
+    }
+}
+
+impl AvailabilityNotifier for Wakeup {
+    fn notify_available(&self, _partition: &PartitionId, _channel: InputChannelId) {
+        *self.count.lock().expect("wakeup lock") += 1;
+        self.condvar.notify_all();
+    }
+}
+
+/// Reads every (partition, subpartition) of a started consumer until each
+/// ends (an END event, or the worker says the subpartition has no more
+/// segments), within `deadline`. Returns the buffers per (partition, sub).
+pub fn drain(
+    consumer: &ConsumerAgent,
+    wakeup: &Wakeup,
+    targets: &[(PartitionId, u32)],
+    deadline: Duration,
+) -> Result<HashMap<(PartitionId, u32), Vec<Buffer>>, TierError> {
+    let until = Instant::now() + deadline;
+    let mut out: HashMap<(PartitionId, u32), Vec<Buffer>> = HashMap::new();
+    let mut segment: HashMap<(PartitionId, u32), u32> = HashMap::new();
+    let mut done: Vec<bool> = vec![false; targets.len()];
+    while done.iter().any(|d| !d) {
+        if Instant::now() > until {
+            let left: Vec<_> = targets
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| !**d)
+                .map(|((p, s), _)| format!("{p}/{s}"))
+                .take(8)
+                .collect();
+            return Err(TierError::unavailable(format!("reader deadline passed; unfinished: {left:?}")));
+        }
+        let seen = wakeup.current();
+        let mut progress = false;
+        for (i, (partition, sub)) in targets.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let seg = segment.entry((partition.clone(), *sub)).or_insert(0);
+            match consumer.get_next_buffer(partition, SubpartitionId(*sub), SegmentId(*seg))? {
+                Some(buffer) => {
+                    progress = true;
+                    if buffer.data_type == DataType::EndOfSegment {
+                        *seg += 1;
+                    }
+                    let end = buffer.data_type == DataType::Event && buffer.payload.as_ref() == END_PAYLOAD;
+                    out.entry((partition.clone(), *sub)).or_default().push(buffer);
+                    if end {
+                        done[i] = true;
+                    }
+                }
+                None => {
+                    if consumer.is_finished(partition, SubpartitionId(*sub)) {
+                        done[i] = true;
+                        progress = true;
+                    }
+                }
+            }
+        }
+        if !progress {
+            wakeup.wait(seen, Duration::from_millis(50));
+        }
+    }
+    Ok(out)
+}
+
+/// Shared handle for a wakeup that can be registered with a consumer.
+pub fn wakeup() -> Arc<Wakeup> {
+    Arc::new(Wakeup::default())
+}

@@ -1,0 +1,180 @@
+//! Segments pushed to a worker over real TCP come back exactly: every buffer's
+//! boundaries, data type, compressed flag and bytes, with END_OF_SEGMENT in
+//! the right places.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+use terrace_consumer_agent::ConsumerAgent;
+use terrace_tests::{END_PAYLOAD, RecordingWriter, TestWorker, drain, key, payload, producer, wakeup};
+use terrace_tier_api::{
+    AgentConfig, Buffer, ByteSize, ConsumerSpec, DataType, InputChannelId, PartitionId, TierConsumerAgent,
+};
+use terrace_worker::WorkerConfig;
+
+const PRODUCERS: u32 = 4;
+const SUBPARTITIONS: u32 = 64;
+const CONSUMERS: u32 = 4;
+
+fn agent_config(compression: bool) -> AgentConfig {
+    AgentConfig {
+        segment_size: ByteSize::kib(256),
+        push_size: ByteSize::kib(256),
+        max_bytes_in_flight: ByteSize::mib(2),
+        max_buffer_size: ByteSize::mib(1),
+        compression,
+        read_credits: 4,
+        ..AgentConfig::default()
+    }
+}
+
+/// The buffers written to one subpartition, in order (before segmenting).
+/// Subpartitions with `sub % 8 == 7` get nothing at all, `== 6` only the end
+/// event; the rest mix full, zero-length, event, flagged-compressed and (for
+/// `sub % 8 == 0`) maximum-size buffers, then the end event.
+fn plan(partition: u32, sub: u32, max_buffer: usize) -> Vec<Buffer> {
+    let mut out = Vec::new();
+    match sub % 8 {
+        7 => return out,
+        6 => {}
+        kind => {
+            for i in 0..26u32 {
+                let buffer = match i % 9 {
+                    3 => Buffer::data(Bytes::new()),
+                    5 => Buffer::event(payload(partition, sub, i, 17)),
+                    7 => Buffer {
+                        data_type: DataType::Data,
+                        compressed: true,
+                        payload: payload(partition, sub, i, 32 * 1024 - 1),
+                    },
+                    _ => Buffer::data(payload(partition, sub, i, 32 * 1024)),
+                };
+                out.push(buffer);
+                if kind == 0 && i == 13 {
+                    out.push(Buffer::data(payload(partition, sub, 1000 + i, max_buffer)));
+                }
+            }
+        }
+    }
+    out.push(Buffer::event(Bytes::from_static(END_PAYLOAD)));
+    out
+}
+
+fn run_roundtrip(compression: bool) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let worker = TestWorker::start(WorkerConfig {
+        data_dirs: vec![dir.path().join("a"), dir.path().join("b")],
+        memory_budget: ByteSize::mib(64),
+        flush_size: ByteSize::mib(1),
+        ..WorkerConfig::default()
+    });
+    let config = agent_config(compression);
+    let max_buffer = config.max_buffer_size.as_usize();
+    let keys: Vec<_> = (0..PRODUCERS).map(|p| key(1, p)).collect();
+
+    // Consumers start first: they must receive everything once it arrives.
+    let wakeups: Vec<_> = (0..CONSUMERS).map(|_| wakeup()).collect();
+    let mut consumers = Vec::new();
+    for c in 0..CONSUMERS {
+        let per = SUBPARTITIONS / CONSUMERS;
+        let range = c * per..=c * per + per - 1;
+        let specs: Vec<ConsumerSpec> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| ConsumerSpec {
+                partition: k.partition.clone(),
+                input_channel: InputChannelId(i as u32),
+                subpartitions: range.clone(),
+            })
+            .collect();
+        let descriptors = keys.iter().map(|k| Some(worker.descriptor(k))).collect();
+        let mut consumer = ConsumerAgent::new(config.clone(), specs, descriptors).expect("consumer");
+        consumer.register_availability_notifier(Arc::clone(&wakeups[c as usize]) as _);
+        consumer.start().expect("consumer starts");
+        consumers.push((consumer, range));
+    }
+
+    let producers: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(p, k)| {
+            let agent = producer(&config, worker.descriptor(k), SUBPARTITIONS, false);
+            thread::spawn(move || {
+                let mut writer = RecordingWriter::new(agent);
+                let plans: Vec<Vec<Buffer>> = (0..SUBPARTITIONS).map(|s| plan(p as u32, s, max_buffer)).collect();
+                let longest = plans.iter().map(Vec::len).max().unwrap_or(0);
+                // Interleave subpartitions like a hash-based writer.
+                for i in 0..longest {
+                    for (s, buffers) in plans.iter().enumerate() {
+                        if let Some(b) = buffers.get(i) {
+                            writer.write(s as u32, b.clone()).expect("write");
+                        }
+                    }
+                }
+                writer.close().expect("close seals the partition");
+                let segments: Vec<u32> = (0..SUBPARTITIONS).map(|s| writer.segments_of(s)).collect();
+                (writer.expected, segments)
+            })
+        })
+        .collect();
+
+    let readers: Vec<_> = consumers
+        .into_iter()
+        .zip(wakeups)
+        .map(|((consumer, range), wake)| {
+            let targets: Vec<(PartitionId, u32)> = keys
+                .iter()
+                .flat_map(|k| range.clone().map(move |s| (k.partition.clone(), s)))
+                .collect();
+            thread::spawn(move || drain(&consumer, &wake, &targets, Duration::from_secs(120)))
+        })
+        .collect();
+
+    let mut expected: HashMap<(PartitionId, u32), Vec<Buffer>> = HashMap::new();
+    for (p, handle) in producers.into_iter().enumerate() {
+        let (written, segments) = handle.join().expect("producer thread");
+        for s in 0..SUBPARTITIONS {
+            if s % 8 < 6 {
+                assert!(segments[s as usize] >= 3, "subpartition {s} spans {} segments", segments[s as usize]);
+            }
+            expected.insert(
+                (keys[p].partition.clone(), s),
+                written.get(&s).cloned().unwrap_or_default(),
+            );
+        }
+    }
+    let mut got: HashMap<(PartitionId, u32), Vec<Buffer>> = HashMap::new();
+    for handle in readers {
+        got.extend(handle.join().expect("reader thread").expect("reads complete"));
+    }
+    let mut checked_buffers = 0usize;
+    for ((partition, sub), want) in &expected {
+        let have = got.get(&(partition.clone(), *sub)).cloned().unwrap_or_default();
+        assert_eq!(have.len(), want.len(), "buffer count of {partition}/{sub}");
+        for (i, (h, w)) in have.iter().zip(want).enumerate() {
+            assert_eq!(h.data_type, w.data_type, "type of buffer {i} of {partition}/{sub}");
+            assert_eq!(h.compressed, w.compressed, "compressed flag of buffer {i} of {partition}/{sub}");
+            assert_eq!(h.payload, w.payload, "bytes of buffer {i} of {partition}/{sub}");
+        }
+        checked_buffers += want.len();
+        if sub % 8 == 7 {
+            assert!(have.is_empty());
+        }
+    }
+    assert_eq!(expected.len(), (PRODUCERS * SUBPARTITIONS) as usize);
+    assert!(checked_buffers > 5_000, "only {checked_buffers} buffers checked");
+    worker.stop();
+}
+
+#[test]
+fn four_producers_64_subpartitions_roundtrip_exactly_uncompressed() {
+    run_roundtrip(false);
+}
+
+#[test]
+fn four_producers_64_subpartitions_roundtrip_exactly_lz4() {
+    run_roundtrip(true);
+}
