@@ -1,0 +1,104 @@
+//! An embedded one-process cluster (a master and workers on loopback), used by
+//! `terrace demo` and `terrace bench`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use terrace_master::MasterConfig;
+use terrace_master_agent::MasterAgent;
+use terrace_tier_api::{AgentConfig, ByteSize};
+use terrace_worker::{WorkerConfig, WorkerHandle};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub runtime: tokio::runtime::Runtime,
+    pub master_address: String,
+    pub workers: Vec<WorkerHandle>,
+    shutdown: CancellationToken,
+}
+
+impl Cluster {
+    /// Starts a master and `workers` workers with data under `dir`.
+    pub fn start(dir: &Path, workers: usize, memory_budget: ByteSize) -> anyhow::Result<Cluster> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("terrace-cluster")
+            .build()
+            .context("start the cluster runtime")?;
+        let shutdown = CancellationToken::new();
+        let (master_address, handles) = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind master")?;
+            let master_address = listener.local_addr().context("master address")?.to_string();
+            tokio::spawn(terrace_master::run(MasterConfig::default(), listener, shutdown.clone()));
+            let mut handles = Vec::new();
+            for i in 0..workers {
+                let config = WorkerConfig {
+                    listen: "127.0.0.1:0".into(),
+                    data_dirs: vec![dir.join(format!("worker-{i}"))],
+                    memory_budget,
+                    master_addresses: vec![master_address.clone()],
+                    heartbeat_interval: Duration::from_millis(200),
+                    ..WorkerConfig::default()
+                };
+                handles.push(terrace_worker::start(config).await.context("start a worker")?);
+            }
+            Ok::<_, anyhow::Error>((master_address, handles))
+        })?;
+        Ok(Cluster {
+            runtime,
+            master_address,
+            workers: handles,
+            shutdown,
+        })
+    }
+
+    /// A master agent for this cluster, once every worker has registered.
+    pub fn master_agent(&self, config: &AgentConfig) -> anyhow::Result<MasterAgent> {
+        let agent = MasterAgent::new(AgentConfig {
+            master_addresses: vec![self.master_address.clone()],
+            ..config.clone()
+        })
+        .context("create the master agent")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let registered = self.runtime.block_on(registered_workers(&self.master_address))?;
+            if registered >= self.workers.len() {
+                return Ok(agent);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "only {registered} of {} workers registered within 10s",
+                self.workers.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.runtime.block_on(async {
+            for worker in self.workers {
+                worker.stop().await.context("stop a worker")?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// How many workers the master lists.
+async fn registered_workers(master: &str) -> anyhow::Result<usize> {
+    use terrace_proto::{Message, pb};
+    let client = terrace_rpc::Client::connect(master, &terrace_rpc::ClientOptions::default())
+        .await
+        .context("connect to the master")?;
+    let (reply, _) = client
+        .request(|request_id| Message::ListWorkers(pb::ListWorkers { request_id }))
+        .await
+        .context("list workers")?;
+    match reply {
+        Message::WorkerList(list) => Ok(list.workers.len()),
+        other => anyhow::bail!("master answered ListWorkers with {:?}", other.message_type()),
+    }
+}

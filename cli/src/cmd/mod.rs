@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod cluster;
+pub mod demo;
+pub mod master;
+pub mod status;
+pub mod worker;

@@ -1,0 +1,56 @@
+//! `terrace worker`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use terrace_tier_api::ByteSize;
+use terrace_worker::WorkerConfig;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// TOML config file (keys: see docs/configuration.md, [worker]).
+    #[arg(long, env = "TERRACE_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`).
+    #[arg(long, env = "TERRACE_WORKER_LISTEN")]
+    listen: Option<String>,
+    /// Data directory; repeat for several (overrides `data_dirs`).
+    #[arg(long = "data-dir", env = "TERRACE_WORKER_DATA_DIRS", value_delimiter = ',')]
+    data_dirs: Vec<PathBuf>,
+    /// Memory budget, e.g. "1GiB" (overrides `memory_budget`).
+    #[arg(long, env = "TERRACE_WORKER_MEMORY_BUDGET")]
+    memory_budget: Option<ByteSize>,
+    /// Master address; repeat for several (overrides `master_addresses`).
+    #[arg(long = "master", env = "TERRACE_MASTERS", value_delimiter = ',')]
+    masters: Vec<String>,
+    /// Worker id reported to the master (overrides `worker_id`).
+    #[arg(long, env = "TERRACE_WORKER_ID")]
+    worker_id: Option<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut config: WorkerConfig = crate::config::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if !args.data_dirs.is_empty() {
+        config.data_dirs = args.data_dirs;
+    }
+    if let Some(budget) = args.memory_budget {
+        config.memory_budget = budget;
+    }
+    if !args.masters.is_empty() {
+        config.master_addresses = args.masters;
+    }
+    if let Some(id) = args.worker_id {
+        config.worker_id = Some(id);
+    }
+    config.validate().map_err(anyhow::Error::msg).context("check worker config")?;
+    crate::config::serve(|shutdown| async move {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("bind worker to {}", config.listen))?;
+        println!("terrace worker listening on {}", listener.local_addr().context("read bound address")?);
+        terrace_worker::run(config, listener, shutdown).await.context("run worker")
+    })
+}

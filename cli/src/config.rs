@@ -1,0 +1,48 @@
+//! Config files: TOML, every key optional (defaults from the service's config type).
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::de::DeserializeOwned;
+
+/// Loads `path` as `T`, or `T::default()` without a file.
+pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))
+}
+
+/// Runs `future` on a fresh multi-threaded runtime, stopping on Ctrl-C or SIGTERM.
+pub fn serve<F, Fut>(make: F) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("terrace")
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    signal.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+            signal.cancel();
+        });
+        make(shutdown).await
+    })
+}
