@@ -244,3 +244,93 @@ pub fn drain(
 pub fn wakeup() -> Arc<Wakeup> {
     Arc::new(Wakeup::default())
 }
+
+/// The `terrace` binary of this build, built on demand when a test runs
+/// without it (`cargo test -p terrace-tests`).
+pub fn terrace_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/terrace
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("terrace");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = std::process::Command::new(cargo);
+        command.args(["build", "-p", "terrace-cli", "--bin", "terrace"]);
+        if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+            command.arg("--release");
+        }
+        let status = command.status().expect("run cargo build for the terrace binary");
+        assert!(status.success(), "building the terrace binary failed");
+    }
+    assert!(bin.exists(), "terrace binary not found at {}", bin.display());
+    bin
+}
+
+/// A `terrace` service running as a child process; killed when dropped.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    pub child: std::process::Child,
+    pub address: String,
+}
+
+impl ServiceProcess {
+    /// Starts `terrace <args>` and waits (at most 30 s) for its "listening on" line.
+    pub fn start(args: &[&str]) -> ServiceProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(terrace_bin())
+            .args(args)
+            .env("TERRACE_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn terrace");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(address) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(address.trim().to_string());
+                }
+            }
+        });
+        let address = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("terrace prints its listening address within 30 s");
+        ServiceProcess { child, address }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Peak resident memory (VmHWM) of the process, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM line in /proc status");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("VmHWM value");
+        kib * 1024
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

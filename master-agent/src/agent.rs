@@ -1,0 +1,361 @@
+//! [`MasterAgent`]: the `TierMasterAgent` methods, and the background task
+//! that turns workers missing from the master's list into lost partitions.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use terrace_proto::{Message, pb};
+use terrace_rpc::{ClientOptions, io_runtime};
+use terrace_tier_api::{
+    AgentConfig, ErrorKind, JobId, PartitionId, PartitionKey, ShuffleDescriptor, TierError,
+    TierMasterAgent, TierResult, TierShuffleHandler,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::masters::{Masters, expect_ack};
+use crate::placements::Placements;
+use crate::workers::Workers;
+
+/// How often the agent asks a master for its worker list, by default.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Terrace's `TierMasterAgent`.
+///
+/// Every method blocks the calling thread on [`terrace_rpc::io_runtime`]:
+/// call them from engine threads or from `spawn_blocking`, never from a tokio
+/// runtime's worker thread (tokio panics: a runtime cannot be blocked on from
+/// inside one).
+///
+/// Lost partitions are reported through the job's
+/// [`TierShuffleHandler::on_release_partitions`], called once per job and lost
+/// worker with that job's partitions on it, from a blocking-pool thread; each
+/// partition is reported at most once.
+pub struct MasterAgent {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+struct Shared {
+    masters: Masters,
+    workers: Workers,
+    placements: Arc<Mutex<Placements>>,
+    closed: AtomicBool,
+}
+
+impl fmt::Debug for MasterAgent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MasterAgent")
+            .field("masters", &self.shared.masters.addresses())
+            .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    io_runtime().block_on(future)
+}
+
+impl MasterAgent {
+    /// An agent for the masters of `config.master_addresses` (tried in order)
+    /// that checks for lost workers every [`DEFAULT_POLL_INTERVAL`].
+    /// Connections are opened on first use.
+    pub fn new(config: AgentConfig) -> TierResult<Self> {
+        Self::with_poll_interval(config, DEFAULT_POLL_INTERVAL)
+    }
+
+    /// [`MasterAgent::new`] with another interval between worker-list polls.
+    pub fn with_poll_interval(config: AgentConfig, poll_interval: Duration) -> TierResult<Self> {
+        if config.master_addresses.is_empty() {
+            return Err(TierError::bad_input("master_addresses is empty"));
+        }
+        if poll_interval.is_zero() {
+            return Err(TierError::bad_input("the poll interval must be positive"));
+        }
+        let options = |name: &str| ClientOptions {
+            name: name.to_string(),
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
+            max_frame_bytes: config.max_frame_size.as_usize(),
+        };
+        let placements = Arc::new(Mutex::new(Placements::default()));
+        let announce = {
+            let placements = placements.clone();
+            Arc::new(move || placements.lock().expect("placements lock poisoned").jobs())
+        };
+        let shared = Arc::new(Shared {
+            masters: Masters::new(
+                config.master_addresses.clone(),
+                options("master-agent"),
+                announce,
+            ),
+            workers: Workers::new(options("master-agent")),
+            placements,
+            closed: AtomicBool::new(false),
+        });
+        let stop = CancellationToken::new();
+        io_runtime().spawn(poll_loop(shared.clone(), poll_interval, stop.clone()));
+        Ok(MasterAgent { shared, stop })
+    }
+}
+
+impl Shared {
+    fn placements(&self) -> MutexGuard<'_, Placements> {
+        self.placements.lock().expect("placements lock poisoned")
+    }
+
+    fn check_open(&self) -> TierResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(TierError::closed("the master agent is closed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn list_workers(&self) -> TierResult<pb::WorkerList> {
+        match self
+            .masters
+            .request(|request_id| Message::ListWorkers(pb::ListWorkers { request_id }))
+            .await?
+        {
+            Message::WorkerList(list) => Ok(list),
+            other => Err(TierError::internal(format!(
+                "expected a WorkerList, got {:?}",
+                other.message_type()
+            ))),
+        }
+    }
+
+    /// Asks every live worker to drop `job`. An unreachable worker is only
+    /// logged: its data died with it (and the master lists the job as released
+    /// in its heartbeat replies, should it come back).
+    async fn drop_job_on_workers(self: &Arc<Self>, job: &JobId) -> TierResult<()> {
+        let list = self.list_workers().await?;
+        let mut drops = tokio::task::JoinSet::new();
+        for worker in list.workers {
+            let shared = self.clone();
+            let job = job.clone();
+            drops.spawn(async move {
+                let result = shared
+                    .workers
+                    .request(&worker.data_address, |request_id| {
+                        Message::DropJob(pb::DropJob {
+                            request_id,
+                            job_id: job.as_bytes().clone(),
+                        })
+                    })
+                    .await
+                    .and_then(expect_ack);
+                (worker, job, result)
+            });
+        }
+        while let Some(joined) = drops.join_next().await {
+            let (worker, job, result) =
+                joined.map_err(|e| TierError::internal(format!("drop job task: {e}")))?;
+            match result {
+                Ok(()) => {
+                    tracing::debug!(job = %job, worker = %worker.worker_id, "job dropped on worker")
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job, worker = %worker.worker_id, address = %worker.data_address,
+                    error = %e, "cannot drop job on worker; the master will tell it in its heartbeat replies")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One round of lost-worker detection.
+    async fn poll_once(&self) -> TierResult<()> {
+        if !self.placements().has_partitions() {
+            return Ok(());
+        }
+        let listed_at = Instant::now();
+        let list = self.list_workers().await?;
+        let live: HashSet<String> = list.workers.into_iter().map(|w| w.worker_id).collect();
+        let lost = self.placements().take_lost(&live, listed_at);
+        for lost in lost {
+            if self.closed.load(Ordering::Acquire) {
+                break;
+            }
+            tracing::warn!(job = %lost.job, worker = %lost.worker_id, partitions = lost.partitions.len(),
+                "worker lost; reporting its partitions to the engine");
+            // Engine callbacks may block: keep them off the I/O threads.
+            let handler = lost.handler;
+            let partitions = lost.partitions;
+            tokio::task::spawn_blocking(move || handler.on_release_partitions(partitions))
+                .await
+                .map_err(|e| {
+                    TierError::internal(format!("on_release_partitions callback failed: {e}"))
+                })?;
+        }
+        Ok(())
+    }
+}
+
+async fn poll_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match shared.poll_once().await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("lost-worker detection works again");
+                }
+                failing = false;
+            }
+            // Logged once per run of failures; nothing is declared lost meanwhile.
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot check for lost workers; will retry");
+                failing = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot check for lost workers"),
+        }
+    }
+}
+
+impl TierMasterAgent for MasterAgent {
+    fn register_job(&self, job: &JobId, handler: Arc<dyn TierShuffleHandler>) -> TierResult<()> {
+        self.shared.check_open()?;
+        block_on(self.shared.masters.request(|request_id| {
+            Message::RegisterJob(pb::RegisterJob {
+                request_id,
+                job_id: job.as_bytes().clone(),
+            })
+        }))
+        .and_then(expect_ack)
+        .map_err(|e| e.context(format!("register job {job}")))?;
+        self.shared.placements().register(job.clone(), handler);
+        tracing::info!(job = %job, "job registered");
+        Ok(())
+    }
+
+    fn unregister_job(&self, job: &JobId) -> TierResult<()> {
+        self.shared.check_open()?;
+        // Forget first, so a lost worker found meanwhile is not reported for a finished job.
+        let partitions = self.shared.placements().unregister(job);
+        tracing::info!(job = %job, partitions = partitions.unwrap_or(0), "unregistering job");
+        block_on(async {
+            self.shared
+                .masters
+                .request(|request_id| {
+                    Message::UnregisterJob(pb::UnregisterJob {
+                        request_id,
+                        job_id: job.as_bytes().clone(),
+                    })
+                })
+                .await
+                .and_then(expect_ack)?;
+            self.shared.drop_job_on_workers(job).await
+        })
+        .map_err(|e| e.context(format!("unregister job {job}")))
+    }
+
+    fn add_partition_and_get_shuffle_descriptor(
+        &self,
+        job: &JobId,
+        partition: &PartitionId,
+        num_subpartitions: u32,
+    ) -> TierResult<ShuffleDescriptor> {
+        self.shared.check_open()?;
+        if !self.shared.placements().is_registered(job) {
+            return Err(TierError::bad_input(format!("job {job} is not registered")));
+        }
+        let key = PartitionKey {
+            job: job.clone(),
+            partition: partition.clone(),
+        };
+        let wire_key = pb::PartitionKey::from(&key);
+        let reply = block_on(self.shared.masters.request(|request_id| {
+            Message::AllocatePartition(pb::AllocatePartition {
+                request_id,
+                key: Some(wire_key.clone()),
+                num_subpartitions,
+            })
+        }))
+        .map_err(|e| e.context(format!("place {key}")))?;
+        let allocated = match reply {
+            Message::PartitionAllocated(a)
+                if a.key.as_ref() == Some(&wire_key)
+                    && !a.worker_id.is_empty()
+                    && !a.worker_address.is_empty() =>
+            {
+                a
+            }
+            other => {
+                return Err(TierError::internal(format!(
+                    "place {key}: the master replied with an unexpected {other:?}"
+                )));
+            }
+        };
+        self.shared.placements().add(
+            job,
+            partition.clone(),
+            allocated.worker_id.clone(),
+            Instant::now(),
+        )?;
+        tracing::debug!(job = %job, partition = %partition, worker = %allocated.worker_id, "partition placed");
+        Ok(ShuffleDescriptor::new(
+            &key,
+            allocated.worker_id,
+            allocated.worker_address,
+        ))
+    }
+
+    fn release_partition(&self, descriptor: &ShuffleDescriptor) -> TierResult<()> {
+        self.shared.check_open()?;
+        let key = descriptor.key()?;
+        self.shared.placements().remove(&key.job, &key.partition);
+        let wire_key = pb::PartitionKey::from(&key);
+        let result = block_on(self.shared.workers.request(
+            &descriptor.worker_address,
+            |request_id| {
+                Message::ReleasePartition(pb::ReleasePartition {
+                    request_id,
+                    key: Some(wire_key.clone()),
+                })
+            },
+        ))
+        .and_then(expect_ack);
+        match result {
+            Ok(()) => {
+                tracing::debug!(job = %key.job, partition = %key.partition, worker = %descriptor.worker_id,
+                    "partition released");
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::PartitionNotFound => {
+                tracing::debug!(job = %key.job, partition = %key.partition, worker = %descriptor.worker_id,
+                    "partition already gone");
+                Ok(())
+            }
+            Err(e) => Err(e.context(format!(
+                "release {key} on worker {} at {}",
+                descriptor.worker_id, descriptor.worker_address
+            ))),
+        }
+    }
+
+    /// Stops lost-worker detection and closes every connection. Later calls
+    /// fail with `Closed`. A handler callback already running may still finish.
+    fn close(&self) {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.stop.cancel();
+        self.shared.masters.close();
+        self.shared.workers.close();
+        tracing::debug!("master agent closed");
+    }
+}
+
+impl Drop for MasterAgent {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

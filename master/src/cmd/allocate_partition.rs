@@ -1,0 +1,43 @@
+//! `AllocatePartition` → `PartitionAllocated` on the least-loaded live
+//! worker, or `ErrorReply` NO_WORKERS when none is live.
+
+use std::time::Instant;
+
+use terrace_proto::{Message, pb};
+use terrace_tier_api::{PartitionKey, TierError, TierResult};
+
+use crate::registry::Registry;
+
+#[derive(Debug)]
+pub(crate) struct AllocatePartition {
+    key: PartitionKey,
+}
+
+impl AllocatePartition {
+    pub(crate) fn parse(m: pb::AllocatePartition) -> TierResult<Self> {
+        if m.num_subpartitions == 0 {
+            return Err(TierError::bad_input(
+                "a partition needs at least one subpartition",
+            ));
+        }
+        Ok(AllocatePartition {
+            key: PartitionKey::try_from(m.key)?,
+        })
+    }
+
+    pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
+        match registry.allocate(&self.key, now) {
+            Ok(placement) => Message::PartitionAllocated(pb::PartitionAllocated {
+                request_id,
+                key: Some((&self.key).into()),
+                worker_id: placement.worker_id,
+                worker_address: placement.data_address,
+            }),
+            Err(e) => {
+                tracing::warn!(job = %self.key.job, partition = %self.key.partition, error = %e,
+                    "cannot place partition");
+                Message::error(request_id, e.code(), e.message())
+            }
+        }
+    }
+}

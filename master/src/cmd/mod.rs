@@ -1,0 +1,183 @@
+//! One file per request the master serves. Each command is parsed and
+//! validated from its wire message (`parse`), then applied to the registry
+//! (`apply`), which yields the reply. Raw protobuf structs stay in this module.
+
+mod allocate_partition;
+mod heartbeat;
+mod list_workers;
+mod register_job;
+mod register_worker;
+mod unregister_job;
+
+use std::time::Instant;
+
+use terrace_proto::{Message, pb};
+use terrace_tier_api::{JobId, MAX_ID_BYTES, TierError, TierResult};
+
+use crate::registry::{Registry, WorkerLoad};
+
+pub(crate) use allocate_partition::AllocatePartition;
+pub(crate) use heartbeat::Heartbeat;
+pub(crate) use list_workers::ListWorkers;
+pub(crate) use register_job::RegisterJob;
+pub(crate) use register_worker::RegisterWorker;
+pub(crate) use unregister_job::UnregisterJob;
+
+/// A validated request.
+#[derive(Debug)]
+pub(crate) enum Command {
+    RegisterWorker(RegisterWorker),
+    Heartbeat(Heartbeat),
+    RegisterJob(RegisterJob),
+    UnregisterJob(UnregisterJob),
+    AllocatePartition(AllocatePartition),
+    ListWorkers(ListWorkers),
+}
+
+impl Command {
+    /// Parses a request. On failure, the error reply to send instead
+    /// (BAD_REQUEST for invalid content or a message the master does not serve).
+    pub(crate) fn from_message(message: Message) -> Result<(u64, Command), Message> {
+        let request_id = message.request_id();
+        let parsed = match message {
+            Message::RegisterWorker(m) => RegisterWorker::parse(m).map(Command::RegisterWorker),
+            Message::WorkerHeartbeat(m) => Heartbeat::parse(m).map(Command::Heartbeat),
+            Message::RegisterJob(m) => RegisterJob::parse(m).map(Command::RegisterJob),
+            Message::UnregisterJob(m) => UnregisterJob::parse(m).map(Command::UnregisterJob),
+            Message::AllocatePartition(m) => {
+                AllocatePartition::parse(m).map(Command::AllocatePartition)
+            }
+            Message::ListWorkers(_) => Ok(Command::ListWorkers(ListWorkers)),
+            other => Err(TierError::bad_input(format!(
+                "the master does not serve {:?} requests",
+                other.message_type()
+            ))),
+        };
+        match parsed {
+            Ok(command) => Ok((request_id, command)),
+            Err(e) => {
+                tracing::debug!(request_id, error = %e, "bad request");
+                Err(Message::error(request_id, e.code(), e.message()))
+            }
+        }
+    }
+
+    /// Applies the command and returns the reply for `request_id`.
+    pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
+        match self {
+            Command::RegisterWorker(c) => c.apply(request_id, registry, now),
+            Command::Heartbeat(c) => c.apply(request_id, registry, now),
+            Command::RegisterJob(c) => c.apply(request_id, registry, now),
+            Command::UnregisterJob(c) => c.apply(request_id, registry, now),
+            Command::AllocatePartition(c) => c.apply(request_id, registry, now),
+            Command::ListWorkers(c) => c.apply(request_id, registry, now),
+        }
+    }
+}
+
+/// A worker id: non-empty text of at most [`MAX_ID_BYTES`] bytes.
+fn worker_id(id: String) -> TierResult<String> {
+    if id.is_empty() {
+        return Err(TierError::bad_input("worker id is empty"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(TierError::bad_input(format!(
+            "worker id has {} bytes, more than {MAX_ID_BYTES}",
+            id.len()
+        )));
+    }
+    Ok(id)
+}
+
+/// A worker's data address: `host:port` with a numeric port.
+fn data_address(address: String) -> TierResult<String> {
+    let valid = address.len() <= MAX_ID_BYTES
+        && address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+        });
+    if valid {
+        Ok(address)
+    } else {
+        Err(TierError::bad_input(format!(
+            "worker data address {address:?} is not host:port"
+        )))
+    }
+}
+
+fn job_id(bytes: bytes::Bytes) -> TierResult<JobId> {
+    JobId::new(bytes)
+}
+
+impl From<Option<pb::WorkerLoad>> for WorkerLoad {
+    fn from(load: Option<pb::WorkerLoad>) -> Self {
+        let load = load.unwrap_or_default();
+        WorkerLoad {
+            stored_bytes: load.stored_bytes,
+            memory_used_bytes: load.memory_used_bytes,
+            open_partitions: load.open_partitions,
+            sealed_partitions: load.sealed_partitions,
+        }
+    }
+}
+
+impl From<WorkerLoad> for pb::WorkerLoad {
+    fn from(load: WorkerLoad) -> Self {
+        pb::WorkerLoad {
+            stored_bytes: load.stored_bytes,
+            memory_used_bytes: load.memory_used_bytes,
+            open_partitions: load.open_partitions,
+            sealed_partitions: load.sealed_partitions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_ids_and_addresses_are_validated() {
+        assert_eq!(worker_id("w1".into()), Ok("w1".to_string()));
+        assert_eq!(
+            worker_id(String::new()),
+            Err(TierError::bad_input("worker id is empty"))
+        );
+        assert!(worker_id("x".repeat(MAX_ID_BYTES + 1)).is_err());
+        assert_eq!(
+            data_address("10.0.0.1:7000".into()),
+            Ok("10.0.0.1:7000".to_string())
+        );
+        assert_eq!(
+            data_address("[::1]:7000".into()),
+            Ok("[::1]:7000".to_string())
+        );
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":80",
+            "host:0",
+            "host:99999",
+            "host:http",
+        ] {
+            assert!(data_address(bad.into()).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn requests_the_master_does_not_serve_are_bad_requests_naming_the_type() {
+        let reply = Command::from_message(Message::DropJob(pb::DropJob {
+            request_id: 42,
+            job_id: bytes::Bytes::from_static(b"j"),
+        }))
+        .expect_err("not a master request");
+        assert_eq!(
+            reply,
+            Message::error(
+                42,
+                pb::ErrorCode::BadRequest,
+                "the master does not serve DropJob requests"
+            )
+        );
+    }
+}

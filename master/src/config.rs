@@ -1,0 +1,131 @@
+//! The master's configuration.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use terrace_tier_api::ByteSize;
+
+/// Settings of the master service. Every field has a default, so an empty
+/// file is a valid configuration:
+///
+/// ```toml
+/// listen = "0.0.0.0:9870"
+/// worker_timeout = "10s"
+/// max_frame_size = "1MiB"
+/// released_job_memory = "5m"
+/// partition_size_estimate = "64MiB"
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MasterConfig {
+    /// `host:port` to listen on. [`run`](crate::run) takes a listener that is
+    /// already bound, so this is read by whoever binds it (the CLI).
+    pub listen: String,
+    /// A worker whose last heartbeat is older than this is lost: it gets no
+    /// new partitions and leaves the worker list, so master agents report the
+    /// partitions it held as lost. Several heartbeat intervals long.
+    #[serde(with = "humantime_serde")]
+    pub worker_timeout: Duration,
+    /// Largest frame the master accepts from a peer. Master requests carry no
+    /// body and take a few hundred bytes, so 1MiB leaves ample room while
+    /// bounding what a hostile peer can make the master allocate. (It does not
+    /// bound the master's replies: a `WorkerList` is limited by its reader.)
+    pub max_frame_size: ByteSize,
+    /// How long an unregistered job is remembered and listed in heartbeat
+    /// replies, so that every worker learns to drop its data. Must be longer
+    /// than the workers' heartbeat interval.
+    #[serde(with = "humantime_serde")]
+    pub released_job_memory: Duration,
+    /// Bytes a newly placed partition is assumed to add to its worker's load,
+    /// until the worker's next heartbeat reports what it really stores.
+    pub partition_size_estimate: ByteSize,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            listen: "127.0.0.1:9870".to_string(),
+            worker_timeout: Duration::from_secs(10),
+            max_frame_size: ByteSize::mib(1),
+            released_job_memory: Duration::from_secs(5 * 60),
+            partition_size_estimate: ByteSize::mib(64),
+        }
+    }
+}
+
+/// Smallest `max_frame_size` that still fits every master request.
+const MIN_FRAME_SIZE: ByteSize = ByteSize::kib(4);
+
+impl MasterConfig {
+    /// Checks the fields; call after loading.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.worker_timeout.is_zero() {
+            return Err("worker_timeout must be positive".into());
+        }
+        if self.max_frame_size < MIN_FRAME_SIZE {
+            return Err(format!(
+                "max_frame_size ({}) must be at least {MIN_FRAME_SIZE}",
+                self.max_frame_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let config: MasterConfig = toml::from_str("").expect("empty config parses");
+        assert_eq!(config, MasterConfig::default());
+        assert_eq!(config.listen, "127.0.0.1:9870");
+        assert_eq!(config.worker_timeout, Duration::from_secs(10));
+        assert_eq!(config.max_frame_size, ByteSize(1024 * 1024));
+        assert_eq!(config.released_job_memory, Duration::from_secs(300));
+        assert_eq!(config.partition_size_estimate, ByteSize(64 * 1024 * 1024));
+        config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn human_readable_values_parse_and_unknown_fields_are_refused() {
+        let config: MasterConfig = toml::from_str(
+            "listen = \"0.0.0.0:1\"\nworker_timeout = \"300ms\"\nmax_frame_size = \"64KiB\"\n\
+             released_job_memory = \"1m\"\npartition_size_estimate = 0\n",
+        )
+        .expect("config parses");
+        assert_eq!(
+            config,
+            MasterConfig {
+                listen: "0.0.0.0:1".into(),
+                worker_timeout: Duration::from_millis(300),
+                max_frame_size: ByteSize(65536),
+                released_job_memory: Duration::from_secs(60),
+                partition_size_estimate: ByteSize(0),
+            }
+        );
+        let err = toml::from_str::<MasterConfig>("listn = \"x\"").expect_err("typo is refused");
+        assert!(err.to_string().contains("unknown field `listn`"), "{err}");
+    }
+
+    #[test]
+    fn validate_refuses_zero_timeout_and_tiny_frames() {
+        let zero = MasterConfig {
+            worker_timeout: Duration::ZERO,
+            ..MasterConfig::default()
+        };
+        assert_eq!(
+            zero.validate(),
+            Err("worker_timeout must be positive".to_string())
+        );
+        let tiny = MasterConfig {
+            max_frame_size: ByteSize(100),
+            ..MasterConfig::default()
+        };
+        assert_eq!(
+            tiny.validate(),
+            Err("max_frame_size (100B) must be at least 4KiB".to_string())
+        );
+    }
+}

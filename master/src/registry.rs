@@ -1,0 +1,372 @@
+//! The master's soft state: live workers with their load, registered jobs,
+//! recently released jobs, and the placement rule. Pure and synchronous; the
+//! caller passes the time in.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
+
+use crate::config::MasterConfig;
+
+/// What a worker reported in its last heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WorkerLoad {
+    pub stored_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub open_partitions: u32,
+    pub sealed_partitions: u32,
+}
+
+/// A live worker as listed to clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WorkerSnapshot {
+    pub id: String,
+    pub data_address: String,
+    pub load: WorkerLoad,
+    pub since_heartbeat: Duration,
+}
+
+/// Where a partition was placed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub worker_id: String,
+    pub data_address: String,
+}
+
+#[derive(Debug)]
+struct Worker {
+    data_address: String,
+    load: WorkerLoad,
+    last_heartbeat: Instant,
+    /// Estimated bytes of partitions placed since the last heartbeat.
+    placed_bytes: u64,
+    /// Sequence number of the last placement here (0: never), for round robin
+    /// among equally loaded workers.
+    last_placed: u64,
+}
+
+impl Worker {
+    fn placement_load(&self) -> u64 {
+        self.load.stored_bytes.saturating_add(self.placed_bytes)
+    }
+}
+
+/// Workers, jobs and released jobs.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    worker_timeout: Duration,
+    released_job_memory: Duration,
+    partition_size_estimate: u64,
+    workers: BTreeMap<String, Worker>,
+    jobs: BTreeSet<JobId>,
+    /// Unregistered jobs and when they were unregistered.
+    released: BTreeMap<JobId, Instant>,
+    placements: u64,
+}
+
+impl Registry {
+    pub(crate) fn new(config: &MasterConfig) -> Self {
+        Registry {
+            worker_timeout: config.worker_timeout,
+            released_job_memory: config.released_job_memory,
+            partition_size_estimate: config.partition_size_estimate.as_u64(),
+            workers: BTreeMap::new(),
+            jobs: BTreeSet::new(),
+            released: BTreeMap::new(),
+            placements: 0,
+        }
+    }
+
+    /// Forgets workers whose heartbeat is older than the timeout and released
+    /// jobs older than their memory. Returns the ids of the workers dropped.
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<String> {
+        let timeout = self.worker_timeout;
+        let mut lost = Vec::new();
+        self.workers.retain(|id, worker| {
+            let silent = now.saturating_duration_since(worker.last_heartbeat);
+            let live = silent <= timeout;
+            if !live {
+                tracing::warn!(worker = %id, address = %worker.data_address, silent_ms = silent.as_millis() as u64,
+                    "worker lost: no heartbeat within the worker timeout");
+                lost.push(id.clone());
+            }
+            live
+        });
+        let memory = self.released_job_memory;
+        self.released
+            .retain(|_, at| now.saturating_duration_since(*at) <= memory);
+        lost
+    }
+
+    /// Records a worker's registration (or re-registration) as a heartbeat
+    /// without load. Returns true if the worker was not known.
+    pub(crate) fn register_worker(
+        &mut self,
+        id: String,
+        data_address: String,
+        now: Instant,
+    ) -> bool {
+        self.expire(now);
+        match self.workers.get_mut(&id) {
+            Some(worker) => {
+                if worker.data_address != data_address {
+                    tracing::info!(worker = %id, old = %worker.data_address, new = %data_address,
+                        "worker re-registered with a new address");
+                    worker.data_address = data_address;
+                }
+                worker.last_heartbeat = now;
+                false
+            }
+            None => {
+                tracing::info!(worker = %id, address = %data_address, "worker registered");
+                self.workers.insert(
+                    id,
+                    Worker {
+                        data_address,
+                        load: WorkerLoad::default(),
+                        last_heartbeat: now,
+                        placed_bytes: 0,
+                        last_placed: 0,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Records a heartbeat (registering an unknown worker) and returns the
+    /// jobs released recently, which the worker must drop.
+    pub(crate) fn heartbeat(
+        &mut self,
+        id: String,
+        data_address: String,
+        load: WorkerLoad,
+        now: Instant,
+    ) -> Vec<JobId> {
+        let key = id.clone();
+        self.register_worker(id, data_address, now);
+        let worker = self
+            .workers
+            .get_mut(&key)
+            .expect("register_worker just inserted or refreshed this worker");
+        worker.load = load;
+        worker.placed_bytes = 0;
+        self.released.keys().cloned().collect()
+    }
+
+    pub(crate) fn register_job(&mut self, job: JobId, now: Instant) {
+        self.expire(now);
+        if self.released.remove(&job).is_some() {
+            tracing::info!(job = %job, "released job registered again");
+        }
+        if self.jobs.insert(job.clone()) {
+            tracing::info!(job = %job, "job registered");
+        }
+    }
+
+    /// Forgets the job and remembers it as released, whether or not it was
+    /// registered here (it may have been registered with a master that
+    /// restarted since).
+    pub(crate) fn unregister_job(&mut self, job: JobId, now: Instant) {
+        self.expire(now);
+        let known = self.jobs.remove(&job);
+        tracing::info!(job = %job, known, "job unregistered; workers will be told to drop it");
+        self.released.insert(job, now);
+    }
+
+    /// Picks the live worker with the least load (stored bytes from its last
+    /// heartbeat plus the estimate of partitions placed since), breaking ties
+    /// by the least recently chosen, then by id.
+    ///
+    /// A job this master does not know is registered on the way (soft state:
+    /// it may have been registered with a master that restarted since); a job
+    /// released recently is refused.
+    pub(crate) fn allocate(&mut self, key: &PartitionKey, now: Instant) -> TierResult<Placement> {
+        self.expire(now);
+        if self.released.contains_key(&key.job) {
+            return Err(TierError::bad_input(format!(
+                "job {} is unregistered; it gets no new partitions",
+                key.job
+            )));
+        }
+        if self.jobs.insert(key.job.clone()) {
+            tracing::info!(job = %key.job, "job registered by its first partition");
+        }
+        let (id, worker) = self
+            .workers
+            .iter_mut()
+            .min_by_key(|(id, w)| (w.placement_load(), w.last_placed, id.as_str()))
+            .ok_or_else(|| {
+                TierError::new(terrace_tier_api::ErrorKind::NoWorkers, "no live worker")
+            })?;
+        self.placements += 1;
+        worker.last_placed = self.placements;
+        worker.placed_bytes = worker
+            .placed_bytes
+            .saturating_add(self.partition_size_estimate);
+        tracing::debug!(job = %key.job, partition = %key.partition, worker = %id, "partition placed");
+        Ok(Placement {
+            worker_id: id.clone(),
+            data_address: worker.data_address.clone(),
+        })
+    }
+
+    /// Live workers, by id.
+    pub(crate) fn live_workers(&mut self, now: Instant) -> Vec<WorkerSnapshot> {
+        self.expire(now);
+        self.workers
+            .iter()
+            .map(|(id, w)| WorkerSnapshot {
+                id: id.clone(),
+                data_address: w.data_address.clone(),
+                load: w.load,
+                since_heartbeat: now.saturating_duration_since(w.last_heartbeat),
+            })
+            .collect()
+    }
+
+    /// Registered jobs, in byte order.
+    pub(crate) fn jobs(&self) -> Vec<JobId> {
+        self.jobs.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use terrace_tier_api::{ByteSize, ErrorKind, PartitionId};
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn registry(estimate: u64) -> Registry {
+        Registry::new(&MasterConfig {
+            worker_timeout: Duration::from_millis(300),
+            released_job_memory: Duration::from_secs(1),
+            partition_size_estimate: ByteSize(estimate),
+            ..MasterConfig::default()
+        })
+    }
+
+    fn key(job: &str, partition: u32) -> PartitionKey {
+        PartitionKey {
+            job: JobId::new(job.as_bytes().to_vec()).expect("valid job id"),
+            partition: PartitionId::new(partition.to_be_bytes().to_vec())
+                .expect("valid partition id"),
+        }
+    }
+
+    fn stored(bytes: u64) -> WorkerLoad {
+        WorkerLoad {
+            stored_bytes: bytes,
+            ..WorkerLoad::default()
+        }
+    }
+
+    fn place(r: &mut Registry, n: u32, now: Instant) -> Vec<String> {
+        (0..n)
+            .map(|p| {
+                r.allocate(&key("j", p), now)
+                    .expect("a worker is live")
+                    .worker_id
+            })
+            .collect()
+    }
+
+    #[test]
+    fn equal_loads_rotate_even_without_an_estimate() {
+        let now = Instant::now();
+        let mut r = registry(0);
+        for id in ["w1", "w2", "w3"] {
+            r.register_worker(id.into(), format!("{id}:1"), now);
+        }
+        assert_eq!(
+            place(&mut r, 7, now),
+            ["w1", "w2", "w3", "w1", "w2", "w3", "w1"]
+        );
+    }
+
+    #[test]
+    fn placement_follows_stored_plus_estimated_bytes() {
+        let now = Instant::now();
+        let mut r = registry(64 * MIB);
+        r.heartbeat("a".into(), "a:1".into(), stored(300 * MIB), now);
+        r.heartbeat("b".into(), "b:1".into(), stored(100 * MIB), now);
+        r.heartbeat("c".into(), "c:1".into(), stored(200 * MIB), now);
+        // b 100 → 164 → 228, c 200 → 264, b 228 → 292, c 264 → 328, b 292 → 356, a 300.
+        assert_eq!(place(&mut r, 7, now), ["b", "b", "c", "b", "c", "b", "a"]);
+        // A heartbeat replaces the estimate with what the worker reports.
+        r.heartbeat("a".into(), "a:1".into(), stored(0), now);
+        assert_eq!(place(&mut r, 1, now), ["a"]);
+    }
+
+    #[test]
+    fn silent_workers_expire_and_come_back_with_a_heartbeat() {
+        let t0 = Instant::now();
+        let mut r = registry(0);
+        r.register_worker("w1".into(), "h:1".into(), t0);
+        r.register_worker("w2".into(), "h:2".into(), t0);
+        let t1 = t0 + Duration::from_millis(200);
+        r.heartbeat("w2".into(), "h:2".into(), stored(5), t1);
+        assert_eq!(
+            r.expire(t0 + Duration::from_millis(300)),
+            Vec::<String>::new()
+        );
+        let t2 = t0 + Duration::from_millis(301);
+        let live: Vec<String> = r.live_workers(t2).into_iter().map(|w| w.id).collect();
+        assert_eq!(live, ["w2"]);
+        assert_eq!(place(&mut r, 2, t2), ["w2", "w2"]);
+        let t3 = t1 + Duration::from_millis(301);
+        let err = r.allocate(&key("j", 9), t3).expect_err("nobody is live");
+        assert_eq!(err.kind(), ErrorKind::NoWorkers);
+        r.heartbeat("w1".into(), "h:9".into(), stored(1), t3);
+        let live = r.live_workers(t3);
+        assert_eq!(
+            live,
+            [WorkerSnapshot {
+                id: "w1".into(),
+                data_address: "h:9".into(),
+                load: stored(1),
+                since_heartbeat: Duration::ZERO,
+            }]
+        );
+    }
+
+    #[test]
+    fn released_jobs_are_listed_for_their_memory_then_forgotten() {
+        let t0 = Instant::now();
+        let mut r = registry(0);
+        let (j1, j2) = (key("job1", 0).job, key("job2", 0).job);
+        r.register_job(j1.clone(), t0);
+        r.register_job(j2.clone(), t0);
+        assert_eq!(r.jobs(), [j1.clone(), j2.clone()]);
+        r.unregister_job(j1.clone(), t0);
+        assert_eq!(r.jobs(), vec![j2.clone()]);
+        let released = r.heartbeat(
+            "w".into(),
+            "h:1".into(),
+            stored(0),
+            t0 + Duration::from_millis(10),
+        );
+        assert_eq!(released, vec![j1.clone()]);
+        let err = r.allocate(&key("job1", 1), t0).expect_err("released job");
+        assert_eq!(err.kind(), ErrorKind::BadInput);
+        let released = r.heartbeat(
+            "w".into(),
+            "h:1".into(),
+            stored(0),
+            t0 + Duration::from_millis(1001),
+        );
+        assert_eq!(released, Vec::<JobId>::new());
+        r.unregister_job(j2.clone(), t0 + Duration::from_millis(1001));
+        r.register_job(j2.clone(), t0 + Duration::from_millis(1002));
+        let released = r.heartbeat(
+            "w".into(),
+            "h:1".into(),
+            stored(0),
+            t0 + Duration::from_millis(1003),
+        );
+        assert_eq!(released, Vec::<JobId>::new());
+        assert_eq!(r.jobs(), [j2]);
+    }
+}

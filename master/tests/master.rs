@@ -1,0 +1,557 @@
+//! The master over real TCP on 127.0.0.1: registration, heartbeats,
+//! placement, expiry of silent workers, released jobs, bad requests and
+//! protocol errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use terrace_master::{Clock, ManualClock, MasterConfig, SystemClock, run_with_clock};
+use terrace_proto::{FrameReader, Message, PROTOCOL_VERSION, pb, write_frame};
+use terrace_rpc::{Client, ClientOptions};
+use terrace_tier_api::{ByteSize, ErrorKind};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const MIB: u64 = 1024 * 1024;
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Master {
+    addr: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<terrace_tier_api::TierResult<()>>,
+}
+
+async fn start(config: MasterConfig, clock: Arc<dyn Clock>) -> Master {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("bound address").to_string();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_with_clock(config, listener, shutdown.clone(), clock));
+    Master {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+async fn connect(addr: &str) -> Client {
+    let options = ClientOptions {
+        name: "master test".into(),
+        request_timeout: WAIT,
+        ..ClientOptions::default()
+    };
+    Client::connect(addr, &options)
+        .await
+        .expect("connect to the master")
+}
+
+async fn register_worker(client: &Client, id: &str, address: &str) {
+    let (reply, _) = client
+        .request(|request_id| {
+            Message::RegisterWorker(pb::RegisterWorker {
+                request_id,
+                worker_id: id.into(),
+                data_address: address.into(),
+            })
+        })
+        .await
+        .expect("register worker");
+    assert!(matches!(reply, Message::Ack(_)), "{reply:?}");
+}
+
+fn load(stored_bytes: u64) -> pb::WorkerLoad {
+    pb::WorkerLoad {
+        stored_bytes,
+        memory_used_bytes: 7,
+        open_partitions: 2,
+        sealed_partitions: 3,
+    }
+}
+
+/// Sends a heartbeat and returns the released jobs of the reply.
+async fn heartbeat(client: &Client, id: &str, address: &str, stored_bytes: u64) -> Vec<Bytes> {
+    let (reply, _) = client
+        .request(|request_id| {
+            Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+                request_id,
+                worker_id: id.into(),
+                data_address: address.into(),
+                load: Some(load(stored_bytes)),
+            })
+        })
+        .await
+        .expect("heartbeat");
+    match reply {
+        Message::HeartbeatReply(r) => r.released_jobs,
+        other => panic!("expected a heartbeat reply, got {other:?}"),
+    }
+}
+
+async fn job_request(
+    client: &Client,
+    register: bool,
+    job: &'static [u8],
+) -> terrace_tier_api::TierResult<Message> {
+    client
+        .request(|request_id| {
+            let job_id = Bytes::from_static(job);
+            if register {
+                Message::RegisterJob(pb::RegisterJob { request_id, job_id })
+            } else {
+                Message::UnregisterJob(pb::UnregisterJob { request_id, job_id })
+            }
+        })
+        .await
+        .map(|(reply, _)| reply)
+}
+
+fn key(job: &'static [u8], partition: u32) -> pb::PartitionKey {
+    pb::PartitionKey {
+        job_id: Bytes::from_static(job),
+        partition_id: Bytes::copy_from_slice(&partition.to_be_bytes()),
+    }
+}
+
+async fn allocate(
+    client: &Client,
+    job: &'static [u8],
+    partition: u32,
+) -> terrace_tier_api::TierResult<pb::PartitionAllocated> {
+    let (reply, _) = client
+        .request(|request_id| {
+            Message::AllocatePartition(pb::AllocatePartition {
+                request_id,
+                key: Some(key(job, partition)),
+                num_subpartitions: 4,
+            })
+        })
+        .await?;
+    match reply {
+        Message::PartitionAllocated(a) => {
+            assert_eq!(a.key, Some(key(job, partition)), "the reply echoes the key");
+            Ok(a)
+        }
+        other => panic!("expected PartitionAllocated, got {other:?}"),
+    }
+}
+
+async fn list_workers(client: &Client) -> pb::WorkerList {
+    let (reply, _) = client
+        .request(|request_id| Message::ListWorkers(pb::ListWorkers { request_id }))
+        .await
+        .expect("list workers");
+    match reply {
+        Message::WorkerList(list) => list,
+        other => panic!("expected a worker list, got {other:?}"),
+    }
+}
+
+fn worker_ids(list: &pb::WorkerList) -> Vec<&str> {
+    list.workers.iter().map(|w| w.worker_id.as_str()).collect()
+}
+
+async fn stop(master: Master) {
+    master.shutdown.cancel();
+    let result = tokio::time::timeout(WAIT, master.task)
+        .await
+        .expect("master stops within the grace period")
+        .expect("master task does not panic");
+    assert_eq!(result, Ok(()));
+}
+
+#[tokio::test]
+async fn placement_goes_to_the_least_loaded_of_three_workers() {
+    let master = start(MasterConfig::default(), Arc::new(SystemClock)).await;
+    let client = connect(&master.addr).await;
+    for (id, address, stored) in [
+        ("wa", "10.0.0.1:7000", 300 * MIB),
+        ("wb", "10.0.0.2:7000", 100 * MIB),
+        ("wc", "10.0.0.3:7000", 200 * MIB),
+    ] {
+        register_worker(&client, id, address).await;
+        assert_eq!(
+            heartbeat(&client, id, address, stored).await,
+            Vec::<Bytes>::new()
+        );
+    }
+    assert!(matches!(
+        job_request(&client, true, b"job-1").await,
+        Ok(Message::Ack(_))
+    ));
+
+    // The default estimate adds 64MiB per placed partition:
+    // wb 100 → 164 → 228, wc 200 → 264, wb 228 → 292, wc 264 → 328, wb 292 → 356, wa 300.
+    let mut placed = Vec::new();
+    for p in 0..7 {
+        let a = allocate(&client, b"job-1", p).await.expect("allocate");
+        placed.push(format!("{}@{}", a.worker_id, a.worker_address));
+    }
+    assert_eq!(
+        placed,
+        [
+            "wb@10.0.0.2:7000",
+            "wb@10.0.0.2:7000",
+            "wc@10.0.0.3:7000",
+            "wb@10.0.0.2:7000",
+            "wc@10.0.0.3:7000",
+            "wb@10.0.0.2:7000",
+            "wa@10.0.0.1:7000"
+        ]
+    );
+
+    let list = list_workers(&client).await;
+    assert_eq!(worker_ids(&list), ["wa", "wb", "wc"]);
+    assert_eq!(list.workers[1].load, Some(load(100 * MIB)));
+    assert!(
+        list.workers
+            .iter()
+            .all(|w| w.millis_since_heartbeat < 5_000),
+        "{list:?}"
+    );
+    assert_eq!(list.jobs, [Bytes::from_static(b"job-1")]);
+    stop(master).await;
+}
+
+#[tokio::test]
+async fn an_empty_cluster_spreads_consecutive_partitions_round_robin() {
+    let config = MasterConfig {
+        partition_size_estimate: ByteSize(0),
+        ..MasterConfig::default()
+    };
+    let master = start(config, Arc::new(SystemClock)).await;
+    let client = connect(&master.addr).await;
+    for (id, address) in [("w1", "h1:1"), ("w2", "h2:2"), ("w3", "h3:3")] {
+        register_worker(&client, id, address).await;
+    }
+    let mut placed = Vec::new();
+    for p in 0..6 {
+        let a = allocate(&client, b"job", p).await.expect("allocate");
+        placed.push(format!("{}@{}", a.worker_id, a.worker_address));
+    }
+    assert_eq!(
+        placed,
+        [
+            "w1@h1:1", "w2@h2:2", "w3@h3:3", "w1@h1:1", "w2@h2:2", "w3@h3:3"
+        ]
+    );
+    // Allocation registered the job it had not heard of.
+    assert_eq!(
+        list_workers(&client).await.jobs,
+        [Bytes::from_static(b"job")]
+    );
+    stop(master).await;
+}
+
+#[tokio::test]
+async fn allocation_without_workers_fails_with_no_workers() {
+    let master = start(MasterConfig::default(), Arc::new(SystemClock)).await;
+    let client = connect(&master.addr).await;
+    let err = allocate(&client, b"job", 0)
+        .await
+        .expect_err("no worker is registered");
+    assert_eq!(err.kind(), ErrorKind::NoWorkers);
+    assert_eq!(err.message(), "no live worker");
+    stop(master).await;
+}
+
+#[tokio::test]
+async fn a_worker_that_stops_heartbeating_disappears_after_the_timeout() {
+    let clock = Arc::new(ManualClock::new());
+    let config = MasterConfig {
+        worker_timeout: Duration::from_millis(300),
+        ..MasterConfig::default()
+    };
+    let master = start(config, clock.clone()).await;
+    let client = connect(&master.addr).await;
+    register_worker(&client, "w1", "h:1").await;
+    heartbeat(&client, "w2", "h:2", 0).await; // an unknown worker's heartbeat registers it
+    clock.advance(Duration::from_millis(200));
+    heartbeat(&client, "w2", "h:2", 0).await;
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(
+        worker_ids(&list_workers(&client).await),
+        ["w1", "w2"],
+        "300ms is not yet too old"
+    );
+
+    clock.advance(Duration::from_millis(1));
+    let list = list_workers(&client).await;
+    assert_eq!(worker_ids(&list), ["w2"]);
+    assert_eq!(list.workers[0].millis_since_heartbeat, 101);
+    for p in 0..3 {
+        assert_eq!(
+            allocate(&client, b"job", p)
+                .await
+                .expect("w2 is live")
+                .worker_id,
+            "w2"
+        );
+    }
+
+    clock.advance(Duration::from_millis(200));
+    assert_eq!(worker_ids(&list_workers(&client).await), Vec::<&str>::new());
+    let err = allocate(&client, b"job", 9)
+        .await
+        .expect_err("every worker is lost");
+    assert_eq!(err.kind(), ErrorKind::NoWorkers);
+
+    // A lost worker that heartbeats again is back.
+    heartbeat(&client, "w1", "h:1", 5).await;
+    assert_eq!(worker_ids(&list_workers(&client).await), ["w1"]);
+    stop(master).await;
+}
+
+#[tokio::test]
+async fn heartbeat_replies_list_released_jobs_for_their_memory() {
+    let clock = Arc::new(ManualClock::new());
+    let config = MasterConfig {
+        worker_timeout: Duration::from_secs(60),
+        released_job_memory: Duration::from_secs(10),
+        ..MasterConfig::default()
+    };
+    let master = start(config, clock.clone()).await;
+    let client = connect(&master.addr).await;
+    assert!(matches!(
+        job_request(&client, true, b"j1").await,
+        Ok(Message::Ack(_))
+    ));
+    assert!(matches!(
+        job_request(&client, true, b"j2").await,
+        Ok(Message::Ack(_))
+    ));
+    assert_eq!(heartbeat(&client, "w", "h:1", 0).await, Vec::<Bytes>::new());
+    assert!(matches!(
+        job_request(&client, false, b"j1").await,
+        Ok(Message::Ack(_))
+    ));
+    // Unregistering a job this master never saw is remembered too (soft state).
+    assert!(matches!(
+        job_request(&client, false, b"j9").await,
+        Ok(Message::Ack(_))
+    ));
+    assert_eq!(
+        heartbeat(&client, "w", "h:1", 0).await,
+        [Bytes::from_static(b"j1"), Bytes::from_static(b"j9")]
+    );
+    assert_eq!(
+        list_workers(&client).await.jobs,
+        [Bytes::from_static(b"j2")]
+    );
+    let err = allocate(&client, b"j1", 0).await.expect_err("released job");
+    assert_eq!(err.kind(), ErrorKind::BadInput);
+    assert_eq!(
+        err.message(),
+        "job 6a31 is unregistered; it gets no new partitions"
+    );
+
+    clock.advance(Duration::from_millis(10_001));
+    assert_eq!(heartbeat(&client, "w", "h:1", 0).await, Vec::<Bytes>::new());
+    stop(master).await;
+}
+
+#[tokio::test]
+async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_open() {
+    let master = start(MasterConfig::default(), Arc::new(SystemClock)).await;
+    let client = connect(&master.addr).await;
+    let cases: Vec<(Message, &str)> = vec![
+        (
+            Message::RegisterJob(pb::RegisterJob {
+                request_id: 0,
+                job_id: Bytes::new(),
+            }),
+            "job id is empty",
+        ),
+        (
+            Message::RegisterWorker(pb::RegisterWorker {
+                request_id: 0,
+                worker_id: "w".into(),
+                data_address: "nowhere".into(),
+            }),
+            "worker data address \"nowhere\" is not host:port",
+        ),
+        (
+            Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+                request_id: 0,
+                worker_id: String::new(),
+                data_address: "h:1".into(),
+                load: None,
+            }),
+            "worker id is empty",
+        ),
+        (
+            Message::AllocatePartition(pb::AllocatePartition {
+                request_id: 0,
+                key: None,
+                num_subpartitions: 1,
+            }),
+            "partition key missing",
+        ),
+        (
+            Message::AllocatePartition(pb::AllocatePartition {
+                request_id: 0,
+                key: Some(key(b"j", 1)),
+                num_subpartitions: 0,
+            }),
+            "a partition needs at least one subpartition",
+        ),
+        (
+            Message::SealPartition(pb::SealPartition {
+                request_id: 0,
+                key: Some(key(b"j", 1)),
+            }),
+            "the master does not serve SealPartition requests",
+        ),
+    ];
+    for (message, expected) in cases {
+        let err = client
+            .request(move |request_id| with_request_id(message, request_id))
+            .await
+            .expect_err("invalid request");
+        assert_eq!((err.kind(), err.message()), (ErrorKind::BadInput, expected));
+    }
+    assert_eq!(list_workers(&client).await.workers, []);
+    stop(master).await;
+}
+
+fn with_request_id(mut message: Message, id: u64) -> Message {
+    match &mut message {
+        Message::RegisterJob(m) => m.request_id = id,
+        Message::RegisterWorker(m) => m.request_id = id,
+        Message::WorkerHeartbeat(m) => m.request_id = id,
+        Message::AllocatePartition(m) => m.request_id = id,
+        Message::SealPartition(m) => m.request_id = id,
+        other => panic!("unexpected test message {other:?}"),
+    }
+    message
+}
+
+/// A raw connection that has completed the handshake (when `handshake`).
+async fn raw_connection(
+    addr: &str,
+    handshake: bool,
+) -> (
+    FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut reader = FrameReader::new(read, 1 << 20);
+    if handshake {
+        let hello = Message::Handshake(pb::Handshake {
+            request_id: 1,
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "raw test".into(),
+        });
+        write_frame(&mut write, &hello, &[])
+            .await
+            .expect("send handshake");
+        write.flush().await.expect("flush");
+        let (reply, _) = reader.read_frame().await.expect("read").expect("a reply");
+        assert!(
+            matches!(reply, Message::HandshakeOk(ref ok) if ok.server_name == "terrace-master"),
+            "{reply:?}"
+        );
+    }
+    (reader, write)
+}
+
+/// Sends `bytes` and expects a PROTOCOL error with request id 0 whose
+/// message starts with `expected`, then the end of the connection.
+async fn expect_protocol_error(addr: &str, handshake: bool, bytes: &[u8], expected: &str) {
+    let (mut reader, mut write) = raw_connection(addr, handshake).await;
+    write.write_all(bytes).await.expect("send bytes");
+    write.flush().await.expect("flush");
+    let (reply, _) = tokio::time::timeout(WAIT, reader.read_frame())
+        .await
+        .expect("a reply in time")
+        .expect("a readable reply")
+        .expect("a reply before the end");
+    match reply {
+        Message::ErrorReply(e) => {
+            assert_eq!((e.request_id, e.code), (0, pb::ErrorCode::Protocol as i32));
+            assert!(
+                e.message.starts_with(expected),
+                "{:?} does not start with {expected:?}",
+                e.message
+            );
+        }
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+    let end = tokio::time::timeout(WAIT, reader.read_frame())
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(end, Ok(None)),
+        "the master closes the connection, got {end:?}"
+    );
+}
+
+#[tokio::test]
+async fn protocol_errors_close_only_the_offending_connection() {
+    let master = start(MasterConfig::default(), Arc::new(SystemClock)).await;
+    let bystander = connect(&master.addr).await;
+    register_worker(&bystander, "w1", "h:1").await;
+
+    // 2MiB announced against a 1MiB limit.
+    let oversized = [0x00, 0x20, 0x00, 0x00, 13, 0, 0, 0, 0];
+    expect_protocol_error(
+        &master.addr,
+        true,
+        &oversized,
+        "frame of 2097152 bytes exceeds the maximum of 1048576 bytes",
+    )
+    .await;
+    let unknown_type = [0, 0, 0, 5, 200, 0, 0, 0, 0];
+    expect_protocol_error(
+        &master.addr,
+        true,
+        &unknown_type,
+        "unknown message type 200",
+    )
+    .await;
+    // A RegisterJob whose 3 header bytes are not protobuf.
+    let bad_header = [0, 0, 0, 8, 13, 0, 0, 0, 3, 0xff, 0xff, 0xff];
+    expect_protocol_error(
+        &master.addr,
+        true,
+        &bad_header,
+        "header of RegisterJob does not decode",
+    )
+    .await;
+    // Text instead of a handshake: "hell" read as a length.
+    expect_protocol_error(
+        &master.addr,
+        false,
+        b"hello master\r\n",
+        "bad handshake frame: frame of 1751477356 bytes exceeds the maximum of 1048576 bytes",
+    )
+    .await;
+
+    // The bystander's connection still works.
+    assert_eq!(worker_ids(&list_workers(&bystander).await), ["w1"]);
+    assert!(!bystander.is_closed());
+    stop(master).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_open_connections_and_returns() {
+    let master = start(MasterConfig::default(), Arc::new(SystemClock)).await;
+    let (mut reader, _write) = raw_connection(&master.addr, true).await;
+    let addr = master.addr.clone();
+    stop(master).await;
+    let end = tokio::time::timeout(WAIT, reader.read_frame())
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(end, Ok(None)),
+        "expected the end of the connection, got {end:?}"
+    );
+    assert!(
+        TcpStream::connect(&addr).await.is_err(),
+        "the listener is closed"
+    );
+}

@@ -1,0 +1,208 @@
+//! Process-level tests: real `terrace worker` processes, killed with SIGKILL
+//! and restarted, and measured for peak resident memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use terrace_consumer_agent::ConsumerAgent;
+use terrace_proto::{Message, pb};
+use terrace_rpc::{Client, ClientOptions};
+use terrace_tests::{END_PAYLOAD, RecordingWriter, ServiceProcess, drain, key, payload, producer, wakeup};
+use terrace_tier_api::{
+    AgentConfig, Buffer, ByteSize, ConsumerSpec, ErrorKind, InputChannelId, PartitionId, PartitionKey,
+    SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierProducerAgent, WriteOutcome,
+};
+
+fn agent_config() -> AgentConfig {
+    AgentConfig {
+        segment_size: ByteSize::kib(256),
+        push_size: ByteSize::kib(512),
+        compression: false,
+        ..AgentConfig::default()
+    }
+}
+
+fn worker_config_file(dir: &std::path::Path, memory_budget: &str) -> std::path::PathBuf {
+    let path = dir.join("worker.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dirs = [\"{}\"]\nmemory_budget = \"{memory_budget}\"\nmax_frame_size = \"8MiB\"\npartition_wait_timeout = \"1s\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .expect("write worker config");
+    path
+}
+
+fn start_worker(config: &std::path::Path) -> ServiceProcess {
+    ServiceProcess::start(&["worker", "--config", config.to_str().expect("utf-8 path")])
+}
+
+fn descriptor(worker: &ServiceProcess, key: &PartitionKey) -> ShuffleDescriptor {
+    ShuffleDescriptor::new(key, "worker", worker.address.clone())
+}
+
+fn read_partition(
+    worker: &ServiceProcess,
+    key: &PartitionKey,
+    subs: u32,
+) -> Result<HashMap<(PartitionId, u32), Vec<Buffer>>, terrace_tier_api::TierError> {
+    let config = agent_config();
+    let spec = ConsumerSpec {
+        partition: key.partition.clone(),
+        input_channel: InputChannelId(0),
+        subpartitions: 0..=subs - 1,
+    };
+    let mut consumer = ConsumerAgent::new(config, vec![spec], vec![Some(descriptor(worker, key))])?;
+    let wake = wakeup();
+    consumer.register_availability_notifier(Arc::clone(&wake) as _);
+    consumer.start()?;
+    let targets: Vec<_> = (0..subs).map(|s| (key.partition.clone(), s)).collect();
+    drain(&consumer, &wake, &targets, Duration::from_secs(60))
+}
+
+#[test]
+fn sigkilled_worker_restarted_on_same_dirs_serves_sealed_partition_exactly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = worker_config_file(dir.path(), "256MiB");
+    let worker = start_worker(&config_path);
+    let config = agent_config();
+    const SUBS: u32 = 8;
+
+    // A sealed partition...
+    let sealed = key(7, 1);
+    let mut writer = RecordingWriter::new(producer(&config, descriptor(&worker, &sealed), SUBS, false));
+    for i in 0..40u32 {
+        for s in 0..SUBS {
+            let len = if i % 10 == 3 { 0 } else { 16 * 1024 + (i as usize * 31) % 4000 };
+            writer.write(s, Buffer::data(payload(1, s, i, len))).expect("write");
+        }
+    }
+    for s in 0..SUBS {
+        writer.write(s, Buffer::event(Bytes::from_static(END_PAYLOAD))).expect("write end");
+    }
+    writer.close().expect("seal");
+    assert!(writer.segments_of(0) >= 3, "the partition spans several segments");
+    let expected = writer.expected.clone();
+
+    // ...and one still being written when the worker dies.
+    let unsealed = key(7, 2);
+    let mut open = producer(&config, descriptor(&worker, &unsealed), 1, false);
+    assert!(open.try_start_new_segment(SubpartitionId(0), SegmentId(0), 1).expect("start"));
+    assert_eq!(
+        open.try_write(SubpartitionId(0), Buffer::data(payload(2, 0, 0, 1000)), 0).expect("write"),
+        WriteOutcome::Written
+    );
+    open.flush().expect("push what is batched");
+
+    worker.kill();
+    let restarted = start_worker(&config_path);
+
+    let got = read_partition(&restarted, &sealed, SUBS).expect("sealed partition is served after restart");
+    for s in 0..SUBS {
+        let have = &got[&(sealed.partition.clone(), s)];
+        let want = &expected[&s];
+        assert_eq!(have.len(), want.len(), "buffers of subpartition {s}");
+        for (i, (h, w)) in have.iter().zip(want).enumerate() {
+            assert_eq!(h, w, "buffer {i} of subpartition {s}");
+        }
+    }
+
+    // The unsealed partition did not survive: its reader gets not-found, promptly.
+    let started = Instant::now();
+    let err = read_partition(&restarted, &unsealed, 1).expect_err("unsealed data is gone");
+    assert_eq!(err.kind(), ErrorKind::PartitionNotFound, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    drop(open);
+}
+
+#[test]
+fn two_gib_through_a_64_mib_budget_stays_under_budget_plus_64_mib() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = worker_config_file(dir.path(), "64MiB");
+    let worker = start_worker(&config_path);
+    let baseline = worker.peak_rss();
+    let config = AgentConfig {
+        segment_size: ByteSize::mib(8),
+        push_size: ByteSize::kib(512),
+        max_bytes_in_flight: ByteSize::mib(16),
+        compression: false,
+        ..AgentConfig::default()
+    };
+    const SUBS: u32 = 16;
+    const TOTAL: u64 = 2 << 30;
+    let buffer = Bytes::from(vec![0x3cu8; 32 * 1024]);
+    let k = key(9, 1);
+    let mut agent = producer(&config, descriptor(&worker, &k), SUBS, false);
+    let mut segments = vec![0u32; SUBS as usize];
+    for s in 0..SUBS {
+        assert!(agent.try_start_new_segment(SubpartitionId(s), SegmentId(0), 1).expect("start"));
+    }
+    let mut written = 0u64;
+    let mut i = 0u32;
+    while written < TOTAL {
+        let s = i % SUBS;
+        i += 1;
+        let mut b = Buffer::data(buffer.clone());
+        loop {
+            match agent.try_write(SubpartitionId(s), b, 0).expect("write") {
+                WriteOutcome::Written => break,
+                WriteOutcome::SegmentFull(back) => {
+                    segments[s as usize] += 1;
+                    assert!(agent
+                        .try_start_new_segment(SubpartitionId(s), SegmentId(segments[s as usize]), 1)
+                        .expect("start"));
+                    b = back;
+                }
+            }
+        }
+        written += buffer.len() as u64;
+    }
+    agent.close().expect("seal after 2 GiB");
+
+    let stats = worker_stats(&worker.address);
+    let peak_rss = worker.peak_rss();
+    let budget = 64u64 << 20;
+    eprintln!(
+        "worker baseline rss {} MiB, peak rss {} MiB, budget peak {} MiB, pushed {} MiB",
+        baseline >> 20,
+        peak_rss >> 20,
+        stats.memory_peak_bytes >> 20,
+        stats.bytes_pushed >> 20
+    );
+    // Every buffer and every END_OF_SEGMENT marker, each with its 14-byte batch header, reached the worker.
+    let markers = u64::from(segments.iter().sum::<u32>());
+    let header = terrace_tier_api::BUFFER_HEADER_LEN as u64;
+    assert_eq!(
+        stats.bytes_pushed,
+        written + u64::from(i) * header + markers * (header + terrace_tests::EOS_PAYLOAD.len() as u64)
+    );
+    assert!(stats.memory_peak_bytes <= budget, "budget accounting peaked at {}", stats.memory_peak_bytes);
+    assert!(
+        peak_rss < budget + (64 << 20),
+        "worker peak RSS {} MiB exceeds budget + 64 MiB",
+        peak_rss >> 20
+    );
+    worker.kill();
+}
+
+fn worker_stats(address: &str) -> pb::WorkerStatsReply {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = Client::connect(address, &ClientOptions::default()).await.expect("connect");
+        let (reply, _) = client
+            .request(|request_id| Message::WorkerStats(pb::WorkerStats { request_id }))
+            .await
+            .expect("stats");
+        match reply {
+            Message::WorkerStatsReply(stats) => stats,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    })
+}
