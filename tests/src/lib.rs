@@ -245,28 +245,31 @@ pub fn wakeup() -> Arc<Wakeup> {
     Arc::new(Wakeup::default())
 }
 
-/// The `terrace` binary of this build, built on demand when a test runs
-/// without it (`cargo test -p terrace-tests`).
+/// The `terrace` binary of this build. The first call in a test process runs
+/// an incremental `cargo build` of it, so a test never runs a stale binary.
 pub fn terrace_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/terrace
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = profile_dir.join("terrace");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = std::process::Command::new(cargo);
-        command.args(["build", "-p", "terrace-cli", "--bin", "terrace"]);
-        if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-            command.arg("--release");
-        }
-        let status = command.status().expect("run cargo build for the terrace binary");
-        assert!(status.success(), "building the terrace binary failed");
-    }
-    assert!(bin.exists(), "terrace binary not found at {}", bin.display());
-    bin
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> -> target/<profile>/terrace
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("test executable lives in target/<profile>/deps");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut command = std::process::Command::new(cargo);
+            command.args(["build", "--quiet", "-p", "terrace-cli", "--bin", "terrace"]);
+            if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+                command.arg("--release");
+            }
+            let status = command.status().expect("run cargo build for the terrace binary");
+            assert!(status.success(), "building the terrace binary failed");
+            let bin = profile_dir.join("terrace");
+            assert!(bin.exists(), "terrace binary not found at {}", bin.display());
+            bin
+        })
+        .clone()
 }
 
 /// A `terrace` service running as a child process; killed when dropped.
@@ -333,4 +336,152 @@ impl Drop for ServiceProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// --- Helpers for the error-path tests (bad_input, release, consumer_errors) ---
+
+/// Agent settings for small error-path tests: small pushes and segments, no
+/// compression (so stored bytes are the engine's bytes), short timeouts.
+pub fn small_agent_config() -> AgentConfig {
+    AgentConfig {
+        segment_size: terrace_tier_api::ByteSize::kib(64),
+        push_size: terrace_tier_api::ByteSize::kib(32),
+        max_bytes_in_flight: terrace_tier_api::ByteSize::mib(1),
+        max_buffer_size: terrace_tier_api::ByteSize::kib(64),
+        compression: false,
+        read_credits: 4,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(20),
+        ..AgentConfig::default()
+    }
+}
+
+/// Writes `buffers_per_sub` data buffers of `len` bytes, then the END event,
+/// to each of `subs` subpartitions of `descriptor`'s partition with a producer
+/// agent, and closes it (which seals the partition). Returns what a reader
+/// must see per subpartition.
+pub fn write_partition(
+    config: &AgentConfig,
+    descriptor: ShuffleDescriptor,
+    partition: u32,
+    subs: u32,
+    buffers_per_sub: u32,
+    len: usize,
+) -> HashMap<u32, Vec<Buffer>> {
+    let mut writer = RecordingWriter::new(producer(config, descriptor, subs, false));
+    for i in 0..buffers_per_sub {
+        for sub in 0..subs {
+            writer.write(sub, Buffer::data(payload(partition, sub, i, len))).expect("write");
+        }
+    }
+    for sub in 0..subs {
+        writer.write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD))).expect("write end event");
+    }
+    writer.close().expect("close seals the partition");
+    writer.expected
+}
+
+/// Reads subpartitions `0..subs` of `descriptor`'s partition to their end
+/// with a fresh consumer agent, within `deadline`.
+pub fn read_partition(
+    config: &AgentConfig,
+    descriptor: ShuffleDescriptor,
+    subs: u32,
+    deadline: Duration,
+) -> Result<HashMap<u32, Vec<Buffer>>, TierError> {
+    let partition = descriptor.key()?.partition;
+    let spec = terrace_tier_api::ConsumerSpec {
+        partition: partition.clone(),
+        input_channel: InputChannelId(0),
+        subpartitions: 0..=subs - 1,
+    };
+    let wake = wakeup();
+    let mut consumer = ConsumerAgent::new(config.clone(), vec![spec], vec![Some(descriptor)])?;
+    consumer.register_availability_notifier(Arc::clone(&wake) as _);
+    consumer.start()?;
+    let targets: Vec<(PartitionId, u32)> = (0..subs).map(|s| (partition.clone(), s)).collect();
+    let got = drain(&consumer, &wake, &targets, deadline)?;
+    Ok(got.into_iter().map(|((_, sub), buffers)| (sub, buffers)).collect())
+}
+
+/// Asserts two buffer sequences are equal buffer by buffer: type, flag, bytes.
+pub fn assert_buffers_eq(have: &[Buffer], want: &[Buffer], what: &str) {
+    assert_eq!(have.len(), want.len(), "buffer count of {what}");
+    for (i, (h, w)) in have.iter().zip(want).enumerate() {
+        assert_eq!(h.data_type, w.data_type, "type of buffer {i} of {what}");
+        assert_eq!(h.compressed, w.compressed, "compressed flag of buffer {i} of {what}");
+        assert_eq!(h.payload, w.payload, "bytes of buffer {i} of {what}");
+    }
+}
+
+/// Sends one request to a worker over a fresh `terrace_rpc::Client` and
+/// returns its reply (an error reply becomes the error). Bounded by the
+/// client's connect and request timeouts (5 s and 10 s).
+pub fn request_worker(
+    address: &str,
+    build: impl FnOnce(u64) -> terrace_proto::Message,
+) -> Result<terrace_proto::Message, TierError> {
+    let options = terrace_rpc::ClientOptions {
+        name: "test-admin".into(),
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        ..terrace_rpc::ClientOptions::default()
+    };
+    terrace_rpc::io_runtime().block_on(async {
+        let client = terrace_rpc::Client::connect(address, &options).await?;
+        let reply = client.request(build).await;
+        client.close();
+        reply.map(|(message, _)| message)
+    })
+}
+
+/// Polls `get_next_buffer` on one subpartition (following its segments) with
+/// a short sleep until it returns an error or `deadline` passes. Returns the
+/// error and the buffers handed out before it.
+pub fn wait_for_error(
+    consumer: &ConsumerAgent,
+    partition: &PartitionId,
+    sub: u32,
+    deadline: Duration,
+) -> (TierError, Vec<Buffer>) {
+    let until = Instant::now() + deadline;
+    let mut segment = 0u32;
+    let mut delivered = Vec::new();
+    loop {
+        match consumer.get_next_buffer(partition, SubpartitionId(sub), SegmentId(segment)) {
+            Err(e) => return (e, delivered),
+            Ok(Some(buffer)) => {
+                if buffer.data_type == DataType::EndOfSegment {
+                    segment += 1;
+                }
+                delivered.push(buffer);
+            }
+            Ok(None) => {
+                assert!(
+                    Instant::now() < until,
+                    "no error from {partition}/{sub} within {deadline:?} ({} buffers delivered)",
+                    delivered.len()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Joins `handle`, failing the test if the thread has not finished within `limit`.
+pub fn join_within<T>(handle: std::thread::JoinHandle<T>, limit: Duration, what: &str) -> T {
+    let until = Instant::now() + limit;
+    while !handle.is_finished() {
+        assert!(Instant::now() < until, "{what} did not finish within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    handle.join().unwrap_or_else(|_| panic!("{what} panicked"))
+}
+
+/// A loopback address nothing listens on (a listener bound, then dropped).
+pub fn closed_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let address = listener.local_addr().expect("listener address").to_string();
+    drop(listener);
+    address
 }
