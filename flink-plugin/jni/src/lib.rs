@@ -1,0 +1,1 @@
+//! placeholder: JNI entry points for the Flink adapter.

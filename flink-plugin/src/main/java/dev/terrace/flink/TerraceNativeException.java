@@ -1,0 +1,35 @@
+package dev.terrace.flink;
+
+import java.io.IOException;
+
+/** Thrown by {@link NativeBridge} methods; {@link #kind} tells the agents how to map it. */
+public class TerraceNativeException extends IOException {
+    private static final long serialVersionUID = 1L;
+
+    /** Error classes the Rust side distinguishes. Ordinals are part of the JNI ABI. */
+    public enum Kind {
+        /** Anything else. */
+        INTERNAL,
+        /** The partition is gone (worker lost, released): Flink must re-run the producer. */
+        PARTITION_NOT_FOUND,
+        /** CRC mismatch on read. */
+        DATA_CORRUPTION,
+        /** Connection or protocol failure that retries did not fix. */
+        IO,
+        /** Bad configuration or arguments. */
+        INVALID_ARGUMENT
+    }
+
+    private final Kind kind;
+
+    /** Called by the native side: {@code new TerraceNativeException(kindOrdinal, message)}. */
+    public TerraceNativeException(int kindOrdinal, String message) {
+        super(message);
+        Kind[] kinds = Kind.values();
+        this.kind = kindOrdinal >= 0 && kindOrdinal < kinds.length ? kinds[kindOrdinal] : Kind.INTERNAL;
+    }
+
+    public Kind kind() {
+        return kind;
+    }
+}

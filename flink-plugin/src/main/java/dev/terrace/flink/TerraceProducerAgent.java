@@ -1,0 +1,137 @@
+package dev.terrace.flink;
+
+import org.apache.flink.runtime.io.network.api.EndOfSegmentEvent;
+import org.apache.flink.runtime.io.network.api.serialization.EventSerializer;
+import org.apache.flink.runtime.io.network.buffer.Buffer;
+import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.TieredStoragePartitionId;
+import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.TieredStorageSubpartitionId;
+import org.apache.flink.runtime.io.network.partition.hybrid.tiered.storage.TieredStorageResourceRegistry;
+import org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.TierProducerAgent;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.ByteBuffer;
+import java.util.concurrent.atomic.AtomicBoolean;
+
+/**
+ * TaskManager side, one per result partition. Every buffer Flink hands over is copied once into
+ * the Rust producer's push batch and recycled at once; segment bookkeeping (when a segment is
+ * full, appending END_OF_SEGMENT) is Rust's.
+ */
+final class TerraceProducerAgent implements TierProducerAgent {
+
+    /** Payload of the END_OF_SEGMENT buffer, as Flink serializes EndOfSegmentEvent. */
+    static final byte[] END_OF_SEGMENT_PAYLOAD = endOfSegmentPayload();
+
+    private final long handle;
+    private final AtomicBoolean released = new AtomicBoolean();
+    private boolean finished;
+
+    TerraceProducerAgent(
+            TerraceConfig config,
+            int numSubpartitions,
+            TieredStoragePartitionId partitionId,
+            boolean isBroadcastOnly,
+            TieredStorageResourceRegistry resourceRegistry,
+            TerraceShuffleDescriptor descriptor) {
+        try {
+            this.handle =
+                    NativeBridge.producerOpen(
+                            config.flat(),
+                            descriptor.jobIdBytes(),
+                            descriptor.partitionIdBytes(),
+                            descriptor.getWorkerId(),
+                            descriptor.getWorkerAddress(),
+                            numSubpartitions,
+                            isBroadcastOnly,
+                            config.bufferSizeBytes,
+                            END_OF_SEGMENT_PAYLOAD);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+        // Frees the native producer when Flink releases the partition on this TaskManager
+        // (TieredResultPartition.releaseInternal), even if close() never ran (task failed).
+        resourceRegistry.registerResource(partitionId, this::release);
+    }
+
+    @Override
+    public boolean tryStartNewSegment(
+            TieredStorageSubpartitionId subpartitionId, int segmentId, int minNumBuffers) {
+        try {
+            return NativeBridge.producerStartSegment(
+                    handle, subpartitionId.getSubpartitionId(), segmentId, minNumBuffers);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    @Override
+    public boolean tryWrite(
+            TieredStorageSubpartitionId subpartitionId,
+            Buffer finishedBuffer,
+            Object bufferOwner,
+            int numRemainingConsecutiveBuffers) {
+        int result;
+        try {
+            ByteBuffer data = finishedBuffer.getNioBufferReadable();
+            int sub = subpartitionId.getSubpartitionId();
+            int type = finishedBuffer.getDataType().ordinal();
+            boolean compressed = finishedBuffer.isCompressed();
+            if (data.isDirect()) {
+                result =
+                        NativeBridge.producerWrite(
+                                handle, sub, data, data.position(), data.remaining(), type,
+                                compressed, numRemainingConsecutiveBuffers);
+            } else {
+                result =
+                        NativeBridge.producerWriteArray(
+                                handle, sub, data.array(), data.arrayOffset() + data.position(),
+                                data.remaining(), type, compressed,
+                                numRemainingConsecutiveBuffers);
+            }
+        } catch (IOException e) {
+            // The caller only recycles on IOException from choosing a tier; we own it here.
+            finishedBuffer.recycleBuffer();
+            throw new UncheckedIOException(e);
+        }
+        if (result == NativeBridge.WRITE_SEGMENT_FULL) {
+            return false; // not consumed: Flink starts segment + 1 and writes it again
+        }
+        // Copied into the push batch: give the network buffer back right away, so the
+        // producer never holds Flink memory (no transferBufferOwnership needed).
+        finishedBuffer.recycleBuffer();
+        return true;
+    }
+
+    @Override
+    public void close() {
+        if (finished || released.get()) {
+            return;
+        }
+        finished = true;
+        try {
+            NativeBridge.producerFinish(handle);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        } finally {
+            release();
+        }
+    }
+
+    private void release() {
+        if (released.compareAndSet(false, true)) {
+            NativeBridgeCalls.quietly(() -> NativeBridge.producerRelease(handle));
+        }
+    }
+
+    private static byte[] endOfSegmentPayload() {
+        try {
+            ByteBuffer b = EventSerializer.toSerializedEvent(EndOfSegmentEvent.INSTANCE);
+            byte[] bytes = new byte[b.remaining()];
+            b.get(bytes);
+            return bytes;
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+}

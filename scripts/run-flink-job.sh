@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Compile and run the Terrace Flink e2e job (flink-plugin/e2e) in a local MiniCluster.
+#
+#   scripts/run-flink-job.sh <parallelism> <numRecords> <payloadBytes> <outputFile> [flink.key=value ...]
+#
+# Examples:
+#   # Flink's default hybrid shuffle (memory + disk tiers)
+#   scripts/run-flink-job.sh 4 100000 100 /tmp/out-hybrid.txt execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL
+#   # Flink's built-in remote (DFS) tier as the external tier
+#   scripts/run-flink-job.sh 4 100000 100 /tmp/out-remote.txt execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL \
+#     taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.remote.RemoteTierFactory \
+#     taskmanager.network.hybrid-shuffle.remote.path=file:///tmp/flink-remote
+#
+# Env:
+#   FLINK_LIB      directory of Flink jars (default: output of scripts/fetch-flink.sh)
+#   EXTRA_CP       extra classpath entries (e.g. the Terrace plug-in jar), ':'-separated
+#   JAVA_HEAP      JVM heap for the MiniCluster process (default 4g)
+#   JAVA_OPTS      extra JVM options (e.g. -Djava.library.path=...)
+#   E2E_LOG_LEVEL  root log level (default WARN)
+# Also compiles flink-plugin/src/main/java (the Terrace adapter) if present, and puts it on the classpath.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PLUGIN="$ROOT/flink-plugin"
+BUILD="$PLUGIN/build"
+
+if [[ -z "${FLINK_LIB:-}" ]]; then
+  FLINK_LIB="$("$ROOT/scripts/fetch-flink.sh" </dev/null | tail -n 1)"
+fi
+[[ -f "$FLINK_LIB/flink-dist-1.20.3.jar" ]] || { echo "no flink-dist-1.20.3.jar in $FLINK_LIB" >&2; exit 1; }
+FLINK_CP="$FLINK_LIB/*"
+
+compile() { # <src-dir> <out-dir> <classpath>
+  local src="$1" out="$2" cp="$3" stamp="$2.stamp" list
+  list="$(find "$src" -name '*.java' | sort)"
+  [[ -n "$list" ]] || return 0
+  if [[ -f "$stamp" ]] && [[ -z "$(find "$src" -name '*.java' -newer "$stamp")" ]]; then
+    return 0
+  fi
+  rm -rf "$out"; mkdir -p "$out"
+  # shellcheck disable=SC2086
+  javac -nowarn -Xlint:-options -encoding UTF-8 --release 11 -cp "$cp" -d "$out" $list >&2
+  touch "$stamp"
+}
+
+CP="$FLINK_CP"
+if [[ -d "$PLUGIN/src/main/java" ]]; then
+  compile "$PLUGIN/src/main/java" "$BUILD/plugin-classes" "$FLINK_CP"
+  CP="$BUILD/plugin-classes:$CP"
+fi
+compile "$PLUGIN/e2e/src" "$BUILD/e2e-classes" "$CP"
+CP="$BUILD/e2e-classes:$CP"
+[[ -n "${EXTRA_CP:-}" ]] && CP="$EXTRA_CP:$CP"
+
+# Flink 1.20 on Java 17 needs these (same list as Flink's env.java.opts.all default).
+ADD_OPENS=(
+  --add-exports=java.base/sun.net.util=ALL-UNNAMED
+  --add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED
+  --add-exports=java.security.jgss/sun.security.krb5=ALL-UNNAMED
+  --add-opens=java.base/java.lang=ALL-UNNAMED
+  --add-opens=java.base/java.net=ALL-UNNAMED
+  --add-opens=java.base/java.io=ALL-UNNAMED
+  --add-opens=java.base/java.nio=ALL-UNNAMED
+  --add-opens=java.base/sun.nio.ch=ALL-UNNAMED
+  --add-opens=java.base/java.lang.reflect=ALL-UNNAMED
+  --add-opens=java.base/java.text=ALL-UNNAMED
+  --add-opens=java.base/java.time=ALL-UNNAMED
+  --add-opens=java.base/java.util=ALL-UNNAMED
+  --add-opens=java.base/java.util.concurrent=ALL-UNNAMED
+  --add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED
+  --add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED
+)
+
+# shellcheck disable=SC2086
+exec java -Xmx"${JAVA_HEAP:-4g}" "${ADD_OPENS[@]}" \
+  -Dlog4j.configurationFile="$PLUGIN/e2e/log4j2-e2e.properties" \
+  -De2e.log.level="${E2E_LOG_LEVEL:-WARN}" \
+  ${JAVA_OPTS:-} \
+  -cp "$CP" dev.terrace.e2e.KeyedAggregationJob "$@" </dev/null
