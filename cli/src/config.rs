@@ -7,8 +7,11 @@ use serde::de::DeserializeOwned;
 
 /// Loads `path` as `T`, or `T::default()` without a file.
 pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
-    let Some(path) = path else { return Ok(T::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))
 }
 
@@ -27,15 +30,16 @@ where
         let shutdown = tokio_util::sync::CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = tokio::signal::ctrl_c().await;
-                    signal.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                        let _ = tokio::signal::ctrl_c().await;
+                        signal.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -45,4 +49,31 @@ where
         });
         make(shutdown).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use terrace_master::MasterConfig;
+    use terrace_worker::WorkerConfig;
+
+    /// The documented examples parse, and say exactly the defaults (except the
+    /// worker's master address, which the example sets).
+    #[test]
+    fn example_configs_parse_to_the_defaults() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let master: MasterConfig =
+            super::load(Some(&root.join("master.toml"))).expect("master example parses");
+        assert_eq!(master, MasterConfig::default());
+        let worker: WorkerConfig =
+            super::load(Some(&root.join("worker.toml"))).expect("worker example parses");
+        assert_eq!(
+            worker,
+            WorkerConfig {
+                master_addresses: vec!["127.0.0.1:9870".into()],
+                ..WorkerConfig::default()
+            }
+        );
+        let typo = toml::from_str::<WorkerConfig>("memory_budgte = \"1GiB\"");
+        assert!(typo.is_err(), "unknown keys are refused");
+    }
 }

@@ -9,7 +9,11 @@ mod config;
 mod sample;
 
 #[derive(Debug, Parser)]
-#[command(name = "terrace", version, about = "Terrace: a remote storage tier for tiered shuffle")]
+#[command(
+    name = "terrace",
+    version,
+    about = "Terrace: a remote storage tier for tiered shuffle"
+)]
 struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. "info" or "terrace_worker=debug".
     #[arg(long, global = true, env = "TERRACE_LOG", default_value = "info")]

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_producer_agent::{ProducerAgent, ProducerSpec};
 use terrace_tier_api::{
-    AgentConfig, AvailabilityNotifier, Buffer, ConsumerSpec, DataType, InputChannelId, JobId, PartitionId,
-    SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierMasterAgent, TierProducerAgent,
-    WriteOutcome,
+    AgentConfig, AvailabilityNotifier, Buffer, ConsumerSpec, DataType, InputChannelId, JobId,
+    PartitionId, SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierMasterAgent,
+    TierProducerAgent, WriteOutcome,
 };
 
 const POOL_BYTES: usize = 64 * 1024 * 1024;
@@ -111,7 +111,9 @@ pub fn run_shuffle(
         .context("create a producer agent")?;
         let params = params.clone();
         let pool = pool.clone();
-        writers.push(thread::spawn(move || write_partition(agent, p as u32, &params, &pool)));
+        writers.push(thread::spawn(move || {
+            write_partition(agent, p as u32, &params, &pool)
+        }));
     }
     let mut report = ShuffleReport::default();
     for writer in writers {
@@ -121,8 +123,10 @@ pub fn run_shuffle(
         report.segments += segments;
         report.buffers += buffers;
     }
-    report.payload_bytes =
-        u64::from(params.producers) * u64::from(params.subpartitions) * u64::from(params.buffers_per_subpartition) * params.buffer_size as u64;
+    report.payload_bytes = u64::from(params.producers)
+        * u64::from(params.subpartitions)
+        * u64::from(params.buffers_per_subpartition)
+        * params.buffer_size as u64;
     report.write_seconds = start.elapsed().as_secs_f64();
     let read_start = Instant::now();
     let readers = if params.read_after_write {
@@ -144,17 +148,27 @@ pub fn run_shuffle(
         report.payload_bytes
     );
     for descriptor in &descriptors {
-        master.release_partition(descriptor).context("release a partition")?;
+        master
+            .release_partition(descriptor)
+            .context("release a partition")?;
     }
     Ok(report)
 }
 
 /// Writes one partition the way Flink's producer client does; returns
 /// (segments, buffers written including END_OF_SEGMENT markers).
-fn write_partition(mut agent: ProducerAgent, p: u32, params: &ShuffleParams, pool: &Pool) -> anyhow::Result<(u64, u64)> {
+fn write_partition(
+    mut agent: ProducerAgent,
+    p: u32,
+    params: &ShuffleParams,
+    pool: &Pool,
+) -> anyhow::Result<(u64, u64)> {
     let mut segment = vec![0u32; params.subpartitions as usize];
     for sub in 0..params.subpartitions {
-        ensure!(agent.try_start_new_segment(SubpartitionId(sub), SegmentId(0), 1)?, "segment 0 refused");
+        ensure!(
+            agent.try_start_new_segment(SubpartitionId(sub), SegmentId(0), 1)?,
+            "segment 0 refused"
+        );
     }
     let mut buffers = 0u64;
     let mut write = |agent: &mut ProducerAgent, sub: u32, buffer: Buffer| -> anyhow::Result<()> {
@@ -169,7 +183,10 @@ fn write_partition(mut agent: ProducerAgent, p: u32, params: &ShuffleParams, poo
                     buffers += 1;
                     let s = &mut segment[sub as usize];
                     *s += 1;
-                    ensure!(agent.try_start_new_segment(SubpartitionId(sub), SegmentId(*s), 1)?, "segment refused");
+                    ensure!(
+                        agent.try_start_new_segment(SubpartitionId(sub), SegmentId(*s), 1)?,
+                        "segment refused"
+                    );
                     buffer = back;
                 }
             }
@@ -177,11 +194,19 @@ fn write_partition(mut agent: ProducerAgent, p: u32, params: &ShuffleParams, poo
     };
     for i in 0..params.buffers_per_subpartition {
         for sub in 0..params.subpartitions {
-            write(&mut agent, sub, Buffer::data(pool.slice(p, sub, i, params.buffer_size)))?;
+            write(
+                &mut agent,
+                sub,
+                Buffer::data(pool.slice(p, sub, i, params.buffer_size)),
+            )?;
         }
     }
     for sub in 0..params.subpartitions {
-        write(&mut agent, sub, Buffer::event(Bytes::from_static(END_EVENT)))?;
+        write(
+            &mut agent,
+            sub,
+            Buffer::event(Bytes::from_static(END_EVENT)),
+        )?;
     }
     agent.close().context("close (seal) a partition")?;
     let segments: u64 = segment.iter().map(|s| u64::from(*s) + 1).sum();
@@ -239,7 +264,14 @@ fn start_readers(
         let params = params.clone();
         let pool = pool.clone();
         readers.push(thread::spawn(move || {
-            read_range(&consumer, &wakeup, &partitions, first..=last, &params, &pool)
+            read_range(
+                &consumer,
+                &wakeup,
+                &partitions,
+                first..=last,
+                &params,
+                &pool,
+            )
         }));
     }
     Ok(readers)
@@ -288,14 +320,17 @@ fn read_range(
         let mut progress = false;
         for cursor in cursors.iter_mut().filter(|c| !c.done) {
             // Drain what is there for this subpartition before moving on.
-            while let Some(buffer) =
-                consumer.get_next_buffer(&cursor.partition, SubpartitionId(cursor.sub), SegmentId(cursor.segment))?
-            {
+            while let Some(buffer) = consumer.get_next_buffer(
+                &cursor.partition,
+                SubpartitionId(cursor.sub),
+                SegmentId(cursor.segment),
+            )? {
                 progress = true;
                 match buffer.data_type {
                     DataType::EndOfSegment => cursor.segment += 1,
                     DataType::Data => {
-                        let want = pool.slice(cursor.p, cursor.sub, cursor.data, params.buffer_size);
+                        let want =
+                            pool.slice(cursor.p, cursor.sub, cursor.data, params.buffer_size);
                         ensure!(
                             buffer.payload == want,
                             "partition {} subpartition {} buffer {} differs",

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions, StreamEvent, StreamReceiver, io_runtime};
 use terrace_tier_api::{
-    AgentConfig, AvailabilityNotifier, BatchReader, Buffer, ConsumerSpec, DataType, ErrorKind, InputChannelId,
-    PartitionId, PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId, SubpartitionRange, TierConsumerAgent,
-    TierError, TierResult,
+    AgentConfig, AvailabilityNotifier, BatchReader, Buffer, ConsumerSpec, DataType, ErrorKind,
+    InputChannelId, PartitionId, PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId,
+    SubpartitionRange, TierConsumerAgent, TierError, TierResult,
 };
 
 use crate::queues::{Received, State, SubQueue};
@@ -53,7 +53,11 @@ impl Shared {
         if channels.is_empty() {
             return;
         }
-        let notifier = self.notifier.lock().expect("notifier lock poisoned").clone();
+        let notifier = self
+            .notifier
+            .lock()
+            .expect("notifier lock poisoned")
+            .clone();
         if let Some(notifier) = notifier {
             for channel in channels {
                 notifier.notify_available(partition, *channel);
@@ -97,7 +101,10 @@ impl ConsumerAgent {
         let mut state = State::default();
         for (index, spec) in specs.iter().enumerate() {
             if spec.subpartitions.is_empty() {
-                return Err(TierError::bad_input(format!("empty subpartition range for {:?}", spec.partition)));
+                return Err(TierError::bad_input(format!(
+                    "empty subpartition range for {:?}",
+                    spec.partition
+                )));
             }
             for sub in spec.subpartitions.clone() {
                 let queue = SubQueue {
@@ -107,7 +114,11 @@ impl ConsumerAgent {
                     requested: 0,
                     ended_at: None,
                 };
-                if state.queues.insert((spec.partition.clone(), sub), queue).is_some() {
+                if state
+                    .queues
+                    .insert((spec.partition.clone(), sub), queue)
+                    .is_some()
+                {
                     return Err(TierError::bad_input(format!(
                         "subpartition {sub} of {:?} is read by two input channels",
                         spec.partition
@@ -166,7 +177,9 @@ impl ConsumerAgent {
     /// Opens stream `index`; failures are recorded for its partition.
     fn open_stream(&mut self, index: usize) {
         let slot = &self.streams[index];
-        let Some(descriptor) = slot.descriptor.clone() else { return };
+        let Some(descriptor) = slot.descriptor.clone() else {
+            return;
+        };
         if slot.open.is_some() {
             return;
         }
@@ -221,11 +234,12 @@ impl ConsumerAgent {
             Vec::new(),
         )?;
         for sub in first..=last {
-            open.client.send(Message::RequireSegment(pb::RequireSegment {
-                stream_id: open.stream_id,
-                subpartition: sub,
-                segment_id: 0,
-            }))?;
+            open.client
+                .send(Message::RequireSegment(pb::RequireSegment {
+                    stream_id: open.stream_id,
+                    subpartition: sub,
+                    segment_id: 0,
+                }))?;
         }
         let shared = Arc::clone(&self.shared);
         let partition = spec.partition.clone();
@@ -233,7 +247,10 @@ impl ConsumerAgent {
         io_runtime().spawn(async move {
             if let Err(e) = pending.wait().await {
                 let e = if e.kind() == ErrorKind::Unavailable {
-                    TierError::not_found(format!("worker {worker} of partition {partition} is gone: {}", e.message()))
+                    TierError::not_found(format!(
+                        "worker {worker} of partition {partition} is gone: {}",
+                        e.message()
+                    ))
                 } else {
                     e.context(format!("open stream of partition {partition} on {worker}"))
                 };
@@ -251,7 +268,12 @@ impl ConsumerAgent {
 }
 
 /// Routes a stream's frames into the queues until it ends.
-async fn receive(shared: Arc<Shared>, partition: PartitionId, worker: String, mut receiver: StreamReceiver) {
+async fn receive(
+    shared: Arc<Shared>,
+    partition: PartitionId,
+    worker: String,
+    mut receiver: StreamReceiver,
+) {
     while let Some(event) = receiver.recv().await {
         let (message, body) = match event {
             StreamEvent::Frame(message, body) => (message, body),
@@ -270,7 +292,8 @@ async fn receive(shared: Arc<Shared>, partition: PartitionId, worker: String, mu
             Message::ReadData(m) => match decode_read(&partition, &m, body) {
                 Ok(buffers) => {
                     let mut state = shared.lock();
-                    let Some(queue) = state.queues.get_mut(&(partition.clone(), m.subpartition)) else {
+                    let Some(queue) = state.queues.get_mut(&(partition.clone(), m.subpartition))
+                    else {
                         continue;
                     };
                     let was_empty = queue.buffers.is_empty();
@@ -306,7 +329,10 @@ async fn receive(shared: Arc<Shared>, partition: PartitionId, worker: String, mu
             Message::StreamError(m) => {
                 shared.fail(
                     &partition,
-                    TierError::from_wire(m.code, format!("worker {worker}, partition {partition}: {}", m.message)),
+                    TierError::from_wire(
+                        m.code,
+                        format!("worker {worker}, partition {partition}: {}", m.message),
+                    ),
                 );
                 return;
             }
@@ -318,7 +344,9 @@ async fn receive(shared: Arc<Shared>, partition: PartitionId, worker: String, mu
 /// Checks every extent's CRC32C and decodes the buffers.
 fn decode_read(partition: &PartitionId, m: &pb::ReadData, body: Bytes) -> TierResult<Vec<Buffer>> {
     if m.extent_lengths.len() != m.extent_crc32cs.len() {
-        return Err(TierError::bad_input("read data with mismatched extent lists"));
+        return Err(TierError::bad_input(
+            "read data with mismatched extent lists",
+        ));
     }
     let total: u64 = m.extent_lengths.iter().map(|l| u64::from(*l)).sum();
     if total != body.len() as u64 {
@@ -409,8 +437,15 @@ impl TierConsumerAgent for ConsumerAgent {
             queue.requested = segment.0;
             require = Some(segment.0);
         }
-        let front_matches = queue.buffers.front().is_some_and(|r| r.segment == segment.0);
-        let received = if front_matches { queue.buffers.pop_front() } else { None };
+        let front_matches = queue
+            .buffers
+            .front()
+            .is_some_and(|r| r.segment == segment.0);
+        let received = if front_matches {
+            queue.buffers.pop_front()
+        } else {
+            None
+        };
         let stream = queue.stream;
         if let Some(r) = &received {
             if r.buffer.data_type == DataType::EndOfSegment {
@@ -425,11 +460,13 @@ impl TierConsumerAgent for ConsumerAgent {
             return Ok(received.map(|r| r.buffer));
         };
         if let Some(next) = require {
-            let _ = control.client.send(Message::RequireSegment(pb::RequireSegment {
-                stream_id: control.stream_id,
-                subpartition: subpartition.0,
-                segment_id: next,
-            }));
+            let _ = control
+                .client
+                .send(Message::RequireSegment(pb::RequireSegment {
+                    stream_id: control.stream_id,
+                    subpartition: subpartition.0,
+                    segment_id: next,
+                }));
         }
         if received.as_ref().is_some_and(|r| r.returns_credit) {
             let _ = control.client.send(Message::AddCredit(pb::AddCredit {
@@ -456,7 +493,9 @@ impl TierConsumerAgent for ConsumerAgent {
             .iter()
             .position(|s| &s.spec.partition == partition && s.spec.input_channel == input_channel)
             .ok_or_else(|| {
-                TierError::bad_input(format!("no input channel {input_channel:?} reads partition {partition}"))
+                TierError::bad_input(format!(
+                    "no input channel {input_channel:?} reads partition {partition}"
+                ))
             })?;
         if self.streams[index].descriptor.is_none() {
             self.streams[index].descriptor = Some(descriptor);

@@ -4,8 +4,8 @@ use bytes::Bytes;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions, io_runtime};
 use terrace_tier_api::{
-    AgentConfig, BatchBuilder, Buffer, PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId, TierError,
-    TierProducerAgent, TierResult, WriteOutcome,
+    AgentConfig, BatchBuilder, Buffer, PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId,
+    TierError, TierProducerAgent, TierResult, WriteOutcome,
 };
 
 use crate::pusher::Pusher;
@@ -55,7 +55,9 @@ impl ProducerAgent {
         config.validate().map_err(TierError::bad_input)?;
         let key = spec.descriptor.key()?;
         if spec.num_subpartitions == 0 {
-            return Err(TierError::bad_input(format!("{key}: a partition needs at least one subpartition")));
+            return Err(TierError::bad_input(format!(
+                "{key}: a partition needs at least one subpartition"
+            )));
         }
         let options = ClientOptions {
             name: format!("producer {}", key.partition),
@@ -70,19 +72,32 @@ impl ProducerAgent {
             num_subpartitions: spec.num_subpartitions,
             broadcast_only: spec.broadcast_only,
         };
-        let client = io_runtime().block_on(async {
-            let client = Client::connect(&address, &options).await?;
-            client
-                .request(|request_id| Message::CreatePartition(pb::CreatePartition { request_id, ..create }))
-                .await?;
-            Ok::<_, TierError>(client)
-        })
-        .map_err(|e| e.context(format!("create {key} on worker {address}")))?;
+        let client = io_runtime()
+            .block_on(async {
+                let client = Client::connect(&address, &options).await?;
+                client
+                    .request(|request_id| {
+                        Message::CreatePartition(pb::CreatePartition {
+                            request_id,
+                            ..create
+                        })
+                    })
+                    .await?;
+                Ok::<_, TierError>(client)
+            })
+            .map_err(|e| e.context(format!("create {key} on worker {address}")))?;
         let stored_subs = spec.num_subpartitions as usize;
-        let pusher = Pusher::new(client, key.clone(), config.compression, config.max_bytes_in_flight.as_u64());
+        let pusher = Pusher::new(
+            client,
+            key.clone(),
+            config.compression,
+            config.max_bytes_in_flight.as_u64(),
+        );
         Ok(ProducerAgent {
             key,
-            subs: (0..stored_subs).map(|_| SubpartitionState::default()).collect(),
+            subs: (0..stored_subs)
+                .map(|_| SubpartitionState::default())
+                .collect(),
             batch: (0..stored_subs).map(|_| BatchBuilder::default()).collect(),
             batch_bytes: 0,
             batch_buffers: 0,
@@ -99,7 +114,10 @@ impl ProducerAgent {
 
     fn check_open(&self) -> TierResult<()> {
         if self.closed {
-            return Err(TierError::closed(format!("producer of {} is closed", self.key)));
+            return Err(TierError::closed(format!(
+                "producer of {} is closed",
+                self.key
+            )));
         }
         self.pusher.check()
     }
@@ -207,8 +225,11 @@ impl TierProducerAgent for ProducerAgent {
                 self.key
             )));
         };
-        let needed = (buffer.len() as u64).max(1) * (1 + u64::from(num_remaining_consecutive_buffers));
-        if state.buffers_in_segment > 0 && state.bytes_in_segment + needed > self.config.segment_size.as_u64() {
+        let needed =
+            (buffer.len() as u64).max(1) * (1 + u64::from(num_remaining_consecutive_buffers));
+        if state.buffers_in_segment > 0
+            && state.bytes_in_segment + needed > self.config.segment_size.as_u64()
+        {
             let marker = Buffer::end_of_segment(self.spec.end_of_segment_payload.clone());
             self.append(sub, segment, &marker);
             self.subs[sub].segment_ended = true;
@@ -239,7 +260,12 @@ impl TierProducerAgent for ProducerAgent {
             self.pusher.drain().await?;
             self.pusher
                 .client()
-                .request(|request_id| Message::SealPartition(pb::SealPartition { request_id, key: Some(key) }))
+                .request(|request_id| {
+                    Message::SealPartition(pb::SealPartition {
+                        request_id,
+                        key: Some(key),
+                    })
+                })
                 .await?;
             Ok::<_, TierError>(())
         });

@@ -20,7 +20,12 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    pub fn new(client: Client, key: PartitionKey, compression: bool, max_bytes_in_flight: u64) -> Self {
+    pub fn new(
+        client: Client,
+        key: PartitionKey,
+        compression: bool,
+        max_bytes_in_flight: u64,
+    ) -> Self {
         let budget = u32::try_from(max_bytes_in_flight).unwrap_or(u32::MAX);
         Pusher {
             client,
@@ -64,7 +69,9 @@ impl Pusher {
         } else {
             (chunks, false)
         };
-        let crc32c = body.iter().fold(0u32, |crc, chunk| crc32c::crc32c_append(crc, chunk));
+        let crc32c = body
+            .iter()
+            .fold(0u32, |crc, chunk| crc32c::crc32c_append(crc, chunk));
         let permits = uncompressed_length.clamp(1, self.budget);
         let permit = Arc::clone(&self.in_flight)
             .acquire_many_owned(permits)

@@ -63,7 +63,9 @@ impl FramePrefix {
             });
         }
         if len < 5 {
-            return Err(FrameError::Malformed("frame length shorter than its prefix"));
+            return Err(FrameError::Malformed(
+                "frame length shorter than its prefix",
+            ));
         }
         let ty = MessageType::from_u8(ty_byte).ok_or(FrameError::UnknownType(ty_byte))?;
         let rest = len - 5;
@@ -182,9 +184,15 @@ mod tests {
             .expect("build test runtime");
         rt.block_on(async {
             let mut wire = Vec::new();
-            write_frame(&mut wire, &message, &body).await.expect("write to vec");
+            write_frame(&mut wire, &message, &body)
+                .await
+                .expect("write to vec");
             let mut reader = FrameReader::new(&wire[..], 1 << 20);
-            let got = reader.read_frame().await.expect("decode").expect("one frame");
+            let got = reader
+                .read_frame()
+                .await
+                .expect("decode")
+                .expect("one frame");
             assert!(reader.read_frame().await.expect("clean eof").is_none());
             got
         })
@@ -217,7 +225,10 @@ mod tests {
             Err(FrameError::TooLarge { len: 256, max: 100 })
         ));
         let unknown = [0, 0, 0, 5, 200, 0, 0, 0, 0];
-        assert!(matches!(FramePrefix::parse(unknown, 100), Err(FrameError::UnknownType(200))));
+        assert!(matches!(
+            FramePrefix::parse(unknown, 100),
+            Err(FrameError::UnknownType(200))
+        ));
         // An Ack (type 4) with 3 body bytes.
         let ack_with_body = [0, 0, 0, 8, 4, 0, 0, 0, 0];
         assert!(matches!(

@@ -15,7 +15,9 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/terrace.v1.rs"));
 }
 
-pub use codec::{FRAME_PREFIX_LEN, FrameError, FramePrefix, FrameReader, encode_frame, write_frame};
+pub use codec::{
+    FRAME_PREFIX_LEN, FrameError, FramePrefix, FrameReader, encode_frame, write_frame,
+};
 pub use message::{Message, MessageType};
 
 /// The protocol version sent in every handshake. Peers with another version are refused.

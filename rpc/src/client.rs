@@ -90,7 +90,10 @@ impl PendingReply {
                 "no reply from {} within {:?}",
                 self.peer, self.timeout
             ))),
-            Ok(Err(_)) => Err(TierError::unavailable(format!("connection to {} closed", self.peer))),
+            Ok(Err(_)) => Err(TierError::unavailable(format!(
+                "connection to {} closed",
+                self.peer
+            ))),
             Ok(Ok(reply)) => reply,
         }
     }
@@ -101,7 +104,12 @@ impl Client {
     pub async fn connect(addr: &str, options: &ClientOptions) -> TierResult<Client> {
         let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| TierError::unavailable(format!("connect to {addr}: timed out after {:?}", options.connect_timeout)))?
+            .map_err(|_| {
+                TierError::unavailable(format!(
+                    "connect to {addr}: timed out after {:?}",
+                    options.connect_timeout
+                ))
+            })?
             .map_err(|e| TierError::unavailable(format!("connect to {addr}: {e}")))?;
         stream
             .set_nodelay(true)
@@ -157,7 +165,11 @@ impl Client {
     }
 
     /// Sends a request (built from a fresh request id) and returns the pending reply.
-    pub fn start_request(&self, build: impl FnOnce(u64) -> Message, body: Vec<Bytes>) -> TierResult<PendingReply> {
+    pub fn start_request(
+        &self,
+        build: impl FnOnce(u64) -> Message,
+        body: Vec<Bytes>,
+    ) -> TierResult<PendingReply> {
         let request_id = self.next_request_id();
         let (tx, rx) = oneshot::channel();
         {
@@ -184,7 +196,10 @@ impl Client {
     }
 
     /// Sends a request without a body and waits for its reply.
-    pub async fn request(&self, build: impl FnOnce(u64) -> Message) -> TierResult<(Message, Bytes)> {
+    pub async fn request(
+        &self,
+        build: impl FnOnce(u64) -> Message,
+    ) -> TierResult<(Message, Bytes)> {
         self.start_request(build, Vec::new())?.wait().await
     }
 
@@ -229,7 +244,9 @@ impl Client {
             .expect("routes lock poisoned")
             .failed
             .clone()
-            .unwrap_or_else(|| TierError::unavailable(format!("connection to {} is closed", self.inner.peer)))
+            .unwrap_or_else(|| {
+                TierError::unavailable(format!("connection to {} is closed", self.inner.peer))
+            })
     }
 }
 
@@ -261,7 +278,9 @@ async fn read_loop(
         let Some(inner) = inner.upgrade() else { return };
         let (message, body) = match frame {
             Ok(Some(frame)) => frame,
-            Ok(None) => break TierError::unavailable(format!("{} closed the connection", inner.peer)),
+            Ok(None) => {
+                break TierError::unavailable(format!("{} closed the connection", inner.peer));
+            }
             Err(e) => break TierError::unavailable(format!("reading from {}: {e}", inner.peer)),
         };
         let mut routes = inner.routes.lock().expect("routes lock poisoned");
@@ -275,7 +294,10 @@ async fn read_loop(
         if let Message::ErrorReply(err) = &message {
             if request_id == 0 {
                 // A connection-level protocol error: the server closes the connection.
-                break TierError::from_wire(err.code, format!("{} reported: {}", inner.peer, err.message));
+                break TierError::from_wire(
+                    err.code,
+                    format!("{} reported: {}", inner.peer, err.message),
+                );
             }
         }
         match routes.pending.remove(&request_id) {

@@ -6,8 +6,16 @@ use tokio::io::AsyncRead;
 use crate::writer::FrameSender;
 
 /// Sends an error reply.
-pub fn reply_error(sender: &FrameSender, request_id: u64, code: pb::ErrorCode, message: impl Into<String>) {
-    sender.send(Message::error(request_id, code, message), bytes::Bytes::new());
+pub fn reply_error(
+    sender: &FrameSender,
+    request_id: u64,
+    code: pb::ErrorCode,
+    message: impl Into<String>,
+) {
+    sender.send(
+        Message::error(request_id, code, message),
+        bytes::Bytes::new(),
+    );
 }
 
 /// Reads the first frame, which must be a handshake with our protocol version,
@@ -46,7 +54,12 @@ pub async fn accept_handshake<R: AsyncRead + Unpin>(
                 "protocol version {} is not supported (this server speaks {PROTOCOL_VERSION})",
                 h.protocol_version
             );
-            reply_error(sender, h.request_id, pb::ErrorCode::VersionMismatch, reason.clone());
+            reply_error(
+                sender,
+                h.request_id,
+                pb::ErrorCode::VersionMismatch,
+                reason.clone(),
+            );
             Err(reason)
         }
         other => {

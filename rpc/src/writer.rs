@@ -26,7 +26,11 @@ pub struct FrameSender {
 impl FrameSender {
     /// Queues a frame; false if the connection is closed.
     pub fn send(&self, message: Message, body: Bytes) -> bool {
-        let body = if body.is_empty() { Vec::new() } else { vec![body] };
+        let body = if body.is_empty() {
+            Vec::new()
+        } else {
+            vec![body]
+        };
         self.send_chunks(message, body)
     }
 
@@ -75,9 +79,13 @@ where
     FrameSender { tx }
 }
 
-async fn write_out_frame<W: AsyncWrite + Unpin>(out: &mut W, frame: &OutFrame) -> std::io::Result<()> {
+async fn write_out_frame<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    frame: &OutFrame,
+) -> std::io::Result<()> {
     let body_len: usize = frame.body.iter().map(Bytes::len).sum();
-    out.write_all(&encode_frame(&frame.message, body_len)).await?;
+    out.write_all(&encode_frame(&frame.message, body_len))
+        .await?;
     for chunk in &frame.body {
         out.write_all(chunk).await?;
     }

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_producer_agent::{ProducerAgent, ProducerSpec};
 use terrace_tier_api::{
-    AgentConfig, AvailabilityNotifier, Buffer, DataType, InputChannelId, JobId, PartitionId, PartitionKey,
-    SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierError, TierProducerAgent, WriteOutcome,
+    AgentConfig, AvailabilityNotifier, Buffer, DataType, InputChannelId, JobId, PartitionId,
+    PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierError,
+    TierProducerAgent, WriteOutcome,
 };
 use terrace_worker::{WorkerConfig, WorkerHandle};
 
@@ -57,7 +58,9 @@ impl TestWorker {
 
     pub fn stop(mut self) {
         if let Some(handle) = self.handle.take() {
-            self.runtime.block_on(handle.stop()).expect("worker stops cleanly");
+            self.runtime
+                .block_on(handle.stop())
+                .expect("worker stops cleanly");
         }
     }
 }
@@ -65,13 +68,17 @@ impl TestWorker {
 pub fn key(job: u8, partition: u32) -> PartitionKey {
     PartitionKey {
         job: JobId::new(vec![job; 16]).expect("job id"),
-        partition: PartitionId::new([b"partition-".as_slice(), &partition.to_be_bytes()].concat()).expect("partition id"),
+        partition: PartitionId::new([b"partition-".as_slice(), &partition.to_be_bytes()].concat())
+            .expect("partition id"),
     }
 }
 
 /// Deterministic payload bytes for (partition, subpartition, index).
 pub fn payload(partition: u32, sub: u32, index: u32, len: usize) -> Bytes {
-    let mut state = (u64::from(partition) << 40) ^ (u64::from(sub) << 20) ^ u64::from(index) ^ 0x9e37_79b9_7f4a_7c15;
+    let mut state = (u64::from(partition) << 40)
+        ^ (u64::from(sub) << 20)
+        ^ u64::from(index)
+        ^ 0x9e37_79b9_7f4a_7c15;
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         state ^= state << 13;
@@ -105,7 +112,10 @@ impl RecordingWriter {
     pub fn write(&mut self, sub: u32, buffer: Buffer) -> Result<(), TierError> {
         let mut buffer = buffer;
         if !self.segments.contains_key(&sub) {
-            assert!(self.agent.try_start_new_segment(SubpartitionId(sub), SegmentId(0), 1)?);
+            assert!(
+                self.agent
+                    .try_start_new_segment(SubpartitionId(sub), SegmentId(0), 1)?
+            );
             self.segments.insert(sub, 0);
         }
         loop {
@@ -122,7 +132,11 @@ impl RecordingWriter {
                         .push(Buffer::end_of_segment(Bytes::from_static(EOS_PAYLOAD)));
                     let segment = self.segments.get_mut(&sub).expect("segment started above");
                     *segment += 1;
-                    assert!(self.agent.try_start_new_segment(SubpartitionId(sub), SegmentId(*segment), 1)?);
+                    assert!(self.agent.try_start_new_segment(
+                        SubpartitionId(sub),
+                        SegmentId(*segment),
+                        1
+                    )?);
                     buffer = back;
                 }
             }
@@ -140,7 +154,12 @@ impl RecordingWriter {
 }
 
 /// A producer agent for `key` on `worker`.
-pub fn producer(config: &AgentConfig, descriptor: ShuffleDescriptor, subs: u32, broadcast_only: bool) -> ProducerAgent {
+pub fn producer(
+    config: &AgentConfig,
+    descriptor: ShuffleDescriptor,
+    subs: u32,
+    broadcast_only: bool,
+) -> ProducerAgent {
     ProducerAgent::new(
         config.clone(),
         ProducerSpec {
@@ -204,7 +223,9 @@ pub fn drain(
                 .map(|((p, s), _)| format!("{p}/{s}"))
                 .take(8)
                 .collect();
-            return Err(TierError::unavailable(format!("reader deadline passed; unfinished: {left:?}")));
+            return Err(TierError::unavailable(format!(
+                "reader deadline passed; unfinished: {left:?}"
+            )));
         }
         let seen = wakeup.current();
         let mut progress = false;
@@ -219,8 +240,11 @@ pub fn drain(
                     if buffer.data_type == DataType::EndOfSegment {
                         *seg += 1;
                     }
-                    let end = buffer.data_type == DataType::Event && buffer.payload.as_ref() == END_PAYLOAD;
-                    out.entry((partition.clone(), *sub)).or_default().push(buffer);
+                    let end = buffer.data_type == DataType::Event
+                        && buffer.payload.as_ref() == END_PAYLOAD;
+                    out.entry((partition.clone(), *sub))
+                        .or_default()
+                        .push(buffer);
                     if end {
                         done[i] = true;
                     }
@@ -263,10 +287,16 @@ pub fn terrace_bin() -> std::path::PathBuf {
             if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
                 command.arg("--release");
             }
-            let status = command.status().expect("run cargo build for the terrace binary");
+            let status = command
+                .status()
+                .expect("run cargo build for the terrace binary");
             assert!(status.success(), "building the terrace binary failed");
             let bin = profile_dir.join("terrace");
-            assert!(bin.exists(), "terrace binary not found at {}", bin.display());
+            assert!(
+                bin.exists(),
+                "terrace binary not found at {}",
+                bin.display()
+            );
             bin
         })
         .clone()
@@ -317,7 +347,8 @@ impl ServiceProcess {
 
     /// Peak resident memory (VmHWM) of the process, in bytes.
     pub fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
         let line = status
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
@@ -371,11 +402,15 @@ pub fn write_partition(
     let mut writer = RecordingWriter::new(producer(config, descriptor, subs, false));
     for i in 0..buffers_per_sub {
         for sub in 0..subs {
-            writer.write(sub, Buffer::data(payload(partition, sub, i, len))).expect("write");
+            writer
+                .write(sub, Buffer::data(payload(partition, sub, i, len)))
+                .expect("write");
         }
     }
     for sub in 0..subs {
-        writer.write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD))).expect("write end event");
+        writer
+            .write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD)))
+            .expect("write end event");
     }
     writer.close().expect("close seals the partition");
     writer.expected
@@ -401,7 +436,10 @@ pub fn read_partition(
     consumer.start()?;
     let targets: Vec<(PartitionId, u32)> = (0..subs).map(|s| (partition.clone(), s)).collect();
     let got = drain(&consumer, &wake, &targets, deadline)?;
-    Ok(got.into_iter().map(|((_, sub), buffers)| (sub, buffers)).collect())
+    Ok(got
+        .into_iter()
+        .map(|((_, sub), buffers)| (sub, buffers))
+        .collect())
 }
 
 /// Asserts two buffer sequences are equal buffer by buffer: type, flag, bytes.
@@ -409,7 +447,10 @@ pub fn assert_buffers_eq(have: &[Buffer], want: &[Buffer], what: &str) {
     assert_eq!(have.len(), want.len(), "buffer count of {what}");
     for (i, (h, w)) in have.iter().zip(want).enumerate() {
         assert_eq!(h.data_type, w.data_type, "type of buffer {i} of {what}");
-        assert_eq!(h.compressed, w.compressed, "compressed flag of buffer {i} of {what}");
+        assert_eq!(
+            h.compressed, w.compressed,
+            "compressed flag of buffer {i} of {what}"
+        );
         assert_eq!(h.payload, w.payload, "bytes of buffer {i} of {what}");
     }
 }
@@ -472,7 +513,10 @@ pub fn wait_for_error(
 pub fn join_within<T>(handle: std::thread::JoinHandle<T>, limit: Duration, what: &str) -> T {
     let until = Instant::now() + limit;
     while !handle.is_finished() {
-        assert!(Instant::now() < until, "{what} did not finish within {limit:?}");
+        assert!(
+            Instant::now() < until,
+            "{what} did not finish within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     handle.join().unwrap_or_else(|_| panic!("{what} panicked"))

@@ -9,10 +9,13 @@ use bytes::Bytes;
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions};
-use terrace_tests::{END_PAYLOAD, RecordingWriter, ServiceProcess, drain, key, payload, producer, wakeup};
+use terrace_tests::{
+    END_PAYLOAD, RecordingWriter, ServiceProcess, drain, key, payload, producer, wakeup,
+};
 use terrace_tier_api::{
-    AgentConfig, Buffer, ByteSize, ConsumerSpec, ErrorKind, InputChannelId, PartitionId, PartitionKey,
-    SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierProducerAgent, WriteOutcome,
+    AgentConfig, Buffer, ByteSize, ConsumerSpec, ErrorKind, InputChannelId, PartitionId,
+    PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent,
+    TierProducerAgent, WriteOutcome,
 };
 
 fn agent_config() -> AgentConfig {
@@ -74,26 +77,42 @@ fn sigkilled_worker_restarted_on_same_dirs_serves_sealed_partition_exactly() {
 
     // A sealed partition...
     let sealed = key(7, 1);
-    let mut writer = RecordingWriter::new(producer(&config, descriptor(&worker, &sealed), SUBS, false));
+    let mut writer =
+        RecordingWriter::new(producer(&config, descriptor(&worker, &sealed), SUBS, false));
     for i in 0..40u32 {
         for s in 0..SUBS {
-            let len = if i % 10 == 3 { 0 } else { 16 * 1024 + (i as usize * 31) % 4000 };
-            writer.write(s, Buffer::data(payload(1, s, i, len))).expect("write");
+            let len = if i % 10 == 3 {
+                0
+            } else {
+                16 * 1024 + (i as usize * 31) % 4000
+            };
+            writer
+                .write(s, Buffer::data(payload(1, s, i, len)))
+                .expect("write");
         }
     }
     for s in 0..SUBS {
-        writer.write(s, Buffer::event(Bytes::from_static(END_PAYLOAD))).expect("write end");
+        writer
+            .write(s, Buffer::event(Bytes::from_static(END_PAYLOAD)))
+            .expect("write end");
     }
     writer.close().expect("seal");
-    assert!(writer.segments_of(0) >= 3, "the partition spans several segments");
+    assert!(
+        writer.segments_of(0) >= 3,
+        "the partition spans several segments"
+    );
     let expected = writer.expected.clone();
 
     // ...and one still being written when the worker dies.
     let unsealed = key(7, 2);
     let mut open = producer(&config, descriptor(&worker, &unsealed), 1, false);
-    assert!(open.try_start_new_segment(SubpartitionId(0), SegmentId(0), 1).expect("start"));
+    assert!(
+        open.try_start_new_segment(SubpartitionId(0), SegmentId(0), 1)
+            .expect("start")
+    );
     assert_eq!(
-        open.try_write(SubpartitionId(0), Buffer::data(payload(2, 0, 0, 1000)), 0).expect("write"),
+        open.try_write(SubpartitionId(0), Buffer::data(payload(2, 0, 0, 1000)), 0)
+            .expect("write"),
         WriteOutcome::Written
     );
     open.flush().expect("push what is batched");
@@ -101,7 +120,8 @@ fn sigkilled_worker_restarted_on_same_dirs_serves_sealed_partition_exactly() {
     worker.kill();
     let restarted = start_worker(&config_path);
 
-    let got = read_partition(&restarted, &sealed, SUBS).expect("sealed partition is served after restart");
+    let got = read_partition(&restarted, &sealed, SUBS)
+        .expect("sealed partition is served after restart");
     for s in 0..SUBS {
         let have = &got[&(sealed.partition.clone(), s)];
         let want = &expected[&s];
@@ -139,7 +159,11 @@ fn two_gib_through_a_64_mib_budget_stays_under_budget_plus_64_mib() {
     let mut agent = producer(&config, descriptor(&worker, &k), SUBS, false);
     let mut segments = vec![0u32; SUBS as usize];
     for s in 0..SUBS {
-        assert!(agent.try_start_new_segment(SubpartitionId(s), SegmentId(0), 1).expect("start"));
+        assert!(
+            agent
+                .try_start_new_segment(SubpartitionId(s), SegmentId(0), 1)
+                .expect("start")
+        );
     }
     let mut written = 0u64;
     let mut i = 0u32;
@@ -152,9 +176,15 @@ fn two_gib_through_a_64_mib_budget_stays_under_budget_plus_64_mib() {
                 WriteOutcome::Written => break,
                 WriteOutcome::SegmentFull(back) => {
                     segments[s as usize] += 1;
-                    assert!(agent
-                        .try_start_new_segment(SubpartitionId(s), SegmentId(segments[s as usize]), 1)
-                        .expect("start"));
+                    assert!(
+                        agent
+                            .try_start_new_segment(
+                                SubpartitionId(s),
+                                SegmentId(segments[s as usize]),
+                                1
+                            )
+                            .expect("start")
+                    );
                     b = back;
                 }
             }
@@ -178,9 +208,15 @@ fn two_gib_through_a_64_mib_budget_stays_under_budget_plus_64_mib() {
     let header = terrace_tier_api::BUFFER_HEADER_LEN as u64;
     assert_eq!(
         stats.bytes_pushed,
-        written + u64::from(i) * header + markers * (header + terrace_tests::EOS_PAYLOAD.len() as u64)
+        written
+            + u64::from(i) * header
+            + markers * (header + terrace_tests::EOS_PAYLOAD.len() as u64)
     );
-    assert!(stats.memory_peak_bytes <= budget, "budget accounting peaked at {}", stats.memory_peak_bytes);
+    assert!(
+        stats.memory_peak_bytes <= budget,
+        "budget accounting peaked at {}",
+        stats.memory_peak_bytes
+    );
     assert!(
         peak_rss < budget + (64 << 20),
         "worker peak RSS {} MiB exceeds budget + 64 MiB",
@@ -195,7 +231,9 @@ fn worker_stats(address: &str) -> pb::WorkerStatsReply {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let client = Client::connect(address, &ClientOptions::default()).await.expect("connect");
+        let client = Client::connect(address, &ClientOptions::default())
+            .await
+            .expect("connect");
         let (reply, _) = client
             .request(|request_id| Message::WorkerStats(pb::WorkerStats { request_id }))
             .await

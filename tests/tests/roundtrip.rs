@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use terrace_consumer_agent::ConsumerAgent;
-use terrace_tests::{END_PAYLOAD, RecordingWriter, TestWorker, drain, key, payload, producer, wakeup};
+use terrace_tests::{
+    END_PAYLOAD, RecordingWriter, TestWorker, drain, key, payload, producer, wakeup,
+};
 use terrace_tier_api::{
-    AgentConfig, Buffer, ByteSize, ConsumerSpec, DataType, InputChannelId, PartitionId, TierConsumerAgent,
+    AgentConfig, Buffer, ByteSize, ConsumerSpec, DataType, InputChannelId, PartitionId,
+    TierConsumerAgent,
 };
 use terrace_worker::WorkerConfig;
 
@@ -91,7 +94,8 @@ fn run_roundtrip(compression: bool) {
             })
             .collect();
         let descriptors = keys.iter().map(|k| Some(worker.descriptor(k))).collect();
-        let mut consumer = ConsumerAgent::new(config.clone(), specs, descriptors).expect("consumer");
+        let mut consumer =
+            ConsumerAgent::new(config.clone(), specs, descriptors).expect("consumer");
         consumer.register_availability_notifier(Arc::clone(&wakeups[c as usize]) as _);
         consumer.start().expect("consumer starts");
         consumers.push((consumer, range));
@@ -104,7 +108,9 @@ fn run_roundtrip(compression: bool) {
             let agent = producer(&config, worker.descriptor(k), SUBPARTITIONS, false);
             thread::spawn(move || {
                 let mut writer = RecordingWriter::new(agent);
-                let plans: Vec<Vec<Buffer>> = (0..SUBPARTITIONS).map(|s| plan(p as u32, s, max_buffer)).collect();
+                let plans: Vec<Vec<Buffer>> = (0..SUBPARTITIONS)
+                    .map(|s| plan(p as u32, s, max_buffer))
+                    .collect();
                 let longest = plans.iter().map(Vec::len).max().unwrap_or(0);
                 // Interleave subpartitions like a hash-based writer.
                 for i in 0..longest {
@@ -115,7 +121,8 @@ fn run_roundtrip(compression: bool) {
                     }
                 }
                 writer.close().expect("close seals the partition");
-                let segments: Vec<u32> = (0..SUBPARTITIONS).map(|s| writer.segments_of(s)).collect();
+                let segments: Vec<u32> =
+                    (0..SUBPARTITIONS).map(|s| writer.segments_of(s)).collect();
                 (writer.expected, segments)
             })
         })
@@ -138,7 +145,11 @@ fn run_roundtrip(compression: bool) {
         let (written, segments) = handle.join().expect("producer thread");
         for s in 0..SUBPARTITIONS {
             if s % 8 < 6 {
-                assert!(segments[s as usize] >= 3, "subpartition {s} spans {} segments", segments[s as usize]);
+                assert!(
+                    segments[s as usize] >= 3,
+                    "subpartition {s} spans {} segments",
+                    segments[s as usize]
+                );
             }
             expected.insert(
                 (keys[p].partition.clone(), s),
@@ -148,16 +159,33 @@ fn run_roundtrip(compression: bool) {
     }
     let mut got: HashMap<(PartitionId, u32), Vec<Buffer>> = HashMap::new();
     for handle in readers {
-        got.extend(handle.join().expect("reader thread").expect("reads complete"));
+        got.extend(
+            handle
+                .join()
+                .expect("reader thread")
+                .expect("reads complete"),
+        );
     }
     let mut checked_buffers = 0usize;
     for ((partition, sub), want) in &expected {
-        let have = got.get(&(partition.clone(), *sub)).cloned().unwrap_or_default();
+        let have = got
+            .get(&(partition.clone(), *sub))
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(have.len(), want.len(), "buffer count of {partition}/{sub}");
         for (i, (h, w)) in have.iter().zip(want).enumerate() {
-            assert_eq!(h.data_type, w.data_type, "type of buffer {i} of {partition}/{sub}");
-            assert_eq!(h.compressed, w.compressed, "compressed flag of buffer {i} of {partition}/{sub}");
-            assert_eq!(h.payload, w.payload, "bytes of buffer {i} of {partition}/{sub}");
+            assert_eq!(
+                h.data_type, w.data_type,
+                "type of buffer {i} of {partition}/{sub}"
+            );
+            assert_eq!(
+                h.compressed, w.compressed,
+                "compressed flag of buffer {i} of {partition}/{sub}"
+            );
+            assert_eq!(
+                h.payload, w.payload,
+                "bytes of buffer {i} of {partition}/{sub}"
+            );
         }
         checked_buffers += want.len();
         if sub % 8 == 7 {
@@ -165,7 +193,10 @@ fn run_roundtrip(compression: bool) {
         }
     }
     assert_eq!(expected.len(), (PRODUCERS * SUBPARTITIONS) as usize);
-    assert!(checked_buffers > 5_000, "only {checked_buffers} buffers checked");
+    assert!(
+        checked_buffers > 5_000,
+        "only {checked_buffers} buffers checked"
+    );
     worker.stop();
 }
 

@@ -54,8 +54,13 @@ impl BatchBuilder {
         self.bytes.put_u32_le(subpartition.0);
         self.bytes.put_u32_le(segment.0);
         self.bytes.put_u8(buffer.data_type.code());
-        self.bytes.put_u8(if buffer.compressed { FLAG_COMPRESSED } else { 0 });
-        let len = u32::try_from(buffer.payload.len()).expect("buffer sizes are checked by the producer");
+        self.bytes.put_u8(if buffer.compressed {
+            FLAG_COMPRESSED
+        } else {
+            0
+        });
+        let len =
+            u32::try_from(buffer.payload.len()).expect("buffer sizes are checked by the producer");
         self.bytes.put_u32_le(len);
         self.bytes.extend_from_slice(&buffer.payload);
         self.num_buffers += 1;
@@ -115,7 +120,9 @@ impl BatchReader {
         let flags = head.get_u8();
         let len = head.get_u32_le();
         if flags & !FLAG_COMPRESSED != 0 {
-            return Err(TierError::bad_input(format!("unknown buffer flags {flags:#x}")));
+            return Err(TierError::bad_input(format!(
+                "unknown buffer flags {flags:#x}"
+            )));
         }
         let start = self.offset + BUFFER_HEADER_LEN;
         let end = start

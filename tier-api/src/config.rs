@@ -50,7 +50,11 @@ impl FromStr for ByteSize {
             "mb" => 1_000_000,
             "gb" => 1_000_000_000,
             "tb" => 1_000_000_000_000,
-            other => return Err(format!("size {s:?} has unknown unit {other:?} (use B, KiB, MiB, GiB, TiB)")),
+            other => {
+                return Err(format!(
+                    "size {s:?} has unknown unit {other:?} (use B, KiB, MiB, GiB, TiB)"
+                ));
+            }
         };
         n.checked_mul(mult)
             .map(ByteSize)
@@ -60,7 +64,12 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
         for (name, size) in UNITS {
             if self.0 >= size && self.0 % size == 0 {
                 return write!(f, "{}{name}", self.0 / size);
@@ -153,7 +162,8 @@ impl AgentConfig {
             ));
         }
         // A push holds at most push_size plus one maximal buffer, plus headers and lz4 overhead.
-        let worst_push = self.push_size.0 + self.max_buffer_size.0 + self.max_buffer_size.0 / 200 + 64 * 1024;
+        let worst_push =
+            self.push_size.0 + self.max_buffer_size.0 + self.max_buffer_size.0 / 200 + 64 * 1024;
         if worst_push > self.max_frame_size.0 {
             return Err(format!(
                 "push_size ({}) + max_buffer_size ({}) does not fit in max_frame_size ({})",
@@ -186,7 +196,9 @@ mod tests {
 
     #[test]
     fn default_config_is_valid() {
-        AgentConfig::default().validate().expect("defaults are consistent");
+        AgentConfig::default()
+            .validate()
+            .expect("defaults are consistent");
         let bad = AgentConfig {
             max_bytes_in_flight: ByteSize(1),
             ..AgentConfig::default()

@@ -21,7 +21,11 @@ pub struct ShuffleDescriptor {
 }
 
 impl ShuffleDescriptor {
-    pub fn new(key: &PartitionKey, worker_id: impl Into<String>, worker_address: impl Into<String>) -> Self {
+    pub fn new(
+        key: &PartitionKey,
+        worker_id: impl Into<String>,
+        worker_address: impl Into<String>,
+    ) -> Self {
         ShuffleDescriptor {
             job: key.job.to_hex(),
             partition: key.partition.to_hex(),

@@ -15,8 +15,10 @@ pub enum ErrorKind {
     PartitionNotFound,
     /// Stored or transferred bytes fail their checksum: the data is lost.
     DataCorruption,
-    /// The request is invalid (bad ids, writes after seal, a broken frame): a bug in the caller.
+    /// The request is invalid (bad ids, a broken frame): a bug in the caller.
     BadInput,
+    /// A write to a partition that is already sealed: a bug in the caller.
+    PartitionSealed,
     /// The object was closed or the service is shutting down.
     Closed,
     /// No worker is registered with the master.
@@ -90,6 +92,7 @@ impl TierError {
             ErrorKind::PartitionNotFound => ErrorCode::PartitionNotFound,
             ErrorKind::DataCorruption => ErrorCode::DataCorruption,
             ErrorKind::BadInput => ErrorCode::BadRequest,
+            ErrorKind::PartitionSealed => ErrorCode::PartitionSealed,
             ErrorKind::Closed => ErrorCode::Unavailable,
             ErrorKind::NoWorkers => ErrorCode::NoWorkers,
             ErrorKind::Internal => ErrorCode::Internal,
@@ -99,7 +102,8 @@ impl TierError {
     /// An error received from a peer as `code` and `message`.
     pub fn from_wire(code: i32, message: impl Into<String>) -> Self {
         let kind = match ErrorCode::try_from(code).unwrap_or(ErrorCode::Unspecified) {
-            ErrorCode::Protocol | ErrorCode::BadRequest | ErrorCode::PartitionSealed => ErrorKind::BadInput,
+            ErrorCode::Protocol | ErrorCode::BadRequest => ErrorKind::BadInput,
+            ErrorCode::PartitionSealed => ErrorKind::PartitionSealed,
             ErrorCode::VersionMismatch | ErrorCode::AlreadyExists => ErrorKind::BadInput,
             ErrorCode::PartitionNotFound => ErrorKind::PartitionNotFound,
             ErrorCode::DataCorruption => ErrorKind::DataCorruption,

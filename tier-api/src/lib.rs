@@ -17,7 +17,7 @@ mod error;
 mod ids;
 
 pub use batch::{
-    BatchBuilder, BatchReader, BufferHeader, BUFFER_HEADER_LEN, EncodedBatch, compress_batch,
+    BUFFER_HEADER_LEN, BatchBuilder, BatchReader, BufferHeader, EncodedBatch, compress_batch,
     decode_push_body, decompress_batch,
 };
 pub use buffer::{Buffer, DataType};
@@ -28,4 +28,6 @@ pub use contract::{
 };
 pub use descriptor::ShuffleDescriptor;
 pub use error::{ErrorKind, TierError, TierResult};
-pub use ids::{InputChannelId, JobId, PartitionId, PartitionKey, SegmentId, SubpartitionId, MAX_ID_BYTES};
+pub use ids::{
+    InputChannelId, JobId, MAX_ID_BYTES, PartitionId, PartitionKey, SegmentId, SubpartitionId,
+};

@@ -47,7 +47,10 @@ pub fn spawn(shared: Arc<Shared>, cancel: CancellationToken) -> Vec<JoinHandle<(
 async fn heartbeat_loop(shared: Arc<Shared>, master: String) {
     let options = ClientOptions {
         name: format!("worker {}", shared.worker_id),
-        connect_timeout: shared.config.heartbeat_interval.max(std::time::Duration::from_secs(1)),
+        connect_timeout: shared
+            .config
+            .heartbeat_interval
+            .max(std::time::Duration::from_secs(1)),
         request_timeout: shared.config.heartbeat_interval * 5,
         ..ClientOptions::default()
     };
@@ -102,7 +105,9 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
                 let Ok(job) = JobId::new(job) else { continue };
                 match shared.store.drop_job(&job).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(%job, partitions = n, "dropped data of a job the master released"),
+                    Ok(n) => {
+                        tracing::info!(%job, partitions = n, "dropped data of a job the master released")
+                    }
                     Err(e) => tracing::error!(%job, error = %e, "dropping a released job failed"),
                 }
             }

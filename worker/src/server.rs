@@ -17,6 +17,9 @@ use crate::handlers::{self, StreamHandle};
 use crate::heartbeat;
 use crate::store::{Reservation, Store};
 
+/// How long a new connection may take to send its handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What every connection handler shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -66,7 +69,11 @@ pub async fn start(config: WorkerConfig) -> TierResult<WorkerHandle> {
 }
 
 /// Runs a worker on `listener` until `shutdown` is cancelled.
-pub async fn run(config: WorkerConfig, listener: TcpListener, shutdown: CancellationToken) -> TierResult<()> {
+pub async fn run(
+    config: WorkerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> TierResult<()> {
     let (shared, _) = prepare(config, &listener)?;
     serve(shared, listener, shutdown).await
 }
@@ -76,7 +83,10 @@ fn prepare(config: WorkerConfig, listener: &TcpListener) -> TierResult<(Arc<Shar
     let local = listener
         .local_addr()
         .map_err(|e| TierError::internal(format!("listener address: {e}")))?;
-    let address = config.advertise_address.clone().unwrap_or_else(|| local.to_string());
+    let address = config
+        .advertise_address
+        .clone()
+        .unwrap_or_else(|| local.to_string());
     let worker_id = config.worker_id.clone().unwrap_or_else(|| address.clone());
     let store = Arc::new(Store::open(
         config.data_dirs.clone(),
@@ -94,7 +104,11 @@ fn prepare(config: WorkerConfig, listener: &TcpListener) -> TierResult<(Arc<Shar
     ))
 }
 
-async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) -> TierResult<()> {
+async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> TierResult<()> {
     tracing::info!(worker = %shared.worker_id, address = %shared.address, "worker serving");
     let flusher = tokio::spawn(Arc::clone(&shared.store).run_flusher(shutdown.child_token()));
     let heartbeats = heartbeat::spawn(Arc::clone(&shared), shutdown.child_token());
@@ -108,7 +122,8 @@ async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancellatio
             Ok((stream, peer)) => {
                 let shared = Arc::clone(&shared);
                 let cancel = shutdown.child_token();
-                connections.spawn(async move { handle_connection(shared, stream, peer, cancel).await });
+                connections
+                    .spawn(async move { handle_connection(shared, stream, peer, cancel).await });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -135,7 +150,12 @@ pub(crate) struct Connection {
     pub peer: String,
 }
 
-async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+async fn handle_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let writer_cancel = CancellationToken::new();
@@ -144,6 +164,10 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
     let mut reader = FrameReader::new(read, max_frame);
     let client = tokio::select! {
         _ = cancel.cancelled() => return,
+        _ = tokio::time::sleep(HANDSHAKE_TIMEOUT) => {
+            tracing::debug!(%peer, "no handshake within {HANDSHAKE_TIMEOUT:?}; closing");
+            return;
+        }
         r = accept_handshake(&mut reader, &sender, &shared.worker_id) => r,
     };
     let client = match client {
@@ -175,10 +199,14 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
                 break;
             }
         };
-        // Reserve memory for a body before taking it off the socket: when the
+        // Reserve memory for the frame before taking it off the socket: when the
         // budget is short this connection is simply not read (backpressure).
-        let reservation = if prefix.body_len > 0 {
-            let reserve = conn.shared.store.budget().reserve(prefix.remaining() as u64);
+        let reservation = if prefix.remaining() > 0 {
+            let reserve = conn
+                .shared
+                .store
+                .budget()
+                .reserve(prefix.remaining() as u64);
             let reserved = tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = reserve => r,
@@ -211,7 +239,12 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
 fn protocol_error(conn: &Connection, e: &terrace_proto::FrameError) {
     if e.is_protocol_error() {
         tracing::warn!(peer = %conn.peer, error = %e, "protocol error; closing connection");
-        reply_error(&conn.sender, 0, pb::ErrorCode::Protocol, format!("protocol error: {e}"));
+        reply_error(
+            &conn.sender,
+            0,
+            pb::ErrorCode::Protocol,
+            format!("protocol error: {e}"),
+        );
     } else {
         tracing::debug!(peer = %conn.peer, error = %e, "connection read failed");
     }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use terrace_tier_api::{AgentConfig, ByteSize, JobId, PartitionId, TierError, TierMasterAgent, TierShuffleHandler};
+use terrace_tier_api::{
+    AgentConfig, ByteSize, JobId, PartitionId, TierError, TierMasterAgent, TierShuffleHandler,
+};
 
 use crate::cmd::cluster::Cluster;
 use crate::sample::{Pool, ShuffleParams, ShuffleReport, run_shuffle};
@@ -71,17 +73,25 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let temp = tempfile::tempdir().context("create a temp dir")?;
-    let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let buffer_size = 32 * 1024;
-    let per_sub = args.bytes.as_u64() / (u64::from(args.producers) * u64::from(args.subpartitions) * buffer_size as u64);
+    let per_sub = args.bytes.as_u64()
+        / (u64::from(args.producers) * u64::from(args.subpartitions) * buffer_size as u64);
     let buffers = u32::try_from(per_sub.max(1)).context("too many buffers per subpartition")?;
-    let payload = u64::from(buffers) * u64::from(args.producers) * u64::from(args.subpartitions) * buffer_size as u64;
+    let payload = u64::from(buffers)
+        * u64::from(args.producers)
+        * u64::from(args.subpartitions)
+        * buffer_size as u64;
 
     eprintln!("measuring raw loopback TCP ...");
     let raw_tcp = raw_tcp_throughput(payload).context("measure raw loopback TCP")?;
     eprintln!("measuring raw sequential disk writes ...");
-    let raw_disk = raw_disk_write_throughput(&dir.join("raw-disk-test"), payload).context("measure raw disk")?;
+    let raw_disk = raw_disk_write_throughput(&dir.join("raw-disk-test"), payload)
+        .context("measure raw disk")?;
 
     let cluster = Cluster::start(&dir.join("cluster"), 1, args.memory_budget)?;
     let config = AgentConfig {
@@ -104,7 +114,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     master.register_job(&job, Arc::new(FailOnLoss))?;
     let write_then_read = run_shuffle(&master, &job, &config, &params, &pool)?;
     master.unregister_job(&job)?;
-    eprintln!("pushing and reading {:.0} MiB concurrently ...", payload as f64 / MIB);
+    eprintln!(
+        "pushing and reading {:.0} MiB concurrently ...",
+        payload as f64 / MIB
+    );
     params.read_after_write = false;
     let job = JobId::new(b"terrace-bench-2".to_vec())?;
     master.register_job(&job, Arc::new(FailOnLoss))?;
@@ -132,7 +145,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         concurrent,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).context("encode report")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encode report")?
+        );
     } else {
         println!(
             "terrace bench: {:.0} MiB per phase, {} producers x {} subpartitions, {} consumers, compression {}",
@@ -144,9 +160,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         println!("  raw loopback TCP          {:>8.0} MiB/s", raw_tcp);
         println!("  raw disk write (+fsync)   {:>8.0} MiB/s", raw_disk);
-        println!("  push (incl. seal)         {:>8.0} MiB/s  = {:.2} x raw TCP, {:.2} x raw disk", push, report.push_vs_raw_tcp, report.push_vs_raw_disk_write);
-        println!("  read (after seal)         {:>8.0} MiB/s  = {:.2} x raw TCP", read, report.read_vs_raw_tcp);
-        println!("  end to end (concurrent)   {:>8.0} MiB/s  = {:.2} x raw TCP", e2e, report.end_to_end_vs_raw_tcp);
+        println!(
+            "  push (incl. seal)         {:>8.0} MiB/s  = {:.2} x raw TCP, {:.2} x raw disk",
+            push, report.push_vs_raw_tcp, report.push_vs_raw_disk_write
+        );
+        println!(
+            "  read (after seal)         {:>8.0} MiB/s  = {:.2} x raw TCP",
+            read, report.read_vs_raw_tcp
+        );
+        println!(
+            "  end to end (concurrent)   {:>8.0} MiB/s  = {:.2} x raw TCP",
+            e2e, report.end_to_end_vs_raw_tcp
+        );
     }
     Ok(())
 }
@@ -177,7 +202,9 @@ fn raw_tcp_throughput(bytes: u64) -> anyhow::Result<f64> {
         sent += chunk.len() as u64;
     }
     drop(stream);
-    let received = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let received = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     anyhow::ensure!(received == sent, "sent {sent} bytes, received {received}");
     Ok(sent as f64 / MIB / start.elapsed().as_secs_f64())
 }
@@ -186,7 +213,8 @@ fn raw_tcp_throughput(bytes: u64) -> anyhow::Result<f64> {
 fn raw_disk_write_throughput(path: &Path, bytes: u64) -> anyhow::Result<f64> {
     let chunk = vec![0xa5u8; 4 << 20];
     let start = Instant::now();
-    let mut file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut written = 0u64;
     while written < bytes {
         file.write_all(&chunk).context("write")?;

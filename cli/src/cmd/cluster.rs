@@ -29,9 +29,15 @@ impl Cluster {
             .context("start the cluster runtime")?;
         let shutdown = CancellationToken::new();
         let (master_address, handles) = runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind master")?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("bind master")?;
             let master_address = listener.local_addr().context("master address")?.to_string();
-            tokio::spawn(terrace_master::run(MasterConfig::default(), listener, shutdown.clone()));
+            tokio::spawn(terrace_master::run(
+                MasterConfig::default(),
+                listener,
+                shutdown.clone(),
+            ));
             let mut handles = Vec::new();
             for i in 0..workers {
                 let config = WorkerConfig {
@@ -42,7 +48,11 @@ impl Cluster {
                     heartbeat_interval: Duration::from_millis(200),
                     ..WorkerConfig::default()
                 };
-                handles.push(terrace_worker::start(config).await.context("start a worker")?);
+                handles.push(
+                    terrace_worker::start(config)
+                        .await
+                        .context("start a worker")?,
+                );
             }
             Ok::<_, anyhow::Error>((master_address, handles))
         })?;
@@ -63,7 +73,9 @@ impl Cluster {
         .context("create the master agent")?;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let registered = self.runtime.block_on(registered_workers(&self.master_address))?;
+            let registered = self
+                .runtime
+                .block_on(registered_workers(&self.master_address))?;
             if registered >= self.workers.len() {
                 return Ok(agent);
             }
@@ -99,6 +111,9 @@ async fn registered_workers(master: &str) -> anyhow::Result<usize> {
         .context("list workers")?;
     match reply {
         Message::WorkerList(list) => Ok(list.workers.len()),
-        other => anyhow::bail!("master answered ListWorkers with {:?}", other.message_type()),
+        other => anyhow::bail!(
+            "master answered ListWorkers with {:?}",
+            other.message_type()
+        ),
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use terrace_tier_api::{AgentConfig, ByteSize, JobId, PartitionId, TierError, TierMasterAgent, TierShuffleHandler};
+use terrace_tier_api::{
+    AgentConfig, ByteSize, JobId, PartitionId, TierError, TierMasterAgent, TierShuffleHandler,
+};
 
 use crate::cmd::cluster::Cluster;
 use crate::sample::{Pool, ShuffleParams, run_shuffle};
@@ -54,7 +56,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let master = cluster.master_agent(&config)?;
     let job = JobId::new(b"terrace-demo-job".to_vec())?;
-    master.register_job(&job, Arc::new(LogLosses)).context("register the demo job")?;
+    master
+        .register_job(&job, Arc::new(LogLosses))
+        .context("register the demo job")?;
     let params = ShuffleParams {
         producers: args.producers,
         subpartitions: args.subpartitions,
@@ -66,12 +70,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let pool = Pool::new();
     let report = run_shuffle(&master, &job, &config, &params, &pool)?;
-    master.unregister_job(&job).context("unregister the demo job")?;
+    master
+        .unregister_job(&job)
+        .context("unregister the demo job")?;
     master.close();
     cluster.stop()?;
     let mib = report.payload_bytes as f64 / (1024.0 * 1024.0);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).context("encode report")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encode report")?
+        );
     } else {
         println!(
             "terrace demo: {} producers x {} subpartitions, {} segments, {} buffers, {:.0} MiB",

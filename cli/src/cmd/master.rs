@@ -25,7 +25,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("bind master to {}", config.listen))?;
         // Printed on stdout so scripts and tests can learn the bound port.
-        println!("terrace master listening on {}", listener.local_addr().context("read bound address")?);
-        terrace_master::run(config, listener, shutdown).await.context("run master")
+        println!(
+            "terrace master listening on {}",
+            listener.local_addr().context("read bound address")?
+        );
+        terrace_master::run(config, listener, shutdown)
+            .await
+            .context("run master")
     })
 }

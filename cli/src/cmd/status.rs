@@ -38,10 +38,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (workers, jobs) = runtime.block_on(collect(&args.master))?;
     if args.json {
         let out = serde_json::json!({ "master": args.master, "jobs": jobs, "workers": workers });
-        println!("{}", serde_json::to_string_pretty(&out).context("encode status")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("encode status")?
+        );
         return Ok(());
     }
-    println!("master {}: {} worker(s), {} job(s)", args.master, workers.len(), jobs.len());
+    println!(
+        "master {}: {} worker(s), {} job(s)",
+        args.master,
+        workers.len(),
+        jobs.len()
+    );
     for job in &jobs {
         println!("  job {job}");
     }
@@ -60,7 +68,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             w.memory_peak_bytes,
             w.partitions,
             w.sealed_partitions,
-            w.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
+            w.error
+                .as_ref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
         );
     }
     Ok(())
@@ -79,9 +90,16 @@ async fn collect(master: &str) -> anyhow::Result<(Vec<WorkerStatus>, Vec<String>
         .await
         .context("list workers")?;
     let Message::WorkerList(list) = reply else {
-        anyhow::bail!("master answered ListWorkers with {:?}", reply.message_type());
+        anyhow::bail!(
+            "master answered ListWorkers with {:?}",
+            reply.message_type()
+        );
     };
-    let jobs = list.jobs.iter().map(|j| j.iter().map(|b| format!("{b:02x}")).collect()).collect();
+    let jobs = list
+        .jobs
+        .iter()
+        .map(|j| j.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
     let mut out = Vec::new();
     for info in list.workers {
         let load = info.load.unwrap_or_default();
@@ -120,7 +138,10 @@ async fn collect(master: &str) -> anyhow::Result<(Vec<WorkerStatus>, Vec<String>
 }
 
 /// Asks one worker for its counters.
-pub async fn worker_stats(address: &str, options: &ClientOptions) -> anyhow::Result<pb::WorkerStatsReply> {
+pub async fn worker_stats(
+    address: &str,
+    options: &ClientOptions,
+) -> anyhow::Result<pb::WorkerStatsReply> {
     let client = Client::connect(address, options)
         .await
         .with_context(|| format!("connect to worker {address}"))?;
@@ -130,6 +151,9 @@ pub async fn worker_stats(address: &str, options: &ClientOptions) -> anyhow::Res
         .context("ask worker for stats")?;
     match reply {
         Message::WorkerStatsReply(stats) => Ok(stats),
-        other => anyhow::bail!("worker answered WorkerStats with {:?}", other.message_type()),
+        other => anyhow::bail!(
+            "worker answered WorkerStats with {:?}",
+            other.message_type()
+        ),
     }
 }

@@ -15,7 +15,11 @@ pub struct Args {
     #[arg(long, env = "TERRACE_WORKER_LISTEN")]
     listen: Option<String>,
     /// Data directory; repeat for several (overrides `data_dirs`).
-    #[arg(long = "data-dir", env = "TERRACE_WORKER_DATA_DIRS", value_delimiter = ',')]
+    #[arg(
+        long = "data-dir",
+        env = "TERRACE_WORKER_DATA_DIRS",
+        value_delimiter = ','
+    )]
     data_dirs: Vec<PathBuf>,
     /// Memory budget, e.g. "1GiB" (overrides `memory_budget`).
     #[arg(long, env = "TERRACE_WORKER_MEMORY_BUDGET")]
@@ -45,12 +49,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(id) = args.worker_id {
         config.worker_id = Some(id);
     }
-    config.validate().map_err(anyhow::Error::msg).context("check worker config")?;
+    config
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("check worker config")?;
     crate::config::serve(|shutdown| async move {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("bind worker to {}", config.listen))?;
-        println!("terrace worker listening on {}", listener.local_addr().context("read bound address")?);
-        terrace_worker::run(config, listener, shutdown).await.context("run worker")
+        println!(
+            "terrace worker listening on {}",
+            listener.local_addr().context("read bound address")?
+        );
+        terrace_worker::run(config, listener, shutdown)
+            .await
+            .context("run worker")
     })
 }

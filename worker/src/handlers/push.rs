@@ -11,7 +11,12 @@ use terrace_tier_api::{PartitionKey, TierResult, decode_push_body};
 use crate::server::Connection;
 use crate::store::Reservation;
 
-pub async fn handle(conn: &Connection, m: pb::PushData, body: Bytes, reservation: Reservation) -> TierResult<Message> {
+pub async fn handle(
+    conn: &Connection,
+    m: pb::PushData,
+    body: Bytes,
+    reservation: Reservation,
+) -> TierResult<Message> {
     let key = PartitionKey::try_from(m.key)?;
     let store = &conn.shared.store;
     let partition = store.get(&key)?;
@@ -34,7 +39,10 @@ pub async fn handle(conn: &Connection, m: pb::PushData, body: Bytes, reservation
     };
     let len = batch.len() as u64;
     let pending = partition.append(batch, reservation)?;
-    store.counters.bytes_pushed.fetch_add(len, Ordering::Relaxed);
+    store
+        .counters
+        .bytes_pushed
+        .fetch_add(len, Ordering::Relaxed);
     if pending >= store.flush_size() {
         let partition = Arc::clone(&partition);
         tokio::spawn(async move {

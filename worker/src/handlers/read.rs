@@ -44,7 +44,10 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
         )));
     }
     if conn.streams.contains_key(&m.stream_id) {
-        return Err(TierError::bad_input(format!("stream {} is already open", m.stream_id)));
+        return Err(TierError::bad_input(format!(
+            "stream {} is already open",
+            m.stream_id
+        )));
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let cancel = conn.cancel.child_token();
@@ -132,7 +135,12 @@ enum Step {
 }
 
 impl Stream {
-    async fn run(mut self, request_id: u64, mut rx: mpsc::UnboundedReceiver<Command>, cancel: CancellationToken) {
+    async fn run(
+        mut self,
+        request_id: u64,
+        mut rx: mpsc::UnboundedReceiver<Command>,
+        cancel: CancellationToken,
+    ) {
         let wait = self.shared.config.partition_wait_timeout;
         let partition = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -199,7 +207,10 @@ impl Stream {
     fn apply(&mut self, command: Command) -> TierResult<()> {
         match command {
             Command::Credit(n) => self.credits = self.credits.saturating_add(n),
-            Command::Require { subpartition, segment } => {
+            Command::Require {
+                subpartition,
+                segment,
+            } => {
                 if subpartition < self.first || subpartition > self.last {
                     return Err(TierError::bad_input(format!(
                         "subpartition {subpartition} is outside this stream's range {}..={}",
@@ -231,9 +242,16 @@ impl Stream {
         let mut progressed = false;
         for i in 0..n {
             let index = (self.cursor + i) % n;
-            let Some((segment, position)) = self.required[index] else { continue };
+            let Some((segment, position)) = self.required[index] else {
+                continue;
+            };
             let subpartition = self.first + index as u32;
-            match partition.next_read(SubpartitionId(subpartition), SegmentId(segment), position, max_bytes) {
+            match partition.next_read(
+                SubpartitionId(subpartition),
+                SegmentId(segment),
+                position,
+                max_bytes,
+            ) {
                 NextRead::Wait => {}
                 NextRead::SegmentDone => {
                     self.required[index] = None;
@@ -292,12 +310,21 @@ impl Stream {
                 }
             }
         }
-        if progressed { Step::Progress } else { Step::Idle }
+        if progressed {
+            Step::Progress
+        } else {
+            Step::Idle
+        }
     }
 }
 
-async fn read_body(partition: &Arc<Partition>, extents: &[crate::store::Extent]) -> TierResult<Bytes> {
-    let on_disk = extents.iter().any(|e| matches!(e.location, Location::LocalFile { .. }));
+async fn read_body(
+    partition: &Arc<Partition>,
+    extents: &[crate::store::Extent],
+) -> TierResult<Bytes> {
+    let on_disk = extents
+        .iter()
+        .any(|e| matches!(e.location, Location::LocalFile { .. }));
     if !on_disk {
         if let [only] = extents {
             if let Location::Memory(bytes) = &only.location {

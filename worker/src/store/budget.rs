@@ -71,7 +71,8 @@ impl MemoryBudget {
                 self.total
             ));
         }
-        let n = u32::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large for one reservation"))?;
+        let n = u32::try_from(bytes)
+            .map_err(|_| format!("{bytes} bytes is too large for one reservation"))?;
         let permit = match Arc::clone(&self.semaphore).try_acquire_many_owned(n) {
             Ok(permit) => permit,
             Err(_) => {
@@ -83,7 +84,9 @@ impl MemoryBudget {
             }
         };
         self.peak.fetch_max(self.used(), Ordering::Relaxed);
-        Ok(Reservation { _permit: Some(permit) })
+        Ok(Reservation {
+            _permit: Some(permit),
+        })
     }
 }
 
@@ -103,7 +106,10 @@ mod tests {
             tokio::spawn(async move { budget.reserve(50).await.map(|_| ()) })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "must wait while only 40 bytes are free");
+        assert!(
+            !waiter.is_finished(),
+            "must wait while only 40 bytes are free"
+        );
         drop(a);
         waiter.await.expect("join").expect("reserved after release");
         assert_eq!(budget.peak(), 60);

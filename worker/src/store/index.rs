@@ -86,7 +86,9 @@ impl PersistedIndex {
                 out.put_u32_le(segment.extents.len() as u32);
                 for extent in &segment.extents {
                     let Location::LocalFile { offset } = extent.location else {
-                        return Err(TierError::internal("index persisted with an extent still in memory"));
+                        return Err(TierError::internal(
+                            "index persisted with an extent still in memory",
+                        ));
                     };
                     out.put_u8(LOCATION_LOCAL_FILE);
                     out.put_u64_le(offset);
@@ -114,7 +116,13 @@ impl PersistedIndex {
             return Err(bad("checksum mismatch"));
         }
         let mut r = body;
-        let need = |r: &[u8], n: usize| if r.remaining() < n { Err(bad("truncated")) } else { Ok(()) };
+        let need = |r: &[u8], n: usize| {
+            if r.remaining() < n {
+                Err(bad("truncated"))
+            } else {
+                Ok(())
+            }
+        };
         need(r, 8)?;
         if &r[..4] != MAGIC {
             return Err(bad("wrong magic"));
@@ -138,7 +146,11 @@ impl PersistedIndex {
         let num_subpartitions = r.get_u32_le();
         let broadcast_only = r.get_u8() != 0;
         let data_len = r.get_u64_le();
-        let stored_subs = if broadcast_only { 1 } else { num_subpartitions as usize };
+        let stored_subs = if broadcast_only {
+            1
+        } else {
+            num_subpartitions as usize
+        };
         let mut subpartitions = Vec::with_capacity(stored_subs.min(1 << 16));
         for _ in 0..stored_subs {
             need(r, 4)?;
@@ -159,7 +171,10 @@ impl PersistedIndex {
                     let len = r.get_u32_le();
                     let crc32c = r.get_u32_le();
                     let num_buffers = r.get_u32_le();
-                    if offset.checked_add(u64::from(len)).is_none_or(|end| end > data_len) {
+                    if offset
+                        .checked_add(u64::from(len))
+                        .is_none_or(|end| end > data_len)
+                    {
                         return Err(bad("extent past the end of the data file"));
                     }
                     extents.push(Extent {

@@ -45,11 +45,14 @@ impl Store {
     /// partitions found there. Files of partitions that were never sealed are deleted.
     pub fn open(dirs: Vec<PathBuf>, memory_budget: u64, flush_size: u64) -> TierResult<Store> {
         if dirs.is_empty() {
-            return Err(TierError::bad_input("a worker needs at least one data directory"));
+            return Err(TierError::bad_input(
+                "a worker needs at least one data directory",
+            ));
         }
         for dir in &dirs {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| TierError::bad_input(format!("create data directory {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                TierError::bad_input(format!("create data directory {}: {e}", dir.display()))
+            })?;
         }
         let store = Store {
             dirs,
@@ -80,18 +83,29 @@ impl Store {
     fn paths(dir: &Path, key: &PartitionKey) -> (PathBuf, PathBuf) {
         let job_dir = Self::job_dir(dir, &key.job);
         let name = key.partition.to_hex();
-        (job_dir.join(format!("{name}.data")), job_dir.join(format!("{name}.index")))
+        (
+            job_dir.join(format!("{name}.data")),
+            job_dir.join(format!("{name}.index")),
+        )
     }
 
     /// Creates a partition. Creating the same partition again with the same
     /// shape is accepted (a retried request); another shape is an error.
-    pub fn create(&self, key: PartitionKey, num_subpartitions: u32, broadcast_only: bool) -> TierResult<Arc<Partition>> {
+    pub fn create(
+        &self,
+        key: PartitionKey,
+        num_subpartitions: u32,
+        broadcast_only: bool,
+    ) -> TierResult<Arc<Partition>> {
         if num_subpartitions == 0 {
-            return Err(TierError::bad_input(format!("{key}: a partition needs at least one subpartition")));
+            return Err(TierError::bad_input(format!(
+                "{key}: a partition needs at least one subpartition"
+            )));
         }
         if let Some(existing) = self.partitions.get(&key) {
             let meta = existing.meta();
-            if meta.num_subpartitions == num_subpartitions && meta.broadcast_only == broadcast_only {
+            if meta.num_subpartitions == num_subpartitions && meta.broadcast_only == broadcast_only
+            {
                 return Ok(Arc::clone(&existing));
             }
             return Err(TierError::bad_input(format!(
@@ -111,10 +125,16 @@ impl Store {
             data_path,
             index_path,
         }));
-        let entry = self.partitions.entry(key.clone()).or_insert_with(|| Arc::clone(&partition));
+        let entry = self
+            .partitions
+            .entry(key.clone())
+            .or_insert_with(|| Arc::clone(&partition));
         let partition = Arc::clone(&entry);
         drop(entry);
-        self.released.lock().expect("released lock poisoned").remove(&key);
+        self.released
+            .lock()
+            .expect("released lock poisoned")
+            .remove(&key);
         self.created.notify_waiters();
         Ok(partition)
     }
@@ -129,14 +149,23 @@ impl Store {
     /// Like [`Store::get`], but waits up to `wait` for a partition that is not
     /// created yet (a consumer may start before its producer). A released
     /// partition fails at once.
-    pub async fn get_or_wait(&self, key: &PartitionKey, wait: Duration) -> TierResult<Arc<Partition>> {
+    pub async fn get_or_wait(
+        &self,
+        key: &PartitionKey,
+        wait: Duration,
+    ) -> TierResult<Arc<Partition>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let created = self.created.notified();
             if let Ok(partition) = self.get(key) {
                 return Ok(partition);
             }
-            if self.released.lock().expect("released lock poisoned").contains(key) {
+            if self
+                .released
+                .lock()
+                .expect("released lock poisoned")
+                .contains(key)
+            {
                 return Err(TierError::not_found(format!("{key} was released")));
             }
             if tokio::time::timeout_at(deadline, created).await.is_err() {
@@ -153,8 +182,8 @@ impl Store {
         self.remember_released(key.clone());
         partition.release();
         let meta = partition.meta().clone();
-        // Wait for a flush in progress so it cannot recreate the file after we delete it.
-        let _ = partition.flush().await;
+        // Wait for a flush or seal in progress so it cannot recreate a file after we delete it.
+        partition.wait_idle().await;
         tokio::task::spawn_blocking(move || {
             for path in [&meta.data_path, &meta.index_path] {
                 remove_if_exists(path)?;
@@ -212,7 +241,10 @@ impl Store {
     }
 
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
-        self.partitions.iter().map(|e| Arc::clone(e.value())).collect()
+        self.partitions
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect()
     }
 
     /// Flushes partitions with pending data, largest first, until memory use
@@ -235,7 +267,7 @@ impl Store {
                 .map(|e| (e.pending_bytes(), Arc::clone(e.value())))
                 .filter(|(pending, _)| *pending > 0)
                 .collect();
-            candidates.sort_by(|a, b| b.0.cmp(&a.0));
+            candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
             for (_, partition) in candidates {
                 if let Err(e) = partition.flush().await {
                     tracing::error!(partition = %partition.key(), error = %e, "flush under memory pressure failed");
@@ -256,7 +288,9 @@ impl Store {
                 if !job_dir.is_dir() {
                     continue;
                 }
-                let Ok(files) = std::fs::read_dir(&job_dir) else { continue };
+                let Ok(files) = std::fs::read_dir(&job_dir) else {
+                    continue;
+                };
                 for file in files.flatten() {
                     let path = file.path();
                     if path.extension().and_then(|e| e.to_str()) != Some("index") {
@@ -305,7 +339,9 @@ impl Store {
         }
         let expected_name = index.key.partition.to_hex();
         if index_path.file_stem().and_then(|s| s.to_str()) != Some(expected_name.as_str()) {
-            return Err(TierError::corruption("index names another partition than its file name"));
+            return Err(TierError::corruption(
+                "index names another partition than its file name",
+            ));
         }
         let key = index.key.clone();
         let meta = PartitionMeta {
@@ -315,7 +351,8 @@ impl Store {
             data_path,
             index_path: index_path.to_path_buf(),
         };
-        self.partitions.insert(key.clone(), Arc::new(Partition::recovered(meta, index)));
+        self.partitions
+            .insert(key.clone(), Arc::new(Partition::recovered(meta, index)));
         Ok(key)
     }
 }

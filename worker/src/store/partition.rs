@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use terrace_tier_api::{BatchReader, DataType, PartitionKey, SegmentId, SubpartitionId, TierError, TierResult};
+use terrace_tier_api::{
+    BatchReader, DataType, PartitionKey, SegmentId, SubpartitionId, TierError, TierResult,
+};
 use tokio::sync::watch;
 
 use super::budget::Reservation;
@@ -82,7 +84,11 @@ pub struct Partition {
 
 impl Partition {
     pub fn new(meta: PartitionMeta) -> Self {
-        let stored_subs = if meta.broadcast_only { 1 } else { meta.num_subpartitions as usize };
+        let stored_subs = if meta.broadcast_only {
+            1
+        } else {
+            meta.num_subpartitions as usize
+        };
         Partition {
             state: Mutex::new(State {
                 subs: vec![SubpartitionIndex::default(); stored_subs],
@@ -154,19 +160,33 @@ impl Partition {
     /// Appends a decoded push batch. `reservation` holds the batch's memory
     /// until it is flushed. Returns the pending bytes after the append.
     pub fn append(&self, batch: Bytes, reservation: Reservation) -> TierResult<u64> {
-        let runs = split_runs(&batch, self.meta.num_subpartitions, self.meta.broadcast_only)?;
+        let runs = split_runs(
+            &batch,
+            self.meta.num_subpartitions,
+            self.meta.broadcast_only,
+        )?;
         let mut state = self.lock();
         if state.released {
-            return Err(TierError::not_found(format!("{} was released", self.meta.key)));
+            return Err(TierError::not_found(format!(
+                "{} was released",
+                self.meta.key
+            )));
         }
         if state.sealed {
-            return Err(TierError::bad_input(format!("{} is sealed; no more pushes", self.meta.key)));
+            return Err(TierError::new(
+                terrace_tier_api::ErrorKind::PartitionSealed,
+                format!("{} is sealed; no more pushes", self.meta.key),
+            ));
         }
         // Validate every run against the segment rules before changing anything.
         let mut next_segment: Vec<(usize, usize, bool)> = Vec::new();
         for run in &runs {
             let sub = run.sub;
-            let known = next_segment.iter().rev().find(|(s, _, _)| *s == sub).map(|(_, g, c)| (*g, *c));
+            let known = next_segment
+                .iter()
+                .rev()
+                .find(|(s, _, _)| *s == sub)
+                .map(|(_, g, c)| (*g, *c));
             let (last, last_closed) = known.unwrap_or_else(|| {
                 let segments = &state.subs[sub].segments;
                 match segments.last() {
@@ -186,7 +206,11 @@ impl Partition {
                 return Err(TierError::bad_input(format!(
                     "{}: subpartition {sub} segment {segment} breaks the segment order (last segment {}, {})",
                     self.meta.key,
-                    if last == usize::MAX { "none".to_string() } else { last.to_string() },
+                    if last == usize::MAX {
+                        "none".to_string()
+                    } else {
+                        last.to_string()
+                    },
                     if last_closed { "closed" } else { "open" },
                 )));
             }
@@ -227,6 +251,16 @@ impl Partition {
     /// runs on the blocking pool.
     pub async fn flush(self: &Arc<Self>) -> TierResult<()> {
         let _guard = self.flush_lock.lock().await;
+        self.flush_locked().await
+    }
+
+    /// Waits until no flush or seal of this partition is running.
+    pub async fn wait_idle(&self) {
+        drop(self.flush_lock.lock().await);
+    }
+
+    /// The body of [`Partition::flush`]; the caller holds `flush_lock`.
+    async fn flush_locked(self: &Arc<Self>) -> TierResult<()> {
         let (pending, reservations, offset) = {
             let mut state = self.lock();
             if state.pending.is_empty() || state.released {
@@ -245,7 +279,9 @@ impl Partition {
             .await
             .map_err(|e| TierError::internal(format!("flush task failed: {e}")))
             .and_then(|r| {
-                r.map_err(|e| TierError::internal(format!("write {}: {e}", self.meta.data_path.display())))
+                r.map_err(|e| {
+                    TierError::internal(format!("write {}: {e}", self.meta.data_path.display()))
+                })
             });
         if let Err(e) = written {
             // The index still points at the memory extents, so the data stays
@@ -270,21 +306,28 @@ impl Partition {
         Ok(())
     }
 
-    /// Seals the partition: flush, sync the data file, persist the index.
+    /// Seals the partition: flush, sync the data file, persist the index. The
+    /// whole seal runs under the flush lock, which a release waits for before
+    /// deleting files, so a release can never leave an index behind.
     pub async fn seal(self: &Arc<Self>) -> TierResult<()> {
+        let released = || TierError::not_found(format!("{} was released", self.meta.key));
         {
             let mut state = self.lock();
             if state.released {
-                return Err(TierError::not_found(format!("{} was released", self.meta.key)));
+                return Err(released());
             }
             if state.sealed {
                 return Ok(());
             }
             state.sealed = true;
         }
-        self.flush().await?;
+        let guard = self.flush_lock.lock().await;
+        self.flush_locked().await?;
         let index = {
             let state = self.lock();
+            if state.released {
+                return Err(released());
+            }
             PersistedIndex {
                 key: self.meta.key.clone(),
                 num_subpartitions: self.meta.num_subpartitions,
@@ -300,6 +343,7 @@ impl Partition {
             .await
             .map_err(|e| TierError::internal(format!("seal task failed: {e}")))?
             .map_err(|e| TierError::internal(format!("persist index of {}: {e}", self.meta.key)))?;
+        drop(guard);
         self.bump();
         Ok(())
     }
@@ -320,14 +364,32 @@ impl Partition {
 
     /// What a reader positioned at extent `position` of `segment` of
     /// `subpartition` gets next, at most about `max_bytes` of extents.
-    pub fn next_read(&self, subpartition: SubpartitionId, segment: SegmentId, position: usize, max_bytes: usize) -> NextRead {
+    pub fn next_read(
+        &self,
+        subpartition: SubpartitionId,
+        segment: SegmentId,
+        position: usize,
+        max_bytes: usize,
+    ) -> NextRead {
         let state = self.lock();
         if state.released {
             return NextRead::Released;
         }
-        let sub = if self.meta.broadcast_only { 0 } else { subpartition.0 as usize };
-        let Some(seg) = state.subs.get(sub).and_then(|s| s.segments.get(segment.0 as usize)) else {
-            return if state.sealed { NextRead::End } else { NextRead::Wait };
+        let sub = if self.meta.broadcast_only {
+            0
+        } else {
+            subpartition.0 as usize
+        };
+        let Some(seg) = state
+            .subs
+            .get(sub)
+            .and_then(|s| s.segments.get(segment.0 as usize))
+        else {
+            return if state.sealed {
+                NextRead::End
+            } else {
+                NextRead::Wait
+            };
         };
         if position < seg.extents.len() {
             let mut out = Vec::new();
@@ -372,7 +434,9 @@ fn split_runs(batch: &Bytes, num_subpartitions: u32, broadcast_only: bool) -> Ti
         let next = reader.next_buffer()?;
         let flush_run = match (&current, &next) {
             (Some(_), None) => true,
-            (Some((s, g, _, ended)), Some((h, _))) => *ended || h.subpartition.0 != *s || h.segment.0 != *g,
+            (Some((s, g, _, ended)), Some((h, _))) => {
+                *ended || h.subpartition.0 != *s || h.segment.0 != *g
+            }
             (None, _) => false,
         };
         if flush_run {
@@ -400,7 +464,9 @@ fn split_runs(batch: &Bytes, num_subpartitions: u32, broadcast_only: bool) -> Ti
         }
         let ended = header.data_type == DataType::EndOfSegment;
         current = Some(match current {
-            Some((s, g, count, false)) if s == sub && g == header.segment.0 => (s, g, count + 1, ended),
+            Some((s, g, count, false)) if s == sub && g == header.segment.0 => {
+                (s, g, count + 1, ended)
+            }
             _ => (sub, header.segment.0, 1, ended),
         });
     }
@@ -408,7 +474,10 @@ fn split_runs(batch: &Bytes, num_subpartitions: u32, broadcast_only: bool) -> Ti
 }
 
 fn append_to_file(path: &std::path::Path, offset: u64, slices: &[Bytes]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     let len = file.metadata()?.len();
     if len != offset {
         return Err(std::io::Error::other(format!(
@@ -419,11 +488,19 @@ fn append_to_file(path: &std::path::Path, offset: u64, slices: &[Bytes]) -> std:
     let mut skip = 0usize;
     while index < slices.len() {
         let batch: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&slices[index][skip..]))
-            .chain(slices[index + 1..].iter().take(1023).map(|b| IoSlice::new(b)))
+            .chain(
+                slices[index + 1..]
+                    .iter()
+                    .take(1023)
+                    .map(|b| IoSlice::new(b)),
+            )
             .collect();
         let mut written = file.write_vectored(&batch)?;
         if written == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote zero bytes"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "wrote zero bytes",
+            ));
         }
         while index < slices.len() && written > 0 {
             let left = slices[index].len() - skip;
@@ -440,9 +517,16 @@ fn append_to_file(path: &std::path::Path, offset: u64, slices: &[Bytes]) -> std:
     Ok(())
 }
 
-fn persist_index(data_path: &std::path::Path, index_path: &std::path::Path, index: &[u8]) -> std::io::Result<()> {
+fn persist_index(
+    data_path: &std::path::Path,
+    index_path: &std::path::Path,
+    index: &[u8],
+) -> std::io::Result<()> {
     // The data file exists even when the partition is empty, so recovery finds both.
-    let data = std::fs::OpenOptions::new().create(true).append(true).open(data_path)?;
+    let data = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_path)?;
     data.sync_all()?;
     let tmp = index_path.with_extension("index.tmp");
     {
@@ -460,7 +544,13 @@ fn persist_index(data_path: &std::path::Path, index_path: &std::path::Path, inde
 /// Reads `extents` (all in the local file or memory) into one body.
 pub fn read_extents(data_path: &std::path::Path, extents: &[Extent]) -> std::io::Result<Bytes> {
     use std::os::unix::fs::FileExt;
-    if let [Extent { location: Location::Memory(bytes), .. }] = extents {
+    if let [
+        Extent {
+            location: Location::Memory(bytes),
+            ..
+        },
+    ] = extents
+    {
         return Ok(bytes.clone());
     }
     let total: usize = extents.iter().map(|e| e.len as usize).sum();
@@ -475,7 +565,9 @@ pub fn read_extents(data_path: &std::path::Path, extents: &[Extent]) -> std::io:
                 if file.is_none() {
                     file = Some(File::open(data_path)?);
                 }
-                file.as_ref().expect("opened above").read_exact_at(dst, *offset)?;
+                file.as_ref()
+                    .expect("opened above")
+                    .read_exact_at(dst, *offset)?;
             }
         }
         at += extent.len as usize;

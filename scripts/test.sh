@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need on a fresh machine,
+# then runs every test of the workspace (unit, property, integration over
+# loopback TCP, process-level SIGKILL tests, and the Flink end-to-end tests,
+# which fetch Flink 1.20.3 and build the adapter jar themselves).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v javac >/dev/null 2>&1; then
+  echo "installing a JDK (javac is needed by the Flink adapter tests)" >&2
+  apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is required (the machine's Rust toolchain)" >&2
+  exit 1
+fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo test --workspace --locked "$@"
