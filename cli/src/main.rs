@@ -36,22 +36,7 @@ enum Command {
     Status(cmd::status::Args),
 }
 
-/// Makes glibc serve every allocation of 128 KiB or more (push bodies, read
-/// batches) with its own mmap, returned to the OS on free. Without this, glibc
-/// raises its mmap threshold after the first large free and keeps freed push
-/// buffers in per-thread arenas, so a worker's resident memory drifts to about
-/// twice its memory budget (measured: 138 MiB RSS for a 64 MiB budget).
-#[allow(unsafe_code)]
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets malloc parameters; it runs first in main, before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
-
 fn main() -> anyhow::Result<()> {
-    tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))

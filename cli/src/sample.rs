@@ -38,6 +38,9 @@ pub struct ShuffleReport {
     pub payload_bytes: u64,
     pub buffers: u64,
     pub segments: u64,
+    /// Until every push of every producer was acknowledged.
+    pub push_seconds: f64,
+    /// Until every partition was sealed (flushed, fsynced, index persisted).
     pub write_seconds: f64,
     pub read_seconds: f64,
     pub total_seconds: f64,
@@ -98,6 +101,8 @@ pub fn run_shuffle(
         start_readers(config, params, pool, &descriptors)?
     };
     let mut writers = Vec::new();
+    // The moment the last producer had every push acknowledged.
+    let acked: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     for (p, descriptor) in descriptors.iter().enumerate() {
         let agent = ProducerAgent::new(
             config.clone(),
@@ -111,8 +116,9 @@ pub fn run_shuffle(
         .context("create a producer agent")?;
         let params = params.clone();
         let pool = pool.clone();
+        let acked = Arc::clone(&acked);
         writers.push(thread::spawn(move || {
-            write_partition(agent, p as u32, &params, &pool)
+            write_partition(agent, p as u32, &params, &pool, &acked)
         }));
     }
     let mut report = ShuffleReport::default();
@@ -128,6 +134,12 @@ pub fn run_shuffle(
         * u64::from(params.buffers_per_subpartition)
         * params.buffer_size as u64;
     report.write_seconds = start.elapsed().as_secs_f64();
+    report.push_seconds = acked
+        .lock()
+        .expect("acked lock")
+        .map_or(report.write_seconds, |at| {
+            at.duration_since(start).as_secs_f64()
+        });
     let read_start = Instant::now();
     let readers = if params.read_after_write {
         start_readers(config, params, pool, &descriptors)?
@@ -162,6 +174,7 @@ fn write_partition(
     p: u32,
     params: &ShuffleParams,
     pool: &Pool,
+    acked: &Mutex<Option<Instant>>,
 ) -> anyhow::Result<(u64, u64)> {
     let mut segment = vec![0u32; params.subpartitions as usize];
     for sub in 0..params.subpartitions {
@@ -207,6 +220,14 @@ fn write_partition(
             sub,
             Buffer::event(Bytes::from_static(END_EVENT)),
         )?;
+    }
+    agent
+        .flush_and_wait()
+        .context("wait for every push to be acknowledged")?;
+    {
+        let mut acked = acked.lock().expect("acked lock");
+        let now = Instant::now();
+        *acked = Some(acked.map_or(now, |at| at.max(now)));
     }
     agent.close().context("close (seal) a partition")?;
     let segments: u64 = segment.iter().map(|s| u64::from(*s) + 1).sum();

@@ -167,6 +167,13 @@ impl ProducerAgent {
         self.check_open()?;
         self.push_batch()
     }
+
+    /// Pushes what is batched and waits until the worker acknowledged every
+    /// push (the data is in the worker's memory or files, not yet sealed).
+    pub fn flush_and_wait(&mut self) -> TierResult<()> {
+        self.flush()?;
+        io_runtime().block_on(self.pusher.drain())
+    }
 }
 
 impl TierProducerAgent for ProducerAgent {

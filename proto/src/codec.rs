@@ -121,16 +121,36 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads the header and body announced by `prefix` and decodes the header.
     pub async fn read_rest(&mut self, prefix: FramePrefix) -> Result<(Message, Bytes), FrameError> {
-        let mut buf = BytesMut::zeroed(prefix.remaining());
-        self.inner.read_exact(&mut buf).await.map_err(|e| {
+        self.read_rest_into(prefix, vec![0u8; prefix.remaining()])
+            .await
+    }
+
+    /// Like [`FrameReader::read_rest`], reading into `buf` (whose first
+    /// `prefix.remaining()` bytes are overwritten), which then owns the bytes
+    /// of the returned body: a server can hand in a pooled buffer that goes
+    /// back to its pool when the last slice of the body is dropped.
+    pub async fn read_rest_into<B>(
+        &mut self,
+        prefix: FramePrefix,
+        mut buf: B,
+    ) -> Result<(Message, Bytes), FrameError>
+    where
+        B: AsRef<[u8]> + AsMut<[u8]> + Send + 'static,
+    {
+        let len = prefix.remaining();
+        let target = buf.as_mut().get_mut(..len).ok_or(FrameError::Malformed(
+            "receive buffer shorter than the frame",
+        ))?;
+        self.inner.read_exact(target).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 FrameError::Truncated
             } else {
                 FrameError::Io(e)
             }
         })?;
-        let header = buf.split_to(prefix.header_len).freeze();
-        let body = buf.freeze();
+        let bytes = Bytes::from_owner(buf);
+        let header = bytes.slice(..prefix.header_len);
+        let body = bytes.slice(prefix.header_len..len);
         let message = Message::decode_header(prefix.ty, header)?;
         Ok((message, body))
     }

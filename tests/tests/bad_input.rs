@@ -41,7 +41,8 @@ fn start_worker(dir: &tempfile::TempDir) -> TestWorker {
     TestWorker::start(WorkerConfig {
         data_dirs: vec![dir.path().join("data")],
         memory_budget: ByteSize::mib(64),
-        flush_size: ByteSize::kib(256),
+        flush_high_watermark: 0.0,
+        flush_low_watermark: 0.0,
         max_frame_size: ByteSize(MAX_FRAME),
         ..WorkerConfig::default()
     })

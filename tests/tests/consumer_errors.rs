@@ -24,7 +24,8 @@ fn worker_config(dir: PathBuf) -> WorkerConfig {
     WorkerConfig {
         data_dirs: vec![dir],
         memory_budget: ByteSize::mib(64),
-        flush_size: ByteSize::kib(128),
+        flush_high_watermark: 0.0,
+        flush_low_watermark: 0.0,
         partition_wait_timeout: Duration::from_millis(300),
         ..WorkerConfig::default()
     }

@@ -28,7 +28,8 @@ fn start_worker(dirs: &[PathBuf]) -> TestWorker {
     TestWorker::start(WorkerConfig {
         data_dirs: dirs.to_vec(),
         memory_budget: ByteSize::mib(64),
-        flush_size: ByteSize::kib(128),
+        flush_high_watermark: 0.0,
+        flush_low_watermark: 0.0,
         partition_wait_timeout: CREATION_WAIT,
         ..WorkerConfig::default()
     })

@@ -71,7 +71,6 @@ fn run_roundtrip(compression: bool) {
     let worker = TestWorker::start(WorkerConfig {
         data_dirs: vec![dir.path().join("a"), dir.path().join("b")],
         memory_budget: ByteSize::mib(64),
-        flush_size: ByteSize::mib(1),
         ..WorkerConfig::default()
     });
     let config = agent_config(compression);

@@ -166,14 +166,32 @@ pub fn compress_batch(raw: &[u8]) -> Bytes {
 /// Undoes `compress_batch`; fails if the result is not exactly `uncompressed_len` bytes.
 pub fn decompress_batch(compressed: &[u8], uncompressed_len: usize) -> Result<Bytes, TierError> {
     let mut out = vec![0u8; uncompressed_len];
-    let n = lz4_flex::block::decompress_into(compressed, &mut out)
+    decompress_batch_into(compressed, &mut out)?;
+    Ok(Bytes::from(out))
+}
+
+/// Undoes `compress_batch` into `out`, which must be exactly the uncompressed length.
+pub fn decompress_batch_into(compressed: &[u8], out: &mut [u8]) -> Result<(), TierError> {
+    let n = lz4_flex::block::decompress_into(compressed, out)
         .map_err(|e| TierError::bad_input(format!("lz4 body does not decompress: {e}")))?;
-    if n != uncompressed_len {
+    if n != out.len() {
         return Err(TierError::bad_input(format!(
-            "lz4 body decompressed to {n} bytes, header said {uncompressed_len}"
+            "lz4 body decompressed to {n} bytes, header said {}",
+            out.len()
         )));
     }
-    Ok(Bytes::from(out))
+    Ok(())
+}
+
+/// Checks a pushed body's CRC32C against the header's.
+pub fn check_push_crc(body: &[u8], crc: u32) -> Result<(), TierError> {
+    let actual = crc32c::crc32c(body);
+    if actual != crc {
+        return Err(TierError::corruption(format!(
+            "push body checksum mismatch: header says {crc:#010x}, body has {actual:#010x}"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a pushed body's CRC32C and returns the uncompressed batch.
@@ -185,12 +203,7 @@ pub fn decode_push_body(
     uncompressed_len: u32,
     max_len: usize,
 ) -> Result<Bytes, TierError> {
-    let actual = crc32c::crc32c(&body);
-    if actual != crc {
-        return Err(TierError::corruption(format!(
-            "push body checksum mismatch: header says {crc:#010x}, body has {actual:#010x}"
-        )));
-    }
+    check_push_crc(&body, crc)?;
     if !compressed {
         if body.len() != uncompressed_len as usize {
             return Err(TierError::bad_input(format!(

@@ -17,8 +17,8 @@ mod error;
 mod ids;
 
 pub use batch::{
-    BUFFER_HEADER_LEN, BatchBuilder, BatchReader, BufferHeader, EncodedBatch, compress_batch,
-    decode_push_body, decompress_batch,
+    BUFFER_HEADER_LEN, BatchBuilder, BatchReader, BufferHeader, EncodedBatch, check_push_crc,
+    compress_batch, decode_push_body, decompress_batch, decompress_batch_into,
 };
 pub use buffer::{Buffer, DataType};
 pub use config::{AgentConfig, ByteSize};

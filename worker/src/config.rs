@@ -21,8 +21,11 @@ pub struct WorkerConfig {
     pub data_dirs: Vec<PathBuf>,
     /// Bytes of pushed data held in memory at most; pushes wait beyond it.
     pub memory_budget: ByteSize,
-    /// A partition's in-memory data is flushed to its data file once it reaches this size.
-    pub flush_size: ByteSize,
+    /// When memory use passes this fraction of the budget, the flusher writes
+    /// partitions' in-memory data to their files, largest first...
+    pub flush_high_watermark: f64,
+    /// ...until use falls under this fraction. Sealing always flushes.
+    pub flush_low_watermark: f64,
     /// Largest frame accepted. Must not exceed half the memory budget.
     pub max_frame_size: ByteSize,
     /// Bytes of extents sent in one read frame (one credit) at most.
@@ -45,7 +48,8 @@ impl Default for WorkerConfig {
             worker_id: None,
             data_dirs: vec![PathBuf::from("./terrace-data")],
             memory_budget: ByteSize::gib(1),
-            flush_size: ByteSize::mib(4),
+            flush_high_watermark: 0.75,
+            flush_low_watermark: 0.5,
             max_frame_size: ByteSize::mib(16),
             read_batch_size: ByteSize::kib(512),
             partition_wait_timeout: Duration::from_secs(30),
@@ -67,8 +71,14 @@ impl WorkerConfig {
                 self.max_frame_size, self.memory_budget
             ));
         }
-        if self.flush_size.as_u64() == 0 || self.read_batch_size.as_u64() == 0 {
-            return Err("flush_size and read_batch_size must be positive".into());
+        if self.read_batch_size.as_u64() == 0 {
+            return Err("read_batch_size must be positive".into());
+        }
+        let (low, high) = (self.flush_low_watermark, self.flush_high_watermark);
+        if !(0.0..=1.0).contains(&high) || !(0.0..=high).contains(&low) {
+            return Err(format!(
+                "flush watermarks must satisfy 0 <= flush_low_watermark ({low}) <= flush_high_watermark ({high}) <= 1"
+            ));
         }
         if self.heartbeat_interval.is_zero() {
             return Err("heartbeat_interval must be positive".into());

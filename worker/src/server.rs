@@ -91,7 +91,8 @@ fn prepare(config: WorkerConfig, listener: &TcpListener) -> TierResult<(Arc<Shar
     let store = Arc::new(Store::open(
         config.data_dirs.clone(),
         config.memory_budget.as_u64(),
-        config.flush_size.as_u64(),
+        config.flush_high_watermark,
+        config.flush_low_watermark,
     )?);
     Ok((
         Arc::new(Shared {
@@ -201,27 +202,30 @@ async fn handle_connection(
         };
         // Reserve memory for the frame before taking it off the socket: when the
         // budget is short this connection is simply not read (backpressure).
-        let reservation = if prefix.remaining() > 0 {
-            let reserve = conn
-                .shared
-                .store
-                .budget()
-                .reserve(prefix.remaining() as u64);
-            let reserved = tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = reserve => r,
-            };
-            match reserved {
-                Ok(r) => r,
-                Err(reason) => {
-                    reply_error(&conn.sender, 0, pb::ErrorCode::Protocol, reason);
-                    break;
+        // Bodies land in pooled buffers; small bodiless frames in plain ones.
+        let store = Arc::clone(&conn.shared.store);
+        let reserved = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = async {
+                if prefix.body_len > 0 {
+                    store.reserve_buffer(prefix.remaining()).await.map(|(r, b)| (r, Some(b)))
+                } else {
+                    store.budget().reserve(prefix.remaining() as u64).await.map(|r| (r, None))
                 }
-            }
-        } else {
-            Reservation::empty()
+            } => r,
         };
-        let (message, body) = match reader.read_rest(prefix).await {
+        let (reservation, buffer) = match reserved {
+            Ok(reserved) => reserved,
+            Err(reason) => {
+                reply_error(&conn.sender, 0, pb::ErrorCode::Protocol, reason);
+                break;
+            }
+        };
+        let frame = match buffer {
+            Some(buffer) => reader.read_rest_into(prefix, buffer).await,
+            None => reader.read_rest(prefix).await,
+        };
+        let (message, body) = match frame {
             Ok(frame) => frame,
             Err(e) => {
                 protocol_error(&conn, &e);

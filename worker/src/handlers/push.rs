@@ -1,12 +1,13 @@
 //! `PushData`: a batch of buffers for one partition, checked (CRC32C),
 //! decompressed, split into per-(subpartition, segment) runs and stored.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use terrace_proto::{Message, pb};
-use terrace_tier_api::{PartitionKey, TierResult, decode_push_body};
+use terrace_tier_api::{
+    PartitionKey, TierError, TierResult, check_push_crc, decompress_batch_into,
+};
 
 use crate::server::Connection;
 use crate::store::Reservation;
@@ -21,35 +22,43 @@ pub async fn handle(
     let store = &conn.shared.store;
     let partition = store.get(&key)?;
     let max_len = conn.shared.config.max_frame_size.as_usize();
-    let (batch, reservation) = if m.compressed {
+    let context = |e: TierError| e.context(format!("push to {key}"));
+    let (batch, reservation, expected_crc) = if m.compressed {
+        check_push_crc(&body, m.crc32c).map_err(context)?;
+        let len = m.uncompressed_length as usize;
+        if len > max_len {
+            return Err(context(TierError::bad_input(format!(
+                "body claims {len} uncompressed bytes, more than the maximum {max_len}"
+            ))));
+        }
         // The decompressed copy needs its own memory while the compressed body is alive.
-        let extra = store
-            .budget()
-            .reserve(u64::from(m.uncompressed_length).min(max_len as u64))
+        let (extra, mut buffer) = store
+            .reserve_buffer(len)
             .await
-            .map_err(terrace_tier_api::TierError::bad_input)?;
-        let batch = decode_push_body(body, m.crc32c, true, m.uncompressed_length, max_len)
-            .map_err(|e| e.context(format!("push to {key}")))?;
+            .map_err(TierError::bad_input)?;
+        decompress_batch_into(&body, buffer.as_mut()).map_err(context)?;
+        drop(body);
         drop(reservation);
-        (batch, extra)
+        (Bytes::from_owner(buffer), extra, None)
     } else {
-        let batch = decode_push_body(body, m.crc32c, false, m.uncompressed_length, max_len)
-            .map_err(|e| e.context(format!("push to {key}")))?;
-        (batch, reservation)
+        if body.len() != m.uncompressed_length as usize {
+            return Err(context(TierError::bad_input(format!(
+                "uncompressed body has {} bytes, header said {}",
+                body.len(),
+                m.uncompressed_length
+            ))));
+        }
+        // The body's checksum is verified from the stored runs' checksums.
+        (body, reservation, Some(m.crc32c))
     };
     let len = batch.len() as u64;
-    let pending = partition.append(batch, reservation)?;
+    partition
+        .append(batch, reservation, expected_crc)
+        .map_err(context)?;
     store
         .counters
         .bytes_pushed
         .fetch_add(len, Ordering::Relaxed);
-    if pending >= store.flush_size() {
-        let partition = Arc::clone(&partition);
-        tokio::spawn(async move {
-            if let Err(e) = partition.flush().await {
-                tracing::error!(partition = %partition.key(), error = %e, "flush failed");
-            }
-        });
-    }
+    store.check_pressure();
     Ok(Message::ack(m.request_id))
 }

@@ -2,6 +2,7 @@
 //! budget, their files, and recovery of sealed partitions after a restart.
 
 mod budget;
+mod buffers;
 mod index;
 mod partition;
 
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use budget::{MemoryBudget, Reservation};
+pub use buffers::{BufferPool, PooledBuf, class_size};
 pub use index::{Extent, Location, PersistedIndex};
 pub use partition::{NextRead, Partition, PartitionMeta, read_extents};
 
@@ -36,14 +38,22 @@ pub struct Store {
     released: Mutex<HashSet<PartitionKey>>,
     created: Notify,
     budget: MemoryBudget,
-    flush_size: u64,
+    pool: Arc<BufferPool>,
+    /// Bytes of memory use above which the flusher starts, and below which it stops.
+    flush_start: u64,
+    flush_stop: u64,
     pub counters: Counters,
 }
 
 impl Store {
     /// Opens the store on `dirs` (created if missing) and recovers the sealed
     /// partitions found there. Files of partitions that were never sealed are deleted.
-    pub fn open(dirs: Vec<PathBuf>, memory_budget: u64, flush_size: u64) -> TierResult<Store> {
+    pub fn open(
+        dirs: Vec<PathBuf>,
+        memory_budget: u64,
+        high_watermark: f64,
+        low_watermark: f64,
+    ) -> TierResult<Store> {
         if dirs.is_empty() {
             return Err(TierError::bad_input(
                 "a worker needs at least one data directory",
@@ -61,7 +71,9 @@ impl Store {
             released: Mutex::new(HashSet::new()),
             created: Notify::new(),
             budget: MemoryBudget::new(memory_budget),
-            flush_size,
+            pool: BufferPool::new(usize::try_from(memory_budget).unwrap_or(usize::MAX)),
+            flush_start: (memory_budget as f64 * high_watermark) as u64,
+            flush_stop: (memory_budget as f64 * low_watermark) as u64,
             counters: Counters::default(),
         };
         store.recover()?;
@@ -72,8 +84,22 @@ impl Store {
         &self.budget
     }
 
-    pub fn flush_size(&self) -> u64 {
-        self.flush_size
+    /// Receive buffers; every buffer taken is covered by a budget reservation.
+    pub fn pool(&self) -> &Arc<BufferPool> {
+        &self.pool
+    }
+
+    /// Reserves budget for, and takes, a pooled buffer of `len` bytes.
+    pub async fn reserve_buffer(&self, len: usize) -> Result<(Reservation, PooledBuf), String> {
+        let reservation = self.budget.reserve(class_size(len) as u64).await?;
+        Ok((reservation, self.pool.take(len)))
+    }
+
+    /// Whether memory use calls for the flusher; wakes it if so.
+    pub fn check_pressure(&self) {
+        if self.budget.used() > self.flush_start {
+            self.budget.pressure().notify_one();
+        }
     }
 
     fn job_dir(dir: &Path, job: &JobId) -> PathBuf {
@@ -247,18 +273,18 @@ impl Store {
             .collect()
     }
 
-    /// Flushes partitions with pending data, largest first, until memory use
-    /// is under half the budget. Runs until `cancel`.
+    /// Flushes partitions with pending data, largest first, whenever memory
+    /// use passes the high watermark (or a reservation had to wait), until it
+    /// falls under the low watermark. Runs until `cancel`.
     pub async fn run_flusher(self: Arc<Self>, cancel: CancellationToken) {
         let pressure = Arc::clone(self.budget.pressure());
         loop {
-            tokio::select! {
+            let woken = tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = pressure.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-            let low_watermark = self.budget.total() / 2;
-            if self.budget.used() <= low_watermark {
+                _ = pressure.notified() => true,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => false,
+            };
+            if !woken && self.budget.used() <= self.flush_start {
                 continue;
             }
             let mut candidates: Vec<(u64, Arc<Partition>)> = self
@@ -272,7 +298,7 @@ impl Store {
                 if let Err(e) = partition.flush().await {
                     tracing::error!(partition = %partition.key(), error = %e, "flush under memory pressure failed");
                 }
-                if self.budget.used() <= low_watermark {
+                if self.budget.used() <= self.flush_stop {
                     break;
                 }
             }

@@ -158,13 +158,29 @@ impl Partition {
     }
 
     /// Appends a decoded push batch. `reservation` holds the batch's memory
-    /// until it is flushed. Returns the pending bytes after the append.
-    pub fn append(&self, batch: Bytes, reservation: Reservation) -> TierResult<u64> {
+    /// until it is flushed. With `expected_crc32c`, the batch is checked
+    /// against it first, from the runs' own checksums (one pass over the bytes).
+    pub fn append(
+        &self,
+        batch: Bytes,
+        reservation: Reservation,
+        expected_crc32c: Option<u32>,
+    ) -> TierResult<()> {
         let runs = split_runs(
             &batch,
             self.meta.num_subpartitions,
             self.meta.broadcast_only,
         )?;
+        if let Some(expected) = expected_crc32c {
+            let actual = runs.iter().fold(0u32, |crc, run| {
+                crc32c::crc32c_combine(crc, run.crc32c, run.bytes.len())
+            });
+            if actual != expected {
+                return Err(TierError::corruption(format!(
+                    "push body checksum mismatch: header says {expected:#010x}, body has {actual:#010x}"
+                )));
+            }
+        }
         let mut state = self.lock();
         if state.released {
             return Err(TierError::not_found(format!(
@@ -226,7 +242,7 @@ impl Partition {
             segment.extents.push(Extent {
                 location: Location::Memory(run.bytes.clone()),
                 len,
-                crc32c: crc32c::crc32c(&run.bytes),
+                crc32c: run.crc32c,
                 num_buffers: run.num_buffers,
             });
             segment.closed = run.ends_segment;
@@ -241,10 +257,9 @@ impl Partition {
             });
         }
         state.reservations.push(reservation);
-        let pending = state.pending_bytes;
         drop(state);
         self.bump();
-        Ok(pending)
+        Ok(())
     }
 
     /// Writes every pending memory extent to the data file. Blocking file I/O
@@ -418,6 +433,7 @@ struct Run {
     sub: usize,
     segment: usize,
     bytes: Bytes,
+    crc32c: u32,
     num_buffers: u32,
     ends_segment: bool,
 }
@@ -441,10 +457,12 @@ fn split_runs(batch: &Bytes, num_subpartitions: u32, broadcast_only: bool) -> Ti
         };
         if flush_run {
             let (s, g, count, ended) = current.take().expect("flush_run implies a current run");
+            let bytes = batch.slice(start..offset);
             runs.push(Run {
                 sub: s as usize,
                 segment: g as usize,
-                bytes: batch.slice(start..offset),
+                crc32c: crc32c::crc32c(&bytes),
+                bytes,
                 num_buffers: count,
                 ends_segment: ended,
             });
