@@ -1,9 +1,12 @@
 //! The writing half of a connection: a task that drains a queue of frames
-//! into a buffered socket, flushing whenever the queue runs empty.
+//! into the socket with vectored writes, gathering what is queued.
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes};
 use terrace_proto::{Message, encode_frame};
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -44,50 +47,90 @@ impl FrameSender {
     }
 }
 
+/// Most bytes gathered into one vectored write.
+const GATHER_BYTES: usize = 1024 * 1024;
+/// Most slices in one vectored write (Linux takes up to 1024).
+const GATHER_SLICES: usize = 256;
+
 /// Starts the writer task. It ends (and shuts the socket's write side down)
 /// when every sender is dropped, on a write error, or when `cancel` fires;
 /// it cancels `cancel` itself on a write error so the reader stops too.
+///
+/// Queued frames are gathered (up to 1 MiB) and written with vectored writes
+/// straight from their header and body buffers: bodies are never copied.
 pub fn spawn_writer<W>(writer: W, cancel: CancellationToken) -> FrameSender
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut rx) = mpsc::unbounded_channel::<OutFrame>();
     tokio::spawn(async move {
-        let mut out = BufWriter::with_capacity(128 * 1024, writer);
+        let mut out = writer;
+        let mut slices: VecDeque<Bytes> = VecDeque::new();
         loop {
             let frame = tokio::select! {
                 frame = rx.recv() => frame,
                 _ = cancel.cancelled() => None,
             };
             let Some(frame) = frame else { break };
-            if let Err(e) = write_out_frame(&mut out, &frame).await {
+            let mut gathered = push_frame(&mut slices, frame);
+            while gathered < GATHER_BYTES && slices.len() < GATHER_SLICES {
+                match rx.try_recv() {
+                    Ok(frame) => gathered += push_frame(&mut slices, frame),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = write_gathered(&mut out, &mut slices).await {
                 tracing::debug!(error = %e, "connection write failed");
                 cancel.cancel();
                 return;
             }
-            if rx.is_empty() {
-                if let Err(e) = out.flush().await {
-                    tracing::debug!(error = %e, "connection flush failed");
-                    cancel.cancel();
-                    return;
-                }
-            }
         }
-        let _ = out.flush().await;
         let _ = out.shutdown().await;
     });
     FrameSender { tx }
 }
 
-async fn write_out_frame<W: AsyncWrite + Unpin>(
-    out: &mut W,
-    frame: &OutFrame,
-) -> std::io::Result<()> {
+/// Queues a frame's header and body chunks; returns its size.
+fn push_frame(slices: &mut VecDeque<Bytes>, frame: OutFrame) -> usize {
     let body_len: usize = frame.body.iter().map(Bytes::len).sum();
-    out.write_all(&encode_frame(&frame.message, body_len))
-        .await?;
-    for chunk in &frame.body {
-        out.write_all(chunk).await?;
+    let head = encode_frame(&frame.message, body_len).freeze();
+    let len = head.len() + body_len;
+    slices.push_back(head);
+    slices.extend(frame.body.into_iter().filter(|chunk| !chunk.is_empty()));
+    len
+}
+
+/// Writes every queued slice, in order, with vectored writes.
+async fn write_gathered<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    slices: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        let io: Vec<IoSlice<'_>> = slices
+            .iter()
+            .take(GATHER_SLICES)
+            .map(|s| IoSlice::new(s))
+            .collect();
+        let mut written = out.write_vectored(&io).await?;
+        drop(io);
+        if written == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "connection accepted no bytes",
+            ));
+        }
+        while written > 0 {
+            let front = slices
+                .front_mut()
+                .expect("written bytes come from queued slices");
+            if written >= front.len() {
+                written -= front.len();
+                slices.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
     }
-    Ok(())
+    out.flush().await
 }
