@@ -175,6 +175,11 @@ impl Shared {
         }
         let listed_at = Instant::now();
         let list = self.list_workers().await?;
+        if !list.settled {
+            // A master that started less than a worker timeout ago may not have
+            // heard from every live worker yet: judge nothing from its list.
+            return Ok(());
+        }
         let live: HashSet<String> = list.workers.into_iter().map(|w| w.worker_id).collect();
         let lost = self.placements().take_lost(&live, listed_at);
         for lost in lost {

@@ -63,11 +63,15 @@ pub(crate) struct Registry {
     /// Unregistered jobs and when they were unregistered.
     released: BTreeMap<JobId, Instant>,
     placements: u64,
+    /// When this master started: until `worker_timeout` has passed, live
+    /// workers may not have heartbeated to it yet.
+    started: Instant,
 }
 
 impl Registry {
-    pub(crate) fn new(config: &MasterConfig) -> Self {
+    pub(crate) fn new(config: &MasterConfig, started: Instant) -> Self {
         Registry {
+            started,
             worker_timeout: config.worker_timeout,
             released_job_memory: config.released_job_memory,
             partition_size_estimate: config.partition_size_estimate.as_u64(),
@@ -213,6 +217,14 @@ impl Registry {
     }
 
     /// Live workers, by id.
+    /// Whether the worker list is complete: this master has been up for a
+    /// whole `worker_timeout`, so every live worker has heartbeated to it. A
+    /// worker missing from an unsettled list may just not have reached a
+    /// freshly restarted master yet.
+    pub(crate) fn settled(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) >= self.worker_timeout
+    }
+
     pub(crate) fn live_workers(&mut self, now: Instant) -> Vec<WorkerSnapshot> {
         self.expire(now);
         self.workers
@@ -240,12 +252,15 @@ mod tests {
     const MIB: u64 = 1024 * 1024;
 
     fn registry(estimate: u64) -> Registry {
-        Registry::new(&MasterConfig {
-            worker_timeout: Duration::from_millis(300),
-            released_job_memory: Duration::from_secs(1),
-            partition_size_estimate: ByteSize(estimate),
-            ..MasterConfig::default()
-        })
+        Registry::new(
+            &MasterConfig {
+                worker_timeout: Duration::from_millis(300),
+                released_job_memory: Duration::from_secs(1),
+                partition_size_estimate: ByteSize(estimate),
+                ..MasterConfig::default()
+            },
+            Instant::now(),
+        )
     }
 
     fn key(job: &str, partition: u32) -> PartitionKey {
@@ -368,5 +383,20 @@ mod tests {
         );
         assert_eq!(released, Vec::<JobId>::new());
         assert_eq!(r.jobs(), [j2]);
+    }
+
+    #[test]
+    fn worker_list_is_settled_one_worker_timeout_after_start() {
+        let started = Instant::now();
+        let registry = Registry::new(
+            &MasterConfig {
+                worker_timeout: Duration::from_millis(300),
+                ..MasterConfig::default()
+            },
+            started,
+        );
+        assert!(!registry.settled(started));
+        assert!(!registry.settled(started + Duration::from_millis(299)));
+        assert!(registry.settled(started + Duration::from_millis(300)));
     }
 }

@@ -67,7 +67,7 @@ pub async fn run_with_clock(
         .validate()
         .map_err(|e| TierError::bad_input(format!("master config: {e}")))?;
     let shared = Arc::new(Shared {
-        registry: Mutex::new(Registry::new(&config)),
+        registry: Mutex::new(Registry::new(&config, clock.now())),
         clock,
         max_frame: config.max_frame_size.as_usize(),
     });

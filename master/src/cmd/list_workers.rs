@@ -25,6 +25,7 @@ impl ListWorkers {
             .collect();
         Message::WorkerList(pb::WorkerList {
             request_id,
+            settled: registry.settled(now),
             workers,
             jobs: registry
                 .jobs()
