@@ -373,10 +373,14 @@ fn decode_read(partition: &PartitionId, m: &pb::ReadData, body: Bytes) -> TierRe
         .next_buffer()
         .map_err(|e| TierError::corruption(format!("partition {partition}: {}", e.message())))?
     {
-        if header.subpartition.0 != m.subpartition || header.segment.0 != m.segment_id {
+        if header.subpartition.0 != m.stored_subpartition || header.segment.0 != m.segment_id {
             return Err(TierError::corruption(format!(
-                "partition {partition}: buffer of subpartition {} segment {} in a read of subpartition {} segment {}",
-                header.subpartition.0, header.segment.0, m.subpartition, m.segment_id
+                "partition {partition}: buffer of subpartition {} segment {} in a read of subpartition {} (stored as {}) segment {}",
+                header.subpartition.0,
+                header.segment.0,
+                m.subpartition,
+                m.stored_subpartition,
+                m.segment_id
             )));
         }
         buffers.push(Buffer {

@@ -14,7 +14,7 @@ use terrace_tests::{
 };
 use terrace_tier_api::{
     AgentConfig, Buffer, ByteSize, ConsumerSpec, DataType, InputChannelId, PartitionId,
-    TierConsumerAgent,
+    TierConsumerAgent, TierProducerAgent,
 };
 use terrace_worker::WorkerConfig;
 
@@ -207,4 +207,68 @@ fn four_producers_64_subpartitions_roundtrip_exactly_uncompressed() {
 #[test]
 fn four_producers_64_subpartitions_roundtrip_exactly_lz4() {
     run_roundtrip(true);
+}
+
+/// A broadcast-only partition is stored once (written to subpartition 0) and
+/// every subpartition's reader gets exactly that data.
+#[test]
+fn broadcast_only_partition_is_stored_once_and_read_by_every_subpartition() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let worker = TestWorker::start(WorkerConfig {
+        data_dirs: vec![dir.path().to_path_buf()],
+        memory_budget: ByteSize::mib(64),
+        ..WorkerConfig::default()
+    });
+    let config = agent_config(true);
+    const SUBS: u32 = 8;
+    let k = key(3, 1);
+    let mut writer = RecordingWriter::new(producer(&config, worker.descriptor(&k), SUBS, true));
+    for i in 0..30u32 {
+        writer
+            .write(0, Buffer::data(payload(9, 0, i, 20 * 1024)))
+            .expect("write subpartition 0");
+    }
+    writer
+        .write(0, Buffer::event(Bytes::from_static(END_PAYLOAD)))
+        .expect("write end");
+    let refused = writer
+        .agent
+        .try_start_new_segment(
+            terrace_tier_api::SubpartitionId(3),
+            terrace_tier_api::SegmentId(0),
+            1,
+        )
+        .expect_err("broadcast-only partitions take subpartition 0 only");
+    assert_eq!(refused.kind(), terrace_tier_api::ErrorKind::BadInput);
+    writer.close().expect("seal");
+    assert!(writer.segments_of(0) >= 3);
+    let want = writer.expected[&0].clone();
+
+    let stored = worker.handle.as_ref().expect("running").store.partitions()[0].stored_bytes();
+    let written: u64 = want
+        .iter()
+        .map(|b| (b.len() + terrace_tier_api::BUFFER_HEADER_LEN) as u64)
+        .sum();
+    assert_eq!(stored, written, "stored once, not once per subpartition");
+
+    let spec = ConsumerSpec {
+        partition: k.partition.clone(),
+        input_channel: InputChannelId(0),
+        subpartitions: 0..=SUBS - 1,
+    };
+    let mut consumer = ConsumerAgent::new(config, vec![spec], vec![Some(worker.descriptor(&k))])
+        .expect("consumer");
+    let wake = wakeup();
+    consumer.register_availability_notifier(Arc::clone(&wake) as _);
+    consumer.start().expect("start");
+    let targets: Vec<_> = (0..SUBS).map(|s| (k.partition.clone(), s)).collect();
+    let got = drain(&consumer, &wake, &targets, Duration::from_secs(60)).expect("read all");
+    for s in 0..SUBS {
+        assert_eq!(
+            got[&(k.partition.clone(), s)],
+            want,
+            "subpartition {s} reads the broadcast data"
+        );
+    }
+    worker.stop();
 }

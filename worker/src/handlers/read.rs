@@ -300,6 +300,11 @@ impl Stream {
                             extent_lengths: extents.iter().map(|e| e.len).collect(),
                             extent_crc32cs: extents.iter().map(|e| e.crc32c).collect(),
                             num_buffers: extents.iter().map(|e| e.num_buffers).sum(),
+                            stored_subpartition: if partition.meta().broadcast_only {
+                                0
+                            } else {
+                                subpartition
+                            },
                         }),
                         body,
                     );
