@@ -13,8 +13,8 @@ use terrace_consumer_agent::ConsumerAgent;
 use terrace_producer_agent::{ProducerAgent, ProducerSpec};
 use terrace_tier_api::{
     AgentConfig, AvailabilityNotifier, Buffer, ConsumerSpec, DataType, InputChannelId, JobId,
-    PartitionId, SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierMasterAgent,
-    TierProducerAgent, WriteOutcome,
+    PartitionId, SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierError,
+    TierMasterAgent, TierProducerAgent, TierShuffleHandler, WriteOutcome,
 };
 
 const POOL_BYTES: usize = 64 * 1024 * 1024;
@@ -232,6 +232,20 @@ fn write_partition(
     agent.close().context("close (seal) a partition")?;
     let segments: u64 = segment.iter().map(|s| u64::from(*s) + 1).sum();
     Ok((segments, buffers))
+}
+
+/// The engine side of lost-partition reports in the demo and the benchmark:
+/// nothing should be lost there, so a report is logged as an error.
+#[derive(Debug)]
+pub struct LogLosses;
+
+impl TierShuffleHandler for LogLosses {
+    fn on_release_partitions(&self, partitions: Vec<PartitionId>) {
+        tracing::error!(?partitions, "partitions lost during the sample shuffle");
+    }
+    fn on_fatal_error(&self, error: TierError) {
+        tracing::error!(%error, "fatal tier error during the sample shuffle");
+    }
 }
 
 #[derive(Debug, Default)]

@@ -9,12 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use terrace_tier_api::{
-    AgentConfig, ByteSize, JobId, PartitionId, TierError, TierMasterAgent, TierShuffleHandler,
-};
+use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierMasterAgent};
 
 use crate::cmd::cluster::Cluster;
-use crate::sample::{Pool, ShuffleParams, ShuffleReport, run_shuffle};
+use crate::sample::{LogLosses, Pool, ShuffleParams, ShuffleReport, run_shuffle};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -56,18 +54,6 @@ struct Report {
     push_and_seal_vs_raw_disk_write: f64,
     write_then_read: ShuffleReport,
     concurrent: ShuffleReport,
-}
-
-#[derive(Debug)]
-struct FailOnLoss;
-
-impl TierShuffleHandler for FailOnLoss {
-    fn on_release_partitions(&self, partitions: Vec<PartitionId>) {
-        tracing::error!(?partitions, "partitions lost during the benchmark");
-    }
-    fn on_fatal_error(&self, error: TierError) {
-        tracing::error!(%error, "fatal tier error during the benchmark");
-    }
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -112,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     eprintln!("pushing then reading {:.0} MiB ...", payload as f64 / MIB);
     let job = JobId::new(b"terrace-bench-1".to_vec())?;
-    master.register_job(&job, Arc::new(FailOnLoss))?;
+    master.register_job(&job, Arc::new(LogLosses))?;
     let write_then_read = run_shuffle(&master, &job, &config, &params, &pool)?;
     master.unregister_job(&job)?;
     eprintln!(
@@ -121,7 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     params.read_after_write = false;
     let job = JobId::new(b"terrace-bench-2".to_vec())?;
-    master.register_job(&job, Arc::new(FailOnLoss))?;
+    master.register_job(&job, Arc::new(LogLosses))?;
     let concurrent = run_shuffle(&master, &job, &config, &params, &pool)?;
     master.unregister_job(&job)?;
     master.close();

@@ -6,12 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use terrace_tier_api::{
-    AgentConfig, ByteSize, JobId, PartitionId, TierError, TierMasterAgent, TierShuffleHandler,
-};
+use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierMasterAgent};
 
 use crate::cmd::cluster::Cluster;
-use crate::sample::{Pool, ShuffleParams, run_shuffle};
+use crate::sample::{LogLosses, Pool, ShuffleParams, run_shuffle};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,18 +30,6 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug)]
-struct LogLosses;
-
-impl TierShuffleHandler for LogLosses {
-    fn on_release_partitions(&self, partitions: Vec<PartitionId>) {
-        tracing::error!(?partitions, "partitions lost during the demo");
-    }
-    fn on_fatal_error(&self, error: TierError) {
-        tracing::error!(%error, "fatal tier error during the demo");
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
