@@ -6,6 +6,11 @@
 # Examples:
 #   # Flink's default hybrid shuffle (memory + disk tiers)
 #   scripts/run-flink-job.sh 4 100000 100 /tmp/out-hybrid.txt execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL
+#   # Terrace as the external tier (jar from scripts/build-flink-jar.sh, a running master)
+#   TERRACE_JAR=target/flink/terrace-flink-1.20.jar scripts/run-flink-job.sh 4 100000 100 /tmp/out-terrace.txt \
+#     execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL \
+#     taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=dev.terrace.flink.TerraceTierFactory \
+#     terrace.master.address=127.0.0.1:9870
 #   # Flink's built-in remote (DFS) tier as the external tier
 #   scripts/run-flink-job.sh 4 100000 100 /tmp/out-remote.txt execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL \
 #     taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.remote.RemoteTierFactory \
@@ -13,16 +18,17 @@
 #
 # Env:
 #   FLINK_LIB      directory of Flink jars (default: output of scripts/fetch-flink.sh)
-#   EXTRA_CP       extra classpath entries (e.g. the Terrace plug-in jar), ':'-separated
+#   TERRACE_JAR    the Terrace plug-in jar to put on the classpath (scripts/build-flink-jar.sh)
+#   EXTRA_CP       extra classpath entries, ':'-separated
 #   JAVA_HEAP      JVM heap for the MiniCluster process (default 4g)
 #   JAVA_OPTS      extra JVM options (e.g. -Djava.library.path=...)
 #   E2E_LOG_LEVEL  root log level (default WARN)
-# Also compiles flink-plugin/src/main/java (the Terrace adapter) if present, and puts it on the classpath.
+# The job's classes are compiled (once per change) into <repo>/target/flink/e2e-classes.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PLUGIN="$ROOT/flink-plugin"
-BUILD="$PLUGIN/build"
+BUILD="$ROOT/target/flink"
 
 if [[ -z "${FLINK_LIB:-}" ]]; then
   FLINK_LIB="$("$ROOT/scripts/fetch-flink.sh" </dev/null | tail -n 1)"
@@ -43,14 +49,14 @@ compile() { # <src-dir> <out-dir> <classpath>
   touch "$stamp"
 }
 
-CP="$FLINK_CP"
-if [[ -d "$PLUGIN/src/main/java" ]]; then
-  compile "$PLUGIN/src/main/java" "$BUILD/plugin-classes" "$FLINK_CP"
-  CP="$BUILD/plugin-classes:$CP"
+mkdir -p "$BUILD"
+compile "$PLUGIN/e2e/src" "$BUILD/e2e-classes" "$FLINK_CP"
+CP="$BUILD/e2e-classes:$FLINK_CP"
+if [[ -n "${TERRACE_JAR:-}" ]]; then
+  [[ -f "$TERRACE_JAR" ]] || { echo "TERRACE_JAR=$TERRACE_JAR does not exist" >&2; exit 1; }
+  CP="$TERRACE_JAR:$CP"
 fi
-compile "$PLUGIN/e2e/src" "$BUILD/e2e-classes" "$CP"
-CP="$BUILD/e2e-classes:$CP"
-[[ -n "${EXTRA_CP:-}" ]] && CP="$EXTRA_CP:$CP"
+if [[ -n "${EXTRA_CP:-}" ]]; then CP="$EXTRA_CP:$CP"; fi
 
 # Flink 1.20 on Java 17 needs these (same list as Flink's env.java.opts.all default).
 ADD_OPENS=(

@@ -4,10 +4,11 @@ use bytes::Bytes;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions, io_runtime};
 use terrace_tier_api::{
-    AgentConfig, BatchBuilder, Buffer, PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId,
+    AgentConfig, Buffer, DataType, PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId,
     TierError, TierProducerAgent, TierResult, WriteOutcome,
 };
 
+use crate::batch::PushBatch;
 use crate::pusher::Pusher;
 
 /// What the engine tells a producer agent about its partition.
@@ -42,9 +43,7 @@ pub struct ProducerAgent {
     config: AgentConfig,
     subs: Vec<SubpartitionState>,
     /// Buffers batched for the next push, one run per subpartition.
-    batch: Vec<BatchBuilder>,
-    batch_bytes: usize,
-    batch_buffers: u32,
+    batch: PushBatch,
     pusher: Pusher,
     closed: bool,
 }
@@ -98,9 +97,10 @@ impl ProducerAgent {
             subs: (0..stored_subs)
                 .map(|_| SubpartitionState::default())
                 .collect(),
-            batch: (0..stored_subs).map(|_| BatchBuilder::default()).collect(),
-            batch_bytes: 0,
-            batch_buffers: 0,
+            batch: PushBatch::new(
+                stored_subs,
+                config.push_size.as_usize() + config.max_buffer_size.as_usize() / 4,
+            ),
             pusher,
             closed: false,
             spec,
@@ -138,26 +138,78 @@ impl ProducerAgent {
         Ok(subpartition.0 as usize)
     }
 
-    fn append(&mut self, sub: usize, segment: u32, buffer: &Buffer) {
-        self.batch[sub].push(SubpartitionId(sub as u32), SegmentId(segment), buffer);
-        self.batch_bytes += terrace_tier_api::BUFFER_HEADER_LEN + buffer.len();
-        self.batch_buffers += 1;
+    fn append(
+        &mut self,
+        sub: usize,
+        segment: u32,
+        data_type: DataType,
+        compressed: bool,
+        payload: &[u8],
+    ) {
+        self.batch
+            .push(sub, segment, data_type, compressed, payload);
+    }
+
+    fn append_end_of_segment(&mut self, sub: usize, segment: u32) {
+        let marker = self.spec.end_of_segment_payload.clone();
+        self.append(sub, segment, DataType::EndOfSegment, false, &marker);
+    }
+
+    /// [`TierProducerAgent::try_write`] for a borrowed payload: copies it into
+    /// the push batch (the only copy) and returns true, or returns false if the
+    /// segment was full and has been closed (nothing was taken; start the next
+    /// segment and write again). For callers that recycle their memory as soon
+    /// as the call returns, such as the Flink adapter.
+    pub fn try_write_slice(
+        &mut self,
+        subpartition: SubpartitionId,
+        data_type: DataType,
+        compressed: bool,
+        payload: &[u8],
+        num_remaining_consecutive_buffers: u32,
+    ) -> TierResult<bool> {
+        self.check_open()?;
+        let sub = self.sub_index(subpartition)?;
+        if payload.len() as u64 > self.config.max_buffer_size.as_u64() {
+            return Err(TierError::bad_input(format!(
+                "{}: buffer of {} bytes exceeds max_buffer_size {}",
+                self.key,
+                payload.len(),
+                self.config.max_buffer_size
+            )));
+        }
+        let state = &self.subs[sub];
+        let (Some(segment), false) = (state.segment, state.segment_ended) else {
+            return Err(TierError::bad_input(format!(
+                "{}: subpartition {sub} has no open segment; call try_start_new_segment first",
+                self.key
+            )));
+        };
+        let needed =
+            (payload.len() as u64).max(1) * (1 + u64::from(num_remaining_consecutive_buffers));
+        let full = state.buffers_in_segment > 0
+            && state.bytes_in_segment + needed > self.config.segment_size.as_u64();
+        if full {
+            self.append_end_of_segment(sub, segment);
+            self.subs[sub].segment_ended = true;
+        } else {
+            self.append(sub, segment, data_type, compressed, payload);
+            let state = &mut self.subs[sub];
+            state.bytes_in_segment += payload.len() as u64;
+            state.buffers_in_segment += 1;
+        }
+        if self.batch.len() >= self.config.push_size.as_usize() {
+            self.push_batch()?;
+        }
+        Ok(!full)
     }
 
     /// Pushes the batched buffers, in subpartition order.
     fn push_batch(&mut self) -> TierResult<()> {
-        if self.batch_buffers == 0 {
+        if self.batch.num_buffers() == 0 {
             return Ok(());
         }
-        let chunks: Vec<Bytes> = self
-            .batch
-            .iter_mut()
-            .filter(|b| !b.is_empty())
-            .map(|b| std::mem::take(b).finish().bytes)
-            .collect();
-        let num_buffers = self.batch_buffers;
-        self.batch_bytes = 0;
-        self.batch_buffers = 0;
+        let (chunks, num_buffers) = self.batch.take();
         io_runtime().block_on(self.pusher.push(chunks, num_buffers))
     }
 
@@ -196,8 +248,7 @@ impl TierProducerAgent for ProducerAgent {
         if let Some(current) = state.segment {
             if !state.segment_ended {
                 // The engine moves on without the segment being full: close it.
-                let marker = Buffer::end_of_segment(self.spec.end_of_segment_payload.clone());
-                self.append(sub, current, &marker);
+                self.append_end_of_segment(sub, current);
             }
         }
         let state = &mut self.subs[sub];
@@ -215,44 +266,18 @@ impl TierProducerAgent for ProducerAgent {
         buffer: Buffer,
         num_remaining_consecutive_buffers: u32,
     ) -> TierResult<WriteOutcome> {
-        self.check_open()?;
-        let sub = self.sub_index(subpartition)?;
-        if buffer.len() as u64 > self.config.max_buffer_size.as_u64() {
-            return Err(TierError::bad_input(format!(
-                "{}: buffer of {} bytes exceeds max_buffer_size {}",
-                self.key,
-                buffer.len(),
-                self.config.max_buffer_size
-            )));
-        }
-        let state = &self.subs[sub];
-        let (Some(segment), false) = (state.segment, state.segment_ended) else {
-            return Err(TierError::bad_input(format!(
-                "{}: subpartition {sub} has no open segment; call try_start_new_segment first",
-                self.key
-            )));
-        };
-        let needed =
-            (buffer.len() as u64).max(1) * (1 + u64::from(num_remaining_consecutive_buffers));
-        if state.buffers_in_segment > 0
-            && state.bytes_in_segment + needed > self.config.segment_size.as_u64()
-        {
-            let marker = Buffer::end_of_segment(self.spec.end_of_segment_payload.clone());
-            self.append(sub, segment, &marker);
-            self.subs[sub].segment_ended = true;
-            if self.batch_bytes >= self.config.push_size.as_usize() {
-                self.push_batch()?;
-            }
-            return Ok(WriteOutcome::SegmentFull(buffer));
-        }
-        self.append(sub, segment, &buffer);
-        let state = &mut self.subs[sub];
-        state.bytes_in_segment += buffer.len() as u64;
-        state.buffers_in_segment += 1;
-        if self.batch_bytes >= self.config.push_size.as_usize() {
-            self.push_batch()?;
-        }
-        Ok(WriteOutcome::Written)
+        let written = self.try_write_slice(
+            subpartition,
+            buffer.data_type,
+            buffer.compressed,
+            &buffer.payload,
+            num_remaining_consecutive_buffers,
+        )?;
+        Ok(if written {
+            WriteOutcome::Written
+        } else {
+            WriteOutcome::SegmentFull(buffer)
+        })
     }
 
     fn close(&mut self) -> TierResult<()> {

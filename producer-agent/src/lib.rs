@@ -8,6 +8,7 @@
 //! buffers, and must not interpret payloads.
 
 mod agent;
+mod batch;
 mod pusher;
 
 pub use agent::{ProducerAgent, ProducerSpec};

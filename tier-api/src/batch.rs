@@ -50,19 +50,32 @@ impl BatchBuilder {
     }
 
     pub fn push(&mut self, subpartition: SubpartitionId, segment: SegmentId, buffer: &Buffer) {
-        self.bytes.reserve(BUFFER_HEADER_LEN + buffer.payload.len());
-        self.bytes.put_u32_le(subpartition.0);
-        self.bytes.put_u32_le(segment.0);
-        self.bytes.put_u8(buffer.data_type.code());
-        self.bytes.put_u8(if buffer.compressed {
-            FLAG_COMPRESSED
-        } else {
-            0
-        });
-        let len =
-            u32::try_from(buffer.payload.len()).expect("buffer sizes are checked by the producer");
-        self.bytes.put_u32_le(len);
-        self.bytes.extend_from_slice(&buffer.payload);
+        self.push_parts(
+            subpartition,
+            segment,
+            buffer.data_type,
+            buffer.compressed,
+            &buffer.payload,
+        );
+    }
+
+    /// Appends one buffer given by its parts (the payload is copied once).
+    pub fn push_parts(
+        &mut self,
+        subpartition: SubpartitionId,
+        segment: SegmentId,
+        data_type: DataType,
+        compressed: bool,
+        payload: &[u8],
+    ) {
+        put_buffer(
+            &mut self.bytes,
+            subpartition,
+            segment,
+            data_type,
+            compressed,
+            payload,
+        );
         self.num_buffers += 1;
     }
 
@@ -85,6 +98,25 @@ impl BatchBuilder {
             num_buffers: self.num_buffers,
         }
     }
+}
+
+/// Encodes one buffer (header and payload) at the end of `dst`.
+pub fn put_buffer(
+    dst: &mut BytesMut,
+    subpartition: SubpartitionId,
+    segment: SegmentId,
+    data_type: DataType,
+    compressed: bool,
+    payload: &[u8],
+) {
+    dst.reserve(BUFFER_HEADER_LEN + payload.len());
+    dst.put_u32_le(subpartition.0);
+    dst.put_u32_le(segment.0);
+    dst.put_u8(data_type.code());
+    dst.put_u8(if compressed { FLAG_COMPRESSED } else { 0 });
+    let len = u32::try_from(payload.len()).expect("buffer sizes are checked by the producer");
+    dst.put_u32_le(len);
+    dst.extend_from_slice(payload);
 }
 
 /// Iterates over the buffers of an uncompressed batch without copying payloads.

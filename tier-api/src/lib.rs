@@ -18,7 +18,7 @@ mod ids;
 
 pub use batch::{
     BUFFER_HEADER_LEN, BatchBuilder, BatchReader, BufferHeader, EncodedBatch, check_push_crc,
-    compress_batch, decode_push_body, decompress_batch, decompress_batch_into,
+    compress_batch, decode_push_body, decompress_batch, decompress_batch_into, put_buffer,
 };
 pub use buffer::{Buffer, DataType};
 pub use config::{AgentConfig, ByteSize};

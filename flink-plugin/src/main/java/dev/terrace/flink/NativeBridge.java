@@ -4,28 +4,30 @@ import java.nio.ByteBuffer;
 
 /**
  * The whole JNI surface between the Flink adapter and the Rust agents (library {@code
- * terrace_flink}). All calls go Java → Rust; Rust never calls back into the JVM. Events that
- * originate in Rust (data available, partitions lost) are fetched by one Java daemon thread per
- * agent through a blocking {@code *WaitEvents} call, then dispatched to Flink on that Java thread.
+ * terrace_flink}, crate {@code flink-plugin/jni}). All calls go Java → Rust; Rust never calls back
+ * into the JVM. Events that start in Rust (data available, partitions lost) are fetched by one
+ * Java daemon thread per agent through a blocking {@code *WaitEvents} call, then dispatched to
+ * Flink on that Java thread.
  *
  * <p>Conventions:
  *
  * <ul>
- *   <li>Handles are opaque {@code long}s (a boxed Rust object); {@code 0} is never a valid handle.
- *       Every {@code *Open} has a matching {@code *Close}/{@code *Release} that frees it; using a
- *       freed handle is a bug on the Java side and Rust answers with an exception, not a crash.
- *   <li>Ids cross as raw bytes: JobID = 16 bytes ({@code JobID#getBytes}), partition id = the
- *       bytes of {@code ResultPartitionID#getBytes} (opaque to Rust).
- *   <li>Configuration crosses as a flat {@code String[]} of key, value, key, value, ... (all
- *       {@code terrace.*} keys of the Flink configuration).
- *   <li>Payloads cross as <b>direct</b> ByteBuffers (Flink network buffers are off-heap), read or
- *       written by Rust through {@code GetDirectBufferAddress}: the only copy is the memcpy between
- *       Flink's segment and Rust's push batch / receive batch. {@code byte[]} variants exist for
- *       heap segments (one copy through {@code GetByteArrayRegion}).
- *   <li>Failures are thrown as {@link TerraceNativeException} with a {@link
- *       TerraceNativeException.Kind}; the agents translate them to Flink exceptions.
- *   <li>Blocking calls (open, close, wait) must not be made while holding a Java lock that a
- *       Flink thread may need.
+ *   <li>Handles are opaque {@code long}s into generation-checked tables on the Rust side; {@code
+ *       0} is never valid. Every {@code *Open} has a matching {@code *Close}/{@code *Release}.
+ *       Using a closed (or foreign) handle throws {@link TerraceNativeException} with kind
+ *       CLOSED (or INVALID_ARGUMENT); it never crashes the JVM.
+ *   <li>Ids cross as raw bytes on the way in (JobID 16 bytes, ResultPartitionID 60 bytes) and
+ *       as the descriptor's four strings ({@code jobHex, partitionHex, workerId, workerAddress})
+ *       once a partition is placed.
+ *   <li>Configuration crosses as a flat {@code String[]} of key, value, ... (the {@code
+ *       terrace.*} keys of the Flink configuration); unknown {@code terrace.*} keys are rejected.
+ *   <li>Payloads cross as <b>direct</b> ByteBuffers (Flink network buffers are off-heap): the
+ *       producer's memory is borrowed for the call and copied once into the Rust agent's push batch;
+ *       the consumer's buffer is copied once from Rust's received batch into {@code dst}. Buffer
+ *       metadata travels in arguments and a packed {@code long}, never by extra JNI calls.
+ *   <li>Failures are thrown as {@link TerraceNativeException}; a Rust panic becomes one too.
+ *   <li>Blocking calls (open, finish, write under backpressure, wait) must not be made while
+ *       holding a Java lock that a Flink thread may need.
  * </ul>
  */
 public final class NativeBridge {
@@ -39,75 +41,86 @@ public final class NativeBridge {
      */
     public static final int WRITE_SEGMENT_FULL = 1;
 
-    /** Packed header returned by {@link #consumerPoll} when no buffer is ready. */
+    /** Returned by {@link #consumerPoll} when no buffer is ready. */
     public static final long POLL_EMPTY = -1L;
 
     private NativeBridge() {}
 
     // ---------------------------------------------------------------- library
 
-    /** Protocol/ABI version of the Java side; the native library must report the same. */
-    public static final int ABI_VERSION = 1;
+    /** ABI version of the Java side; the native library must report the same. */
+    public static final int ABI_VERSION = 2;
 
     public static native int abiVersion();
 
     // ---------------------------------------------------------------- master agent (JobManager)
 
-    /** Connects to the Terrace masters named in {@code conf}. */
+    /** Creates a master agent for the masters named by {@code terrace.master.address}. */
     public static native long masterOpen(String[] conf) throws TerraceNativeException;
 
-    public static native void masterRegisterJob(long master, byte[] jobId) throws TerraceNativeException;
+    public static native void masterRegisterJob(long master, byte[] jobId)
+            throws TerraceNativeException;
 
-    /** Drops every partition of the job on the workers. */
-    public static native void masterUnregisterJob(long master, byte[] jobId) throws TerraceNativeException;
-
-    /**
-     * Picks a worker for a new partition and registers it. Returns {@code "<workerId>,<host:port>"}.
-     */
-    public static native String masterAddPartition(long master, byte[] jobId, byte[] partitionId) throws TerraceNativeException;
-
-    public static native void masterReleasePartition(long master, byte[] jobId, byte[] partitionId) throws TerraceNativeException;
+    /** Forgets the job and drops all of its data on every live worker. */
+    public static native void masterUnregisterJob(long master, byte[] jobId)
+            throws TerraceNativeException;
 
     /**
-     * Blocks up to {@code timeoutMillis} for lost-partition events. Returns {@code null} on
-     * timeout, else a batch encoded as repeated {@code [16 bytes jobId][u16 BE len][len bytes
-     * partitionId]}.
+     * Places a new partition on a worker. Returns the descriptor's fields {@code {jobHex,
+     * partitionHex, workerId, workerAddress}}.
      */
-    public static native byte[] masterWaitEvents(long master, long timeoutMillis) throws TerraceNativeException;
+    public static native String[] masterAddPartition(long master, byte[] jobId, byte[] partitionId)
+            throws TerraceNativeException;
 
-    /** Wakes a thread blocked in {@link #masterWaitEvents} (it returns null) and frees the agent. */
+    /** Deletes the partition's data on its worker (a partition already gone is fine). */
+    public static native void masterReleasePartition(
+            long master, String jobHex, String partitionHex, String workerId, String workerAddress)
+            throws TerraceNativeException;
+
+    /**
+     * Blocks up to {@code timeoutMillis} for events. Returns {@code null} on timeout, else a batch
+     * of events (big-endian): {@code [u8 1][u16 n, job][u32 count] count × [u16 n, partition]}
+     * for lost partitions, {@code [u8 2][u16 n, job][u16 n, UTF-8 message]} for a fatal error.
+     * Throws kind CLOSED once the agent is closed.
+     */
+    public static native byte[] masterWaitEvents(long master, long timeoutMillis)
+            throws TerraceNativeException;
+
+    /** Wakes {@link #masterWaitEvents}, stops lost-worker detection, frees the agent. */
     public static native void masterClose(long master) throws TerraceNativeException;
 
     // ---------------------------------------------------------------- producer agent (TaskManager)
 
     /**
-     * Opens a producer for one result partition on the worker named by its descriptor.
+     * Opens a producer for one result partition on the worker of its descriptor and creates the
+     * partition there.
      *
-     * @param endOfSegmentPayload the bytes Rust stores as the END_OF_SEGMENT buffer's payload
-     *     (EventSerializer.toSerializedEvent(EndOfSegmentEvent.INSTANCE)); Rust never builds
-     *     Flink events itself.
-     * @param broadcastOnly Flink writes only subpartition 0; the worker serves every subpartition
-     *     from it.
+     * @param endOfSegmentPayload the payload of the END_OF_SEGMENT buffers (data type 7) Rust
+     *     appends when a segment is full: EventSerializer.toSerializedEvent(EndOfSegmentEvent).
+     * @param broadcastOnly Flink writes only subpartition 0; the worker serves every
+     *     subpartition from it.
      */
     public static native long producerOpen(
             String[] conf,
-            byte[] jobId,
-            byte[] partitionId,
-            long workerId,
+            String jobHex,
+            String partitionHex,
+            String workerId,
             String workerAddress,
             int numSubpartitions,
             boolean broadcastOnly,
-            int bufferSizeBytes,
-            byte[] endOfSegmentPayload) throws TerraceNativeException;
+            byte[] endOfSegmentPayload)
+            throws TerraceNativeException;
 
-    /** Flink's tryStartNewSegment. True if segment {@code segmentId} of {@code sub} is accepted. */
+    /** Flink's tryStartNewSegment: Terrace is the only tier and always accepts. */
     public static native boolean producerStartSegment(
-            long producer, int subpartition, int segmentId, int minNumBuffers) throws TerraceNativeException;
+            long producer, int subpartition, int segmentId, int minNumBuffers)
+            throws TerraceNativeException;
 
     /**
-     * Flink's tryWrite: copies {@code length} bytes at {@code offset} of the direct buffer {@code
-     * data} into the current push batch. Returns {@link #WRITE_OK} or {@link #WRITE_SEGMENT_FULL}.
-     * May block when the worker applies backpressure.
+     * Flink's tryWrite: copies {@code length} bytes at {@code offset} (absolute, from the
+     * buffer's address) of the direct buffer {@code data} into the current push batch. Returns
+     * {@link #WRITE_OK} or {@link #WRITE_SEGMENT_FULL}. May block while the worker applies
+     * backpressure.
      */
     public static native int producerWrite(
             long producer,
@@ -117,9 +130,10 @@ public final class NativeBridge {
             int length,
             int dataType,
             boolean compressed,
-            int numRemainingConsecutiveBuffers) throws TerraceNativeException;
+            int numRemainingConsecutiveBuffers)
+            throws TerraceNativeException;
 
-    /** As {@link #producerWrite} for heap segments. */
+    /** As {@link #producerWrite} for heap segments (Flink's events, a few bytes each). */
     public static native int producerWriteArray(
             long producer,
             int subpartition,
@@ -128,57 +142,69 @@ public final class NativeBridge {
             int length,
             int dataType,
             boolean compressed,
-            int numRemainingConsecutiveBuffers) throws TerraceNativeException;
+            int numRemainingConsecutiveBuffers)
+            throws TerraceNativeException;
 
-    /** Flushes, finishes every open segment and seals the partition on the worker (blocking). */
+    /** Flushes, ends every open segment and seals the partition on the worker (blocking). */
     public static native void producerFinish(long producer) throws TerraceNativeException;
 
-    /** Frees the producer (after finish, or to abandon it on failure). Idempotent. */
+    /** Frees the producer (after finish, or to abandon it on failure). */
     public static native void producerRelease(long producer) throws TerraceNativeException;
 
     // ---------------------------------------------------------------- consumer agent (TaskManager)
 
-    /** Opens a consumer for one input gate with {@code numStreams} consumer specs. */
-    public static native long consumerOpen(String[] conf, int numStreams, int bufferSizeBytes) throws TerraceNativeException;
-
     /**
-     * Declares stream {@code stream} (index of the consumer spec) once its descriptor is known:
-     * partition on a worker, subpartitions {@code [startSub, endSub]}. Before {@link
-     * #consumerStart} or later (updateTierShuffleDescriptor).
+     * Opens a consumer for one input gate. Stream {@code i} reads subpartitions {@code
+     * [firstSubpartitions[i], lastSubpartitions[i]]} of partition {@code partitionIds[i]} for
+     * input channel {@code channels[i]}; {@code descriptorFields[4i..4i+3]} are its descriptor's
+     * {@code jobHex, partitionHex, workerId, workerAddress}, or four nulls while unknown.
      */
-    public static native void consumerAddStream(
+    public static native long consumerOpen(
+            String[] conf,
+            byte[][] partitionIds,
+            int[] channels,
+            int[] firstSubpartitions,
+            int[] lastSubpartitions,
+            String[] descriptorFields)
+            throws TerraceNativeException;
+
+    /** The descriptor of {@code stream} became known (updateTierShuffleDescriptor). */
+    public static native void consumerUpdateDescriptor(
             long consumer,
             int stream,
-            byte[] jobId,
-            byte[] partitionId,
-            long workerId,
-            String workerAddress,
-            int startSubpartition,
-            int endSubpartition) throws TerraceNativeException;
+            String jobHex,
+            String partitionHex,
+            String workerId,
+            String workerAddress)
+            throws TerraceNativeException;
 
-    /** Opens the streams declared so far and asks for segment 0 of each subpartition. */
+    /** Opens the streams whose descriptors are known and asks for segment 0 of each. */
     public static native void consumerStart(long consumer) throws TerraceNativeException;
 
     /**
-     * A subpartition in {@code [startSub, endSub]} of stream {@code stream} that has a buffer
-     * ready, else -1. Throws if the stream failed.
+     * A subpartition in {@code [first, last]} of stream {@code stream} that has a buffer ready,
+     * else -1. Throws the partition's failure (PARTITION_NOT_FOUND, DATA_CORRUPTION, IO).
      */
-    public static native int consumerPeek(long consumer, int stream, int startSub, int endSub) throws TerraceNativeException;
+    public static native int consumerPeek(long consumer, int stream, int first, int last)
+            throws TerraceNativeException;
 
     /**
-     * Copies the next buffer of segment {@code segmentId} of {@code subpartition} into {@code dst}
-     * (a direct buffer of capacity {@code dst.capacity()}) and returns its packed header: {@code
-     * length | dataType << 32 | compressed << 40}; or {@link #POLL_EMPTY}. Asking for a new
-     * segment id tells the worker which segment to send next.
+     * Copies the next buffer of segment {@code segmentId} of {@code subpartition} into {@code
+     * dst} (a direct buffer, from its address, up to its capacity) and returns its packed header
+     * {@code length | dataType << 32 | compressed << 40}; or {@link #POLL_EMPTY}; or, when
+     * {@code dst} is too small, {@code -(2 + length)} (the buffer is kept for the next poll).
+     * Asking for a new segment id tells the worker which segment to send next.
      */
     public static native long consumerPoll(
-            long consumer, int stream, int subpartition, int segmentId, ByteBuffer dst) throws TerraceNativeException;
+            long consumer, int stream, int subpartition, int segmentId, ByteBuffer dst)
+            throws TerraceNativeException;
 
     /**
-     * Blocks up to {@code timeoutMillis} until some streams became non-empty or failed; writes
-     * their indices to {@code out} and returns how many (0 on timeout, -1 once closed).
+     * Blocks up to {@code timeoutMillis} until streams got data or failed; writes their indices to
+     * {@code out} and returns how many (0 on timeout, -1 once closed).
      */
-    public static native int consumerWaitEvents(long consumer, long timeoutMillis, int[] out) throws TerraceNativeException;
+    public static native int consumerWaitEvents(long consumer, long timeoutMillis, int[] out)
+            throws TerraceNativeException;
 
     /** Closes all streams, wakes {@link #consumerWaitEvents}, frees the consumer. */
     public static native void consumerClose(long consumer) throws TerraceNativeException;
@@ -195,5 +221,10 @@ public final class NativeBridge {
 
     public static boolean headerCompressed(long header) {
         return ((header >>> 40) & 1) != 0;
+    }
+
+    /** For a poll result below {@link #POLL_EMPTY}: the size {@code dst} must have. */
+    public static int requiredCapacity(long pollResult) {
+        return (int) (-pollResult - 2);
     }
 }

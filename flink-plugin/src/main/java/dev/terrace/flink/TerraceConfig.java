@@ -1,34 +1,64 @@
 package dev.terrace.flink;
 
 import org.apache.flink.configuration.Configuration;
-import org.apache.flink.configuration.TaskManagerOptions;
 
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.UncheckedIOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 import java.util.TreeMap;
 
 /**
  * The {@code terrace.*} part of the Flink configuration, plus loading of the native library.
  *
- * <p>Keys read on the Java side (everything else under {@code terrace.} is passed to Rust as is):
+ * <p>Every key has a default; the Rust side parses and validates all of them (unknown {@code
+ * terrace.*} keys are an error, so typos do not fall back to defaults silently):
  *
- * <ul>
- *   <li>{@code terrace.native.library}: absolute path of libterrace_flink.so; if absent, {@code
- *       System.loadLibrary("terrace_flink")} (java.library.path).
- *   <li>{@code terrace.event-poll-interval-ms} (default 200): how long a Java event thread blocks in
- *       one native wait before checking whether it should stop.
- * </ul>
+ * <table>
+ *   <tr><th>key</th><th>default</th><th>meaning</th></tr>
+ *   <tr><td>terrace.master.address</td><td>127.0.0.1:9870</td><td>Terrace masters, host:port,
+ *       comma-separated; any of them can answer</td></tr>
+ *   <tr><td>terrace.segment-size</td><td>8MiB</td><td>bytes per segment of a subpartition before
+ *       the producer closes it with END_OF_SEGMENT</td></tr>
+ *   <tr><td>terrace.push-size</td><td>512KiB</td><td>a producer pushes once this many bytes are
+ *       batched</td></tr>
+ *   <tr><td>terrace.max-bytes-in-flight</td><td>8MiB</td><td>unacknowledged pushed bytes per
+ *       producer; writes wait beyond it</td></tr>
+ *   <tr><td>terrace.max-buffer-size</td><td>4MiB</td><td>largest single Flink buffer</td></tr>
+ *   <tr><td>terrace.compression</td><td>true</td><td>lz4-compress pushes</td></tr>
+ *   <tr><td>terrace.read-credits</td><td>8</td><td>read batches a worker may send ahead per
+ *       consumer stream</td></tr>
+ *   <tr><td>terrace.max-frame-size</td><td>16MiB</td><td>largest wire frame</td></tr>
+ *   <tr><td>terrace.connect-timeout</td><td>5s</td><td>connecting to a master or worker</td></tr>
+ *   <tr><td>terrace.request-timeout</td><td>120s</td><td>one request, including a push waiting
+ *       for worker memory</td></tr>
+ *   <tr><td>terrace.master.poll-interval</td><td>1s</td><td>how often the JobManager checks for
+ *       lost workers</td></tr>
+ *   <tr><td>terrace.event-poll-interval-ms</td><td>200</td><td>how long a Java event thread
+ *       blocks in one native wait before checking whether it should stop</td></tr>
+ *   <tr><td>terrace.native.library</td><td>(bundled)</td><td>path of a libterrace_flink.so to
+ *       load instead of the copy bundled in the jar</td></tr>
+ *   <tr><td>terrace.log</td><td>warn</td><td>filter for the native library's log lines on
+ *       stderr</td></tr>
+ * </table>
  */
 final class TerraceConfig {
     static final String PREFIX = "terrace.";
     static final String NATIVE_LIBRARY = "terrace.native.library";
     static final String EVENT_POLL_INTERVAL_MS = "terrace.event-poll-interval-ms";
 
+    /** Where build-flink-jar.sh puts the native library inside the jar. */
+    static final String BUNDLED_LIBRARY = "/native/linux-x86_64/libterrace_flink.so";
+
     private static volatile boolean loaded;
 
     final Map<String, String> terraceKeys;
-    final int bufferSizeBytes;
     final long eventPollIntervalMillis;
 
     TerraceConfig(Configuration conf) {
@@ -39,9 +69,16 @@ final class TerraceConfig {
             }
         }
         this.terraceKeys = keys;
-        this.bufferSizeBytes = (int) conf.get(TaskManagerOptions.MEMORY_SEGMENT_SIZE).getBytes();
-        this.eventPollIntervalMillis =
-                Long.parseLong(keys.getOrDefault(EVENT_POLL_INTERVAL_MS, "200"));
+        String poll = keys.getOrDefault(EVENT_POLL_INTERVAL_MS, "200").trim();
+        try {
+            this.eventPollIntervalMillis = Long.parseLong(poll);
+        } catch (NumberFormatException e) {
+            throw new IllegalArgumentException(
+                    EVENT_POLL_INTERVAL_MS + " must be a whole number of milliseconds, got " + poll);
+        }
+        if (eventPollIntervalMillis <= 0) {
+            throw new IllegalArgumentException(EVENT_POLL_INTERVAL_MS + " must be positive");
+        }
     }
 
     /** key, value, key, value, ... for the native side. */
@@ -64,10 +101,10 @@ final class TerraceConfig {
                 return;
             }
             String path = terraceKeys.get(NATIVE_LIBRARY);
-            if (path != null && !path.isEmpty()) {
-                System.load(path);
+            if (path != null && !path.trim().isEmpty()) {
+                System.load(path.trim());
             } else {
-                System.loadLibrary("terrace_flink");
+                System.load(extractBundled().toString());
             }
             int abi = NativeBridge.abiVersion();
             if (abi != NativeBridge.ABI_VERSION) {
@@ -78,6 +115,39 @@ final class TerraceConfig {
                                 + NativeBridge.ABI_VERSION);
             }
             loaded = true;
+        }
+    }
+
+    /**
+     * Copies the library bundled in the jar to a private temporary file (deleted when the JVM
+     * exits) and returns its path. A fresh file per class loader, so two class loaders can each
+     * load their own copy.
+     */
+    private static Path extractBundled() {
+        String os = System.getProperty("os.name", "").toLowerCase(Locale.ROOT);
+        String arch = System.getProperty("os.arch", "");
+        if (!os.contains("linux") || !(arch.equals("amd64") || arch.equals("x86_64"))) {
+            throw new UnsatisfiedLinkError(
+                    "the Terrace jar bundles a linux-x86_64 native library only; this JVM runs on "
+                            + os
+                            + "/"
+                            + arch
+                            + " (set "
+                            + NATIVE_LIBRARY
+                            + " to a library built for it)");
+        }
+        try (InputStream in = TerraceConfig.class.getResourceAsStream(BUNDLED_LIBRARY)) {
+            if (in == null) {
+                throw new UnsatisfiedLinkError(
+                        BUNDLED_LIBRARY + " is missing from the Terrace jar; rebuild it with"
+                                + " scripts/build-flink-jar.sh or set " + NATIVE_LIBRARY);
+            }
+            Path file = Files.createTempFile("libterrace_flink-", ".so");
+            file.toFile().deleteOnExit();
+            Files.copy(in, file, StandardCopyOption.REPLACE_EXISTING);
+            return file;
+        } catch (IOException e) {
+            throw new UncheckedIOException("extract the Terrace native library", e);
         }
     }
 }

@@ -1,13 +1,14 @@
 package dev.terrace.flink;
 
 import org.apache.flink.core.memory.MemorySegment;
+import org.apache.flink.core.memory.MemorySegmentFactory;
 import org.apache.flink.runtime.io.network.buffer.Buffer;
 import org.apache.flink.runtime.io.network.buffer.BufferBuilder;
 import org.apache.flink.runtime.io.network.buffer.BufferRecycler;
+import org.apache.flink.runtime.io.network.buffer.FreeingBufferRecycler;
 import org.apache.flink.runtime.io.network.buffer.NetworkBuffer;
 import org.apache.flink.runtime.io.network.partition.PartitionNotFoundException;
 import org.apache.flink.runtime.io.network.partition.ResultSubpartitionIndexSet;
-import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.TieredStorageIdMappingUtils;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.TieredStorageInputChannelId;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.TieredStoragePartitionId;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.TieredStorageSubpartitionId;
@@ -24,6 +25,7 @@ import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Collections;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -33,12 +35,16 @@ import static org.apache.flink.util.Preconditions.checkState;
 
 /**
  * TaskManager side, one per input gate. Stream {@code i} = consumer spec {@code i}. Rust receives
- * buffers from the workers into its own bounded receive budget; {@link #getNextBuffer} copies one
- * into a network buffer taken from Flink's {@link TieredStorageMemoryManager} (the one copy on
- * this side) and hands it to Flink, which recycles it back into the gate's pool.
+ * buffers from the workers into its own bounded receive budget (credits); {@link #getNextBuffer}
+ * has Rust copy one into a network buffer taken from Flink's {@link TieredStorageMemoryManager}
+ * (the one copy on this side) and hands it to Flink, which recycles it into the gate's pool. A
+ * daemon thread waits for "stream has data or failed" and calls {@link
+ * AvailabilityNotifier#notifyAvailable}.
  */
 final class TerraceConsumerAgent implements TierConsumerAgent {
     private static final Logger LOG = LoggerFactory.getLogger(TerraceConsumerAgent.class);
+
+    private static final Buffer.DataType[] DATA_TYPES = Buffer.DataType.values();
 
     private final TerraceConfig config;
     private final List<TieredStorageConsumerSpec> specs;
@@ -62,39 +68,40 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
         checkState(specs.size() == descriptors.size(), "one descriptor per consumer spec");
         this.config = config;
         this.specs = new ArrayList<>(specs);
-        for (int i = 0; i < specs.size(); i++) {
+        int n = specs.size();
+        byte[][] partitionIds = new byte[n][];
+        int[] channels = new int[n];
+        int[] firsts = new int[n];
+        int[] lasts = new int[n];
+        String[] fields = new String[4 * n];
+        for (int i = 0; i < n; i++) {
+            TieredStorageConsumerSpec spec = specs.get(i);
             streamsByPartition
-                    .computeIfAbsent(specs.get(i).getPartitionId(), k -> new ArrayList<>())
+                    .computeIfAbsent(spec.getPartitionId(), k -> new ArrayList<>())
                     .add(i);
+            partitionIds[i] = spec.getPartitionId().getPartitionID().getBytes();
+            channels[i] = spec.getInputChannelId().getInputChannelId();
+            firsts[i] = spec.getSubpartitionIds().getStartIndex();
+            lasts[i] = spec.getSubpartitionIds().getEndIndex();
+            // UnknownTierShuffleDescriptor: the producer is not deployed yet; the descriptor
+            // comes later through updateTierShuffleDescriptor (fields stay null).
+            if (descriptors.get(i) instanceof TerraceShuffleDescriptor) {
+                TerraceShuffleDescriptor d = (TerraceShuffleDescriptor) descriptors.get(i);
+                fields[4 * i] = d.getJobIdHex();
+                fields[4 * i + 1] = d.getPartitionIdHex();
+                fields[4 * i + 2] = d.getWorkerId();
+                fields[4 * i + 3] = d.getWorkerAddress();
+            }
         }
         try {
             this.handle =
-                    NativeBridge.consumerOpen(config.flat(), specs.size(), config.bufferSizeBytes);
-            for (int i = 0; i < specs.size(); i++) {
-                // UnknownTierShuffleDescriptor: the producer is not deployed yet; the stream is
-                // added in updateTierShuffleDescriptor.
-                if (descriptors.get(i) instanceof TerraceShuffleDescriptor) {
-                    addStream(i, (TerraceShuffleDescriptor) descriptors.get(i));
-                }
-            }
+                    NativeBridge.consumerOpen(
+                            config.flat(), partitionIds, channels, firsts, lasts, fields);
         } catch (IOException e) {
-            throw new UncheckedIOException(e);
+            throw new UncheckedIOException("open Terrace consumer", e);
         }
         this.eventThread = new Thread(this::eventLoop, "terrace-consumer-agent-events");
         this.eventThread.setDaemon(true);
-    }
-
-    private void addStream(int stream, TerraceShuffleDescriptor d) throws IOException {
-        ResultSubpartitionIndexSet subs = specs.get(stream).getSubpartitionIds();
-        NativeBridge.consumerAddStream(
-                handle,
-                stream,
-                d.jobIdBytes(),
-                d.partitionIdBytes(),
-                d.getWorkerId(),
-                d.getWorkerAddress(),
-                subs.getStartIndex(),
-                subs.getEndIndex());
     }
 
     @Override
@@ -107,7 +114,7 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
         try {
             NativeBridge.consumerStart(handle);
         } catch (IOException e) {
-            throw new UncheckedIOException(e);
+            throw new UncheckedIOException("start Terrace consumer", e);
         }
         eventThread.start();
     }
@@ -127,7 +134,12 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
             if (start > end) {
                 continue;
             }
-            int sub = translate(partitionId, () -> NativeBridge.consumerPeek(handle, stream, start, end));
+            int sub;
+            try {
+                sub = NativeBridge.consumerPeek(handle, stream, start, end);
+            } catch (TerraceNativeException e) {
+                throw map(partitionId, e);
+            }
             if (sub >= 0) {
                 return sub;
             }
@@ -147,24 +159,43 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
             return Optional.empty();
         }
         ensureSpare();
-        ByteBuffer dst = spareSegment.wrap(0, spareSegment.size());
-        long header =
-                translate(
-                        partitionId,
-                        () -> NativeBridge.consumerPoll(handle, stream, sub, segmentId, dst));
-        if (header == NativeBridge.POLL_EMPTY) {
-            return Optional.empty();
+        try {
+            long header =
+                    NativeBridge.consumerPoll(
+                            handle, stream, sub, segmentId, spareSegment.wrap(0, spareSegment.size()));
+            if (header == NativeBridge.POLL_EMPTY) {
+                return Optional.empty();
+            }
+            if (header >= 0) {
+                Buffer buffer = wrap(spareSegment, spareRecycler, header);
+                spareSegment = null;
+                spareRecycler = null;
+                return Optional.of(buffer);
+            }
+            // Larger than a network buffer (Flink never writes one, but do not drop it).
+            int size = NativeBridge.requiredCapacity(header);
+            MemorySegment large = MemorySegmentFactory.allocateUnpooledOffHeapMemory(size);
+            header = NativeBridge.consumerPoll(handle, stream, sub, segmentId, large.wrap(0, size));
+            checkState(header >= 0, "Terrace kept a buffer of %s bytes but returned %s", size, header);
+            return Optional.of(wrap(large, FreeingBufferRecycler.INSTANCE, header));
+        } catch (TerraceNativeException e) {
+            throw map(partitionId, e);
         }
-        Buffer buffer =
-                new NetworkBuffer(
-                        spareSegment,
-                        spareRecycler,
-                        Buffer.DataType.values()[NativeBridge.headerDataType(header)],
-                        NativeBridge.headerCompressed(header),
-                        NativeBridge.headerLength(header));
-        spareSegment = null;
-        spareRecycler = null;
-        return Optional.of(buffer);
+    }
+
+    private static Buffer wrap(MemorySegment segment, BufferRecycler recycler, long header)
+            throws IOException {
+        int type = NativeBridge.headerDataType(header);
+        if (type >= DATA_TYPES.length) {
+            recycler.recycle(segment);
+            throw new IOException("Terrace returned unknown Flink buffer data type " + type);
+        }
+        return new NetworkBuffer(
+                segment,
+                recycler,
+                DATA_TYPES[type],
+                NativeBridge.headerCompressed(header),
+                NativeBridge.headerLength(header));
     }
 
     /**
@@ -199,12 +230,19 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
         if (!(tierShuffleDescriptor instanceof TerraceShuffleDescriptor)) {
             return;
         }
-        for (int stream : streamsByPartition.getOrDefault(partitionId, new ArrayList<>())) {
+        TerraceShuffleDescriptor d = (TerraceShuffleDescriptor) tierShuffleDescriptor;
+        for (int stream : streamsByPartition.getOrDefault(partitionId, Collections.emptyList())) {
             if (specs.get(stream).getInputChannelId().equals(inputChannelId)) {
                 try {
-                    addStream(stream, (TerraceShuffleDescriptor) tierShuffleDescriptor);
+                    NativeBridge.consumerUpdateDescriptor(
+                            handle,
+                            stream,
+                            d.getJobIdHex(),
+                            d.getPartitionIdHex(),
+                            d.getWorkerId(),
+                            d.getWorkerAddress());
                 } catch (IOException e) {
-                    throw new UncheckedIOException(e);
+                    throw new UncheckedIOException("Terrace consumer of " + d, e);
                 }
             }
         }
@@ -216,15 +254,21 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
             return;
         }
         closed = true;
-        NativeBridge.consumerClose(handle);
-        if (spareSegment != null) {
-            spareRecycler.recycle(spareSegment);
-            spareSegment = null;
-        }
         try {
-            eventThread.join(10_000);
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
+            NativeBridge.consumerClose(handle);
+        } finally {
+            if (spareSegment != null) {
+                spareRecycler.recycle(spareSegment);
+                spareSegment = null;
+                spareRecycler = null;
+            }
+            if (eventThread.isAlive()) {
+                try {
+                    eventThread.join(10_000);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            }
         }
     }
 
@@ -238,7 +282,7 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
                 if (!closed) {
                     LOG.error("Terrace consumer event wait failed; waking every channel", t);
                     for (int i = 0; i < specs.size(); i++) {
-                        notifyStream(i); // the failure surfaces from peek/getNextBuffer
+                        notifyStream(i); // a failure surfaces from peek/getNextBuffer
                     }
                 }
                 return;
@@ -272,38 +316,17 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
         return -1;
     }
 
-    private interface NativeIntCall {
-        int call() throws IOException;
-    }
-
-    private interface NativeLongCall {
-        long call() throws IOException;
-    }
-
-    private static int translate(TieredStoragePartitionId p, NativeIntCall c) throws IOException {
-        try {
-            return c.call();
-        } catch (TerraceNativeException e) {
-            throw map(p, e);
-        }
-    }
-
-    private static long translate(TieredStoragePartitionId p, NativeLongCall c) throws IOException {
-        try {
-            return c.call();
-        } catch (TerraceNativeException e) {
-            throw map(p, e);
-        }
-    }
-
-    /** PartitionNotFoundException makes Flink re-run the producer; anything else fails the task. */
+    /**
+     * PartitionNotFoundException makes Flink re-run the producer; anything else fails the task
+     * with an IOException naming the partition.
+     */
     private static IOException map(TieredStoragePartitionId p, TerraceNativeException e) {
         if (e.kind() == TerraceNativeException.Kind.PARTITION_NOT_FOUND) {
-            PartitionNotFoundException pnf =
-                    new PartitionNotFoundException(TieredStorageIdMappingUtils.convertId(p));
+            PartitionNotFoundException pnf = new PartitionNotFoundException(p.getPartitionID());
+            // The cause is fixed (null) by PartitionException's constructor.
             pnf.addSuppressed(e);
             return pnf;
         }
-        return e;
+        return new IOException("Terrace: reading partition " + p.getPartitionID() + " failed", e);
     }
 }

@@ -12,31 +12,46 @@ import org.apache.flink.util.ExceptionUtils;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
+import java.io.IOException;
 import java.nio.ByteBuffer;
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
-import java.util.Arrays;
-import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
 
 /**
- * JobManager side. Delegates to the Rust master agent; one Java daemon thread waits for
+ * JobManager side. Delegates to the Rust master agent. One Java daemon thread waits for
  * lost-partition events and hands them to the job's {@link TierShuffleHandler}, so Flink re-runs
- * the producers.
+ * the producers. Releases (a partition, or a whole job) run on a background thread so the
+ * JobManager's main thread never waits on a worker; {@link #close} drains them first.
  */
 final class TerraceMasterAgent implements TierMasterAgent {
     private static final Logger LOG = LoggerFactory.getLogger(TerraceMasterAgent.class);
+
+    private static final byte EVENT_LOST_PARTITIONS = 1;
+    private static final byte EVENT_FATAL = 2;
 
     private final TerraceConfig config;
     private final long handle;
     private final Map<JobID, TierShuffleHandler> handlers = new ConcurrentHashMap<>();
     private final Thread eventThread;
+    private final ExecutorService releases;
     private volatile boolean closed;
 
     TerraceMasterAgent(TerraceConfig config, TieredStorageResourceRegistry unused) {
         this.config = config;
         this.handle = call(() -> NativeBridge.masterOpen(config.flat()));
+        this.releases =
+                Executors.newSingleThreadExecutor(
+                        r -> {
+                            Thread t = new Thread(r, "terrace-master-agent-releases");
+                            t.setDaemon(true);
+                            return t;
+                        });
         this.eventThread = new Thread(this::eventLoop, "terrace-master-agent-events");
         this.eventThread.setDaemon(true);
         this.eventThread.start();
@@ -51,23 +66,19 @@ final class TerraceMasterAgent implements TierMasterAgent {
     @Override
     public void unregisterJob(JobID jobID) {
         handlers.remove(jobID);
-        run(() -> NativeBridge.masterUnregisterJob(handle, jobID.getBytes()));
+        background(
+                "unregister job " + jobID,
+                () -> NativeBridge.masterUnregisterJob(handle, jobID.getBytes()));
     }
 
     @Override
     public TierShuffleDescriptor addPartitionAndGetShuffleDescriptor(
             JobID jobID, ResultPartitionID resultPartitionID) {
-        String worker =
+        return TerraceShuffleDescriptor.fromFields(
                 call(
                         () ->
                                 NativeBridge.masterAddPartition(
-                                        handle, jobID.getBytes(), resultPartitionID.getBytes()));
-        int comma = worker.indexOf(',');
-        return TerraceShuffleDescriptor.of(
-                jobID,
-                resultPartitionID,
-                Long.parseLong(worker.substring(0, comma)),
-                worker.substring(comma + 1));
+                                        handle, jobID.getBytes(), resultPartitionID.getBytes())));
     }
 
     @Override
@@ -76,7 +87,30 @@ final class TerraceMasterAgent implements TierMasterAgent {
             return;
         }
         TerraceShuffleDescriptor d = (TerraceShuffleDescriptor) shuffleDescriptor;
-        run(() -> NativeBridge.masterReleasePartition(handle, d.jobIdBytes(), d.partitionIdBytes()));
+        background(
+                "release " + d,
+                () ->
+                        NativeBridge.masterReleasePartition(
+                                handle,
+                                d.getJobIdHex(),
+                                d.getPartitionIdHex(),
+                                d.getWorkerId(),
+                                d.getWorkerAddress()));
+    }
+
+    private void background(String what, NativeBridgeCalls.Run r) {
+        if (closed) {
+            LOG.warn("Terrace master agent is closed; not running: {}", what);
+            return;
+        }
+        releases.execute(
+                () -> {
+                    try {
+                        r.run();
+                    } catch (Throwable t) {
+                        LOG.warn("Terrace: failed to {}", what, t);
+                    }
+                });
     }
 
     @Override
@@ -85,6 +119,14 @@ final class TerraceMasterAgent implements TierMasterAgent {
             return;
         }
         closed = true;
+        releases.shutdown();
+        try {
+            if (!releases.awaitTermination(60, TimeUnit.SECONDS)) {
+                LOG.warn("Terrace releases did not finish within 60 s; data may stay on workers");
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
         NativeBridgeCalls.quietly(() -> NativeBridge.masterClose(handle));
         try {
             eventThread.join(10_000);
@@ -98,41 +140,66 @@ final class TerraceMasterAgent implements TierMasterAgent {
             byte[] batch;
             try {
                 batch = NativeBridge.masterWaitEvents(handle, config.eventPollIntervalMillis);
-            } catch (Throwable t) {
-                if (!closed) {
-                    LOG.error("Terrace master agent event wait failed", t);
-                    handlers.values().forEach(h -> h.onFatalError(t));
+            } catch (TerraceNativeException e) {
+                if (!closed && e.kind() != TerraceNativeException.Kind.CLOSED) {
+                    LOG.error("Terrace master agent event wait failed", e);
+                    handlers.values().forEach(h -> h.onFatalError(e));
                 }
+                return;
+            } catch (Throwable t) {
+                LOG.error("Terrace master agent event wait failed", t);
+                handlers.values().forEach(h -> h.onFatalError(t));
                 return;
             }
             if (batch != null) {
-                dispatchLost(batch);
+                try {
+                    dispatch(batch);
+                } catch (Throwable t) {
+                    LOG.error("Terrace: cannot dispatch master agent events", t);
+                }
             }
         }
     }
 
-    /** Batch format: repeated [16 bytes jobId][u16 BE len][len bytes ResultPartitionID]. */
-    private void dispatchLost(byte[] batch) {
-        Map<JobID, List<TieredStoragePartitionId>> byJob = new HashMap<>();
+    private static byte[] bytes16(ByteBuffer b) {
+        byte[] out = new byte[b.getShort() & 0xFFFF];
+        b.get(out);
+        return out;
+    }
+
+    /** Decodes a batch from {@link NativeBridge#masterWaitEvents} and calls the handlers. */
+    private void dispatch(byte[] batch) {
         ByteBuffer b = ByteBuffer.wrap(batch);
-        while (b.remaining() >= 18) {
-            byte[] job = new byte[16];
-            b.get(job);
-            byte[] part = new byte[b.getShort() & 0xFFFF];
-            b.get(part);
-            byJob.computeIfAbsent(new JobID(job), k -> new ArrayList<>())
-                    .add(new TieredStoragePartitionId(new ResultPartitionID(part)));
+        while (b.hasRemaining()) {
+            byte kind = b.get();
+            JobID job = new JobID(bytes16(b));
+            TierShuffleHandler handler = handlers.get(job);
+            if (kind == EVENT_LOST_PARTITIONS) {
+                int n = b.getInt();
+                List<TieredStoragePartitionId> lost = new ArrayList<>(n);
+                for (int i = 0; i < n; i++) {
+                    lost.add(new TieredStoragePartitionId(new ResultPartitionID(bytes16(b))));
+                }
+                if (handler == null) {
+                    LOG.debug("Terrace lost {} partitions of finished job {}", n, job);
+                    continue;
+                }
+                LOG.warn(
+                        "Terrace lost {} partition(s) of job {} with their worker; asking Flink to"
+                                + " re-run their producers: {}",
+                        n,
+                        job,
+                        lost);
+                handler.onReleasePartitions(lost);
+            } else if (kind == EVENT_FATAL) {
+                String message = new String(bytes16(b), StandardCharsets.UTF_8);
+                if (handler != null) {
+                    handler.onFatalError(new IOException("Terrace: " + message));
+                }
+            } else {
+                throw new IllegalStateException("unknown Terrace master event kind " + kind);
+            }
         }
-        byJob.forEach(
-                (job, parts) -> {
-                    TierShuffleHandler h = handlers.get(job);
-                    if (h == null) {
-                        LOG.debug("lost partitions of unknown job {}: {}", job, parts);
-                        return;
-                    }
-                    LOG.warn("Terrace lost {} partitions of job {}; asking Flink to release them", parts.size(), job);
-                    h.onReleasePartitions(parts);
-                });
     }
 
     private static <T> T call(NativeBridgeCalls.Call<T> c) {
@@ -154,6 +221,6 @@ final class TerraceMasterAgent implements TierMasterAgent {
 
     @Override
     public String toString() {
-        return "TerraceMasterAgent" + Arrays.asList(config.terraceKeys);
+        return "TerraceMasterAgent" + config.terraceKeys;
     }
 }

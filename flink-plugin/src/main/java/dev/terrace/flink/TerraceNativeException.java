@@ -8,16 +8,18 @@ public class TerraceNativeException extends IOException {
 
     /** Error classes the Rust side distinguishes. Ordinals are part of the JNI ABI. */
     public enum Kind {
-        /** Anything else. */
+        /** A bug or an unexpected state (including a Rust panic). */
         INTERNAL,
-        /** The partition is gone (worker lost, released): Flink must re-run the producer. */
+        /** The partition is gone (worker lost, released, unknown): Flink must re-run the producer. */
         PARTITION_NOT_FOUND,
         /** CRC mismatch on read. */
         DATA_CORRUPTION,
-        /** Connection or protocol failure that retries did not fix. */
+        /** A master or worker is unreachable or overloaded, after retries. */
         IO,
         /** Bad configuration or arguments. */
-        INVALID_ARGUMENT
+        INVALID_ARGUMENT,
+        /** The handle was closed, or the agent is shutting down. */
+        CLOSED
     }
 
     private final Kind kind;
@@ -26,10 +28,16 @@ public class TerraceNativeException extends IOException {
     public TerraceNativeException(int kindOrdinal, String message) {
         super(message);
         Kind[] kinds = Kind.values();
-        this.kind = kindOrdinal >= 0 && kindOrdinal < kinds.length ? kinds[kindOrdinal] : Kind.INTERNAL;
+        this.kind =
+                kindOrdinal >= 0 && kindOrdinal < kinds.length ? kinds[kindOrdinal] : Kind.INTERNAL;
     }
 
     public Kind kind() {
         return kind;
+    }
+
+    @Override
+    public String toString() {
+        return getClass().getName() + "[" + kind + "]: " + getMessage();
     }
 }

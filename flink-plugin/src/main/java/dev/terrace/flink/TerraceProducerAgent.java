@@ -15,8 +15,9 @@ import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * TaskManager side, one per result partition. Every buffer Flink hands over is copied once into
- * the Rust producer's push batch and recycled at once; segment bookkeeping (when a segment is
- * full, appending END_OF_SEGMENT) is Rust's.
+ * the Rust producer's push batch (Rust reads the off-heap segment in place) and recycled at once,
+ * so this agent never holds Flink memory and needs no {@code transferBufferOwnership}. Segment
+ * bookkeeping (when a segment is full, appending END_OF_SEGMENT) is Rust's.
  */
 final class TerraceProducerAgent implements TierProducerAgent {
 
@@ -24,6 +25,7 @@ final class TerraceProducerAgent implements TierProducerAgent {
     static final byte[] END_OF_SEGMENT_PAYLOAD = endOfSegmentPayload();
 
     private final long handle;
+    private final String partition;
     private final AtomicBoolean released = new AtomicBoolean();
     private boolean finished;
 
@@ -34,20 +36,20 @@ final class TerraceProducerAgent implements TierProducerAgent {
             boolean isBroadcastOnly,
             TieredStorageResourceRegistry resourceRegistry,
             TerraceShuffleDescriptor descriptor) {
+        this.partition = descriptor.toString();
         try {
             this.handle =
                     NativeBridge.producerOpen(
                             config.flat(),
-                            descriptor.jobIdBytes(),
-                            descriptor.partitionIdBytes(),
+                            descriptor.getJobIdHex(),
+                            descriptor.getPartitionIdHex(),
                             descriptor.getWorkerId(),
                             descriptor.getWorkerAddress(),
                             numSubpartitions,
                             isBroadcastOnly,
-                            config.bufferSizeBytes,
                             END_OF_SEGMENT_PAYLOAD);
         } catch (IOException e) {
-            throw new UncheckedIOException(e);
+            throw new UncheckedIOException("open Terrace producer for " + partition, e);
         }
         // Frees the native producer when Flink releases the partition on this TaskManager
         // (TieredResultPartition.releaseInternal), even if close() never ran (task failed).
@@ -61,7 +63,7 @@ final class TerraceProducerAgent implements TierProducerAgent {
             return NativeBridge.producerStartSegment(
                     handle, subpartitionId.getSubpartitionId(), segmentId, minNumBuffers);
         } catch (IOException e) {
-            throw new UncheckedIOException(e);
+            throw new UncheckedIOException("Terrace producer of " + partition, e);
         }
     }
 
@@ -80,25 +82,35 @@ final class TerraceProducerAgent implements TierProducerAgent {
             if (data.isDirect()) {
                 result =
                         NativeBridge.producerWrite(
-                                handle, sub, data, data.position(), data.remaining(), type,
-                                compressed, numRemainingConsecutiveBuffers);
+                                handle,
+                                sub,
+                                data,
+                                data.position(),
+                                data.remaining(),
+                                type,
+                                compressed,
+                                numRemainingConsecutiveBuffers);
             } else {
                 result =
                         NativeBridge.producerWriteArray(
-                                handle, sub, data.array(), data.arrayOffset() + data.position(),
-                                data.remaining(), type, compressed,
+                                handle,
+                                sub,
+                                data.array(),
+                                data.arrayOffset() + data.position(),
+                                data.remaining(),
+                                type,
+                                compressed,
                                 numRemainingConsecutiveBuffers);
             }
         } catch (IOException e) {
-            // The caller only recycles on IOException from choosing a tier; we own it here.
+            // The caller recycles only on IOException from choosing a tier; we own it here.
             finishedBuffer.recycleBuffer();
-            throw new UncheckedIOException(e);
+            throw new UncheckedIOException("Terrace producer of " + partition, e);
         }
         if (result == NativeBridge.WRITE_SEGMENT_FULL) {
             return false; // not consumed: Flink starts segment + 1 and writes it again
         }
-        // Copied into the push batch: give the network buffer back right away, so the
-        // producer never holds Flink memory (no transferBufferOwnership needed).
+        // Copied into the push batch: give the network buffer back right away.
         finishedBuffer.recycleBuffer();
         return true;
     }
@@ -112,7 +124,7 @@ final class TerraceProducerAgent implements TierProducerAgent {
         try {
             NativeBridge.producerFinish(handle);
         } catch (IOException e) {
-            throw new UncheckedIOException(e);
+            throw new UncheckedIOException("finish Terrace partition " + partition, e);
         } finally {
             release();
         }

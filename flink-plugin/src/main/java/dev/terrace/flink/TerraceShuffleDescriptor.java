@@ -1,40 +1,37 @@
 package dev.terrace.flink;
 
-import org.apache.flink.api.common.JobID;
-import org.apache.flink.runtime.io.network.partition.ResultPartitionID;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.TierShuffleDescriptor;
-import org.apache.flink.util.StringUtils;
 
 import java.util.Objects;
 
 /**
- * Where a partition lives in Terrace. Created by {@link TerraceMasterAgent} on the JobManager,
- * Java-serialized to the TaskManagers inside Flink's NettyShuffleDescriptor. It never changes:
- * splits to other workers are followed by the workers (redirects), not by new descriptors.
+ * Where a partition lives in Terrace: four short strings. Created by {@link TerraceMasterAgent}
+ * on the JobManager and Java-serialized to the TaskManagers inside Flink's NettyShuffleDescriptor.
+ * It never changes: splits to other workers are followed by the workers (redirects), not by new
+ * descriptors.
  */
 public final class TerraceShuffleDescriptor implements TierShuffleDescriptor {
-    private static final long serialVersionUID = 1L;
+    private static final long serialVersionUID = 2L;
 
     private final String jobIdHex;
     private final String partitionIdHex;
-    private final long workerId;
+    private final String workerId;
     private final String workerAddress;
 
     public TerraceShuffleDescriptor(
-            String jobIdHex, String partitionIdHex, long workerId, String workerAddress) {
+            String jobIdHex, String partitionIdHex, String workerId, String workerAddress) {
         this.jobIdHex = Objects.requireNonNull(jobIdHex);
         this.partitionIdHex = Objects.requireNonNull(partitionIdHex);
-        this.workerId = workerId;
+        this.workerId = Objects.requireNonNull(workerId);
         this.workerAddress = Objects.requireNonNull(workerAddress);
     }
 
-    public static TerraceShuffleDescriptor of(
-            JobID jobId, ResultPartitionID partitionId, long workerId, String workerAddress) {
-        return new TerraceShuffleDescriptor(
-                jobId.toHexString(),
-                StringUtils.byteToHexString(partitionId.getBytes()),
-                workerId,
-                workerAddress);
+    /** From the fields {@link NativeBridge#masterAddPartition} returns. */
+    static TerraceShuffleDescriptor fromFields(String[] fields) {
+        if (fields == null || fields.length != 4) {
+            throw new IllegalStateException("expected 4 descriptor fields from the native side");
+        }
+        return new TerraceShuffleDescriptor(fields[0], fields[1], fields[2], fields[3]);
     }
 
     public String getJobIdHex() {
@@ -45,20 +42,12 @@ public final class TerraceShuffleDescriptor implements TierShuffleDescriptor {
         return partitionIdHex;
     }
 
-    public long getWorkerId() {
+    public String getWorkerId() {
         return workerId;
     }
 
     public String getWorkerAddress() {
         return workerAddress;
-    }
-
-    public byte[] jobIdBytes() {
-        return StringUtils.hexStringToByte(jobIdHex);
-    }
-
-    public byte[] partitionIdBytes() {
-        return StringUtils.hexStringToByte(partitionIdHex);
     }
 
     @Override
@@ -67,9 +56,9 @@ public final class TerraceShuffleDescriptor implements TierShuffleDescriptor {
             return false;
         }
         TerraceShuffleDescriptor d = (TerraceShuffleDescriptor) o;
-        return workerId == d.workerId
-                && jobIdHex.equals(d.jobIdHex)
+        return jobIdHex.equals(d.jobIdHex)
                 && partitionIdHex.equals(d.partitionIdHex)
+                && workerId.equals(d.workerId)
                 && workerAddress.equals(d.workerAddress);
     }
 

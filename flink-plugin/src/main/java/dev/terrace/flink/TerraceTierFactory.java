@@ -25,8 +25,12 @@ import static org.apache.flink.util.Preconditions.checkState;
  * <pre>
  * taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class: dev.terrace.flink.TerraceTierFactory
  * execution.batch-shuffle-mode: ALL_EXCHANGES_HYBRID_FULL
- * terrace.masters: host1:port,host2:port
+ * terrace.master.address: host1:port,host2:port
  * </pre>
+ *
+ * <p>and drop {@code terrace-flink-1.20.jar} into Flink's {@code lib/} (it bundles the
+ * linux-x86_64 native library and loads it itself). Every other {@code terrace.*} key and its
+ * default is listed in {@link TerraceConfig}.
  *
  * Flink instantiates it with the no-arg constructor on the JobManager and on every TaskManager
  * and calls {@link #setup} with the whole Flink configuration. When configured, it is the only
@@ -57,7 +61,7 @@ public class TerraceTierFactory implements TierFactory {
     @Override
     public TieredStorageMemorySpec getProducerAgentMemorySpec() {
         // tryWrite copies and recycles at once, so the producer itself holds no network buffer.
-        // One guaranteed buffer, as Celeborn does, keeps the memory manager's accounting sane.
+        // One guaranteed buffer, as Celeborn asks for, keeps the memory manager's accounting sane.
         return new TieredStorageMemorySpec(this, 1);
     }
 

@@ -1,0 +1,260 @@
+//! The `terrace.*` keys of the Flink configuration, parsed into the agents'
+//! [`AgentConfig`]. Every key has a default; unknown `terrace.*` keys are an
+//! error, so a typo does not silently fall back to a default.
+
+use std::time::Duration;
+
+use terrace_tier_api::{AgentConfig, ByteSize};
+
+use crate::error::{NativeError, NativeResult};
+
+/// Every key: name, default, meaning. The README's "Use with Flink" table and
+/// `TerraceConfig` on the Java side list the same keys.
+pub const KEYS: &[(&str, &str, &str)] = &[
+    (
+        "terrace.master.address",
+        "127.0.0.1:9870",
+        "Terrace masters, host:port, comma-separated; any of them can answer",
+    ),
+    (
+        "terrace.segment-size",
+        "8MiB",
+        "bytes of buffers per segment of a subpartition before the producer closes it with END_OF_SEGMENT",
+    ),
+    (
+        "terrace.push-size",
+        "512KiB",
+        "a producer pushes to its worker once this many bytes are batched",
+    ),
+    (
+        "terrace.max-bytes-in-flight",
+        "8MiB",
+        "pushed but unacknowledged bytes per producer; writes wait beyond it",
+    ),
+    (
+        "terrace.max-buffer-size",
+        "4MiB",
+        "largest single Flink buffer accepted",
+    ),
+    (
+        "terrace.compression",
+        "true",
+        "lz4-compress pushes (Flink 1.20 hands external tiers uncompressed buffers)",
+    ),
+    (
+        "terrace.read-credits",
+        "8",
+        "read batches a worker may send ahead per consumer stream",
+    ),
+    (
+        "terrace.max-frame-size",
+        "16MiB",
+        "largest wire frame sent or accepted",
+    ),
+    (
+        "terrace.connect-timeout",
+        "5s",
+        "connecting to a master or worker",
+    ),
+    (
+        "terrace.request-timeout",
+        "120s",
+        "one request to a master or worker, including a push waiting for worker memory",
+    ),
+    (
+        "terrace.master.poll-interval",
+        "1s",
+        "how often the JobManager's agent checks the master for lost workers",
+    ),
+    (
+        "terrace.event-poll-interval-ms",
+        "200",
+        "Java: how long an event thread blocks in one native wait",
+    ),
+    (
+        "terrace.native.library",
+        "",
+        "Java: path of libterrace_flink.so to load instead of the copy bundled in the jar",
+    ),
+    (
+        "terrace.log",
+        "warn",
+        "filter for the native library's log lines on stderr (tracing env-filter syntax)",
+    ),
+];
+
+/// The parsed configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NativeConfig {
+    pub agent: AgentConfig,
+    pub master_poll_interval: Duration,
+    pub log_filter: String,
+}
+
+fn parse_size(key: &str, value: &str) -> NativeResult<ByteSize> {
+    value
+        .parse::<ByteSize>()
+        .map_err(|e| NativeError::invalid(format!("{key}: {e}")))
+}
+
+/// `"500ms"`, `"5s"`, `"2min"`, `"1h"`; a bare number is milliseconds (as in Flink).
+fn parse_duration(key: &str, value: &str) -> NativeResult<Duration> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| {
+        NativeError::invalid(format!(
+            "{key}: duration {value:?} does not start with a whole number"
+        ))
+    })?;
+    let duration = match unit.trim() {
+        "" | "ms" => Duration::from_millis(n),
+        "s" | "sec" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => {
+            return Err(NativeError::invalid(format!(
+                "{key}: duration {value:?} has unknown unit {other:?} (use ms, s, min, h)"
+            )));
+        }
+    };
+    Ok(duration)
+}
+
+fn parse_bool(key: &str, value: &str) -> NativeResult<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(NativeError::invalid(format!(
+            "{key}: expected true or false, got {value:?}"
+        ))),
+    }
+}
+
+/// Parses `key, value` pairs (the `terrace.*` part of the Flink configuration).
+pub fn parse_config<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> NativeResult<NativeConfig> {
+    let mut agent = AgentConfig::default();
+    let mut master_poll_interval = Duration::from_secs(1);
+    let mut log_filter = "warn".to_string();
+    for (key, value) in pairs {
+        match key {
+            "terrace.master.address" => {
+                let addresses: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if addresses.is_empty() || addresses.iter().any(|a| !a.contains(':')) {
+                    return Err(NativeError::invalid(format!(
+                        "{key}: expected host:port[,host:port...], got {value:?}"
+                    )));
+                }
+                agent.master_addresses = addresses;
+            }
+            "terrace.segment-size" => agent.segment_size = parse_size(key, value)?,
+            "terrace.push-size" => agent.push_size = parse_size(key, value)?,
+            "terrace.max-bytes-in-flight" => agent.max_bytes_in_flight = parse_size(key, value)?,
+            "terrace.max-buffer-size" => agent.max_buffer_size = parse_size(key, value)?,
+            "terrace.max-frame-size" => agent.max_frame_size = parse_size(key, value)?,
+            "terrace.compression" => agent.compression = parse_bool(key, value)?,
+            "terrace.read-credits" => {
+                agent.read_credits = value.trim().parse().map_err(|_| {
+                    NativeError::invalid(format!("{key}: expected a whole number, got {value:?}"))
+                })?;
+            }
+            "terrace.connect-timeout" => agent.connect_timeout = parse_duration(key, value)?,
+            "terrace.request-timeout" => agent.request_timeout = parse_duration(key, value)?,
+            "terrace.master.poll-interval" => {
+                master_poll_interval = parse_duration(key, value)?;
+                if master_poll_interval.is_zero() {
+                    return Err(NativeError::invalid(format!("{key} must be positive")));
+                }
+            }
+            "terrace.log" => log_filter = value.to_string(),
+            // Read by the Java side.
+            "terrace.event-poll-interval-ms" | "terrace.native.library" => {}
+            other if other.starts_with("terrace.") => {
+                let known: Vec<&str> = KEYS.iter().map(|(k, _, _)| *k).collect();
+                return Err(NativeError::invalid(format!(
+                    "unknown configuration key {other:?}; known keys: {}",
+                    known.join(", ")
+                )));
+            }
+            // Not ours (Java passes only terrace.* keys, but be lenient).
+            _ => {}
+        }
+    }
+    agent
+        .validate()
+        .map_err(|e| NativeError::invalid(format!("terrace.* configuration: {e}")))?;
+    Ok(NativeConfig {
+        agent,
+        master_poll_interval,
+        log_filter,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::NativeErrorKind;
+
+    #[test]
+    fn defaults_match_the_documented_table() {
+        let defaults = parse_config([]).expect("defaults are valid");
+        let documented = parse_config(
+            KEYS.iter()
+                .filter(|(k, _, _)| *k != "terrace.native.library")
+                .map(|(k, v, _)| (*k, *v)),
+        )
+        .expect("documented defaults parse");
+        assert_eq!(defaults, documented);
+        assert_eq!(defaults.agent, AgentConfig::default());
+    }
+
+    #[test]
+    fn keys_parse() {
+        let c = parse_config([
+            ("terrace.master.address", " a:1, b:2 "),
+            ("terrace.segment-size", "1MiB"),
+            ("terrace.push-size", "256KiB"),
+            ("terrace.compression", "false"),
+            ("terrace.read-credits", "3"),
+            ("terrace.request-timeout", "30s"),
+            ("terrace.connect-timeout", "1500"),
+            ("terrace.master.poll-interval", "2min"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.agent.master_addresses,
+            vec!["a:1".to_string(), "b:2".to_string()]
+        );
+        assert_eq!(c.agent.segment_size, ByteSize::mib(1));
+        assert_eq!(c.agent.push_size, ByteSize::kib(256));
+        assert!(!c.agent.compression);
+        assert_eq!(c.agent.read_credits, 3);
+        assert_eq!(c.agent.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.agent.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.master_poll_interval, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_rejected() {
+        for pair in [
+            ("terrace.segmentsize", "1MiB"),
+            ("terrace.segment-size", "lots"),
+            ("terrace.compression", "yes"),
+            ("terrace.read-credits", "0"),
+            ("terrace.master.address", "nohostport"),
+            ("terrace.master.address", ""),
+            ("terrace.request-timeout", "5 fortnights"),
+            ("terrace.master.poll-interval", "0s"),
+        ] {
+            let e = parse_config([pair]).expect_err("invalid");
+            assert_eq!(e.kind, NativeErrorKind::InvalidArgument, "{pair:?}");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The master agent behind `NativeBridge.master*` (Flink JobManager side):
+//! jobs, partition placement, releases, and lost-partition events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jni::JNIEnv;
+use jni::objects::{JByteArray, JClass, JObjectArray, JString};
+use jni::sys::{jbyteArray, jlong, jobjectArray};
+use terrace_master_agent::MasterAgent;
+use terrace_tier_api::{
+    JobId, PartitionId, ShuffleDescriptor, TierError, TierMasterAgent, TierShuffleHandler,
+};
+
+use crate::boundary::entry;
+use crate::config::parse_config;
+use crate::error::{NativeError, NativeResult};
+use crate::events::{LostEvent, WaitQueue, Waited, encode_events};
+use crate::handles::{HandleKind, HandleTable};
+use crate::java;
+use crate::library::init_logging;
+
+/// Flink 1.20's `addPartitionAndGetShuffleDescriptor` does not say how many
+/// subpartitions a partition has; the master only checks it is positive (the
+/// producer tells the worker the real number when it creates the partition).
+const UNKNOWN_NUM_SUBPARTITIONS: u32 = 1;
+
+struct NativeMaster {
+    agent: MasterAgent,
+    events: Arc<WaitQueue<LostEvent>>,
+}
+
+static MASTERS: HandleTable<NativeMaster> = HandleTable::new(HandleKind::Master);
+
+/// Turns the agent's callbacks for one job into queued events.
+struct JobEvents {
+    job: JobId,
+    events: Arc<WaitQueue<LostEvent>>,
+}
+
+impl TierShuffleHandler for JobEvents {
+    fn on_release_partitions(&self, partitions: Vec<PartitionId>) {
+        self.events.push(LostEvent::Partitions {
+            job: self.job.clone(),
+            partitions,
+        });
+    }
+
+    fn on_fatal_error(&self, error: TierError) {
+        self.events.push(LostEvent::Fatal {
+            job: self.job.clone(),
+            message: error.to_string(),
+        });
+    }
+}
+
+fn job_id(env: &mut JNIEnv<'_>, job: &JByteArray<'_>) -> NativeResult<JobId> {
+    Ok(JobId::new(java::bytes(env, "job id", job)?)?)
+}
+
+/// A descriptor from its four Java fields.
+pub(crate) fn descriptor_from(
+    job: String,
+    partition: String,
+    worker_id: String,
+    worker_address: String,
+) -> NativeResult<ShuffleDescriptor> {
+    let descriptor = ShuffleDescriptor {
+        job,
+        partition,
+        worker_id,
+        worker_address,
+    };
+    descriptor.key()?;
+    Ok(descriptor)
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterOpen<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    conf: JObjectArray<'l>,
+) -> jlong {
+    entry(&mut env, "open Terrace master agent", 0, |env| {
+        let pairs = java::pairs(env, &conf)?;
+        let config = parse_config(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        init_logging(&config.log_filter);
+        let agent = MasterAgent::with_poll_interval(config.agent, config.master_poll_interval)?;
+        Ok(MASTERS.insert(NativeMaster {
+            agent,
+            events: Arc::new(WaitQueue::default()),
+        }))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterRegisterJob<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    job: JByteArray<'l>,
+) {
+    entry(&mut env, "register job with Terrace", (), |env| {
+        let master = MASTERS.get(handle)?;
+        let job = job_id(env, &job)?;
+        let handler = Arc::new(JobEvents {
+            job: job.clone(),
+            events: Arc::clone(&master.events),
+        });
+        Ok(master.agent.register_job(&job, handler)?)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterUnregisterJob<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    job: JByteArray<'l>,
+) {
+    entry(&mut env, "unregister job from Terrace", (), |env| {
+        let master = MASTERS.get(handle)?;
+        let job = job_id(env, &job)?;
+        Ok(master.agent.unregister_job(&job)?)
+    })
+}
+
+/// Returns the descriptor's fields: `{jobHex, partitionHex, workerId, workerAddress}`.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterAddPartition<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    job: JByteArray<'l>,
+    partition: JByteArray<'l>,
+) -> jobjectArray {
+    entry(
+        &mut env,
+        "place partition on a Terrace worker",
+        std::ptr::null_mut(),
+        |env| {
+            let master = MASTERS.get(handle)?;
+            let job = job_id(env, &job)?;
+            let partition = PartitionId::new(java::bytes(env, "partition id", &partition)?)?;
+            let d = master.agent.add_partition_and_get_shuffle_descriptor(
+                &job,
+                &partition,
+                UNKNOWN_NUM_SUBPARTITIONS,
+            )?;
+            let fields = [d.job, d.partition, d.worker_id, d.worker_address];
+            Ok(java::string_array(env, &fields)?.into_raw())
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterReleasePartition<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    job_hex: JString<'l>,
+    partition_hex: JString<'l>,
+    worker_id: JString<'l>,
+    worker_address: JString<'l>,
+) {
+    entry(
+        &mut env,
+        "release partition on its Terrace worker",
+        (),
+        |env| {
+            let master = MASTERS.get(handle)?;
+            let descriptor = descriptor_from(
+                java::string(env, "job", &job_hex)?,
+                java::string(env, "partition", &partition_hex)?,
+                java::string(env, "worker id", &worker_id)?,
+                java::string(env, "worker address", &worker_address)?,
+            )?;
+            Ok(master.agent.release_partition(&descriptor)?)
+        },
+    )
+}
+
+/// Blocks up to `timeout_millis` for events; `null` on timeout, else the
+/// batch encoded by [`encode_events`]. Throws `CLOSED` once the agent is closed.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterWaitEvents<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    timeout_millis: jlong,
+) -> jbyteArray {
+    entry(
+        &mut env,
+        "wait for Terrace master agent events",
+        std::ptr::null_mut(),
+        |env| {
+            let master = MASTERS.get(handle)?;
+            let timeout = Duration::from_millis(u64::try_from(timeout_millis).unwrap_or(0));
+            match master.events.wait(timeout) {
+                Waited::TimedOut => Ok(std::ptr::null_mut()),
+                Waited::Closed => Err(NativeError::closed("the master agent was closed")),
+                Waited::Events(events) => {
+                    let encoded = encode_events(&events);
+                    let array = env
+                        .byte_array_from_slice(&encoded)
+                        .map_err(|e| NativeError::jni("allocate event batch", e))?;
+                    Ok(array.into_raw())
+                }
+            }
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterClose<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+) {
+    entry(&mut env, "close Terrace master agent", (), |_env| {
+        let master = MASTERS.remove(handle)?;
+        master.events.close();
+        master.agent.close();
+        Ok(())
+    })
+}

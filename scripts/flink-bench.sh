@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Job-level benchmark: the same Flink 1.20.3 batch job (flink-plugin/e2e KeyedAggregationJob, two
+# keyed shuffles, HYBRID_FULL) three ways in one run, with wall times and ratios:
+#   default   Flink's default hybrid shuffle (memory + disk tiers)
+#   remote    Flink's own remote tier as the only tier (RemoteTierFactory, remote.path on a local dir)
+#   terrace   Terrace as the external remote tier (a master and a worker started here)
+# plus the machine's yardstick measured in the same run: raw sequential write (fdatasync) and
+# read of the shuffle volume on the disk that holds the data directories.
+#
+#   scripts/flink-bench.sh [parallelism] [records] [payloadBytes]      (default: 4 4000000 256, ~1.1 GiB)
+#
+# Env:
+#   ROUNDS      runs per variant; the median job time is reported (default 1)
+#   BENCH_DIR   working directory for data and outputs (default: a fresh mktemp -d, removed at exit)
+#   JAVA_HEAP   JVM heap of the MiniCluster (default 4g)
+#   TERRACE_EXTRA  extra Flink config for the Terrace run, space-separated key=value
+#
+# Each job's result file is compared with the default run's (cmp): a mismatch fails the script.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+P="${1:-4}"
+N="${2:-4000000}"
+S="${3:-256}"
+ROUNDS="${ROUNDS:-1}"
+
+log() { echo "flink-bench: $*" >&2; }
+calc() { awk "BEGIN { printf \"%.4f\", $1 }"; }
+
+if [[ -n "${BENCH_DIR:-}" ]]; then
+  WORK="$BENCH_DIR"; mkdir -p "$WORK"
+else
+  WORK="$(mktemp -d /tmp/terrace-flink-bench.XXXXXX)"
+fi
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  [[ -z "${BENCH_DIR:-}" ]] && rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log "building the jar and the terrace binary"
+JAR="$("$ROOT/scripts/build-flink-jar.sh" </dev/null | tail -n 1)"
+(cd "$ROOT" && cargo build --release --quiet -p terrace-cli </dev/null >&2)
+TERRACE="$CARGO_TARGET_DIR/release/terrace"
+
+# Starts `terrace <args>` in the background and sets ADDRESS once it listens. Runs in this shell
+# (not in $(...)) so that the pid reaches PIDS and the exit trap kills it.
+start_service() { # <name> <args...>
+  local name="$1"; shift
+  "$TERRACE" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" </dev/null &
+  PIDS+=("$!")
+  for _ in $(seq 300); do
+    if grep -q "listening on" "$WORK/$name.out" 2>/dev/null; then
+      ADDRESS="$(sed -n 's/.*listening on //p' "$WORK/$name.out" | head -n 1)"
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "$name did not start:"; cat "$WORK/$name.err" >&2; return 1
+}
+
+# Runs the job; prints "<job seconds> <process seconds>".
+run_job() { # <name> <flink k=v...>
+  local name="$1"; shift
+  local out="$WORK/$name.result" start end job
+  start=$(date +%s.%N)
+  if ! TERRACE_JAR="$JAR" JAVA_HEAP="${JAVA_HEAP:-4g}" "$ROOT/scripts/run-flink-job.sh" "$P" "$N" "$S" "$out" \
+      execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL "$@" >"$WORK/$name.log" 2>&1; then
+    log "$name failed:"; tail -n 40 "$WORK/$name.log" >&2; return 1
+  fi
+  end=$(date +%s.%N)
+  job="$(sed -n 's/^wall time: \([0-9.]*\) s.*/\1/p' "$WORK/$name.log")"
+  echo "$job $(calc "$end - $start")"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+declare -A JOB PROC
+measure() { # <variant> <flink k=v...>
+  local variant="$1"; shift
+  local jobs=() procs=() r t
+  for r in $(seq "$ROUNDS"); do
+    [[ "$variant" == remote ]] && rm -rf "$WORK/remote" && mkdir -p "$WORK/remote"
+    t="$(run_job "$variant-$r" "$@")"
+    jobs+=("${t% *}"); procs+=("${t#* }")
+    if [[ "$variant" != default ]] && ! cmp -s "$WORK/$variant-$r.result" "$WORK/default-1.result"; then
+      log "$variant run $r: result differs from the default shuffle's"; exit 1
+    fi
+    log "$variant run $r: job ${t% *} s, process ${t#* } s"
+  done
+  JOB[$variant]="$(printf '%s\n' "${jobs[@]}" | median)"
+  PROC[$variant]="$(printf '%s\n' "${procs[@]}" | median)"
+}
+
+log "working in $WORK; job: parallelism $P, $N records x $S B payload, $ROUNDS round(s)"
+measure default
+
+mkdir -p "$WORK/remote"
+measure remote \
+  taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.remote.RemoteTierFactory \
+  "taskmanager.network.hybrid-shuffle.remote.path=file://$WORK/remote"
+
+mkdir -p "$WORK/terrace-data"
+start_service master master --listen 127.0.0.1:0
+MASTER="$ADDRESS"
+start_service worker worker --listen 127.0.0.1:0 --data-dir "$WORK/terrace-data" --master "$MASTER"
+# shellcheck disable=SC2086
+measure terrace \
+  taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=dev.terrace.flink.TerraceTierFactory \
+  "terrace.master.address=$MASTER" ${TERRACE_EXTRA:-}
+STATUS="$("$TERRACE" status --master "$MASTER" --json)"
+PUSHED="$(echo "$STATUS" | sed -n 's/.*"bytes_pushed": \([0-9]*\).*/\1/p' | head -n 1)"
+READ="$(echo "$STATUS" | sed -n 's/.*"bytes_read": \([0-9]*\).*/\1/p' | head -n 1)"
+LEFT="$(echo "$STATUS" | sed -n 's/.*"partitions": \([0-9]*\).*/\1/p' | head -n 1)"
+
+# Yardstick: raw sequential write + read of one round's shuffle volume on the same disk.
+VOL_MB=$(( ${PUSHED:-0} / ROUNDS / 1048576 ))
+[[ "$VOL_MB" -gt 0 ]] || VOL_MB=1024
+sync
+w0=$(date +%s.%N); dd if=/dev/zero of="$WORK/raw.bin" bs=1M count="$VOL_MB" conv=fdatasync status=none; w1=$(date +%s.%N)
+r0=$(date +%s.%N); dd if="$WORK/raw.bin" of=/dev/null bs=1M status=none; r1=$(date +%s.%N)
+rm -f "$WORK/raw.bin"
+RAW_W="$(calc "$w1 - $w0")"; RAW_R="$(calc "$r1 - $r0")"
+
+ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
+echo
+echo "Flink 1.20.3 KeyedAggregationJob: parallelism $P, $N records x $S B payload (~$(calc "$N * ($S + 40) / 1073741824") GiB through shuffle 1), median of $ROUNDS"
+printf '%-40s %10s %10s %14s %14s\n' variant "job s" "process s" "job/default" "job/remote"
+for v in default remote terrace; do
+  case $v in
+    default) label="Flink default hybrid (memory+disk)";;
+    remote) label="Flink RemoteTierFactory (local dir)";;
+    terrace) label="Terrace (1 master + 1 worker)";;
+  esac
+  printf '%-40s %10.2f %10.2f %14s %14s\n' "$label" "${JOB[$v]}" "${PROC[$v]}" \
+    "$(ratio "${JOB[$v]}" "${JOB[default]}")" "$(ratio "${JOB[$v]}" "${JOB[remote]}")"
+done
+echo "terrace worker: bytes_pushed $PUSHED, bytes_read $READ, partitions left $LEFT"
+printf 'yardstick: raw disk write %d MiB (fdatasync) %.2f s (%.0f MiB/s), read back %.2f s (page cache likely)\n' \
+  "$VOL_MB" "$RAW_W" "$(calc "$VOL_MB / $RAW_W")" "$RAW_R"

@@ -1,0 +1,585 @@
+//! Flink 1.20.3 batch jobs with Terrace as the external remote tier of hybrid
+//! shuffle, end to end: real `terrace master` and `terrace worker` processes,
+//! the adapter jar built by `scripts/build-flink-jar.sh` (which fetches Flink
+//! and builds the JNI library), and the keyed-aggregation job of
+//! `flink-plugin/e2e` in a local MiniCluster, started through
+//! `scripts/run-flink-job.sh`.
+//!
+//! Each job's result file must be byte-identical to the same job on Flink's
+//! default hybrid shuffle (memory and disk tiers); the worker's own counters
+//! (a `WorkerStats` request) must show the job's bytes went through Terrace,
+//! and nothing may be left on the worker afterwards. A SIGKILLed worker must
+//! end the job (rerun on a new worker, or a failure naming the lost
+//! partition) within a bounded time.
+//!
+//! Every child process runs under a deadline and is killed (its whole process
+//! group) when it passes it, so a test fails instead of hanging. Flink jobs run
+//! one at a time (the machine has two cores).
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use terrace_proto::{Message, pb};
+use terrace_tests::{ServiceProcess, request_worker};
+
+/// Flink's own class for the external remote tier key.
+const TERRACE_FACTORY: &str = "dev.terrace.flink.TerraceTierFactory";
+
+/// Records and payload bytes per record of the ≥ 1 GiB job (1.10 GiB through shuffle 1).
+const BIG_RECORDS: u64 = 4_000_000;
+const BIG_PAYLOAD: u64 = 256;
+
+/// Building the jar on a fresh machine downloads Flink (~232 MB) and compiles
+/// the JNI crate in release mode.
+const BUILD_DEADLINE: Duration = Duration::from_secs(20 * 60);
+/// One Flink job, JVM start to exit.
+const JOB_DEADLINE: Duration = Duration::from_secs(240);
+/// From the SIGKILL of the worker to the end of the job.
+const KILLED_JOB_BOUND: Duration = Duration::from_secs(150);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository root")
+        .to_path_buf()
+}
+
+/// One Flink job at a time: they each use both cores.
+fn flink_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Scratch space shared by the tests of this process (default-shuffle
+/// results, build logs): `<repo>/target/flink/e2e-scratch`, emptied on first use.
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo_root().join("target/flink/e2e-scratch");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the scratch directory");
+        dir
+    })
+}
+
+/// A child process that finished (or was killed at its deadline).
+#[derive(Debug)]
+struct Finished {
+    status: Option<ExitStatus>,
+    elapsed: Duration,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// The last lines of the output, for assertion messages.
+    fn tail(&self) -> String {
+        let lines: Vec<&str> = self.stderr.lines().chain(self.stdout.lines()).collect();
+        let from = lines.len().saturating_sub(60);
+        lines[from..].join("\n")
+    }
+}
+
+/// A child process in its own process group, with its output in files.
+struct Child {
+    child: std::process::Child,
+    started: Instant,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Child {
+    fn spawn(mut command: Command, logs: &Path, name: &str) -> Child {
+        let stdout = logs.join(format!("{name}.out"));
+        let stderr = logs.join(format!("{name}.err"));
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).expect("create stdout file"))
+            .stderr(fs::File::create(&stderr).expect("create stderr file"))
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Child {
+            child,
+            started: Instant::now(),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Kills the whole process group (the script and the JVM or cargo under it).
+    fn kill_group(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the child; at `deadline` kills it and returns with `status: None`.
+    fn wait(mut self, deadline: Duration) -> Finished {
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if self.started.elapsed() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                _ => {
+                    self.kill_group();
+                    break None;
+                }
+            }
+        };
+        let elapsed = self.started.elapsed();
+        Finished {
+            status,
+            elapsed,
+            stdout: fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: fs::read_to_string(&self.stderr).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill_group();
+        }
+    }
+}
+
+/// `target/flink/terrace-flink-1.20.jar`, built once per test process by the
+/// build script (idempotent: a no-op when nothing changed).
+fn terrace_jar() -> PathBuf {
+    static JAR: OnceLock<PathBuf> = OnceLock::new();
+    JAR.get_or_init(|| {
+        let mut command = Command::new("bash");
+        command
+            .arg(repo_root().join("scripts/build-flink-jar.sh"))
+            .current_dir(repo_root());
+        if let Ok(cargo) = std::env::var("CARGO") {
+            command.env("CARGO", cargo);
+        }
+        let done = Child::spawn(command, scratch(), "build-flink-jar").wait(BUILD_DEADLINE);
+        assert!(
+            done.succeeded(),
+            "scripts/build-flink-jar.sh failed or passed {BUILD_DEADLINE:?} ({:?}):\n{}",
+            done.status,
+            done.tail()
+        );
+        let jar = PathBuf::from(
+            done.stdout
+                .lines()
+                .last()
+                .expect("the script prints the jar path")
+                .trim(),
+        );
+        assert!(jar.is_file(), "{} does not exist", jar.display());
+        eprintln!(
+            "flink_e2e: jar ready in {:.1?}: {}",
+            done.elapsed,
+            jar.display()
+        );
+        jar
+    })
+    .clone()
+}
+
+/// What a job needs to run.
+struct Job<'a> {
+    name: &'a str,
+    parallelism: u32,
+    records: u64,
+    payload: u64,
+    /// Flink configuration, `key=value`.
+    flink: Vec<String>,
+}
+
+impl Job<'_> {
+    fn command(&self, output: &Path) -> Command {
+        let mut command = Command::new("bash");
+        command
+            .arg(repo_root().join("scripts/run-flink-job.sh"))
+            .arg(self.parallelism.to_string())
+            .arg(self.records.to_string())
+            .arg(self.payload.to_string())
+            .arg(output)
+            .args(&self.flink)
+            .current_dir(repo_root())
+            .env("TERRACE_JAR", terrace_jar())
+            .env("JAVA_HEAP", "3g")
+            .env("E2E_LOG_LEVEL", "WARN");
+        command
+    }
+
+    fn spawn(&self, output: &Path, logs: &Path) -> Child {
+        Child::spawn(self.command(output), logs, self.name)
+    }
+}
+
+/// The job's result on Flink's default hybrid shuffle (memory and disk tiers).
+/// Results do not depend on the parallelism, so one run per size is kept for
+/// the whole test process.
+fn default_result(records: u64, payload: u64) -> PathBuf {
+    static RESULTS: Mutex<Vec<((u64, u64), PathBuf)>> = Mutex::new(Vec::new());
+    let mut results = RESULTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, path)) = results.iter().find(|(k, _)| *k == (records, payload)) {
+        return path.clone();
+    }
+    let output = scratch().join(format!("default-{records}x{payload}.txt"));
+    let job = Job {
+        name: "default-hybrid",
+        parallelism: 4,
+        records,
+        payload,
+        flink: vec!["execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL".into()],
+    };
+    let done = job.spawn(&output, scratch()).wait(JOB_DEADLINE);
+    assert!(
+        done.succeeded(),
+        "the job on Flink's default hybrid shuffle failed ({:?}):\n{}",
+        done.status,
+        done.tail()
+    );
+    eprintln!(
+        "flink_e2e: default hybrid shuffle, {records} x {payload} B: {:.1?}",
+        done.elapsed
+    );
+    results.push(((records, payload), output.clone()));
+    output
+}
+
+/// A master and workers as processes, each worker with its own data
+/// directory. Fields drop in order: workers, then the master, then the files.
+struct Cluster {
+    workers: Vec<(ServiceProcess, PathBuf)>,
+    master: ServiceProcess,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A master that declares a worker lost after `worker_timeout`, and one worker.
+    fn start(worker_timeout: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("cluster directory");
+        let config = dir.path().join("master.toml");
+        fs::write(&config, format!("worker_timeout = \"{worker_timeout}\"\n"))
+            .expect("write master config");
+        let config = config.to_str().expect("utf-8 path").to_string();
+        let master =
+            ServiceProcess::start(&["master", "--config", &config, "--listen", "127.0.0.1:0"]);
+        let mut cluster = Cluster {
+            workers: Vec::new(),
+            master,
+            dir,
+        };
+        cluster.add_worker();
+        cluster
+    }
+
+    fn add_worker(&mut self) -> &ServiceProcess {
+        let data = self
+            .dir
+            .path()
+            .join(format!("worker-{}", self.workers.len()));
+        fs::create_dir_all(&data).expect("worker data directory");
+        let worker = ServiceProcess::start(&[
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--master",
+            &self.master.address,
+        ]);
+        self.workers.push((worker, data));
+        &self.workers.last().expect("just pushed").0
+    }
+
+    fn worker(&self, i: usize) -> &ServiceProcess {
+        &self.workers[i].0
+    }
+
+    /// Flink configuration that makes Terrace the (only) tier of hybrid shuffle.
+    fn flink_config(&self) -> Vec<String> {
+        vec![
+            "execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL".into(),
+            format!(
+                "taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class={TERRACE_FACTORY}"
+            ),
+            format!("terrace.master.address={}", self.master.address),
+        ]
+    }
+
+    /// Waits (up to 20 s) until worker `i` holds no partition and its data
+    /// directory no file: releases run when Flink releases partitions and jobs.
+    fn assert_worker_empty(&self, i: usize) {
+        let (worker, data) = &self.workers[i];
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let stats = worker_stats(&worker.address);
+            let files = files_under(data);
+            if stats.partitions == 0 && files.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "worker {} still holds {} partition(s) and {} file(s) after the job: {:?}",
+                worker.address,
+                stats.partitions,
+                files.len(),
+                files.iter().take(5).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn worker_stats(address: &str) -> pb::WorkerStatsReply {
+    match request_worker(address, |request_id| {
+        Message::WorkerStats(pb::WorkerStats { request_id })
+    }) {
+        Ok(Message::WorkerStatsReply(stats)) => stats,
+        other => panic!("worker {address} answered WorkerStats with {other:?}"),
+    }
+}
+
+/// Regular files below `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(_) => files.push(path),
+                Err(_) => {}
+            }
+        }
+    }
+    files
+}
+
+fn assert_same_result(terrace: &Path, default: &Path, what: &str) {
+    let have = fs::read(terrace).unwrap_or_else(|e| panic!("read {}: {e}", terrace.display()));
+    let want = fs::read(default).unwrap_or_else(|e| panic!("read {}: {e}", default.display()));
+    assert!(
+        !want.is_empty(),
+        "the default-shuffle result of {what} is empty"
+    );
+    assert!(
+        have == want,
+        "{what}: the result on Terrace ({} bytes) differs from the result on Flink's default hybrid shuffle ({} bytes)",
+        have.len(),
+        want.len()
+    );
+}
+
+/// Runs `job` on a fresh cluster, checks its result against the default
+/// shuffle, the worker's counters, and that the worker is empty afterwards.
+fn run_on_terrace(name: &str, parallelism: u32, records: u64, payload: u64) {
+    let _flink = flink_lock();
+    let default = default_result(records, payload);
+    let cluster = Cluster::start("10s");
+    let output = cluster.dir.path().join(format!("{name}.txt"));
+    let job = Job {
+        name,
+        parallelism,
+        records,
+        payload,
+        flink: cluster.flink_config(),
+    };
+    let done = job.spawn(&output, cluster.dir.path()).wait(JOB_DEADLINE);
+    assert!(
+        done.succeeded(),
+        "{name} on Terrace failed or passed {JOB_DEADLINE:?} ({:?}):\n{}",
+        done.status,
+        done.tail()
+    );
+    eprintln!("flink_e2e: {name} on Terrace: {:.1?}", done.elapsed);
+    assert_same_result(&output, &default, name);
+
+    // Every record's payload crossed shuffle 1, so at least records x payload
+    // bytes were pushed to the worker, and every pushed byte was read back once.
+    let stats = worker_stats(&cluster.worker(0).address);
+    let payload_bytes = records * payload;
+    eprintln!(
+        "flink_e2e: {name}: worker pushed {} B, read {} B (payload bytes {payload_bytes})",
+        stats.bytes_pushed, stats.bytes_read
+    );
+    assert!(
+        stats.bytes_pushed >= payload_bytes,
+        "{name}: the worker saw {} bytes pushed, fewer than the {payload_bytes} payload bytes of shuffle 1",
+        stats.bytes_pushed
+    );
+    assert_eq!(
+        stats.bytes_read, stats.bytes_pushed,
+        "{name}: consumers must read back exactly what producers pushed"
+    );
+    cluster.assert_worker_empty(0);
+}
+
+#[test]
+fn keyed_aggregation_at_parallelism_4_matches_default_shuffle() {
+    run_on_terrace("terrace-p4", 4, 400_000, 100);
+}
+
+#[test]
+fn keyed_aggregation_shuffling_a_gib_at_parallelism_8_matches_default_shuffle() {
+    run_on_terrace("terrace-p8-1gib", 8, BIG_RECORDS, BIG_PAYLOAD);
+}
+
+/// SIGKILLs the only worker mid-shuffle and starts another: the job must end
+/// within [`KILLED_JOB_BOUND`] — rerun on the new worker with the right
+/// result, or failed with an error naming the lost partition — never hang.
+#[test]
+fn killed_worker_mid_shuffle_ends_the_job_in_bounded_time() {
+    let _flink = flink_lock();
+    let default = default_result(BIG_RECORDS, BIG_PAYLOAD);
+    let mut cluster = Cluster::start("3s");
+    let output = cluster.dir.path().join("killed.txt");
+    let mut flink = cluster.flink_config();
+    flink.extend(
+        [
+            "terrace.master.poll-interval=500ms",
+            "terrace.connect-timeout=2s",
+            "terrace.request-timeout=30s",
+            "restart-strategy.type=fixed-delay",
+            "restart-strategy.fixed-delay.attempts=20",
+            "restart-strategy.fixed-delay.delay=1s",
+        ]
+        .map(String::from),
+    );
+    let job = Job {
+        name: "terrace-killed-worker",
+        parallelism: 4,
+        records: BIG_RECORDS,
+        payload: BIG_PAYLOAD,
+        flink,
+    };
+    let running = job.spawn(&output, cluster.dir.path());
+
+    // Mid-shuffle: once 200 MB of the ~1.2 GB have been pushed.
+    let threshold = 200 << 20;
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let pushed = worker_stats(&cluster.worker(0).address).bytes_pushed;
+        if pushed >= threshold {
+            eprintln!("flink_e2e: killing the worker after {pushed} bytes pushed");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the job pushed only {pushed} bytes within 90 s; never reached the kill point"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (first, _) = cluster.workers.remove(0);
+    let killed_at = Instant::now();
+    first.kill();
+    let replacement = cluster.add_worker().address.clone();
+
+    let remaining = JOB_DEADLINE
+        .saturating_sub(running.started.elapsed())
+        .max(KILLED_JOB_BOUND);
+    let done = running.wait(remaining);
+    let after_kill = killed_at.elapsed();
+    eprintln!(
+        "flink_e2e: job with a killed worker ended {after_kill:.1?} after the kill ({:?})",
+        done.status
+    );
+    assert!(
+        done.status.is_some(),
+        "the job hung after its worker was killed:\n{}",
+        done.tail()
+    );
+    assert!(
+        after_kill < KILLED_JOB_BOUND,
+        "the job took {after_kill:?} after the kill, more than {KILLED_JOB_BOUND:?}"
+    );
+    if done.succeeded() {
+        // Rerun: the lost producers ran again on the new worker.
+        assert_same_result(
+            &output,
+            &default,
+            "the job rerun after its worker was killed",
+        );
+        let stats = worker_stats(&replacement);
+        assert!(
+            stats.bytes_pushed > 0,
+            "the job succeeded but pushed nothing to the replacement worker"
+        );
+        // Lost partitions reported by the master agent show up in the log.
+        let names_loss =
+            done.stderr.contains("worker lost") || done.stderr.contains("Terrace lost");
+        let failed_tasks = done.stderr.contains("switched from RUNNING to FAILED");
+        assert!(
+            names_loss || failed_tasks,
+            "no sign in the log that Flink noticed the lost worker:\n{}",
+            done.tail()
+        );
+        let index = cluster.workers.len() - 1;
+        cluster.assert_worker_empty(index);
+    } else {
+        let names_partition = done.stderr.contains("PartitionNotFoundException")
+            || done.stderr.contains("Terrace lost")
+            || done.stderr.contains("partition");
+        assert!(
+            names_partition,
+            "the job failed without naming the lost partition:\n{}",
+            done.tail()
+        );
+    }
+}
+
+/// The build script is idempotent: a second run changes nothing.
+#[test]
+fn jar_build_is_idempotent_and_bundles_the_native_library() {
+    let _flink = flink_lock();
+    let jar = terrace_jar();
+    let before = fs::metadata(&jar)
+        .and_then(|m| m.modified())
+        .expect("jar mtime");
+    let mut command = Command::new("bash");
+    command
+        .arg(repo_root().join("scripts/build-flink-jar.sh"))
+        .current_dir(repo_root());
+    let dir = tempfile::tempdir().expect("log directory");
+    let again = Child::spawn(command, dir.path(), "rebuild").wait(Duration::from_secs(600));
+    assert!(again.succeeded(), "second build failed:\n{}", again.tail());
+    let after = fs::metadata(&jar)
+        .and_then(|m| m.modified())
+        .expect("jar mtime");
+    assert_eq!(before, after, "an unchanged tree must not rewrite the jar");
+    let listing = Command::new("jar")
+        .args(["--list", "--file"])
+        .arg(&jar)
+        .output()
+        .expect("run jar --list");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for entry in [
+        "native/linux-x86_64/libterrace_flink.so",
+        "dev/terrace/flink/TerraceTierFactory.class",
+        "dev/terrace/flink/TerraceShuffleDescriptor.class",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.trim() == entry),
+            "{} lacks {entry}:\n{listing}",
+            jar.display()
+        );
+    }
+}
