@@ -97,10 +97,7 @@ impl ProducerAgent {
             subs: (0..stored_subs)
                 .map(|_| SubpartitionState::default())
                 .collect(),
-            batch: PushBatch::new(
-                stored_subs,
-                config.push_size.as_usize() + config.max_buffer_size.as_usize() / 4,
-            ),
+            batch: PushBatch::new(stored_subs, config.push_size.as_usize() + 64 * 1024),
             pusher,
             closed: false,
             spec,

@@ -1,16 +1,19 @@
-//! The producer's push batch: one arena per push, filled in arrival order
-//! (each buffer copied once), emitted in subpartition order as zero-copy
-//! slices of the arena, so a push is a region (non-decreasing subpartitions)
-//! without any sorting copy.
+//! The producer's push batch: one pooled arena per push, filled in arrival
+//! order (each buffer copied once), emitted in subpartition order as
+//! zero-copy slices of the arena, so a push is a region (non-decreasing
+//! subpartitions) without any sorting copy. The arena goes back to the shared
+//! pool once the push is written.
 
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
-use terrace_tier_api::{BUFFER_HEADER_LEN, DataType, SegmentId, SubpartitionId, put_buffer};
+use bytes::Bytes;
+use terrace_rpc::{PooledBuf, shared_pool};
+use terrace_tier_api::{BUFFER_HEADER_LEN, DataType, SegmentId, SubpartitionId, buffer_header};
 
 #[derive(Debug)]
 pub struct PushBatch {
-    arena: BytesMut,
+    arena: PooledBuf,
+    len: usize,
     /// Per subpartition, the arena ranges of its encoded buffers, in order.
     runs: Vec<Vec<Range<usize>>>,
     /// Subpartitions with at least one buffer in this batch.
@@ -19,11 +22,18 @@ pub struct PushBatch {
     capacity: usize,
 }
 
+fn new_arena(capacity: usize) -> PooledBuf {
+    let mut arena = shared_pool().take(capacity);
+    arena.set_len(0);
+    arena
+}
+
 impl PushBatch {
     /// A batch for `subpartitions`, expecting about `capacity` bytes per push.
     pub fn new(subpartitions: usize, capacity: usize) -> Self {
         PushBatch {
-            arena: BytesMut::with_capacity(capacity),
+            arena: new_arena(capacity),
+            len: 0,
             runs: vec![Vec::new(); subpartitions],
             used: Vec::new(),
             num_buffers: 0,
@@ -33,7 +43,7 @@ impl PushBatch {
 
     /// Encoded bytes in the batch.
     pub fn len(&self) -> usize {
-        self.arena.len()
+        self.len
     }
 
     pub fn num_buffers(&self) -> u32 {
@@ -49,16 +59,25 @@ impl PushBatch {
         compressed: bool,
         payload: &[u8],
     ) {
-        let start = self.arena.len();
-        put_buffer(
-            &mut self.arena,
+        let start = self.len;
+        let end = start + BUFFER_HEADER_LEN + payload.len();
+        if end > self.arena.capacity() {
+            // Rare: more than the expected push size; move to a larger arena.
+            let mut larger = new_arena(end.max(2 * self.arena.capacity()));
+            larger.spare_mut()[..start].copy_from_slice(&self.arena.spare_mut()[..start]);
+            self.arena = larger;
+        }
+        let header = buffer_header(
             SubpartitionId(sub as u32),
             SegmentId(segment),
             data_type,
             compressed,
-            payload,
+            payload.len(),
         );
-        let end = start + BUFFER_HEADER_LEN + payload.len();
+        let spare = self.arena.spare_mut();
+        spare[start..start + BUFFER_HEADER_LEN].copy_from_slice(&header);
+        spare[start + BUFFER_HEADER_LEN..end].copy_from_slice(payload);
+        self.len = end;
         let runs = &mut self.runs[sub];
         match runs.last_mut() {
             // Contiguous with this subpartition's previous buffer: extend the run.
@@ -74,8 +93,9 @@ impl PushBatch {
 
     /// Takes the batch as body chunks in subpartition order, and starts a new one.
     pub fn take(&mut self) -> (Vec<Bytes>, u32) {
-        let arena =
-            std::mem::replace(&mut self.arena, BytesMut::with_capacity(self.capacity)).freeze();
+        let mut arena = std::mem::replace(&mut self.arena, new_arena(self.capacity));
+        arena.set_len(std::mem::take(&mut self.len));
+        let arena = arena.freeze();
         self.used.sort_unstable();
         let mut chunks = Vec::new();
         for &sub in &self.used {
@@ -94,6 +114,16 @@ mod tests {
     use super::*;
     use terrace_tier_api::BatchReader;
 
+    fn decode(chunks: &[Bytes]) -> Vec<(u32, Vec<u8>)> {
+        let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        BatchReader::new(Bytes::from(body))
+            .collect_all()
+            .expect("valid batch")
+            .into_iter()
+            .map(|(h, b)| (h.subpartition.0, b.payload.to_vec()))
+            .collect()
+    }
+
     #[test]
     fn chunks_come_out_in_subpartition_order_with_every_buffer_once() {
         let mut batch = PushBatch::new(4, 1024);
@@ -111,26 +141,31 @@ mod tests {
         assert_eq!(batch.num_buffers(), 6);
         let (chunks, n) = batch.take();
         assert_eq!(n, 6);
-        let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        let decoded = BatchReader::new(Bytes::from(body))
-            .collect_all()
-            .expect("valid batch");
-        let got: Vec<(u32, &[u8])> = decoded
-            .iter()
-            .map(|(h, b)| (h.subpartition.0, b.payload.as_ref()))
-            .collect();
-        let want: Vec<(u32, &[u8])> = vec![
-            (0, b"a1"),
-            (0, b"a2"),
-            (0, b"a3"),
-            (1, b""),
-            (2, b"c1"),
-            (2, b"c2"),
-        ];
-        assert_eq!(got, want);
+        let want: Vec<(u32, Vec<u8>)> = [
+            (0, "a1"),
+            (0, "a2"),
+            (0, "a3"),
+            (1, ""),
+            (2, "c1"),
+            (2, "c2"),
+        ]
+        .into_iter()
+        .map(|(s, p)| (s, p.as_bytes().to_vec()))
+        .collect();
+        assert_eq!(decode(&chunks), want);
         // Adjacent buffers of one subpartition share a chunk: a2+a3 are contiguous.
         assert_eq!(chunks.len(), 5);
         assert_eq!(batch.len(), 0);
         assert_eq!(batch.num_buffers(), 0);
+    }
+
+    #[test]
+    fn a_batch_larger_than_expected_moves_to_a_larger_arena() {
+        let mut batch = PushBatch::new(2, 16);
+        let big = vec![9u8; 200_000];
+        batch.push(1, 0, DataType::Data, false, b"x");
+        batch.push(0, 0, DataType::Data, false, &big);
+        let (chunks, _) = batch.take();
+        assert_eq!(decode(&chunks), vec![(0, big), (1, b"x".to_vec())]);
     }
 }

@@ -265,6 +265,20 @@ fn stream_id_of(message: &Message) -> Option<u64> {
     }
 }
 
+/// Reads a frame; a body lands in a buffer of the shared pool.
+async fn read_frame_pooled(
+    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+) -> Result<Option<(Message, Bytes)>, terrace_proto::FrameError> {
+    let Some(prefix) = reader.read_prefix().await? else {
+        return Ok(None);
+    };
+    if prefix.body_len == 0 {
+        return reader.read_rest(prefix).await.map(Some);
+    }
+    let buffer = crate::buffers::shared_pool().take(prefix.remaining());
+    reader.read_rest_into(prefix, buffer).await.map(Some)
+}
+
 async fn read_loop(
     inner: std::sync::Weak<Inner>,
     mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
@@ -272,7 +286,7 @@ async fn read_loop(
 ) {
     let failure = loop {
         let frame = tokio::select! {
-            frame = reader.read_frame() => frame,
+            frame = read_frame_pooled(&mut reader) => frame,
             _ = cancel.cancelled() => break TierError::closed("connection closed"),
         };
         let Some(inner) = inner.upgrade() else { return };

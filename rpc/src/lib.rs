@@ -5,11 +5,13 @@
 //!
 //! It knows frames and request ids, never what a message means.
 
+mod buffers;
 mod client;
 mod runtime;
 mod server;
 mod writer;
 
+pub use buffers::{BufferPool, PooledBuf, class_size, shared_pool};
 pub use client::{Client, ClientOptions, PendingReply, StreamEvent, StreamReceiver};
 pub use runtime::io_runtime;
 pub use server::{accept_handshake, reply_error};

@@ -6,7 +6,7 @@
 //! sent. Workers store sub-runs of a decompressed batch unchanged, each with
 //! its own CRC32C, and serve them as read bodies.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::buffer::{Buffer, DataType};
 use crate::error::TierError;
@@ -100,6 +100,24 @@ impl BatchBuilder {
     }
 }
 
+/// The batch header of one buffer.
+pub fn buffer_header(
+    subpartition: SubpartitionId,
+    segment: SegmentId,
+    data_type: DataType,
+    compressed: bool,
+    len: usize,
+) -> [u8; BUFFER_HEADER_LEN] {
+    let len = u32::try_from(len).expect("buffer sizes are checked by the producer");
+    let mut header = [0u8; BUFFER_HEADER_LEN];
+    header[0..4].copy_from_slice(&subpartition.0.to_le_bytes());
+    header[4..8].copy_from_slice(&segment.0.to_le_bytes());
+    header[8] = data_type.code();
+    header[9] = if compressed { FLAG_COMPRESSED } else { 0 };
+    header[10..14].copy_from_slice(&len.to_le_bytes());
+    header
+}
+
 /// Encodes one buffer (header and payload) at the end of `dst`.
 pub fn put_buffer(
     dst: &mut BytesMut,
@@ -110,12 +128,13 @@ pub fn put_buffer(
     payload: &[u8],
 ) {
     dst.reserve(BUFFER_HEADER_LEN + payload.len());
-    dst.put_u32_le(subpartition.0);
-    dst.put_u32_le(segment.0);
-    dst.put_u8(data_type.code());
-    dst.put_u8(if compressed { FLAG_COMPRESSED } else { 0 });
-    let len = u32::try_from(payload.len()).expect("buffer sizes are checked by the producer");
-    dst.put_u32_le(len);
+    dst.extend_from_slice(&buffer_header(
+        subpartition,
+        segment,
+        data_type,
+        compressed,
+        payload.len(),
+    ));
     dst.extend_from_slice(payload);
 }
 

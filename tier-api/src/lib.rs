@@ -10,6 +10,7 @@
 
 mod batch;
 mod buffer;
+mod checksum;
 mod config;
 mod contract;
 mod descriptor;
@@ -17,10 +18,12 @@ mod error;
 mod ids;
 
 pub use batch::{
-    BUFFER_HEADER_LEN, BatchBuilder, BatchReader, BufferHeader, EncodedBatch, check_push_crc,
-    compress_batch, decode_push_body, decompress_batch, decompress_batch_into, put_buffer,
+    BUFFER_HEADER_LEN, BatchBuilder, BatchReader, BufferHeader, EncodedBatch, buffer_header,
+    check_push_crc, compress_batch, decode_push_body, decompress_batch, decompress_batch_into,
+    put_buffer,
 };
 pub use buffer::{Buffer, DataType};
+pub use checksum::crc32c_combine;
 pub use config::{AgentConfig, ByteSize};
 pub use contract::{
     AvailabilityNotifier, ConsumerSpec, SubpartitionRange, TierConsumerAgent, TierMasterAgent,

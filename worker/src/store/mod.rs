@@ -2,7 +2,6 @@
 //! budget, their files, and recovery of sealed partitions after a restart.
 
 mod budget;
-mod buffers;
 mod index;
 mod partition;
 
@@ -13,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use terrace_rpc::{BufferPool, PooledBuf, class_size};
 use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use budget::{MemoryBudget, Reservation};
-pub use buffers::{BufferPool, PooledBuf, class_size};
 pub use index::{Extent, Location, PersistedIndex};
 pub use partition::{NextRead, Partition, PartitionMeta, read_extents};
 

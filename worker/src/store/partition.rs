@@ -173,7 +173,7 @@ impl Partition {
         )?;
         if let Some(expected) = expected_crc32c {
             let actual = runs.iter().fold(0u32, |crc, run| {
-                crc32c::crc32c_combine(crc, run.crc32c, run.bytes.len())
+                terrace_tier_api::crc32c_combine(crc, run.crc32c, run.bytes.len())
             });
             if actual != expected {
                 return Err(TierError::corruption(format!(
@@ -559,7 +559,8 @@ fn persist_index(
     Ok(())
 }
 
-/// Reads `extents` (all in the local file or memory) into one body.
+/// Reads `extents` (in memory or in the local file) into one body, in a
+/// buffer of the shared pool.
 pub fn read_extents(data_path: &std::path::Path, extents: &[Extent]) -> std::io::Result<Bytes> {
     use std::os::unix::fs::FileExt;
     if let [
@@ -572,11 +573,11 @@ pub fn read_extents(data_path: &std::path::Path, extents: &[Extent]) -> std::io:
         return Ok(bytes.clone());
     }
     let total: usize = extents.iter().map(|e| e.len as usize).sum();
-    let mut out = vec![0u8; total];
+    let mut out = terrace_rpc::shared_pool().take(total);
     let mut file: Option<File> = None;
     let mut at = 0;
     for extent in extents {
-        let dst = &mut out[at..at + extent.len as usize];
+        let dst = &mut out.as_mut()[at..at + extent.len as usize];
         match &extent.location {
             Location::Memory(bytes) => dst.copy_from_slice(bytes),
             Location::LocalFile { offset } => {
@@ -590,5 +591,5 @@ pub fn read_extents(data_path: &std::path::Path, extents: &[Extent]) -> std::io:
         }
         at += extent.len as usize;
     }
-    Ok(Bytes::from(out))
+    Ok(out.freeze())
 }

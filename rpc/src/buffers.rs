@@ -1,9 +1,9 @@
-//! Recycled receive buffers. Every pushed frame (and every decompressed
-//! batch) lands in a buffer from this pool; the buffer owns the bytes of the
-//! stored extents until they are flushed, then goes back to the pool when the
-//! last slice is dropped. Reusing buffers keeps the allocator out of the data
-//! path: no page faults for fresh memory on every push, and no freed memory
-//! stranded in the allocator's arenas, so resident memory tracks the budget.
+//! Recycled large buffers: frame bodies received, read bodies assembled,
+//! push batches built. A buffer is wrapped in `Bytes` (`Bytes::from_owner`)
+//! and goes back to its pool when the last slice of it is dropped. Reusing
+//! buffers keeps the allocator out of the data path: no page faults and
+//! zeroing of fresh memory for every frame, and no freed memory stranded in
+//! the allocator's arenas, so resident memory tracks what is really in use.
 //!
 //! Buffers come in size classes (multiples of 64 KiB up to 2 MiB, of 1 MiB
 //! above). The pool never holds more than its limit in buffers, in use and
@@ -60,6 +60,33 @@ impl AsMut<[u8]> for PooledBuf {
     }
 }
 
+impl PooledBuf {
+    /// Bytes the buffer can hold (its class size).
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Sets how many bytes are meaningful (at most the capacity).
+    pub fn set_len(&mut self, len: usize) {
+        assert!(
+            len <= self.data.len(),
+            "pooled buffer length past its capacity"
+        );
+        self.len = len;
+    }
+
+    /// The whole buffer, past the meaningful length too.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+
+    /// Freezes the first `len()` bytes into `Bytes` that return the buffer to
+    /// its pool when their last slice is dropped.
+    pub fn freeze(self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(self)
+    }
+}
+
 impl Drop for PooledBuf {
     fn drop(&mut self) {
         self.pool.give_back(std::mem::take(&mut self.data));
@@ -80,7 +107,9 @@ impl BufferPool {
     }
 
     /// A buffer for `len` bytes (contents unspecified; callers overwrite them).
-    /// The caller must hold a budget reservation of `class_size(len)` bytes.
+    /// Never fails: past the limit a buffer is still allocated, but not kept
+    /// when it comes back. (The worker's memory budget reserves
+    /// `class_size(len)` before taking a buffer, so its pool stays in bounds.)
     pub fn take(self: &Arc<Self>, len: usize) -> PooledBuf {
         let class = class_size(len);
         let reused = {
@@ -127,6 +156,14 @@ impl BufferPool {
     pub fn allocated(&self) -> usize {
         self.lock().allocated
     }
+}
+
+/// The process-wide pool for buffers outside any memory budget: bodies
+/// received by clients, producers' push batches, a worker's read bodies
+/// (bounded by credits). Keeps at most 256 MiB of buffers.
+pub fn shared_pool() -> &'static Arc<BufferPool> {
+    static POOL: std::sync::OnceLock<Arc<BufferPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| BufferPool::new(256 * 1024 * 1024))
 }
 
 #[cfg(test)]
