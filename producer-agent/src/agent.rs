@@ -135,21 +135,10 @@ impl ProducerAgent {
         Ok(subpartition.0 as usize)
     }
 
-    fn append(
-        &mut self,
-        sub: usize,
-        segment: u32,
-        data_type: DataType,
-        compressed: bool,
-        payload: &[u8],
-    ) {
-        self.batch
-            .push(sub, segment, data_type, compressed, payload);
-    }
-
     fn append_end_of_segment(&mut self, sub: usize, segment: u32) {
         let marker = self.spec.end_of_segment_payload.clone();
-        self.append(sub, segment, DataType::EndOfSegment, false, &marker);
+        self.batch
+            .push(sub, segment, DataType::EndOfSegment, false, &marker);
     }
 
     /// [`TierProducerAgent::try_write`] for a borrowed payload: copies it into
@@ -190,7 +179,8 @@ impl ProducerAgent {
             self.append_end_of_segment(sub, segment);
             self.subs[sub].segment_ended = true;
         } else {
-            self.append(sub, segment, data_type, compressed, payload);
+            self.batch
+                .push(sub, segment, data_type, compressed, payload);
             let state = &mut self.subs[sub];
             state.bytes_in_segment += payload.len() as u64;
             state.buffers_in_segment += 1;
