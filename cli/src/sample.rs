@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
-use terrace_consumer_agent::ConsumerAgent;
-use terrace_producer_agent::{ProducerAgent, ProducerSpec};
+use terrace_agents::{
+    TerraceConsumerAgent as ConsumerAgent, TerraceProducerAgent as ProducerAgent,
+    TerraceTierFactory,
+};
 use terrace_tier_api::{
-    AgentConfig, AvailabilityNotifier, Buffer, ConsumerSpec, DataType, InputChannelId, JobId,
-    PartitionId, SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierError,
-    TierMasterAgent, TierProducerAgent, TierShuffleHandler, WriteOutcome,
+    AvailabilityNotifier, Buffer, ConsumerSpec, DataType, InputChannelId, JobId, PartitionId,
+    ProducerSpec, SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierError,
+    TierFactory, TierMasterAgent, TierProducerAgent, TierShuffleHandler, WriteOutcome,
 };
 
 const POOL_BYTES: usize = 64 * 1024 * 1024;
@@ -76,12 +78,12 @@ impl Pool {
     }
 }
 
-/// Runs one sample shuffle for `job` through `master` (placement) and the
-/// producer and consumer agents.
+/// Runs one sample shuffle for `job`: `master` (from `factory`) places the
+/// partitions, and producer and consumer agents from `factory` move the data.
 pub fn run_shuffle(
+    factory: &TerraceTierFactory,
     master: &dyn TierMasterAgent,
     job: &JobId,
-    config: &AgentConfig,
     params: &ShuffleParams,
     pool: &Pool,
 ) -> anyhow::Result<ShuffleReport> {
@@ -98,22 +100,20 @@ pub fn run_shuffle(
     let readers = if params.read_after_write {
         Vec::new()
     } else {
-        start_readers(config, params, pool, &descriptors)?
+        start_readers(factory, params, pool, &descriptors)?
     };
     let mut writers = Vec::new();
     // The moment the last producer had every push acknowledged.
     let acked: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     for (p, descriptor) in descriptors.iter().enumerate() {
-        let agent = ProducerAgent::new(
-            config.clone(),
-            ProducerSpec {
+        let agent = factory
+            .create_producer_agent(ProducerSpec {
                 descriptor: descriptor.clone(),
                 num_subpartitions: params.subpartitions,
                 broadcast_only: false,
                 end_of_segment_payload: Bytes::from_static(EOS_PAYLOAD),
-            },
-        )
-        .context("create a producer agent")?;
+            })
+            .context("create a producer agent")?;
         let params = params.clone();
         let pool = pool.clone();
         let acked = Arc::clone(&acked);
@@ -142,7 +142,7 @@ pub fn run_shuffle(
         });
     let read_start = Instant::now();
     let readers = if params.read_after_write {
-        start_readers(config, params, pool, &descriptors)?
+        start_readers(factory, params, pool, &descriptors)?
     } else {
         readers
     };
@@ -264,7 +264,7 @@ impl AvailabilityNotifier for Wakeup {
 type Reader = thread::JoinHandle<anyhow::Result<u64>>;
 
 fn start_readers(
-    config: &AgentConfig,
+    factory: &TerraceTierFactory,
     params: &ShuffleParams,
     pool: &Pool,
     descriptors: &[ShuffleDescriptor],
@@ -288,11 +288,8 @@ fn start_readers(
                 subpartitions: first..=last,
             });
         }
-        let mut consumer = ConsumerAgent::new(
-            config.clone(),
-            specs,
-            descriptors.iter().cloned().map(Some).collect(),
-        )?;
+        let mut consumer = factory
+            .create_consumer_agent(specs, descriptors.iter().cloned().map(Some).collect())?;
         let wakeup = Arc::new(Wakeup::default());
         consumer.register_availability_notifier(Arc::clone(&wakeup) as _);
         consumer.start()?;

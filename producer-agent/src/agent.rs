@@ -1,27 +1,14 @@
 //! The producer agent: segment rules and batching.
 
-use bytes::Bytes;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions, io_runtime};
 use terrace_tier_api::{
-    AgentConfig, Buffer, DataType, PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId,
+    AgentConfig, Buffer, DataType, PartitionKey, ProducerSpec, SegmentId, SubpartitionId,
     TierError, TierProducerAgent, TierResult, WriteOutcome,
 };
 
 use crate::batch::PushBatch;
 use crate::pusher::Pusher;
-
-/// What the engine tells a producer agent about its partition.
-#[derive(Debug, Clone)]
-pub struct ProducerSpec {
-    pub descriptor: ShuffleDescriptor,
-    pub num_subpartitions: u32,
-    /// All data goes to subpartition 0 and every reader reads it (Flink `isBroadcastOnly`).
-    pub broadcast_only: bool,
-    /// Payload of the END_OF_SEGMENT buffers this agent appends (Flink: the
-    /// serialized `EndOfSegmentEvent`).
-    pub end_of_segment_payload: Bytes,
-}
 
 #[derive(Debug, Default)]
 struct SubpartitionState {

@@ -11,4 +11,5 @@ mod agent;
 mod batch;
 mod pusher;
 
-pub use agent::{ProducerAgent, ProducerSpec};
+pub use agent::ProducerAgent;
+pub use terrace_tier_api::ProducerSpec;

@@ -8,10 +8,51 @@
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::buffer::Buffer;
 use crate::descriptor::ShuffleDescriptor;
 use crate::error::{TierError, TierResult};
 use crate::ids::{InputChannelId, JobId, PartitionId, SegmentId, SubpartitionId};
+
+/// Creates the agents of one tier (Flink `TierFactory`). Flink's factory is
+/// built by class name and then `setup` with the engine's configuration;
+/// here the configuration is the constructor's argument. Memory specs, netty
+/// services and resource registries are Flink's own and stay in the Flink
+/// adapter.
+pub trait TierFactory: Send + Sync {
+    type MasterAgent: TierMasterAgent;
+    type ProducerAgent: TierProducerAgent;
+    type ConsumerAgent: TierConsumerAgent;
+
+    /// In the engine's coordinator: once per shuffle master.
+    fn create_master_agent(&self) -> TierResult<Self::MasterAgent>;
+
+    /// In an engine worker: one per produced partition, whose descriptor came
+    /// from [`TierMasterAgent::add_partition_and_get_shuffle_descriptor`].
+    fn create_producer_agent(&self, spec: ProducerSpec) -> TierResult<Self::ProducerAgent>;
+
+    /// In an engine worker: one per input gate; `descriptors[i]` belongs to
+    /// `specs[i]`, `None` while not known yet.
+    fn create_consumer_agent(
+        &self,
+        specs: Vec<ConsumerSpec>,
+        descriptors: Vec<Option<ShuffleDescriptor>>,
+    ) -> TierResult<Self::ConsumerAgent>;
+}
+
+/// What the engine tells a producer agent about its partition (the
+/// engine-neutral part of Flink's `createProducerAgent` arguments).
+#[derive(Debug, Clone)]
+pub struct ProducerSpec {
+    pub descriptor: ShuffleDescriptor,
+    pub num_subpartitions: u32,
+    /// All data goes to subpartition 0 and every reader reads it (Flink `isBroadcastOnly`).
+    pub broadcast_only: bool,
+    /// Payload of the END_OF_SEGMENT buffers the agent appends (Flink: the
+    /// serialized `EndOfSegmentEvent`).
+    pub end_of_segment_payload: Bytes,
+}
 
 /// The engine's callbacks from a master agent (Flink `TierShuffleHandler`).
 pub trait TierShuffleHandler: Send + Sync {

@@ -26,8 +26,8 @@ pub use buffer::{Buffer, DataType};
 pub use checksum::crc32c_combine;
 pub use config::{AgentConfig, ByteSize};
 pub use contract::{
-    AvailabilityNotifier, ConsumerSpec, SubpartitionRange, TierConsumerAgent, TierMasterAgent,
-    TierProducerAgent, TierShuffleHandler, WriteOutcome,
+    AvailabilityNotifier, ConsumerSpec, ProducerSpec, SubpartitionRange, TierConsumerAgent,
+    TierFactory, TierMasterAgent, TierProducerAgent, TierShuffleHandler, WriteOutcome,
 };
 pub use descriptor::ShuffleDescriptor;
 pub use error::{ErrorKind, TierError, TierResult};

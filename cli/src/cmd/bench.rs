@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierMasterAgent};
+use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgent};
 
 use crate::cmd::cluster::Cluster;
 use crate::sample::{LogLosses, Pool, ShuffleParams, ShuffleReport, run_shuffle};
@@ -89,7 +89,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         compression: args.compression,
         ..AgentConfig::default()
     };
-    let master = cluster.master_agent(&config)?;
+    let factory = cluster.factory(&config)?;
+    let master = factory
+        .create_master_agent()
+        .context("create the master agent")?;
     let pool = Pool::new();
     let mut params = ShuffleParams {
         producers: args.producers,
@@ -109,13 +112,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         let job = JobId::new(b"terrace-bench-warmup".to_vec())?;
         master.register_job(&job, Arc::new(LogLosses))?;
-        run_shuffle(&master, &job, &config, &params, &pool)?;
+        run_shuffle(&factory, &master, &job, &params, &pool)?;
         master.unregister_job(&job)?;
     }
     eprintln!("pushing then reading {:.0} MiB ...", payload as f64 / MIB);
     let job = JobId::new(b"terrace-bench-1".to_vec())?;
     master.register_job(&job, Arc::new(LogLosses))?;
-    let write_then_read = run_shuffle(&master, &job, &config, &params, &pool)?;
+    let write_then_read = run_shuffle(&factory, &master, &job, &params, &pool)?;
     master.unregister_job(&job)?;
     eprintln!(
         "pushing and reading {:.0} MiB concurrently ...",
@@ -124,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     params.read_after_write = false;
     let job = JobId::new(b"terrace-bench-2".to_vec())?;
     master.register_job(&job, Arc::new(LogLosses))?;
-    let concurrent = run_shuffle(&master, &job, &config, &params, &pool)?;
+    let concurrent = run_shuffle(&factory, &master, &job, &params, &pool)?;
     master.unregister_job(&job)?;
     master.close();
     cluster.stop()?;

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use terrace_agents::TerraceTierFactory;
 use terrace_master::MasterConfig;
-use terrace_master_agent::MasterAgent;
 use terrace_tier_api::{AgentConfig, ByteSize};
 use terrace_worker::{WorkerConfig, WorkerHandle};
 use tokio_util::sync::CancellationToken;
@@ -64,20 +64,21 @@ impl Cluster {
         })
     }
 
-    /// A master agent for this cluster, once every worker has registered.
-    pub fn master_agent(&self, config: &AgentConfig) -> anyhow::Result<MasterAgent> {
-        let agent = MasterAgent::new(AgentConfig {
+    /// A tier factory for this cluster (agents with `config`, talking to this
+    /// cluster's master), once every worker has registered.
+    pub fn factory(&self, config: &AgentConfig) -> anyhow::Result<TerraceTierFactory> {
+        let factory = TerraceTierFactory::new(AgentConfig {
             master_addresses: vec![self.master_address.clone()],
             ..config.clone()
         })
-        .context("create the master agent")?;
+        .context("create the tier factory")?;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let registered = self
                 .runtime
                 .block_on(registered_workers(&self.master_address))?;
             if registered >= self.workers.len() {
-                return Ok(agent);
+                return Ok(factory);
             }
             anyhow::ensure!(
                 std::time::Instant::now() < deadline,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierMasterAgent};
+use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgent};
 
 use crate::cmd::cluster::Cluster;
 use crate::sample::{LogLosses, Pool, ShuffleParams, run_shuffle};
@@ -40,7 +40,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         compression: args.compression,
         ..AgentConfig::default()
     };
-    let master = cluster.master_agent(&config)?;
+    let factory = cluster.factory(&config)?;
+    let master = factory
+        .create_master_agent()
+        .context("create the master agent")?;
     let job = JobId::new(b"terrace-demo-job".to_vec())?;
     master
         .register_job(&job, Arc::new(LogLosses))
@@ -55,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         read_timeout: Duration::from_secs(120),
     };
     let pool = Pool::new();
-    let report = run_shuffle(&master, &job, &config, &params, &pool)?;
+    let report = run_shuffle(&factory, &master, &job, &params, &pool)?;
     master
         .unregister_job(&job)
         .context("unregister the demo job")?;
