@@ -234,6 +234,15 @@ fn write_partition(
     Ok((segments, buffers))
 }
 
+/// Prints a report as pretty JSON on stdout (`--json`).
+pub fn print_json(report: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).context("encode report")?
+    );
+    Ok(())
+}
+
 /// The engine side of lost-partition reports in the demo and the benchmark:
 /// nothing should be lost there, so a report is logged as an error.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use anyhow::Context;
 use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgent};
 
 use crate::cmd::cluster::Cluster;
-use crate::sample::{LogLosses, Pool, ShuffleParams, ShuffleReport, run_shuffle};
+use crate::sample::{LogLosses, Pool, ShuffleParams, ShuffleReport, print_json, run_shuffle};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -154,10 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         concurrent,
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("encode report")?
-        );
+        print_json(&report)?;
     } else {
         println!(
             "terrace bench: {:.0} MiB per phase, {} producers x {} subpartitions, {} consumers, compression {}, warm-up {}",

@@ -9,7 +9,7 @@ use anyhow::Context;
 use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgent};
 
 use crate::cmd::cluster::Cluster;
-use crate::sample::{LogLosses, Pool, ShuffleParams, run_shuffle};
+use crate::sample::{LogLosses, Pool, ShuffleParams, print_json, run_shuffle};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -66,10 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cluster.stop()?;
     let mib = report.payload_bytes as f64 / (1024.0 * 1024.0);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("encode report")?
-        );
+        print_json(&report)?;
     } else {
         println!(
             "terrace demo: {} producers x {} subpartitions, {} segments, {} buffers, {:.0} MiB",

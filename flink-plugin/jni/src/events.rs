@@ -22,6 +22,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Blocks on `wake` for up to `timeout` until `check` decides (returns
+/// `Some`), checking once more after every wake-up; `TimedOut` otherwise.
+fn wait_for<S, R>(
+    state: &Mutex<S>,
+    wake: &Condvar,
+    timeout: Duration,
+    mut check: impl FnMut(&mut S) -> Option<Waited<R>>,
+) -> Waited<R> {
+    let deadline = Instant::now() + timeout;
+    let mut guard = lock(state);
+    loop {
+        if let Some(decided) = check(&mut guard) {
+            return decided;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Waited::TimedOut;
+        }
+        guard = wake
+            .wait_timeout(guard, deadline - now)
+            .map(|(guard, _)| guard)
+            .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+    }
+}
+
 #[derive(Debug)]
 struct QueueState<T> {
     items: VecDeque<T>,
@@ -60,25 +85,15 @@ impl<T> WaitQueue<T> {
 
     /// Waits up to `timeout` for events and takes all of them.
     pub fn wait(&self, timeout: Duration) -> Waited<Vec<T>> {
-        let deadline = Instant::now() + timeout;
-        let mut state = lock(&self.state);
-        loop {
+        wait_for(&self.state, &self.wake, timeout, |state| {
             if state.closed {
-                return Waited::Closed;
+                Some(Waited::Closed)
+            } else if state.items.is_empty() {
+                None
+            } else {
+                Some(Waited::Events(state.items.drain(..).collect()))
             }
-            if !state.items.is_empty() {
-                return Waited::Events(state.items.drain(..).collect());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Waited::TimedOut;
-            }
-            state = self
-                .wake
-                .wait_timeout(state, deadline - now)
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-        }
+        })
     }
 
     /// Wakes every waiter; later waits return `Closed` at once.
@@ -131,31 +146,21 @@ impl ReadySet {
     /// Waits up to `timeout` for flagged streams; copies at most `out.len()` of
     /// them into `out` (the rest stay flagged) and returns how many.
     pub fn wait(&self, timeout: Duration, out: &mut [i32]) -> Waited<usize> {
-        let deadline = Instant::now() + timeout;
-        let mut state = lock(&self.state);
-        loop {
+        wait_for(&self.state, &self.wake, timeout, |state| {
             if state.closed {
-                return Waited::Closed;
+                return Some(Waited::Closed);
             }
-            if !state.order.is_empty() && !out.is_empty() {
-                let n = state.order.len().min(out.len());
-                let taken: Vec<usize> = state.order.drain(..n).collect();
-                for (slot, stream) in out.iter_mut().zip(taken) {
-                    state.flagged[stream] = false;
-                    *slot = i32::try_from(stream).expect("stream indices come from a Java int");
-                }
-                return Waited::Events(n);
+            if state.order.is_empty() || out.is_empty() {
+                return None;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Waited::TimedOut;
+            let n = state.order.len().min(out.len());
+            let taken: Vec<usize> = state.order.drain(..n).collect();
+            for (slot, stream) in out.iter_mut().zip(taken) {
+                state.flagged[stream] = false;
+                *slot = i32::try_from(stream).expect("stream indices come from a Java int");
             }
-            state = self
-                .wake
-                .wait_timeout(state, deadline - now)
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-        }
+            Some(Waited::Events(n))
+        })
     }
 
     pub fn close(&self) {

@@ -50,21 +50,22 @@ fn data_type(code: jint) -> NativeResult<DataType> {
     })
 }
 
-/// Copies one buffer into the producer's push batch (the only copy).
+/// Checks a write's Java arguments and copies the buffer into the
+/// producer's push batch (the only copy).
 fn write(
     agent: &mut ProducerAgent,
-    subpartition: u32,
-    data_type: DataType,
-    compressed: bool,
+    subpartition: jint,
+    data_type_code: jint,
+    compressed: jboolean,
     payload: &[u8],
-    num_remaining: u32,
+    num_remaining: jint,
 ) -> NativeResult<jint> {
     let written = agent.try_write_slice(
-        SubpartitionId(subpartition),
-        data_type,
-        compressed,
+        SubpartitionId(non_negative("subpartition", subpartition)?),
+        data_type(data_type_code)?,
+        compressed != 0,
         payload,
-        num_remaining,
+        non_negative("numRemainingConsecutiveBuffers", num_remaining)?,
     )?;
     Ok(if written {
         WRITE_OK
@@ -150,9 +151,6 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerWrite<'l>(
 ) -> jint {
     entry(&mut env, "write buffer to Terrace", 0, |env| {
         let producer = PRODUCERS.get(handle)?;
-        let subpartition = non_negative("subpartition", subpartition)?;
-        let num_remaining = non_negative("numRemainingConsecutiveBuffers", num_remaining)?;
-        let data_type = data_type(data_type_code)?;
         let ptr = java::direct_region(env, "buffer", &data, offset, length)?;
         let len = non_negative("length", length)? as usize;
         // SAFETY: `direct_region` checked `ptr..ptr+len` lies in the direct
@@ -168,8 +166,8 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerWrite<'l>(
         write(
             &mut agent,
             subpartition,
-            data_type,
-            compressed != 0,
+            data_type_code,
+            compressed,
             payload,
             num_remaining,
         )
@@ -193,9 +191,6 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerWriteArray<'l
 ) -> jint {
     entry(&mut env, "write buffer to Terrace", 0, |env| {
         let producer = PRODUCERS.get(handle)?;
-        let subpartition = non_negative("subpartition", subpartition)?;
-        let num_remaining = non_negative("numRemainingConsecutiveBuffers", num_remaining)?;
-        let data_type = data_type(data_type_code)?;
         let offset = non_negative("offset", offset)?;
         let len = non_negative("length", length)? as usize;
         if data.is_null() {
@@ -208,8 +203,8 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerWriteArray<'l
         write(
             &mut *producer.lock()?,
             subpartition,
-            data_type,
-            compressed != 0,
+            data_type_code,
+            compressed,
             &payload,
             num_remaining,
         )
