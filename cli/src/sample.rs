@@ -87,6 +87,49 @@ pub fn run_shuffle(
     params: &ShuffleParams,
     pool: &Pool,
 ) -> anyhow::Result<ShuffleReport> {
+    let (report, descriptors) = shuffle_and_keep(factory, master, job, params, pool)?;
+    release_all(master, &descriptors)?;
+    Ok(report)
+}
+
+/// Releases the partitions of a shuffle.
+pub fn release_all(
+    master: &dyn TierMasterAgent,
+    descriptors: &[ShuffleDescriptor],
+) -> anyhow::Result<()> {
+    for descriptor in descriptors {
+        master
+            .release_partition(descriptor)
+            .context("release a partition")?;
+    }
+    Ok(())
+}
+
+/// Reads every partition of a finished shuffle again and verifies every
+/// byte; returns the bytes verified.
+pub fn read_back(
+    factory: &TerraceTierFactory,
+    params: &ShuffleParams,
+    pool: &Pool,
+    descriptors: &[ShuffleDescriptor],
+) -> anyhow::Result<u64> {
+    let mut verified = 0;
+    for reader in start_readers(factory, params, pool, descriptors)? {
+        verified += reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("a consumer thread panicked"))??;
+    }
+    Ok(verified)
+}
+
+/// [`run_shuffle`] without the release: returns the partitions' descriptors.
+pub fn shuffle_and_keep(
+    factory: &TerraceTierFactory,
+    master: &dyn TierMasterAgent,
+    job: &JobId,
+    params: &ShuffleParams,
+    pool: &Pool,
+) -> anyhow::Result<(ShuffleReport, Vec<ShuffleDescriptor>)> {
     let start = Instant::now();
     let mut descriptors = Vec::new();
     for p in 0..params.producers {
@@ -159,12 +202,7 @@ pub fn run_shuffle(
         report.verified_bytes,
         report.payload_bytes
     );
-    for descriptor in &descriptors {
-        master
-            .release_partition(descriptor)
-            .context("release a partition")?;
-    }
-    Ok(report)
+    Ok((report, descriptors))
 }
 
 /// Writes one partition the way Flink's producer client does; returns

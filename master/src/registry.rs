@@ -10,16 +10,18 @@ use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
 use crate::config::MasterConfig;
 
 /// What a worker reported in its last heartbeat.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct WorkerLoad {
     pub stored_bytes: u64,
     pub memory_used_bytes: u64,
     pub open_partitions: u32,
     pub sealed_partitions: u32,
+    /// Per-tier figures, passed through to `terrace status` as the worker sent them.
+    pub tiers: Option<terrace_proto::pb::TierStats>,
 }
 
 /// A live worker as listed to clients.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct WorkerSnapshot {
     pub id: String,
     pub data_address: String,
@@ -232,7 +234,7 @@ impl Registry {
             .map(|(id, w)| WorkerSnapshot {
                 id: id.clone(),
                 data_address: w.data_address.clone(),
-                load: w.load,
+                load: w.load.clone(),
                 since_heartbeat: now.saturating_duration_since(w.last_heartbeat),
             })
             .collect()

@@ -69,6 +69,7 @@ fn load(stored_bytes: u64) -> pb::WorkerLoad {
         memory_used_bytes: 7,
         open_partitions: 2,
         sealed_partitions: 3,
+        tiers: None,
     }
 }
 

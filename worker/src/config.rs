@@ -1,5 +1,6 @@
 //! Worker configuration (`terrace worker --config worker.toml`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,6 +20,13 @@ pub struct WorkerConfig {
     pub worker_id: Option<String>,
     /// Directories for partition data files; partitions are spread over them.
     pub data_dirs: Vec<PathBuf>,
+    /// Bytes of data files each directory may hold. Default: the
+    /// filesystem's free space less `dir_reserve` (never more than that).
+    pub dir_capacity: Option<ByteSize>,
+    /// Free space left untouched on each directory's filesystem.
+    pub dir_reserve: ByteSize,
+    /// The object-store tier (cold and overflow data). Absent: none.
+    pub object_store: Option<ObjectStoreConfig>,
     /// Bytes of pushed data held in memory at most; pushes wait beyond it.
     pub memory_budget: ByteSize,
     /// When memory use passes this fraction of the budget, the flusher writes
@@ -47,6 +55,9 @@ impl Default for WorkerConfig {
             advertise_address: None,
             worker_id: None,
             data_dirs: vec![PathBuf::from("./terrace-data")],
+            dir_capacity: None,
+            dir_reserve: ByteSize::gib(1),
+            object_store: None,
             memory_budget: ByteSize::gib(1),
             flush_high_watermark: 0.75,
             flush_low_watermark: 0.5,
@@ -82,6 +93,98 @@ impl WorkerConfig {
         }
         if self.heartbeat_interval.is_zero() {
             return Err("heartbeat_interval must be positive".into());
+        }
+        if let Some(store) = &self.object_store {
+            store.validate(self.max_frame_size)?;
+        }
+        Ok(())
+    }
+}
+
+/// The `[object_store]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectStoreConfig {
+    /// `s3://bucket/prefix`, `file:///path` or `memory://`.
+    pub url: String,
+    /// Builder options, e.g. `aws_endpoint`, `aws_access_key_id`,
+    /// `aws_secret_access_key`, `aws_region`, `aws_allow_http`. They override
+    /// the `AWS_*` environment variables.
+    pub options: BTreeMap<String, String>,
+    /// One request, body included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Retries of a failed request (after the first attempt).
+    pub retries: u32,
+    /// First wait before a retry; doubled each time, at most 10 s.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Largest overflow object, and the part size of migration uploads (S3
+    /// needs at least 5 MiB).
+    pub part_size: ByteSize,
+    /// Bytes of object-store reads held at once.
+    pub read_budget: ByteSize,
+    /// Sealed partitions not read for this long move to the object store.
+    #[serde(with = "humantime_serde")]
+    pub cold_after: Duration,
+    /// Local use (fraction of the directories' capacity) above which the
+    /// oldest sealed partitions move to the object store...
+    pub local_high_watermark: f64,
+    /// ...until it falls under this fraction.
+    pub local_low_watermark: f64,
+    /// How often the migrator looks.
+    #[serde(with = "humantime_serde")]
+    pub migration_interval: Duration,
+}
+
+impl Default for ObjectStoreConfig {
+    fn default() -> Self {
+        ObjectStoreConfig {
+            url: String::new(),
+            options: BTreeMap::new(),
+            request_timeout: Duration::from_secs(30),
+            retries: 4,
+            backoff: Duration::from_millis(200),
+            part_size: ByteSize::mib(16),
+            read_budget: ByteSize::mib(64),
+            cold_after: Duration::from_secs(600),
+            local_high_watermark: 0.9,
+            local_low_watermark: 0.75,
+            migration_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ObjectStoreConfig {
+    fn validate(&self, max_frame_size: ByteSize) -> Result<(), String> {
+        if self.url.is_empty() {
+            return Err(
+                "object_store.url is required (s3://bucket/prefix, file:///path or memory://)"
+                    .into(),
+            );
+        }
+        if self.request_timeout.is_zero() || self.migration_interval.is_zero() {
+            return Err(
+                "object_store.request_timeout and migration_interval must be positive".into(),
+            );
+        }
+        if self.part_size.as_u64() < 5 << 20 {
+            return Err(format!(
+                "object_store.part_size ({}) must be at least 5MiB (S3's smallest multipart part)",
+                self.part_size
+            ));
+        }
+        if self.read_budget.as_u64() < max_frame_size.as_u64() {
+            return Err(format!(
+                "object_store.read_budget ({}) must hold one frame (max_frame_size {})",
+                self.read_budget, max_frame_size
+            ));
+        }
+        let (low, high) = (self.local_low_watermark, self.local_high_watermark);
+        if !(0.0..=1.0).contains(&high) || !(0.0..=high).contains(&low) {
+            return Err(format!(
+                "object_store watermarks must satisfy 0 <= local_low_watermark ({low}) <= local_high_watermark ({high}) <= 1"
+            ));
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! A master replies with jobs it knows are gone; their data is dropped.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions};
@@ -16,11 +17,50 @@ use crate::store::Store;
 pub fn load(store: &Store) -> pb::WorkerLoad {
     let partitions = store.partitions();
     let sealed = partitions.iter().filter(|p| p.is_sealed()).count() as u32;
+    let bytes = store.tier_bytes();
     pb::WorkerLoad {
-        stored_bytes: partitions.iter().map(|p| p.stored_bytes()).sum(),
+        stored_bytes: bytes.memory + bytes.local + bytes.object,
         memory_used_bytes: store.budget().used(),
         open_partitions: partitions.len() as u32 - sealed,
         sealed_partitions: sealed,
+        tiers: Some(tier_stats(store, bytes)),
+    }
+}
+
+fn tier_stats(store: &Store, bytes: crate::store::TierBytes) -> pb::TierStats {
+    let tiers = store.tiers();
+    pb::TierStats {
+        memory_bytes: bytes.memory,
+        local_bytes: bytes.local,
+        object_bytes: bytes.object,
+        dirs: tiers
+            .dirs
+            .status()
+            .into_iter()
+            .map(|d| pb::DirStats {
+                path: d.path,
+                used_bytes: d.used_bytes,
+                capacity_bytes: d.capacity_bytes,
+                healthy: d.healthy,
+                error: d.error.unwrap_or_default(),
+                write_failures: d.write_failures,
+            })
+            .collect(),
+        object_store: tiers.object.as_ref().map(|o| {
+            let c = &o.counters;
+            pb::ObjectStoreStats {
+                url: o.url().to_string(),
+                bytes: c.bytes.load(Ordering::Relaxed),
+                objects: c.objects.load(Ordering::Relaxed),
+                bytes_overflowed: c.bytes_overflowed.load(Ordering::Relaxed),
+                bytes_migrated: c.bytes_migrated.load(Ordering::Relaxed),
+                partitions_migrated: c.partitions_migrated.load(Ordering::Relaxed),
+                bytes_read: c.bytes_read.load(Ordering::Relaxed),
+                failures: c.failures.load(Ordering::Relaxed),
+                available: o.is_available(),
+                last_error: o.last_error().unwrap_or_default(),
+            }
+        }),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The Terrace worker: receives pushed segments, keeps them within a memory
-//! budget, flushes them to one append-only data file per partition, persists
-//! each sealed partition's segment index, and serves segments to readers over
-//! credit-based streams.
+//! budget, stores them in three tiers (memory, local data directories, an
+//! object store for cold and overflow data), persists each sealed
+//! partition's segment index, and serves segments to readers over
+//! credit-based streams from whichever tier holds them.
 //!
 //! The worker never interprets engine payloads, never grows past its memory
 //! budget, and never blocks its async threads on file I/O.
@@ -12,6 +13,9 @@ mod heartbeat;
 mod server;
 mod store;
 
-pub use config::WorkerConfig;
-pub use server::{WorkerHandle, run, start};
-pub use store::{MemoryBudget, Store};
+pub use config::{ObjectStoreConfig, WorkerConfig};
+pub use server::{WorkerHandle, run, start, start_with_hooks, store_options};
+pub use store::{
+    FaultyFiles, FaultyStore, FileLayer, MemoryBudget, ObjectStoreSettings, RealFiles, Store,
+    StoreHooks, StoreOptions, TierBytes, build_store,
+};

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WorkerConfig;
 use crate::handlers::{self, StreamHandle};
 use crate::heartbeat;
-use crate::store::{Reservation, Store};
+use crate::store::{ObjectStoreSettings, Reservation, Store, StoreHooks, StoreOptions};
 
 /// How long a new connection may take to send its handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -51,11 +51,16 @@ impl WorkerHandle {
 
 /// Binds `config.listen` and runs the worker in the background.
 pub async fn start(config: WorkerConfig) -> TierResult<WorkerHandle> {
+    start_with_hooks(config, StoreHooks::default()).await
+}
+
+/// [`start`] with test seams: a file layer and an object store that inject faults.
+pub async fn start_with_hooks(config: WorkerConfig, hooks: StoreHooks) -> TierResult<WorkerHandle> {
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| TierError::unavailable(format!("bind {}: {e}", config.listen)))?;
     let shutdown = CancellationToken::new();
-    let (shared, address) = prepare(config, &listener)?;
+    let (shared, address) = prepare(config, &listener, hooks)?;
     let store = Arc::clone(&shared.store);
     let worker_id = shared.worker_id.clone();
     let task = tokio::spawn(serve(shared, listener, shutdown.clone()));
@@ -74,11 +79,41 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> TierResult<()> {
-    let (shared, _) = prepare(config, &listener)?;
+    let (shared, _) = prepare(config, &listener, StoreHooks::default())?;
     serve(shared, listener, shutdown).await
 }
 
-fn prepare(config: WorkerConfig, listener: &TcpListener) -> TierResult<(Arc<Shared>, SocketAddr)> {
+/// What the store is opened with, from the worker's config.
+pub fn store_options(config: &WorkerConfig) -> StoreOptions {
+    let object = config.object_store.clone().unwrap_or_default();
+    StoreOptions {
+        dirs: config.data_dirs.clone(),
+        dir_capacity: config.dir_capacity.map(|c| c.as_u64()),
+        dir_reserve: config.dir_reserve.as_u64(),
+        memory_budget: config.memory_budget.as_u64(),
+        flush_high_watermark: config.flush_high_watermark,
+        flush_low_watermark: config.flush_low_watermark,
+        object_store: config.object_store.as_ref().map(|o| ObjectStoreSettings {
+            url: o.url.clone(),
+            options: o.options.clone(),
+            request_timeout: o.request_timeout,
+            retries: o.retries,
+            backoff: o.backoff,
+        }),
+        object_part_size: object.part_size.as_u64(),
+        object_read_budget: object.read_budget.as_u64(),
+        cold_after: object.cold_after,
+        local_high_watermark: object.local_high_watermark,
+        local_low_watermark: object.local_low_watermark,
+        migration_interval: object.migration_interval,
+    }
+}
+
+fn prepare(
+    config: WorkerConfig,
+    listener: &TcpListener,
+    hooks: StoreHooks,
+) -> TierResult<(Arc<Shared>, SocketAddr)> {
     config.validate().map_err(TierError::bad_input)?;
     let local = listener
         .local_addr()
@@ -88,12 +123,11 @@ fn prepare(config: WorkerConfig, listener: &TcpListener) -> TierResult<(Arc<Shar
         .clone()
         .unwrap_or_else(|| local.to_string());
     let worker_id = config.worker_id.clone().unwrap_or_else(|| address.clone());
-    let store = Arc::new(Store::open(
-        config.data_dirs.clone(),
-        config.memory_budget.as_u64(),
-        config.flush_high_watermark,
-        config.flush_low_watermark,
-    )?);
+    if config.object_store.is_some() {
+        // reqwest is built without a default TLS provider: use ring's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let store = Arc::new(Store::open(store_options(&config), hooks)?);
     Ok((
         Arc::new(Shared {
             store,
@@ -112,6 +146,7 @@ async fn serve(
 ) -> TierResult<()> {
     tracing::info!(worker = %shared.worker_id, address = %shared.address, "worker serving");
     let flusher = tokio::spawn(Arc::clone(&shared.store).run_flusher(shutdown.child_token()));
+    let migrator = tokio::spawn(Arc::clone(&shared.store).run_migrator(shutdown.child_token()));
     let heartbeats = heartbeat::spawn(Arc::clone(&shared), shutdown.child_token());
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -138,6 +173,7 @@ async fn serve(
         task.abort();
     }
     let _ = flusher.await;
+    let _ = migrator.await;
     tracing::info!(worker = %shared.worker_id, "worker stopped");
     Ok(())
 }

@@ -22,6 +22,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a master and `workers` workers with data under `dir`.
     pub fn start(dir: &Path, workers: usize, memory_budget: ByteSize) -> anyhow::Result<Cluster> {
+        Cluster::start_with(dir, workers, memory_budget, |_| {})
+    }
+
+    /// [`Cluster::start`], with each worker's config adjusted by `tweak`.
+    pub fn start_with(
+        dir: &Path,
+        workers: usize,
+        memory_budget: ByteSize,
+        tweak: impl Fn(&mut WorkerConfig),
+    ) -> anyhow::Result<Cluster> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("terrace-cluster")
@@ -40,14 +50,17 @@ impl Cluster {
             ));
             let mut handles = Vec::new();
             for i in 0..workers {
-                let config = WorkerConfig {
+                let mut config = WorkerConfig {
                     listen: "127.0.0.1:0".into(),
                     data_dirs: vec![dir.join(format!("worker-{i}"))],
                     memory_budget,
                     master_addresses: vec![master_address.clone()],
                     heartbeat_interval: Duration::from_millis(200),
+                    // A demo on a nearly full disk still runs.
+                    dir_reserve: ByteSize::mib(64),
                     ..WorkerConfig::default()
                 };
+                tweak(&mut config);
                 handles.push(
                     terrace_worker::start(config)
                         .await

@@ -9,7 +9,10 @@ use anyhow::Context;
 use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgent};
 
 use crate::cmd::cluster::Cluster;
-use crate::sample::{LogLosses, Pool, ShuffleParams, print_json, run_shuffle};
+use crate::sample::{
+    LogLosses, Pool, ShuffleParams, print_json, read_back, release_all, run_shuffle,
+    shuffle_and_keep,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,12 +30,24 @@ pub struct Args {
     segment_size: ByteSize,
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     compression: bool,
+    /// Run the worker with this object store (s3://bucket/prefix, file:///path
+    /// or memory://) and a tiny local capacity, so data overflows to the
+    /// store and migrates there; print the bytes in each tier, read
+    /// everything back from the store, and check nothing is left in it.
+    #[arg(long)]
+    object_store: Option<String>,
+    /// Local capacity of the worker's data directory with --object-store.
+    #[arg(long, default_value = "32MiB")]
+    local_capacity: ByteSize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.object_store.is_some() {
+        return run_tiered(args);
+    }
     let dir = tempfile::tempdir().context("create a data directory")?;
     let cluster = Cluster::start(dir.path(), 1, ByteSize::mib(512))?;
     let config = AgentConfig {
@@ -84,4 +99,151 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The demo with an object store: overflow, migration, reads from the store,
+/// and a clean bucket at the end.
+fn run_tiered(args: Args) -> anyhow::Result<()> {
+    let url = args.object_store.clone().unwrap_or_default();
+    let dir = tempfile::tempdir().context("create a data directory")?;
+    let capacity = args.local_capacity;
+    let store_url = url.clone();
+    let cluster = Cluster::start_with(dir.path(), 1, ByteSize::mib(64), move |c| {
+        c.dir_capacity = Some(capacity);
+        c.max_frame_size = ByteSize::mib(8);
+        c.object_store = Some(terrace_worker::ObjectStoreConfig {
+            url: store_url.clone(),
+            cold_after: Duration::from_secs(1),
+            migration_interval: Duration::from_millis(200),
+            part_size: ByteSize::mib(8),
+            request_timeout: Duration::from_secs(10),
+            ..Default::default()
+        });
+    })?;
+    let config = AgentConfig {
+        segment_size: args.segment_size,
+        compression: args.compression,
+        max_frame_size: ByteSize::mib(8),
+        ..AgentConfig::default()
+    };
+    let factory = cluster.factory(&config)?;
+    let master = factory
+        .create_master_agent()
+        .context("create the master agent")?;
+    let job = JobId::new(b"terrace-demo-tiered".to_vec())?;
+    master
+        .register_job(&job, Arc::new(LogLosses))
+        .context("register the demo job")?;
+    let params = ShuffleParams {
+        producers: args.producers,
+        subpartitions: args.subpartitions,
+        consumers: args.consumers,
+        buffers_per_subpartition: args.buffers,
+        buffer_size: 32 * 1024,
+        read_after_write: false,
+        read_timeout: Duration::from_secs(300),
+    };
+    let pool = Pool::new();
+    let (report, descriptors) = shuffle_and_keep(&factory, &master, &job, &params, &pool)?;
+    let store = Arc::clone(&cluster.workers[0].store);
+    let during = tier_line(&store);
+    // Sealed partitions go cold after 1 s and migrate: wait for the local tier to empty.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while store.tier_bytes().local > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let migrated = tier_line(&store);
+    let read_start = std::time::Instant::now();
+    let verified_again = read_back(&factory, &params, &pool, &descriptors)?;
+    let read_seconds = read_start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        verified_again == report.payload_bytes,
+        "read back {verified_again} bytes of {} from the object store",
+        report.payload_bytes
+    );
+    release_all(&master, &descriptors)?;
+    master
+        .unregister_job(&job)
+        .context("unregister the demo job")?;
+    master.close();
+    let left = cluster.runtime.block_on(async {
+        store.drop_job(&job).await.context("drop the demo job")?;
+        let object = store.tiers().object().context("the object tier")?;
+        let left = object
+            .list(object.root())
+            .await
+            .context("list what is left in the object store")?;
+        Ok::<_, anyhow::Error>(left.len())
+    })?;
+    cluster.stop()?;
+    anyhow::ensure!(left == 0, "{left} objects of the demo are left in {url}");
+    let mib = report.payload_bytes as f64 / (1024.0 * 1024.0);
+    if args.json {
+        print_json(&serde_json::json!({
+            "object_store": url,
+            "payload_bytes": report.payload_bytes,
+            "verified_bytes": report.verified_bytes,
+            "verified_again_bytes": verified_again,
+            "after_shuffle": during,
+            "after_migration": migrated,
+            "objects_left": left,
+        }))?;
+    } else {
+        println!(
+            "terrace demo with object store {url}: {} producers x {} subpartitions, {mib:.0} MiB, local capacity {capacity}",
+            args.producers, args.subpartitions
+        );
+        println!(
+            "  every byte verified ({} bytes) by {} consumers reading while producers wrote ({:.2} s)",
+            report.verified_bytes, args.consumers, report.total_seconds
+        );
+        println!("  after the shuffle:   {}", during.text);
+        println!("  after migration:     {}", migrated.text);
+        println!(
+            "  read back from the object store and verified again: {verified_again} bytes in {read_seconds:.2} s"
+        );
+        println!("  after release and job drop: {left} objects left in the store");
+    }
+    Ok(())
+}
+
+#[derive(Debug, serde::Serialize)]
+struct TierLine {
+    memory_bytes: u64,
+    local_bytes: u64,
+    object_bytes: u64,
+    overflowed_bytes: u64,
+    migrated_bytes: u64,
+    objects: u64,
+    #[serde(skip)]
+    text: String,
+}
+
+fn tier_line(store: &terrace_worker::Store) -> TierLine {
+    use std::sync::atomic::Ordering;
+    let bytes = store.tier_bytes();
+    let (overflowed, migrated, objects) = store.tiers().object.as_ref().map_or((0, 0, 0), |o| {
+        (
+            o.counters.bytes_overflowed.load(Ordering::Relaxed),
+            o.counters.bytes_migrated.load(Ordering::Relaxed),
+            o.counters.objects.load(Ordering::Relaxed),
+        )
+    });
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    TierLine {
+        memory_bytes: bytes.memory,
+        local_bytes: bytes.local,
+        object_bytes: bytes.object,
+        overflowed_bytes: overflowed,
+        migrated_bytes: migrated,
+        objects,
+        text: format!(
+            "memory {:.1} MiB, local disk {:.1} MiB, object store {:.1} MiB in {objects} objects ({:.1} MiB overflowed, {:.1} MiB migrated)",
+            mib(bytes.memory),
+            mib(bytes.local),
+            mib(bytes.object),
+            mib(overflowed),
+            mib(migrated)
+        ),
+    }
 }

@@ -21,6 +21,13 @@ pub struct Args {
         value_delimiter = ','
     )]
     data_dirs: Vec<PathBuf>,
+    /// Bytes of data files each data directory may hold (overrides `dir_capacity`).
+    #[arg(long, env = "TERRACE_WORKER_DIR_CAPACITY")]
+    dir_capacity: Option<ByteSize>,
+    /// Object store for cold and overflow data: s3://bucket/prefix,
+    /// file:///path or memory:// (overrides `object_store.url`).
+    #[arg(long, env = "TERRACE_OBJECT_STORE")]
+    object_store: Option<String>,
     /// Memory budget, e.g. "1GiB" (overrides `memory_budget`).
     #[arg(long, env = "TERRACE_WORKER_MEMORY_BUDGET")]
     memory_budget: Option<ByteSize>,
@@ -39,6 +46,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if !args.data_dirs.is_empty() {
         config.data_dirs = args.data_dirs;
+    }
+    if let Some(capacity) = args.dir_capacity {
+        config.dir_capacity = Some(capacity);
+    }
+    if let Some(url) = args.object_store {
+        config.object_store.get_or_insert_with(Default::default).url = url;
     }
     if let Some(budget) = args.memory_budget {
         config.memory_budget = budget;

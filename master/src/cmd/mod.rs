@@ -116,6 +116,7 @@ impl From<Option<pb::WorkerLoad>> for WorkerLoad {
             memory_used_bytes: load.memory_used_bytes,
             open_partitions: load.open_partitions,
             sealed_partitions: load.sealed_partitions,
+            tiers: load.tiers,
         }
     }
 }
@@ -127,6 +128,7 @@ impl From<WorkerLoad> for pb::WorkerLoad {
             memory_used_bytes: load.memory_used_bytes,
             open_partitions: load.open_partitions,
             sealed_partitions: load.sealed_partitions,
+            tiers: load.tiers,
         }
     }
 }

@@ -21,6 +21,10 @@ pub async fn handle(
     let key = PartitionKey::try_from(m.key)?;
     let store = &conn.shared.store;
     let partition = store.get(&key)?;
+    // Never accept data that cannot be kept.
+    store
+        .check_room()
+        .map_err(|e| e.context(format!("push to {key}")))?;
     let max_len = conn.shared.config.max_frame_size.as_usize();
     let context = |e: TierError| e.context(format!("push to {key}"));
     let (batch, reservation, expected_crc) = if m.compressed {

@@ -15,12 +15,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{FrameSender, reply_error};
-use terrace_tier_api::{PartitionKey, SegmentId, SubpartitionId, TierError, TierResult};
+use terrace_tier_api::{PartitionKey, TierError, TierResult};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{Connection, Shared};
-use crate::store::{Location, NextRead, Partition, read_extents};
+use crate::store::{Partition, ReadStep};
 
 /// The connection's handle on one of its streams.
 #[derive(Debug)]
@@ -246,17 +246,12 @@ impl Stream {
                 continue;
             };
             let subpartition = self.first + index as u32;
-            match partition.next_read(
-                SubpartitionId(subpartition),
-                SegmentId(segment),
-                position,
-                max_bytes,
-            ) {
-                NextRead::Wait => {}
-                NextRead::SegmentDone => {
+            match partition.next_read(subpartition, segment, position, max_bytes) {
+                ReadStep::Wait => {}
+                ReadStep::SegmentDone => {
                     self.required[index] = None;
                 }
-                NextRead::End => {
+                ReadStep::End => {
                     self.required[index] = None;
                     self.sender.send(
                         Message::SubpartitionEnd(pb::SubpartitionEnd {
@@ -268,17 +263,18 @@ impl Stream {
                     );
                     progressed = true;
                 }
-                NextRead::Released => {
-                    self.fail(&TierError::not_found(format!("{} was released", self.key)));
+                ReadStep::Failed(e) => {
+                    self.fail(&e);
                     return Step::Finished;
                 }
-                NextRead::Extents(extents) => {
+                ReadStep::Batch { extents, sources } => {
                     if self.credits == 0 {
                         continue;
                     }
-                    let body = match read_body(partition, &extents).await {
+                    let body = match self.shared.store.tiers().read(sources).await {
                         Ok(body) => body,
                         Err(e) => {
+                            let e = e.context(format!("read {}", self.key));
                             tracing::error!(partition = %self.key, subpartition, segment, error = %e, "read failed");
                             self.fail(&e);
                             return Step::Finished;
@@ -321,29 +317,4 @@ impl Stream {
             Step::Idle
         }
     }
-}
-
-async fn read_body(
-    partition: &Arc<Partition>,
-    extents: &[crate::store::Extent],
-) -> TierResult<Bytes> {
-    let on_disk = extents
-        .iter()
-        .any(|e| matches!(e.location, Location::LocalFile { .. }));
-    if !on_disk {
-        if let [only] = extents {
-            if let Location::Memory(bytes) = &only.location {
-                return Ok(bytes.clone());
-            }
-        }
-        return read_extents(&partition.meta().data_path, extents)
-            .map_err(|e| TierError::internal(format!("assemble extents: {e}")));
-    }
-    let path = partition.meta().data_path.clone();
-    let extents = extents.to_vec();
-    let key = partition.key().clone();
-    tokio::task::spawn_blocking(move || read_extents(&path, &extents))
-        .await
-        .map_err(|e| TierError::internal(format!("read task failed: {e}")))?
-        .map_err(|e| TierError::internal(format!("read data file of {key}: {e}")))
 }

@@ -8,7 +8,11 @@ use crate::server::Connection;
 pub async fn handle(conn: &Connection, m: pb::SealPartition) -> TierResult<Message> {
     let key = PartitionKey::try_from(m.key)?;
     let partition = conn.shared.store.get(&key)?;
-    partition.seal().await.map_err(|e| e.context("seal"))?;
+    conn.shared
+        .store
+        .seal(&partition)
+        .await
+        .map_err(|e| e.context("seal"))?;
     tracing::debug!(partition = %key, bytes = partition.stored_bytes(), "partition sealed");
     Ok(Message::ack(m.request_id))
 }

@@ -1,38 +1,70 @@
-//! A partition's segment index, `subpartition → segment → [extent]`, and its
-//! persisted form.
+//! A partition's segment index, `subpartition → segment → [extent]`: a pure
+//! state machine (segment rules, extents, what a reader gets next) and its
+//! persisted form. It knows *which* tier holds each extent (a [`Location`]) but
+//! does no I/O: where the bytes live is the tiers' business.
 //!
 //! An extent is one stored run of buffers of a single (subpartition, segment),
-//! exactly as pushed, with its own CRC32C. The index says where each extent
-//! lives (memory, the local data file, and later object storage), so readers
-//! never need to know which tier serves them.
+//! exactly as pushed, with its own CRC32C.
 //!
-//! Persisted format (little-endian), version 1:
+//! Persisted format (little-endian), version 2:
 //! ```text
 //! magic "TRIX" | u32 version | u32 job id len | job id | u32 partition id len | partition id
-//! | u32 num_subpartitions | u8 broadcast_only | u64 data file length
+//! | u32 num_subpartitions | u8 broadcast_only | u64 generation
+//! | u32 num_files   | per local data file: u32 id | u64 length
+//! | u32 prefix len  | object key prefix (UTF-8)
+//! | u32 num_objects | per object: u32 id | u64 length
 //! | per subpartition: u32 num_segments | per segment: u8 closed | u32 num_extents
-//! |   | per extent: u8 location kind (1 = local data file) | u64 offset | u32 len | u32 crc32c | u32 num_buffers
-//! | u32 num_forward_pointers (0 in version 1; reserved for splits)
+//! |   | per extent: u8 location kind (1 = local file, 2 = object) | u32 file or object id
+//! |   |             | u64 offset | u32 len | u32 crc32c | u32 num_buffers
+//! | u32 num_forward_pointers (0; reserved for splits)
 //! | u32 crc32c of everything before it
 //! ```
+//! Version 1 (still read): no generation, no file or object tables; one data
+//! file (id 0) whose length follows `broadcast_only` as a u64, and extents
+//! `u8 kind (1) | u64 offset | u32 len | u32 crc32c | u32 num_buffers`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use terrace_tier_api::{JobId, PartitionId, PartitionKey, TierError};
+use terrace_tier_api::{JobId, PartitionId, PartitionKey, TierError, TierResult};
 
 const MAGIC: &[u8; 4] = b"TRIX";
-const VERSION: u32 = 1;
-const LOCATION_LOCAL_FILE: u8 = 1;
+const VERSION_1: u32 = 1;
+const VERSION: u32 = 2;
+const KIND_LOCAL: u8 = 1;
+const KIND_OBJECT: u8 = 2;
+/// Upper bounds on counts read from a persisted index: anything larger is damage.
+const MAX_BLOBS: usize = 1 << 20;
+const MAX_PREFIX: usize = 4096;
 
-/// Where an extent's bytes are.
-#[derive(Debug, Clone)]
+/// Which tier holds an extent's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// Still in memory, not yet flushed.
+    /// In memory, not yet flushed.
     Memory(Bytes),
-    /// In the partition's local data file at `offset`.
-    LocalFile { offset: u64 },
+    /// In the partition's local data file `file`, at `offset`.
+    Local { file: u32, offset: u64 },
+    /// In the partition's object `object`, at `offset`.
+    Object { object: u32, offset: u64 },
 }
 
-#[derive(Debug, Clone)]
+impl Location {
+    pub fn tier(&self) -> TierKind {
+        match self {
+            Location::Memory(_) => TierKind::Memory,
+            Location::Local { .. } => TierKind::Local,
+            Location::Object { .. } => TierKind::Object,
+        }
+    }
+}
+
+/// The three tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TierKind {
+    Memory,
+    Local,
+    Object,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extent {
     pub location: Location,
     pub len: u32,
@@ -40,27 +72,252 @@ pub struct Extent {
     pub num_buffers: u32,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SegmentIndex {
     pub extents: Vec<Extent>,
     /// The segment ended with END_OF_SEGMENT: nothing more will be added.
     pub closed: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubpartitionIndex {
     /// Indexed by segment id.
     pub segments: Vec<SegmentIndex>,
 }
 
-/// What the persisted index holds.
+/// One run of a push to append: consecutive buffers of one (subpartition, segment).
 #[derive(Debug, Clone)]
-pub struct PersistedIndex {
-    pub key: PartitionKey,
+pub struct Run {
+    pub sub: usize,
+    pub segment: usize,
+    pub bytes: Bytes,
+    pub crc32c: u32,
+    pub num_buffers: u32,
+    pub ends_segment: bool,
+}
+
+/// Where an appended or relocated extent sits in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtentRef {
+    pub sub: usize,
+    pub segment: usize,
+    pub extent: usize,
+}
+
+/// What a reader of a segment gets next.
+#[derive(Debug)]
+pub enum NextRead {
+    /// Up to about `max_bytes` of extents of the segment, from the reader's position.
+    Extents(Vec<Extent>),
+    /// Everything of the (closed) segment was read.
+    SegmentDone,
+    /// The segment does not exist and never will, or it is the unclosed last
+    /// segment of a sealed partition and was read to its end.
+    End,
+    /// Nothing yet: wait for a change.
+    Wait,
+}
+
+/// The index of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionIndex {
     pub num_subpartitions: u32,
     pub broadcast_only: bool,
-    pub data_len: u64,
-    pub subpartitions: Vec<SubpartitionIndex>,
+    pub subs: Vec<SubpartitionIndex>,
+    /// Sealed: no segment will be added; readers past the end get `End`.
+    pub sealed: bool,
+}
+
+impl PartitionIndex {
+    pub fn new(num_subpartitions: u32, broadcast_only: bool) -> Self {
+        let stored = if broadcast_only {
+            1
+        } else {
+            num_subpartitions as usize
+        };
+        PartitionIndex {
+            num_subpartitions,
+            broadcast_only,
+            subs: vec![SubpartitionIndex::default(); stored],
+            sealed: false,
+        }
+    }
+
+    /// Checks `runs` against the segment rules (segment ids start at 0 and go
+    /// up by one, a segment is extended only while open), then appends each as
+    /// a memory extent. All or nothing. Returns where each run went.
+    pub fn append(&mut self, runs: &[Run]) -> TierResult<Vec<ExtentRef>> {
+        if self.sealed {
+            return Err(TierError::new(
+                terrace_tier_api::ErrorKind::PartitionSealed,
+                "sealed; no more pushes",
+            ));
+        }
+        // Per subpartition touched: (last segment, closed) as the runs would leave it.
+        let mut state: Vec<(usize, Option<(usize, bool)>)> = Vec::new();
+        for run in runs {
+            let Some(sub_index) = self.subs.get(run.sub) else {
+                return Err(TierError::bad_input(format!(
+                    "subpartition {} out of range (partition stores {})",
+                    run.sub,
+                    self.subs.len()
+                )));
+            };
+            let slot = match state.iter().position(|(s, _)| *s == run.sub) {
+                Some(i) => i,
+                None => {
+                    let last = sub_index
+                        .segments
+                        .last()
+                        .map(|seg| (sub_index.segments.len() - 1, seg.closed));
+                    state.push((run.sub, last));
+                    state.len() - 1
+                }
+            };
+            let last = state[slot].1;
+            let ok = match last {
+                None => run.segment == 0,
+                Some((last, closed)) => {
+                    (run.segment == last && !closed) || (run.segment == last + 1 && closed)
+                }
+            };
+            if !ok {
+                let (last, closed) = match last {
+                    Some((g, c)) => (g.to_string(), if c { "closed" } else { "open" }),
+                    None => ("none".to_string(), "closed"),
+                };
+                return Err(TierError::bad_input(format!(
+                    "subpartition {} segment {} breaks the segment order (last segment {last}, {closed})",
+                    run.sub, run.segment
+                )));
+            }
+            state[slot].1 = Some((run.segment, run.ends_segment));
+        }
+        let mut refs = Vec::with_capacity(runs.len());
+        for run in runs {
+            let segments = &mut self.subs[run.sub].segments;
+            if run.segment == segments.len() {
+                segments.push(SegmentIndex::default());
+            }
+            let segment = &mut segments[run.segment];
+            segment.extents.push(Extent {
+                location: Location::Memory(run.bytes.clone()),
+                len: run.bytes.len() as u32,
+                crc32c: run.crc32c,
+                num_buffers: run.num_buffers,
+            });
+            segment.closed = run.ends_segment;
+            refs.push(ExtentRef {
+                sub: run.sub,
+                segment: run.segment,
+                extent: segment.extents.len() - 1,
+            });
+        }
+        Ok(refs)
+    }
+
+    /// Points the extent at `at` to a new location (after a flush or a migration).
+    pub fn relocate(&mut self, at: ExtentRef, location: Location) {
+        if let Some(extent) = self
+            .subs
+            .get_mut(at.sub)
+            .and_then(|s| s.segments.get_mut(at.segment))
+            .and_then(|g| g.extents.get_mut(at.extent))
+        {
+            extent.location = location;
+        }
+    }
+
+    /// Every extent with where it is, in (subpartition, segment, write) order.
+    pub fn extents(&self) -> impl Iterator<Item = (ExtentRef, &Extent)> {
+        self.subs.iter().enumerate().flat_map(|(sub, s)| {
+            s.segments.iter().enumerate().flat_map(move |(segment, g)| {
+                g.extents.iter().enumerate().map(move |(extent, e)| {
+                    (
+                        ExtentRef {
+                            sub,
+                            segment,
+                            extent,
+                        },
+                        e,
+                    )
+                })
+            })
+        })
+    }
+
+    /// Bytes of all extents.
+    pub fn stored_bytes(&self) -> u64 {
+        self.extents().map(|(_, e)| u64::from(e.len)).sum()
+    }
+
+    /// What a reader of `subpartition` positioned at extent `position` of
+    /// `segment` gets next: at most about `max_bytes` of extents (always at
+    /// least one).
+    pub fn next_read(
+        &self,
+        subpartition: u32,
+        segment: u32,
+        position: usize,
+        max_bytes: usize,
+    ) -> NextRead {
+        let sub = if self.broadcast_only {
+            0
+        } else {
+            subpartition as usize
+        };
+        let Some(seg) = self
+            .subs
+            .get(sub)
+            .and_then(|s| s.segments.get(segment as usize))
+        else {
+            return if self.sealed {
+                NextRead::End
+            } else {
+                NextRead::Wait
+            };
+        };
+        if position < seg.extents.len() {
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            for extent in &seg.extents[position..] {
+                if !out.is_empty() && bytes + extent.len as usize > max_bytes {
+                    break;
+                }
+                bytes += extent.len as usize;
+                out.push(extent.clone());
+            }
+            return NextRead::Extents(out);
+        }
+        if seg.closed {
+            NextRead::SegmentDone
+        } else if self.sealed {
+            NextRead::End
+        } else {
+            NextRead::Wait
+        }
+    }
+}
+
+/// A local data file or an object of a partition: its id and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blob {
+    pub id: u32,
+    pub len: u64,
+}
+
+/// What the persisted index holds: the sealed index plus the partition's
+/// local files and objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistedIndex {
+    pub key: PartitionKey,
+    /// Bumped on every rewrite (a migration); the highest one wins at recovery.
+    pub generation: u64,
+    pub files: Vec<Blob>,
+    /// Key prefix of the partition's objects (empty when it has none).
+    pub object_prefix: String,
+    pub objects: Vec<Blob>,
+    pub index: PartitionIndex,
 }
 
 fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
@@ -68,29 +325,103 @@ fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
     out.put_slice(bytes);
 }
 
+fn put_blobs(out: &mut BytesMut, blobs: &[Blob]) {
+    out.put_u32_le(blobs.len() as u32);
+    for blob in blobs {
+        out.put_u32_le(blob.id);
+        out.put_u64_le(blob.len);
+    }
+}
+
+/// A cursor over a persisted index that turns every shortfall into an error.
+struct Reader<'a> {
+    r: &'a [u8],
+}
+
+fn damaged(what: &str) -> TierError {
+    TierError::corruption(format!("partition index: {what}"))
+}
+
+impl Reader<'_> {
+    fn need(&self, n: usize) -> TierResult<()> {
+        if self.r.remaining() < n {
+            Err(damaged("truncated"))
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> TierResult<u8> {
+        self.need(1)?;
+        Ok(self.r.get_u8())
+    }
+    fn u32(&mut self) -> TierResult<u32> {
+        self.need(4)?;
+        Ok(self.r.get_u32_le())
+    }
+    fn u64(&mut self) -> TierResult<u64> {
+        self.need(8)?;
+        Ok(self.r.get_u64_le())
+    }
+    fn bytes(&mut self, max: usize) -> TierResult<&[u8]> {
+        let len = self.u32()? as usize;
+        if len > max {
+            return Err(damaged("field too long"));
+        }
+        self.need(len)?;
+        let (head, tail) = self.r.split_at(len);
+        self.r = tail;
+        Ok(head)
+    }
+    fn blobs(&mut self) -> TierResult<Vec<Blob>> {
+        let n = self.u32()? as usize;
+        if n > MAX_BLOBS {
+            return Err(damaged("too many files or objects"));
+        }
+        let mut out = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let id = self.u32()?;
+            let len = self.u64()?;
+            if out.iter().any(|b: &Blob| b.id == id) {
+                return Err(damaged("a file or object id appears twice"));
+            }
+            out.push(Blob { id, len });
+        }
+        Ok(out)
+    }
+}
+
 impl PersistedIndex {
-    /// Encodes the index. Every extent must be in the local file.
-    pub fn encode(&self) -> Result<Bytes, TierError> {
-        let mut out = BytesMut::with_capacity(64 + self.subpartitions.len() * 16);
+    /// Encodes the index. Every extent must be in a local file or an object
+    /// that the tables list.
+    pub fn encode(&self) -> TierResult<Bytes> {
+        let mut out = BytesMut::with_capacity(128 + self.index.subs.len() * 16);
         out.put_slice(MAGIC);
         out.put_u32_le(VERSION);
         put_bytes(&mut out, self.key.job.as_bytes());
         put_bytes(&mut out, self.key.partition.as_bytes());
-        out.put_u32_le(self.num_subpartitions);
-        out.put_u8(u8::from(self.broadcast_only));
-        out.put_u64_le(self.data_len);
-        for sub in &self.subpartitions {
+        out.put_u32_le(self.index.num_subpartitions);
+        out.put_u8(u8::from(self.index.broadcast_only));
+        out.put_u64_le(self.generation);
+        put_blobs(&mut out, &self.files);
+        put_bytes(&mut out, self.object_prefix.as_bytes());
+        put_blobs(&mut out, &self.objects);
+        for sub in &self.index.subs {
             out.put_u32_le(sub.segments.len() as u32);
             for segment in &sub.segments {
                 out.put_u8(u8::from(segment.closed));
                 out.put_u32_le(segment.extents.len() as u32);
                 for extent in &segment.extents {
-                    let Location::LocalFile { offset } = extent.location else {
-                        return Err(TierError::internal(
-                            "index persisted with an extent still in memory",
-                        ));
+                    let (kind, id, offset) = match extent.location {
+                        Location::Local { file, offset } => (KIND_LOCAL, file, offset),
+                        Location::Object { object, offset } => (KIND_OBJECT, object, offset),
+                        Location::Memory(_) => {
+                            return Err(TierError::internal(
+                                "index persisted with an extent still in memory",
+                            ));
+                        }
                     };
-                    out.put_u8(LOCATION_LOCAL_FILE);
+                    out.put_u8(kind);
+                    out.put_u32_le(id);
                     out.put_u64_le(offset);
                     out.put_u32_le(extent.len);
                     out.put_u32_le(extent.crc32c);
@@ -104,178 +435,123 @@ impl PersistedIndex {
         Ok(out.freeze())
     }
 
-    /// Decodes and checks an index; any damage is an error, never a panic.
-    pub fn decode(bytes: &[u8]) -> Result<Self, TierError> {
-        let bad = |what: &str| TierError::corruption(format!("partition index: {what}"));
-        if bytes.len() < 8 {
-            return Err(bad("too short"));
+    /// Decodes and checks an index of any version this worker reads; any
+    /// damage is an error, never a panic. The result is sealed.
+    pub fn decode(bytes: &[u8]) -> TierResult<Self> {
+        if bytes.len() < 12 {
+            return Err(damaged("too short"));
         }
         let (body, crc_bytes) = bytes.split_at(bytes.len() - 4);
         let stored = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
         if crc32c::crc32c(body) != stored {
-            return Err(bad("checksum mismatch"));
+            return Err(damaged("checksum mismatch"));
         }
-        let mut r = body;
-        let need = |r: &[u8], n: usize| {
-            if r.remaining() < n {
-                Err(bad("truncated"))
-            } else {
-                Ok(())
-            }
-        };
-        need(r, 8)?;
-        if &r[..4] != MAGIC {
-            return Err(bad("wrong magic"));
+        let mut r = Reader { r: body };
+        r.need(4)?;
+        if &r.r[..4] != MAGIC {
+            return Err(damaged("wrong magic"));
         }
-        r.advance(4);
-        let version = r.get_u32_le();
-        if version != VERSION {
-            return Err(bad(&format!("unsupported version {version}")));
+        r.r.advance(4);
+        let version = r.u32()?;
+        if version != VERSION && version != VERSION_1 {
+            return Err(damaged(&format!("unsupported version {version}")));
         }
-        let take_id = |r: &mut &[u8]| -> Result<Bytes, TierError> {
-            need(r, 4)?;
-            let len = r.get_u32_le() as usize;
-            need(r, len)?;
-            let id = Bytes::copy_from_slice(&r[..len]);
-            r.advance(len);
-            Ok(id)
-        };
-        let job = JobId::new(take_id(&mut r)?)?;
-        let partition = PartitionId::new(take_id(&mut r)?)?;
-        need(r, 13)?;
-        let num_subpartitions = r.get_u32_le();
-        let broadcast_only = r.get_u8() != 0;
-        let data_len = r.get_u64_le();
-        let stored_subs = if broadcast_only {
-            1
+        let job = JobId::new(Bytes::copy_from_slice(r.bytes(usize::MAX)?))?;
+        let partition = PartitionId::new(Bytes::copy_from_slice(r.bytes(usize::MAX)?))?;
+        let num_subpartitions = r.u32()?;
+        let broadcast_only = r.u8()? != 0;
+        let (generation, files, object_prefix, objects) = if version == VERSION_1 {
+            let data_len = r.u64()?;
+            (
+                0,
+                vec![Blob {
+                    id: 0,
+                    len: data_len,
+                }],
+                String::new(),
+                Vec::new(),
+            )
         } else {
-            num_subpartitions as usize
+            let generation = r.u64()?;
+            let files = r.blobs()?;
+            let prefix = std::str::from_utf8(r.bytes(MAX_PREFIX)?)
+                .map_err(|_| damaged("object prefix is not UTF-8"))?
+                .to_string();
+            let objects = r.blobs()?;
+            (generation, files, prefix, objects)
         };
-        let mut subpartitions = Vec::with_capacity(stored_subs.min(1 << 16));
-        for _ in 0..stored_subs {
-            need(r, 4)?;
-            let num_segments = r.get_u32_le() as usize;
-            let mut segments = Vec::with_capacity(num_segments.min(1 << 16));
+        let mut index = PartitionIndex::new(num_subpartitions, broadcast_only);
+        // A stored subpartition takes at least 4 bytes: more than the rest holds is damage.
+        if index.subs.len() > r.r.remaining() / 4 {
+            return Err(damaged("more subpartitions than bytes"));
+        }
+        for sub in index.subs.iter_mut() {
+            let num_segments = r.u32()? as usize;
+            if num_segments > r.r.remaining() / 5 {
+                return Err(damaged("more segments than bytes"));
+            }
+            sub.segments.reserve(num_segments);
             for _ in 0..num_segments {
-                need(r, 5)?;
-                let closed = r.get_u8() != 0;
-                let num_extents = r.get_u32_le() as usize;
-                let mut extents = Vec::with_capacity(num_extents.min(1 << 16));
+                let closed = r.u8()? != 0;
+                let num_extents = r.u32()? as usize;
+                if num_extents > r.r.remaining() / 21 {
+                    return Err(damaged("more extents than bytes"));
+                }
+                let mut extents = Vec::with_capacity(num_extents);
                 for _ in 0..num_extents {
-                    need(r, 21)?;
-                    let kind = r.get_u8();
-                    if kind != LOCATION_LOCAL_FILE {
-                        return Err(bad(&format!("unknown location kind {kind}")));
-                    }
-                    let offset = r.get_u64_le();
-                    let len = r.get_u32_le();
-                    let crc32c = r.get_u32_le();
-                    let num_buffers = r.get_u32_le();
+                    let kind = r.u8()?;
+                    let id = if version == VERSION_1 { 0 } else { r.u32()? };
+                    let offset = r.u64()?;
+                    let len = r.u32()?;
+                    let crc32c = r.u32()?;
+                    let num_buffers = r.u32()?;
+                    let (table, location) = match kind {
+                        KIND_LOCAL => (&files, Location::Local { file: id, offset }),
+                        KIND_OBJECT if version == VERSION => {
+                            (&objects, Location::Object { object: id, offset })
+                        }
+                        other => return Err(damaged(&format!("unknown location kind {other}"))),
+                    };
+                    let Some(blob) = table.iter().find(|b| b.id == id) else {
+                        return Err(damaged(&format!(
+                            "extent names unknown file or object {id}"
+                        )));
+                    };
                     if offset
                         .checked_add(u64::from(len))
-                        .is_none_or(|end| end > data_len)
+                        .is_none_or(|end| end > blob.len)
                     {
-                        return Err(bad("extent past the end of the data file"));
+                        return Err(damaged("extent past the end of its file or object"));
                     }
                     extents.push(Extent {
-                        location: Location::LocalFile { offset },
+                        location,
                         len,
                         crc32c,
                         num_buffers,
                     });
                 }
-                segments.push(SegmentIndex { extents, closed });
+                sub.segments.push(SegmentIndex { extents, closed });
             }
-            subpartitions.push(SubpartitionIndex { segments });
         }
-        need(r, 4)?;
-        let forward_pointers = r.get_u32_le();
-        if forward_pointers != 0 {
-            return Err(bad("forward pointers are not supported by this version"));
+        if r.u32()? != 0 {
+            return Err(damaged(
+                "forward pointers are not supported by this version",
+            ));
         }
-        if r.has_remaining() {
-            return Err(bad("trailing bytes"));
+        if r.r.has_remaining() {
+            return Err(damaged("trailing bytes"));
         }
+        index.sealed = true;
         Ok(PersistedIndex {
             key: PartitionKey { job, partition },
-            num_subpartitions,
-            broadcast_only,
-            data_len,
-            subpartitions,
+            generation,
+            files,
+            object_prefix,
+            objects,
+            index,
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn sample(extents_per_segment: &[Vec<(u64, u32)>], closed_mask: u32) -> PersistedIndex {
-        let mut segments = Vec::new();
-        for (i, extents) in extents_per_segment.iter().enumerate() {
-            segments.push(SegmentIndex {
-                closed: closed_mask & (1 << (i % 32)) != 0,
-                extents: extents
-                    .iter()
-                    .map(|&(offset, len)| Extent {
-                        location: Location::LocalFile { offset },
-                        len,
-                        crc32c: (offset as u32).wrapping_mul(31),
-                        num_buffers: len / 7,
-                    })
-                    .collect(),
-            });
-        }
-        PersistedIndex {
-            key: PartitionKey {
-                job: JobId::new(vec![1, 2, 3]).expect("id"),
-                partition: PartitionId::new(vec![9; 40]).expect("id"),
-            },
-            num_subpartitions: 2,
-            broadcast_only: false,
-            data_len: 1 << 40,
-            subpartitions: vec![SubpartitionIndex { segments }, SubpartitionIndex::default()],
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn index_roundtrips(
-            extents in proptest::collection::vec(proptest::collection::vec((0u64..1 << 30, 0u32..1 << 20), 0..5), 0..6),
-            closed in any::<u32>(),
-        ) {
-            let index = sample(&extents, closed);
-            let bytes = index.encode().expect("all extents on disk");
-            let back = PersistedIndex::decode(&bytes).expect("decodes");
-            prop_assert_eq!(&back.key, &index.key);
-            prop_assert_eq!(back.subpartitions.len(), 2);
-            let segs = &back.subpartitions[0].segments;
-            prop_assert_eq!(segs.len(), extents.len());
-            for (i, (seg, want)) in segs.iter().zip(&extents).enumerate() {
-                prop_assert_eq!(seg.closed, closed & (1 << (i % 32)) != 0);
-                let got: Vec<(u64, u32)> = seg.extents.iter().map(|e| match e.location {
-                    Location::LocalFile { offset } => (offset, e.len),
-                    Location::Memory(_) => (u64::MAX, 0),
-                }).collect();
-                prop_assert_eq!(&got, want);
-            }
-        }
-
-        /// Any bytes in: an error or an index, never a panic.
-        #[test]
-        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = PersistedIndex::decode(&data);
-        }
-
-        /// Any single flipped byte is caught.
-        #[test]
-        fn corruption_is_detected(pos in any::<prop::sample::Index>(), flip in 1u8..=255) {
-            let bytes = sample(&[vec![(0, 10), (10, 20)]], 1).encode().expect("encode");
-            let mut damaged = bytes.to_vec();
-            let i = pos.index(damaged.len());
-            damaged[i] ^= flip;
-            prop_assert!(PersistedIndex::decode(&damaged).is_err());
-        }
-    }
-}
+mod tests;

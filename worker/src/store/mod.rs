@@ -1,25 +1,40 @@
 //! The worker's partition store: the partitions it holds, their memory
-//! budget, their files, and recovery of sealed partitions after a restart.
+//! budget, the tiers their bytes live in (memory → local directories →
+//! object store), migration of cold data, and recovery after a restart.
+//!
+//! Recovery touches only what Terrace wrote: files named like Terrace's
+//! (`{job hex}/{partition hex}.data`, `.{n}.data`, `.index`, `.index.tmp`) in
+//! marked data directories. Anything else is left where it is.
 
 mod budget;
+mod dirs;
+mod faults;
+mod files;
 mod index;
+mod object;
 mod partition;
+mod tiers;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use terrace_rpc::{BufferPool, PooledBuf, class_size};
-use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
+use terrace_tier_api::{ErrorKind, JobId, PartitionKey, TierError, TierResult};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use budget::{MemoryBudget, Reservation};
-pub use index::{Extent, Location, PersistedIndex};
-pub use partition::{NextRead, Partition, PartitionMeta, read_extents};
+pub use dirs::{LocalDirs, MARKER};
+pub use faults::FaultyStore;
+pub use files::{FaultyFiles, FileLayer, RealFiles};
+pub use index::PersistedIndex;
+pub use object::{ObjectStoreSettings, ObjectTier, build_store};
+pub use partition::{Partition, PartitionMeta, ReadStep, TierBytes};
+pub use tiers::Tiers;
 
 /// Counters reported by `WorkerStats` and heartbeats.
 #[derive(Debug, Default)]
@@ -28,10 +43,38 @@ pub struct Counters {
     pub bytes_read: AtomicU64,
 }
 
+/// Everything the store is opened with.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub dirs: Vec<PathBuf>,
+    /// Per-directory capacity; `None`: the filesystem's free space less the reserve.
+    pub dir_capacity: Option<u64>,
+    pub dir_reserve: u64,
+    pub memory_budget: u64,
+    pub flush_high_watermark: f64,
+    pub flush_low_watermark: f64,
+    pub object_store: Option<ObjectStoreSettings>,
+    pub object_part_size: u64,
+    pub object_read_budget: u64,
+    /// Sealed partitions not read for this long move to the object store.
+    pub cold_after: Duration,
+    /// Local use (fraction of capacity) above which the oldest sealed
+    /// partitions migrate, until it falls under the low one.
+    pub local_high_watermark: f64,
+    pub local_low_watermark: f64,
+    pub migration_interval: Duration,
+}
+
+/// Seams for tests: the file layer and an already-built object store.
+#[derive(Debug, Clone, Default)]
+pub struct StoreHooks {
+    pub files: Option<Arc<dyn FileLayer>>,
+    pub object_store: Option<Arc<dyn object_store::ObjectStore>>,
+}
+
 #[derive(Debug)]
 pub struct Store {
-    dirs: Vec<PathBuf>,
-    next_dir: AtomicUsize,
+    tiers: Tiers,
     partitions: DashMap<PartitionKey, Arc<Partition>>,
     /// Keys released recently, so late readers fail fast instead of waiting.
     released: Mutex<HashSet<PartitionKey>>,
@@ -41,38 +84,48 @@ pub struct Store {
     /// Bytes of memory use above which the flusher starts, and below which it stops.
     flush_start: u64,
     flush_stop: u64,
+    options: StoreOptions,
     pub counters: Counters,
 }
 
 impl Store {
-    /// Opens the store on `dirs` (created if missing) and recovers the sealed
-    /// partitions found there. Files of partitions that were never sealed are deleted.
-    pub fn open(
-        dirs: Vec<PathBuf>,
-        memory_budget: u64,
-        high_watermark: f64,
-        low_watermark: f64,
-    ) -> TierResult<Store> {
-        if dirs.is_empty() {
-            return Err(TierError::bad_input(
-                "a worker needs at least one data directory",
-            ));
-        }
-        for dir in &dirs {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                TierError::bad_input(format!("create data directory {}: {e}", dir.display()))
-            })?;
-        }
-        let store = Store {
+    /// Opens the store on its directories (created and marked if needed) and
+    /// recovers the sealed partitions found there. Files of partitions that
+    /// were never sealed are deleted. Blocking.
+    pub fn open(options: StoreOptions, hooks: StoreHooks) -> TierResult<Store> {
+        let dirs = LocalDirs::open(&options.dirs, options.dir_capacity, options.dir_reserve)?;
+        let object = match &options.object_store {
+            Some(settings) => {
+                let (store, base) = build_store(settings)?;
+                let store = hooks.object_store.clone().unwrap_or(store);
+                Some(ObjectTier::new(
+                    store,
+                    base,
+                    dirs.store_id(),
+                    settings.clone(),
+                ))
+            }
+            None => None,
+        };
+        let files: Arc<dyn FileLayer> = hooks.files.clone().unwrap_or_else(|| Arc::new(RealFiles));
+        let tiers = Tiers::new(
             dirs,
-            next_dir: AtomicUsize::new(0),
+            files,
+            object,
+            options.object_part_size,
+            options.object_read_budget,
+        );
+        let budget = options.memory_budget;
+        let store = Store {
+            tiers,
             partitions: DashMap::new(),
             released: Mutex::new(HashSet::new()),
             created: Notify::new(),
-            budget: MemoryBudget::new(memory_budget),
-            pool: BufferPool::new(usize::try_from(memory_budget).unwrap_or(usize::MAX)),
-            flush_start: (memory_budget as f64 * high_watermark) as u64,
-            flush_stop: (memory_budget as f64 * low_watermark) as u64,
+            budget: MemoryBudget::new(budget),
+            pool: BufferPool::new(usize::try_from(budget).unwrap_or(usize::MAX)),
+            flush_start: (budget as f64 * options.flush_high_watermark) as u64,
+            flush_stop: (budget as f64 * options.flush_low_watermark) as u64,
+            options,
             counters: Counters::default(),
         };
         store.recover()?;
@@ -81,6 +134,10 @@ impl Store {
 
     pub fn budget(&self) -> &MemoryBudget {
         &self.budget
+    }
+
+    pub fn tiers(&self) -> &Tiers {
+        &self.tiers
     }
 
     /// Receive buffers; every buffer taken is covered by a budget reservation.
@@ -101,21 +158,38 @@ impl Store {
         }
     }
 
-    fn job_dir(dir: &Path, job: &JobId) -> PathBuf {
-        dir.join(job.to_hex())
-    }
-
-    fn paths(dir: &Path, key: &PartitionKey) -> (PathBuf, PathBuf) {
-        let job_dir = Self::job_dir(dir, &key.job);
-        let name = key.partition.to_hex();
-        (
-            job_dir.join(format!("{name}.data")),
-            job_dir.join(format!("{name}.index")),
-        )
+    /// Refuses new data when it could not be kept: memory is past the flush
+    /// watermark, no local directory has room for a flush, and the object
+    /// store is absent or failing.
+    pub fn check_room(&self) -> TierResult<()> {
+        if self.budget.used() <= self.flush_start {
+            return Ok(());
+        }
+        let flush = self.budget.used().saturating_sub(self.flush_stop).max(1);
+        if self
+            .tiers
+            .dirs
+            .choose(flush.min(self.options.object_part_size), None)
+            .is_some()
+        {
+            return Ok(());
+        }
+        match &self.tiers.object {
+            Some(object) if object.is_available() => Ok(()),
+            Some(object) => Err(TierError::unavailable(format!(
+                "storage full: no local directory has room and the object store {} is failing ({})",
+                object.url(),
+                object.last_error().unwrap_or_default()
+            ))),
+            None => Err(TierError::unavailable(
+                "storage full: no local directory has room and no object store is configured",
+            )),
+        }
     }
 
     /// Creates a partition. Creating the same partition again with the same
     /// shape is accepted (a retried request); another shape is an error.
+    /// Files are made at the first flush.
     pub fn create(
         &self,
         key: PartitionKey,
@@ -138,17 +212,10 @@ impl Store {
                 meta.num_subpartitions, meta.broadcast_only
             )));
         }
-        let dir = &self.dirs[self.next_dir.fetch_add(1, Ordering::Relaxed) % self.dirs.len()];
-        let job_dir = Self::job_dir(dir, &key.job);
-        std::fs::create_dir_all(&job_dir)
-            .map_err(|e| TierError::internal(format!("create {}: {e}", job_dir.display())))?;
-        let (data_path, index_path) = Self::paths(dir, &key);
         let partition = Arc::new(Partition::new(PartitionMeta {
             key: key.clone(),
             num_subpartitions,
             broadcast_only,
-            data_path,
-            index_path,
         }));
         let entry = self
             .partitions
@@ -199,32 +266,73 @@ impl Store {
         }
     }
 
-    /// Releases a partition and deletes its files. Not found is an error.
+    /// Flushes a partition through the tiers.
+    pub async fn flush(&self, partition: &Arc<Partition>) -> TierResult<()> {
+        partition.flush(&self.tiers).await
+    }
+
+    /// Seals a partition: its data and index are durable when this returns Ok.
+    pub async fn seal(&self, partition: &Arc<Partition>) -> TierResult<()> {
+        partition.seal(&self.tiers).await
+    }
+
+    /// Migrates one partition's local data to the object store now.
+    pub async fn migrate(&self, partition: &Arc<Partition>) -> TierResult<u64> {
+        partition.migrate(&self.tiers).await
+    }
+
+    /// Releases a partition and deletes its data in every tier. Not found is an error.
     pub async fn release(&self, key: &PartitionKey) -> TierResult<()> {
         let Some((_, partition)) = self.partitions.remove(key) else {
             return Err(TierError::not_found(format!("{key} is not on this worker")));
         };
         self.remember_released(key.clone());
-        partition.release();
-        let meta = partition.meta().clone();
-        // Wait for a flush or seal in progress so it cannot recreate a file after we delete it.
+        partition.mark_released();
+        // Wait for a flush, seal or migration commit in progress so it cannot
+        // recreate a file after we delete it; then take what it left.
         partition.wait_idle().await;
+        let (files, index_dir, object_prefix, object_bytes) = partition.take_storage();
+        partition::delete_files(&self.tiers, files).await;
+        let mut index_dirs: Vec<PathBuf> = index_dir
+            .map(|d| self.tiers.dirs.get(d).path.clone())
+            .into_iter()
+            .collect();
+        // An index may have been written to another directory by an earlier seal.
+        index_dirs.extend(self.tiers.dirs.iter().map(|(_, d)| d.path.clone()));
+        let key_for_paths = key.clone();
         tokio::task::spawn_blocking(move || {
-            for path in [&meta.data_path, &meta.index_path] {
-                remove_if_exists(path)?;
-            }
-            if let Some(dir) = meta.data_path.parent() {
-                // Removes the job directory once its last partition is gone.
-                let _ = std::fs::remove_dir(dir);
+            for dir in index_dirs {
+                remove_if_exists(&partition::index_path(&dir, &key_for_paths))?;
             }
             Ok::<_, std::io::Error>(())
         })
         .await
         .map_err(|e| TierError::internal(format!("release task failed: {e}")))?
-        .map_err(|e| TierError::internal(format!("delete files of {key}: {e}")))
+        .map_err(|e| TierError::internal(format!("delete index of {key}: {e}")))?;
+        if let (Some(object), Some(prefix)) = (&self.tiers.object, object_prefix) {
+            let _ = object
+                .counters
+                .bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(object_bytes))
+                });
+            let deleted = object
+                .delete_prefix(&prefix)
+                .await
+                .map_err(|e| e.context(format!("delete objects of {key}")))?;
+            let _ =
+                object
+                    .counters
+                    .objects
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
+                        Some(o.saturating_sub(deleted as u64))
+                    });
+        }
+        Ok(())
     }
 
-    /// Releases every partition of `job` and removes its directories.
+    /// Releases every partition of `job`, removes its (empty) directories and
+    /// deletes every object under the job's prefix.
     pub async fn drop_job(&self, job: &JobId) -> TierResult<usize> {
         let keys: Vec<PartitionKey> = self
             .partitions
@@ -236,24 +344,30 @@ impl Store {
         for key in keys {
             match self.release(&key).await {
                 Ok(()) => {}
-                Err(e) if e.kind() == terrace_tier_api::ErrorKind::PartitionNotFound => {}
+                Err(e) if e.kind() == ErrorKind::PartitionNotFound => {}
                 Err(e) => return Err(e),
             }
         }
-        let dirs: Vec<PathBuf> = self.dirs.iter().map(|d| Self::job_dir(d, job)).collect();
+        let dirs: Vec<PathBuf> = self
+            .tiers
+            .dirs
+            .iter()
+            .map(|(_, d)| d.path.join(job.to_hex()))
+            .collect();
         tokio::task::spawn_blocking(move || {
             for dir in dirs {
-                match std::fs::remove_dir_all(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
+                // Only an empty directory goes: a file Terrace did not write stays.
+                let _ = std::fs::remove_dir(&dir);
             }
-            Ok(())
         })
         .await
-        .map_err(|e| TierError::internal(format!("drop job task failed: {e}")))?
-        .map_err(|e| TierError::internal(format!("delete directories of job {job}: {e}")))?;
+        .map_err(|e| TierError::internal(format!("drop job task failed: {e}")))?;
+        if let Some(object) = &self.tiers.object {
+            object
+                .delete_prefix(&object.job_prefix(job))
+                .await
+                .map_err(|e| e.context(format!("delete objects of job {job}")))?;
+        }
         Ok(count)
     }
 
@@ -270,6 +384,20 @@ impl Store {
             .iter()
             .map(|e| Arc::clone(e.value()))
             .collect()
+    }
+
+    /// Bytes held in each tier, over all partitions.
+    pub fn tier_bytes(&self) -> TierBytes {
+        self.partitions()
+            .iter()
+            .fold(TierBytes::default(), |acc, p| {
+                let b = p.tier_bytes();
+                TierBytes {
+                    memory: acc.memory + b.memory,
+                    local: acc.local + b.local,
+                    object: acc.object + b.object,
+                }
+            })
     }
 
     /// Flushes partitions with pending data, largest first, whenever memory
@@ -294,9 +422,8 @@ impl Store {
                 .collect();
             candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
             for (_, partition) in candidates {
-                if let Err(e) = partition.flush().await {
-                    tracing::error!(partition = %partition.key(), error = %e, "flush under memory pressure failed");
-                }
+                // A failure fails that partition only (logged where it happens).
+                let _ = partition.flush(&self.tiers).await;
                 if self.budget.used() <= self.flush_stop {
                     break;
                 }
@@ -304,82 +431,272 @@ impl Store {
         }
     }
 
+    /// Deletes objects no partition refers to (left by a crash, a failed
+    /// migration, or a request that timed out and landed later), then moves
+    /// sealed partitions to the object store when they go cold or local use
+    /// passes the high watermark. Runs until `cancel`.
+    pub async fn run_migrator(self: Arc<Self>, cancel: CancellationToken) {
+        if self.tiers.object.is_none() {
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = self.delete_orphan_objects() => match r {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(objects = n, "deleted objects no partition refers to"),
+                Err(e) => tracing::warn!(error = %e, "cannot clean up orphan objects; will try at the next start"),
+            },
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.options.migration_interval) => {}
+            }
+            let store = Arc::clone(&self);
+            let _ = tokio::task::spawn_blocking(move || store.tiers.dirs.refresh()).await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.migrate_once() => {}
+            }
+        }
+    }
+
+    /// One pass of the migrator.
+    pub async fn migrate_once(&self) {
+        let cold_after = self.options.cold_after;
+        let mut cold: Vec<Arc<Partition>> = self
+            .partitions()
+            .into_iter()
+            .filter(|p| p.migration_candidate(cold_after, false).is_some())
+            .collect();
+        let (used, capacity) = self.tiers.dirs.usage();
+        let high = (capacity as f64 * self.options.local_high_watermark) as u64;
+        let low = (capacity as f64 * self.options.local_low_watermark) as u64;
+        if used > high {
+            let mut oldest: Vec<(tokio::time::Instant, Arc<Partition>)> = self
+                .partitions()
+                .into_iter()
+                .filter_map(|p| p.migration_candidate(cold_after, true).map(|t| (t, p)))
+                .collect();
+            oldest.sort_by_key(|(t, _)| *t);
+            for (_, p) in oldest {
+                if self.tiers.dirs.usage().0 <= low {
+                    break;
+                }
+                self.migrate_logged(&p).await;
+                cold.retain(|c| !Arc::ptr_eq(c, &p));
+            }
+        }
+        for p in cold {
+            self.migrate_logged(&p).await;
+        }
+    }
+
+    async fn migrate_logged(&self, partition: &Arc<Partition>) {
+        match partition.migrate(&self.tiers).await {
+            Ok(0) => {}
+            Ok(bytes) => {
+                tracing::debug!(partition = %partition.key(), bytes, "migrated to the object store")
+            }
+            Err(e) => {
+                tracing::warn!(partition = %partition.key(), error = %e, "migration failed; the local copy stays and the migration is retried later")
+            }
+        }
+    }
+
+    /// Deletes every object under this worker's root that no partition
+    /// refers to. Objects of partitions still being written are left alone.
+    pub async fn delete_orphan_objects(&self) -> TierResult<usize> {
+        let object = self.tiers.object()?;
+        let listed = object.list(object.root()).await?;
+        let mut deleted = 0;
+        for (key, _) in listed {
+            let rest = key
+                .as_ref()
+                .strip_prefix(object.root())
+                .map(|r| r.trim_start_matches('/'))
+                .unwrap_or_default();
+            let mut parts = rest.split('/');
+            let (job, partition, id) = (parts.next(), parts.next(), parts.next());
+            let owner = match (job, partition) {
+                (Some(job), Some(partition)) => self.partitions().into_iter().find(|p| {
+                    p.key().job.to_hex() == job && p.key().partition.to_hex() == partition
+                }),
+                _ => None,
+            };
+            let keep = match owner {
+                // Not sealed yet (writes may be in flight) or migrating: its own business.
+                Some(p) if !p.is_sealed() => true,
+                Some(p) => {
+                    let (_, ids) = p.object_keys();
+                    let id: Option<u32> = id.and_then(|i| i.parse().ok());
+                    p.is_migrating() || id.is_some_and(|i| ids.contains(&i))
+                }
+                None => false,
+            };
+            if !keep {
+                object.delete(&key).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Finds the sealed partitions in the data directories and deletes the
+    /// files of the others. Only Terrace-named files are touched.
     fn recover(&self) -> TierResult<()> {
-        for dir in &self.dirs {
-            let jobs = std::fs::read_dir(dir)
-                .map_err(|e| TierError::internal(format!("list {}: {e}", dir.display())))?;
-            for job_entry in jobs.flatten() {
-                let job_dir = job_entry.path();
-                if !job_dir.is_dir() {
+        // Newest valid index per partition, and every Terrace data file.
+        let mut indexes: HashMap<PartitionKey, (PersistedIndex, usize, PathBuf)> = HashMap::new();
+        let mut stale_indexes: Vec<PathBuf> = Vec::new();
+        let mut data_files: HashMap<(String, String, u32), (usize, PathBuf, u64)> = HashMap::new();
+        let mut job_dirs: Vec<PathBuf> = Vec::new();
+        for (d, dir) in self.tiers.dirs.iter() {
+            let entries = std::fs::read_dir(&dir.path)
+                .map_err(|e| TierError::internal(format!("list {}: {e}", dir.path.display())))?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !path.is_dir() || !is_hex(&name) {
+                    if name != MARKER {
+                        tracing::info!(file = %path.display(), "leaving a file Terrace did not write");
+                    }
                     continue;
                 }
-                let Ok(files) = std::fs::read_dir(&job_dir) else {
+                job_dirs.push(path.clone());
+                let Ok(files) = std::fs::read_dir(&path) else {
                     continue;
                 };
                 for file in files.flatten() {
-                    let path = file.path();
-                    if path.extension().and_then(|e| e.to_str()) != Some("index") {
-                        continue;
-                    }
-                    match self.recover_one(&path) {
-                        Ok(key) => tracing::info!(partition = %key, "recovered sealed partition"),
-                        Err(e) => {
-                            tracing::warn!(index = %path.display(), error = %e, "dropping unrecoverable partition");
-                            let _ = remove_if_exists(&path);
-                            let _ = remove_if_exists(&path.with_extension("data"));
+                    let file_path = file.path();
+                    let file_name = file.file_name().to_string_lossy().into_owned();
+                    match parse_name(&file_name) {
+                        Some(Named::Index(partition)) => {
+                            match load_index(&file_path, &name, &partition) {
+                                Ok(persisted) => {
+                                    let key = persisted.key.clone();
+                                    let newer = indexes.get(&key).is_none_or(|(old, _, _)| {
+                                        persisted.generation > old.generation
+                                    });
+                                    if newer {
+                                        if let Some((_, _, old)) =
+                                            indexes.insert(key, (persisted, d, file_path))
+                                        {
+                                            stale_indexes.push(old);
+                                        }
+                                    } else {
+                                        stale_indexes.push(file_path);
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(index = %file_path.display(), error = %e, "dropping an unreadable partition index");
+                                    stale_indexes.push(file_path);
+                                }
+                            }
+                        }
+                        Some(Named::IndexTmp) => stale_indexes.push(file_path),
+                        Some(Named::Data(partition, id)) => {
+                            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                            data_files.insert((name.clone(), partition, id), (d, file_path, len));
+                        }
+                        None => {
+                            tracing::info!(file = %file_path.display(), "leaving a file Terrace did not write");
                         }
                     }
                 }
-                // Whatever has no index was never sealed: its data is incomplete.
-                if let Ok(files) = std::fs::read_dir(&job_dir) {
-                    for file in files.flatten() {
-                        let path = file.path();
-                        let has_index = path.with_extension("index").exists();
-                        if !has_index {
-                            tracing::info!(file = %path.display(), "deleting data of a partition that was not sealed");
-                            let _ = remove_if_exists(&path);
-                        }
-                    }
-                }
-                let _ = std::fs::remove_dir(&job_dir);
             }
+        }
+        for (key, (persisted, index_dir, index_file)) in indexes {
+            let (job, part) = (key.job.to_hex(), key.partition.to_hex());
+            let mut found = Vec::new();
+            let mut missing = None;
+            for blob in &persisted.files {
+                match data_files.get(&(job.clone(), part.clone(), blob.id)) {
+                    Some((d, path, len)) if *len >= blob.len => match std::fs::File::open(path) {
+                        Ok(file) => found.push((*blob, *d, path.clone(), file)),
+                        Err(e) => missing = Some(format!("open {}: {e}", path.display())),
+                    },
+                    Some((_, path, len)) => {
+                        missing = Some(format!(
+                            "data file {} has {len} bytes, index needs {}",
+                            path.display(),
+                            blob.len
+                        ))
+                    }
+                    None => missing = Some(format!("data file {} is missing", blob.id)),
+                }
+            }
+            if let Some(problem) = missing {
+                tracing::warn!(partition = %key, %problem, "dropping an unrecoverable partition");
+                stale_indexes.push(index_file);
+                continue;
+            }
+            for (blob, d, _, _) in &found {
+                data_files.remove(&(job.clone(), part.clone(), blob.id));
+                self.tiers.dirs.get(*d).add_existing(blob.len);
+            }
+            tracing::info!(partition = %key, "recovered sealed partition");
+            self.partitions.insert(
+                key,
+                Arc::new(Partition::recovered(persisted, found, index_dir)),
+            );
+        }
+        // Whatever no index claims belonged to partitions that were never sealed.
+        for (_, (_, path, _)) in data_files {
+            tracing::info!(file = %path.display(), "deleting data of a partition that was not sealed");
+            let _ = remove_if_exists(&path);
+        }
+        for path in stale_indexes {
+            let _ = remove_if_exists(&path);
+        }
+        for dir in job_dirs {
+            // Only empty ones go.
+            let _ = std::fs::remove_dir(&dir);
         }
         Ok(())
     }
+}
 
-    fn recover_one(&self, index_path: &Path) -> TierResult<PartitionKey> {
-        let bytes = std::fs::read(index_path)
-            .map_err(|e| TierError::internal(format!("read {}: {e}", index_path.display())))?;
-        let index = PersistedIndex::decode(&bytes)?;
-        let data_path = index_path.with_extension("data");
-        let data_len = std::fs::metadata(&data_path)
-            .map_err(|e| TierError::corruption(format!("data file {}: {e}", data_path.display())))?
-            .len();
-        if data_len < index.data_len {
-            return Err(TierError::corruption(format!(
-                "data file {} has {data_len} bytes, index needs {}",
-                data_path.display(),
-                index.data_len
-            )));
-        }
-        let expected_name = index.key.partition.to_hex();
-        if index_path.file_stem().and_then(|s| s.to_str()) != Some(expected_name.as_str()) {
-            return Err(TierError::corruption(
-                "index names another partition than its file name",
-            ));
-        }
-        let key = index.key.clone();
-        let meta = PartitionMeta {
-            key: key.clone(),
-            num_subpartitions: index.num_subpartitions,
-            broadcast_only: index.broadcast_only,
-            data_path,
-            index_path: index_path.to_path_buf(),
-        };
-        self.partitions
-            .insert(key.clone(), Arc::new(Partition::recovered(meta, index)));
-        Ok(key)
+enum Named {
+    Index(String),
+    IndexTmp,
+    Data(String, u32),
+}
+
+/// Recognizes the names Terrace gives files in a job directory.
+fn parse_name(name: &str) -> Option<Named> {
+    if let Some(stem) = name.strip_suffix(".index.tmp") {
+        return is_hex(stem).then_some(Named::IndexTmp);
     }
+    if let Some(stem) = name.strip_suffix(".index") {
+        return is_hex(stem).then(|| Named::Index(stem.to_string()));
+    }
+    let stem = name.strip_suffix(".data")?;
+    match stem.split_once('.') {
+        None => is_hex(stem).then(|| Named::Data(stem.to_string(), 0)),
+        Some((partition, id)) => {
+            let id: u32 = id.parse().ok().filter(|&i| i > 0)?;
+            (is_hex(partition) && id.to_string() == stem[partition.len() + 1..])
+                .then(|| Named::Data(partition.to_string(), id))
+        }
+    }
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+fn load_index(path: &Path, job_hex: &str, partition_hex: &str) -> TierResult<PersistedIndex> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| TierError::internal(format!("read {}: {e}", path.display())))?;
+    let persisted = PersistedIndex::decode(&bytes)?;
+    if persisted.key.job.to_hex() != job_hex || persisted.key.partition.to_hex() != partition_hex {
+        return Err(TierError::corruption(
+            "index names another partition than its path",
+        ));
+    }
+    Ok(persisted)
 }
 
 fn remove_if_exists(path: &Path) -> std::io::Result<()> {
@@ -387,5 +704,33 @@ fn remove_if_exists(path: &Path) -> std::io::Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_terrace_names_are_recognized() {
+        assert!(matches!(parse_name("0a1b.index"), Some(Named::Index(p)) if p == "0a1b"));
+        assert!(matches!(
+            parse_name("0a1b.index.tmp"),
+            Some(Named::IndexTmp)
+        ));
+        assert!(matches!(parse_name("0a1b.data"), Some(Named::Data(p, 0)) if p == "0a1b"));
+        assert!(matches!(parse_name("0a1b.7.data"), Some(Named::Data(p, 7)) if p == "0a1b"));
+        for foreign in [
+            "notes.txt",
+            "0a1b.0.data",
+            "0a1b.07.data",
+            "0A1B.data",
+            "0a1b.x.data",
+            ".data",
+            "0a1b.index.bak",
+            "zz.index",
+        ] {
+            assert!(parse_name(foreign).is_none(), "{foreign} is not Terrace's");
+        }
     }
 }

@@ -1,29 +1,40 @@
-//! One partition on a worker: its segment index, its data file, and the
-//! pushed data still in memory.
+//! One partition on a worker: its index (a pure state machine, see
+//! [`super::index`]) and the I/O that moves its extents between tiers.
 //!
-//! Writes: a push is split into runs of one (subpartition, segment) each,
-//! appended to the index as memory extents. A flush writes all pending memory
-//! extents to the end of the data file in one vectored write, then points the
-//! index at the file and frees the memory. Sealing flushes, syncs the file and
-//! persists the index.
+//! - **Append**: a push is split into runs of one (subpartition, segment),
+//!   appended to the index as memory extents.
+//! - **Flush**: all pending memory extents go to the partition's local data
+//!   file in the healthy directory chosen by [`super::LocalDirs`]; if that
+//!   write fails the directory is marked unhealthy and the write moves to
+//!   another one; with no local room it goes to the object store as objects
+//!   of at most `object_part_size`, readable as soon as their PUT returns. If
+//!   nothing can take the data the partition fails with a clear error, and
+//!   its memory is returned either way.
+//! - **Seal**: flush, fsync, persist the index. Success only once data and
+//!   index are durable; a failed persist leaves the partition open so the
+//!   seal can be retried.
+//! - **Migration**: a sealed partition's local extents are uploaded as one
+//!   object laid out segment by segment; then the index is persisted
+//!   pointing at it, swapped in, and only then are the local files deleted.
 //!
-//! Reads: [`Partition::next_read`] says what a reader of one segment gets
-//! next. Every change bumps a version on a watch channel, which parked readers
-//! wait on.
+//! Every change bumps a version on a watch channel, which parked readers wait on.
 
 use std::fs::File;
-use std::io::{IoSlice, Write};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use terrace_tier_api::{
-    BatchReader, DataType, PartitionKey, SegmentId, SubpartitionId, TierError, TierResult,
-};
+use terrace_tier_api::{BatchReader, DataType, ErrorKind, PartitionKey, TierError, TierResult};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::budget::Reservation;
-use super::index::{Extent, Location, PersistedIndex, SegmentIndex, SubpartitionIndex};
+use super::index::{
+    Blob, Extent, ExtentRef, Location, NextRead, PartitionIndex, PersistedIndex, Run, TierKind,
+};
+use super::object::ObjectTier;
+use super::tiers::{Source, Tiers};
 
 /// Immutable facts about a partition.
 #[derive(Debug, Clone)]
@@ -31,46 +42,77 @@ pub struct PartitionMeta {
     pub key: PartitionKey,
     pub num_subpartitions: u32,
     pub broadcast_only: bool,
-    pub data_path: PathBuf,
-    pub index_path: PathBuf,
 }
 
+/// A local data file of the partition.
 #[derive(Debug)]
-struct PendingExtent {
-    sub: usize,
-    segment: usize,
-    extent: usize,
-    bytes: Bytes,
+struct LocalFile {
+    id: u32,
+    dir: usize,
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+    /// Bytes known durable (fsynced).
+    synced: u64,
+    /// New data may be appended (false after a failed write).
+    writable: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Open,
+    /// A seal is running: no more pushes.
+    Sealing,
+    Sealed,
+    /// Its data could not be stored: every later request gets this error.
+    Failed(TierError),
+    Released,
 }
 
 #[derive(Debug)]
 struct State {
-    subs: Vec<SubpartitionIndex>,
-    sealed: bool,
-    released: bool,
-    /// Bytes written to (or reserved in) the data file.
-    file_len: u64,
-    pending: Vec<PendingExtent>,
+    index: PartitionIndex,
+    phase: Phase,
+    pending: Vec<(ExtentRef, Bytes)>,
     pending_bytes: u64,
     /// Memory reservations of the pushes whose extents are pending.
     reservations: Vec<Reservation>,
-    stored_bytes: u64,
+    files: Vec<LocalFile>,
+    objects: Vec<Blob>,
+    /// Key prefix of this partition's objects, fixed at the first object.
+    object_prefix: Option<String>,
+    /// Ids for new files and objects (one sequence, so ids are unique).
+    next_blob: u32,
+    generation: u64,
+    /// The directory holding the persisted index.
+    index_dir: Option<usize>,
+    last_access: Instant,
+    sealed_at: Option<Instant>,
+    migrating: bool,
+    /// A failed migration is not tried again before this.
+    migrate_after: Option<Instant>,
+    migration_failures: u32,
 }
 
-/// What a reader of a segment gets next.
+/// What a reader of a segment gets next, with the bytes' sources resolved.
 #[derive(Debug)]
-pub enum NextRead {
-    /// Up to `max_bytes` of extents of the segment, starting at the reader's position.
-    Extents(Vec<Extent>),
-    /// Everything of the (closed) segment was read.
+pub enum ReadStep {
+    Batch {
+        extents: Vec<Extent>,
+        sources: Vec<Source>,
+    },
     SegmentDone,
-    /// The segment does not exist and never will, or it is the unclosed last
-    /// segment of a sealed partition and was read to its end.
     End,
-    /// Nothing yet: wait for a change.
     Wait,
-    /// The partition was released.
-    Released,
+    Failed(TierError),
+}
+
+/// Bytes of a partition per tier.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TierBytes {
+    pub memory: u64,
+    pub local: u64,
+    pub object: u64,
 }
 
 #[derive(Debug)]
@@ -78,27 +120,31 @@ pub struct Partition {
     meta: PartitionMeta,
     state: Mutex<State>,
     version: watch::Sender<u64>,
-    /// Serializes flushes of this partition.
+    /// Serializes flushes, seals and migration commits of this partition; a
+    /// release waits for it before deleting anything.
     flush_lock: tokio::sync::Mutex<()>,
 }
 
 impl Partition {
     pub fn new(meta: PartitionMeta) -> Self {
-        let stored_subs = if meta.broadcast_only {
-            1
-        } else {
-            meta.num_subpartitions as usize
-        };
         Partition {
             state: Mutex::new(State {
-                subs: vec![SubpartitionIndex::default(); stored_subs],
-                sealed: false,
-                released: false,
-                file_len: 0,
+                index: PartitionIndex::new(meta.num_subpartitions, meta.broadcast_only),
+                phase: Phase::Open,
                 pending: Vec::new(),
                 pending_bytes: 0,
                 reservations: Vec::new(),
-                stored_bytes: 0,
+                files: Vec::new(),
+                objects: Vec::new(),
+                object_prefix: None,
+                next_blob: 0,
+                generation: 0,
+                index_dir: None,
+                last_access: Instant::now(),
+                sealed_at: None,
+                migrating: false,
+                migrate_after: None,
+                migration_failures: 0,
             }),
             meta,
             version: watch::channel(0).0,
@@ -106,21 +152,45 @@ impl Partition {
         }
     }
 
-    /// A sealed partition recovered from its persisted index.
-    pub fn recovered(meta: PartitionMeta, index: PersistedIndex) -> Self {
-        let partition = Partition::new(meta);
+    /// A sealed partition recovered from its persisted index; `files` are its
+    /// data files with the directory each was found in.
+    pub fn recovered(
+        persisted: PersistedIndex,
+        files: Vec<(Blob, usize, PathBuf, File)>,
+        index_dir: usize,
+    ) -> Self {
+        let partition = Partition::new(PartitionMeta {
+            key: persisted.key.clone(),
+            num_subpartitions: persisted.index.num_subpartitions,
+            broadcast_only: persisted.index.broadcast_only,
+        });
         {
             let mut state = partition.lock();
-            state.stored_bytes = index
-                .subpartitions
+            let max_id = files
                 .iter()
-                .flat_map(|s| &s.segments)
-                .flat_map(|g| &g.extents)
-                .map(|e| u64::from(e.len))
-                .sum();
-            state.subs = index.subpartitions;
-            state.file_len = index.data_len;
-            state.sealed = true;
+                .map(|f| f.0.id)
+                .chain(persisted.objects.iter().map(|o| o.id))
+                .max();
+            state.next_blob = max_id.map_or(0, |m| m.saturating_add(1));
+            state.files = files
+                .into_iter()
+                .map(|(blob, dir, path, file)| LocalFile {
+                    id: blob.id,
+                    dir,
+                    path,
+                    file: Arc::new(file),
+                    len: blob.len,
+                    synced: blob.len,
+                    writable: false,
+                })
+                .collect();
+            state.objects = persisted.objects;
+            state.object_prefix = Some(persisted.object_prefix).filter(|p: &String| !p.is_empty());
+            state.generation = persisted.generation;
+            state.index = persisted.index;
+            state.index_dir = Some(index_dir);
+            state.phase = Phase::Sealed;
+            state.sealed_at = Some(Instant::now());
         }
         partition
     }
@@ -146,7 +216,7 @@ impl Partition {
     }
 
     pub fn is_sealed(&self) -> bool {
-        self.lock().sealed
+        matches!(self.lock().phase, Phase::Sealed)
     }
 
     pub fn pending_bytes(&self) -> u64 {
@@ -154,7 +224,46 @@ impl Partition {
     }
 
     pub fn stored_bytes(&self) -> u64 {
-        self.lock().stored_bytes
+        self.lock().index.stored_bytes()
+    }
+
+    /// Bytes of this partition in each tier.
+    pub fn tier_bytes(&self) -> TierBytes {
+        let state = self.lock();
+        let mut out = TierBytes::default();
+        for (_, extent) in state.index.extents() {
+            let len = u64::from(extent.len);
+            match extent.location.tier() {
+                TierKind::Memory => out.memory += len,
+                TierKind::Local => out.local += len,
+                TierKind::Object => out.object += len,
+            }
+        }
+        out
+    }
+
+    /// The object ids and key prefix of the partition, for orphan cleanup.
+    pub fn object_keys(&self) -> (Option<String>, Vec<u32>) {
+        let state = self.lock();
+        (
+            state.object_prefix.clone(),
+            state.objects.iter().map(|o| o.id).collect(),
+        )
+    }
+
+    fn phase_error(&self, phase: &Phase) -> Option<TierError> {
+        match phase {
+            Phase::Released => Some(TierError::not_found(format!(
+                "{} was released",
+                self.meta.key
+            ))),
+            Phase::Failed(e) => Some(e.clone()),
+            Phase::Sealing | Phase::Sealed => Some(TierError::new(
+                ErrorKind::PartitionSealed,
+                format!("{} is sealed; no more pushes", self.meta.key),
+            )),
+            Phase::Open => None,
+        }
     }
 
     /// Appends a decoded push batch. `reservation` holds the batch's memory
@@ -182,79 +291,16 @@ impl Partition {
             }
         }
         let mut state = self.lock();
-        if state.released {
-            return Err(TierError::not_found(format!(
-                "{} was released",
-                self.meta.key
-            )));
+        if let Some(e) = self.phase_error(&state.phase) {
+            return Err(e);
         }
-        if state.sealed {
-            return Err(TierError::new(
-                terrace_tier_api::ErrorKind::PartitionSealed,
-                format!("{} is sealed; no more pushes", self.meta.key),
-            ));
-        }
-        // Validate every run against the segment rules before changing anything.
-        let mut next_segment: Vec<(usize, usize, bool)> = Vec::new();
-        for run in &runs {
-            let sub = run.sub;
-            let known = next_segment
-                .iter()
-                .rev()
-                .find(|(s, _, _)| *s == sub)
-                .map(|(_, g, c)| (*g, *c));
-            let (last, last_closed) = known.unwrap_or_else(|| {
-                let segments = &state.subs[sub].segments;
-                match segments.last() {
-                    Some(seg) => (segments.len() - 1, seg.closed),
-                    None => (usize::MAX, true),
-                }
-            });
-            let segment = run.segment;
-            let ok = if last == usize::MAX {
-                segment == 0
-            } else if segment == last {
-                !last_closed
-            } else {
-                segment == last + 1 && last_closed
-            };
-            if !ok {
-                return Err(TierError::bad_input(format!(
-                    "{}: subpartition {sub} segment {segment} breaks the segment order (last segment {}, {})",
-                    self.meta.key,
-                    if last == usize::MAX {
-                        "none".to_string()
-                    } else {
-                        last.to_string()
-                    },
-                    if last_closed { "closed" } else { "open" },
-                )));
-            }
-            next_segment.push((sub, segment, run.ends_segment));
-        }
-        for run in runs {
-            let segments = &mut state.subs[run.sub].segments;
-            if run.segment == segments.len() {
-                segments.push(SegmentIndex::default());
-            }
-            let segment = &mut segments[run.segment];
-            let len = run.bytes.len() as u32;
-            segment.extents.push(Extent {
-                location: Location::Memory(run.bytes.clone()),
-                len,
-                crc32c: run.crc32c,
-                num_buffers: run.num_buffers,
-            });
-            segment.closed = run.ends_segment;
-            let extent = segment.extents.len() - 1;
-            state.pending_bytes += u64::from(len);
-            state.stored_bytes += u64::from(len);
-            state.pending.push(PendingExtent {
-                sub: run.sub,
-                segment: run.segment,
-                extent,
-                bytes: run.bytes,
-            });
+        let refs = state
+            .index
+            .append(&runs)
+            .map_err(|e| e.context(&self.meta.key))?;
+        for (at, run) in refs.into_iter().zip(runs) {
+            state.pending_bytes += run.bytes.len() as u64;
+            state.pending.push((at, run.bytes));
         }
         state.reservations.push(reservation);
         drop(state);
@@ -262,180 +308,714 @@ impl Partition {
         Ok(())
     }
 
-    /// Writes every pending memory extent to the data file. Blocking file I/O
-    /// runs on the blocking pool.
-    pub async fn flush(self: &Arc<Self>) -> TierResult<()> {
+    /// Writes every pending memory extent to a lower tier.
+    pub async fn flush(self: &Arc<Self>, tiers: &Tiers) -> TierResult<()> {
         let _guard = self.flush_lock.lock().await;
-        self.flush_locked().await
+        self.flush_locked(tiers).await
     }
 
-    /// Waits until no flush or seal of this partition is running.
+    /// Waits until no flush, seal or migration commit of this partition is running.
     pub async fn wait_idle(&self) {
         drop(self.flush_lock.lock().await);
     }
 
     /// The body of [`Partition::flush`]; the caller holds `flush_lock`.
-    async fn flush_locked(self: &Arc<Self>) -> TierResult<()> {
-        let (pending, reservations, offset) = {
+    async fn flush_locked(self: &Arc<Self>, tiers: &Tiers) -> TierResult<()> {
+        let (pending, reservations, total) = {
             let mut state = self.lock();
-            if state.pending.is_empty() || state.released {
+            if state.pending.is_empty() {
                 return Ok(());
             }
-            let pending = std::mem::take(&mut state.pending);
-            let reservations = std::mem::take(&mut state.reservations);
-            let offset = state.file_len;
-            state.file_len += state.pending_bytes;
-            state.pending_bytes = 0;
-            (pending, reservations, offset)
+            if matches!(state.phase, Phase::Released | Phase::Failed(_)) {
+                return Ok(());
+            }
+            let total = std::mem::take(&mut state.pending_bytes);
+            (
+                std::mem::take(&mut state.pending),
+                std::mem::take(&mut state.reservations),
+                total,
+            )
         };
-        let path = self.meta.data_path.clone();
-        let slices: Vec<Bytes> = pending.iter().map(|p| p.bytes.clone()).collect();
-        let written = tokio::task::spawn_blocking(move || append_to_file(&path, offset, &slices))
-            .await
-            .map_err(|e| TierError::internal(format!("flush task failed: {e}")))
-            .and_then(|r| {
-                r.map_err(|e| {
-                    TierError::internal(format!("write {}: {e}", self.meta.data_path.display()))
-                })
-            });
-        if let Err(e) = written {
-            // The index still points at the memory extents, so the data stays
-            // readable; keep it accounted against the budget.
-            self.lock().reservations.extend(reservations);
-            return Err(e.context(&self.meta.key));
+        let result = self.write_out(tiers, &pending, total).await;
+        // The memory is returned whether the data moved or the partition failed.
+        drop(reservations);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = e.context(format!("store data of {}", self.meta.key));
+                tracing::error!(partition = %self.meta.key, error = %e, "partition failed: its data could not be stored");
+                {
+                    let mut state = self.lock();
+                    if !matches!(state.phase, Phase::Released) {
+                        state.phase = Phase::Failed(e.clone());
+                    }
+                }
+                drop(pending);
+                self.bump();
+                Err(e)
+            }
         }
-        {
-            let mut state = self.lock();
-            if !state.released {
-                let mut at = offset;
-                for p in &pending {
-                    let extent = &mut state.subs[p.sub].segments[p.segment].extents[p.extent];
-                    extent.location = Location::LocalFile { offset: at };
-                    at += p.bytes.len() as u64;
+    }
+
+    /// Moves `pending` (`total` bytes) to a local directory, or, when none
+    /// can take it, to the object store. Points the index at the new place.
+    async fn write_out(
+        self: &Arc<Self>,
+        tiers: &Tiers,
+        pending: &[(ExtentRef, Bytes)],
+        total: u64,
+    ) -> TierResult<()> {
+        let slices: Vec<Bytes> = pending.iter().map(|(_, b)| b.clone()).collect();
+        let mut last_error = None;
+        // Each failed directory is skipped from then on, so this ends.
+        for _ in 0..=tiers.dirs.len() {
+            let current = {
+                let state = self.lock();
+                state.files.last().filter(|f| f.writable).map(|f| f.dir)
+            };
+            let Some(dir) = tiers.dirs.choose(total, current) else {
+                break;
+            };
+            match self
+                .append_local(tiers, dir, current == Some(dir), &slices)
+                .await
+            {
+                Ok((file, offset)) => {
+                    let mut state = self.lock();
+                    if !matches!(state.phase, Phase::Released) {
+                        let mut at = offset;
+                        for (extent, bytes) in pending {
+                            state
+                                .index
+                                .relocate(*extent, Location::Local { file, offset: at });
+                            at += bytes.len() as u64;
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tiers.dirs.get(dir).mark_unhealthy(&e);
+                    last_error = Some(format!("{}: {e}", tiers.dirs.get(dir).path.display()));
                 }
             }
         }
-        // The index no longer points at the memory: let it go.
-        drop(pending);
-        drop(reservations);
+        let Some(object) = tiers.object.as_ref() else {
+            return Err(TierError::unavailable(format!(
+                "storage full: no local directory can take {total} bytes{} and no object store is configured",
+                last_error
+                    .map(|e| format!(" (last write error: {e})"))
+                    .unwrap_or_default()
+            )));
+        };
+        self.overflow(tiers, object, pending).await
+    }
+
+    /// Appends `slices` to the partition's file in `dir` (a new file unless
+    /// `reuse`). Returns the file id and the offset written at.
+    async fn append_local(
+        self: &Arc<Self>,
+        tiers: &Tiers,
+        dir: usize,
+        reuse: bool,
+        slices: &[Bytes],
+    ) -> std::io::Result<(u32, u64)> {
+        let total: u64 = slices.iter().map(|s| s.len() as u64).sum();
+        let dir_path = tiers.dirs.get(dir).path.clone();
+        let (id, file, offset) = if reuse {
+            let state = self.lock();
+            let f = state.files.last().expect("reuse means a current file");
+            (f.id, Arc::clone(&f.file), f.len)
+        } else {
+            let id = {
+                let mut state = self.lock();
+                if let Some(f) = state.files.last_mut() {
+                    f.writable = false;
+                }
+                state.next_blob += 1;
+                state.next_blob - 1
+            };
+            let path = data_path(&dir_path, &self.meta.key, id);
+            let layer = Arc::clone(&tiers.files);
+            let (d, p) = (dir_path.clone(), path.clone());
+            let file = tokio::task::spawn_blocking(move || layer.create(&d, &p))
+                .await
+                .map_err(std::io::Error::other)??;
+            let file = Arc::new(file);
+            self.lock().files.push(LocalFile {
+                id,
+                dir,
+                path,
+                file: Arc::clone(&file),
+                len: 0,
+                synced: 0,
+                writable: true,
+            });
+            (id, file, 0)
+        };
+        let layer = Arc::clone(&tiers.files);
+        let owned: Vec<Bytes> = slices.to_vec();
+        let handle = Arc::clone(&file);
+        let written =
+            tokio::task::spawn_blocking(move || layer.append(&dir_path, &handle, offset, &owned))
+                .await
+                .map_err(std::io::Error::other)?;
+        let mut state = self.lock();
+        let entry = state.files.iter_mut().find(|f| f.id == id);
+        match written {
+            Ok(()) => {
+                if let Some(f) = entry {
+                    f.len = offset + total;
+                }
+                tiers.dirs.get(dir).add(total);
+                Ok((id, offset))
+            }
+            Err(e) => {
+                if let Some(f) = entry {
+                    f.writable = false;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes `pending` to the object store as objects of at most
+    /// `object_part_size`, each readable as soon as its PUT returns.
+    async fn overflow(
+        self: &Arc<Self>,
+        tiers: &Tiers,
+        object: &ObjectTier,
+        pending: &[(ExtentRef, Bytes)],
+    ) -> TierResult<()> {
+        let prefix = self.object_prefix(object);
+        let mut start = 0;
+        while start < pending.len() {
+            let mut end = start;
+            let mut len = 0u64;
+            while end < pending.len()
+                && (end == start || len + pending[end].1.len() as u64 <= tiers.object_part_size)
+            {
+                len += pending[end].1.len() as u64;
+                end += 1;
+            }
+            let chunk = &pending[start..end];
+            let id = {
+                let mut state = self.lock();
+                state.next_blob += 1;
+                state.next_blob - 1
+            };
+            let key = ObjectTier::object_key(&prefix, id);
+            let slices: Vec<Bytes> = chunk.iter().map(|(_, b)| b.clone()).collect();
+            object.put(&key, &slices).await?;
+            object.counters.bytes.fetch_add(len, Ordering::Relaxed);
+            object.counters.objects.fetch_add(1, Ordering::Relaxed);
+            object
+                .counters
+                .bytes_overflowed
+                .fetch_add(len, Ordering::Relaxed);
+            let mut state = self.lock();
+            state.objects.push(Blob { id, len });
+            if !matches!(state.phase, Phase::Released) {
+                let mut at = 0u64;
+                for (extent, bytes) in chunk {
+                    state.index.relocate(
+                        *extent,
+                        Location::Object {
+                            object: id,
+                            offset: at,
+                        },
+                    );
+                    at += bytes.len() as u64;
+                }
+            }
+            drop(state);
+            start = end;
+        }
         Ok(())
     }
 
-    /// Seals the partition: flush, sync the data file, persist the index. The
+    fn object_prefix(&self, object: &ObjectTier) -> String {
+        let mut state = self.lock();
+        state
+            .object_prefix
+            .get_or_insert_with(|| object.partition_prefix(&self.meta.key))
+            .clone()
+    }
+
+    /// Seals the partition: flush, fsync its files, persist the index. The
     /// whole seal runs under the flush lock, which a release waits for before
     /// deleting files, so a release can never leave an index behind.
-    pub async fn seal(self: &Arc<Self>) -> TierResult<()> {
-        let released = || TierError::not_found(format!("{} was released", self.meta.key));
+    pub async fn seal(self: &Arc<Self>, tiers: &Tiers) -> TierResult<()> {
+        let _guard = self.flush_lock.lock().await;
         {
             let mut state = self.lock();
-            if state.released {
-                return Err(released());
+            match &state.phase {
+                Phase::Sealed => return Ok(()),
+                Phase::Open | Phase::Sealing => state.phase = Phase::Sealing,
+                other => {
+                    let other = other.clone();
+                    return Err(self.phase_error(&other).expect("not open"));
+                }
             }
-            if state.sealed {
-                return Ok(());
-            }
-            state.sealed = true;
         }
-        let guard = self.flush_lock.lock().await;
-        self.flush_locked().await?;
-        let index = {
-            let state = self.lock();
-            if state.released {
-                return Err(released());
+        self.flush_locked(tiers).await?;
+        match self.persist(tiers, true).await {
+            Ok(()) => {
+                let mut state = self.lock();
+                if matches!(state.phase, Phase::Sealing) {
+                    state.phase = Phase::Sealed;
+                    state.index.sealed = true;
+                    state.sealed_at = Some(Instant::now());
+                    state.last_access = Instant::now();
+                }
             }
-            PersistedIndex {
-                key: self.meta.key.clone(),
-                num_subpartitions: self.meta.num_subpartitions,
-                broadcast_only: self.meta.broadcast_only,
-                data_len: state.file_len,
-                subpartitions: state.subs.clone(),
+            Err(e) => {
+                // Nothing is lost: the data is where the index says. A retried seal persists again.
+                let mut state = self.lock();
+                if matches!(state.phase, Phase::Sealing) {
+                    state.phase = Phase::Open;
+                }
+                return Err(e);
             }
-            .encode()?
-        };
-        let data_path = self.meta.data_path.clone();
-        let index_path = self.meta.index_path.clone();
-        tokio::task::spawn_blocking(move || persist_index(&data_path, &index_path, &index))
-            .await
-            .map_err(|e| TierError::internal(format!("seal task failed: {e}")))?
-            .map_err(|e| TierError::internal(format!("persist index of {}: {e}", self.meta.key)))?;
-        drop(guard);
+        }
         self.bump();
         Ok(())
     }
 
-    /// Marks the partition released: readers get not-found, memory is freed.
-    /// The caller deletes the files.
-    pub fn release(&self) {
+    /// Syncs the partition's local files and writes its index (the next
+    /// generation) to a healthy directory, the current one first. A failed
+    /// directory is marked unhealthy and the next one tried. The caller holds
+    /// `flush_lock`.
+    async fn persist(self: &Arc<Self>, tiers: &Tiers, sync_files: bool) -> TierResult<()> {
+        let (encoded, to_sync, preferred) = {
+            let state = self.lock();
+            if matches!(state.phase, Phase::Released) {
+                return Err(TierError::not_found(format!(
+                    "{} was released",
+                    self.meta.key
+                )));
+            }
+            let mut index = state.index.clone();
+            index.sealed = true;
+            let persisted = PersistedIndex {
+                key: self.meta.key.clone(),
+                generation: state.generation + 1,
+                files: state
+                    .files
+                    .iter()
+                    .map(|f| Blob {
+                        id: f.id,
+                        len: f.len,
+                    })
+                    .collect(),
+                object_prefix: state.object_prefix.clone().unwrap_or_default(),
+                objects: state.objects.clone(),
+                index,
+            };
+            let to_sync: Vec<(u32, usize, Arc<File>, u64)> = state
+                .files
+                .iter()
+                .filter(|f| sync_files && f.synced < f.len)
+                .map(|f| (f.id, f.dir, Arc::clone(&f.file), f.len))
+                .collect();
+            let preferred = state
+                .index_dir
+                .or_else(|| state.files.first().map(|f| f.dir));
+            (persisted.encode()?, to_sync, preferred)
+        };
+        for (id, dir, file, len) in to_sync {
+            let layer = Arc::clone(&tiers.files);
+            let path = tiers.dirs.get(dir).path.clone();
+            let synced = tokio::task::spawn_blocking(move || layer.sync(&path, &file))
+                .await
+                .map_err(|e| TierError::internal(format!("sync task failed: {e}")))?;
+            if let Err(e) = synced {
+                tiers.dirs.get(dir).mark_unhealthy(&e);
+                return Err(TierError::internal(format!(
+                    "sync data file of {} in {}: {e}",
+                    self.meta.key,
+                    tiers.dirs.get(dir).path.display()
+                )));
+            }
+            if let Some(f) = self.lock().files.iter_mut().find(|f| f.id == id) {
+                f.synced = f.synced.max(len);
+            }
+        }
+        let mut errors = Vec::new();
+        for dir in tiers.dirs.any_healthy(preferred) {
+            let dir_path = tiers.dirs.get(dir).path.clone();
+            let path = index_path(&dir_path, &self.meta.key);
+            let layer = Arc::clone(&tiers.files);
+            let bytes = encoded.clone();
+            let d = dir_path.clone();
+            let written =
+                tokio::task::spawn_blocking(move || layer.write_atomic(&d, &path, &bytes))
+                    .await
+                    .map_err(|e| TierError::internal(format!("persist task failed: {e}")))?;
+            match written {
+                Ok(()) => {
+                    let old = {
+                        let mut state = self.lock();
+                        state.generation += 1;
+                        std::mem::replace(&mut state.index_dir, Some(dir))
+                    };
+                    if let Some(old) = old.filter(|&o| o != dir) {
+                        // The newer generation wins at recovery; this is tidiness.
+                        let stale = index_path(&tiers.dirs.get(old).path, &self.meta.key);
+                        let _ =
+                            tokio::task::spawn_blocking(move || std::fs::remove_file(stale)).await;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tiers.dirs.get(dir).mark_unhealthy(&e);
+                    errors.push(format!("{}: {e}", dir_path.display()));
+                }
+            }
+        }
+        Err(TierError::unavailable(format!(
+            "persist index of {}: no healthy data directory took it ({})",
+            self.meta.key,
+            if errors.is_empty() {
+                "all are unhealthy".to_string()
+            } else {
+                errors.join("; ")
+            }
+        )))
+    }
+
+    /// Marks the partition released (readers and writers get not-found) and
+    /// frees its memory.
+    pub fn mark_released(&self) {
         {
             let mut state = self.lock();
-            state.released = true;
+            state.phase = Phase::Released;
             state.pending.clear();
             state.reservations.clear();
-            state.subs.clear();
             state.pending_bytes = 0;
+            state.index = PartitionIndex::new(0, false);
         }
         self.bump();
     }
 
-    /// What a reader positioned at extent `position` of `segment` of
-    /// `subpartition` gets next, at most about `max_bytes` of extents.
+    /// What a released partition leaves to delete, once no flush runs: its
+    /// files (directory, path, length), its index directory, its object
+    /// prefix and the bytes its objects held.
+    pub fn take_storage(
+        &self,
+    ) -> (
+        Vec<(usize, PathBuf, u64)>,
+        Option<usize>,
+        Option<String>,
+        u64,
+    ) {
+        let mut state = self.lock();
+        let files = state
+            .files
+            .drain(..)
+            .map(|f| (f.dir, f.path, f.len))
+            .collect();
+        let object_bytes = state.objects.drain(..).map(|o| o.len).sum();
+        (
+            files,
+            state.index_dir,
+            state.object_prefix.clone(),
+            object_bytes,
+        )
+    }
+
+    pub fn is_migrating(&self) -> bool {
+        self.lock().migrating
+    }
+
+    /// What a reader of `subpartition` at extent `position` of `segment`
+    /// gets next, about `max_bytes` at most, with where the bytes are.
     pub fn next_read(
         &self,
-        subpartition: SubpartitionId,
-        segment: SegmentId,
+        subpartition: u32,
+        segment: u32,
         position: usize,
         max_bytes: usize,
-    ) -> NextRead {
-        let state = self.lock();
-        if state.released {
-            return NextRead::Released;
-        }
-        let sub = if self.meta.broadcast_only {
-            0
-        } else {
-            subpartition.0 as usize
-        };
-        let Some(seg) = state
-            .subs
-            .get(sub)
-            .and_then(|s| s.segments.get(segment.0 as usize))
-        else {
-            return if state.sealed {
-                NextRead::End
-            } else {
-                NextRead::Wait
-            };
-        };
-        if position < seg.extents.len() {
-            let mut out = Vec::new();
-            let mut bytes = 0usize;
-            for extent in &seg.extents[position..] {
-                if !out.is_empty() && bytes + extent.len as usize > max_bytes {
-                    break;
-                }
-                bytes += extent.len as usize;
-                out.push(extent.clone());
+    ) -> ReadStep {
+        let mut state = self.lock();
+        match &state.phase {
+            Phase::Released => {
+                return ReadStep::Failed(TierError::not_found(format!(
+                    "{} was released",
+                    self.meta.key
+                )));
             }
-            return NextRead::Extents(out);
+            Phase::Failed(e) => return ReadStep::Failed(e.clone()),
+            _ => {}
         }
-        if seg.closed {
-            NextRead::SegmentDone
-        } else if state.sealed {
-            NextRead::End
-        } else {
-            NextRead::Wait
+        match state
+            .index
+            .next_read(subpartition, segment, position, max_bytes)
+        {
+            NextRead::Extents(extents) => {
+                let mut sources = Vec::with_capacity(extents.len());
+                for extent in &extents {
+                    let source = match &extent.location {
+                        Location::Memory(bytes) => Source::Memory(bytes.clone()),
+                        Location::Local { file, offset } => {
+                            match state.files.iter().find(|f| f.id == *file) {
+                                Some(f) => Source::File {
+                                    file: Arc::clone(&f.file),
+                                    offset: *offset,
+                                    len: extent.len,
+                                },
+                                None => {
+                                    return ReadStep::Failed(TierError::internal(format!(
+                                        "{}: index names local file {file}, which the partition lacks",
+                                        self.meta.key
+                                    )));
+                                }
+                            }
+                        }
+                        Location::Object { object, offset } => match &state.object_prefix {
+                            Some(prefix) => Source::Object {
+                                key: ObjectTier::object_key(prefix, *object),
+                                offset: *offset,
+                                len: extent.len,
+                            },
+                            None => {
+                                return ReadStep::Failed(TierError::internal(format!(
+                                    "{}: index names object {object} without an object prefix",
+                                    self.meta.key
+                                )));
+                            }
+                        },
+                    };
+                    sources.push(source);
+                }
+                state.last_access = Instant::now();
+                ReadStep::Batch { extents, sources }
+            }
+            NextRead::SegmentDone => ReadStep::SegmentDone,
+            NextRead::End => ReadStep::End,
+            NextRead::Wait => ReadStep::Wait,
+        }
+    }
+
+    /// Whether the partition should migrate now: sealed, with local bytes,
+    /// not migrating, not backing off after a failure; and cold (not read
+    /// for `cold_after`) unless `any_age`. Returns when it was sealed.
+    pub fn migration_candidate(
+        &self,
+        cold_after: std::time::Duration,
+        any_age: bool,
+    ) -> Option<Instant> {
+        let state = self.lock();
+        let now = Instant::now();
+        let eligible = matches!(state.phase, Phase::Sealed)
+            && !state.migrating
+            && state.migrate_after.is_none_or(|t| now >= t)
+            && !state.files.is_empty()
+            && (any_age || now.duration_since(state.last_access) >= cold_after);
+        if eligible { state.sealed_at } else { None }
+    }
+
+    /// Moves the partition's local extents to one new object, laid out
+    /// segment by segment. Commit order: upload, persist the index pointing
+    /// at the object, swap it in, delete the local files. On failure the
+    /// local copy stays and the migration backs off.
+    pub async fn migrate(self: &Arc<Self>, tiers: &Tiers) -> TierResult<u64> {
+        let object = tiers.object()?;
+        // 1. Snapshot what to move. Sealed extents never change but by migration.
+        let (moves, prefix, id) = {
+            let mut state = self.lock();
+            if !matches!(state.phase, Phase::Sealed) || state.migrating {
+                return Ok(0);
+            }
+            let mut moves: Vec<(ExtentRef, Arc<File>, u64, u32)> = Vec::new();
+            for (at, extent) in state.index.extents() {
+                if let Location::Local { file, offset } = extent.location {
+                    let Some(f) = state.files.iter().find(|f| f.id == file) else {
+                        return Err(TierError::internal(format!(
+                            "{}: index names local file {file}, which the partition lacks",
+                            self.meta.key
+                        )));
+                    };
+                    moves.push((at, Arc::clone(&f.file), offset, extent.len));
+                }
+            }
+            if moves.is_empty() && state.files.is_empty() {
+                return Ok(0);
+            }
+            state.migrating = true;
+            state.next_blob += 1;
+            let id = state.next_blob - 1;
+            drop(state);
+            (moves, self.object_prefix(object), id)
+        };
+        let result = self.migrate_moves(tiers, object, &moves, &prefix, id).await;
+        let mut state = self.lock();
+        state.migrating = false;
+        match &result {
+            Ok(_) => {
+                state.migration_failures = 0;
+                state.migrate_after = None;
+            }
+            Err(_) => {
+                state.migration_failures = state.migration_failures.saturating_add(1);
+                let backoff = std::time::Duration::from_secs(1 << state.migration_failures.min(6));
+                state.migrate_after = Some(Instant::now() + backoff);
+            }
+        }
+        result
+    }
+
+    async fn migrate_moves(
+        self: &Arc<Self>,
+        tiers: &Tiers,
+        object: &ObjectTier,
+        moves: &[(ExtentRef, Arc<File>, u64, u32)],
+        prefix: &str,
+        id: u32,
+    ) -> TierResult<u64> {
+        let key = ObjectTier::object_key(prefix, id);
+        let total: u64 = moves.iter().map(|m| u64::from(m.3)).sum();
+        // 2. Upload, part by part: each part is read from the local files in index order.
+        let part_size = tiers.object_part_size.max(5 << 20);
+        let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut start = 0;
+        while start < moves.len() {
+            let mut end = start;
+            let mut len = 0u64;
+            while end < moves.len() && (end == start || len + u64::from(moves[end].3) <= part_size)
+            {
+                len += u64::from(moves[end].3);
+                end += 1;
+            }
+            parts.push(start..end);
+            start = end;
+        }
+        if parts.is_empty() {
+            parts.push(0..0);
+        }
+        let key_text = key.to_string();
+        object
+            .put_parts(&key, parts.len(), |i| {
+                let chunk: Vec<(Arc<File>, u64, u32)> = moves[parts[i].clone()]
+                    .iter()
+                    .map(|(_, f, o, l)| (Arc::clone(f), *o, *l))
+                    .collect();
+                let what = key_text.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || read_chunk(&chunk))
+                        .await
+                        .map_err(|e| TierError::internal(format!("read task failed: {e}")))?
+                        .map_err(|e| {
+                            TierError::internal(format!("read local data for {what}: {e}"))
+                        })
+                }
+            })
+            .await?;
+        // 3. Commit under the flush lock: a release waits, or has already happened.
+        let _guard = self.flush_lock.lock().await;
+        let released = matches!(self.lock().phase, Phase::Released);
+        if released {
+            let _ = object.delete(&key).await;
+            return Ok(0);
+        }
+        let (old_index, old_files, old_objects) = {
+            let mut state = self.lock();
+            let old = (
+                state.index.clone(),
+                std::mem::take(&mut state.files),
+                state.objects.clone(),
+            );
+            let mut at = 0u64;
+            for (extent, _, _, len) in moves {
+                state.index.relocate(
+                    *extent,
+                    Location::Object {
+                        object: id,
+                        offset: at,
+                    },
+                );
+                at += u64::from(*len);
+            }
+            state.objects.push(Blob { id, len: total });
+            old
+        };
+        if let Err(e) = self.persist(tiers, false).await {
+            // Roll back to the local copy; the uploaded object is removed.
+            {
+                let mut state = self.lock();
+                state.index = old_index;
+                state.files = old_files;
+                state.objects = old_objects;
+            }
+            let _ = object.delete(&key).await;
+            return Err(e.context(format!("migrate {}", self.meta.key)));
+        }
+        object.counters.bytes.fetch_add(total, Ordering::Relaxed);
+        object.counters.objects.fetch_add(1, Ordering::Relaxed);
+        object
+            .counters
+            .bytes_migrated
+            .fetch_add(total, Ordering::Relaxed);
+        object
+            .counters
+            .partitions_migrated
+            .fetch_add(1, Ordering::Relaxed);
+        self.bump();
+        // 4. The index points at the object: the local copy can go. Open
+        // handles held by readers stay valid after the unlink.
+        let doomed: Vec<(usize, PathBuf, u64)> = old_files
+            .into_iter()
+            .map(|f| (f.dir, f.path, f.len))
+            .collect();
+        delete_files(tiers, doomed).await;
+        Ok(total)
+    }
+}
+
+/// Deletes data files and takes their bytes off their directories' use.
+pub async fn delete_files(tiers: &Tiers, files: Vec<(usize, PathBuf, u64)>) {
+    for (dir, path, len) in files {
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || std::fs::remove_file(p)).await {
+            Ok(Ok(())) => tiers.dirs.get(dir).remove(len),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                tiers.dirs.get(dir).remove(len)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot delete data file")
+            }
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "delete task failed"),
         }
     }
 }
 
-/// One stored run: consecutive buffers of a push with the same (subpartition, segment).
-struct Run {
-    sub: usize,
-    segment: usize,
-    bytes: Bytes,
-    crc32c: u32,
-    num_buffers: u32,
-    ends_segment: bool,
+/// Reads the extents of one migration part into one buffer. Blocking.
+fn read_chunk(chunk: &[(Arc<File>, u64, u32)]) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let total: usize = chunk.iter().map(|c| c.2 as usize).sum();
+    let mut out = vec![0u8; total];
+    let mut at = 0;
+    for (file, offset, len) in chunk {
+        file.read_exact_at(&mut out[at..at + *len as usize], *offset)?;
+        at += *len as usize;
+    }
+    Ok(Bytes::from(out))
+}
+
+/// `{dir}/{job}/{partition}.data` for file 0 (the name version 1 used),
+/// `{dir}/{job}/{partition}.{id}.data` for the others.
+pub fn data_path(dir: &std::path::Path, key: &PartitionKey, id: u32) -> PathBuf {
+    let job_dir = dir.join(key.job.to_hex());
+    let name = key.partition.to_hex();
+    if id == 0 {
+        job_dir.join(format!("{name}.data"))
+    } else {
+        job_dir.join(format!("{name}.{id}.data"))
+    }
+}
+
+pub fn index_path(dir: &std::path::Path, key: &PartitionKey) -> PathBuf {
+    dir.join(key.job.to_hex())
+        .join(format!("{}.index", key.partition.to_hex()))
 }
 
 /// Splits a decoded batch into runs, checking ids and the END_OF_SEGMENT rule
@@ -443,20 +1023,21 @@ struct Run {
 fn split_runs(batch: &Bytes, num_subpartitions: u32, broadcast_only: bool) -> TierResult<Vec<Run>> {
     let mut reader = BatchReader::new(batch.clone());
     let mut runs: Vec<Run> = Vec::new();
+    // (subpartition, segment, buffers, ended) of the run being built.
+    let mut current: Option<(u32, u32, u32, bool)> = None;
     let mut start = 0usize;
-    let mut current: Option<(u32, u32, u32, bool)> = None; // sub, segment, count, ended
     loop {
         let offset = reader.offset();
         let next = reader.next_buffer()?;
-        let flush_run = match (&current, &next) {
+        let boundary = match (&current, &next) {
             (Some(_), None) => true,
-            (Some((s, g, _, ended)), Some((h, _))) => {
-                *ended || h.subpartition.0 != *s || h.segment.0 != *g
+            (Some((s, g, _, ended)), Some((header, _))) => {
+                *ended || header.subpartition.0 != *s || header.segment.0 != *g
             }
             (None, _) => false,
         };
-        if flush_run {
-            let (s, g, count, ended) = current.take().expect("flush_run implies a current run");
+        if boundary {
+            let (s, g, count, ended) = current.take().expect("boundary implies a run");
             let bytes = batch.slice(start..offset);
             runs.push(Run {
                 sub: s as usize,
@@ -489,107 +1070,4 @@ fn split_runs(batch: &Bytes, num_subpartitions: u32, broadcast_only: bool) -> Ti
         });
     }
     Ok(runs)
-}
-
-fn append_to_file(path: &std::path::Path, offset: u64, slices: &[Bytes]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    let len = file.metadata()?.len();
-    if len != offset {
-        return Err(std::io::Error::other(format!(
-            "data file has {len} bytes, index expected {offset}"
-        )));
-    }
-    let mut index = 0;
-    let mut skip = 0usize;
-    while index < slices.len() {
-        let batch: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&slices[index][skip..]))
-            .chain(
-                slices[index + 1..]
-                    .iter()
-                    .take(1023)
-                    .map(|b| IoSlice::new(b)),
-            )
-            .collect();
-        let mut written = file.write_vectored(&batch)?;
-        if written == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "wrote zero bytes",
-            ));
-        }
-        while index < slices.len() && written > 0 {
-            let left = slices[index].len() - skip;
-            if written >= left {
-                written -= left;
-                index += 1;
-                skip = 0;
-            } else {
-                skip += written;
-                written = 0;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn persist_index(
-    data_path: &std::path::Path,
-    index_path: &std::path::Path,
-    index: &[u8],
-) -> std::io::Result<()> {
-    // The data file exists even when the partition is empty, so recovery finds both.
-    let data = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data_path)?;
-    data.sync_all()?;
-    let tmp = index_path.with_extension("index.tmp");
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(index)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, index_path)?;
-    if let Some(dir) = index_path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Reads `extents` (in memory or in the local file) into one body, in a
-/// buffer of the shared pool.
-pub fn read_extents(data_path: &std::path::Path, extents: &[Extent]) -> std::io::Result<Bytes> {
-    use std::os::unix::fs::FileExt;
-    if let [
-        Extent {
-            location: Location::Memory(bytes),
-            ..
-        },
-    ] = extents
-    {
-        return Ok(bytes.clone());
-    }
-    let total: usize = extents.iter().map(|e| e.len as usize).sum();
-    let mut out = terrace_rpc::shared_pool().take(total);
-    let mut file: Option<File> = None;
-    let mut at = 0;
-    for extent in extents {
-        let dst = &mut out.as_mut()[at..at + extent.len as usize];
-        match &extent.location {
-            Location::Memory(bytes) => dst.copy_from_slice(bytes),
-            Location::LocalFile { offset } => {
-                if file.is_none() {
-                    file = Some(File::open(data_path)?);
-                }
-                file.as_ref()
-                    .expect("opened above")
-                    .read_exact_at(dst, *offset)?;
-            }
-        }
-        at += extent.len as usize;
-    }
-    Ok(out.freeze())
 }

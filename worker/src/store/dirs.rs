@@ -1,0 +1,358 @@
+//! The worker's local data directories: capacity, health and placement.
+//!
+//! Each directory has a capacity: the configured `dir_capacity`, or else the
+//! filesystem's free space minus `dir_reserve` (and never more than that even
+//! with a configured capacity). A new data file goes to the healthy directory
+//! with the most room. A directory whose write fails is marked unhealthy and
+//! skipped until the worker restarts.
+//!
+//! Every directory carries a marker file naming it a Terrace data directory
+//! and holding the worker's store id, which keeps this worker's objects apart
+//! from other workers' in a shared bucket and survives restarts.
+
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use terrace_tier_api::{TierError, TierResult};
+
+/// Name of the marker file in every data directory.
+pub const MARKER: &str = ".terrace-data-dir";
+
+#[derive(Debug)]
+pub struct LocalDir {
+    pub path: PathBuf,
+    /// Configured capacity, if any.
+    capacity: Option<u64>,
+    reserve: u64,
+    /// Bytes of this worker's data files in the directory.
+    used: AtomicU64,
+    /// Free bytes of the filesystem at the last look, less what was written since.
+    fs_free: AtomicU64,
+    healthy: AtomicBool,
+    error: Mutex<Option<String>>,
+    write_failures: AtomicU64,
+}
+
+/// What `terrace status` and heartbeats show of a directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirStatus {
+    pub path: String,
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub healthy: bool,
+    pub error: Option<String>,
+    pub write_failures: u64,
+}
+
+impl LocalDir {
+    /// Bytes a new write may take here (0 when unhealthy).
+    pub fn room(&self) -> u64 {
+        if !self.healthy.load(Ordering::Relaxed) {
+            return 0;
+        }
+        self.capacity()
+            .saturating_sub(self.used.load(Ordering::Relaxed))
+    }
+
+    /// Used bytes plus what the filesystem and the configured limit allow.
+    pub fn capacity(&self) -> u64 {
+        let used = self.used.load(Ordering::Relaxed);
+        let by_fs = used
+            + self
+                .fs_free
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.reserve);
+        match self.capacity {
+            Some(limit) => limit.min(by_fs),
+            None => by_fs,
+        }
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// `bytes` of data files were written here.
+    pub fn add(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+        let _ = self
+            .fs_free
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                Some(f.saturating_sub(bytes))
+            });
+    }
+
+    /// `bytes` of data files already on disk were found here (recovery).
+    pub fn add_existing(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `bytes` of data files were deleted here.
+    pub fn remove(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+        self.fs_free.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A write here failed: skip this directory from now on.
+    pub fn mark_unhealthy(&self, error: &std::io::Error) {
+        self.write_failures.fetch_add(1, Ordering::Relaxed);
+        let was = self.healthy.swap(false, Ordering::Relaxed);
+        *self.error.lock().expect("dir error lock poisoned") = Some(error.to_string());
+        if was {
+            tracing::error!(dir = %self.path.display(), %error, "data directory failed a write; marked unhealthy, no new data goes there");
+        }
+    }
+
+    /// Reads the filesystem's free space again. Blocking.
+    pub fn refresh(&self) {
+        if let Ok(free) = free_space(&self.path) {
+            self.fs_free.store(free, Ordering::Relaxed);
+        }
+    }
+
+    pub fn status(&self) -> DirStatus {
+        DirStatus {
+            path: self.path.display().to_string(),
+            used_bytes: self.used(),
+            capacity_bytes: self.capacity(),
+            healthy: self.is_healthy(),
+            error: self.error.lock().expect("dir error lock poisoned").clone(),
+            write_failures: self.write_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct LocalDirs {
+    dirs: Vec<LocalDir>,
+    store_id: String,
+}
+
+impl LocalDirs {
+    /// Creates (if missing) and marks each directory. Blocking.
+    pub fn open(paths: &[PathBuf], capacity: Option<u64>, reserve: u64) -> TierResult<LocalDirs> {
+        if paths.is_empty() {
+            return Err(TierError::bad_input(
+                "a worker needs at least one data directory",
+            ));
+        }
+        let mut store_id = None;
+        for path in paths {
+            std::fs::create_dir_all(path).map_err(|e| {
+                TierError::bad_input(format!("create data directory {}: {e}", path.display()))
+            })?;
+            if store_id.is_none() {
+                store_id = read_marker(path)?;
+            }
+        }
+        let store_id = store_id.unwrap_or_else(new_store_id);
+        let mut dirs = Vec::new();
+        for path in paths {
+            if read_marker(path)?.is_none() {
+                write_marker(path, &store_id)?;
+            }
+            let dir = LocalDir {
+                path: path.clone(),
+                capacity,
+                reserve,
+                used: AtomicU64::new(0),
+                fs_free: AtomicU64::new(0),
+                healthy: AtomicBool::new(true),
+                error: Mutex::new(None),
+                write_failures: AtomicU64::new(0),
+            };
+            dir.refresh();
+            dirs.push(dir);
+        }
+        Ok(LocalDirs { dirs, store_id })
+    }
+
+    /// This worker's id in the object store, kept in the directory markers.
+    pub fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    pub fn get(&self, index: usize) -> &LocalDir {
+        &self.dirs[index]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &LocalDir)> {
+        self.dirs.iter().enumerate()
+    }
+
+    pub fn len(&self) -> usize {
+        self.dirs.len()
+    }
+
+    /// Where `bytes` more of a partition go: its current directory `current`
+    /// while that is healthy and has room, else the healthy directory with
+    /// the most room that can take them. `None`: no directory can.
+    pub fn choose(&self, bytes: u64, current: Option<usize>) -> Option<usize> {
+        if let Some(i) = current {
+            if self.dirs.get(i).is_some_and(|d| d.room() >= bytes) {
+                return Some(i);
+            }
+        }
+        self.dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (i, d.room()))
+            .filter(|(_, room)| *room >= bytes)
+            .max_by_key(|(_, room)| *room)
+            .map(|(i, _)| i)
+    }
+
+    /// A healthy directory for a small file (an index), preferring `preferred`.
+    pub fn any_healthy(&self, preferred: Option<usize>) -> Vec<usize> {
+        let mut out: Vec<usize> = preferred
+            .into_iter()
+            .filter(|&i| self.dirs.get(i).is_some_and(LocalDir::is_healthy))
+            .collect();
+        out.extend(
+            self.dirs
+                .iter()
+                .enumerate()
+                .filter(|(i, d)| d.is_healthy() && Some(*i) != preferred)
+                .map(|(i, _)| i),
+        );
+        out
+    }
+
+    /// Used and total capacity over all healthy directories.
+    pub fn usage(&self) -> (u64, u64) {
+        self.dirs
+            .iter()
+            .filter(|d| d.is_healthy())
+            .fold((0, 0), |(u, c), d| (u + d.used(), c + d.capacity()))
+    }
+
+    /// Reads every directory's free space again. Blocking.
+    pub fn refresh(&self) {
+        for dir in &self.dirs {
+            dir.refresh();
+        }
+    }
+
+    pub fn status(&self) -> Vec<DirStatus> {
+        self.dirs.iter().map(LocalDir::status).collect()
+    }
+}
+
+fn read_marker(dir: &Path) -> TierResult<Option<String>> {
+    let path = dir.join(MARKER);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text
+                .lines()
+                .find_map(|l| l.strip_prefix("store_id = "))
+                .map(str::trim)
+                .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .ok_or_else(|| {
+                    TierError::bad_input(format!(
+                        "{} is not a Terrace data directory marker (no valid store_id line)",
+                        path.display()
+                    ))
+                })?;
+            Ok(Some(id.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(TierError::internal(format!("read {}: {e}", path.display()))),
+    }
+}
+
+fn write_marker(dir: &Path, store_id: &str) -> TierResult<()> {
+    let path = dir.join(MARKER);
+    let text = format!(
+        "# Terrace data directory. Terrace deletes only files it wrote here.\nstore_id = {store_id}\n"
+    );
+    std::fs::write(&path, text)
+        .map_err(|e| TierError::bad_input(format!("write {}: {e}", path.display())))
+}
+
+/// 64 random bits from the OS-seeded hasher keys, as 16 hex digits.
+fn new_store_id() -> String {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:016x}", hasher.finish())
+}
+
+/// Free bytes available to unprivileged users on the filesystem holding `path`.
+fn free_space(path: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(u64::from(stat.blocks_available()) * u64::from(stat.fragment_size()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_files_go_to_the_healthy_directory_with_the_most_room() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let paths = vec![root.path().join("a"), root.path().join("b")];
+        let dirs = LocalDirs::open(&paths, Some(1000), 0).expect("open");
+        dirs.get(0).add(100);
+        assert_eq!(dirs.choose(10, None), Some(1), "b has more room");
+        assert_eq!(dirs.choose(10, Some(0)), Some(0), "a partition stays put");
+        assert_eq!(dirs.choose(950, Some(0)), Some(1), "a has no room for 950");
+        assert_eq!(dirs.choose(1001, None), None);
+        dirs.get(1)
+            .mark_unhealthy(&std::io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(dirs.choose(10, None), Some(0));
+        assert_eq!(dirs.get(1).room(), 0);
+        let status = dirs.status();
+        assert!(!status[1].healthy);
+        assert_eq!(status[1].write_failures, 1);
+        assert!(
+            status[1]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("error"))
+        );
+        assert_eq!(dirs.usage(), (100, 1000));
+    }
+
+    #[test]
+    fn markers_keep_the_store_id_across_opens() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let a = root.path().join("a");
+        let first = LocalDirs::open(std::slice::from_ref(&a), None, 0).expect("open");
+        let id = first.store_id().to_string();
+        assert_eq!(id.len(), 16);
+        let b = root.path().join("b");
+        let again = LocalDirs::open(&[a.clone(), b.clone()], None, 0).expect("reopen");
+        assert_eq!(again.store_id(), id);
+        assert_eq!(read_marker(&b).expect("read"), Some(id));
+        std::fs::write(a.join(MARKER), "garbage").expect("write");
+        assert!(
+            LocalDirs::open(&[a], None, 0).is_err(),
+            "a damaged marker is refused"
+        );
+    }
+
+    #[test]
+    fn the_default_capacity_is_free_space_minus_the_reserve() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dirs = LocalDirs::open(&[root.path().to_path_buf()], None, 0).expect("open");
+        let free = free_space(root.path()).expect("free space");
+        let cap = dirs.get(0).capacity();
+        assert!(cap > 0 && cap.abs_diff(free) < 64 << 20, "{cap} vs {free}");
+        let reserved = LocalDirs::open(&[root.path().to_path_buf()], None, free).expect("open");
+        assert_eq!(reserved.get(0).capacity(), 0, "the reserve takes it all");
+    }
+}

@@ -1,0 +1,367 @@
+//! Property tests of the index state machine and of every persisted version it reads.
+
+use super::*;
+use proptest::prelude::*;
+
+fn key() -> PartitionKey {
+    PartitionKey {
+        job: JobId::new(vec![1, 2, 3]).expect("id"),
+        partition: PartitionId::new(vec![9; 40]).expect("id"),
+    }
+}
+
+fn run(sub: usize, segment: usize, len: usize, ends: bool, tag: u8) -> Run {
+    let bytes = Bytes::from(vec![tag; len]);
+    Run {
+        sub,
+        segment,
+        crc32c: crc32c::crc32c(&bytes),
+        bytes,
+        num_buffers: 1 + len as u32 % 3,
+        ends_segment: ends,
+    }
+}
+
+/// The model: per subpartition, segments of (extent tags, closed).
+type Model = Vec<Vec<(Vec<u8>, bool)>>;
+
+fn model_accepts(model: &Model, runs: &[(usize, usize, bool)]) -> bool {
+    let mut m = model.clone();
+    for &(sub, segment, ends) in runs {
+        let segs = &mut m[sub];
+        let ok = match segs.last() {
+            None => segment == 0,
+            Some((_, closed)) => {
+                let last = segs.len() - 1;
+                (segment == last && !closed) || (segment == last + 1 && *closed)
+            }
+        };
+        if !ok {
+            return false;
+        }
+        if segment == segs.len() {
+            segs.push((Vec::new(), false));
+        }
+        segs[segment].1 = ends;
+    }
+    true
+}
+
+/// Reads every segment of every subpartition in small batches, as a stream would.
+fn read_all(index: &PartitionIndex, subs: u32, max_bytes: usize) -> Vec<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for sub in 0..subs {
+        let mut segments = Vec::new();
+        let mut segment = 0u32;
+        loop {
+            let mut tags = Vec::new();
+            let mut position = 0;
+            let finished = loop {
+                match index.next_read(sub, segment, position, max_bytes) {
+                    NextRead::Extents(extents) => {
+                        assert!(!extents.is_empty(), "a batch holds at least one extent");
+                        position += extents.len();
+                        for e in extents {
+                            match e.location {
+                                Location::Memory(b) => tags.push(b.first().copied().unwrap_or(0)),
+                                Location::Local { offset, .. }
+                                | Location::Object { offset, .. } => tags.push(offset as u8),
+                            }
+                        }
+                    }
+                    NextRead::SegmentDone => break false,
+                    NextRead::End => break true,
+                    NextRead::Wait => break true,
+                }
+            };
+            if !tags.is_empty() || !finished {
+                segments.push(tags);
+            }
+            if finished {
+                break;
+            }
+            segment += 1;
+        }
+        out.push(segments);
+    }
+    out
+}
+
+proptest! {
+    /// Any sequence of pushes: the index accepts exactly what the segment
+    /// rules allow, all or nothing, and readers see exactly the accepted
+    /// extents in write order, whatever the batch size.
+    #[test]
+    fn state_machine_follows_the_segment_rules(
+        pushes in proptest::collection::vec(
+            proptest::collection::vec((0usize..3, 0usize..4, any::<bool>(), 1usize..50), 1..4),
+            0..30,
+        ),
+        max_bytes in 1usize..200,
+        seal in any::<bool>(),
+    ) {
+        let mut index = PartitionIndex::new(3, false);
+        let mut model: Model = vec![Vec::new(); 3];
+        let mut tag = 1u8;
+        for push in pushes {
+            let shape: Vec<(usize, usize, bool)> = push.iter().map(|&(s, g, e, _)| (s, g, e)).collect();
+            let runs: Vec<Run> = push.iter().map(|&(s, g, e, len)| {
+                tag = tag.wrapping_add(1).max(1);
+                run(s, g, len, e, tag)
+            }).collect();
+            let before = index.clone();
+            let accepted = index.append(&runs);
+            prop_assert_eq!(accepted.is_ok(), model_accepts(&model, &shape));
+            match accepted {
+                Ok(refs) => {
+                    prop_assert_eq!(refs.len(), runs.len());
+                    for (r, run) in refs.iter().zip(&runs) {
+                        prop_assert_eq!((r.sub, r.segment), (run.sub, run.segment));
+                        let segs = &mut model[run.sub];
+                        if run.segment == segs.len() {
+                            segs.push((Vec::new(), false));
+                        }
+                        segs[run.segment].0.push(run.bytes[0]);
+                        segs[run.segment].1 = run.ends_segment;
+                    }
+                }
+                Err(_) => prop_assert_eq!(&index, &before, "a refused push changes nothing"),
+            }
+        }
+        if seal {
+            index.sealed = true;
+        }
+        let got = read_all(&index, 3, max_bytes);
+        for (sub, segments) in model.iter().enumerate() {
+            let want: Vec<Vec<u8>> = segments.iter().map(|(tags, _)| tags.clone()).collect();
+            prop_assert_eq!(&got[sub], &want);
+        }
+        prop_assert_eq!(
+            index.stored_bytes(),
+            index.extents().map(|(_, e)| u64::from(e.len)).sum::<u64>()
+        );
+        if seal {
+            prop_assert!(index.append(&[run(0, 0, 1, false, 1)]).is_err(), "sealed refuses pushes");
+        }
+    }
+
+    /// Relocating extents changes where they are, never what a reader gets.
+    #[test]
+    fn relocation_keeps_reads(lens in proptest::collection::vec(1usize..100, 1..20), to_object in any::<u64>()) {
+        let mut index = PartitionIndex::new(1, true);
+        let runs: Vec<Run> = lens.iter().enumerate()
+            .map(|(i, &len)| run(0, 0, len, i + 1 == lens.len(), i as u8)).collect();
+        let refs = index.append(&runs).expect("valid");
+        let mut offset = 0u64;
+        for (i, r) in refs.iter().enumerate() {
+            let location = if to_object & (1 << (i % 64)) != 0 {
+                Location::Object { object: 3, offset }
+            } else {
+                Location::Local { file: 0, offset }
+            };
+            index.relocate(*r, location);
+            offset += lens[i] as u64;
+        }
+        // Broadcast-only: any subpartition reads subpartition 0's data.
+        let NextRead::Extents(extents) = index.next_read(5, 0, 0, usize::MAX) else {
+            return Err(TestCaseError::fail("expected extents"));
+        };
+        prop_assert_eq!(extents.len(), lens.len());
+        prop_assert!(extents.iter().zip(&lens).all(|(e, &l)| e.len as usize == l));
+        prop_assert!(extents.iter().all(|e| e.location.tier() != TierKind::Memory));
+        prop_assert!(matches!(index.next_read(5, 0, lens.len(), 10), NextRead::SegmentDone));
+    }
+
+    #[test]
+    fn persisted_index_roundtrips(
+        layout in proptest::collection::vec(
+            proptest::collection::vec(proptest::collection::vec((any::<bool>(), 0u32..1 << 20), 0..4), 0..4),
+            1..4,
+        ),
+        closed in any::<u32>(),
+        generation in any::<u64>(),
+        broadcast in any::<bool>(),
+    ) {
+        let persisted = sample(&layout, closed, generation, broadcast);
+        let bytes = persisted.encode().expect("no memory extents");
+        let back = PersistedIndex::decode(&bytes).expect("decodes");
+        prop_assert_eq!(back, persisted);
+    }
+
+    /// Any bytes in: an error or an index, never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = PersistedIndex::decode(&data);
+    }
+
+    /// Bytes that pass the checksum but are otherwise garbage: never a panic.
+    #[test]
+    fn garbage_with_a_valid_checksum_never_panics(mut data in proptest::collection::vec(any::<u8>(), 0..400), version in 1u32..3) {
+        let mut body = b"TRIX".to_vec();
+        body.extend_from_slice(&version.to_le_bytes());
+        body.append(&mut data);
+        let crc = crc32c::crc32c(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        let _ = PersistedIndex::decode(&body);
+    }
+
+    /// Any single flipped byte is caught, in both versions.
+    #[test]
+    fn corruption_is_detected(pos in any::<prop::sample::Index>(), flip in 1u8..=255, v1 in any::<bool>()) {
+        let bytes = if v1 {
+            encode_v1(&key(), 2, false, 30, &[vec![vec![(0, 10), (10, 20)]], vec![]])
+        } else {
+            sample(&[vec![vec![(false, 0), (true, 10)]]], 1, 7, false).encode().expect("encode").to_vec()
+        };
+        let mut damaged = bytes;
+        let i = pos.index(damaged.len());
+        damaged[i] ^= flip;
+        prop_assert!(PersistedIndex::decode(&damaged).is_err());
+    }
+
+    /// Version 1 indexes (one data file, no objects) written by earlier
+    /// workers still load, as local-file extents of file 0.
+    #[test]
+    fn version_1_indexes_still_load(
+        segments in proptest::collection::vec(proptest::collection::vec((0u64..1 << 30, 0u32..1 << 20), 0..5), 0..6),
+    ) {
+        let data_len = 1u64 << 40;
+        let bytes = encode_v1(&key(), 2, false, data_len, &[segments.clone(), vec![]]);
+        let back = PersistedIndex::decode(&bytes).expect("v1 decodes");
+        prop_assert_eq!(back.generation, 0);
+        prop_assert_eq!(back.files, vec![Blob { id: 0, len: data_len }]);
+        prop_assert!(back.objects.is_empty());
+        prop_assert!(back.index.sealed);
+        let got: Vec<Vec<(u64, u32)>> = back.index.subs[0].segments.iter().map(|g| {
+            g.extents.iter().map(|e| match e.location {
+                Location::Local { file: 0, offset } => (offset, e.len),
+                _ => (u64::MAX, 0),
+            }).collect()
+        }).collect();
+        prop_assert_eq!(got, segments);
+    }
+}
+
+#[test]
+fn extents_must_fit_their_file_or_object() {
+    let mut persisted = sample(&[vec![vec![(true, 10)]]], 1, 1, false);
+    persisted.objects[0].len = 3; // the extent is longer
+    let bytes = persisted.encode().expect("encode");
+    let err = PersistedIndex::decode(&bytes).expect_err("past the end");
+    assert!(err.message().contains("past the end"), "{err}");
+
+    let mut persisted = sample(&[vec![vec![(false, 0)]]], 1, 1, false);
+    persisted.files.clear(); // names a file the table lacks
+    let bytes = persisted.encode().expect("encode");
+    let err = PersistedIndex::decode(&bytes).expect_err("unknown file");
+    assert!(err.message().contains("unknown file"), "{err}");
+}
+
+#[test]
+fn memory_extents_are_never_persisted() {
+    let mut index = PartitionIndex::new(1, false);
+    index.append(&[run(0, 0, 5, true, 1)]).expect("valid");
+    let persisted = PersistedIndex {
+        key: key(),
+        generation: 1,
+        files: Vec::new(),
+        object_prefix: String::new(),
+        objects: Vec::new(),
+        index,
+    };
+    assert!(persisted.encode().is_err());
+}
+
+/// An index whose extents sit in file 0 (`false`) or object 5 (`true`), laid
+/// out back to back in each.
+fn sample(
+    layout: &[Vec<Vec<(bool, u32)>>],
+    closed: u32,
+    generation: u64,
+    broadcast: bool,
+) -> PersistedIndex {
+    let stored = if broadcast { 1 } else { layout.len() };
+    let mut index = PartitionIndex::new(layout.len() as u32, broadcast);
+    let (mut file_len, mut object_len) = (0u64, 0u64);
+    for (sub, segments) in layout.iter().take(stored).enumerate() {
+        for (g, extents) in segments.iter().enumerate() {
+            let mut segment = SegmentIndex {
+                closed: closed & (1 << ((sub * 8 + g) % 32)) != 0,
+                extents: Vec::new(),
+            };
+            for &(in_object, len) in extents {
+                let location = if in_object {
+                    object_len += u64::from(len);
+                    Location::Object {
+                        object: 5,
+                        offset: object_len - u64::from(len),
+                    }
+                } else {
+                    file_len += u64::from(len);
+                    Location::Local {
+                        file: 0,
+                        offset: file_len - u64::from(len),
+                    }
+                };
+                segment.extents.push(Extent {
+                    location,
+                    len,
+                    crc32c: len.wrapping_mul(31),
+                    num_buffers: len / 7,
+                });
+            }
+            index.subs[sub].segments.push(segment);
+        }
+    }
+    index.sealed = true;
+    PersistedIndex {
+        key: key(),
+        generation,
+        files: vec![Blob {
+            id: 0,
+            len: file_len,
+        }],
+        object_prefix: "terrace/abc/01/02".into(),
+        objects: vec![Blob {
+            id: 5,
+            len: object_len,
+        }],
+        index,
+    }
+}
+
+/// The version 1 encoder, as earlier workers wrote it.
+fn encode_v1(
+    key: &PartitionKey,
+    num_subpartitions: u32,
+    broadcast_only: bool,
+    data_len: u64,
+    subs: &[Vec<Vec<(u64, u32)>>],
+) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_slice(MAGIC);
+    out.put_u32_le(1);
+    put_bytes(&mut out, key.job.as_bytes());
+    put_bytes(&mut out, key.partition.as_bytes());
+    out.put_u32_le(num_subpartitions);
+    out.put_u8(u8::from(broadcast_only));
+    out.put_u64_le(data_len);
+    for segments in subs {
+        out.put_u32_le(segments.len() as u32);
+        for extents in segments {
+            out.put_u8(1);
+            out.put_u32_le(extents.len() as u32);
+            for &(offset, len) in extents {
+                out.put_u8(KIND_LOCAL);
+                out.put_u64_le(offset);
+                out.put_u32_le(len);
+                out.put_u32_le(7);
+                out.put_u32_le(1);
+            }
+        }
+    }
+    out.put_u32_le(0);
+    let crc = crc32c::crc32c(&out);
+    out.put_u32_le(crc);
+    out.to_vec()
+}

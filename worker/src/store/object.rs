@@ -1,0 +1,426 @@
+//! The object-store tier, through the `object_store` crate: `s3://bucket/prefix`,
+//! `file:///path` or `memory://`.
+//!
+//! Keys are deterministic, `{prefix}/{store id}/{job}/{partition}/{object id}`,
+//! so a request that timed out and landed later is still found and deleted
+//! by prefix. Every request runs under a timeout and is retried with
+//! exponential backoff; a request that still fails is an `Unavailable` error
+//! naming the store, the operation and the key. Objects are immutable: an
+//! overflow flush is one single PUT (readable as soon as it returns); a
+//! migration is one object, by multipart upload when large.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
+
+/// How the worker talks to its object store.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreSettings {
+    /// `s3://bucket/prefix`, `file:///path` or `memory://`.
+    pub url: String,
+    /// Extra builder options (e.g. `aws_endpoint`, `aws_access_key_id`); they
+    /// override the `AWS_*` environment variables.
+    pub options: BTreeMap<String, String>,
+    /// One request, body included.
+    pub request_timeout: Duration,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// First backoff; doubled per retry, at most 10 s.
+    pub backoff: Duration,
+}
+
+/// Counters of the object-store tier.
+#[derive(Debug, Default)]
+pub struct ObjectCounters {
+    /// Bytes and objects currently held for live partitions.
+    pub bytes: AtomicU64,
+    pub objects: AtomicU64,
+    pub bytes_overflowed: AtomicU64,
+    pub bytes_migrated: AtomicU64,
+    pub partitions_migrated: AtomicU64,
+    pub bytes_read: AtomicU64,
+    /// Requests that failed after every retry.
+    pub failures: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct ObjectTier {
+    store: Arc<dyn ObjectStore>,
+    /// The URL without credentials, for messages.
+    url: String,
+    /// `{url path}/{store id}`.
+    root: String,
+    settings: ObjectStoreSettings,
+    pub counters: ObjectCounters,
+    /// The last failure, and whether a request succeeded since.
+    last_error: Mutex<Option<String>>,
+    available: std::sync::atomic::AtomicBool,
+}
+
+/// Builds the store named by `settings.url`.
+pub fn build_store(
+    settings: &ObjectStoreSettings,
+) -> TierResult<(Arc<dyn ObjectStore>, ObjectPath)> {
+    let bad = |e: &dyn std::fmt::Display| {
+        TierError::bad_input(format!("object store {}: {e}", redact(&settings.url)))
+    };
+    let url = url::Url::parse(&settings.url).map_err(|e| bad(&e))?;
+    match url.scheme() {
+        "s3" | "s3a" => {
+            use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+            let bucket = url
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| bad(&"an s3 URL names a bucket: s3://bucket/prefix"))?;
+            // Environment first (AWS_ENDPOINT, AWS_ALLOW_HTTP, credentials),
+            // then the config file's options. Timeouts go in as config keys:
+            // replacing the client options would drop AWS_ALLOW_HTTP.
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            for (key, value) in &settings.options {
+                let key: AmazonS3ConfigKey = key
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|e| bad(&format!("option {key}: {e}")))?;
+                builder = builder.with_config(key, value.clone());
+            }
+            let timeout = humantime_secs(settings.request_timeout);
+            builder = builder
+                .with_config("timeout".parse().map_err(|e| bad(&e))?, timeout.clone())
+                .with_config(
+                    "connect_timeout".parse().map_err(|e| bad(&e))?,
+                    humantime_secs(settings.request_timeout.min(Duration::from_secs(5))),
+                )
+                // Terrace retries every request itself, the same way for every store.
+                .with_retry(object_store::RetryConfig {
+                    max_retries: 0,
+                    ..Default::default()
+                });
+            let store = builder.build().map_err(|e| bad(&e))?;
+            Ok((Arc::new(store), ObjectPath::from(url.path())))
+        }
+        "file" => {
+            let path = url
+                .to_file_path()
+                .map_err(|()| bad(&"a file URL names an absolute path"))?;
+            std::fs::create_dir_all(&path).map_err(|e| bad(&e))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&path)
+                .map_err(|e| bad(&e))?;
+            Ok((Arc::new(store), ObjectPath::default()))
+        }
+        "memory" => Ok((
+            Arc::new(object_store::memory::InMemory::new()),
+            ObjectPath::default(),
+        )),
+        other => Err(bad(&format!(
+            "unsupported scheme {other}: use s3://, file:// or memory://"
+        ))),
+    }
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+/// The URL with any user info removed.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => url.to_string(),
+    }
+}
+
+impl ObjectTier {
+    /// An object tier over `store` (already built, maybe wrapped by tests),
+    /// whose keys start with `base`/`store_id`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        base: ObjectPath,
+        store_id: &str,
+        settings: ObjectStoreSettings,
+    ) -> ObjectTier {
+        let base = base.as_ref().trim_matches('/').to_string();
+        let root = if base.is_empty() {
+            store_id.to_string()
+        } else {
+            format!("{base}/{store_id}")
+        };
+        ObjectTier {
+            store,
+            url: redact(&settings.url),
+            root,
+            settings,
+            counters: ObjectCounters::default(),
+            last_error: Mutex::new(None),
+            available: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Everything of this worker is under this prefix.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    pub fn job_prefix(&self, job: &JobId) -> String {
+        format!("{}/{}", self.root, job.to_hex())
+    }
+
+    pub fn partition_prefix(&self, key: &PartitionKey) -> String {
+        format!("{}/{}", self.job_prefix(&key.job), key.partition.to_hex())
+    }
+
+    pub fn object_key(prefix: &str, id: u32) -> ObjectPath {
+        ObjectPath::from(format!("{prefix}/{id:010}"))
+    }
+
+    /// Whether the last request succeeded (the store is taking data).
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("error lock poisoned").clone()
+    }
+
+    /// Runs `op` under the request timeout, retrying with backoff. Errors
+    /// that retrying cannot fix (not found, refused) fail at once.
+    async fn retry<T, F, Fut>(&self, what: &str, key: &str, mut op: F) -> TierResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let mut backoff = self.settings.backoff;
+        let mut attempt = 0u32;
+        loop {
+            let error = match tokio::time::timeout(self.settings.request_timeout, op()).await {
+                Ok(Ok(value)) => {
+                    self.available.store(true, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(e)) => {
+                    let permanent = matches!(
+                        e,
+                        object_store::Error::NotFound { .. }
+                            | object_store::Error::AlreadyExists { .. }
+                            | object_store::Error::Precondition { .. }
+                            | object_store::Error::NotSupported { .. }
+                            | object_store::Error::NotImplemented { .. }
+                            | object_store::Error::PermissionDenied { .. }
+                            | object_store::Error::Unauthenticated { .. }
+                            | object_store::Error::InvalidPath { .. }
+                    );
+                    if permanent {
+                        let not_found = matches!(e, object_store::Error::NotFound { .. });
+                        let message = format!("object store {}: {what} {key}: {e}", self.url);
+                        return Err(if not_found {
+                            TierError::not_found(message)
+                        } else {
+                            self.failed(&message);
+                            TierError::unavailable(message)
+                        });
+                    }
+                    e.to_string()
+                }
+                Err(_) => format!("no answer within {:?}", self.settings.request_timeout),
+            };
+            attempt += 1;
+            if attempt > self.settings.retries {
+                let message = format!(
+                    "object store {}: {what} {key} failed after {attempt} attempts: {error}",
+                    self.url
+                );
+                self.failed(&message);
+                return Err(TierError::unavailable(message));
+            }
+            tracing::debug!(store = %self.url, op = what, key, attempt, %error, "object store request failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    fn failed(&self, message: &str) {
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        self.available.store(false, Ordering::Relaxed);
+        *self.last_error.lock().expect("error lock poisoned") = Some(message.to_string());
+    }
+
+    /// Stores `slices` as one object with a single PUT.
+    pub async fn put(&self, key: &ObjectPath, slices: &[Bytes]) -> TierResult<()> {
+        let payload: PutPayload = slices.iter().cloned().collect();
+        self.retry("put", key.as_ref(), || self.store.put(key, payload.clone()))
+            .await
+            .map(|_| ())
+    }
+
+    /// Stores an object from `parts`, produced one at a time (a multipart
+    /// upload; a single PUT when there is only one part). On failure the
+    /// upload is aborted and the whole object is tried again, up to the retry
+    /// count; `parts` is then called again from the start.
+    pub async fn put_parts<F, Fut>(
+        &self,
+        key: &ObjectPath,
+        num_parts: usize,
+        mut part: F,
+    ) -> TierResult<()>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = TierResult<Bytes>>,
+    {
+        if num_parts <= 1 {
+            let body = part(0).await?;
+            return self.put(key, &[body]).await;
+        }
+        let mut attempt = 0u32;
+        let mut backoff = self.settings.backoff;
+        loop {
+            let result = self.put_parts_once(key, num_parts, &mut part).await;
+            match result {
+                Ok(()) => {
+                    self.available.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(PartError::Local(e)) => return Err(e),
+                Err(PartError::Store(error)) => {
+                    attempt += 1;
+                    if attempt > self.settings.retries {
+                        let message = format!(
+                            "object store {}: multipart upload {key} failed after {attempt} attempts: {error}",
+                            self.url
+                        );
+                        self.failed(&message);
+                        return Err(TierError::unavailable(message));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn put_parts_once<F, Fut>(
+        &self,
+        key: &ObjectPath,
+        num_parts: usize,
+        part: &mut F,
+    ) -> Result<(), PartError>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = TierResult<Bytes>>,
+    {
+        let timeout = self.settings.request_timeout;
+        let store_err = |e: String| PartError::Store(e);
+        let mut upload = match tokio::time::timeout(timeout, self.store.put_multipart(key)).await {
+            Ok(Ok(upload)) => upload,
+            Ok(Err(e)) => return Err(store_err(e.to_string())),
+            Err(_) => return Err(store_err(format!("no answer within {timeout:?}"))),
+        };
+        let mut outcome = Ok(());
+        for i in 0..num_parts {
+            let body = match part(i).await {
+                Ok(body) => body,
+                Err(e) => {
+                    outcome = Err(PartError::Local(e));
+                    break;
+                }
+            };
+            match tokio::time::timeout(timeout, upload.put_part(body.into())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    outcome = Err(store_err(format!("part {i}: {e}")));
+                    break;
+                }
+                Err(_) => {
+                    outcome = Err(store_err(format!("part {i}: no answer within {timeout:?}")));
+                    break;
+                }
+            }
+        }
+        if outcome.is_ok() {
+            match tokio::time::timeout(timeout, upload.complete()).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => outcome = Err(store_err(format!("complete: {e}"))),
+                Err(_) => {
+                    outcome = Err(store_err(format!("complete: no answer within {timeout:?}")))
+                }
+            }
+        }
+        // Best effort: an upload left behind is invisible and a bucket
+        // lifecycle rule removes it (docs/operations.md).
+        let _ = tokio::time::timeout(timeout, upload.abort()).await;
+        outcome
+    }
+
+    /// Reads `ranges` of `key`, one ranged GET per range (callers coalesce).
+    pub async fn get_ranges(
+        &self,
+        key: &ObjectPath,
+        ranges: &[Range<u64>],
+    ) -> TierResult<Vec<Bytes>> {
+        let out = self
+            .retry("get", key.as_ref(), || self.store.get_ranges(key, ranges))
+            .await?;
+        let total: usize = out.iter().map(Bytes::len).sum();
+        self.counters
+            .bytes_read
+            .fetch_add(total as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Every object key under `prefix` with its size.
+    pub async fn list(&self, prefix: &str) -> TierResult<Vec<(ObjectPath, u64)>> {
+        let path = ObjectPath::from(prefix);
+        self.retry("list", prefix, || async {
+            let mut stream = self.store.list(Some(&path));
+            let mut out = Vec::new();
+            while let Some(meta) = stream.next().await {
+                let meta = meta?;
+                out.push((meta.location, meta.size));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes `key`; a missing object is fine.
+    pub async fn delete(&self, key: &ObjectPath) -> TierResult<()> {
+        match self
+            .retry("delete", key.as_ref(), || self.store.delete(key))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == terrace_tier_api::ErrorKind::PartitionNotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes every object under `prefix`; returns how many there were.
+    pub async fn delete_prefix(&self, prefix: &str) -> TierResult<usize> {
+        let objects = self.list(prefix).await?;
+        for (key, _) in &objects {
+            self.delete(key).await?;
+        }
+        Ok(objects.len())
+    }
+}
+
+enum PartError {
+    /// Producing a part failed (a local read): not the store's fault.
+    Local(TierError),
+    Store(String),
+}

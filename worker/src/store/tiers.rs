@@ -1,0 +1,272 @@
+//! The storage seam: memory, local directories and the object store behind
+//! one type. Partitions write through it (flush, seal, migration) and read
+//! through it, so a reader never knows which tier served it. Tests wrap the
+//! file layer ([`super::FaultyFiles`]) and the object store
+//! ([`super::FaultyStore`]) to inject faults.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use terrace_tier_api::{TierError, TierResult};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::dirs::LocalDirs;
+use super::files::FileLayer;
+use super::object::ObjectTier;
+
+#[derive(Debug)]
+pub struct Tiers {
+    pub dirs: LocalDirs,
+    pub files: Arc<dyn FileLayer>,
+    pub object: Option<ObjectTier>,
+    /// Largest overflow object, and the part size of migration uploads.
+    pub object_part_size: u64,
+    /// Bytes of object-store reads in flight or waiting to be sent.
+    read_budget: Arc<Semaphore>,
+    read_budget_total: u32,
+}
+
+/// Where a reader's extent bytes are, resolved under the partition lock so a
+/// migration that swaps locations afterwards cannot pull the file away (an
+/// open handle survives the file's deletion).
+#[derive(Debug, Clone)]
+pub enum Source {
+    Memory(Bytes),
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u32,
+    },
+    Object {
+        key: ObjectPath,
+        offset: u64,
+        len: u32,
+    },
+}
+
+impl Tiers {
+    pub fn new(
+        dirs: LocalDirs,
+        files: Arc<dyn FileLayer>,
+        object: Option<ObjectTier>,
+        object_part_size: u64,
+        read_budget: u64,
+    ) -> Tiers {
+        let total = u32::try_from(read_budget).unwrap_or(u32::MAX).max(1);
+        Tiers {
+            dirs,
+            files,
+            object,
+            object_part_size,
+            read_budget: Arc::new(Semaphore::new(total as usize)),
+            read_budget_total: total,
+        }
+    }
+
+    pub fn object(&self) -> TierResult<&ObjectTier> {
+        self.object
+            .as_ref()
+            .ok_or_else(|| TierError::internal("no object store is configured"))
+    }
+
+    /// Reads `sources` into one body. A single memory extent is handed out
+    /// as is; anything else is assembled in one buffer of the shared pool.
+    /// Object reads coalesce adjacent ranges of one object into one ranged
+    /// GET, and hold read budget until the body is dropped (sent).
+    pub async fn read(&self, sources: Vec<Source>) -> TierResult<Bytes> {
+        if let [Source::Memory(bytes)] = sources.as_slice() {
+            return Ok(bytes.clone());
+        }
+        let total: usize = sources.iter().map(Source::len).sum();
+        let has_objects = sources.iter().any(|s| matches!(s, Source::Object { .. }));
+        let permit = if has_objects {
+            Some(self.reserve_read(total).await?)
+        } else {
+            None
+        };
+        // One contiguous object range: the GET's own buffer is the body.
+        if let Some((key, range)) = single_object_range(&sources) {
+            let mut got = self.object()?.get_ranges(&key, &[range]).await?;
+            let body = got.pop().unwrap_or_default();
+            return Ok(hold(body, permit));
+        }
+        let mut fetched: Vec<Option<Bytes>> = vec![None; sources.len()];
+        if has_objects {
+            let object = self.object()?;
+            let mut requests = Vec::new();
+            for (key, range, members) in coalesce(&sources) {
+                requests.push(async move {
+                    object
+                        .get_ranges(&key, std::slice::from_ref(&range))
+                        .await
+                        .map(|mut v| (range.start, v.pop().unwrap_or_default(), members))
+                });
+            }
+            for (start, body, members) in futures::future::try_join_all(requests).await? {
+                for i in members {
+                    if let Source::Object { offset, len, .. } = &sources[i] {
+                        let from = (offset - start) as usize;
+                        let to = from + *len as usize;
+                        if to > body.len() {
+                            return Err(TierError::corruption(format!(
+                                "object read returned {} bytes, expected at least {to}",
+                                body.len()
+                            )));
+                        }
+                        fetched[i] = Some(body.slice(from..to));
+                    }
+                }
+            }
+        }
+        let body = tokio::task::spawn_blocking(move || assemble(&sources, &fetched, total))
+            .await
+            .map_err(|e| TierError::internal(format!("read task failed: {e}")))?
+            .map_err(|e| TierError::internal(format!("read local data file: {e}")))?;
+        Ok(hold(body, permit))
+    }
+
+    async fn reserve_read(&self, bytes: usize) -> TierResult<OwnedSemaphorePermit> {
+        let n = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .min(self.read_budget_total);
+        Arc::clone(&self.read_budget)
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| TierError::unavailable("worker is shutting down"))
+    }
+}
+
+impl Source {
+    pub fn len(&self) -> usize {
+        match self {
+            Source::Memory(b) => b.len(),
+            Source::File { len, .. } | Source::Object { len, .. } => *len as usize,
+        }
+    }
+}
+
+/// Keeps a read-budget permit alive as long as the body.
+struct Held {
+    body: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+fn hold(body: Bytes, permit: Option<OwnedSemaphorePermit>) -> Bytes {
+    match permit {
+        Some(permit) => Bytes::from_owner(Held {
+            body,
+            _permit: permit,
+        }),
+        None => body,
+    }
+}
+
+/// If `sources` are all back to back in one object, that object and range.
+fn single_object_range(sources: &[Source]) -> Option<(ObjectPath, std::ops::Range<u64>)> {
+    let Some(Source::Object { key, offset, .. }) = sources.first() else {
+        return None;
+    };
+    let mut end = *offset;
+    for source in sources {
+        match source {
+            Source::Object {
+                key: k,
+                offset: o,
+                len,
+            } if k == key && *o == end => end += u64::from(*len),
+            _ => return None,
+        }
+    }
+    Some((key.clone(), *offset..end))
+}
+
+/// Groups the object sources into ranges: adjacent extents of one object
+/// (in read order) share a GET.
+fn coalesce(sources: &[Source]) -> Vec<(ObjectPath, std::ops::Range<u64>, Vec<usize>)> {
+    let mut out: Vec<(ObjectPath, std::ops::Range<u64>, Vec<usize>)> = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        let Source::Object { key, offset, len } = source else {
+            continue;
+        };
+        let end = offset + u64::from(*len);
+        match out.last_mut() {
+            Some((k, range, members)) if k == key && range.end == *offset => {
+                range.end = end;
+                members.push(i);
+            }
+            _ => out.push((key.clone(), *offset..end, vec![i])),
+        }
+    }
+    out
+}
+
+/// Copies every source into one pooled buffer. Blocking (local reads).
+fn assemble(sources: &[Source], fetched: &[Option<Bytes>], total: usize) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut out = terrace_rpc::shared_pool().take(total);
+    let mut at = 0;
+    for (source, got) in sources.iter().zip(fetched) {
+        let len = source.len();
+        let dst = &mut out.as_mut()[at..at + len];
+        match source {
+            Source::Memory(bytes) => dst.copy_from_slice(bytes),
+            Source::File { file, offset, .. } => file.read_exact_at(dst, *offset)?,
+            Source::Object { .. } => match got {
+                Some(bytes) => dst.copy_from_slice(bytes),
+                None => return Err(std::io::Error::other("object range was not fetched")),
+            },
+        }
+        at += len;
+    }
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(key: &str, offset: u64, len: u32) -> Source {
+        Source::Object {
+            key: ObjectPath::from(key),
+            offset,
+            len,
+        }
+    }
+
+    #[test]
+    fn adjacent_ranges_of_one_object_share_a_get() {
+        let sources = vec![
+            object("a", 0, 10),
+            object("a", 10, 5),
+            Source::Memory(Bytes::from_static(b"xy")),
+            object("a", 40, 1),
+            object("b", 41, 1),
+            object("b", 42, 3),
+        ];
+        let groups: Vec<(String, std::ops::Range<u64>, Vec<usize>)> = coalesce(&sources)
+            .into_iter()
+            .map(|(k, r, m)| (k.to_string(), r, m))
+            .collect();
+        assert_eq!(
+            groups,
+            vec![
+                ("a".to_string(), 0..15, vec![0, 1]),
+                ("a".to_string(), 40..41, vec![3]),
+                ("b".to_string(), 41..45, vec![4, 5]),
+            ]
+        );
+        assert_eq!(
+            single_object_range(&[object("a", 3, 2), object("a", 5, 1)]),
+            Some((ObjectPath::from("a"), 3..6))
+        );
+        assert_eq!(single_object_range(&sources), None);
+    }
+}
