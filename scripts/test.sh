@@ -15,5 +15,10 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# The S3-compatible server the object-store tests run on loopback (s3s-fs,
+# installed once into a cache outside the repository).
+TERRACE_S3S_FS="$(scripts/s3-server.sh | tail -n1)"
+export TERRACE_S3S_FS
+
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo test --workspace --locked "$@"

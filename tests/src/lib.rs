@@ -3,6 +3,8 @@
 //! exactly what a reader must see, and a reader that drains a gate with a
 //! deadline (a test never hangs).
 
+pub mod s3;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};

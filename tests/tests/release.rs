@@ -73,6 +73,7 @@ fn assert_no_files_of(dirs: &[PathBuf], key: &PartitionKey) {
 }
 
 /// Every path under `dir`, recursively.
+/// Every file and directory under `dir`, but the data directory's marker.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -82,7 +83,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
             if path.is_dir() {
                 stack.push(path.clone());
             }
-            out.push(path);
+            if path.file_name().and_then(|n| n.to_str()) != Some(terrace_worker::MARKER) {
+                out.push(path);
+            }
         }
     }
     out

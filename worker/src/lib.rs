@@ -16,6 +16,7 @@ mod store;
 pub use config::{ObjectStoreConfig, WorkerConfig};
 pub use server::{WorkerHandle, run, start, start_with_hooks, store_options};
 pub use store::{
-    FaultyFiles, FaultyStore, FileLayer, MemoryBudget, ObjectStoreSettings, RealFiles, Store,
-    StoreHooks, StoreOptions, TierBytes, build_store,
+    FaultyFiles, FaultyStore, FileLayer, MARKER, MemoryBudget, ObjectStoreSettings, ObjectTier,
+    Partition, ReadStep, RealFiles, Reservation, Store, StoreHooks, StoreOptions, TierBytes, Tiers,
+    build_store,
 };
