@@ -129,6 +129,13 @@ impl Store {
             counters: Counters::default(),
         };
         store.recover()?;
+        if let Some(object) = &store.tiers.object {
+            for partition in store.partitions() {
+                let (count, bytes) = partition.object_totals();
+                object.counters.objects.fetch_add(count, Ordering::Relaxed);
+                object.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
         Ok(store)
     }
 

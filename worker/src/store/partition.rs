@@ -586,7 +586,10 @@ impl Partition {
     /// directory is marked unhealthy and the next one tried. The caller holds
     /// `flush_lock`.
     async fn persist(self: &Arc<Self>, tiers: &Tiers, sync_files: bool) -> TierResult<()> {
-        let (encoded, to_sync, preferred) = {
+        if sync_files {
+            self.sync_files(tiers).await?;
+        }
+        let (encoded, preferred) = {
             let state = self.lock();
             if matches!(state.phase, Phase::Released) {
                 return Err(TierError::not_found(format!(
@@ -611,35 +614,11 @@ impl Partition {
                 objects: state.objects.clone(),
                 index,
             };
-            let to_sync: Vec<(u32, usize, Arc<File>, u64)> = state
-                .files
-                .iter()
-                .filter(|f| sync_files && f.synced < f.len)
-                .map(|f| (f.id, f.dir, Arc::clone(&f.file), f.len))
-                .collect();
             let preferred = state
                 .index_dir
                 .or_else(|| state.files.first().map(|f| f.dir));
-            (persisted.encode()?, to_sync, preferred)
+            (persisted.encode()?, preferred)
         };
-        for (id, dir, file, len) in to_sync {
-            let layer = Arc::clone(&tiers.files);
-            let path = tiers.dirs.get(dir).path.clone();
-            let synced = tokio::task::spawn_blocking(move || layer.sync(&path, &file))
-                .await
-                .map_err(|e| TierError::internal(format!("sync task failed: {e}")))?;
-            if let Err(e) = synced {
-                tiers.dirs.get(dir).mark_unhealthy(&e);
-                return Err(TierError::internal(format!(
-                    "sync data file of {} in {}: {e}",
-                    self.meta.key,
-                    tiers.dirs.get(dir).path.display()
-                )));
-            }
-            if let Some(f) = self.lock().files.iter_mut().find(|f| f.id == id) {
-                f.synced = f.synced.max(len);
-            }
-        }
         let mut errors = Vec::new();
         for dir in tiers.dirs.any_healthy(preferred) {
             let dir_path = tiers.dirs.get(dir).path.clone();
@@ -683,6 +662,97 @@ impl Partition {
         )))
     }
 
+    /// Makes every local file's data durable. A file whose fsync fails has
+    /// its extents written again elsewhere (another directory or the store),
+    /// and is dropped. The caller holds `flush_lock`.
+    async fn sync_files(self: &Arc<Self>, tiers: &Tiers) -> TierResult<()> {
+        // Evacuated data lands in new files, which need syncing in turn;
+        // every failure takes a directory out, so this ends.
+        for _ in 0..=tiers.dirs.len() {
+            let to_sync: Vec<(u32, usize, Arc<File>, u64)> = {
+                let state = self.lock();
+                state
+                    .files
+                    .iter()
+                    .filter(|f| f.synced < f.len)
+                    .map(|f| (f.id, f.dir, Arc::clone(&f.file), f.len))
+                    .collect()
+            };
+            if to_sync.is_empty() {
+                return Ok(());
+            }
+            for (id, dir, file, len) in to_sync {
+                let layer = Arc::clone(&tiers.files);
+                let path = tiers.dirs.get(dir).path.clone();
+                let synced = tokio::task::spawn_blocking(move || layer.sync(&path, &file))
+                    .await
+                    .map_err(|e| TierError::internal(format!("sync task failed: {e}")))?;
+                if let Err(e) = synced {
+                    // Its data cannot be trusted to be on disk: write it elsewhere.
+                    tiers.dirs.get(dir).mark_unhealthy(&e);
+                    self.evacuate(tiers, id).await.map_err(|moved| {
+                        moved.context(format!(
+                            "sync data file of {} in {} failed ({e}); moving its data",
+                            self.meta.key,
+                            tiers.dirs.get(dir).path.display()
+                        ))
+                    })?;
+                    continue;
+                }
+                if let Some(f) = self.lock().files.iter_mut().find(|f| f.id == id) {
+                    f.synced = f.synced.max(len);
+                }
+            }
+        }
+        Err(TierError::unavailable(format!(
+            "sync data files of {}: every data directory failed",
+            self.meta.key
+        )))
+    }
+
+    /// Rewrites the extents held by local file `id` elsewhere and drops the file.
+    async fn evacuate(self: &Arc<Self>, tiers: &Tiers, id: u32) -> TierResult<()> {
+        let (moves, file) = {
+            let state = self.lock();
+            let Some(f) = state.files.iter().find(|f| f.id == id) else {
+                return Ok(());
+            };
+            let moves: Vec<(ExtentRef, u64, u32)> = state
+                .index
+                .extents()
+                .filter_map(|(at, e)| match e.location {
+                    Location::Local { file, offset } if file == id => Some((at, offset, e.len)),
+                    _ => None,
+                })
+                .collect();
+            (moves, Arc::clone(&f.file))
+        };
+        let chunk: Vec<(Arc<File>, u64, u32)> = moves
+            .iter()
+            .map(|(_, offset, len)| (Arc::clone(&file), *offset, *len))
+            .collect();
+        let bytes = tokio::task::spawn_blocking(move || read_chunk(&chunk))
+            .await
+            .map_err(|e| TierError::internal(format!("read task failed: {e}")))?
+            .map_err(|e| TierError::internal(format!("read back data of a failed file: {e}")))?;
+        let mut pending = Vec::with_capacity(moves.len());
+        let mut at = 0usize;
+        for (extent, _, len) in &moves {
+            pending.push((*extent, bytes.slice(at..at + *len as usize)));
+            at += *len as usize;
+        }
+        self.write_out(tiers, &pending, at as u64).await?;
+        let gone = {
+            let mut state = self.lock();
+            let position = state.files.iter().position(|f| f.id == id);
+            position.map(|p| state.files.remove(p))
+        };
+        if let Some(f) = gone {
+            delete_files(tiers, vec![(f.dir, f.path, f.len)]).await;
+        }
+        Ok(())
+    }
+
     /// Marks the partition released (readers and writers get not-found) and
     /// frees its memory.
     pub fn mark_released(&self) {
@@ -720,6 +790,15 @@ impl Partition {
             state.index_dir,
             state.object_prefix.clone(),
             object_bytes,
+        )
+    }
+
+    /// Objects of the partition and their bytes.
+    pub fn object_totals(&self) -> (u64, u64) {
+        let state = self.lock();
+        (
+            state.objects.len() as u64,
+            state.objects.iter().map(|o| o.len).sum(),
         )
     }
 
