@@ -17,7 +17,7 @@ pub(crate) struct WorkerLoad {
     pub open_partitions: u32,
     pub sealed_partitions: u32,
     /// Per-tier figures, passed through to `terrace status` as the worker sent them.
-    pub tiers: Option<terrace_proto::pb::TierStats>,
+    pub tiers: Option<Box<terrace_proto::pb::TierStats>>,
 }
 
 /// A live worker as listed to clients.

@@ -314,9 +314,15 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `terrace <args>` and waits (at most 30 s) for its "listening on" line.
     pub fn start(args: &[&str]) -> ServiceProcess {
+        ServiceProcess::start_with_env(args, &[])
+    }
+
+    /// [`ServiceProcess::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(String, String)]) -> ServiceProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(terrace_bin())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("TERRACE_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .spawn()

@@ -266,11 +266,22 @@ struct Cluster {
     workers: Vec<(ServiceProcess, PathBuf)>,
     master: ServiceProcess,
     dir: tempfile::TempDir,
+    /// Extra `terrace worker` flags and environment.
+    worker_args: Vec<String>,
+    worker_env: Vec<(String, String)>,
 }
 
 impl Cluster {
     /// A master that declares a worker lost after `worker_timeout`, and one worker.
     fn start(worker_timeout: &str) -> Cluster {
+        Cluster::start_with(worker_timeout, Vec::new(), Vec::new())
+    }
+
+    fn start_with(
+        worker_timeout: &str,
+        worker_args: Vec<String>,
+        worker_env: Vec<(String, String)>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("cluster directory");
         let config = dir.path().join("master.toml");
         fs::write(&config, format!("worker_timeout = \"{worker_timeout}\"\n"))
@@ -282,6 +293,8 @@ impl Cluster {
             workers: Vec::new(),
             master,
             dir,
+            worker_args,
+            worker_env,
         };
         cluster.add_worker();
         cluster
@@ -293,7 +306,7 @@ impl Cluster {
             .path()
             .join(format!("worker-{}", self.workers.len()));
         fs::create_dir_all(&data).expect("worker data directory");
-        let worker = ServiceProcess::start(&[
+        let mut args = vec![
             "worker",
             "--listen",
             "127.0.0.1:0",
@@ -301,7 +314,9 @@ impl Cluster {
             data.to_str().expect("utf-8 path"),
             "--master",
             &self.master.address,
-        ]);
+        ];
+        args.extend(self.worker_args.iter().map(String::as_str));
+        let worker = ServiceProcess::start_with_env(&args, &self.worker_env);
         self.workers.push((worker, data));
         &self.workers.last().expect("just pushed").0
     }
@@ -392,9 +407,19 @@ fn assert_same_result(terrace: &Path, default: &Path, what: &str) {
 /// Runs `job` on a fresh cluster, checks its result against the default
 /// shuffle, the worker's counters, and that the worker is empty afterwards.
 fn run_on_terrace(name: &str, parallelism: u32, records: u64, payload: u64) {
+    run_on(Cluster::start, name, parallelism, records, payload);
+}
+
+fn run_on(
+    cluster: impl FnOnce(&str) -> Cluster,
+    name: &str,
+    parallelism: u32,
+    records: u64,
+    payload: u64,
+) -> pb::WorkerStatsReply {
     let _flink = flink_lock();
     let default = default_result(records, payload);
-    let cluster = Cluster::start("10s");
+    let cluster = cluster("10s");
     let output = cluster.dir.path().join(format!("{name}.txt"));
     let job = Job {
         name,
@@ -431,6 +456,47 @@ fn run_on_terrace(name: &str, parallelism: u32, records: u64, payload: u64) {
         "{name}: consumers must read back exactly what producers pushed"
     );
     cluster.assert_worker_empty(0);
+    stats
+}
+
+/// A worker with 4 MiB of local disk and a 32 MiB memory budget under a job
+/// shuffling about 40 MB: flushes overflow to a real S3-compatible server,
+/// and the job's result is still identical to Flink's own shuffle.
+#[test]
+fn keyed_aggregation_through_a_tiny_disk_and_an_object_store_matches_default_shuffle() {
+    let s3 = terrace_tests::s3::S3Server::start();
+    let args = vec![
+        "--dir-capacity".to_string(),
+        "4MiB".to_string(),
+        "--memory-budget".to_string(),
+        "32MiB".to_string(),
+        "--object-store".to_string(),
+        s3.url("flink"),
+    ];
+    let env = s3.env();
+    let stats = run_on(
+        move |timeout| Cluster::start_with(timeout, args, env),
+        "terrace-object-store",
+        4,
+        400_000,
+        100,
+    );
+    let objects = stats
+        .load
+        .and_then(|l| l.tiers)
+        .and_then(|t| t.object_store)
+        .expect("the worker reports its object store");
+    eprintln!("flink_e2e: object store: {objects:?}");
+    assert!(
+        objects.bytes_overflowed > 0,
+        "data overflowed to the object store: {objects:?}"
+    );
+    assert_eq!(objects.failures, 0, "{objects:?}");
+    assert!(
+        s3.objects("flink").is_empty(),
+        "the job's objects are deleted: {:?}",
+        s3.objects("flink")
+    );
 }
 
 #[test]

@@ -73,6 +73,13 @@ fn run_roundtrip(compression: bool) {
         memory_budget: ByteSize::mib(64),
         ..WorkerConfig::default()
     });
+    roundtrip_on(&worker, compression);
+    worker.stop();
+}
+
+/// 4 producers x 64 subpartitions through `worker`, consumers reading while
+/// producers write; every buffer must come back exactly.
+fn roundtrip_on(worker: &TestWorker, compression: bool) {
     let config = agent_config(compression);
     let max_buffer = config.max_buffer_size.as_usize();
     let keys: Vec<_> = (0..PRODUCERS).map(|p| key(1, p)).collect();
@@ -195,6 +202,64 @@ fn run_roundtrip(compression: bool) {
     assert!(
         checked_buffers > 5_000,
         "only {checked_buffers} buffers checked"
+    );
+}
+
+/// The same shuffle with segments in all three tiers, forced by tiny
+/// thresholds: a 16 MiB memory budget, 8 MiB of local disk (the rest
+/// overflows to a real S3-compatible server), and partitions migrating to
+/// the store as soon as they are sealed, while readers still read them.
+#[test]
+fn four_producers_64_subpartitions_roundtrip_exactly_across_memory_disk_and_object_store() {
+    use std::sync::atomic::Ordering;
+    let s3 = terrace_tests::s3::S3Server::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = [
+        ("aws_endpoint", s3.endpoint()),
+        (
+            "aws_access_key_id",
+            terrace_tests::s3::ACCESS_KEY.to_string(),
+        ),
+        (
+            "aws_secret_access_key",
+            terrace_tests::s3::SECRET_KEY.to_string(),
+        ),
+        ("aws_region", terrace_tests::s3::REGION.to_string()),
+        ("aws_allow_http", "true".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let worker = TestWorker::start(WorkerConfig {
+        data_dirs: vec![dir.path().join("a"), dir.path().join("b")],
+        memory_budget: ByteSize::mib(16),
+        max_frame_size: ByteSize::mib(4),
+        dir_capacity: Some(ByteSize::mib(4)),
+        dir_reserve: ByteSize::kib(0),
+        object_store: Some(terrace_worker::ObjectStoreConfig {
+            url: s3.url("mixed"),
+            options,
+            part_size: ByteSize::mib(5),
+            cold_after: Duration::ZERO,
+            migration_interval: Duration::from_millis(50),
+            ..Default::default()
+        }),
+        ..WorkerConfig::default()
+    });
+    roundtrip_on(&worker, false);
+    let store = &worker.handle.as_ref().expect("running").store;
+    let object = store.tiers().object.as_ref().expect("object tier");
+    let overflowed = object.counters.bytes_overflowed.load(Ordering::Relaxed);
+    let migrated = object.counters.bytes_migrated.load(Ordering::Relaxed);
+    assert!(overflowed > 0, "no flush overflowed to the store");
+    assert!(migrated > 0, "no partition migrated to the store");
+    assert!(store.budget().peak() > 0, "pushes went through memory");
+    assert_eq!(object.counters.failures.load(Ordering::Relaxed), 0);
+    eprintln!(
+        "mixed tiers: {} MiB overflowed, {} MiB migrated, {} objects in the bucket",
+        overflowed >> 20,
+        migrated >> 20,
+        s3.objects("mixed").len()
     );
     worker.stop();
 }

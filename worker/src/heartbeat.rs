@@ -23,7 +23,7 @@ pub fn load(store: &Store) -> pb::WorkerLoad {
         memory_used_bytes: store.budget().used(),
         open_partitions: partitions.len() as u32 - sealed,
         sealed_partitions: sealed,
-        tiers: Some(tier_stats(store, bytes)),
+        tiers: Some(Box::new(tier_stats(store, bytes))),
     }
 }
 
@@ -48,7 +48,7 @@ fn tier_stats(store: &Store, bytes: crate::store::TierBytes) -> pb::TierStats {
             .collect(),
         object_store: tiers.object.as_ref().map(|o| {
             let c = &o.counters;
-            pb::ObjectStoreStats {
+            Box::new(pb::ObjectStoreStats {
                 url: o.url().to_string(),
                 bytes: c.bytes.load(Ordering::Relaxed),
                 objects: c.objects.load(Ordering::Relaxed),
@@ -59,7 +59,7 @@ fn tier_stats(store: &Store, bytes: crate::store::TierBytes) -> pb::TierStats {
                 failures: c.failures.load(Ordering::Relaxed),
                 available: o.is_available(),
                 last_error: o.last_error().unwrap_or_default(),
-            }
+            })
         }),
     }
 }

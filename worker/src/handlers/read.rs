@@ -13,6 +13,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{FrameSender, reply_error};
 use terrace_tier_api::{PartitionKey, TierError, TierResult};
@@ -68,6 +71,9 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
         credits: m.initial_credit,
         required: vec![None; (m.last_subpartition - m.first_subpartition) as usize + 1],
         cursor: 0,
+        inflight: FuturesUnordered::new(),
+        busy: vec![false; (m.last_subpartition - m.first_subpartition) as usize + 1],
+        prefetched: Vec::new(),
     };
     tokio::spawn(stream.run(m.request_id, rx, cancel));
     Ok(())
@@ -123,6 +129,30 @@ struct Stream {
     /// Per subpartition of the range: the segment wanted and the next extent in it.
     required: Vec<Option<(u32, usize)>>,
     cursor: usize,
+    /// Reads under way, at most one per subpartition (so each one's frames
+    /// go out in order) and no more than the credits; reads from the object
+    /// store of different subpartitions overlap.
+    inflight: FuturesUnordered<BoxFuture<'static, Done>>,
+    busy: Vec<bool>,
+    /// Per subpartition: the first batch of the segment after the one being
+    /// read, being fetched ahead, used when the reader requires it.
+    prefetched: Vec<Option<Prefetch>>,
+}
+
+/// The first batch of a segment, read ahead.
+struct Prefetch {
+    segment: u32,
+    extents: Vec<crate::store::Extent>,
+    body: tokio::task::JoinHandle<TierResult<Bytes>>,
+}
+
+/// A finished read of one batch.
+struct Done {
+    index: usize,
+    segment: u32,
+    position: usize,
+    extents: Vec<crate::store::Extent>,
+    body: TierResult<Bytes>,
 }
 
 enum Step {
@@ -175,6 +205,7 @@ impl Stream {
             Bytes::new(),
         );
         let mut version = partition.subscribe();
+        self.prefetched = (0..self.required.len()).map(|_| None).collect();
         loop {
             while let Ok(command) = rx.try_recv() {
                 if let Err(e) = self.apply(command) {
@@ -198,6 +229,11 @@ impl Stream {
                     None => return,
                 },
                 changed = version.changed() => if changed.is_err() { return },
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    if !self.finish_read(&partition, done) {
+                        return;
+                    }
+                }
                 // A safety net against a missed wake-up; cheap when idle.
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
@@ -234,6 +270,98 @@ impl Stream {
         );
     }
 
+    /// Sends a finished read (or fails the stream); false when the stream is over.
+    fn finish_read(&mut self, partition: &Arc<Partition>, done: Done) -> bool {
+        let index = done.index;
+        self.busy[index] = false;
+        if self.required[index] != Some((done.segment, done.position)) {
+            // The reader moved on (a new RequireSegment): drop the stale batch.
+            return true;
+        }
+        let subpartition = self.first + index as u32;
+        let body = match done.body {
+            Ok(body) => body,
+            Err(e) => {
+                let e = e.context(format!("read {}", self.key));
+                tracing::error!(partition = %self.key, subpartition, segment = done.segment, error = %e, "read failed");
+                self.fail(&e);
+                return false;
+            }
+        };
+        self.credits = self.credits.saturating_sub(1);
+        self.required[index] = Some((done.segment, done.position + done.extents.len()));
+        self.cursor = (index + 1) % self.required.len();
+        self.shared
+            .store
+            .counters
+            .bytes_read
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        let sent = self.sender.send(
+            Message::ReadData(pb::ReadData {
+                stream_id: self.stream_id,
+                subpartition,
+                segment_id: done.segment,
+                extent_lengths: done.extents.iter().map(|e| e.len).collect(),
+                extent_crc32cs: done.extents.iter().map(|e| e.crc32c).collect(),
+                num_buffers: done.extents.iter().map(|e| e.num_buffers).sum(),
+                stored_subpartition: if partition.meta().broadcast_only {
+                    0
+                } else {
+                    subpartition
+                },
+            }),
+            body,
+        );
+        if sent {
+            self.prefetch_next_segment(
+                partition,
+                index,
+                done.segment,
+                done.position + done.extents.len(),
+            );
+        }
+        sent
+    }
+
+    /// When the batch just sent ended its segment, and the next segment's
+    /// first batch lives in the object store, fetch it now: the reader asks
+    /// for it only after handing out this one, a round trip later.
+    fn prefetch_next_segment(
+        &mut self,
+        partition: &Arc<Partition>,
+        index: usize,
+        segment: u32,
+        position: usize,
+    ) {
+        let subpartition = self.first + index as u32;
+        let max_bytes = self.shared.config.read_batch_size.as_usize();
+        if !matches!(
+            partition.next_read(subpartition, segment, position, max_bytes),
+            ReadStep::SegmentDone
+        ) {
+            return;
+        }
+        let next = segment + 1;
+        let ReadStep::Batch { extents, sources } =
+            partition.next_read(subpartition, next, 0, max_bytes)
+        else {
+            return;
+        };
+        if !sources
+            .iter()
+            .any(|s| matches!(s, crate::store::Source::Object { .. }))
+        {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let body = tokio::spawn(async move { shared.store.tiers().read(sources).await });
+        self.prefetched[index] = Some(Prefetch {
+            segment: next,
+            extents,
+            body,
+        });
+    }
+
     /// Looks at every subpartition once, from the round-robin cursor; sends at
     /// most one data frame.
     async fn step(&mut self, partition: &Arc<Partition>) -> Step {
@@ -268,46 +396,46 @@ impl Stream {
                     return Step::Finished;
                 }
                 ReadStep::Batch { extents, sources } => {
-                    if self.credits == 0 {
+                    if self.busy[index] || self.credits as usize <= self.inflight.len() {
                         continue;
                     }
-                    let body = match self.shared.store.tiers().read(sources).await {
-                        Ok(body) => body,
-                        Err(e) => {
-                            let e = e.context(format!("read {}", self.key));
-                            tracing::error!(partition = %self.key, subpartition, segment, error = %e, "read failed");
-                            self.fail(&e);
-                            return Step::Finished;
+                    // A batch fetched ahead for exactly this position is used as is.
+                    if position == 0 {
+                        if let Some(ahead) = self.prefetched[index].take() {
+                            if ahead.segment == segment {
+                                self.busy[index] = true;
+                                self.inflight.push(Box::pin(async move {
+                                    let body = ahead.body.await.unwrap_or_else(|e| {
+                                        Err(TierError::internal(format!(
+                                            "read-ahead task failed: {e}"
+                                        )))
+                                    });
+                                    Done {
+                                        index,
+                                        segment,
+                                        position: 0,
+                                        extents: ahead.extents,
+                                        body,
+                                    }
+                                }));
+                                progressed = true;
+                                continue;
+                            }
                         }
-                    };
-                    self.credits -= 1;
-                    self.required[index] = Some((segment, position + extents.len()));
-                    self.cursor = (index + 1) % n;
-                    self.shared
-                        .store
-                        .counters
-                        .bytes_read
-                        .fetch_add(body.len() as u64, Ordering::Relaxed);
-                    let sent = self.sender.send(
-                        Message::ReadData(pb::ReadData {
-                            stream_id: self.stream_id,
-                            subpartition,
-                            segment_id: segment,
-                            extent_lengths: extents.iter().map(|e| e.len).collect(),
-                            extent_crc32cs: extents.iter().map(|e| e.crc32c).collect(),
-                            num_buffers: extents.iter().map(|e| e.num_buffers).sum(),
-                            stored_subpartition: if partition.meta().broadcast_only {
-                                0
-                            } else {
-                                subpartition
-                            },
-                        }),
-                        body,
-                    );
-                    if !sent {
-                        return Step::Finished;
                     }
-                    return Step::Progress;
+                    self.busy[index] = true;
+                    let shared = Arc::clone(&self.shared);
+                    self.inflight.push(Box::pin(async move {
+                        let body = shared.store.tiers().read(sources).await;
+                        Done {
+                            index,
+                            segment,
+                            position,
+                            extents,
+                            body,
+                        }
+                    }));
+                    progressed = true;
                 }
             }
         }

@@ -31,10 +31,10 @@ pub use budget::{MemoryBudget, Reservation};
 pub use dirs::{LocalDirs, MARKER};
 pub use faults::FaultyStore;
 pub use files::{FaultyFiles, FileLayer, RealFiles};
-pub use index::PersistedIndex;
+pub use index::{Extent, PersistedIndex};
 pub use object::{ObjectStoreSettings, ObjectTier, build_store};
 pub use partition::{Partition, PartitionMeta, ReadStep, TierBytes};
-pub use tiers::Tiers;
+pub use tiers::{Source, Tiers};
 
 /// Counters reported by `WorkerStats` and heartbeats.
 #[derive(Debug, Default)]

@@ -1015,6 +1015,9 @@ impl Partition {
                 at += u64::from(*len);
             }
             state.objects.push(Blob { id, len: total });
+            // Counted with the swap, so figures and index never disagree.
+            object.counters.bytes.fetch_add(total, Ordering::Relaxed);
+            object.counters.objects.fetch_add(1, Ordering::Relaxed);
             old
         };
         if let Err(e) = self.persist(tiers, false).await {
@@ -1024,12 +1027,12 @@ impl Partition {
                 state.index = old_index;
                 state.files = old_files;
                 state.objects = old_objects;
+                object.counters.bytes.fetch_sub(total, Ordering::Relaxed);
+                object.counters.objects.fetch_sub(1, Ordering::Relaxed);
             }
             let _ = object.delete(&key).await;
             return Err(e.context(format!("migrate {}", self.meta.key)));
         }
-        object.counters.bytes.fetch_add(total, Ordering::Relaxed);
-        object.counters.objects.fetch_add(1, Ordering::Relaxed);
         object
             .counters
             .bytes_migrated

@@ -1,0 +1,442 @@
+//! The object-store tier against a real S3-compatible server (s3s-fs on
+//! loopback, signatures checked) and real `terrace worker` processes:
+//! overflow past a tiny local capacity, cold migration, SIGKILL during and
+//! after a migration, a stopped and a killed store, foreign files, cleanup.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use terrace_proto::{Message, pb};
+use terrace_tests::s3::S3Server;
+use terrace_tests::{
+    ServiceProcess, assert_buffers_eq, key, read_partition, request_worker, small_agent_config,
+    write_partition,
+};
+use terrace_tier_api::{AgentConfig, Buffer, ByteSize, PartitionKey, ShuffleDescriptor};
+
+const PREFIX: &str = "shuffle";
+
+struct Setup<'a> {
+    dir: &'a Path,
+    s3: &'a S3Server,
+    memory_budget: &'a str,
+    dir_capacity: &'a str,
+    cold_after: &'a str,
+}
+
+/// Writes a worker config using `s3` as its object store and returns its path.
+fn worker_config(setup: &Setup<'_>) -> PathBuf {
+    let path = setup.dir.join("worker.toml");
+    let text = format!(
+        r#"listen = "127.0.0.1:0"
+data_dirs = ["{data}"]
+memory_budget = "{budget}"
+max_frame_size = "8MiB"
+dir_capacity = "{capacity}"
+dir_reserve = "0B"
+partition_wait_timeout = "2s"
+
+[object_store]
+url = "{url}"
+request_timeout = "1s"
+retries = 2
+backoff = "100ms"
+part_size = "8MiB"
+cold_after = "{cold}"
+migration_interval = "100ms"
+
+[object_store.options]
+aws_endpoint = "{endpoint}"
+aws_access_key_id = "{ak}"
+aws_secret_access_key = "{sk}"
+aws_region = "{region}"
+aws_allow_http = "true"
+"#,
+        data = setup.dir.join("data").display(),
+        budget = setup.memory_budget,
+        capacity = setup.dir_capacity,
+        url = setup.s3.url(PREFIX),
+        cold = setup.cold_after,
+        endpoint = setup.s3.endpoint(),
+        ak = terrace_tests::s3::ACCESS_KEY,
+        sk = terrace_tests::s3::SECRET_KEY,
+        region = terrace_tests::s3::REGION,
+    );
+    std::fs::write(&path, text).expect("write worker config");
+    path
+}
+
+fn start_worker(config: &Path) -> ServiceProcess {
+    ServiceProcess::start(&["worker", "--config", config.to_str().expect("utf-8 path")])
+}
+
+fn descriptor(worker: &ServiceProcess, key: &PartitionKey) -> ShuffleDescriptor {
+    ShuffleDescriptor::new(key, "worker", worker.address.clone())
+}
+
+fn agent_config() -> AgentConfig {
+    AgentConfig {
+        max_frame_size: ByteSize::mib(8),
+        request_timeout: Duration::from_secs(30),
+        ..small_agent_config()
+    }
+}
+
+/// The worker's tier figures.
+fn tiers(worker: &ServiceProcess) -> pb::TierStats {
+    match request_worker(&worker.address, |request_id| {
+        Message::WorkerStats(pb::WorkerStats { request_id })
+    }) {
+        Ok(Message::WorkerStatsReply(stats)) => stats
+            .load
+            .and_then(|l| l.tiers)
+            .map(|t| *t)
+            .expect("stats carry tier figures"),
+        other => panic!("worker stats: {other:?}"),
+    }
+}
+
+fn object_stats(t: &pb::TierStats) -> pb::ObjectStoreStats {
+    t.object_store
+        .clone()
+        .map(|o| *o)
+        .expect("the worker has an object store")
+}
+
+/// Polls `check` on the worker's tier figures until it holds, within `limit`.
+fn wait_for(
+    worker: &ServiceProcess,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&pb::TierStats) -> bool,
+) -> pb::TierStats {
+    let until = Instant::now() + limit;
+    loop {
+        let t = tiers(worker);
+        if check(&t) {
+            return t;
+        }
+        assert!(Instant::now() < until, "{what} within {limit:?}: {t:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn assert_reads_exactly(
+    config: &AgentConfig,
+    worker: &ServiceProcess,
+    key: &PartitionKey,
+    subs: u32,
+    expected: &HashMap<u32, Vec<Buffer>>,
+) {
+    let got = read_partition(
+        config,
+        descriptor(worker, key),
+        subs,
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|e| panic!("read {key}: {e}"));
+    for sub in 0..subs {
+        assert_buffers_eq(
+            got.get(&sub).map(Vec::as_slice).unwrap_or_default(),
+            &expected[&sub],
+            &format!("{key} subpartition {sub}"),
+        );
+    }
+}
+
+/// Terrace data files (`.data`) left under the worker's data directory.
+fn data_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join("data")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().and_then(|e| e.to_str()) == Some("data") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+fn drop_job(worker: &ServiceProcess, key: &PartitionKey) {
+    let reply = request_worker(&worker.address, |request_id| {
+        Message::DropJob(pb::DropJob {
+            request_id,
+            job_id: key.job.as_bytes().clone(),
+        })
+    })
+    .expect("drop job");
+    assert!(matches!(reply, Message::Ack(_)), "{reply:?}");
+}
+
+/// 1 GiB through a worker whose local directory holds 64 MiB: the rest goes
+/// to objects as it is flushed, reads back exactly, and the worker's peak
+/// resident memory stays within its budget plus 64 MiB.
+#[test]
+fn overflow_takes_a_gib_past_a_64_mib_disk_within_the_memory_bound() {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = worker_config(&Setup {
+        dir: dir.path(),
+        s3: &s3,
+        memory_budget: "128MiB",
+        dir_capacity: "64MiB",
+        cold_after: "1h",
+    });
+    let worker = start_worker(&config_path);
+    let config = AgentConfig {
+        push_size: ByteSize::kib(512),
+        segment_size: ByteSize::mib(2),
+        max_buffer_size: ByteSize::kib(64),
+        ..agent_config()
+    };
+    const SUBS: u32 = 16;
+    const PARTITIONS: u32 = 4;
+    // 4 partitions x 16 subpartitions x 512 buffers x 32 KiB = 1 GiB.
+    let writers: Vec<_> = (0..PARTITIONS)
+        .map(|p| {
+            let config = config.clone();
+            let d = descriptor(&worker, &key(20, p));
+            std::thread::spawn(move || write_partition(&config, d, p, SUBS, 512, 32 * 1024))
+        })
+        .collect();
+    let expected: Vec<_> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer thread"))
+        .collect();
+    let t = tiers(&worker);
+    let o = object_stats(&t);
+    let total = t.memory_bytes + t.local_bytes + t.object_bytes;
+    assert!(total >= 1 << 30, "{total} bytes stored");
+    assert!(t.local_bytes <= 64 << 20, "local {} bytes", t.local_bytes);
+    // What the disk could not take went to the store: overflowed at flush,
+    // or migrated when local use passed the high watermark.
+    assert!(o.bytes_overflowed > 0, "{o:?}");
+    assert!(
+        o.bytes_overflowed + o.bytes_migrated >= (1 << 30) - (64 << 20),
+        "{o:?}"
+    );
+    assert_eq!(o.failures, 0, "{o:?}");
+    assert!(s3.objects(PREFIX).len() as u64 == o.objects, "{o:?}");
+    for (p, expected) in expected.iter().enumerate() {
+        assert_reads_exactly(&config, &worker, &key(20, p as u32), SUBS, expected);
+    }
+    let rss = worker.peak_rss();
+    eprintln!(
+        "overflow of 1 GiB: worker peak RSS {} MiB (budget 128 MiB)",
+        rss >> 20
+    );
+    assert!(rss <= (128 + 64) << 20, "peak RSS {} MiB", rss >> 20);
+    drop_job(&worker, &key(20, 0));
+    assert!(s3.objects(PREFIX).is_empty(), "{:?}", s3.objects(PREFIX));
+    assert!(data_files(dir.path()).is_empty());
+}
+
+/// Cold partitions move to the store: local files gone, objects there, reads
+/// exact; a worker SIGKILLed after a migration, and one SIGKILLed during
+/// one, serve everything exactly after a restart and leave no orphan object;
+/// release and job drop leave nothing.
+#[test]
+fn migration_survives_sigkill_during_and_after() {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = worker_config(&Setup {
+        dir: dir.path(),
+        s3: &s3,
+        memory_budget: "128MiB",
+        dir_capacity: "4GiB",
+        cold_after: "1s",
+    });
+    let config = agent_config();
+    let worker = start_worker(&config_path);
+    const SUBS: u32 = 8;
+    let small = key(21, 1);
+    let expected_small = write_partition(&config, descriptor(&worker, &small), 1, SUBS, 64, 8000);
+    let t = wait_for(&worker, Duration::from_secs(30), "migration", |t| {
+        t.local_bytes == 0 && t.object_bytes > 0
+    });
+    assert!(data_files(dir.path()).is_empty(), "local files are gone");
+    assert_eq!(s3.objects(PREFIX).len() as u64, object_stats(&t).objects);
+    assert_reads_exactly(&config, &worker, &small, SUBS, &expected_small);
+
+    // SIGKILL after the migration: the restarted worker serves it from the store.
+    worker.kill();
+    let worker = start_worker(&config_path);
+    assert_reads_exactly(&config, &worker, &small, SUBS, &expected_small);
+
+    // SIGKILL during a migration (a multipart upload open in the store).
+    let big = key(21, 2);
+    let expected_big = write_partition(&config, descriptor(&worker, &big), 2, SUBS, 2500, 12_000);
+    let until = Instant::now() + Duration::from_secs(30);
+    while s3.open_uploads().is_empty() {
+        assert!(Instant::now() < until, "no migration upload began");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    worker.kill();
+    let worker = start_worker(&config_path);
+    assert_reads_exactly(&config, &worker, &big, SUBS, &expected_big);
+    let t = wait_for(
+        &worker,
+        Duration::from_secs(60),
+        "migration after restart",
+        |t| t.local_bytes == 0,
+    );
+    assert_eq!(
+        s3.objects(PREFIX).len() as u64,
+        object_stats(&t).objects,
+        "every object in the bucket is one the worker refers to: {:?}",
+        s3.objects(PREFIX)
+    );
+    assert_reads_exactly(&config, &worker, &big, SUBS, &expected_big);
+    assert_reads_exactly(&config, &worker, &small, SUBS, &expected_small);
+
+    drop_job(&worker, &small);
+    assert!(s3.objects(PREFIX).is_empty(), "{:?}", s3.objects(PREFIX));
+    assert!(data_files(dir.path()).is_empty());
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    Stopped,
+    Killed,
+}
+
+fn outage(kind: Outage) {
+    let mut s3 = S3Server::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = worker_config(&Setup {
+        dir: dir.path(),
+        s3: &s3,
+        memory_budget: "64MiB",
+        dir_capacity: "12MiB",
+        cold_after: "1s",
+    });
+    let config = agent_config();
+    let worker = start_worker(&config_path);
+    const SUBS: u32 = 4;
+    // Fits the local directory; goes cold while the store is down.
+    let local = key(22, 1);
+    let expected_local = write_partition(&config, descriptor(&worker, &local), 1, SUBS, 100, 8000);
+    match kind {
+        Outage::Stopped => s3.stop(),
+        Outage::Killed => s3.kill(),
+    }
+    let t = wait_for(
+        &worker,
+        Duration::from_secs(30),
+        "a failed migration",
+        |t| object_stats(t).failures > 0,
+    );
+    let o = object_stats(&t);
+    assert!(!o.available, "{o:?}");
+    assert!(
+        o.last_error.contains(&s3.url(PREFIX)) || o.last_error.contains("s3://"),
+        "{o:?}"
+    );
+    assert!(t.local_bytes > 0, "the local copy stays: {t:?}");
+    assert_reads_exactly(&config, &worker, &local, SUBS, &expected_local);
+
+    // Overflow while the store is down: the push fails with a clear error, nothing is kept half.
+    let overflow = key(22, 2);
+    let result = std::panic::catch_unwind(|| {
+        write_partition(&config, descriptor(&worker, &overflow), 2, SUBS, 1000, 8000)
+    });
+    assert!(
+        result.is_err(),
+        "a 32 MiB partition cannot be kept with 12 MiB of disk and no store"
+    );
+    let t = tiers(&worker);
+    assert!(t.local_bytes > 0);
+    assert_reads_exactly(&config, &worker, &local, SUBS, &expected_local);
+
+    // The store comes back: the migration completes and reads are exact.
+    match kind {
+        Outage::Stopped => s3.cont(),
+        Outage::Killed => s3.restart(),
+    }
+    wait_for(
+        &worker,
+        Duration::from_secs(60),
+        "migration after the outage",
+        |t| t.local_bytes == 0 && object_stats(t).available,
+    );
+    assert_reads_exactly(&config, &worker, &local, SUBS, &expected_local);
+    // New data goes through again.
+    let after = key(22, 3);
+    let expected_after = write_partition(&config, descriptor(&worker, &after), 3, SUBS, 1000, 8000);
+    assert_reads_exactly(&config, &worker, &after, SUBS, &expected_after);
+    drop_job(&worker, &local);
+    assert!(s3.objects(PREFIX).is_empty(), "{:?}", s3.objects(PREFIX));
+}
+
+#[test]
+fn stopped_store_loses_no_local_data_and_migration_completes_when_it_returns() {
+    outage(Outage::Stopped);
+}
+
+#[test]
+fn killed_store_loses_no_local_data_and_migration_completes_when_it_returns() {
+    outage(Outage::Killed);
+}
+
+/// A restart deletes what Terrace wrote for unsealed partitions and nothing else.
+#[test]
+fn files_terrace_did_not_write_survive_a_restart() {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = worker_config(&Setup {
+        dir: dir.path(),
+        s3: &s3,
+        memory_budget: "64MiB",
+        dir_capacity: "1GiB",
+        cold_after: "1h",
+    });
+    let config = agent_config();
+    let worker = start_worker(&config_path);
+    let sealed = key(23, 1);
+    let expected = write_partition(&config, descriptor(&worker, &sealed), 1, 2, 10, 1000);
+    let data = dir.path().join("data");
+    let job_dir = data.join(sealed.job.to_hex());
+    let foreign = [
+        data.join("notes.txt"),
+        data.join("not-a-job").join("x.data"),
+        job_dir.join("keep.me"),
+        job_dir.join("0a.bak"),
+    ];
+    for path in &foreign {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, b"operator's file").expect("write foreign file");
+    }
+    // A Terrace file of a partition that was never sealed goes at restart.
+    let unsealed = job_dir.join("0b0b.data");
+    std::fs::write(&unsealed, b"half a partition").expect("write");
+    worker.kill();
+    let worker = start_worker(&config_path);
+    // Served again: the restarted worker has finished its recovery.
+    assert_reads_exactly(&config, &worker, &sealed, 2, &expected);
+    for path in &foreign {
+        assert_eq!(
+            std::fs::read(path).expect("foreign file survives"),
+            b"operator's file",
+            "{}",
+            path.display()
+        );
+    }
+    assert!(
+        !unsealed.exists(),
+        "the unsealed partition's file is deleted"
+    );
+    assert_reads_exactly(&config, &worker, &sealed, 2, &expected);
+    drop_job(&worker, &sealed);
+    assert!(
+        job_dir.join("keep.me").exists(),
+        "a job drop keeps foreign files too"
+    );
+}
