@@ -294,7 +294,7 @@ fn new_store_id() -> String {
 /// Free bytes available to unprivileged users on the filesystem holding `path`.
 fn free_space(path: &Path) -> std::io::Result<u64> {
     let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
-    Ok(u64::from(stat.blocks_available()) * u64::from(stat.fragment_size()))
+    Ok(stat.blocks_available() * stat.fragment_size())
 }
 
 #[cfg(test)]

@@ -107,6 +107,15 @@ pub enum ReadStep {
     Failed(TierError),
 }
 
+/// What a released partition leaves to delete: its files (directory, path,
+/// length), its index directory, its object prefix and its objects' bytes.
+pub type Leftovers = (
+    Vec<(usize, PathBuf, u64)>,
+    Option<usize>,
+    Option<String>,
+    u64,
+);
+
 /// Bytes of a partition per tier.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TierBytes {
@@ -635,7 +644,7 @@ impl Partition {
                     let old = {
                         let mut state = self.lock();
                         state.generation += 1;
-                        std::mem::replace(&mut state.index_dir, Some(dir))
+                        state.index_dir.replace(dir)
                     };
                     if let Some(old) = old.filter(|&o| o != dir) {
                         // The newer generation wins at recovery; this is tidiness.
@@ -770,14 +779,7 @@ impl Partition {
     /// What a released partition leaves to delete, once no flush runs: its
     /// files (directory, path, length), its index directory, its object
     /// prefix and the bytes its objects held.
-    pub fn take_storage(
-        &self,
-    ) -> (
-        Vec<(usize, PathBuf, u64)>,
-        Option<usize>,
-        Option<String>,
-        u64,
-    ) {
+    pub fn take_storage(&self) -> Leftovers {
         let mut state = self.lock();
         let files = state
             .files
