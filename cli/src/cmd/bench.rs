@@ -1,6 +1,7 @@
 //! `terrace bench`: push, read and end-to-end throughput of an embedded
 //! cluster, next to the machine's own limits measured in the same run (raw
-//! loopback TCP, raw sequential disk), with the ratios.
+//! loopback TCP, raw sequential disk), with the ratios; and reads served by
+//! the object-store tier next to reads of the same data from local disk.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,7 +13,10 @@ use anyhow::Context;
 use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgent};
 
 use crate::cmd::cluster::Cluster;
-use crate::sample::{LogLosses, Pool, ShuffleParams, ShuffleReport, print_json, run_shuffle};
+use crate::sample::{
+    LogLosses, Pool, ShuffleParams, ShuffleReport, print_json, read_back, release_all, run_shuffle,
+    shuffle_and_keep,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -37,6 +41,15 @@ pub struct Args {
     /// Run one untimed shuffle of the same size first (warm buffer pools).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     warmup: bool,
+    /// Object store of the object-store read phase: s3://bucket/prefix,
+    /// file:///path or memory://; "none" skips the phase. For s3 the
+    /// endpoint and credentials come from the AWS_* environment variables.
+    #[arg(long, env = "TERRACE_BENCH_OBJECT_STORE", default_value = "memory://")]
+    object_store: String,
+    /// Payload bytes of the object-store phase at most (it is --bytes when
+    /// that is smaller): the phase writes, reads, migrates and reads again.
+    #[arg(long, default_value = "256MiB")]
+    object_store_bytes: ByteSize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -56,8 +69,38 @@ struct Report {
     read_vs_raw_tcp: f64,
     end_to_end_vs_raw_tcp: f64,
     push_and_seal_vs_raw_disk_write: f64,
+    /// Reads of the object-store phase's shuffle after every partition was
+    /// migrated to the object store (null when the phase is skipped)...
+    object_store_read_mib_s: Option<f64>,
+    /// ...and of the same shuffle from local disk, before the migration.
+    local_read_mib_s: Option<f64>,
+    object_vs_local_read: Option<f64>,
     write_then_read: ShuffleReport,
     concurrent: ShuffleReport,
+    object_store_phase: Option<ObjectStorePhase>,
+}
+
+/// The object-store phase: one shuffle written to a worker with an object
+/// store, read from local disk, migrated explicitly, read from the store.
+#[derive(Debug, serde::Serialize)]
+struct ObjectStorePhase {
+    /// The store (no credentials).
+    url: String,
+    payload_bytes: u64,
+    /// The shuffle (its read is the first read after the write, from local disk).
+    write_then_read: ShuffleReport,
+    /// A second read from local disk, timed like the object-store read.
+    local_read_seconds: f64,
+    migrated_bytes: u64,
+    migrated_partitions: u64,
+    migrate_seconds: f64,
+    migrate_mib_s: f64,
+    objects: u64,
+    object_read_seconds: f64,
+    /// Bytes the worker fetched from the object store during that read.
+    object_bytes_fetched: u64,
+    /// Objects left in the store after the partitions were released.
+    objects_left: usize,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -70,13 +113,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let buffer_size = 32 * 1024;
-    let per_sub = args.bytes.as_u64()
-        / (u64::from(args.producers) * u64::from(args.subpartitions) * buffer_size as u64);
-    let buffers = u32::try_from(per_sub.max(1)).context("too many buffers per subpartition")?;
-    let payload = u64::from(buffers)
-        * u64::from(args.producers)
-        * u64::from(args.subpartitions)
-        * buffer_size as u64;
+    let (buffers, payload) = shape(&args, args.bytes, buffer_size)?;
+    let object_store = match args.object_store.trim() {
+        "" | "none" => None,
+        url => {
+            check_object_store_url(url).with_context(|| format!("--object-store {url}"))?;
+            Some(url.to_string())
+        }
+    };
 
     eprintln!("measuring raw loopback TCP ...");
     let raw_tcp = raw_tcp_throughput(payload).context("measure raw loopback TCP")?;
@@ -131,6 +175,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     master.unregister_job(&job)?;
     master.close();
     cluster.stop()?;
+    let object_store_phase = match &object_store {
+        Some(url) => Some(
+            object_store_phase(&args, &dir, url, buffer_size, &pool)
+                .with_context(|| format!("object-store phase ({url})"))?,
+        ),
+        None => None,
+    };
 
     let mib = payload as f64 / MIB;
     let push = mib / write_then_read.push_seconds;
@@ -150,8 +201,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         read_vs_raw_tcp: read / raw_tcp,
         end_to_end_vs_raw_tcp: e2e / raw_tcp,
         push_and_seal_vs_raw_disk_write: push_and_seal / raw_disk,
+        object_store_read_mib_s: object_store_phase
+            .as_ref()
+            .map(ObjectStorePhase::object_mib_s),
+        local_read_mib_s: object_store_phase
+            .as_ref()
+            .map(ObjectStorePhase::local_mib_s),
+        object_vs_local_read: object_store_phase
+            .as_ref()
+            .map(|o| o.object_mib_s() / o.local_mib_s()),
         write_then_read,
         concurrent,
+        object_store_phase,
     };
     if args.json {
         print_json(&report)?;
@@ -183,8 +244,222 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "  end to end (concurrent)   {:>8.0} MiB/s  = {:.2} x raw TCP",
             e2e, report.end_to_end_vs_raw_tcp
         );
+        match &report.object_store_phase {
+            Some(o) => {
+                let local = o.local_mib_s();
+                let object = o.object_mib_s();
+                println!(
+                    "  object store {}: {:.0} MiB written, read, migrated ({:.0} MiB/s, {} objects), read again",
+                    o.url,
+                    o.payload_bytes as f64 / MIB,
+                    o.migrate_mib_s,
+                    o.objects
+                );
+                println!("  read from local disk      {local:>8.0} MiB/s");
+                println!(
+                    "  read from object store    {object:>8.0} MiB/s  = {:.2} x read from local disk",
+                    object / local
+                );
+            }
+            None => println!("  object store: skipped (--object-store none)"),
+        }
     }
     Ok(())
+}
+
+/// Fails on a URL the worker would refuse, before any phase runs. An s3 URL
+/// is only checked for its scheme and bucket here: building an S3 client
+/// needs the TLS provider the worker installs when it starts.
+fn check_object_store_url(url: &str) -> anyhow::Result<()> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .context("expected s3://bucket/prefix, file:///path, memory:// or none")?;
+    match scheme {
+        "s3" | "s3a" => {
+            anyhow::ensure!(
+                !rest.split('/').next().unwrap_or_default().is_empty(),
+                "an s3 URL names a bucket: s3://bucket/prefix"
+            );
+            Ok(())
+        }
+        "file" | "memory" => {
+            terrace_worker::build_store(&terrace_worker::ObjectStoreSettings {
+                url: url.to_string(),
+                options: Default::default(),
+                request_timeout: Duration::from_secs(30),
+                retries: 0,
+                backoff: Duration::from_millis(200),
+            })?;
+            Ok(())
+        }
+        other => anyhow::bail!("unsupported scheme {other}: use s3://, file://, memory:// or none"),
+    }
+}
+
+/// Buffers per subpartition and the payload of a shuffle of about `bytes`.
+fn shape(args: &Args, bytes: ByteSize, buffer_size: usize) -> anyhow::Result<(u32, u64)> {
+    let per_sub = bytes.as_u64()
+        / (u64::from(args.producers) * u64::from(args.subpartitions) * buffer_size as u64);
+    let buffers = u32::try_from(per_sub.max(1)).context("too many buffers per subpartition")?;
+    let payload = u64::from(buffers)
+        * u64::from(args.producers)
+        * u64::from(args.subpartitions)
+        * buffer_size as u64;
+    Ok((buffers, payload))
+}
+
+impl ObjectStorePhase {
+    fn local_mib_s(&self) -> f64 {
+        self.payload_bytes as f64 / MIB / self.local_read_seconds
+    }
+
+    fn object_mib_s(&self) -> f64 {
+        self.payload_bytes as f64 / MIB / self.object_read_seconds
+    }
+}
+
+/// A worker with the object store at `url`: pushes a shuffle (readers after
+/// the writers), reads it back from local disk, migrates every partition
+/// explicitly, and reads it back from the object store. Both reads are of
+/// the same bytes, timed the same way (consumer agents created, every byte
+/// verified).
+fn object_store_phase(
+    args: &Args,
+    dir: &Path,
+    url: &str,
+    buffer_size: usize,
+    pool: &Pool,
+) -> anyhow::Result<ObjectStorePhase> {
+    use std::sync::atomic::Ordering;
+    let (buffers, payload) = shape(args, args.bytes.min(args.object_store_bytes), buffer_size)?;
+    let store_url = url.to_string();
+    let cluster = Cluster::start_with(
+        &dir.join("cluster-object-store"),
+        1,
+        args.memory_budget,
+        move |c| {
+            c.object_store = Some(terrace_worker::ObjectStoreConfig {
+                url: store_url.clone(),
+                // Nothing migrates on its own: the phase migrates explicitly.
+                cold_after: Duration::from_secs(3600),
+                local_high_watermark: 1.0,
+                local_low_watermark: 1.0,
+                ..Default::default()
+            });
+        },
+    )?;
+    let store = Arc::clone(&cluster.workers[0].store);
+    let config = AgentConfig {
+        compression: args.compression,
+        ..AgentConfig::default()
+    };
+    let factory = cluster.factory(&config)?;
+    let master = factory
+        .create_master_agent()
+        .context("create the master agent")?;
+    let params = ShuffleParams {
+        producers: args.producers,
+        subpartitions: args.subpartitions,
+        consumers: args.consumers,
+        buffers_per_subpartition: buffers,
+        buffer_size,
+        read_after_write: true,
+        read_timeout: Duration::from_secs(600),
+    };
+    let job = JobId::new(b"terrace-bench-object-store".to_vec())?;
+    master.register_job(&job, Arc::new(LogLosses))?;
+    eprintln!(
+        "object store {url}: pushing then reading {:.0} MiB ...",
+        payload as f64 / MIB
+    );
+    let (write_then_read, descriptors) = shuffle_and_keep(&factory, &master, &job, &params, pool)?;
+    let local = store.tier_bytes();
+    anyhow::ensure!(
+        local.memory == 0 && local.object == 0 && local.local > 0,
+        "after the seal, expected every byte on local disk, got {local:?}"
+    );
+
+    eprintln!(
+        "reading {:.0} MiB again from local disk ...",
+        payload as f64 / MIB
+    );
+    // Just written, so mostly served by the page cache, as a worker's recent
+    // data is; the object-store read below pays the store's request path.
+    let start = Instant::now();
+    let verified = read_back(&factory, &params, pool, &descriptors)?;
+    let local_read_seconds = start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        verified == payload,
+        "read back {verified} bytes of {payload} from local disk"
+    );
+
+    eprintln!("migrating every partition to {url} ...");
+    let start = Instant::now();
+    let partitions = store.partitions();
+    let mut migrated_bytes = 0;
+    for partition in &partitions {
+        migrated_bytes += cluster
+            .runtime
+            .block_on(store.migrate(partition))
+            .with_context(|| format!("migrate {}", partition.key()))?;
+    }
+    let migrate_seconds = start.elapsed().as_secs_f64();
+    let migrated_partitions = partitions.len() as u64;
+    drop(partitions);
+    let tiers = store.tier_bytes();
+    anyhow::ensure!(
+        tiers.local == 0 && tiers.object > 0,
+        "after the migration, expected every byte in the object store, got {tiers:?}"
+    );
+    let object = store.tiers().object().context("the object tier")?;
+    let objects = object.counters.objects.load(Ordering::Relaxed);
+    let fetched_before = object.counters.bytes_read.load(Ordering::Relaxed);
+
+    eprintln!(
+        "reading {:.0} MiB from the object store ...",
+        payload as f64 / MIB
+    );
+    let start = Instant::now();
+    let verified = read_back(&factory, &params, pool, &descriptors)?;
+    let object_read_seconds = start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        verified == payload,
+        "read back {verified} bytes of {payload} from the object store"
+    );
+    let object_bytes_fetched = object.counters.bytes_read.load(Ordering::Relaxed) - fetched_before;
+
+    release_all(&master, &descriptors)?;
+    master.unregister_job(&job)?;
+    master.close();
+    let objects_left = cluster.runtime.block_on(async {
+        store.drop_job(&job).await.context("drop the job")?;
+        let object = store.tiers().object().context("the object tier")?;
+        let left = object
+            .list(object.root())
+            .await
+            .context("list what is left in the object store")?;
+        Ok::<_, anyhow::Error>(left.len())
+    })?;
+    if objects_left > 0 {
+        eprintln!("warning: {objects_left} objects of the benchmark are left in {url}");
+    }
+    let url = object.url().to_string();
+    drop(store);
+    cluster.stop()?;
+    Ok(ObjectStorePhase {
+        url,
+        payload_bytes: payload,
+        write_then_read,
+        local_read_seconds,
+        migrated_bytes,
+        migrated_partitions,
+        migrate_seconds,
+        migrate_mib_s: migrated_bytes as f64 / MIB / migrate_seconds,
+        objects,
+        object_read_seconds,
+        object_bytes_fetched,
+        objects_left,
+    })
 }
 
 /// One TCP connection on loopback, 1 MiB writes, the reader draining into a

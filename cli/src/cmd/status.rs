@@ -1,4 +1,5 @@
-//! `terrace status`: what a master knows, and each worker's own counters.
+//! `terrace status`: what a master knows, and each worker's own counters,
+//! with where its bytes are (memory, local data directories, object store).
 
 use anyhow::Context;
 use terrace_proto::{Message, pb};
@@ -28,6 +29,82 @@ struct WorkerStatus {
     bytes_pushed: u64,
     bytes_read: u64,
     error: Option<String>,
+    /// Bytes per tier, data directories and object store: from the worker
+    /// itself when it answered, else from its last heartbeat to the master.
+    tiers: Option<TierStatus>,
+    /// "worker" or "master": who reported `tiers`.
+    tiers_from: Option<&'static str>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct TierStatus {
+    memory_bytes: u64,
+    local_bytes: u64,
+    object_bytes: u64,
+    dirs: Vec<DirStatus>,
+    /// Absent when the worker has no object store.
+    object_store: Option<ObjectStoreStatus>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct DirStatus {
+    path: String,
+    used_bytes: u64,
+    capacity_bytes: u64,
+    healthy: bool,
+    /// The write error that made it unhealthy.
+    error: Option<String>,
+    write_failures: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ObjectStoreStatus {
+    url: String,
+    bytes: u64,
+    objects: u64,
+    bytes_overflowed: u64,
+    bytes_migrated: u64,
+    partitions_migrated: u64,
+    bytes_read: u64,
+    failures: u64,
+    available: bool,
+    last_error: Option<String>,
+}
+
+impl TierStatus {
+    /// Takes `&` so that a boxed (`Box<pb::TierStats>`) or plain field both do.
+    fn from_pb(t: &pb::TierStats) -> Self {
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        TierStatus {
+            memory_bytes: t.memory_bytes,
+            local_bytes: t.local_bytes,
+            object_bytes: t.object_bytes,
+            dirs: t
+                .dirs
+                .iter()
+                .map(|d| DirStatus {
+                    path: d.path.clone(),
+                    used_bytes: d.used_bytes,
+                    capacity_bytes: d.capacity_bytes,
+                    healthy: d.healthy,
+                    error: non_empty(&d.error),
+                    write_failures: d.write_failures,
+                })
+                .collect(),
+            object_store: t.object_store.as_ref().map(|o| ObjectStoreStatus {
+                url: o.url.clone(),
+                bytes: o.bytes,
+                objects: o.objects,
+                bytes_overflowed: o.bytes_overflowed,
+                bytes_migrated: o.bytes_migrated,
+                partitions_migrated: o.partitions_migrated,
+                bytes_read: o.bytes_read,
+                failures: o.failures,
+                available: o.available,
+                last_error: non_empty(&o.last_error),
+            }),
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -54,12 +131,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("  job {job}");
     }
     println!(
-        "{:<24} {:<22} {:>8} {:>12} {:>12} {:>12} {:>6} {:>6}",
-        "worker", "address", "hb ms", "stored", "mem used", "mem peak", "parts", "sealed"
+        "{:<24} {:<22} {:>8} {:>12} {:>12} {:>12} {:>6} {:>6} {:>12} {:>12} {:>12}",
+        "worker",
+        "address",
+        "hb ms",
+        "stored",
+        "mem used",
+        "mem peak",
+        "parts",
+        "sealed",
+        "in memory",
+        "on local",
+        "in object"
     );
     for w in &workers {
+        let tier = |f: fn(&TierStatus) -> u64| {
+            w.tiers
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |t| f(t).to_string())
+        };
         println!(
-            "{:<24} {:<22} {:>8} {:>12} {:>12} {:>12} {:>6} {:>6}{}",
+            "{:<24} {:<22} {:>8} {:>12} {:>12} {:>12} {:>6} {:>6} {:>12} {:>12} {:>12}{}",
             w.worker_id,
             w.address,
             w.millis_since_heartbeat,
@@ -68,13 +160,88 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             w.memory_peak_bytes,
             w.partitions,
             w.sealed_partitions,
+            tier(|t| t.memory_bytes),
+            tier(|t| t.local_bytes),
+            tier(|t| t.object_bytes),
             w.error
                 .as_ref()
                 .map(|e| format!("  ({e})"))
                 .unwrap_or_default()
         );
+        for line in tier_lines(w) {
+            println!("    {line}");
+        }
     }
     Ok(())
+}
+
+/// The lines under a worker's row: each data directory and the object store.
+fn tier_lines(w: &WorkerStatus) -> Vec<String> {
+    let Some(tiers) = &w.tiers else {
+        return vec!["tiers: not reported".to_string()];
+    };
+    let mut out = Vec::new();
+    if w.tiers_from == Some("master") {
+        out.push("tiers: as of the worker's last heartbeat to the master".to_string());
+    }
+    for d in &tiers.dirs {
+        let health = if d.healthy {
+            "healthy".to_string()
+        } else {
+            format!(
+                "UNHEALTHY ({})",
+                d.error.as_deref().unwrap_or("no error reported")
+            )
+        };
+        out.push(format!(
+            "dir {}: {} used of {}, {health}, {} write failure(s)",
+            d.path,
+            human(d.used_bytes),
+            human(d.capacity_bytes),
+            d.write_failures
+        ));
+    }
+    match &tiers.object_store {
+        Some(o) => {
+            let state = match (o.available, &o.last_error) {
+                (true, None) => "available".to_string(),
+                (true, Some(e)) => format!("available (last error: {e})"),
+                (false, e) => format!(
+                    "UNAVAILABLE ({})",
+                    e.as_deref().unwrap_or("no error reported")
+                ),
+            };
+            out.push(format!(
+                "object store {}: {} in {} object(s), {} overflowed, {} migrated ({} partition(s)), {} read, {} failure(s), {state}",
+                o.url,
+                human(o.bytes),
+                o.objects,
+                human(o.bytes_overflowed),
+                human(o.bytes_migrated),
+                o.partitions_migrated,
+                human(o.bytes_read),
+                o.failures
+            ));
+        }
+        None => out.push("object store: none".to_string()),
+    }
+    out
+}
+
+/// Bytes in the largest binary unit that keeps a whole part, e.g. "1.5 GiB".
+fn human(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (name, size) in UNITS {
+        if bytes >= size {
+            return format!("{:.1} {name}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes} B")
 }
 
 async fn collect(master: &str) -> anyhow::Result<(Vec<WorkerStatus>, Vec<String>)> {
@@ -102,7 +269,8 @@ async fn collect(master: &str) -> anyhow::Result<(Vec<WorkerStatus>, Vec<String>
         .collect();
     let mut out = Vec::new();
     for info in list.workers {
-        let load = info.load.unwrap_or_default();
+        let mut load = info.load.unwrap_or_default();
+        let master_tiers = load.tiers.take();
         let mut status = WorkerStatus {
             worker_id: info.worker_id,
             address: info.data_address.clone(),
@@ -116,7 +284,10 @@ async fn collect(master: &str) -> anyhow::Result<(Vec<WorkerStatus>, Vec<String>
             bytes_pushed: 0,
             bytes_read: 0,
             error: None,
+            tiers: None,
+            tiers_from: None,
         };
+        let mut tiers = None;
         match worker_stats(&info.data_address, &options).await {
             Ok(stats) => {
                 status.memory_budget_bytes = stats.memory_budget_bytes;
@@ -127,10 +298,15 @@ async fn collect(master: &str) -> anyhow::Result<(Vec<WorkerStatus>, Vec<String>
                     status.stored_bytes = load.stored_bytes;
                     status.memory_used_bytes = load.memory_used_bytes;
                     status.sealed_partitions = load.sealed_partitions;
+                    tiers = load.tiers.map(|t| (t, "worker"));
                 }
                 status.partitions = stats.partitions;
             }
             Err(e) => status.error = Some(format!("{e:#}")),
+        }
+        if let Some((t, from)) = tiers.or_else(|| master_tiers.map(|t| (t, "master"))) {
+            status.tiers = Some(TierStatus::from_pb(&t));
+            status.tiers_from = Some(from);
         }
         out.push(status);
     }
@@ -155,5 +331,86 @@ pub async fn worker_stats(
             "worker answered WorkerStats with {:?}",
             other.message_type()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(tiers: Option<pb::TierStats>, from: &'static str) -> WorkerStatus {
+        WorkerStatus {
+            worker_id: "w".into(),
+            address: "127.0.0.1:1".into(),
+            millis_since_heartbeat: 0,
+            stored_bytes: 0,
+            memory_used_bytes: 0,
+            memory_budget_bytes: 0,
+            memory_peak_bytes: 0,
+            partitions: 0,
+            sealed_partitions: 0,
+            bytes_pushed: 0,
+            bytes_read: 0,
+            error: None,
+            tiers: tiers.as_ref().map(TierStatus::from_pb),
+            tiers_from: Some(from),
+        }
+    }
+
+    #[test]
+    fn lines_name_unhealthy_dirs_and_an_unavailable_store() {
+        let stats = pb::TierStats {
+            memory_bytes: 1,
+            local_bytes: 2 << 20,
+            object_bytes: 3 << 30,
+            dirs: vec![
+                pb::DirStats {
+                    path: "/a".into(),
+                    used_bytes: 2 << 20,
+                    capacity_bytes: 1 << 30,
+                    healthy: true,
+                    error: String::new(),
+                    write_failures: 0,
+                },
+                pb::DirStats {
+                    path: "/b".into(),
+                    used_bytes: 0,
+                    capacity_bytes: 1 << 30,
+                    healthy: false,
+                    error: "No space left on device".into(),
+                    write_failures: 3,
+                },
+            ],
+            // `into`: the field may be boxed.
+            object_store: Some(
+                pb::ObjectStoreStats {
+                    url: "s3://bucket/prefix".into(),
+                    bytes: 3 << 30,
+                    objects: 7,
+                    available: false,
+                    last_error: "timed out".into(),
+                    failures: 2,
+                    ..Default::default()
+                }
+                .into(),
+            ),
+        };
+        let w = worker(Some(stats), "master");
+        let lines = tier_lines(&w);
+        assert_eq!(
+            lines,
+            [
+                "tiers: as of the worker's last heartbeat to the master",
+                "dir /a: 2.0 MiB used of 1.0 GiB, healthy, 0 write failure(s)",
+                "dir /b: 0 B used of 1.0 GiB, UNHEALTHY (No space left on device), 3 write failure(s)",
+                "object store s3://bucket/prefix: 3.0 GiB in 7 object(s), 0 B overflowed, 0 B migrated (0 partition(s)), 0 B read, 2 failure(s), UNAVAILABLE (timed out)",
+            ]
+        );
+        let json = serde_json::to_value(&w).unwrap();
+        assert_eq!(json["tiers"]["dirs"][1]["error"], "No space left on device");
+        assert_eq!(json["tiers"]["dirs"][0]["error"], serde_json::Value::Null);
+        assert_eq!(json["tiers"]["object_store"]["available"], false);
+        assert_eq!(json["tiers_from"], "master");
+        assert_eq!(tier_lines(&worker(None, "worker")), ["tiers: not reported"]);
     }
 }
