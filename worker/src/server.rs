@@ -123,10 +123,6 @@ fn prepare(
         .clone()
         .unwrap_or_else(|| local.to_string());
     let worker_id = config.worker_id.clone().unwrap_or_else(|| address.clone());
-    if config.object_store.is_some() {
-        // reqwest is built without a default TLS provider: use ring's.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
     let store = Arc::new(Store::open(store_options(&config), hooks)?);
     Ok((
         Arc::new(Shared {

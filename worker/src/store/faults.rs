@@ -69,18 +69,22 @@ impl FaultyStore {
     async fn gate(&self) -> Result<()> {
         let mut hanging = self.hanging.subscribe();
         let _ = hanging.wait_for(|h| !*h).await;
-        let injected = self.failing.load(Ordering::SeqCst)
+        let fail = self.failing.load(Ordering::SeqCst)
             || self
                 .fail_next
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
-        if injected {
-            return Err(object_store::Error::Generic {
-                store: "faulty",
-                source: "injected failure".into(),
-            });
+        if fail {
+            return Err(injected());
         }
         Ok(())
+    }
+}
+
+fn injected() -> object_store::Error {
+    object_store::Error::Generic {
+        store: "faulty",
+        source: "injected failure".into(),
     }
 }
 
@@ -125,13 +129,7 @@ impl ObjectStore for FaultyStore {
     ) -> BoxStream<'static, Result<Path>> {
         self.deletes.fetch_add(1, Ordering::Relaxed);
         if self.failing.load(Ordering::SeqCst) {
-            return futures::stream::once(async {
-                Err(object_store::Error::Generic {
-                    store: "faulty",
-                    source: "injected failure".into(),
-                })
-            })
-            .boxed();
+            return futures::stream::once(async { Err(injected()) }).boxed();
         }
         self.inner.delete_stream(locations)
     }
@@ -139,13 +137,7 @@ impl ObjectStore for FaultyStore {
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         self.lists.fetch_add(1, Ordering::Relaxed);
         if self.failing.load(Ordering::SeqCst) {
-            return futures::stream::once(async {
-                Err(object_store::Error::Generic {
-                    store: "faulty",
-                    source: "injected failure".into(),
-                })
-            })
-            .boxed();
+            return futures::stream::once(async { Err(injected()) }).boxed();
         }
         self.inner.list(prefix)
     }

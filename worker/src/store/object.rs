@@ -77,6 +77,9 @@ pub fn build_store(
     match url.scheme() {
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+            // reqwest is built without a default TLS provider: use ring's
+            // (a second install in one process is refused, harmlessly).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let bucket = url
                 .host_str()
                 .filter(|b| !b.is_empty())
