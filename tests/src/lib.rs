@@ -75,6 +75,17 @@ pub fn key(job: u8, partition: u32) -> PartitionKey {
     }
 }
 
+/// A key whose partition id is as long as Flink's (80 bytes: a
+/// `ResultPartitionID`), so longer than the ids a worker names by plain hex.
+pub fn flink_sized_key(job: u8, partition: u32) -> PartitionKey {
+    let mut id = vec![job; 76];
+    id.extend_from_slice(&partition.to_be_bytes());
+    PartitionKey {
+        job: JobId::new(vec![job; 16]).expect("job id"),
+        partition: PartitionId::new(id).expect("partition id"),
+    }
+}
+
 /// Deterministic payload bytes for (partition, subpartition, index).
 pub fn payload(partition: u32, sub: u32, index: u32, len: usize) -> Bytes {
     let mut state = (u64::from(partition) << 40)
@@ -536,4 +547,26 @@ pub fn closed_address() -> String {
     let address = listener.local_addr().expect("listener address").to_string();
     drop(listener);
     address
+}
+
+/// Every file and directory under `dir`, recursively, but the data
+/// directory's marker (which a worker keeps for the life of the directory).
+pub fn entries_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            if path.file_name().and_then(|n| n.to_str()) != Some(terrace_worker::MARKER) {
+                out.push(path);
+            }
+        }
+    }
+    out
 }

@@ -343,7 +343,10 @@ impl Cluster {
         let until = Instant::now() + Duration::from_secs(20);
         loop {
             let stats = worker_stats(&worker.address);
-            let files = files_under(data);
+            let files: Vec<PathBuf> = terrace_tests::entries_under(data)
+                .into_iter()
+                .filter(|p| !p.is_dir())
+                .collect();
             if stats.partitions == 0 && files.is_empty() {
                 return;
             }
@@ -370,25 +373,6 @@ fn worker_stats(address: &str) -> pb::WorkerStatsReply {
 }
 
 /// Regular files below `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(path),
-                Ok(_) => files.push(path),
-                Err(_) => {}
-            }
-        }
-    }
-    files
-}
-
 fn assert_same_result(terrace: &Path, default: &Path, what: &str) {
     let have = fs::read(terrace).unwrap_or_else(|e| panic!("read {}: {e}", terrace.display()));
     let want = fs::read(default).unwrap_or_else(|e| panic!("read {}: {e}", default.display()));

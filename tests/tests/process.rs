@@ -10,11 +10,12 @@ use terrace_consumer_agent::ConsumerAgent;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions};
 use terrace_tests::{
-    END_PAYLOAD, RecordingWriter, ServiceProcess, drain, key, payload, producer, wakeup,
+    END_PAYLOAD, RecordingWriter, ServiceProcess, drain, flink_sized_key, key, payload, producer,
+    wakeup,
 };
 use terrace_tier_api::{
-    AgentConfig, Buffer, ByteSize, ConsumerSpec, ErrorKind, InputChannelId, PartitionId,
-    PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent,
+    AgentConfig, Buffer, ByteSize, ConsumerSpec, ErrorKind, InputChannelId, MAX_ID_BYTES,
+    PartitionId, PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent,
     TierProducerAgent, WriteOutcome,
 };
 
@@ -75,8 +76,8 @@ fn sigkilled_worker_restarted_on_same_dirs_serves_sealed_partition_exactly() {
     let config = agent_config();
     const SUBS: u32 = 8;
 
-    // A sealed partition...
-    let sealed = key(7, 1);
+    // A sealed partition (with an id as long as Flink's)...
+    let sealed = flink_sized_key(7, 1);
     let mut writer =
         RecordingWriter::new(producer(&config, descriptor(&worker, &sealed), SUBS, false));
     for i in 0..40u32 {
@@ -103,8 +104,11 @@ fn sigkilled_worker_restarted_on_same_dirs_serves_sealed_partition_exactly() {
     );
     let expected = writer.expected.clone();
 
-    // ...and one still being written when the worker dies.
-    let unsealed = key(7, 2);
+    // ...and one still being written when the worker dies (with the longest id).
+    let unsealed = PartitionKey {
+        job: sealed.job.clone(),
+        partition: PartitionId::new(vec![0xfe; MAX_ID_BYTES]).expect("id"),
+    };
     let mut open = producer(&config, descriptor(&worker, &unsealed), 1, false);
     assert!(
         open.try_start_new_segment(SubpartitionId(0), SegmentId(0), 1)

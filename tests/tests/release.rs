@@ -72,25 +72,6 @@ fn assert_no_files_of(dirs: &[PathBuf], key: &PartitionKey) {
     }
 }
 
-/// Every path under `dir`, recursively.
-/// Every file and directory under `dir`, but the data directory's marker.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("list {}: {e}", d.display())) {
-            let path = entry.expect("directory entry").path();
-            if path.is_dir() {
-                stack.push(path.clone());
-            }
-            if path.file_name().and_then(|n| n.to_str()) != Some(terrace_worker::MARKER) {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
 fn release(
     worker: &TestWorker,
     key: &PartitionKey,
@@ -256,7 +237,7 @@ fn release_deletes_a_partitions_files_and_drop_job_deletes_the_job() {
             "the data directory {} itself stays",
             dir.display()
         );
-        let left: Vec<PathBuf> = walk(dir);
+        let left: Vec<PathBuf> = terrace_tests::entries_under(dir);
         assert!(
             left.iter().all(|p| !p.to_string_lossy().contains(&job_hex)),
             "files of job {job_hex} left in {}: {left:?}",

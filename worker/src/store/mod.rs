@@ -3,7 +3,8 @@
 //! object store), migration of cold data, and recovery after a restart.
 //!
 //! Recovery touches only what Terrace wrote: files named like Terrace's
-//! (`{job hex}/{partition hex}.data`, `.{n}.data`, `.index`, `.index.tmp`) in
+//! (`{job}/{partition}.data`, `.{n}.data`, `.index`, `.index.tmp`, named as
+//! in `names.rs`) in
 //! marked data directories. Anything else is left where it is.
 
 mod budget;
@@ -11,6 +12,7 @@ mod dirs;
 mod faults;
 mod files;
 mod index;
+mod names;
 mod object;
 mod partition;
 mod tiers;
@@ -359,7 +361,7 @@ impl Store {
             .tiers
             .dirs
             .iter()
-            .map(|(_, d)| d.path.join(job.to_hex()))
+            .map(|(_, d)| d.path.join(names::job_name(job)))
             .collect();
         tokio::task::spawn_blocking(move || {
             for dir in dirs {
@@ -527,7 +529,8 @@ impl Store {
             let (job, partition, id) = (parts.next(), parts.next(), parts.next());
             let owner = match (job, partition) {
                 (Some(job), Some(partition)) => self.partitions().into_iter().find(|p| {
-                    p.key().job.to_hex() == job && p.key().partition.to_hex() == partition
+                    names::job_name(&p.key().job) == job
+                        && names::partition_name(&p.key().partition) == partition
                 }),
                 _ => None,
             };
@@ -563,7 +566,7 @@ impl Store {
             for entry in entries.flatten() {
                 let path = entry.path();
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if !path.is_dir() || !is_hex(&name) {
+                if !path.is_dir() || !names::is_name(&name) {
                     if name != MARKER {
                         tracing::info!(file = %path.display(), "leaving a file Terrace did not write");
                     }
@@ -613,7 +616,10 @@ impl Store {
             }
         }
         for (key, (persisted, index_dir, index_file)) in indexes {
-            let (job, part) = (key.job.to_hex(), key.partition.to_hex());
+            let (job, part) = (
+                names::job_name(&key.job),
+                names::partition_name(&key.partition),
+            );
             let mut found = Vec::new();
             let mut missing = None;
             for blob in &persisted.files {
@@ -672,33 +678,29 @@ enum Named {
 /// Recognizes the names Terrace gives files in a job directory.
 fn parse_name(name: &str) -> Option<Named> {
     if let Some(stem) = name.strip_suffix(".index.tmp") {
-        return is_hex(stem).then_some(Named::IndexTmp);
+        return names::is_name(stem).then_some(Named::IndexTmp);
     }
     if let Some(stem) = name.strip_suffix(".index") {
-        return is_hex(stem).then(|| Named::Index(stem.to_string()));
+        return names::is_name(stem).then(|| Named::Index(stem.to_string()));
     }
     let stem = name.strip_suffix(".data")?;
     match stem.split_once('.') {
-        None => is_hex(stem).then(|| Named::Data(stem.to_string(), 0)),
+        None => names::is_name(stem).then(|| Named::Data(stem.to_string(), 0)),
         Some((partition, id)) => {
             let id: u32 = id.parse().ok().filter(|&i| i > 0)?;
-            (is_hex(partition) && id.to_string() == stem[partition.len() + 1..])
+            (names::is_name(partition) && id.to_string() == stem[partition.len() + 1..])
                 .then(|| Named::Data(partition.to_string(), id))
         }
     }
 }
 
-fn is_hex(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
-fn load_index(path: &Path, job_hex: &str, partition_hex: &str) -> TierResult<PersistedIndex> {
+fn load_index(path: &Path, job_name: &str, partition_name: &str) -> TierResult<PersistedIndex> {
     let bytes = std::fs::read(path)
         .map_err(|e| TierError::internal(format!("read {}: {e}", path.display())))?;
     let persisted = PersistedIndex::decode(&bytes)?;
-    if persisted.key.job.to_hex() != job_hex || persisted.key.partition.to_hex() != partition_hex {
+    if names::job_name(&persisted.key.job) != job_name
+        || names::partition_name(&persisted.key.partition) != partition_name
+    {
         return Err(TierError::corruption(
             "index names another partition than its path",
         ));
@@ -727,6 +729,11 @@ mod tests {
         ));
         assert!(matches!(parse_name("0a1b.data"), Some(Named::Data(p, 0)) if p == "0a1b"));
         assert!(matches!(parse_name("0a1b.7.data"), Some(Named::Data(p, 7)) if p == "0a1b"));
+        let long = format!("{}-{}", "ab".repeat(16), "cd".repeat(16));
+        assert!(
+            matches!(parse_name(&format!("{long}.3.data")), Some(Named::Data(p, 3)) if p == long)
+        );
+        assert!(matches!(parse_name(&format!("{long}.index")), Some(Named::Index(p)) if p == long));
         for foreign in [
             "notes.txt",
             "0a1b.0.data",
@@ -736,6 +743,8 @@ mod tests {
             ".data",
             "0a1b.index.bak",
             "zz.index",
+            "abcd-ef.data",
+            "abc.data",
         ] {
             assert!(parse_name(foreign).is_none(), "{foreign} is not Terrace's");
         }

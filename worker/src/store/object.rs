@@ -181,11 +181,15 @@ impl ObjectTier {
     }
 
     pub fn job_prefix(&self, job: &JobId) -> String {
-        format!("{}/{}", self.root, job.to_hex())
+        format!("{}/{}", self.root, super::names::job_name(job))
     }
 
     pub fn partition_prefix(&self, key: &PartitionKey) -> String {
-        format!("{}/{}", self.job_prefix(&key.job), key.partition.to_hex())
+        format!(
+            "{}/{}",
+            self.job_prefix(&key.job),
+            super::names::partition_name(&key.partition)
+        )
     }
 
     pub fn object_key(prefix: &str, id: u32) -> ObjectPath {

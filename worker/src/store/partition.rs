@@ -1088,8 +1088,8 @@ fn read_chunk(chunk: &[(Arc<File>, u64, u32)]) -> std::io::Result<Bytes> {
 /// `{dir}/{job}/{partition}.data` for file 0 (the name version 1 used),
 /// `{dir}/{job}/{partition}.{id}.data` for the others.
 pub fn data_path(dir: &std::path::Path, key: &PartitionKey, id: u32) -> PathBuf {
-    let job_dir = dir.join(key.job.to_hex());
-    let name = key.partition.to_hex();
+    let job_dir = dir.join(super::names::job_name(&key.job));
+    let name = super::names::partition_name(&key.partition);
     if id == 0 {
         job_dir.join(format!("{name}.data"))
     } else {
@@ -1098,8 +1098,10 @@ pub fn data_path(dir: &std::path::Path, key: &PartitionKey, id: u32) -> PathBuf 
 }
 
 pub fn index_path(dir: &std::path::Path, key: &PartitionKey) -> PathBuf {
-    dir.join(key.job.to_hex())
-        .join(format!("{}.index", key.partition.to_hex()))
+    dir.join(super::names::job_name(&key.job)).join(format!(
+        "{}.index",
+        super::names::partition_name(&key.partition)
+    ))
 }
 
 /// Splits a decoded batch into runs, checking ids and the END_OF_SEGMENT rule
