@@ -124,6 +124,9 @@ pub struct ObjectStoreConfig {
     pub part_size: ByteSize,
     /// Bytes of object-store reads held at once.
     pub read_budget: ByteSize,
+    /// Largest ranged GET a reader's stream makes ahead of what it was asked
+    /// for (back-to-back extents of one object); 0 turns reading ahead off.
+    pub read_ahead: ByteSize,
     /// Sealed partitions not read for this long move to the object store.
     #[serde(with = "humantime_serde")]
     pub cold_after: Duration,
@@ -147,6 +150,7 @@ impl Default for ObjectStoreConfig {
             backoff: Duration::from_millis(200),
             part_size: ByteSize::mib(16),
             read_budget: ByteSize::mib(64),
+            read_ahead: ByteSize::mib(4),
             cold_after: Duration::from_secs(600),
             local_high_watermark: 0.9,
             local_low_watermark: 0.75,

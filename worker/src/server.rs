@@ -102,6 +102,7 @@ pub fn store_options(config: &WorkerConfig) -> StoreOptions {
         }),
         object_part_size: object.part_size.as_u64(),
         object_read_budget: object.read_budget.as_u64(),
+        object_read_ahead: object.read_ahead.as_u64(),
         cold_after: object.cold_after,
         local_high_watermark: object.local_high_watermark,
         local_low_watermark: object.local_low_watermark,

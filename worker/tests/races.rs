@@ -32,6 +32,7 @@ fn options(dir: &std::path::Path, dir_capacity: u64) -> StoreOptions {
         }),
         object_part_size: 64 << 10,
         object_read_budget: 16 << 20,
+        object_read_ahead: 4 << 20,
         cold_after: Duration::ZERO,
         local_high_watermark: 0.5,
         local_low_watermark: 0.25,

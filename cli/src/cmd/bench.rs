@@ -75,6 +75,8 @@ struct Report {
     /// ...and of the same shuffle from local disk, before the migration.
     local_read_mib_s: Option<f64>,
     object_vs_local_read: Option<f64>,
+    /// The object-store read against the store's raw GETs in the same run.
+    object_vs_raw_get: Option<f64>,
     write_then_read: ShuffleReport,
     concurrent: ShuffleReport,
     object_store_phase: Option<ObjectStorePhase>,
@@ -97,8 +99,14 @@ struct ObjectStorePhase {
     migrate_mib_s: f64,
     objects: u64,
     object_read_seconds: f64,
-    /// Bytes the worker fetched from the object store during that read.
+    /// Bytes the worker fetched from the object store during that read...
     object_bytes_fetched: u64,
+    /// ...in this many ranged GETs.
+    object_gets: u64,
+    /// The store's own ceiling in the same run: every object fetched in
+    /// 4 MiB ranged GETs, 16 at a time, by the worker's client with no
+    /// Terrace code around it (nothing sent anywhere).
+    raw_get_mib_s: f64,
     /// Objects left in the store after the partitions were released.
     objects_left: usize,
 }
@@ -210,6 +218,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         object_vs_local_read: object_store_phase
             .as_ref()
             .map(|o| o.object_mib_s() / o.local_mib_s()),
+        object_vs_raw_get: object_store_phase
+            .as_ref()
+            .map(|o| o.object_mib_s() / o.raw_get_mib_s),
         write_then_read,
         concurrent,
         object_store_phase,
@@ -257,8 +268,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
                 println!("  read from local disk      {local:>8.0} MiB/s");
                 println!(
-                    "  read from object store    {object:>8.0} MiB/s  = {:.2} x read from local disk",
-                    object / local
+                    "  read from object store    {object:>8.0} MiB/s  = {:.2} x read from local disk, {:.2} x raw GETs ({} GETs, {:.1} MiB each)",
+                    object / local,
+                    object / o.raw_get_mib_s,
+                    o.object_gets,
+                    o.object_bytes_fetched as f64 / MIB / o.object_gets.max(1) as f64
+                );
+                println!(
+                    "  raw GETs of the store     {:>8.0} MiB/s  (4 MiB ranges, 16 in flight, no Terrace code)",
+                    o.raw_get_mib_s
                 );
             }
             None => println!("  object store: skipped (--object-store none)"),
@@ -414,6 +432,7 @@ fn object_store_phase(
     let object = store.tiers().object().context("the object tier")?;
     let objects = object.counters.objects.load(Ordering::Relaxed);
     let fetched_before = object.counters.bytes_read.load(Ordering::Relaxed);
+    let gets_before = object.counters.gets.load(Ordering::Relaxed);
 
     eprintln!(
         "reading {:.0} MiB from the object store ...",
@@ -427,6 +446,12 @@ fn object_store_phase(
         "read back {verified} bytes of {payload} from the object store"
     );
     let object_bytes_fetched = object.counters.bytes_read.load(Ordering::Relaxed) - fetched_before;
+    let object_gets = object.counters.gets.load(Ordering::Relaxed) - gets_before;
+    eprintln!("fetching every object with raw ranged GETs (the store's ceiling) ...");
+    let raw_get_mib_s = cluster
+        .runtime
+        .block_on(raw_get_throughput(object))
+        .context("raw GETs")?;
 
     release_all(&master, &descriptors)?;
     master.unregister_job(&job)?;
@@ -458,8 +483,41 @@ fn object_store_phase(
         objects,
         object_read_seconds,
         object_bytes_fetched,
+        object_gets,
+        raw_get_mib_s,
         objects_left,
     })
+}
+
+/// Fetches every object under the tier's root in 4 MiB ranges, 16 GETs in
+/// flight, and returns MiB/s: what the store serves this client at most.
+async fn raw_get_throughput(object: &terrace_worker::ObjectTier) -> anyhow::Result<f64> {
+    use futures::StreamExt;
+    const RANGE: u64 = 4 << 20;
+    let listed = object.list(object.root()).await?;
+    let mut ranges = Vec::new();
+    for (key, size) in &listed {
+        let mut at = 0;
+        while at < *size {
+            ranges.push((key.clone(), at..(at + RANGE).min(*size)));
+            at += RANGE;
+        }
+    }
+    let start = Instant::now();
+    let mut fetched = 0u64;
+    let mut gets = futures::stream::iter(ranges.into_iter().map(|(key, range)| async move {
+        object
+            .get_ranges(&key, std::slice::from_ref(&range))
+            .await
+            .map(|bodies| bodies.iter().map(|b| b.len() as u64).sum::<u64>())
+    }))
+    .buffer_unordered(16);
+    while let Some(got) = gets.next().await {
+        fetched += got?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    anyhow::ensure!(fetched > 0, "no object to fetch");
+    Ok(fetched as f64 / MIB / seconds)
 }
 
 /// One TCP connection on loopback, 1 MiB writes, the reader draining into a

@@ -8,6 +8,7 @@
 //! changes (pipelined reads); a segment that will never exist gets
 //! `SubpartitionEnd`; a released partition gets `StreamError`.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use object_store::path::Path as ObjectPath;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{FrameSender, reply_error};
 use terrace_tier_api::{PartitionKey, TierError, TierResult};
@@ -23,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{Connection, Shared};
-use crate::store::{Partition, ReadStep};
+use crate::store::{Partition, ReadStep, Source, single_object_range};
 
 /// The connection's handle on one of its streams.
 #[derive(Debug)]
@@ -73,7 +75,7 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
         cursor: 0,
         inflight: FuturesUnordered::new(),
         busy: vec![false; (m.last_subpartition - m.first_subpartition) as usize + 1],
-        prefetched: Vec::new(),
+        windows: Vec::new(),
     };
     tokio::spawn(stream.run(m.request_id, rx, cancel));
     Ok(())
@@ -134,16 +136,57 @@ struct Stream {
     /// store of different subpartitions overlap.
     inflight: FuturesUnordered<BoxFuture<'static, Done>>,
     busy: Vec<bool>,
-    /// Per subpartition: the first batch of the segment after the one being
-    /// read, being fetched ahead, used when the reader requires it.
-    prefetched: Vec<Option<Prefetch>>,
+    /// Per subpartition: object bytes fetched ahead of the reader.
+    windows: Vec<Option<Window>>,
 }
 
-/// The first batch of a segment, read ahead.
-struct Prefetch {
-    segment: u32,
-    extents: Vec<crate::store::Extent>,
-    body: tokio::task::JoinHandle<TierResult<Bytes>>,
+/// Object bytes of one subpartition fetched ahead: one ranged GET over the
+/// back-to-back extents from the reader's position on (across segments, up
+/// to `read_ahead` bytes), handed out batch by batch. Against a store whose
+/// every GET costs a round trip of milliseconds, this turns one GET per
+/// batch into one per window, and the next segment is on its way while the
+/// reader still asks for it.
+struct Window {
+    key: ObjectPath,
+    range: Range<u64>,
+    body: WindowBody,
+}
+
+enum WindowBody {
+    Fetching(tokio::task::JoinHandle<TierResult<Bytes>>),
+    Ready(Bytes),
+}
+
+impl Window {
+    fn covers(&self, key: &ObjectPath, range: &Range<u64>) -> bool {
+        &self.key == key && self.range.start <= range.start && range.end <= self.range.end
+    }
+
+    /// The bytes of `range` (which the window covers), and the window back
+    /// unless `range` was its end.
+    async fn take(self, range: Range<u64>) -> (TierResult<Bytes>, Option<Window>) {
+        let body = match self.body {
+            WindowBody::Ready(body) => body,
+            WindowBody::Fetching(handle) => match handle.await {
+                Ok(Ok(body)) => body,
+                Ok(Err(e)) => return (Err(e), None),
+                Err(e) => {
+                    let e = TierError::internal(format!("read-ahead task failed: {e}"));
+                    return (Err(e), None);
+                }
+            },
+        };
+        // `read_ahead` checked that the body has the window's length.
+        let from = (range.start - self.range.start) as usize;
+        let to = (range.end - self.range.start) as usize;
+        let slice = body.slice(from..to);
+        let rest = (range.end < self.range.end).then(|| Window {
+            key: self.key,
+            range: self.range,
+            body: WindowBody::Ready(body),
+        });
+        (Ok(slice), rest)
+    }
 }
 
 /// A finished read of one batch.
@@ -153,6 +196,8 @@ struct Done {
     position: usize,
     extents: Vec<crate::store::Extent>,
     body: TierResult<Bytes>,
+    /// What is left of the window the batch came from.
+    window: Option<Window>,
 }
 
 enum Step {
@@ -205,7 +250,7 @@ impl Stream {
             Bytes::new(),
         );
         let mut version = partition.subscribe();
-        self.prefetched = (0..self.required.len()).map(|_| None).collect();
+        self.windows = (0..self.required.len()).map(|_| None).collect();
         loop {
             while let Ok(command) = rx.try_recv() {
                 if let Err(e) = self.apply(command) {
@@ -274,6 +319,7 @@ impl Stream {
     fn finish_read(&mut self, partition: &Arc<Partition>, done: Done) -> bool {
         let index = done.index;
         self.busy[index] = false;
+        self.windows[index] = done.window;
         if self.required[index] != Some((done.segment, done.position)) {
             // The reader moved on (a new RequireSegment): drop the stale batch.
             return true;
@@ -323,9 +369,10 @@ impl Stream {
         sent
     }
 
-    /// When the batch just sent ended its segment, and the next segment's
-    /// first batch lives in the object store, fetch it now: the reader asks
-    /// for it only after handing out this one, a round trip later.
+    /// When the batch just sent ended its segment and no window covers what
+    /// follows, opens one at the next segment if it starts in the object
+    /// store: the reader asks for it only after handing out this batch, a
+    /// round trip later.
     fn prefetch_next_segment(
         &mut self,
         partition: &Arc<Partition>,
@@ -333,33 +380,73 @@ impl Stream {
         segment: u32,
         position: usize,
     ) {
+        if self.windows[index].is_some() {
+            return;
+        }
         let subpartition = self.first + index as u32;
         let max_bytes = self.shared.config.read_batch_size.as_usize();
-        if !matches!(
+        if matches!(
             partition.next_read(subpartition, segment, position, max_bytes),
             ReadStep::SegmentDone
         ) {
-            return;
+            self.windows[index] = self.open_window(partition, index, segment + 1, 0, 0);
         }
-        let next = segment + 1;
-        let ReadStep::Batch { extents, sources } =
-            partition.next_read(subpartition, next, 0, max_bytes)
-        else {
-            return;
-        };
-        if !sources
-            .iter()
-            .any(|s| matches!(s, crate::store::Source::Object { .. }))
-        {
-            return;
+    }
+
+    /// Starts a GET of the object run at (`segment`, `position`) of
+    /// subpartition `index`, at least `min_bytes` long when the run is;
+    /// `None` when that data is not in the object store, reading ahead is
+    /// off, or the read-ahead budget is taken.
+    fn open_window(
+        &self,
+        partition: &Arc<Partition>,
+        index: usize,
+        segment: u32,
+        position: usize,
+        min_bytes: u64,
+    ) -> Option<Window> {
+        let tiers = self.shared.store.tiers();
+        if tiers.read_ahead == 0 {
+            return None;
         }
+        let subpartition = self.first + index as u32;
+        let (key, range) = partition.object_run(
+            subpartition,
+            segment,
+            position,
+            tiers.read_ahead.max(min_bytes),
+        )?;
+        let permit = tiers.try_reserve_ahead(range.end - range.start)?;
         let shared = Arc::clone(&self.shared);
-        let body = tokio::spawn(async move { shared.store.tiers().read(sources).await });
-        self.prefetched[index] = Some(Prefetch {
-            segment: next,
-            extents,
-            body,
-        });
+        let (k, r) = (key.clone(), range.clone());
+        let handle =
+            tokio::spawn(async move { shared.store.tiers().read_ahead(&k, r, permit).await });
+        Some(Window {
+            key,
+            range,
+            body: WindowBody::Fetching(handle),
+        })
+    }
+
+    /// A window holding exactly the object range of `sources`: the
+    /// subpartition's current one, or a new one.
+    fn window_for(
+        &mut self,
+        partition: &Arc<Partition>,
+        index: usize,
+        segment: u32,
+        position: usize,
+        sources: &[Source],
+    ) -> Option<(Window, Range<u64>)> {
+        let (key, range) = single_object_range(sources)?;
+        if let Some(window) = self.windows[index].take() {
+            if window.covers(&key, &range) {
+                return Some((window, range));
+            }
+        }
+        let window =
+            self.open_window(partition, index, segment, position, range.end - range.start)?;
+        window.covers(&key, &range).then_some((window, range))
     }
 
     /// Looks at every subpartition once, from the round-robin cursor; sends at
@@ -399,29 +486,23 @@ impl Stream {
                     if self.busy[index] || self.credits as usize <= self.inflight.len() {
                         continue;
                     }
-                    // A batch fetched ahead for exactly this position is used as is.
-                    if position == 0 {
-                        if let Some(ahead) = self.prefetched[index].take() {
-                            if ahead.segment == segment {
-                                self.busy[index] = true;
-                                self.inflight.push(Box::pin(async move {
-                                    let body = ahead.body.await.unwrap_or_else(|e| {
-                                        Err(TierError::internal(format!(
-                                            "read-ahead task failed: {e}"
-                                        )))
-                                    });
-                                    Done {
-                                        index,
-                                        segment,
-                                        position: 0,
-                                        extents: ahead.extents,
-                                        body,
-                                    }
-                                }));
-                                progressed = true;
-                                continue;
+                    if let Some((window, range)) =
+                        self.window_for(partition, index, segment, position, &sources)
+                    {
+                        self.busy[index] = true;
+                        self.inflight.push(Box::pin(async move {
+                            let (body, window) = window.take(range).await;
+                            Done {
+                                index,
+                                segment,
+                                position,
+                                extents,
+                                body,
+                                window,
                             }
-                        }
+                        }));
+                        progressed = true;
+                        continue;
                     }
                     self.busy[index] = true;
                     let shared = Arc::clone(&self.shared);
@@ -433,6 +514,7 @@ impl Stream {
                             position,
                             extents,
                             body,
+                            window: None,
                         }
                     }));
                     progressed = true;

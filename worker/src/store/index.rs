@@ -299,6 +299,52 @@ impl PartitionIndex {
     }
 }
 
+impl PartitionIndex {
+    /// The object range a reader of `subpartition` at extent `position` of
+    /// `segment` will read next, grown over the following extents (across
+    /// segments, closed or not) while they lie back to back in the same
+    /// object, up to about `max_bytes` (at least the first extent). `None`
+    /// when that next extent is not in the object store.
+    pub fn object_run(
+        &self,
+        subpartition: u32,
+        segment: u32,
+        position: usize,
+        max_bytes: u64,
+    ) -> Option<(u32, std::ops::Range<u64>)> {
+        let sub = if self.broadcast_only {
+            0
+        } else {
+            subpartition as usize
+        };
+        let segments = self.subs.get(sub)?.segments.get(segment as usize..)?;
+        let mut extents = segments
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| g.extents.iter().skip(if i == 0 { position } else { 0 }));
+        let first = extents.next()?;
+        let Location::Object { object, offset } = first.location else {
+            return None;
+        };
+        let mut end = offset + u64::from(first.len);
+        for extent in extents {
+            match extent.location {
+                Location::Object {
+                    object: o,
+                    offset: at,
+                } if o == object
+                    && at == end
+                    && end + u64::from(extent.len) - offset <= max_bytes =>
+                {
+                    end += u64::from(extent.len)
+                }
+                _ => break,
+            }
+        }
+        Some((object, offset..end))
+    }
+}
+
 /// A local data file or an object of a partition: its id and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Blob {

@@ -36,7 +36,7 @@ pub use files::{FaultyFiles, FileLayer, RealFiles};
 pub use index::{Extent, PersistedIndex};
 pub use object::{ObjectStoreSettings, ObjectTier, build_store};
 pub use partition::{Partition, PartitionMeta, ReadStep, TierBytes};
-pub use tiers::{Source, Tiers};
+pub use tiers::{Source, Tiers, single_object_range};
 
 /// Counters reported by `WorkerStats` and heartbeats.
 #[derive(Debug, Default)]
@@ -58,6 +58,8 @@ pub struct StoreOptions {
     pub object_store: Option<ObjectStoreSettings>,
     pub object_part_size: u64,
     pub object_read_budget: u64,
+    /// Largest GET a read stream makes ahead (0: none).
+    pub object_read_ahead: u64,
     /// Sealed partitions not read for this long move to the object store.
     pub cold_after: Duration,
     /// Local use (fraction of capacity) above which the oldest sealed
@@ -116,6 +118,7 @@ impl Store {
             object,
             options.object_part_size,
             options.object_read_budget,
+            options.object_read_ahead,
         );
         let budget = options.memory_budget;
         let store = Store {

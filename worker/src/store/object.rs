@@ -48,6 +48,8 @@ pub struct ObjectCounters {
     pub bytes_migrated: AtomicU64,
     pub partitions_migrated: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// Ranges fetched (ranged GETs).
+    pub gets: AtomicU64,
     /// Requests that failed after every retry.
     pub failures: AtomicU64,
 }
@@ -386,6 +388,9 @@ impl ObjectTier {
         self.counters
             .bytes_read
             .fetch_add(total as u64, Ordering::Relaxed);
+        self.counters
+            .gets
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 

@@ -810,6 +810,28 @@ impl Partition {
 
     /// What a reader of `subpartition` at extent `position` of `segment`
     /// gets next, about `max_bytes` at most, with where the bytes are.
+    /// The object range a reader at (`subpartition`, `segment`, `position`)
+    /// reads next and the back-to-back object extents after it, up to about
+    /// `max_bytes` (see [`PartitionIndex::object_run`]); `None` when that
+    /// next extent is not in the object store.
+    pub fn object_run(
+        &self,
+        subpartition: u32,
+        segment: u32,
+        position: usize,
+        max_bytes: u64,
+    ) -> Option<(object_store::path::Path, std::ops::Range<u64>)> {
+        let state = self.lock();
+        if matches!(state.phase, Phase::Released | Phase::Failed(_)) {
+            return None;
+        }
+        let (object, range) = state
+            .index
+            .object_run(subpartition, segment, position, max_bytes)?;
+        let prefix = state.object_prefix.as_ref()?;
+        Some((ObjectTier::object_key(prefix, object), range))
+    }
+
     pub fn next_read(
         &self,
         subpartition: u32,

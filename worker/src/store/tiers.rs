@@ -26,7 +26,17 @@ pub struct Tiers {
     /// Bytes of object-store reads in flight or waiting to be sent.
     read_budget: Arc<Semaphore>,
     read_budget_total: u32,
+    /// Reads ahead take their bytes from `read_budget` too, but only without
+    /// waiting and only up to half of it (this second semaphore), so reads a
+    /// reader asked for always find room once earlier ones are sent.
+    ahead_budget: Arc<Semaphore>,
+    /// Largest GET a read stream makes ahead (0: none).
+    pub read_ahead: u64,
 }
+
+/// Read budget held by a read ahead (see [`Tiers::try_reserve_ahead`]).
+#[derive(Debug)]
+pub struct AheadPermit(Vec<OwnedSemaphorePermit>);
 
 /// Where a reader's extent bytes are, resolved under the partition lock so a
 /// migration that swaps locations afterwards cannot pull the file away (an
@@ -53,6 +63,7 @@ impl Tiers {
         object: Option<ObjectTier>,
         object_part_size: u64,
         read_budget: u64,
+        read_ahead: u64,
     ) -> Tiers {
         let total = u32::try_from(read_budget).unwrap_or(u32::MAX).max(1);
         Tiers {
@@ -62,6 +73,8 @@ impl Tiers {
             object_part_size,
             read_budget: Arc::new(Semaphore::new(total as usize)),
             read_budget_total: total,
+            ahead_budget: Arc::new(Semaphore::new(total as usize / 2)),
+            read_ahead,
         }
     }
 
@@ -82,9 +95,9 @@ impl Tiers {
         let total: usize = sources.iter().map(Source::len).sum();
         let has_objects = sources.iter().any(|s| matches!(s, Source::Object { .. }));
         let permit = if has_objects {
-            Some(self.reserve_read(total).await?)
+            vec![self.reserve_read(total).await?]
         } else {
-            None
+            Vec::new()
         };
         // One contiguous object range: the GET's own buffer is the body.
         if let Some((key, range)) = single_object_range(&sources) {
@@ -127,6 +140,42 @@ impl Tiers {
         Ok(hold(body, permit))
     }
 
+    /// Read budget for `bytes` read ahead, if it is free now: reads ahead
+    /// never wait, and hold at most half of the budget.
+    pub fn try_reserve_ahead(&self, bytes: u64) -> Option<AheadPermit> {
+        let n = u32::try_from(bytes).ok()?;
+        let ahead = Arc::clone(&self.ahead_budget)
+            .try_acquire_many_owned(n)
+            .ok()?;
+        let read = Arc::clone(&self.read_budget)
+            .try_acquire_many_owned(n)
+            .ok()?;
+        Some(AheadPermit(vec![ahead, read]))
+    }
+
+    /// One ranged GET under budget reserved ahead; the body holds it.
+    pub async fn read_ahead(
+        &self,
+        key: &ObjectPath,
+        range: std::ops::Range<u64>,
+        permit: AheadPermit,
+    ) -> TierResult<Bytes> {
+        let want = range.end - range.start;
+        let body = self
+            .object()?
+            .get_ranges(key, std::slice::from_ref(&range))
+            .await?
+            .pop()
+            .unwrap_or_default();
+        if body.len() as u64 != want {
+            return Err(TierError::corruption(format!(
+                "object {key} range {range:?} returned {} bytes",
+                body.len()
+            )));
+        }
+        Ok(hold(body, permit.0))
+    }
+
     async fn reserve_read(&self, bytes: usize) -> TierResult<OwnedSemaphorePermit> {
         let n = u32::try_from(bytes)
             .unwrap_or(u32::MAX)
@@ -147,10 +196,10 @@ impl Source {
     }
 }
 
-/// Keeps a read-budget permit alive as long as the body.
+/// Keeps read-budget permits alive as long as the body.
 struct Held {
     body: Bytes,
-    _permit: OwnedSemaphorePermit,
+    _permits: Vec<OwnedSemaphorePermit>,
 }
 
 impl AsRef<[u8]> for Held {
@@ -159,18 +208,18 @@ impl AsRef<[u8]> for Held {
     }
 }
 
-fn hold(body: Bytes, permit: Option<OwnedSemaphorePermit>) -> Bytes {
-    match permit {
-        Some(permit) => Bytes::from_owner(Held {
-            body,
-            _permit: permit,
-        }),
-        None => body,
+fn hold(body: Bytes, permits: Vec<OwnedSemaphorePermit>) -> Bytes {
+    if permits.is_empty() {
+        return body;
     }
+    Bytes::from_owner(Held {
+        body,
+        _permits: permits,
+    })
 }
 
 /// If `sources` are all back to back in one object, that object and range.
-fn single_object_range(sources: &[Source]) -> Option<(ObjectPath, std::ops::Range<u64>)> {
+pub fn single_object_range(sources: &[Source]) -> Option<(ObjectPath, std::ops::Range<u64>)> {
     let Some(Source::Object { key, offset, .. }) = sources.first() else {
         return None;
     };

@@ -172,6 +172,65 @@ proptest! {
         prop_assert!(matches!(index.next_read(5, 0, lens.len(), 10), NextRead::SegmentDone));
     }
 
+    /// The object run from any position is exactly the back-to-back object
+    /// extents that follow it, across segments, capped by `max_bytes`.
+    #[test]
+    fn object_runs_cover_the_adjacent_object_extents(
+        plan in proptest::collection::vec((1usize..100, 0u8..3, any::<bool>()), 1..30),
+        start in any::<prop::sample::Index>(),
+        max_bytes in 1u64..600,
+    ) {
+        // Extents of subpartition 0 over several segments; each goes to
+        // object 1 (back to back), object 2, or a local file.
+        let mut index = PartitionIndex::new(1, false);
+        let mut segment = 0;
+        let mut refs = Vec::new();
+        for (i, &(len, _, ends)) in plan.iter().enumerate() {
+            let r = index.append(&[run(0, segment, len, ends, i as u8)]).expect("valid");
+            refs.push((r[0], segment));
+            if ends {
+                segment += 1;
+            }
+        }
+        let (mut one, mut two) = (0u64, 0u64);
+        let mut placed = Vec::new();
+        for (&(len, tier, _), &(r, _)) in plan.iter().zip(&refs) {
+            let location = match tier {
+                0 => { one += len as u64; Location::Object { object: 1, offset: one - len as u64 } }
+                1 => { two += len as u64; Location::Object { object: 2, offset: two - len as u64 } }
+                _ => Location::Local { file: 0, offset: 0 },
+            };
+            index.relocate(r, location.clone());
+            placed.push(location);
+        }
+        let at = start.index(plan.len());
+        let (segment, position) = {
+            let seg = refs[at].1;
+            let first_of_segment = refs.iter().position(|&(_, s)| s == seg).expect("there");
+            (seg, at - first_of_segment)
+        };
+        let got = index.object_run(0, segment as u32, position, max_bytes);
+        // The model: walk the placed extents from `at`.
+        let want = match placed[at] {
+            Location::Object { object, offset } => {
+                let mut end = offset + plan[at].0 as u64;
+                for (j, location) in placed.iter().enumerate().skip(at + 1) {
+                    match location {
+                        Location::Object { object: o, offset: x }
+                            if *o == object && *x == end && end + plan[j].0 as u64 - offset <= max_bytes =>
+                        {
+                            end += plan[j].0 as u64
+                        }
+                        _ => break,
+                    }
+                }
+                Some((object, offset..end))
+            }
+            _ => None,
+        };
+        prop_assert_eq!(got, want);
+    }
+
     #[test]
     fn persisted_index_roundtrips(
         layout in proptest::collection::vec(
