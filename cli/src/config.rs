@@ -73,6 +73,17 @@ mod tests {
                 ..WorkerConfig::default()
             }
         );
+        // The commented-out `[limits]` table, uncommented, says the defaults.
+        let text = std::fs::read_to_string(root.join("worker.toml")).expect("read example");
+        let limits: String = text
+            .lines()
+            .skip_while(|l| *l != "# [limits]")
+            .take_while(|l| !l.is_empty())
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        assert!(limits.contains("max_partitions"), "{limits}");
+        let parsed: WorkerConfig = toml::from_str(&limits).expect("limits example parses");
+        assert_eq!(parsed, WorkerConfig::default());
         let typo = toml::from_str::<WorkerConfig>("memory_budgte = \"1GiB\"");
         assert!(typo.is_err(), "unknown keys are refused");
     }

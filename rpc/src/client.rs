@@ -80,16 +80,29 @@ pub struct PendingReply {
     rx: oneshot::Receiver<TierResult<(Message, Bytes)>>,
     peer: String,
     timeout: Duration,
+    /// To forget the request when its reply does not come in time.
+    inner: std::sync::Weak<Inner>,
+    request_id: u64,
 }
 
 impl PendingReply {
     /// Waits for the reply; an error reply becomes an error.
     pub async fn wait(self) -> TierResult<(Message, Bytes)> {
         match tokio::time::timeout(self.timeout, self.rx).await {
-            Err(_) => Err(TierError::unavailable(format!(
-                "no reply from {} within {:?}",
-                self.peer, self.timeout
-            ))),
+            Err(_) => {
+                if let Some(inner) = self.inner.upgrade() {
+                    inner
+                        .routes
+                        .lock()
+                        .expect("routes lock poisoned")
+                        .pending
+                        .remove(&self.request_id);
+                }
+                Err(TierError::unavailable(format!(
+                    "no reply from {} within {:?}",
+                    self.peer, self.timeout
+                )))
+            }
             Ok(Err(_)) => Err(TierError::unavailable(format!(
                 "connection to {} closed",
                 self.peer
@@ -131,7 +144,15 @@ impl Client {
             cancel,
         ));
         let client = Client { inner };
-        let name = options.name.clone();
+        // Servers refuse longer names; a name is for logs, so its tail may go.
+        let mut name = options.name.clone();
+        if name.len() > crate::server::MAX_CLIENT_NAME_BYTES {
+            let mut end = crate::server::MAX_CLIENT_NAME_BYTES;
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            name.truncate(end);
+        }
         let (reply, _) = client
             .request(|request_id| {
                 Message::Handshake(pb::Handshake {
@@ -192,6 +213,8 @@ impl Client {
             rx,
             peer: self.inner.peer.clone(),
             timeout: self.inner.request_timeout,
+            inner: Arc::downgrade(&self.inner),
+            request_id,
         })
     }
 

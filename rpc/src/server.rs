@@ -18,6 +18,13 @@ pub fn reply_error(
     );
 }
 
+/// Largest handshake frame a server reads: it comes before anything is known
+/// of the peer, so it is not allowed the full frame size.
+pub const MAX_HANDSHAKE_BYTES: usize = 4096;
+
+/// Longest client name accepted in a handshake, in bytes.
+pub const MAX_CLIENT_NAME_BYTES: usize = 256;
+
 /// Reads the first frame, which must be a handshake with our protocol version,
 /// and answers it. On failure an error frame is queued and the reason returned;
 /// the caller closes the connection.
@@ -26,18 +33,44 @@ pub async fn accept_handshake<R: AsyncRead + Unpin>(
     sender: &FrameSender,
     server_name: &str,
 ) -> Result<String, String> {
-    let frame = match reader.read_frame().await {
-        Ok(Some(frame)) => frame,
-        Ok(None) => return Err("closed before the handshake".into()),
-        Err(e) => {
-            let reason = format!("bad handshake frame: {e}");
-            if e.is_protocol_error() {
-                reply_error(sender, 0, pb::ErrorCode::Protocol, reason.clone());
-            }
-            return Err(reason);
+    let refuse = |e: &terrace_proto::FrameError| {
+        let reason = format!("bad handshake frame: {e}");
+        if e.is_protocol_error() {
+            reply_error(sender, 0, pb::ErrorCode::Protocol, reason.clone());
         }
+        reason
+    };
+    let prefix = match reader.read_prefix().await {
+        Ok(Some(prefix)) => prefix,
+        Ok(None) => return Err("closed before the handshake".into()),
+        Err(e) => return Err(refuse(&e)),
+    };
+    if prefix.remaining() > MAX_HANDSHAKE_BYTES {
+        let reason = format!(
+            "handshake frame of {} bytes exceeds the maximum of {MAX_HANDSHAKE_BYTES} bytes",
+            prefix.remaining()
+        );
+        reply_error(sender, 0, pb::ErrorCode::Protocol, reason.clone());
+        return Err(reason);
+    }
+    let frame = match reader.read_rest(prefix).await {
+        Ok(frame) => frame,
+        Err(e) => return Err(refuse(&e)),
     };
     match frame.0 {
+        Message::Handshake(h) if h.client_name.len() > MAX_CLIENT_NAME_BYTES => {
+            let reason = format!(
+                "client_name of {} bytes exceeds the maximum of {MAX_CLIENT_NAME_BYTES} bytes",
+                h.client_name.len()
+            );
+            reply_error(
+                sender,
+                h.request_id,
+                pb::ErrorCode::BadRequest,
+                reason.clone(),
+            );
+            Err(reason)
+        }
         Message::Handshake(h) if h.protocol_version == PROTOCOL_VERSION => {
             sender.send(
                 Message::HandshakeOk(pb::HandshakeOk {

@@ -25,7 +25,7 @@ use terrace_tier_api::{
     BatchBuilder, Buffer, ByteSize, ConsumerSpec, InputChannelId, PartitionId, PartitionKey,
     SegmentId, SubpartitionId, TierConsumerAgent, TierError,
 };
-use terrace_worker::WorkerConfig;
+use terrace_worker::{WorkerConfig, WorkerLimits};
 
 /// The worker's largest accepted frame in these tests.
 const MAX_FRAME: u64 = 1024 * 1024;
@@ -37,13 +37,14 @@ const ATTACK_JOB: u8 = 8;
 const GOOD_SUBS: u32 = 4;
 const GOOD_BUFFERS_PER_HALF: u32 = 24;
 
-fn start_worker(dir: &tempfile::TempDir) -> TestWorker {
+fn start_worker_with(dir: &tempfile::TempDir, limits: WorkerLimits) -> TestWorker {
     TestWorker::start(WorkerConfig {
         data_dirs: vec![dir.path().join("data")],
         memory_budget: ByteSize::mib(64),
         flush_high_watermark: 0.0,
         flush_low_watermark: 0.0,
         max_frame_size: ByteSize(MAX_FRAME),
+        limits,
         ..WorkerConfig::default()
     })
 }
@@ -327,8 +328,13 @@ impl GoodClient {
 
 /// Runs `attack` against a fresh worker while a good client is mid-way.
 fn with_good_client(attack: impl FnOnce(&TestWorker)) {
+    with_good_client_on(WorkerLimits::default(), attack)
+}
+
+/// Like [`with_good_client`], on a worker with `limits`.
+fn with_good_client_on(limits: WorkerLimits, attack: impl FnOnce(&TestWorker)) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let worker = start_worker(&dir);
+    let worker = start_worker_with(&dir, limits);
     let good = GoodClient::start(&worker);
     attack(&worker);
     good.finish();
@@ -729,5 +735,170 @@ fn malformed_push_bodies_are_bad_requests_that_store_nothing() {
             "subpartition 1 got {:?}",
             got.get(&1)
         );
+    });
+}
+
+// --- Values past the limits: refused naming the field and the limit, before
+// they size anything; the connection stays usable and the worker serves. ---
+
+fn open_stream(
+    request_id: u64,
+    stream_id: u64,
+    key: &PartitionKey,
+    first: u32,
+    last: u32,
+    credit: u32,
+) -> Message {
+    Message::OpenStream(pb::OpenStream {
+        request_id,
+        stream_id,
+        key: pb_key(key),
+        first_subpartition: first,
+        last_subpartition: last,
+        initial_credit: credit,
+    })
+}
+
+impl Raw {
+    fn expect_stream_opened(&mut self, stream_id: u64) {
+        match self.read() {
+            (Message::StreamOpened(o), _) => assert_eq!(o.stream_id, stream_id),
+            (other, _) => panic!("expected StreamOpened {stream_id}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn extreme_counts_ranges_and_credits_are_refused_naming_the_limit() {
+    with_good_client(|worker| {
+        let mut raw = Raw::handshaken(worker);
+        let k = key(ATTACK_JOB, 40);
+        // A partition declaring u32::MAX subpartitions (once: 96 GiB of index).
+        raw.send(&create(2, &k, u32::MAX), &[]);
+        let message = raw.expect_error(2, pb::ErrorCode::BadRequest);
+        assert!(
+            message.contains(
+                "num_subpartitions 4294967295 is more than 32768 (limits.max_subpartitions)"
+            ),
+            "{message}"
+        );
+        // The largest allowed one costs nothing until data arrives.
+        raw.send(&create(3, &k, 32_768), &[]);
+        raw.expect_ack(3);
+        // A stream over every u32 subpartition (once: 68 GiB of stream state).
+        raw.send(&open_stream(4, 1, &k, 0, u32::MAX, 1), &[]);
+        let message = raw.expect_error(4, pb::ErrorCode::BadRequest);
+        assert!(
+            message.contains(
+                "has 4294967296 subpartitions, more than 32768 (limits.max_subpartitions)"
+            ),
+            "{message}"
+        );
+        // Credits past the limit, at open and later.
+        raw.send(&open_stream(5, 2, &k, 0, 0, u32::MAX), &[]);
+        let message = raw.expect_error(5, pb::ErrorCode::BadRequest);
+        assert!(
+            message.contains(
+                "initial_credit 4294967295 is more than 1024 (limits.max_stream_credits)"
+            ),
+            "{message}"
+        );
+        raw.send(&open_stream(6, 3, &k, 0, 0, 1), &[]);
+        raw.expect_stream_opened(3);
+        raw.send(
+            &Message::AddCredit(pb::AddCredit {
+                stream_id: 3,
+                credit: u32::MAX,
+            }),
+            &[],
+        );
+        match raw.read() {
+            (Message::StreamError(e), _) => {
+                assert_eq!(e.stream_id, 3);
+                assert_eq!(e.code, pb::ErrorCode::BadRequest as i32);
+                assert!(
+                    e.message
+                        .contains("more than 1024 (limits.max_stream_credits)"),
+                    "{}",
+                    e.message
+                );
+            }
+            (other, _) => panic!("expected StreamError, got {other:?}"),
+        }
+        // Still usable.
+        raw.send(&seal(7, &k), &[]);
+        raw.expect_ack(7);
+    });
+}
+
+#[test]
+fn streams_per_connection_and_buffers_per_push_are_capped() {
+    let limits = WorkerLimits {
+        max_streams_per_connection: 4,
+        // The good producer's pushes carry at most a dozen buffers.
+        max_buffers_per_push: 64,
+        ..WorkerLimits::default()
+    };
+    with_good_client_on(limits, |worker| {
+        let mut raw = Raw::handshaken(worker);
+        let k = key(ATTACK_JOB, 41);
+        raw.send(&create(2, &k, 1), &[]);
+        raw.expect_ack(2);
+        for stream in 0..4 {
+            raw.send(&open_stream(10 + stream, stream, &k, 0, 0, 1), &[]);
+            raw.expect_stream_opened(stream);
+        }
+        raw.send(&open_stream(20, 4, &k, 0, 0, 1), &[]);
+        let message = raw.expect_error(20, pb::ErrorCode::BadRequest);
+        assert!(
+            message.contains("4 streams open, the limit (limits.max_streams_per_connection)"),
+            "{message}"
+        );
+        // A closed stream frees its place.
+        raw.send(&Message::CloseStream(pb::CloseStream { stream_id: 0 }), &[]);
+        raw.send(&open_stream(21, 5, &k, 0, 0, 1), &[]);
+        raw.expect_stream_opened(5);
+
+        let tiny = |n: usize| vec![Buffer::data(Bytes::from_static(b"x")); n];
+        let (header, body) = push(30, &k, &tiny(65));
+        raw.send(&Message::PushData(header), &body);
+        let message = raw.expect_error(30, pb::ErrorCode::BadRequest);
+        assert!(
+            message.contains("more than 64 buffers (limits.max_buffers_per_push)"),
+            "{message}"
+        );
+        let (header, body) = push(31, &k, &tiny(64));
+        raw.send(&Message::PushData(header), &body);
+        raw.expect_ack(31);
+    });
+}
+
+#[test]
+fn oversized_handshakes_are_refused_before_they_are_read() {
+    with_good_client(|worker| {
+        // A handshake frame past 4 KiB is refused from its prefix alone.
+        let mut raw = Raw::connect(worker);
+        let mut big = pb::Handshake {
+            request_id: 1,
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "x".repeat(100_000),
+        };
+        raw.send(&Message::Handshake(big.clone()), &[]);
+        let message = raw.expect_error(0, pb::ErrorCode::Protocol);
+        assert!(
+            message.contains("exceeds the maximum of 4096 bytes"),
+            "{message}"
+        );
+        raw.expect_eof();
+        // A client name past 256 bytes in a small frame.
+        let mut raw = Raw::connect(worker);
+        big.client_name = "y".repeat(300);
+        raw.send(&Message::Handshake(big), &[]);
+        let message = raw.expect_error(1, pb::ErrorCode::BadRequest);
+        assert!(
+            message.contains("client_name of 300 bytes exceeds the maximum of 256 bytes"),
+            "{message}"
+        );
+        raw.expect_eof();
     });
 }

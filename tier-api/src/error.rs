@@ -5,6 +5,9 @@ use std::fmt;
 
 use terrace_proto::pb::ErrorCode;
 
+/// Longest error message taken from a peer, in bytes.
+pub const MAX_WIRE_MESSAGE_BYTES: usize = 4096;
+
 /// What the caller should do about an error.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum ErrorKind {
@@ -100,6 +103,8 @@ impl TierError {
     }
 
     /// An error received from a peer as `code` and `message`.
+    /// An error a peer reported. Its message is cut at
+    /// [`MAX_WIRE_MESSAGE_BYTES`]: a peer's text is logged and carried on.
     pub fn from_wire(code: i32, message: impl Into<String>) -> Self {
         let kind = match ErrorCode::try_from(code).unwrap_or(ErrorCode::Unspecified) {
             ErrorCode::Protocol | ErrorCode::BadRequest => ErrorKind::BadInput,
@@ -111,6 +116,15 @@ impl TierError {
             ErrorCode::NoWorkers => ErrorKind::NoWorkers,
             ErrorCode::Internal | ErrorCode::Unspecified => ErrorKind::Internal,
         };
+        let mut message = message.into();
+        if message.len() > MAX_WIRE_MESSAGE_BYTES {
+            let mut end = MAX_WIRE_MESSAGE_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str("... (truncated)");
+        }
         Self::new(kind, message)
     }
 }
@@ -128,3 +142,18 @@ impl fmt::Debug for TierError {
 }
 
 impl std::error::Error for TierError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_long_message_is_cut_at_a_char_boundary() {
+        let long = "é".repeat(MAX_WIRE_MESSAGE_BYTES);
+        let e = TierError::from_wire(ErrorCode::Internal as i32, long);
+        assert!(e.message().len() <= MAX_WIRE_MESSAGE_BYTES + "... (truncated)".len());
+        assert!(e.message().ends_with("... (truncated)"));
+        let short = TierError::from_wire(ErrorCode::Internal as i32, "disk full");
+        assert_eq!(short.message(), "disk full");
+    }
+}

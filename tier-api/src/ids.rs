@@ -38,11 +38,13 @@ macro_rules! bytes_id {
         pub struct $name(Bytes);
 
         impl $name {
-            /// Validates and wraps engine id bytes (1..=256 bytes).
+            /// Validates and wraps engine id bytes (1..=256 bytes). The bytes
+            /// are copied: an id decoded from a frame would otherwise keep
+            /// the whole frame's buffer alive for as long as it is held.
             pub fn new(bytes: impl Into<Bytes>) -> Result<Self, TierError> {
                 let bytes = bytes.into();
                 check_id($what, &bytes)?;
-                Ok(Self(bytes))
+                Ok(Self(Bytes::copy_from_slice(&bytes)))
             }
 
             pub fn as_bytes(&self) -> &Bytes {

@@ -30,7 +30,7 @@ pub use contract::{
     TierFactory, TierMasterAgent, TierProducerAgent, TierShuffleHandler, WriteOutcome,
 };
 pub use descriptor::ShuffleDescriptor;
-pub use error::{ErrorKind, TierError, TierResult};
+pub use error::{ErrorKind, MAX_WIRE_MESSAGE_BYTES, TierError, TierResult};
 pub use ids::{
     InputChannelId, JobId, MAX_ID_BYTES, PartitionId, PartitionKey, SegmentId, SubpartitionId,
 };

@@ -46,6 +46,39 @@ pub struct WorkerConfig {
     /// Interval between heartbeats to each master.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// Bounds on what a peer may ask for (the `[limits]` table).
+    pub limits: WorkerLimits,
+}
+
+/// Bounds on the values a peer sends, checked before they size anything. A
+/// request past one gets a bad-request error naming the field and the limit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerLimits {
+    /// Subpartitions of one partition (`CreatePartition.num_subpartitions`)
+    /// and of one read stream's range. Flink's largest parallelism is 32768.
+    pub max_subpartitions: u32,
+    /// Credits a read stream may hold (`OpenStream.initial_credit` plus every
+    /// `AddCredit` not yet used): each is one read frame queued for the reader.
+    pub max_stream_credits: u32,
+    /// Read streams open at once on one connection.
+    pub max_streams_per_connection: u32,
+    /// Buffers in one push.
+    pub max_buffers_per_push: u32,
+    /// Partitions a worker holds (open and sealed).
+    pub max_partitions: u32,
+}
+
+impl Default for WorkerLimits {
+    fn default() -> Self {
+        WorkerLimits {
+            max_subpartitions: 32_768,
+            max_stream_credits: 1024,
+            max_streams_per_connection: 1024,
+            max_buffers_per_push: 65_536,
+            max_partitions: 1_000_000,
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -66,6 +99,7 @@ impl Default for WorkerConfig {
             partition_wait_timeout: Duration::from_secs(30),
             master_addresses: Vec::new(),
             heartbeat_interval: Duration::from_secs(1),
+            limits: WorkerLimits::default(),
         }
     }
 }
@@ -96,6 +130,18 @@ impl WorkerConfig {
         }
         if let Some(store) = &self.object_store {
             store.validate(self.max_frame_size)?;
+        }
+        let l = &self.limits;
+        for (name, value) in [
+            ("max_subpartitions", l.max_subpartitions),
+            ("max_stream_credits", l.max_stream_credits),
+            ("max_streams_per_connection", l.max_streams_per_connection),
+            ("max_buffers_per_push", l.max_buffers_per_push),
+            ("max_partitions", l.max_partitions),
+        ] {
+            if value == 0 {
+                return Err(format!("limits.{name} must be positive"));
+            }
         }
         Ok(())
     }

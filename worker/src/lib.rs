@@ -13,7 +13,7 @@ mod heartbeat;
 mod server;
 mod store;
 
-pub use config::{ObjectStoreConfig, WorkerConfig};
+pub use config::{ObjectStoreConfig, WorkerConfig, WorkerLimits};
 pub use server::{WorkerHandle, run, start, start_with_hooks, store_options};
 pub use store::{
     FaultyFiles, FaultyStore, FileLayer, MARKER, MemoryBudget, ObjectStoreSettings, ObjectTier,

@@ -129,7 +129,7 @@ async fn writer(store: Arc<Store>, key: PartitionKey, seed: u32) -> Outcome {
     };
     for (i, batch) in batches.into_iter().enumerate() {
         if expect_released(
-            partition.append(batch, Reservation::empty(), None),
+            partition.append(batch, Reservation::empty(), None, u32::MAX),
             "append",
         ) {
             return Outcome::Gone;
@@ -239,13 +239,13 @@ async fn a_new_partition_survives_the_release_of_its_jobs_last_one() {
         let second = key(9, round * 2 + 1);
         let (batches, _) = data(round, 1, 2);
         let p1 = store.create(first.clone(), 2, false).expect("create");
-        p1.append(batches[0].clone(), Reservation::empty(), None)
+        p1.append(batches[0].clone(), Reservation::empty(), None, u32::MAX)
             .expect("append");
         store.seal(&p1).await.expect("seal first");
         let p2 = store
             .create(second.clone(), 2, false)
             .expect("create second");
-        p2.append(batches[0].clone(), Reservation::empty(), None)
+        p2.append(batches[0].clone(), Reservation::empty(), None, u32::MAX)
             .expect("append");
         let (release, seal) = tokio::join!(store.release(&first), store.seal(&p2));
         release.expect("release first");

@@ -1,12 +1,25 @@
 //! `CreatePartition`: a producer announces a partition before pushing to it.
 
 use terrace_proto::{Message, pb};
-use terrace_tier_api::{PartitionKey, TierResult};
+use terrace_tier_api::{PartitionKey, TierError, TierResult};
 
 use crate::server::Connection;
 
 pub fn handle(conn: &Connection, m: pb::CreatePartition) -> TierResult<Message> {
     let key = PartitionKey::try_from(m.key)?;
+    let limits = &conn.shared.config.limits;
+    if m.num_subpartitions > limits.max_subpartitions {
+        return Err(TierError::bad_input(format!(
+            "{key}: num_subpartitions {} is more than {} (limits.max_subpartitions)",
+            m.num_subpartitions, limits.max_subpartitions
+        )));
+    }
+    let held = conn.shared.store.partition_count();
+    if held >= limits.max_partitions as usize && conn.shared.store.get(&key).is_err() {
+        return Err(TierError::unavailable(format!(
+            "{key}: this worker holds {held} partitions, its limit (limits.max_partitions)"
+        )));
+    }
     conn.shared
         .store
         .create(key.clone(), m.num_subpartitions, m.broadcast_only)?;

@@ -57,7 +57,12 @@ pub async fn handle(
     };
     let len = batch.len() as u64;
     partition
-        .append(batch, reservation, expected_crc)
+        .append(
+            batch,
+            reservation,
+            expected_crc,
+            conn.shared.config.limits.max_buffers_per_push,
+        )
         .map_err(context)?;
     store
         .counters

@@ -48,6 +48,28 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
             m.first_subpartition, m.last_subpartition
         )));
     }
+    let limits = &conn.shared.config.limits;
+    let range = u64::from(m.last_subpartition - m.first_subpartition) + 1;
+    if range > u64::from(limits.max_subpartitions) {
+        return Err(TierError::bad_input(format!(
+            "subpartition range {}..={} has {range} subpartitions, more than {} (limits.max_subpartitions)",
+            m.first_subpartition, m.last_subpartition, limits.max_subpartitions
+        )));
+    }
+    if m.initial_credit > limits.max_stream_credits {
+        return Err(TierError::bad_input(format!(
+            "initial_credit {} is more than {} (limits.max_stream_credits)",
+            m.initial_credit, limits.max_stream_credits
+        )));
+    }
+    // Streams whose task ended (finished, failed) no longer count.
+    conn.streams.retain(|_, s| !s.tx.is_closed());
+    if conn.streams.len() >= limits.max_streams_per_connection as usize {
+        return Err(TierError::bad_input(format!(
+            "this connection has {} streams open, the limit (limits.max_streams_per_connection)",
+            conn.streams.len()
+        )));
+    }
     if conn.streams.contains_key(&m.stream_id) {
         return Err(TierError::bad_input(format!(
             "stream {} is already open",
@@ -287,7 +309,17 @@ impl Stream {
 
     fn apply(&mut self, command: Command) -> TierResult<()> {
         match command {
-            Command::Credit(n) => self.credits = self.credits.saturating_add(n),
+            Command::Credit(n) => {
+                let max = self.shared.config.limits.max_stream_credits;
+                let credits = u64::from(self.credits) + u64::from(n);
+                if credits > u64::from(max) {
+                    return Err(TierError::bad_input(format!(
+                        "AddCredit {n} would give stream {} {credits} credits, more than {max} (limits.max_stream_credits)",
+                        self.stream_id
+                    )));
+                }
+                self.credits = credits as u32;
+            }
             Command::Require {
                 subpartition,
                 segment,

@@ -123,22 +123,19 @@ pub enum NextRead {
 pub struct PartitionIndex {
     pub num_subpartitions: u32,
     pub broadcast_only: bool,
-    pub subs: Vec<SubpartitionIndex>,
+    /// The stored subpartitions that have data, by number: an index costs
+    /// memory for what was written, not for the subpartitions declared.
+    pub subs: std::collections::BTreeMap<usize, SubpartitionIndex>,
     /// Sealed: no segment will be added; readers past the end get `End`.
     pub sealed: bool,
 }
 
 impl PartitionIndex {
     pub fn new(num_subpartitions: u32, broadcast_only: bool) -> Self {
-        let stored = if broadcast_only {
-            1
-        } else {
-            num_subpartitions as usize
-        };
         PartitionIndex {
             num_subpartitions,
             broadcast_only,
-            subs: vec![SubpartitionIndex::default(); stored],
+            subs: std::collections::BTreeMap::new(),
             sealed: false,
         }
     }
@@ -155,17 +152,23 @@ impl PartitionIndex {
         }
         // Per subpartition touched: (last segment, closed) as the runs would leave it.
         let mut state: Vec<(usize, Option<(usize, bool)>)> = Vec::new();
+        // Where each subpartition's entry in `state` is (pushes may carry
+        // tens of thousands of runs).
+        let mut slots: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
         for run in runs {
-            let Some(sub_index) = self.subs.get(run.sub) else {
+            if run.sub >= self.stored_subpartitions() {
                 return Err(TierError::bad_input(format!(
                     "subpartition {} out of range (partition stores {})",
                     run.sub,
-                    self.subs.len()
+                    self.stored_subpartitions()
                 )));
-            };
-            let slot = match state.iter().position(|(s, _)| *s == run.sub) {
-                Some(i) => i,
+            }
+            let empty = SubpartitionIndex::default();
+            let sub_index = self.subs.get(&run.sub).unwrap_or(&empty);
+            let slot = match slots.get(&run.sub) {
+                Some(&i) => i,
                 None => {
+                    slots.insert(run.sub, state.len());
                     let last = sub_index
                         .segments
                         .last()
@@ -195,7 +198,7 @@ impl PartitionIndex {
         }
         let mut refs = Vec::with_capacity(runs.len());
         for run in runs {
-            let segments = &mut self.subs[run.sub].segments;
+            let segments = &mut self.subs.entry(run.sub).or_default().segments;
             if run.segment == segments.len() {
                 segments.push(SegmentIndex::default());
             }
@@ -220,7 +223,7 @@ impl PartitionIndex {
     pub fn relocate(&mut self, at: ExtentRef, location: Location) {
         if let Some(extent) = self
             .subs
-            .get_mut(at.sub)
+            .get_mut(&at.sub)
             .and_then(|s| s.segments.get_mut(at.segment))
             .and_then(|g| g.extents.get_mut(at.extent))
         {
@@ -230,7 +233,7 @@ impl PartitionIndex {
 
     /// Every extent with where it is, in (subpartition, segment, write) order.
     pub fn extents(&self) -> impl Iterator<Item = (ExtentRef, &Extent)> {
-        self.subs.iter().enumerate().flat_map(|(sub, s)| {
+        self.subs.iter().flat_map(|(&sub, s)| {
             s.segments.iter().enumerate().flat_map(move |(segment, g)| {
                 g.extents.iter().enumerate().map(move |(extent, e)| {
                     (
@@ -244,6 +247,16 @@ impl PartitionIndex {
                 })
             })
         })
+    }
+
+    /// Subpartitions the index stores data for: 1 for a broadcast-only
+    /// partition, else all of them.
+    pub fn stored_subpartitions(&self) -> usize {
+        if self.broadcast_only {
+            1
+        } else {
+            self.num_subpartitions as usize
+        }
     }
 
     /// Bytes of all extents.
@@ -268,7 +281,7 @@ impl PartitionIndex {
         };
         let Some(seg) = self
             .subs
-            .get(sub)
+            .get(&sub)
             .and_then(|s| s.segments.get(segment as usize))
         else {
             return if self.sealed {
@@ -317,7 +330,7 @@ impl PartitionIndex {
         } else {
             subpartition as usize
         };
-        let segments = self.subs.get(sub)?.segments.get(segment as usize..)?;
+        let segments = self.subs.get(&sub)?.segments.get(segment as usize..)?;
         let mut extents = segments
             .iter()
             .enumerate()
@@ -440,7 +453,9 @@ impl PersistedIndex {
     /// Encodes the index. Every extent must be in a local file or an object
     /// that the tables list.
     pub fn encode(&self) -> TierResult<Bytes> {
-        let mut out = BytesMut::with_capacity(128 + self.index.subs.len() * 16);
+        let mut out = BytesMut::with_capacity(
+            128 + self.index.stored_subpartitions() * 4 + self.index.subs.len() * 16,
+        );
         out.put_slice(MAGIC);
         out.put_u32_le(VERSION);
         put_bytes(&mut out, self.key.job.as_bytes());
@@ -451,7 +466,9 @@ impl PersistedIndex {
         put_blobs(&mut out, &self.files);
         put_bytes(&mut out, self.object_prefix.as_bytes());
         put_blobs(&mut out, &self.objects);
-        for sub in &self.index.subs {
+        let empty = SubpartitionIndex::default();
+        for number in 0..self.index.stored_subpartitions() {
+            let sub = self.index.subs.get(&number).unwrap_or(&empty);
             out.put_u32_le(sub.segments.len() as u32);
             for segment in &sub.segments {
                 out.put_u8(u8::from(segment.closed));
@@ -528,11 +545,15 @@ impl PersistedIndex {
         };
         let mut index = PartitionIndex::new(num_subpartitions, broadcast_only);
         // A stored subpartition takes at least 4 bytes: more than the rest holds is damage.
-        if index.subs.len() > r.r.remaining() / 4 {
+        if index.stored_subpartitions() > r.r.remaining() / 4 {
             return Err(damaged("more subpartitions than bytes"));
         }
-        for sub in index.subs.iter_mut() {
+        for number in 0..index.stored_subpartitions() {
             let num_segments = r.u32()? as usize;
+            if num_segments == 0 {
+                continue;
+            }
+            let sub = index.subs.entry(number).or_default();
             if num_segments > r.r.remaining() / 5 {
                 return Err(damaged("more segments than bytes"));
             }

@@ -391,6 +391,11 @@ impl Store {
         released.insert(key);
     }
 
+    /// Partitions held (open and sealed).
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
         self.partitions
             .iter()

@@ -275,19 +275,22 @@ impl Partition {
         }
     }
 
-    /// Appends a decoded push batch. `reservation` holds the batch's memory
-    /// until it is flushed. With `expected_crc32c`, the batch is checked
-    /// against it first, from the runs' own checksums (one pass over the bytes).
+    /// Appends a decoded push batch of at most `max_buffers` buffers.
+    /// `reservation` holds the batch's memory until it is flushed. With
+    /// `expected_crc32c`, the batch is checked against it first, from the
+    /// runs' own checksums (one pass over the bytes).
     pub fn append(
         &self,
         batch: Bytes,
         reservation: Reservation,
         expected_crc32c: Option<u32>,
+        max_buffers: u32,
     ) -> TierResult<()> {
         let runs = split_runs(
             &batch,
             self.meta.num_subpartitions,
             self.meta.broadcast_only,
+            max_buffers,
         )?;
         if let Some(expected) = expected_crc32c {
             let actual = runs.iter().fold(0u32, |crc, run| {
@@ -1128,9 +1131,15 @@ pub fn index_path(dir: &std::path::Path, key: &PartitionKey) -> PathBuf {
 
 /// Splits a decoded batch into runs, checking ids and the END_OF_SEGMENT rule
 /// (it may only be the last buffer of a run).
-fn split_runs(batch: &Bytes, num_subpartitions: u32, broadcast_only: bool) -> TierResult<Vec<Run>> {
+fn split_runs(
+    batch: &Bytes,
+    num_subpartitions: u32,
+    broadcast_only: bool,
+    max_buffers: u32,
+) -> TierResult<Vec<Run>> {
     let mut reader = BatchReader::new(batch.clone());
     let mut runs: Vec<Run> = Vec::new();
+    let mut buffers = 0u32;
     // (subpartition, segment, buffers, ended) of the run being built.
     let mut current: Option<(u32, u32, u32, bool)> = None;
     let mut start = 0usize;
@@ -1158,6 +1167,12 @@ fn split_runs(batch: &Bytes, num_subpartitions: u32, broadcast_only: bool) -> Ti
             start = offset;
         }
         let Some((header, _)) = next else { break };
+        buffers += 1;
+        if buffers > max_buffers {
+            return Err(TierError::bad_input(format!(
+                "push carries more than {max_buffers} buffers (limits.max_buffers_per_push)"
+            )));
+        }
         let sub = header.subpartition.0;
         if sub >= num_subpartitions {
             return Err(TierError::bad_input(format!(

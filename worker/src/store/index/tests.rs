@@ -291,7 +291,8 @@ proptest! {
         prop_assert_eq!(back.files, vec![Blob { id: 0, len: data_len }]);
         prop_assert!(back.objects.is_empty());
         prop_assert!(back.index.sealed);
-        let got: Vec<Vec<(u64, u32)>> = back.index.subs[0].segments.iter().map(|g| {
+        let none = SubpartitionIndex::default();
+        let got: Vec<Vec<(u64, u32)>> = back.index.subs.get(&0).unwrap_or(&none).segments.iter().map(|g| {
             g.extents.iter().map(|e| match e.location {
                 Location::Local { file: 0, offset } => (offset, e.len),
                 _ => (u64::MAX, 0),
@@ -369,7 +370,7 @@ fn sample(
                     num_buffers: len / 7,
                 });
             }
-            index.subs[sub].segments.push(segment);
+            index.subs.entry(sub).or_default().segments.push(segment);
         }
     }
     index.sealed = true;
