@@ -39,6 +39,32 @@ pub struct MasterConfig {
     /// Bytes a newly placed partition is assumed to add to its worker's load,
     /// until the worker's next heartbeat reports what it really stores.
     pub partition_size_estimate: ByteSize,
+    /// Bounds on what peers may make the master remember (`[limits]`).
+    pub limits: MasterLimits,
+}
+
+/// Bounds on the state peers can make a master hold. Past one, a request
+/// gets an error naming the limit (released jobs: the oldest is forgotten).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MasterLimits {
+    /// Live workers.
+    pub max_workers: u32,
+    /// Registered jobs.
+    pub max_jobs: u32,
+    /// Released jobs remembered (and listed in every heartbeat reply) for
+    /// `released_job_memory`; past it the oldest is forgotten early.
+    pub max_released_jobs: u32,
+}
+
+impl Default for MasterLimits {
+    fn default() -> Self {
+        MasterLimits {
+            max_workers: 10_000,
+            max_jobs: 100_000,
+            max_released_jobs: 10_000,
+        }
+    }
 }
 
 impl Default for MasterConfig {
@@ -49,6 +75,7 @@ impl Default for MasterConfig {
             max_frame_size: ByteSize::mib(1),
             released_job_memory: Duration::from_secs(5 * 60),
             partition_size_estimate: ByteSize::mib(64),
+            limits: MasterLimits::default(),
         }
     }
 }
@@ -67,6 +94,16 @@ impl MasterConfig {
                 "max_frame_size ({}) must be at least {MIN_FRAME_SIZE}",
                 self.max_frame_size
             ));
+        }
+        let l = &self.limits;
+        for (name, value) in [
+            ("max_workers", l.max_workers),
+            ("max_jobs", l.max_jobs),
+            ("max_released_jobs", l.max_released_jobs),
+        ] {
+            if value == 0 {
+                return Err(format!("limits.{name} must be positive"));
+            }
         }
         Ok(())
     }
@@ -103,6 +140,7 @@ mod tests {
                 max_frame_size: ByteSize(65536),
                 released_job_memory: Duration::from_secs(60),
                 partition_size_estimate: ByteSize(0),
+                limits: MasterLimits::default(),
             }
         );
         let err = toml::from_str::<MasterConfig>("listn = \"x\"").expect_err("typo is refused");

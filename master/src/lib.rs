@@ -15,5 +15,5 @@ mod registry;
 mod server;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::MasterConfig;
+pub use config::{MasterConfig, MasterLimits};
 pub use server::{SERVER_NAME, run, run_with_clock};

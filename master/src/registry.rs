@@ -60,6 +60,7 @@ pub(crate) struct Registry {
     worker_timeout: Duration,
     released_job_memory: Duration,
     partition_size_estimate: u64,
+    limits: crate::config::MasterLimits,
     workers: BTreeMap<String, Worker>,
     jobs: BTreeSet<JobId>,
     /// Unregistered jobs and when they were unregistered.
@@ -77,6 +78,7 @@ impl Registry {
             worker_timeout: config.worker_timeout,
             released_job_memory: config.released_job_memory,
             partition_size_estimate: config.partition_size_estimate.as_u64(),
+            limits: config.limits.clone(),
             workers: BTreeMap::new(),
             jobs: BTreeSet::new(),
             released: BTreeMap::new(),
@@ -112,8 +114,15 @@ impl Registry {
         id: String,
         data_address: String,
         now: Instant,
-    ) -> bool {
+    ) -> TierResult<bool> {
         self.expire(now);
+        if !self.workers.contains_key(&id) && self.workers.len() >= self.limits.max_workers as usize
+        {
+            return Err(TierError::unavailable(format!(
+                "this master knows {} workers, its limit (limits.max_workers)",
+                self.workers.len()
+            )));
+        }
         match self.workers.get_mut(&id) {
             Some(worker) => {
                 if worker.data_address != data_address {
@@ -122,7 +131,7 @@ impl Registry {
                     worker.data_address = data_address;
                 }
                 worker.last_heartbeat = now;
-                false
+                Ok(false)
             }
             None => {
                 tracing::info!(worker = %id, address = %data_address, "worker registered");
@@ -136,7 +145,7 @@ impl Registry {
                         last_placed: 0,
                     },
                 );
-                true
+                Ok(true)
             }
         }
     }
@@ -149,26 +158,38 @@ impl Registry {
         data_address: String,
         load: WorkerLoad,
         now: Instant,
-    ) -> Vec<JobId> {
+    ) -> TierResult<Vec<JobId>> {
         let key = id.clone();
-        self.register_worker(id, data_address, now);
+        self.register_worker(id, data_address, now)?;
         let worker = self
             .workers
             .get_mut(&key)
             .expect("register_worker just inserted or refreshed this worker");
         worker.load = load;
         worker.placed_bytes = 0;
-        self.released.keys().cloned().collect()
+        Ok(self.released.keys().cloned().collect())
     }
 
-    pub(crate) fn register_job(&mut self, job: JobId, now: Instant) {
+    pub(crate) fn register_job(&mut self, job: JobId, now: Instant) -> TierResult<()> {
         self.expire(now);
+        self.check_job_room(&job)?;
         if self.released.remove(&job).is_some() {
             tracing::info!(job = %job, "released job registered again");
         }
         if self.jobs.insert(job.clone()) {
             tracing::info!(job = %job, "job registered");
         }
+        Ok(())
+    }
+
+    fn check_job_room(&self, job: &JobId) -> TierResult<()> {
+        if !self.jobs.contains(job) && self.jobs.len() >= self.limits.max_jobs as usize {
+            return Err(TierError::unavailable(format!(
+                "this master holds {} jobs, its limit (limits.max_jobs)",
+                self.jobs.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Forgets the job and remembers it as released, whether or not it was
@@ -178,6 +199,17 @@ impl Registry {
         self.expire(now);
         let known = self.jobs.remove(&job);
         tracing::info!(job = %job, known, "job unregistered; workers will be told to drop it");
+        let max = self.limits.max_released_jobs as usize;
+        while self.released.len() >= max && !self.released.contains_key(&job) {
+            let oldest = self
+                .released
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(j, _)| j.clone());
+            let Some(oldest) = oldest else { break };
+            tracing::warn!(job = %oldest, "forgetting a released job early (limits.max_released_jobs)");
+            self.released.remove(&oldest);
+        }
         self.released.insert(job, now);
     }
 
@@ -196,6 +228,7 @@ impl Registry {
                 key.job
             )));
         }
+        self.check_job_room(&key.job)?;
         if self.jobs.insert(key.job.clone()) {
             tracing::info!(job = %key.job, "job registered by its first partition");
         }
@@ -291,11 +324,68 @@ mod tests {
     }
 
     #[test]
+    fn workers_jobs_and_released_jobs_are_bounded() {
+        let now = Instant::now();
+        let mut r = Registry::new(
+            &MasterConfig {
+                limits: crate::config::MasterLimits {
+                    max_workers: 2,
+                    max_jobs: 2,
+                    max_released_jobs: 2,
+                },
+                ..MasterConfig::default()
+            },
+            now,
+        );
+        r.register_worker("w1".into(), "h:1".into(), now)
+            .expect("room");
+        r.heartbeat("w2".into(), "h:2".into(), stored(0), now)
+            .expect("room");
+        let err = r
+            .register_worker("w3".into(), "h:3".into(), now)
+            .expect_err("a third worker");
+        assert!(err.message().contains("limits.max_workers"), "{err}");
+        let err = r
+            .heartbeat("w3".into(), "h:3".into(), stored(0), now)
+            .expect_err("a third worker by heartbeat");
+        assert!(err.message().contains("limits.max_workers"), "{err}");
+        // Known workers go on.
+        r.heartbeat("w1".into(), "h:1".into(), stored(1), now)
+            .expect("known");
+
+        let job = |name: &str| JobId::new(name.as_bytes().to_vec()).expect("id");
+        r.register_job(job("a"), now).expect("room");
+        r.allocate(&key("b", 1), now).expect("room by allocation");
+        let err = r.register_job(job("c"), now).expect_err("a third job");
+        assert!(err.message().contains("limits.max_jobs"), "{err}");
+        let err = r
+            .allocate(&key("c", 1), now)
+            .expect_err("a third job by allocation");
+        assert!(err.message().contains("limits.max_jobs"), "{err}");
+        r.register_job(job("a"), now).expect("a known job again");
+
+        // Released jobs: the oldest is forgotten past the limit.
+        for (i, name) in ["a", "b", "x", "y"].into_iter().enumerate() {
+            r.unregister_job(job(name), now + Duration::from_millis(i as u64));
+        }
+        let released = r
+            .heartbeat(
+                "w1".into(),
+                "h:1".into(),
+                stored(0),
+                now + Duration::from_millis(5),
+            )
+            .expect("known");
+        assert_eq!(released, vec![job("x"), job("y")]);
+    }
+
+    #[test]
     fn equal_loads_rotate_even_without_an_estimate() {
         let now = Instant::now();
         let mut r = registry(0);
         for id in ["w1", "w2", "w3"] {
-            r.register_worker(id.into(), format!("{id}:1"), now);
+            r.register_worker(id.into(), format!("{id}:1"), now)
+                .expect("room");
         }
         assert_eq!(
             place(&mut r, 7, now),
@@ -307,13 +397,17 @@ mod tests {
     fn placement_follows_stored_plus_estimated_bytes() {
         let now = Instant::now();
         let mut r = registry(64 * MIB);
-        r.heartbeat("a".into(), "a:1".into(), stored(300 * MIB), now);
-        r.heartbeat("b".into(), "b:1".into(), stored(100 * MIB), now);
-        r.heartbeat("c".into(), "c:1".into(), stored(200 * MIB), now);
+        r.heartbeat("a".into(), "a:1".into(), stored(300 * MIB), now)
+            .expect("room");
+        r.heartbeat("b".into(), "b:1".into(), stored(100 * MIB), now)
+            .expect("room");
+        r.heartbeat("c".into(), "c:1".into(), stored(200 * MIB), now)
+            .expect("room");
         // b 100 → 164 → 228, c 200 → 264, b 228 → 292, c 264 → 328, b 292 → 356, a 300.
         assert_eq!(place(&mut r, 7, now), ["b", "b", "c", "b", "c", "b", "a"]);
         // A heartbeat replaces the estimate with what the worker reports.
-        r.heartbeat("a".into(), "a:1".into(), stored(0), now);
+        r.heartbeat("a".into(), "a:1".into(), stored(0), now)
+            .expect("room");
         assert_eq!(place(&mut r, 1, now), ["a"]);
     }
 
@@ -321,10 +415,13 @@ mod tests {
     fn silent_workers_expire_and_come_back_with_a_heartbeat() {
         let t0 = Instant::now();
         let mut r = registry(0);
-        r.register_worker("w1".into(), "h:1".into(), t0);
-        r.register_worker("w2".into(), "h:2".into(), t0);
+        r.register_worker("w1".into(), "h:1".into(), t0)
+            .expect("room");
+        r.register_worker("w2".into(), "h:2".into(), t0)
+            .expect("room");
         let t1 = t0 + Duration::from_millis(200);
-        r.heartbeat("w2".into(), "h:2".into(), stored(5), t1);
+        r.heartbeat("w2".into(), "h:2".into(), stored(5), t1)
+            .expect("room");
         assert_eq!(
             r.expire(t0 + Duration::from_millis(300)),
             Vec::<String>::new()
@@ -336,7 +433,8 @@ mod tests {
         let t3 = t1 + Duration::from_millis(301);
         let err = r.allocate(&key("j", 9), t3).expect_err("nobody is live");
         assert_eq!(err.kind(), ErrorKind::NoWorkers);
-        r.heartbeat("w1".into(), "h:9".into(), stored(1), t3);
+        r.heartbeat("w1".into(), "h:9".into(), stored(1), t3)
+            .expect("room");
         let live = r.live_workers(t3);
         assert_eq!(
             live,
@@ -354,35 +452,42 @@ mod tests {
         let t0 = Instant::now();
         let mut r = registry(0);
         let (j1, j2) = (key("job1", 0).job, key("job2", 0).job);
-        r.register_job(j1.clone(), t0);
-        r.register_job(j2.clone(), t0);
+        r.register_job(j1.clone(), t0).expect("room");
+        r.register_job(j2.clone(), t0).expect("room");
         assert_eq!(r.jobs(), [j1.clone(), j2.clone()]);
         r.unregister_job(j1.clone(), t0);
         assert_eq!(r.jobs(), vec![j2.clone()]);
-        let released = r.heartbeat(
-            "w".into(),
-            "h:1".into(),
-            stored(0),
-            t0 + Duration::from_millis(10),
-        );
+        let released = r
+            .heartbeat(
+                "w".into(),
+                "h:1".into(),
+                stored(0),
+                t0 + Duration::from_millis(10),
+            )
+            .expect("room");
         assert_eq!(released, vec![j1.clone()]);
         let err = r.allocate(&key("job1", 1), t0).expect_err("released job");
         assert_eq!(err.kind(), ErrorKind::BadInput);
-        let released = r.heartbeat(
-            "w".into(),
-            "h:1".into(),
-            stored(0),
-            t0 + Duration::from_millis(1001),
-        );
+        let released = r
+            .heartbeat(
+                "w".into(),
+                "h:1".into(),
+                stored(0),
+                t0 + Duration::from_millis(1001),
+            )
+            .expect("room");
         assert_eq!(released, Vec::<JobId>::new());
         r.unregister_job(j2.clone(), t0 + Duration::from_millis(1001));
-        r.register_job(j2.clone(), t0 + Duration::from_millis(1002));
-        let released = r.heartbeat(
-            "w".into(),
-            "h:1".into(),
-            stored(0),
-            t0 + Duration::from_millis(1003),
-        );
+        r.register_job(j2.clone(), t0 + Duration::from_millis(1002))
+            .expect("room");
+        let released = r
+            .heartbeat(
+                "w".into(),
+                "h:1".into(),
+                stored(0),
+                t0 + Duration::from_millis(1003),
+            )
+            .expect("room");
         assert_eq!(released, Vec::<JobId>::new());
         assert_eq!(r.jobs(), [j2]);
     }

@@ -406,6 +406,33 @@ async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_
             }),
             "the master does not serve SealPartition requests",
         ),
+        (
+            heartbeat_with_tiers(pb::TierStats {
+                dirs: vec![pb::DirStats::default(); 65],
+                ..pb::TierStats::default()
+            }),
+            "load.tiers.dirs has 65 entries, more than 64",
+        ),
+        (
+            heartbeat_with_tiers(pb::TierStats {
+                dirs: vec![pb::DirStats {
+                    path: "p".repeat(1025),
+                    ..pb::DirStats::default()
+                }],
+                ..pb::TierStats::default()
+            }),
+            "load.tiers.dirs.path has 1025 bytes, more than 1024",
+        ),
+        (
+            heartbeat_with_tiers(pb::TierStats {
+                object_store: Some(Box::new(pb::ObjectStoreStats {
+                    last_error: "e".repeat(5000),
+                    ..pb::ObjectStoreStats::default()
+                })),
+                ..pb::TierStats::default()
+            }),
+            "load.tiers.object_store.last_error has 5000 bytes, more than 4096",
+        ),
     ];
     for (message, expected) in cases {
         let err = client
@@ -416,6 +443,19 @@ async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_
     }
     assert_eq!(list_workers(&client).await.workers, []);
     stop(master).await;
+}
+
+/// A heartbeat of a new worker whose load carries `tiers`.
+fn heartbeat_with_tiers(tiers: pb::TierStats) -> Message {
+    Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+        request_id: 0,
+        worker_id: "w-big".into(),
+        data_address: "h:1".into(),
+        load: Some(pb::WorkerLoad {
+            tiers: Some(Box::new(tiers)),
+            ..load(0)
+        }),
+    })
 }
 
 fn with_request_id(mut message: Message, id: u64) -> Message {

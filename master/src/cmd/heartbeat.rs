@@ -21,13 +21,16 @@ impl Heartbeat {
         Ok(Heartbeat {
             worker_id: super::worker_id(m.worker_id)?,
             data_address: super::data_address(m.data_address)?,
-            load: m.load.into(),
+            load: super::worker_load(m.load)?,
         })
     }
 
     pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
         tracing::trace!(worker = %self.worker_id, stored_bytes = self.load.stored_bytes, "heartbeat");
-        let released = registry.heartbeat(self.worker_id, self.data_address, self.load, now);
+        let released = match registry.heartbeat(self.worker_id, self.data_address, self.load, now) {
+            Ok(released) => released,
+            Err(e) => return Message::error(request_id, e.code(), e.message()),
+        };
         Message::HeartbeatReply(pb::HeartbeatReply {
             request_id,
             released_jobs: released

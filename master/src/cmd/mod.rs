@@ -108,6 +108,49 @@ fn job_id(bytes: bytes::Bytes) -> TierResult<JobId> {
     JobId::new(bytes)
 }
 
+/// Most data directories a worker may report.
+const MAX_DIRS: usize = 64;
+/// Longest directory path or store URL a worker may report, in bytes.
+const MAX_PATH_BYTES: usize = 1024;
+/// Longest error text a worker may report, in bytes.
+const MAX_ERROR_BYTES: usize = 4096;
+
+fn check_len(field: &str, text: &str, max: usize) -> TierResult<()> {
+    if text.len() > max {
+        return Err(TierError::bad_input(format!(
+            "{field} has {} bytes, more than {max}",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A heartbeat's load, with its lists and texts bounded: the master keeps
+/// it per worker and lists it to every client.
+fn worker_load(load: Option<pb::WorkerLoad>) -> TierResult<WorkerLoad> {
+    if let Some(tiers) = load.as_ref().and_then(|l| l.tiers.as_ref()) {
+        if tiers.dirs.len() > MAX_DIRS {
+            return Err(TierError::bad_input(format!(
+                "load.tiers.dirs has {} entries, more than {MAX_DIRS}",
+                tiers.dirs.len()
+            )));
+        }
+        for dir in &tiers.dirs {
+            check_len("load.tiers.dirs.path", &dir.path, MAX_PATH_BYTES)?;
+            check_len("load.tiers.dirs.error", &dir.error, MAX_ERROR_BYTES)?;
+        }
+        if let Some(store) = &tiers.object_store {
+            check_len("load.tiers.object_store.url", &store.url, MAX_PATH_BYTES)?;
+            check_len(
+                "load.tiers.object_store.last_error",
+                &store.last_error,
+                MAX_ERROR_BYTES,
+            )?;
+        }
+    }
+    Ok(load.into())
+}
+
 impl From<Option<pb::WorkerLoad>> for WorkerLoad {
     fn from(load: Option<pb::WorkerLoad>) -> Self {
         let load = load.unwrap_or_default();

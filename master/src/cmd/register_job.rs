@@ -20,7 +20,9 @@ impl RegisterJob {
     }
 
     pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
-        registry.register_job(self.job, now);
-        Message::ack(request_id)
+        match registry.register_job(self.job, now) {
+            Ok(()) => Message::ack(request_id),
+            Err(e) => Message::error(request_id, e.code(), e.message()),
+        }
     }
 }

@@ -22,7 +22,9 @@ impl RegisterWorker {
     }
 
     pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
-        registry.register_worker(self.worker_id, self.data_address, now);
-        Message::ack(request_id)
+        match registry.register_worker(self.worker_id, self.data_address, now) {
+            Ok(_) => Message::ack(request_id),
+            Err(e) => Message::error(request_id, e.code(), e.message()),
+        }
     }
 }
