@@ -902,3 +902,65 @@ fn oversized_handshakes_are_refused_before_they_are_read() {
         raw.expect_eof();
     });
 }
+
+#[test]
+fn a_request_header_past_64_kib_is_a_protocol_error_and_closes() {
+    with_good_client(|worker| {
+        let mut raw = Raw::handshaken(worker);
+        // A SealPartition frame announcing a 100 KiB header (never sent).
+        let header_len: u32 = 100 * 1024;
+        let mut frame = (5 + header_len).to_be_bytes().to_vec();
+        frame.push(MessageType::SealPartition as u8);
+        frame.extend_from_slice(&header_len.to_be_bytes());
+        raw.send_bytes(&frame);
+        let message = raw.expect_error(0, pb::ErrorCode::Protocol);
+        assert!(
+            message.contains("request header longer than 64 KiB"),
+            "{message}"
+        );
+        raw.expect_eof();
+    });
+}
+
+#[test]
+fn a_reader_that_floods_commands_loses_its_stream_not_the_worker() {
+    with_good_client(|worker| {
+        let mut raw = Raw::handshaken(worker);
+        // The stream waits for a partition that does not exist yet, so none
+        // of its commands is taken; one subpartition: 1 + 1024 + 64 may wait.
+        let k = key(ATTACK_JOB, 42);
+        raw.send(&open_stream(2, 9, &k, 0, 0, 1), &[]);
+        let mut frames = Vec::new();
+        for _ in 0..1200 {
+            let credit = Message::AddCredit(pb::AddCredit {
+                stream_id: 9,
+                credit: 0,
+            });
+            frames.extend_from_slice(&encode_frame(&credit, 0));
+        }
+        raw.send_bytes(&frames);
+        match raw.read() {
+            (Message::StreamError(e), _) => {
+                assert_eq!(e.stream_id, 9);
+                assert!(
+                    e.message.contains("has 1089 commands waiting, its limit"),
+                    "{}",
+                    e.message
+                );
+            }
+            (other, _) => panic!("expected StreamError, got {other:?}"),
+        }
+        // The rest of the flood is for a stream that is gone.
+        for _ in 0..(1200 - 1090) {
+            match raw.read() {
+                (Message::StreamError(e), _) => {
+                    assert!(e.message.contains("is not open"), "{}", e.message)
+                }
+                (other, _) => panic!("expected StreamError, got {other:?}"),
+            }
+        }
+        // The connection still serves.
+        raw.send(&create(3, &k, 1), &[]);
+        raw.expect_ack(3);
+    });
+}

@@ -175,6 +175,9 @@ async fn serve(
     Ok(())
 }
 
+/// Longest request header a worker reads.
+const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
 /// One client connection: reads frames in order and runs their commands.
 pub(crate) struct Connection {
     pub shared: Arc<Shared>,
@@ -233,6 +236,17 @@ async fn handle_connection(
                 break;
             }
         };
+        // Every request header a worker serves is a few hundred bytes; a
+        // large one would only take memory from the budget pushes need.
+        if prefix.header_len > MAX_REQUEST_HEADER_BYTES {
+            protocol_error(
+                &conn,
+                &terrace_proto::FrameError::Malformed(
+                    "request header longer than 64 KiB (the most a worker reads)",
+                ),
+            );
+            break;
+        }
         // Reserve memory for the frame before taking it off the socket: when the
         // budget is short this connection is simply not read (backpressure).
         // Bodies land in pooled buffers; small bodiless frames in plain ones.

@@ -30,7 +30,7 @@ use crate::store::{Partition, ReadStep, Source, single_object_range};
 /// The connection's handle on one of its streams.
 #[derive(Debug)]
 pub struct StreamHandle {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::Sender<Command>,
     pub cancel: CancellationToken,
 }
 
@@ -76,7 +76,11 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
             m.stream_id
         )));
     }
-    let (tx, rx) = mpsc::unbounded_channel();
+    // A reader has at most one RequireSegment per subpartition and its
+    // credits outstanding; more waiting commands than that (plus slack) is a
+    // reader that does not wait for answers.
+    let queue = range as usize + limits.max_stream_credits as usize + 64;
+    let (tx, rx) = mpsc::channel(queue);
     let cancel = conn.cancel.child_token();
     conn.streams.insert(
         m.stream_id,
@@ -103,10 +107,25 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
     Ok(())
 }
 
-fn send_command(conn: &Connection, stream_id: u64, command: Command) {
+fn send_command(conn: &mut Connection, stream_id: u64, command: Command) {
     match conn.streams.get(&stream_id) {
         Some(stream) => {
-            let _ = stream.tx.send(command);
+            if let Err(mpsc::error::TrySendError::Full(_)) = stream.tx.try_send(command) {
+                let queue = stream.tx.max_capacity();
+                if let Some(stream) = conn.streams.remove(&stream_id) {
+                    stream.cancel.cancel();
+                }
+                conn.sender.send(
+                    Message::StreamError(pb::StreamError {
+                        stream_id,
+                        code: pb::ErrorCode::BadRequest as i32,
+                        message: format!(
+                            "stream {stream_id} has {queue} commands waiting, its limit (its subpartitions + limits.max_stream_credits + 64)"
+                        ),
+                    }),
+                    Bytes::new(),
+                );
+            }
         }
         None => {
             conn.sender.send(
@@ -121,7 +140,7 @@ fn send_command(conn: &Connection, stream_id: u64, command: Command) {
     }
 }
 
-pub fn require_segment(conn: &Connection, m: pb::RequireSegment) {
+pub fn require_segment(conn: &mut Connection, m: pb::RequireSegment) {
     send_command(
         conn,
         m.stream_id,
@@ -132,7 +151,7 @@ pub fn require_segment(conn: &Connection, m: pb::RequireSegment) {
     );
 }
 
-pub fn add_credit(conn: &Connection, m: pb::AddCredit) {
+pub fn add_credit(conn: &mut Connection, m: pb::AddCredit) {
     send_command(conn, m.stream_id, Command::Credit(m.credit));
 }
 
@@ -235,7 +254,7 @@ impl Stream {
     async fn run(
         mut self,
         request_id: u64,
-        mut rx: mpsc::UnboundedReceiver<Command>,
+        mut rx: mpsc::Receiver<Command>,
         cancel: CancellationToken,
     ) {
         let wait = self.shared.config.partition_wait_timeout;
