@@ -126,6 +126,11 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
         })
         .await?;
     tracing::info!(%master, worker = %shared.worker_id, "registered with master");
+    // Released jobs already dropped here: a master lists a released job in
+    // every reply for minutes, and dropping it again would scan the
+    // partitions and LIST the object store each time. Only jobs the last
+    // reply still listed are kept, so this is bounded by the master's list.
+    let mut dropped: std::collections::HashSet<JobId> = std::collections::HashSet::new();
     loop {
         let worker_id = shared.worker_id.clone();
         let address = shared.address.clone();
@@ -141,13 +146,32 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
             })
             .await?;
         if let Message::HeartbeatReply(reply) = reply {
-            for job in reply.released_jobs {
-                let Ok(job) = JobId::new(job) else { continue };
+            let listed: std::collections::HashSet<JobId> = reply
+                .released_jobs
+                .into_iter()
+                .filter_map(|job| JobId::new(job).ok())
+                .collect();
+            dropped.retain(|job| listed.contains(job));
+            // A partition of a dropped job created since (a create that
+            // raced the release) makes the job worth dropping again.
+            let held: std::collections::HashSet<JobId> = shared
+                .store
+                .partitions()
+                .iter()
+                .map(|p| p.key().job.clone())
+                .collect();
+            for job in listed {
+                if dropped.contains(&job) && !held.contains(&job) {
+                    continue;
+                }
                 match shared.store.drop_job(&job).await {
-                    Ok(0) => {}
                     Ok(n) => {
-                        tracing::info!(%job, partitions = n, "dropped data of a job the master released")
+                        if n > 0 {
+                            tracing::info!(%job, partitions = n, "dropped data of a job the master released");
+                        }
+                        dropped.insert(job);
                     }
+                    // Tried again at the next heartbeat.
                     Err(e) => tracing::error!(%job, error = %e, "dropping a released job failed"),
                 }
             }
