@@ -279,3 +279,41 @@ fn worker_stopped_under_a_reader_of_an_unsealed_partition_is_partition_not_found
     );
     drop(writer);
 }
+
+/// A data file that cannot be read any more (truncated under the running
+/// worker, as a failing disk would) is partition-not-found for the reader,
+/// so the engine runs the producer again, and names the partition.
+#[test]
+fn unreadable_data_file_is_partition_not_found() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let config = AgentConfig {
+        push_size: ByteSize::kib(256),
+        segment_size: ByteSize::mib(1),
+        ..small_agent_config()
+    };
+    let k = key(24, 1);
+    let worker = TestWorker::start(worker_config(data_dir.clone()));
+    write_partition(&config, worker.descriptor(&k), 1, 1, 8, 4096);
+    let data_file = data_dir
+        .join(k.job.to_hex())
+        .join(format!("{}.data", k.partition.to_hex()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data_file)
+        .expect("open the data file")
+        .set_len(100)
+        .expect("truncate the data file");
+
+    let (consumer, _wake) = consumer(&config, worker.descriptor(&k));
+    let (error, delivered) = wait_for_error(&consumer, &k.partition, 0, ERROR_DEADLINE);
+    assert_eq!(error.kind(), ErrorKind::PartitionNotFound, "{error}");
+    assert!(
+        delivered.is_empty(),
+        "{} buffers handed out",
+        delivered.len()
+    );
+    assert!(error.message().contains(&k.partition.to_hex()), "{error}");
+    assert!(error.message().contains("could not be read"), "{error}");
+    worker.stop();
+}

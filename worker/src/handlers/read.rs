@@ -20,7 +20,7 @@ use futures::stream::FuturesUnordered;
 use object_store::path::Path as ObjectPath;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{FrameSender, reply_error};
-use terrace_tier_api::{PartitionKey, TierError, TierResult};
+use terrace_tier_api::{ErrorKind, PartitionKey, TierError, TierResult};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -379,7 +379,18 @@ impl Stream {
         let body = match done.body {
             Ok(body) => body,
             Err(e) => {
-                let e = e.context(format!("read {}", self.key));
+                // Data this worker cannot read (a failing disk, a truncated
+                // file, an object store that failed every retry) is lost to
+                // the reader: the engine must run its producer again, which
+                // is what partition-not-found tells it.
+                let e = match e.kind() {
+                    ErrorKind::PartitionNotFound => e.context(format!("read {}", self.key)),
+                    _ => TierError::not_found(format!(
+                        "read {}: its data could not be read: {}",
+                        self.key,
+                        e.message()
+                    )),
+                };
                 tracing::error!(partition = %self.key, subpartition, segment = done.segment, error = %e, "read failed");
                 self.fail(&e);
                 return false;

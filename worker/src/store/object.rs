@@ -97,9 +97,12 @@ pub fn build_store(
                     .map_err(|e| bad(&format!("option {key}: {e}")))?;
                 builder = builder.with_config(key, value.clone());
             }
-            let timeout = humantime_secs(settings.request_timeout);
+            // Terrace bounds every operation itself (`ObjectTier::retry`,
+            // `put_parts_once`); the client's own limit is only a ceiling
+            // above the longest of those (a large multipart completion).
+            let timeout = humantime_secs(CLIENT_TIMEOUT_CEILING);
             builder = builder
-                .with_config("timeout".parse().map_err(|e| bad(&e))?, timeout.clone())
+                .with_config("timeout".parse().map_err(|e| bad(&e))?, timeout)
                 .with_config(
                     "connect_timeout".parse().map_err(|e| bad(&e))?,
                     humantime_secs(settings.request_timeout.min(Duration::from_secs(5))),
@@ -130,6 +133,9 @@ pub fn build_store(
         ))),
     }
 }
+
+/// The S3 client's own request timeout: above any deadline Terrace sets.
+const CLIENT_TIMEOUT_CEILING: Duration = Duration::from_secs(3600);
 
 fn humantime_secs(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
@@ -361,11 +367,19 @@ impl ObjectTier {
             }
         }
         if outcome.is_ok() {
-            match tokio::time::timeout(timeout, upload.complete()).await {
+            // A server may assemble the parts before it answers (s3s-fs
+            // copies them; AWS documents completions taking minutes): one
+            // request timeout per part.
+            let complete_timeout = timeout
+                .saturating_mul(u32::try_from(num_parts).unwrap_or(u32::MAX).max(1))
+                .min(CLIENT_TIMEOUT_CEILING);
+            match tokio::time::timeout(complete_timeout, upload.complete()).await {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => outcome = Err(store_err(format!("complete: {e}"))),
                 Err(_) => {
-                    outcome = Err(store_err(format!("complete: no answer within {timeout:?}")))
+                    outcome = Err(store_err(format!(
+                        "complete: no answer within {complete_timeout:?}"
+                    )))
                 }
             }
         }
