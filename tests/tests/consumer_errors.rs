@@ -1,6 +1,7 @@
 //! A consumer agent surfaces every failure as an error of the right kind,
 //! within a bounded time, and wakes the engine for it: never a hang.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,28 +193,38 @@ fn partition_released_under_an_open_stream_is_partition_not_found() {
     worker.stop();
 }
 
-#[test]
-fn corrupt_byte_on_disk_is_data_corruption_naming_the_partition() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data_dir = dir.path().join("data");
-    // One push at close: the partition's data file is a single extent.
+/// A worker on `data_dir` holding partition `k` sealed, one subpartition of
+/// 8 buffers pushed at close, so its data file is a single extent; with the
+/// agent config used, what a reader gets, and the data file's path.
+fn one_extent_partition(
+    data_dir: &std::path::Path,
+    k: &PartitionKey,
+) -> (AgentConfig, TestWorker, HashMap<u32, Vec<Buffer>>, PathBuf) {
     let config = AgentConfig {
         push_size: ByteSize::kib(256),
         segment_size: ByteSize::mib(1),
         ..small_agent_config()
     };
+    let worker = TestWorker::start(worker_config(data_dir.to_path_buf()));
+    let expected = write_partition(&config, worker.descriptor(k), 1, 1, 8, 4096);
+    let data_file = data_dir
+        .join(k.job.to_hex())
+        .join(format!("{}.data", k.partition.to_hex()));
+    (config, worker, expected, data_file)
+}
+
+#[test]
+fn corrupt_byte_on_disk_is_data_corruption_naming_the_partition() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
     let k = key(23, 1);
-    let worker = TestWorker::start(worker_config(data_dir.clone()));
-    let expected = write_partition(&config, worker.descriptor(&k), 1, 1, 8, 4096);
+    let (config, worker, expected, data_file) = one_extent_partition(&data_dir, &k);
     // Control: before the corruption the partition reads back exactly.
     let got = read_partition(&config, worker.descriptor(&k), 1, Duration::from_secs(20))
         .expect("clean read");
     assert_buffers_eq(&got[&0], &expected[&0], "partition before the corruption");
     worker.stop();
 
-    let data_file = data_dir
-        .join(k.job.to_hex())
-        .join(format!("{}.data", k.partition.to_hex()));
     let mut bytes = std::fs::read(&data_file).expect("read the data file");
     assert!(
         bytes.len() > 8 * 4096,
@@ -286,18 +297,8 @@ fn worker_stopped_under_a_reader_of_an_unsealed_partition_is_partition_not_found
 #[test]
 fn unreadable_data_file_is_partition_not_found() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data_dir = dir.path().join("data");
-    let config = AgentConfig {
-        push_size: ByteSize::kib(256),
-        segment_size: ByteSize::mib(1),
-        ..small_agent_config()
-    };
     let k = key(24, 1);
-    let worker = TestWorker::start(worker_config(data_dir.clone()));
-    write_partition(&config, worker.descriptor(&k), 1, 1, 8, 4096);
-    let data_file = data_dir
-        .join(k.job.to_hex())
-        .join(format!("{}.data", k.partition.to_hex()));
+    let (config, worker, _, data_file) = one_extent_partition(&dir.path().join("data"), &k);
     std::fs::OpenOptions::new()
         .write(true)
         .open(&data_file)

@@ -249,6 +249,16 @@ impl PartitionIndex {
         })
     }
 
+    /// Where `subpartition`'s data is stored: a broadcast-only partition
+    /// stores subpartition 0 for all.
+    fn stored_sub(&self, subpartition: u32) -> usize {
+        if self.broadcast_only {
+            0
+        } else {
+            subpartition as usize
+        }
+    }
+
     /// Subpartitions the index stores data for: 1 for a broadcast-only
     /// partition, else all of them.
     pub fn stored_subpartitions(&self) -> usize {
@@ -274,11 +284,7 @@ impl PartitionIndex {
         position: usize,
         max_bytes: usize,
     ) -> NextRead {
-        let sub = if self.broadcast_only {
-            0
-        } else {
-            subpartition as usize
-        };
+        let sub = self.stored_sub(subpartition);
         let Some(seg) = self
             .subs
             .get(&sub)
@@ -325,11 +331,7 @@ impl PartitionIndex {
         position: usize,
         max_bytes: u64,
     ) -> Option<(u32, std::ops::Range<u64>)> {
-        let sub = if self.broadcast_only {
-            0
-        } else {
-            subpartition as usize
-        };
+        let sub = self.stored_sub(subpartition);
         let segments = self.subs.get(&sub)?.segments.get(segment as usize..)?;
         let mut extents = segments
             .iter()
