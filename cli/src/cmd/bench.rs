@@ -397,19 +397,20 @@ fn object_store_phase(
         "after the seal, expected every byte on local disk, got {local:?}"
     );
 
-    eprintln!(
-        "reading {:.0} MiB again from local disk ...",
-        payload as f64 / MIB
-    );
     // Just written, so mostly served by the page cache, as a worker's recent
     // data is; the object-store read below pays the store's request path.
-    let start = Instant::now();
-    let verified = read_back(&factory, &params, pool, &descriptors)?;
-    let local_read_seconds = start.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        verified == payload,
-        "read back {verified} bytes of {payload} from local disk"
-    );
+    let timed_read = |from: &str| -> anyhow::Result<f64> {
+        eprintln!("reading {:.0} MiB from {from} ...", payload as f64 / MIB);
+        let start = Instant::now();
+        let verified = read_back(&factory, &params, pool, &descriptors)?;
+        let seconds = start.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            verified == payload,
+            "read back {verified} bytes of {payload} from {from}"
+        );
+        Ok(seconds)
+    };
+    let local_read_seconds = timed_read("local disk")?;
 
     eprintln!("migrating every partition to {url} ...");
     let start = Instant::now();
@@ -434,17 +435,7 @@ fn object_store_phase(
     let fetched_before = object.counters.bytes_read.load(Ordering::Relaxed);
     let gets_before = object.counters.gets.load(Ordering::Relaxed);
 
-    eprintln!(
-        "reading {:.0} MiB from the object store ...",
-        payload as f64 / MIB
-    );
-    let start = Instant::now();
-    let verified = read_back(&factory, &params, pool, &descriptors)?;
-    let object_read_seconds = start.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        verified == payload,
-        "read back {verified} bytes of {payload} from the object store"
-    );
+    let object_read_seconds = timed_read("the object store")?;
     let object_bytes_fetched = object.counters.bytes_read.load(Ordering::Relaxed) - fetched_before;
     let object_gets = object.counters.gets.load(Ordering::Relaxed) - gets_before;
     eprintln!("fetching every object with raw ranged GETs (the store's ceiling) ...");
@@ -456,15 +447,7 @@ fn object_store_phase(
     release_all(&master, &descriptors)?;
     master.unregister_job(&job)?;
     master.close();
-    let objects_left = cluster.runtime.block_on(async {
-        store.drop_job(&job).await.context("drop the job")?;
-        let object = store.tiers().object().context("the object tier")?;
-        let left = object
-            .list(object.root())
-            .await
-            .context("list what is left in the object store")?;
-        Ok::<_, anyhow::Error>(left.len())
-    })?;
+    let objects_left = cluster.drop_job_and_count_objects(0, &job)?;
     if objects_left > 0 {
         eprintln!("warning: {objects_left} objects of the benchmark are left in {url}");
     }

@@ -102,6 +102,25 @@ impl Cluster {
         }
     }
 
+    /// Drops `job` on worker `worker` and lists what is left in its object
+    /// store: how many objects (0 when the job's data is all gone).
+    pub fn drop_job_and_count_objects(
+        &self,
+        worker: usize,
+        job: &terrace_tier_api::JobId,
+    ) -> anyhow::Result<usize> {
+        let store = &self.workers[worker].store;
+        self.runtime.block_on(async {
+            store.drop_job(job).await.context("drop the job")?;
+            let object = store.tiers().object().context("the object tier")?;
+            let left = object
+                .list(object.root())
+                .await
+                .context("list what is left in the object store")?;
+            Ok(left.len())
+        })
+    }
+
     pub fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.runtime.block_on(async {

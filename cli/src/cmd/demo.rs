@@ -166,15 +166,7 @@ fn run_tiered(args: Args) -> anyhow::Result<()> {
         .unregister_job(&job)
         .context("unregister the demo job")?;
     master.close();
-    let left = cluster.runtime.block_on(async {
-        store.drop_job(&job).await.context("drop the demo job")?;
-        let object = store.tiers().object().context("the object tier")?;
-        let left = object
-            .list(object.root())
-            .await
-            .context("list what is left in the object store")?;
-        Ok::<_, anyhow::Error>(left.len())
-    })?;
+    let left = cluster.drop_job_and_count_objects(0, &job)?;
     cluster.stop()?;
     anyhow::ensure!(left == 0, "{left} objects of the demo are left in {url}");
     let mib = report.payload_bytes as f64 / (1024.0 * 1024.0);
