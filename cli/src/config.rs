@@ -84,6 +84,16 @@ mod tests {
         assert!(limits.contains("max_partitions"), "{limits}");
         let parsed: WorkerConfig = toml::from_str(&limits).expect("limits example parses");
         assert_eq!(parsed, WorkerConfig::default());
+        // So does the commented-out `[server]` table.
+        let server: String = text
+            .lines()
+            .skip_while(|l| *l != "# [server]")
+            .take_while(|l| !l.is_empty())
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        assert!(server.contains("shutdown_grace"), "{server}");
+        let parsed: WorkerConfig = toml::from_str(&server).expect("server example parses");
+        assert_eq!(parsed, WorkerConfig::default());
         let typo = toml::from_str::<WorkerConfig>("memory_budgte = \"1GiB\"");
         assert!(typo.is_err(), "unknown keys are refused");
     }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use terrace_rpc::ServerOptions;
 use terrace_tier_api::ByteSize;
 
 /// Settings of the master service. Every field has a default, so an empty
@@ -41,6 +42,8 @@ pub struct MasterConfig {
     pub partition_size_estimate: ByteSize,
     /// Bounds on what peers may make the master remember (`[limits]`).
     pub limits: MasterLimits,
+    /// Connection limits and timeouts (`[server]`).
+    pub server: ServerOptions,
 }
 
 /// Bounds on the state peers can make a master hold. Past one, a request
@@ -76,6 +79,7 @@ impl Default for MasterConfig {
             released_job_memory: Duration::from_secs(5 * 60),
             partition_size_estimate: ByteSize::mib(64),
             limits: MasterLimits::default(),
+            server: ServerOptions::default(),
         }
     }
 }
@@ -105,7 +109,7 @@ impl MasterConfig {
                 return Err(format!("limits.{name} must be positive"));
             }
         }
-        Ok(())
+        self.server.validate()
     }
 }
 
@@ -129,7 +133,8 @@ mod tests {
     fn human_readable_values_parse_and_unknown_fields_are_refused() {
         let config: MasterConfig = toml::from_str(
             "listen = \"0.0.0.0:1\"\nworker_timeout = \"300ms\"\nmax_frame_size = \"64KiB\"\n\
-             released_job_memory = \"1m\"\npartition_size_estimate = 0\n",
+             released_job_memory = \"1m\"\npartition_size_estimate = 0\n\
+             [server]\nmax_connections = 3\nframe_timeout = \"2s\"\n",
         )
         .expect("config parses");
         assert_eq!(
@@ -141,6 +146,11 @@ mod tests {
                 released_job_memory: Duration::from_secs(60),
                 partition_size_estimate: ByteSize(0),
                 limits: MasterLimits::default(),
+                server: ServerOptions {
+                    max_connections: 3,
+                    frame_timeout: Duration::from_secs(2),
+                    ..ServerOptions::default()
+                },
             }
         );
         let err = toml::from_str::<MasterConfig>("listn = \"x\"").expect_err("typo is refused");

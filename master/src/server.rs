@@ -4,10 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use terrace_rpc::ServerSpec;
 use terrace_tier_api::{TierError, TierResult};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::MasterConfig;
@@ -17,18 +17,11 @@ use crate::registry::Registry;
 /// The name the master gives in handshakes.
 pub const SERVER_NAME: &str = "terrace-master";
 
-/// How long shutdown waits for open connections to end.
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
-
-/// Longest pause after a failed accept (e.g. out of file descriptors).
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
 /// What every connection shares: the registry and the clock.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) registry: Mutex<Registry>,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) max_frame: usize,
 }
 
 impl Shared {
@@ -44,8 +37,8 @@ impl Shared {
 }
 
 /// Serves the master protocol on `listener` until `shutdown` fires, then
-/// stops accepting, closes every connection (waiting up to 5s for them) and
-/// returns. `config.listen` is not read: the caller binds the listener.
+/// stops accepting, lets every connection finish (up to
+/// `server.shutdown_grace`) and returns. `config.listen` is not read: the caller binds the listener.
 ///
 /// Fails only if `config` is invalid; failed accepts are logged and retried.
 pub async fn run(
@@ -69,7 +62,6 @@ pub async fn run_with_clock(
     let shared = Arc::new(Shared {
         registry: Mutex::new(Registry::new(&config, clock.now())),
         clock,
-        max_frame: config.max_frame_size.as_usize(),
     });
     let local = listener
         .local_addr()
@@ -78,47 +70,33 @@ pub async fn run_with_clock(
     tracing::info!(address = %local, "master listening");
 
     // Expire silent workers even when nobody asks, so their loss is logged on time.
-    let mut sweep =
-        tokio::time::interval((config.worker_timeout / 2).max(Duration::from_millis(10)));
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let tracker = TaskTracker::new();
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = sweep.tick() => {
-                shared.with_registry(|registry, now| registry.expire(now));
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    backoff = Duration::from_millis(10);
-                    tracker.spawn(connection::serve(shared.clone(), stream, peer, shutdown.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(address = %local, error = %e, backoff_ms = backoff.as_millis() as u64,
-                        "accept failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+    let sweeper = {
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        let period = (config.worker_timeout / 2).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(period);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = sweep.tick() => {
+                        shared.with_registry(|registry, now| registry.expire(now));
                     }
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                 }
-            },
-        }
-    }
-
-    drop(listener);
-    tracker.close();
-    tracing::info!(address = %local, connections = tracker.len(), "master shutting down");
-    if tokio::time::timeout(SHUTDOWN_DRAIN, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            connections = tracker.len(),
-            "connections still open after the shutdown grace period"
-        );
-    }
+            }
+        })
+    };
+    let spec = ServerSpec {
+        name: SERVER_NAME.to_string(),
+        max_frame: config.max_frame_size.as_usize(),
+        options: config.server.clone(),
+    };
+    terrace_rpc::serve(listener, spec, shutdown, move |conn| {
+        connection::serve(Arc::clone(&shared), conn)
+    })
+    .await;
+    let _ = sweeper.await;
     tracing::info!(address = %local, "master stopped");
     Ok(())
 }

@@ -148,11 +148,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 FrameError::Io(e)
             }
         })?;
+        Self::decode(prefix, buf)
+    }
+
+    /// Decodes a frame whose header and body (as announced by `prefix`) have
+    /// been read into the start of `buf`, which then owns the body's bytes.
+    /// For callers that read the rest of a frame themselves, piece by piece.
+    pub fn decode<B>(prefix: FramePrefix, buf: B) -> Result<(Message, Bytes), FrameError>
+    where
+        B: AsRef<[u8]> + Send + 'static,
+    {
+        let len = prefix.remaining();
+        if buf.as_ref().len() < len {
+            return Err(FrameError::Malformed(
+                "receive buffer shorter than the frame",
+            ));
+        }
         let bytes = Bytes::from_owner(buf);
         let header = bytes.slice(..prefix.header_len);
         let body = bytes.slice(prefix.header_len..len);
         let message = Message::decode_header(prefix.ty, header)?;
         Ok((message, body))
+    }
+
+    /// The byte stream, for reading a frame's rest piece by piece.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     /// Reads one whole frame; `Ok(None)` on a clean end of stream.

@@ -7,12 +7,14 @@
 
 mod buffers;
 mod client;
+mod listener;
 mod runtime;
 mod server;
 mod writer;
 
 pub use buffers::{BufferPool, PooledBuf, class_size, shared_pool};
 pub use client::{Client, ClientOptions, PendingReply, StreamEvent, StreamReceiver};
+pub use listener::{Accepted, BoxRead, Meter, ServerOptions, ServerSpec, serve};
 pub use runtime::io_runtime;
 pub use server::{accept_handshake, reply_error};
 pub use writer::{FrameSender, OutFrame, spawn_writer};

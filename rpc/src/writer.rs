@@ -3,11 +3,13 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Buf, Bytes};
 use terrace_proto::{Message, encode_frame};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// A frame waiting to be written. The body may come in several chunks,
@@ -19,11 +21,21 @@ pub struct OutFrame {
 }
 
 /// The sending side of a connection's writer. Cloneable; sending fails only
-/// once the connection is gone. Memory is bounded by the senders (producers
-/// hold a bytes-in-flight budget, workers send reads only against credits).
+/// once the connection is gone. The queue itself is unbounded: senders bound
+/// it by waiting ([`FrameSender::wait_queued_below`]) before they produce more
+/// (a server stops reading requests, a read stream stops reading data, while
+/// the peer does not take what is queued).
 #[derive(Debug, Clone)]
 pub struct FrameSender {
     tx: mpsc::UnboundedSender<OutFrame>,
+    queue: Arc<Queue>,
+}
+
+/// Bytes queued and not yet written, and a wake-up when some are written.
+#[derive(Debug, Default)]
+struct Queue {
+    bytes: AtomicUsize,
+    written: Notify,
 }
 
 impl FrameSender {
@@ -39,12 +51,44 @@ impl FrameSender {
 
     /// Queues a frame whose body is the concatenation of `body`.
     pub fn send_chunks(&self, message: Message, body: Vec<Bytes>) -> bool {
-        self.tx.send(OutFrame { message, body }).is_ok()
+        let len = frame_len(&message, &body);
+        self.queue.bytes.fetch_add(len, Ordering::Relaxed);
+        if self.tx.send(OutFrame { message, body }).is_err() {
+            self.queue.bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Bytes queued and not yet written to the socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Waits until fewer than `limit` bytes are queued (or the connection is
+    /// closed).
+    pub async fn wait_queued_below(&self, limit: usize) {
+        loop {
+            let written = self.queue.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if self.queued_bytes() < limit || self.is_closed() {
+                return;
+            }
+            written.await;
+        }
+    }
+}
+
+/// Bytes a frame takes on the wire.
+fn frame_len(message: &Message, body: &[Bytes]) -> usize {
+    terrace_proto::FRAME_PREFIX_LEN
+        + message.header_len()
+        + body.iter().map(Bytes::len).sum::<usize>()
 }
 
 /// Most bytes gathered into one vectored write.
@@ -62,8 +106,28 @@ pub fn spawn_writer<W>(writer: W, cancel: CancellationToken) -> FrameSender
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::unbounded_channel::<OutFrame>();
+    spawn_writer_with_stall_limit(writer, cancel, None)
+}
+
+/// [`spawn_writer`] that also fails (and cancels `cancel`) when the peer
+/// takes no bytes for `stall_limit`: a server's connection to a peer that
+/// stopped reading must not hold what is queued for it forever.
+pub fn spawn_writer_with_stall_limit<W>(
+    writer: W,
+    cancel: CancellationToken,
+    stall_limit: Option<std::time::Duration>,
+) -> FrameSender
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel::<OutFrame>();
+    let queue = Arc::new(Queue::default());
+    let written = Arc::clone(&queue);
     tokio::spawn(async move {
+        // However the writer ends, the receiver is dropped (so senders see the
+        // connection closed) before waiting senders are woken.
+        let _wake = WakeOnDrop(Arc::clone(&written));
+        let mut rx = rx;
         let mut out = writer;
         let mut slices: VecDeque<Bytes> = VecDeque::new();
         loop {
@@ -79,15 +143,30 @@ where
                     Err(_) => break,
                 }
             }
-            if let Err(e) = write_gathered(&mut out, &mut slices).await {
+            let result = tokio::select! {
+                result = write_gathered(&mut out, &mut slices, stall_limit) => result,
+                // A peer that stopped reading must not hold the writer.
+                _ = cancel.cancelled() => return,
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection write failed");
                 cancel.cancel();
                 return;
             }
+            written.bytes.fetch_sub(gathered, Ordering::Relaxed);
+            written.written.notify_waiters();
         }
         let _ = out.shutdown().await;
     });
-    FrameSender { tx }
+    FrameSender { tx, queue }
+}
+
+struct WakeOnDrop(Arc<Queue>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.written.notify_waiters();
+    }
 }
 
 /// Queues a frame's header and body chunks; returns its size.
@@ -104,14 +183,24 @@ fn push_frame(slices: &mut VecDeque<Bytes>, frame: OutFrame) -> usize {
 async fn write_gathered<W: AsyncWrite + Unpin>(
     out: &mut W,
     slices: &mut VecDeque<Bytes>,
+    stall_limit: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
+    let stall_limit = stall_limit.unwrap_or(std::time::Duration::MAX);
     while !slices.is_empty() {
         let io: Vec<IoSlice<'_>> = slices
             .iter()
             .take(GATHER_SLICES)
             .map(|s| IoSlice::new(s))
             .collect();
-        let mut written = out.write_vectored(&io).await?;
+        let mut written = match tokio::time::timeout(stall_limit, out.write_vectored(&io)).await {
+            Ok(written) => written?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the peer took no bytes for {stall_limit:?}"),
+                ));
+            }
+        };
         drop(io);
         if written == 0 {
             return Err(std::io::Error::new(

@@ -4,38 +4,21 @@
 //! usable. In every case a well-behaved producer and consumer on another
 //! partition, running across the attack, read back exactly what they wrote.
 
-use std::collections::HashMap;
-use std::io::{ErrorKind as IoErrorKind, Read, Write};
-use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use bytes::Bytes;
-use terrace_consumer_agent::ConsumerAgent;
-use terrace_proto::{
-    FRAME_PREFIX_LEN, FramePrefix, Message, MessageType, PROTOCOL_VERSION, encode_frame, pb,
-};
+use terrace_proto::{Message, MessageType, PROTOCOL_VERSION, encode_frame, pb};
+use terrace_tests::raw::{GoodClient, Raw, create, handshake, open_stream, push, seal};
 use terrace_tests::{
-    END_PAYLOAD, RecordingWriter, TestWorker, assert_buffers_eq, drain, join_within, key, payload,
-    producer, read_partition, small_agent_config, wakeup,
+    TestWorker, assert_buffers_eq, key, payload, read_partition, small_agent_config,
 };
-use terrace_tier_api::{
-    BatchBuilder, Buffer, ByteSize, ConsumerSpec, InputChannelId, PartitionId, PartitionKey,
-    SegmentId, SubpartitionId, TierConsumerAgent, TierError,
-};
+use terrace_tier_api::{BatchBuilder, Buffer, ByteSize, SegmentId, SubpartitionId};
 use terrace_worker::{WorkerConfig, WorkerLimits};
 
 /// The worker's largest accepted frame in these tests.
 const MAX_FRAME: u64 = 1024 * 1024;
-/// Socket reads and writes of the raw client give up after this long.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Job of the well-behaved client; attacks use `ATTACK_JOB`.
-const GOOD_JOB: u8 = 7;
+/// Job of the attacks (the good client uses `GOOD_JOB`).
 const ATTACK_JOB: u8 = 8;
-const GOOD_SUBS: u32 = 4;
-const GOOD_BUFFERS_PER_HALF: u32 = 24;
 
 fn start_worker_with(dir: &tempfile::TempDir, limits: WorkerLimits) -> TestWorker {
     TestWorker::start(WorkerConfig {
@@ -49,281 +32,10 @@ fn start_worker_with(dir: &tempfile::TempDir, limits: WorkerLimits) -> TestWorke
     })
 }
 
-// --- A raw client: frames written and read by hand, every read bounded. ---
-
-#[derive(Debug)]
-struct Raw {
-    stream: TcpStream,
-}
-
-impl Raw {
-    fn connect(worker: &TestWorker) -> Raw {
-        let stream = TcpStream::connect(&worker.address).expect("connect to the worker");
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .expect("read timeout");
-        stream
-            .set_write_timeout(Some(IO_TIMEOUT))
-            .expect("write timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Raw { stream }
-    }
-
-    /// Connects and completes the version handshake.
-    fn handshaken(worker: &TestWorker) -> Raw {
-        let mut raw = Raw::connect(worker);
-        raw.send(&handshake(1, PROTOCOL_VERSION), &[]);
-        match raw.read() {
-            (Message::HandshakeOk(ok), body) => {
-                assert_eq!(ok.request_id, 1);
-                assert_eq!(ok.protocol_version, PROTOCOL_VERSION);
-                assert!(body.is_empty());
-            }
-            (other, _) => panic!("expected HandshakeOk, got {other:?}"),
-        }
-        raw
-    }
-
-    fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to the worker");
-        self.stream.flush().expect("flush");
-    }
-
-    fn send(&mut self, message: &Message, body: &[u8]) {
-        let mut frame = encode_frame(message, body.len()).to_vec();
-        frame.extend_from_slice(body);
-        self.send_bytes(&frame);
-    }
-
-    /// Reads one whole frame (fails the test on EOF, timeout or a bad frame).
-    fn read(&mut self) -> (Message, Bytes) {
-        let mut prefix = [0u8; FRAME_PREFIX_LEN];
-        self.stream
-            .read_exact(&mut prefix)
-            .expect("a frame from the worker within the read timeout");
-        let prefix = FramePrefix::parse(prefix, terrace_proto::DEFAULT_MAX_FRAME_BYTES)
-            .expect("valid frame prefix");
-        let mut rest = vec![0u8; prefix.remaining()];
-        self.stream
-            .read_exact(&mut rest)
-            .expect("the rest of the frame");
-        let mut rest = Bytes::from(rest);
-        let header = rest.split_to(prefix.header_len);
-        let message = Message::decode_header(prefix.ty, header).expect("header decodes");
-        (message, rest)
-    }
-
-    /// Reads an `ErrorReply` and checks its request id and code; returns its message.
-    fn expect_error(&mut self, request_id: u64, code: pb::ErrorCode) -> String {
-        match self.read() {
-            (Message::ErrorReply(e), body) => {
-                assert!(body.is_empty());
-                assert_eq!(
-                    e.code,
-                    code as i32,
-                    "error code: got {:?} ({:?}), want {code:?}",
-                    pb::ErrorCode::try_from(e.code),
-                    e.message
-                );
-                assert_eq!(
-                    e.request_id, request_id,
-                    "request id of the error ({:?})",
-                    e.message
-                );
-                e.message
-            }
-            (other, _) => panic!("expected ErrorReply {code:?}, got {other:?}"),
-        }
-    }
-
-    fn expect_ack(&mut self, request_id: u64) {
-        match self.read() {
-            (Message::Ack(ack), body) => {
-                assert_eq!(ack.request_id, request_id);
-                assert!(body.is_empty());
-            }
-            (other, _) => panic!("expected Ack {request_id}, got {other:?}"),
-        }
-    }
-
-    /// The worker closed the connection: a read returns end of stream.
-    fn expect_eof(&mut self) {
-        let mut buf = [0u8; 64];
-        match self.stream.read(&mut buf) {
-            Ok(0) => {}
-            Ok(n) => panic!(
-                "expected the worker to close the connection, got {n} more bytes: {:?}",
-                &buf[..n]
-            ),
-            Err(e) if matches!(e.kind(), IoErrorKind::WouldBlock | IoErrorKind::TimedOut) => {
-                panic!(
-                    "the worker kept the connection open for {IO_TIMEOUT:?} after a protocol error"
-                )
-            }
-            Err(e) => panic!("expected a clean end of stream, got {e}"),
-        }
-    }
-}
-
-fn handshake(request_id: u64, protocol_version: u32) -> Message {
-    Message::Handshake(pb::Handshake {
-        request_id,
-        protocol_version,
-        client_name: "bad-input-test".into(),
-    })
-}
-
-fn pb_key(key: &PartitionKey) -> Option<pb::PartitionKey> {
-    Some(pb::PartitionKey::from(key))
-}
-
-fn create(request_id: u64, key: &PartitionKey, subs: u32) -> Message {
-    Message::CreatePartition(pb::CreatePartition {
-        request_id,
-        key: pb_key(key),
-        num_subpartitions: subs,
-        broadcast_only: false,
-    })
-}
-
-fn seal(request_id: u64, key: &PartitionKey) -> Message {
-    Message::SealPartition(pb::SealPartition {
-        request_id,
-        key: pb_key(key),
-    })
-}
-
-/// An uncompressed push of `buffers` to subpartition 0, segment 0; returns the
-/// header (with the right CRC32C) and the body.
-fn push(request_id: u64, key: &PartitionKey, buffers: &[Buffer]) -> (pb::PushData, Vec<u8>) {
-    let mut builder = BatchBuilder::default();
-    for buffer in buffers {
-        builder.push(SubpartitionId(0), SegmentId(0), buffer);
-    }
-    let batch = builder.finish();
-    let header = pb::PushData {
-        request_id,
-        key: pb_key(key),
-        crc32c: crc32c::crc32c(&batch.bytes),
-        compressed: false,
-        uncompressed_length: u32::try_from(batch.bytes.len()).expect("small batch"),
-        num_buffers: batch.num_buffers,
-    };
-    (header, batch.bytes.to_vec())
-}
-
 fn attack_buffers(partition: u32, from: u32, count: u32) -> Vec<Buffer> {
     (from..from + count)
         .map(|i| Buffer::data(payload(partition, 0, i, 1000 + i as usize)))
         .collect()
-}
-
-// --- A well-behaved producer and consumer running across the attack. ---
-
-/// What `drain` read, per (partition, subpartition).
-type ReadBack = HashMap<(PartitionId, u32), Vec<Buffer>>;
-
-/// A producer that has pushed half its data and waits for `finish` to write
-/// the rest, and a consumer reading the partition all along.
-struct GoodClient {
-    partition: PartitionId,
-    resume: mpsc::Sender<()>,
-    producer: JoinHandle<HashMap<u32, Vec<Buffer>>>,
-    reader: JoinHandle<Result<ReadBack, TierError>>,
-}
-
-impl GoodClient {
-    /// Returns once the producer's first half is pushed.
-    fn start(worker: &TestWorker) -> GoodClient {
-        let config = small_agent_config();
-        let key = key(GOOD_JOB, 1);
-        let descriptor = worker.descriptor(&key);
-        // Creates the partition, so the consumer opens it at once.
-        let agent = producer(&config, descriptor.clone(), GOOD_SUBS, false);
-        let wake = wakeup();
-        let spec = ConsumerSpec {
-            partition: key.partition.clone(),
-            input_channel: InputChannelId(0),
-            subpartitions: 0..=GOOD_SUBS - 1,
-        };
-        let mut consumer =
-            ConsumerAgent::new(config, vec![spec], vec![Some(descriptor)]).expect("consumer");
-        consumer.register_availability_notifier(Arc::clone(&wake) as _);
-        consumer.start().expect("consumer starts");
-        let targets: Vec<(PartitionId, u32)> =
-            (0..GOOD_SUBS).map(|s| (key.partition.clone(), s)).collect();
-        let reader =
-            thread::spawn(move || drain(&consumer, &wake, &targets, Duration::from_secs(60)));
-
-        let (halfway_tx, halfway_rx) = mpsc::channel();
-        let (resume_tx, resume_rx) = mpsc::channel::<()>();
-        let producer = thread::spawn(move || {
-            let mut writer = RecordingWriter::new(agent);
-            let write_half = |writer: &mut RecordingWriter, half: u32| {
-                for i in half * GOOD_BUFFERS_PER_HALF..(half + 1) * GOOD_BUFFERS_PER_HALF {
-                    for sub in 0..GOOD_SUBS {
-                        let len = 3000 + (i as usize * 37 + sub as usize * 101) % 5000;
-                        writer
-                            .write(sub, Buffer::data(payload(1, sub, i, len)))
-                            .expect("good write");
-                    }
-                }
-            };
-            write_half(&mut writer, 0);
-            writer
-                .agent
-                .flush()
-                .expect("good producer pushes its first half");
-            halfway_tx
-                .send(())
-                .expect("test thread waits for the first half");
-            resume_rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("the test resumes the good producer");
-            write_half(&mut writer, 1);
-            for sub in 0..GOOD_SUBS {
-                writer
-                    .write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD)))
-                    .expect("good end event");
-            }
-            writer.close().expect("good producer seals");
-            writer.expected
-        });
-        halfway_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the good producer pushes its first half within 30 s");
-        GoodClient {
-            partition: key.partition,
-            resume: resume_tx,
-            producer,
-            reader,
-        }
-    }
-
-    /// Lets the producer finish and checks the consumer got exactly its bytes.
-    fn finish(self) {
-        self.resume.send(()).expect("good producer is waiting");
-        let expected = join_within(self.producer, Duration::from_secs(60), "good producer");
-        let got = join_within(self.reader, Duration::from_secs(90), "good reader")
-            .expect("good reader reads everything");
-        let mut buffers = 0;
-        for sub in 0..GOOD_SUBS {
-            let want = expected
-                .get(&sub)
-                .expect("every good subpartition was written");
-            let have = got
-                .get(&(self.partition.clone(), sub))
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            assert_buffers_eq(have, want, &format!("good partition subpartition {sub}"));
-            buffers += want.len();
-        }
-        // Two halves of data, the END event, and END_OF_SEGMENTs in between.
-        assert!(
-            buffers > (2 * GOOD_BUFFERS_PER_HALF + 1) as usize * GOOD_SUBS as usize,
-            "only {buffers} good buffers checked"
-        );
-    }
 }
 
 /// Runs `attack` against a fresh worker while a good client is mid-way.
@@ -740,33 +452,6 @@ fn malformed_push_bodies_are_bad_requests_that_store_nothing() {
 
 // --- Values past the limits: refused naming the field and the limit, before
 // they size anything; the connection stays usable and the worker serves. ---
-
-fn open_stream(
-    request_id: u64,
-    stream_id: u64,
-    key: &PartitionKey,
-    first: u32,
-    last: u32,
-    credit: u32,
-) -> Message {
-    Message::OpenStream(pb::OpenStream {
-        request_id,
-        stream_id,
-        key: pb_key(key),
-        first_subpartition: first,
-        last_subpartition: last,
-        initial_credit: credit,
-    })
-}
-
-impl Raw {
-    fn expect_stream_opened(&mut self, stream_id: u64) {
-        match self.read() {
-            (Message::StreamOpened(o), _) => assert_eq!(o.stream_id, stream_id),
-            (other, _) => panic!("expected StreamOpened {stream_id}, got {other:?}"),
-        }
-    }
-}
 
 #[test]
 fn extreme_counts_ranges_and_credits_are_refused_naming_the_limit() {

@@ -161,40 +161,7 @@ fn two_gib_through_a_64_mib_budget_stays_under_budget_plus_64_mib() {
     let buffer = Bytes::from(vec![0x3cu8; 32 * 1024]);
     let k = key(9, 1);
     let mut agent = producer(&config, descriptor(&worker, &k), SUBS, false);
-    let mut segments = vec![0u32; SUBS as usize];
-    for s in 0..SUBS {
-        assert!(
-            agent
-                .try_start_new_segment(SubpartitionId(s), SegmentId(0), 1)
-                .expect("start")
-        );
-    }
-    let mut written = 0u64;
-    let mut i = 0u32;
-    while written < TOTAL {
-        let s = i % SUBS;
-        i += 1;
-        let mut b = Buffer::data(buffer.clone());
-        loop {
-            match agent.try_write(SubpartitionId(s), b, 0).expect("write") {
-                WriteOutcome::Written => break,
-                WriteOutcome::SegmentFull(back) => {
-                    segments[s as usize] += 1;
-                    assert!(
-                        agent
-                            .try_start_new_segment(
-                                SubpartitionId(s),
-                                SegmentId(segments[s as usize]),
-                                1
-                            )
-                            .expect("start")
-                    );
-                    b = back;
-                }
-            }
-        }
-        written += buffer.len() as u64;
-    }
+    let (written, i, segments) = push_round_robin(&mut agent, SUBS, TOTAL, &buffer);
     agent.close().expect("seal after 2 GiB");
 
     let stats = worker_stats(&worker.address);
@@ -226,6 +193,171 @@ fn two_gib_through_a_64_mib_budget_stays_under_budget_plus_64_mib() {
         "worker peak RSS {} MiB exceeds budget + 64 MiB",
         peak_rss >> 20
     );
+    worker.kill();
+}
+
+/// Writes copies of `buffer` round-robin over `subs` subpartitions until
+/// `total` bytes are written, starting a new segment whenever one is full.
+/// Returns the bytes and buffers written and the segments started per
+/// subpartition after the first.
+fn push_round_robin(
+    agent: &mut impl TierProducerAgent,
+    subs: u32,
+    total: u64,
+    buffer: &Bytes,
+) -> (u64, u32, Vec<u32>) {
+    let mut segments = vec![0u32; subs as usize];
+    for s in 0..subs {
+        assert!(
+            agent
+                .try_start_new_segment(SubpartitionId(s), SegmentId(0), 1)
+                .expect("start")
+        );
+    }
+    let mut written = 0u64;
+    let mut i = 0u32;
+    while written < total {
+        let s = i % subs;
+        i += 1;
+        let mut b = Buffer::data(buffer.clone());
+        loop {
+            match agent.try_write(SubpartitionId(s), b, 0).expect("write") {
+                WriteOutcome::Written => break,
+                WriteOutcome::SegmentFull(back) => {
+                    segments[s as usize] += 1;
+                    assert!(
+                        agent
+                            .try_start_new_segment(
+                                SubpartitionId(s),
+                                SegmentId(segments[s as usize]),
+                                1
+                            )
+                            .expect("start")
+                    );
+                    b = back;
+                }
+            }
+        }
+        written += buffer.len() as u64;
+    }
+    (written, i, segments)
+}
+
+#[test]
+fn readers_and_clients_that_stop_reading_stay_under_both_budgets_plus_64_mib() {
+    use std::io::Write;
+    use terrace_tests::raw::{Raw, open_stream};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("worker.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dirs = [\"{}\"]\nmemory_budget = \"64MiB\"\n\
+             read_memory = \"48MiB\"\nmax_frame_size = \"8MiB\"\n[server]\nframe_timeout = \"5s\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write worker config");
+    let worker = start_worker(&config_path);
+    const SUBS: u32 = 8;
+    const TOTAL: u64 = 384 << 20;
+    let config = AgentConfig {
+        segment_size: ByteSize::mib(64),
+        push_size: ByteSize::kib(512),
+        max_bytes_in_flight: ByteSize::mib(16),
+        compression: false,
+        ..AgentConfig::default()
+    };
+    let buffer = Bytes::from(vec![0x5au8; 64 * 1024]);
+    let k = key(10, 1);
+    let mut agent = producer(&config, descriptor(&worker, &k), SUBS, false);
+    let (written, buffers, segments) = push_round_robin(&mut agent, SUBS, TOTAL, &buffer);
+    assert_eq!(
+        segments,
+        vec![0; SUBS as usize],
+        "one segment per subpartition"
+    );
+    agent.close().expect("seal");
+
+    // Two connections with 16 streams each, every stream asking for all
+    // 384 MiB with the most credit allowed, and never reading a byte.
+    let mut non_readers: Vec<Raw> = (0..2)
+        .map(|c| {
+            let mut raw = Raw::handshaken_to(&worker.address);
+            for s in 0..16u64 {
+                let stream_id = c * 100 + s + 1;
+                raw.send(
+                    &open_stream(stream_id, stream_id, &k, 0, SUBS - 1, 1024),
+                    &[],
+                );
+                for sub in 0..SUBS {
+                    raw.send(
+                        &Message::RequireSegment(pb::RequireSegment {
+                            stream_id,
+                            subpartition: sub,
+                            segment_id: 0,
+                        }),
+                        &[],
+                    );
+                }
+            }
+            raw
+        })
+        .collect();
+    // A client that sends requests and never reads the replies.
+    let flood = {
+        let mut raw = Raw::handshaken_to(&worker.address);
+        std::thread::spawn(move || {
+            let request = terrace_proto::encode_frame(
+                &Message::WorkerStats(pb::WorkerStats { request_id: 3 }),
+                0,
+            )
+            .to_vec();
+            let batch = request.repeat(4096 / request.len());
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(30) {
+                if raw.stream.write_all(&batch).is_err() {
+                    return true;
+                }
+            }
+            false
+        })
+    };
+    // Meanwhile a good reader reads everything exactly.
+    let got = read_partition(&worker, &k, SUBS).expect("the good reader reads the partition");
+    let mut read = 0u64;
+    for sub in 0..SUBS {
+        let buffers = &got[&(k.partition.clone(), sub)];
+        for b in buffers
+            .iter()
+            .filter(|b| b.data_type == terrace_tier_api::DataType::Data)
+        {
+            assert_eq!(b.payload, buffer, "a data buffer of subpartition {sub}");
+            read += b.payload.len() as u64;
+        }
+    }
+    assert_eq!(
+        read, written,
+        "the good reader got every byte ({buffers} buffers)"
+    );
+    assert!(
+        flood.join().expect("flood thread"),
+        "the worker never closed the client that does not read its replies"
+    );
+    let peak_rss = worker.peak_rss();
+    let bound = (64u64 << 20) + (48 << 20) + (64 << 20);
+    eprintln!(
+        "worker peak rss {} MiB with readers that stop reading (bound {} MiB)",
+        peak_rss >> 20,
+        bound >> 20
+    );
+    assert!(
+        peak_rss <= bound,
+        "worker peak RSS {} MiB exceeds push budget + read budget + 64 MiB",
+        peak_rss >> 20
+    );
+    non_readers.clear();
     worker.kill();
 }
 

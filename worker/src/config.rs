@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use terrace_rpc::ServerOptions;
 use terrace_tier_api::ByteSize;
 
 /// Every key of the `[worker]` config file. All have defaults.
@@ -38,6 +39,9 @@ pub struct WorkerConfig {
     pub max_frame_size: ByteSize,
     /// Bytes of extents sent in one read frame (one credit) at most.
     pub read_batch_size: ByteSize,
+    /// Bytes of read data the worker holds at once: read for readers and not
+    /// yet sent. Reads wait while it is short. At least `read_batch_size`.
+    pub read_memory: ByteSize,
     /// How long a reader opening a partition that is not created yet waits for it.
     #[serde(with = "humantime_serde")]
     pub partition_wait_timeout: Duration,
@@ -48,6 +52,8 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// Bounds on what a peer may ask for (the `[limits]` table).
     pub limits: WorkerLimits,
+    /// Connection limits and timeouts (the `[server]` table).
+    pub server: ServerOptions,
 }
 
 /// Bounds on the values a peer sends, checked before they size anything. A
@@ -96,10 +102,12 @@ impl Default for WorkerConfig {
             flush_low_watermark: 0.5,
             max_frame_size: ByteSize::mib(16),
             read_batch_size: ByteSize::kib(512),
+            read_memory: ByteSize::mib(256),
             partition_wait_timeout: Duration::from_secs(30),
             master_addresses: Vec::new(),
             heartbeat_interval: Duration::from_secs(1),
             limits: WorkerLimits::default(),
+            server: ServerOptions::default(),
         }
     }
 }
@@ -107,6 +115,7 @@ impl Default for WorkerConfig {
 impl WorkerConfig {
     /// Checks relations between fields.
     pub fn validate(&self) -> Result<(), String> {
+        self.server.validate()?;
         if self.data_dirs.is_empty() {
             return Err("data_dirs must name at least one directory".into());
         }
@@ -114,6 +123,14 @@ impl WorkerConfig {
             return Err(format!(
                 "max_frame_size ({}) must be at most half of memory_budget ({}): a compressed push and its decompressed copy must both fit",
                 self.max_frame_size, self.memory_budget
+            ));
+        }
+        if self.read_memory < self.read_batch_size
+            || self.read_memory.as_u64() > u64::from(u32::MAX)
+        {
+            return Err(format!(
+                "read_memory ({}) must be at least read_batch_size ({}) and at most 4GiB",
+                self.read_memory, self.read_batch_size
             ));
         }
         if self.read_batch_size.as_u64() == 0 {

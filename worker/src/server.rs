@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use terrace_proto::{FrameReader, Message, pb};
-use terrace_rpc::{FrameSender, accept_handshake, reply_error, spawn_writer};
+use terrace_proto::{Message, pb};
+use terrace_rpc::{Accepted, FrameSender, Meter, ServerSpec, reply_error};
 use terrace_tier_api::{TierError, TierResult};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -17,13 +17,12 @@ use crate::handlers::{self, StreamHandle};
 use crate::heartbeat;
 use crate::store::{ObjectStoreSettings, Reservation, Store, StoreHooks, StoreOptions};
 
-/// How long a new connection may take to send its handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// What every connection handler shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub store: Arc<Store>,
+    /// Read memory: bytes read for readers and not yet sent (`read_memory`).
+    pub read_budget: Arc<tokio::sync::Semaphore>,
     pub config: WorkerConfig,
     pub worker_id: String,
     pub address: String,
@@ -128,6 +127,11 @@ fn prepare(
     Ok((
         Arc::new(Shared {
             store,
+            read_budget: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(config.read_memory.as_u64())
+                    .unwrap_or(usize::MAX)
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             config,
             worker_id,
             address,
@@ -145,27 +149,16 @@ async fn serve(
     let flusher = tokio::spawn(Arc::clone(&shared.store).run_flusher(shutdown.child_token()));
     let migrator = tokio::spawn(Arc::clone(&shared.store).run_migrator(shutdown.child_token()));
     let heartbeats = heartbeat::spawn(Arc::clone(&shared), shutdown.child_token());
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let shared = Arc::clone(&shared);
-                let cancel = shutdown.child_token();
-                connections
-                    .spawn(async move { handle_connection(shared, stream, peer, cancel).await });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-    connections.close();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), connections.wait()).await;
+    let spec = ServerSpec {
+        name: shared.worker_id.clone(),
+        max_frame: shared.config.max_frame_size.as_usize(),
+        options: shared.config.server.clone(),
+    };
+    let served = Arc::clone(&shared);
+    terrace_rpc::serve(listener, spec, shutdown, move |conn| {
+        handle_connection(Arc::clone(&served), conn)
+    })
+    .await;
     for task in heartbeats {
         task.abort();
     }
@@ -185,120 +178,84 @@ pub(crate) struct Connection {
     pub streams: HashMap<u64, StreamHandle>,
     pub cancel: CancellationToken,
     pub peer: String,
+    /// This connection's share of read memory (`server.max_send_queue`).
+    pub reads: Arc<tokio::sync::Semaphore>,
 }
 
-async fn handle_connection(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    cancel: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
-    let writer_cancel = CancellationToken::new();
-    let sender = spawn_writer(write, writer_cancel.clone());
-    let max_frame = shared.config.max_frame_size.as_usize();
-    let mut reader = FrameReader::new(read, max_frame);
-    let client = tokio::select! {
-        _ = cancel.cancelled() => return,
-        _ = tokio::time::sleep(HANDSHAKE_TIMEOUT) => {
-            tracing::debug!(%peer, "no handshake within {HANDSHAKE_TIMEOUT:?}; closing");
-            return;
-        }
-        r = accept_handshake(&mut reader, &sender, &shared.worker_id) => r,
-    };
-    let client = match client {
-        Ok(name) => name,
-        Err(reason) => {
-            tracing::debug!(%peer, %reason, "handshake refused");
-            return;
-        }
-    };
-    tracing::debug!(%peer, %client, "connection open");
+/// Takes a frame's memory from the push budget as its bytes arrive.
+struct BudgetMeter<'a> {
+    store: &'a Store,
+    held: Reservation,
+}
+
+impl Meter for BudgetMeter<'_> {
+    async fn grant(&mut self, bytes: usize) -> Result<(), String> {
+        let more = self.store.budget().reserve(bytes as u64).await?;
+        self.held.merge(more);
+        Ok(())
+    }
+}
+
+async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accepted {
+    let reads = shared.config.server.max_send_queue.as_usize();
     let mut conn = Connection {
         shared,
-        sender,
+        sender: accepted.sender.clone(),
         streams: HashMap::new(),
-        cancel: cancel.clone(),
-        peer: peer.to_string(),
+        cancel: accepted.shutdown.child_token(),
+        peer: accepted.peer.to_string(),
+        reads: Arc::new(tokio::sync::Semaphore::new(reads)),
     };
-    loop {
-        let prefix = tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = writer_cancel.cancelled() => break,
-            prefix = reader.read_prefix() => prefix,
-        };
-        let prefix = match prefix {
-            Ok(Some(prefix)) => prefix,
-            Ok(None) => break,
-            Err(e) => {
-                protocol_error(&conn, &e);
-                break;
-            }
-        };
+    // A connection with open read streams is busy even when it sends nothing.
+    while let Some(prefix) = accepted.next_prefix(conn.streams.is_empty()).await {
         // Every request header a worker serves is a few hundred bytes; a
         // large one would only take memory from the budget pushes need.
         if prefix.header_len > MAX_REQUEST_HEADER_BYTES {
-            protocol_error(
-                &conn,
-                &terrace_proto::FrameError::Malformed(
-                    "request header longer than 64 KiB (the most a worker reads)",
-                ),
+            accepted.fail(
+                pb::ErrorCode::Protocol,
+                "protocol error: request header longer than 64 KiB (the most a worker reads)",
             );
             break;
         }
-        // Reserve memory for the frame before taking it off the socket: when the
-        // budget is short this connection is simply not read (backpressure).
-        // Bodies land in pooled buffers; small bodiless frames in plain ones.
-        let store = Arc::clone(&conn.shared.store);
-        let reserved = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = async {
-                if prefix.body_len > 0 {
-                    store.reserve_buffer(prefix.remaining()).await.map(|(r, b)| (r, Some(b)))
-                } else {
-                    store.budget().reserve(prefix.remaining() as u64).await.map(|r| (r, None))
-                }
-            } => r,
-        };
-        let (reservation, buffer) = match reserved {
-            Ok(reserved) => reserved,
-            Err(reason) => {
-                reply_error(&conn.sender, 0, pb::ErrorCode::Protocol, reason);
-                break;
+        // Control frames (no body) take no budget: they are small, one at a
+        // time per connection, and must be served when the budget is full (a
+        // release is what frees it). A body's memory is taken from the budget
+        // as its bytes arrive, so a peer that announces a push and stalls
+        // holds almost nothing; when the budget is short this connection is
+        // simply not read (backpressure).
+        let frame = if prefix.body_len == 0 {
+            accepted
+                .read_rest(prefix)
+                .await
+                .map(|frame| (frame, Reservation::empty()))
+        } else {
+            let store = Arc::clone(&conn.shared.store);
+            let buffer = store.take_buffer(prefix.remaining());
+            let mut meter = BudgetMeter {
+                store: &store,
+                held: Reservation::empty(),
+            };
+            match accepted.read_rest_metered(prefix, buffer, &mut meter).await {
+                // The pooled buffer is a size class: hold all of it.
+                Some(frame) => match store.top_up(meter.held, prefix.remaining()).await {
+                    Ok(held) => Some((frame, held)),
+                    Err(reason) => {
+                        accepted.fail(pb::ErrorCode::Protocol, reason);
+                        None
+                    }
+                },
+                None => None,
             }
         };
-        let frame = match buffer {
-            Some(buffer) => reader.read_rest_into(prefix, buffer).await,
-            None => reader.read_rest(prefix).await,
-        };
-        let (message, body) = match frame {
-            Ok(frame) => frame,
-            Err(e) => {
-                protocol_error(&conn, &e);
-                break;
-            }
+        let Some(((message, body), reservation)) = frame else {
+            break;
         };
         dispatch(&mut conn, message, body, reservation).await;
     }
     for (_, stream) in conn.streams.drain() {
         stream.cancel.cancel();
     }
-    tracing::debug!(%peer, "connection closed");
-}
-
-fn protocol_error(conn: &Connection, e: &terrace_proto::FrameError) {
-    if e.is_protocol_error() {
-        tracing::warn!(peer = %conn.peer, error = %e, "protocol error; closing connection");
-        reply_error(
-            &conn.sender,
-            0,
-            pb::ErrorCode::Protocol,
-            format!("protocol error: {e}"),
-        );
-    } else {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection read failed");
-    }
+    accepted
 }
 
 async fn dispatch(conn: &mut Connection, message: Message, body: Bytes, reservation: Reservation) {

@@ -21,7 +21,7 @@ use object_store::path::Path as ObjectPath;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{FrameSender, reply_error};
 use terrace_tier_api::{ErrorKind, PartitionKey, TierError, TierResult};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{Connection, Shared};
@@ -102,6 +102,9 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
         inflight: FuturesUnordered::new(),
         busy: vec![false; (m.last_subpartition - m.first_subpartition) as usize + 1],
         windows: Vec::new(),
+        connection_reads: Arc::clone(&conn.reads),
+        ready: None,
+        wanting: None,
     };
     tokio::spawn(stream.run(m.request_id, rx, cancel));
     Ok(())
@@ -179,6 +182,62 @@ struct Stream {
     busy: Vec<bool>,
     /// Per subpartition: object bytes fetched ahead of the reader.
     windows: Vec<Option<Window>>,
+    /// The connection's share of read memory (`server.max_send_queue`).
+    connection_reads: Arc<Semaphore>,
+    /// Read memory acquired after waiting for it, for the next read.
+    ready: Option<ReadMemory>,
+    /// Bytes of read memory the next read waits for.
+    wanting: Option<u32>,
+}
+
+/// Most reads one stream has under way at once.
+const MAX_INFLIGHT_READS: usize = 16;
+
+/// Read memory held by one read body from before it is read until the
+/// connection's writer has sent it: from the worker's `read_memory` and from
+/// its connection's share (`server.max_send_queue`), so a reader that stops
+/// reading holds at most its connection's share.
+#[derive(Debug)]
+struct ReadMemory {
+    _worker: OwnedSemaphorePermit,
+    _connection: OwnedSemaphorePermit,
+}
+
+impl ReadMemory {
+    fn try_take(worker: &Arc<Semaphore>, connection: &Arc<Semaphore>, n: u32) -> Option<Self> {
+        let connection = Arc::clone(connection).try_acquire_many_owned(n).ok()?;
+        let worker = Arc::clone(worker).try_acquire_many_owned(n).ok()?;
+        Some(ReadMemory {
+            _worker: worker,
+            _connection: connection,
+        })
+    }
+
+    async fn take(worker: Arc<Semaphore>, connection: Arc<Semaphore>, n: u32) -> Option<Self> {
+        let connection = connection.acquire_many_owned(n).await.ok()?;
+        let worker = worker.acquire_many_owned(n).await.ok()?;
+        Some(ReadMemory {
+            _worker: worker,
+            _connection: connection,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        self._worker.num_permits()
+    }
+}
+
+/// A read body and the read memory it holds until the connection's writer
+/// has sent it (and dropped the last slice of it).
+struct HeldBody {
+    body: Bytes,
+    _memory: ReadMemory,
+}
+
+impl AsRef<[u8]> for HeldBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
 }
 
 /// Object bytes of one subpartition fetched ahead: one ranged GET over the
@@ -239,6 +298,8 @@ struct Done {
     body: TierResult<Bytes>,
     /// What is left of the window the batch came from.
     window: Option<Window>,
+    /// The read memory the body is counted against.
+    memory: ReadMemory,
 }
 
 enum Step {
@@ -315,6 +376,15 @@ impl Stream {
                     None => return,
                 },
                 changed = version.changed() => if changed.is_err() { return },
+                memory = ReadMemory::take(
+                    Arc::clone(&self.shared.read_budget),
+                    Arc::clone(&self.connection_reads),
+                    self.wanting.unwrap_or(0),
+                ), if self.wanting.is_some() => {
+                    let Some(memory) = memory else { return };
+                    self.wanting = None;
+                    self.ready = Some(memory);
+                }
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
                     if !self.finish_read(&partition, done) {
                         return;
@@ -396,6 +466,10 @@ impl Stream {
                 return false;
             }
         };
+        let body = Bytes::from_owner(HeldBody {
+            body,
+            _memory: done.memory,
+        });
         self.credits = self.credits.saturating_sub(1);
         self.required[index] = Some((done.segment, done.position + done.extents.len()));
         self.cursor = (index + 1) % self.required.len();
@@ -511,6 +585,25 @@ impl Stream {
         window.covers(&key, &range).then_some((window, range))
     }
 
+    /// Read memory for a `len`-byte read: what was acquired after a wait, or
+    /// taken at once; `None` (and the wait set up) when it is short.
+    fn take_read_memory(&mut self, len: u64) -> Option<ReadMemory> {
+        // One extent can be larger than a whole budget (a push's data for one
+        // subpartition): it then takes all of it.
+        let share = self.shared.config.server.max_send_queue.as_u64();
+        let n = len.clamp(1, self.shared.config.read_memory.as_u64().min(share)) as u32;
+        if let Some(ready) = self.ready.take() {
+            if ready.bytes() >= n as usize {
+                return Some(ready);
+            }
+        }
+        let memory = ReadMemory::try_take(&self.shared.read_budget, &self.connection_reads, n);
+        if memory.is_none() {
+            self.wanting = Some(n);
+        }
+        memory
+    }
+
     /// Looks at every subpartition once, from the round-robin cursor; sends at
     /// most one data frame.
     async fn step(&mut self, partition: &Arc<Partition>) -> Step {
@@ -545,9 +638,17 @@ impl Stream {
                     return Step::Finished;
                 }
                 ReadStep::Batch { extents, sources } => {
-                    if self.busy[index] || self.credits as usize <= self.inflight.len() {
+                    if self.busy[index]
+                        || self.credits as usize <= self.inflight.len()
+                        || self.inflight.len() >= MAX_INFLIGHT_READS
+                        || self.wanting.is_some()
+                    {
                         continue;
                     }
+                    let len: u64 = extents.iter().map(|e| u64::from(e.len)).sum();
+                    let Some(memory) = self.take_read_memory(len) else {
+                        continue;
+                    };
                     if let Some((window, range)) =
                         self.window_for(partition, index, segment, position, &sources)
                     {
@@ -561,6 +662,7 @@ impl Stream {
                                 extents,
                                 body,
                                 window,
+                                memory,
                             }
                         }));
                         progressed = true;
@@ -577,6 +679,7 @@ impl Stream {
                             extents,
                             body,
                             window: None,
+                            memory,
                         }
                     }));
                     progressed = true;

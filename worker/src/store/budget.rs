@@ -19,6 +19,20 @@ impl Reservation {
     pub fn empty() -> Self {
         Reservation { _permit: None }
     }
+
+    /// Adds `other` to this reservation (both from the same budget).
+    pub fn merge(&mut self, other: Reservation) {
+        match (&mut self._permit, other._permit) {
+            (_, None) => {}
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+        }
+    }
+
+    /// Bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self._permit.as_ref().map_or(0, |p| p.num_permits() as u64)
+    }
 }
 
 #[derive(Debug)]

@@ -163,6 +163,20 @@ impl Store {
         Ok((reservation, self.pool.take(len)))
     }
 
+    /// A buffer of the pool for a frame whose memory is reserved as it
+    /// arrives ([`Store::top_up`] once it has).
+    pub fn take_buffer(&self, len: usize) -> PooledBuf {
+        self.pool.take(len)
+    }
+
+    /// Grows `held` to the size class of a `len`-byte buffer: what the
+    /// buffer really occupies.
+    pub async fn top_up(&self, mut held: Reservation, len: usize) -> Result<Reservation, String> {
+        let missing = (class_size(len) as u64).saturating_sub(held.bytes());
+        held.merge(self.budget.reserve(missing).await?);
+        Ok(held)
+    }
+
     /// Whether memory use calls for the flusher; wakes it if so.
     pub fn check_pressure(&self) {
         if self.budget.used() > self.flush_start {
