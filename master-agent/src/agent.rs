@@ -98,6 +98,11 @@ impl MasterAgent {
         });
         let stop = CancellationToken::new();
         io_runtime().spawn(poll_loop(shared.clone(), poll_interval, stop.clone()));
+        io_runtime().spawn(renew_loop(
+            shared.clone(),
+            config.job_renew_interval,
+            stop.clone(),
+        ));
         Ok(MasterAgent { shared, stop })
     }
 }
@@ -198,6 +203,21 @@ impl Shared {
                 })?;
         }
         Ok(())
+    }
+}
+
+/// Renews the leases of this agent's jobs on every master: a master
+/// releases a job whose agent (the engine's coordinator) stops renewing it.
+async fn renew_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        shared.masters.renew_everywhere().await;
     }
 }
 

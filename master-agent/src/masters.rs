@@ -25,6 +25,8 @@ pub(crate) struct Masters {
     options: ClientOptions,
     announce: JobsToAnnounce,
     current: Mutex<Current>,
+    /// Connections for lease renewals, per master address.
+    renewals: Mutex<std::collections::HashMap<String, Client>>,
 }
 
 /// Whether another master (or a new connection) may succeed where this failed.
@@ -43,6 +45,7 @@ impl Masters {
             options,
             announce,
             current: Mutex::new(Current::default()),
+            renewals: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -119,6 +122,40 @@ impl Masters {
         }
     }
 
+    /// Renews the leases of the jobs to announce on every master, not only
+    /// the current one: a master that stopped hearing of a live job would
+    /// release it. Failures are logged; the next round tries again.
+    pub(crate) async fn renew_everywhere(&self) {
+        for address in &self.addresses {
+            let cached = self
+                .renewals
+                .lock()
+                .expect("renewals lock poisoned")
+                .get(address)
+                .filter(|c| !c.is_closed())
+                .cloned();
+            let client = match cached {
+                Some(client) => client,
+                None => match Client::connect(address, &self.options).await {
+                    Ok(client) => {
+                        self.renewals
+                            .lock()
+                            .expect("renewals lock poisoned")
+                            .insert(address.clone(), client.clone());
+                        client
+                    }
+                    Err(e) => {
+                        tracing::debug!(master = %address, error = %e, "cannot renew job leases");
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = self.announce_jobs(&client).await {
+                tracing::warn!(master = %address, error = %e, "renewing job leases failed");
+            }
+        }
+    }
+
     async fn announce_jobs(&self, client: &Client) -> TierResult<()> {
         for job in (self.announce)() {
             let (reply, _) = client
@@ -156,6 +193,14 @@ impl Masters {
             .expect("masters lock poisoned")
             .client
             .take()
+        {
+            client.close();
+        }
+        for (_, client) in self
+            .renewals
+            .lock()
+            .expect("renewals lock poisoned")
+            .drain()
         {
             client.close();
         }

@@ -177,6 +177,7 @@ async fn heartbeat(master: String, id: String, address: String, stop: Cancellati
         let sent = client
             .request(|request_id| {
                 Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+                    jobs: Vec::new(),
                     request_id,
                     worker_id: id.clone(),
                     data_address: address.clone(),

@@ -37,6 +37,11 @@ pub struct MasterConfig {
     /// than the workers' heartbeat interval.
     #[serde(with = "humantime_serde")]
     pub released_job_memory: Duration,
+    /// A job not renewed by its master agent for this long is released: its
+    /// agent (the engine's coordinator) is taken for dead, and workers drop
+    /// its data. Agents renew every `job_renew_interval` (several per lease).
+    #[serde(with = "humantime_serde")]
+    pub job_lease: Duration,
     /// Bytes a newly placed partition is assumed to add to its worker's load,
     /// until the worker's next heartbeat reports what it really stores.
     pub partition_size_estimate: ByteSize,
@@ -77,6 +82,7 @@ impl Default for MasterConfig {
             worker_timeout: Duration::from_secs(10),
             max_frame_size: ByteSize::mib(1),
             released_job_memory: Duration::from_secs(5 * 60),
+            job_lease: Duration::from_secs(60),
             partition_size_estimate: ByteSize::mib(64),
             limits: MasterLimits::default(),
             server: ServerOptions::default(),
@@ -92,6 +98,9 @@ impl MasterConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.worker_timeout.is_zero() {
             return Err("worker_timeout must be positive".into());
+        }
+        if self.job_lease.is_zero() {
+            return Err("job_lease must be positive".into());
         }
         if self.max_frame_size < MIN_FRAME_SIZE {
             return Err(format!(
@@ -144,6 +153,7 @@ mod tests {
                 worker_timeout: Duration::from_millis(300),
                 max_frame_size: ByteSize(65536),
                 released_job_memory: Duration::from_secs(60),
+                job_lease: Duration::from_secs(60),
                 partition_size_estimate: ByteSize(0),
                 limits: MasterLimits::default(),
                 server: ServerOptions {

@@ -19,7 +19,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Accepted) -> Accepted {
             Ok((request_id, command)) => {
                 shared.with_registry(|registry, now| command.apply(request_id, registry, now))
             }
-            Err(reply) => reply,
+            Err(reply) => *reply,
         };
         if !conn.sender.send(reply, Bytes::new()) {
             tracing::debug!(peer = %conn.peer, client = %conn.client, "connection lost while replying");

@@ -2,7 +2,7 @@
 //! recently released jobs, and the placement rule. Pure and synchronous; the
 //! caller passes the time in.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
@@ -62,7 +62,9 @@ pub(crate) struct Registry {
     partition_size_estimate: u64,
     limits: crate::config::MasterLimits,
     workers: BTreeMap<String, Worker>,
-    jobs: BTreeSet<JobId>,
+    job_lease: Duration,
+    /// Registered jobs and when their lease was last renewed.
+    jobs: BTreeMap<JobId, Instant>,
     /// Unregistered jobs and when they were unregistered.
     released: BTreeMap<JobId, Instant>,
     placements: u64,
@@ -80,7 +82,8 @@ impl Registry {
             partition_size_estimate: config.partition_size_estimate.as_u64(),
             limits: config.limits.clone(),
             workers: BTreeMap::new(),
-            jobs: BTreeSet::new(),
+            job_lease: config.job_lease,
+            jobs: BTreeMap::new(),
             released: BTreeMap::new(),
             placements: 0,
         }
@@ -104,7 +107,31 @@ impl Registry {
         let memory = self.released_job_memory;
         self.released
             .retain(|_, at| now.saturating_duration_since(*at) <= memory);
+        let lease = self.job_lease;
+        let expired: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, renewed)| now.saturating_duration_since(**renewed) > lease)
+            .map(|(job, _)| job.clone())
+            .collect();
+        for job in expired {
+            tracing::warn!(job = %job, lease_ms = lease.as_millis() as u64,
+                "job lease expired (its master agent stopped renewing it); workers will be told to drop it");
+            self.release(job, now);
+        }
         lost
+    }
+
+    /// The master's job lease.
+    pub(crate) fn job_lease(&self) -> Duration {
+        self.job_lease
+    }
+
+    /// Of `jobs`, those this master neither holds nor remembers as released.
+    pub(crate) fn unknown_jobs<'a>(&self, jobs: &'a [JobId]) -> Vec<&'a JobId> {
+        jobs.iter()
+            .filter(|job| !self.jobs.contains_key(*job) && !self.released.contains_key(*job))
+            .collect()
     }
 
     /// Records a worker's registration (or re-registration) as a heartbeat
@@ -176,14 +203,15 @@ impl Registry {
         if self.released.remove(&job).is_some() {
             tracing::info!(job = %job, "released job registered again");
         }
-        if self.jobs.insert(job.clone()) {
+        // Registering again renews the lease.
+        if self.jobs.insert(job.clone(), now).is_none() {
             tracing::info!(job = %job, "job registered");
         }
         Ok(())
     }
 
     fn check_job_room(&self, job: &JobId) -> TierResult<()> {
-        if !self.jobs.contains(job) && self.jobs.len() >= self.limits.max_jobs as usize {
+        if !self.jobs.contains_key(job) && self.jobs.len() >= self.limits.max_jobs as usize {
             return Err(TierError::unavailable(format!(
                 "this master holds {} jobs, its limit (limits.max_jobs)",
                 self.jobs.len()
@@ -197,8 +225,14 @@ impl Registry {
     /// restarted since).
     pub(crate) fn unregister_job(&mut self, job: JobId, now: Instant) {
         self.expire(now);
-        let known = self.jobs.remove(&job);
+        let known = self.jobs.contains_key(&job);
         tracing::info!(job = %job, known, "job unregistered; workers will be told to drop it");
+        self.release(job, now);
+    }
+
+    /// Forgets the job and remembers it as released.
+    fn release(&mut self, job: JobId, now: Instant) {
+        self.jobs.remove(&job);
         let max = self.limits.max_released_jobs as usize;
         while self.released.len() >= max && !self.released.contains_key(&job) {
             let oldest = self
@@ -229,7 +263,9 @@ impl Registry {
             )));
         }
         self.check_job_room(&key.job)?;
-        if self.jobs.insert(key.job.clone()) {
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.jobs.entry(key.job.clone())
+        {
+            entry.insert(now);
             tracing::info!(job = %key.job, "job registered by its first partition");
         }
         let (id, worker) = self
@@ -275,7 +311,7 @@ impl Registry {
 
     /// Registered jobs, in byte order.
     pub(crate) fn jobs(&self) -> Vec<JobId> {
-        self.jobs.iter().cloned().collect()
+        self.jobs.keys().cloned().collect()
     }
 }
 
@@ -296,6 +332,52 @@ mod tests {
             },
             Instant::now(),
         )
+    }
+
+    #[test]
+    fn jobs_not_renewed_for_a_lease_are_released_and_others_are_unknown() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(
+            &MasterConfig {
+                job_lease: Duration::from_secs(3),
+                released_job_memory: Duration::from_secs(60),
+                ..MasterConfig::default()
+            },
+            t0,
+        );
+        let renewed = key("renewed", 1).job;
+        let dead = key("dead", 1).job;
+        let stranger = key("stranger", 1).job;
+        r.register_job(renewed.clone(), t0).expect("register");
+        r.register_job(dead.clone(), t0).expect("register");
+        // Registering again renews; `dead` is not renewed.
+        r.register_job(renewed.clone(), t0 + Duration::from_secs(2))
+            .expect("renew");
+        r.expire(t0 + Duration::from_secs(3));
+        assert_eq!(
+            r.jobs(),
+            [dead.clone(), renewed.clone()],
+            "not expired at the lease"
+        );
+        r.expire(t0 + Duration::from_millis(3001));
+        assert_eq!(r.jobs(), [renewed.clone()]);
+        // The expired job is told to workers like an unregistered one.
+        let released = r
+            .heartbeat(
+                "w".into(),
+                "h:1".into(),
+                stored(0),
+                t0 + Duration::from_millis(3002),
+            )
+            .expect("heartbeat");
+        assert_eq!(released, [dead.clone()]);
+        // Of the jobs a worker holds, only those neither held nor released are unknown.
+        let asked = [renewed.clone(), dead.clone(), stranger.clone()];
+        assert_eq!(r.unknown_jobs(&asked), [&stranger]);
+        // An expired job that comes back (its agent was only slow) is live again.
+        r.register_job(dead.clone(), t0 + Duration::from_secs(4))
+            .expect("register again");
+        assert!(r.jobs().contains(&dead));
     }
 
     fn key(job: &str, partition: u32) -> PartitionKey {

@@ -78,6 +78,7 @@ async fn heartbeat(client: &Client, id: &str, address: &str, stored_bytes: u64) 
     let (reply, _) = client
         .request(|request_id| {
             Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+                jobs: Vec::new(),
                 request_id,
                 worker_id: id.into(),
                 data_address: address.into(),
@@ -376,6 +377,7 @@ async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_
         ),
         (
             Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+                jobs: Vec::new(),
                 request_id: 0,
                 worker_id: String::new(),
                 data_address: "h:1".into(),
@@ -448,6 +450,7 @@ async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_
 /// A heartbeat of a new worker whose load carries `tiers`.
 fn heartbeat_with_tiers(tiers: pb::TierStats) -> Message {
     Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+        jobs: Vec::new(),
         request_id: 0,
         worker_id: "w-big".into(),
         data_address: "h:1".into(),

@@ -493,6 +493,100 @@ fn keyed_aggregation_shuffling_a_gib_at_parallelism_8_matches_default_shuffle() 
     run_on_terrace("terrace-p8-1gib", 8, BIG_RECORDS, BIG_PAYLOAD);
 }
 
+/// Flips one stored byte of shuffle 1 after its producers finished and
+/// before any consumer read it (the job's `job.gate` holds the consumers):
+/// the consumer's checksum check fails, Flink gets PartitionNotFoundException
+/// and reruns the producer, and the job's result is still exact.
+#[test]
+fn corrupted_stored_byte_reruns_the_producer_and_the_result_is_exact() {
+    const RECORDS: u64 = 400_000;
+    const PAYLOAD: u64 = 100;
+    let _flink = flink_lock();
+    let default = default_result(RECORDS, PAYLOAD);
+    let cluster = Cluster::start_with(
+        "10s",
+        vec!["--memory-budget".into(), "32MiB".into()],
+        Vec::new(),
+    );
+    let output = cluster.dir.path().join("corrupted.txt");
+    let gate = cluster.dir.path().join("gate");
+    let mut flink = cluster.flink_config();
+    flink.extend([
+        format!("job.gate={}", gate.display()),
+        "restart-strategy.type=fixed-delay".into(),
+        "restart-strategy.fixed-delay.attempts=5".into(),
+        "restart-strategy.fixed-delay.delay=1s".into(),
+    ]);
+    let job = Job {
+        name: "terrace-corrupted",
+        parallelism: 4,
+        records: RECORDS,
+        payload: PAYLOAD,
+        flink,
+    };
+    let running = job.spawn(&output, cluster.dir.path());
+
+    // Shuffle 1 is complete when its pushes stop (its consumers wait at the gate).
+    let address = cluster.worker(0).address.clone();
+    let until = Instant::now() + Duration::from_secs(120);
+    let mut last = 0;
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let pushed = worker_stats(&address).bytes_pushed;
+        if pushed >= RECORDS * PAYLOAD && pushed == last {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "shuffle 1 did not finish within 120 s ({pushed} bytes pushed)"
+        );
+        last = pushed;
+    }
+    // Its largest data file: flip a byte in the middle.
+    let (_, data) = &cluster.workers[0];
+    let file = terrace_tests::entries_under(data)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("the worker stores shuffle 1 in files");
+    let mut bytes = fs::read(&file).expect("read the data file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(&file, &bytes).expect("write the corrupted data file");
+    eprintln!(
+        "flink_e2e: flipped byte {middle} of {} ({} bytes)",
+        file.display(),
+        bytes.len()
+    );
+    fs::write(&gate, b"open").expect("open the gate");
+
+    let done = running.wait(JOB_DEADLINE);
+    assert!(
+        done.succeeded(),
+        "the job with a corrupted byte failed ({:?}):\n{}",
+        done.status,
+        done.tail()
+    );
+    assert_same_result(&output, &default, "the job rerun after a corrupted byte");
+    assert!(
+        done.stderr.contains("checksum mismatch"),
+        "the consumer never read the corrupted byte:\n{}",
+        done.tail()
+    );
+    assert!(
+        done.stderr.contains("PartitionNotFoundException"),
+        "the corruption did not reach Flink as PartitionNotFoundException:\n{}",
+        done.tail()
+    );
+    let stats = worker_stats(&address);
+    assert!(
+        stats.bytes_pushed > last,
+        "no producer ran again: {} bytes pushed before and after",
+        stats.bytes_pushed
+    );
+    cluster.assert_worker_empty(0);
+}
+
 /// SIGKILLs the only worker mid-shuffle and starts another: the job must end
 /// within [`KILLED_JOB_BOUND`] — rerun on the new worker with the right
 /// result, or failed with an error naming the lost partition — never hang.

@@ -130,6 +130,10 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A master agent renews its jobs' leases on every master this often;
+    /// keep it several times shorter than the masters' `job_lease`.
+    #[serde(with = "humantime_serde")]
+    pub job_renew_interval: Duration,
 }
 
 impl Default for AgentConfig {
@@ -145,6 +149,7 @@ impl Default for AgentConfig {
             max_frame_size: ByteSize::mib(16),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(120),
+            job_renew_interval: Duration::from_secs(10),
         }
     }
 }
@@ -172,6 +177,9 @@ impl AgentConfig {
         }
         if self.read_credits == 0 {
             return Err("read_credits must be at least 1".into());
+        }
+        if self.job_renew_interval.is_zero() {
+            return Err("job_renew_interval must be positive".into());
         }
         Ok(())
     }

@@ -135,6 +135,10 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
         let worker_id = shared.worker_id.clone();
         let address = shared.address.clone();
         let load = load(&shared.store);
+        let jobs: Vec<JobId> = held_jobs(&shared.store)
+            .into_iter()
+            .take(MAX_HEARTBEAT_JOBS)
+            .collect();
         let (reply, _) = client
             .request(|request_id| {
                 Message::WorkerHeartbeat(pb::WorkerHeartbeat {
@@ -142,10 +146,12 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
                     worker_id,
                     data_address: address,
                     load: Some(load),
+                    jobs: jobs.iter().map(|j| j.as_bytes().clone()).collect(),
                 })
             })
             .await?;
         if let Message::HeartbeatReply(reply) = reply {
+            drop_jobs_no_master_knows(shared, &jobs, &reply).await;
             let listed: std::collections::HashSet<JobId> = reply
                 .released_jobs
                 .into_iter()
@@ -177,5 +183,62 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
             }
         }
         tokio::time::sleep(shared.config.heartbeat_interval).await;
+    }
+}
+
+/// Most jobs a heartbeat asks about (the master's limit).
+const MAX_HEARTBEAT_JOBS: usize = 4096;
+
+/// Jobs this worker holds partitions of, in order.
+fn held_jobs(store: &Store) -> std::collections::BTreeSet<JobId> {
+    store
+        .partitions()
+        .iter()
+        .map(|p| p.key().job.clone())
+        .collect()
+}
+
+/// Records which of `asked` the replying master knows, and drops the data of
+/// jobs that no master has known for a whole lease: their coordinator died
+/// while no master was left that knew them (a restarted worker's partitions
+/// of a finished job, a job whose masters all restarted and whose agent is
+/// gone). A job stays as long as any master knows it.
+async fn drop_jobs_no_master_knows(shared: &Shared, asked: &[JobId], reply: &pb::HeartbeatReply) {
+    let lease = std::time::Duration::from_millis(reply.job_lease_ms);
+    if lease.is_zero() {
+        return;
+    }
+    let unknown: std::collections::HashSet<&[u8]> =
+        reply.unknown_jobs.iter().map(|j| j.as_ref()).collect();
+    let now = std::time::Instant::now();
+    let mut expired = Vec::new();
+    {
+        let mut seen = shared.jobs_known.lock().expect("jobs_known lock poisoned");
+        let held = held_jobs(&shared.store);
+        seen.retain(|job, _| held.contains(job));
+        for job in asked {
+            if !unknown.contains(job.as_bytes().as_ref()) {
+                seen.insert(job.clone(), now);
+                continue;
+            }
+            let since = *seen.entry(job.clone()).or_insert(now);
+            if now.saturating_duration_since(since) > lease {
+                expired.push(job.clone());
+            }
+        }
+    }
+    for job in expired {
+        match shared.store.drop_job(&job).await {
+            Ok(n) => {
+                tracing::warn!(%job, partitions = n, lease_ms = reply.job_lease_ms,
+                    "dropped data of a job no master has known for a lease");
+                shared
+                    .jobs_known
+                    .lock()
+                    .expect("jobs_known lock poisoned")
+                    .remove(&job);
+            }
+            Err(e) => tracing::error!(%job, error = %e, "dropping a job no master knows failed"),
+        }
     }
 }

@@ -23,6 +23,9 @@ pub(crate) struct Shared {
     pub store: Arc<Store>,
     /// Read memory: bytes read for readers and not yet sent (`read_memory`).
     pub read_budget: Arc<tokio::sync::Semaphore>,
+    /// Per job held here: when a master last said it knows the job (or when
+    /// this worker first asked). See `heartbeat`.
+    pub jobs_known: std::sync::Mutex<HashMap<terrace_tier_api::JobId, std::time::Instant>>,
     pub config: WorkerConfig,
     pub worker_id: String,
     pub address: String,
@@ -127,6 +130,7 @@ fn prepare(
     Ok((
         Arc::new(Shared {
             store,
+            jobs_known: std::sync::Mutex::new(HashMap::new()),
             read_budget: Arc::new(tokio::sync::Semaphore::new(
                 usize::try_from(config.read_memory.as_u64())
                     .unwrap_or(usize::MAX)

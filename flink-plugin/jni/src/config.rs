@@ -67,6 +67,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "how often the JobManager's agent checks the master for lost workers",
     ),
     (
+        "terrace.job-renew-interval",
+        "10s",
+        "how often the JobManager's agent renews its jobs' leases on every master (keep it several times shorter than the masters' job_lease)",
+    ),
+    (
         "terrace.event-poll-interval-ms",
         "200",
         "Java: how long an event thread blocks in one native wait",
@@ -167,6 +172,7 @@ pub fn parse_config<'a>(
             }
             "terrace.connect-timeout" => agent.connect_timeout = parse_duration(key, value)?,
             "terrace.request-timeout" => agent.request_timeout = parse_duration(key, value)?,
+            "terrace.job-renew-interval" => agent.job_renew_interval = parse_duration(key, value)?,
             "terrace.master.poll-interval" => {
                 master_poll_interval = parse_duration(key, value)?;
                 if master_poll_interval.is_zero() {

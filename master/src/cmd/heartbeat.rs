@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use terrace_proto::{Message, pb};
-use terrace_tier_api::TierResult;
+use terrace_tier_api::{JobId, TierError, TierResult};
 
 use crate::registry::{Registry, WorkerLoad};
 
@@ -14,14 +14,29 @@ pub(crate) struct Heartbeat {
     worker_id: String,
     data_address: String,
     load: WorkerLoad,
+    jobs: Vec<JobId>,
 }
+
+/// Most jobs one heartbeat may ask about.
+pub(crate) const MAX_HEARTBEAT_JOBS: usize = 4096;
 
 impl Heartbeat {
     pub(crate) fn parse(m: pb::WorkerHeartbeat) -> TierResult<Self> {
+        if m.jobs.len() > MAX_HEARTBEAT_JOBS {
+            return Err(TierError::bad_input(format!(
+                "a heartbeat names {} jobs, more than {MAX_HEARTBEAT_JOBS}",
+                m.jobs.len()
+            )));
+        }
         Ok(Heartbeat {
             worker_id: super::worker_id(m.worker_id)?,
             data_address: super::data_address(m.data_address)?,
             load: super::worker_load(m.load)?,
+            jobs: m
+                .jobs
+                .into_iter()
+                .map(JobId::new)
+                .collect::<TierResult<_>>()?,
         })
     }
 
@@ -37,6 +52,12 @@ impl Heartbeat {
                 .into_iter()
                 .map(|job| job.as_bytes().clone())
                 .collect(),
+            unknown_jobs: registry
+                .unknown_jobs(&self.jobs)
+                .into_iter()
+                .map(|job| job.as_bytes().clone())
+                .collect(),
+            job_lease_ms: registry.job_lease().as_millis() as u64,
         })
     }
 }

@@ -37,7 +37,7 @@ pub(crate) enum Command {
 impl Command {
     /// Parses a request. On failure, the error reply to send instead
     /// (BAD_REQUEST for invalid content or a message the master does not serve).
-    pub(crate) fn from_message(message: Message) -> Result<(u64, Command), Message> {
+    pub(crate) fn from_message(message: Message) -> Result<(u64, Command), Box<Message>> {
         let request_id = message.request_id();
         let parsed = match message {
             Message::RegisterWorker(m) => RegisterWorker::parse(m).map(Command::RegisterWorker),
@@ -57,7 +57,7 @@ impl Command {
             Ok(command) => Ok((request_id, command)),
             Err(e) => {
                 tracing::debug!(request_id, error = %e, "bad request");
-                Err(Message::error(request_id, e.code(), e.message()))
+                Err(Box::new(Message::error(request_id, e.code(), e.message())))
             }
         }
     }
@@ -217,7 +217,7 @@ mod tests {
         }))
         .expect_err("not a master request");
         assert_eq!(
-            reply,
+            *reply,
             Message::error(
                 42,
                 pb::ErrorCode::BadRequest,

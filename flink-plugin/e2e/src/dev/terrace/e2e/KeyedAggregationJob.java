@@ -3,11 +3,13 @@ package dev.terrace.e2e;
 import org.apache.flink.api.common.RuntimeExecutionMode;
 import org.apache.flink.api.common.functions.MapFunction;
 import org.apache.flink.api.common.functions.ReduceFunction;
+import org.apache.flink.api.common.functions.RichMapFunction;
 import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.tuple.Tuple3;
 import org.apache.flink.api.java.tuple.Tuple4;
 import org.apache.flink.configuration.Configuration;
 import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.datastream.KeyedStream;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 
 import java.io.IOException;
@@ -115,6 +117,10 @@ public final class KeyedAggregationJob {
         }
         final long numKeys = Long.parseLong(extra.getOrDefault("job.keys", "1000"));
         final long numBuckets = Long.parseLong(extra.getOrDefault("job.buckets", "16"));
+        // job.gate=FILE: shuffle 1's consumers first pass records through a map whose open()
+        // waits for FILE, so a test can act on shuffle 1's stored data before any of it is read
+        // (this adds a shuffle; the results are the same).
+        final String gate = extra.get("job.gate");
 
         Configuration conf = new Configuration();
         conf.setString("execution.runtime-mode", "BATCH");
@@ -146,8 +152,16 @@ public final class KeyedAggregationJob {
                         .name("make-records");
 
         // Shuffle 1: by key. Verify payloads on the consumer side, sum per key.
+        KeyedStream<Rec, Long> byKey = records.keyBy(r -> r.key, Types.LONG);
+        if (gate != null) {
+            byKey =
+                    byKey.map(new Gate(gate))
+                            .returns(Rec.class)
+                            .name("gate")
+                            .keyBy(r -> r.key, Types.LONG);
+        }
         DataStream<Tuple3<Long, Long, Long>> perKey =
-                records.keyBy(r -> r.key, Types.LONG)
+                byKey
                         .reduce(
                                 (ReduceFunction<Rec>)
                                         (a, b) -> {
@@ -262,6 +276,29 @@ public final class KeyedAggregationJob {
 
     /** Writes the rows it receives to {@code <dir>/<name>-<subtask>.txt} when it closes. */
     @SuppressWarnings("deprecation")
+    /** Identity map whose open() waits (up to 5 minutes) until a file exists. */
+    static final class Gate extends RichMapFunction<Rec, Rec> {
+        private static final long serialVersionUID = 1L;
+        private final String file;
+
+        Gate(String file) {
+            this.file = file;
+        }
+
+        @Override
+        public void open(Configuration parameters) throws Exception {
+            long deadline = System.nanoTime() + 300_000_000_000L;
+            while (!Files.exists(Paths.get(file)) && System.nanoTime() < deadline) {
+                Thread.sleep(100);
+            }
+        }
+
+        @Override
+        public Rec map(Rec r) {
+            return r;
+        }
+    }
+
     static final class PartFileSink
             extends org.apache.flink.streaming.api.functions.sink.RichSinkFunction<String> {
         private final String dir;

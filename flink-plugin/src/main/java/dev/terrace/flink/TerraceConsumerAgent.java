@@ -317,11 +317,14 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
     }
 
     /**
-     * PartitionNotFoundException makes Flink re-run the producer; anything else fails the task
+     * PartitionNotFoundException makes Flink re-run the producer: for a partition that is gone,
+     * and for one whose stored bytes fail their checksum (reading them again would fail again;
+     * the worker reports data it cannot read as not found itself). Anything else fails the task
      * with an IOException naming the partition.
      */
     private static IOException map(TieredStoragePartitionId p, TerraceNativeException e) {
-        if (e.kind() == TerraceNativeException.Kind.PARTITION_NOT_FOUND) {
+        if (e.kind() == TerraceNativeException.Kind.PARTITION_NOT_FOUND
+                || e.kind() == TerraceNativeException.Kind.DATA_CORRUPTION) {
             PartitionNotFoundException pnf = new PartitionNotFoundException(p.getPartitionID());
             // The cause is fixed (null) by PartitionException's constructor.
             pnf.addSuppressed(e);
