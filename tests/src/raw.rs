@@ -228,9 +228,14 @@ pub struct GoodClient {
 impl GoodClient {
     /// Returns once the producer's first half is pushed.
     pub fn start(worker: &TestWorker) -> GoodClient {
+        GoodClient::start_at(&worker.address, &worker.worker_id)
+    }
+
+    /// [`GoodClient::start`] on the worker `worker_id` at `address`.
+    pub fn start_at(address: &str, worker_id: &str) -> GoodClient {
         let config = small_agent_config();
         let key = key(GOOD_JOB, 1);
-        let descriptor = worker.descriptor(&key);
+        let descriptor = terrace_tier_api::ShuffleDescriptor::new(&key, worker_id, address);
         // Creates the partition, so the consumer opens it at once.
         let agent = producer(&config, descriptor.clone(), GOOD_SUBS, false);
         let wake = wakeup();
