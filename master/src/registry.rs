@@ -360,7 +360,7 @@ mod tests {
             "not expired at the lease"
         );
         r.expire(t0 + Duration::from_millis(3001));
-        assert_eq!(r.jobs(), [renewed.clone()]);
+        assert_eq!(r.jobs(), std::slice::from_ref(&renewed));
         // The expired job is told to workers like an unregistered one.
         let released = r
             .heartbeat(
@@ -370,7 +370,7 @@ mod tests {
                 t0 + Duration::from_millis(3002),
             )
             .expect("heartbeat");
-        assert_eq!(released, [dead.clone()]);
+        assert_eq!(released, std::slice::from_ref(&dead));
         // Of the jobs a worker holds, only those neither held nor released are unknown.
         let asked = [renewed.clone(), dead.clone(), stranger.clone()];
         assert_eq!(r.unknown_jobs(&asked), [&stranger]);

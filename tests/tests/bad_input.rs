@@ -589,7 +589,7 @@ fn oversized_handshakes_are_refused_before_they_are_read() {
 }
 
 #[test]
-fn a_request_header_past_64_kib_is_a_protocol_error_and_closes() {
+fn a_request_header_past_16_kib_is_a_protocol_error_and_closes() {
     with_good_client(|worker| {
         let mut raw = Raw::handshaken(worker);
         // A SealPartition frame announcing a 100 KiB header (never sent).
@@ -600,7 +600,7 @@ fn a_request_header_past_64_kib_is_a_protocol_error_and_closes() {
         raw.send_bytes(&frame);
         let message = raw.expect_error(0, pb::ErrorCode::Protocol);
         assert!(
-            message.contains("request header longer than 64 KiB"),
+            message.contains("request header longer than 16 KiB"),
             "{message}"
         );
         raw.expect_eof();

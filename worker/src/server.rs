@@ -172,8 +172,11 @@ async fn serve(
     Ok(())
 }
 
-/// Longest request header a worker reads.
-const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+/// Longest request header a worker reads. Its requests' headers take a few
+/// hundred bytes (ids are at most 256 bytes); headers are read without the
+/// memory budget, so this times `server.max_connections` bounds what
+/// connections stalled in a header can hold (64 MiB at the defaults).
+const MAX_REQUEST_HEADER_BYTES: usize = 16 * 1024;
 
 /// One client connection: reads frames in order and runs their commands.
 pub(crate) struct Connection {
@@ -210,14 +213,19 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
         peer: accepted.peer.to_string(),
         reads: Arc::new(tokio::sync::Semaphore::new(reads)),
     };
-    // A connection with open read streams is busy even when it sends nothing.
-    while let Some(prefix) = accepted.next_prefix(conn.streams.is_empty()).await {
+    loop {
+        // A connection with open read streams is busy even when it sends
+        // nothing; streams whose task ended do not count.
+        conn.streams.retain(|_, s| !s.is_done());
+        let Some(prefix) = accepted.next_prefix(conn.streams.is_empty()).await else {
+            break;
+        };
         // Every request header a worker serves is a few hundred bytes; a
-        // large one would only take memory from the budget pushes need.
+        // large one could only be an attack.
         if prefix.header_len > MAX_REQUEST_HEADER_BYTES {
             accepted.fail(
                 pb::ErrorCode::Protocol,
-                "protocol error: request header longer than 64 KiB (the most a worker reads)",
+                "protocol error: request header longer than 16 KiB (the most a worker reads)",
             );
             break;
         }

@@ -34,6 +34,13 @@ pub struct StreamHandle {
     pub cancel: CancellationToken,
 }
 
+impl StreamHandle {
+    /// Whether the stream's task has ended (finished, failed or closed).
+    pub fn is_done(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 #[derive(Debug)]
 enum Command {
     Require { subpartition: u32, segment: u32 },
@@ -63,7 +70,7 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
         )));
     }
     // Streams whose task ended (finished, failed) no longer count.
-    conn.streams.retain(|_, s| !s.tx.is_closed());
+    conn.streams.retain(|_, s| !s.is_done());
     if conn.streams.len() >= limits.max_streams_per_connection as usize {
         return Err(TierError::bad_input(format!(
             "this connection has {} streams open, the limit (limits.max_streams_per_connection)",
