@@ -496,6 +496,16 @@ pub fn request_worker(
     })
 }
 
+/// A worker's `WorkerStats` reply (fails the test on any error).
+pub fn worker_stats(address: &str) -> terrace_proto::pb::WorkerStatsReply {
+    match request_worker(address, |request_id| {
+        terrace_proto::Message::WorkerStats(terrace_proto::pb::WorkerStats { request_id })
+    }) {
+        Ok(terrace_proto::Message::WorkerStatsReply(stats)) => stats,
+        other => panic!("worker {address} answered WorkerStats with {other:?}"),
+    }
+}
+
 /// Polls `get_next_buffer` on one subpartition (following its segments) with
 /// a short sleep until it returns an error or `deadline` passes. Returns the
 /// error and the buffers handed out before it.

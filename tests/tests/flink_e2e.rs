@@ -23,8 +23,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use terrace_proto::{Message, pb};
-use terrace_tests::{ServiceProcess, request_worker};
+use terrace_proto::pb;
+use terrace_tests::{ServiceProcess, worker_stats};
 
 /// Flink's own class for the external remote tier key.
 const TERRACE_FACTORY: &str = "dev.terrace.flink.TerraceTierFactory";
@@ -360,15 +360,6 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-}
-
-fn worker_stats(address: &str) -> pb::WorkerStatsReply {
-    match request_worker(address, |request_id| {
-        Message::WorkerStats(pb::WorkerStats { request_id })
-    }) {
-        Ok(Message::WorkerStatsReply(stats)) => stats,
-        other => panic!("worker {address} answered WorkerStats with {other:?}"),
     }
 }
 

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use terrace_proto::{Message, pb};
-use terrace_rpc::{Client, ClientOptions};
 use terrace_tests::ServiceProcess;
 
 const LEASE: Duration = Duration::from_secs(3);
@@ -70,24 +68,7 @@ fn start_agent(master: &str) -> (Child, String) {
 }
 
 fn partitions(address: &str) -> u32 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let client = Client::connect(address, &ClientOptions::default())
-            .await
-            .expect("connect to the worker");
-        match client
-            .request(|request_id| Message::WorkerStats(pb::WorkerStats { request_id }))
-            .await
-            .expect("worker stats")
-            .0
-        {
-            Message::WorkerStatsReply(stats) => stats.partitions,
-            other => panic!("unexpected reply {other:?}"),
-        }
-    })
+    terrace_tests::worker_stats(address).partitions
 }
 
 fn data_files(dir: &Path) -> Vec<PathBuf> {

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_proto::{Message, pb};
-use terrace_rpc::{Client, ClientOptions};
 use terrace_tests::{
     END_PAYLOAD, RecordingWriter, ServiceProcess, drain, flink_sized_key, key, payload, producer,
-    wakeup,
+    wakeup, worker_stats,
 };
 use terrace_tier_api::{
     AgentConfig, Buffer, ByteSize, ConsumerSpec, ErrorKind, InputChannelId, MAX_ID_BYTES,
@@ -359,24 +358,4 @@ fn readers_and_clients_that_stop_reading_stay_under_both_budgets_plus_64_mib() {
     );
     non_readers.clear();
     worker.kill();
-}
-
-fn worker_stats(address: &str) -> pb::WorkerStatsReply {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let client = Client::connect(address, &ClientOptions::default())
-            .await
-            .expect("connect");
-        let (reply, _) = client
-            .request(|request_id| Message::WorkerStats(pb::WorkerStats { request_id }))
-            .await
-            .expect("stats");
-        match reply {
-            Message::WorkerStatsReply(stats) => stats,
-            other => panic!("unexpected reply {other:?}"),
-        }
-    })
 }
