@@ -40,6 +40,8 @@ import java.util.TreeMap;
  *       for worker memory</td></tr>
  *   <tr><td>terrace.master.poll-interval</td><td>1s</td><td>how often the JobManager checks for
  *       lost workers</td></tr>
+ *   <tr><td>terrace.job-renew-interval</td><td>10s</td><td>how often the JobManager renews its
+ *       jobs' leases on every master</td></tr>
  *   <tr><td>terrace.event-poll-interval-ms</td><td>200</td><td>how long a Java event thread
  *       blocks in one native wait before checking whether it should stop</td></tr>
  *   <tr><td>terrace.native.library</td><td>(bundled)</td><td>path of a libterrace_flink.so to
