@@ -581,6 +581,49 @@ async fn protocol_errors_close_only_the_offending_connection() {
     stop(master).await;
 }
 
+/// The master runs the same server skeleton as workers: a frame whose body
+/// stalls is closed at `server.frame_timeout`, and connections past
+/// `server.max_connections` are refused with a reason.
+#[tokio::test]
+async fn stalled_frames_and_surplus_connections_are_closed_with_a_reason() {
+    let config = MasterConfig {
+        server: terrace_rpc::ServerOptions {
+            max_connections: 2,
+            frame_timeout: Duration::from_secs(1),
+            ..terrace_rpc::ServerOptions::default()
+        },
+        ..MasterConfig::default()
+    };
+    let master = start(config, Arc::new(SystemClock)).await;
+    // A RegisterJob announcing a 100 KiB header that never comes.
+    let stalled = [0x00, 0x01, 0x90, 0x05, 13, 0x00, 0x01, 0x90, 0x00];
+    let started = std::time::Instant::now();
+    expect_protocol_error(
+        &master.addr,
+        true,
+        &stalled,
+        "did not arrive within 1s of its start (server.frame_timeout)",
+    )
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    let first = connect(&master.addr).await;
+    let second = connect(&master.addr).await;
+    let third = Client::connect(&master.addr, &ClientOptions::default())
+        .await
+        .expect_err("a third connection is refused");
+    assert!(
+        third
+            .message()
+            .contains("has 2 connections open, its limit (server.max_connections)"),
+        "{third}"
+    );
+    // The two open ones are served.
+    register_worker(&first, "w1", "h:1").await;
+    assert_eq!(worker_ids(&list_workers(&second).await), ["w1"]);
+    stop(master).await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_open_connections_and_returns() {
     let master = start(MasterConfig::default(), Arc::new(SystemClock)).await;
