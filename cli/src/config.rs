@@ -73,27 +73,21 @@ mod tests {
                 ..WorkerConfig::default()
             }
         );
-        // The commented-out `[limits]` table, uncommented, says the defaults.
+        // The commented-out `[limits]` and `[server]` tables, uncommented, say the defaults.
         let text = std::fs::read_to_string(root.join("worker.toml")).expect("read example");
-        let limits: String = text
-            .lines()
-            .skip_while(|l| *l != "# [limits]")
-            .take_while(|l| !l.is_empty())
-            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
-            .collect();
-        assert!(limits.contains("max_partitions"), "{limits}");
-        let parsed: WorkerConfig = toml::from_str(&limits).expect("limits example parses");
-        assert_eq!(parsed, WorkerConfig::default());
-        // So does the commented-out `[server]` table.
-        let server: String = text
-            .lines()
-            .skip_while(|l| *l != "# [server]")
-            .take_while(|l| !l.is_empty())
-            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
-            .collect();
-        assert!(server.contains("shutdown_grace"), "{server}");
-        let parsed: WorkerConfig = toml::from_str(&server).expect("server example parses");
-        assert_eq!(parsed, WorkerConfig::default());
+        for (table, key) in [("limits", "max_partitions"), ("server", "shutdown_grace")] {
+            let header = format!("# [{table}]");
+            let uncommented: String = text
+                .lines()
+                .skip_while(|l| *l != header)
+                .take_while(|l| !l.is_empty())
+                .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+                .collect();
+            assert!(uncommented.contains(key), "{uncommented}");
+            let parsed: WorkerConfig =
+                toml::from_str(&uncommented).expect("the example table parses");
+            assert_eq!(parsed, WorkerConfig::default(), "[{table}]");
+        }
         let typo = toml::from_str::<WorkerConfig>("memory_budgte = \"1GiB\"");
         assert!(typo.is_err(), "unknown keys are refused");
     }

@@ -316,6 +316,28 @@ pub fn terrace_bin() -> std::path::PathBuf {
         .clone()
 }
 
+/// Waits (at most `within`) for a line of the child's piped stdout that
+/// contains `marker`, and returns what follows the marker, trimmed. Takes the
+/// child's stdout; later lines are read and dropped.
+pub fn await_stdout_line(
+    child: &mut std::process::Child,
+    marker: &'static str,
+    within: Duration,
+) -> Option<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(rest) = line.split(marker).nth(1) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    rx.recv_timeout(within).ok()
+}
+
 /// A `terrace` service running as a child process; killed when dropped.
 #[derive(Debug)]
 pub struct ServiceProcess {
@@ -331,7 +353,6 @@ impl ServiceProcess {
 
     /// [`ServiceProcess::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(String, String)]) -> ServiceProcess {
-        use std::io::BufRead;
         let mut child = std::process::Command::new(terrace_bin())
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -339,18 +360,7 @@ impl ServiceProcess {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("spawn terrace");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Some(address) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(address.trim().to_string());
-                }
-            }
-        });
-        let address = rx
-            .recv_timeout(Duration::from_secs(30))
+        let address = await_stdout_line(&mut child, "listening on ", Duration::from_secs(30))
             .expect("terrace prints its listening address within 30 s");
         ServiceProcess { child, address }
     }

@@ -4,7 +4,6 @@
 //! restarted with data of a job no master knows keeps it one lease, then
 //! drops it.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,18 +50,7 @@ fn start_agent(master: &str) -> (Child, String) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn hold_job");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if let Some(address) = line.strip_prefix("ready ") {
-                let _ = tx.send(address.to_string());
-            }
-        }
-    });
-    let address = rx
-        .recv_timeout(Duration::from_secs(60))
+    let address = terrace_tests::await_stdout_line(&mut child, "ready ", Duration::from_secs(60))
         .expect("the agent writes its partition within 60 s");
     (child, address)
 }

@@ -206,7 +206,7 @@ const MAX_INFLIGHT_READS: usize = 16;
 /// reading holds at most its connection's share.
 #[derive(Debug)]
 struct ReadMemory {
-    _worker: OwnedSemaphorePermit,
+    worker: OwnedSemaphorePermit,
     _connection: OwnedSemaphorePermit,
 }
 
@@ -215,7 +215,7 @@ impl ReadMemory {
         let connection = Arc::clone(connection).try_acquire_many_owned(n).ok()?;
         let worker = Arc::clone(worker).try_acquire_many_owned(n).ok()?;
         Some(ReadMemory {
-            _worker: worker,
+            worker,
             _connection: connection,
         })
     }
@@ -224,13 +224,13 @@ impl ReadMemory {
         let connection = connection.acquire_many_owned(n).await.ok()?;
         let worker = worker.acquire_many_owned(n).await.ok()?;
         Some(ReadMemory {
-            _worker: worker,
+            worker,
             _connection: connection,
         })
     }
 
     fn bytes(&self) -> usize {
-        self._worker.num_permits()
+        self.worker.num_permits()
     }
 }
 
