@@ -77,7 +77,8 @@ impl Shared {
 pub struct ConsumerAgent {
     config: AgentConfig,
     streams: Vec<StreamSlot>,
-    clients: HashMap<String, Client>,
+    /// By worker address and job token.
+    clients: HashMap<(String, String), Client>,
     shared: Arc<Shared>,
     started: bool,
 }
@@ -157,20 +158,22 @@ impl ConsumerAgent {
             .is_some_and(|q| q.buffers.is_empty() && q.ended_at.is_some())
     }
 
-    fn client_for(&mut self, address: &str) -> TierResult<Client> {
-        if let Some(client) = self.clients.get(address) {
+    /// The connection to the worker of `descriptor`, authenticated with its
+    /// job's token: one per worker and token.
+    fn client_for(&mut self, descriptor: &ShuffleDescriptor) -> TierResult<Client> {
+        let route = (
+            descriptor.worker_address.clone(),
+            descriptor.token.clone(),
+        );
+        if let Some(client) = self.clients.get(&route) {
             if !client.is_closed() {
                 return Ok(client.clone());
             }
         }
-        let options = ClientOptions {
-            name: "consumer".into(),
-            connect_timeout: self.config.connect_timeout,
-            request_timeout: self.config.request_timeout,
-            max_frame_bytes: self.config.max_frame_size.as_usize(),
-        };
-        let client = io_runtime().block_on(Client::connect(address, &options))?;
-        self.clients.insert(address.to_string(), client.clone());
+        let options =
+            ClientOptions::for_agent(&self.config, "consumer")?.with_job_token(descriptor)?;
+        let client = io_runtime().block_on(Client::connect(&route.0, &options))?;
+        self.clients.insert(route, client.clone());
         Ok(client)
     }
 
@@ -185,7 +188,7 @@ impl ConsumerAgent {
         }
         let spec = slot.spec.clone();
         let result = descriptor.key().and_then(|key| {
-            let client = self.client_for(&descriptor.worker_address)?;
+            let client = self.client_for(&descriptor)?;
             let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
             let receiver = client.register_stream(stream_id)?;
             let open = OpenStream { client, stream_id };

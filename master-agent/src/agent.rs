@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use terrace_proto::{Message, pb};
-use terrace_rpc::{ClientOptions, io_runtime};
+use terrace_rpc::{ClientOptions, JobToken, Security, SecurityConfig, io_runtime};
 use terrace_tier_api::{
     AgentConfig, ErrorKind, JobId, PartitionId, PartitionKey, ShuffleDescriptor, TierError,
     TierMasterAgent, TierResult, TierShuffleHandler,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::masters::{Masters, expect_ack};
+use crate::masters::{Masters, expect_ack, expect_job_registered};
 use crate::placements::Placements;
 use crate::workers::Workers;
 
@@ -75,11 +75,20 @@ impl MasterAgent {
         if poll_interval.is_zero() {
             return Err(TierError::bad_input("the poll interval must be positive"));
         }
+        // The agent proves it holds the cluster secret to masters and workers.
+        let security = Security::load(&SecurityConfig {
+            secret_file: config.secret_file.clone(),
+            tls_ca_file: config.tls_ca_file.clone(),
+            ..SecurityConfig::default()
+        })
+        .map_err(TierError::bad_input)?;
         let options = |name: &str| ClientOptions {
             name: name.to_string(),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             max_frame_bytes: config.max_frame_size.as_usize(),
+            credential: security.credential(),
+            tls: security.tls_client.clone(),
         };
         let placements = Arc::new(Mutex::new(Placements::default()));
         let announce = {
@@ -248,15 +257,23 @@ async fn poll_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationTo
 impl TierMasterAgent for MasterAgent {
     fn register_job(&self, job: &JobId, handler: Arc<dyn TierShuffleHandler>) -> TierResult<()> {
         self.shared.check_open()?;
-        block_on(self.shared.masters.request(|request_id| {
+        let token = block_on(self.shared.masters.request(|request_id| {
             Message::RegisterJob(pb::RegisterJob {
                 request_id,
                 job_id: job.as_bytes().clone(),
             })
         }))
-        .and_then(expect_ack)
+        .and_then(expect_job_registered)
+        .and_then(|token| match token.is_empty() {
+            true => Ok(String::new()),
+            false => JobToken::from_bytes(&token)
+                .map(|t| t.to_hex())
+                .map_err(TierError::bad_input),
+        })
         .map_err(|e| e.context(format!("register job {job}")))?;
-        self.shared.placements().register(job.clone(), handler);
+        self.shared
+            .placements()
+            .register(job.clone(), handler, token);
         tracing::info!(job = %job, "job registered");
         Ok(())
     }
@@ -289,9 +306,9 @@ impl TierMasterAgent for MasterAgent {
         num_subpartitions: u32,
     ) -> TierResult<ShuffleDescriptor> {
         self.shared.check_open()?;
-        if !self.shared.placements().is_registered(job) {
+        let Some(token) = self.shared.placements().token(job) else {
             return Err(TierError::bad_input(format!("job {job} is not registered")));
-        }
+        };
         let key = PartitionKey {
             job: job.clone(),
             partition: partition.clone(),
@@ -326,11 +343,7 @@ impl TierMasterAgent for MasterAgent {
             Instant::now(),
         )?;
         tracing::debug!(job = %job, partition = %partition, worker = %allocated.worker_id, "partition placed");
-        Ok(ShuffleDescriptor::new(
-            &key,
-            allocated.worker_id,
-            allocated.worker_address,
-        ))
+        Ok(ShuffleDescriptor::new(&key, allocated.worker_id, allocated.worker_address).with_token(token))
     }
 
     fn release_partition(&self, descriptor: &ShuffleDescriptor) -> TierResult<()> {

@@ -166,7 +166,7 @@ impl Masters {
                     })
                 })
                 .await?;
-            expect_ack(reply).map_err(|e| e.context(format!("announce job {job}")))?;
+            expect_job_registered(reply).map_err(|e| e.context(format!("announce job {job}")))?;
         }
         Ok(())
     }
@@ -213,6 +213,17 @@ pub(crate) fn expect_ack(reply: Message) -> TierResult<()> {
         Message::Ack(_) => Ok(()),
         other => Err(TierError::internal(format!(
             "expected an Ack, got {:?}",
+            other.message_type()
+        ))),
+    }
+}
+
+/// The token in a `JobRegistered` reply (empty without a cluster secret).
+pub(crate) fn expect_job_registered(reply: Message) -> TierResult<bytes::Bytes> {
+    match reply {
+        Message::JobRegistered(r) => Ok(r.job_token),
+        other => Err(TierError::internal(format!(
+            "expected JobRegistered, got {:?}",
             other.message_type()
         ))),
     }

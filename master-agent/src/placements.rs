@@ -14,6 +14,8 @@ struct Placed {
 
 struct Job {
     handler: Arc<dyn TierShuffleHandler>,
+    /// Hex of the job's token from the master (empty without a cluster secret).
+    token: String,
     partitions: HashMap<PartitionId, Placed>,
 }
 
@@ -33,14 +35,23 @@ pub(crate) struct Placements {
 
 impl Placements {
     /// Registers a job (replacing the handler of a job registered before).
-    pub(crate) fn register(&mut self, job: JobId, handler: Arc<dyn TierShuffleHandler>) {
+    pub(crate) fn register(
+        &mut self,
+        job: JobId,
+        handler: Arc<dyn TierShuffleHandler>,
+        token: String,
+    ) {
         match self.jobs.get_mut(&job) {
-            Some(known) => known.handler = handler,
+            Some(known) => {
+                known.handler = handler;
+                known.token = token;
+            }
             None => {
                 self.jobs.insert(
                     job,
                     Job {
                         handler,
+                        token,
                         partitions: HashMap::new(),
                     },
                 );
@@ -53,8 +64,10 @@ impl Placements {
         self.jobs.remove(job).map(|j| j.partitions.len())
     }
 
-    pub(crate) fn is_registered(&self, job: &JobId) -> bool {
-        self.jobs.contains_key(job)
+    /// The token of a registered job (hex, empty without a secret), or
+    /// `None` when the job is not registered.
+    pub(crate) fn token(&self, job: &JobId) -> Option<String> {
+        self.jobs.get(job).map(|j| j.token.clone())
     }
 
     pub(crate) fn jobs(&self) -> Vec<JobId> {
@@ -155,8 +168,8 @@ mod tests {
             JobId::new(b"j2".to_vec()).expect("id"),
         );
         let mut p = Placements::default();
-        p.register(j1.clone(), Arc::new(Ignore));
-        p.register(j2.clone(), Arc::new(Ignore));
+        p.register(j1.clone(), Arc::new(Ignore), String::new());
+        p.register(j2.clone(), Arc::new(Ignore), String::new());
         for (job, partition, worker) in [
             (&j1, 3, "w2"),
             (&j1, 1, "w2"),

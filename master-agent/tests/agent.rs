@@ -205,7 +205,7 @@ async fn serve(listener: TcpListener, requests: Arc<Mutex<Requests>>, stop: Canc
             let (read, write) = stream.into_split();
             let sender = spawn_writer(write, CancellationToken::new());
             let mut reader = FrameReader::new(read, 1 << 20);
-            if accept_handshake(&mut reader, &sender, "fake worker")
+            if accept_handshake(&mut reader, &sender, "fake worker", &[])
                 .await
                 .is_err()
             {
@@ -328,6 +328,7 @@ fn descriptors_releases_and_unregister_reach_the_right_workers() {
                 partition: format!("a0{p:02x}"),
                 worker_id: worker.id.clone(),
                 worker_address: worker.address.clone(),
+                token: String::new(),
             }
         );
     }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use terrace_rpc::ServerOptions;
+use terrace_rpc::{SecurityConfig, ServerOptions};
 use terrace_tier_api::ByteSize;
 
 /// Settings of the master service. Every field has a default, so an empty
@@ -49,6 +49,8 @@ pub struct MasterConfig {
     pub limits: MasterLimits,
     /// Connection limits and timeouts (`[server]`).
     pub server: ServerOptions,
+    /// Cluster secret and TLS (`[security]`).
+    pub security: SecurityConfig,
 }
 
 /// Bounds on the state peers can make a master hold. Past one, a request
@@ -86,6 +88,7 @@ impl Default for MasterConfig {
             partition_size_estimate: ByteSize::mib(64),
             limits: MasterLimits::default(),
             server: ServerOptions::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -143,7 +146,8 @@ mod tests {
         let config: MasterConfig = toml::from_str(
             "listen = \"0.0.0.0:1\"\nworker_timeout = \"300ms\"\nmax_frame_size = \"64KiB\"\n\
              released_job_memory = \"1m\"\npartition_size_estimate = 0\n\
-             [server]\nmax_connections = 3\nframe_timeout = \"2s\"\n",
+             [server]\nmax_connections = 3\nframe_timeout = \"2s\"\n\
+             [security]\nsecret_file = \"/etc/terrace/secret\"\n",
         )
         .expect("config parses");
         assert_eq!(
@@ -160,6 +164,10 @@ mod tests {
                     max_connections: 3,
                     frame_timeout: Duration::from_secs(2),
                     ..ServerOptions::default()
+                },
+                security: SecurityConfig {
+                    secret_file: Some("/etc/terrace/secret".into()),
+                    ..SecurityConfig::default()
                 },
             }
         );

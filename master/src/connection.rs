@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use terrace_proto::Message;
 use terrace_rpc::Accepted;
 
 use crate::cmd::Command;
@@ -15,11 +16,19 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Accepted) -> Accepted {
         let Some((message, _body)) = conn.read_rest(prefix).await else {
             break;
         };
-        let reply = match Command::from_message(message) {
-            Ok((request_id, command)) => {
-                shared.with_registry(|registry, now| command.apply(request_id, registry, now))
+        // Every master request is a cluster member's (or an operator's).
+        let what = format!("{:?}", message.message_type());
+        let reply = match conn.identity.require_cluster(&what) {
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, client = %conn.client, error = %e, "request refused");
+                Message::error(message.request_id(), e.code(), e.message())
             }
-            Err(reply) => *reply,
+            Ok(()) => match Command::from_message(message) {
+                Ok((request_id, command)) => shared.with_registry(|registry, now| {
+                    command.apply(request_id, registry, now, shared.secret.as_ref())
+                }),
+                Err(reply) => *reply,
+            },
         };
         if !conn.sender.send(reply, Bytes::new()) {
             tracing::debug!(peer = %conn.peer, client = %conn.client, "connection lost while replying");

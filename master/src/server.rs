@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use terrace_rpc::ServerSpec;
+use terrace_rpc::{ClusterSecret, Security, ServerSpec};
 use terrace_tier_api::{TierError, TierResult};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,8 @@ pub const SERVER_NAME: &str = "terrace-master";
 pub(crate) struct Shared {
     pub(crate) registry: Mutex<Registry>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Signs job tokens; `None` when the cluster runs without a secret.
+    pub(crate) secret: Option<ClusterSecret>,
 }
 
 impl Shared {
@@ -59,9 +61,13 @@ pub async fn run_with_clock(
     config
         .validate()
         .map_err(|e| TierError::bad_input(format!("master config: {e}")))?;
+    let security = Security::load(&config.security)
+        .map_err(|e| TierError::bad_input(format!("master config: {e}")))?;
+    security.warn_if_open("the master");
     let shared = Arc::new(Shared {
         registry: Mutex::new(Registry::new(&config, clock.now())),
         clock,
+        secret: security.secret.clone(),
     });
     let local = listener
         .local_addr()
@@ -91,6 +97,8 @@ pub async fn run_with_clock(
         name: SERVER_NAME.to_string(),
         max_frame: config.max_frame_size.as_usize(),
         options: config.server.clone(),
+        secret: security.secret,
+        tls: security.tls_server,
     };
     terrace_rpc::serve(listener, spec, shutdown, move |conn| {
         connection::serve(Arc::clone(&shared), conn)

@@ -45,12 +45,9 @@ impl ProducerAgent {
                 "{key}: a partition needs at least one subpartition"
             )));
         }
-        let options = ClientOptions {
-            name: format!("producer {}", key.partition),
-            connect_timeout: config.connect_timeout,
-            request_timeout: config.request_timeout,
-            max_frame_bytes: config.max_frame_size.as_usize(),
-        };
+        let options =
+            ClientOptions::for_agent(&config, format!("producer {}", key.partition))?
+                .with_job_token(&spec.descriptor)?;
         let address = spec.descriptor.worker_address.clone();
         let create = pb::CreatePartition {
             request_id: 0,

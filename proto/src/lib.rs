@@ -21,7 +21,8 @@ pub use codec::{
 pub use message::{Message, MessageType};
 
 /// The protocol version sent in every handshake. Peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added authentication (`auth_challenge`, `Authenticate`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Default upper bound for one frame (type, header and body), in bytes.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use terrace_proto::{FrameReader, Message, PROTOCOL_VERSION, pb};
-use terrace_tier_api::{TierError, TierResult};
+use terrace_tier_api::{AgentConfig, ShuffleDescriptor, TierError, TierResult};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::listener::BoxRead;
+use crate::security::{AUTH_BYTES, Credential, JobToken, TlsClient};
 use crate::writer::{FrameSender, spawn_writer};
 
 /// How to connect.
@@ -23,6 +25,10 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// What to prove when the server challenges (see [`Credential`]).
+    pub credential: Credential,
+    /// Set: connect over TLS, trusting the servers its CAs sign.
+    pub tls: Option<TlsClient>,
 }
 
 impl Default for ClientOptions {
@@ -32,7 +38,47 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(120),
             max_frame_bytes: terrace_proto::DEFAULT_MAX_FRAME_BYTES,
+            credential: Credential::None,
+            tls: None,
         }
+    }
+}
+
+impl ClientOptions {
+    /// Options of an agent's connections: timeouts and frame size from
+    /// `config`, TLS when it names a CA file; no credential yet.
+    pub fn for_agent(config: &AgentConfig, name: impl Into<String>) -> TierResult<Self> {
+        let tls = config
+            .tls_ca_file
+            .as_deref()
+            .map(TlsClient::cached)
+            .transpose()
+            .map_err(TierError::bad_input)?;
+        Ok(ClientOptions {
+            name: name.into(),
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
+            max_frame_bytes: config.max_frame_size.as_usize(),
+            credential: Credential::None,
+            tls,
+        })
+    }
+
+    /// These options presenting the job token of `descriptor` (none when the
+    /// descriptor carries no token: the cluster has no secret).
+    pub fn with_job_token(mut self, descriptor: &ShuffleDescriptor) -> TierResult<Self> {
+        self.credential = if descriptor.token.is_empty() {
+            Credential::None
+        } else {
+            let key = descriptor.key()?;
+            let token = JobToken::from_hex(&descriptor.token)
+                .map_err(|e| TierError::bad_input(format!("shuffle descriptor of {key}: {e}")))?;
+            Credential::Job {
+                job: key.job.as_bytes().clone(),
+                token,
+            }
+        };
+        Ok(self)
     }
 }
 
@@ -113,7 +159,8 @@ impl PendingReply {
 }
 
 impl Client {
-    /// Connects to `addr` and completes the version handshake.
+    /// Connects to `addr` (over TLS when configured), completes the version
+    /// handshake and, when the server challenges, the authentication.
     pub async fn connect(addr: &str, options: &ClientOptions) -> TierResult<Client> {
         let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr))
             .await
@@ -127,9 +174,34 @@ impl Client {
         stream
             .set_nodelay(true)
             .map_err(|e| TierError::unavailable(format!("set TCP_NODELAY on {addr}: {e}")))?;
-        let (read, write) = stream.into_split();
         let cancel = CancellationToken::new();
-        let sender = spawn_writer(write, cancel.clone());
+        let (read, sender) = match &options.tls {
+            None => {
+                let (read, write) = stream.into_split();
+                (Box::new(read) as BoxRead, spawn_writer(write, cancel.clone()))
+            }
+            Some(tls) => {
+                let name = TlsClient::server_name(addr)?;
+                let stream = tokio::time::timeout(
+                    options.connect_timeout,
+                    tls.connector.connect(name, stream),
+                )
+                .await
+                .map_err(|_| {
+                    TierError::unavailable(format!(
+                        "TLS handshake with {addr}: timed out after {:?}",
+                        options.connect_timeout
+                    ))
+                })?
+                .map_err(|e| {
+                    TierError::unavailable(format!(
+                        "TLS handshake with {addr}: {e} (does it serve TLS, with a certificate the configured CA signed?)"
+                    ))
+                })?;
+                let (read, write) = tokio::io::split(stream);
+                (Box::new(read) as BoxRead, spawn_writer(write, cancel.clone()))
+            }
+        };
         let inner = Arc::new(Inner {
             peer: addr.to_string(),
             sender,
@@ -163,12 +235,68 @@ impl Client {
             })
             .await
             .map_err(|e| e.context(format!("handshake with {addr}")))?;
-        match reply {
-            Message::HandshakeOk(ok) if ok.protocol_version == PROTOCOL_VERSION => Ok(client),
-            other => Err(TierError::bad_input(format!(
-                "handshake with {addr}: unexpected reply {:?}",
-                other.message_type()
-            ))),
+        let challenge = match reply {
+            Message::HandshakeOk(ok) if ok.protocol_version == PROTOCOL_VERSION => {
+                ok.auth_challenge
+            }
+            other => {
+                return Err(TierError::bad_input(format!(
+                    "handshake with {addr}: unexpected reply {:?}",
+                    other.message_type()
+                )));
+            }
+        };
+        client.authenticate(addr, &challenge, &options.credential).await?;
+        Ok(client)
+    }
+
+    /// Answers the server's challenge and checks the server's own proof. A
+    /// server that does not challenge is accepted only by a client that has
+    /// nothing to prove: one that holds a credential expects a cluster
+    /// member, and such a server is not one.
+    async fn authenticate(
+        &self,
+        addr: &str,
+        challenge: &[u8],
+        credential: &Credential,
+    ) -> TierResult<()> {
+        if challenge.is_empty() {
+            return match credential {
+                Credential::None => Ok(()),
+                _ => Err(TierError::permission_denied(format!(
+                    "{addr} does not authenticate its peers (it has no cluster secret) but this client holds one: configure the same secret_file on every member of the cluster"
+                ))),
+            };
+        }
+        if challenge.len() != AUTH_BYTES {
+            return Err(TierError::bad_input(format!(
+                "handshake with {addr}: auth_challenge has {} bytes, not {AUTH_BYTES}",
+                challenge.len()
+            )));
+        }
+        let (answer, expected) = credential.answer(challenge)?;
+        let (reply, _) = self
+            .request(|request_id| {
+                Message::Authenticate(pb::Authenticate {
+                    request_id,
+                    ..answer
+                })
+            })
+            .await
+            .map_err(|e| e.context(format!("authenticate with {addr}")))?;
+        let Message::Authenticated(reply) = reply else {
+            return Err(TierError::bad_input(format!(
+                "authenticate with {addr}: unexpected reply {:?}",
+                reply.message_type()
+            )));
+        };
+        match expected {
+            Some(expected) if !expected.check(&reply.proof) => {
+                Err(TierError::permission_denied(format!(
+                    "{addr} did not prove it holds the cluster secret: it is not a member of this cluster"
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -290,7 +418,7 @@ fn stream_id_of(message: &Message) -> Option<u64> {
 
 /// Reads a frame; a body lands in a buffer of the shared pool.
 async fn read_frame_pooled(
-    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    reader: &mut FrameReader<BoxRead>,
 ) -> Result<Option<(Message, Bytes)>, terrace_proto::FrameError> {
     let Some(prefix) = reader.read_prefix().await? else {
         return Ok(None);
@@ -304,7 +432,7 @@ async fn read_frame_pooled(
 
 async fn read_loop(
     inner: std::sync::Weak<Inner>,
-    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    mut reader: FrameReader<BoxRead>,
     cancel: CancellationToken,
 ) {
     let failure = loop {

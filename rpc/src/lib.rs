@@ -1,6 +1,6 @@
 //! Connections between Terrace peers over the framed protocol: a client that
 //! matches replies to requests and routes stream frames to their readers, the
-//! server side of the version handshake, a frame writer task shared by both,
+//! server side of the version handshake, authentication and TLS, a frame writer task shared by both,
 //! and the shared I/O runtime the synchronous agents run on.
 //!
 //! It knows frames and request ids, never what a message means.
@@ -9,6 +9,7 @@ mod buffers;
 mod client;
 mod listener;
 mod runtime;
+mod security;
 mod server;
 mod writer;
 
@@ -16,5 +17,9 @@ pub use buffers::{BufferPool, PooledBuf, class_size, shared_pool};
 pub use client::{Client, ClientOptions, PendingReply, StreamEvent, StreamReceiver};
 pub use listener::{Accepted, BoxRead, Meter, ServerOptions, ServerSpec, serve};
 pub use runtime::io_runtime;
+pub use security::{
+    AUTH_BYTES, ClusterSecret, Credential, Identity, JobToken, SECRET_FILE_ENV, Security,
+    SecurityConfig, TlsClient, TlsServer,
+};
 pub use server::{accept_handshake, reply_error};
 pub use writer::{FrameSender, OutFrame, spawn_writer};

@@ -29,7 +29,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::server::{accept_handshake, reply_error};
+use crate::security::{ClusterSecret, Identity, TlsServer};
+use crate::server::{accept_authentication, accept_handshake, reply_error};
 use crate::writer::{FrameSender, spawn_writer, spawn_writer_with_stall_limit};
 
 /// Limits of a server's connections (`[server]` in a master's or worker's
@@ -126,6 +127,8 @@ pub struct Accepted {
     pub peer: SocketAddr,
     /// The name the peer gave in its handshake.
     pub client: String,
+    /// What the peer proved (see [`Identity`]); services check it per request.
+    pub identity: Identity,
     pub sender: FrameSender,
     /// Fires when the server shuts down.
     pub shutdown: CancellationToken,
@@ -142,6 +145,7 @@ impl std::fmt::Debug for Accepted {
         f.debug_struct("Accepted")
             .field("peer", &self.peer)
             .field("client", &self.client)
+            .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
 }
@@ -312,6 +316,10 @@ pub struct ServerSpec {
     /// Largest frame accepted from a peer.
     pub max_frame: usize,
     pub options: ServerOptions,
+    /// Set: every connection must authenticate (see [`crate::Credential`]).
+    pub secret: Option<ClusterSecret>,
+    /// Set: only TLS connections are accepted.
+    pub tls: Option<TlsServer>,
 }
 
 /// Serves connections on `listener` until `shutdown` fires, then stops in
@@ -368,7 +376,7 @@ pub async fn serve<H, F>(
                     spec.name, options.max_connections
                 );
                 tracker.spawn(async move {
-                    refuse(stream, message).await;
+                    refuse(stream, pb::ErrorCode::Unavailable, message).await;
                     drop(permit);
                 });
             }
@@ -419,7 +427,8 @@ fn set_socket_options(stream: &TcpStream, options: &ServerOptions, peer: SocketA
     }
 }
 
-/// Sets the socket up and takes the handshake.
+/// Sets the socket up, takes the TLS handshake (when configured), the
+/// protocol handshake and the authentication (when the server has a secret).
 async fn open(
     stream: TcpStream,
     peer: SocketAddr,
@@ -428,20 +437,57 @@ async fn open(
     shutdown: CancellationToken,
 ) -> Option<Accepted> {
     set_socket_options(&stream, &options, peer);
-    let (read, write) = stream.into_split();
     let write_failed = CancellationToken::new();
-    let sender =
-        spawn_writer_with_stall_limit(write, write_failed.clone(), Some(options.frame_timeout));
-    let mut reader = FrameReader::new(Box::new(read) as BoxRead, spec.max_frame);
-    let handshake = tokio::select! {
+    let stall = Some(options.frame_timeout);
+    let (reader, sender) = match &spec.tls {
+        None => {
+            let (read, write) = stream.into_split();
+            let sender = spawn_writer_with_stall_limit(write, write_failed.clone(), stall);
+            (Box::new(read) as BoxRead, sender)
+        }
+        Some(tls) => {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                stream = tls_accept(stream, tls, &spec.name, &options, peer) => stream?,
+            };
+            let (read, write) = tokio::io::split(stream);
+            let sender = spawn_writer_with_stall_limit(write, write_failed.clone(), stall);
+            (Box::new(read) as BoxRead, sender)
+        }
+    };
+    let mut reader = FrameReader::new(reader, spec.max_frame);
+    let opening = async {
+        let challenge = match &spec.secret {
+            Some(_) => Some(
+                crate::security::random_bytes().map_err(|e| e.message().to_string())?,
+            ),
+            None => None,
+        };
+        let client = accept_handshake(
+            &mut reader,
+            &sender,
+            &spec.name,
+            challenge.as_ref().map_or(&[][..], |c| &c[..]),
+        )
+        .await?;
+        let identity = match (&spec.secret, challenge) {
+            (Some(secret), Some(challenge)) => {
+                accept_authentication(&mut reader, &sender, secret, &challenge).await?
+            }
+            _ => Identity::Open,
+        };
+        Ok::<_, String>((client, identity))
+    };
+    let opened = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        r = tokio::time::timeout(options.handshake_timeout, accept_handshake(&mut reader, &sender, &spec.name)) => {
+        r = tokio::time::timeout(options.handshake_timeout, opening) => {
             r.unwrap_or_else(|_| Err(format!("no handshake within {:?} (server.handshake_timeout)", options.handshake_timeout)))
         }
     };
     let mut accepted = Accepted {
         peer,
         client: String::new(),
+        identity: Identity::Anonymous,
         sender,
         shutdown,
         write_failed,
@@ -449,14 +495,15 @@ async fn open(
         options,
         failed: false,
     };
-    match handshake {
-        Ok(client) => {
-            tracing::debug!(%peer, %client, "connection open");
+    match opened {
+        Ok((client, identity)) => {
+            tracing::debug!(%peer, %client, ?identity, "connection open");
             accepted.client = client;
+            accepted.identity = identity;
             Some(accepted)
         }
         Err(reason) => {
-            if reason == "closed before the handshake" {
+            if reason.starts_with("closed before the") {
                 // Port probes and health checks.
                 tracing::debug!(%peer, reason, "connection closed before the handshake");
             } else {
@@ -464,6 +511,50 @@ async fn open(
                 accepted.failed = true;
             }
             close(accepted).await;
+            None
+        }
+    }
+}
+
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Takes a connection's TLS handshake within `server.handshake_timeout`. A
+/// peer that speaks plaintext Terrace is told, in plaintext, that this
+/// server takes only TLS.
+async fn tls_accept(
+    stream: TcpStream,
+    tls: &TlsServer,
+    name: &str,
+    options: &ServerOptions,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let deadline = options.handshake_timeout;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
+        Ok(Ok(1)) => {
+            tracing::warn!(%peer, "refused a plaintext connection: this server takes only TLS");
+            let message = format!(
+                "{name} accepts only TLS connections (it has security.tls_cert_file): connect with TLS (security.tls_ca_file, or terrace.tls.ca-file in Flink)"
+            );
+            refuse(stream, pb::ErrorCode::Protocol, message).await;
+            return None;
+        }
+        Ok(_) => return None,
+        Err(_) => {
+            tracing::warn!(%peer, "no TLS handshake within {deadline:?} (server.handshake_timeout)");
+            return None;
+        }
+    }
+    match tokio::time::timeout(deadline, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "TLS handshake not done within {deadline:?} (server.handshake_timeout)");
             None
         }
     }
@@ -497,10 +588,10 @@ async fn close(accepted: Accepted) {
 }
 
 /// Tells a connection over the limit why it is refused, then closes it.
-async fn refuse(stream: TcpStream, message: String) {
+async fn refuse(stream: TcpStream, code: pb::ErrorCode, message: String) {
     let (mut read, write) = stream.into_split();
     let sender = spawn_writer(write, CancellationToken::new());
-    reply_error(&sender, 0, pb::ErrorCode::Unavailable, message);
+    reply_error(&sender, 0, code, message);
     drop(sender);
     linger(&mut read).await;
 }

@@ -1,8 +1,9 @@
-//! The server side of the handshake, and error replies.
+//! The server side of the handshake and authentication, and error replies.
 
 use terrace_proto::{FrameReader, Message, PROTOCOL_VERSION, pb};
 use tokio::io::AsyncRead;
 
+use crate::security::{self, ClusterSecret, Identity};
 use crate::writer::FrameSender;
 
 /// Sends an error reply.
@@ -25,16 +26,16 @@ pub const MAX_HANDSHAKE_BYTES: usize = 4096;
 /// Longest client name accepted in a handshake, in bytes.
 pub const MAX_CLIENT_NAME_BYTES: usize = 256;
 
-/// Reads the first frame, which must be a handshake with our protocol version,
-/// and answers it. On failure an error frame is queued and the reason returned;
-/// the caller closes the connection.
-pub async fn accept_handshake<R: AsyncRead + Unpin>(
+/// Reads one frame of the connection's opening (handshake, authentication),
+/// which may not exceed [`MAX_HANDSHAKE_BYTES`]. On failure an error frame is
+/// queued and the reason returned.
+async fn read_opening_frame<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     sender: &FrameSender,
-    server_name: &str,
-) -> Result<String, String> {
+    what: &str,
+) -> Result<Message, String> {
     let refuse = |e: &terrace_proto::FrameError| {
-        let reason = format!("bad handshake frame: {e}");
+        let reason = format!("bad {what} frame: {e}");
         if e.is_protocol_error() {
             reply_error(sender, 0, pb::ErrorCode::Protocol, reason.clone());
         }
@@ -42,22 +43,34 @@ pub async fn accept_handshake<R: AsyncRead + Unpin>(
     };
     let prefix = match reader.read_prefix().await {
         Ok(Some(prefix)) => prefix,
-        Ok(None) => return Err("closed before the handshake".into()),
+        Ok(None) => return Err(format!("closed before the {what}")),
         Err(e) => return Err(refuse(&e)),
     };
     if prefix.remaining() > MAX_HANDSHAKE_BYTES {
         let reason = format!(
-            "handshake frame of {} bytes exceeds the maximum of {MAX_HANDSHAKE_BYTES} bytes",
+            "{what} frame of {} bytes exceeds the maximum of {MAX_HANDSHAKE_BYTES} bytes",
             prefix.remaining()
         );
         reply_error(sender, 0, pb::ErrorCode::Protocol, reason.clone());
         return Err(reason);
     }
-    let frame = match reader.read_rest(prefix).await {
-        Ok(frame) => frame,
-        Err(e) => return Err(refuse(&e)),
-    };
-    match frame.0 {
+    match reader.read_rest(prefix).await {
+        Ok((message, _)) => Ok(message),
+        Err(e) => Err(refuse(&e)),
+    }
+}
+
+/// Reads the first frame, which must be a handshake with our protocol version,
+/// and answers it with `auth_challenge` (empty when the server has no secret).
+/// On failure an error frame is queued and the reason returned; the caller
+/// closes the connection.
+pub async fn accept_handshake<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    sender: &FrameSender,
+    server_name: &str,
+    auth_challenge: &[u8],
+) -> Result<String, String> {
+    match read_opening_frame(reader, sender, "handshake").await? {
         Message::Handshake(h) if h.client_name.len() > MAX_CLIENT_NAME_BYTES => {
             let reason = format!(
                 "client_name of {} bytes exceeds the maximum of {MAX_CLIENT_NAME_BYTES} bytes",
@@ -77,6 +90,7 @@ pub async fn accept_handshake<R: AsyncRead + Unpin>(
                     request_id: h.request_id,
                     protocol_version: PROTOCOL_VERSION,
                     server_name: server_name.to_string(),
+                    auth_challenge: auth_challenge.to_vec().into(),
                 }),
                 bytes::Bytes::new(),
             );
@@ -97,6 +111,48 @@ pub async fn accept_handshake<R: AsyncRead + Unpin>(
         }
         other => {
             let reason = format!("expected a handshake first, got {:?}", other.message_type());
+            reply_error(sender, 0, pb::ErrorCode::Protocol, reason.clone());
+            Err(reason)
+        }
+    }
+}
+
+/// Reads the client's `Authenticate`, which must follow a handshake that
+/// carried `challenge`, and answers it with the server's proof. Returns what
+/// the client proved, or (after queueing an error) why it is refused.
+pub(crate) async fn accept_authentication<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    sender: &FrameSender,
+    secret: &ClusterSecret,
+    challenge: &[u8],
+) -> Result<Identity, String> {
+    match read_opening_frame(reader, sender, "authentication").await? {
+        Message::Authenticate(answer) => match security::verify(secret, challenge, &answer) {
+            Ok((identity, proof)) => {
+                sender.send(
+                    Message::Authenticated(pb::Authenticated {
+                        request_id: answer.request_id,
+                        proof: proof.into(),
+                    }),
+                    bytes::Bytes::new(),
+                );
+                Ok(identity)
+            }
+            Err(reason) => {
+                reply_error(
+                    sender,
+                    answer.request_id,
+                    pb::ErrorCode::PermissionDenied,
+                    reason.clone(),
+                );
+                Err(reason)
+            }
+        },
+        other => {
+            let reason = format!(
+                "this server holds a cluster secret: expected Authenticate after the handshake, got {:?}",
+                other.message_type()
+            );
             reply_error(sender, 0, pb::ErrorCode::Protocol, reason.clone());
             Err(reason)
         }

@@ -127,11 +127,31 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                 client_name,
             })
         }),
-        (u64s(), u32s(), strings()).prop_map(|(request_id, protocol_version, server_name)| {
-            Message::HandshakeOk(pb::HandshakeOk {
+        (u64s(), u32s(), strings(), ids()).prop_map(
+            |(request_id, protocol_version, server_name, auth_challenge)| {
+                Message::HandshakeOk(pb::HandshakeOk {
+                    request_id,
+                    protocol_version,
+                    server_name,
+                    auth_challenge,
+                })
+            }
+        ),
+        (u64s(), ids(), ids(), ids()).prop_map(|(request_id, job_id, client_nonce, proof)| {
+            Message::Authenticate(pb::Authenticate {
                 request_id,
-                protocol_version,
-                server_name,
+                job_id,
+                client_nonce,
+                proof,
+            })
+        }),
+        (u64s(), ids()).prop_map(|(request_id, proof)| {
+            Message::Authenticated(pb::Authenticated { request_id, proof })
+        }),
+        (u64s(), ids()).prop_map(|(request_id, job_token)| {
+            Message::JobRegistered(pb::JobRegistered {
+                request_id,
+                job_token,
             })
         }),
         (u64s(), any::<i32>(), strings()).prop_map(|(request_id, code, message)| {

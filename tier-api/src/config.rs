@@ -2,6 +2,7 @@
 //! Terrace config file (`"64MiB"`, `"512KiB"`, `1048576`).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -134,6 +135,14 @@ pub struct AgentConfig {
     /// keep it several times shorter than the masters' `job_lease`.
     #[serde(with = "humantime_serde")]
     pub job_renew_interval: Duration,
+    /// File holding the cluster secret (else `TERRACE_SECRET_FILE`). Only the
+    /// master agent reads it: it proves to masters and workers that it is a
+    /// member. Producers and consumers present their job's token from the
+    /// shuffle descriptor instead.
+    pub secret_file: Option<PathBuf>,
+    /// PEM CA certificates: when set, agents connect to masters and workers
+    /// over TLS and trust the servers these sign.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -150,6 +159,8 @@ impl Default for AgentConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(120),
             job_renew_interval: Duration::from_secs(10),
+            secret_file: None,
+            tls_ca_file: None,
         }
     }
 }

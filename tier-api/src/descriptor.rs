@@ -18,6 +18,10 @@ pub struct ShuffleDescriptor {
     pub worker_id: String,
     /// `host:port` of that worker's data port.
     pub worker_address: String,
+    /// Hex of the job's token, which producers and consumers present to the
+    /// worker; empty when the cluster has no secret.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
 }
 
 impl ShuffleDescriptor {
@@ -31,7 +35,14 @@ impl ShuffleDescriptor {
             partition: key.partition.to_hex(),
             worker_id: worker_id.into(),
             worker_address: worker_address.into(),
+            token: String::new(),
         }
+    }
+
+    /// The descriptor with the job's token (hex).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = token.into();
+        self
     }
 
     /// The partition key, validated.

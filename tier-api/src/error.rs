@@ -26,6 +26,10 @@ pub enum ErrorKind {
     Closed,
     /// No worker is registered with the master.
     NoWorkers,
+    /// The peer did not prove it holds the cluster secret, or the job's
+    /// token: a configuration error (`secret_file`), or a peer that may not
+    /// do this.
+    PermissionDenied,
     /// Something that should not happen; see the message.
     Internal,
 }
@@ -72,6 +76,10 @@ impl TierError {
         Self::new(ErrorKind::Closed, message)
     }
 
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, message)
+    }
+
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
@@ -98,6 +106,7 @@ impl TierError {
             ErrorKind::PartitionSealed => ErrorCode::PartitionSealed,
             ErrorKind::Closed => ErrorCode::Unavailable,
             ErrorKind::NoWorkers => ErrorCode::NoWorkers,
+            ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
             ErrorKind::Internal => ErrorCode::Internal,
         }
     }
@@ -114,6 +123,7 @@ impl TierError {
             ErrorCode::DataCorruption => ErrorKind::DataCorruption,
             ErrorCode::Unavailable => ErrorKind::Unavailable,
             ErrorCode::NoWorkers => ErrorKind::NoWorkers,
+            ErrorCode::PermissionDenied => ErrorKind::PermissionDenied,
             ErrorCode::Internal | ErrorCode::Unspecified => ErrorKind::Internal,
         };
         let mut message = message.into();

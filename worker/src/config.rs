@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use terrace_rpc::ServerOptions;
+use terrace_rpc::{SecurityConfig, ServerOptions};
 use terrace_tier_api::ByteSize;
 
 /// Every key of the `[worker]` config file. All have defaults.
@@ -54,6 +54,9 @@ pub struct WorkerConfig {
     pub limits: WorkerLimits,
     /// Connection limits and timeouts (the `[server]` table).
     pub server: ServerOptions,
+    /// Cluster secret and TLS (`[security]`); `tls_ca_file` is for the
+    /// connections to masters.
+    pub security: SecurityConfig,
 }
 
 /// Bounds on the values a peer sends, checked before they size anything. A
@@ -108,6 +111,7 @@ impl Default for WorkerConfig {
             heartbeat_interval: Duration::from_secs(1),
             limits: WorkerLimits::default(),
             server: ServerOptions::default(),
+            security: SecurityConfig::default(),
         }
     }
 }

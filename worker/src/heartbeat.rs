@@ -92,6 +92,8 @@ async fn heartbeat_loop(shared: Arc<Shared>, master: String) {
             .heartbeat_interval
             .max(std::time::Duration::from_secs(1)),
         request_timeout: shared.config.heartbeat_interval * 5,
+        credential: shared.security.credential(),
+        tls: shared.security.tls_client.clone(),
         ..ClientOptions::default()
     };
     let mut warned = false;

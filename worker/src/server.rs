@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use terrace_proto::{Message, pb};
-use terrace_rpc::{Accepted, FrameSender, Meter, ServerSpec, reply_error};
+use terrace_rpc::{Accepted, FrameSender, Identity, Meter, Security, ServerSpec, reply_error};
 use terrace_tier_api::{TierError, TierResult};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     /// this worker first asked). See `heartbeat`.
     pub jobs_known: std::sync::Mutex<HashMap<terrace_tier_api::JobId, std::time::Instant>>,
     pub config: WorkerConfig,
+    /// The cluster secret and TLS, loaded from `config.security`.
+    pub security: Security,
     pub worker_id: String,
     pub address: String,
 }
@@ -126,6 +128,9 @@ fn prepare(
         .clone()
         .unwrap_or_else(|| local.to_string());
     let worker_id = config.worker_id.clone().unwrap_or_else(|| address.clone());
+    let security = Security::load(&config.security)
+        .map_err(|e| TierError::bad_input(format!("worker config: {e}")))?;
+    security.warn_if_open("the worker");
     let store = Arc::new(Store::open(store_options(&config), hooks)?);
     Ok((
         Arc::new(Shared {
@@ -137,6 +142,7 @@ fn prepare(
                     .min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
             config,
+            security,
             worker_id,
             address,
         }),
@@ -157,6 +163,8 @@ async fn serve(
         name: shared.worker_id.clone(),
         max_frame: shared.config.max_frame_size.as_usize(),
         options: shared.config.server.clone(),
+        secret: shared.security.secret.clone(),
+        tls: shared.security.tls_server.clone(),
     };
     let served = Arc::clone(&shared);
     terrace_rpc::serve(listener, spec, shutdown, move |conn| {
@@ -262,12 +270,40 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
         let Some(((message, body), reservation)) = frame else {
             break;
         };
+        if let Err(e) = authorize(&accepted.identity, &message) {
+            tracing::debug!(peer = %conn.peer, client = %accepted.client, error = %e, "request refused");
+            reply_error(&conn.sender, message.request_id(), e.code(), e.message().to_string());
+            continue;
+        }
         dispatch(&mut conn, message, body, reservation).await;
     }
     for (_, stream) in conn.streams.drain() {
         stream.cancel.cancel();
     }
     accepted
+}
+
+/// Whether the connection may make this request: a job's data (create, push,
+/// seal, release, drop, read) needs that job's token or the cluster secret;
+/// stats need the secret. Stream control frames act on streams the
+/// connection opened, so the `OpenStream` check covers them.
+fn authorize(identity: &Identity, message: &Message) -> TierResult<()> {
+    let key_job = |key: &Option<pb::PartitionKey>| {
+        key.as_ref().map_or(&[][..], |k| &k.job_id[..]).to_vec()
+    };
+    let (what, job) = match message {
+        Message::CreatePartition(m) => ("CreatePartition", key_job(&m.key)),
+        Message::PushData(m) => ("PushData", key_job(&m.key)),
+        Message::SealPartition(m) => ("SealPartition", key_job(&m.key)),
+        Message::ReleasePartition(m) => ("ReleasePartition", key_job(&m.key)),
+        Message::OpenStream(m) => ("OpenStream", key_job(&m.key)),
+        Message::DropJob(m) => ("DropJob", m.job_id.to_vec()),
+        Message::RequireSegment(_) | Message::AddCredit(_) | Message::CloseStream(_) => {
+            return Ok(());
+        }
+        other => return identity.require_cluster(&format!("{:?}", other.message_type())),
+    };
+    identity.require_job(&job, what)
 }
 
 async fn dispatch(conn: &mut Connection, message: Message, body: Bytes, reservation: Reservation) {

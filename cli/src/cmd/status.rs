@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use terrace_proto::{Message, pb};
-use terrace_rpc::{Client, ClientOptions};
+use terrace_rpc::{Client, ClientOptions, Security, SecurityConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,6 +13,12 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// File holding the cluster secret, when the cluster has one.
+    #[arg(long, env = "TERRACE_SECRET_FILE")]
+    secret_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates, when the cluster serves TLS.
+    #[arg(long, env = "TERRACE_TLS_CA_FILE")]
+    tls_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -112,7 +118,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    let (workers, jobs) = runtime.block_on(collect(&args.master))?;
+    let security = Security::load(&SecurityConfig {
+        secret_file: args.secret_file.clone(),
+        tls_ca_file: args.tls_ca_file.clone(),
+        ..SecurityConfig::default()
+    })
+    .map_err(anyhow::Error::msg)
+    .context("load --secret-file / --tls-ca-file")?;
+    let options = ClientOptions {
+        name: "terrace status".into(),
+        credential: security.credential(),
+        tls: security.tls_client,
+        ..ClientOptions::default()
+    };
+    let (workers, jobs) = runtime.block_on(collect(&args.master, &options))?;
     if args.json {
         let out = serde_json::json!({ "master": args.master, "jobs": jobs, "workers": workers });
         println!(
@@ -244,12 +263,11 @@ fn human(bytes: u64) -> String {
     format!("{bytes} B")
 }
 
-async fn collect(master: &str) -> anyhow::Result<(Vec<WorkerStatus>, Vec<String>)> {
-    let options = ClientOptions {
-        name: "terrace status".into(),
-        ..ClientOptions::default()
-    };
-    let client = Client::connect(master, &options)
+async fn collect(
+    master: &str,
+    options: &ClientOptions,
+) -> anyhow::Result<(Vec<WorkerStatus>, Vec<String>)> {
+    let client = Client::connect(master, options)
         .await
         .with_context(|| format!("connect to master {master}"))?;
     let (reply, _) = client

@@ -72,6 +72,16 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "how often the JobManager's agent renews its jobs' leases on every master (keep it several times shorter than the masters' job_lease)",
     ),
     (
+        "terrace.secret-file",
+        "",
+        "JobManager: file holding the cluster secret (else TERRACE_SECRET_FILE); the master agent proves it to masters and workers, and gets each job's token from the masters",
+    ),
+    (
+        "terrace.tls.ca-file",
+        "",
+        "PEM CA certificates: when set, agents connect to masters and workers over TLS and trust the servers these sign",
+    ),
+    (
         "terrace.event-poll-interval-ms",
         "200",
         "Java: how long an event thread blocks in one native wait",
@@ -126,6 +136,11 @@ fn parse_duration(key: &str, value: &str) -> NativeResult<Duration> {
     Ok(duration)
 }
 
+fn non_empty_path(value: &str) -> Option<std::path::PathBuf> {
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.into())
+}
+
 fn parse_bool(key: &str, value: &str) -> NativeResult<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" => Ok(true),
@@ -173,6 +188,8 @@ pub fn parse_config<'a>(
             "terrace.connect-timeout" => agent.connect_timeout = parse_duration(key, value)?,
             "terrace.request-timeout" => agent.request_timeout = parse_duration(key, value)?,
             "terrace.job-renew-interval" => agent.job_renew_interval = parse_duration(key, value)?,
+            "terrace.secret-file" => agent.secret_file = non_empty_path(value),
+            "terrace.tls.ca-file" => agent.tls_ca_file = non_empty_path(value),
             "terrace.master.poll-interval" => {
                 master_poll_interval = parse_duration(key, value)?;
                 if master_poll_interval.is_zero() {

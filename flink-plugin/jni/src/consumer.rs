@@ -24,7 +24,7 @@ use crate::events::{ReadySet, Waited};
 use crate::handles::{HandleKind, HandleTable};
 use crate::java;
 use crate::library::init_logging;
-use crate::master::descriptor_from;
+use crate::master::{DESCRIPTOR_FIELDS, descriptor_from};
 
 /// `NativeBridge.POLL_EMPTY`.
 const POLL_EMPTY: jlong = -1;
@@ -109,13 +109,13 @@ fn descriptor_at(
     fields: &JObjectArray<'_>,
     stream: usize,
 ) -> NativeResult<Option<ShuffleDescriptor>> {
-    let mut values = Vec::with_capacity(4);
-    for i in 0..4 {
+    let mut values = Vec::with_capacity(DESCRIPTOR_FIELDS);
+    for i in 0..DESCRIPTOR_FIELDS {
         values.push(java::string_element(
             env,
             "descriptor field",
             fields,
-            stream * 4 + i,
+            stream * DESCRIPTOR_FIELDS + i,
         )?);
     }
     match (
@@ -123,11 +123,12 @@ fn descriptor_at(
         values[1].take(),
         values[2].take(),
         values[3].take(),
+        values[4].take(),
     ) {
-        (Some(job), Some(partition), Some(worker_id), Some(address)) => {
-            Ok(Some(descriptor_from(job, partition, worker_id, address)?))
-        }
-        (None, None, None, None) => Ok(None),
+        (Some(job), Some(partition), Some(worker_id), Some(address), Some(token)) => Ok(Some(
+            descriptor_from(job, partition, worker_id, address, token)?,
+        )),
+        (None, None, None, None, None) => Ok(None),
         _ => Err(NativeError::invalid(format!(
             "descriptor of stream {stream} is partly null"
         ))),
@@ -135,8 +136,8 @@ fn descriptor_at(
 }
 
 /// Opens a consumer for one input gate. Per stream: the partition id bytes,
-/// the input channel, the subpartition range, and four descriptor fields
-/// (`job, partition, workerId, workerAddress`, all null while unknown).
+/// the input channel, the subpartition range, and five descriptor fields
+/// (`job, partition, workerId, workerAddress, token`, all null while unknown).
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
 pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerOpen<'l>(
@@ -158,7 +159,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerOpen<'l>(
         let firsts = java::ints(env, "first subpartitions", &first_subpartitions)?;
         let lasts = java::ints(env, "last subpartitions", &last_subpartitions)?;
         let fields = java::object_array_len(env, "descriptor fields", &descriptor_fields)?;
-        if channels.len() != n || firsts.len() != n || lasts.len() != n || fields != 4 * n {
+        if channels.len() != n || firsts.len() != n || lasts.len() != n || fields != DESCRIPTOR_FIELDS * n {
             return Err(NativeError::invalid(format!(
                 "{n} partition ids but {} channels, {} ranges, {fields} descriptor fields",
                 channels.len(),
@@ -221,6 +222,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerUpdateDescrip
     partition_hex: JString<'l>,
     worker_id: JString<'l>,
     worker_address: JString<'l>,
+    token: JString<'l>,
 ) {
     entry(&mut env, "update Terrace consumer descriptor", (), |env| {
         let consumer = CONSUMERS.get(handle)?;
@@ -230,6 +232,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerUpdateDescrip
             java::string(env, "partition", &partition_hex)?,
             java::string(env, "worker id", &worker_id)?,
             java::string(env, "worker address", &worker_address)?,
+            java::string(env, "job token", &token)?,
         )?;
         let first = SubpartitionId(0);
         Ok(consumer.lock()?.update_tier_shuffle_descriptor(

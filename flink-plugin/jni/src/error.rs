@@ -71,7 +71,9 @@ impl From<TierError> for NativeError {
         let kind = match e.kind() {
             ErrorKind::PartitionNotFound => NativeErrorKind::PartitionNotFound,
             ErrorKind::DataCorruption => NativeErrorKind::DataCorruption,
-            ErrorKind::Unavailable | ErrorKind::NoWorkers => NativeErrorKind::Io,
+            ErrorKind::Unavailable | ErrorKind::NoWorkers | ErrorKind::PermissionDenied => {
+                NativeErrorKind::Io
+            }
             ErrorKind::BadInput | ErrorKind::PartitionSealed => NativeErrorKind::InvalidArgument,
             ErrorKind::Closed => NativeErrorKind::Closed,
             ErrorKind::Internal => NativeErrorKind::Internal,

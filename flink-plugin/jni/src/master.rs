@@ -58,18 +58,23 @@ fn job_id(env: &mut JNIEnv<'_>, job: &JByteArray<'_>) -> NativeResult<JobId> {
     Ok(JobId::new(java::bytes(env, "job id", job)?)?)
 }
 
-/// A descriptor from its four Java fields.
+/// Strings of a descriptor on the Java side (`TerraceShuffleDescriptor`).
+pub(crate) const DESCRIPTOR_FIELDS: usize = 5;
+
+/// A descriptor from its Java fields.
 pub(crate) fn descriptor_from(
     job: String,
     partition: String,
     worker_id: String,
     worker_address: String,
+    token: String,
 ) -> NativeResult<ShuffleDescriptor> {
     let descriptor = ShuffleDescriptor {
         job,
         partition,
         worker_id,
         worker_address,
+        token,
     };
     descriptor.key()?;
     Ok(descriptor)
@@ -125,7 +130,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterUnregisterJob<'
     })
 }
 
-/// Returns the descriptor's fields: `{jobHex, partitionHex, workerId, workerAddress}`.
+/// Returns the descriptor's fields: `{jobHex, partitionHex, workerId, workerAddress, token}`.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterAddPartition<'l>(
     mut env: JNIEnv<'l>,
@@ -147,7 +152,8 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterAddPartition<'l
                 &partition,
                 UNKNOWN_NUM_SUBPARTITIONS,
             )?;
-            let fields = [d.job, d.partition, d.worker_id, d.worker_address];
+            let fields: [String; DESCRIPTOR_FIELDS] =
+                [d.job, d.partition, d.worker_id, d.worker_address, d.token];
             Ok(java::string_array(env, &fields)?.into_raw())
         },
     )
@@ -162,6 +168,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterReleasePartitio
     partition_hex: JString<'l>,
     worker_id: JString<'l>,
     worker_address: JString<'l>,
+    token: JString<'l>,
 ) {
     entry(
         &mut env,
@@ -174,6 +181,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterReleasePartitio
                 java::string(env, "partition", &partition_hex)?,
                 java::string(env, "worker id", &worker_id)?,
                 java::string(env, "worker address", &worker_address)?,
+                java::string(env, "job token", &token)?,
             )?;
             Ok(master.agent.release_partition(&descriptor)?)
         },

@@ -84,6 +84,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerOpen<'l>(
     partition_hex: JString<'l>,
     worker_id: JString<'l>,
     worker_address: JString<'l>,
+    token: JString<'l>,
     num_subpartitions: jint,
     broadcast_only: jboolean,
     end_of_segment_payload: JByteArray<'l>,
@@ -97,6 +98,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerOpen<'l>(
             java::string(env, "partition", &partition_hex)?,
             java::string(env, "worker id", &worker_id)?,
             java::string(env, "worker address", &worker_address)?,
+            java::string(env, "job token", &token)?,
         )?;
         let spec = ProducerSpec {
             descriptor,

@@ -12,6 +12,7 @@ mod unregister_job;
 use std::time::Instant;
 
 use terrace_proto::{Message, pb};
+use terrace_rpc::ClusterSecret;
 use terrace_tier_api::{JobId, MAX_ID_BYTES, TierError, TierResult};
 
 use crate::registry::{Registry, WorkerLoad};
@@ -62,12 +63,19 @@ impl Command {
         }
     }
 
-    /// Applies the command and returns the reply for `request_id`.
-    pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
+    /// Applies the command and returns the reply for `request_id`. `secret`
+    /// signs the tokens of registered jobs.
+    pub(crate) fn apply(
+        self,
+        request_id: u64,
+        registry: &mut Registry,
+        now: Instant,
+        secret: Option<&ClusterSecret>,
+    ) -> Message {
         match self {
             Command::RegisterWorker(c) => c.apply(request_id, registry, now),
             Command::Heartbeat(c) => c.apply(request_id, registry, now),
-            Command::RegisterJob(c) => c.apply(request_id, registry, now),
+            Command::RegisterJob(c) => c.apply(request_id, registry, now, secret),
             Command::UnregisterJob(c) => c.apply(request_id, registry, now),
             Command::AllocatePartition(c) => c.apply(request_id, registry, now),
             Command::ListWorkers(c) => c.apply(request_id, registry, now),

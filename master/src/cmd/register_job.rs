@@ -1,8 +1,9 @@
-//! `RegisterJob` → `Ack`.
+//! `RegisterJob` → `JobRegistered` (with the job's token).
 
 use std::time::Instant;
 
 use terrace_proto::{Message, pb};
+use terrace_rpc::ClusterSecret;
 use terrace_tier_api::{JobId, TierResult};
 
 use crate::registry::Registry;
@@ -19,9 +20,21 @@ impl RegisterJob {
         })
     }
 
-    pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
+    pub(crate) fn apply(
+        self,
+        request_id: u64,
+        registry: &mut Registry,
+        now: Instant,
+        secret: Option<&ClusterSecret>,
+    ) -> Message {
+        let job_token = secret.map_or_else(Vec::new, |secret| {
+            secret.job_token(self.job.as_bytes()).as_bytes().to_vec()
+        });
         match registry.register_job(self.job, now) {
-            Ok(()) => Message::ack(request_id),
+            Ok(()) => Message::JobRegistered(pb::JobRegistered {
+                request_id,
+                job_token: job_token.into(),
+            }),
             Err(e) => Message::error(request_id, e.code(), e.message()),
         }
     }

@@ -17,7 +17,8 @@ import java.nio.ByteBuffer;
  *       Using a closed (or foreign) handle throws {@link TerraceNativeException} with kind
  *       CLOSED (or INVALID_ARGUMENT); it never crashes the JVM.
  *   <li>Ids cross as raw bytes on the way in (JobID 16 bytes, ResultPartitionID 60 bytes) and
- *       as the descriptor's four strings ({@code jobHex, partitionHex, workerId, workerAddress})
+ *       as the descriptor's five strings ({@code jobHex, partitionHex, workerId, workerAddress,
+ *       token})
  *       once a partition is placed.
  *   <li>Configuration crosses as a flat {@code String[]} of key, value, ... (the {@code
  *       terrace.*} keys of the Flink configuration); unknown {@code terrace.*} keys are rejected.
@@ -67,14 +68,19 @@ public final class NativeBridge {
 
     /**
      * Places a new partition on a worker. Returns the descriptor's fields {@code {jobHex,
-     * partitionHex, workerId, workerAddress}}.
+     * partitionHex, workerId, workerAddress, token}}.
      */
     public static native String[] masterAddPartition(long master, byte[] jobId, byte[] partitionId)
             throws TerraceNativeException;
 
     /** Deletes the partition's data on its worker (a partition already gone is fine). */
     public static native void masterReleasePartition(
-            long master, String jobHex, String partitionHex, String workerId, String workerAddress)
+            long master,
+            String jobHex,
+            String partitionHex,
+            String workerId,
+            String workerAddress,
+            String token)
             throws TerraceNativeException;
 
     /**
@@ -106,6 +112,7 @@ public final class NativeBridge {
             String partitionHex,
             String workerId,
             String workerAddress,
+            String token,
             int numSubpartitions,
             boolean broadcastOnly,
             byte[] endOfSegmentPayload)
@@ -156,8 +163,8 @@ public final class NativeBridge {
     /**
      * Opens a consumer for one input gate. Stream {@code i} reads subpartitions {@code
      * [firstSubpartitions[i], lastSubpartitions[i]]} of partition {@code partitionIds[i]} for
-     * input channel {@code channels[i]}; {@code descriptorFields[4i..4i+3]} are its descriptor's
-     * {@code jobHex, partitionHex, workerId, workerAddress}, or four nulls while unknown.
+     * input channel {@code channels[i]}; {@code descriptorFields[5i..5i+4]} are its descriptor's
+     * {@code jobHex, partitionHex, workerId, workerAddress, token}, or five nulls while unknown.
      */
     public static native long consumerOpen(
             String[] conf,
@@ -175,7 +182,8 @@ public final class NativeBridge {
             String jobHex,
             String partitionHex,
             String workerId,
-            String workerAddress)
+            String workerAddress,
+            String token)
             throws TerraceNativeException;
 
     /** Opens the streams whose descriptors are known and asks for segment 0 of each. */

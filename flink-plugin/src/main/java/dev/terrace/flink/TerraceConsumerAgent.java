@@ -73,7 +73,7 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
         int[] channels = new int[n];
         int[] firsts = new int[n];
         int[] lasts = new int[n];
-        String[] fields = new String[4 * n];
+        String[] fields = new String[5 * n];
         for (int i = 0; i < n; i++) {
             TieredStorageConsumerSpec spec = specs.get(i);
             streamsByPartition
@@ -87,10 +87,11 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
             // comes later through updateTierShuffleDescriptor (fields stay null).
             if (descriptors.get(i) instanceof TerraceShuffleDescriptor) {
                 TerraceShuffleDescriptor d = (TerraceShuffleDescriptor) descriptors.get(i);
-                fields[4 * i] = d.getJobIdHex();
-                fields[4 * i + 1] = d.getPartitionIdHex();
-                fields[4 * i + 2] = d.getWorkerId();
-                fields[4 * i + 3] = d.getWorkerAddress();
+                fields[5 * i] = d.getJobIdHex();
+                fields[5 * i + 1] = d.getPartitionIdHex();
+                fields[5 * i + 2] = d.getWorkerId();
+                fields[5 * i + 3] = d.getWorkerAddress();
+                fields[5 * i + 4] = d.getToken();
             }
         }
         try {
@@ -240,7 +241,8 @@ final class TerraceConsumerAgent implements TierConsumerAgent {
                             d.getJobIdHex(),
                             d.getPartitionIdHex(),
                             d.getWorkerId(),
-                            d.getWorkerAddress());
+                            d.getWorkerAddress(),
+                            d.getToken());
                 } catch (IOException e) {
                     throw new UncheckedIOException("Terrace consumer of " + d, e);
                 }

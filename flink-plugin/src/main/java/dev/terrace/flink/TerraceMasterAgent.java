@@ -95,7 +95,8 @@ final class TerraceMasterAgent implements TierMasterAgent {
                                 d.getJobIdHex(),
                                 d.getPartitionIdHex(),
                                 d.getWorkerId(),
-                                d.getWorkerAddress()));
+                                d.getWorkerAddress(),
+                                d.getToken()));
     }
 
     private void background(String what, NativeBridgeCalls.Run r) {

@@ -45,6 +45,7 @@ final class TerraceProducerAgent implements TierProducerAgent {
                             descriptor.getPartitionIdHex(),
                             descriptor.getWorkerId(),
                             descriptor.getWorkerAddress(),
+                            descriptor.getToken(),
                             numSubpartitions,
                             isBroadcastOnly,
                             END_OF_SEGMENT_PAYLOAD);

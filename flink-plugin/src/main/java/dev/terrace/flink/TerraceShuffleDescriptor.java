@@ -5,33 +5,41 @@ import org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.TierShuf
 import java.util.Objects;
 
 /**
- * Where a partition lives in Terrace: four short strings. Created by {@link TerraceMasterAgent}
+ * Where a partition lives in Terrace, and the job's token its readers and writers present: five
+ * short strings. Created by {@link TerraceMasterAgent}
  * on the JobManager and Java-serialized to the TaskManagers inside Flink's NettyShuffleDescriptor.
  * It never changes: splits to other workers are followed by the workers (redirects), not by new
  * descriptors.
  */
 public final class TerraceShuffleDescriptor implements TierShuffleDescriptor {
-    private static final long serialVersionUID = 2L;
+    private static final long serialVersionUID = 3L;
 
     private final String jobIdHex;
     private final String partitionIdHex;
     private final String workerId;
     private final String workerAddress;
+    /** Hex of the job's token; empty when the cluster has no secret. Never printed. */
+    private final String token;
 
     public TerraceShuffleDescriptor(
-            String jobIdHex, String partitionIdHex, String workerId, String workerAddress) {
+            String jobIdHex,
+            String partitionIdHex,
+            String workerId,
+            String workerAddress,
+            String token) {
         this.jobIdHex = Objects.requireNonNull(jobIdHex);
         this.partitionIdHex = Objects.requireNonNull(partitionIdHex);
         this.workerId = Objects.requireNonNull(workerId);
         this.workerAddress = Objects.requireNonNull(workerAddress);
+        this.token = Objects.requireNonNull(token);
     }
 
     /** From the fields {@link NativeBridge#masterAddPartition} returns. */
     static TerraceShuffleDescriptor fromFields(String[] fields) {
-        if (fields == null || fields.length != 4) {
-            throw new IllegalStateException("expected 4 descriptor fields from the native side");
+        if (fields == null || fields.length != 5) {
+            throw new IllegalStateException("expected 5 descriptor fields from the native side");
         }
-        return new TerraceShuffleDescriptor(fields[0], fields[1], fields[2], fields[3]);
+        return new TerraceShuffleDescriptor(fields[0], fields[1], fields[2], fields[3], fields[4]);
     }
 
     public String getJobIdHex() {
@@ -50,6 +58,10 @@ public final class TerraceShuffleDescriptor implements TierShuffleDescriptor {
         return workerAddress;
     }
 
+    public String getToken() {
+        return token;
+    }
+
     @Override
     public boolean equals(Object o) {
         if (!(o instanceof TerraceShuffleDescriptor)) {
@@ -59,7 +71,8 @@ public final class TerraceShuffleDescriptor implements TierShuffleDescriptor {
         return jobIdHex.equals(d.jobIdHex)
                 && partitionIdHex.equals(d.partitionIdHex)
                 && workerId.equals(d.workerId)
-                && workerAddress.equals(d.workerAddress);
+                && workerAddress.equals(d.workerAddress)
+                && token.equals(d.token);
     }
 
     @Override

@@ -1,0 +1,653 @@
+//! Who a peer is and how it proves it, and TLS.
+//!
+//! Every member of a cluster holds one secret (a file, `secret_file` or
+//! `TERRACE_SECRET_FILE`). A server that holds it challenges each new
+//! connection; the client answers with an HMAC-SHA256 proof under one of two
+//! keys and the server answers with its own proof under the same key, so both
+//! sides know the other holds it:
+//! - the cluster secret itself: masters, workers and master agents;
+//! - a job's token, `HMAC(secret, "terrace job token v1" | job id)`: producers
+//!   and consumers of that job. A master hands it to the job's master agent,
+//!   which puts it in the shuffle descriptors. It opens that job's data and
+//!   nothing else, and a worker derives it from the secret without state.
+//!
+//! The proofs bind the server's challenge, the client's nonce and the job id,
+//! with a different label for each direction, so a proof cannot be replayed on
+//! another connection or reflected back. Without TLS the traffic after the
+//! exchange is neither encrypted nor bound to it.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::{Deserialize, Serialize};
+use terrace_proto::pb;
+use terrace_tier_api::{MAX_ID_BYTES, TierError};
+
+/// Environment variable naming the secret file when the config names none.
+pub const SECRET_FILE_ENV: &str = "TERRACE_SECRET_FILE";
+
+/// Bytes of a challenge, a nonce, a proof and a job token.
+pub const AUTH_BYTES: usize = 32;
+
+/// A secret shorter than this is refused: it could be guessed.
+const MIN_SECRET_BYTES: usize = 16;
+/// Longest secret file read.
+const MAX_SECRET_BYTES: usize = 4096;
+/// Longest certificate, key or CA file read.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+const JOB_TOKEN_LABEL: &[u8] = b"terrace job token v1";
+const CLIENT_PROOF_LABEL: &[u8] = b"terrace client proof v1";
+const SERVER_PROOF_LABEL: &[u8] = b"terrace server proof v1";
+
+/// The cluster secret. Its bytes never leave this type (`Debug` hides them).
+#[derive(Clone)]
+pub struct ClusterSecret {
+    key: hmac::Key,
+}
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+impl ClusterSecret {
+    /// A secret from its bytes (leading and trailing whitespace ignored, so
+    /// a file written with `echo` works).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let trimmed = bytes.trim_ascii();
+        if trimmed.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "the cluster secret has {} bytes; it needs at least {MIN_SECRET_BYTES} (e.g. `head -c 32 /dev/urandom | base64`)",
+                trimmed.len()
+            ));
+        }
+        Ok(ClusterSecret {
+            key: hmac::Key::new(hmac::HMAC_SHA256, trimmed),
+        })
+    }
+
+    /// Reads the secret from `path`.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let bytes = read_bounded(path, MAX_SECRET_BYTES as u64, "secret file")?;
+        Self::from_bytes(&bytes).map_err(|e| format!("secret file {}: {e}", path.display()))
+    }
+
+    /// The secret named by `configured`, else by `TERRACE_SECRET_FILE`, else none.
+    pub fn resolve(configured: Option<&Path>) -> Result<Option<Self>, String> {
+        let from_env = std::env::var_os(SECRET_FILE_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        match configured.map(Path::to_path_buf).or(from_env) {
+            Some(path) => Self::load(&path).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The token of `job`: what its producers and consumers present.
+    pub fn job_token(&self, job: &[u8]) -> JobToken {
+        let tag = hmac::sign(&self.key, &labelled(JOB_TOKEN_LABEL, &[job]));
+        let mut token = [0u8; AUTH_BYTES];
+        token.copy_from_slice(tag.as_ref());
+        JobToken(token)
+    }
+}
+
+/// A job's token. `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JobToken([u8; AUTH_BYTES]);
+
+impl fmt::Debug for JobToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JobToken(..)")
+    }
+}
+
+impl JobToken {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let token: [u8; AUTH_BYTES] = bytes.try_into().map_err(|_| {
+            format!(
+                "a job token has {AUTH_BYTES} bytes, not {}",
+                bytes.len()
+            )
+        })?;
+        Ok(JobToken(token))
+    }
+
+    pub fn from_hex(hex: &str) -> Result<Self, String> {
+        if hex.len() != 2 * AUTH_BYTES || !hex.is_ascii() {
+            return Err(format!(
+                "a job token is {} hex digits, not {:?}",
+                2 * AUTH_BYTES,
+                hex.len()
+            ));
+        }
+        let mut token = [0u8; AUTH_BYTES];
+        for (i, byte) in token.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| "a job token is hex digits".to_string())?;
+        }
+        Ok(JobToken(token))
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn key(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &self.0)
+    }
+}
+
+/// What a client proves when a server challenges it.
+#[derive(Clone, Debug, Default)]
+pub enum Credential {
+    /// Nothing: against a server with a secret, every request is refused.
+    #[default]
+    None,
+    /// The cluster secret: masters, workers, master agents, operators' tools.
+    Cluster(ClusterSecret),
+    /// One job's token: that job's producers and consumers.
+    Job { job: Bytes, token: JobToken },
+}
+
+impl Credential {
+    fn key(&self) -> Option<hmac::Key> {
+        match self {
+            Credential::None => None,
+            Credential::Cluster(secret) => Some(secret.key.clone()),
+            Credential::Job { token, .. } => Some(token.key()),
+        }
+    }
+
+    fn job(&self) -> &[u8] {
+        match self {
+            Credential::Job { job, .. } => job,
+            _ => &[],
+        }
+    }
+
+    /// The client's answer to `challenge`, and what to check the server's
+    /// reply against (`None`: the client has nothing to prove).
+    pub(crate) fn answer(
+        &self,
+        challenge: &[u8],
+    ) -> Result<(pb::Authenticate, Option<ExpectedProof>), TierError> {
+        let nonce = random_bytes()?;
+        let job = self.job();
+        let Some(key) = self.key() else {
+            return Ok((
+                pb::Authenticate {
+                    request_id: 0,
+                    job_id: Vec::new().into(),
+                    client_nonce: nonce.to_vec().into(),
+                    proof: Vec::new().into(),
+                },
+                None,
+            ));
+        };
+        let parts = [challenge, &nonce[..], job];
+        let proof = hmac::sign(&key, &labelled(CLIENT_PROOF_LABEL, &parts));
+        let expected = ExpectedProof {
+            key,
+            challenge: challenge.to_vec(),
+            nonce,
+            job: job.to_vec(),
+        };
+        Ok((
+            pb::Authenticate {
+                request_id: 0,
+                job_id: Bytes::copy_from_slice(job),
+                client_nonce: nonce.to_vec().into(),
+                proof: proof.as_ref().to_vec().into(),
+            },
+            Some(expected),
+        ))
+    }
+}
+
+/// What a server's `Authenticated` proof must be.
+#[derive(Debug)]
+pub(crate) struct ExpectedProof {
+    key: hmac::Key,
+    challenge: Vec<u8>,
+    nonce: [u8; AUTH_BYTES],
+    job: Vec<u8>,
+}
+
+impl ExpectedProof {
+    pub(crate) fn check(&self, proof: &[u8]) -> bool {
+        let parts = [&self.challenge[..], &self.nonce[..], &self.job[..]];
+        hmac::verify(&self.key, &labelled(SERVER_PROOF_LABEL, &parts), proof).is_ok()
+    }
+}
+
+/// What a connection proved, and so what it may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// The server has no secret: everything is allowed (as before
+    /// authentication existed).
+    Open,
+    /// The server has a secret and the peer proved nothing.
+    Anonymous,
+    /// The peer holds the cluster secret.
+    Cluster,
+    /// The peer holds the token of this job.
+    Job(Bytes),
+}
+
+impl Identity {
+    /// Allows `what` (a request kind, for the error) only to cluster members.
+    pub fn require_cluster(&self, what: &str) -> Result<(), TierError> {
+        match self {
+            Identity::Open | Identity::Cluster => Ok(()),
+            Identity::Anonymous => Err(TierError::permission_denied(format!(
+                "{what} needs the cluster secret; this connection did not authenticate (set secret_file or {SECRET_FILE_ENV})"
+            ))),
+            Identity::Job(_) => Err(TierError::permission_denied(format!(
+                "{what} needs the cluster secret; this connection holds only a job's token"
+            ))),
+        }
+    }
+
+    /// Allows `what` on `job`'s data to cluster members and holders of its token.
+    pub fn require_job(&self, job: &[u8], what: &str) -> Result<(), TierError> {
+        match self {
+            Identity::Open | Identity::Cluster => Ok(()),
+            Identity::Job(own) if own[..] == job[..] => Ok(()),
+            Identity::Job(_) => Err(TierError::permission_denied(format!(
+                "{what} of job {}: this connection holds another job's token",
+                hex(job)
+            ))),
+            Identity::Anonymous => Err(TierError::permission_denied(format!(
+                "{what} of job {} needs the job's token; this connection did not authenticate",
+                hex(job)
+            ))),
+        }
+    }
+}
+
+/// A fresh challenge (or nonce).
+pub(crate) fn random_bytes() -> Result<[u8; AUTH_BYTES], TierError> {
+    let mut bytes = [0u8; AUTH_BYTES];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| TierError::internal("the system random source failed"))?;
+    Ok(bytes)
+}
+
+/// Checks a client's answer to `challenge`: the identity it proved and the
+/// server's proof to send back, or why it is refused.
+pub(crate) fn verify(
+    secret: &ClusterSecret,
+    challenge: &[u8],
+    answer: &pb::Authenticate,
+) -> Result<(Identity, Vec<u8>), String> {
+    if answer.client_nonce.len() != AUTH_BYTES {
+        return Err(format!(
+            "authentication: client_nonce has {} bytes, not {AUTH_BYTES}",
+            answer.client_nonce.len()
+        ));
+    }
+    if answer.proof.is_empty() {
+        return Ok((Identity::Anonymous, Vec::new()));
+    }
+    if answer.job_id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "authentication: job_id has {} bytes, more than {MAX_ID_BYTES}",
+            answer.job_id.len()
+        ));
+    }
+    let (key, identity, whose) = if answer.job_id.is_empty() {
+        (
+            secret.key.clone(),
+            Identity::Cluster,
+            "the cluster secret".to_string(),
+        )
+    } else {
+        (
+            secret.job_token(&answer.job_id).key(),
+            Identity::Job(answer.job_id.clone()),
+            format!("the token of job {}", hex(&answer.job_id)),
+        )
+    };
+    let parts = [challenge, &answer.client_nonce[..], &answer.job_id[..]];
+    if hmac::verify(&key, &labelled(CLIENT_PROOF_LABEL, &parts), &answer.proof).is_err() {
+        return Err(format!(
+            "authentication failed: the proof does not match {whose} (is secret_file the same on every member of the cluster?)"
+        ));
+    }
+    let proof = hmac::sign(&key, &labelled(SERVER_PROOF_LABEL, &parts));
+    Ok((identity, proof.as_ref().to_vec()))
+}
+
+/// `label` and each part, each preceded by its length, so no two different
+/// sequences of parts sign the same bytes.
+fn labelled(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + parts.iter().map(|p| p.len() + 4).sum::<usize>());
+    for part in std::iter::once(&label).chain(parts) {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("open {what} {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("read {what} {}: {e}", path.display()))?;
+    if bytes.len() as u64 > max {
+        return Err(format!(
+            "{what} {} is longer than {max} bytes",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `[security]` of a master's or worker's configuration file. Agents carry
+/// the same keys in their own configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// File holding the cluster secret (else `TERRACE_SECRET_FILE`; else
+    /// none, and anyone who reaches the port may do anything).
+    pub secret_file: Option<PathBuf>,
+    /// PEM certificate chain this server presents; with `tls_key_file`, the
+    /// server accepts only TLS connections.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: when set, this service connects to masters (and
+    /// an agent to workers) over TLS and trusts the servers these sign.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// A service's loaded security settings.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    pub secret: Option<ClusterSecret>,
+    pub tls_server: Option<TlsServer>,
+    pub tls_client: Option<TlsClient>,
+}
+
+impl Security {
+    /// Reads the files `config` names.
+    pub fn load(config: &SecurityConfig) -> Result<Self, String> {
+        let secret = ClusterSecret::resolve(config.secret_file.as_deref())?;
+        let tls_server = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsServer::load(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "security.tls_cert_file and security.tls_key_file go together: set both or neither"
+                        .into(),
+                );
+            }
+        };
+        let tls_client = config
+            .tls_ca_file
+            .as_deref()
+            .map(TlsClient::load)
+            .transpose()?;
+        Ok(Security {
+            secret,
+            tls_server,
+            tls_client,
+        })
+    }
+
+    /// The credential this service presents to the servers it connects to.
+    pub fn credential(&self) -> Credential {
+        self.secret
+            .clone()
+            .map_or(Credential::None, Credential::Cluster)
+    }
+
+    /// Logs, at start, what is not protected.
+    pub fn warn_if_open(&self, service: &str) {
+        if self.secret.is_none() {
+            tracing::warn!(
+                "{service} has no cluster secret (security.secret_file or {SECRET_FILE_ENV}): \
+                 any peer that reaches its port can register workers, list and drop jobs, and read every job's data"
+            );
+        }
+        if self.tls_server.is_none() {
+            tracing::info!("{service} serves plaintext connections (no security.tls_cert_file)");
+        }
+    }
+}
+
+/// The server side of TLS: accepts only TLS connections.
+#[derive(Clone)]
+pub struct TlsServer {
+    pub(crate) acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl fmt::Debug for TlsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsServer(..)")
+    }
+}
+
+impl TlsServer {
+    /// Loads a PEM certificate chain and its private key.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, String> {
+        let pem = read_bounded(cert_file, MAX_PEM_BYTES, "TLS certificate file")?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("TLS certificate file {}: {e}", cert_file.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "TLS certificate file {} holds no certificate",
+                cert_file.display()
+            ));
+        }
+        let pem = read_bounded(key_file, MAX_PEM_BYTES, "TLS key file")?;
+        let key = PrivateKeyDer::from_pem_slice(&pem)
+            .map_err(|e| format!("TLS key file {}: {e}", key_file.display()))?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| {
+                format!(
+                    "TLS certificate {} and key {}: {e}",
+                    cert_file.display(),
+                    key_file.display()
+                )
+            })?;
+        Ok(TlsServer {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+}
+
+/// The client side of TLS: connects over TLS and checks the server's
+/// certificate against the configured CAs and the address's host.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsClient(..)")
+    }
+}
+
+impl TlsClient {
+    /// Trusts the PEM CA certificates in `ca_file`.
+    pub fn load(ca_file: &Path) -> Result<Self, String> {
+        let pem = read_bounded(ca_file, MAX_PEM_BYTES, "TLS CA file")?;
+        let mut roots = rustls::RootCertStore::empty();
+        let mut count = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("TLS CA file {}: {e}", ca_file.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("TLS CA file {}: {e}", ca_file.display()))?;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(format!(
+                "TLS CA file {} holds no certificate",
+                ca_file.display()
+            ));
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsClient {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// [`TlsClient::load`], once per file per process: agents open many
+    /// connections and read the CA file for the first only.
+    pub fn cached(ca_file: &Path) -> Result<Self, String> {
+        static CACHE: Mutex<Vec<(PathBuf, TlsClient)>> = Mutex::new(Vec::new());
+        let mut cache = CACHE.lock().expect("TLS cache lock poisoned");
+        if let Some((_, tls)) = cache.iter().find(|(path, _)| path == ca_file) {
+            return Ok(tls.clone());
+        }
+        let tls = Self::load(ca_file)?;
+        cache.push((ca_file.to_path_buf(), tls.clone()));
+        Ok(tls)
+    }
+
+    /// The name a server at `addr` (`host:port`) must have a certificate for.
+    pub(crate) fn server_name(addr: &str) -> Result<ServerName<'static>, TierError> {
+        let host = match addr.rsplit_once(':') {
+            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+            None => addr,
+        };
+        ServerName::try_from(host.to_string()).map_err(|e| {
+            TierError::bad_input(format!("TLS: {host:?} is not a valid server name: {e}"))
+        })
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> ClusterSecret {
+        ClusterSecret::from_bytes(b"0123456789abcdef-the-secret\n").expect("long enough")
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let err = ClusterSecret::from_bytes(b"  short \n").unwrap_err();
+        assert!(err.contains("at least 16"), "{err}");
+    }
+
+    #[test]
+    fn job_tokens_differ_per_job_and_round_trip_as_hex() {
+        let s = secret();
+        let a = s.job_token(b"job-a");
+        assert_eq!(a, s.job_token(b"job-a"));
+        assert_ne!(a, s.job_token(b"job-b"));
+        assert_eq!(JobToken::from_hex(&a.to_hex()), Ok(a.clone()));
+        assert!(JobToken::from_hex("zz").is_err());
+        let other = ClusterSecret::from_bytes(b"another secret of enough bytes").unwrap();
+        assert_ne!(a, other.job_token(b"job-a"));
+    }
+
+    #[test]
+    fn proofs_identify_the_key_and_the_server_proves_back() {
+        let s = secret();
+        let challenge = random_bytes().unwrap();
+        for (credential, identity) in [
+            (Credential::Cluster(s.clone()), Identity::Cluster),
+            (
+                Credential::Job {
+                    job: Bytes::from_static(b"job-a"),
+                    token: s.job_token(b"job-a"),
+                },
+                Identity::Job(Bytes::from_static(b"job-a")),
+            ),
+            (Credential::None, Identity::Anonymous),
+        ] {
+            let (answer, expected) = credential.answer(&challenge).unwrap();
+            let (got, server_proof) = verify(&s, &challenge, &answer).unwrap();
+            assert_eq!(got, identity);
+            if let Some(expected) = expected {
+                assert!(expected.check(&server_proof));
+                // The client's own proof is not a valid server proof.
+                assert!(!expected.check(&answer.proof));
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_secrets_tokens_and_replays_are_refused() {
+        let s = secret();
+        let other = ClusterSecret::from_bytes(b"another secret of enough bytes").unwrap();
+        let challenge = random_bytes().unwrap();
+        let (answer, _) = Credential::Cluster(other.clone())
+            .answer(&challenge)
+            .unwrap();
+        assert!(verify(&s, &challenge, &answer).is_err());
+        // Job B's token claimed for job A.
+        let (mut answer, _) = Credential::Job {
+            job: Bytes::from_static(b"job-b"),
+            token: s.job_token(b"job-b"),
+        }
+        .answer(&challenge)
+        .unwrap();
+        answer.job_id = Bytes::from_static(b"job-a");
+        assert!(verify(&s, &challenge, &answer).is_err());
+        // A proof made for one challenge fails on another connection's.
+        let (answer, _) = Credential::Cluster(s.clone()).answer(&challenge).unwrap();
+        let fresh = random_bytes().unwrap();
+        assert!(verify(&s, &fresh, &answer).is_err());
+    }
+
+    #[test]
+    fn identities_allow_what_they_proved() {
+        let a = Bytes::from_static(b"job-a");
+        assert!(Identity::Open.require_cluster("ListWorkers").is_ok());
+        assert!(Identity::Cluster.require_job(&a, "push").is_ok());
+        assert!(Identity::Job(a.clone()).require_job(&a, "push").is_ok());
+        let err = Identity::Job(a.clone())
+            .require_job(b"job-b", "push")
+            .unwrap_err();
+        assert_eq!(err.kind(), terrace_tier_api::ErrorKind::PermissionDenied);
+        assert!(Identity::Job(a).require_cluster("DropJob").is_err());
+        assert!(Identity::Anonymous.require_job(b"x", "read").is_err());
+    }
+
+    #[test]
+    fn server_names_come_from_the_address_host() {
+        assert!(TlsClient::server_name("127.0.0.1:9870").is_ok());
+        assert!(TlsClient::server_name("[::1]:9870").is_ok());
+        assert!(TlsClient::server_name("worker-1.example:9871").is_ok());
+    }
+}
