@@ -161,10 +161,7 @@ impl ConsumerAgent {
     /// The connection to the worker of `descriptor`, authenticated with its
     /// job's token: one per worker and token.
     fn client_for(&mut self, descriptor: &ShuffleDescriptor) -> TierResult<Client> {
-        let route = (
-            descriptor.worker_address.clone(),
-            descriptor.token.clone(),
-        );
+        let route = (descriptor.worker_address.clone(), descriptor.token.clone());
         if let Some(client) = self.clients.get(&route) {
             if !client.is_closed() {
                 return Ok(client.clone());

@@ -343,7 +343,10 @@ impl TierMasterAgent for MasterAgent {
             Instant::now(),
         )?;
         tracing::debug!(job = %job, partition = %partition, worker = %allocated.worker_id, "partition placed");
-        Ok(ShuffleDescriptor::new(&key, allocated.worker_id, allocated.worker_address).with_token(token))
+        Ok(
+            ShuffleDescriptor::new(&key, allocated.worker_id, allocated.worker_address)
+                .with_token(token),
+        )
     }
 
     fn release_partition(&self, descriptor: &ShuffleDescriptor) -> TierResult<()> {

@@ -182,7 +182,7 @@ async fn placement_goes_to_the_least_loaded_of_three_workers() {
     }
     assert!(matches!(
         job_request(&client, true, b"job-1").await,
-        Ok(Message::Ack(_))
+        Ok(Message::JobRegistered(r)) if r.job_token.is_empty()
     ));
 
     // The default estimate adds 64MiB per placed partition:
@@ -319,11 +319,11 @@ async fn heartbeat_replies_list_released_jobs_for_their_memory() {
     let client = connect(&master.addr).await;
     assert!(matches!(
         job_request(&client, true, b"j1").await,
-        Ok(Message::Ack(_))
+        Ok(Message::JobRegistered(_))
     ));
     assert!(matches!(
         job_request(&client, true, b"j2").await,
-        Ok(Message::Ack(_))
+        Ok(Message::JobRegistered(_))
     ));
     assert_eq!(heartbeat(&client, "w", "h:1", 0).await, Vec::<Bytes>::new());
     assert!(matches!(

@@ -45,9 +45,8 @@ impl ProducerAgent {
                 "{key}: a partition needs at least one subpartition"
             )));
         }
-        let options =
-            ClientOptions::for_agent(&config, format!("producer {}", key.partition))?
-                .with_job_token(&spec.descriptor)?;
+        let options = ClientOptions::for_agent(&config, format!("producer {}", key.partition))?
+            .with_job_token(&spec.descriptor)?;
         let address = spec.descriptor.worker_address.clone();
         let create = pb::CreatePartition {
             request_id: 0,

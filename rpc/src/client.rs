@@ -178,7 +178,10 @@ impl Client {
         let (read, sender) = match &options.tls {
             None => {
                 let (read, write) = stream.into_split();
-                (Box::new(read) as BoxRead, spawn_writer(write, cancel.clone()))
+                (
+                    Box::new(read) as BoxRead,
+                    spawn_writer(write, cancel.clone()),
+                )
             }
             Some(tls) => {
                 let name = TlsClient::server_name(addr)?;
@@ -199,7 +202,10 @@ impl Client {
                     ))
                 })?;
                 let (read, write) = tokio::io::split(stream);
-                (Box::new(read) as BoxRead, spawn_writer(write, cancel.clone()))
+                (
+                    Box::new(read) as BoxRead,
+                    spawn_writer(write, cancel.clone()),
+                )
             }
         };
         let inner = Arc::new(Inner {
@@ -246,7 +252,9 @@ impl Client {
                 )));
             }
         };
-        client.authenticate(addr, &challenge, &options.credential).await?;
+        client
+            .authenticate(addr, &challenge, &options.credential)
+            .await?;
         Ok(client)
     }
 

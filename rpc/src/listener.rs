@@ -458,9 +458,7 @@ async fn open(
     let mut reader = FrameReader::new(reader, spec.max_frame);
     let opening = async {
         let challenge = match &spec.secret {
-            Some(_) => Some(
-                crate::security::random_bytes().map_err(|e| e.message().to_string())?,
-            ),
+            Some(_) => Some(crate::security::random_bytes().map_err(|e| e.message().to_string())?),
             None => None,
         };
         let client = accept_handshake(

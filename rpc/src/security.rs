@@ -113,12 +113,9 @@ impl fmt::Debug for JobToken {
 
 impl JobToken {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let token: [u8; AUTH_BYTES] = bytes.try_into().map_err(|_| {
-            format!(
-                "a job token has {AUTH_BYTES} bytes, not {}",
-                bytes.len()
-            )
-        })?;
+        let token: [u8; AUTH_BYTES] = bytes
+            .try_into()
+            .map_err(|_| format!("a job token has {AUTH_BYTES} bytes, not {}", bytes.len()))?;
         Ok(JobToken(token))
     }
 

@@ -272,7 +272,12 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
         };
         if let Err(e) = authorize(&accepted.identity, &message) {
             tracing::debug!(peer = %conn.peer, client = %accepted.client, error = %e, "request refused");
-            reply_error(&conn.sender, message.request_id(), e.code(), e.message().to_string());
+            reply_error(
+                &conn.sender,
+                message.request_id(),
+                e.code(),
+                e.message().to_string(),
+            );
             continue;
         }
         dispatch(&mut conn, message, body, reservation).await;
@@ -288,9 +293,8 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
 /// stats need the secret. Stream control frames act on streams the
 /// connection opened, so the `OpenStream` check covers them.
 fn authorize(identity: &Identity, message: &Message) -> TierResult<()> {
-    let key_job = |key: &Option<pb::PartitionKey>| {
-        key.as_ref().map_or(&[][..], |k| &k.job_id[..]).to_vec()
-    };
+    let key_job =
+        |key: &Option<pb::PartitionKey>| key.as_ref().map_or(&[][..], |k| &k.job_id[..]).to_vec();
     let (what, job) = match message {
         Message::CreatePartition(m) => ("CreatePartition", key_job(&m.key)),
         Message::PushData(m) => ("PushData", key_job(&m.key)),

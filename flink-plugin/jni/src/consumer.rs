@@ -159,7 +159,11 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerOpen<'l>(
         let firsts = java::ints(env, "first subpartitions", &first_subpartitions)?;
         let lasts = java::ints(env, "last subpartitions", &last_subpartitions)?;
         let fields = java::object_array_len(env, "descriptor fields", &descriptor_fields)?;
-        if channels.len() != n || firsts.len() != n || lasts.len() != n || fields != DESCRIPTOR_FIELDS * n {
+        if channels.len() != n
+            || firsts.len() != n
+            || lasts.len() != n
+            || fields != DESCRIPTOR_FIELDS * n
+        {
             return Err(NativeError::invalid(format!(
                 "{n} partition ids but {} channels, {} ranges, {fields} descriptor fields",
                 channels.len(),
