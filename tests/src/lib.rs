@@ -493,14 +493,27 @@ pub fn request_worker(
     address: &str,
     build: impl FnOnce(u64) -> terrace_proto::Message,
 ) -> Result<terrace_proto::Message, TierError> {
-    let options = terrace_rpc::ClientOptions {
+    request_worker_with(address, &admin_options(), build)
+}
+
+/// Options of the tests' one-off requests: 5 s to connect, 10 s per request.
+pub fn admin_options() -> terrace_rpc::ClientOptions {
+    terrace_rpc::ClientOptions {
         name: "test-admin".into(),
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(10),
         ..terrace_rpc::ClientOptions::default()
-    };
+    }
+}
+
+/// [`request_worker`] with other options (a credential, TLS).
+pub fn request_worker_with(
+    address: &str,
+    options: &terrace_rpc::ClientOptions,
+    build: impl FnOnce(u64) -> terrace_proto::Message,
+) -> Result<terrace_proto::Message, TierError> {
     terrace_rpc::io_runtime().block_on(async {
-        let client = terrace_rpc::Client::connect(address, &options).await?;
+        let client = terrace_rpc::Client::connect(address, options).await?;
         let reply = client.request(build).await;
         client.close();
         reply.map(|(message, _)| message)
@@ -509,7 +522,15 @@ pub fn request_worker(
 
 /// A worker's `WorkerStats` reply (fails the test on any error).
 pub fn worker_stats(address: &str) -> terrace_proto::pb::WorkerStatsReply {
-    match request_worker(address, |request_id| {
+    worker_stats_with(address, &admin_options())
+}
+
+/// [`worker_stats`] with other options (a credential, TLS).
+pub fn worker_stats_with(
+    address: &str,
+    options: &terrace_rpc::ClientOptions,
+) -> terrace_proto::pb::WorkerStatsReply {
+    match request_worker_with(address, options, |request_id| {
         terrace_proto::Message::WorkerStats(terrace_proto::pb::WorkerStats { request_id })
     }) {
         Ok(terrace_proto::Message::WorkerStatsReply(stats)) => stats,

@@ -24,6 +24,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use terrace_proto::pb;
+use terrace_tests::pki::TestPki;
 use terrace_tests::{ServiceProcess, worker_stats};
 
 /// Flink's own class for the external remote tier key.
@@ -269,6 +270,8 @@ struct Cluster {
     /// Extra `terrace worker` flags and environment.
     worker_args: Vec<String>,
     worker_env: Vec<(String, String)>,
+    /// Set: the cluster has a secret and serves TLS with these files.
+    pki: Option<TestPki>,
 }
 
 impl Cluster {
@@ -282,10 +285,35 @@ impl Cluster {
         worker_args: Vec<String>,
         worker_env: Vec<(String, String)>,
     ) -> Cluster {
+        Cluster::start_full(worker_timeout, worker_args, worker_env, false)
+    }
+
+    /// [`Cluster::start`] with a cluster secret and TLS on every connection.
+    fn start_secured(worker_timeout: &str) -> Cluster {
+        Cluster::start_full(worker_timeout, Vec::new(), Vec::new(), true)
+    }
+
+    fn start_full(
+        worker_timeout: &str,
+        mut worker_args: Vec<String>,
+        worker_env: Vec<(String, String)>,
+        secured: bool,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("cluster directory");
+        let pki = secured.then(|| TestPki::generate(dir.path()));
+        let security = pki.as_ref().map_or(String::new(), |p| p.security_toml(true));
+        if pki.is_some() {
+            let worker_config = dir.path().join("worker.toml");
+            fs::write(&worker_config, &security).expect("write worker config");
+            worker_args.push("--config".into());
+            worker_args.push(worker_config.to_str().expect("utf-8 path").into());
+        }
         let config = dir.path().join("master.toml");
-        fs::write(&config, format!("worker_timeout = \"{worker_timeout}\"\n"))
-            .expect("write master config");
+        fs::write(
+            &config,
+            format!("worker_timeout = \"{worker_timeout}\"\n{security}"),
+        )
+        .expect("write master config");
         let config = config.to_str().expect("utf-8 path").to_string();
         let master =
             ServiceProcess::start(&["master", "--config", &config, "--listen", "127.0.0.1:0"]);
@@ -295,6 +323,7 @@ impl Cluster {
             dir,
             worker_args,
             worker_env,
+            pki,
         };
         cluster.add_worker();
         cluster
@@ -325,15 +354,32 @@ impl Cluster {
         &self.workers[i].0
     }
 
+    /// Worker `i`'s counters, asked with the cluster's secret and TLS when it has them.
+    fn stats(&self, i: usize) -> pb::WorkerStatsReply {
+        let mut options = terrace_tests::admin_options();
+        if let Some(pki) = &self.pki {
+            options.credential = terrace_rpc::Credential::Cluster(
+                terrace_rpc::ClusterSecret::load(&pki.secret_file).expect("test secret"),
+            );
+            options.tls = Some(terrace_rpc::TlsClient::load(&pki.ca_file).expect("test CA"));
+        }
+        terrace_tests::worker_stats_with(&self.worker(i).address, &options)
+    }
+
     /// Flink configuration that makes Terrace the (only) tier of hybrid shuffle.
     fn flink_config(&self) -> Vec<String> {
-        vec![
+        let mut config = vec![
             "execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL".into(),
             format!(
                 "taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class={TERRACE_FACTORY}"
             ),
             format!("terrace.master.address={}", self.master.address),
-        ]
+        ];
+        if let Some(pki) = &self.pki {
+            config.push(format!("terrace.secret-file={}", pki.secret_file.display()));
+            config.push(format!("terrace.tls.ca-file={}", pki.ca_file.display()));
+        }
+        config
     }
 
     /// Waits (up to 20 s) until worker `i` holds no partition and its data
@@ -342,7 +388,7 @@ impl Cluster {
         let (worker, data) = &self.workers[i];
         let until = Instant::now() + Duration::from_secs(20);
         loop {
-            let stats = worker_stats(&worker.address);
+            let stats = self.stats(i);
             let files: Vec<PathBuf> = terrace_tests::entries_under(data)
                 .into_iter()
                 .filter(|p| !p.is_dir())
@@ -415,7 +461,7 @@ fn run_on(
 
     // Every record's payload crossed shuffle 1, so at least records x payload
     // bytes were pushed to the worker, and every pushed byte was read back once.
-    let stats = worker_stats(&cluster.worker(0).address);
+    let stats = cluster.stats(0);
     let payload_bytes = records * payload;
     eprintln!(
         "flink_e2e: {name}: worker pushed {} B, read {} B (payload bytes {payload_bytes})",
@@ -474,9 +520,12 @@ fn keyed_aggregation_through_a_tiny_disk_and_an_object_store_matches_default_shu
     );
 }
 
+/// On a cluster with a secret and TLS: the JobManager's agent gets the job's
+/// token from the master, every producer and consumer presents it to the
+/// worker, and every connection is TLS.
 #[test]
-fn keyed_aggregation_at_parallelism_4_matches_default_shuffle() {
-    run_on_terrace("terrace-p4", 4, 400_000, 100);
+fn keyed_aggregation_at_parallelism_4_with_a_secret_and_tls_matches_default_shuffle() {
+    run_on(Cluster::start_secured, "terrace-p4-tls", 4, 400_000, 100);
 }
 
 #[test]

@@ -306,7 +306,7 @@ async fn collect(
             tiers_from: None,
         };
         let mut tiers = None;
-        match worker_stats(&info.data_address, &options).await {
+        match worker_stats(&info.data_address, options).await {
             Ok(stats) => {
                 status.memory_budget_bytes = stats.memory_budget_bytes;
                 status.memory_peak_bytes = stats.memory_peak_bytes;

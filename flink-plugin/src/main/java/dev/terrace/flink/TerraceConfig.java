@@ -42,6 +42,11 @@ import java.util.TreeMap;
  *       lost workers</td></tr>
  *   <tr><td>terrace.job-renew-interval</td><td>10s</td><td>how often the JobManager renews its
  *       jobs' leases on every master</td></tr>
+ *   <tr><td>terrace.secret-file</td><td>(none)</td><td>JobManager: file holding the cluster
+ *       secret (else TERRACE_SECRET_FILE); job tokens reach the TaskManagers in the shuffle
+ *       descriptors</td></tr>
+ *   <tr><td>terrace.tls.ca-file</td><td>(none)</td><td>PEM CA certificates: connect over TLS
+ *       and trust the servers these sign</td></tr>
  *   <tr><td>terrace.event-poll-interval-ms</td><td>200</td><td>how long a Java event thread
  *       blocks in one native wait before checking whether it should stop</td></tr>
  *   <tr><td>terrace.native.library</td><td>(bundled)</td><td>path of a libterrace_flink.so to
