@@ -301,7 +301,9 @@ impl Cluster {
     ) -> Cluster {
         let dir = tempfile::tempdir().expect("cluster directory");
         let pki = secured.then(|| TestPki::generate(dir.path()));
-        let security = pki.as_ref().map_or(String::new(), |p| p.security_toml(true));
+        let security = pki
+            .as_ref()
+            .map_or(String::new(), |p| p.security_toml(true));
         if pki.is_some() {
             let worker_config = dir.path().join("worker.toml");
             fs::write(&worker_config, &security).expect("write worker config");
