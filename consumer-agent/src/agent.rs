@@ -22,8 +22,8 @@ static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 struct StreamSlot {
     spec: ConsumerSpec,
     descriptor: Option<ShuffleDescriptor>,
-    /// Set once the stream is open.
-    open: Option<OpenStream>,
+    /// Its first stream was opened (or failed to open).
+    opened: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -32,10 +32,16 @@ struct OpenStream {
     stream_id: u64,
 }
 
-#[derive(Default)]
 struct Shared {
     state: Mutex<State>,
     notifier: Mutex<Option<Arc<dyn AvailabilityNotifier>>>,
+    /// Per stream slot, its open streams: hop 0 on the descriptor's worker,
+    /// hop `i + 1` on the worker that hop `i` redirected to (the next part of
+    /// a split partition).
+    hops: Mutex<Vec<Vec<OpenStream>>>,
+    /// Connections by worker address and job token.
+    clients: Mutex<HashMap<(String, String), Client>>,
+    read_credits: u32,
 }
 
 impl std::fmt::Debug for Shared {
@@ -69,6 +75,53 @@ impl Shared {
         let channels = self.lock().fail(partition, error);
         self.notify(partition, &channels);
     }
+
+    /// Hop `hop` of stream slot `slot`, if open.
+    fn hop(&self, slot: usize, hop: usize) -> Option<OpenStream> {
+        self.hops
+            .lock()
+            .expect("hops lock poisoned")
+            .get(slot)
+            .and_then(|h| h.get(hop))
+            .cloned()
+    }
+
+    /// A connection to `address` presenting `options`' credential, shared by
+    /// every stream of this agent that reads from there with the same token.
+    async fn client_for(
+        &self,
+        address: &str,
+        token: &str,
+        options: &ClientOptions,
+    ) -> TierResult<Client> {
+        let route = (address.to_string(), token.to_string());
+        if let Some(client) = self
+            .clients
+            .lock()
+            .expect("clients lock poisoned")
+            .get(&route)
+        {
+            if !client.is_closed() {
+                return Ok(client.clone());
+            }
+        }
+        let client = Client::connect(address, options).await?;
+        self.clients
+            .lock()
+            .expect("clients lock poisoned")
+            .insert(route, client.clone());
+        Ok(client)
+    }
+}
+
+/// What a stream slot's hops need to open the next one.
+#[derive(Debug)]
+struct HopContext {
+    slot: usize,
+    key: PartitionKey,
+    spec: ConsumerSpec,
+    token: String,
+    options: ClientOptions,
 }
 
 /// Reads one input gate. Methods block the calling thread on the shared I/O
@@ -77,8 +130,6 @@ impl Shared {
 pub struct ConsumerAgent {
     config: AgentConfig,
     streams: Vec<StreamSlot>,
-    /// By worker address and job token.
-    clients: HashMap<(String, String), Client>,
     shared: Arc<Shared>,
     started: bool,
 }
@@ -111,6 +162,7 @@ impl ConsumerAgent {
                 let queue = SubQueue {
                     channel: spec.input_channel,
                     stream: index,
+                    hop: 0,
                     buffers: Default::default(),
                     requested: 0,
                     ended_at: None,
@@ -133,17 +185,20 @@ impl ConsumerAgent {
             .map(|(spec, descriptor)| StreamSlot {
                 spec,
                 descriptor,
-                open: None,
+                opened: false,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            notifier: Mutex::new(None),
+            hops: Mutex::new(vec![Vec::new(); streams.len()]),
+            clients: Mutex::new(HashMap::new()),
+            read_credits: config.read_credits,
+        });
         Ok(ConsumerAgent {
             config,
             streams,
-            clients: HashMap::new(),
-            shared: Arc::new(Shared {
-                state: Mutex::new(state),
-                notifier: Mutex::new(None),
-            }),
+            shared,
             started: false,
         })
     }
@@ -158,122 +213,188 @@ impl ConsumerAgent {
             .is_some_and(|q| q.buffers.is_empty() && q.ended_at.is_some())
     }
 
-    /// The connection to the worker of `descriptor`, authenticated with its
-    /// job's token: one per worker and token.
-    fn client_for(&mut self, descriptor: &ShuffleDescriptor) -> TierResult<Client> {
-        let route = (descriptor.worker_address.clone(), descriptor.token.clone());
-        if let Some(client) = self.clients.get(&route) {
-            if !client.is_closed() {
-                return Ok(client.clone());
-            }
-        }
-        let options =
-            ClientOptions::for_agent(&self.config, "consumer")?.with_job_token(descriptor)?;
-        let client = io_runtime().block_on(Client::connect(&route.0, &options))?;
-        self.clients.insert(route, client.clone());
-        Ok(client)
-    }
-
-    /// Opens stream `index`; failures are recorded for its partition.
+    /// Opens stream slot `index` on its descriptor's worker; failures are
+    /// recorded for its partition.
     fn open_stream(&mut self, index: usize) {
         let slot = &self.streams[index];
         let Some(descriptor) = slot.descriptor.clone() else {
             return;
         };
-        if slot.open.is_some() {
+        if slot.opened {
             return;
         }
-        let spec = slot.spec.clone();
+        self.streams[index].opened = true;
+        let spec = self.streams[index].spec.clone();
         let result = descriptor.key().and_then(|key| {
-            let client = self.client_for(&descriptor)?;
-            let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
-            let receiver = client.register_stream(stream_id)?;
-            let open = OpenStream { client, stream_id };
-            self.start_stream(&key, &spec, open.clone(), receiver)?;
-            Ok(open)
+            let options =
+                ClientOptions::for_agent(&self.config, "consumer")?.with_job_token(&descriptor)?;
+            let context = Arc::new(HopContext {
+                slot: index,
+                key,
+                spec: spec.clone(),
+                token: descriptor.token.clone(),
+                options,
+            });
+            let shared = Arc::clone(&self.shared);
+            io_runtime().block_on(async {
+                let client = shared
+                    .client_for(&descriptor.worker_address, &context.token, &context.options)
+                    .await?;
+                // The first part: every subpartition from segment 0.
+                let require = spec.subpartitions.clone().map(|sub| (sub, 0)).collect();
+                start_hop(&shared, &context, 0, client, require)
+            })
         });
-        match result {
-            Ok(open) => self.streams[index].open = Some(open),
-            Err(e) => {
-                let error = if e.kind() == ErrorKind::Unavailable {
-                    TierError::not_found(format!(
-                        "worker {} of partition {} is unreachable: {}",
-                        descriptor.worker_address,
-                        spec.partition,
-                        e.message()
-                    ))
-                } else {
-                    e
-                };
-                tracing::warn!(partition = %spec.partition, error = %error, "cannot open stream");
-                self.shared.fail(&spec.partition, error);
-            }
+        if let Err(e) = result {
+            let error = if e.kind() == ErrorKind::Unavailable {
+                TierError::not_found(format!(
+                    "worker {} of partition {} is unreachable: {}",
+                    descriptor.worker_address,
+                    spec.partition,
+                    e.message()
+                ))
+            } else {
+                e
+            };
+            tracing::warn!(partition = %spec.partition, error = %error, "cannot open stream");
+            self.shared.fail(&spec.partition, error);
         }
     }
+}
 
-    fn start_stream(
-        &self,
-        key: &PartitionKey,
-        spec: &ConsumerSpec,
-        open: OpenStream,
-        receiver: StreamReceiver,
-    ) -> TierResult<()> {
-        let first = *spec.subpartitions.start();
-        let last = *spec.subpartitions.end();
-        let pending = open.client.start_request(
-            |request_id| {
-                Message::OpenStream(pb::OpenStream {
-                    request_id,
-                    stream_id: open.stream_id,
-                    key: Some(pb::PartitionKey::from(key)),
-                    first_subpartition: first,
-                    last_subpartition: last,
-                    initial_credit: self.config.read_credits,
-                })
-            },
-            Vec::new(),
-        )?;
-        for sub in first..=last {
+/// Opens hop `hop` of a stream slot on `client`'s worker, asks it for the
+/// `(subpartition, segment)`s in `require`, and routes its frames.
+fn start_hop(
+    shared: &Arc<Shared>,
+    context: &Arc<HopContext>,
+    hop: usize,
+    client: Client,
+    require: Vec<(u32, u32)>,
+) -> TierResult<()> {
+    let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+    let receiver = client.register_stream(stream_id)?;
+    let first = *context.spec.subpartitions.start();
+    let last = *context.spec.subpartitions.end();
+    let key = pb::PartitionKey::from(&context.key);
+    let pending = client.start_request(
+        |request_id| {
+            Message::OpenStream(pb::OpenStream {
+                request_id,
+                stream_id,
+                key: Some(key),
+                first_subpartition: first,
+                last_subpartition: last,
+                initial_credit: shared.read_credits,
+            })
+        },
+        Vec::new(),
+    )?;
+    for (sub, segment) in require {
+        client.send(Message::RequireSegment(pb::RequireSegment {
+            stream_id,
+            subpartition: sub,
+            segment_id: segment,
+        }))?;
+    }
+    {
+        let mut hops = shared.hops.lock().expect("hops lock poisoned");
+        let slot = &mut hops[context.slot];
+        if slot.len() != hop {
+            return Err(TierError::internal(format!(
+                "stream hop {hop} opened out of order ({} open)",
+                slot.len()
+            )));
+        }
+        slot.push(OpenStream {
+            client: client.clone(),
+            stream_id,
+        });
+    }
+    let shared = Arc::clone(shared);
+    let context = Arc::clone(context);
+    let worker = client.peer().to_string();
+    io_runtime().spawn(async move {
+        let partition = context.spec.partition.clone();
+        if let Err(e) = pending.wait().await {
+            let e = if e.kind() == ErrorKind::Unavailable {
+                TierError::not_found(format!(
+                    "worker {worker} of partition {partition} is gone: {}",
+                    e.message()
+                ))
+            } else {
+                e.context(format!("open stream of partition {partition} on {worker}"))
+            };
+            shared.fail(&partition, e);
+            return;
+        }
+        receive(shared, context, hop, worker, receiver).await;
+    });
+    Ok(())
+}
+
+/// Sends `subpartition` on to the next part of its split partition: the
+/// hop after `hop`, opened on `address` if it is not open yet.
+async fn follow_redirect(
+    shared: &Arc<Shared>,
+    context: &Arc<HopContext>,
+    hop: usize,
+    m: &pb::SubpartitionRedirect,
+) -> TierResult<()> {
+    let next = hop + 1;
+    if !context.spec.subpartitions.contains(&m.subpartition) {
+        return Err(TierError::bad_input(format!(
+            "redirect for subpartition {} outside the stream",
+            m.subpartition
+        )));
+    }
+    match shared.hop(context.slot, next) {
+        Some(open) => {
+            if open.client.peer() != m.address {
+                return Err(TierError::internal(format!(
+                    "two redirects from one part: to {} and to {}",
+                    open.client.peer(),
+                    m.address
+                )));
+            }
             open.client
                 .send(Message::RequireSegment(pb::RequireSegment {
                     stream_id: open.stream_id,
-                    subpartition: sub,
-                    segment_id: 0,
+                    subpartition: m.subpartition,
+                    segment_id: m.segment_id,
                 }))?;
         }
-        let shared = Arc::clone(&self.shared);
-        let partition = spec.partition.clone();
-        let worker = open.client.peer().to_string();
-        io_runtime().spawn(async move {
-            if let Err(e) = pending.wait().await {
-                let e = if e.kind() == ErrorKind::Unavailable {
-                    TierError::not_found(format!(
-                        "worker {worker} of partition {partition} is gone: {}",
-                        e.message()
-                    ))
-                } else {
-                    e.context(format!("open stream of partition {partition} on {worker}"))
-                };
-                shared.fail(&partition, e);
-                return;
-            }
-            receive(shared, partition, worker, receiver).await;
-        });
-        Ok(())
+        None => {
+            let client = shared
+                .client_for(&m.address, &context.token, &context.options)
+                .await?;
+            start_hop(
+                shared,
+                context,
+                next,
+                client,
+                vec![(m.subpartition, m.segment_id)],
+            )?;
+        }
     }
-
-    fn stream_control(&self, stream: usize) -> Option<OpenStream> {
-        self.streams.get(stream).and_then(|s| s.open.clone())
+    let mut state = shared.lock();
+    if let Some(queue) = state
+        .queues
+        .get_mut(&(context.spec.partition.clone(), m.subpartition))
+    {
+        queue.hop = next;
     }
+    Ok(())
 }
 
 /// Routes a stream's frames into the queues until it ends.
 async fn receive(
     shared: Arc<Shared>,
-    partition: PartitionId,
+    context: Arc<HopContext>,
+    hop: usize,
     worker: String,
     mut receiver: StreamReceiver,
 ) {
+    let partition = context.spec.partition.clone();
     while let Some(event) = receiver.recv().await {
         let (message, body) = match event {
             StreamEvent::Frame(message, body) => (message, body),
@@ -303,6 +424,7 @@ async fn receive(
                             segment: m.segment_id,
                             buffer,
                             returns_credit: i + 1 == count,
+                            hop,
                         });
                     }
                     let channel = queue.channel;
@@ -324,6 +446,21 @@ async fn receive(
                     let channel = queue.channel;
                     drop(state);
                     shared.notify(&partition, &[channel]);
+                }
+            }
+            Message::SubpartitionRedirect(m) => {
+                if let Err(e) = follow_redirect(&shared, &context, hop, &m).await {
+                    let e = if e.kind() == ErrorKind::Unavailable {
+                        TierError::not_found(format!(
+                            "worker {} holding part of partition {partition} is unreachable: {}",
+                            m.address,
+                            e.message()
+                        ))
+                    } else {
+                        e.context(format!("follow partition {partition} to {}", m.address))
+                    };
+                    shared.fail(&partition, e);
+                    return;
                 }
             }
             Message::StreamError(m) => {
@@ -451,6 +588,7 @@ impl TierConsumerAgent for ConsumerAgent {
             None
         };
         let stream = queue.stream;
+        let hop = queue.hop;
         if let Some(r) = &received {
             if r.buffer.data_type == DataType::EndOfSegment {
                 // Ask for the next segment now, so it arrives while the engine
@@ -460,10 +598,7 @@ impl TierConsumerAgent for ConsumerAgent {
             }
         }
         drop(state);
-        let Some(control) = self.stream_control(stream) else {
-            return Ok(received.map(|r| r.buffer));
-        };
-        if let Some(next) = require {
+        if let (Some(next), Some(control)) = (require, self.shared.hop(stream, hop)) {
             let _ = control
                 .client
                 .send(Message::RequireSegment(pb::RequireSegment {
@@ -472,11 +607,14 @@ impl TierConsumerAgent for ConsumerAgent {
                     segment_id: next,
                 }));
         }
-        if received.as_ref().is_some_and(|r| r.returns_credit) {
-            let _ = control.client.send(Message::AddCredit(pb::AddCredit {
-                stream_id: control.stream_id,
-                credit: 1,
-            }));
+        // The credit goes back to the stream the buffer came on.
+        if let Some(r) = received.as_ref().filter(|r| r.returns_credit) {
+            if let Some(control) = self.shared.hop(stream, r.hop) {
+                let _ = control.client.send(Message::AddCredit(pb::AddCredit {
+                    stream_id: control.stream_id,
+                    credit: 1,
+                }));
+            }
         }
         Ok(received.map(|r| r.buffer))
     }
@@ -511,15 +649,29 @@ impl TierConsumerAgent for ConsumerAgent {
     }
 
     fn close(&mut self) -> TierResult<()> {
-        for slot in &mut self.streams {
-            if let Some(open) = slot.open.take() {
-                let _ = open.client.send(Message::CloseStream(pb::CloseStream {
-                    stream_id: open.stream_id,
-                }));
-                open.client.unregister_stream(open.stream_id);
-            }
+        let hops: Vec<OpenStream> = self
+            .shared
+            .hops
+            .lock()
+            .expect("hops lock poisoned")
+            .iter_mut()
+            .flat_map(std::mem::take)
+            .collect();
+        for open in hops {
+            let _ = open.client.send(Message::CloseStream(pb::CloseStream {
+                stream_id: open.stream_id,
+            }));
+            open.client.unregister_stream(open.stream_id);
         }
-        for (_, client) in self.clients.drain() {
+        let clients: Vec<Client> = self
+            .shared
+            .clients
+            .lock()
+            .expect("clients lock poisoned")
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for client in clients {
             client.close();
         }
         Ok(())

@@ -11,12 +11,17 @@ pub struct Received {
     pub buffer: Buffer,
     /// The last buffer of a read batch: handing it out returns a credit.
     pub returns_credit: bool,
+    /// The hop (stream on one part of a split partition) it came on.
+    pub hop: usize,
 }
 
 #[derive(Debug)]
 pub struct SubQueue {
     pub channel: InputChannelId,
     pub stream: usize,
+    /// The hop of `stream` its segments are asked from now (0 until the
+    /// partition's first part redirects it).
+    pub hop: usize,
     pub buffers: VecDeque<Received>,
     /// The segment the worker was last asked for.
     pub requested: u32,

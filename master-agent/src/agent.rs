@@ -319,6 +319,7 @@ impl TierMasterAgent for MasterAgent {
                 request_id,
                 key: Some(wire_key.clone()),
                 num_subpartitions,
+                exclude_workers: Vec::new(),
             })
         }))
         .map_err(|e| e.context(format!("place {key}")))?;

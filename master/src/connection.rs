@@ -16,9 +16,18 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Accepted) -> Accepted {
         let Some((message, _body)) = conn.read_rest(prefix).await else {
             break;
         };
-        // Every master request is a cluster member's (or an operator's).
+        // Every master request is a cluster member's (or an operator's),
+        // except that a job's producers may place the next part of one of
+        // its split partitions.
         let what = format!("{:?}", message.message_type());
-        let reply = match conn.identity.require_cluster(&what) {
+        let allowed = match &message {
+            Message::AllocatePartition(m) => match &m.key {
+                Some(key) => conn.identity.require_job(&key.job_id, &what),
+                None => conn.identity.require_cluster(&what),
+            },
+            _ => conn.identity.require_cluster(&what),
+        };
+        let reply = match allowed {
             Err(e) => {
                 tracing::debug!(peer = %conn.peer, client = %conn.client, error = %e, "request refused");
                 Message::error(message.request_id(), e.code(), e.message())

@@ -254,7 +254,14 @@ impl Registry {
     /// A job this master does not know is registered on the way (soft state:
     /// it may have been registered with a master that restarted since); a job
     /// released recently is refused.
-    pub(crate) fn allocate(&mut self, key: &PartitionKey, now: Instant) -> TierResult<Placement> {
+    /// Places a new partition (or the next part of a split one) on the
+    /// least-loaded live worker not in `exclude`.
+    pub(crate) fn allocate(
+        &mut self,
+        key: &PartitionKey,
+        exclude: &[String],
+        now: Instant,
+    ) -> TierResult<Placement> {
         self.expire(now);
         if self.released.contains_key(&key.job) {
             return Err(TierError::bad_input(format!(
@@ -268,12 +275,21 @@ impl Registry {
             entry.insert(now);
             tracing::info!(job = %key.job, "job registered by its first partition");
         }
+        let live = self.workers.len();
         let (id, worker) = self
             .workers
             .iter_mut()
+            .filter(|(id, _)| !exclude.contains(id))
             .min_by_key(|(id, w)| (w.placement_load(), w.last_placed, id.as_str()))
             .ok_or_else(|| {
-                TierError::new(terrace_tier_api::ErrorKind::NoWorkers, "no live worker")
+                TierError::new(
+                    terrace_tier_api::ErrorKind::NoWorkers,
+                    if exclude.is_empty() {
+                        "no live worker".to_string()
+                    } else {
+                        format!("no live worker besides the {} excluded ({live} live)", exclude.len())
+                    },
+                )
             })?;
         self.placements += 1;
         worker.last_placed = self.placements;
@@ -398,7 +414,7 @@ mod tests {
     fn place(r: &mut Registry, n: u32, now: Instant) -> Vec<String> {
         (0..n)
             .map(|p| {
-                r.allocate(&key("j", p), now)
+                r.allocate(&key("j", p), &[], now)
                     .expect("a worker is live")
                     .worker_id
             })
@@ -437,11 +453,11 @@ mod tests {
 
         let job = |name: &str| JobId::new(name.as_bytes().to_vec()).expect("id");
         r.register_job(job("a"), now).expect("room");
-        r.allocate(&key("b", 1), now).expect("room by allocation");
+        r.allocate(&key("b", 1), &[], now).expect("room by allocation");
         let err = r.register_job(job("c"), now).expect_err("a third job");
         assert!(err.message().contains("limits.max_jobs"), "{err}");
         let err = r
-            .allocate(&key("c", 1), now)
+            .allocate(&key("c", 1), &[], now)
             .expect_err("a third job by allocation");
         assert!(err.message().contains("limits.max_jobs"), "{err}");
         r.register_job(job("a"), now).expect("a known job again");
@@ -513,7 +529,7 @@ mod tests {
         assert_eq!(live, ["w2"]);
         assert_eq!(place(&mut r, 2, t2), ["w2", "w2"]);
         let t3 = t1 + Duration::from_millis(301);
-        let err = r.allocate(&key("j", 9), t3).expect_err("nobody is live");
+        let err = r.allocate(&key("j", 9), &[], t3).expect_err("nobody is live");
         assert_eq!(err.kind(), ErrorKind::NoWorkers);
         r.heartbeat("w1".into(), "h:9".into(), stored(1), t3)
             .expect("room");
@@ -548,7 +564,7 @@ mod tests {
             )
             .expect("room");
         assert_eq!(released, vec![j1.clone()]);
-        let err = r.allocate(&key("job1", 1), t0).expect_err("released job");
+        let err = r.allocate(&key("job1", 1), &[], t0).expect_err("released job");
         assert_eq!(err.kind(), ErrorKind::BadInput);
         let released = r
             .heartbeat(

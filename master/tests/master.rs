@@ -129,6 +129,7 @@ async fn allocate(
                 request_id,
                 key: Some(key(job, partition)),
                 num_subpartitions: 4,
+                exclude_workers: Vec::new(),
             })
         })
         .await?;
@@ -390,6 +391,7 @@ async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_
                 request_id: 0,
                 key: None,
                 num_subpartitions: 1,
+                exclude_workers: Vec::new(),
             }),
             "partition key missing",
         ),
@@ -398,6 +400,7 @@ async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_
                 request_id: 0,
                 key: Some(key(b"j", 1)),
                 num_subpartitions: 0,
+                exclude_workers: Vec::new(),
             }),
             "a partition needs at least one subpartition",
         ),

@@ -18,6 +18,10 @@ struct SubpartitionState {
     segment_ended: bool,
     bytes_in_segment: u64,
     buffers_in_segment: u32,
+    /// `segment_ended` because the partition was split: the next write
+    /// answers "segment full" so the engine starts the next segment, on the
+    /// next worker.
+    ended_by_split: bool,
 }
 
 /// Writes one partition to its worker. Methods block the calling thread on
@@ -33,7 +37,17 @@ pub struct ProducerAgent {
     batch: PushBatch,
     pusher: Pusher,
     closed: bool,
+    /// Connection settings for workers and masters (with the job's token).
+    options: ClientOptions,
+    /// Ids of the workers holding the partition's parts, first to current.
+    parts: Vec<String>,
+    /// A split that could not be carried out is not tried again before this.
+    next_split_attempt: Option<std::time::Instant>,
 }
+
+/// How long a producer keeps writing to its worker after a split it could
+/// not carry out (no other worker, a master unreachable) before it tries again.
+const SPLIT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl ProducerAgent {
     /// Connects to the partition's worker and creates the partition there.
@@ -48,25 +62,8 @@ impl ProducerAgent {
         let options = ClientOptions::for_agent(&config, format!("producer {}", key.partition))?
             .with_job_token(&spec.descriptor)?;
         let address = spec.descriptor.worker_address.clone();
-        let create = pb::CreatePartition {
-            request_id: 0,
-            key: Some(pb::PartitionKey::from(&key)),
-            num_subpartitions: spec.num_subpartitions,
-            broadcast_only: spec.broadcast_only,
-        };
         let client = io_runtime()
-            .block_on(async {
-                let client = Client::connect(&address, &options).await?;
-                client
-                    .request(|request_id| {
-                        Message::CreatePartition(pb::CreatePartition {
-                            request_id,
-                            ..create
-                        })
-                    })
-                    .await?;
-                Ok::<_, TierError>(client)
-            })
+            .block_on(create_part(&address, &options, &key, &spec, false))
             .map_err(|e| e.context(format!("create {key} on worker {address}")))?;
         let stored_subs = spec.num_subpartitions as usize;
         let pusher = Pusher::new(
@@ -83,13 +80,136 @@ impl ProducerAgent {
             batch: PushBatch::new(stored_subs, config.push_size.as_usize() + 64 * 1024),
             pusher,
             closed: false,
+            options,
+            parts: vec![spec.descriptor.worker_id.clone()],
+            next_split_attempt: None,
             spec,
             config,
         })
     }
 
+    /// Carries out a split the worker asked for: places the next part with a
+    /// master, creates it there, ends every open segment on the current
+    /// worker, and points the current part at the next. Later writes go to
+    /// the next worker. A split that cannot be placed is put off (the
+    /// partition stays where it is) and tried again later.
+    fn split_if_asked(&mut self) -> TierResult<()> {
+        if !self.pusher.split_requested() {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        if self.next_split_attempt.is_some_and(|at| now < at) {
+            return Ok(());
+        }
+        let next = io_runtime().block_on(async {
+            let (worker_id, address) = self.place_next_part().await?;
+            let client =
+                create_part(&address, &self.options, &self.key, &self.spec, true).await?;
+            Ok::<_, TierError>((worker_id, address, client))
+        });
+        let (worker_id, address, client) = match next {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(partition = %self.key, error = %e,
+                    "the worker asked for a split that cannot be placed now; writing on where the partition is");
+                self.pusher.clear_split_request();
+                self.next_split_attempt = Some(now + SPLIT_RETRY);
+                return Ok(());
+            }
+        };
+        // A segment never spans parts: end every open one here.
+        for sub in 0..self.subs.len() {
+            let state = &self.subs[sub];
+            if let (Some(segment), false) = (state.segment, state.segment_ended) {
+                self.append_end_of_segment(sub, segment);
+                let state = &mut self.subs[sub];
+                state.segment_ended = true;
+                state.ended_by_split = true;
+            }
+        }
+        self.push_batch()?;
+        let key = pb::PartitionKey::from(&self.key);
+        let old = self.pusher.client().clone();
+        let (next_id, next_address) = (worker_id.clone(), address.clone());
+        io_runtime()
+            .block_on(async {
+                self.pusher.drain().await?;
+                old.request(|request_id| {
+                    Message::SplitPartition(pb::SplitPartition {
+                        request_id,
+                        key: Some(key),
+                        next_worker_id: next_id,
+                        next_address,
+                    })
+                })
+                .await?;
+                Ok::<_, TierError>(())
+            })
+            .map_err(|e| {
+                e.context(format!(
+                    "split {} from worker {} to {worker_id} at {address}",
+                    self.key,
+                    self.parts.last().map_or("?", String::as_str)
+                ))
+            })?;
+        old.close();
+        tracing::debug!(partition = %self.key, from = ?self.parts.last(), to = %worker_id, "partition split");
+        self.parts.push(worker_id);
+        self.pusher = Pusher::new(
+            client,
+            self.key.clone(),
+            self.config.compression,
+            self.config.max_bytes_in_flight.as_u64(),
+        );
+        Ok(())
+    }
+
+    /// Asks the masters (in order) for a worker holding no part of the
+    /// partition yet.
+    async fn place_next_part(&self) -> TierResult<(String, String)> {
+        let mut last = TierError::unavailable("no master configured");
+        for master in &self.config.master_addresses {
+            let placed = async {
+                let client = Client::connect(master, &self.options).await?;
+                let reply = client
+                    .request(|request_id| {
+                        Message::AllocatePartition(pb::AllocatePartition {
+                            request_id,
+                            key: Some(pb::PartitionKey::from(&self.key)),
+                            num_subpartitions: self.spec.num_subpartitions,
+                            exclude_workers: self.parts.clone(),
+                        })
+                    })
+                    .await;
+                client.close();
+                match reply? {
+                    (Message::PartitionAllocated(a), _)
+                        if !a.worker_id.is_empty() && !a.worker_address.is_empty() =>
+                    {
+                        Ok((a.worker_id, a.worker_address))
+                    }
+                    (other, _) => Err(TierError::internal(format!(
+                        "master {master} answered AllocatePartition with {:?}",
+                        other.message_type()
+                    ))),
+                }
+            }
+            .await;
+            match placed {
+                Ok(placed) => return Ok(placed),
+                Err(e) => last = e.context(format!("place the next part with master {master}")),
+            }
+        }
+        Err(last)
+    }
+
     pub fn key(&self) -> &PartitionKey {
         &self.key
+    }
+
+    /// Workers holding the partition's parts, first to current.
+    pub fn parts(&self) -> &[String] {
+        &self.parts
     }
 
     fn check_open(&self) -> TierResult<()> {
@@ -138,6 +258,7 @@ impl ProducerAgent {
         num_remaining_consecutive_buffers: u32,
     ) -> TierResult<bool> {
         self.check_open()?;
+        self.split_if_asked()?;
         let sub = self.sub_index(subpartition)?;
         if payload.len() as u64 > self.config.max_buffer_size.as_u64() {
             return Err(TierError::bad_input(format!(
@@ -148,6 +269,10 @@ impl ProducerAgent {
             )));
         }
         let state = &self.subs[sub];
+        if state.segment_ended && state.ended_by_split {
+            // The engine starts the next segment, on the next part.
+            return Ok(false);
+        }
         let (Some(segment), false) = (state.segment, state.segment_ended) else {
             return Err(TierError::bad_input(format!(
                 "{}: subpartition {sub} has no open segment; call try_start_new_segment first",
@@ -206,6 +331,7 @@ impl TierProducerAgent for ProducerAgent {
         _min_num_buffers: u32,
     ) -> TierResult<bool> {
         self.check_open()?;
+        self.split_if_asked()?;
         let sub = self.sub_index(subpartition)?;
         let state = &mut self.subs[sub];
         let expected = state.segment.map_or(0, |s| s + 1);
@@ -280,4 +406,28 @@ impl Drop for ProducerAgent {
     fn drop(&mut self) {
         self.pusher.client().close();
     }
+}
+
+/// Connects to a worker and creates the partition (or, with `continuation`,
+/// its next part) there.
+async fn create_part(
+    address: &str,
+    options: &ClientOptions,
+    key: &PartitionKey,
+    spec: &ProducerSpec,
+    continuation: bool,
+) -> TierResult<Client> {
+    let client = Client::connect(address, options).await?;
+    client
+        .request(|request_id| {
+            Message::CreatePartition(pb::CreatePartition {
+                request_id,
+                key: Some(pb::PartitionKey::from(key)),
+                num_subpartitions: spec.num_subpartitions,
+                broadcast_only: spec.broadcast_only,
+                continuation,
+            })
+        })
+        .await?;
+    Ok(client)
 }

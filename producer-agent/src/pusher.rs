@@ -1,5 +1,6 @@
 //! Pushes batches to a worker, keeping at most a budget of bytes unacknowledged.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,6 +18,8 @@ pub struct Pusher {
     budget: u32,
     /// The first failed push; every later call reports it.
     failure: Arc<Mutex<Option<TierError>>>,
+    /// The worker answered a push with `split`: go on on another worker.
+    split_requested: Arc<AtomicBool>,
 }
 
 impl Pusher {
@@ -34,7 +37,19 @@ impl Pusher {
             in_flight: Arc::new(Semaphore::new(budget as usize)),
             budget,
             failure: Arc::new(Mutex::new(None)),
+            split_requested: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether the worker asked for a split (and it has not been dealt with).
+    pub fn split_requested(&self) -> bool {
+        self.split_requested.load(Ordering::Relaxed)
+    }
+
+    /// Forgets a split request (one that could not be carried out now; the
+    /// worker asks again at a later push).
+    pub fn clear_split_request(&self) {
+        self.split_requested.store(false, Ordering::Relaxed);
     }
 
     pub fn client(&self) -> &Client {
@@ -92,13 +107,22 @@ impl Pusher {
             body,
         )?;
         let failure = Arc::clone(&self.failure);
+        let split_requested = Arc::clone(&self.split_requested);
         let partition = self.key.clone();
         tokio::spawn(async move {
-            if let Err(e) = pending.wait().await {
-                let mut failure = failure.lock().expect("failure lock poisoned");
-                if failure.is_none() {
-                    tracing::debug!(%partition, error = %e, "push failed");
-                    *failure = Some(e.context(format!("push to {partition}")));
+            match pending.wait().await {
+                Ok((Message::PushAck(ack), _)) => {
+                    if ack.split {
+                        split_requested.store(true, Ordering::Relaxed);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let mut failure = failure.lock().expect("failure lock poisoned");
+                    if failure.is_none() {
+                        tracing::debug!(%partition, error = %e, "push failed");
+                        *failure = Some(e.context(format!("push to {partition}")));
+                    }
                 }
             }
             drop(permit);

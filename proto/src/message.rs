@@ -90,6 +90,8 @@ messages! {
     24 => DropJob,
     25 => WorkerStats,
     26 => WorkerStatsReply,
+    27 => PushAck,
+    28 => SplitPartition,
     30 => OpenStream,
     31 => StreamOpened,
     32 => RequireSegment,
@@ -98,6 +100,7 @@ messages! {
     35 => ReadData,
     36 => SubpartitionEnd,
     37 => StreamError,
+    38 => SubpartitionRedirect,
 }
 
 impl MessageType {
@@ -135,6 +138,8 @@ impl Message {
             Message::DropJob(m) => m.request_id,
             Message::WorkerStats(m) => m.request_id,
             Message::WorkerStatsReply(m) => m.request_id,
+            Message::PushAck(m) => m.request_id,
+            Message::SplitPartition(m) => m.request_id,
             Message::OpenStream(m) => m.request_id,
             Message::StreamOpened(m) => m.request_id,
             Message::RequireSegment(_)
@@ -142,6 +147,7 @@ impl Message {
             | Message::CloseStream(_)
             | Message::ReadData(_)
             | Message::SubpartitionEnd(_)
+            | Message::SubpartitionRedirect(_)
             | Message::StreamError(_) => 0,
         }
     }

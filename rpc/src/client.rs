@@ -85,7 +85,8 @@ impl ClientOptions {
 /// What a stream's receiver gets.
 #[derive(Debug)]
 pub enum StreamEvent {
-    /// A `ReadData`, `SubpartitionEnd` or `StreamError` frame with its body.
+    /// A `ReadData`, `SubpartitionEnd`, `SubpartitionRedirect` or
+    /// `StreamError` frame with its body.
     Frame(Message, Bytes),
     /// The connection is gone; no more frames will come.
     Lost(TierError),
@@ -419,6 +420,7 @@ fn stream_id_of(message: &Message) -> Option<u64> {
     match message {
         Message::ReadData(m) => Some(m.stream_id),
         Message::SubpartitionEnd(m) => Some(m.stream_id),
+        Message::SubpartitionRedirect(m) => Some(m.stream_id),
         Message::StreamError(m) => Some(m.stream_id),
         _ => None,
     }

@@ -181,6 +181,7 @@ pub fn create(request_id: u64, key: &PartitionKey, subs: u32) -> Message {
         key: pb_key(key),
         num_subpartitions: subs,
         broadcast_only: false,
+        continuation: false,
     })
 }
 

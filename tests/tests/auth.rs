@@ -172,6 +172,7 @@ fn worker_requests(descriptor: &ShuffleDescriptor) -> Vec<(&'static str, Message
                 key: key.clone(),
                 num_subpartitions: 1,
                 broadcast_only: false,
+                continuation: false,
             }),
         ),
         (

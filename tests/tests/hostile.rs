@@ -194,13 +194,19 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
         (u64s(), ids()).prop_map(|(request_id, job_id)| Message::UnregisterJob(
             pb::UnregisterJob { request_id, job_id }
         )),
-        (u64s(), keys(), u32s()).prop_map(|(request_id, key, num_subpartitions)| {
-            Message::AllocatePartition(pb::AllocatePartition {
-                request_id,
-                key,
-                num_subpartitions,
-            })
-        }),
+        (u64s(), keys(), u32s(), job_lists()).prop_map(
+            |(request_id, key, num_subpartitions, excluded)| {
+                Message::AllocatePartition(pb::AllocatePartition {
+                    request_id,
+                    key,
+                    num_subpartitions,
+                    exclude_workers: excluded
+                        .iter()
+                        .map(|id| String::from_utf8_lossy(id).into_owned())
+                        .collect(),
+                })
+            }
+        ),
         (u64s(), keys(), strings()).prop_map(|(request_id, key, worker_id)| {
             Message::PartitionAllocated(pb::PartitionAllocated {
                 request_id,
@@ -216,18 +222,32 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
             jobs: vec![job; 100],
             settled: true,
         })),
-        (u64s(), keys(), u32s(), any::<bool>()).prop_map(
-            |(request_id, key, num_subpartitions, broadcast_only)| {
+        (u64s(), keys(), u32s(), any::<bool>(), any::<bool>()).prop_map(
+            |(request_id, key, num_subpartitions, broadcast_only, continuation)| {
                 Message::CreatePartition(pb::CreatePartition {
                     request_id,
                     key,
                     num_subpartitions,
                     broadcast_only,
+                    continuation,
                 })
             }
         ),
         (u64s(), keys()).prop_map(
             |(request_id, key)| Message::SealPartition(pb::SealPartition { request_id, key })
+        ),
+        (u64s(), any::<bool>()).prop_map(|(request_id, split)| {
+            Message::PushAck(pb::PushAck { request_id, split })
+        }),
+        (u64s(), keys(), strings(), strings()).prop_map(
+            |(request_id, key, next_worker_id, next_address)| {
+                Message::SplitPartition(pb::SplitPartition {
+                    request_id,
+                    key,
+                    next_worker_id,
+                    next_address,
+                })
+            }
         ),
         (u64s(), keys()).prop_map(|(request_id, key)| Message::ReleasePartition(
             pb::ReleasePartition { request_id, key }
@@ -284,6 +304,17 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                 segment_id,
             })
         }),
+        (u64s(), u32s(), u32s(), strings()).prop_map(
+            |(stream_id, subpartition, segment_id, address)| {
+                Message::SubpartitionRedirect(pb::SubpartitionRedirect {
+                    stream_id,
+                    subpartition,
+                    segment_id,
+                    worker_id: address.clone(),
+                    address,
+                })
+            }
+        ),
         (u64s(), any::<i32>(), strings()).prop_map(|(stream_id, code, message)| {
             Message::StreamError(pb::StreamError {
                 stream_id,

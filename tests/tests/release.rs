@@ -385,6 +385,7 @@ fn release_racing_a_seal_leaves_no_files() {
                         key: pk.clone(),
                         num_subpartitions: 1,
                         broadcast_only: false,
+                        continuation: false,
                     })
                 })
                 .await

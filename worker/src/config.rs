@@ -42,6 +42,9 @@ pub struct WorkerConfig {
     /// Bytes of read data the worker holds at once: read for readers and not
     /// yet sent. Reads wait while it is short. At least `read_batch_size`.
     pub read_memory: ByteSize,
+    /// A partition whose part here passes this many stored bytes is split:
+    /// its producer is asked to go on on another worker (at its next push).
+    pub split_size: ByteSize,
     /// How long a reader opening a partition that is not created yet waits for it.
     #[serde(with = "humantime_serde")]
     pub partition_wait_timeout: Duration,
@@ -106,6 +109,7 @@ impl Default for WorkerConfig {
             max_frame_size: ByteSize::mib(16),
             read_batch_size: ByteSize::kib(512),
             read_memory: ByteSize::mib(256),
+            split_size: ByteSize::gib(1),
             partition_wait_timeout: Duration::from_secs(30),
             master_addresses: Vec::new(),
             heartbeat_interval: Duration::from_secs(1),
@@ -139,6 +143,9 @@ impl WorkerConfig {
         }
         if self.read_batch_size.as_u64() == 0 {
             return Err("read_batch_size must be positive".into());
+        }
+        if self.split_size.as_u64() == 0 {
+            return Err("split_size must be positive".into());
         }
         let (low, high) = (self.flush_low_watermark, self.flush_high_watermark);
         if !(0.0..=1.0).contains(&high) || !(0.0..=high).contains(&low) {

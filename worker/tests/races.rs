@@ -99,6 +99,7 @@ async fn read_sub(store: &Store, key: &PartitionKey, sub: u32) -> TierResult<Vec
                 ReadStep::SegmentDone => break,
                 ReadStep::End => return Ok(out),
                 ReadStep::Wait => panic!("a sealed partition never waits"),
+                ReadStep::Redirect(next) => panic!("an unsplit partition redirected to {next:?}"),
                 ReadStep::Failed(e) => return Err(e),
             }
         }
@@ -124,7 +125,7 @@ fn expect_released(result: TierResult<()>, what: &str) -> bool {
 
 async fn writer(store: Arc<Store>, key: PartitionKey, seed: u32) -> Outcome {
     let (batches, expected) = data(seed, 1 + seed % 3, 1 + seed % 5);
-    let Ok(partition) = store.create(key.clone(), 2, false) else {
+    let Ok(partition) = store.create(key.clone(), 2, false, false) else {
         panic!("create {key}");
     };
     for (i, batch) in batches.into_iter().enumerate() {
@@ -238,12 +239,12 @@ async fn a_new_partition_survives_the_release_of_its_jobs_last_one() {
         let first = key(9, round * 2);
         let second = key(9, round * 2 + 1);
         let (batches, _) = data(round, 1, 2);
-        let p1 = store.create(first.clone(), 2, false).expect("create");
+        let p1 = store.create(first.clone(), 2, false, false).expect("create");
         p1.append(batches[0].clone(), Reservation::empty(), None, u32::MAX)
             .expect("append");
         store.seal(&p1).await.expect("seal first");
         let p2 = store
-            .create(second.clone(), 2, false)
+            .create(second.clone(), 2, false, false)
             .expect("create second");
         p2.append(batches[0].clone(), Reservation::empty(), None, u32::MAX)
             .expect("append");

@@ -10,8 +10,12 @@ use crate::registry::Registry;
 
 #[derive(Debug)]
 pub(crate) struct AllocatePartition {
-    key: PartitionKey,
+    pub(crate) key: PartitionKey,
+    exclude: Vec<String>,
 }
+
+/// Most workers an allocation may exclude (the parts of a split chain).
+const MAX_EXCLUDED: usize = 64;
 
 impl AllocatePartition {
     pub(crate) fn parse(m: pb::AllocatePartition) -> TierResult<Self> {
@@ -20,13 +24,25 @@ impl AllocatePartition {
                 "a partition needs at least one subpartition",
             ));
         }
+        if m.exclude_workers.len() > MAX_EXCLUDED {
+            return Err(TierError::bad_input(format!(
+                "exclude_workers has {} ids, more than {MAX_EXCLUDED}",
+                m.exclude_workers.len()
+            )));
+        }
+        let exclude = m
+            .exclude_workers
+            .into_iter()
+            .map(super::worker_id)
+            .collect::<TierResult<Vec<_>>>()?;
         Ok(AllocatePartition {
             key: PartitionKey::try_from(m.key)?,
+            exclude,
         })
     }
 
     pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
-        match registry.allocate(&self.key, now) {
+        match registry.allocate(&self.key, &self.exclude, now) {
             Ok(placement) => Message::PartitionAllocated(pb::PartitionAllocated {
                 request_id,
                 key: Some((&self.key).into()),

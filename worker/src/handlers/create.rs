@@ -22,7 +22,13 @@ pub fn handle(conn: &Connection, m: pb::CreatePartition) -> TierResult<Message> 
     }
     conn.shared
         .store
-        .create(key.clone(), m.num_subpartitions, m.broadcast_only)?;
-    tracing::debug!(partition = %key, subpartitions = m.num_subpartitions, broadcast_only = m.broadcast_only, "partition created");
+        .create(
+            key.clone(),
+            m.num_subpartitions,
+            m.broadcast_only,
+            m.continuation,
+        )?;
+    tracing::debug!(partition = %key, subpartitions = m.num_subpartitions, broadcast_only = m.broadcast_only,
+        continuation = m.continuation, "partition created");
     Ok(Message::ack(m.request_id))
 }

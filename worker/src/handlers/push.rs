@@ -69,5 +69,11 @@ pub async fn handle(
         .bytes_pushed
         .fetch_add(len, Ordering::Relaxed);
     store.check_pressure();
-    Ok(Message::ack(m.request_id))
+    // Past the split size the producer is asked to go on elsewhere (at a
+    // push boundary: every push is a region).
+    let split = partition.stored_bytes() >= conn.shared.config.split_size.as_u64();
+    Ok(Message::PushAck(pb::PushAck {
+        request_id: m.request_id,
+        split,
+    }))
 }

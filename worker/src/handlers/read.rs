@@ -640,6 +640,20 @@ impl Stream {
                     );
                     progressed = true;
                 }
+                ReadStep::Redirect(next) => {
+                    self.required[index] = None;
+                    self.sender.send(
+                        Message::SubpartitionRedirect(pb::SubpartitionRedirect {
+                            stream_id: self.stream_id,
+                            subpartition,
+                            segment_id: segment,
+                            worker_id: next.worker_id,
+                            address: next.address,
+                        }),
+                        Bytes::new(),
+                    );
+                    progressed = true;
+                }
                 ReadStep::Failed(e) => {
                     self.fail(&e);
                     return Step::Finished;

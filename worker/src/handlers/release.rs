@@ -1,15 +1,57 @@
-//! `ReleasePartition` and `DropJob`: delete data in every tier.
+//! `ReleasePartition` and `DropJob`: delete data in every tier (and, for a
+//! split partition, on the workers holding its later parts).
+
+use std::sync::Arc;
 
 use terrace_proto::{Message, pb};
-use terrace_tier_api::{JobId, PartitionKey, TierResult};
+use terrace_rpc::{Client, ClientOptions};
+use terrace_tier_api::{ErrorKind, JobId, PartitionKey, TierResult};
 
-use crate::server::Connection;
+use crate::server::{Connection, Shared};
+use crate::store::Forward;
 
 pub async fn release_partition(conn: &Connection, m: pb::ReleasePartition) -> TierResult<Message> {
     let key = PartitionKey::try_from(m.key)?;
+    let next = conn.shared.store.get(&key).ok().and_then(|p| p.forward());
     conn.shared.store.release(&key).await?;
     tracing::debug!(partition = %key, "partition released");
+    if let Some(next) = next {
+        // The later parts of a split partition go too; the engine knows only
+        // this worker. Best effort: a job's end drops every part anyway.
+        let shared = Arc::clone(&conn.shared);
+        tokio::spawn(async move {
+            if let Err(e) = release_next_part(&shared, &key, &next).await {
+                tracing::warn!(partition = %key, next = %next.address, error = %e,
+                    "could not release the next part of a split partition; it goes when its job is dropped");
+            }
+        });
+    }
     Ok(Message::ack(m.request_id))
+}
+
+async fn release_next_part(shared: &Shared, key: &PartitionKey, next: &Forward) -> TierResult<()> {
+    let options = ClientOptions {
+        name: format!("worker {}", shared.worker_id),
+        credential: shared.security.credential(),
+        tls: shared.security.tls_client.clone(),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&next.address, &options).await?;
+    let wire_key = pb::PartitionKey::from(key);
+    let reply = client
+        .request(|request_id| {
+            Message::ReleasePartition(pb::ReleasePartition {
+                request_id,
+                key: Some(wire_key),
+            })
+        })
+        .await;
+    client.close();
+    match reply {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::PartitionNotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 pub async fn drop_job(conn: &Connection, m: pb::DropJob) -> TierResult<Message> {

@@ -6,34 +6,49 @@
 //! An extent is one stored run of buffers of a single (subpartition, segment),
 //! exactly as pushed, with its own CRC32C.
 //!
-//! Persisted format (little-endian), version 2:
+//! A partition may be split over several workers (a chain). The worker that
+//! holds its first part is the one in the engine's shuffle descriptor; each
+//! part but the last ends with a *forward pointer* to the worker holding the
+//! next part, and a *continuation* part starts each subpartition at the
+//! segment where the previous part stopped. A subpartition's segments on one
+//! worker are therefore `first_segment..first_segment + n`, and a reader who
+//! asks a split part for a segment past its own is redirected.
+//!
+//! Persisted format (little-endian), version 3:
 //! ```text
 //! magic "TRIX" | u32 version | u32 job id len | job id | u32 partition id len | partition id
-//! | u32 num_subpartitions | u8 broadcast_only | u64 generation
+//! | u32 num_subpartitions | u8 broadcast_only | u8 continuation | u64 generation
 //! | u32 num_files   | per local data file: u32 id | u64 length
 //! | u32 prefix len  | object key prefix (UTF-8)
 //! | u32 num_objects | per object: u32 id | u64 length
-//! | per subpartition: u32 num_segments | per segment: u8 closed | u32 num_extents
+//! | per subpartition: u32 first_segment | u32 num_segments
+//! |   | per segment: u8 closed | u32 num_extents
 //! |   | per extent: u8 location kind (1 = local file, 2 = object) | u32 file or object id
 //! |   |             | u64 offset | u32 len | u32 crc32c | u32 num_buffers
-//! | u32 num_forward_pointers (0; reserved for splits)
+//! | u32 num_forward_pointers (0 or 1)
+//! |   | per pointer: u32 len | next worker's id | u32 len | its data address
 //! | u32 crc32c of everything before it
 //! ```
-//! Version 1 (still read): no generation, no file or object tables; one data
-//! file (id 0) whose length follows `broadcast_only` as a u64, and extents
-//! `u8 kind (1) | u64 offset | u32 len | u32 crc32c | u32 num_buffers`.
+//! Version 2 (still read): no `continuation`, no `first_segment` (0), and no
+//! forward pointer. Version 1 (still read): as version 2 without generation
+//! or file and object tables; one data file (id 0) whose length follows
+//! `broadcast_only` as a u64, and extents `u8 kind (1) | u64 offset | u32 len
+//! | u32 crc32c | u32 num_buffers`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use terrace_tier_api::{JobId, PartitionId, PartitionKey, TierError, TierResult};
 
 const MAGIC: &[u8; 4] = b"TRIX";
 const VERSION_1: u32 = 1;
-const VERSION: u32 = 2;
+const VERSION_2: u32 = 2;
+const VERSION: u32 = 3;
 const KIND_LOCAL: u8 = 1;
 const KIND_OBJECT: u8 = 2;
 /// Upper bounds on counts read from a persisted index: anything larger is damage.
 const MAX_BLOBS: usize = 1 << 20;
 const MAX_PREFIX: usize = 4096;
+/// Longest worker id or address in a forward pointer.
+const MAX_POINTER_FIELD: usize = 1024;
 
 /// Which tier holds an extent's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +96,30 @@ pub struct SegmentIndex {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubpartitionIndex {
-    /// Indexed by segment id.
+    /// The id of `segments[0]`: 0, except in a continuation part.
+    pub first_segment: u32,
+    /// Segment `first_segment + i` at `i`.
     pub segments: Vec<SegmentIndex>,
+}
+
+impl SubpartitionIndex {
+    /// The segment with id `segment`, if this part holds it.
+    fn segment(&self, segment: u32) -> Option<&SegmentIndex> {
+        let at = segment.checked_sub(self.first_segment)?;
+        self.segments.get(at as usize)
+    }
+
+    /// The id the next new segment gets.
+    pub fn next_segment(&self) -> u32 {
+        self.first_segment + self.segments.len() as u32
+    }
+}
+
+/// Where a split partition goes on: the worker that holds its next part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub worker_id: String,
+    pub address: String,
 }
 
 /// One run of a push to append: consecutive buffers of one (subpartition, segment).
@@ -100,6 +137,7 @@ pub struct Run {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExtentRef {
     pub sub: usize,
+    /// Position in the subpartition's `segments` (its id less `first_segment`).
     pub segment: usize,
     pub extent: usize,
 }
@@ -116,6 +154,8 @@ pub enum NextRead {
     End,
     /// Nothing yet: wait for a change.
     Wait,
+    /// The segment lives on the next part of a split partition.
+    Redirect(Forward),
 }
 
 /// The index of one partition.
@@ -126,8 +166,14 @@ pub struct PartitionIndex {
     /// The stored subpartitions that have data, by number: an index costs
     /// memory for what was written, not for the subpartitions declared.
     pub subs: std::collections::BTreeMap<usize, SubpartitionIndex>,
-    /// Sealed: no segment will be added; readers past the end get `End`.
+    /// Sealed: no segment will be added; readers past the end get `End`
+    /// (or, with a forward pointer, a redirect).
     pub sealed: bool,
+    /// A later part of a split partition: each subpartition's first segment
+    /// may have any id (where the previous part stopped).
+    pub continuation: bool,
+    /// Set when the partition was split on: later segments are on that worker.
+    pub forward: Option<Forward>,
 }
 
 impl PartitionIndex {
@@ -137,7 +183,35 @@ impl PartitionIndex {
             broadcast_only,
             subs: std::collections::BTreeMap::new(),
             sealed: false,
+            continuation: false,
+            forward: None,
         }
+    }
+
+    /// Records where the partition goes on. Every segment must be closed: a
+    /// segment never spans parts. Readers are redirected once the partition
+    /// is also sealed (after the pointer is durable).
+    pub fn split(&mut self, next: Forward) -> TierResult<()> {
+        if self.forward.is_some() {
+            return Err(TierError::bad_input("the partition was already split"));
+        }
+        if self.sealed {
+            return Err(TierError::new(
+                terrace_tier_api::ErrorKind::PartitionSealed,
+                "sealed; it cannot be split",
+            ));
+        }
+        if let Some((sub, _)) = self
+            .subs
+            .iter()
+            .find(|(_, s)| s.segments.last().is_some_and(|g| !g.closed))
+        {
+            return Err(TierError::bad_input(format!(
+                "subpartition {sub} has an open segment; close every segment before a split"
+            )));
+        }
+        self.forward = Some(next);
+        Ok(())
     }
 
     /// Checks `runs` against the segment rules (segment ids start at 0 and go
@@ -172,14 +246,15 @@ impl PartitionIndex {
                     let last = sub_index
                         .segments
                         .last()
-                        .map(|seg| (sub_index.segments.len() - 1, seg.closed));
+                        .map(|seg| (sub_index.next_segment() as usize - 1, seg.closed));
                     state.push((run.sub, last));
                     state.len() - 1
                 }
             };
             let last = state[slot].1;
             let ok = match last {
-                None => run.segment == 0,
+                // A continuation starts where the previous part stopped.
+                None => run.segment == 0 || (self.continuation && run.segment <= u32::MAX as usize / 2),
                 Some((last, closed)) => {
                     (run.segment == last && !closed) || (run.segment == last + 1 && closed)
                 }
@@ -198,11 +273,16 @@ impl PartitionIndex {
         }
         let mut refs = Vec::with_capacity(runs.len());
         for run in runs {
-            let segments = &mut self.subs.entry(run.sub).or_default().segments;
-            if run.segment == segments.len() {
+            let sub = self.subs.entry(run.sub).or_insert_with(|| SubpartitionIndex {
+                first_segment: run.segment as u32,
+                segments: Vec::new(),
+            });
+            let at = run.segment - sub.first_segment as usize;
+            let segments = &mut sub.segments;
+            if at == segments.len() {
                 segments.push(SegmentIndex::default());
             }
-            let segment = &mut segments[run.segment];
+            let segment = &mut segments[at];
             segment.extents.push(Extent {
                 location: Location::Memory(run.bytes.clone()),
                 len: run.bytes.len() as u32,
@@ -212,7 +292,7 @@ impl PartitionIndex {
             segment.closed = run.ends_segment;
             refs.push(ExtentRef {
                 sub: run.sub,
-                segment: run.segment,
+                segment: at,
                 extent: segment.extents.len() - 1,
             });
         }
@@ -285,15 +365,13 @@ impl PartitionIndex {
         max_bytes: usize,
     ) -> NextRead {
         let sub = self.stored_sub(subpartition);
-        let Some(seg) = self
-            .subs
-            .get(&sub)
-            .and_then(|s| s.segments.get(segment as usize))
-        else {
-            return if self.sealed {
-                NextRead::End
-            } else {
-                NextRead::Wait
+        let Some(seg) = self.subs.get(&sub).and_then(|s| s.segment(segment)) else {
+            return match &self.forward {
+                Some(next) if self.sealed && !self.precedes(sub, segment) => {
+                    NextRead::Redirect(next.clone())
+                }
+                _ if self.sealed => NextRead::End,
+                _ => NextRead::Wait,
             };
         };
         if position < seg.extents.len() {
@@ -319,6 +397,14 @@ impl PartitionIndex {
 }
 
 impl PartitionIndex {
+    /// Whether `segment` of stored subpartition `sub` comes before this
+    /// part's first (a continuation part never holds those).
+    fn precedes(&self, sub: usize, segment: u32) -> bool {
+        self.subs
+            .get(&sub)
+            .is_some_and(|s| segment < s.first_segment)
+    }
+
     /// The object range a reader of `subpartition` at extent `position` of
     /// `segment` will read next, grown over the following extents (across
     /// segments, closed or not) while they lie back to back in the same
@@ -332,7 +418,9 @@ impl PartitionIndex {
         max_bytes: u64,
     ) -> Option<(u32, std::ops::Range<u64>)> {
         let sub = self.stored_sub(subpartition);
-        let segments = self.subs.get(&sub)?.segments.get(segment as usize..)?;
+        let sub_index = self.subs.get(&sub)?;
+        let at = segment.checked_sub(sub_index.first_segment)? as usize;
+        let segments = sub_index.segments.get(at..)?;
         let mut extents = segments
             .iter()
             .enumerate()
@@ -464,6 +552,7 @@ impl PersistedIndex {
         put_bytes(&mut out, self.key.partition.as_bytes());
         out.put_u32_le(self.index.num_subpartitions);
         out.put_u8(u8::from(self.index.broadcast_only));
+        out.put_u8(u8::from(self.index.continuation));
         out.put_u64_le(self.generation);
         put_blobs(&mut out, &self.files);
         put_bytes(&mut out, self.object_prefix.as_bytes());
@@ -471,6 +560,7 @@ impl PersistedIndex {
         let empty = SubpartitionIndex::default();
         for number in 0..self.index.stored_subpartitions() {
             let sub = self.index.subs.get(&number).unwrap_or(&empty);
+            out.put_u32_le(sub.first_segment);
             out.put_u32_le(sub.segments.len() as u32);
             for segment in &sub.segments {
                 out.put_u8(u8::from(segment.closed));
@@ -494,7 +584,14 @@ impl PersistedIndex {
                 }
             }
         }
-        out.put_u32_le(0);
+        match &self.index.forward {
+            None => out.put_u32_le(0),
+            Some(next) => {
+                out.put_u32_le(1);
+                put_bytes(&mut out, next.worker_id.as_bytes());
+                put_bytes(&mut out, next.address.as_bytes());
+            }
+        }
         let crc = crc32c::crc32c(&out);
         out.put_u32_le(crc);
         Ok(out.freeze())
@@ -518,13 +615,14 @@ impl PersistedIndex {
         }
         r.r.advance(4);
         let version = r.u32()?;
-        if version != VERSION && version != VERSION_1 {
+        if !(VERSION_1..=VERSION).contains(&version) {
             return Err(damaged(&format!("unsupported version {version}")));
         }
         let job = JobId::new(Bytes::copy_from_slice(r.bytes(usize::MAX)?))?;
         let partition = PartitionId::new(Bytes::copy_from_slice(r.bytes(usize::MAX)?))?;
         let num_subpartitions = r.u32()?;
         let broadcast_only = r.u8()? != 0;
+        let continuation = version >= VERSION && r.u8()? != 0;
         let (generation, files, object_prefix, objects) = if version == VERSION_1 {
             let data_len = r.u64()?;
             (
@@ -546,16 +644,25 @@ impl PersistedIndex {
             (generation, files, prefix, objects)
         };
         let mut index = PartitionIndex::new(num_subpartitions, broadcast_only);
+        index.continuation = continuation;
         // A stored subpartition takes at least 4 bytes: more than the rest holds is damage.
         if index.stored_subpartitions() > r.r.remaining() / 4 {
             return Err(damaged("more subpartitions than bytes"));
         }
         for number in 0..index.stored_subpartitions() {
+            let first_segment = if version >= VERSION { r.u32()? } else { 0 };
             let num_segments = r.u32()? as usize;
             if num_segments == 0 {
                 continue;
             }
+            if first_segment > 0 && !continuation {
+                return Err(damaged("a first part that does not start at segment 0"));
+            }
+            if u64::from(first_segment) + num_segments as u64 > u64::from(u32::MAX) {
+                return Err(damaged("segment ids past u32"));
+            }
             let sub = index.subs.entry(number).or_default();
+            sub.first_segment = first_segment;
             if num_segments > r.r.remaining() / 5 {
                 return Err(damaged("more segments than bytes"));
             }
@@ -576,7 +683,7 @@ impl PersistedIndex {
                     let num_buffers = r.u32()?;
                     let (table, location) = match kind {
                         KIND_LOCAL => (&files, Location::Local { file: id, offset }),
-                        KIND_OBJECT if version == VERSION => {
+                        KIND_OBJECT if version >= VERSION_2 => {
                             (&objects, Location::Object { object: id, offset })
                         }
                         other => return Err(damaged(&format!("unknown location kind {other}"))),
@@ -602,10 +709,19 @@ impl PersistedIndex {
                 sub.segments.push(SegmentIndex { extents, closed });
             }
         }
-        if r.u32()? != 0 {
-            return Err(damaged(
-                "forward pointers are not supported by this version",
-            ));
+        match r.u32()? {
+            0 => {}
+            1 if version >= VERSION => {
+                let mut text = |what: &str| -> TierResult<String> {
+                    std::str::from_utf8(r.bytes(MAX_POINTER_FIELD)?)
+                        .map(str::to_string)
+                        .map_err(|_| damaged(&format!("forward pointer {what} is not UTF-8")))
+                };
+                let worker_id = text("worker id")?;
+                let address = text("address")?;
+                index.forward = Some(Forward { worker_id, address });
+            }
+            _ => return Err(damaged("unsupported forward pointers")),
         }
         if r.r.has_remaining() {
             return Err(damaged("trailing bytes"));

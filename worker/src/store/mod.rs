@@ -33,7 +33,7 @@ pub use budget::{MemoryBudget, Reservation};
 pub use dirs::{LocalDirs, MARKER};
 pub use faults::FaultyStore;
 pub use files::{FaultyFiles, FileLayer, RealFiles};
-pub use index::{Extent, PersistedIndex};
+pub use index::{Extent, Forward, PersistedIndex};
 pub use object::{ObjectStoreSettings, ObjectTier, build_store};
 pub use partition::{Partition, PartitionMeta, ReadStep, TierBytes};
 pub use tiers::{Source, Tiers, single_object_range};
@@ -221,6 +221,7 @@ impl Store {
         key: PartitionKey,
         num_subpartitions: u32,
         broadcast_only: bool,
+        continuation: bool,
     ) -> TierResult<Arc<Partition>> {
         if num_subpartitions == 0 {
             return Err(TierError::bad_input(format!(
@@ -229,7 +230,9 @@ impl Store {
         }
         if let Some(existing) = self.partitions.get(&key) {
             let meta = existing.meta();
-            if meta.num_subpartitions == num_subpartitions && meta.broadcast_only == broadcast_only
+            if meta.num_subpartitions == num_subpartitions
+                && meta.broadcast_only == broadcast_only
+                && meta.continuation == continuation
             {
                 return Ok(Arc::clone(&existing));
             }
@@ -242,6 +245,7 @@ impl Store {
             key: key.clone(),
             num_subpartitions,
             broadcast_only,
+            continuation,
         }));
         let entry = self
             .partitions
@@ -300,6 +304,11 @@ impl Store {
     /// Seals a partition: its data and index are durable when this returns Ok.
     pub async fn seal(&self, partition: &Arc<Partition>) -> TierResult<()> {
         partition.seal(&self.tiers).await
+    }
+
+    /// Ends this worker's part of a split partition (see [`Partition::split`]).
+    pub async fn split(&self, partition: &Arc<Partition>, next: Forward) -> TierResult<()> {
+        partition.split(&self.tiers, next).await
     }
 
     /// Migrates one partition's local data to the object store now.

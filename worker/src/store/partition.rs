@@ -31,7 +31,8 @@ use tokio::time::Instant;
 
 use super::budget::Reservation;
 use super::index::{
-    Blob, Extent, ExtentRef, Location, NextRead, PartitionIndex, PersistedIndex, Run, TierKind,
+    Blob, Extent, ExtentRef, Forward, Location, NextRead, PartitionIndex, PersistedIndex, Run,
+    TierKind,
 };
 use super::object::ObjectTier;
 use super::tiers::{Source, Tiers};
@@ -42,6 +43,8 @@ pub struct PartitionMeta {
     pub key: PartitionKey,
     pub num_subpartitions: u32,
     pub broadcast_only: bool,
+    /// A later part of a split partition (see [`PartitionIndex::continuation`]).
+    pub continuation: bool,
 }
 
 /// A local data file of the partition.
@@ -104,6 +107,8 @@ pub enum ReadStep {
     SegmentDone,
     End,
     Wait,
+    /// The segment is on the next part of the split partition.
+    Redirect(Forward),
     Failed(TierError),
 }
 
@@ -138,7 +143,10 @@ impl Partition {
     pub fn new(meta: PartitionMeta) -> Self {
         Partition {
             state: Mutex::new(State {
-                index: PartitionIndex::new(meta.num_subpartitions, meta.broadcast_only),
+                index: PartitionIndex {
+                    continuation: meta.continuation,
+                    ..PartitionIndex::new(meta.num_subpartitions, meta.broadcast_only)
+                },
                 phase: Phase::Open,
                 pending: Vec::new(),
                 pending_bytes: 0,
@@ -172,6 +180,7 @@ impl Partition {
             key: persisted.key.clone(),
             num_subpartitions: persisted.index.num_subpartitions,
             broadcast_only: persisted.index.broadcast_only,
+            continuation: persisted.index.continuation,
         });
         {
             let mut state = partition.lock();
@@ -593,6 +602,51 @@ impl Partition {
         Ok(())
     }
 
+    /// Ends this part of the partition: like a seal, with a forward pointer
+    /// to `next` persisted in the index. Every segment must be closed. Once
+    /// it returns, readers of later segments are redirected to `next`; a
+    /// split that fails leaves the partition open, and can be retried.
+    pub async fn split(self: &Arc<Self>, tiers: &Tiers, next: Forward) -> TierResult<()> {
+        let _guard = self.flush_lock.lock().await;
+        {
+            let mut state = self.lock();
+            if let Some(done) = &state.index.forward {
+                if matches!(state.phase, Phase::Sealed) && *done == next {
+                    return Ok(());
+                }
+            }
+            if let Some(e) = self.phase_error(&state.phase) {
+                return Err(e);
+            }
+            state.index.split(next)?;
+            state.phase = Phase::Sealing;
+        }
+        let stored = match self.flush_locked(tiers).await {
+            Ok(()) => self.persist(tiers, true).await,
+            Err(e) => Err(e),
+        };
+        let mut state = self.lock();
+        match stored {
+            Ok(()) if matches!(state.phase, Phase::Sealing) => {
+                state.phase = Phase::Sealed;
+                state.index.sealed = true;
+                state.sealed_at = Some(Instant::now());
+                state.last_access = Instant::now();
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if matches!(state.phase, Phase::Sealing) {
+                    state.phase = Phase::Open;
+                    state.index.forward = None;
+                }
+                return Err(e);
+            }
+        }
+        drop(state);
+        self.bump();
+        Ok(())
+    }
+
     /// Syncs the partition's local files and writes its index (the next
     /// generation) to a healthy directory, the current one first. A failed
     /// directory is marked unhealthy and the next one tried. The caller holds
@@ -899,7 +953,14 @@ impl Partition {
             NextRead::SegmentDone => ReadStep::SegmentDone,
             NextRead::End => ReadStep::End,
             NextRead::Wait => ReadStep::Wait,
+            NextRead::Redirect(next) => ReadStep::Redirect(next),
         }
+    }
+
+    /// Where the partition goes on, once it was split.
+    pub fn forward(&self) -> Option<Forward> {
+        let state = self.lock();
+        state.index.forward.clone().filter(|_| state.index.sealed)
     }
 
     /// Whether the partition should migrate now: sealed, with local bytes,

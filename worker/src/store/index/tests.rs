@@ -72,6 +72,7 @@ fn read_all(index: &PartitionIndex, subs: u32, max_bytes: usize) -> Vec<Vec<Vec<
                     NextRead::SegmentDone => break false,
                     NextRead::End => break true,
                     NextRead::Wait => break true,
+                    NextRead::Redirect(next) => panic!("unexpected redirect to {next:?}"),
                 }
             };
             if !tags.is_empty() || !finished {
@@ -240,8 +241,16 @@ proptest! {
         closed in any::<u32>(),
         generation in any::<u64>(),
         broadcast in any::<bool>(),
+        first_segment in 0u32..1 << 20,
+        forward in proptest::option::of(("[a-z0-9-]{1,40}", "[a-z0-9.]{1,30}:[0-9]{1,5}")),
     ) {
-        let persisted = sample(&layout, closed, generation, broadcast);
+        let mut persisted = sample(&layout, closed, generation, broadcast);
+        // A later part of a split partition, or one split on.
+        persisted.index.continuation = first_segment > 0;
+        for sub in persisted.index.subs.values_mut() {
+            sub.first_segment = first_segment;
+        }
+        persisted.index.forward = forward.map(|(worker_id, address)| Forward { worker_id, address });
         let bytes = persisted.encode().expect("no memory extents");
         let back = PersistedIndex::decode(&bytes).expect("decodes");
         prop_assert_eq!(back, persisted);
@@ -255,7 +264,7 @@ proptest! {
 
     /// Bytes that pass the checksum but are otherwise garbage: never a panic.
     #[test]
-    fn garbage_with_a_valid_checksum_never_panics(mut data in proptest::collection::vec(any::<u8>(), 0..400), version in 1u32..3) {
+    fn garbage_with_a_valid_checksum_never_panics(mut data in proptest::collection::vec(any::<u8>(), 0..400), version in 1u32..4) {
         let mut body = b"TRIX".to_vec();
         body.extend_from_slice(&version.to_le_bytes());
         body.append(&mut data);
@@ -424,4 +433,50 @@ fn encode_v1(
     let crc = crc32c::crc32c(&out);
     out.put_u32_le(crc);
     out.to_vec()
+}
+
+/// A split: every segment must be closed first; after the pointer is durable
+/// (sealed), segments past each subpartition's last one redirect; the next
+/// part starts each subpartition where the previous one stopped.
+#[test]
+fn a_split_part_redirects_and_a_continuation_starts_where_it_stopped() {
+    let next = Forward {
+        worker_id: "w2".into(),
+        address: "127.0.0.1:2".into(),
+    };
+    let mut first = PartitionIndex::new(3, false);
+    first
+        .append(&[run(0, 0, 10, true, 1), run(1, 0, 10, false, 2)])
+        .expect("append");
+    let err = first.split(next.clone()).expect_err("subpartition 1 is open");
+    assert!(err.message().contains("open segment"), "{err}");
+    first
+        .append(&[run(1, 0, 5, true, 3), run(1, 1, 5, true, 4)])
+        .expect("append");
+    first.split(next.clone()).expect("split");
+    // Not yet durable: readers of the next segment still wait.
+    assert!(matches!(first.next_read(0, 1, 0, 1 << 20), NextRead::Wait));
+    first.sealed = true;
+    assert!(matches!(first.next_read(0, 0, 0, 1 << 20), NextRead::Extents(_)));
+    for (sub, segment) in [(0, 1), (1, 2), (2, 0)] {
+        match first.next_read(sub, segment, 0, 1 << 20) {
+            NextRead::Redirect(to) => assert_eq!(to, next),
+            other => panic!("subpartition {sub} segment {segment}: {other:?}"),
+        }
+    }
+    let mut second = PartitionIndex::new(3, false);
+    second.continuation = true;
+    second
+        .append(&[run(0, 1, 10, true, 5), run(1, 2, 10, false, 6)])
+        .expect("a continuation starts anywhere");
+    let err = second
+        .append(&[run(0, 3, 1, true, 7)])
+        .expect_err("no gaps after the start");
+    assert!(err.message().contains("segment order"), "{err}");
+    assert!(matches!(second.next_read(0, 1, 0, 1 << 20), NextRead::Extents(_)));
+    assert!(matches!(second.next_read(2, 0, 0, 1 << 20), NextRead::Wait));
+    second.sealed = true;
+    assert!(matches!(second.next_read(2, 0, 0, 1 << 20), NextRead::End));
+    let mut plain = PartitionIndex::new(1, false);
+    assert!(plain.append(&[run(0, 1, 1, true, 8)]).is_err(), "a first part starts at 0");
 }
