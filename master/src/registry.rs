@@ -287,7 +287,10 @@ impl Registry {
                     if exclude.is_empty() {
                         "no live worker".to_string()
                     } else {
-                        format!("no live worker besides the {} excluded ({live} live)", exclude.len())
+                        format!(
+                            "no live worker besides the {} excluded ({live} live)",
+                            exclude.len()
+                        )
                     },
                 )
             })?;
@@ -453,7 +456,8 @@ mod tests {
 
         let job = |name: &str| JobId::new(name.as_bytes().to_vec()).expect("id");
         r.register_job(job("a"), now).expect("room");
-        r.allocate(&key("b", 1), &[], now).expect("room by allocation");
+        r.allocate(&key("b", 1), &[], now)
+            .expect("room by allocation");
         let err = r.register_job(job("c"), now).expect_err("a third job");
         assert!(err.message().contains("limits.max_jobs"), "{err}");
         let err = r
@@ -529,7 +533,9 @@ mod tests {
         assert_eq!(live, ["w2"]);
         assert_eq!(place(&mut r, 2, t2), ["w2", "w2"]);
         let t3 = t1 + Duration::from_millis(301);
-        let err = r.allocate(&key("j", 9), &[], t3).expect_err("nobody is live");
+        let err = r
+            .allocate(&key("j", 9), &[], t3)
+            .expect_err("nobody is live");
         assert_eq!(err.kind(), ErrorKind::NoWorkers);
         r.heartbeat("w1".into(), "h:9".into(), stored(1), t3)
             .expect("room");
@@ -564,7 +570,9 @@ mod tests {
             )
             .expect("room");
         assert_eq!(released, vec![j1.clone()]);
-        let err = r.allocate(&key("job1", 1), &[], t0).expect_err("released job");
+        let err = r
+            .allocate(&key("job1", 1), &[], t0)
+            .expect_err("released job");
         assert_eq!(err.kind(), ErrorKind::BadInput);
         let released = r
             .heartbeat(

@@ -103,8 +103,7 @@ impl ProducerAgent {
         }
         let next = io_runtime().block_on(async {
             let (worker_id, address) = self.place_next_part().await?;
-            let client =
-                create_part(&address, &self.options, &self.key, &self.spec, true).await?;
+            let client = create_part(&address, &self.options, &self.key, &self.spec, true).await?;
             Ok::<_, TierError>((worker_id, address, client))
         });
         let (worker_id, address, client) = match next {

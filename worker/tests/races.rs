@@ -239,7 +239,9 @@ async fn a_new_partition_survives_the_release_of_its_jobs_last_one() {
         let first = key(9, round * 2);
         let second = key(9, round * 2 + 1);
         let (batches, _) = data(round, 1, 2);
-        let p1 = store.create(first.clone(), 2, false, false).expect("create");
+        let p1 = store
+            .create(first.clone(), 2, false, false)
+            .expect("create");
         p1.append(batches[0].clone(), Reservation::empty(), None, u32::MAX)
             .expect("append");
         store.seal(&p1).await.expect("seal first");

@@ -37,6 +37,10 @@ pub struct Args {
     /// Worker id reported to the master (overrides `worker_id`).
     #[arg(long, env = "TERRACE_WORKER_ID")]
     worker_id: Option<String>,
+    /// Stored bytes of a partition's part past which its producer is asked
+    /// to go on on another worker (overrides `split_size`).
+    #[arg(long, env = "TERRACE_WORKER_SPLIT_SIZE")]
+    split_size: Option<ByteSize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -61,6 +65,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(id) = args.worker_id {
         config.worker_id = Some(id);
+    }
+    if let Some(size) = args.split_size {
+        config.split_size = size;
     }
     config
         .validate()

@@ -20,14 +20,12 @@ pub fn handle(conn: &Connection, m: pb::CreatePartition) -> TierResult<Message> 
             "{key}: this worker holds {held} partitions, its limit (limits.max_partitions)"
         )));
     }
-    conn.shared
-        .store
-        .create(
-            key.clone(),
-            m.num_subpartitions,
-            m.broadcast_only,
-            m.continuation,
-        )?;
+    conn.shared.store.create(
+        key.clone(),
+        m.num_subpartitions,
+        m.broadcast_only,
+        m.continuation,
+    )?;
     tracing::debug!(partition = %key, subpartitions = m.num_subpartitions, broadcast_only = m.broadcast_only,
         continuation = m.continuation, "partition created");
     Ok(Message::ack(m.request_id))

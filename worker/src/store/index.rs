@@ -254,7 +254,9 @@ impl PartitionIndex {
             let last = state[slot].1;
             let ok = match last {
                 // A continuation starts where the previous part stopped.
-                None => run.segment == 0 || (self.continuation && run.segment <= u32::MAX as usize / 2),
+                None => {
+                    run.segment == 0 || (self.continuation && run.segment <= u32::MAX as usize / 2)
+                }
                 Some((last, closed)) => {
                     (run.segment == last && !closed) || (run.segment == last + 1 && closed)
                 }
@@ -273,10 +275,13 @@ impl PartitionIndex {
         }
         let mut refs = Vec::with_capacity(runs.len());
         for run in runs {
-            let sub = self.subs.entry(run.sub).or_insert_with(|| SubpartitionIndex {
-                first_segment: run.segment as u32,
-                segments: Vec::new(),
-            });
+            let sub = self
+                .subs
+                .entry(run.sub)
+                .or_insert_with(|| SubpartitionIndex {
+                    first_segment: run.segment as u32,
+                    segments: Vec::new(),
+                });
             let at = run.segment - sub.first_segment as usize;
             let segments = &mut sub.segments;
             if at == segments.len() {

@@ -448,7 +448,9 @@ fn a_split_part_redirects_and_a_continuation_starts_where_it_stopped() {
     first
         .append(&[run(0, 0, 10, true, 1), run(1, 0, 10, false, 2)])
         .expect("append");
-    let err = first.split(next.clone()).expect_err("subpartition 1 is open");
+    let err = first
+        .split(next.clone())
+        .expect_err("subpartition 1 is open");
     assert!(err.message().contains("open segment"), "{err}");
     first
         .append(&[run(1, 0, 5, true, 3), run(1, 1, 5, true, 4)])
@@ -457,7 +459,10 @@ fn a_split_part_redirects_and_a_continuation_starts_where_it_stopped() {
     // Not yet durable: readers of the next segment still wait.
     assert!(matches!(first.next_read(0, 1, 0, 1 << 20), NextRead::Wait));
     first.sealed = true;
-    assert!(matches!(first.next_read(0, 0, 0, 1 << 20), NextRead::Extents(_)));
+    assert!(matches!(
+        first.next_read(0, 0, 0, 1 << 20),
+        NextRead::Extents(_)
+    ));
     for (sub, segment) in [(0, 1), (1, 2), (2, 0)] {
         match first.next_read(sub, segment, 0, 1 << 20) {
             NextRead::Redirect(to) => assert_eq!(to, next),
@@ -473,10 +478,16 @@ fn a_split_part_redirects_and_a_continuation_starts_where_it_stopped() {
         .append(&[run(0, 3, 1, true, 7)])
         .expect_err("no gaps after the start");
     assert!(err.message().contains("segment order"), "{err}");
-    assert!(matches!(second.next_read(0, 1, 0, 1 << 20), NextRead::Extents(_)));
+    assert!(matches!(
+        second.next_read(0, 1, 0, 1 << 20),
+        NextRead::Extents(_)
+    ));
     assert!(matches!(second.next_read(2, 0, 0, 1 << 20), NextRead::Wait));
     second.sealed = true;
     assert!(matches!(second.next_read(2, 0, 0, 1 << 20), NextRead::End));
     let mut plain = PartitionIndex::new(1, false);
-    assert!(plain.append(&[run(0, 1, 1, true, 8)]).is_err(), "a first part starts at 0");
+    assert!(
+        plain.append(&[run(0, 1, 1, true, 8)]).is_err(),
+        "a first part starts at 0"
+    );
 }

@@ -1,0 +1,183 @@
+//! Partition splits on real processes: a master and three workers with a
+//! tiny split size. A producer's partition outgrows one worker after another
+//! and becomes a chain of three parts; a consumer that reads while it is
+//! written follows the redirects and gets every buffer exactly; the worker in
+//! the middle of the chain, SIGKILLed and restarted after sealing, serves its
+//! part again.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use terrace_master_agent::MasterAgent;
+use terrace_tests::{
+    END_PAYLOAD, RecordingWriter, ServiceProcess, assert_buffers_eq, closed_address, payload,
+    producer, read_partition, worker_stats,
+};
+use terrace_tier_api::{
+    AgentConfig, Buffer, ByteSize, PartitionId, TierError, TierMasterAgent, TierShuffleHandler,
+};
+
+struct Ignore;
+
+impl TierShuffleHandler for Ignore {
+    fn on_release_partitions(&self, _partitions: Vec<PartitionId>) {}
+    fn on_fatal_error(&self, _error: TierError) {}
+}
+
+const SPLIT_SIZE: &str = "128KiB";
+
+fn worker_config(dir: &Path, index: usize, master: &str, listen: &str) -> String {
+    let path = dir.join(format!("worker-{index}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"{listen}\"\nworker_id = \"w{index}\"\ndata_dirs = [\"{}\"]\n\
+             master_addresses = [\"{master}\"]\nheartbeat_interval = \"200ms\"\n\
+             memory_budget = \"64MiB\"\nmax_frame_size = \"4MiB\"\nsplit_size = \"{SPLIT_SIZE}\"\n",
+            dir.join(format!("data-{index}")).display()
+        ),
+    )
+    .expect("write worker config");
+    path.to_str().expect("utf-8 path").to_string()
+}
+
+fn wait_for_workers(agent_config: &AgentConfig, n: usize) {
+    let master = &agent_config.master_addresses[0];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = terrace_tests::request_worker(master, |request_id| {
+            terrace_proto::Message::ListWorkers(terrace_proto::pb::ListWorkers { request_id })
+        });
+        match listed {
+            Ok(terrace_proto::Message::WorkerList(list)) if list.workers.len() == n => return,
+            other if Instant::now() < deadline => {
+                eprintln!("waiting for {n} workers: {other:?}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => panic!("{n} workers did not register within 20 s: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_partition_split_over_three_workers_reads_exactly_during_and_after_a_middle_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let master = ServiceProcess::start(&["master", "--listen", "127.0.0.1:0"]);
+    let addresses: Vec<String> = (0..3).map(|_| closed_address()).collect();
+    let configs: Vec<String> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| worker_config(dir.path(), i, &master.address, a))
+        .collect();
+    let mut workers: Vec<Option<ServiceProcess>> = configs
+        .iter()
+        .map(|c| Some(ServiceProcess::start(&["worker", "--config", c])))
+        .collect();
+    let config = AgentConfig {
+        master_addresses: vec![master.address.clone()],
+        segment_size: ByteSize::kib(64),
+        push_size: ByteSize::kib(32),
+        ..terrace_tests::small_agent_config()
+    };
+    wait_for_workers(&config, 3);
+    let agent = MasterAgent::new(config.clone()).expect("master agent");
+    let key = terrace_tests::key(7, 1);
+    agent
+        .register_job(&key.job, Arc::new(Ignore))
+        .expect("register job");
+    let descriptor = agent
+        .add_partition_and_get_shuffle_descriptor(&key.job, &key.partition, 4)
+        .expect("place the partition");
+
+    // The consumer starts before the producer writes a byte.
+    const SUBS: u32 = 4;
+    let reader = {
+        let (config, descriptor) = (config.clone(), descriptor.clone());
+        std::thread::spawn(move || {
+            read_partition(&config, descriptor, SUBS, Duration::from_secs(60))
+        })
+    };
+    let mut writer = RecordingWriter::new(producer(&config, descriptor.clone(), SUBS, false));
+    // 4 subpartitions x 96 buffers x 4 KiB = 1.5 MiB, past two split sizes.
+    for i in 0..96 {
+        for sub in 0..SUBS {
+            writer
+                .write(sub, Buffer::data(payload(1, sub, i, 4096)))
+                .expect("write");
+        }
+        if i % 8 == 0 {
+            writer.agent.flush().expect("flush");
+            // Give the worker's split answers time to come back.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    for sub in 0..SUBS {
+        writer
+            .write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD)))
+            .expect("end event");
+    }
+    let parts = writer.agent.parts().to_vec();
+    writer.close().expect("close seals the last part");
+    assert_eq!(
+        parts.len(),
+        3,
+        "the partition is a chain over all three workers: {parts:?}"
+    );
+    assert_eq!(parts[0], descriptor.worker_id);
+
+    let read = terrace_tests::join_within(reader, Duration::from_secs(90), "reader")
+        .expect("the concurrent reader follows the chain");
+    for sub in 0..SUBS {
+        assert_buffers_eq(
+            &read[&sub],
+            &writer.expected[&sub],
+            &format!("subpartition {sub}, read while written"),
+        );
+    }
+    for (i, worker) in workers.iter().enumerate() {
+        let stats = worker_stats(&worker.as_ref().expect("running").address);
+        eprintln!(
+            "worker w{i}: pushed {} B, read {} B",
+            stats.bytes_pushed, stats.bytes_read
+        );
+        assert_eq!(stats.partitions, 1, "w{i} holds one part");
+        assert!(stats.bytes_pushed > 0, "w{i} stored data");
+        assert_eq!(
+            stats.bytes_read, stats.bytes_pushed,
+            "w{i}: every byte read once"
+        );
+    }
+
+    // The middle part's worker dies and comes back on the same directory and
+    // address: it serves its part, redirect included, again.
+    let middle: usize = parts[1][1..].parse().expect("worker ids are w0..w2");
+    workers[middle].take().expect("running").kill();
+    workers[middle] = Some(ServiceProcess::start(&[
+        "worker",
+        "--config",
+        &configs[middle],
+    ]));
+    let again = read_partition(&config, descriptor.clone(), SUBS, Duration::from_secs(60))
+        .expect("the chain reads again after the middle worker's restart");
+    for sub in 0..SUBS {
+        assert_buffers_eq(
+            &again[&sub],
+            &writer.expected[&sub],
+            &format!("subpartition {sub}, after the restart"),
+        );
+    }
+
+    // Releasing the partition on its first worker releases every part.
+    agent.release_partition(&descriptor).expect("release");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, worker) in workers.iter().enumerate() {
+        let address = &worker.as_ref().expect("running").address;
+        while worker_stats(address).partitions != 0 {
+            assert!(Instant::now() < deadline, "w{i} still holds its part");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    agent.close();
+}
