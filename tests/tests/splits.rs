@@ -16,7 +16,8 @@ use terrace_tests::{
     producer, read_partition, worker_stats,
 };
 use terrace_tier_api::{
-    AgentConfig, Buffer, ByteSize, PartitionId, TierError, TierMasterAgent, TierShuffleHandler,
+    AgentConfig, Buffer, ByteSize, PartitionId, ShuffleDescriptor, TierError, TierMasterAgent,
+    TierShuffleHandler,
 };
 
 struct Ignore;
@@ -61,72 +62,115 @@ fn wait_for_workers(agent_config: &AgentConfig, n: usize) {
     }
 }
 
-#[test]
-fn a_partition_split_over_three_workers_reads_exactly_during_and_after_a_middle_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let master = ServiceProcess::start(&["master", "--listen", "127.0.0.1:0"]);
-    let addresses: Vec<String> = (0..3).map(|_| closed_address()).collect();
-    let configs: Vec<String> = addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| worker_config(dir.path(), i, &master.address, a))
-        .collect();
-    let mut workers: Vec<Option<ServiceProcess>> = configs
-        .iter()
-        .map(|c| Some(ServiceProcess::start(&["worker", "--config", c])))
-        .collect();
-    let config = AgentConfig {
-        master_addresses: vec![master.address.clone()],
-        segment_size: ByteSize::kib(64),
-        push_size: ByteSize::kib(32),
-        ..terrace_tests::small_agent_config()
-    };
-    wait_for_workers(&config, 3);
-    let agent = MasterAgent::new(config.clone()).expect("master agent");
-    let key = terrace_tests::key(7, 1);
-    agent
-        .register_job(&key.job, Arc::new(Ignore))
-        .expect("register job");
-    let descriptor = agent
-        .add_partition_and_get_shuffle_descriptor(&key.job, &key.partition, 4)
-        .expect("place the partition");
+/// Fields drop in order: the agent and workers go before the master and files.
+struct Cluster {
+    agent: MasterAgent,
+    workers: Vec<Option<ServiceProcess>>,
+    _master: ServiceProcess,
+    _dir: tempfile::TempDir,
+    configs: Vec<String>,
+    config: AgentConfig,
+}
 
-    // The consumer starts before the producer writes a byte.
-    const SUBS: u32 = 4;
-    let reader = {
-        let (config, descriptor) = (config.clone(), descriptor.clone());
-        std::thread::spawn(move || {
-            read_partition(&config, descriptor, SUBS, Duration::from_secs(60))
-        })
-    };
-    let mut writer = RecordingWriter::new(producer(&config, descriptor.clone(), SUBS, false));
-    // 4 subpartitions x 96 buffers x 4 KiB = 1.5 MiB, past two split sizes.
-    for i in 0..96 {
-        for sub in 0..SUBS {
+impl Cluster {
+    /// A master and three workers with a tiny split size, and a master agent.
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let master = ServiceProcess::start(&["master", "--listen", "127.0.0.1:0"]);
+        let addresses: Vec<String> = (0..3).map(|_| closed_address()).collect();
+        let configs: Vec<String> = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| worker_config(dir.path(), i, &master.address, a))
+            .collect();
+        let workers = configs
+            .iter()
+            .map(|c| Some(ServiceProcess::start(&["worker", "--config", c])))
+            .collect();
+        let config = AgentConfig {
+            master_addresses: vec![master.address.clone()],
+            segment_size: ByteSize::kib(64),
+            push_size: ByteSize::kib(32),
+            ..terrace_tests::small_agent_config()
+        };
+        wait_for_workers(&config, 3);
+        let agent = MasterAgent::new(config.clone()).expect("master agent");
+        Cluster {
+            agent,
+            workers,
+            _master: master,
+            _dir: dir,
+            configs,
+            config,
+        }
+    }
+
+    fn place(&self, job: u8, subs: u32) -> ShuffleDescriptor {
+        let key = terrace_tests::key(job, 1);
+        self.agent
+            .register_job(&key.job, Arc::new(Ignore))
+            .expect("register job");
+        self.agent
+            .add_partition_and_get_shuffle_descriptor(&key.job, &key.partition, subs)
+            .expect("place the partition")
+    }
+}
+
+/// Writes `rounds` 4 KiB buffers to each of `subs` (only subpartition 0 when
+/// `broadcast`), then the end event, flushing often so the worker's split
+/// answers come back while the producer writes. Returns the writer (closed)
+/// and the workers its parts went to.
+fn write_chain(
+    config: &AgentConfig,
+    descriptor: &ShuffleDescriptor,
+    subs: u32,
+    broadcast: bool,
+    rounds: u32,
+) -> (RecordingWriter, Vec<String>) {
+    let mut writer = RecordingWriter::new(producer(config, descriptor.clone(), subs, broadcast));
+    let written = if broadcast { 1 } else { subs };
+    for i in 0..rounds {
+        for sub in 0..written {
             writer
                 .write(sub, Buffer::data(payload(1, sub, i, 4096)))
                 .expect("write");
         }
         if i % 8 == 0 {
             writer.agent.flush().expect("flush");
-            // Give the worker's split answers time to come back.
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    for sub in 0..SUBS {
+    for sub in 0..written {
         writer
             .write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD)))
             .expect("end event");
     }
     let parts = writer.agent.parts().to_vec();
     writer.close().expect("close seals the last part");
+    (writer, parts)
+}
+
+#[test]
+fn a_partition_split_over_three_workers_reads_exactly_during_and_after_a_middle_restart() {
+    let mut cluster = Cluster::start();
+    let config = cluster.config.clone();
+    const SUBS: u32 = 4;
+    let descriptor = cluster.place(7, SUBS);
+    // The consumer starts before the producer writes a byte.
+    let reader = {
+        let (config, descriptor) = (config.clone(), descriptor.clone());
+        std::thread::spawn(move || {
+            read_partition(&config, descriptor, SUBS, Duration::from_secs(60))
+        })
+    };
+    // 4 subpartitions x 96 buffers x 4 KiB = 1.5 MiB, past two split sizes.
+    let (writer, parts) = write_chain(&config, &descriptor, SUBS, false, 96);
     assert_eq!(
         parts.len(),
         3,
         "the partition is a chain over all three workers: {parts:?}"
     );
     assert_eq!(parts[0], descriptor.worker_id);
-
     let read = terrace_tests::join_within(reader, Duration::from_secs(90), "reader")
         .expect("the concurrent reader follows the chain");
     for sub in 0..SUBS {
@@ -136,7 +180,7 @@ fn a_partition_split_over_three_workers_reads_exactly_during_and_after_a_middle_
             &format!("subpartition {sub}, read while written"),
         );
     }
-    for (i, worker) in workers.iter().enumerate() {
+    for (i, worker) in cluster.workers.iter().enumerate() {
         let stats = worker_stats(&worker.as_ref().expect("running").address);
         eprintln!(
             "worker w{i}: pushed {} B, read {} B",
@@ -153,11 +197,11 @@ fn a_partition_split_over_three_workers_reads_exactly_during_and_after_a_middle_
     // The middle part's worker dies and comes back on the same directory and
     // address: it serves its part, redirect included, again.
     let middle: usize = parts[1][1..].parse().expect("worker ids are w0..w2");
-    workers[middle].take().expect("running").kill();
-    workers[middle] = Some(ServiceProcess::start(&[
+    cluster.workers[middle].take().expect("running").kill();
+    cluster.workers[middle] = Some(ServiceProcess::start(&[
         "worker",
         "--config",
-        &configs[middle],
+        &cluster.configs[middle],
     ]));
     let again = read_partition(&config, descriptor.clone(), SUBS, Duration::from_secs(60))
         .expect("the chain reads again after the middle worker's restart");
@@ -170,14 +214,39 @@ fn a_partition_split_over_three_workers_reads_exactly_during_and_after_a_middle_
     }
 
     // Releasing the partition on its first worker releases every part.
-    agent.release_partition(&descriptor).expect("release");
+    cluster
+        .agent
+        .release_partition(&descriptor)
+        .expect("release");
     let deadline = Instant::now() + Duration::from_secs(10);
-    for (i, worker) in workers.iter().enumerate() {
+    for (i, worker) in cluster.workers.iter().enumerate() {
         let address = &worker.as_ref().expect("running").address;
         while worker_stats(address).partitions != 0 {
             assert!(Instant::now() < deadline, "w{i} still holds its part");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    agent.close();
+    cluster.agent.close();
+}
+
+/// A broadcast partition (stored once, read by every subpartition) splits
+/// the same way: every reader follows the redirects to the same bytes.
+#[test]
+fn a_broadcast_partition_splits_and_every_subpartition_reads_it_all() {
+    let cluster = Cluster::start();
+    const SUBS: u32 = 3;
+    let descriptor = cluster.place(8, SUBS);
+    // 1 stored subpartition x 160 buffers x 4 KiB = 640 KiB.
+    let (writer, parts) = write_chain(&cluster.config, &descriptor, SUBS, true, 160);
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    let read = read_partition(&cluster.config, descriptor, SUBS, Duration::from_secs(60))
+        .expect("read the broadcast chain");
+    for sub in 0..SUBS {
+        assert_buffers_eq(
+            &read[&sub],
+            &writer.expected[&0],
+            &format!("broadcast read by subpartition {sub}"),
+        );
+    }
+    cluster.agent.close();
 }
