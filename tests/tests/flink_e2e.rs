@@ -23,7 +23,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use terrace_proto::pb;
+use terrace_proto::{Message, pb};
 use terrace_tests::pki::TestPki;
 use terrace_tests::{ServiceProcess, worker_stats};
 
@@ -356,8 +356,28 @@ impl Cluster {
         &self.workers[i].0
     }
 
-    /// Worker `i`'s counters, asked with the cluster's secret and TLS when it has them.
-    fn stats(&self, i: usize) -> pb::WorkerStatsReply {
+    /// Waits (up to 20 s) until the master lists `n` workers.
+    fn wait_registered(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let listed = terrace_tests::request_worker_with(
+                &self.master.address,
+                &self.options(),
+                |request_id| Message::ListWorkers(pb::ListWorkers { request_id }),
+            );
+            match listed {
+                Ok(Message::WorkerList(list)) if list.workers.len() == n => return,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "{n} workers did not register within 20 s: {other:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Options of a one-off request: the cluster's secret and TLS when it has them.
+    fn options(&self) -> terrace_rpc::ClientOptions {
         let mut options = terrace_tests::admin_options();
         if let Some(pki) = &self.pki {
             options.credential = terrace_rpc::Credential::Cluster(
@@ -365,7 +385,12 @@ impl Cluster {
             );
             options.tls = Some(terrace_rpc::TlsClient::load(&pki.ca_file).expect("test CA"));
         }
-        terrace_tests::worker_stats_with(&self.worker(i).address, &options)
+        options
+    }
+
+    /// Worker `i`'s counters, asked with the cluster's secret and TLS when it has them.
+    fn stats(&self, i: usize) -> pb::WorkerStatsReply {
+        terrace_tests::worker_stats_with(&self.worker(i).address, &self.options())
     }
 
     /// Flink configuration that makes Terrace the (only) tier of hybrid shuffle.
@@ -439,7 +464,7 @@ fn run_on(
     parallelism: u32,
     records: u64,
     payload: u64,
-) -> pb::WorkerStatsReply {
+) -> Vec<pb::WorkerStatsReply> {
     let _flink = flink_lock();
     let default = default_result(records, payload);
     let cluster = cluster("10s");
@@ -462,24 +487,60 @@ fn run_on(
     assert_same_result(&output, &default, name);
 
     // Every record's payload crossed shuffle 1, so at least records x payload
-    // bytes were pushed to the worker, and every pushed byte was read back once.
-    let stats = cluster.stats(0);
+    // bytes were pushed to the workers, and every pushed byte was read back once.
+    let stats: Vec<pb::WorkerStatsReply> =
+        (0..cluster.workers.len()).map(|i| cluster.stats(i)).collect();
     let payload_bytes = records * payload;
-    eprintln!(
-        "flink_e2e: {name}: worker pushed {} B, read {} B (payload bytes {payload_bytes})",
-        stats.bytes_pushed, stats.bytes_read
-    );
+    for (i, s) in stats.iter().enumerate() {
+        eprintln!(
+            "flink_e2e: {name}: worker {i} pushed {} B, read {} B (payload bytes {payload_bytes})",
+            s.bytes_pushed, s.bytes_read
+        );
+    }
+    let pushed: u64 = stats.iter().map(|s| s.bytes_pushed).sum();
+    let read: u64 = stats.iter().map(|s| s.bytes_read).sum();
     assert!(
-        stats.bytes_pushed >= payload_bytes,
-        "{name}: the worker saw {} bytes pushed, fewer than the {payload_bytes} payload bytes of shuffle 1",
-        stats.bytes_pushed
+        pushed >= payload_bytes,
+        "{name}: the workers saw {pushed} bytes pushed, fewer than the {payload_bytes} payload bytes of shuffle 1"
     );
     assert_eq!(
-        stats.bytes_read, stats.bytes_pushed,
+        read, pushed,
         "{name}: consumers must read back exactly what producers pushed"
     );
-    cluster.assert_worker_empty(0);
+    for i in 0..cluster.workers.len() {
+        cluster.assert_worker_empty(i);
+    }
     stats
+}
+
+/// Three workers and a 1 MiB split size under a job shuffling about 40 MB:
+/// every partition outgrows its worker and goes on on the others, consumers
+/// follow the redirects, and the result is identical to Flink's own shuffle.
+#[test]
+fn keyed_aggregation_on_three_workers_with_a_small_split_size_matches_default_shuffle() {
+    let stats = run_on(
+        |timeout| {
+            let mut cluster = Cluster::start_with(
+                timeout,
+                vec!["--split-size".to_string(), "1MiB".to_string()],
+                Vec::new(),
+            );
+            cluster.add_worker();
+            cluster.add_worker();
+            cluster.wait_registered(3);
+            cluster
+        },
+        "terrace-splits",
+        4,
+        400_000,
+        100,
+    );
+    for (i, s) in stats.iter().enumerate() {
+        assert!(
+            s.bytes_pushed > 0,
+            "worker {i} got no data: splits spread the partitions over all three"
+        );
+    }
 }
 
 /// A worker with 4 MiB of local disk and a 32 MiB memory budget under a job
@@ -504,8 +565,9 @@ fn keyed_aggregation_through_a_tiny_disk_and_an_object_store_matches_default_shu
         400_000,
         100,
     );
-    let objects = stats
+    let objects = stats[0]
         .load
+        .clone()
         .and_then(|l| l.tiers)
         .and_then(|t| t.object_store)
         .expect("the worker reports its object store");
