@@ -488,8 +488,9 @@ fn run_on(
 
     // Every record's payload crossed shuffle 1, so at least records x payload
     // bytes were pushed to the workers, and every pushed byte was read back once.
-    let stats: Vec<pb::WorkerStatsReply> =
-        (0..cluster.workers.len()).map(|i| cluster.stats(i)).collect();
+    let stats: Vec<pb::WorkerStatsReply> = (0..cluster.workers.len())
+        .map(|i| cluster.stats(i))
+        .collect();
     let payload_bytes = records * payload;
     for (i, s) in stats.iter().enumerate() {
         eprintln!(

@@ -250,3 +250,39 @@ fn a_broadcast_partition_splits_and_every_subpartition_reads_it_all() {
     }
     cluster.agent.close();
 }
+
+/// A worker whose disk cannot take another memory budget's worth of data
+/// (and that has no object store) asks producers to split from their first
+/// push, however small their partition; one with room does not.
+#[test]
+fn a_worker_short_of_room_asks_for_a_split_at_once() {
+    use terrace_tests::raw::{Raw, create, push};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let push_reply = |capacity: ByteSize, job: u8| {
+        let worker = terrace_tests::TestWorker::start(terrace_worker::WorkerConfig {
+            data_dirs: vec![dir.path().join(format!("data-{job}"))],
+            dir_capacity: Some(capacity),
+            dir_reserve: ByteSize(0),
+            memory_budget: ByteSize::mib(64),
+            max_frame_size: ByteSize::mib(4),
+            ..terrace_worker::WorkerConfig::default()
+        });
+        let key = terrace_tests::key(job, 1);
+        let mut raw = Raw::handshaken(&worker);
+        raw.send(&create(2, &key, 1), &[]);
+        raw.expect_ack(2);
+        let (header, body) = push(3, &key, &[Buffer::data(payload(1, 0, 0, 1000))]);
+        raw.send(&terrace_proto::Message::PushData(header), &body);
+        let reply = match raw.read().0 {
+            terrace_proto::Message::PushAck(ack) if ack.request_id == 3 => ack.split,
+            other => panic!("expected a PushAck, got {other:?}"),
+        };
+        worker.stop();
+        reply
+    };
+    assert!(
+        push_reply(ByteSize::mib(8), 1),
+        "8 MiB of disk for a 64 MiB budget"
+    );
+    assert!(!push_reply(ByteSize::gib(1), 2), "1 GiB of disk has room");
+}

@@ -69,9 +69,11 @@ pub async fn handle(
         .bytes_pushed
         .fetch_add(len, Ordering::Relaxed);
     store.check_pressure();
-    // Past the split size the producer is asked to go on elsewhere (at a
-    // push boundary: every push is a region).
-    let split = partition.stored_bytes() >= conn.shared.config.split_size.as_u64();
+    // Past the split size, or when this worker's tiers are nearly full, the
+    // producer is asked to go on elsewhere (at a push boundary: every push is
+    // a region).
+    let split =
+        partition.stored_bytes() >= conn.shared.config.split_size.as_u64() || store.short_of_room();
     Ok(Message::PushAck(pb::PushAck {
         request_id: m.request_id,
         split,

@@ -213,6 +213,18 @@ impl Store {
         }
     }
 
+    /// Whether the worker's tiers are close to full: no healthy local
+    /// directory has room for another memory budget's worth of data, and no
+    /// available object store would take it. Pushes are still accepted while
+    /// they fit ([`Store::check_room`]); producers are asked to split.
+    pub fn short_of_room(&self) -> bool {
+        let want = self.options.memory_budget.max(1);
+        if self.tiers.dirs.choose(want, None).is_some() {
+            return false;
+        }
+        !self.tiers.object.as_ref().is_some_and(|o| o.is_available())
+    }
+
     /// Creates a partition. Creating the same partition again with the same
     /// shape is accepted (a retried request); another shape is an error.
     /// Files are made at the first flush.
