@@ -18,13 +18,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Accepted) -> Accepted {
         };
         // Every master request is a cluster member's (or an operator's),
         // except that a job's producers may place the next part of one of
-        // its split partitions.
+        // its split partitions, and report a worker they cannot reach.
         let what = format!("{:?}", message.message_type());
         let allowed = match &message {
             Message::AllocatePartition(m) => match &m.key {
                 Some(key) => conn.identity.require_job(&key.job_id, &what),
                 None => conn.identity.require_cluster(&what),
             },
+            Message::WorkerUnreachable(_) => conn.identity.require_authenticated(&what),
             _ => conn.identity.require_cluster(&what),
         };
         let reply = match allowed {

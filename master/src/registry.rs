@@ -46,7 +46,14 @@ struct Worker {
     /// Sequence number of the last placement here (0: never), for round robin
     /// among equally loaded workers.
     last_placed: u64,
+    /// When a peer last reported it could not reach the worker; no
+    /// placements until a heartbeat comes [`UNREACHABLE_GRACE`] after it.
+    unreachable_since: Option<Instant>,
 }
+
+/// A heartbeat this soon after an unreachable report may have been sent
+/// before the worker died: it does not clear the report.
+const UNREACHABLE_GRACE: Duration = Duration::from_secs(1);
 
 impl Worker {
     fn placement_load(&self) -> u64 {
@@ -158,6 +165,13 @@ impl Registry {
                     worker.data_address = data_address;
                 }
                 worker.last_heartbeat = now;
+                if worker
+                    .unreachable_since
+                    .is_some_and(|since| now.saturating_duration_since(since) >= UNREACHABLE_GRACE)
+                {
+                    tracing::info!(worker = %id, "worker reported unreachable heartbeats again; placing on it again");
+                    worker.unreachable_since = None;
+                }
                 Ok(false)
             }
             None => {
@@ -170,6 +184,7 @@ impl Registry {
                         last_heartbeat: now,
                         placed_bytes: 0,
                         last_placed: 0,
+                        unreachable_since: None,
                     },
                 );
                 Ok(true)
@@ -195,6 +210,18 @@ impl Registry {
         worker.load = load;
         worker.placed_bytes = 0;
         Ok(self.released.keys().cloned().collect())
+    }
+
+    /// A peer could not reach worker `id`: no placements on it until it
+    /// heartbeats again. Returns whether the worker is known.
+    pub(crate) fn report_unreachable(&mut self, id: &str, now: Instant) -> bool {
+        match self.workers.get_mut(id) {
+            Some(worker) => {
+                worker.unreachable_since = Some(now);
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn register_job(&mut self, job: JobId, now: Instant) -> TierResult<()> {
@@ -279,16 +306,16 @@ impl Registry {
         let (id, worker) = self
             .workers
             .iter_mut()
-            .filter(|(id, _)| !exclude.contains(id))
+            .filter(|(id, w)| !exclude.contains(id) && w.unreachable_since.is_none())
             .min_by_key(|(id, w)| (w.placement_load(), w.last_placed, id.as_str()))
             .ok_or_else(|| {
                 TierError::new(
                     terrace_tier_api::ErrorKind::NoWorkers,
-                    if exclude.is_empty() {
+                    if live == 0 {
                         "no live worker".to_string()
                     } else {
                         format!(
-                            "no live worker besides the {} excluded ({live} live)",
+                            "no live worker besides the {} excluded and those reported unreachable ({live} live)",
                             exclude.len()
                         )
                     },
@@ -397,6 +424,54 @@ mod tests {
         r.register_job(dead.clone(), t0 + Duration::from_secs(4))
             .expect("register again");
         assert!(r.jobs().contains(&dead));
+    }
+
+    /// A worker reported unreachable gets no placements, and excluded workers
+    /// none either; a heartbeat sent before the report (within the grace)
+    /// does not clear it, a later one does.
+    #[test]
+    fn unreachable_and_excluded_workers_get_no_placements() {
+        let t0 = Instant::now();
+        let mut r = registry(0);
+        for w in ["w1", "w2", "w3"] {
+            r.heartbeat(w.into(), format!("{w}:1"), stored(0), t0)
+                .expect("heartbeat");
+        }
+        assert!(r.report_unreachable("w2", t0));
+        assert!(!r.report_unreachable("nobody", t0));
+        let placed = |r: &mut Registry, exclude: &[String], now| {
+            (0..6)
+                .map(|p| {
+                    r.allocate(&key("j", p), exclude, now)
+                        .expect("a worker is free")
+                        .worker_id
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let w1_w3: std::collections::BTreeSet<String> = ["w1".to_string(), "w3".to_string()].into();
+        assert_eq!(placed(&mut r, &[], t0), w1_w3);
+        assert_eq!(
+            placed(&mut r, &["w1".to_string()], t0),
+            ["w3".to_string()].into()
+        );
+        let err = r
+            .allocate(&key("j", 9), &["w1".to_string(), "w3".to_string()], t0)
+            .expect_err("all excluded or unreachable");
+        assert_eq!(err.kind(), ErrorKind::NoWorkers);
+        assert!(err.message().contains("unreachable"), "{err}");
+        let soon = t0 + Duration::from_millis(100);
+        r.heartbeat("w2".into(), "w2:1".into(), stored(0), soon)
+            .expect("heartbeat");
+        assert_eq!(placed(&mut r, &[], soon), w1_w3, "still unreachable");
+        let later = t0 + Duration::from_millis(1100);
+        for w in ["w1", "w2", "w3"] {
+            r.heartbeat(w.into(), format!("{w}:1"), stored(0), later)
+                .expect("heartbeat");
+        }
+        assert!(
+            placed(&mut r, &[], later).contains("w2"),
+            "back after a heartbeat"
+        );
     }
 
     fn key(job: &str, partition: u32) -> PartitionKey {

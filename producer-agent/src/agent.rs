@@ -3,8 +3,8 @@
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions, io_runtime};
 use terrace_tier_api::{
-    AgentConfig, Buffer, DataType, PartitionKey, ProducerSpec, SegmentId, SubpartitionId,
-    TierError, TierProducerAgent, TierResult, WriteOutcome,
+    AgentConfig, Buffer, DataType, ErrorKind, PartitionKey, ProducerSpec, SegmentId,
+    SubpartitionId, TierError, TierProducerAgent, TierResult, WriteOutcome,
 };
 
 use crate::batch::PushBatch;
@@ -63,7 +63,17 @@ impl ProducerAgent {
             .with_job_token(&spec.descriptor)?;
         let address = spec.descriptor.worker_address.clone();
         let client = io_runtime()
-            .block_on(create_part(&address, &options, &key, &spec, false))
+            .block_on(async {
+                let created = create_part(&address, &options, &key, &spec, false).await;
+                if let Err(e) = &created {
+                    if e.kind() == ErrorKind::Unavailable {
+                        // So that the engine's next attempt is placed elsewhere
+                        // at once, not after the master's worker timeout.
+                        report_unreachable(&config, &options, &spec.descriptor.worker_id, e).await;
+                    }
+                }
+                created
+            })
             .map_err(|e| e.context(format!("create {key} on worker {address}")))?;
         let stored_subs = spec.num_subpartitions as usize;
         let pusher = Pusher::new(
@@ -166,40 +176,27 @@ impl ProducerAgent {
     /// Asks the masters (in order) for a worker holding no part of the
     /// partition yet.
     async fn place_next_part(&self) -> TierResult<(String, String)> {
-        let mut last = TierError::unavailable("no master configured");
-        for master in &self.config.master_addresses {
-            let placed = async {
-                let client = Client::connect(master, &self.options).await?;
-                let reply = client
-                    .request(|request_id| {
-                        Message::AllocatePartition(pb::AllocatePartition {
-                            request_id,
-                            key: Some(pb::PartitionKey::from(&self.key)),
-                            num_subpartitions: self.spec.num_subpartitions,
-                            exclude_workers: self.parts.clone(),
-                        })
-                    })
-                    .await;
-                client.close();
-                match reply? {
-                    (Message::PartitionAllocated(a), _)
-                        if !a.worker_id.is_empty() && !a.worker_address.is_empty() =>
-                    {
-                        Ok((a.worker_id, a.worker_address))
-                    }
-                    (other, _) => Err(TierError::internal(format!(
-                        "master {master} answered AllocatePartition with {:?}",
-                        other.message_type()
-                    ))),
-                }
+        let reply = ask_masters(&self.config, &self.options, |request_id| {
+            Message::AllocatePartition(pb::AllocatePartition {
+                request_id,
+                key: Some(pb::PartitionKey::from(&self.key)),
+                num_subpartitions: self.spec.num_subpartitions,
+                exclude_workers: self.parts.clone(),
+            })
+        })
+        .await
+        .map_err(|e| e.context("place the next part"))?;
+        match reply {
+            Message::PartitionAllocated(a)
+                if !a.worker_id.is_empty() && !a.worker_address.is_empty() =>
+            {
+                Ok((a.worker_id, a.worker_address))
             }
-            .await;
-            match placed {
-                Ok(placed) => return Ok(placed),
-                Err(e) => last = e.context(format!("place the next part with master {master}")),
-            }
+            other => Err(TierError::internal(format!(
+                "a master answered AllocatePartition with {:?}",
+                other.message_type()
+            ))),
         }
-        Err(last)
     }
 
     pub fn key(&self) -> &PartitionKey {
@@ -429,4 +426,49 @@ async fn create_part(
         })
         .await?;
     Ok(client)
+}
+
+/// Sends one request to the first master (in configured order) that answers
+/// it; the last error when none does.
+async fn ask_masters(
+    config: &AgentConfig,
+    options: &ClientOptions,
+    build: impl Fn(u64) -> Message,
+) -> TierResult<Message> {
+    let mut last = TierError::unavailable("no master configured");
+    for master in &config.master_addresses {
+        let reply = async {
+            let client = Client::connect(master, options).await?;
+            let reply = client.request(&build).await;
+            client.close();
+            reply.map(|(message, _)| message)
+        }
+        .await;
+        match reply {
+            Ok(reply) => return Ok(reply),
+            Err(e) => last = e.context(format!("master {master}")),
+        }
+    }
+    Err(last)
+}
+
+/// Tells a master that `worker_id` cannot be reached (best effort: logged
+/// when no master takes the report).
+async fn report_unreachable(
+    config: &AgentConfig,
+    options: &ClientOptions,
+    worker_id: &str,
+    error: &TierError,
+) {
+    let reported = ask_masters(config, options, |request_id| {
+        Message::WorkerUnreachable(pb::WorkerUnreachable {
+            request_id,
+            worker_id: worker_id.to_string(),
+            error: error.message().to_string(),
+        })
+    })
+    .await;
+    if let Err(e) = reported {
+        tracing::debug!(worker = %worker_id, error = %e, "could not report an unreachable worker");
+    }
 }

@@ -259,6 +259,16 @@ impl Identity {
         }
     }
 
+    /// Allows `what` to anyone who proved something (the secret or any job's token).
+    pub fn require_authenticated(&self, what: &str) -> Result<(), TierError> {
+        match self {
+            Identity::Anonymous => Err(TierError::permission_denied(format!(
+                "{what} needs the cluster secret or a job's token; this connection did not authenticate"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Allows `what` on `job`'s data to cluster members and holders of its token.
     pub fn require_job(&self, job: &[u8], what: &str) -> Result<(), TierError> {
         match self {

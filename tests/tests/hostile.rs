@@ -216,6 +216,13 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
             })
         }),
         u64s().prop_map(|request_id| Message::ListWorkers(pb::ListWorkers { request_id })),
+        (u64s(), strings(), strings()).prop_map(|(request_id, worker_id, error)| {
+            Message::WorkerUnreachable(pb::WorkerUnreachable {
+                request_id,
+                worker_id,
+                error,
+            })
+        }),
         (u64s(), ids()).prop_map(|(request_id, job)| Message::WorkerList(pb::WorkerList {
             request_id,
             workers: Vec::new(),

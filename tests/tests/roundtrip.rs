@@ -263,7 +263,12 @@ fn four_producers_64_subpartitions_roundtrip_exactly_across_memory_disk_and_obje
     assert!(overflowed > 0, "no flush overflowed to the store");
     assert!(migrated > 0, "no partition migrated to the store");
     assert!(store.budget().peak() > 0, "pushes went through memory");
-    assert_eq!(object.counters.failures.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        object.counters.failures.load(Ordering::Relaxed),
+        0,
+        "object store requests failed; the last: {:?}",
+        object.last_error()
+    );
     eprintln!(
         "mixed tiers: {} MiB overflowed, {} MiB migrated, {} objects in the bucket",
         overflowed >> 20,

@@ -8,6 +8,7 @@ mod list_workers;
 mod register_job;
 mod register_worker;
 mod unregister_job;
+mod worker_unreachable;
 
 use std::time::Instant;
 
@@ -23,6 +24,7 @@ pub(crate) use list_workers::ListWorkers;
 pub(crate) use register_job::RegisterJob;
 pub(crate) use register_worker::RegisterWorker;
 pub(crate) use unregister_job::UnregisterJob;
+pub(crate) use worker_unreachable::WorkerUnreachable;
 
 /// A validated request.
 #[derive(Debug)]
@@ -33,6 +35,7 @@ pub(crate) enum Command {
     UnregisterJob(UnregisterJob),
     AllocatePartition(AllocatePartition),
     ListWorkers(ListWorkers),
+    WorkerUnreachable(WorkerUnreachable),
 }
 
 impl Command {
@@ -49,6 +52,9 @@ impl Command {
                 AllocatePartition::parse(m).map(Command::AllocatePartition)
             }
             Message::ListWorkers(_) => Ok(Command::ListWorkers(ListWorkers)),
+            Message::WorkerUnreachable(m) => {
+                WorkerUnreachable::parse(m).map(Command::WorkerUnreachable)
+            }
             other => Err(TierError::bad_input(format!(
                 "the master does not serve {:?} requests",
                 other.message_type()
@@ -79,6 +85,7 @@ impl Command {
             Command::UnregisterJob(c) => c.apply(request_id, registry, now),
             Command::AllocatePartition(c) => c.apply(request_id, registry, now),
             Command::ListWorkers(c) => c.apply(request_id, registry, now),
+            Command::WorkerUnreachable(c) => c.apply(request_id, registry, now),
         }
     }
 }
