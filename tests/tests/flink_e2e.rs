@@ -795,6 +795,69 @@ fn killed_worker_mid_shuffle_ends_the_job_in_bounded_time() {
     }
 }
 
+/// Two workers, a restart strategy of 5 attempts 1 s apart, and one worker
+/// SIGKILLed mid-shuffle: the producers whose data was on it run again on
+/// the other worker (a producer that finds its worker dead reports it, so
+/// the next attempt is not placed there again) and the result is exact.
+#[test]
+fn one_of_two_workers_killed_mid_shuffle_and_five_restarts_give_the_exact_result() {
+    let _flink = flink_lock();
+    let default = default_result(BIG_RECORDS, BIG_PAYLOAD);
+    let mut cluster = Cluster::start("3s");
+    cluster.add_worker();
+    cluster.wait_registered(2);
+    let output = cluster.dir.path().join("two-workers-killed.txt");
+    let mut flink = cluster.flink_config();
+    flink.extend(
+        [
+            "terrace.master.poll-interval=500ms",
+            "terrace.connect-timeout=2s",
+            "terrace.request-timeout=30s",
+            "restart-strategy.type=fixed-delay",
+            "restart-strategy.fixed-delay.attempts=5",
+            "restart-strategy.fixed-delay.delay=1s",
+        ]
+        .map(String::from),
+    );
+    let job = Job {
+        name: "terrace-two-workers-killed",
+        parallelism: 4,
+        records: BIG_RECORDS,
+        payload: BIG_PAYLOAD,
+        flink,
+    };
+    let running = job.spawn(&output, cluster.dir.path());
+    // Mid-shuffle: once the worker to kill has taken 100 MB.
+    let threshold = 100 << 20;
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let pushed = cluster.stats(1).bytes_pushed;
+        if pushed >= threshold {
+            eprintln!("flink_e2e: killing worker 1 after {pushed} bytes pushed to it");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "worker 1 took only {pushed} bytes within 90 s; never reached the kill point"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (killed, _) = cluster.workers.remove(1);
+    killed.kill();
+    let remaining = JOB_DEADLINE
+        .saturating_sub(running.started.elapsed())
+        .max(KILLED_JOB_BOUND);
+    let done = running.wait(remaining);
+    assert!(
+        done.succeeded(),
+        "the job failed after one of its two workers was killed ({:?}):\n{}",
+        done.status,
+        done.tail()
+    );
+    assert_same_result(&output, &default, "the job after a worker was killed");
+    cluster.assert_worker_empty(0);
+}
+
 /// The build script is idempotent: a second run changes nothing.
 #[test]
 fn jar_build_is_idempotent_and_bundles_the_native_library() {
