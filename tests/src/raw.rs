@@ -127,10 +127,13 @@ impl Raw {
         }
     }
 
+    /// Expects the success reply of request `request_id`: an `Ack`, or for a
+    /// push a `PushAck` (with or without a split request).
     pub fn expect_ack(&mut self, request_id: u64) {
         match self.read() {
-            (Message::Ack(ack), body) => {
-                assert_eq!(ack.request_id, request_id);
+            (Message::Ack(pb::Ack { request_id: id }), body)
+            | (Message::PushAck(pb::PushAck { request_id: id, .. }), body) => {
+                assert_eq!(id, request_id);
                 assert!(body.is_empty());
             }
             (other, _) => panic!("expected Ack {request_id}, got {other:?}"),

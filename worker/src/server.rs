@@ -293,8 +293,9 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
 /// stats need the secret. Stream control frames act on streams the
 /// connection opened, so the `OpenStream` check covers them.
 fn authorize(identity: &Identity, message: &Message) -> TierResult<()> {
-    let key_job =
-        |key: &Option<pb::PartitionKey>| key.as_ref().map_or(&[][..], |k| &k.job_id[..]).to_vec();
+    fn key_job(key: &Option<pb::PartitionKey>) -> &[u8] {
+        key.as_ref().map_or(&[][..], |k| &k.job_id[..])
+    }
     let (what, job) = match message {
         Message::CreatePartition(m) => ("CreatePartition", key_job(&m.key)),
         Message::PushData(m) => ("PushData", key_job(&m.key)),
@@ -302,13 +303,13 @@ fn authorize(identity: &Identity, message: &Message) -> TierResult<()> {
         Message::SplitPartition(m) => ("SplitPartition", key_job(&m.key)),
         Message::ReleasePartition(m) => ("ReleasePartition", key_job(&m.key)),
         Message::OpenStream(m) => ("OpenStream", key_job(&m.key)),
-        Message::DropJob(m) => ("DropJob", m.job_id.to_vec()),
+        Message::DropJob(m) => ("DropJob", &m.job_id[..]),
         Message::RequireSegment(_) | Message::AddCredit(_) | Message::CloseStream(_) => {
             return Ok(());
         }
         other => return identity.require_cluster(&format!("{:?}", other.message_type())),
     };
-    identity.require_job(&job, what)
+    identity.require_job(job, what)
 }
 
 async fn dispatch(conn: &mut Connection, message: Message, body: Bytes, reservation: Reservation) {
