@@ -1041,31 +1041,20 @@ impl Partition {
     ) -> TierResult<u64> {
         let key = ObjectTier::object_key(prefix, id);
         let total: u64 = moves.iter().map(|m| u64::from(m.3)).sum();
-        // 2. Upload, part by part: each part is read from the local files in index order.
+        // 2. Upload, part by part: each part is read from the local files in
+        // index order. Every part but the last is exactly `part_size` bytes
+        // (S3 refuses a completion whose non-last parts are under 5 MiB), so
+        // a part may start or end inside an extent.
         let part_size = tiers.object_part_size.max(5 << 20);
-        let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
-        let mut start = 0;
-        while start < moves.len() {
-            let mut end = start;
-            let mut len = 0u64;
-            while end < moves.len() && (end == start || len + u64::from(moves[end].3) <= part_size)
-            {
-                len += u64::from(moves[end].3);
-                end += 1;
-            }
-            parts.push(start..end);
-            start = end;
-        }
-        if parts.is_empty() {
-            parts.push(0..0);
-        }
+        let num_parts = usize::try_from(total.div_ceil(part_size).max(1)).unwrap_or(usize::MAX);
+        let sources: Vec<(Arc<File>, u64, u32)> = moves
+            .iter()
+            .map(|(_, f, o, l)| (Arc::clone(f), *o, *l))
+            .collect();
         let key_text = key.to_string();
         object
-            .put_parts(&key, parts.len(), |i| {
-                let chunk: Vec<(Arc<File>, u64, u32)> = moves[parts[i].clone()]
-                    .iter()
-                    .map(|(_, f, o, l)| (Arc::clone(f), *o, *l))
-                    .collect();
+            .put_parts(&key, num_parts, |i| {
+                let chunk = part_slices(&sources, part_size, i);
                 let what = key_text.clone();
                 async move {
                     tokio::task::spawn_blocking(move || read_chunk(&chunk))
@@ -1173,6 +1162,32 @@ fn read_chunk(chunk: &[(Arc<File>, u64, u32)]) -> std::io::Result<Bytes> {
 
 /// `{dir}/{job}/{partition}.data` for file 0 (the name version 1 used),
 /// `{dir}/{job}/{partition}.{id}.data` for the others.
+/// The pieces of `sources` (each `(source, offset, len)`, laid end to end)
+/// that make up bytes `part * part_size ..` of at most `part_size` bytes.
+fn part_slices<T: Clone>(
+    sources: &[(T, u64, u32)],
+    part_size: u64,
+    part: usize,
+) -> Vec<(T, u64, u32)> {
+    let lo = part as u64 * part_size;
+    let hi = lo + part_size;
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for (source, offset, len) in sources {
+        let (start, end) = (at, at + u64::from(*len));
+        at = end;
+        if end <= lo {
+            continue;
+        }
+        if start >= hi {
+            break;
+        }
+        let (from, to) = (lo.max(start), hi.min(end));
+        out.push((source.clone(), offset + (from - start), (to - from) as u32));
+    }
+    out
+}
+
 pub fn data_path(dir: &std::path::Path, key: &PartitionKey, id: u32) -> PathBuf {
     let job_dir = dir.join(super::names::job_name(&key.job));
     let name = super::names::partition_name(&key.partition);
@@ -1254,4 +1269,47 @@ fn split_runs(
         });
     }
     Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::part_slices;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Parts cover the extents' bytes exactly once, in order, and every
+        /// part but the last is exactly `part_size` bytes (S3's rule for a
+        /// multipart upload: non-last parts of at least 5 MiB).
+        #[test]
+        fn migration_parts_are_full_size_and_cover_every_byte(
+            lens in proptest::collection::vec(1u32..5000, 0..60),
+            part_size in 1u64..20_000,
+        ) {
+            let sources: Vec<(usize, u64, u32)> =
+                lens.iter().enumerate().map(|(i, l)| (i, 1000 * i as u64, *l)).collect();
+            let total: u64 = lens.iter().map(|l| u64::from(*l)).sum();
+            let parts = total.div_ceil(part_size).max(1) as usize;
+            let mut bytes: Vec<(usize, u64)> = Vec::new();
+            for part in 0..parts {
+                let slices = part_slices(&sources, part_size, part);
+                let len: u64 = slices.iter().map(|s| u64::from(s.2)).sum();
+                if part + 1 < parts {
+                    prop_assert_eq!(len, part_size);
+                } else {
+                    prop_assert!(len <= part_size);
+                }
+                for (source, offset, len) in slices {
+                    prop_assert!(len > 0);
+                    for b in 0..u64::from(len) {
+                        bytes.push((source, offset + b));
+                    }
+                }
+            }
+            let want: Vec<(usize, u64)> = sources
+                .iter()
+                .flat_map(|(s, o, l)| (0..u64::from(*l)).map(move |b| (*s, o + b)))
+                .collect();
+            prop_assert_eq!(bytes, want);
+        }
+    }
 }
