@@ -257,20 +257,23 @@ async fn poll_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationTo
 impl TierMasterAgent for MasterAgent {
     fn register_job(&self, job: &JobId, handler: Arc<dyn TierShuffleHandler>) -> TierResult<()> {
         self.shared.check_open()?;
-        let token = block_on(self.shared.masters.request(|request_id| {
+        // Every master learns of the job now, not at the next renewal: any
+        // of them may be asked to place its partitions or hear it released.
+        let replies = block_on(self.shared.masters.request_everywhere(|request_id| {
             Message::RegisterJob(pb::RegisterJob {
                 request_id,
                 job_id: job.as_bytes().clone(),
             })
-        }))
-        .and_then(expect_job_registered)
-        .and_then(|token| match token.is_empty() {
-            true => Ok(String::new()),
-            false => JobToken::from_bytes(&token)
-                .map(|t| t.to_hex())
-                .map_err(TierError::bad_input),
-        })
-        .map_err(|e| e.context(format!("register job {job}")))?;
+        }));
+        let token = first_success(replies)
+            .and_then(expect_job_registered)
+            .and_then(|token| match token.is_empty() {
+                true => Ok(String::new()),
+                false => JobToken::from_bytes(&token)
+                    .map(|t| t.to_hex())
+                    .map_err(TierError::bad_input),
+            })
+            .map_err(|e| e.context(format!("register job {job}")))?;
         self.shared
             .placements()
             .register(job.clone(), handler, token);
@@ -284,16 +287,19 @@ impl TierMasterAgent for MasterAgent {
         let partitions = self.shared.placements().unregister(job);
         tracing::info!(job = %job, partitions = partitions.unwrap_or(0), "unregistering job");
         block_on(async {
-            self.shared
+            // Every reachable master releases it (one that is down forgets
+            // the job anyway, and its workers drop data of unknown jobs).
+            let replies = self
+                .shared
                 .masters
-                .request(|request_id| {
+                .request_everywhere(|request_id| {
                     Message::UnregisterJob(pb::UnregisterJob {
                         request_id,
                         job_id: job.as_bytes().clone(),
                     })
                 })
-                .await
-                .and_then(expect_ack)?;
+                .await;
+            first_success(replies).and_then(expect_ack)?;
             self.shared.drop_job_on_workers(job).await
         })
         .map_err(|e| e.context(format!("unregister job {job}")))
@@ -400,4 +406,17 @@ impl Drop for MasterAgent {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// The first successful reply of a request sent to every master, or the
+/// last error when none succeeded.
+fn first_success(replies: Vec<TierResult<Message>>) -> TierResult<Message> {
+    let mut last = TierError::unavailable("no master address configured");
+    for reply in replies {
+        match reply {
+            Ok(reply) => return Ok(reply),
+            Err(e) => last = e,
+        }
+    }
+    Err(last.context("no master answered"))
 }

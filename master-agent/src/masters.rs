@@ -25,7 +25,8 @@ pub(crate) struct Masters {
     options: ClientOptions,
     announce: JobsToAnnounce,
     current: Mutex<Current>,
-    /// Connections for lease renewals, per master address.
+    /// Connections for requests to every master (lease renewals, job
+    /// registrations and releases), per master address.
     renewals: Mutex<std::collections::HashMap<String, Client>>,
 }
 
@@ -127,31 +128,63 @@ impl Masters {
     /// release it. Failures are logged; the next round tries again.
     pub(crate) async fn renew_everywhere(&self) {
         for address in &self.addresses {
-            let cached = self
-                .renewals
-                .lock()
-                .expect("renewals lock poisoned")
-                .get(address)
-                .filter(|c| !c.is_closed())
-                .cloned();
-            let client = match cached {
-                Some(client) => client,
-                None => match Client::connect(address, &self.options).await {
-                    Ok(client) => {
-                        self.renewals
-                            .lock()
-                            .expect("renewals lock poisoned")
-                            .insert(address.clone(), client.clone());
-                        client
-                    }
-                    Err(e) => {
-                        tracing::debug!(master = %address, error = %e, "cannot renew job leases");
-                        continue;
-                    }
-                },
+            let Some(client) = self.side_client(address).await else {
+                continue;
             };
             if let Err(e) = self.announce_jobs(&client).await {
                 tracing::warn!(master = %address, error = %e, "renewing job leases failed");
+            }
+        }
+    }
+
+    /// Sends a request to every master (so that all of them know what one
+    /// of them is told) and returns each one's reply, in configured order;
+    /// an unreachable master's is its error.
+    pub(crate) async fn request_everywhere(
+        &self,
+        build: impl Fn(u64) -> Message,
+    ) -> Vec<TierResult<Message>> {
+        let mut replies = Vec::with_capacity(self.addresses.len());
+        for address in &self.addresses {
+            let reply = match self.side_client(address).await {
+                Some(client) => client
+                    .request(&build)
+                    .await
+                    .map(|(reply, _)| reply)
+                    .map_err(|e| e.context(format!("master {address}"))),
+                None => Err(TierError::unavailable(format!(
+                    "master {address} is unreachable"
+                ))),
+            };
+            replies.push(reply);
+        }
+        replies
+    }
+
+    /// The cached connection to `address` for requests to every master
+    /// (renewals, registrations, releases), opened when missing.
+    async fn side_client(&self, address: &str) -> Option<Client> {
+        let cached = self
+            .renewals
+            .lock()
+            .expect("renewals lock poisoned")
+            .get(address)
+            .filter(|c| !c.is_closed())
+            .cloned();
+        if cached.is_some() {
+            return cached;
+        }
+        match Client::connect(address, &self.options).await {
+            Ok(client) => {
+                self.renewals
+                    .lock()
+                    .expect("renewals lock poisoned")
+                    .insert(address.to_string(), client.clone());
+                Some(client)
+            }
+            Err(e) => {
+                tracing::debug!(master = %address, error = %e, "cannot reach master");
+                None
             }
         }
     }
