@@ -356,6 +356,22 @@ impl Cluster {
         &self.workers[i].0
     }
 
+    /// [`Cluster::flink_config`] for jobs that lose a worker: quick loss
+    /// detection and short timeouts, and a restart strategy of `attempts`
+    /// restarts 1 s apart.
+    fn flink_config_with_restarts(&self, attempts: u32) -> Vec<String> {
+        let mut flink = self.flink_config();
+        flink.extend([
+            "terrace.master.poll-interval=500ms".to_string(),
+            "terrace.connect-timeout=2s".to_string(),
+            "terrace.request-timeout=30s".to_string(),
+            "restart-strategy.type=fixed-delay".to_string(),
+            format!("restart-strategy.fixed-delay.attempts={attempts}"),
+            "restart-strategy.fixed-delay.delay=1s".to_string(),
+        ]);
+        flink
+    }
+
     /// Waits (up to 20 s) until the master lists `n` workers.
     fn wait_registered(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -701,18 +717,7 @@ fn killed_worker_mid_shuffle_ends_the_job_in_bounded_time() {
     let default = default_result(BIG_RECORDS, BIG_PAYLOAD);
     let mut cluster = Cluster::start("3s");
     let output = cluster.dir.path().join("killed.txt");
-    let mut flink = cluster.flink_config();
-    flink.extend(
-        [
-            "terrace.master.poll-interval=500ms",
-            "terrace.connect-timeout=2s",
-            "terrace.request-timeout=30s",
-            "restart-strategy.type=fixed-delay",
-            "restart-strategy.fixed-delay.attempts=20",
-            "restart-strategy.fixed-delay.delay=1s",
-        ]
-        .map(String::from),
-    );
+    let flink = cluster.flink_config_with_restarts(20);
     let job = Job {
         name: "terrace-killed-worker",
         parallelism: 4,
@@ -807,18 +812,7 @@ fn one_of_two_workers_killed_mid_shuffle_and_five_restarts_give_the_exact_result
     cluster.add_worker();
     cluster.wait_registered(2);
     let output = cluster.dir.path().join("two-workers-killed.txt");
-    let mut flink = cluster.flink_config();
-    flink.extend(
-        [
-            "terrace.master.poll-interval=500ms",
-            "terrace.connect-timeout=2s",
-            "terrace.request-timeout=30s",
-            "restart-strategy.type=fixed-delay",
-            "restart-strategy.fixed-delay.attempts=5",
-            "restart-strategy.fixed-delay.delay=1s",
-        ]
-        .map(String::from),
-    );
+    let flink = cluster.flink_config_with_restarts(5);
     let job = Job {
         name: "terrace-two-workers-killed",
         parallelism: 4,
