@@ -18,7 +18,29 @@ pub(crate) struct WorkerLoad {
     pub sealed_partitions: u32,
     /// Per-tier figures, passed through to `terrace status` as the worker sent them.
     pub tiers: Option<Box<terrace_proto::pb::TierStats>>,
+    pub memory_budget_bytes: u64,
+    pub local_free_bytes: u64,
+    pub unhealthy_dirs: u32,
+    pub full: bool,
+    pub decommissioning: bool,
+    pub read_streams: u32,
+    pub push_bytes_per_sec: u64,
+    pub read_bytes_per_sec: u64,
 }
+
+impl WorkerLoad {
+    /// Whether the worker's memory use is at or past
+    /// [`HIGH_MEMORY_PRESSURE`] of its budget.
+    fn under_pressure(&self) -> bool {
+        self.memory_budget_bytes > 0
+            && self.memory_used_bytes as f64
+                >= self.memory_budget_bytes as f64 * HIGH_MEMORY_PRESSURE
+    }
+}
+
+/// Memory use, as a fraction of the budget, past which a worker is placed on
+/// only when every other candidate is as pressed.
+const HIGH_MEMORY_PRESSURE: f64 = 0.8;
 
 /// A live worker as listed to clients.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +71,9 @@ struct Worker {
     /// When a peer last reported it could not reach the worker; no
     /// placements until a heartbeat comes [`UNREACHABLE_GRACE`] after it.
     unreachable_since: Option<Instant>,
+    /// Partitions placed here since the last heartbeat (each will be a push
+    /// stream the heartbeat has not counted yet).
+    placed_since_heartbeat: u32,
 }
 
 /// A heartbeat this soon after an unreachable report may have been sent
@@ -58,6 +83,27 @@ const UNREACHABLE_GRACE: Duration = Duration::from_secs(1);
 impl Worker {
     fn placement_load(&self) -> u64 {
         self.load.stored_bytes.saturating_add(self.placed_bytes)
+    }
+
+    /// Streams the worker serves: open partitions (one producer each), read
+    /// streams, and partitions placed since its last heartbeat.
+    fn streams(&self) -> u64 {
+        u64::from(self.load.open_partitions)
+            + u64::from(self.load.read_streams)
+            + u64::from(self.placed_since_heartbeat)
+    }
+
+    /// Why the worker may not take a new partition, if it may not.
+    fn refusal(&self) -> Option<&'static str> {
+        if self.unreachable_since.is_some() {
+            Some("reported unreachable")
+        } else if self.load.decommissioning {
+            Some("decommissioning")
+        } else if self.load.full {
+            Some("full")
+        } else {
+            None
+        }
     }
 }
 
@@ -75,6 +121,9 @@ pub(crate) struct Registry {
     /// Unregistered jobs and when they were unregistered.
     released: BTreeMap<JobId, Instant>,
     placements: u64,
+    /// Per registered job: partitions this master placed on each worker, so
+    /// that a job's partitions spread. Forgotten with the job.
+    job_placements: BTreeMap<JobId, BTreeMap<String, u32>>,
     /// When this master started: until `worker_timeout` has passed, live
     /// workers may not have heartbeated to it yet.
     started: Instant,
@@ -93,6 +142,7 @@ impl Registry {
             jobs: BTreeMap::new(),
             released: BTreeMap::new(),
             placements: 0,
+            job_placements: BTreeMap::new(),
         }
     }
 
@@ -185,6 +235,7 @@ impl Registry {
                         placed_bytes: 0,
                         last_placed: 0,
                         unreachable_since: None,
+                        placed_since_heartbeat: 0,
                     },
                 );
                 Ok(true)
@@ -209,6 +260,7 @@ impl Registry {
             .expect("register_worker just inserted or refreshed this worker");
         worker.load = load;
         worker.placed_bytes = 0;
+        worker.placed_since_heartbeat = 0;
         Ok(self.released.keys().cloned().collect())
     }
 
@@ -260,6 +312,7 @@ impl Registry {
     /// Forgets the job and remembers it as released.
     fn release(&mut self, job: JobId, now: Instant) {
         self.jobs.remove(&job);
+        self.job_placements.remove(&job);
         let max = self.limits.max_released_jobs as usize;
         while self.released.len() >= max && !self.released.contains_key(&job) {
             let oldest = self
@@ -274,15 +327,24 @@ impl Registry {
         self.released.insert(job, now);
     }
 
-    /// Picks the live worker with the least load (stored bytes from its last
-    /// heartbeat plus the estimate of partitions placed since), breaking ties
-    /// by the least recently chosen, then by id.
+    /// Places a new partition (or the next part of a split one) on a live
+    /// worker not in `exclude`.
+    ///
+    /// Workers reported unreachable, decommissioning or full are never
+    /// chosen. Of the rest, the first by:
+    /// 1. no unhealthy data directory (one with a failed disk is chosen only
+    ///    when no healthy worker can take the partition);
+    /// 2. memory use under 80 % of its budget;
+    /// 3. fewest of this job's partitions placed by this master (spread);
+    /// 4. fewest streams (open partitions, read streams, and partitions
+    ///    placed since its last heartbeat);
+    /// 5. least stored bytes (plus the size estimate of partitions placed
+    ///    since its last heartbeat);
+    /// 6. least recently chosen, then id.
     ///
     /// A job this master does not know is registered on the way (soft state:
     /// it may have been registered with a master that restarted since); a job
     /// released recently is refused.
-    /// Places a new partition (or the next part of a split one) on the
-    /// least-loaded live worker not in `exclude`.
     pub(crate) fn allocate(
         &mut self,
         key: &PartitionKey,
@@ -302,35 +364,65 @@ impl Registry {
             entry.insert(now);
             tracing::info!(job = %key.job, "job registered by its first partition");
         }
-        let live = self.workers.len();
-        let (id, worker) = self
+        let spread = self.job_placements.entry(key.job.clone()).or_default();
+        let chosen = self
             .workers
             .iter_mut()
-            .filter(|(id, w)| !exclude.contains(id) && w.unreachable_since.is_none())
-            .min_by_key(|(id, w)| (w.placement_load(), w.last_placed, id.as_str()))
-            .ok_or_else(|| {
-                TierError::new(
-                    terrace_tier_api::ErrorKind::NoWorkers,
-                    if live == 0 {
-                        "no live worker".to_string()
-                    } else {
-                        format!(
-                            "no live worker besides the {} excluded and those reported unreachable ({live} live)",
-                            exclude.len()
-                        )
-                    },
+            .filter(|(id, w)| !exclude.contains(id) && w.refusal().is_none())
+            .min_by_key(|(id, w)| {
+                (
+                    w.load.unhealthy_dirs > 0,
+                    w.load.under_pressure(),
+                    spread.get(id.as_str()).copied().unwrap_or(0),
+                    w.streams(),
+                    w.placement_load(),
+                    w.last_placed,
+                    id.as_str(),
                 )
-            })?;
+            });
+        let Some((id, worker)) = chosen else {
+            return Err(TierError::new(
+                terrace_tier_api::ErrorKind::NoWorkers,
+                self.why_no_worker(exclude),
+            ));
+        };
         self.placements += 1;
         worker.last_placed = self.placements;
+        worker.placed_since_heartbeat = worker.placed_since_heartbeat.saturating_add(1);
         worker.placed_bytes = worker
             .placed_bytes
             .saturating_add(self.partition_size_estimate);
+        *spread.entry(id.clone()).or_insert(0) += 1;
         tracing::debug!(job = %key.job, partition = %key.partition, worker = %id, "partition placed");
         Ok(Placement {
             worker_id: id.clone(),
             data_address: worker.data_address.clone(),
         })
+    }
+
+    /// Why no worker could take a partition, counting each reason.
+    fn why_no_worker(&self, exclude: &[String]) -> String {
+        if self.workers.is_empty() {
+            return "no live worker".to_string();
+        }
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for (id, w) in &self.workers {
+            let reason = if exclude.contains(id) {
+                "already holding a part of the partition (excluded)"
+            } else {
+                w.refusal().unwrap_or("available")
+            };
+            *reasons.entry(reason).or_default() += 1;
+        }
+        let counted: Vec<String> = reasons
+            .into_iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
+        format!(
+            "no live worker can take a partition ({} live: {})",
+            self.workers.len(),
+            counted.join(", ")
+        )
     }
 
     /// Live workers, by id.
@@ -439,10 +531,14 @@ mod tests {
         }
         assert!(r.report_unreachable("w2", t0));
         assert!(!r.report_unreachable("nobody", t0));
-        let placed = |r: &mut Registry, exclude: &[String], now| {
+        // A job of its own each time, so that spreading one job's
+        // partitions does not decide.
+        let mut jobs = 0;
+        let mut placed = |r: &mut Registry, exclude: &[String], now| {
+            jobs += 1;
             (0..6)
                 .map(|p| {
-                    r.allocate(&key("j", p), exclude, now)
+                    r.allocate(&key(&format!("j{jobs}"), p), exclude, now)
                         .expect("a worker is free")
                         .worker_id
                 })
@@ -570,6 +666,19 @@ mod tests {
         );
     }
 
+    /// Places one partition of each of `n` jobs never seen before.
+    fn place_jobs(r: &mut Registry, n: u32, now: Instant) -> Vec<String> {
+        static JOBS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        (0..n)
+            .map(|_| {
+                let j = JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                r.allocate(&key(&format!("job{j}"), 0), &[], now)
+                    .expect("a worker is live")
+                    .worker_id
+            })
+            .collect()
+    }
+
     #[test]
     fn placement_follows_stored_plus_estimated_bytes() {
         let now = Instant::now();
@@ -581,11 +690,147 @@ mod tests {
         r.heartbeat("c".into(), "c:1".into(), stored(200 * MIB), now)
             .expect("room");
         // b 100 → 164 → 228, c 200 → 264, b 228 → 292, c 264 → 328, b 292 → 356, a 300.
-        assert_eq!(place(&mut r, 7, now), ["b", "b", "c", "b", "c", "b", "a"]);
+        // Each placement also counts as a stream until the next heartbeat,
+        // so the partitions of different jobs rotate first: a, b, c get one
+        // stream each, then bytes decide among equal streams.
+        assert_eq!(
+            place_jobs(&mut r, 7, now),
+            ["b", "c", "a", "b", "c", "a", "b"]
+        );
+        for (id, bytes) in [("a", 300), ("b", 100), ("c", 200)] {
+            r.heartbeat(id.into(), format!("{id}:1"), stored(bytes * MIB), now)
+                .expect("room");
+        }
+        // b 100 → 164; then streams are 1, 0 (a, c): c 200 → 264; a 300: all
+        // have one stream, b has the least bytes.
+        assert_eq!(place_jobs(&mut r, 4, now), ["b", "c", "a", "b"]);
         // A heartbeat replaces the estimate with what the worker reports.
-        r.heartbeat("a".into(), "a:1".into(), stored(0), now)
+        for (id, bytes) in [("a", 0), ("b", 100), ("c", 200)] {
+            r.heartbeat(id.into(), format!("{id}:1"), stored(bytes * MIB), now)
+                .expect("room");
+        }
+        assert_eq!(place_jobs(&mut r, 1, now), ["a"]);
+    }
+
+    /// Full, decommissioning and unreachable workers are never chosen; a
+    /// worker with a failed directory or under memory pressure only when
+    /// nothing better is left; and the error says why nobody could take it.
+    #[test]
+    fn full_decommissioning_unhealthy_and_pressed_workers_are_avoided() {
+        let now = Instant::now();
+        let mut r = registry(0);
+        let idle = WorkerLoad {
+            memory_budget_bytes: 100,
+            ..WorkerLoad::default()
+        };
+        let heartbeat = |r: &mut Registry, id: &str, load: WorkerLoad| {
+            r.heartbeat(id.into(), format!("{id}:1"), load, now)
+                .expect("room");
+        };
+        heartbeat(&mut r, "ok", idle.clone());
+        heartbeat(
+            &mut r,
+            "full",
+            WorkerLoad {
+                full: true,
+                ..idle.clone()
+            },
+        );
+        heartbeat(
+            &mut r,
+            "leaving",
+            WorkerLoad {
+                decommissioning: true,
+                ..idle.clone()
+            },
+        );
+        heartbeat(
+            &mut r,
+            "bad-disk",
+            WorkerLoad {
+                unhealthy_dirs: 1,
+                ..idle.clone()
+            },
+        );
+        heartbeat(
+            &mut r,
+            "pressed",
+            WorkerLoad {
+                memory_used_bytes: 85,
+                ..idle.clone()
+            },
+        );
+        let mut jobs = 0;
+        let mut spread = |r: &mut Registry, exclude: &[&str]| {
+            jobs += 1;
+            let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
+            (0..8)
+                .map(|p| {
+                    r.allocate(&key(&format!("j{jobs}"), p), &exclude, now)
+                        .map(|p| p.worker_id)
+                })
+                .collect::<TierResult<std::collections::BTreeSet<String>>>()
+        };
+        assert_eq!(
+            spread(&mut r, &[]).expect("ok is free"),
+            ["ok".to_string()].into()
+        );
+        // Under pressure beats a failed disk; a failed disk beats nothing.
+        assert_eq!(
+            spread(&mut r, &["ok"]).expect("pressed"),
+            ["pressed".to_string()].into()
+        );
+        assert_eq!(
+            spread(&mut r, &["ok", "pressed"]).expect("bad-disk"),
+            ["bad-disk".to_string()].into()
+        );
+        let err = spread(&mut r, &["ok", "pressed", "bad-disk"]).expect_err("nobody");
+        assert_eq!(err.kind(), ErrorKind::NoWorkers);
+        assert_eq!(
+            err.message(),
+            "no live worker can take a partition (5 live: 3 already holding a part of the partition (excluded), 1 decommissioning, 1 full)"
+        );
+        // A heartbeat that no longer says full makes the worker eligible.
+        heartbeat(&mut r, "full", idle.clone());
+        assert_eq!(
+            spread(&mut r, &["ok", "pressed", "bad-disk"]).expect("full no more"),
+            ["full".to_string()].into()
+        );
+    }
+
+    /// One job's partitions spread over the workers even when one of them
+    /// stores much less; streams and bytes only break ties.
+    #[test]
+    fn one_jobs_partitions_spread_over_the_workers() {
+        let now = Instant::now();
+        let mut r = registry(64 * MIB);
+        r.heartbeat("empty".into(), "e:1".into(), stored(0), now)
             .expect("room");
-        assert_eq!(place(&mut r, 1, now), ["a"]);
+        for id in ["busy1", "busy2"] {
+            r.heartbeat(
+                id.into(),
+                format!("{id}:1"),
+                WorkerLoad {
+                    stored_bytes: 50 * 1024 * MIB,
+                    open_partitions: 40,
+                    read_streams: 12,
+                    ..WorkerLoad::default()
+                },
+                now,
+            )
+            .expect("room");
+        }
+        let placed = place(&mut r, 9, now);
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for w in &placed {
+            *count.entry(w.as_str()).or_default() += 1;
+        }
+        assert_eq!(count, [("busy1", 3), ("busy2", 3), ("empty", 3)].into());
+        // The least loaded takes the first of each round.
+        assert_eq!(placed[0], "empty");
+        assert_eq!(placed[3], "empty");
+        // Another job starts again on the least loaded worker.
+        assert_eq!(place_jobs(&mut r, 1, now), ["empty"]);
     }
 
     #[test]

@@ -70,6 +70,7 @@ fn load(stored_bytes: u64) -> pb::WorkerLoad {
         open_partitions: 2,
         sealed_partitions: 3,
         tiers: None,
+        ..pb::WorkerLoad::default()
     }
 }
 
@@ -167,7 +168,7 @@ async fn stop(master: Master) {
 }
 
 #[tokio::test]
-async fn placement_goes_to_the_least_loaded_of_three_workers() {
+async fn placement_spreads_a_job_over_three_workers_least_loaded_first() {
     let master = start(MasterConfig::default(), Arc::new(SystemClock)).await;
     let client = connect(&master.addr).await;
     for (id, address, stored) in [
@@ -186,8 +187,9 @@ async fn placement_goes_to_the_least_loaded_of_three_workers() {
         Ok(Message::JobRegistered(r)) if r.job_token.is_empty()
     ));
 
-    // The default estimate adds 64MiB per placed partition:
-    // wb 100 → 164 → 228, wc 200 → 264, wb 228 → 292, wc 264 → 328, wb 292 → 356, wa 300.
+    // One job's partitions spread over the workers; within each round the
+    // least loaded comes first (every worker reports the same streams, so
+    // stored bytes decide: wb 100, wc 200, wa 300 MiB).
     let mut placed = Vec::new();
     for p in 0..7 {
         let a = allocate(&client, b"job-1", p).await.expect("allocate");
@@ -197,12 +199,12 @@ async fn placement_goes_to_the_least_loaded_of_three_workers() {
         placed,
         [
             "wb@10.0.0.2:7000",
+            "wc@10.0.0.3:7000",
+            "wa@10.0.0.1:7000",
             "wb@10.0.0.2:7000",
             "wc@10.0.0.3:7000",
-            "wb@10.0.0.2:7000",
-            "wc@10.0.0.3:7000",
-            "wb@10.0.0.2:7000",
-            "wa@10.0.0.1:7000"
+            "wa@10.0.0.1:7000",
+            "wb@10.0.0.2:7000"
         ]
     );
 

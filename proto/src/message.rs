@@ -93,6 +93,7 @@ messages! {
     26 => WorkerStatsReply,
     27 => PushAck,
     28 => SplitPartition,
+    29 => Decommission,
     30 => OpenStream,
     31 => StreamOpened,
     32 => RequireSegment,
@@ -142,6 +143,7 @@ impl Message {
             Message::WorkerStatsReply(m) => m.request_id,
             Message::PushAck(m) => m.request_id,
             Message::SplitPartition(m) => m.request_id,
+            Message::Decommission(m) => m.request_id,
             Message::OpenStream(m) => m.request_id,
             Message::StreamOpened(m) => m.request_id,
             Message::RequireSegment(_)

@@ -334,6 +334,13 @@ fn check_isolation(cluster: &Cluster) {
         Message::WorkerStats(pb::WorkerStats { request_id })
     });
     assert_denied(stats, "unauthenticated worker stats", "cluster secret");
+    // Decommissioning takes the cluster secret; a job's token is not enough.
+    for credential in [Credential::None, job_credential(&a)] {
+        let decommission = cluster.request(worker, credential, |request_id| {
+            Message::Decommission(pb::Decommission { request_id })
+        });
+        assert_denied(decommission, "decommission without the secret", "cluster secret");
+    }
 
     // Job B's token: nothing of job A's, and nothing of the cluster's.
     for (what, message) in worker_requests(&a) {

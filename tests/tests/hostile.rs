@@ -101,6 +101,14 @@ fn loads() -> impl Strategy<Value = Option<pb::WorkerLoad>> {
                         .collect(),
                     object_store: None,
                 })),
+                memory_budget_bytes: stored,
+                local_free_bytes: memory,
+                unhealthy_dirs: open,
+                full: open % 2 == 0,
+                decommissioning: sealed % 2 == 0,
+                read_streams: sealed,
+                push_bytes_per_sec: memory,
+                read_bytes_per_sec: stored,
             })
         ),
     ]

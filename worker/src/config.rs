@@ -45,6 +45,11 @@ pub struct WorkerConfig {
     /// A partition whose part here passes this many stored bytes is split:
     /// its producer is asked to go on on another worker (at its next push).
     pub split_size: ByteSize,
+    /// A decommissioning worker exits once its partitions are released, or
+    /// after this long with whatever is left (its readers then get
+    /// partition-not-found, and Flink reruns those producers).
+    #[serde(with = "humantime_serde")]
+    pub decommission_timeout: Duration,
     /// How long a reader opening a partition that is not created yet waits for it.
     #[serde(with = "humantime_serde")]
     pub partition_wait_timeout: Duration,
@@ -110,6 +115,7 @@ impl Default for WorkerConfig {
             read_batch_size: ByteSize::kib(512),
             read_memory: ByteSize::mib(256),
             split_size: ByteSize::gib(1),
+            decommission_timeout: Duration::from_secs(6 * 3600),
             partition_wait_timeout: Duration::from_secs(30),
             master_addresses: Vec::new(),
             heartbeat_interval: Duration::from_secs(1),

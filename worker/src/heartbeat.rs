@@ -14,16 +14,70 @@ use crate::server::Shared;
 use crate::store::Store;
 
 /// The load a worker reports.
-pub fn load(store: &Store) -> pb::WorkerLoad {
+pub(crate) fn load(shared: &Shared) -> pb::WorkerLoad {
+    let store = &shared.store;
     let partitions = store.partitions();
     let sealed = partitions.iter().filter(|p| p.is_sealed()).count() as u32;
     let bytes = store.tier_bytes();
+    let tiers = tier_stats(store, bytes);
+    let healthy_free: u64 = tiers
+        .dirs
+        .iter()
+        .filter(|d| d.healthy)
+        .map(|d| d.capacity_bytes.saturating_sub(d.used_bytes))
+        .sum();
+    let unhealthy = tiers.dirs.iter().filter(|d| !d.healthy).count() as u32;
+    let (push_rate, read_rate) = shared
+        .rates
+        .lock()
+        .expect("rates lock poisoned")
+        .sample(&store.counters, std::time::Instant::now());
     pb::WorkerLoad {
         stored_bytes: bytes.memory + bytes.local + bytes.object,
         memory_used_bytes: store.budget().used(),
         open_partitions: partitions.len() as u32 - sealed,
         sealed_partitions: sealed,
-        tiers: Some(Box::new(tier_stats(store, bytes))),
+        tiers: Some(Box::new(tiers)),
+        memory_budget_bytes: store.budget().total(),
+        local_free_bytes: healthy_free,
+        unhealthy_dirs: unhealthy,
+        full: store.short_of_room(),
+        decommissioning: shared.decommission.is_started(),
+        read_streams: store.counters.read_streams.load(Ordering::Relaxed) as u32,
+        push_bytes_per_sec: push_rate,
+        read_bytes_per_sec: read_rate,
+    }
+}
+
+/// Push and read rates: bytes moved since the previous sample over the time
+/// since it. Samples closer than [`MIN_RATE_WINDOW`] (several masters'
+/// heartbeats, a stats request) return the last rates.
+#[derive(Debug, Default)]
+pub(crate) struct Rates {
+    last: Option<(std::time::Instant, u64, u64)>,
+    rates: (u64, u64),
+}
+
+const MIN_RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Rates {
+    fn sample(&mut self, counters: &crate::store::Counters, now: std::time::Instant) -> (u64, u64) {
+        let pushed = counters.bytes_pushed.load(Ordering::Relaxed);
+        let read = counters.bytes_read.load(Ordering::Relaxed);
+        match self.last {
+            Some((at, _, _)) if now.saturating_duration_since(at) < MIN_RATE_WINDOW => {}
+            Some((at, p0, r0)) => {
+                let secs = now.saturating_duration_since(at).as_secs_f64();
+                let per_sec = |d: u64| (d as f64 / secs) as u64;
+                self.rates = (
+                    per_sec(pushed.saturating_sub(p0)),
+                    per_sec(read.saturating_sub(r0)),
+                );
+                self.last = Some((now, pushed, read));
+            }
+            None => self.last = Some((now, pushed, read)),
+        }
+        self.rates
     }
 }
 
@@ -136,7 +190,7 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
     loop {
         let worker_id = shared.worker_id.clone();
         let address = shared.address.clone();
-        let load = load(&shared.store);
+        let load = load(shared);
         let jobs: Vec<JobId> = held_jobs(&shared.store)
             .into_iter()
             .take(MAX_HEARTBEAT_JOBS)
@@ -184,7 +238,10 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
                 }
             }
         }
-        tokio::time::sleep(shared.config.heartbeat_interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}
+            _ = shared.heartbeat_now.notified() => {}
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! budget, and never blocks its async threads on file I/O.
 
 mod config;
+mod decommission;
 mod handlers;
 mod heartbeat;
 mod server;

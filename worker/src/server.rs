@@ -31,6 +31,13 @@ pub(crate) struct Shared {
     pub security: Security,
     pub worker_id: String,
     pub address: String,
+    pub decommission: crate::decommission::Decommission,
+    /// Wakes the heartbeat loops (a change masters should hear of at once).
+    pub heartbeat_now: tokio::sync::Notify,
+    /// Push and read rates between heartbeats.
+    pub rates: std::sync::Mutex<heartbeat::Rates>,
+    /// Cancelling it stops the worker in order (see `serve`).
+    pub stop: CancellationToken,
 }
 
 /// A running worker, for embedding (demo, bench, tests).
@@ -64,7 +71,7 @@ pub async fn start_with_hooks(config: WorkerConfig, hooks: StoreHooks) -> TierRe
         .await
         .map_err(|e| TierError::unavailable(format!("bind {}: {e}", config.listen)))?;
     let shutdown = CancellationToken::new();
-    let (shared, address) = prepare(config, &listener, hooks)?;
+    let (shared, address) = prepare(config, &listener, hooks, shutdown.clone())?;
     let store = Arc::clone(&shared.store);
     let worker_id = shared.worker_id.clone();
     let task = tokio::spawn(serve(shared, listener, shutdown.clone()));
@@ -83,7 +90,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> TierResult<()> {
-    let (shared, _) = prepare(config, &listener, StoreHooks::default())?;
+    let (shared, _) = prepare(config, &listener, StoreHooks::default(), shutdown.clone())?;
     serve(shared, listener, shutdown).await
 }
 
@@ -118,6 +125,7 @@ fn prepare(
     config: WorkerConfig,
     listener: &TcpListener,
     hooks: StoreHooks,
+    stop: CancellationToken,
 ) -> TierResult<(Arc<Shared>, SocketAddr)> {
     config.validate().map_err(TierError::bad_input)?;
     let local = listener
@@ -145,6 +153,10 @@ fn prepare(
             security,
             worker_id,
             address,
+            decommission: Default::default(),
+            heartbeat_now: tokio::sync::Notify::new(),
+            rates: std::sync::Mutex::new(heartbeat::Rates::default()),
+            stop,
         }),
         local,
     ))
@@ -322,6 +334,7 @@ async fn dispatch(conn: &mut Connection, message: Message, body: Bytes, reservat
         Message::ReleasePartition(m) => Some(handlers::release::release_partition(conn, m).await),
         Message::DropJob(m) => Some(handlers::release::drop_job(conn, m).await),
         Message::WorkerStats(m) => Some(Ok(handlers::stats::handle(conn, m))),
+        Message::Decommission(m) => Some(Ok(crate::decommission::handle(conn, m))),
         Message::OpenStream(m) => handlers::read::open(conn, m).await.err().map(Err),
         Message::RequireSegment(m) => {
             handlers::read::require_segment(conn, m);

@@ -34,12 +34,57 @@ struct WorkerStatus {
     sealed_partitions: u32,
     bytes_pushed: u64,
     bytes_read: u64,
+    /// What placement weighs, from the worker (or its last heartbeat).
+    load: LoadStatus,
     error: Option<String>,
     /// Bytes per tier, data directories and object store: from the worker
     /// itself when it answered, else from its last heartbeat to the master.
     tiers: Option<TierStatus>,
     /// "worker" or "master": who reported `tiers`.
     tiers_from: Option<&'static str>,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+struct LoadStatus {
+    /// "serving", "full" (no room in any tier: producers are asked to split
+    /// away, no new partitions) or "decommissioning".
+    state: &'static str,
+    /// Memory used as a fraction of the budget.
+    memory_pressure: f64,
+    memory_free_bytes: u64,
+    local_free_bytes: u64,
+    unhealthy_dirs: u32,
+    /// Open partitions: one producer pushing each.
+    push_streams: u32,
+    read_streams: u32,
+    push_bytes_per_sec: u64,
+    read_bytes_per_sec: u64,
+}
+
+impl LoadStatus {
+    fn from_pb(l: &pb::WorkerLoad) -> Self {
+        LoadStatus {
+            state: if l.decommissioning {
+                "decommissioning"
+            } else if l.full {
+                "full"
+            } else {
+                "serving"
+            },
+            memory_pressure: if l.memory_budget_bytes == 0 {
+                0.0
+            } else {
+                l.memory_used_bytes as f64 / l.memory_budget_bytes as f64
+            },
+            memory_free_bytes: l.memory_budget_bytes.saturating_sub(l.memory_used_bytes),
+            local_free_bytes: l.local_free_bytes,
+            unhealthy_dirs: l.unhealthy_dirs,
+            push_streams: l.open_partitions,
+            read_streams: l.read_streams,
+            push_bytes_per_sec: l.push_bytes_per_sec,
+            read_bytes_per_sec: l.read_bytes_per_sec,
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -118,19 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    let security = Security::load(&SecurityConfig {
-        secret_file: args.secret_file.clone(),
-        tls_ca_file: args.tls_ca_file.clone(),
-        ..SecurityConfig::default()
-    })
-    .map_err(anyhow::Error::msg)
-    .context("load --secret-file / --tls-ca-file")?;
-    let options = ClientOptions {
-        name: "terrace status".into(),
-        credential: security.credential(),
-        tls: security.tls_client,
-        ..ClientOptions::default()
-    };
+    let options = client_options("terrace status", args.secret_file, args.tls_ca_file)?;
     let (workers, jobs) = runtime.block_on(collect(&args.master, &options))?;
     if args.json {
         let out = serde_json::json!({ "master": args.master, "jobs": jobs, "workers": workers });
@@ -196,13 +229,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// The lines under a worker's row: each data directory and the object store.
 fn tier_lines(w: &WorkerStatus) -> Vec<String> {
-    let Some(tiers) = &w.tiers else {
-        return vec!["tiers: not reported".to_string()];
-    };
-    let mut out = Vec::new();
+    let l = &w.load;
+    let mut out = vec![format!(
+        "{}: memory {:.0}% used ({} free), {} free on local dirs, {} push stream(s), {} read stream(s), pushing {}/s, reading {}/s",
+        l.state,
+        l.memory_pressure * 100.0,
+        human(l.memory_free_bytes),
+        human(l.local_free_bytes),
+        l.push_streams,
+        l.read_streams,
+        human(l.push_bytes_per_sec),
+        human(l.read_bytes_per_sec),
+    )];
+    if l.state == "decommissioning" {
+        out.push(format!(
+            "decommission: {} partition(s) ({} sealed), {} left; exits when none is left",
+            w.partitions,
+            w.sealed_partitions,
+            human(w.stored_bytes)
+        ));
+    }
     if w.tiers_from == Some("master") {
         out.push("tiers: as of the worker's last heartbeat to the master".to_string());
     }
+    let Some(tiers) = &w.tiers else {
+        out.push("tiers: not reported".to_string());
+        return out;
+    };
     for d in &tiers.dirs {
         let health = if d.healthy {
             "healthy".to_string()
@@ -289,6 +342,7 @@ async fn collect(
     for info in list.workers {
         let mut load = info.load.unwrap_or_default();
         let master_tiers = load.tiers.take();
+        let master_load = LoadStatus::from_pb(&load);
         let mut status = WorkerStatus {
             worker_id: info.worker_id,
             address: info.data_address.clone(),
@@ -301,6 +355,7 @@ async fn collect(
             sealed_partitions: load.sealed_partitions,
             bytes_pushed: 0,
             bytes_read: 0,
+            load: master_load,
             error: None,
             tiers: None,
             tiers_from: None,
@@ -313,6 +368,7 @@ async fn collect(
                 status.bytes_pushed = stats.bytes_pushed;
                 status.bytes_read = stats.bytes_read;
                 if let Some(load) = stats.load {
+                    status.load = LoadStatus::from_pb(&load);
                     status.stored_bytes = load.stored_bytes;
                     status.memory_used_bytes = load.memory_used_bytes;
                     status.sealed_partitions = load.sealed_partitions;
@@ -329,6 +385,27 @@ async fn collect(
         out.push(status);
     }
     Ok((out, jobs))
+}
+
+/// Client options of an admin command given `--secret-file` and `--tls-ca-file`.
+pub fn client_options(
+    name: &str,
+    secret_file: Option<std::path::PathBuf>,
+    tls_ca_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<ClientOptions> {
+    let security = Security::load(&SecurityConfig {
+        secret_file,
+        tls_ca_file,
+        ..SecurityConfig::default()
+    })
+    .map_err(anyhow::Error::msg)
+    .context("load --secret-file / --tls-ca-file")?;
+    Ok(ClientOptions {
+        name: name.into(),
+        credential: security.credential(),
+        tls: security.tls_client,
+        ..ClientOptions::default()
+    })
 }
 
 /// Asks one worker for its counters.
@@ -369,6 +446,17 @@ mod tests {
             sealed_partitions: 0,
             bytes_pushed: 0,
             bytes_read: 0,
+            load: LoadStatus::from_pb(&pb::WorkerLoad {
+                memory_used_bytes: 1 << 30,
+                memory_budget_bytes: 4 << 30,
+                local_free_bytes: 5 << 30,
+                unhealthy_dirs: 1,
+                decommissioning: true,
+                open_partitions: 2,
+                read_streams: 3,
+                push_bytes_per_sec: 10 << 20,
+                ..Default::default()
+            }),
             error: None,
             tiers: tiers.as_ref().map(TierStatus::from_pb),
             tiers_from: Some(from),
@@ -418,6 +506,8 @@ mod tests {
         assert_eq!(
             lines,
             [
+                "decommissioning: memory 25% used (3.0 GiB free), 5.0 GiB free on local dirs, 2 push stream(s), 3 read stream(s), pushing 10.0 MiB/s, reading 0 B/s",
+                "decommission: 0 partition(s) (0 sealed), 0 B left; exits when none is left",
                 "tiers: as of the worker's last heartbeat to the master",
                 "dir /a: 2.0 MiB used of 1.0 GiB, healthy, 0 write failure(s)",
                 "dir /b: 0 B used of 1.0 GiB, UNHEALTHY (No space left on device), 3 write failure(s)",
@@ -429,6 +519,12 @@ mod tests {
         assert_eq!(json["tiers"]["dirs"][0]["error"], serde_json::Value::Null);
         assert_eq!(json["tiers"]["object_store"]["available"], false);
         assert_eq!(json["tiers_from"], "master");
-        assert_eq!(tier_lines(&worker(None, "worker")), ["tiers: not reported"]);
+        assert_eq!(json["load"]["state"], "decommissioning");
+        assert_eq!(json["load"]["unhealthy_dirs"], 1);
+        assert_eq!(json["load"]["read_streams"], 3);
+        assert_eq!(
+            tier_lines(&worker(None, "worker"))[2],
+            "tiers: not reported"
+        );
     }
 }

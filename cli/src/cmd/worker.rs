@@ -3,11 +3,16 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use terrace_proto::{Message, pb};
+use terrace_rpc::Client;
 use terrace_tier_api::ByteSize;
 use terrace_worker::WorkerConfig;
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    action: Option<Action>,
     /// TOML config file (keys: see docs/configuration.md, [worker]).
     #[arg(long, env = "TERRACE_WORKER_CONFIG")]
     config: Option<PathBuf>,
@@ -43,7 +48,33 @@ pub struct Args {
     split_size: Option<ByteSize>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// Ask a running worker to leave the cluster: it takes no new
+    /// partitions, its producers split away at their next push, and it exits
+    /// once its partitions are released (or after `decommission_timeout`).
+    Decommission(DecommissionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DecommissionArgs {
+    /// The worker's data address (host:port).
+    worker: String,
+    /// Wait until the worker has exited, printing what it still holds.
+    #[arg(long)]
+    wait: bool,
+    /// File holding the cluster secret, when the cluster has one.
+    #[arg(long, env = "TERRACE_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// PEM CA certificates, when the cluster serves TLS.
+    #[arg(long, env = "TERRACE_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Action::Decommission(d)) = args.action {
+        return decommission(d);
+    }
     let mut config: WorkerConfig = crate::config::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -84,5 +115,58 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         terrace_worker::run(config, listener, shutdown)
             .await
             .context("run worker")
+    })
+}
+
+fn decommission(args: DecommissionArgs) -> anyhow::Result<()> {
+    let options = crate::cmd::status::client_options(
+        "terrace worker decommission",
+        args.secret_file,
+        args.tls_ca_file,
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async {
+        let client = Client::connect(&args.worker, &options)
+            .await
+            .with_context(|| format!("connect to worker {}", args.worker))?;
+        let (reply, _) = client
+            .request(|request_id| Message::Decommission(pb::Decommission { request_id }))
+            .await
+            .context("ask the worker to decommission")?;
+        anyhow::ensure!(
+            matches!(reply, Message::Ack(_)),
+            "worker answered Decommission with {:?}",
+            reply.message_type()
+        );
+        println!("worker {} is decommissioning", args.worker);
+        drop(client);
+        if !args.wait {
+            return Ok(());
+        }
+        // The worker answers until it stops; then connections fail.
+        let mut last = None;
+        loop {
+            match crate::cmd::status::worker_stats(&args.worker, &options).await {
+                Ok(stats) => {
+                    let load = stats.load.unwrap_or_default();
+                    let now = (stats.partitions, load.stored_bytes);
+                    if last != Some(now) {
+                        println!(
+                            "{} partition(s) ({} open), {} bytes left",
+                            stats.partitions, load.open_partitions, load.stored_bytes
+                        );
+                        last = Some(now);
+                    }
+                }
+                Err(_) => {
+                    println!("worker {} has exited", args.worker);
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
     })
 }

@@ -175,6 +175,14 @@ impl From<Option<pb::WorkerLoad>> for WorkerLoad {
             open_partitions: load.open_partitions,
             sealed_partitions: load.sealed_partitions,
             tiers: load.tiers,
+            memory_budget_bytes: load.memory_budget_bytes,
+            local_free_bytes: load.local_free_bytes,
+            unhealthy_dirs: load.unhealthy_dirs,
+            full: load.full,
+            decommissioning: load.decommissioning,
+            read_streams: load.read_streams,
+            push_bytes_per_sec: load.push_bytes_per_sec,
+            read_bytes_per_sec: load.read_bytes_per_sec,
         }
     }
 }
@@ -187,6 +195,14 @@ impl From<WorkerLoad> for pb::WorkerLoad {
             open_partitions: load.open_partitions,
             sealed_partitions: load.sealed_partitions,
             tiers: load.tiers,
+            memory_budget_bytes: load.memory_budget_bytes,
+            local_free_bytes: load.local_free_bytes,
+            unhealthy_dirs: load.unhealthy_dirs,
+            full: load.full,
+            decommissioning: load.decommissioning,
+            read_streams: load.read_streams,
+            push_bytes_per_sec: load.push_bytes_per_sec,
+            read_bytes_per_sec: load.read_bytes_per_sec,
         }
     }
 }

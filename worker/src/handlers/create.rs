@@ -7,6 +7,13 @@ use crate::server::Connection;
 
 pub fn handle(conn: &Connection, m: pb::CreatePartition) -> TierResult<Message> {
     let key = PartitionKey::try_from(m.key)?;
+    // A retried create of a partition already here is still answered.
+    if conn.shared.decommission.is_started() && conn.shared.store.get(&key).is_err() {
+        return Err(TierError::unavailable(format!(
+            "{key}: worker {} is decommissioning and takes no new partitions",
+            conn.shared.worker_id
+        )));
+    }
     let limits = &conn.shared.config.limits;
     if m.num_subpartitions > limits.max_subpartitions {
         return Err(TierError::bad_input(format!(

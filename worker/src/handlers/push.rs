@@ -69,11 +69,12 @@ pub async fn handle(
         .bytes_pushed
         .fetch_add(len, Ordering::Relaxed);
     store.check_pressure();
-    // Past the split size, or when this worker's tiers are nearly full, the
-    // producer is asked to go on elsewhere (at a push boundary: every push is
-    // a region).
-    let split =
-        partition.stored_bytes() >= conn.shared.config.split_size.as_u64() || store.short_of_room();
+    // Past the split size, when this worker's tiers are nearly full, or when
+    // it is leaving the cluster, the producer is asked to go on elsewhere (at
+    // a push boundary: every push is a region).
+    let split = partition.stored_bytes() >= conn.shared.config.split_size.as_u64()
+        || store.short_of_room()
+        || conn.shared.decommission.is_started();
     Ok(Message::PushAck(pb::PushAck {
         request_id: m.request_id,
         split,

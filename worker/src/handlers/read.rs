@@ -112,6 +112,7 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
         connection_reads: Arc::clone(&conn.reads),
         ready: None,
         wanting: None,
+        _open: OpenStream::count(&conn.shared.store),
     };
     tokio::spawn(stream.run(m.request_id, rx, cancel));
     Ok(())
@@ -195,6 +196,24 @@ struct Stream {
     ready: Option<ReadMemory>,
     /// Bytes of read memory the next read waits for.
     wanting: Option<u32>,
+    _open: OpenStream,
+}
+
+/// Counts a stream in the worker's open read streams while it lives.
+#[derive(Debug)]
+struct OpenStream(Arc<crate::store::Store>);
+
+impl OpenStream {
+    fn count(store: &Arc<crate::store::Store>) -> Self {
+        store.counters.read_streams.fetch_add(1, Ordering::Relaxed);
+        OpenStream(Arc::clone(store))
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.counters.read_streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Most reads one stream has under way at once.

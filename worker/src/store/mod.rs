@@ -43,6 +43,8 @@ pub use tiers::{Source, Tiers, single_object_range};
 pub struct Counters {
     pub bytes_pushed: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// Read streams open now (see `handlers::read`).
+    pub read_streams: AtomicU64,
 }
 
 /// Everything the store is opened with.
