@@ -299,6 +299,27 @@ pub fn terrace_bin() -> std::path::PathBuf {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut command = std::process::Command::new(cargo);
             command.args(["build", "--quiet", "-p", "terrace-cli", "--bin", "terrace"]);
+            // Cargo gives a test process its package's variables. Some build
+            // scripts (ring's) rerun when one of them changes, so passing
+            // them on would rebuild half the tree here and again at the next
+            // `cargo test`.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                if name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_BIN_EXE_")
+                    || matches!(
+                        name.as_ref(),
+                        "CARGO_MANIFEST_DIR"
+                            | "CARGO_MANIFEST_PATH"
+                            | "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "CARGO_RUSTC_CURRENT_DIR"
+                    )
+                {
+                    command.env_remove(name.as_ref());
+                }
+            }
             if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
                 command.arg("--release");
             }
@@ -357,7 +378,10 @@ impl ServiceProcess {
         let mut child = std::process::Command::new(terrace_bin())
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("TERRACE_LOG", "warn")
+            .env(
+                "TERRACE_LOG",
+                std::env::var("TERRACE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("spawn terrace");

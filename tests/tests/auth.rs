@@ -339,7 +339,11 @@ fn check_isolation(cluster: &Cluster) {
         let decommission = cluster.request(worker, credential, |request_id| {
             Message::Decommission(pb::Decommission { request_id })
         });
-        assert_denied(decommission, "decommission without the secret", "cluster secret");
+        assert_denied(
+            decommission,
+            "decommission without the secret",
+            "cluster secret",
+        );
     }
 
     // Job B's token: nothing of job A's, and nothing of the cluster's.

@@ -1,0 +1,485 @@
+//! Placement and decommission on real processes (a master and `terrace
+//! worker` processes):
+//! - workers that are full, have a failed data directory, or are
+//!   decommissioning get no new partitions while others can take them, one
+//!   job's partitions spread over the rest, and `terrace status` shows why;
+//! - a worker decommissioned under a running job: its producers split away,
+//!   readers get every buffer exactly, and it exits once the job is released.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use terrace_master_agent::MasterAgent;
+use terrace_proto::{Message, pb};
+use terrace_tests::{
+    END_PAYLOAD, RecordingWriter, ServiceProcess, assert_buffers_eq, payload, producer,
+    read_partition, request_worker, terrace_bin, write_partition,
+};
+use terrace_tier_api::{
+    AgentConfig, Buffer, ErrorKind, PartitionId, ShuffleDescriptor, TierError, TierMasterAgent,
+    TierShuffleHandler,
+};
+
+struct Ignore;
+
+impl TierShuffleHandler for Ignore {
+    fn on_release_partitions(&self, _partitions: Vec<PartitionId>) {}
+    fn on_fatal_error(&self, _error: TierError) {}
+}
+
+/// Starts worker `w{index}` with `extra` config lines (which must include
+/// `data_dirs`).
+fn start_worker(dir: &Path, index: usize, master: &str, extra: &str) -> ServiceProcess {
+    let path = dir.join(format!("worker-{index}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nworker_id = \"w{index}\"\nmaster_addresses = [\"{master}\"]\n\
+             heartbeat_interval = \"200ms\"\nmemory_budget = \"64MiB\"\nmax_frame_size = \"4MiB\"\n{extra}"
+        ),
+    )
+    .expect("write worker config");
+    ServiceProcess::start(&["worker", "--config", path.to_str().expect("utf-8 path")])
+}
+
+fn data_dirs(dirs: &[&Path]) -> String {
+    let quoted: Vec<String> = dirs
+        .iter()
+        .map(|d| format!("\"{}\"", d.display()))
+        .collect();
+    format!("data_dirs = [{}]\n", quoted.join(", "))
+}
+
+fn list_workers(master: &str) -> pb::WorkerList {
+    match request_worker(master, |request_id| {
+        Message::ListWorkers(pb::ListWorkers { request_id })
+    }) {
+        Ok(Message::WorkerList(list)) => list,
+        other => panic!("master answered ListWorkers with {other:?}"),
+    }
+}
+
+/// Polls the master's worker list until `check` holds (at most 20 s).
+fn wait_for_list(master: &str, what: &str, check: impl Fn(&pb::WorkerList) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = list_workers(master);
+        if check(&list) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "within 20 s: {what}; the master lists {:#?}",
+            list.workers
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn load_of<'a>(list: &'a pb::WorkerList, id: &str) -> Option<&'a pb::WorkerLoad> {
+    list.workers
+        .iter()
+        .find(|w| w.worker_id == id)
+        .and_then(|w| w.load.as_ref())
+}
+
+/// Runs `terrace <args>` to its end (at most 60 s) and returns its stdout.
+fn terrace(args: &[&str]) -> String {
+    let child = std::process::Command::new(terrace_bin())
+        .args(args)
+        .env("TERRACE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn terrace");
+    let out = terrace_tests::join_within(
+        std::thread::spawn(move || child.wait_with_output()),
+        Duration::from_secs(60),
+        "terrace command",
+    )
+    .expect("terrace ran");
+    assert!(
+        out.status.success(),
+        "terrace {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Waits (at most `limit`) for a service process to exit by itself.
+fn wait_for_exit(process: &mut ServiceProcess, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = process.child.try_wait().expect("poll the process") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn allocate(master: &str, job: u8, partition: u32, exclude: &[&str]) -> Result<String, TierError> {
+    let key = terrace_tests::key(job, partition);
+    match request_worker(master, |request_id| {
+        Message::AllocatePartition(pb::AllocatePartition {
+            request_id,
+            key: Some(pb::PartitionKey::from(&key)),
+            num_subpartitions: 1,
+            exclude_workers: exclude.iter().map(|s| s.to_string()).collect(),
+        })
+    })? {
+        Message::PartitionAllocated(p) => Ok(p.worker_id),
+        other => panic!("master answered AllocatePartition with {other:?}"),
+    }
+}
+
+#[test]
+fn full_unhealthy_and_decommissioning_workers_get_no_partitions_and_a_job_spreads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let master = ServiceProcess::start(&["master", "--listen", "127.0.0.1:0"]);
+    let m = master.address.as_str();
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        workers.push(start_worker(
+            root,
+            i,
+            m,
+            &data_dirs(&[&root.join(format!("d{i}"))]),
+        ));
+    }
+    // w2: 8 MiB of disk for a 64 MiB memory budget, no object store: full.
+    workers.push(start_worker(
+        root,
+        2,
+        m,
+        &format!(
+            "{}dir_capacity = \"8MiB\"\ndir_reserve = \"0B\"\n",
+            data_dirs(&[&root.join("d2")])
+        ),
+    ));
+    // w3: two directories of equal room; the second will fail its writes.
+    let (good, bad) = (root.join("d3a"), root.join("d3b"));
+    workers.push(start_worker(
+        root,
+        3,
+        m,
+        &format!(
+            "{}dir_capacity = \"1GiB\"\ndir_reserve = \"0B\"\n",
+            data_dirs(&[&good, &bad])
+        ),
+    ));
+    // w4: will be decommissioned while it holds a partition.
+    workers.push(start_worker(root, 4, m, &data_dirs(&[&root.join("d4")])));
+    wait_for_list(m, "five workers registered", |l| l.workers.len() == 5);
+
+    let config = AgentConfig {
+        master_addresses: vec![m.to_string()],
+        ..terrace_tests::small_agent_config()
+    };
+    // The failing directory: a file where the directory was. The next flush
+    // on w3 (to the directory with the most room, ties to the last) fails
+    // there, moves to the good one, and marks it unhealthy.
+    std::fs::remove_dir_all(&bad).expect("remove the directory");
+    std::fs::write(&bad, b"not a directory").expect("put a file in its place");
+    let on = |w: &ServiceProcess, id: &str, job: u8| {
+        ShuffleDescriptor::new(&terrace_tests::key(job, 1), id, w.address.clone())
+    };
+    let written_w3 = write_partition(&config, on(&workers[3], "w3", 30), 1, 1, 8, 4096);
+    let read = read_partition(
+        &config,
+        on(&workers[3], "w3", 30),
+        1,
+        Duration::from_secs(20),
+    )
+    .expect("w3 serves what it moved to its good directory");
+    assert_buffers_eq(&read[&0], &written_w3[&0], "w3's partition");
+    // w4 holds a partition, so that decommissioning it does not end at once.
+    let written_w4 = write_partition(&config, on(&workers[4], "w4", 40), 1, 1, 8, 4096);
+    let out = terrace(&["worker", "decommission", &workers[4].address]);
+    assert!(out.contains("is decommissioning"), "{out}");
+
+    wait_for_list(
+        m,
+        "w2 full, w3 with one unhealthy dir, w4 decommissioning",
+        |l| {
+            load_of(l, "w2").is_some_and(|l| l.full)
+                && load_of(l, "w3").is_some_and(|l| l.unhealthy_dirs == 1 && !l.full)
+                && load_of(l, "w4").is_some_and(|l| l.decommissioning)
+                && load_of(l, "w0").is_some_and(|l| !l.full && l.unhealthy_dirs == 0)
+        },
+    );
+
+    // One job's twelve partitions: six on each healthy worker, none elsewhere.
+    let agent = MasterAgent::new(config.clone()).expect("master agent");
+    let job = terrace_tests::key(9, 0).job;
+    agent
+        .register_job(&job, Arc::new(Ignore))
+        .expect("register");
+    let mut placed: BTreeMap<String, usize> = BTreeMap::new();
+    for p in 0..12 {
+        let key = terrace_tests::key(9, p);
+        let d = agent
+            .add_partition_and_get_shuffle_descriptor(&job, &key.partition, 4)
+            .expect("place");
+        *placed.entry(d.worker_id).or_default() += 1;
+    }
+    assert_eq!(
+        placed,
+        [("w0".to_string(), 6), ("w1".to_string(), 6)].into(),
+        "a job's partitions go to the healthy workers, spread evenly"
+    );
+    // With the healthy ones excluded, the failed-disk worker is the last
+    // resort; the full and the decommissioning one never.
+    assert_eq!(allocate(m, 10, 1, &["w0", "w1"]).expect("w3"), "w3");
+    let err = allocate(m, 10, 2, &["w0", "w1", "w3"]).expect_err("nobody is left");
+    assert_eq!(err.kind(), ErrorKind::NoWorkers);
+    assert!(
+        err.message().contains("1 decommissioning") && err.message().contains("1 full"),
+        "{err}"
+    );
+
+    // `terrace status` shows each worker's state and figures.
+    let status: serde_json::Value =
+        serde_json::from_str(&terrace(&["status", "--master", m, "--json"])).expect("json");
+    let by_id: BTreeMap<String, serde_json::Value> = status["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| (w["worker_id"].as_str().expect("id").to_string(), w.clone()))
+        .collect();
+    assert_eq!(by_id["w0"]["load"]["state"], "serving");
+    assert_eq!(by_id["w2"]["load"]["state"], "full");
+    assert_eq!(by_id["w3"]["load"]["unhealthy_dirs"], 1);
+    assert_eq!(by_id["w4"]["load"]["state"], "decommissioning");
+    assert!(by_id["w0"]["load"]["memory_free_bytes"].as_u64() > Some(0));
+    let table = terrace(&["status", "--master", m]);
+    assert!(table.contains("decommission: 1 partition(s)"), "{table}");
+
+    // The decommissioning worker still serves its partition, and exits once
+    // it is released.
+    let read = read_partition(
+        &config,
+        on(&workers[4], "w4", 40),
+        1,
+        Duration::from_secs(20),
+    )
+    .expect("a decommissioning worker still serves");
+    assert_buffers_eq(&read[&0], &written_w4[&0], "w4's partition");
+    let released = request_worker(&workers[4].address, |request_id| {
+        Message::ReleasePartition(pb::ReleasePartition {
+            request_id,
+            key: Some(pb::PartitionKey::from(&terrace_tests::key(40, 1))),
+        })
+    });
+    assert!(matches!(released, Ok(Message::Ack(_))), "{released:?}");
+    let status = wait_for_exit(&mut workers[4], Duration::from_secs(20));
+    assert!(status.success(), "w4 exits cleanly: {status}");
+    agent.close();
+}
+
+/// Writes `rounds` 4 KiB buffers to each of `subs` subpartitions, flushing
+/// every 4 rounds, waiting at `barrier` twice after round `pause` (while the
+/// test decommissions a worker), then waiting for each round's push to be
+/// answered, then the end event. Returns the writer
+/// (closed) and the workers its parts went to.
+fn write_with_a_pause(
+    config: &AgentConfig,
+    descriptor: ShuffleDescriptor,
+    partition: u32,
+    subs: u32,
+    rounds: u32,
+    pause: u32,
+    barrier: &Barrier,
+) -> (RecordingWriter, Vec<String>) {
+    let mut writer = RecordingWriter::new(producer(config, descriptor, subs, false));
+    for i in 0..rounds {
+        for sub in 0..subs {
+            writer
+                .write(sub, Buffer::data(payload(partition, sub, i, 4096)))
+                .expect("write");
+        }
+        if i > pause {
+            // Each push answered before the next write, so the producer
+            // sees a split request at its next write (pipelined pushes could
+            // all be sent before the first answer comes back).
+            writer.agent.flush_and_wait().expect("flush");
+        } else if i % 4 == 0 {
+            writer.agent.flush().expect("flush");
+        }
+        if i == pause {
+            writer.agent.flush().expect("flush");
+            barrier.wait();
+            barrier.wait();
+        }
+    }
+    for sub in 0..subs {
+        writer
+            .write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD)))
+            .expect("end event");
+    }
+    let parts = writer.agent.parts().to_vec();
+    writer.close().expect("close seals the last part");
+    (writer, parts)
+}
+
+#[test]
+fn a_worker_decommissioned_under_a_running_job_loses_nothing_and_exits_after_release() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let master = ServiceProcess::start(&["master", "--listen", "127.0.0.1:0"]);
+    let m = master.address.clone();
+    let mut workers: Vec<ServiceProcess> = (0..3)
+        .map(|i| start_worker(root, i, &m, &data_dirs(&[&root.join(format!("d{i}"))])))
+        .collect();
+    wait_for_list(&m, "three workers registered", |l| l.workers.len() == 3);
+    let config = AgentConfig {
+        master_addresses: vec![m.clone()],
+        ..terrace_tests::small_agent_config()
+    };
+    let agent = MasterAgent::new(config.clone()).expect("master agent");
+    const JOB: u8 = 5;
+    const PARTITIONS: u32 = 6;
+    const SUBS: u32 = 3;
+    let job = terrace_tests::key(JOB, 0).job;
+    agent
+        .register_job(&job, Arc::new(Ignore))
+        .expect("register");
+    let descriptors: Vec<ShuffleDescriptor> = (0..PARTITIONS)
+        .map(|p| {
+            agent
+                .add_partition_and_get_shuffle_descriptor(
+                    &job,
+                    &terrace_tests::key(JOB, p).partition,
+                    SUBS,
+                )
+                .expect("place")
+        })
+        .collect();
+    let leaving = descriptors[0].worker_id.clone();
+    let leaving_index: usize = leaving[1..].parse().expect("worker ids are w0..w2");
+    let on_leaving = descriptors
+        .iter()
+        .filter(|d| d.worker_id == leaving)
+        .count();
+    assert_eq!(on_leaving, 2, "six partitions spread two per worker");
+
+    // Readers start before a byte is written and read while it is.
+    let readers: Vec<_> = descriptors
+        .iter()
+        .map(|d| {
+            let (config, d) = (config.clone(), d.clone());
+            std::thread::spawn(move || read_partition(&config, d, SUBS, Duration::from_secs(90)))
+        })
+        .collect();
+    let barrier = Arc::new(Barrier::new(PARTITIONS as usize + 1));
+    let writers: Vec<_> = descriptors
+        .iter()
+        .enumerate()
+        .map(|(p, d)| {
+            let (config, d, barrier) = (config.clone(), d.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                write_with_a_pause(&config, d, p as u32, SUBS, 48, 16, &barrier)
+            })
+        })
+        .collect();
+
+    // Every producer has pushed a third of its data: decommission one worker
+    // with the real command, which waits for it to exit.
+    barrier.wait();
+    let mut decommission = std::process::Command::new(terrace_bin())
+        .args([
+            "worker",
+            "decommission",
+            "--wait",
+            &workers[leaving_index].address,
+        ])
+        .env("TERRACE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn terrace worker decommission");
+    wait_for_list(&m, "the master sees the worker decommissioning", |l| {
+        load_of(l, &leaving).is_some_and(|l| l.decommissioning)
+    });
+    barrier.wait();
+
+    // While it leaves, new partitions go elsewhere.
+    for p in 100..106 {
+        assert_ne!(
+            allocate(&m, JOB, p, &[]).expect("placed"),
+            leaving,
+            "no new partition on a decommissioning worker"
+        );
+    }
+    let mut expected = Vec::new();
+    for (p, writer) in writers.into_iter().enumerate() {
+        let (writer, parts) = terrace_tests::join_within(writer, Duration::from_secs(90), "writer");
+        if descriptors[p].worker_id == leaving {
+            assert!(
+                parts.len() >= 2 && !parts[1..].contains(&leaving),
+                "partition {p} split away from the decommissioning worker: {parts:?}"
+            );
+        }
+        expected.push(writer.expected);
+    }
+    for (p, reader) in readers.into_iter().enumerate() {
+        let read = terrace_tests::join_within(reader, Duration::from_secs(90), "reader")
+            .unwrap_or_else(|e| panic!("partition {p} reads to its end: {e}"));
+        for sub in 0..SUBS {
+            assert_buffers_eq(
+                &read[&sub],
+                &expected[p][&sub],
+                &format!("partition {p} subpartition {sub}"),
+            );
+        }
+    }
+    // Sealed data stays served while the job lives: read it all again.
+    for (p, d) in descriptors.iter().enumerate() {
+        let again = read_partition(&config, d.clone(), SUBS, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("partition {p} reads again: {e}"));
+        assert_buffers_eq(
+            &again[&0],
+            &expected[p][&0],
+            &format!("partition {p} again"),
+        );
+    }
+    assert!(
+        workers[leaving_index]
+            .child
+            .try_wait()
+            .expect("poll")
+            .is_none(),
+        "the worker stays while it holds the job's data"
+    );
+
+    // The job ends: the worker drops its data and exits, and the command
+    // that waited for it says so.
+    agent.unregister_job(&job).expect("unregister");
+    let status = wait_for_exit(&mut workers[leaving_index], Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "the decommissioned worker exits cleanly: {status}"
+    );
+    let out = terrace_tests::join_within(
+        std::thread::spawn(move || {
+            decommission.wait().expect("wait");
+            let mut out = String::new();
+            std::io::Read::read_to_string(decommission.stdout.as_mut().expect("stdout"), &mut out)
+                .expect("read stdout");
+            out
+        }),
+        Duration::from_secs(30),
+        "terrace worker decommission --wait",
+    );
+    assert!(
+        out.contains("is decommissioning") && out.contains("has exited"),
+        "{out}"
+    );
+    agent.close();
+}
