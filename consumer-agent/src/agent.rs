@@ -122,7 +122,16 @@ struct HopContext {
     spec: ConsumerSpec,
     token: String,
     options: ClientOptions,
+    /// Masters to ask where the partition is when its descriptor's worker
+    /// does not have it (see [`relocated_first_hop`]).
+    masters: Vec<String>,
 }
+
+/// How long a consumer whose descriptor's worker is unreachable (or does not
+/// hold the partition) asks masters whether the partition was relocated: its
+/// producer may not have started yet. Polled every [`LOCATE_POLL`].
+const LOCATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const LOCATE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Reads one input gate. Methods block the calling thread on the shared I/O
 /// runtime; do not call them from an async runtime's worker threads.
@@ -234,15 +243,27 @@ impl ConsumerAgent {
                 spec: spec.clone(),
                 token: descriptor.token.clone(),
                 options,
+                masters: self.config.master_addresses.clone(),
             });
             let shared = Arc::clone(&self.shared);
             io_runtime().block_on(async {
-                let client = shared
+                match shared
                     .client_for(&descriptor.worker_address, &context.token, &context.options)
-                    .await?;
-                // The first part: every subpartition from segment 0.
-                let require = spec.subpartitions.clone().map(|sub| (sub, 0)).collect();
-                start_hop(&shared, &context, 0, client, require)
+                    .await
+                {
+                    Ok(client) => start_hop(&shared, &context, 0, client, first_part(&spec)),
+                    Err(e) if e.kind() == ErrorKind::Unavailable => {
+                        // Perhaps relocated: look it up without holding up
+                        // the caller.
+                        let (shared, context) = (Arc::clone(&shared), Arc::clone(&context));
+                        let from = descriptor.worker_address.clone();
+                        io_runtime().spawn(async move {
+                            relocated_first_hop(&shared, &context, &from, e).await;
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
             })
         });
         if let Err(e) = result {
@@ -259,6 +280,84 @@ impl ConsumerAgent {
             tracing::warn!(partition = %spec.partition, error = %error, "cannot open stream");
             self.shared.fail(&spec.partition, error);
         }
+    }
+}
+
+/// The first part of a stream: every subpartition from segment 0.
+fn first_part(spec: &ConsumerSpec) -> Vec<(u32, u32)> {
+    spec.subpartitions.clone().map(|sub| (sub, 0)).collect()
+}
+
+/// The descriptor's worker (`from`) could not be reached or does not hold
+/// the partition (`error`): asks the masters, for up to [`LOCATE_WAIT`],
+/// whether the producer relocated it, and opens the first hop there. Fails
+/// the partition with partition-not-found when it was not relocated (the
+/// data died with the worker: the engine reruns the producer) or no master
+/// answers.
+async fn relocated_first_hop(
+    shared: &Arc<Shared>,
+    context: &Arc<HopContext>,
+    from: &str,
+    error: TierError,
+) {
+    let partition = context.spec.partition.clone();
+    let not_found = |detail: String| {
+        TierError::not_found(format!(
+            "worker {from} of partition {partition} {detail}: {}",
+            error.message()
+        ))
+    };
+    let key = pb::PartitionKey::from(&context.key);
+    let deadline = tokio::time::Instant::now() + LOCATE_WAIT;
+    let located = loop {
+        let reply = Client::ask_first(&context.masters, &context.options, |request_id| {
+            Message::LocatePartition(pb::LocatePartition {
+                request_id,
+                key: Some(key.clone()),
+            })
+        })
+        .await;
+        match reply {
+            Ok(Message::PartitionLocated(at))
+                if !at.worker_address.is_empty() && at.worker_address != from =>
+            {
+                break Some(at.worker_address);
+            }
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(LOCATE_POLL).await;
+            }
+            // No master knows it, or none answers.
+            _ => break None,
+        }
+    };
+    let Some(address) = located else {
+        shared.fail(
+            &partition,
+            not_found(
+                "is unreachable or does not hold it, and no master knows it elsewhere".into(),
+            ),
+        );
+        return;
+    };
+    tracing::info!(partition = %partition, from = %from, to = %address,
+        "reading a partition relocated before its first push");
+    // A hop 0 that failed on the old worker is replaced.
+    shared.hops.lock().expect("hops lock poisoned")[context.slot].clear();
+    let opened = match shared
+        .client_for(&address, &context.token, &context.options)
+        .await
+    {
+        Ok(client) => start_hop(shared, context, 0, client, first_part(&context.spec)),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = opened {
+        shared.fail(
+            &partition,
+            TierError::not_found(format!(
+                "partition {partition} relocated to {address}, which failed too: {}",
+                e.message()
+            )),
+        );
     }
 }
 
@@ -316,6 +415,13 @@ fn start_hop(
     io_runtime().spawn(async move {
         let partition = context.spec.partition.clone();
         if let Err(e) = pending.wait().await {
+            // The descriptor's worker does not hold the partition (a
+            // decommissioning worker says so at once): it may have been
+            // relocated before its first push.
+            if hop == 0 && e.kind() == ErrorKind::PartitionNotFound {
+                relocated_first_hop(&shared, &context, &worker, e).await;
+                return;
+            }
             let e = if e.kind() == ErrorKind::Unavailable {
                 TierError::not_found(format!(
                     "worker {worker} of partition {partition} is gone: {}",

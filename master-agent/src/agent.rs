@@ -182,6 +182,58 @@ impl Shared {
         Ok(())
     }
 
+    /// Of `partitions` (placed on a worker now lost), those not relocated
+    /// elsewhere: a producer whose worker was unreachable before its first
+    /// push moved its partition whole to another worker, which a master
+    /// locates. Those are placed again where they are and not lost.
+    async fn keep_relocated(&self, job: &JobId, partitions: Vec<PartitionId>) -> Vec<PartitionId> {
+        let mut lost = Vec::new();
+        for partition in partitions {
+            let key = PartitionKey {
+                job: job.clone(),
+                partition: partition.clone(),
+            };
+            match self.locate_on_masters(&pb::PartitionKey::from(&key)).await {
+                Some(at) => {
+                    tracing::info!(partition = %key, worker = %at.worker_id,
+                        "partition on a lost worker was relocated before its first push; not lost");
+                    if let Err(e) =
+                        self.placements()
+                            .add(job, partition.clone(), at.worker_id, Instant::now())
+                    {
+                        tracing::debug!(partition = %key, error = %e, "job gone meanwhile");
+                    }
+                }
+                None => lost.push(partition),
+            }
+        }
+        lost
+    }
+
+    /// Where a master says a relocated partition lives, if any knows.
+    async fn locate_on_masters(&self, key: &pb::PartitionKey) -> Option<pb::PartitionLocated> {
+        let located = self
+            .masters
+            .request(|request_id| {
+                Message::LocatePartition(pb::LocatePartition {
+                    request_id,
+                    key: Some(key.clone()),
+                })
+            })
+            .await;
+        match located {
+            Ok(Message::PartitionLocated(at)) if !at.worker_id.is_empty() => Some(at),
+            _ => None,
+        }
+    }
+
+    /// The address of the worker a relocated partition lives on, if known.
+    async fn locate(&self, key: &pb::PartitionKey) -> Option<String> {
+        self.locate_on_masters(key)
+            .await
+            .map(|at| at.worker_address)
+    }
+
     /// One round of lost-worker detection.
     async fn poll_once(&self) -> TierResult<()> {
         if !self.placements().has_partitions() {
@@ -196,9 +248,13 @@ impl Shared {
         }
         let live: HashSet<String> = list.workers.into_iter().map(|w| w.worker_id).collect();
         let lost = self.placements().take_lost(&live, listed_at);
-        for lost in lost {
+        for mut lost in lost {
             if self.closed.load(Ordering::Acquire) {
                 break;
+            }
+            lost.partitions = self.keep_relocated(&lost.job, lost.partitions).await;
+            if lost.partitions.is_empty() {
+                continue;
             }
             tracing::warn!(job = %lost.job, worker = %lost.worker_id, partitions = lost.partitions.len(),
                 "worker lost; reporting its partitions to the engine");
@@ -326,6 +382,7 @@ impl TierMasterAgent for MasterAgent {
                 key: Some(wire_key.clone()),
                 num_subpartitions,
                 exclude_workers: Vec::new(),
+                relocated_from: String::new(),
             })
         }))
         .map_err(|e| e.context(format!("place {key}")))?;
@@ -361,16 +418,35 @@ impl TierMasterAgent for MasterAgent {
         let key = descriptor.key()?;
         self.shared.placements().remove(&key.job, &key.partition);
         let wire_key = pb::PartitionKey::from(&key);
-        let result = block_on(self.shared.workers.request(
-            &descriptor.worker_address,
-            |request_id| {
-                Message::ReleasePartition(pb::ReleasePartition {
-                    request_id,
-                    key: Some(wire_key.clone()),
-                })
-            },
-        ))
-        .and_then(expect_ack);
+        let release = |address: String| {
+            let wire_key = wire_key.clone();
+            let shared = Arc::clone(&self.shared);
+            async move {
+                shared
+                    .workers
+                    .request(&address, |request_id| {
+                        Message::ReleasePartition(pb::ReleasePartition {
+                            request_id,
+                            key: Some(wire_key.clone()),
+                        })
+                    })
+                    .await
+                    .and_then(expect_ack)
+            }
+        };
+        let result = block_on(async {
+            match release(descriptor.worker_address.clone()).await {
+                // The descriptor's worker is gone: the partition may have
+                // been relocated before its first push.
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    match self.shared.locate(&wire_key).await {
+                        Some(address) => release(address).await,
+                        None => Err(e),
+                    }
+                }
+                other => other,
+            }
+        });
         match result {
             Ok(()) => {
                 tracing::debug!(job = %key.job, partition = %key.partition, worker = %descriptor.worker_id,

@@ -182,6 +182,7 @@ async fn heartbeat(master: String, id: String, address: String, stop: Cancellati
                     worker_id: id.clone(),
                     data_address: address.clone(),
                     load: Some(pb::WorkerLoad::default()),
+                    ..Default::default()
                 })
             })
             .await;

@@ -25,6 +25,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Accepted) -> Accepted {
                 Some(key) => conn.identity.require_job(&key.job_id, &what),
                 None => conn.identity.require_cluster(&what),
             },
+            Message::LocatePartition(m) => match &m.key {
+                Some(key) => conn.identity.require_job(&key.job_id, &what),
+                None => conn.identity.require_cluster(&what),
+            },
             Message::WorkerUnreachable(_) => conn.identity.require_authenticated(&what),
             _ => conn.identity.require_cluster(&what),
         };

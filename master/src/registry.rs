@@ -76,6 +76,11 @@ struct Worker {
     placed_since_heartbeat: u32,
 }
 
+/// Most relocated partitions a master remembers. Past it a relocation is
+/// not recorded (logged): its consumers fail with partition-not-found and the
+/// engine reruns the producer.
+const MAX_RELOCATIONS: usize = 65_536;
+
 /// A heartbeat this soon after an unreachable report may have been sent
 /// before the worker died: it does not clear the report.
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(1);
@@ -124,6 +129,9 @@ pub(crate) struct Registry {
     /// Per registered job: partitions this master placed on each worker, so
     /// that a job's partitions spread. Forgotten with the job.
     job_placements: BTreeMap<JobId, BTreeMap<String, u32>>,
+    /// Partitions relocated from their descriptor's worker, and the worker
+    /// now holding each (at most [`MAX_RELOCATIONS`]). Forgotten with the job.
+    relocations: BTreeMap<PartitionKey, String>,
     /// When this master started: until `worker_timeout` has passed, live
     /// workers may not have heartbeated to it yet.
     started: Instant,
@@ -143,6 +151,7 @@ impl Registry {
             released: BTreeMap::new(),
             placements: 0,
             job_placements: BTreeMap::new(),
+            relocations: BTreeMap::new(),
         }
     }
 
@@ -313,6 +322,7 @@ impl Registry {
     fn release(&mut self, job: JobId, now: Instant) {
         self.jobs.remove(&job);
         self.job_placements.remove(&job);
+        self.relocations.retain(|key, _| key.job != job);
         let max = self.limits.max_released_jobs as usize;
         while self.released.len() >= max && !self.released.contains_key(&job) {
             let oldest = self
@@ -395,6 +405,34 @@ impl Registry {
         *spread.entry(id.clone()).or_insert(0) += 1;
         tracing::debug!(job = %key.job, partition = %key.partition, worker = %id, "partition placed");
         Ok(Placement {
+            worker_id: id.clone(),
+            data_address: worker.data_address.clone(),
+        })
+    }
+
+    /// Records that `key` lives on `worker` instead of its descriptor's worker.
+    pub(crate) fn record_relocation(&mut self, key: PartitionKey, worker: String) {
+        if self.released.contains_key(&key.job) {
+            return;
+        }
+        if self.relocations.len() >= MAX_RELOCATIONS && !self.relocations.contains_key(&key) {
+            tracing::warn!(partition = %key, %worker, limit = MAX_RELOCATIONS,
+                "too many relocated partitions to remember; consumers of this one will not find it");
+            return;
+        }
+        self.relocations.insert(key, worker);
+    }
+
+    /// Where a relocated partition lives, if this master knows and that
+    /// worker is live and not reported unreachable.
+    pub(crate) fn locate(&mut self, key: &PartitionKey, now: Instant) -> Option<Placement> {
+        self.expire(now);
+        let id = self.relocations.get(key)?;
+        let worker = self.workers.get(id)?;
+        if worker.unreachable_since.is_some() {
+            return None;
+        }
+        Some(Placement {
             worker_id: id.clone(),
             data_address: worker.data_address.clone(),
         })
@@ -831,6 +869,41 @@ mod tests {
         assert_eq!(placed[3], "empty");
         // Another job starts again on the least loaded worker.
         assert_eq!(place_jobs(&mut r, 1, now), ["empty"]);
+    }
+
+    /// A relocated partition is located on its new worker while that worker
+    /// is live and reachable, and forgotten with its job.
+    #[test]
+    fn relocated_partitions_are_located_until_their_job_is_released() {
+        let now = Instant::now();
+        let mut r = registry(0);
+        for w in ["w1", "w2"] {
+            r.heartbeat(w.into(), format!("{w}:1"), stored(0), now)
+                .expect("room");
+        }
+        let (moved, other) = (key("j", 1), key("j", 2));
+        assert_eq!(r.locate(&moved, now), None);
+        r.record_relocation(moved.clone(), "w2".into());
+        let at = r.locate(&moved, now).expect("located");
+        assert_eq!(
+            (at.worker_id.as_str(), at.data_address.as_str()),
+            ("w2", "w2:1")
+        );
+        assert_eq!(r.locate(&other, now), None);
+        // Not while its worker is reported unreachable.
+        r.report_unreachable("w2", now);
+        assert_eq!(r.locate(&moved, now), None);
+        let later = now + Duration::from_millis(1100);
+        for w in ["w1", "w2"] {
+            r.heartbeat(w.into(), format!("{w}:1"), stored(0), later)
+                .expect("room");
+        }
+        assert!(r.locate(&moved, later).is_some());
+        // Released with the job; a late report does not bring it back.
+        r.unregister_job(moved.job.clone(), later);
+        assert_eq!(r.locate(&moved, later), None);
+        r.record_relocation(moved.clone(), "w2".into());
+        assert_eq!(r.locate(&moved, later), None);
     }
 
     #[test]

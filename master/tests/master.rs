@@ -84,6 +84,7 @@ async fn heartbeat(client: &Client, id: &str, address: &str, stored_bytes: u64) 
                 worker_id: id.into(),
                 data_address: address.into(),
                 load: Some(load(stored_bytes)),
+                ..Default::default()
             })
         })
         .await
@@ -131,6 +132,7 @@ async fn allocate(
                 key: Some(key(job, partition)),
                 num_subpartitions: 4,
                 exclude_workers: Vec::new(),
+                ..Default::default()
             })
         })
         .await?;
@@ -385,6 +387,7 @@ async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_
                 worker_id: String::new(),
                 data_address: "h:1".into(),
                 load: None,
+                ..Default::default()
             }),
             "worker id is empty",
         ),
@@ -394,6 +397,7 @@ async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_
                 key: None,
                 num_subpartitions: 1,
                 exclude_workers: Vec::new(),
+                ..Default::default()
             }),
             "partition key missing",
         ),
@@ -403,6 +407,7 @@ async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_
                 key: Some(key(b"j", 1)),
                 num_subpartitions: 0,
                 exclude_workers: Vec::new(),
+                ..Default::default()
             }),
             "a partition needs at least one subpartition",
         ),
@@ -463,6 +468,7 @@ fn heartbeat_with_tiers(tiers: pb::TierStats) -> Message {
             tiers: Some(Box::new(tiers)),
             ..load(0)
         }),
+        ..Default::default()
     })
 }
 

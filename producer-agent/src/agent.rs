@@ -62,17 +62,33 @@ impl ProducerAgent {
         let options = ClientOptions::for_agent(&config, format!("producer {}", key.partition))?
             .with_job_token(&spec.descriptor)?;
         let address = spec.descriptor.worker_address.clone();
-        let client = io_runtime()
+        let (client, first_worker) = io_runtime()
             .block_on(async {
-                let created = create_part(&address, &options, &key, &spec, false).await;
-                if let Err(e) = &created {
-                    if e.kind() == ErrorKind::Unavailable {
-                        // So that the engine's next attempt is placed elsewhere
-                        // at once, not after the master's worker timeout.
-                        report_unreachable(&config, &options, &spec.descriptor.worker_id, e).await;
+                let client = match Client::connect(&address, &options).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        // Nothing reached the worker. Reported so that
+                        // nothing else is placed there until it heartbeats
+                        // again (not after the master's worker timeout).
+                        if e.kind() == ErrorKind::Unavailable {
+                            report_unreachable(&config, &options, &spec.descriptor.worker_id, &e)
+                                .await;
+                            return relocate(&config, &options, &key, &spec, e).await;
+                        }
+                        return Err(e);
                     }
+                };
+                match create_on(&client, &key, &spec, Part::First).await {
+                    Ok(()) => Ok((client, spec.descriptor.worker_id.clone())),
+                    // The worker refused (decommissioning, at its partition
+                    // limit) and created nothing. A lost connection is not
+                    // taken as a refusal: the partition may exist there.
+                    Err(e) if e.kind() == ErrorKind::Unavailable && !client.is_closed() => {
+                        client.close();
+                        relocate(&config, &options, &key, &spec, e).await
+                    }
+                    Err(e) => Err(e),
                 }
-                created
             })
             .map_err(|e| e.context(format!("create {key} on worker {address}")))?;
         let stored_subs = spec.num_subpartitions as usize;
@@ -91,7 +107,7 @@ impl ProducerAgent {
             pusher,
             closed: false,
             options,
-            parts: vec![spec.descriptor.worker_id.clone()],
+            parts: vec![first_worker],
             next_split_attempt: None,
             spec,
             config,
@@ -113,7 +129,14 @@ impl ProducerAgent {
         }
         let next = io_runtime().block_on(async {
             let (worker_id, address) = self.place_next_part().await?;
-            let client = create_part(&address, &self.options, &self.key, &self.spec, true).await?;
+            let client = create_part(
+                &address,
+                &self.options,
+                &self.key,
+                &self.spec,
+                Part::Continuation,
+            )
+            .await?;
             Ok::<_, TierError>((worker_id, address, client))
         });
         let (worker_id, address, client) = match next {
@@ -182,6 +205,7 @@ impl ProducerAgent {
                 key: Some(pb::PartitionKey::from(&self.key)),
                 num_subpartitions: self.spec.num_subpartitions,
                 exclude_workers: self.parts.clone(),
+                relocated_from: String::new(),
             })
         })
         .await
@@ -404,16 +428,37 @@ impl Drop for ProducerAgent {
     }
 }
 
-/// Connects to a worker and creates the partition (or, with `continuation`,
-/// its next part) there.
+/// What a `CreatePartition` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The partition, on the worker its descriptor names.
+    First,
+    /// The next part of a split partition.
+    Continuation,
+    /// The whole partition, on another worker than its descriptor names
+    /// (that one was unreachable).
+    Relocated,
+}
+
+/// Connects to a worker and creates the partition (or its next part) there.
 async fn create_part(
     address: &str,
     options: &ClientOptions,
     key: &PartitionKey,
     spec: &ProducerSpec,
-    continuation: bool,
+    part: Part,
 ) -> TierResult<Client> {
     let client = Client::connect(address, options).await?;
+    create_on(&client, key, spec, part).await?;
+    Ok(client)
+}
+
+async fn create_on(
+    client: &Client,
+    key: &PartitionKey,
+    spec: &ProducerSpec,
+    part: Part,
+) -> TierResult<()> {
     client
         .request(|request_id| {
             Message::CreatePartition(pb::CreatePartition {
@@ -421,35 +466,104 @@ async fn create_part(
                 key: Some(pb::PartitionKey::from(key)),
                 num_subpartitions: spec.num_subpartitions,
                 broadcast_only: spec.broadcast_only,
-                continuation,
+                continuation: part == Part::Continuation,
+                relocated: part == Part::Relocated,
             })
         })
         .await?;
-    Ok(client)
+    Ok(())
 }
 
-/// Sends one request to the first master (in configured order) that answers
-/// it; the last error when none does.
+/// Workers a producer tries after its placed one was unreachable.
+const RELOCATION_ATTEMPTS: usize = 3;
+
+/// The partition's placed worker was unreachable before anything was pushed
+/// (`unreachable`): asks a master for another worker (telling it where the
+/// partition moved, so consumers can locate it) and creates the whole
+/// partition there. Returns the connection and the worker's id, or the first
+/// error when no master or no other worker can take it.
+async fn relocate(
+    config: &AgentConfig,
+    options: &ClientOptions,
+    key: &PartitionKey,
+    spec: &ProducerSpec,
+    unreachable: TierError,
+) -> TierResult<(Client, String)> {
+    if config.master_addresses.is_empty() {
+        return Err(unreachable);
+    }
+    let from = spec.descriptor.worker_id.clone();
+    let mut tried = vec![from.clone()];
+    let mut last = unreachable.clone();
+    for _ in 0..RELOCATION_ATTEMPTS {
+        let placed = ask_masters(config, options, |request_id| {
+            Message::AllocatePartition(pb::AllocatePartition {
+                request_id,
+                key: Some(pb::PartitionKey::from(key)),
+                num_subpartitions: spec.num_subpartitions,
+                exclude_workers: tried.clone(),
+                relocated_from: from.clone(),
+            })
+        })
+        .await;
+        let (worker_id, address) = match placed {
+            Ok(Message::PartitionAllocated(a)) if !a.worker_id.is_empty() => {
+                (a.worker_id, a.worker_address)
+            }
+            Ok(other) => {
+                return Err(unreachable.context(format!(
+                    "relocating: a master answered AllocatePartition with {:?}",
+                    other.message_type()
+                )));
+            }
+            Err(e) => {
+                return Err(TierError::new(
+                    unreachable.kind(),
+                    format!(
+                        "{}; no other worker: {}",
+                        unreachable.message(),
+                        e.message()
+                    ),
+                ));
+            }
+        };
+        let client = match Client::connect(&address, options).await {
+            Ok(client) => client,
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                report_unreachable(config, options, &worker_id, &e).await;
+                tried.push(worker_id);
+                last = e;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match create_on(&client, key, spec, Part::Relocated).await {
+            Ok(()) => {
+                tracing::warn!(partition = %key, from = %from, to = %worker_id,
+                    "the partition's worker was unreachable; created the partition on another worker");
+                return Ok((client, worker_id));
+            }
+            // Refused, nothing created: try another.
+            Err(e) if e.kind() == ErrorKind::Unavailable && !client.is_closed() => {
+                client.close();
+                tried.push(worker_id);
+                last = e;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.context(format!(
+        "relocating {key} away from unreachable worker {from}: {RELOCATION_ATTEMPTS} other workers failed too"
+    )))
+}
+
+/// Sends one request to the first master (in configured order) that answers it.
 async fn ask_masters(
     config: &AgentConfig,
     options: &ClientOptions,
     build: impl Fn(u64) -> Message,
 ) -> TierResult<Message> {
-    let mut last = TierError::unavailable("no master configured");
-    for master in &config.master_addresses {
-        let reply = async {
-            let client = Client::connect(master, options).await?;
-            let reply = client.request(&build).await;
-            client.close();
-            reply.map(|(message, _)| message)
-        }
-        .await;
-        match reply {
-            Ok(reply) => return Ok(reply),
-            Err(e) => last = e.context(format!("master {master}")),
-        }
-    }
-    Err(last)
+    Client::ask_first(&config.master_addresses, options, build).await
 }
 
 /// Tells a master that `worker_id` cannot be reached (best effort: logged

@@ -363,6 +363,31 @@ impl Client {
         self.start_request(build, Vec::new())?.wait().await
     }
 
+    /// Sends one request over a fresh connection to the first of
+    /// `addresses` (in order) that answers it; the last error when none does.
+    /// For agents asking masters, any of which will do.
+    pub async fn ask_first(
+        addresses: &[String],
+        options: &ClientOptions,
+        build: impl Fn(u64) -> Message,
+    ) -> TierResult<Message> {
+        let mut last = TierError::unavailable("no master configured");
+        for address in addresses {
+            let reply = async {
+                let client = Client::connect(address, options).await?;
+                let reply = client.request(&build).await;
+                client.close();
+                reply.map(|(message, _)| message)
+            }
+            .await;
+            match reply {
+                Ok(reply) => return Ok(reply),
+                Err(e) => last = e.context(format!("master {address}")),
+            }
+        }
+        Err(last)
+    }
+
     /// Sends a frame that gets no reply (stream control).
     pub fn send(&self, message: Message) -> TierResult<()> {
         if self.inner.sender.send(message, Bytes::new()) {

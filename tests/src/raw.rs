@@ -185,6 +185,7 @@ pub fn create(request_id: u64, key: &PartitionKey, subs: u32) -> Message {
         num_subpartitions: subs,
         broadcast_only: false,
         continuation: false,
+        ..Default::default()
     })
 }
 

@@ -173,6 +173,7 @@ fn worker_requests(descriptor: &ShuffleDescriptor) -> Vec<(&'static str, Message
                 num_subpartitions: 1,
                 broadcast_only: false,
                 continuation: false,
+                ..Default::default()
             }),
         ),
         (

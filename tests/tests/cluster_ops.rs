@@ -132,6 +132,7 @@ fn allocate(master: &str, job: u8, partition: u32, exclude: &[&str]) -> Result<S
             key: Some(pb::PartitionKey::from(&key)),
             num_subpartitions: 1,
             exclude_workers: exclude.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         })
     })? {
         Message::PartitionAllocated(p) => Ok(p.worker_id),
@@ -481,5 +482,126 @@ fn a_worker_decommissioned_under_a_running_job_loses_nothing_and_exits_after_rel
         out.contains("is decommissioning") && out.contains("has exited"),
         "{out}"
     );
+    agent.close();
+}
+
+/// Records the partitions an engine is told are lost.
+#[derive(Default)]
+struct Lost(std::sync::Mutex<Vec<PartitionId>>);
+
+impl TierShuffleHandler for Lost {
+    fn on_release_partitions(&self, partitions: Vec<PartitionId>) {
+        self.0.lock().expect("lost lock").extend(partitions);
+    }
+    fn on_fatal_error(&self, _error: TierError) {}
+}
+
+/// The worker a partition was placed on is SIGKILLed before its producer
+/// starts: the producer tells a master, gets another worker and writes the
+/// whole partition there; a consumer that started first (from the same
+/// descriptor) finds it through the masters and reads every buffer; when
+/// the master drops the dead worker, the engine is not told the relocated
+/// partition is lost; releasing it through the descriptor reaches the new
+/// worker.
+#[test]
+fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let master_config = root.join("master.toml");
+    std::fs::write(
+        &master_config,
+        "listen = \"127.0.0.1:0\"\nworker_timeout = \"2s\"\n",
+    )
+    .expect("write master config");
+    let master = ServiceProcess::start(&[
+        "master",
+        "--config",
+        master_config.to_str().expect("utf-8 path"),
+    ]);
+    let m = master.address.clone();
+    let mut workers: Vec<Option<ServiceProcess>> = (0..2)
+        .map(|i| {
+            Some(start_worker(
+                root,
+                i,
+                &m,
+                &data_dirs(&[&root.join(format!("d{i}"))]),
+            ))
+        })
+        .collect();
+    wait_for_list(&m, "two workers registered", |l| l.workers.len() == 2);
+    let config = AgentConfig {
+        master_addresses: vec![m.clone()],
+        ..terrace_tests::small_agent_config()
+    };
+    let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
+        .expect("master agent");
+    const JOB: u8 = 6;
+    const SUBS: u32 = 2;
+    let job = terrace_tests::key(JOB, 0).job;
+    let lost = Arc::new(Lost::default());
+    agent
+        .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
+        .expect("register");
+    let descriptor = agent
+        .add_partition_and_get_shuffle_descriptor(&job, &terrace_tests::key(JOB, 1).partition, SUBS)
+        .expect("place");
+    let dead: usize = descriptor.worker_id[1..]
+        .parse()
+        .expect("worker ids are w0, w1");
+    workers[dead].take().expect("running").kill();
+
+    // The consumer starts first and waits for the partition to show up.
+    let reader = {
+        let (config, descriptor) = (config.clone(), descriptor.clone());
+        std::thread::spawn(move || {
+            read_partition(&config, descriptor, SUBS, Duration::from_secs(30))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut writer = RecordingWriter::new(producer(&config, descriptor.clone(), SUBS, false));
+    let alive = format!("w{}", 1 - dead);
+    assert_eq!(
+        writer.agent.parts(),
+        std::slice::from_ref(&alive),
+        "created on the live worker"
+    );
+    for i in 0..32 {
+        for sub in 0..SUBS {
+            writer
+                .write(sub, Buffer::data(payload(1, sub, i, 4096)))
+                .expect("write");
+        }
+    }
+    for sub in 0..SUBS {
+        writer
+            .write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD)))
+            .expect("end event");
+    }
+    writer.close().expect("seal");
+    let read = terrace_tests::join_within(reader, Duration::from_secs(40), "reader")
+        .expect("the consumer finds the relocated partition");
+    for sub in 0..SUBS {
+        assert_buffers_eq(
+            &read[&sub],
+            &writer.expected[&sub],
+            &format!("subpartition {sub}"),
+        );
+    }
+
+    // The master drops the dead worker (2 s without heartbeats); the agent
+    // finds the partition relocated and reports nothing lost.
+    wait_for_list(&m, "the dead worker dropped", |l| l.workers.len() == 1);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        lost.0.lock().expect("lost lock").is_empty(),
+        "a relocated partition is not reported lost"
+    );
+    let live = &workers[1 - dead].as_ref().expect("running").address;
+    assert_eq!(terrace_tests::worker_stats(live).partitions, 1);
+    agent
+        .release_partition(&descriptor)
+        .expect("release reaches the new worker");
+    assert_eq!(terrace_tests::worker_stats(live).partitions, 0);
     agent.close();
 }

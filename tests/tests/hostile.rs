@@ -184,6 +184,13 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                     worker_id,
                     data_address,
                     load,
+                    relocated: jobs
+                        .iter()
+                        .map(|id| pb::PartitionKey {
+                            job_id: id.clone(),
+                            partition_id: id.clone(),
+                        })
+                        .collect(),
                     jobs,
                 })
             }
@@ -212,6 +219,10 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                         .iter()
                         .map(|id| String::from_utf8_lossy(id).into_owned())
                         .collect(),
+                    relocated_from: excluded
+                        .first()
+                        .map(|id| String::from_utf8_lossy(id).into_owned())
+                        .unwrap_or_default(),
                 })
             }
         ),
@@ -224,6 +235,16 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
             })
         }),
         u64s().prop_map(|request_id| Message::ListWorkers(pb::ListWorkers { request_id })),
+        (u64s(), keys()).prop_map(|(request_id, key)| Message::LocatePartition(
+            pb::LocatePartition { request_id, key }
+        )),
+        (u64s(), strings()).prop_map(|(request_id, worker_id)| {
+            Message::PartitionLocated(pb::PartitionLocated {
+                request_id,
+                worker_address: worker_id.clone(),
+                worker_id,
+            })
+        }),
         (u64s(), strings(), strings()).prop_map(|(request_id, worker_id, error)| {
             Message::WorkerUnreachable(pb::WorkerUnreachable {
                 request_id,
@@ -245,6 +266,7 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                     num_subpartitions,
                     broadcast_only,
                     continuation,
+                    relocated: broadcast_only,
                 })
             }
         ),

@@ -386,6 +386,7 @@ fn release_racing_a_seal_leaves_no_files() {
                         num_subpartitions: 1,
                         broadcast_only: false,
                         continuation: false,
+                        ..Default::default()
                     })
                 })
                 .await

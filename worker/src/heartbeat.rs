@@ -195,6 +195,7 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
             .into_iter()
             .take(MAX_HEARTBEAT_JOBS)
             .collect();
+        let relocated = relocated_held(shared);
         let (reply, _) = client
             .request(|request_id| {
                 Message::WorkerHeartbeat(pb::WorkerHeartbeat {
@@ -203,6 +204,7 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
                     data_address: address,
                     load: Some(load),
                     jobs: jobs.iter().map(|j| j.as_bytes().clone()).collect(),
+                    relocated,
                 })
             })
             .await?;
@@ -247,6 +249,18 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
 
 /// Most jobs a heartbeat asks about (the master's limit).
 const MAX_HEARTBEAT_JOBS: usize = 4096;
+
+/// Relocated partitions still held (forgetting released ones), at most
+/// the master's limit.
+fn relocated_held(shared: &Shared) -> Vec<pb::PartitionKey> {
+    let mut relocated = shared.relocated.lock().expect("relocated lock poisoned");
+    relocated.retain(|key| shared.store.get(key).is_ok());
+    relocated
+        .iter()
+        .take(MAX_HEARTBEAT_JOBS)
+        .map(pb::PartitionKey::from)
+        .collect()
+}
 
 /// Jobs this worker holds partitions of, in order.
 fn held_jobs(store: &Store) -> std::collections::BTreeSet<JobId> {

@@ -32,6 +32,11 @@ pub(crate) struct Shared {
     pub worker_id: String,
     pub address: String,
     pub decommission: crate::decommission::Decommission,
+    /// Partitions created here as relocated (their placed worker was
+    /// unreachable); heartbeats name those still held so masters can locate
+    /// them. Not persisted: after a restart, masters know them only from the
+    /// producer's allocation.
+    pub relocated: std::sync::Mutex<std::collections::BTreeSet<terrace_tier_api::PartitionKey>>,
     /// Wakes the heartbeat loops (a change masters should hear of at once).
     pub heartbeat_now: tokio::sync::Notify,
     /// Push and read rates between heartbeats.
@@ -154,6 +159,7 @@ fn prepare(
             worker_id,
             address,
             decommission: Default::default(),
+            relocated: Default::default(),
             heartbeat_now: tokio::sync::Notify::new(),
             rates: std::sync::Mutex::new(heartbeat::Rates::default()),
             stop,

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use terrace_proto::{Message, pb};
-use terrace_tier_api::{JobId, TierError, TierResult};
+use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
 
 use crate::registry::{Registry, WorkerLoad};
 
@@ -15,6 +15,7 @@ pub(crate) struct Heartbeat {
     data_address: String,
     load: WorkerLoad,
     jobs: Vec<JobId>,
+    relocated: Vec<PartitionKey>,
 }
 
 /// Most jobs one heartbeat may ask about.
@@ -22,6 +23,12 @@ pub(crate) const MAX_HEARTBEAT_JOBS: usize = 4096;
 
 impl Heartbeat {
     pub(crate) fn parse(m: pb::WorkerHeartbeat) -> TierResult<Self> {
+        if m.relocated.len() > MAX_HEARTBEAT_JOBS {
+            return Err(TierError::bad_input(format!(
+                "a heartbeat names {} relocated partitions, more than {MAX_HEARTBEAT_JOBS}",
+                m.relocated.len()
+            )));
+        }
         if m.jobs.len() > MAX_HEARTBEAT_JOBS {
             return Err(TierError::bad_input(format!(
                 "a heartbeat names {} jobs, more than {MAX_HEARTBEAT_JOBS}",
@@ -37,15 +44,24 @@ impl Heartbeat {
                 .into_iter()
                 .map(JobId::new)
                 .collect::<TierResult<_>>()?,
+            relocated: m
+                .relocated
+                .into_iter()
+                .map(PartitionKey::try_from)
+                .collect::<TierResult<_>>()?,
         })
     }
 
     pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
         tracing::trace!(worker = %self.worker_id, stored_bytes = self.load.stored_bytes, "heartbeat");
+        let worker = self.worker_id.clone();
         let released = match registry.heartbeat(self.worker_id, self.data_address, self.load, now) {
             Ok(released) => released,
             Err(e) => return Message::error(request_id, e.code(), e.message()),
         };
+        for key in self.relocated {
+            registry.record_relocation(key, worker.clone());
+        }
         Message::HeartbeatReply(pb::HeartbeatReply {
             request_id,
             released_jobs: released

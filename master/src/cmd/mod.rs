@@ -5,6 +5,7 @@
 mod allocate_partition;
 mod heartbeat;
 mod list_workers;
+mod locate_partition;
 mod register_job;
 mod register_worker;
 mod unregister_job;
@@ -21,6 +22,7 @@ use crate::registry::{Registry, WorkerLoad};
 pub(crate) use allocate_partition::AllocatePartition;
 pub(crate) use heartbeat::Heartbeat;
 pub(crate) use list_workers::ListWorkers;
+pub(crate) use locate_partition::LocatePartition;
 pub(crate) use register_job::RegisterJob;
 pub(crate) use register_worker::RegisterWorker;
 pub(crate) use unregister_job::UnregisterJob;
@@ -36,6 +38,7 @@ pub(crate) enum Command {
     AllocatePartition(AllocatePartition),
     ListWorkers(ListWorkers),
     WorkerUnreachable(WorkerUnreachable),
+    LocatePartition(LocatePartition),
 }
 
 impl Command {
@@ -52,6 +55,7 @@ impl Command {
                 AllocatePartition::parse(m).map(Command::AllocatePartition)
             }
             Message::ListWorkers(_) => Ok(Command::ListWorkers(ListWorkers)),
+            Message::LocatePartition(m) => LocatePartition::parse(m).map(Command::LocatePartition),
             Message::WorkerUnreachable(m) => {
                 WorkerUnreachable::parse(m).map(Command::WorkerUnreachable)
             }
@@ -86,6 +90,7 @@ impl Command {
             Command::AllocatePartition(c) => c.apply(request_id, registry, now),
             Command::ListWorkers(c) => c.apply(request_id, registry, now),
             Command::WorkerUnreachable(c) => c.apply(request_id, registry, now),
+            Command::LocatePartition(c) => c.apply(request_id, registry, now),
         }
     }
 }

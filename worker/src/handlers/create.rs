@@ -34,6 +34,13 @@ pub fn handle(conn: &Connection, m: pb::CreatePartition) -> TierResult<Message> 
         m.continuation,
     )?;
     tracing::debug!(partition = %key, subpartitions = m.num_subpartitions, broadcast_only = m.broadcast_only,
-        continuation = m.continuation, "partition created");
+        continuation = m.continuation, relocated = m.relocated, "partition created");
+    if m.relocated {
+        conn.shared
+            .relocated
+            .lock()
+            .expect("relocated lock poisoned")
+            .insert(key);
+    }
     Ok(Message::ack(m.request_id))
 }

@@ -344,7 +344,13 @@ impl Stream {
         mut rx: mpsc::Receiver<Command>,
         cancel: CancellationToken,
     ) {
-        let wait = self.shared.config.partition_wait_timeout;
+        // A decommissioning worker takes no new partitions: one it does not
+        // hold now will never come (its producer went elsewhere).
+        let wait = if self.shared.decommission.is_started() {
+            Duration::ZERO
+        } else {
+            self.shared.config.partition_wait_timeout
+        };
         let partition = tokio::select! {
             _ = cancel.cancelled() => return,
             p = self.shared.store.get_or_wait(&self.key, wait) => p,
