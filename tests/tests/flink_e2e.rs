@@ -800,43 +800,39 @@ fn killed_worker_mid_shuffle_ends_the_job_in_bounded_time() {
     }
 }
 
-/// Two workers, a restart strategy of 5 attempts 1 s apart, and one worker
-/// SIGKILLed mid-shuffle: the producers whose data was on it run again on
-/// the other worker (a producer that finds its worker dead reports it, so
-/// the next attempt is not placed there again) and the result is exact.
-#[test]
-fn one_of_two_workers_killed_mid_shuffle_and_five_restarts_give_the_exact_result() {
-    let _flink = flink_lock();
+/// Runs the big job on `cluster` (all its workers registered) with a
+/// restart strategy of 5 attempts 1 s apart, SIGKILLs its last worker once
+/// that worker has taken 100 MB, and checks the job still ends with Flink's
+/// default result and the other workers end empty.
+fn kill_the_last_worker_mid_shuffle(mut cluster: Cluster, name: &str) {
     let default = default_result(BIG_RECORDS, BIG_PAYLOAD);
-    let mut cluster = Cluster::start("3s");
-    cluster.add_worker();
-    cluster.wait_registered(2);
-    let output = cluster.dir.path().join("two-workers-killed.txt");
+    let output = cluster.dir.path().join(format!("{name}.txt"));
     let flink = cluster.flink_config_with_restarts(5);
     let job = Job {
-        name: "terrace-two-workers-killed",
+        name,
         parallelism: 4,
         records: BIG_RECORDS,
         payload: BIG_PAYLOAD,
         flink,
     };
     let running = job.spawn(&output, cluster.dir.path());
+    let last = cluster.workers.len() - 1;
     // Mid-shuffle: once the worker to kill has taken 100 MB.
     let threshold = 100 << 20;
     let until = Instant::now() + Duration::from_secs(90);
     loop {
-        let pushed = cluster.stats(1).bytes_pushed;
+        let pushed = cluster.stats(last).bytes_pushed;
         if pushed >= threshold {
-            eprintln!("flink_e2e: killing worker 1 after {pushed} bytes pushed to it");
+            eprintln!("flink_e2e: {name}: killing worker {last} after {pushed} bytes pushed to it");
             break;
         }
         assert!(
             Instant::now() < until,
-            "worker 1 took only {pushed} bytes within 90 s; never reached the kill point"
+            "worker {last} took only {pushed} bytes within 90 s; never reached the kill point"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (killed, _) = cluster.workers.remove(1);
+    let (killed, _) = cluster.workers.remove(last);
     killed.kill();
     let remaining = JOB_DEADLINE
         .saturating_sub(running.started.elapsed())
@@ -844,12 +840,47 @@ fn one_of_two_workers_killed_mid_shuffle_and_five_restarts_give_the_exact_result
     let done = running.wait(remaining);
     assert!(
         done.succeeded(),
-        "the job failed after one of its two workers was killed ({:?}):\n{}",
+        "{name}: the job failed after worker {last} was killed ({:?}):\n{}",
         done.status,
         done.tail()
     );
-    assert_same_result(&output, &default, "the job after a worker was killed");
-    cluster.assert_worker_empty(0);
+    eprintln!("flink_e2e: {name}: {:.1?}", done.elapsed);
+    assert_same_result(&output, &default, name);
+    for i in 0..cluster.workers.len() {
+        cluster.assert_worker_empty(i);
+    }
+}
+
+/// Two workers, a restart strategy of 5 attempts 1 s apart, and one worker
+/// SIGKILLed mid-shuffle: the producers whose data was on it run again on
+/// the other worker (a producer that finds its worker dead reports it and
+/// moves its partition, so it is not placed there again) and the result is
+/// exact.
+#[test]
+fn one_of_two_workers_killed_mid_shuffle_and_five_restarts_give_the_exact_result() {
+    let _flink = flink_lock();
+    let mut cluster = Cluster::start("3s");
+    cluster.add_worker();
+    cluster.wait_registered(2);
+    kill_the_last_worker_mid_shuffle(cluster, "terrace-two-workers-killed");
+}
+
+/// Three workers with a 1 MiB split size (every partition is a chain over
+/// several workers), a restart strategy, and one worker SIGKILLed
+/// mid-shuffle: readers that reach a part on the dead worker fail, Flink
+/// reruns those producers, and the result is exact.
+#[test]
+fn one_of_three_workers_with_splits_killed_mid_shuffle_gives_the_exact_result() {
+    let _flink = flink_lock();
+    let mut cluster = Cluster::start_with(
+        "3s",
+        vec!["--split-size".to_string(), "1MiB".to_string()],
+        Vec::new(),
+    );
+    cluster.add_worker();
+    cluster.add_worker();
+    cluster.wait_registered(3);
+    kill_the_last_worker_mid_shuffle(cluster, "terrace-three-workers-split-killed");
 }
 
 /// The build script is idempotent: a second run changes nothing.
