@@ -257,7 +257,16 @@ impl ConsumerAgent {
                         // the caller.
                         let (shared, context) = (Arc::clone(&shared), Arc::clone(&context));
                         let from = descriptor.worker_address.clone();
+                        let worker_id = descriptor.worker_id.clone();
                         io_runtime().spawn(async move {
+                            // So that nothing new is placed there meanwhile.
+                            Client::report_unreachable(
+                                &context.masters,
+                                &context.options,
+                                &worker_id,
+                                &e,
+                            )
+                            .await;
                             relocated_first_hop(&shared, &context, &from, e).await;
                         });
                         Ok(())

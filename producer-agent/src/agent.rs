@@ -566,23 +566,12 @@ async fn ask_masters(
     Client::ask_first(&config.master_addresses, options, build).await
 }
 
-/// Tells a master that `worker_id` cannot be reached (best effort: logged
-/// when no master takes the report).
+/// Tells a master that `worker_id` cannot be reached.
 async fn report_unreachable(
     config: &AgentConfig,
     options: &ClientOptions,
     worker_id: &str,
     error: &TierError,
 ) {
-    let reported = ask_masters(config, options, |request_id| {
-        Message::WorkerUnreachable(pb::WorkerUnreachable {
-            request_id,
-            worker_id: worker_id.to_string(),
-            error: error.message().to_string(),
-        })
-    })
-    .await;
-    if let Err(e) = reported {
-        tracing::debug!(worker = %worker_id, error = %e, "could not report an unreachable worker");
-    }
+    Client::report_unreachable(&config.master_addresses, options, worker_id, error).await;
 }

@@ -388,6 +388,28 @@ impl Client {
         Err(last)
     }
 
+    /// Tells the first of `masters` that answers that `worker_id` could not
+    /// be reached (`WorkerUnreachable`): it places nothing there until the
+    /// worker heartbeats again. Best effort: logged when no master takes it.
+    pub async fn report_unreachable(
+        masters: &[String],
+        options: &ClientOptions,
+        worker_id: &str,
+        error: &TierError,
+    ) {
+        let reported = Client::ask_first(masters, options, |request_id| {
+            Message::WorkerUnreachable(pb::WorkerUnreachable {
+                request_id,
+                worker_id: worker_id.to_string(),
+                error: error.message().to_string(),
+            })
+        })
+        .await;
+        if let Err(e) = reported {
+            tracing::debug!(worker = %worker_id, error = %e, "could not report an unreachable worker");
+        }
+    }
+
     /// Sends a frame that gets no reply (stream control).
     pub fn send(&self, message: Message) -> TierResult<()> {
         if self.inner.sender.send(message, Bytes::new()) {

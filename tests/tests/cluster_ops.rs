@@ -510,7 +510,7 @@ fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_n
     let master_config = root.join("master.toml");
     std::fs::write(
         &master_config,
-        "listen = \"127.0.0.1:0\"\nworker_timeout = \"2s\"\n",
+        "listen = \"127.0.0.1:0\"\nworker_timeout = \"4s\"\n",
     )
     .expect("write master config");
     let master = ServiceProcess::start(&[
@@ -561,6 +561,13 @@ fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_n
     std::thread::sleep(Duration::from_millis(300));
     let mut writer = RecordingWriter::new(producer(&config, descriptor.clone(), SUBS, false));
     let alive = format!("w{}", 1 - dead);
+    // Reported unreachable (by the consumer and the producer), the dead
+    // worker gets no new partitions although the master still lists it.
+    let listed = list_workers(&m);
+    assert_eq!(listed.workers.len(), 2, "within the worker timeout");
+    for p in 10..14 {
+        assert_eq!(allocate(&m, JOB, p, &[]).expect("placed"), alive);
+    }
     assert_eq!(
         writer.agent.parts(),
         std::slice::from_ref(&alive),
@@ -589,7 +596,7 @@ fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_n
         );
     }
 
-    // The master drops the dead worker (2 s without heartbeats); the agent
+    // The master drops the dead worker (4 s without heartbeats); the agent
     // finds the partition relocated and reports nothing lost.
     wait_for_list(&m, "the dead worker dropped", |l| l.workers.len() == 1);
     std::thread::sleep(Duration::from_secs(1));
