@@ -162,6 +162,19 @@ impl RecordingWriter {
         self.agent.close()
     }
 
+    /// Writes the END event to subpartitions `0..subs`, closes the producer
+    /// (sealing its last part) and returns the workers its parts went to,
+    /// first to last. Panics on a failure.
+    pub fn end_and_close(&mut self, subs: u32) -> Vec<String> {
+        for sub in 0..subs {
+            self.write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD)))
+                .expect("write the end event");
+        }
+        let parts = self.agent.parts().to_vec();
+        self.close().expect("close seals the partition");
+        parts
+    }
+
     /// Number of segments started for `sub`.
     pub fn segments_of(&self, sub: u32) -> u32 {
         self.segments.get(&sub).map_or(0, |s| s + 1)
@@ -462,12 +475,7 @@ pub fn write_partition(
                 .expect("write");
         }
     }
-    for sub in 0..subs {
-        writer
-            .write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD)))
-            .expect("write end event");
-    }
-    writer.close().expect("close seals the partition");
+    writer.end_and_close(subs);
     writer.expected
 }
 

@@ -11,12 +11,11 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use terrace_master_agent::MasterAgent;
 use terrace_proto::{Message, pb};
 use terrace_tests::{
-    END_PAYLOAD, RecordingWriter, ServiceProcess, assert_buffers_eq, payload, producer,
-    read_partition, request_worker, terrace_bin, write_partition,
+    RecordingWriter, ServiceProcess, assert_buffers_eq, payload, producer, read_partition,
+    request_worker, terrace_bin, write_partition,
 };
 use terrace_tier_api::{
     AgentConfig, Buffer, ErrorKind, PartitionId, ShuffleDescriptor, TierError, TierMasterAgent,
@@ -320,13 +319,7 @@ fn write_with_a_pause(
             barrier.wait();
         }
     }
-    for sub in 0..subs {
-        writer
-            .write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD)))
-            .expect("end event");
-    }
-    let parts = writer.agent.parts().to_vec();
-    writer.close().expect("close seals the last part");
+    let parts = writer.end_and_close(subs);
     (writer, parts)
 }
 
@@ -580,12 +573,7 @@ fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_n
                 .expect("write");
         }
     }
-    for sub in 0..SUBS {
-        writer
-            .write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD)))
-            .expect("end event");
-    }
-    writer.close().expect("seal");
+    writer.end_and_close(SUBS);
     let read = terrace_tests::join_within(reader, Duration::from_secs(40), "reader")
         .expect("the consumer finds the relocated partition");
     for sub in 0..SUBS {

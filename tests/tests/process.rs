@@ -9,8 +9,8 @@ use bytes::Bytes;
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_proto::{Message, pb};
 use terrace_tests::{
-    END_PAYLOAD, RecordingWriter, ServiceProcess, drain, flink_sized_key, key, payload, producer,
-    wakeup, worker_stats,
+    RecordingWriter, ServiceProcess, drain, flink_sized_key, key, payload, producer, wakeup,
+    worker_stats,
 };
 use terrace_tier_api::{
     AgentConfig, Buffer, ByteSize, ConsumerSpec, ErrorKind, InputChannelId, MAX_ID_BYTES,
@@ -91,12 +91,7 @@ fn sigkilled_worker_restarted_on_same_dirs_serves_sealed_partition_exactly() {
                 .expect("write");
         }
     }
-    for s in 0..SUBS {
-        writer
-            .write(s, Buffer::event(Bytes::from_static(END_PAYLOAD)))
-            .expect("write end");
-    }
-    writer.close().expect("seal");
+    writer.end_and_close(SUBS);
     assert!(
         writer.segments_of(0) >= 3,
         "the partition spans several segments"

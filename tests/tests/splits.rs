@@ -9,11 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use terrace_master_agent::MasterAgent;
 use terrace_tests::{
-    END_PAYLOAD, RecordingWriter, ServiceProcess, assert_buffers_eq, closed_address, payload,
-    producer, read_partition, worker_stats,
+    RecordingWriter, ServiceProcess, assert_buffers_eq, closed_address, payload, producer,
+    read_partition, worker_stats,
 };
 use terrace_tier_api::{
     AgentConfig, Buffer, ByteSize, PartitionId, ShuffleDescriptor, TierError, TierMasterAgent,
@@ -140,13 +139,7 @@ fn write_chain(
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    for sub in 0..written {
-        writer
-            .write(sub, Buffer::event(Bytes::from_static(END_PAYLOAD)))
-            .expect("end event");
-    }
-    let parts = writer.agent.parts().to_vec();
-    writer.close().expect("close seals the last part");
+    let parts = writer.end_and_close(written);
     (writer, parts)
 }
 
