@@ -9,33 +9,15 @@ use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
 
 use crate::config::MasterConfig;
 
-/// What a worker reported in its last heartbeat.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct WorkerLoad {
-    pub stored_bytes: u64,
-    pub memory_used_bytes: u64,
-    pub open_partitions: u32,
-    pub sealed_partitions: u32,
-    /// Per-tier figures, passed through to `terrace status` as the worker sent them.
-    pub tiers: Option<Box<terrace_proto::pb::TierStats>>,
-    pub memory_budget_bytes: u64,
-    pub local_free_bytes: u64,
-    pub unhealthy_dirs: u32,
-    pub full: bool,
-    pub decommissioning: bool,
-    pub read_streams: u32,
-    pub push_bytes_per_sec: u64,
-    pub read_bytes_per_sec: u64,
-}
+/// What a worker reported in its last heartbeat, kept as sent (the tier
+/// figures are passed through to `terrace status`).
+pub(crate) type WorkerLoad = terrace_proto::pb::WorkerLoad;
 
-impl WorkerLoad {
-    /// Whether the worker's memory use is at or past
-    /// [`HIGH_MEMORY_PRESSURE`] of its budget.
-    fn under_pressure(&self) -> bool {
-        self.memory_budget_bytes > 0
-            && self.memory_used_bytes as f64
-                >= self.memory_budget_bytes as f64 * HIGH_MEMORY_PRESSURE
-    }
+/// Whether the worker's memory use is at or past [`HIGH_MEMORY_PRESSURE`]
+/// of its budget.
+fn under_pressure(load: &WorkerLoad) -> bool {
+    load.memory_budget_bytes > 0
+        && load.memory_used_bytes as f64 >= load.memory_budget_bytes as f64 * HIGH_MEMORY_PRESSURE
 }
 
 /// Memory use, as a fraction of the budget, past which a worker is placed on
@@ -382,7 +364,7 @@ impl Registry {
             .min_by_key(|(id, w)| {
                 (
                     w.load.unhealthy_dirs > 0,
-                    w.load.under_pressure(),
+                    under_pressure(&w.load),
                     spread.get(id.as_str()).copied().unwrap_or(0),
                     w.streams(),
                     w.placement_load(),

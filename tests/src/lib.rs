@@ -26,6 +26,15 @@ pub const EOS_PAYLOAD: &[u8] = b"end-of-segment";
 /// The payload of the event that ends a subpartition (like Flink's EndOfPartitionEvent).
 pub const END_PAYLOAD: &[u8] = b"end-of-partition";
 
+/// A shuffle handler for tests that expect no engine callback.
+#[derive(Debug)]
+pub struct Ignore;
+
+impl terrace_tier_api::TierShuffleHandler for Ignore {
+    fn on_release_partitions(&self, _partitions: Vec<PartitionId>) {}
+    fn on_fatal_error(&self, _error: TierError) {}
+}
+
 /// An in-process worker with its own runtime.
 #[derive(Debug)]
 pub struct TestWorker {

@@ -15,16 +15,8 @@ use terrace_rpc::{Client, ClientOptions, ClusterSecret, Credential, JobToken, Tl
 use terrace_tests::pki::TestPki;
 use terrace_tests::{ServiceProcess, assert_buffers_eq, read_partition, write_partition};
 use terrace_tier_api::{
-    AgentConfig, ErrorKind, PartitionId, PartitionKey, ShuffleDescriptor, TierError,
-    TierMasterAgent, TierResult, TierShuffleHandler,
+    AgentConfig, ErrorKind, PartitionKey, ShuffleDescriptor, TierMasterAgent, TierResult,
 };
-
-struct Ignore;
-
-impl TierShuffleHandler for Ignore {
-    fn on_release_partitions(&self, _partitions: Vec<PartitionId>) {}
-    fn on_fatal_error(&self, _error: TierError) {}
-}
 
 struct Cluster {
     _dir: tempfile::TempDir,
@@ -279,7 +271,7 @@ fn placed_and_written(
 ) {
     let key: PartitionKey = terrace_tests::key(job, 1);
     agent
-        .register_job(&key.job, Arc::new(Ignore))
+        .register_job(&key.job, Arc::new(terrace_tests::Ignore))
         .expect("register the job");
     let descriptor = agent
         .add_partition_and_get_shuffle_descriptor(&key.job, &key.partition, 2)

@@ -6,7 +6,7 @@
 //! - a worker decommissioned under a running job: its producers split away,
 //!   readers get every buffer exactly, and it exits once the job is released.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -21,13 +21,6 @@ use terrace_tier_api::{
     AgentConfig, Buffer, ErrorKind, PartitionId, ShuffleDescriptor, TierError, TierMasterAgent,
     TierShuffleHandler,
 };
-
-struct Ignore;
-
-impl TierShuffleHandler for Ignore {
-    fn on_release_partitions(&self, _partitions: Vec<PartitionId>) {}
-    fn on_fatal_error(&self, _error: TierError) {}
-}
 
 /// Starts worker `w{index}` with `extra` config lines (which must include
 /// `data_dirs`).
@@ -191,15 +184,14 @@ fn full_unhealthy_and_decommissioning_workers_get_no_partitions_and_a_job_spread
     let on = |w: &ServiceProcess, id: &str, job: u8| {
         ShuffleDescriptor::new(&terrace_tests::key(job, 1), id, w.address.clone())
     };
+    let read_back = |w: &ServiceProcess, id: &str, job: u8, written: &HashMap<u32, Vec<Buffer>>| {
+        let read = read_partition(&config, on(w, id, job), 1, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{id} serves its partition: {e}"));
+        assert_buffers_eq(&read[&0], &written[&0], &format!("{id}'s partition"));
+    };
     let written_w3 = write_partition(&config, on(&workers[3], "w3", 30), 1, 1, 8, 4096);
-    let read = read_partition(
-        &config,
-        on(&workers[3], "w3", 30),
-        1,
-        Duration::from_secs(20),
-    )
-    .expect("w3 serves what it moved to its good directory");
-    assert_buffers_eq(&read[&0], &written_w3[&0], "w3's partition");
+    // w3 serves what it moved to its good directory.
+    read_back(&workers[3], "w3", 30, &written_w3);
     // w4 holds a partition, so that decommissioning it does not end at once.
     let written_w4 = write_partition(&config, on(&workers[4], "w4", 40), 1, 1, 8, 4096);
     let out = terrace(&["worker", "decommission", &workers[4].address]);
@@ -220,7 +212,7 @@ fn full_unhealthy_and_decommissioning_workers_get_no_partitions_and_a_job_spread
     let agent = MasterAgent::new(config.clone()).expect("master agent");
     let job = terrace_tests::key(9, 0).job;
     agent
-        .register_job(&job, Arc::new(Ignore))
+        .register_job(&job, Arc::new(terrace_tests::Ignore))
         .expect("register");
     let mut placed: BTreeMap<String, usize> = BTreeMap::new();
     for p in 0..12 {
@@ -264,14 +256,7 @@ fn full_unhealthy_and_decommissioning_workers_get_no_partitions_and_a_job_spread
 
     // The decommissioning worker still serves its partition, and exits once
     // it is released.
-    let read = read_partition(
-        &config,
-        on(&workers[4], "w4", 40),
-        1,
-        Duration::from_secs(20),
-    )
-    .expect("a decommissioning worker still serves");
-    assert_buffers_eq(&read[&0], &written_w4[&0], "w4's partition");
+    read_back(&workers[4], "w4", 40, &written_w4);
     let released = request_worker(&workers[4].address, |request_id| {
         Message::ReleasePartition(pb::ReleasePartition {
             request_id,
@@ -343,7 +328,7 @@ fn a_worker_decommissioned_under_a_running_job_loses_nothing_and_exits_after_rel
     const SUBS: u32 = 3;
     let job = terrace_tests::key(JOB, 0).job;
     agent
-        .register_job(&job, Arc::new(Ignore))
+        .register_job(&job, Arc::new(terrace_tests::Ignore))
         .expect("register");
     let descriptors: Vec<ShuffleDescriptor> = (0..PARTITIONS)
         .map(|p| {

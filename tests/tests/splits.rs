@@ -14,17 +14,7 @@ use terrace_tests::{
     RecordingWriter, ServiceProcess, assert_buffers_eq, closed_address, payload, producer,
     read_partition, worker_stats,
 };
-use terrace_tier_api::{
-    AgentConfig, Buffer, ByteSize, PartitionId, ShuffleDescriptor, TierError, TierMasterAgent,
-    TierShuffleHandler,
-};
-
-struct Ignore;
-
-impl TierShuffleHandler for Ignore {
-    fn on_release_partitions(&self, _partitions: Vec<PartitionId>) {}
-    fn on_fatal_error(&self, _error: TierError) {}
-}
+use terrace_tier_api::{AgentConfig, Buffer, ByteSize, ShuffleDescriptor, TierMasterAgent};
 
 const SPLIT_SIZE: &str = "128KiB";
 
@@ -107,7 +97,7 @@ impl Cluster {
     fn place(&self, job: u8, subs: u32) -> ShuffleDescriptor {
         let key = terrace_tests::key(job, 1);
         self.agent
-            .register_job(&key.job, Arc::new(Ignore))
+            .register_job(&key.job, Arc::new(terrace_tests::Ignore))
             .expect("register job");
         self.agent
             .add_partition_and_get_shuffle_descriptor(&key.job, &key.partition, subs)

@@ -18,7 +18,7 @@ impl ListWorkers {
             .map(|w| pb::WorkerInfo {
                 worker_id: w.id,
                 data_address: w.data_address,
-                load: Some(w.load.into()),
+                load: Some(w.load),
                 millis_since_heartbeat: u64::try_from(w.since_heartbeat.as_millis())
                     .unwrap_or(u64::MAX),
             })

@@ -168,48 +168,7 @@ fn worker_load(load: Option<pb::WorkerLoad>) -> TierResult<WorkerLoad> {
             )?;
         }
     }
-    Ok(load.into())
-}
-
-impl From<Option<pb::WorkerLoad>> for WorkerLoad {
-    fn from(load: Option<pb::WorkerLoad>) -> Self {
-        let load = load.unwrap_or_default();
-        WorkerLoad {
-            stored_bytes: load.stored_bytes,
-            memory_used_bytes: load.memory_used_bytes,
-            open_partitions: load.open_partitions,
-            sealed_partitions: load.sealed_partitions,
-            tiers: load.tiers,
-            memory_budget_bytes: load.memory_budget_bytes,
-            local_free_bytes: load.local_free_bytes,
-            unhealthy_dirs: load.unhealthy_dirs,
-            full: load.full,
-            decommissioning: load.decommissioning,
-            read_streams: load.read_streams,
-            push_bytes_per_sec: load.push_bytes_per_sec,
-            read_bytes_per_sec: load.read_bytes_per_sec,
-        }
-    }
-}
-
-impl From<WorkerLoad> for pb::WorkerLoad {
-    fn from(load: WorkerLoad) -> Self {
-        pb::WorkerLoad {
-            stored_bytes: load.stored_bytes,
-            memory_used_bytes: load.memory_used_bytes,
-            open_partitions: load.open_partitions,
-            sealed_partitions: load.sealed_partitions,
-            tiers: load.tiers,
-            memory_budget_bytes: load.memory_budget_bytes,
-            local_free_bytes: load.local_free_bytes,
-            unhealthy_dirs: load.unhealthy_dirs,
-            full: load.full,
-            decommissioning: load.decommissioning,
-            read_streams: load.read_streams,
-            push_bytes_per_sec: load.push_bytes_per_sec,
-            read_bytes_per_sec: load.read_bytes_per_sec,
-        }
-    }
+    Ok(load.unwrap_or_default())
 }
 
 #[cfg(test)]
