@@ -67,6 +67,55 @@ fn scratch() -> &'static Path {
     })
 }
 
+/// Flink's local spill directory (`io.tmp.dirs`) for every job of this
+/// process.
+///
+/// Flink 1.20's disk tier refuses to start a segment when its directory's file
+/// system has less than 5% of its total size free (a constant in
+/// `DiskTierFactory`, no configuration key), and the default hybrid shuffle
+/// then fails with "Failed to choose a storage tier to start a new segment".
+/// A CI machine's disk was once that full (≈ 12 GiB free of 252 GiB), which
+/// failed every reference run though nothing was wrong with the job. So the
+/// jobs spill under [`scratch`] while its file system has room by Flink's
+/// rule, and otherwise under `/dev/shm` when that has room.
+fn flink_tmp_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let roomy = |dir: &Path| {
+            free_fraction(dir).is_some_and(|(free, fraction)| free >= 8 << 30 && fraction >= 0.10)
+        };
+        let local = scratch().join("flink-tmp");
+        let shm = Path::new("/dev/shm");
+        let dir = if roomy(scratch()) || !roomy(shm) {
+            local
+        } else {
+            shm.join(format!("terrace-flink-e2e-{}", std::process::id()))
+        };
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create Flink's spill directory");
+        eprintln!(
+            "flink_e2e: Flink spills under {} (free bytes, fraction of its file system: {:?})",
+            dir.display(),
+            free_fraction(&dir)
+        );
+        dir
+    })
+}
+
+/// Bytes available to an unprivileged writer on `dir`'s file system, and that
+/// as a fraction of its size (what Flink's `File.getUsableSpace` /
+/// `getTotalSpace` compare).
+fn free_fraction(dir: &Path) -> Option<(u64, f64)> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    let (available, blocks) = (stat.blocks_available(), stat.blocks());
+    (blocks > 0).then(|| {
+        (
+            available.saturating_mul(stat.fragment_size()),
+            available as f64 / blocks as f64,
+        )
+    })
+}
+
 /// A child process that finished (or was killed at its deadline).
 #[derive(Debug)]
 struct Finished {
@@ -214,6 +263,7 @@ impl Job<'_> {
             .arg(self.records.to_string())
             .arg(self.payload.to_string())
             .arg(output)
+            .arg(format!("io.tmp.dirs={}", flink_tmp_dir().display()))
             .args(&self.flink)
             .current_dir(repo_root())
             .env("TERRACE_JAR", terrace_jar())
