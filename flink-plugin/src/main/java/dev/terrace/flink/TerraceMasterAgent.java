@@ -185,12 +185,19 @@ final class TerraceMasterAgent implements TierMasterAgent {
                     LOG.debug("Terrace lost {} partitions of finished job {}", n, job);
                     continue;
                 }
+                // The producers as Flink's execution attempt ids, the form Flink's own task
+                // state log uses: one can follow which producers ran again.
+                List<String> producers = new ArrayList<>(n);
+                for (TieredStoragePartitionId p : lost) {
+                    producers.add(
+                            p.getPartitionID().getProducerId().toString());
+                }
                 LOG.warn(
                         "Terrace lost {} partition(s) of job {} with their worker; asking Flink to"
                                 + " re-run their producers: {}",
                         n,
                         job,
-                        lost);
+                        producers);
                 handler.onReleasePartitions(lost);
             } else if (kind == EVENT_FATAL) {
                 String message = new String(bytes16(b), StandardCharsets.UTF_8);
