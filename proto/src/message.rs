@@ -105,12 +105,17 @@ messages! {
     36 => SubpartitionEnd,
     37 => StreamError,
     38 => SubpartitionRedirect,
+    39 => AdoptPartition,
+    40 => MoveForward,
 }
 
 impl MessageType {
     /// Whether frames of this type may carry a body.
     pub fn has_body(self) -> bool {
-        matches!(self, MessageType::PushData | MessageType::ReadData)
+        matches!(
+            self,
+            MessageType::PushData | MessageType::ReadData | MessageType::AdoptPartition
+        )
     }
 }
 
@@ -135,6 +140,8 @@ impl Message {
             Message::AllocatePartition(m) => m.request_id,
             Message::PartitionAllocated(m) => m.request_id,
             Message::LocatePartition(m) => m.request_id,
+            Message::AdoptPartition(m) => m.request_id,
+            Message::MoveForward(m) => m.request_id,
             Message::PartitionLocated(m) => m.request_id,
             Message::ListWorkers(m) => m.request_id,
             Message::WorkerList(m) => m.request_id,

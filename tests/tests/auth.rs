@@ -218,6 +218,9 @@ fn with_request_id(mut message: Message, id: u64) -> Message {
         Message::ListWorkers(m) => m.request_id = id,
         Message::RegisterJob(m) => m.request_id = id,
         Message::WorkerStats(m) => m.request_id = id,
+        Message::Decommission(m) => m.request_id = id,
+        Message::AdoptPartition(m) => m.request_id = id,
+        Message::MoveForward(m) => m.request_id = id,
         other => panic!("no request id to set on {other:?}"),
     }
     message
@@ -327,16 +330,45 @@ fn check_isolation(cluster: &Cluster) {
         Message::WorkerStats(pb::WorkerStats { request_id })
     });
     assert_denied(stats, "unauthenticated worker stats", "cluster secret");
-    // Decommissioning takes the cluster secret; a job's token is not enough.
-    for credential in [Credential::None, job_credential(&a)] {
-        let decommission = cluster.request(worker, credential, |request_id| {
-            Message::Decommission(pb::Decommission { request_id })
-        });
-        assert_denied(
-            decommission,
-            "decommission without the secret",
-            "cluster secret",
-        );
+    // Decommissioning, and handing a partition over or moving a forward
+    // pointer (what a decommissioning worker asks of others), take the
+    // cluster secret; a job's token is not enough, even for its own partition.
+    let key = Some(pb::PartitionKey::from(&a.key().expect("key")));
+    let admin: [(&str, Message); 3] = [
+        (
+            "decommission",
+            Message::Decommission(pb::Decommission { request_id: 0 }),
+        ),
+        (
+            "adopt partition",
+            Message::AdoptPartition(pb::AdoptPartition {
+                key: key.clone(),
+                from_worker_id: "w9".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "move forward",
+            Message::MoveForward(pb::MoveForward {
+                key,
+                from_worker_id: "w9".into(),
+                to_worker_id: "w8".into(),
+                to_address: "127.0.0.1:1".into(),
+                ..Default::default()
+            }),
+        ),
+    ];
+    for (what, message) in &admin {
+        for credential in [Credential::None, job_credential(&a)] {
+            let result = cluster.request(worker, credential, |id| {
+                with_request_id(message.clone(), id)
+            });
+            assert_denied(
+                result,
+                &format!("{what} without the secret"),
+                "cluster secret",
+            );
+        }
     }
 
     // Job B's token: nothing of job A's, and nothing of the cluster's.

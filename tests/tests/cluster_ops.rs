@@ -4,13 +4,19 @@
 //!   decommissioning get no new partitions while others can take them, one
 //!   job's partitions spread over the rest, and `terrace status` shows why;
 //! - a worker decommissioned under a running job: its producers split away,
-//!   readers get every buffer exactly, and it exits once the job is released.
+//!   readers get every buffer exactly, and it exits once the job is released;
+//! - with an object store, a decommissioned worker hands its sealed
+//!   partitions (first parts and later parts of split chains) to the others
+//!   and exits before the job ends; readers of the old descriptors still get
+//!   every buffer, nothing is reported lost, and its objects are gone;
+//! - a producer whose worker died before its first push goes elsewhere.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use terrace_consumer_agent::ConsumerAgent;
 use terrace_master_agent::MasterAgent;
 use terrace_proto::{Message, pb};
 use terrace_tests::{
@@ -18,8 +24,8 @@ use terrace_tests::{
     request_worker, terrace_bin, write_partition,
 };
 use terrace_tier_api::{
-    AgentConfig, Buffer, ErrorKind, PartitionId, ShuffleDescriptor, TierError, TierMasterAgent,
-    TierShuffleHandler,
+    AgentConfig, Buffer, ConsumerSpec, ErrorKind, InputChannelId, PartitionId, ShuffleDescriptor,
+    TierConsumerAgent, TierError, TierMasterAgent, TierShuffleHandler,
 };
 
 /// Starts worker `w{index}` with `extra` config lines (which must include
@@ -583,5 +589,269 @@ fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_n
         .release_partition(&descriptor)
         .expect("release reaches the new worker");
     assert_eq!(terrace_tests::worker_stats(live).partitions, 0);
+    agent.close();
+}
+
+/// The store id a worker keeps in its data directory's marker (its objects
+/// are under `<prefix>/<store id>/`).
+fn store_id(data_dir: &Path) -> String {
+    let marker = std::fs::read_to_string(data_dir.join(".terrace-data-dir")).expect("marker");
+    marker
+        .lines()
+        .find_map(|l| l.strip_prefix("store_id = "))
+        .expect("a store_id line")
+        .trim()
+        .to_string()
+}
+
+/// Four workers with an object store and a small split size; six
+/// partitions written and sealed as chains over the workers. One worker is
+/// decommissioned while the job lives: it migrates its parts to the object
+/// store, hands each to another worker, and exits without waiting for the
+/// job's end. Readers of the unchanged descriptors then get every buffer
+/// (first parts through the masters, later parts through the moved forward
+/// pointers), the engine is told of no lost partition, the worker's objects
+/// are deleted, and releasing the partitions reaches the adopters.
+#[test]
+fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_and_exits() {
+    let s3 = terrace_tests::s3::S3Server::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let master_config = root.join("master.toml");
+    std::fs::write(
+        &master_config,
+        "listen = \"127.0.0.1:0\"\nworker_timeout = \"4s\"\n",
+    )
+    .expect("write master config");
+    let master = ServiceProcess::start(&[
+        "master",
+        "--config",
+        master_config.to_str().expect("utf-8 path"),
+    ]);
+    let m = master.address.clone();
+    const PREFIX: &str = "handover";
+    let object_store = format!(
+        "split_size = \"128KiB\"\n[object_store]\nurl = \"{url}\"\nrequest_timeout = \"5s\"\n\
+         retries = 2\nbackoff = \"100ms\"\ncold_after = \"1h\"\n[object_store.options]\n\
+         aws_endpoint = \"{endpoint}\"\naws_access_key_id = \"{ak}\"\n\
+         aws_secret_access_key = \"{sk}\"\naws_region = \"{region}\"\naws_allow_http = \"true\"\n",
+        url = s3.url(PREFIX),
+        endpoint = s3.endpoint(),
+        ak = terrace_tests::s3::ACCESS_KEY,
+        sk = terrace_tests::s3::SECRET_KEY,
+        region = terrace_tests::s3::REGION,
+    );
+    let data = |i: usize| root.join(format!("d{i}"));
+    const WORKERS: usize = 4;
+    let mut workers: Vec<ServiceProcess> = (0..WORKERS)
+        .map(|i| start_worker(root, i, &m, &(data_dirs(&[&data(i)]) + &object_store)))
+        .collect();
+    wait_for_list(&m, "four workers registered", |l| {
+        l.workers.len() == WORKERS
+    });
+    let config = AgentConfig {
+        master_addresses: vec![m.clone()],
+        segment_size: terrace_tier_api::ByteSize::kib(64),
+        push_size: terrace_tier_api::ByteSize::kib(32),
+        ..terrace_tests::small_agent_config()
+    };
+    let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
+        .expect("master agent");
+    const JOB: u8 = 8;
+    const PARTITIONS: u32 = 6;
+    const SUBS: u32 = 2;
+    let job = terrace_tests::key(JOB, 0).job;
+    let lost = Arc::new(Lost::default());
+    agent
+        .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
+        .expect("register");
+    let descriptors: Vec<ShuffleDescriptor> = (0..PARTITIONS)
+        .map(|p| {
+            agent
+                .add_partition_and_get_shuffle_descriptor(
+                    &job,
+                    &terrace_tests::key(JOB, p).partition,
+                    SUBS,
+                )
+                .expect("place")
+        })
+        .collect();
+    // 2 subpartitions x 32 buffers x 4 KiB = 256 KiB each: chains of two or
+    // three parts, so each part has a worker to go to that holds no other
+    // part of its partition.
+    let mut expected = Vec::new();
+    let mut chains = Vec::new();
+    for (p, d) in descriptors.iter().enumerate() {
+        let mut writer = RecordingWriter::new(producer(&config, d.clone(), SUBS, false));
+        for i in 0..32 {
+            for sub in 0..SUBS {
+                writer
+                    .write(sub, Buffer::data(payload(p as u32, sub, i, 4096)))
+                    .expect("write");
+            }
+            if i % 8 == 0 {
+                writer.agent.flush_and_wait().expect("flush");
+            }
+        }
+        chains.push(writer.end_and_close(SUBS));
+        expected.push(writer.expected);
+    }
+    // The worker leaving holds a first part and a later part of chains.
+    let leaving_index = (0..WORKERS)
+        .find(|i| {
+            let id = format!("w{i}");
+            chains.iter().any(|c| c[0] == id)
+                && chains.iter().any(|c| c[1..].contains(&id))
+                && chains.iter().all(|c| !c.contains(&id) || c.len() < WORKERS)
+        })
+        .unwrap_or_else(|| panic!("no worker holds first and later parts: {chains:?}"));
+    let staying: Vec<usize> = (0..WORKERS).filter(|&i| i != leaving_index).collect();
+    let leaving_store = store_id(&data(leaving_index));
+    assert!(
+        s3.objects(PREFIX).is_empty(),
+        "everything is on local disks before the decommission migrates it"
+    );
+
+    // A reader of a first part on the leaving worker opens its stream now
+    // and takes only its first credits' worth.
+    let slow = chains
+        .iter()
+        .position(|c| c[0] == format!("w{leaving_index}"))
+        .expect("a first part on the leaving worker");
+    let slow_partition = descriptors[slow].key().expect("key").partition;
+    let wake = terrace_tests::wakeup();
+    let mut slow_reader = ConsumerAgent::new(
+        config.clone(),
+        vec![ConsumerSpec {
+            partition: slow_partition.clone(),
+            input_channel: InputChannelId(0),
+            subpartitions: 0..=SUBS - 1,
+        }],
+        vec![Some(descriptors[slow].clone())],
+    )
+    .expect("consumer");
+    slow_reader.register_availability_notifier(Arc::clone(&wake) as _);
+    slow_reader.start().expect("start");
+    assert!(
+        wake.wait(0, Duration::from_secs(10)) > 0,
+        "the slow reader's first buffers arrive"
+    );
+
+    let mut decommission = std::process::Command::new(terrace_bin())
+        .args([
+            "worker",
+            "decommission",
+            "--wait",
+            &workers[leaving_index].address,
+        ])
+        .env("TERRACE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn terrace worker decommission");
+    // It hands everything over but waits for the reader streaming from it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        workers[leaving_index]
+            .child
+            .try_wait()
+            .expect("poll")
+            .is_none(),
+        "the worker stays while a reader streams from it"
+    );
+    let targets: Vec<(PartitionId, u32)> =
+        (0..SUBS).map(|sub| (slow_partition.clone(), sub)).collect();
+    let read = terrace_tests::drain(&slow_reader, &wake, &targets, Duration::from_secs(30))
+        .expect("the slow reader reads to its end");
+    for sub in 0..SUBS {
+        assert_buffers_eq(
+            &read[&(slow_partition.clone(), sub)],
+            &expected[slow][&sub],
+            &format!("slow reader, subpartition {sub}"),
+        );
+    }
+    slow_reader.close().expect("close");
+    // It exits by itself while the job still holds every partition.
+    let status = wait_for_exit(&mut workers[leaving_index], Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "the decommissioned worker exits cleanly: {status}"
+    );
+    let out = terrace_tests::join_within(
+        std::thread::spawn(move || {
+            decommission.wait().expect("wait");
+            let mut out = String::new();
+            std::io::Read::read_to_string(decommission.stdout.as_mut().expect("stdout"), &mut out)
+                .expect("read stdout");
+            out
+        }),
+        Duration::from_secs(30),
+        "terrace worker decommission --wait",
+    );
+    assert!(out.contains("has exited"), "{out}");
+    let left: Vec<String> = s3
+        .objects(PREFIX)
+        .into_iter()
+        .filter(|k| k.contains(&leaving_store))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the leaving worker's objects are deleted: {left:?}"
+    );
+    assert!(
+        !s3.objects(PREFIX).is_empty(),
+        "the adopters hold the handed-over parts in the store"
+    );
+    let held = |workers: &[ServiceProcess]| -> u32 {
+        staying
+            .iter()
+            .map(|&i| terrace_tests::worker_stats(&workers[i].address).partitions)
+            .sum()
+    };
+    let parts: usize = chains.iter().map(Vec::len).sum();
+    assert_eq!(
+        held(&workers) as usize,
+        parts,
+        "every part is held by the workers left"
+    );
+
+    // The old descriptors read every buffer.
+    for (p, d) in descriptors.iter().enumerate() {
+        let read = read_partition(&config, d.clone(), SUBS, Duration::from_secs(40))
+            .unwrap_or_else(|e| panic!("partition {p} (chain {:?}) reads: {e}", chains[p]));
+        for sub in 0..SUBS {
+            assert_buffers_eq(
+                &read[&sub],
+                &expected[p][&sub],
+                &format!("partition {p} subpartition {sub}"),
+            );
+        }
+    }
+    // The master drops the worker (4 s without heartbeats); the agent finds
+    // its first parts adopted and reports nothing lost.
+    wait_for_list(&m, "the decommissioned worker dropped", |l| {
+        l.workers.len() == WORKERS - 1
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        lost.0.lock().expect("lost lock").is_empty(),
+        "a handed-over partition is not reported lost"
+    );
+    // Releasing through the descriptors reaches every part where it is now.
+    for d in &descriptors {
+        agent.release_partition(d).expect("release");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = held(&workers);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} parts left after release");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        s3.objects(PREFIX).is_empty(),
+        "no object left after release"
+    );
     agent.close();
 }

@@ -292,6 +292,15 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
         (u64s(), ids())
             .prop_map(|(request_id, job_id)| Message::DropJob(pb::DropJob { request_id, job_id })),
         u64s().prop_map(|request_id| Message::WorkerStats(pb::WorkerStats { request_id })),
+        (u64s(), keys(), strings(), strings()).prop_map(|(request_id, key, from, to)| {
+            Message::MoveForward(pb::MoveForward {
+                request_id,
+                key,
+                from_worker_id: from,
+                to_worker_id: to.clone(),
+                to_address: to,
+            })
+        }),
         (u64s(), u64s(), u32s()).prop_map(|(request_id, bytes, partitions)| {
             Message::WorkerStatsReply(pb::WorkerStatsReply {
                 request_id,
@@ -387,6 +396,18 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
             })
             .boxed(),
     )
+    .or((u64s(), keys(), strings(), body.clone())
+        .prop_map(|(request_id, key, from_worker_id, index)| {
+            (
+                Message::AdoptPartition(pb::AdoptPartition {
+                    request_id,
+                    key,
+                    from_worker_id,
+                }),
+                index,
+            )
+        })
+        .boxed())
     .or((u64s(), u32s(), u32s(), body)
         .prop_map(|(stream_id, subpartition, len, body)| {
             (

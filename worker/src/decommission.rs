@@ -3,14 +3,30 @@
 //! push, tells its masters at once (they stop placing on it), and keeps
 //! serving readers. It stops itself, in order, once it holds no partition,
 //! or after `decommission_timeout` with whatever is left.
+//!
+//! With an object store, it does not wait for its sealed partitions to be
+//! released: it hands each one over to another worker. The partition is
+//! migrated to the store, a master picks an adopter, the adopter copies its
+//! objects under its own prefix and serves it (`AdoptPartition`). Readers
+//! then find it there: a partition's first part through the masters (the
+//! adopter reports it as relocated, and this worker waits until the masters
+//! locate it there), a later part of a split chain through the forward
+//! pointer of the part before it, which every worker is asked to move
+//! (`MoveForward`). Readers streaming from this worker finish first; then
+//! its copy is deleted.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use terrace_proto::{Message, pb};
+use terrace_rpc::Client;
+use terrace_tier_api::{PartitionKey, TierError, TierResult};
+use tokio::task::JoinSet;
 
 use crate::server::{Connection, Shared};
+use crate::store::Forward;
 
 /// Whether and since when the worker is decommissioning.
 #[derive(Debug, Default)]
@@ -40,20 +56,36 @@ pub(crate) fn handle(conn: &Connection, m: pb::Decommission) -> Message {
         let partitions = shared.store.partition_count();
         tracing::warn!(worker = %shared.worker_id, peer = %conn.peer, partitions,
             timeout_s = shared.config.decommission_timeout.as_secs(),
-            "decommission started: no new partitions; exiting once every partition is released");
+            "decommission started: no new partitions; exiting once every partition is released or handed over");
         shared.heartbeat_now.notify_waiters();
         tokio::spawn(watch(Arc::clone(shared)));
     }
     Message::ack(m.request_id)
 }
 
+/// Between rounds of handovers that failed (no adopter, store down).
+const HANDOFF_RETRY: Duration = Duration::from_secs(5);
+/// Most adopters tried for one partition in one round.
+const ADOPTER_ATTEMPTS: usize = 3;
+/// How long the masters get to learn where a handed-over first part is.
+const LOCATE_WAIT: Duration = Duration::from_secs(15);
+
 /// Stops the worker once it holds nothing, or at the timeout.
 async fn watch(shared: Arc<Shared>) {
     let deadline = Instant::now() + shared.config.decommission_timeout;
+    let mut next_handoff = Instant::now();
+    let mut warned: HashSet<PartitionKey> = HashSet::new();
+    // Handed-over partitions whose readers here have not finished yet.
+    let mut finishing: JoinSet<()> = JoinSet::new();
     loop {
-        let left = shared.store.partition_count();
+        while finishing.try_join_next().is_some() {}
+        let due = shared.store.tiers().object.is_some() && Instant::now() >= next_handoff;
+        if due && !hand_off_sealed(&shared, deadline, &mut warned, &mut finishing).await {
+            next_handoff = Instant::now() + HANDOFF_RETRY;
+        }
+        let left = shared.store.partition_count() + finishing.len();
         if left == 0 {
-            tracing::warn!(worker = %shared.worker_id, "decommission done: every partition released; stopping");
+            tracing::warn!(worker = %shared.worker_id, "decommission done: every partition released or handed over; stopping");
             break;
         }
         if Instant::now() >= deadline {
@@ -67,5 +99,224 @@ async fn watch(shared: Arc<Shared>) {
             _ = tokio::time::sleep(POLL) => {}
         }
     }
+    // Past the deadline these delete at once.
+    while finishing.join_next().await.is_some() {}
     shared.stop.cancel();
+}
+
+/// Hands over every sealed partition, one at a time; false if any failed
+/// (it is tried again later, and served here meanwhile).
+async fn hand_off_sealed(
+    shared: &Arc<Shared>,
+    deadline: Instant,
+    warned: &mut HashSet<PartitionKey>,
+    finishing: &mut JoinSet<()>,
+) -> bool {
+    let mut all = true;
+    // Keys, not partitions: a reference held here would look like a reader
+    // to `Store::hand_off`.
+    let sealed: Vec<PartitionKey> = shared
+        .store
+        .partitions()
+        .iter()
+        .filter(|p| p.is_sealed())
+        .map(|p| p.key().clone())
+        .collect();
+    for key in sealed {
+        if shared.stop.is_cancelled() {
+            break;
+        }
+        match hand_off(shared, &key, deadline, finishing).await {
+            Ok(to) => {
+                tracing::info!(partition = %key, %to, "handed over");
+            }
+            Err(e) => {
+                all = false;
+                if warned.insert(key.clone()) {
+                    tracing::warn!(partition = %key, error = %e,
+                        "cannot hand the partition over yet; serving it here and trying again");
+                } else {
+                    tracing::debug!(partition = %key, error = %e, "handover failed again");
+                }
+            }
+        }
+    }
+    all
+}
+
+/// Moves one sealed partition to another worker through the object store;
+/// returns the adopter's address. This worker's copy goes once its readers
+/// finish (a task in `finishing`).
+async fn hand_off(
+    shared: &Arc<Shared>,
+    key: &PartitionKey,
+    deadline: Instant,
+    finishing: &mut JoinSet<()>,
+) -> TierResult<String> {
+    let partition = shared.store.get(key)?;
+    let tiers = partition.tier_bytes();
+    if tiers.local > 0 || tiers.memory > 0 {
+        shared.store.migrate(&partition).await?;
+    }
+    let index = partition.handoff_index()?;
+    let options = shared.peer_options();
+    let masters = &shared.config.master_addresses;
+    let wire_key = pb::PartitionKey::from(key);
+    // Not this worker, nor the one holding the next part.
+    let mut exclude = vec![shared.worker_id.clone()];
+    exclude.extend(partition.forward().map(|f| f.worker_id));
+    let mut last = TierError::unavailable("no adopter tried");
+    let mut adopter = None;
+    for _ in 0..ADOPTER_ATTEMPTS {
+        let placed = Client::ask_first(masters, &options, |request_id| {
+            Message::AllocatePartition(pb::AllocatePartition {
+                request_id,
+                key: Some(wire_key.clone()),
+                num_subpartitions: partition.meta().num_subpartitions,
+                exclude_workers: exclude.clone(),
+                relocated_from: String::new(),
+            })
+        })
+        .await?;
+        let Message::PartitionAllocated(placed) = placed else {
+            return Err(TierError::internal(format!(
+                "a master answered AllocatePartition with {:?}",
+                placed.message_type()
+            )));
+        };
+        let adopted = async {
+            let client = Client::connect(&placed.worker_address, &options).await?;
+            let reply = match client.start_request(
+                |request_id| {
+                    Message::AdoptPartition(pb::AdoptPartition {
+                        request_id,
+                        key: Some(wire_key.clone()),
+                        from_worker_id: shared.worker_id.clone(),
+                    })
+                },
+                vec![index.clone()],
+            ) {
+                Ok(pending) => pending.wait().await,
+                Err(e) => Err(e),
+            };
+            client.close();
+            reply.map(|_| ())
+        }
+        .await;
+        match adopted {
+            Ok(()) => {
+                adopter = Some(Forward {
+                    worker_id: placed.worker_id,
+                    address: placed.worker_address,
+                });
+                break;
+            }
+            Err(e) => {
+                last = e.context(format!("adopter {}", placed.worker_address));
+                exclude.push(placed.worker_id);
+            }
+        }
+    }
+    let Some(adopter) = adopter else {
+        return Err(last);
+    };
+    let continuation = partition.meta().continuation;
+    drop(partition);
+    if continuation {
+        move_forward_pointers(shared, key, &adopter).await;
+    } else {
+        wait_until_located(shared, key, &adopter).await;
+    }
+    let partition = shared.store.take_for_hand_off(key)?;
+    let readers_wait = deadline.saturating_duration_since(Instant::now());
+    let store = Arc::clone(&shared.store);
+    finishing.spawn(async move {
+        let key = partition.key().clone();
+        if let Err(e) = store.finish_hand_off(partition, readers_wait).await {
+            tracing::error!(partition = %key, error = %e,
+                "deleting the handed-over copy failed; it stays until this worker's data is cleaned");
+        }
+    });
+    Ok(adopter.address)
+}
+
+/// Asks every live worker to point forward pointers naming this worker for
+/// `key` at the adopter. Best effort: a worker that misses it leaves its
+/// readers to fail on this part, and the engine reruns the producer.
+async fn move_forward_pointers(shared: &Arc<Shared>, key: &PartitionKey, adopter: &Forward) {
+    let options = shared.peer_options();
+    let listed = Client::ask_first(&shared.config.master_addresses, &options, |request_id| {
+        Message::ListWorkers(pb::ListWorkers { request_id })
+    })
+    .await;
+    let workers = match listed {
+        Ok(Message::WorkerList(list)) => list.workers,
+        other => {
+            tracing::warn!(partition = %key, reply = ?other.map(|m| m.message_type()),
+                "cannot list workers to move forward pointers");
+            return;
+        }
+    };
+    let wire_key = pb::PartitionKey::from(key);
+    for worker in workers {
+        if worker.worker_id == shared.worker_id || worker.worker_id == adopter.worker_id {
+            continue;
+        }
+        let moved = async {
+            let client = Client::connect(&worker.data_address, &options).await?;
+            let reply = client
+                .request(|request_id| {
+                    Message::MoveForward(pb::MoveForward {
+                        request_id,
+                        key: Some(wire_key.clone()),
+                        from_worker_id: shared.worker_id.clone(),
+                        to_worker_id: adopter.worker_id.clone(),
+                        to_address: adopter.address.clone(),
+                    })
+                })
+                .await;
+            client.close();
+            reply.map(|_| ())
+        }
+        .await;
+        if let Err(e) = moved {
+            tracing::warn!(partition = %key, worker = %worker.data_address, error = %e,
+                "could not ask a worker to move its forward pointer");
+        }
+    }
+}
+
+/// Waits (up to [`LOCATE_WAIT`]) until every master that answers locates
+/// `key` on the adopter, so no consumer is told it is nowhere.
+async fn wait_until_located(shared: &Arc<Shared>, key: &PartitionKey, adopter: &Forward) {
+    let options = shared.peer_options();
+    let wire_key = pb::PartitionKey::from(key);
+    let until = Instant::now() + LOCATE_WAIT;
+    let mut waiting: Vec<&String> = shared.config.master_addresses.iter().collect();
+    while !waiting.is_empty() && Instant::now() < until {
+        let mut still = Vec::new();
+        for master in waiting {
+            let reply = Client::ask_first(std::slice::from_ref(master), &options, |request_id| {
+                Message::LocatePartition(pb::LocatePartition {
+                    request_id,
+                    key: Some(wire_key.clone()),
+                })
+            })
+            .await;
+            match reply {
+                Ok(Message::PartitionLocated(at)) if at.worker_id == adopter.worker_id => {}
+                // A master that is down learns it from the heartbeats when back.
+                Err(_) => {}
+                Ok(_) => still.push(master),
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    if !waiting.is_empty() {
+        tracing::warn!(partition = %key, masters = ?waiting,
+            "masters do not locate the handed-over partition yet; handing it over anyway");
+    }
 }

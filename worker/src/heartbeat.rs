@@ -140,15 +140,12 @@ pub fn spawn(shared: Arc<Shared>, cancel: CancellationToken) -> Vec<JoinHandle<(
 
 async fn heartbeat_loop(shared: Arc<Shared>, master: String) {
     let options = ClientOptions {
-        name: format!("worker {}", shared.worker_id),
         connect_timeout: shared
             .config
             .heartbeat_interval
             .max(std::time::Duration::from_secs(1)),
         request_timeout: shared.config.heartbeat_interval * 5,
-        credential: shared.security.credential(),
-        tls: shared.security.tls_client.clone(),
-        ..ClientOptions::default()
+        ..shared.peer_options()
     };
     let mut warned = false;
     loop {

@@ -45,6 +45,19 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
 }
 
+impl Shared {
+    /// How this worker connects to masters and other workers: as a member
+    /// of the cluster (the cluster credential), over TLS when configured.
+    pub fn peer_options(&self) -> terrace_rpc::ClientOptions {
+        terrace_rpc::ClientOptions {
+            name: format!("worker {}", self.worker_id),
+            credential: self.security.credential(),
+            tls: self.security.tls_client.clone(),
+            ..terrace_rpc::ClientOptions::default()
+        }
+    }
+}
+
 /// A running worker, for embedding (demo, bench, tests).
 #[derive(Debug)]
 pub struct WorkerHandle {
@@ -341,6 +354,8 @@ async fn dispatch(conn: &mut Connection, message: Message, body: Bytes, reservat
         Message::DropJob(m) => Some(handlers::release::drop_job(conn, m).await),
         Message::WorkerStats(m) => Some(Ok(handlers::stats::handle(conn, m))),
         Message::Decommission(m) => Some(Ok(crate::decommission::handle(conn, m))),
+        Message::AdoptPartition(m) => Some(handlers::handoff::adopt(conn, m, body).await),
+        Message::MoveForward(m) => Some(handlers::handoff::move_forward(conn, m).await),
         Message::OpenStream(m) => handlers::read::open(conn, m).await.err().map(Err),
         Message::RequireSegment(m) => {
             handlers::read::require_segment(conn, m);

@@ -1,6 +1,7 @@
 //! One module per command the worker serves.
 
 pub mod create;
+pub mod handoff;
 pub mod push;
 pub mod read;
 pub mod release;

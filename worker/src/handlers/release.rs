@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use terrace_proto::{Message, pb};
-use terrace_rpc::{Client, ClientOptions};
+use terrace_rpc::Client;
 use terrace_tier_api::{ErrorKind, JobId, PartitionKey, TierResult};
 
 use crate::server::{Connection, Shared};
@@ -30,13 +30,7 @@ pub async fn release_partition(conn: &Connection, m: pb::ReleasePartition) -> Ti
 }
 
 async fn release_next_part(shared: &Shared, key: &PartitionKey, next: &Forward) -> TierResult<()> {
-    let options = ClientOptions {
-        name: format!("worker {}", shared.worker_id),
-        credential: shared.security.credential(),
-        tls: shared.security.tls_client.clone(),
-        ..ClientOptions::default()
-    };
-    let client = Client::connect(&next.address, &options).await?;
+    let client = Client::connect(&next.address, &shared.peer_options()).await?;
     let wire_key = pb::PartitionKey::from(key);
     let reply = client
         .request(|request_id| {

@@ -336,6 +336,141 @@ impl Store {
             return Err(TierError::not_found(format!("{key} is not on this worker")));
         };
         self.remember_released(key.clone());
+        self.delete_storage(key, partition).await
+    }
+
+    /// Takes a partition another worker has adopted (see [`Store::adopt`])
+    /// off this one: from now on new readers are told at once that it is
+    /// not here. Returns it for [`Store::finish_hand_off`].
+    pub fn take_for_hand_off(&self, key: &PartitionKey) -> TierResult<Arc<Partition>> {
+        let Some((_, partition)) = self.partitions.remove(key) else {
+            return Err(TierError::not_found(format!("{key} is not on this worker")));
+        };
+        self.remember_released(key.clone());
+        Ok(partition)
+    }
+
+    /// Lets the readers already streaming a handed-over partition finish
+    /// (for up to `readers_wait`; each open read stream holds a reference,
+    /// and `partition` must be the caller's only one), then deletes this
+    /// worker's copy in every tier.
+    pub async fn finish_hand_off(
+        &self,
+        partition: Arc<Partition>,
+        readers_wait: Duration,
+    ) -> TierResult<()> {
+        let deadline = tokio::time::Instant::now() + readers_wait;
+        while Arc::strong_count(&partition) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let key = partition.key().clone();
+        if Arc::strong_count(&partition) > 1 {
+            tracing::warn!(partition = %key, "readers still streaming a handed-over partition; deleting this worker's copy anyway");
+        }
+        self.delete_storage(&key, partition).await
+    }
+
+    /// Adopts a sealed partition whose every byte is in the object store,
+    /// from the persisted index a decommissioning worker sent: its objects are
+    /// copied under this worker's prefix (so each worker deletes only what
+    /// is under its own), its index is written here, and it is served from
+    /// now on. A worker that already holds a part of the partition refuses.
+    pub async fn adopt(
+        &self,
+        expected: &PartitionKey,
+        encoded: &[u8],
+    ) -> TierResult<Arc<Partition>> {
+        let Some(object) = &self.tiers.object else {
+            return Err(TierError::unavailable(
+                "this worker has no object store: it cannot adopt partitions",
+            ));
+        };
+        let mut persisted = PersistedIndex::decode(encoded)?;
+        let key = persisted.key.clone();
+        if &key != expected {
+            return Err(TierError::bad_input(format!(
+                "the handed-over index is of {key}, not {expected}"
+            )));
+        }
+        if !persisted.files.is_empty()
+            || persisted
+                .index
+                .extents()
+                .any(|(_, e)| !matches!(e.location, index::Location::Object { .. }))
+        {
+            return Err(TierError::bad_input(format!(
+                "{key}: a handed-over partition must be wholly in the object store"
+            )));
+        }
+        let from = persisted.object_prefix.clone();
+        if !persisted.objects.is_empty() && !object.is_store_prefix(&from) {
+            return Err(TierError::bad_input(format!(
+                "{key}: object prefix {from:?} is not a partition of store {}",
+                object.url()
+            )));
+        }
+        // A worker holds one part of a partition: it may hold another part
+        // of this one already (or have adopted it, and the answer was lost).
+        // The old worker then tries another; a copy left here goes with the job.
+        if self.partitions.contains_key(&key) {
+            return Err(TierError::bad_input(format!(
+                "{key}: this worker already holds a part of it"
+            )));
+        }
+        let Some(index_dir) = self.tiers.dirs.any_healthy(None).first().copied() else {
+            return Err(TierError::unavailable(format!(
+                "{key}: no healthy data directory for its index"
+            )));
+        };
+        let to = object.partition_prefix(&key);
+        for blob in &persisted.objects {
+            object
+                .copy(
+                    &ObjectTier::object_key(&from, blob.id),
+                    &ObjectTier::object_key(&to, blob.id),
+                )
+                .await
+                .map_err(|e| e.context(format!("adopt {key}")))?;
+        }
+        persisted.object_prefix = if persisted.objects.is_empty() {
+            String::new()
+        } else {
+            to.clone()
+        };
+        let (objects, bytes) = (
+            persisted.objects.len() as u64,
+            persisted.objects.iter().map(|o| o.len).sum::<u64>(),
+        );
+        let partition = Arc::new(Partition::recovered(persisted, Vec::new(), index_dir));
+        if let Err(e) = partition.persist_now(&self.tiers).await {
+            let _ = object.delete_prefix(&to).await;
+            return Err(e.context(format!("adopt {key}")));
+        }
+        object
+            .counters
+            .objects
+            .fetch_add(objects, Ordering::Relaxed);
+        object.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let entry = self
+            .partitions
+            .entry(key.clone())
+            .or_insert_with(|| Arc::clone(&partition));
+        let adopted = Arc::clone(&entry);
+        drop(entry);
+        self.released
+            .lock()
+            .expect("released lock poisoned")
+            .remove(&key);
+        self.created.notify_waiters();
+        Ok(adopted)
+    }
+
+    /// Deletes a partition taken out of the map, in every tier.
+    async fn delete_storage(
+        &self,
+        key: &PartitionKey,
+        partition: Arc<Partition>,
+    ) -> TierResult<()> {
         partition.mark_released();
         // Wait for a flush, seal or migration commit in progress so it cannot
         // recreate a file after we delete it; then take what it left.

@@ -59,6 +59,8 @@ pub struct ObjectTier {
     store: Arc<dyn ObjectStore>,
     /// The URL without credentials, for messages.
     url: String,
+    /// The URL's path: every worker's objects are under it.
+    base: String,
     /// `{url path}/{store id}`.
     root: String,
     settings: ObjectStoreSettings,
@@ -171,6 +173,7 @@ impl ObjectTier {
         ObjectTier {
             store,
             url: redact(&settings.url),
+            base,
             root,
             settings,
             counters: ObjectCounters::default(),
@@ -198,6 +201,26 @@ impl ObjectTier {
             self.job_prefix(&key.job),
             super::names::partition_name(&key.partition)
         )
+    }
+
+    /// Whether `prefix` names a partition under this store's URL (any
+    /// worker's): a peer handing a partition over names its objects so.
+    pub fn is_store_prefix(&self, prefix: &str) -> bool {
+        let inside = if self.base.is_empty() {
+            Some(prefix)
+        } else {
+            prefix
+                .strip_prefix(self.base.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+        };
+        // worker / job / partition, no empty or relative parts
+        inside.is_some_and(|rest| {
+            let parts: Vec<&str> = rest.split('/').collect();
+            parts.len() == 3
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && *p != "." && *p != "..")
+        })
     }
 
     pub fn object_key(prefix: &str, id: u32) -> ObjectPath {
@@ -421,6 +444,13 @@ impl ObjectTier {
             Ok(out)
         })
         .await
+    }
+
+    /// Copies `from` to `to` inside the store (server side on S3: the bytes
+    /// do not pass through the worker).
+    pub async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> TierResult<()> {
+        self.retry("copy", from.as_ref(), || self.store.copy(from, to))
+            .await
     }
 
     /// Deletes `key`; a missing object is fine.

@@ -663,23 +663,7 @@ impl Partition {
                     self.meta.key
                 )));
             }
-            let mut index = state.index.clone();
-            index.sealed = true;
-            let persisted = PersistedIndex {
-                key: self.meta.key.clone(),
-                generation: state.generation + 1,
-                files: state
-                    .files
-                    .iter()
-                    .map(|f| Blob {
-                        id: f.id,
-                        len: f.len,
-                    })
-                    .collect(),
-                object_prefix: state.object_prefix.clone().unwrap_or_default(),
-                objects: state.objects.clone(),
-                index,
-            };
+            let persisted = self.persisted(&state);
             let preferred = state
                 .index_dir
                 .or_else(|| state.files.first().map(|f| f.dir));
@@ -726,6 +710,86 @@ impl Partition {
                 errors.join("; ")
             }
         )))
+    }
+
+    /// What [`Partition::persist`] writes: the next generation of the index.
+    fn persisted(&self, state: &State) -> PersistedIndex {
+        let mut index = state.index.clone();
+        index.sealed = true;
+        PersistedIndex {
+            key: self.meta.key.clone(),
+            generation: state.generation + 1,
+            files: state
+                .files
+                .iter()
+                .map(|f| Blob {
+                    id: f.id,
+                    len: f.len,
+                })
+                .collect(),
+            object_prefix: state.object_prefix.clone().unwrap_or_default(),
+            objects: state.objects.clone(),
+            index,
+        }
+    }
+
+    /// The persisted index for another worker to adopt the partition: it
+    /// must be sealed with every byte in the object store (migrated).
+    pub fn handoff_index(&self) -> TierResult<Bytes> {
+        let state = self.lock();
+        let key = &self.meta.key;
+        if !matches!(state.phase, Phase::Sealed) || state.migrating {
+            return Err(TierError::unavailable(format!(
+                "{key} is not sealed and at rest; it cannot be handed over yet"
+            )));
+        }
+        if !state.files.is_empty()
+            || state
+                .index
+                .extents()
+                .any(|(_, e)| e.location.tier() != TierKind::Object)
+        {
+            return Err(TierError::unavailable(format!(
+                "{key} still has data outside the object store; migrate it first"
+            )));
+        }
+        self.persisted(&state).encode()
+    }
+
+    /// Writes the index again now (an adopted partition's first index).
+    pub async fn persist_now(self: &Arc<Self>, tiers: &Tiers) -> TierResult<()> {
+        let _guard = self.flush_lock.lock().await;
+        self.persist(tiers, false).await
+    }
+
+    /// The next part of this split partition moved from worker `from` to
+    /// `next` (handed over by a decommissioning worker): points the forward
+    /// pointer there, persisted. False when the pointer does not name `from`.
+    pub async fn move_forward(
+        self: &Arc<Self>,
+        tiers: &Tiers,
+        from: &str,
+        next: Forward,
+    ) -> TierResult<bool> {
+        let _guard = self.flush_lock.lock().await;
+        let old = {
+            let mut state = self.lock();
+            let names_from = state
+                .index
+                .forward
+                .as_ref()
+                .is_some_and(|f| f.worker_id == from);
+            if !names_from || !matches!(state.phase, Phase::Sealed) {
+                return Ok(false);
+            }
+            state.index.forward.replace(next)
+        };
+        if let Err(e) = self.persist(tiers, false).await {
+            self.lock().index.forward = old;
+            return Err(e);
+        }
+        self.bump();
+        Ok(true)
     }
 
     /// Makes every local file's data durable. A file whose fsync fails has
