@@ -10,7 +10,7 @@ use terrace_rpc::{Client, ClientOptions, StreamEvent, StreamReceiver, io_runtime
 use terrace_tier_api::{
     AgentConfig, AvailabilityNotifier, BatchReader, Buffer, ConsumerSpec, DataType, ErrorKind,
     InputChannelId, PartitionId, PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId,
-    SubpartitionRange, TierConsumerAgent, TierError, TierResult,
+    SubpartitionRange, TierConsumerAgent, TierError, TierResult, unlz4,
 };
 
 use crate::queues::{Received, State, SubQueue};
@@ -125,6 +125,9 @@ struct HopContext {
     /// Masters to ask where the partition is when its descriptor's worker
     /// does not have it (see [`relocated_first_hop`]).
     masters: Vec<String>,
+    /// The largest buffer a producer may write (`max_buffer_size`): what an
+    /// lz4 buffer may claim to decompress to.
+    max_buffer: usize,
 }
 
 /// How long a consumer whose descriptor's worker is unreachable (or does not
@@ -244,6 +247,7 @@ impl ConsumerAgent {
                 token: descriptor.token.clone(),
                 options,
                 masters: self.config.master_addresses.clone(),
+                max_buffer: self.config.max_buffer_size.as_usize(),
             });
             let shared = Arc::clone(&self.shared);
             io_runtime().block_on(async {
@@ -525,7 +529,7 @@ async fn receive(
             }
         };
         match message {
-            Message::ReadData(m) => match decode_read(&partition, &m, body) {
+            Message::ReadData(m) => match decode_read(&partition, &m, body, context.max_buffer) {
                 Ok(buffers) => {
                     let mut state = shared.lock();
                     let Some(queue) = state.queues.get_mut(&(partition.clone(), m.subpartition))
@@ -593,8 +597,14 @@ async fn receive(
     }
 }
 
-/// Checks every extent's CRC32C and decodes the buffers.
-fn decode_read(partition: &PartitionId, m: &pb::ReadData, body: Bytes) -> TierResult<Vec<Buffer>> {
+/// Checks every extent's CRC32C and decodes the buffers, decompressing
+/// those the producer agent compressed (at most `max_buffer` bytes each).
+fn decode_read(
+    partition: &PartitionId,
+    m: &pb::ReadData,
+    body: Bytes,
+    max_buffer: usize,
+) -> TierResult<Vec<Buffer>> {
     if m.extent_lengths.len() != m.extent_crc32cs.len() {
         return Err(TierError::bad_input(
             "read data with mismatched extent lists",
@@ -635,6 +645,18 @@ fn decode_read(partition: &PartitionId, m: &pb::ReadData, body: Bytes) -> TierRe
                 m.segment_id
             )));
         }
+        let payload = if header.lz4 {
+            unlz4(&payload, max_buffer).map_err(|e| {
+                TierError::corruption(format!(
+                    "partition {partition} subpartition {} segment {}: {}",
+                    m.subpartition,
+                    m.segment_id,
+                    e.message()
+                ))
+            })?
+        } else {
+            payload
+        };
         buffers.push(Buffer {
             data_type: header.data_type,
             compressed: header.compressed,

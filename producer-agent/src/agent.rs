@@ -92,18 +92,17 @@ impl ProducerAgent {
             })
             .map_err(|e| e.context(format!("create {key} on worker {address}")))?;
         let stored_subs = spec.num_subpartitions as usize;
-        let pusher = Pusher::new(
-            client,
-            key.clone(),
-            config.compression,
-            config.max_bytes_in_flight.as_u64(),
-        );
+        let pusher = Pusher::new(client, key.clone(), config.max_bytes_in_flight.as_u64());
         Ok(ProducerAgent {
             key,
             subs: (0..stored_subs)
                 .map(|_| SubpartitionState::default())
                 .collect(),
-            batch: PushBatch::new(stored_subs, config.push_size.as_usize() + 64 * 1024),
+            batch: PushBatch::new(
+                stored_subs,
+                config.push_size.as_usize() + 64 * 1024,
+                config.compression,
+            ),
             pusher,
             closed: false,
             options,
@@ -190,7 +189,6 @@ impl ProducerAgent {
         self.pusher = Pusher::new(
             client,
             self.key.clone(),
-            self.config.compression,
             self.config.max_bytes_in_flight.as_u64(),
         );
         Ok(())

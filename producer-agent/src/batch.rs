@@ -1,14 +1,22 @@
 //! The producer's push batch: one pooled arena per push, filled in arrival
-//! order (each buffer copied once), emitted in subpartition order as
-//! zero-copy slices of the arena, so a push is a region (non-decreasing
-//! subpartitions) without any sorting copy. The arena goes back to the shared
-//! pool once the push is written.
+//! order (each buffer copied once, or compressed straight into the arena),
+//! emitted in subpartition order as zero-copy slices of the arena, so a push
+//! is a region (non-decreasing subpartitions) without any sorting copy. The
+//! arena goes back to the shared pool once the push is written.
+//!
+//! With compression on, each data buffer the engine did not compress itself
+//! is lz4-compressed and kept so only when that makes it smaller (see
+//! `terrace_tier_api::lz4_into`); events stay raw. The worker stores the
+//! bytes as they arrive; the consumer agent decompresses.
 
 use std::ops::Range;
 
 use bytes::Bytes;
 use terrace_rpc::{PooledBuf, shared_pool};
-use terrace_tier_api::{BUFFER_HEADER_LEN, DataType, SegmentId, SubpartitionId, buffer_header};
+use terrace_tier_api::{
+    BUFFER_HEADER_LEN, DataType, LZ4_MIN_LEN, SegmentId, SubpartitionId, buffer_header, lz4_into,
+    lz4_room,
+};
 
 #[derive(Debug)]
 pub struct PushBatch {
@@ -20,6 +28,11 @@ pub struct PushBatch {
     used: Vec<usize>,
     num_buffers: u32,
     capacity: usize,
+    /// lz4 per data buffer.
+    compression: bool,
+    /// Payload bytes handed in, and bytes they took in the batch.
+    pub payload_bytes: u64,
+    pub stored_bytes: u64,
 }
 
 fn new_arena(capacity: usize) -> PooledBuf {
@@ -30,7 +43,7 @@ fn new_arena(capacity: usize) -> PooledBuf {
 
 impl PushBatch {
     /// A batch for `subpartitions`, expecting about `capacity` bytes per push.
-    pub fn new(subpartitions: usize, capacity: usize) -> Self {
+    pub fn new(subpartitions: usize, capacity: usize, compression: bool) -> Self {
         PushBatch {
             arena: new_arena(capacity),
             len: 0,
@@ -38,6 +51,9 @@ impl PushBatch {
             used: Vec::new(),
             num_buffers: 0,
             capacity,
+            compression,
+            payload_bytes: 0,
+            stored_bytes: 0,
         }
     }
 
@@ -60,24 +76,46 @@ impl PushBatch {
         payload: &[u8],
     ) {
         let start = self.len;
-        let end = start + BUFFER_HEADER_LEN + payload.len();
-        if end > self.arena.capacity() {
+        let body = start + BUFFER_HEADER_LEN;
+        let try_lz4 =
+            self.compression && data_type.is_data() && !compressed && payload.len() >= LZ4_MIN_LEN;
+        let room = if try_lz4 {
+            lz4_room(payload.len()).max(payload.len())
+        } else {
+            payload.len()
+        };
+        if body + room > self.arena.capacity() {
             // Rare: more than the expected push size; move to a larger arena.
-            let mut larger = new_arena(end.max(2 * self.arena.capacity()));
+            let mut larger = new_arena((body + room).max(2 * self.arena.capacity()));
             larger.spare_mut()[..start].copy_from_slice(&self.arena.spare_mut()[..start]);
             self.arena = larger;
         }
+        let spare = self.arena.spare_mut();
+        let lz4 = if try_lz4 {
+            lz4_into(payload, &mut spare[body..body + room])
+        } else {
+            None
+        };
+        let stored = match lz4 {
+            Some(written) => written,
+            None => {
+                spare[body..body + payload.len()].copy_from_slice(payload);
+                payload.len()
+            }
+        };
         let header = buffer_header(
             SubpartitionId(sub as u32),
             SegmentId(segment),
             data_type,
             compressed,
-            payload.len(),
+            lz4.is_some(),
+            stored,
         );
-        let spare = self.arena.spare_mut();
-        spare[start..start + BUFFER_HEADER_LEN].copy_from_slice(&header);
-        spare[start + BUFFER_HEADER_LEN..end].copy_from_slice(payload);
+        spare[start..body].copy_from_slice(&header);
+        let end = body + stored;
         self.len = end;
+        self.payload_bytes += payload.len() as u64;
+        self.stored_bytes += stored as u64;
         let runs = &mut self.runs[sub];
         match runs.last_mut() {
             // Contiguous with this subpartition's previous buffer: extend the run.
@@ -126,7 +164,7 @@ mod tests {
 
     #[test]
     fn chunks_come_out_in_subpartition_order_with_every_buffer_once() {
-        let mut batch = PushBatch::new(4, 1024);
+        let mut batch = PushBatch::new(4, 1024, false);
         let writes = [
             (2usize, b"c1".as_slice()),
             (0, b"a1"),
@@ -161,11 +199,46 @@ mod tests {
 
     #[test]
     fn a_batch_larger_than_expected_moves_to_a_larger_arena() {
-        let mut batch = PushBatch::new(2, 16);
+        let mut batch = PushBatch::new(2, 16, false);
         let big = vec![9u8; 200_000];
         batch.push(1, 0, DataType::Data, false, b"x");
         batch.push(0, 0, DataType::Data, false, &big);
         let (chunks, _) = batch.take();
         assert_eq!(decode(&chunks), vec![(0, big), (1, b"x".to_vec())]);
+    }
+
+    #[test]
+    fn data_buffers_are_compressed_only_when_smaller_and_events_never() {
+        let mut batch = PushBatch::new(2, 1024, true);
+        let compressible = vec![3u8; 4096];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let random: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        batch.push(0, 0, DataType::Data, false, &compressible);
+        batch.push(0, 0, DataType::Data, false, &random);
+        batch.push(0, 0, DataType::Data, true, &compressible); // the engine's own
+        batch.push(1, 0, DataType::EndOfSegment, false, &compressible);
+        batch.push(1, 0, DataType::Data, false, &compressible[..10]);
+        // Flink 1.20's DATA_BUFFER_WITH_CLEAR_END is data too.
+        batch.push(1, 0, DataType::from_code(8), false, &compressible);
+        let (chunks, n) = batch.take();
+        assert_eq!(n, 6);
+        let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let buffers = BatchReader::new(Bytes::from(body))
+            .collect_all()
+            .expect("valid batch");
+        let lz4: Vec<bool> = buffers.iter().map(|(h, _)| h.lz4).collect();
+        assert_eq!(lz4, [true, false, false, false, false, true]);
+        assert!(buffers[0].1.payload.len() < 100);
+        let back = terrace_tier_api::unlz4(&buffers[0].1.payload, 4096).expect("decompresses");
+        assert_eq!(&back[..], &compressible[..]);
+        assert_eq!(&buffers[1].1.payload[..], &random[..]);
+        assert!(buffers[2].0.compressed && buffers[2].1.payload.len() == 4096);
     }
 }

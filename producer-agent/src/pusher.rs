@@ -6,14 +6,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use terrace_proto::{Message, pb};
 use terrace_rpc::Client;
-use terrace_tier_api::{PartitionKey, TierError, TierResult, compress_batch};
+use terrace_tier_api::{PartitionKey, TierError, TierResult};
 use tokio::sync::Semaphore;
 
 #[derive(Debug)]
 pub struct Pusher {
     client: Client,
     key: PartitionKey,
-    compression: bool,
     in_flight: Arc<Semaphore>,
     budget: u32,
     /// The first failed push; every later call reports it.
@@ -23,17 +22,11 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    pub fn new(
-        client: Client,
-        key: PartitionKey,
-        compression: bool,
-        max_bytes_in_flight: u64,
-    ) -> Self {
+    pub fn new(client: Client, key: PartitionKey, max_bytes_in_flight: u64) -> Self {
         let budget = u32::try_from(max_bytes_in_flight).unwrap_or(u32::MAX);
         Pusher {
             client,
             key,
-            compression,
             in_flight: Arc::new(Semaphore::new(budget as usize)),
             budget,
             failure: Arc::new(Mutex::new(None)),
@@ -67,29 +60,14 @@ impl Pusher {
     /// while the in-flight budget is used up.
     pub async fn push(&self, chunks: Vec<Bytes>, num_buffers: u32) -> TierResult<()> {
         self.check()?;
-        let raw_len: usize = chunks.iter().map(Bytes::len).sum();
-        let uncompressed_length = u32::try_from(raw_len)
-            .map_err(|_| TierError::bad_input(format!("push of {raw_len} bytes is too large")))?;
-        let (body, compressed) = if self.compression {
-            let raw = if chunks.len() == 1 {
-                chunks[0].clone()
-            } else {
-                let mut all = Vec::with_capacity(raw_len);
-                for chunk in &chunks {
-                    all.extend_from_slice(chunk);
-                }
-                Bytes::from(all)
-            };
-            (vec![compress_batch(&raw)], true)
-        } else {
-            (chunks, false)
-        };
-        let crc32c = body
+        let len: usize = chunks.iter().map(Bytes::len).sum();
+        let len = u32::try_from(len)
+            .map_err(|_| TierError::bad_input(format!("push of {len} bytes is too large")))?;
+        let crc32c = chunks
             .iter()
             .fold(0u32, |crc, chunk| crc32c::crc32c_append(crc, chunk));
-        let permits = uncompressed_length.clamp(1, self.budget);
         let permit = Arc::clone(&self.in_flight)
-            .acquire_many_owned(permits)
+            .acquire_many_owned(len.clamp(1, self.budget))
             .await
             .map_err(|_| TierError::closed("producer closed"))?;
         let key = pb::PartitionKey::from(&self.key);
@@ -99,12 +77,10 @@ impl Pusher {
                     request_id,
                     key: Some(key),
                     crc32c,
-                    compressed,
-                    uncompressed_length,
                     num_buffers,
                 })
             },
-            body,
+            chunks,
         )?;
         let failure = Arc::clone(&self.failure);
         let split_requested = Arc::clone(&self.split_requested);

@@ -248,8 +248,6 @@ mod tests {
                 partition_id: Bytes::from_static(b"p1"),
             }),
             crc32c: 0xdead_beef,
-            compressed: true,
-            uncompressed_length: 99,
             num_buffers: 3,
         });
         let body = Bytes::from_static(b"some raw body bytes");

@@ -208,8 +208,6 @@ pub fn push(request_id: u64, key: &PartitionKey, buffers: &[Buffer]) -> (pb::Pus
         request_id,
         key: pb_key(key),
         crc32c: crc32c::crc32c(&batch.bytes),
-        compressed: false,
-        uncompressed_length: u32::try_from(batch.bytes.len()).expect("small batch"),
         num_buffers: batch.num_buffers,
     };
     (header, batch.bytes.to_vec())

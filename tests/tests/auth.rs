@@ -174,8 +174,6 @@ fn worker_requests(descriptor: &ShuffleDescriptor) -> Vec<(&'static str, Message
                 request_id: 0,
                 key: key.clone(),
                 crc32c: 0,
-                compressed: false,
-                uncompressed_length: 0,
                 num_buffers: 0,
             }),
         ),

@@ -369,7 +369,6 @@ fn malformed_push_bodies_are_bad_requests_that_store_nothing() {
         let junk = b"not a batch".to_vec();
         let (mut header, _) = push(0, &attacked, &[]);
         header.crc32c = crc32c::crc32c(&junk);
-        header.uncompressed_length = junk.len() as u32;
         header.num_buffers = 1;
         refuse(&mut raw, header, &junk, "batch ends inside a buffer header");
 
@@ -389,7 +388,6 @@ fn malformed_push_bodies_are_bad_requests_that_store_nothing() {
         let batch = builder.finish();
         let (mut header, _) = push(0, &attacked, &[]);
         header.crc32c = crc32c::crc32c(&batch.bytes);
-        header.uncompressed_length = batch.bytes.len() as u32;
         header.num_buffers = batch.num_buffers;
         refuse(
             &mut raw,
@@ -408,20 +406,22 @@ fn malformed_push_bodies_are_bad_requests_that_store_nothing() {
         let batch = builder.finish();
         let (mut header, _) = push(0, &attacked, &[]);
         header.crc32c = crc32c::crc32c(&batch.bytes);
-        header.uncompressed_length = batch.bytes.len() as u32;
         header.num_buffers = batch.num_buffers;
         refuse(&mut raw, header, &batch.bytes, "breaks the segment order");
 
-        // lz4 claimed, with an uncompressed size beyond the largest frame.
-        let (mut header, body) = push(0, &attacked, &attack_buffers(5, 0, 1));
-        header.compressed = true;
-        header.uncompressed_length = u32::try_from(MAX_FRAME + 1).expect("fits");
-        refuse(&mut raw, header, &body, "more than the maximum");
-
-        // An uncompressed body whose length disagrees with the header.
-        let (mut header, body) = push(0, &attacked, &attack_buffers(5, 0, 1));
-        header.uncompressed_length += 1;
-        refuse(&mut raw, header, &body, "header said");
+        // A buffer flag no producer sets.
+        let mut builder = BatchBuilder::default();
+        builder.push(
+            SubpartitionId(0),
+            SegmentId(0),
+            &Buffer::data(payload(5, 0, 0, 100)),
+        );
+        let mut flagged = builder.finish().bytes.to_vec();
+        flagged[9] = 0x80;
+        let (mut header, _) = push(0, &attacked, &[]);
+        header.crc32c = crc32c::crc32c(&flagged);
+        header.num_buffers = 1;
+        refuse(&mut raw, header, &flagged, "unknown buffer flags");
 
         // Still usable; and only the one valid push is stored.
         let stored = attack_buffers(5, 20, 2);

@@ -372,23 +372,13 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
     .prop_map(|m| (m, Vec::new()))
     .boxed()
     .prop_union(
-        (
-            u64s(),
-            keys(),
-            u32s(),
-            any::<bool>(),
-            u32s(),
-            u32s(),
-            body.clone(),
-        )
-            .prop_map(|(request_id, key, crc32c, compressed, len, n, body)| {
+        (u64s(), keys(), u32s(), u32s(), body.clone())
+            .prop_map(|(request_id, key, crc32c, n, body)| {
                 (
                     Message::PushData(pb::PushData {
                         request_id,
                         key,
                         crc32c,
-                        compressed,
-                        uncompressed_length: len,
                         num_buffers: n,
                     }),
                     body,

@@ -398,8 +398,6 @@ fn release_racing_a_seal_leaves_no_files() {
                             request_id,
                             key: pk.clone(),
                             crc32c: crc32c::crc32c(&batch.bytes),
-                            compressed: false,
-                            uncompressed_length: batch.bytes.len() as u32,
                             num_buffers: batch.num_buffers,
                         })
                     },

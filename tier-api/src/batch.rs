@@ -1,10 +1,13 @@
 //! The buffer-batch body format, shared by pushes, stored extents and reads.
 //!
 //! A batch is a run of buffers, each `u32 subpartition | u32 segment | u8 data
-//! type | u8 flags | u32 length | payload`, little-endian. A push body is a
-//! batch, optionally lz4-compressed as a whole, with a CRC32C over the bytes as
-//! sent. Workers store sub-runs of a decompressed batch unchanged, each with
-//! its own CRC32C, and serve them as read bodies.
+//! type | u8 flags | u32 length | payload`, little-endian. Flags: bit 0, the
+//! engine compressed the payload itself (passed through untouched); bit 1,
+//! the producer agent compressed it with lz4, as `u32 LE uncompressed length
+//! | lz4 block`, and the consumer agent decompresses it before the engine sees
+//! it. A push body is a batch, exactly as the worker stores and serves it,
+//! with a CRC32C over the bytes as sent; workers store sub-runs of it
+//! unchanged, each with its own CRC32C, and never look inside a payload.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -16,6 +19,12 @@ use crate::ids::{SegmentId, SubpartitionId};
 pub const BUFFER_HEADER_LEN: usize = 14;
 
 const FLAG_COMPRESSED: u8 = 1;
+const FLAG_LZ4: u8 = 2;
+/// Smallest data buffer the producer agent tries to compress: lz4 cannot
+/// gain on fewer bytes once its length prefix is paid.
+pub const LZ4_MIN_LEN: usize = 64;
+/// Bytes of an lz4 buffer's uncompressed-length prefix.
+const LZ4_PREFIX: usize = 4;
 
 /// The header of one buffer in a batch.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -23,7 +32,10 @@ pub struct BufferHeader {
     pub subpartition: SubpartitionId,
     pub segment: SegmentId,
     pub data_type: DataType,
+    /// Compressed by the engine (handed back to it as is).
     pub compressed: bool,
+    /// Compressed by the producer agent (see [`unlz4`]).
+    pub lz4: bool,
     pub len: u32,
 }
 
@@ -100,12 +112,14 @@ impl BatchBuilder {
     }
 }
 
-/// The batch header of one buffer.
+/// The batch header of one buffer; `lz4` when the producer agent compressed
+/// it ([`lz4_into`]).
 pub fn buffer_header(
     subpartition: SubpartitionId,
     segment: SegmentId,
     data_type: DataType,
     compressed: bool,
+    lz4: bool,
     len: usize,
 ) -> [u8; BUFFER_HEADER_LEN] {
     let len = u32::try_from(len).expect("buffer sizes are checked by the producer");
@@ -113,7 +127,7 @@ pub fn buffer_header(
     header[0..4].copy_from_slice(&subpartition.0.to_le_bytes());
     header[4..8].copy_from_slice(&segment.0.to_le_bytes());
     header[8] = data_type.code();
-    header[9] = if compressed { FLAG_COMPRESSED } else { 0 };
+    header[9] = if compressed { FLAG_COMPRESSED } else { 0 } | if lz4 { FLAG_LZ4 } else { 0 };
     header[10..14].copy_from_slice(&len.to_le_bytes());
     header
 }
@@ -133,6 +147,7 @@ pub fn put_buffer(
         segment,
         data_type,
         compressed,
+        false,
         payload.len(),
     ));
     dst.extend_from_slice(payload);
@@ -170,7 +185,7 @@ impl BatchReader {
         let data_type = DataType::from_code(head.get_u8());
         let flags = head.get_u8();
         let len = head.get_u32_le();
-        if flags & !FLAG_COMPRESSED != 0 {
+        if flags & !(FLAG_COMPRESSED | FLAG_LZ4) != 0 {
             return Err(TierError::bad_input(format!(
                 "unknown buffer flags {flags:#x}"
             )));
@@ -186,6 +201,7 @@ impl BatchReader {
             segment,
             data_type,
             compressed: flags & FLAG_COMPRESSED != 0,
+            lz4: flags & FLAG_LZ4 != 0,
             len,
         };
         Ok(Some((header, self.bytes.slice(start..end))))
@@ -208,30 +224,49 @@ impl BatchReader {
     }
 }
 
-/// lz4 block compression of a whole batch (no size prefix; the frame header
-/// carries the uncompressed length).
-pub fn compress_batch(raw: &[u8]) -> Bytes {
-    Bytes::from(lz4_flex::block::compress(raw))
+/// Room [`lz4_into`] may need for a payload of `len` bytes.
+pub fn lz4_room(len: usize) -> usize {
+    LZ4_PREFIX + lz4_flex::block::get_maximum_output_size(len)
 }
 
-/// Undoes `compress_batch`; fails if the result is not exactly `uncompressed_len` bytes.
-pub fn decompress_batch(compressed: &[u8], uncompressed_len: usize) -> Result<Bytes, TierError> {
-    let mut out = vec![0u8; uncompressed_len];
-    decompress_batch_into(compressed, &mut out)?;
-    Ok(Bytes::from(out))
+/// Compresses `payload` into `out` (at least [`lz4_room`] bytes) as `u32 LE
+/// uncompressed length | lz4 block`. Returns the bytes written when that is
+/// smaller than the payload; `None` means keep the payload as it is.
+pub fn lz4_into(payload: &[u8], out: &mut [u8]) -> Option<usize> {
+    let len = u32::try_from(payload.len()).ok()?;
+    let (prefix, block) = out.split_at_mut(LZ4_PREFIX);
+    let written = LZ4_PREFIX + lz4_flex::block::compress_into(payload, block).ok()?;
+    if written >= payload.len() {
+        return None;
+    }
+    prefix.copy_from_slice(&len.to_le_bytes());
+    Some(written)
 }
 
-/// Undoes `compress_batch` into `out`, which must be exactly the uncompressed length.
-pub fn decompress_batch_into(compressed: &[u8], out: &mut [u8]) -> Result<(), TierError> {
-    let n = lz4_flex::block::decompress_into(compressed, out)
-        .map_err(|e| TierError::bad_input(format!("lz4 body does not decompress: {e}")))?;
-    if n != out.len() {
-        return Err(TierError::bad_input(format!(
-            "lz4 body decompressed to {n} bytes, header said {}",
-            out.len()
+/// Undoes [`lz4_into`]. The length a stored buffer claims is checked against
+/// `max_len` before it sizes anything; a buffer that does not decompress to
+/// exactly that length is corrupt.
+pub fn unlz4(stored: &[u8], max_len: usize) -> Result<Bytes, TierError> {
+    let Some((prefix, block)) = stored.split_first_chunk::<LZ4_PREFIX>() else {
+        return Err(TierError::corruption(
+            "an lz4 buffer is shorter than its length prefix",
+        ));
+    };
+    let len = u32::from_le_bytes(*prefix) as usize;
+    if len > max_len {
+        return Err(TierError::corruption(format!(
+            "an lz4 buffer claims {len} bytes, more than the largest buffer ({max_len})"
         )));
     }
-    Ok(())
+    let mut out = vec![0u8; len];
+    let n = lz4_flex::block::decompress_into(block, &mut out)
+        .map_err(|e| TierError::corruption(format!("an lz4 buffer does not decompress: {e}")))?;
+    if n != len {
+        return Err(TierError::corruption(format!(
+            "an lz4 buffer decompressed to {n} bytes, its prefix says {len}"
+        )));
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Checks a pushed body's CRC32C against the header's.
@@ -243,33 +278,6 @@ pub fn check_push_crc(body: &[u8], crc: u32) -> Result<(), TierError> {
         )));
     }
     Ok(())
-}
-
-/// Checks a pushed body's CRC32C and returns the uncompressed batch.
-/// `max_len` bounds the uncompressed size a peer may claim.
-pub fn decode_push_body(
-    body: Bytes,
-    crc: u32,
-    compressed: bool,
-    uncompressed_len: u32,
-    max_len: usize,
-) -> Result<Bytes, TierError> {
-    check_push_crc(&body, crc)?;
-    if !compressed {
-        if body.len() != uncompressed_len as usize {
-            return Err(TierError::bad_input(format!(
-                "uncompressed body has {} bytes, header said {uncompressed_len}",
-                body.len()
-            )));
-        }
-        return Ok(body);
-    }
-    if uncompressed_len as usize > max_len {
-        return Err(TierError::bad_input(format!(
-            "body claims {uncompressed_len} uncompressed bytes, more than the maximum {max_len}"
-        )));
-    }
-    decompress_batch(&body, uncompressed_len as usize)
 }
 
 #[cfg(test)]
@@ -300,39 +308,84 @@ mod tests {
 
     proptest! {
         #[test]
-        fn batch_roundtrips_through_lz4_and_crc(buffers in proptest::collection::vec(arb_buffer(), 0..40)) {
+        fn batch_roundtrips_through_the_reader(buffers in proptest::collection::vec(arb_buffer(), 0..40)) {
             let mut builder = BatchBuilder::default();
             for (s, g, b) in &buffers {
                 builder.push(SubpartitionId(*s), SegmentId(*g), b);
             }
             let batch = builder.finish();
             prop_assert_eq!(batch.num_buffers as usize, buffers.len());
-            let compressed = compress_batch(&batch.bytes);
-            let crc = crc32c::crc32c(&compressed);
-            let raw = decode_push_body(compressed, crc, true, batch.bytes.len() as u32, 1 << 20)
-                .expect("valid body decodes");
-            let decoded = BatchReader::new(raw).collect_all().expect("valid batch");
+            let decoded = BatchReader::new(batch.bytes).collect_all().expect("valid batch");
             prop_assert_eq!(decoded.len(), buffers.len());
             for ((h, got), (s, g, want)) in decoded.iter().zip(&buffers) {
                 prop_assert_eq!(h.subpartition.0, *s);
                 prop_assert_eq!(h.segment.0, *g);
+                prop_assert!(!h.lz4);
                 prop_assert_eq!(got, want);
+            }
+        }
+
+        /// A payload either shrinks under lz4 and comes back exactly, or is
+        /// left as it is; half-random payloads cover both.
+        #[test]
+        fn lz4_buffers_shrink_or_stay_raw_and_come_back_exactly(
+            repeat in 0usize..5000,
+            random in proptest::collection::vec(any::<u8>(), 0..3000),
+        ) {
+            let mut payload = vec![7u8; repeat];
+            payload.extend_from_slice(&random);
+            let mut out = vec![0u8; lz4_room(payload.len())];
+            match lz4_into(&payload, &mut out) {
+                Some(n) => {
+                    prop_assert!(n < payload.len());
+                    let back = unlz4(&out[..n], payload.len()).expect("decompresses");
+                    prop_assert_eq!(&back[..], &payload[..]);
+                    // A claim past the limit is refused before anything is sized.
+                    if !payload.is_empty() {
+                        let err = unlz4(&out[..n], payload.len() - 1).expect_err("over the limit");
+                        prop_assert_eq!(err.kind(), crate::ErrorKind::DataCorruption);
+                    }
+                }
+                None => prop_assert!(payload.len() < 64 || random.len() * 2 > payload.len()),
             }
         }
 
         /// Any bytes in: an error or buffers, never a panic.
         #[test]
-        fn arbitrary_batches_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400), len in 0u32..2000) {
+        fn arbitrary_batches_and_lz4_buffers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = BatchReader::new(Bytes::from(data.clone())).collect_all();
-            let crc = crc32c::crc32c(&data);
-            let _ = decode_push_body(Bytes::from(data), crc, true, len, 4096);
+            let _ = unlz4(&data, 4096);
         }
     }
 
     #[test]
     fn bad_checksum_is_corruption() {
-        let body = Bytes::from_static(b"abc");
-        let err = decode_push_body(body, 1, false, 3, 100).expect_err("crc mismatch");
+        let err = check_push_crc(b"abc", 1).expect_err("crc mismatch");
         assert_eq!(err.kind(), crate::ErrorKind::DataCorruption);
+    }
+
+    #[test]
+    fn the_lz4_flag_is_read_back_and_unknown_flags_are_refused() {
+        let mut batch = BytesMut::new();
+        batch.extend_from_slice(&buffer_header(
+            SubpartitionId(1),
+            SegmentId(2),
+            DataType::Data,
+            true,
+            true,
+            3,
+        ));
+        batch.extend_from_slice(b"xyz");
+        let (header, payload) = BatchReader::new(batch.clone().freeze())
+            .next_buffer()
+            .expect("valid")
+            .expect("one buffer");
+        assert!(header.compressed && header.lz4);
+        assert_eq!(&payload[..], b"xyz");
+        batch[9] = 4;
+        let err = BatchReader::new(batch.freeze())
+            .next_buffer()
+            .expect_err("flag 4");
+        assert!(err.message().contains("unknown buffer flags"), "{err}");
     }
 }

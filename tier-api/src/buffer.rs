@@ -21,6 +21,10 @@ impl DataType {
     pub const DATA_CODE: u8 = 1;
     pub const EVENT_CODE: u8 = 2;
     pub const END_OF_SEGMENT_CODE: u8 = 7;
+    /// Flink `DATA_BUFFER_WITH_CLEAR_END` (1.20): a data buffer that ends on
+    /// a record boundary, what hybrid shuffle's producers mostly write. It
+    /// travels as `Other(8)` but is data.
+    pub const DATA_WITH_CLEAR_END_CODE: u8 = 8;
 
     pub fn code(self) -> u8 {
         match self {
@@ -40,9 +44,13 @@ impl DataType {
         }
     }
 
-    /// Whether buffers of this type are data (as opposed to events).
+    /// Whether buffers of this type are data (as opposed to events and
+    /// markers): what the producer agent compresses.
     pub fn is_data(self) -> bool {
-        self == DataType::Data
+        matches!(
+            self,
+            DataType::Data | DataType::Other(Self::DATA_WITH_CLEAR_END_CODE)
+        )
     }
 }
 

@@ -121,7 +121,8 @@ pub struct AgentConfig {
     pub max_bytes_in_flight: ByteSize,
     /// Largest single engine buffer accepted.
     pub max_buffer_size: ByteSize,
-    /// lz4-compress pushes.
+    /// lz4-compress each data buffer in the producer agent (kept only when
+    /// smaller); the consumer agent decompresses, workers never do.
     pub compression: bool,
     /// Read batches a consumer lets a worker send ahead per stream (credits).
     pub read_credits: u32,

@@ -18,9 +18,8 @@ mod error;
 mod ids;
 
 pub use batch::{
-    BUFFER_HEADER_LEN, BatchBuilder, BatchReader, BufferHeader, EncodedBatch, buffer_header,
-    check_push_crc, compress_batch, decode_push_body, decompress_batch, decompress_batch_into,
-    put_buffer,
+    BUFFER_HEADER_LEN, BatchBuilder, BatchReader, BufferHeader, EncodedBatch, LZ4_MIN_LEN,
+    buffer_header, check_push_crc, lz4_into, lz4_room, put_buffer, unlz4,
 };
 pub use buffer::{Buffer, DataType};
 pub use checksum::crc32c_combine;

@@ -1,13 +1,13 @@
-//! `PushData`: a batch of buffers for one partition, checked (CRC32C),
-//! decompressed, split into per-(subpartition, segment) runs and stored.
+//! `PushData`: a batch of buffers for one partition, split into
+//! per-(subpartition, segment) runs and stored exactly as received (each run
+//! checksummed; together they must match the push's CRC32C). Payloads the
+//! producer agent compressed stay compressed: the worker never decompresses.
 
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use terrace_proto::{Message, pb};
-use terrace_tier_api::{
-    PartitionKey, TierError, TierResult, check_push_crc, decompress_batch_into,
-};
+use terrace_tier_api::{PartitionKey, TierResult};
 
 use crate::server::Connection;
 use crate::store::Reservation;
@@ -25,45 +25,15 @@ pub async fn handle(
     store
         .check_room()
         .map_err(|e| e.context(format!("push to {key}")))?;
-    let max_len = conn.shared.config.max_frame_size.as_usize();
-    let context = |e: TierError| e.context(format!("push to {key}"));
-    let (batch, reservation, expected_crc) = if m.compressed {
-        check_push_crc(&body, m.crc32c).map_err(context)?;
-        let len = m.uncompressed_length as usize;
-        if len > max_len {
-            return Err(context(TierError::bad_input(format!(
-                "body claims {len} uncompressed bytes, more than the maximum {max_len}"
-            ))));
-        }
-        // The decompressed copy needs its own memory while the compressed body is alive.
-        let (extra, mut buffer) = store
-            .reserve_buffer(len)
-            .await
-            .map_err(TierError::bad_input)?;
-        decompress_batch_into(&body, buffer.as_mut()).map_err(context)?;
-        drop(body);
-        drop(reservation);
-        (Bytes::from_owner(buffer), extra, None)
-    } else {
-        if body.len() != m.uncompressed_length as usize {
-            return Err(context(TierError::bad_input(format!(
-                "uncompressed body has {} bytes, header said {}",
-                body.len(),
-                m.uncompressed_length
-            ))));
-        }
-        // The body's checksum is verified from the stored runs' checksums.
-        (body, reservation, Some(m.crc32c))
-    };
-    let len = batch.len() as u64;
+    let len = body.len() as u64;
     partition
         .append(
-            batch,
+            body,
             reservation,
-            expected_crc,
+            Some(m.crc32c),
             conn.shared.config.limits.max_buffers_per_push,
         )
-        .map_err(context)?;
+        .map_err(|e| e.context(format!("push to {key}")))?;
     store
         .counters
         .bytes_pushed

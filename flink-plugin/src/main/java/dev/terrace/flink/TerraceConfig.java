@@ -31,7 +31,7 @@ import java.util.TreeMap;
  *   <tr><td>terrace.max-bytes-in-flight</td><td>8MiB</td><td>unacknowledged pushed bytes per
  *       producer; writes wait beyond it</td></tr>
  *   <tr><td>terrace.max-buffer-size</td><td>4MiB</td><td>largest single Flink buffer</td></tr>
- *   <tr><td>terrace.compression</td><td>true</td><td>lz4-compress pushes</td></tr>
+ *   <tr><td>terrace.compression</td><td>true</td><td>lz4 per data buffer, producer to consumer</td></tr>
  *   <tr><td>terrace.read-credits</td><td>8</td><td>read batches a worker may send ahead per
  *       consumer stream</td></tr>
  *   <tr><td>terrace.max-frame-size</td><td>16MiB</td><td>largest wire frame</td></tr>
