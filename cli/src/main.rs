@@ -34,6 +34,9 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Show the workers and jobs a master knows, and each worker's counters.
     Status(cmd::status::Args),
+    /// The raw pipeline yardstick of `terrace bench`, as its own process.
+    #[command(hide = true, name = "bench-pipe")]
+    BenchPipe(cmd::bench_process::PipeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Status(args) => cmd::status::run(args),
+        Command::BenchPipe(args) => cmd::bench_process::run_pipe(args),
     }
 }

@@ -354,3 +354,59 @@ fn readers_and_clients_that_stop_reading_stay_under_both_budgets_plus_64_mib() {
     non_readers.clear();
     worker.kill();
 }
+
+/// `terrace bench` runs its worker as a `terrace worker` process and the raw
+/// pipeline yardstick as a `terrace bench-pipe` process, and reports both
+/// processes' CPU time per GiB and the worker's peak memory. A small run
+/// checks the plumbing and that the figures are real measurements (no
+/// speed is asserted: benchmarks are not timed tests).
+#[test]
+fn bench_measures_the_worker_process_and_the_raw_pipeline() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let child = std::process::Command::new(terrace_tests::terrace_bin())
+        .args([
+            "bench",
+            "--bytes",
+            "64MiB",
+            "--object-store",
+            "none",
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .env("TERRACE_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn terrace bench");
+    let out = terrace_tests::join_within(
+        std::thread::spawn(move || child.wait_with_output()),
+        Duration::from_secs(180),
+        "terrace bench",
+    )
+    .expect("bench ran");
+    assert!(
+        out.status.success(),
+        "terrace bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let number = |field: &str| {
+        report[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field} in {report}"))
+    };
+    // 64 MiB moved through each: both processes did measurable work.
+    assert!(number("worker_cpu_seconds_per_gib") > 0.0, "{report}");
+    assert!(number("pipeline_cpu_seconds_per_gib") > 0.0, "{report}");
+    assert_eq!(
+        report["pipeline"]["bytes"], report["payload_bytes"],
+        "{report}"
+    );
+    let rss = number("worker_peak_rss_bytes");
+    assert!(
+        rss > 1e6 && rss < number("memory_budget_bytes") + 64.0 * 1024.0 * 1024.0,
+        "{report}"
+    );
+    assert!(number("end_to_end_vs_raw_tcp") > 0.0, "{report}");
+}

@@ -1,7 +1,9 @@
-//! `terrace bench`: push, read and end-to-end throughput of an embedded
-//! cluster, next to the machine's own limits measured in the same run (raw
-//! loopback TCP, raw sequential disk), with the ratios; and reads served by
-//! the object-store tier next to reads of the same data from local disk.
+//! `terrace bench`: a worker's CPU time per GiB moved and its peak memory,
+//! next to a raw pipeline moving the same bytes (see `bench_process`); push,
+//! read and end-to-end throughput, next to the machine's own limits measured
+//! in the same run (raw loopback TCP, raw sequential disk), with the ratios;
+//! and reads served by the object-store tier next to reads of the same data
+//! from local disk (that phase runs its worker in this process).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,6 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgent};
 
+use crate::cmd::bench_process::{
+    Pipeline, WorkerProcess, cpu_seconds, peak_rss, pipeline_yardstick,
+};
 use crate::cmd::cluster::Cluster;
 use crate::sample::{
     LogLosses, Pool, ShuffleParams, ShuffleReport, print_json, read_back, release_all, run_shuffle,
@@ -57,6 +62,19 @@ pub struct Args {
 
 #[derive(Debug, serde::Serialize)]
 struct Report {
+    /// CPU seconds of the worker process per GiB of payload moved in the
+    /// write-then-read shuffle (pushed, stored, sealed, read once)...
+    worker_cpu_seconds_per_gib: f64,
+    /// ...of the raw pipeline moving the same bytes (receive, write, fsync,
+    /// read, send; `pipeline` has its figures)...
+    pipeline_cpu_seconds_per_gib: f64,
+    /// ...and the first over the second (the pipeline's taken as at least
+    /// 0.01 s per GiB, the clock's resolution on small runs).
+    worker_cpu_vs_pipeline: f64,
+    /// The worker process's peak resident memory over the whole run.
+    worker_peak_rss_bytes: u64,
+    memory_budget_bytes: u64,
+    pipeline: Pipeline,
     payload_bytes: u64,
     warmup: bool,
     raw_tcp_mib_s: f64,
@@ -136,12 +154,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let raw_disk = raw_disk_write_throughput(&dir.join("raw-disk-test"), payload)
         .context("measure raw disk")?;
 
-    let cluster = Cluster::start(&dir.join("cluster"), 1, args.memory_budget)?;
+    // The master in this process; the worker, as deployed, in its own.
+    let cluster = Cluster::start(&dir.join("cluster"), 0, args.memory_budget)?;
+    let worker = WorkerProcess::start(
+        &dir.join("worker"),
+        &cluster.master_address,
+        args.memory_budget,
+    )?;
     let config = AgentConfig {
         compression: args.compression,
         ..AgentConfig::default()
     };
-    let factory = cluster.factory(&config)?;
+    let factory = cluster.factory_for(&config, 1)?;
     let master = factory
         .create_master_agent()
         .context("create the master agent")?;
@@ -170,7 +194,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("pushing then reading {:.0} MiB ...", payload as f64 / MIB);
     let job = JobId::new(b"terrace-bench-1".to_vec())?;
     master.register_job(&job, Arc::new(LogLosses))?;
+    let cpu_before = cpu_seconds(worker.pid())?;
     let write_then_read = run_shuffle(&factory, &master, &job, &params, &pool)?;
+    let worker_cpu = cpu_seconds(worker.pid())? - cpu_before;
     master.unregister_job(&job)?;
     eprintln!(
         "pushing and reading {:.0} MiB concurrently ...",
@@ -182,7 +208,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let concurrent = run_shuffle(&factory, &master, &job, &params, &pool)?;
     master.unregister_job(&job)?;
     master.close();
+    let worker_peak_rss = peak_rss(worker.pid())?;
+    worker.stop();
     cluster.stop()?;
+    eprintln!(
+        "measuring the raw pipeline (receive, write, fsync, read, send) with {:.0} MiB ...",
+        payload as f64 / MIB
+    );
+    let pipeline = pipeline_yardstick(&dir, payload, config.push_size.as_usize())
+        .context("run the raw pipeline yardstick")?;
     let object_store_phase = match &object_store {
         Some(url) => Some(
             object_store_phase(&args, &dir, url, buffer_size, &pool)
@@ -196,7 +230,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let push_and_seal = mib / write_then_read.write_seconds;
     let read = mib / write_then_read.read_seconds;
     let e2e = mib / concurrent.total_seconds;
+    let gib = payload as f64 / (MIB * 1024.0);
+    let worker_cpu_per_gib = worker_cpu / gib;
+    let pipeline_cpu_per_gib = pipeline.cpu_seconds / gib;
     let report = Report {
+        worker_cpu_seconds_per_gib: worker_cpu_per_gib,
+        pipeline_cpu_seconds_per_gib: pipeline_cpu_per_gib,
+        worker_cpu_vs_pipeline: worker_cpu_per_gib / pipeline_cpu_per_gib.max(0.01),
+        worker_peak_rss_bytes: worker_peak_rss,
+        memory_budget_bytes: args.memory_budget.as_u64(),
+        pipeline,
         payload_bytes: payload,
         warmup: args.warmup,
         raw_tcp_mib_s: raw_tcp,
@@ -236,6 +279,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.consumers,
             if args.compression { "on" } else { "off" },
             if args.warmup { "on" } else { "off" }
+        );
+        println!(
+            "  worker CPU (own process)  {:>8.2} s/GiB  = {:.2} x the raw pipeline ({:.2} s/GiB: receive, write, fsync, read, send)",
+            report.worker_cpu_seconds_per_gib,
+            report.worker_cpu_vs_pipeline,
+            report.pipeline_cpu_seconds_per_gib
+        );
+        println!(
+            "  worker peak RSS           {:>8.0} MiB  (memory budget {:.0} MiB)",
+            report.worker_peak_rss_bytes as f64 / MIB,
+            report.memory_budget_bytes as f64 / MIB
         );
         println!("  raw loopback TCP          {:>8.0} MiB/s", raw_tcp);
         println!("  raw disk write (+fsync)   {:>8.0} MiB/s", raw_disk);

@@ -80,6 +80,16 @@ impl Cluster {
     /// A tier factory for this cluster (agents with `config`, talking to this
     /// cluster's master), once every worker has registered.
     pub fn factory(&self, config: &AgentConfig) -> anyhow::Result<TerraceTierFactory> {
+        self.factory_for(config, self.workers.len())
+    }
+
+    /// [`Cluster::factory`], once `expected` workers (in this process or
+    /// not) have registered.
+    pub fn factory_for(
+        &self,
+        config: &AgentConfig,
+        expected: usize,
+    ) -> anyhow::Result<TerraceTierFactory> {
         let factory = TerraceTierFactory::new(AgentConfig {
             master_addresses: vec![self.master_address.clone()],
             ..config.clone()
@@ -90,13 +100,12 @@ impl Cluster {
             let registered = self
                 .runtime
                 .block_on(registered_workers(&self.master_address))?;
-            if registered >= self.workers.len() {
+            if registered >= expected {
                 return Ok(factory);
             }
             anyhow::ensure!(
                 std::time::Instant::now() < deadline,
-                "only {registered} of {} workers registered within 10s",
-                self.workers.len()
+                "only {registered} of {expected} workers registered within 10s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
