@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Job-level benchmark: the same Flink 1.20.3 batch job (flink-plugin/e2e KeyedAggregationJob, two
-# keyed shuffles, HYBRID_FULL) three ways in one run, with wall times and ratios:
+# Job-level benchmark: the same Flink 1.20.3 batch job three ways in one run, with wall times and
+# ratios:
 #   default   Flink's default hybrid shuffle (memory + disk tiers)
 #   remote    Flink's own remote tier as the only tier (RemoteTierFactory, remote.path on a local dir)
-#   terrace   Terrace as the external remote tier (a master and a worker started here)
+#   terrace   Terrace as the external remote tier (a master and a worker started here), with the
+#             worker process's CPU seconds per run (user + system, /proc/<pid>/stat)
 # plus the machine's yardstick measured in the same run: raw sequential write (fdatasync) and
 # read of the shuffle volume on the disk that holds the data directories.
 #
-#   scripts/flink-bench.sh [parallelism] [records] [payloadBytes]      (default: 4 4000000 256, ~1.1 GiB)
+#   scripts/flink-bench.sh [parallelism] [records] [payloadBytes]
+#
+# Jobs (env JOB):
+#   keyed          flink-plugin/e2e KeyedAggregationJob: two keyed shuffles, payloads verified
+#                  (default: 4 4000000 256, ~1.1 GiB through shuffle 1)
+#   shuffle-heavy  flink-plugin/e2e ShuffleHeavyJob: one all-to-all shuffle of byte[] records, about
+#                  half incompressible, summed on the other side, little CPU per record
+#                  (default: 4 2200000 1024, ~2.1 GiB; the third argument is the record size)
 #
 # Env:
+#   JOB         keyed (default) or shuffle-heavy
 #   ROUNDS      runs per variant; the median job time is reported (default 1)
 #   BENCH_DIR   working directory for data and outputs (default: a fresh mktemp -d, removed at exit)
 #   JAVA_HEAP   JVM heap of the MiniCluster (default 4g)
@@ -20,9 +29,15 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+JOB="${JOB:-keyed}"
+case "$JOB" in
+  keyed) export JOB_CLASS=dev.terrace.e2e.KeyedAggregationJob; N_DEFAULT=4000000; S_DEFAULT=256 ;;
+  shuffle-heavy) export JOB_CLASS=dev.terrace.e2e.ShuffleHeavyJob; N_DEFAULT=2200000; S_DEFAULT=1024 ;;
+  *) echo "flink-bench: JOB must be keyed or shuffle-heavy, not $JOB" >&2; exit 2 ;;
+esac
 P="${1:-4}"
-N="${2:-4000000}"
-S="${3:-256}"
+N="${2:-$N_DEFAULT}"
+S="${3:-$S_DEFAULT}"
 ROUNDS="${ROUNDS:-1}"
 
 log() { echo "flink-bench: $*" >&2; }
@@ -77,21 +92,31 @@ run_job() { # <name> <flink k=v...>
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-declare -A JOB PROC
+# CPU seconds (user + system, all threads) of process <pid> so far; USER_HZ is 100.
+cpu_seconds() { # <pid>
+  awk '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / 100 }' "/proc/$1/stat"
+}
+
+WORKER_PID=""
+declare -A JOB_S PROC WCPU
 measure() { # <variant> <flink k=v...>
   local variant="$1"; shift
-  local jobs=() procs=() r t
+  local jobs=() procs=() cpus=() r t c0 c1
   for r in $(seq "$ROUNDS"); do
     [[ "$variant" == remote ]] && rm -rf "$WORK/remote" && mkdir -p "$WORK/remote"
+    c0=0; [[ -n "$WORKER_PID" ]] && c0="$(cpu_seconds "$WORKER_PID")"
     t="$(run_job "$variant-$r" "$@")"
+    c1=0; [[ -n "$WORKER_PID" ]] && c1="$(cpu_seconds "$WORKER_PID")"
+    cpus+=("$(calc "$c1 - $c0")")
     jobs+=("${t% *}"); procs+=("${t#* }")
     if [[ "$variant" != default ]] && ! cmp -s "$WORK/$variant-$r.result" "$WORK/default-1.result"; then
       log "$variant run $r: result differs from the default shuffle's"; exit 1
     fi
-    log "$variant run $r: job ${t% *} s, process ${t#* } s"
+    log "$variant run $r: job ${t% *} s, process ${t#* } s, terrace worker CPU ${cpus[-1]} s"
   done
-  JOB[$variant]="$(printf '%s\n' "${jobs[@]}" | median)"
+  JOB_S[$variant]="$(printf '%s\n' "${jobs[@]}" | median)"
   PROC[$variant]="$(printf '%s\n' "${procs[@]}" | median)"
+  WCPU[$variant]="$(printf '%s\n' "${cpus[@]}" | median)"
 }
 
 log "working in $WORK; job: parallelism $P, $N records x $S B payload, $ROUNDS round(s)"
@@ -106,6 +131,7 @@ mkdir -p "$WORK/terrace-data"
 start_service master master --listen 127.0.0.1:0
 MASTER="$ADDRESS"
 start_service worker worker --listen 127.0.0.1:0 --data-dir "$WORK/terrace-data" --master "$MASTER"
+WORKER_PID="${PIDS[-1]}"
 # shellcheck disable=SC2086
 measure terrace \
   taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=dev.terrace.flink.TerraceTierFactory \
@@ -126,16 +152,20 @@ RAW_W="$(calc "$w1 - $w0")"; RAW_R="$(calc "$r1 - $r0")"
 
 ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
 echo
-echo "Flink 1.20.3 KeyedAggregationJob: parallelism $P, $N records x $S B payload (~$(calc "$N * ($S + 40) / 1073741824") GiB through shuffle 1), median of $ROUNDS"
-printf '%-40s %10s %10s %14s %14s\n' variant "job s" "process s" "job/default" "job/remote"
+case "$JOB" in
+  keyed) echo "Flink 1.20.3 KeyedAggregationJob: parallelism $P, $N records x $S B payload (~$(calc "$N * ($S + 40) / 1073741824") GiB through shuffle 1), median of $ROUNDS" ;;
+  shuffle-heavy) echo "Flink 1.20.3 ShuffleHeavyJob: parallelism $P, $N records x $S B (~$(calc "$N * $S / 1073741824") GiB through the shuffle, about half incompressible), median of $ROUNDS" ;;
+esac
+printf '%-40s %10s %10s %14s %14s %12s\n' variant "job s" "process s" "job/default" "job/remote" "worker cpu s"
 for v in default remote terrace; do
   case $v in
     default) label="Flink default hybrid (memory+disk)";;
     remote) label="Flink RemoteTierFactory (local dir)";;
     terrace) label="Terrace (1 master + 1 worker)";;
   esac
-  printf '%-40s %10.2f %10.2f %14s %14s\n' "$label" "${JOB[$v]}" "${PROC[$v]}" \
-    "$(ratio "${JOB[$v]}" "${JOB[default]}")" "$(ratio "${JOB[$v]}" "${JOB[remote]}")"
+  cpu="-"; [[ "$v" == terrace ]] && cpu="${WCPU[$v]}"
+  printf '%-40s %10.2f %10.2f %14s %14s %12s\n' "$label" "${JOB_S[$v]}" "${PROC[$v]}" \
+    "$(ratio "${JOB_S[$v]}" "${JOB_S[default]}")" "$(ratio "${JOB_S[$v]}" "${JOB_S[remote]}")" "$cpu"
 done
 echo "terrace worker: bytes_pushed $PUSHED, bytes_read $READ, partitions left $LEFT"
 printf 'yardstick: raw disk write %d MiB (fdatasync) %.2f s (%.0f MiB/s), read back %.2f s (page cache likely)\n' \

@@ -23,6 +23,8 @@
 #   JAVA_HEAP      JVM heap for the MiniCluster process (default 4g)
 #   JAVA_OPTS      extra JVM options (e.g. -Djava.library.path=...)
 #   E2E_LOG_LEVEL  root log level (default WARN)
+#   JOB_CLASS      the job's main class (default dev.terrace.e2e.KeyedAggregationJob;
+#                  dev.terrace.e2e.ShuffleHeavyJob takes <records> and <record bytes> instead)
 # The job's classes are compiled (once per change) into <repo>/target/flink/e2e-classes.
 set -euo pipefail
 
@@ -82,4 +84,4 @@ exec java -Xmx"${JAVA_HEAP:-4g}" "${ADD_OPENS[@]}" \
   -Dlog4j.configurationFile="$PLUGIN/e2e/log4j2-e2e.properties" \
   -De2e.log.level="${E2E_LOG_LEVEL:-WARN}" \
   ${JAVA_OPTS:-} \
-  -cp "$CP" dev.terrace.e2e.KeyedAggregationJob "$@" </dev/null
+  -cp "$CP" "${JOB_CLASS:-dev.terrace.e2e.KeyedAggregationJob}" "$@" </dev/null
