@@ -382,6 +382,24 @@ pub fn await_stdout_line(
     rx.recv_timeout(within).ok()
 }
 
+/// Runs `terrace <args>` to its end (failing the test past `limit`) and
+/// returns what it printed and how it exited.
+pub fn run_terrace(args: &[&str], limit: Duration) -> std::process::Output {
+    let child = std::process::Command::new(terrace_bin())
+        .args(args)
+        .env("TERRACE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn terrace");
+    join_within(
+        std::thread::spawn(move || child.wait_with_output()),
+        limit,
+        "terrace command",
+    )
+    .expect("terrace ran")
+}
+
 /// A `terrace` service running as a child process; killed when dropped.
 #[derive(Debug)]
 pub struct ServiceProcess {

@@ -86,19 +86,7 @@ fn load_of<'a>(list: &'a pb::WorkerList, id: &str) -> Option<&'a pb::WorkerLoad>
 
 /// Runs `terrace <args>` to its end (at most 60 s) and returns its stdout.
 fn terrace(args: &[&str]) -> String {
-    let child = std::process::Command::new(terrace_bin())
-        .args(args)
-        .env("TERRACE_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn terrace");
-    let out = terrace_tests::join_within(
-        std::thread::spawn(move || child.wait_with_output()),
-        Duration::from_secs(60),
-        "terrace command",
-    )
-    .expect("terrace ran");
+    let out = terrace_tests::run_terrace(args, Duration::from_secs(60));
     assert!(
         out.status.success(),
         "terrace {args:?} failed: {}",
@@ -120,6 +108,31 @@ fn wait_for_exit(process: &mut ServiceProcess, limit: Duration) -> std::process:
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `terrace worker decommission --wait ADDRESS` in the background.
+fn start_decommission(address: &str) -> std::process::Child {
+    std::process::Command::new(terrace_bin())
+        .args(["worker", "decommission", "--wait", address])
+        .env("TERRACE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn terrace worker decommission")
+}
+
+/// What a `start_decommission` command printed, once it ends (at most 30 s).
+fn decommission_output(mut decommission: std::process::Child) -> String {
+    terrace_tests::join_within(
+        std::thread::spawn(move || {
+            decommission.wait().expect("wait");
+            let mut out = String::new();
+            std::io::Read::read_to_string(decommission.stdout.as_mut().expect("stdout"), &mut out)
+                .expect("read stdout");
+            out
+        }),
+        Duration::from_secs(30),
+        "terrace worker decommission --wait",
+    )
 }
 
 fn allocate(master: &str, job: u8, partition: u32, exclude: &[&str]) -> Result<String, TierError> {
@@ -378,17 +391,7 @@ fn a_worker_decommissioned_under_a_running_job_loses_nothing_and_exits_after_rel
     // Every producer has pushed a third of its data: decommission one worker
     // with the real command, which waits for it to exit.
     barrier.wait();
-    let mut decommission = std::process::Command::new(terrace_bin())
-        .args([
-            "worker",
-            "decommission",
-            "--wait",
-            &workers[leaving_index].address,
-        ])
-        .env("TERRACE_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn terrace worker decommission");
+    let decommission = start_decommission(&workers[leaving_index].address);
     wait_for_list(&m, "the master sees the worker decommissioning", |l| {
         load_of(l, &leaving).is_some_and(|l| l.decommissioning)
     });
@@ -451,17 +454,7 @@ fn a_worker_decommissioned_under_a_running_job_loses_nothing_and_exits_after_rel
         status.success(),
         "the decommissioned worker exits cleanly: {status}"
     );
-    let out = terrace_tests::join_within(
-        std::thread::spawn(move || {
-            decommission.wait().expect("wait");
-            let mut out = String::new();
-            std::io::Read::read_to_string(decommission.stdout.as_mut().expect("stdout"), &mut out)
-                .expect("read stdout");
-            out
-        }),
-        Duration::from_secs(30),
-        "terrace worker decommission --wait",
-    );
+    let out = decommission_output(decommission);
     assert!(
         out.contains("is decommissioning") && out.contains("has exited"),
         "{out}"
@@ -737,17 +730,7 @@ fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_an
         "the slow reader's first buffers arrive"
     );
 
-    let mut decommission = std::process::Command::new(terrace_bin())
-        .args([
-            "worker",
-            "decommission",
-            "--wait",
-            &workers[leaving_index].address,
-        ])
-        .env("TERRACE_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn terrace worker decommission");
+    let decommission = start_decommission(&workers[leaving_index].address);
     // It hands everything over but waits for the reader streaming from it.
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -776,17 +759,7 @@ fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_an
         status.success(),
         "the decommissioned worker exits cleanly: {status}"
     );
-    let out = terrace_tests::join_within(
-        std::thread::spawn(move || {
-            decommission.wait().expect("wait");
-            let mut out = String::new();
-            std::io::Read::read_to_string(decommission.stdout.as_mut().expect("stdout"), &mut out)
-                .expect("read stdout");
-            out
-        }),
-        Duration::from_secs(30),
-        "terrace worker decommission --wait",
-    );
+    let out = decommission_output(decommission);
     assert!(out.contains("has exited"), "{out}");
     let left: Vec<String> = s3
         .objects(PREFIX)

@@ -363,8 +363,9 @@ fn readers_and_clients_that_stop_reading_stay_under_both_budgets_plus_64_mib() {
 #[test]
 fn bench_measures_the_worker_process_and_the_raw_pipeline() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let child = std::process::Command::new(terrace_tests::terrace_bin())
-        .args([
+    let dir = dir.path().to_str().expect("a UTF-8 temp path");
+    let out = terrace_tests::run_terrace(
+        &[
             "bench",
             "--bytes",
             "64MiB",
@@ -372,19 +373,10 @@ fn bench_measures_the_worker_process_and_the_raw_pipeline() {
             "none",
             "--json",
             "--dir",
-        ])
-        .arg(dir.path())
-        .env("TERRACE_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn terrace bench");
-    let out = terrace_tests::join_within(
-        std::thread::spawn(move || child.wait_with_output()),
+            dir,
+        ],
         Duration::from_secs(180),
-        "terrace bench",
-    )
-    .expect("bench ran");
+    );
     assert!(
         out.status.success(),
         "terrace bench failed: {}",

@@ -261,18 +261,24 @@ impl Store {
             broadcast_only,
             continuation,
         }));
+        Ok(self.insert(key, partition))
+    }
+
+    /// Adds `partition` unless another is there already (a concurrent create
+    /// or adoption won): returns the one held, and wakes readers waiting for it.
+    fn insert(&self, key: PartitionKey, partition: Arc<Partition>) -> Arc<Partition> {
         let entry = self
             .partitions
             .entry(key.clone())
-            .or_insert_with(|| Arc::clone(&partition));
-        let partition = Arc::clone(&entry);
+            .or_insert_with(|| partition);
+        let held = Arc::clone(&entry);
         drop(entry);
         self.released
             .lock()
             .expect("released lock poisoned")
             .remove(&key);
         self.created.notify_waiters();
-        Ok(partition)
+        held
     }
 
     pub fn get(&self, key: &PartitionKey) -> TierResult<Arc<Partition>> {
@@ -451,18 +457,7 @@ impl Store {
             .objects
             .fetch_add(objects, Ordering::Relaxed);
         object.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
-        let entry = self
-            .partitions
-            .entry(key.clone())
-            .or_insert_with(|| Arc::clone(&partition));
-        let adopted = Arc::clone(&entry);
-        drop(entry);
-        self.released
-            .lock()
-            .expect("released lock poisoned")
-            .remove(&key);
-        self.created.notify_waiters();
-        Ok(adopted)
+        Ok(self.insert(key, partition))
     }
 
     /// Deletes a partition taken out of the map, in every tier.

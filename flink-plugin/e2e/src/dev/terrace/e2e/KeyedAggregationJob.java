@@ -20,7 +20,6 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.ArrayList;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
@@ -107,14 +106,7 @@ public final class KeyedAggregationJob {
         final int payloadBytes = Integer.parseInt(args[2]);
         final Path output = Paths.get(args[3]);
 
-        Map<String, String> extra = new LinkedHashMap<>();
-        for (int i = 4; i < args.length; i++) {
-            int eq = args[i].indexOf('=');
-            if (eq <= 0) {
-                throw new IllegalArgumentException("expected key=value, got: " + args[i]);
-            }
-            extra.put(args[i].substring(0, eq).trim(), args[i].substring(eq + 1).trim());
-        }
+        Map<String, String> extra = JobSupport.keyValues(args, 4);
         final long numKeys = Long.parseLong(extra.getOrDefault("job.keys", "1000"));
         final long numBuckets = Long.parseLong(extra.getOrDefault("job.buckets", "16"));
         // job.gate=FILE: shuffle 1's consumers first pass records through a map whose open()
@@ -207,7 +199,7 @@ public final class KeyedAggregationJob {
         // and sorts them after the job (no collect sink: its client polls a MiniCluster that
         // the local environment stops as soon as the job ends).
         Path parts = Paths.get(output.toString() + ".parts");
-        deleteRecursively(parts);
+        JobSupport.deleteRecursively(parts);
         Files.createDirectories(parts);
         perKey.map(t -> "key," + t.f0 + "," + t.f1 + "," + t.f2)
                 .returns(Types.STRING)
@@ -246,7 +238,7 @@ public final class KeyedAggregationJob {
                 }
             }
         }
-        deleteRecursively(parts);
+        JobSupport.deleteRecursively(parts);
         List<String> keyLines = new ArrayList<>();
         keyRows.sort((x, y) -> Long.compare(x.f0, y.f0));
         bucketRows.sort((x, y) -> Long.compare(x.f0, y.f0));
@@ -323,17 +315,6 @@ public final class KeyedAggregationJob {
             int subtask = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask();
             Path f = Paths.get(dir, name + "-" + subtask + ".txt");
             Files.write(f, rows == null ? new ArrayList<String>() : rows, StandardCharsets.UTF_8);
-        }
-    }
-
-    private static void deleteRecursively(Path p) throws IOException {
-        if (!Files.exists(p)) {
-            return;
-        }
-        try (java.util.stream.Stream<Path> s = Files.walk(p)) {
-            for (Path x : (Iterable<Path>) s.sorted(java.util.Comparator.reverseOrder())::iterator) {
-                Files.delete(x);
-            }
         }
     }
 

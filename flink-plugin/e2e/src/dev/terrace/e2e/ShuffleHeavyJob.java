@@ -15,7 +15,6 @@ import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.Collections;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
@@ -136,14 +135,7 @@ public final class ShuffleHeavyJob {
         if (recordBytes < 8) {
             throw new IllegalArgumentException("records hold at least their 8-byte id");
         }
-        Map<String, String> extra = new LinkedHashMap<>();
-        for (int i = 4; i < args.length; i++) {
-            int eq = args[i].indexOf('=');
-            if (eq <= 0) {
-                throw new IllegalArgumentException("expected key=value, got: " + args[i]);
-            }
-            extra.put(args[i].substring(0, eq).trim(), args[i].substring(eq + 1).trim());
-        }
+        Map<String, String> extra = JobSupport.keyValues(args, 4);
         Configuration conf = new Configuration();
         conf.setString("execution.runtime-mode", "BATCH");
         for (Map.Entry<String, String> e : extra.entrySet()) {
@@ -155,7 +147,7 @@ public final class ShuffleHeavyJob {
                 StreamExecutionEnvironment.createLocalEnvironment(parallelism, conf);
         env.setRuntimeMode(RuntimeExecutionMode.BATCH);
         Path parts = Paths.get(output.toString() + ".parts");
-        deleteRecursively(parts);
+        JobSupport.deleteRecursively(parts);
         Files.createDirectories(parts);
         env.fromSequence(0, numRecords - 1)
                 .name("generate")
@@ -181,7 +173,7 @@ public final class ShuffleHeavyJob {
                 }
             }
         }
-        deleteRecursively(parts);
+        JobSupport.deleteRecursively(parts);
         Collections.sort(lines);
         Files.write(output, lines, StandardCharsets.UTF_8);
         double shuffledGiB = (double) numRecords * recordBytes / (1L << 30);
@@ -193,17 +185,6 @@ public final class ShuffleHeavyJob {
         if (total != numRecords) {
             System.err.println("ERROR: record count mismatch");
             System.exit(1);
-        }
-    }
-
-    private static void deleteRecursively(Path p) throws IOException {
-        if (!Files.exists(p)) {
-            return;
-        }
-        try (java.util.stream.Stream<Path> s = Files.walk(p)) {
-            for (Path x : (Iterable<Path>) s.sorted(java.util.Comparator.reverseOrder())::iterator) {
-                Files.delete(x);
-            }
         }
     }
 

@@ -1,0 +1,37 @@
+package dev.terrace.e2e;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
+
+/** What the e2e jobs share: their extra {@code key=value} arguments and scratch cleanup. */
+final class JobSupport {
+
+    /** {@code args[from..]} as {@code key=value} pairs, in order. */
+    static Map<String, String> keyValues(String[] args, int from) {
+        Map<String, String> extra = new LinkedHashMap<>();
+        for (int i = from; i < args.length; i++) {
+            int eq = args[i].indexOf('=');
+            if (eq <= 0) {
+                throw new IllegalArgumentException("expected key=value, got: " + args[i]);
+            }
+            extra.put(args[i].substring(0, eq).trim(), args[i].substring(eq + 1).trim());
+        }
+        return extra;
+    }
+
+    static void deleteRecursively(Path p) throws IOException {
+        if (!Files.exists(p)) {
+            return;
+        }
+        try (java.util.stream.Stream<Path> s = Files.walk(p)) {
+            for (Path x : (Iterable<Path>) s.sorted(java.util.Comparator.reverseOrder())::iterator) {
+                Files.delete(x);
+            }
+        }
+    }
+
+    private JobSupport() {}
+}
