@@ -30,9 +30,6 @@ pub struct PushBatch {
     capacity: usize,
     /// lz4 per data buffer.
     compression: bool,
-    /// Payload bytes handed in, and bytes they took in the batch.
-    pub payload_bytes: u64,
-    pub stored_bytes: u64,
 }
 
 fn new_arena(capacity: usize) -> PooledBuf {
@@ -52,8 +49,6 @@ impl PushBatch {
             num_buffers: 0,
             capacity,
             compression,
-            payload_bytes: 0,
-            stored_bytes: 0,
         }
     }
 
@@ -114,8 +109,6 @@ impl PushBatch {
         spare[start..body].copy_from_slice(&header);
         let end = body + stored;
         self.len = end;
-        self.payload_bytes += payload.len() as u64;
-        self.stored_bytes += stored as u64;
         let runs = &mut self.runs[sub];
         match runs.last_mut() {
             // Contiguous with this subpartition's previous buffer: extend the run.

@@ -269,17 +269,6 @@ pub fn unlz4(stored: &[u8], max_len: usize) -> Result<Bytes, TierError> {
     Ok(Bytes::from(out))
 }
 
-/// Checks a pushed body's CRC32C against the header's.
-pub fn check_push_crc(body: &[u8], crc: u32) -> Result<(), TierError> {
-    let actual = crc32c::crc32c(body);
-    if actual != crc {
-        return Err(TierError::corruption(format!(
-            "push body checksum mismatch: header says {crc:#010x}, body has {actual:#010x}"
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,12 +345,6 @@ mod tests {
             let _ = BatchReader::new(Bytes::from(data.clone())).collect_all();
             let _ = unlz4(&data, 4096);
         }
-    }
-
-    #[test]
-    fn bad_checksum_is_corruption() {
-        let err = check_push_crc(b"abc", 1).expect_err("crc mismatch");
-        assert_eq!(err.kind(), crate::ErrorKind::DataCorruption);
     }
 
     #[test]

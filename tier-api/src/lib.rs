@@ -19,7 +19,7 @@ mod ids;
 
 pub use batch::{
     BUFFER_HEADER_LEN, BatchBuilder, BatchReader, BufferHeader, EncodedBatch, LZ4_MIN_LEN,
-    buffer_header, check_push_crc, lz4_into, lz4_room, put_buffer, unlz4,
+    buffer_header, lz4_into, lz4_room, put_buffer, unlz4,
 };
 pub use buffer::{Buffer, DataType};
 pub use checksum::crc32c_combine;
