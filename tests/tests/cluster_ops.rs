@@ -28,6 +28,17 @@ use terrace_tier_api::{
     TierConsumerAgent, TierError, TierMasterAgent, TierShuffleHandler,
 };
 
+/// A master that drops a worker after 4 s without heartbeats.
+fn start_master_dropping_workers_after_4s(dir: &Path) -> ServiceProcess {
+    let config = dir.join("master.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nworker_timeout = \"4s\"\n",
+    )
+    .expect("write master config");
+    ServiceProcess::start(&["master", "--config", config.to_str().expect("utf-8 path")])
+}
+
 /// Starts worker `w{index}` with `extra` config lines (which must include
 /// `data_dirs`).
 fn start_worker(dir: &Path, index: usize, master: &str, extra: &str) -> ServiceProcess {
@@ -484,17 +495,7 @@ impl TierShuffleHandler for Lost {
 fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
-    let master_config = root.join("master.toml");
-    std::fs::write(
-        &master_config,
-        "listen = \"127.0.0.1:0\"\nworker_timeout = \"4s\"\n",
-    )
-    .expect("write master config");
-    let master = ServiceProcess::start(&[
-        "master",
-        "--config",
-        master_config.to_str().expect("utf-8 path"),
-    ]);
+    let master = start_master_dropping_workers_after_4s(root);
     let m = master.address.clone();
     let mut workers: Vec<Option<ServiceProcess>> = (0..2)
         .map(|i| {
@@ -610,17 +611,7 @@ fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_an
     let s3 = terrace_tests::s3::S3Server::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
-    let master_config = root.join("master.toml");
-    std::fs::write(
-        &master_config,
-        "listen = \"127.0.0.1:0\"\nworker_timeout = \"4s\"\n",
-    )
-    .expect("write master config");
-    let master = ServiceProcess::start(&[
-        "master",
-        "--config",
-        master_config.to_str().expect("utf-8 path"),
-    ]);
+    let master = start_master_dropping_workers_after_4s(root);
     let m = master.address.clone();
     const PREFIX: &str = "handover";
     let object_store = format!(

@@ -9,24 +9,11 @@ use terrace_tier_api::{PartitionKey, TierError, TierResult};
 use crate::server::Connection;
 use crate::store::Forward;
 
-/// Longest worker id or address taken from a peer (as in a forward pointer).
-const MAX_FIELD: usize = 1024;
-
-fn bounded(field: &str, value: String) -> TierResult<String> {
-    if value.is_empty() || value.len() > MAX_FIELD {
-        return Err(TierError::bad_input(format!(
-            "{field} has {} bytes; it must have 1 to {MAX_FIELD}",
-            value.len()
-        )));
-    }
-    Ok(value)
-}
-
 /// Serves a partition a decommissioning worker migrated to the object store.
 pub async fn adopt(conn: &Connection, m: pb::AdoptPartition, index: Bytes) -> TierResult<Message> {
     let shared = &conn.shared;
     let key = PartitionKey::try_from(m.key)?;
-    let from = bounded("from_worker_id", m.from_worker_id)?;
+    let from = super::bounded("from_worker_id", m.from_worker_id)?;
     if shared.decommission.is_started() {
         return Err(TierError::unavailable(format!(
             "worker {} is decommissioning: it adopts no partition",
@@ -54,10 +41,10 @@ pub async fn adopt(conn: &Connection, m: pb::AdoptPartition, index: Bytes) -> Ti
 pub async fn move_forward(conn: &Connection, m: pb::MoveForward) -> TierResult<Message> {
     let shared = &conn.shared;
     let key = PartitionKey::try_from(m.key)?;
-    let from = bounded("from_worker_id", m.from_worker_id)?;
+    let from = super::bounded("from_worker_id", m.from_worker_id)?;
     let next = Forward {
-        worker_id: bounded("to_worker_id", m.to_worker_id)?,
-        address: bounded("to_address", m.to_address)?,
+        worker_id: super::bounded("to_worker_id", m.to_worker_id)?,
+        address: super::bounded("to_address", m.to_address)?,
     };
     if let Ok(partition) = shared.store.get(&key) {
         let to = next.address.clone();

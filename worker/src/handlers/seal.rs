@@ -3,7 +3,7 @@
 //! forward pointer to the next part.
 
 use terrace_proto::{Message, pb};
-use terrace_tier_api::{MAX_ID_BYTES, PartitionKey, TierError, TierResult};
+use terrace_tier_api::{PartitionKey, TierResult};
 
 use crate::server::Connection;
 use crate::store::Forward;
@@ -25,8 +25,8 @@ pub async fn handle(conn: &Connection, m: pb::SealPartition) -> TierResult<Messa
 pub async fn split(conn: &Connection, m: pb::SplitPartition) -> TierResult<Message> {
     let key = PartitionKey::try_from(m.key)?;
     let next = Forward {
-        worker_id: bounded("next_worker_id", m.next_worker_id)?,
-        address: bounded("next_address", m.next_address)?,
+        worker_id: super::bounded("next_worker_id", m.next_worker_id)?,
+        address: super::bounded("next_address", m.next_address)?,
     };
     let partition = conn.shared.store.get(&key)?;
     conn.shared
@@ -36,15 +36,4 @@ pub async fn split(conn: &Connection, m: pb::SplitPartition) -> TierResult<Messa
         .map_err(|e| e.context("split"))?;
     tracing::info!(partition = %key, bytes = partition.stored_bytes(), next = %next.address, "partition split");
     Ok(Message::ack(m.request_id))
-}
-
-/// A non-empty worker id or address of at most `MAX_ID_BYTES`.
-fn bounded(field: &str, value: String) -> TierResult<String> {
-    if value.is_empty() || value.len() > MAX_ID_BYTES {
-        return Err(TierError::bad_input(format!(
-            "{field} must have 1 to {MAX_ID_BYTES} bytes, not {}",
-            value.len()
-        )));
-    }
-    Ok(value)
 }

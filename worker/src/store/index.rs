@@ -545,6 +545,16 @@ impl Reader<'_> {
 }
 
 impl PersistedIndex {
+    /// Whether every byte is in the object store (no local file, no extent
+    /// elsewhere): what a partition handed to another worker must be.
+    pub fn wholly_in_object_store(&self) -> bool {
+        self.files.is_empty()
+            && self
+                .index
+                .extents()
+                .all(|(_, e)| e.location.tier() == TierKind::Object)
+    }
+
     /// Encodes the index. Every extent must be in a local file or an object
     /// that the tables list.
     pub fn encode(&self) -> TierResult<Bytes> {

@@ -398,12 +398,7 @@ impl Store {
                 "the handed-over index is of {key}, not {expected}"
             )));
         }
-        if !persisted.files.is_empty()
-            || persisted
-                .index
-                .extents()
-                .any(|(_, e)| !matches!(e.location, index::Location::Object { .. }))
-        {
+        if !persisted.wholly_in_object_store() {
             return Err(TierError::bad_input(format!(
                 "{key}: a handed-over partition must be wholly in the object store"
             )));

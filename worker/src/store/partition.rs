@@ -743,17 +743,13 @@ impl Partition {
                 "{key} is not sealed and at rest; it cannot be handed over yet"
             )));
         }
-        if !state.files.is_empty()
-            || state
-                .index
-                .extents()
-                .any(|(_, e)| e.location.tier() != TierKind::Object)
-        {
+        let persisted = self.persisted(&state);
+        if !persisted.wholly_in_object_store() {
             return Err(TierError::unavailable(format!(
                 "{key} still has data outside the object store; migrate it first"
             )));
         }
-        self.persisted(&state).encode()
+        persisted.encode()
     }
 
     /// Writes the index again now (an adopted partition's first index).
