@@ -32,6 +32,9 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Measure push, read and end-to-end throughput against raw loopback TCP and raw disk.
     Bench(cmd::bench::Args),
+    /// Measure what the kernel's ways of writing and sending a file cost in CPU here.
+    #[command(name = "bench-io")]
+    BenchIo(cmd::bench_io::Args),
     /// Show the workers and jobs a master knows, and each worker's counters.
     Status(cmd::status::Args),
     /// The raw pipeline yardstick of `terrace bench`, as its own process.
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Worker(args) => cmd::worker::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::BenchIo(args) => cmd::bench_io::run(args),
         Command::Status(args) => cmd::status::run(args),
         Command::BenchPipe(args) => cmd::bench_process::run_pipe(args),
     }

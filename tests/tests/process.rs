@@ -369,6 +369,8 @@ fn bench_measures_the_worker_process_and_the_raw_pipeline() {
             "bench",
             "--bytes",
             "64MiB",
+            "--cpu-runs",
+            "2",
             "--object-store",
             "none",
             "--json",
@@ -401,4 +403,58 @@ fn bench_measures_the_worker_process_and_the_raw_pipeline() {
         "{report}"
     );
     assert!(number("end_to_end_vs_raw_tcp") > 0.0, "{report}");
+    // Two pairs, and the reported ratio is the median of theirs (with two,
+    // the larger).
+    let pairs = report["cpu_runs"].as_array().expect("cpu_runs");
+    assert_eq!(pairs.len(), 2, "{report}");
+    let ratios: Vec<f64> = pairs
+        .iter()
+        .map(|p| p["ratio"].as_f64().expect("a ratio"))
+        .collect();
+    assert_eq!(
+        number("worker_cpu_vs_pipeline"),
+        ratios[0].max(ratios[1]),
+        "{report}"
+    );
+}
+
+#[test]
+fn bench_io_runs_every_kernel_path_and_gets_every_byte_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path().to_str().expect("a UTF-8 temp path");
+    let out = terrace_tests::run_terrace(
+        &[
+            "bench-io", "--bytes", "16MiB", "--runs", "1", "--json", "--dir", dir,
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(
+        out.status.success(),
+        "terrace bench-io failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let variants = report.as_array().expect("a list of variants");
+    let names: Vec<String> = variants
+        .iter()
+        .map(|v| format!("{}/{}", v["write"], v["read"]).replace('"', ""))
+        .collect();
+    for want in [
+        "buffered/copy",
+        "delayed/copy",
+        "buffered/sendfile",
+        "buffered/direct",
+        "direct/copy",
+        "direct/sendfile",
+        "direct/direct",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {report}");
+    }
+    for v in variants {
+        // Every run sent 16 MiB in and checked it got as many back.
+        let runs = v["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 1, "{report}");
+        assert_eq!(runs[0]["bytes"], 16 * 1024 * 1024, "{report}");
+        assert!(v["mib_s"].as_f64().expect("mib_s") > 0.0, "{report}");
+    }
 }

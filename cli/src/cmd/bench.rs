@@ -43,6 +43,11 @@ pub struct Args {
     /// Where the worker and the raw disk test write (default: a temp dir).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Write-then-read shuffles whose worker CPU is measured, each paired
+    /// with a run of the raw pipeline right after it; medians are reported
+    /// (this machine is shared and noisy).
+    #[arg(long, default_value_t = 3)]
+    cpu_runs: u32,
     /// Run one untimed shuffle of the same size first (warm buffer pools).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     warmup: bool,
@@ -68,12 +73,17 @@ struct Report {
     /// ...of the raw pipeline moving the same bytes (receive, write, fsync,
     /// read, send; `pipeline` has its figures)...
     pipeline_cpu_seconds_per_gib: f64,
-    /// ...and the first over the second (the pipeline's taken as at least
-    /// 0.01 s per GiB, the clock's resolution on small runs).
+    /// ...and the median over the pairs of the first over the second (the
+    /// pipeline's taken as at least 0.01 s per GiB, the clock's resolution
+    /// on small runs).
     worker_cpu_vs_pipeline: f64,
+    /// Every pair: the worker's and the pipeline's CPU seconds per GiB and
+    /// their ratio.
+    cpu_runs: Vec<CpuPair>,
     /// The worker process's peak resident memory over the whole run.
     worker_peak_rss_bytes: u64,
     memory_budget_bytes: u64,
+    /// The pipeline run of the median pair.
     pipeline: Pipeline,
     payload_bytes: u64,
     warmup: bool,
@@ -95,9 +105,18 @@ struct Report {
     object_vs_local_read: Option<f64>,
     /// The object-store read against the store's raw GETs in the same run.
     object_vs_raw_get: Option<f64>,
+    /// The first write-then-read shuffle (push and read figures above).
     write_then_read: ShuffleReport,
     concurrent: ShuffleReport,
     object_store_phase: Option<ObjectStorePhase>,
+}
+
+/// One write-then-read shuffle's worker CPU and the pipeline run after it.
+#[derive(Debug, serde::Serialize)]
+struct CpuPair {
+    worker_cpu_seconds_per_gib: f64,
+    pipeline_cpu_seconds_per_gib: f64,
+    ratio: f64,
 }
 
 /// The object-store phase: one shuffle written to a worker with an object
@@ -132,6 +151,10 @@ struct ObjectStorePhase {
 const MIB: f64 = 1024.0 * 1024.0;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=20).contains(&args.cpu_runs),
+        "--cpu-runs must be 1 to 20"
+    );
     let temp = tempfile::tempdir().context("create a temp dir")?;
     let dir = args
         .dir
@@ -191,13 +214,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         run_shuffle(&factory, &master, &job, &params, &pool)?;
         master.unregister_job(&job)?;
     }
-    eprintln!("pushing then reading {:.0} MiB ...", payload as f64 / MIB);
-    let job = JobId::new(b"terrace-bench-1".to_vec())?;
-    master.register_job(&job, Arc::new(LogLosses))?;
-    let cpu_before = cpu_seconds(worker.pid())?;
-    let write_then_read = run_shuffle(&factory, &master, &job, &params, &pool)?;
-    let worker_cpu = cpu_seconds(worker.pid())? - cpu_before;
-    master.unregister_job(&job)?;
+    let gib = payload as f64 / (MIB * 1024.0);
+    let mut pairs = Vec::new();
+    let mut first = None;
+    for run in 0..args.cpu_runs {
+        eprintln!(
+            "pushing then reading {:.0} MiB (CPU run {} of {}) ...",
+            payload as f64 / MIB,
+            run + 1,
+            args.cpu_runs
+        );
+        let job = JobId::new(format!("terrace-bench-1-{run}").into_bytes())?;
+        master.register_job(&job, Arc::new(LogLosses))?;
+        let cpu_before = cpu_seconds(worker.pid())?;
+        let report = run_shuffle(&factory, &master, &job, &params, &pool)?;
+        // The job's drop (its files deleted) is part of what a byte costs, as
+        // the pipeline's file deletion is part of its figure; and it must not
+        // be charged to the next run.
+        master.unregister_job(&job)?;
+        wait_until_idle(worker.pid())?;
+        let worker_cpu = cpu_seconds(worker.pid())? - cpu_before;
+        first.get_or_insert(report);
+        eprintln!(
+            "measuring the raw pipeline (receive, write, fsync, read, send) with {:.0} MiB ...",
+            payload as f64 / MIB
+        );
+        let pipeline = pipeline_yardstick(&dir, payload, config.push_size.as_usize())
+            .context("run the raw pipeline yardstick")?;
+        pairs.push((worker_cpu / gib, pipeline));
+    }
+    let write_then_read = first.context("--cpu-runs must be at least 1")?;
     eprintln!(
         "pushing and reading {:.0} MiB concurrently ...",
         payload as f64 / MIB
@@ -211,12 +257,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let worker_peak_rss = peak_rss(worker.pid())?;
     worker.stop();
     cluster.stop()?;
-    eprintln!(
-        "measuring the raw pipeline (receive, write, fsync, read, send) with {:.0} MiB ...",
-        payload as f64 / MIB
-    );
-    let pipeline = pipeline_yardstick(&dir, payload, config.push_size.as_usize())
-        .context("run the raw pipeline yardstick")?;
     let object_store_phase = match &object_store {
         Some(url) => Some(
             object_store_phase(&args, &dir, url, buffer_size, &pool)
@@ -230,13 +270,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let push_and_seal = mib / write_then_read.write_seconds;
     let read = mib / write_then_read.read_seconds;
     let e2e = mib / concurrent.total_seconds;
-    let gib = payload as f64 / (MIB * 1024.0);
-    let worker_cpu_per_gib = worker_cpu / gib;
-    let pipeline_cpu_per_gib = pipeline.cpu_seconds / gib;
+    let cpu_runs: Vec<CpuPair> = pairs
+        .iter()
+        .map(|(worker, pipeline)| {
+            let pipeline = pipeline.cpu_seconds / gib;
+            CpuPair {
+                worker_cpu_seconds_per_gib: *worker,
+                pipeline_cpu_seconds_per_gib: pipeline,
+                ratio: worker / pipeline.max(0.01),
+            }
+        })
+        .collect();
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let worker_cpu_per_gib = median(&mut pairs.iter().map(|p| p.0).collect());
+    let ratio = median(&mut cpu_runs.iter().map(|p| p.ratio).collect());
+    let median_pair = cpu_runs
+        .iter()
+        .position(|p| p.ratio == ratio)
+        .unwrap_or_default();
+    let pipeline_cpu_per_gib = median(
+        &mut cpu_runs
+            .iter()
+            .map(|p| p.pipeline_cpu_seconds_per_gib)
+            .collect(),
+    );
+    let pipeline = pairs.swap_remove(median_pair).1;
     let report = Report {
         worker_cpu_seconds_per_gib: worker_cpu_per_gib,
         pipeline_cpu_seconds_per_gib: pipeline_cpu_per_gib,
-        worker_cpu_vs_pipeline: worker_cpu_per_gib / pipeline_cpu_per_gib.max(0.01),
+        worker_cpu_vs_pipeline: ratio,
+        cpu_runs,
         worker_peak_rss_bytes: worker_peak_rss,
         memory_budget_bytes: args.memory_budget.as_u64(),
         pipeline,
@@ -281,11 +347,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if args.warmup { "on" } else { "off" }
         );
         println!(
-            "  worker CPU (own process)  {:>8.2} s/GiB  = {:.2} x the raw pipeline ({:.2} s/GiB: receive, write, fsync, read, send)",
+            "  worker CPU (own process)  {:>8.2} s/GiB  = {:.2} x the raw pipeline ({:.2} s/GiB: receive, write, fsync, read, send); medians of {} pairs",
             report.worker_cpu_seconds_per_gib,
             report.worker_cpu_vs_pipeline,
-            report.pipeline_cpu_seconds_per_gib
+            report.pipeline_cpu_seconds_per_gib,
+            report.cpu_runs.len()
         );
+        let pairs: Vec<String> = report
+            .cpu_runs
+            .iter()
+            .map(|p| {
+                format!(
+                    "{:.2}/{:.2}={:.2}",
+                    p.worker_cpu_seconds_per_gib, p.pipeline_cpu_seconds_per_gib, p.ratio
+                )
+            })
+            .collect();
+        println!("    pairs (worker/pipeline s/GiB) {}", pairs.join("  "));
         println!(
             "  worker peak RSS           {:>8.0} MiB  (memory budget {:.0} MiB)",
             report.worker_peak_rss_bytes as f64 / MIB,
@@ -335,6 +413,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             None => println!("  object store: skipped (--object-store none)"),
         }
+    }
+    Ok(())
+}
+
+/// Waits until process `pid` has used no CPU time for half a second (at
+/// most 20 s): the worker has dropped the job it was told to drop.
+fn wait_until_idle(pid: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = cpu_seconds(pid)?;
+    let mut quiet = 0;
+    while quiet < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = cpu_seconds(pid)?;
+        quiet = if now - last < 0.005 { quiet + 1 } else { 0 };
+        last = now;
     }
     Ok(())
 }

@@ -144,13 +144,82 @@ pub struct Pipeline {
     pub cpu_seconds: f64,
 }
 
+/// How the yardstick writes its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteMode {
+    /// `write(2)` of each received chunk through the page cache.
+    Buffered,
+    /// Each received chunk kept in a 256 MiB ring and written when the ring
+    /// comes round to it again, as a store with a memory tier writes data
+    /// received long before (out of the CPU's caches).
+    Delayed,
+    /// Each received chunk copied into a 4 KiB-aligned buffer (the worker
+    /// cannot receive into aligned places: its data follows frame headers)
+    /// and written with `O_DIRECT`, bypassing the page cache.
+    Direct,
+}
+
+/// How the yardstick sends its file back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadMode {
+    /// `read(2)` into a buffer, `write(2)` to the socket.
+    Copy,
+    /// `sendfile(2)` from the file to the socket: no copy through user memory.
+    Sendfile,
+    /// `O_DIRECT` reads into an aligned buffer, `write(2)` to the socket.
+    Direct,
+}
+
+impl WriteMode {
+    fn arg(self) -> &'static str {
+        match self {
+            WriteMode::Buffered => "buffered",
+            WriteMode::Delayed => "delayed",
+            WriteMode::Direct => "direct",
+        }
+    }
+}
+
+impl ReadMode {
+    fn arg(self) -> &'static str {
+        match self {
+            ReadMode::Copy => "copy",
+            ReadMode::Sendfile => "sendfile",
+            ReadMode::Direct => "direct",
+        }
+    }
+}
+
 /// Runs `bytes` through a `terrace bench-pipe` child in `chunk`-sized
-/// writes and reads them back.
+/// writes and reads them back, buffered writes and copied reads.
 pub fn pipeline_yardstick(dir: &Path, bytes: u64, chunk: usize) -> anyhow::Result<Pipeline> {
+    pipeline_with(dir, bytes, chunk, WriteMode::Buffered, ReadMode::Copy)
+}
+
+/// [`pipeline_yardstick`] with the file written and read as chosen.
+pub fn pipeline_with(
+    dir: &Path,
+    bytes: u64,
+    chunk: usize,
+    write: WriteMode,
+    read: ReadMode,
+) -> anyhow::Result<Pipeline> {
     let dir_arg = dir.to_str().context("a UTF-8 temp path")?.to_string();
     let chunk_arg = chunk.to_string();
     let (mut child, address, mut lines) = spawn_listening(
-        &["bench-pipe", "--dir", &dir_arg, "--chunk", &chunk_arg],
+        &[
+            "bench-pipe",
+            "--dir",
+            &dir_arg,
+            "--chunk",
+            &chunk_arg,
+            "--write",
+            write.arg(),
+            "--read",
+            read.arg(),
+        ],
         "the pipeline yardstick",
     )?;
     let start = Instant::now();
@@ -209,6 +278,10 @@ pub struct PipeArgs {
     /// Bytes per socket read, file write, file read and socket write.
     #[arg(long)]
     chunk: usize,
+    #[arg(long, value_enum, default_value = "buffered")]
+    write: WriteMode,
+    #[arg(long, value_enum, default_value = "copy")]
+    read: ReadMode,
 }
 
 /// Takes one connection's bytes into a file (fsynced), sends the file to
@@ -222,27 +295,27 @@ pub fn run_pipe(args: PipeArgs) -> anyhow::Result<()> {
     println!("bench-pipe listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     let path = args.dir.join("bench-pipe.data");
-    let mut buffer = vec![0u8; args.chunk];
     let (mut from, _) = listener.accept().context("accept the writer")?;
-    let mut file =
-        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
-    loop {
-        let n = read_full(&mut from, &mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        file.write_all(&buffer[..n]).context("write the file")?;
+    match args.write {
+        WriteMode::Buffered => receive_buffered(&mut from, &path, args.chunk)?,
+        WriteMode::Direct => receive_direct(&mut from, &path, args.chunk)?,
+        WriteMode::Delayed => receive_delayed(&mut from, &path, args.chunk)?,
     }
-    file.sync_all().context("fsync the file")?;
-    drop(file);
     let (mut to, _) = listener.accept().context("accept the reader")?;
-    let mut file = std::fs::File::open(&path).context("open the file")?;
-    loop {
-        let n = read_full(&mut file, &mut buffer)?;
-        if n == 0 {
-            break;
+    match args.read {
+        ReadMode::Copy => {
+            let mut file = std::fs::File::open(&path).context("open the file")?;
+            let mut buffer = vec![0u8; args.chunk];
+            loop {
+                let n = read_full(&mut file, &mut buffer)?;
+                if n == 0 {
+                    break;
+                }
+                to.write_all(&buffer[..n]).context("send")?;
+            }
         }
-        to.write_all(&buffer[..n]).context("send")?;
+        ReadMode::Sendfile => send_file(&to, &path, args.chunk)?,
+        ReadMode::Direct => send_direct(&mut to, &path, args.chunk)?,
     }
     drop(to);
     std::fs::remove_file(&path).context("remove the file")?;
@@ -260,4 +333,144 @@ fn read_full(source: &mut impl Read, buffer: &mut [u8]) -> anyhow::Result<usize>
         }
     }
     Ok(filled)
+}
+
+fn receive_buffered(from: &mut TcpStream, path: &Path, chunk: usize) -> anyhow::Result<()> {
+    let mut buffer = vec![0u8; chunk];
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    loop {
+        let n = read_full(from, &mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buffer[..n]).context("write the file")?;
+    }
+    file.sync_all().context("fsync the file")
+}
+
+/// The bytes a delayed write keeps in memory before writing them.
+const DELAY_RING: usize = 256 << 20;
+
+fn receive_delayed(from: &mut TcpStream, path: &Path, chunk: usize) -> anyhow::Result<()> {
+    let slots = (DELAY_RING / chunk).max(2);
+    let mut ring: Vec<(Vec<u8>, usize)> = (0..slots).map(|_| (vec![0u8; chunk], 0)).collect();
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut next = 0;
+    loop {
+        let (buffer, len) = &mut ring[next];
+        if *len > 0 {
+            file.write_all(&buffer[..*len]).context("write the file")?;
+        }
+        *len = read_full(from, buffer)?;
+        if *len == 0 {
+            break;
+        }
+        next = (next + 1) % slots;
+    }
+    // The rest of the ring, oldest first.
+    for i in 1..=slots {
+        let (buffer, len) = &mut ring[(next + i) % slots];
+        if *len > 0 {
+            file.write_all(&buffer[..*len]).context("write the file")?;
+            *len = 0;
+        }
+    }
+    file.sync_all().context("fsync the file")
+}
+
+/// The block size `O_DIRECT` transfers are aligned to (offsets, lengths and
+/// buffer addresses).
+const DIRECT_ALIGN: usize = 4096;
+
+/// A zeroed buffer with `len` bytes starting at a [`DIRECT_ALIGN`]ed address.
+struct Aligned {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> anyhow::Result<Self> {
+        let storage = vec![0u8; len + DIRECT_ALIGN];
+        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
+        anyhow::ensure!(start < DIRECT_ALIGN, "cannot align a buffer");
+        Ok(Aligned {
+            storage,
+            start,
+            len,
+        })
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
+fn open_direct(path: &Path, write: bool) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    if write {
+        options.write(true).create(true).truncate(true);
+    } else {
+        options.read(true);
+    }
+    options
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(|| format!("open {} with O_DIRECT", path.display()))
+}
+
+fn receive_direct(from: &mut TcpStream, path: &Path, chunk: usize) -> anyhow::Result<()> {
+    let chunk = chunk.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    let mut received = vec![0u8; chunk];
+    let mut aligned = Aligned::new(chunk)?;
+    let mut file = open_direct(path, true)?;
+    let mut length = 0u64;
+    loop {
+        let n = read_full(from, &mut received)?;
+        if n == 0 {
+            break;
+        }
+        // The copy a worker would make: its received data is not aligned.
+        let out = aligned.as_mut();
+        out[..n].copy_from_slice(&received[..n]);
+        let padded = n.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        out[n..padded].fill(0);
+        file.write_all(&out[..padded]).context("O_DIRECT write")?;
+        length += n as u64;
+        if n < chunk {
+            break;
+        }
+    }
+    file.set_len(length).context("trim the padding")?;
+    file.sync_all().context("fsync the file")
+}
+
+fn send_direct(to: &mut TcpStream, path: &Path, chunk: usize) -> anyhow::Result<()> {
+    let chunk = chunk.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    let mut aligned = Aligned::new(chunk)?;
+    let mut file = open_direct(path, false)?;
+    loop {
+        let n = read_full(&mut file, aligned.as_mut())?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&aligned.as_mut()[..n]).context("send")?;
+    }
+    Ok(())
+}
+
+fn send_file(to: &TcpStream, path: &Path, chunk: usize) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).context("open the file")?;
+    let length = file.metadata()?.len();
+    let mut offset: libc::off_t = 0;
+    while (offset as u64) < length {
+        let want = chunk.min((length - offset as u64) as usize);
+        let sent =
+            nix::sys::sendfile::sendfile(to, &file, Some(&mut offset), want).context("sendfile")?;
+        anyhow::ensure!(sent > 0, "sendfile sent nothing at offset {offset}");
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_io;
 pub mod bench_process;
 pub mod cluster;
 pub mod demo;

@@ -321,7 +321,8 @@ struct Done {
     segment: u32,
     position: usize,
     extents: Vec<crate::store::Extent>,
-    body: TierResult<Bytes>,
+    /// The body's chunks, sent back to back.
+    body: TierResult<Vec<Bytes>>,
     /// What is left of the window the batch came from.
     window: Option<Window>,
     /// The read memory the body is counted against.
@@ -498,10 +499,15 @@ impl Stream {
                 return false;
             }
         };
-        let body = Bytes::from_owner(HeldBody {
-            body,
-            _memory: done.memory,
-        });
+        let mut body = body;
+        let bytes: usize = body.iter().map(Bytes::len).sum();
+        // The last chunk is sent last: it holds the read memory until then.
+        if let Some(last) = body.pop() {
+            body.push(Bytes::from_owner(HeldBody {
+                body: last,
+                _memory: done.memory,
+            }));
+        }
         self.credits = self.credits.saturating_sub(1);
         self.required[index] = Some((done.segment, done.position + done.extents.len()));
         self.cursor = (index + 1) % self.required.len();
@@ -509,8 +515,8 @@ impl Stream {
             .store
             .counters
             .bytes_read
-            .fetch_add(body.len() as u64, Ordering::Relaxed);
-        let sent = self.sender.send(
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        let sent = self.sender.send_chunks(
             Message::ReadData(pb::ReadData {
                 stream_id: self.stream_id,
                 subpartition,
@@ -701,6 +707,7 @@ impl Stream {
                         self.busy[index] = true;
                         self.inflight.push(Box::pin(async move {
                             let (body, window) = window.take(range).await;
+                            let body = body.map(|b| vec![b]);
                             Done {
                                 index,
                                 segment,

@@ -84,13 +84,20 @@ impl Tiers {
             .ok_or_else(|| TierError::internal("no object store is configured"))
     }
 
-    /// Reads `sources` into one body. A single memory extent is handed out
-    /// as is; anything else is assembled in one buffer of the shared pool.
-    /// Object reads coalesce adjacent ranges of one object into one ranged
-    /// GET, and hold read budget until the body is dropped (sent).
-    pub async fn read(&self, sources: Vec<Source>) -> TierResult<Bytes> {
-        if let [Source::Memory(bytes)] = sources.as_slice() {
-            return Ok(bytes.clone());
+    /// Reads `sources` into the chunks of one body, in order, for a
+    /// vectored send: memory extents are handed out as they are (never
+    /// copied), back-to-back file extents are read into one buffer of the
+    /// shared pool. Object reads coalesce adjacent ranges of one object into
+    /// one ranged GET, and hold read budget until the body is dropped (sent).
+    pub async fn read(&self, sources: Vec<Source>) -> TierResult<Vec<Bytes>> {
+        if sources.iter().all(|s| matches!(s, Source::Memory(_))) {
+            return Ok(sources
+                .into_iter()
+                .filter_map(|s| match s {
+                    Source::Memory(bytes) => Some(bytes),
+                    _ => None,
+                })
+                .collect());
         }
         let total: usize = sources.iter().map(Source::len).sum();
         let has_objects = sources.iter().any(|s| matches!(s, Source::Object { .. }));
@@ -103,7 +110,7 @@ impl Tiers {
         if let Some((key, range)) = single_object_range(&sources) {
             let mut got = self.object()?.get_ranges(&key, &[range]).await?;
             let body = got.pop().unwrap_or_default();
-            return Ok(hold(body, permit));
+            return Ok(vec![hold(body, permit)]);
         }
         let mut fetched: Vec<Option<Bytes>> = vec![None; sources.len()];
         if has_objects {
@@ -133,11 +140,19 @@ impl Tiers {
                 }
             }
         }
-        let body = tokio::task::spawn_blocking(move || assemble(&sources, &fetched, total))
-            .await
-            .map_err(|e| TierError::internal(format!("read task failed: {e}")))?
-            .map_err(|e| TierError::internal(format!("read local data file: {e}")))?;
-        Ok(hold(body, permit))
+        let mut chunks = if sources.iter().any(|s| matches!(s, Source::File { .. })) {
+            tokio::task::spawn_blocking(move || read_chunks(&sources, fetched))
+                .await
+                .map_err(|e| TierError::internal(format!("read task failed: {e}")))?
+                .map_err(|e| TierError::internal(format!("read local data file: {e}")))?
+        } else {
+            read_chunks(&sources, fetched)
+                .map_err(|e| TierError::internal(format!("read the object store: {e}")))?
+        };
+        if let Some(last) = chunks.pop() {
+            chunks.push(hold(last, permit));
+        }
+        Ok(chunks)
     }
 
     /// Read budget for `bytes` read ahead, if it is free now: reads ahead
@@ -257,25 +272,48 @@ fn coalesce(sources: &[Source]) -> Vec<(ObjectPath, std::ops::Range<u64>, Vec<us
     out
 }
 
-/// Copies every source into one pooled buffer. Blocking (local reads).
-fn assemble(sources: &[Source], fetched: &[Option<Bytes>], total: usize) -> std::io::Result<Bytes> {
+/// The chunks of a body read from `sources`: memory extents and fetched
+/// object ranges as they are, each run of back-to-back file extents read
+/// into one pooled buffer. Blocking when there are file extents.
+fn read_chunks(sources: &[Source], mut fetched: Vec<Option<Bytes>>) -> std::io::Result<Vec<Bytes>> {
     use std::os::unix::fs::FileExt;
-    let mut out = terrace_rpc::shared_pool().take(total);
-    let mut at = 0;
-    for (source, got) in sources.iter().zip(fetched) {
-        let len = source.len();
-        let dst = &mut out.as_mut()[at..at + len];
-        match source {
-            Source::Memory(bytes) => dst.copy_from_slice(bytes),
-            Source::File { file, offset, .. } => file.read_exact_at(dst, *offset)?,
-            Source::Object { .. } => match got {
-                Some(bytes) => dst.copy_from_slice(bytes),
-                None => return Err(std::io::Error::other("object range was not fetched")),
-            },
+    let mut chunks = Vec::new();
+    let mut i = 0;
+    while i < sources.len() {
+        match &sources[i] {
+            Source::Memory(bytes) => {
+                chunks.push(bytes.clone());
+                i += 1;
+            }
+            Source::Object { .. } => {
+                let got = fetched[i]
+                    .take()
+                    .ok_or_else(|| std::io::Error::other("object range was not fetched"))?;
+                chunks.push(got);
+                i += 1;
+            }
+            Source::File { .. } => {
+                let run = sources[i..]
+                    .iter()
+                    .take_while(|s| matches!(s, Source::File { .. }))
+                    .count();
+                let files = &sources[i..i + run];
+                let total: usize = files.iter().map(Source::len).sum();
+                let mut out = terrace_rpc::shared_pool().take(total);
+                let mut at = 0;
+                for source in files {
+                    if let Source::File { file, offset, len } = source {
+                        let len = *len as usize;
+                        file.read_exact_at(&mut out.as_mut()[at..at + len], *offset)?;
+                        at += len;
+                    }
+                }
+                chunks.push(out.freeze());
+                i += run;
+            }
         }
-        at += len;
     }
-    Ok(out.freeze())
+    Ok(chunks)
 }
 
 #[cfg(test)]
@@ -288,6 +326,41 @@ mod tests {
             offset,
             len,
         }
+    }
+
+    #[test]
+    fn memory_extents_are_sent_as_they_are_and_file_runs_read_into_one_chunk() {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().expect("temp file");
+        file.write_all(b"0123456789").expect("write");
+        let file = Arc::new(file);
+        let at = |offset, len| Source::File {
+            file: Arc::clone(&file),
+            offset,
+            len,
+        };
+        let memory = Bytes::from(b"in memory".to_vec());
+        let sources = vec![
+            Source::Memory(memory.clone()),
+            at(2, 3),
+            at(7, 2),
+            Source::Memory(Bytes::from_static(b"!")),
+            at(0, 1),
+        ];
+        let chunks = read_chunks(&sources, vec![None; sources.len()]).expect("read");
+        assert_eq!(
+            chunks,
+            vec![
+                Bytes::from_static(b"in memory"),
+                Bytes::from_static(b"23478"),
+                Bytes::from_static(b"!"),
+                Bytes::from_static(b"0"),
+            ]
+        );
+        assert_eq!(chunks[0].as_ptr(), memory.as_ptr(), "memory is not copied");
+        // An object range that was not fetched is an error, not a gap.
+        let missing = read_chunks(&[object("a", 0, 4)], vec![None]);
+        assert!(missing.is_err());
     }
 
     #[test]

@@ -88,10 +88,12 @@ pub async fn read_sub(store: &Store, key: &PartitionKey, sub: u32) -> TierResult
             match partition.next_read(sub, segment, position, 64 << 10) {
                 ReadStep::Batch { extents, sources } => {
                     position += extents.len();
-                    let body = store.tiers().read(sources).await?;
-                    let mut reader = terrace_tier_api::BatchReader::new(body);
-                    while let Some((_, buffer)) = reader.next_buffer()? {
-                        out.push(buffer);
+                    // Every chunk holds whole extents, so whole buffers.
+                    for chunk in store.tiers().read(sources).await? {
+                        let mut reader = terrace_tier_api::BatchReader::new(chunk);
+                        while let Some((_, buffer)) = reader.next_buffer()? {
+                            out.push(buffer);
+                        }
                     }
                 }
                 ReadStep::SegmentDone => break,
