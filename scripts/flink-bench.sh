@@ -23,6 +23,8 @@
 #   BENCH_DIR   working directory for data and outputs (default: a fresh mktemp -d, removed at exit)
 #   JAVA_HEAP   JVM heap of the MiniCluster (default 4g)
 #   TERRACE_EXTRA  extra Flink config for the Terrace run, space-separated key=value
+#   WORKER_TOML    extra worker config (TOML lines, e.g. "write_on_push = true"; see
+#                  docs/configuration.md)
 #
 # Each job's result file is compared with the default run's (cmp): a mismatch fails the script.
 set -euo pipefail
@@ -130,7 +132,9 @@ measure remote \
 mkdir -p "$WORK/terrace-data"
 start_service master master --listen 127.0.0.1:0
 MASTER="$ADDRESS"
-start_service worker worker --listen 127.0.0.1:0 --data-dir "$WORK/terrace-data" --master "$MASTER"
+printf '%s\n' "${WORKER_TOML:-}" > "$WORK/worker.toml"
+start_service worker worker --config "$WORK/worker.toml" --listen 127.0.0.1:0 \
+  --data-dir "$WORK/terrace-data" --master "$MASTER"
 WORKER_PID="${PIDS[-1]}"
 # shellcheck disable=SC2086
 measure terrace \

@@ -266,6 +266,11 @@ fn migration_survives_sigkill_during_and_after() {
     let t = wait_for(&worker, Duration::from_secs(30), "migration", |t| {
         t.local_bytes == 0 && t.object_bytes > 0
     });
+    // The index points at the object before the local file is unlinked.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !data_files(dir.path()).is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(data_files(dir.path()).is_empty(), "local files are gone");
     assert_eq!(s3.objects(PREFIX).len() as u64, object_stats(&t).objects);
     assert_reads_exactly(&config, &worker, &small, SUBS, &expected_small);
@@ -359,12 +364,21 @@ fn outage(kind: Outage) {
     let t = tiers(&worker);
     assert!(t.local_bytes > 0);
     assert_reads_exactly(&config, &worker, &local, SUBS, &expected_local);
-
     // The store comes back: the migration completes and reads are exact.
     match kind {
         Outage::Stopped => s3.cont(),
         Outage::Killed => s3.restart(),
     }
+    // The engine releases the failed producer's partition (Flink does on
+    // failover); what it had written to disk and to the store goes with it.
+    let released = request_worker(&worker.address, |request_id| {
+        Message::ReleasePartition(pb::ReleasePartition {
+            request_id,
+            key: Some(pb::PartitionKey::from(&overflow)),
+        })
+    });
+    assert!(matches!(released, Ok(Message::Ack(_))), "{released:?}");
+
     wait_for(
         &worker,
         Duration::from_secs(60),

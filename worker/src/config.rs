@@ -35,6 +35,12 @@ pub struct WorkerConfig {
     pub flush_high_watermark: f64,
     /// ...until use falls under this fraction. Sealing always flushes.
     pub flush_low_watermark: f64,
+    /// Write each push's data to its local file as soon as it is stored, on
+    /// the thread that received it (while the bytes are in that core's
+    /// caches), instead of holding it in memory until the flusher or a seal
+    /// writes it. Memory then holds pushes only until they are written;
+    /// reads come from the page cache.
+    pub write_on_push: bool,
     /// Largest frame accepted. Must not exceed half the memory budget.
     pub max_frame_size: ByteSize,
     /// Bytes of extents sent in one read frame (one credit) at most.
@@ -111,6 +117,7 @@ impl Default for WorkerConfig {
             memory_budget: ByteSize::gib(1),
             flush_high_watermark: 0.75,
             flush_low_watermark: 0.5,
+            write_on_push: true,
             max_frame_size: ByteSize::mib(16),
             read_batch_size: ByteSize::kib(512),
             read_memory: ByteSize::mib(256),

@@ -122,6 +122,7 @@ pub fn store_options(config: &WorkerConfig) -> StoreOptions {
         memory_budget: config.memory_budget.as_u64(),
         flush_high_watermark: config.flush_high_watermark,
         flush_low_watermark: config.flush_low_watermark,
+        write_on_push: config.write_on_push,
         object_store: config.object_store.as_ref().map(|o| ObjectStoreSettings {
             url: o.url.clone(),
             options: o.options.clone(),

@@ -40,6 +40,9 @@ pub struct Args {
     /// Worker memory budget.
     #[arg(long, default_value = "1GiB")]
     memory_budget: ByteSize,
+    /// The worker's `write_on_push` setting (its default: true).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    write_on_push: bool,
     /// Where the worker and the raw disk test write (default: a temp dir).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -183,6 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &dir.join("worker"),
         &cluster.master_address,
         args.memory_budget,
+        args.write_on_push,
     )?;
     let config = AgentConfig {
         compression: args.compression,

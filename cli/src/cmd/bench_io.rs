@@ -65,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (WriteMode::Buffered, ReadMode::Copy, MIB),
         (WriteMode::Buffered, ReadMode::Copy, 4 * MIB),
         (WriteMode::Delayed, ReadMode::Copy, MIB),
+        (WriteMode::Recycled, ReadMode::Copy, MIB),
         (WriteMode::Buffered, ReadMode::Sendfile, MIB),
         (WriteMode::Buffered, ReadMode::Direct, MIB),
         (WriteMode::Direct, ReadMode::Copy, MIB),

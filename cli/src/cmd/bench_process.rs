@@ -97,7 +97,13 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// A worker with data under `dir`, registered with `master`.
-    pub fn start(dir: &Path, master: &str, memory_budget: ByteSize) -> anyhow::Result<Self> {
+    /// `write_on_push` is the worker's setting of that name.
+    pub fn start(
+        dir: &Path,
+        master: &str,
+        memory_budget: ByteSize,
+        write_on_push: bool,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let config = dir.join("worker.toml");
         std::fs::write(
@@ -105,9 +111,10 @@ impl WorkerProcess {
             format!(
                 "listen = \"127.0.0.1:0\"\nmaster_addresses = [\"{master}\"]\n\
                  data_dirs = [{:?}]\nmemory_budget = \"{}\"\nheartbeat_interval = \"200ms\"\n\
-                 dir_reserve = \"64MiB\"\n",
+                 dir_reserve = \"64MiB\"\nwrite_on_push = {}\n",
                 dir.join("data"),
-                memory_budget
+                memory_budget,
+                write_on_push
             ),
         )
         .with_context(|| format!("write {}", config.display()))?;
@@ -150,6 +157,10 @@ pub struct Pipeline {
 pub enum WriteMode {
     /// `write(2)` of each received chunk through the page cache.
     Buffered,
+    /// As `buffered`, but over the file the previous run of this variant
+    /// left (its pages still cached), without truncating it: no page cache
+    /// allocated afresh, as a worker that recycles its data files would.
+    Recycled,
     /// Each received chunk kept in a 256 MiB ring and written when the ring
     /// comes round to it again, as a store with a memory tier writes data
     /// received long before (out of the CPU's caches).
@@ -177,6 +188,7 @@ impl WriteMode {
         match self {
             WriteMode::Buffered => "buffered",
             WriteMode::Delayed => "delayed",
+            WriteMode::Recycled => "recycled",
             WriteMode::Direct => "direct",
         }
     }
@@ -294,17 +306,27 @@ pub fn run_pipe(args: PipeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").context("bind")?;
     println!("bench-pipe listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    let path = args.dir.join("bench-pipe.data");
+    let path = args.dir.join(match args.write {
+        WriteMode::Recycled => "bench-pipe.recycled.data",
+        _ => "bench-pipe.data",
+    });
     let (mut from, _) = listener.accept().context("accept the writer")?;
+    let mut length = None;
     match args.write {
         WriteMode::Buffered => receive_buffered(&mut from, &path, args.chunk)?,
+        WriteMode::Recycled => length = Some(receive_recycled(&mut from, &path, args.chunk)?),
         WriteMode::Direct => receive_direct(&mut from, &path, args.chunk)?,
         WriteMode::Delayed => receive_delayed(&mut from, &path, args.chunk)?,
     }
     let (mut to, _) = listener.accept().context("accept the reader")?;
     match args.read {
         ReadMode::Copy => {
-            let mut file = std::fs::File::open(&path).context("open the file")?;
+            let file = std::fs::File::open(&path).context("open the file")?;
+            let length = match length {
+                Some(length) => length,
+                None => file.metadata()?.len(),
+            };
+            let mut file = file.take(length);
             let mut buffer = vec![0u8; args.chunk];
             loop {
                 let n = read_full(&mut file, &mut buffer)?;
@@ -318,7 +340,9 @@ pub fn run_pipe(args: PipeArgs) -> anyhow::Result<()> {
         ReadMode::Direct => send_direct(&mut to, &path, args.chunk)?,
     }
     drop(to);
-    std::fs::remove_file(&path).context("remove the file")?;
+    if args.write != WriteMode::Recycled {
+        std::fs::remove_file(&path).context("remove the file")?;
+    }
     println!("cpu_seconds {}", cpu_seconds(std::process::id())?);
     Ok(())
 }
@@ -347,6 +371,29 @@ fn receive_buffered(from: &mut TcpStream, path: &Path, chunk: usize) -> anyhow::
         file.write_all(&buffer[..n]).context("write the file")?;
     }
     file.sync_all().context("fsync the file")
+}
+
+/// Writes over the file at `path` from its start (creating it if missing,
+/// never truncating it); returns the bytes written.
+fn receive_recycled(from: &mut TcpStream, path: &Path, chunk: usize) -> anyhow::Result<u64> {
+    let mut buffer = vec![0u8; chunk];
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let mut length = 0u64;
+    loop {
+        let n = read_full(from, &mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buffer[..n]).context("write the file")?;
+        length += n as u64;
+    }
+    file.sync_all().context("fsync the file")?;
+    Ok(length)
 }
 
 /// The bytes a delayed write keeps in memory before writing them.

@@ -38,6 +38,12 @@ pub async fn handle(
         .counters
         .bytes_pushed
         .fetch_add(len, Ordering::Relaxed);
+    if store.writes_on_push() {
+        partition
+            .write_pushed(store.tiers())
+            .await
+            .map_err(|e| e.context(format!("push to {key}")))?;
+    }
     store.check_pressure();
     // Past the split size, when this worker's tiers are nearly full, or when
     // it is leaving the cluster, the producer is asked to go on elsewhere (at

@@ -23,10 +23,10 @@
 //! - What does cost: writing data received long before. The same pipeline
 //!   holding 256 MiB before it writes (as a memory tier does) is 1.78; the
 //!   copy into the page cache of bytes the CPU's caches no longer hold is
-//!   the largest part of a worker's CPU. Writing each push inline as it
-//!   arrives cut the worker's CPU by about a fifth in trials, but only when
-//!   done on the thread that received it (blocking a runtime thread); from
-//!   the blocking pool it cut nothing.
+//!   the largest part of a worker's CPU. Hence `write_on_push`
+//!   ([`super::Partition::write_pushed`]): each push is appended on the
+//!   thread that received it. From the blocking pool instead, the same
+//!   write-through cut nothing in trials.
 
 use std::fs::File;
 use std::io::{IoSlice, Write};

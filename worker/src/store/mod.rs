@@ -57,6 +57,8 @@ pub struct StoreOptions {
     pub memory_budget: u64,
     pub flush_high_watermark: f64,
     pub flush_low_watermark: f64,
+    /// Push data goes to its file at once ([`Partition::write_pushed`]).
+    pub write_on_push: bool,
     pub object_store: Option<ObjectStoreSettings>,
     pub object_part_size: u64,
     pub object_read_budget: u64,
@@ -152,6 +154,11 @@ impl Store {
 
     pub fn tiers(&self) -> &Tiers {
         &self.tiers
+    }
+
+    /// Whether pushes write their data out at once (`write_on_push`).
+    pub fn writes_on_push(&self) -> bool {
+        self.options.write_on_push
     }
 
     /// Receive buffers; every buffer taken is covered by a budget reservation.

@@ -335,6 +335,27 @@ impl Partition {
         self.flush_locked(tiers).await
     }
 
+    /// Writes what pushes left in memory out at once, on the calling thread
+    /// (`write_on_push`): the bytes just received are still in this core's
+    /// caches, and copying them into the page cache then costs a fraction of
+    /// what it costs once they have gone cold. Skipped while another flush,
+    /// seal or migration of the partition runs (that one takes the data).
+    pub async fn write_pushed(self: &Arc<Self>, tiers: &Tiers) -> TierResult<()> {
+        let Ok(_guard) = self.flush_lock.try_lock() else {
+            return Ok(());
+        };
+        // Only to a local directory: with none, the data waits for the
+        // flusher, which sends it to the object store in large parts.
+        let current = {
+            let state = self.lock();
+            state.files.last().filter(|f| f.writable).map(|f| f.dir)
+        };
+        if tiers.dirs.choose(self.pending_bytes(), current).is_none() {
+            return Ok(());
+        }
+        self.flush_with(tiers, Writer::Inline).await
+    }
+
     /// Waits until no flush, seal or migration commit of this partition is running.
     pub async fn wait_idle(&self) {
         drop(self.flush_lock.lock().await);
@@ -342,6 +363,11 @@ impl Partition {
 
     /// The body of [`Partition::flush`]; the caller holds `flush_lock`.
     async fn flush_locked(self: &Arc<Self>, tiers: &Tiers) -> TierResult<()> {
+        self.flush_with(tiers, Writer::Pool).await
+    }
+
+    /// [`Partition::flush_locked`] with local writes made by `writer`.
+    async fn flush_with(self: &Arc<Self>, tiers: &Tiers, writer: Writer) -> TierResult<()> {
         let (pending, reservations, total) = {
             let mut state = self.lock();
             if state.pending.is_empty() {
@@ -357,7 +383,7 @@ impl Partition {
                 total,
             )
         };
-        let result = self.write_out(tiers, &pending, total).await;
+        let result = self.write_out(tiers, &pending, total, writer).await;
         // The memory is returned whether the data moved or the partition failed.
         drop(reservations);
         match result {
@@ -385,6 +411,7 @@ impl Partition {
         tiers: &Tiers,
         pending: &[(ExtentRef, Bytes)],
         total: u64,
+        writer: Writer,
     ) -> TierResult<()> {
         let slices: Vec<Bytes> = pending.iter().map(|(_, b)| b.clone()).collect();
         let mut last_error = None;
@@ -398,7 +425,7 @@ impl Partition {
                 break;
             };
             match self
-                .append_local(tiers, dir, current == Some(dir), &slices)
+                .append_local(tiers, dir, current == Some(dir), &slices, writer)
                 .await
             {
                 Ok((file, offset)) => {
@@ -439,6 +466,7 @@ impl Partition {
         dir: usize,
         reuse: bool,
         slices: &[Bytes],
+        writer: Writer,
     ) -> std::io::Result<(u32, u64)> {
         let total: u64 = slices.iter().map(|s| s.len() as u64).sum();
         let dir_path = tiers.dirs.get(dir).path.clone();
@@ -476,10 +504,18 @@ impl Partition {
         let layer = Arc::clone(&tiers.files);
         let owned: Vec<Bytes> = slices.to_vec();
         let handle = Arc::clone(&file);
-        let written =
-            tokio::task::spawn_blocking(move || layer.append(&dir_path, &handle, offset, &owned))
+        let append = move || layer.append(&dir_path, &handle, offset, &owned);
+        let written = match writer {
+            Writer::Inline
+                if tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(append)
+            }
+            _ => tokio::task::spawn_blocking(append)
                 .await
-                .map_err(std::io::Error::other)?;
+                .map_err(std::io::Error::other)?,
+        };
         let mut state = self.lock();
         let entry = state.files.iter_mut().find(|f| f.id == id);
         match written {
@@ -867,7 +903,8 @@ impl Partition {
             pending.push((*extent, bytes.slice(at..at + *len as usize)));
             at += *len as usize;
         }
-        self.write_out(tiers, &pending, at as u64).await?;
+        self.write_out(tiers, &pending, at as u64, Writer::Pool)
+            .await?;
         let gone = {
             let mut state = self.lock();
             let position = state.files.iter().position(|f| f.id == id);
@@ -1205,6 +1242,18 @@ pub async fn delete_files(tiers: &Tiers, files: Vec<(usize, PathBuf, u64)>) {
             Err(e) => tracing::warn!(file = %path.display(), error = %e, "delete task failed"),
         }
     }
+}
+
+/// Which thread appends to a local data file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// The blocking pool (flusher, seal, evacuation): data that waited in
+    /// memory, and callers that must not hold a runtime thread.
+    Pool,
+    /// The calling runtime thread, handing its other tasks to the rest of
+    /// the runtime meanwhile (`block_in_place`); the blocking pool on a
+    /// single-threaded runtime, where that is not possible.
+    Inline,
 }
 
 /// Reads the extents of one migration part into one buffer. Blocking.

@@ -21,6 +21,7 @@ pub fn options(dir: &std::path::Path, dir_capacity: u64) -> StoreOptions {
         memory_budget: 64 << 20,
         flush_high_watermark: 0.75,
         flush_low_watermark: 0.5,
+        write_on_push: false,
         object_store: Some(terrace_worker::ObjectStoreSettings {
             url: "memory://".into(),
             options: Default::default(),
