@@ -403,6 +403,7 @@ fn bench_measures_the_worker_process_and_the_raw_pipeline() {
         "{report}"
     );
     assert!(number("end_to_end_vs_raw_tcp") > 0.0, "{report}");
+    assert!(number("pipeline_vs_raw_tcp") > 0.0, "{report}");
     // Two pairs, and the reported ratio is the median of theirs (with two,
     // the larger).
     let pairs = report["cpu_runs"].as_array().expect("cpu_runs");

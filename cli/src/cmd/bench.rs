@@ -99,6 +99,11 @@ struct Report {
     push_vs_raw_tcp: f64,
     read_vs_raw_tcp: f64,
     end_to_end_vs_raw_tcp: f64,
+    /// The raw pipeline's own rate (its bytes over its wall time: sent in,
+    /// then read back, with no Terrace code) against raw TCP: what moving
+    /// each byte over loopback twice and through a file costs on this
+    /// machine, the ceiling of any store's end-to-end ratio here.
+    pipeline_vs_raw_tcp: f64,
     push_and_seal_vs_raw_disk_write: f64,
     /// Reads of the object-store phase's shuffle after every partition was
     /// migrated to the object store (null when the phase is skipped)...
@@ -302,6 +307,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .collect(),
     );
     let pipeline = pairs.swap_remove(median_pair).1;
+    let pipeline_rate = pipeline.bytes as f64 / MIB / pipeline.seconds;
     let report = Report {
         worker_cpu_seconds_per_gib: worker_cpu_per_gib,
         pipeline_cpu_seconds_per_gib: pipeline_cpu_per_gib,
@@ -321,6 +327,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         push_vs_raw_tcp: push / raw_tcp,
         read_vs_raw_tcp: read / raw_tcp,
         end_to_end_vs_raw_tcp: e2e / raw_tcp,
+        pipeline_vs_raw_tcp: pipeline_rate / raw_tcp,
         push_and_seal_vs_raw_disk_write: push_and_seal / raw_disk,
         object_store_read_mib_s: object_store_phase
             .as_ref()
@@ -390,6 +397,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "  end to end (concurrent)   {:>8.0} MiB/s  = {:.2} x raw TCP",
             e2e, report.end_to_end_vs_raw_tcp
+        );
+        println!(
+            "  raw pipeline (no Terrace) {:>8.0} MiB/s  = {:.2} x raw TCP (in, then back out: the ceiling here)",
+            pipeline_rate, report.pipeline_vs_raw_tcp
         );
         match &report.object_store_phase {
             Some(o) => {
