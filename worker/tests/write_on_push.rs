@@ -8,7 +8,18 @@ mod common;
 use std::sync::Arc;
 
 use common::{data, key, options, read_sub};
-use terrace_worker::{Reservation, Store, StoreHooks};
+use terrace_worker::{Partition, Reservation, Store, StoreHooks};
+
+/// Appends `batch` as a push does, then writes it out as `write_on_push` does.
+async fn push(store: &Store, partition: &Arc<Partition>, batch: bytes::Bytes) {
+    partition
+        .append(batch, Reservation::empty(), None, u32::MAX)
+        .expect("append");
+    partition
+        .write_pushed(store.tiers())
+        .await
+        .expect("write pushed data (nothing to write fails nothing)");
+}
 
 fn store(dir: &std::path::Path, dir_capacity: u64) -> Arc<Store> {
     let mut options = options(dir, dir_capacity);
@@ -25,13 +36,7 @@ async fn pushes_are_on_disk_at_once() {
     let partition = store.create(k.clone(), 2, false, false).expect("create");
     let (batches, expected) = data(5, 3, 6);
     for batch in batches {
-        partition
-            .append(batch, Reservation::empty(), None, u32::MAX)
-            .expect("append");
-        partition
-            .write_pushed(store.tiers())
-            .await
-            .expect("write pushed data");
+        push(&store, &partition, batch).await;
         let tiers = partition.tier_bytes();
         assert_eq!(tiers.memory, 0, "{tiers:?}");
         assert_eq!(tiers.local, partition.stored_bytes(), "{tiers:?}");
@@ -68,13 +73,7 @@ async fn without_local_room_pushes_wait_for_the_flusher_and_go_out_in_large_part
     let (batches, expected) = data(6, 4, 6);
     let rounds = batches.len();
     for batch in batches {
-        partition
-            .append(batch, Reservation::empty(), None, u32::MAX)
-            .expect("append");
-        partition
-            .write_pushed(store.tiers())
-            .await
-            .expect("nothing to write, nothing fails");
+        push(&store, &partition, batch).await;
         let tiers = partition.tier_bytes();
         assert_eq!((tiers.local, tiers.object), (0, 0), "{tiers:?}");
         assert_eq!(tiers.memory, partition.stored_bytes(), "{tiers:?}");

@@ -15,7 +15,7 @@ use anyhow::Context;
 use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgent};
 
 use crate::cmd::bench_process::{
-    Pipeline, WorkerProcess, cpu_seconds, peak_rss, pipeline_yardstick,
+    Pipeline, WorkerProcess, cpu_seconds, peak_rss, pipeline_yardstick, work_dir,
 };
 use crate::cmd::cluster::Cluster;
 use crate::sample::{
@@ -163,12 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (1..=20).contains(&args.cpu_runs),
         "--cpu-runs must be 1 to 20"
     );
-    let temp = tempfile::tempdir().context("create a temp dir")?;
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| temp.path().to_path_buf());
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let (_temp, dir) = work_dir(args.dir.as_deref())?;
     let buffer_size = 32 * 1024;
     let (buffers, payload) = shape(&args, args.bytes, buffer_size)?;
     let object_store = match args.object_store.trim() {

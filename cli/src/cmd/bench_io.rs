@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use terrace_tier_api::ByteSize;
 
-use crate::cmd::bench_process::{Pipeline, ReadMode, WriteMode, pipeline_with};
+use crate::cmd::bench_process::{Pipeline, ReadMode, WriteMode, pipeline_with, work_dir};
 use crate::sample::print_json;
 
 #[derive(Debug, clap::Args)]
@@ -55,12 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.bytes.as_u64() >= MIB as u64,
         "--bytes must be at least 1 MiB"
     );
-    let temp = tempfile::tempdir().context("create a temp dir")?;
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| temp.path().to_path_buf());
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let (_temp, dir) = work_dir(args.dir.as_deref())?;
     let variants = [
         (WriteMode::Buffered, ReadMode::Copy, MIB),
         (WriteMode::Buffered, ReadMode::Copy, 4 * MIB),

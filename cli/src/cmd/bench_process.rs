@@ -16,6 +16,15 @@ use std::time::Instant;
 use anyhow::Context;
 use terrace_tier_api::ByteSize;
 
+/// The benchmark's working directory: `dir` when given (created if
+/// missing), else a temp dir, removed when the returned guard is dropped.
+pub fn work_dir(dir: Option<&Path>) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let temp = tempfile::tempdir().context("create a temp dir")?;
+    let dir = dir.map_or_else(|| temp.path().to_path_buf(), Path::to_path_buf);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok((temp, dir))
+}
+
 /// CPU time the kernel reports in `/proc/<pid>/stat` is in USER_HZ ticks,
 /// 100 per second on every Linux architecture (the value `sysconf(_SC_CLK_TCK)`
 /// returns; it is ABI).
