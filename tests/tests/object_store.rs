@@ -69,6 +69,36 @@ aws_allow_http = "true"
     path
 }
 
+/// A real S3 server, a temp dir holding a worker config that uses it (as
+/// [`worker_config`] writes it), and a worker started on that config.
+struct Rig {
+    s3: S3Server,
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    worker: ServiceProcess,
+}
+
+impl Rig {
+    fn start(memory_budget: &str, dir_capacity: &str, cold_after: &str) -> Rig {
+        let s3 = S3Server::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = worker_config(&Setup {
+            dir: dir.path(),
+            s3: &s3,
+            memory_budget,
+            dir_capacity,
+            cold_after,
+        });
+        let worker = start_worker(&config_path);
+        Rig {
+            s3,
+            dir,
+            config_path,
+            worker,
+        }
+    }
+}
+
 fn start_worker(config: &Path) -> ServiceProcess {
     ServiceProcess::start(&["worker", "--config", config.to_str().expect("utf-8 path")])
 }
@@ -184,16 +214,12 @@ fn drop_job(worker: &ServiceProcess, key: &PartitionKey) {
 /// budgets (`read_memory` 32 MiB, object `read_budget` 16 MiB) plus 64 MiB.
 #[test]
 fn overflow_takes_a_gib_past_a_64_mib_disk_within_the_memory_bound() {
-    let s3 = S3Server::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config_path = worker_config(&Setup {
-        dir: dir.path(),
-        s3: &s3,
-        memory_budget: "128MiB",
-        dir_capacity: "64MiB",
-        cold_after: "1h",
-    });
-    let worker = start_worker(&config_path);
+    let Rig {
+        s3,
+        dir,
+        config_path: _config_path,
+        worker,
+    } = Rig::start("128MiB", "64MiB", "1h");
     let config = AgentConfig {
         push_size: ByteSize::kib(512),
         segment_size: ByteSize::mib(2),
@@ -249,17 +275,13 @@ fn overflow_takes_a_gib_past_a_64_mib_disk_within_the_memory_bound() {
 /// Flink's (80 bytes), whose hex alone made keys some S3 servers refuse.
 #[test]
 fn migration_survives_sigkill_during_and_after() {
-    let s3 = S3Server::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config_path = worker_config(&Setup {
-        dir: dir.path(),
-        s3: &s3,
-        memory_budget: "128MiB",
-        dir_capacity: "4GiB",
-        cold_after: "1s",
-    });
+    let Rig {
+        s3,
+        dir,
+        config_path,
+        worker,
+    } = Rig::start("128MiB", "4GiB", "1s");
     let config = agent_config();
-    let worker = start_worker(&config_path);
     const SUBS: u32 = 8;
     let small = flink_sized_key(21, 1);
     let expected_small = write_partition(&config, descriptor(&worker, &small), 1, SUBS, 64, 8000);
@@ -318,17 +340,13 @@ enum Outage {
 }
 
 fn outage(kind: Outage) {
-    let mut s3 = S3Server::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config_path = worker_config(&Setup {
-        dir: dir.path(),
-        s3: &s3,
-        memory_budget: "64MiB",
-        dir_capacity: "12MiB",
-        cold_after: "1s",
-    });
+    let Rig {
+        mut s3,
+        dir: _dir,
+        config_path: _config_path,
+        worker,
+    } = Rig::start("64MiB", "12MiB", "1s");
     let config = agent_config();
-    let worker = start_worker(&config_path);
     const SUBS: u32 = 4;
     // Fits the local directory; goes cold while the store is down.
     let local = key(22, 1);
@@ -407,17 +425,13 @@ fn killed_store_loses_no_local_data_and_migration_completes_when_it_returns() {
 /// A restart deletes what Terrace wrote for unsealed partitions and nothing else.
 #[test]
 fn files_terrace_did_not_write_survive_a_restart() {
-    let s3 = S3Server::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config_path = worker_config(&Setup {
-        dir: dir.path(),
-        s3: &s3,
-        memory_budget: "64MiB",
-        dir_capacity: "1GiB",
-        cold_after: "1h",
-    });
+    let Rig {
+        s3: _s3,
+        dir,
+        config_path,
+        worker,
+    } = Rig::start("64MiB", "1GiB", "1h");
     let config = agent_config();
-    let worker = start_worker(&config_path);
     let sealed = key(23, 1);
     let expected = write_partition(&config, descriptor(&worker, &sealed), 1, 2, 10, 1000);
     let data = dir.path().join("data");
@@ -468,16 +482,12 @@ fn files_terrace_did_not_write_survive_a_restart() {
 /// migrated to the object store.
 #[test]
 fn compressed_buffers_pass_every_tier_as_sent_and_read_back_exactly() {
-    let s3 = S3Server::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config_path = worker_config(&Setup {
-        dir: dir.path(),
-        s3: &s3,
-        memory_budget: "64MiB",
-        dir_capacity: "1GiB",
-        cold_after: "3s",
-    });
-    let worker = start_worker(&config_path);
+    let Rig {
+        s3: _s3,
+        dir: _dir,
+        config_path: _config_path,
+        worker,
+    } = Rig::start("64MiB", "1GiB", "3s");
     let config = AgentConfig {
         compression: true,
         ..agent_config()

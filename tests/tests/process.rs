@@ -360,31 +360,35 @@ fn readers_and_clients_that_stop_reading_stay_under_both_budgets_plus_64_mib() {
 /// processes' CPU time per GiB and the worker's peak memory. A small run
 /// checks the plumbing and that the figures are real measurements (no
 /// speed is asserted: benchmarks are not timed tests).
+/// Runs `terrace <args>` (within 180 s), which must succeed, and parses its
+/// stdout as JSON.
+fn json_report(args: &[&str]) -> serde_json::Value {
+    let out = terrace_tests::run_terrace(args, Duration::from_secs(180));
+    assert!(
+        out.status.success(),
+        "terrace {} failed: {}",
+        args[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
 #[test]
 fn bench_measures_the_worker_process_and_the_raw_pipeline() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dir = dir.path().to_str().expect("a UTF-8 temp path");
-    let out = terrace_tests::run_terrace(
-        &[
-            "bench",
-            "--bytes",
-            "64MiB",
-            "--cpu-runs",
-            "2",
-            "--object-store",
-            "none",
-            "--json",
-            "--dir",
-            dir,
-        ],
-        Duration::from_secs(180),
-    );
-    assert!(
-        out.status.success(),
-        "terrace bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let report = json_report(&[
+        "bench",
+        "--bytes",
+        "64MiB",
+        "--cpu-runs",
+        "2",
+        "--object-store",
+        "none",
+        "--json",
+        "--dir",
+        dir,
+    ]);
     let number = |field: &str| {
         report[field]
             .as_f64()
@@ -423,18 +427,9 @@ fn bench_measures_the_worker_process_and_the_raw_pipeline() {
 fn bench_io_runs_every_kernel_path_and_gets_every_byte_back() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dir = dir.path().to_str().expect("a UTF-8 temp path");
-    let out = terrace_tests::run_terrace(
-        &[
-            "bench-io", "--bytes", "16MiB", "--runs", "1", "--json", "--dir", dir,
-        ],
-        Duration::from_secs(180),
-    );
-    assert!(
-        out.status.success(),
-        "terrace bench-io failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let report = json_report(&[
+        "bench-io", "--bytes", "16MiB", "--runs", "1", "--json", "--dir", dir,
+    ]);
     let variants = report.as_array().expect("a list of variants");
     let names: Vec<String> = variants
         .iter()
