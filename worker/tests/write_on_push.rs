@@ -94,3 +94,39 @@ async fn without_local_room_pushes_wait_for_the_flusher_and_go_out_in_large_part
         );
     }
 }
+
+/// Partitions written side by side never take a directory past its
+/// capacity: each write takes its room before it starts. What does not fit
+/// stays in memory for the flusher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_side_by_side_never_pass_a_directory_capacity() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    const CAPACITY: u64 = 96 << 10;
+    let store = store(dir.path(), CAPACITY);
+    let mut tasks = Vec::new();
+    for p in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let partition = store.create(key(4, p), 2, false, false).expect("create");
+            let (batches, _) = data(p, 4, 3);
+            for batch in batches {
+                push(&store, &partition, batch).await;
+            }
+            partition
+        }));
+    }
+    let mut local = 0;
+    for task in tasks {
+        local += task.await.expect("pusher").tier_bytes().local;
+    }
+    let dirs = &store.tiers().dirs;
+    for i in 0..dirs.len() {
+        assert!(
+            dirs.get(i).used() <= CAPACITY,
+            "directory {i} holds {} of {CAPACITY} bytes",
+            dirs.get(i).used()
+        );
+    }
+    assert_eq!(local, dirs.get(0).used() + dirs.get(1).used());
+    assert!(local > 0, "some pushes fit");
+}

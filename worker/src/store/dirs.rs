@@ -136,6 +136,8 @@ impl LocalDir {
 pub struct LocalDirs {
     dirs: Vec<LocalDir>,
     store_id: String,
+    /// Serializes [`LocalDirs::claim`]s.
+    claims: std::sync::Mutex<()>,
 }
 
 impl LocalDirs {
@@ -174,7 +176,11 @@ impl LocalDirs {
             dir.refresh();
             dirs.push(dir);
         }
-        Ok(LocalDirs { dirs, store_id })
+        Ok(LocalDirs {
+            dirs,
+            store_id,
+            claims: std::sync::Mutex::new(()),
+        })
     }
 
     /// This worker's id in the object store, kept in the directory markers.
@@ -210,6 +216,16 @@ impl LocalDirs {
             .filter(|(_, room)| *room >= bytes)
             .max_by_key(|(_, room)| *room)
             .map(|(i, _)| i)
+    }
+
+    /// [`LocalDirs::choose`], and the room taken at once (counted as used),
+    /// so that writers side by side cannot all fit into the same last room.
+    /// A writer whose write then fails gives the bytes back with `remove`.
+    pub fn claim(&self, bytes: u64, current: Option<usize>) -> Option<usize> {
+        let _claiming = self.claims.lock().expect("dir claims lock poisoned");
+        let i = self.choose(bytes, current)?;
+        self.dirs[i].add(bytes);
+        Some(i)
     }
 
     /// A healthy directory for a small file (an index), preferring `preferred`.
@@ -311,6 +327,15 @@ mod tests {
         assert_eq!(dirs.choose(10, Some(0)), Some(0), "a partition stays put");
         assert_eq!(dirs.choose(950, Some(0)), Some(1), "a has no room for 950");
         assert_eq!(dirs.choose(1001, None), None);
+        // A claim takes the room it was given: the next one sees less.
+        let before = (dirs.get(0).used(), dirs.get(1).used());
+        assert_eq!(dirs.claim(600, None), Some(1));
+        assert_eq!(dirs.get(1).used(), before.1 + 600);
+        assert_eq!(dirs.claim(500, Some(1)), Some(0), "b has 400 left");
+        assert_eq!(dirs.claim(500, None), None, "neither has 500 left");
+        dirs.get(1).remove(600);
+        dirs.get(0).remove(500);
+        assert_eq!((dirs.get(0).used(), dirs.get(1).used()), before);
         dirs.get(1)
             .mark_unhealthy(&std::io::Error::from_raw_os_error(libc::EIO));
         assert_eq!(dirs.choose(10, None), Some(0));

@@ -421,7 +421,9 @@ impl Partition {
                 let state = self.lock();
                 state.files.last().filter(|f| f.writable).map(|f| f.dir)
             };
-            let Some(dir) = tiers.dirs.choose(total, current) else {
+            // The room is taken now, not after the write: pushes written
+            // side by side must not all fit into the same last room.
+            let Some(dir) = tiers.dirs.claim(total, current) else {
                 break;
             };
             match self
@@ -442,6 +444,7 @@ impl Partition {
                     return Ok(());
                 }
                 Err(e) => {
+                    tiers.dirs.get(dir).remove(total);
                     tiers.dirs.get(dir).mark_unhealthy(&e);
                     last_error = Some(format!("{}: {e}", tiers.dirs.get(dir).path.display()));
                 }
@@ -523,7 +526,6 @@ impl Partition {
                 if let Some(f) = entry {
                     f.len = offset + total;
                 }
-                tiers.dirs.get(dir).add(total);
                 Ok((id, offset))
             }
             Err(e) => {
