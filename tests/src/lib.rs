@@ -643,9 +643,23 @@ pub fn join_within<T>(handle: std::thread::JoinHandle<T>, limit: Duration, what:
     handle.join().unwrap_or_else(|_| panic!("{what} panicked"))
 }
 
-/// A loopback address nothing listens on (a listener bound, then dropped).
+/// A loopback address nothing listens on (a listener bound, then dropped),
+/// for a service that must come back on the same address after a restart.
+///
+/// The host is a random one in 127.0.0.0/8 rather than 127.0.0.1: the port
+/// is free when this returns, but until the service binds it (and again
+/// while a killed service is down) any socket may take it, and the client
+/// connections of tests running in parallel take their local ports on
+/// 127.0.0.1. CI once lost a worker that way ("address in use" at start).
 pub fn closed_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded randomly per process and differs per instance.
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        .to_le_bytes();
+    let host = std::net::Ipv4Addr::new(127, 1 + bits[0] % 254, bits[1], 1 + bits[2] % 254);
+    let listener = std::net::TcpListener::bind((host, 0)).expect("bind a free port");
     let address = listener.local_addr().expect("listener address").to_string();
     drop(listener);
     address
