@@ -33,6 +33,10 @@ pub struct ShuffleParams {
     /// Start the readers only after every producer closed (measures reads alone).
     pub read_after_write: bool,
     pub read_timeout: Duration,
+    /// A process whose CPU seconds are taken the moment every partition is
+    /// sealed ([`ShuffleReport::cpu_seconds_at_seal`]): splits a benchmarked
+    /// worker's CPU between writing and reading.
+    pub cpu_of: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -47,6 +51,8 @@ pub struct ShuffleReport {
     pub read_seconds: f64,
     pub total_seconds: f64,
     pub verified_bytes: u64,
+    /// The CPU seconds of [`ShuffleParams::cpu_of`] when every partition was sealed.
+    pub cpu_seconds_at_seal: Option<f64>,
 }
 
 /// The deterministic data every buffer is cut from.
@@ -177,6 +183,9 @@ pub fn shuffle_and_keep(
         * u64::from(params.buffers_per_subpartition)
         * params.buffer_size as u64;
     report.write_seconds = start.elapsed().as_secs_f64();
+    if let Some(pid) = params.cpu_of {
+        report.cpu_seconds_at_seal = Some(crate::cmd::bench_process::cpu_seconds(pid)?);
+    }
     report.push_seconds = acked
         .lock()
         .expect("acked lock")

@@ -421,6 +421,18 @@ fn bench_measures_the_worker_process_and_the_raw_pipeline() {
         ratios[0].max(ratios[1]),
         "{report}"
     );
+    // Each figure splits at the point the data was stored: the write share
+    // is part of the whole.
+    for pair in pairs {
+        for who in ["worker", "pipeline"] {
+            let whole = pair[format!("{who}_cpu_seconds_per_gib")].as_f64();
+            let write = pair[format!("{who}_write_cpu_seconds_per_gib")].as_f64();
+            assert!(
+                matches!((whole, write), (Some(whole), Some(write)) if write > 0.0 && write <= whole),
+                "{who} in {pair}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -125,6 +125,11 @@ struct CpuPair {
     worker_cpu_seconds_per_gib: f64,
     pipeline_cpu_seconds_per_gib: f64,
     ratio: f64,
+    /// The share of the two figures above spent until the data was stored
+    /// (the worker: every partition sealed; the pipeline: its file written
+    /// and fsynced). The rest went to reading it back and deleting it.
+    worker_write_cpu_seconds_per_gib: f64,
+    pipeline_write_cpu_seconds_per_gib: f64,
 }
 
 /// The object-store phase: one shuffle written to a worker with an object
@@ -205,6 +210,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         buffer_size,
         read_after_write: true,
         read_timeout: Duration::from_secs(600),
+        cpu_of: Some(worker.pid()),
     };
     if args.warmup {
         // A long-running worker's buffer pool and the allocator are warm; a
@@ -238,6 +244,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         master.unregister_job(&job)?;
         wait_until_idle(worker.pid())?;
         let worker_cpu = cpu_seconds(worker.pid())? - cpu_before;
+        let worker_cpu_write = report
+            .cpu_seconds_at_seal
+            .context("the shuffle took the worker's CPU time at the seal")?
+            - cpu_before;
         first.get_or_insert(report);
         eprintln!(
             "measuring the raw pipeline (receive, write, fsync, read, send) with {:.0} MiB ...",
@@ -245,7 +255,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         let pipeline = pipeline_yardstick(&dir, payload, config.push_size.as_usize())
             .context("run the raw pipeline yardstick")?;
-        pairs.push((worker_cpu / gib, pipeline));
+        pairs.push(((worker_cpu / gib, worker_cpu_write / gib), pipeline));
     }
     let write_then_read = first.context("--cpu-runs must be at least 1")?;
     eprintln!(
@@ -276,12 +286,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let e2e = mib / concurrent.total_seconds;
     let cpu_runs: Vec<CpuPair> = pairs
         .iter()
-        .map(|(worker, pipeline)| {
+        .map(|((worker, worker_write), pipeline)| {
+            let pipeline_write = pipeline.cpu_seconds_write / gib;
             let pipeline = pipeline.cpu_seconds / gib;
             CpuPair {
                 worker_cpu_seconds_per_gib: *worker,
                 pipeline_cpu_seconds_per_gib: pipeline,
                 ratio: worker / pipeline.max(0.01),
+                worker_write_cpu_seconds_per_gib: *worker_write,
+                pipeline_write_cpu_seconds_per_gib: pipeline_write,
             }
         })
         .collect();
@@ -289,7 +302,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let worker_cpu_per_gib = median(&mut pairs.iter().map(|p| p.0).collect());
+    let worker_cpu_per_gib = median(&mut pairs.iter().map(|p| p.0.0).collect());
     let ratio = median(&mut cpu_runs.iter().map(|p| p.ratio).collect());
     let median_pair = cpu_runs
         .iter()
@@ -364,8 +377,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|p| {
                 format!(
-                    "{:.2}/{:.2}={:.2}",
-                    p.worker_cpu_seconds_per_gib, p.pipeline_cpu_seconds_per_gib, p.ratio
+                    "{:.2}/{:.2}={:.2} (write {:.2}/{:.2}, read {:.2}/{:.2})",
+                    p.worker_cpu_seconds_per_gib,
+                    p.pipeline_cpu_seconds_per_gib,
+                    p.ratio,
+                    p.worker_write_cpu_seconds_per_gib,
+                    p.pipeline_write_cpu_seconds_per_gib,
+                    p.worker_cpu_seconds_per_gib - p.worker_write_cpu_seconds_per_gib,
+                    p.pipeline_cpu_seconds_per_gib - p.pipeline_write_cpu_seconds_per_gib,
                 )
             })
             .collect();
@@ -540,6 +559,7 @@ fn object_store_phase(
         buffer_size,
         read_after_write: true,
         read_timeout: Duration::from_secs(600),
+        cpu_of: None,
     };
     let job = JobId::new(b"terrace-bench-object-store".to_vec())?;
     master.register_job(&job, Arc::new(LogLosses))?;

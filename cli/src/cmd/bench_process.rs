@@ -158,6 +158,8 @@ pub struct Pipeline {
     pub bytes: u64,
     pub seconds: f64,
     pub cpu_seconds: f64,
+    /// The part of `cpu_seconds` spent until the file was written and fsynced.
+    pub cpu_seconds_write: f64,
 }
 
 /// How the yardstick writes its file.
@@ -268,25 +270,30 @@ pub fn pipeline_with(
         received == bytes,
         "sent {bytes} bytes through the pipeline, got {received} back"
     );
-    let cpu_seconds = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(v) = line.strip_prefix("cpu_seconds ") {
-                    break v
-                        .trim()
-                        .parse::<f64>()
-                        .context("parse the pipeline's CPU time")?;
+    let mut next_figure = |name: &str| -> anyhow::Result<f64> {
+        loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(v) = line.strip_prefix(name) {
+                        return v
+                            .trim()
+                            .parse::<f64>()
+                            .with_context(|| format!("parse the pipeline's {name}"));
+                    }
                 }
+                _ => anyhow::bail!("the pipeline exited without its {name}"),
             }
-            _ => anyhow::bail!("the pipeline exited without its CPU time"),
         }
     };
+    let cpu_seconds_write = next_figure("cpu_seconds_write ")?;
+    let cpu_seconds = next_figure("cpu_seconds ")?;
     let status = child.wait().context("wait for the pipeline")?;
     anyhow::ensure!(status.success(), "the pipeline failed: {status}");
     Ok(Pipeline {
         bytes,
         seconds,
         cpu_seconds,
+        cpu_seconds_write,
     })
 }
 
@@ -327,6 +334,8 @@ pub fn run_pipe(args: PipeArgs) -> anyhow::Result<()> {
         WriteMode::Direct => receive_direct(&mut from, &path, args.chunk)?,
         WriteMode::Delayed => receive_delayed(&mut from, &path, args.chunk)?,
     }
+    println!("cpu_seconds_write {}", cpu_seconds(std::process::id())?);
+    std::io::stdout().flush()?;
     let (mut to, _) = listener.accept().context("accept the reader")?;
     match args.read {
         ReadMode::Copy => {

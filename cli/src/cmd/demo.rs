@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         buffer_size: 32 * 1024,
         read_after_write: false,
         read_timeout: Duration::from_secs(120),
+        cpu_of: None,
     };
     let pool = Pool::new();
     let report = run_shuffle(&factory, &master, &job, &params, &pool)?;
@@ -142,6 +143,7 @@ fn run_tiered(args: Args) -> anyhow::Result<()> {
         buffer_size: 32 * 1024,
         read_after_write: false,
         read_timeout: Duration::from_secs(300),
+        cpu_of: None,
     };
     let pool = Pool::new();
     let (report, descriptors) = shuffle_and_keep(&factory, &master, &job, &params, &pool)?;
