@@ -17,25 +17,29 @@
 #     taskmanager.network.hybrid-shuffle.remote.path=file:///tmp/flink-remote
 #
 # Env:
-#   FLINK_LIB      directory of Flink jars (default: output of scripts/fetch-flink.sh)
-#   TERRACE_JAR    the Terrace plug-in jar to put on the classpath (scripts/build-flink-jar.sh)
+#   FLINK_VERSION  the Flink to run: 1.20.3 (default) or 2.2.1 (see scripts/fetch-flink.sh)
+#   FLINK_LIB      directory of Flink jars (default: output of scripts/fetch-flink.sh FLINK_VERSION)
+#   TERRACE_JAR    the Terrace plug-in jar to put on the classpath (scripts/build-flink-jar.sh
+#                  FLINK_VERSION: terrace-flink-1.20.jar or terrace-flink-2.x.jar)
 #   EXTRA_CP       extra classpath entries, ':'-separated
 #   JAVA_HEAP      JVM heap for the MiniCluster process (default 4g)
 #   JAVA_OPTS      extra JVM options (e.g. -Djava.library.path=...)
 #   E2E_LOG_LEVEL  root log level (default WARN)
 #   JOB_CLASS      the job's main class (default dev.terrace.e2e.KeyedAggregationJob;
 #                  dev.terrace.e2e.ShuffleHeavyJob takes <records> and <record bytes> instead)
-# The job's classes are compiled (once per change) into <repo>/target/flink/e2e-classes.
+# The job's classes (one source for both lines) are compiled once per change and Flink version
+# into <repo>/target/flink/e2e-classes-FLINK_VERSION.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PLUGIN="$ROOT/flink-plugin"
 BUILD="$ROOT/target/flink"
 
+FLINK_VERSION="${FLINK_VERSION:-1.20.3}"
 if [[ -z "${FLINK_LIB:-}" ]]; then
-  FLINK_LIB="$("$ROOT/scripts/fetch-flink.sh" </dev/null | tail -n 1)"
+  FLINK_LIB="$("$ROOT/scripts/fetch-flink.sh" "$FLINK_VERSION" </dev/null | tail -n 1)"
 fi
-[[ -f "$FLINK_LIB/flink-dist-1.20.3.jar" ]] || { echo "no flink-dist-1.20.3.jar in $FLINK_LIB" >&2; exit 1; }
+[[ -f "$FLINK_LIB/flink-dist-$FLINK_VERSION.jar" ]] || { echo "no flink-dist-$FLINK_VERSION.jar in $FLINK_LIB" >&2; exit 1; }
 FLINK_CP="$FLINK_LIB/*"
 
 compile() { # <src-dir> <out-dir> <classpath>
@@ -52,15 +56,16 @@ compile() { # <src-dir> <out-dir> <classpath>
 }
 
 mkdir -p "$BUILD"
-compile "$PLUGIN/e2e/src" "$BUILD/e2e-classes" "$FLINK_CP"
-CP="$BUILD/e2e-classes:$FLINK_CP"
+compile "$PLUGIN/e2e/src" "$BUILD/e2e-classes-$FLINK_VERSION" "$FLINK_CP"
+CP="$BUILD/e2e-classes-$FLINK_VERSION:$FLINK_CP"
 if [[ -n "${TERRACE_JAR:-}" ]]; then
   [[ -f "$TERRACE_JAR" ]] || { echo "TERRACE_JAR=$TERRACE_JAR does not exist" >&2; exit 1; }
   CP="$TERRACE_JAR:$CP"
 fi
 if [[ -n "${EXTRA_CP:-}" ]]; then CP="$EXTRA_CP:$CP"; fi
 
-# Flink 1.20 on Java 17 needs these (same list as Flink's env.java.opts.all default).
+# Flink on Java 17 needs these (same list as Flink 1.20's env.java.opts.all default; 2.x runs
+# with it too).
 ADD_OPENS=(
   --add-exports=java.base/sun.net.util=ALL-UNNAMED
   --add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED

@@ -1,5 +1,8 @@
 package dev.terrace.e2e;
 
+import org.apache.flink.api.common.io.OutputFormat;
+import org.apache.flink.configuration.Configuration;
+
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -30,6 +33,25 @@ final class JobSupport {
             for (Path x : (Iterable<Path>) s.sorted(java.util.Comparator.reverseOrder())::iterator) {
                 Files.delete(x);
             }
+        }
+    }
+
+    /**
+     * A sink that knows its subtask. An {@link OutputFormat} with {@code
+     * open(InitializationContext)}, the one sink interface Flink 1.20 and 2.x share unchanged.
+     */
+    abstract static class SubtaskSink<T> implements OutputFormat<T> {
+        private static final long serialVersionUID = 1L;
+
+        /** This subtask's index, set when it opens. */
+        protected int subtask;
+
+        @Override
+        public void configure(Configuration parameters) {}
+
+        @Override
+        public void open(InitializationContext context) throws IOException {
+            subtask = context.getTaskNumber();
         }
     }
 

@@ -7,6 +7,7 @@ import org.apache.flink.api.common.functions.RichMapFunction;
 import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.tuple.Tuple3;
 import org.apache.flink.api.java.tuple.Tuple4;
+import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.configuration.Configuration;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.datastream.KeyedStream;
@@ -203,12 +204,12 @@ public final class KeyedAggregationJob {
         Files.createDirectories(parts);
         perKey.map(t -> "key," + t.f0 + "," + t.f1 + "," + t.f2)
                 .returns(Types.STRING)
-                .addSink(new PartFileSink(parts.toString(), "key"))
+                .writeUsingOutputFormat(new PartFileSink(parts.toString(), "key"))
                 .name("write-per-key");
         perBucket
                 .map(t -> "bucket," + t.f0 + "," + t.f1 + "," + t.f2 + "," + Long.toHexString(t.f3))
                 .returns(Types.STRING)
-                .addSink(new PartFileSink(parts.toString(), "bucket"))
+                .writeUsingOutputFormat(new PartFileSink(parts.toString(), "bucket"))
                 .name("write-per-bucket");
 
         long start = System.nanoTime();
@@ -266,8 +267,6 @@ public final class KeyedAggregationJob {
         }
     }
 
-    /** Writes the rows it receives to {@code <dir>/<name>-<subtask>.txt} when it closes. */
-    @SuppressWarnings("deprecation")
     /** Identity map whose open() waits (up to 5 minutes) until a file exists. */
     static final class Gate extends RichMapFunction<Rec, Rec> {
         private static final long serialVersionUID = 1L;
@@ -278,7 +277,7 @@ public final class KeyedAggregationJob {
         }
 
         @Override
-        public void open(Configuration parameters) throws Exception {
+        public void open(OpenContext openContext) throws Exception {
             long deadline = System.nanoTime() + 300_000_000_000L;
             while (!Files.exists(Paths.get(file)) && System.nanoTime() < deadline) {
                 Thread.sleep(100);
@@ -291,8 +290,9 @@ public final class KeyedAggregationJob {
         }
     }
 
-    static final class PartFileSink
-            extends org.apache.flink.streaming.api.functions.sink.RichSinkFunction<String> {
+    /** Writes the rows it receives to {@code <dir>/<name>-<subtask>.txt} when it closes. */
+    static final class PartFileSink extends JobSupport.SubtaskSink<String> {
+        private static final long serialVersionUID = 1L;
         private final String dir;
         private final String name;
         private transient List<String> rows;
@@ -303,7 +303,7 @@ public final class KeyedAggregationJob {
         }
 
         @Override
-        public void invoke(String value, Context context) {
+        public void writeRecord(String value) {
             if (rows == null) {
                 rows = new ArrayList<>();
             }
@@ -311,8 +311,7 @@ public final class KeyedAggregationJob {
         }
 
         @Override
-        public void close() throws Exception {
-            int subtask = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask();
+        public void close() throws IOException {
             Path f = Paths.get(dir, name + "-" + subtask + ".txt");
             Files.write(f, rows == null ? new ArrayList<String>() : rows, StandardCharsets.UTF_8);
         }

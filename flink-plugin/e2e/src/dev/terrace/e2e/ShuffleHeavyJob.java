@@ -90,8 +90,7 @@ public final class ShuffleHeavyJob {
     }
 
     /** Sums what its subtask receives and writes one line at close. */
-    static final class SumSink
-            extends org.apache.flink.streaming.api.functions.sink.RichSinkFunction<byte[]> {
+    static final class SumSink extends JobSupport.SubtaskSink<byte[]> {
         private static final long serialVersionUID = 1L;
         private final String dir;
         private long count;
@@ -103,7 +102,7 @@ public final class ShuffleHeavyJob {
         }
 
         @Override
-        public void invoke(byte[] r, Context context) {
+        public void writeRecord(byte[] r) {
             count++;
             sumOfIds += readLong(r, 0);
             if (r.length >= 16) {
@@ -113,7 +112,6 @@ public final class ShuffleHeavyJob {
 
         @Override
         public void close() throws IOException {
-            int subtask = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask();
             String line = subtask + "," + count + "," + sumOfIds + "," + sumOfRandom;
             Files.write(
                     Paths.get(dir, "part-" + subtask + ".txt"),
@@ -156,7 +154,7 @@ public final class ShuffleHeavyJob {
                 .partitionCustom(
                         (Partitioner<Long>) (id, n) -> (int) Math.floorMod(id, (long) n),
                         (KeySelector<byte[], Long>) r -> readLong(r, 0))
-                .addSink(new SumSink(parts.toString()))
+                .writeUsingOutputFormat(new SumSink(parts.toString()))
                 .name("sum");
 
         long start = System.nanoTime();

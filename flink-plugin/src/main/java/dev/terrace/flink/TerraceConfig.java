@@ -59,6 +59,7 @@ final class TerraceConfig {
     static final String PREFIX = "terrace.";
     static final String NATIVE_LIBRARY = "terrace.native.library";
     static final String EVENT_POLL_INTERVAL_MS = "terrace.event-poll-interval-ms";
+    static final String COMPRESSION = "terrace.compression";
 
     /** Where build-flink-jar.sh puts the native library inside the jar. */
     static final String BUNDLED_LIBRARY = "/native/linux-x86_64/libterrace_flink.so";
@@ -90,8 +91,19 @@ final class TerraceConfig {
 
     /** key, value, key, value, ... for the native side. */
     String[] flat() {
-        List<String> kv = new ArrayList<>(terraceKeys.size() * 2);
-        for (Map.Entry<String, String> e : terraceKeys.entrySet()) {
+        return flat(terraceKeys);
+    }
+
+    /** {@link #flat()} with {@code key} set to {@code value}. */
+    String[] flatWith(String key, String value) {
+        Map<String, String> keys = new TreeMap<>(terraceKeys);
+        keys.put(key, value);
+        return flat(keys);
+    }
+
+    private static String[] flat(Map<String, String> keys) {
+        List<String> kv = new ArrayList<>(keys.size() * 2);
+        for (Map.Entry<String, String> e : keys.entrySet()) {
             kv.add(e.getKey());
             kv.add(e.getValue());
         }

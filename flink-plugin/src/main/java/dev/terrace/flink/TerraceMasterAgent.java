@@ -71,7 +71,7 @@ final class TerraceMasterAgent implements TierMasterAgent {
                 () -> NativeBridge.masterUnregisterJob(handle, jobID.getBytes()));
     }
 
-    @Override
+    /** Flink 1.20's form (no {@code @Override}: 2.x's interface has only the other one). */
     public TierShuffleDescriptor addPartitionAndGetShuffleDescriptor(
             JobID jobID, ResultPartitionID resultPartitionID) {
         return TerraceShuffleDescriptor.fromFields(
@@ -79,6 +79,15 @@ final class TerraceMasterAgent implements TierMasterAgent {
                         () ->
                                 NativeBridge.masterAddPartition(
                                         handle, jobID.getBytes(), resultPartitionID.getBytes())));
+    }
+
+    /**
+     * Flink 2.x's form (no {@code @Override}: 1.20's interface has only the other one). The
+     * worker learns the subpartition count from the producer agent, as on 1.20.
+     */
+    public TierShuffleDescriptor addPartitionAndGetShuffleDescriptor(
+            JobID jobID, int numSubpartitions, ResultPartitionID resultPartitionID) {
+        return addPartitionAndGetShuffleDescriptor(jobID, resultPartitionID);
     }
 
     @Override

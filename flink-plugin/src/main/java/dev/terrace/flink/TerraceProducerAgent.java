@@ -3,6 +3,7 @@ package dev.terrace.flink;
 import org.apache.flink.runtime.io.network.api.EndOfSegmentEvent;
 import org.apache.flink.runtime.io.network.api.serialization.EventSerializer;
 import org.apache.flink.runtime.io.network.buffer.Buffer;
+import org.apache.flink.runtime.io.network.buffer.BufferCompressor;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.TieredStoragePartitionId;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.TieredStorageSubpartitionId;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.storage.TieredStorageResourceRegistry;
@@ -26,6 +27,8 @@ final class TerraceProducerAgent implements TierProducerAgent {
 
     private final long handle;
     private final String partition;
+    /** Flink 2.x's compressor for data buffers (null: Flink gave none; Terrace's own lz4 runs). */
+    private final BufferCompressor compressor;
     private final AtomicBoolean released = new AtomicBoolean();
     private boolean finished;
 
@@ -35,12 +38,18 @@ final class TerraceProducerAgent implements TierProducerAgent {
             TieredStoragePartitionId partitionId,
             boolean isBroadcastOnly,
             TieredStorageResourceRegistry resourceRegistry,
-            TerraceShuffleDescriptor descriptor) {
+            TerraceShuffleDescriptor descriptor,
+            BufferCompressor compressor) {
         this.partition = descriptor.toString();
+        this.compressor = compressor;
         try {
             this.handle =
                     NativeBridge.producerOpen(
-                            config.flat(),
+                            // Buffers Flink's compressor could not shrink would not shrink
+                            // under lz4 either: with a compressor, Terrace's lz4 stays off.
+                            compressor == null
+                                    ? config.flat()
+                                    : config.flatWith(TerraceConfig.COMPRESSION, "false"),
                             descriptor.getJobIdHex(),
                             descriptor.getPartitionIdHex(),
                             descriptor.getWorkerId(),
@@ -76,6 +85,13 @@ final class TerraceProducerAgent implements TierProducerAgent {
             int numRemainingConsecutiveBuffers) {
         int result;
         try {
+            if (compressor != null
+                    && finishedBuffer.isBuffer()
+                    && !finishedBuffer.isCompressed()
+                    && finishedBuffer.readableBytes() > 0) {
+                // In place, as Flink's own tiers do; flagged compressed only if it shrank.
+                finishedBuffer = compressor.compressToOriginalBuffer(finishedBuffer);
+            }
             ByteBuffer data = finishedBuffer.getNioBufferReadable();
             int sub = subpartitionId.getSubpartitionId();
             int type = finishedBuffer.getDataType().ordinal();

@@ -1,11 +1,10 @@
 package dev.terrace.flink;
 
 import org.apache.flink.configuration.Configuration;
-import org.apache.flink.runtime.io.disk.BatchShuffleReadBufferPool;
+import org.apache.flink.runtime.io.network.buffer.BufferCompressor;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.TieredStoragePartitionId;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.netty.TieredStorageNettyService;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.storage.TieredStorageConsumerSpec;
-import org.apache.flink.runtime.io.network.partition.hybrid.tiered.storage.TieredStorageMemoryManager;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.storage.TieredStorageMemorySpec;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.storage.TieredStorageResourceRegistry;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.TierConsumerAgent;
@@ -15,39 +14,32 @@ import org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.TierProd
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.TierShuffleDescriptor;
 
 import java.util.List;
-import java.util.concurrent.ScheduledExecutorService;
 
 import static org.apache.flink.util.Preconditions.checkState;
 
 /**
- * Terrace as Flink 1.20's external remote tier. Enable with
- *
- * <pre>
- * taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class: dev.terrace.flink.TerraceTierFactory
- * execution.batch-shuffle-mode: ALL_EXCHANGES_HYBRID_FULL
- * terrace.master.address: host1:port,host2:port
- * </pre>
- *
- * <p>and drop {@code terrace-flink-1.20.jar} into Flink's {@code lib/} (it bundles the
- * linux-x86_64 native library and loads it itself). Every other {@code terrace.*} key and its
- * default is listed in {@link TerraceConfig}.
- *
- * Flink instantiates it with the no-arg constructor on the JobManager and on every TaskManager
- * and calls {@link #setup} with the whole Flink configuration. When configured, it is the only
- * tier: it carries every buffer of the job's shuffle.
+ * What {@link TerraceTierFactory} does on every Flink line; the factory itself is a thin class per
+ * line ({@code flink-plugin/src/flink-1.20}, {@code flink-plugin/src/flink-2}) declaring the one
+ * method whose signature differs, {@code createProducerAgent}.
  */
-public class TerraceTierFactory implements TierFactory {
+abstract class TerraceTierFactoryBase implements TierFactory {
 
     private TerraceConfig config;
-
-    public TerraceTierFactory() {}
 
     @Override
     public void setup(Configuration configuration) {
         this.config = new TerraceConfig(configuration);
     }
 
-    private TerraceConfig config() {
+    /**
+     * The key Flink 2.x files this tier's master snapshots under (abstract in 2.x's {@code
+     * TierFactory}, absent in 1.20's, hence no {@code @Override}); stable across restarts.
+     */
+    public String identifier() {
+        return "terrace";
+    }
+
+    TerraceConfig config() {
         checkState(config != null, "TerraceTierFactory.setup was not called");
         config.ensureNativeLoaded();
         return config;
@@ -75,20 +67,18 @@ public class TerraceTierFactory implements TierFactory {
         return new TerraceMasterAgent(config(), resourceRegistry);
     }
 
-    @Override
-    public TierProducerAgent createProducerAgent(
-            int numPartitions,
+    /**
+     * The producer agent of one result partition. {@code compressor} is what Flink 2.x hands a
+     * tier when shuffle compression is on (null on 1.20, which gives an external tier
+     * uncompressed buffers and no compressor).
+     */
+    TierProducerAgent producerAgent(
             int numSubpartitions,
             TieredStoragePartitionId partitionID,
-            String dataFileBasePath,
             boolean isBroadcastOnly,
-            TieredStorageMemoryManager storageMemoryManager,
-            TieredStorageNettyService nettyService,
             TieredStorageResourceRegistry resourceRegistry,
-            BatchShuffleReadBufferPool bufferPool,
-            ScheduledExecutorService ioExecutor,
             List<TierShuffleDescriptor> shuffleDescriptors,
-            int maxRequestedBuffer) {
+            BufferCompressor compressor) {
         checkState(
                 shuffleDescriptors.size() == 1
                         && shuffleDescriptors.get(0) instanceof TerraceShuffleDescriptor,
@@ -100,7 +90,8 @@ public class TerraceTierFactory implements TierFactory {
                 partitionID,
                 isBroadcastOnly,
                 resourceRegistry,
-                (TerraceShuffleDescriptor) shuffleDescriptors.get(0));
+                (TerraceShuffleDescriptor) shuffleDescriptors.get(0),
+                compressor);
     }
 
     @Override
