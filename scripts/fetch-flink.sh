@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Fetch the Apache Flink jars (flink-dist & co.) of one Flink version without a Maven repository.
 #
-#   scripts/fetch-flink.sh [VERSION]      # VERSION: 1.20.3 (default) or 2.2.1
+#   scripts/fetch-flink.sh [VERSION]   # 1.20.3 (default), 2.0.1, 2.1.3, 2.2.1 or 2.3.0
 #
-# Source: PyPI's `apache-flink-libraries`, which ships Flink's binary distribution jars. 1.20.x
-# is a source archive (sdist, ~232 MB) with them under deps/lib/; 2.x is a wheel (~313 MB) with
-# them under pyflink/lib/. Each archive's sha256 is pinned below, so pip refuses anything else.
+# Source: PyPI's `apache-flink-libraries`, which ships Flink's binary distribution jars. Up to
+# 2.1 it is a source archive (sdist, ~230-300 MB) with them under deps/lib/; from 2.2 a wheel
+# (~313 MB) with them under pyflink/lib/. Each archive's sha256 is pinned below, so pip refuses
+# anything else.
 #
 # Idempotent: a second run only checks the marker and prints the lib dir.
 # Non-interactive (works with CI=true and no stdin).
@@ -24,12 +25,24 @@ case "$FLINK_VERSION" in
     ARCHIVE_NAME="apache-flink-libraries-$FLINK_VERSION.tar.gz"
     ARCHIVE_SHA256=f07f07a46bb272c1e851379ed92105928367019db31240091a5367fc92800289
     ;;
+  2.0.1)
+    ARCHIVE_NAME="apache_flink_libraries-$FLINK_VERSION.tar.gz"
+    ARCHIVE_SHA256=23e20e76083b4501a530b3678bdfaee9f2615ae4e4f7aedfe79bb5e36ffd990b
+    ;;
+  2.1.3)
+    ARCHIVE_NAME="apache_flink_libraries-$FLINK_VERSION.tar.gz"
+    ARCHIVE_SHA256=b48d3944755b9303f99d205ea1a9bcb798fc563a872c782393fb466f16d4f91c
+    ;;
   2.2.1)
     ARCHIVE_NAME="apache_flink_libraries-$FLINK_VERSION-py2.py3-none-any.whl"
     ARCHIVE_SHA256=74dc5546fbd9add8fbcdf1222a237e09491f9b80296241aef8676ec56f8e686e
     ;;
+  2.3.0)
+    ARCHIVE_NAME="apache_flink_libraries-$FLINK_VERSION-py2.py3-none-any.whl"
+    ARCHIVE_SHA256=38ece876553286b3a285cf344c2d2038f8a7ca10da5df54d5107250386d64151
+    ;;
   *)
-    echo "fetch-flink: unsupported Flink version '$FLINK_VERSION' (supported: 1.20.3, 2.2.1)" >&2
+    echo "fetch-flink: unsupported Flink version '$FLINK_VERSION' (supported: 1.20.3, 2.0.1, 2.1.3, 2.2.1, 2.3.0)" >&2
     exit 2
     ;;
 esac
@@ -92,7 +105,8 @@ z.extractall(sys.argv[3], [n for n in z.namelist() if n.startswith(sys.argv[2]) 
     src="$tmp/pyflink/$sub"
   else
     tar -xzf "$ARCHIVE" -C "$tmp" --no-same-owner --wildcards --no-anchored "deps/$sub/*.jar"
-    src="$tmp/apache-flink-libraries-$FLINK_VERSION/deps/$sub"
+    # The archive's top directory is spelt with '-' or '_' depending on the release.
+    src="$(echo "$tmp"/*/deps/"$sub")"
   fi
   rm -rf "$dest"; mkdir -p "$dest"
   mv "$src"/*.jar "$dest"/

@@ -1,9 +1,9 @@
-//! Flink 1.20.3 batch jobs with Terrace as the external remote tier of hybrid
-//! shuffle, end to end: real `terrace master` and `terrace worker` processes,
-//! the adapter jar built by `scripts/build-flink-jar.sh` (which fetches Flink
-//! and builds the JNI library), and the keyed-aggregation job of
-//! `flink-plugin/e2e` in a local MiniCluster, started through
-//! `scripts/run-flink-job.sh`.
+//! Flink 1.20.3 and 2.2.1 batch jobs with Terrace as the external remote tier
+//! of hybrid shuffle, end to end: real `terrace master` and `terrace worker`
+//! processes, the adapter jar of the job's Flink line built by
+//! `scripts/build-flink-jar.sh` (which fetches that Flink and builds the JNI
+//! library), and the jobs of `flink-plugin/e2e` in a local MiniCluster,
+//! started through `scripts/run-flink-job.sh`.
 //!
 //! Each job's result file must be byte-identical to the same job on Flink's
 //! default hybrid shuffle (memory and disk tiers); the worker's own counters
@@ -31,9 +31,58 @@ use terrace_tests::{ServiceProcess, worker_stats};
 /// Flink's own class for the external remote tier key.
 const TERRACE_FACTORY: &str = "dev.terrace.flink.TerraceTierFactory";
 
-/// Records and payload bytes per record of the ≥ 1 GiB job (1.10 GiB through shuffle 1).
-const BIG_RECORDS: u64 = 4_000_000;
-const BIG_PAYLOAD: u64 = 256;
+/// The Flink lines the adapter serves, each tested on one release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    V1_20,
+    V2,
+}
+
+impl Line {
+    /// The release the tests run (`scripts/fetch-flink.sh` pins it).
+    fn version(self) -> &'static str {
+        match self {
+            Line::V1_20 => "1.20.3",
+            Line::V2 => "2.2.1",
+        }
+    }
+}
+
+/// A job and its size: what a result depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Work {
+    line: Line,
+    /// The job's main class in `flink-plugin/e2e`.
+    class: &'static str,
+    records: u64,
+    /// Payload bytes per record (`KEYED`) or record bytes (`SHUFFLE_HEAVY`).
+    payload: u64,
+}
+
+/// Keyed aggregation over records with random payloads, verified by the consumer.
+const KEYED: &str = "dev.terrace.e2e.KeyedAggregationJob";
+/// byte[] records, half of each incompressible, summed per subtask.
+const SHUFFLE_HEAVY: &str = "dev.terrace.e2e.ShuffleHeavyJob";
+
+/// The keyed-aggregation job at about 40 MB through shuffle 1.
+const fn keyed(line: Line) -> Work {
+    Work {
+        line,
+        class: KEYED,
+        records: 400_000,
+        payload: 100,
+    }
+}
+
+/// The ≥ 1 GiB keyed-aggregation job (1.10 GiB through shuffle 1).
+const fn big(line: Line) -> Work {
+    Work {
+        line,
+        class: KEYED,
+        records: 4_000_000,
+        payload: 256,
+    }
+}
 
 /// Building the jar on a fresh machine downloads Flink (~232 MB) and compiles
 /// the JNI crate in release mode.
@@ -279,49 +328,53 @@ impl Drop for Child {
     }
 }
 
-/// `target/flink/terrace-flink-1.20.jar`, built once per test process by the
+/// The adapter jar of `line` (`target/flink/terrace-flink-1.20.jar` or
+/// `terrace-flink-2.x.jar`), built once per line and test process by the
 /// build script (idempotent: a no-op when nothing changed).
-fn terrace_jar() -> PathBuf {
-    static JAR: OnceLock<PathBuf> = OnceLock::new();
-    JAR.get_or_init(|| {
-        let mut command = Command::new("bash");
-        command
-            .arg(repo_root().join("scripts/build-flink-jar.sh"))
-            .current_dir(repo_root());
-        if let Ok(cargo) = std::env::var("CARGO") {
-            command.env("CARGO", cargo);
-        }
-        let done = Child::spawn(command, scratch(), "build-flink-jar").wait(BUILD_DEADLINE);
-        assert!(
-            done.succeeded(),
-            "scripts/build-flink-jar.sh failed or passed {BUILD_DEADLINE:?} ({:?}):\n{}",
-            done.status,
-            done.tail()
-        );
-        let jar = PathBuf::from(
-            done.stdout
-                .lines()
-                .last()
-                .expect("the script prints the jar path")
-                .trim(),
-        );
-        assert!(jar.is_file(), "{} does not exist", jar.display());
-        eprintln!(
-            "flink_e2e: jar ready in {:.1?}: {}",
-            done.elapsed,
-            jar.display()
-        );
-        jar
-    })
-    .clone()
+fn terrace_jar(line: Line) -> PathBuf {
+    static JARS: Mutex<Vec<(Line, PathBuf)>> = Mutex::new(Vec::new());
+    let mut jars = JARS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, jar)) = jars.iter().find(|(l, _)| *l == line) {
+        return jar.clone();
+    }
+    let mut command = Command::new("bash");
+    command
+        .arg(repo_root().join("scripts/build-flink-jar.sh"))
+        .arg(line.version())
+        .current_dir(repo_root());
+    if let Ok(cargo) = std::env::var("CARGO") {
+        command.env("CARGO", cargo);
+    }
+    let done = Child::spawn(command, scratch(), "build-flink-jar").wait(BUILD_DEADLINE);
+    assert!(
+        done.succeeded(),
+        "scripts/build-flink-jar.sh {} failed or passed {BUILD_DEADLINE:?} ({:?}):\n{}",
+        line.version(),
+        done.status,
+        done.tail()
+    );
+    let jar = PathBuf::from(
+        done.stdout
+            .lines()
+            .last()
+            .expect("the script prints the jar path")
+            .trim(),
+    );
+    assert!(jar.is_file(), "{} does not exist", jar.display());
+    eprintln!(
+        "flink_e2e: jar ready in {:.1?}: {}",
+        done.elapsed,
+        jar.display()
+    );
+    jars.push((line, jar.clone()));
+    jar
 }
 
 /// What a job needs to run.
 struct Job<'a> {
     name: &'a str,
     parallelism: u32,
-    records: u64,
-    payload: u64,
+    work: Work,
     /// Flink configuration, `key=value`.
     flink: Vec<String>,
 }
@@ -332,13 +385,15 @@ impl Job<'_> {
         command
             .arg(repo_root().join("scripts/run-flink-job.sh"))
             .arg(self.parallelism.to_string())
-            .arg(self.records.to_string())
-            .arg(self.payload.to_string())
+            .arg(self.work.records.to_string())
+            .arg(self.work.payload.to_string())
             .arg(output)
             .arg(format!("io.tmp.dirs={}", flink_tmp_dir().display()))
             .args(&self.flink)
             .current_dir(repo_root())
-            .env("TERRACE_JAR", terrace_jar())
+            .env("FLINK_VERSION", self.work.line.version())
+            .env("JOB_CLASS", self.work.class)
+            .env("TERRACE_JAR", terrace_jar(self.work.line))
             .env("JAVA_HEAP", "3g")
             .env("E2E_LOG_LEVEL", "WARN");
         command
@@ -349,37 +404,48 @@ impl Job<'_> {
     }
 }
 
-/// The job's result on Flink's default hybrid shuffle (memory and disk tiers).
-/// Results do not depend on the parallelism, so one run per size is kept for
-/// the whole test process.
-fn default_result(records: u64, payload: u64) -> PathBuf {
-    static RESULTS: Mutex<Vec<((u64, u64), PathBuf)>> = Mutex::new(Vec::new());
+/// The job's result on Flink's default hybrid shuffle (memory and disk tiers)
+/// of the same Flink. Results do not depend on the parallelism, so one run
+/// per work is kept for the whole test process.
+fn default_result(work: Work) -> PathBuf {
+    static RESULTS: Mutex<Vec<(Work, PathBuf)>> = Mutex::new(Vec::new());
     let mut results = RESULTS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((_, path)) = results.iter().find(|(k, _)| *k == (records, payload)) {
+    if let Some((_, path)) = results.iter().find(|(w, _)| *w == work) {
         return path.clone();
     }
-    let output = scratch().join(format!("default-{records}x{payload}.txt"));
+    let Work {
+        line,
+        class,
+        records,
+        payload,
+    } = work;
+    let class_name = class.rsplit('.').next().unwrap_or(class);
+    let output = scratch().join(format!(
+        "default-{}-{class_name}-{records}x{payload}.txt",
+        line.version()
+    ));
     let job = Job {
         name: "default-hybrid",
         parallelism: 4,
-        records,
-        payload,
+        work,
         flink: vec!["execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL".into()],
     };
     let done = job.spawn(&output, scratch()).wait(JOB_DEADLINE);
     assert!(
         done.succeeded(),
-        "the job on Flink's default hybrid shuffle failed ({:?}):\n{}",
+        "the job on Flink {}'s default hybrid shuffle failed ({:?}):\n{}",
+        line.version(),
         done.status,
         done.tail()
     );
     eprintln!(
-        "flink_e2e: default hybrid shuffle, {records} x {payload} B: {:.1?}",
+        "flink_e2e: Flink {} default hybrid shuffle, {class_name} {records} x {payload} B: {:.1?}",
+        line.version(),
         done.elapsed
     );
-    results.push(((records, payload), output.clone()));
+    results.push((work, output.clone()));
     output
 }
 
@@ -590,46 +656,55 @@ fn assert_same_result(terrace: &Path, default: &Path, what: &str) {
     );
 }
 
-/// Runs `job` on a fresh cluster, checks its result against the default
-/// shuffle, the worker's counters, and that the worker is empty afterwards.
-fn run_on_terrace(name: &str, parallelism: u32, records: u64, payload: u64) {
-    run_on(Cluster::start, name, parallelism, records, payload);
+/// Runs `work` on a fresh one-worker cluster, checks its result against the
+/// default shuffle, the worker's counters, and that the worker is empty afterwards.
+fn run_on_terrace(name: &str, parallelism: u32, work: Work) {
+    run_on(Cluster::start, name, parallelism, work, &[]);
 }
 
+/// Runs `work` on the cluster `cluster` starts, with Terrace's Flink
+/// configuration plus `extra`; checks as [`run_on_terrace`].
 fn run_on(
     cluster: impl FnOnce(&str) -> Cluster,
     name: &str,
     parallelism: u32,
-    records: u64,
-    payload: u64,
+    work: Work,
+    extra: &[&str],
 ) -> Vec<pb::WorkerStatsReply> {
     let _flink = flink_lock();
-    let default = default_result(records, payload);
+    let default = default_result(work);
     let cluster = cluster("10s");
     let output = cluster.dir.path().join(format!("{name}.txt"));
+    let mut flink = cluster.flink_config();
+    flink.extend(extra.iter().map(|s| s.to_string()));
     let job = Job {
         name,
         parallelism,
-        records,
-        payload,
-        flink: cluster.flink_config(),
+        work,
+        flink,
     };
     let done = job.spawn(&output, cluster.dir.path()).wait(JOB_DEADLINE);
     assert!(
         done.succeeded(),
-        "{name} on Terrace failed or passed {JOB_DEADLINE:?} ({:?}):\n{}",
+        "{name} on Terrace (Flink {}) failed or passed {JOB_DEADLINE:?} ({:?}):\n{}",
+        work.line.version(),
         done.status,
         done.tail()
     );
-    eprintln!("flink_e2e: {name} on Terrace: {:.1?}", done.elapsed);
+    eprintln!(
+        "flink_e2e: {name} on Terrace (Flink {}): {:.1?}",
+        work.line.version(),
+        done.elapsed
+    );
     assert_same_result(&output, &default, name);
 
-    // Every record's payload crossed shuffle 1, so at least records x payload
-    // bytes were pushed to the workers, and every pushed byte was read back once.
+    // Every record's payload crossed shuffle 1: unless compressed, at least
+    // records x payload bytes were pushed to the workers. Every pushed byte
+    // was read back once.
     let stats: Vec<pb::WorkerStatsReply> = (0..cluster.workers.len())
         .map(|i| cluster.stats(i))
         .collect();
-    let payload_bytes = records * payload;
+    let payload_bytes = work.records * work.payload;
     for (i, s) in stats.iter().enumerate() {
         eprintln!(
             "flink_e2e: {name}: worker {i} pushed {} B, read {} B (payload bytes {payload_bytes})",
@@ -638,10 +713,13 @@ fn run_on(
     }
     let pushed: u64 = stats.iter().map(|s| s.bytes_pushed).sum();
     let read: u64 = stats.iter().map(|s| s.bytes_read).sum();
-    assert!(
-        pushed >= payload_bytes,
-        "{name}: the workers saw {pushed} bytes pushed, fewer than the {payload_bytes} payload bytes of shuffle 1"
-    );
+    if work.class == KEYED {
+        // Random payloads: no compression shrinks them.
+        assert!(
+            pushed >= payload_bytes,
+            "{name}: the workers saw {pushed} bytes pushed, fewer than the {payload_bytes} payload bytes of shuffle 1"
+        );
+    }
     assert_eq!(
         read, pushed,
         "{name}: consumers must read back exactly what producers pushed"
@@ -671,8 +749,8 @@ fn keyed_aggregation_on_three_workers_with_a_small_split_size_matches_default_sh
         },
         "terrace-splits",
         4,
-        400_000,
-        100,
+        keyed(Line::V1_20),
+        &[],
     );
     for (i, s) in stats.iter().enumerate() {
         assert!(
@@ -701,8 +779,8 @@ fn keyed_aggregation_through_a_tiny_disk_and_an_object_store_matches_default_shu
         move |timeout| Cluster::start_with(timeout, args, env),
         "terrace-object-store",
         4,
-        400_000,
-        100,
+        keyed(Line::V1_20),
+        &[],
     );
     let objects = stats[0]
         .load
@@ -728,12 +806,18 @@ fn keyed_aggregation_through_a_tiny_disk_and_an_object_store_matches_default_shu
 /// worker, and every connection is TLS.
 #[test]
 fn keyed_aggregation_at_parallelism_4_with_a_secret_and_tls_matches_default_shuffle() {
-    run_on(Cluster::start_secured, "terrace-p4-tls", 4, 400_000, 100);
+    run_on(
+        Cluster::start_secured,
+        "terrace-p4-tls",
+        4,
+        keyed(Line::V1_20),
+        &[],
+    );
 }
 
 #[test]
 fn keyed_aggregation_shuffling_a_gib_at_parallelism_8_matches_default_shuffle() {
-    run_on_terrace("terrace-p8-1gib", 8, BIG_RECORDS, BIG_PAYLOAD);
+    run_on_terrace("terrace-p8-1gib", 8, big(Line::V1_20));
 }
 
 /// Flips one stored byte of shuffle 1 after its producers finished and
@@ -742,10 +826,9 @@ fn keyed_aggregation_shuffling_a_gib_at_parallelism_8_matches_default_shuffle() 
 /// and reruns the producer, and the job's result is still exact.
 #[test]
 fn corrupted_stored_byte_reruns_the_producer_and_the_result_is_exact() {
-    const RECORDS: u64 = 400_000;
-    const PAYLOAD: u64 = 100;
+    let work = keyed(Line::V1_20);
     let _flink = flink_lock();
-    let default = default_result(RECORDS, PAYLOAD);
+    let default = default_result(work);
     let cluster = Cluster::start_with(
         "10s",
         vec!["--memory-budget".into(), "32MiB".into()],
@@ -763,8 +846,7 @@ fn corrupted_stored_byte_reruns_the_producer_and_the_result_is_exact() {
     let job = Job {
         name: "terrace-corrupted",
         parallelism: 4,
-        records: RECORDS,
-        payload: PAYLOAD,
+        work,
         flink,
     };
     let running = job.spawn(&output, cluster.dir.path());
@@ -776,7 +858,7 @@ fn corrupted_stored_byte_reruns_the_producer_and_the_result_is_exact() {
     loop {
         std::thread::sleep(Duration::from_secs(2));
         let pushed = worker_stats(&address).bytes_pushed;
-        if pushed >= RECORDS * PAYLOAD && pushed == last {
+        if pushed >= work.records * work.payload && pushed == last {
             break;
         }
         assert!(
@@ -836,15 +918,15 @@ fn corrupted_stored_byte_reruns_the_producer_and_the_result_is_exact() {
 #[test]
 fn killed_worker_mid_shuffle_ends_the_job_in_bounded_time() {
     let _flink = flink_lock();
-    let default = default_result(BIG_RECORDS, BIG_PAYLOAD);
+    let work = big(Line::V1_20);
+    let default = default_result(work);
     let mut cluster = Cluster::start("3s");
     let output = cluster.dir.path().join("killed.txt");
     let flink = cluster.flink_config_with_restarts(20);
     let job = Job {
         name: "terrace-killed-worker",
         parallelism: 4,
-        records: BIG_RECORDS,
-        payload: BIG_PAYLOAD,
+        work,
         flink,
     };
     let running = job.spawn(&output, cluster.dir.path());
@@ -927,15 +1009,15 @@ fn killed_worker_mid_shuffle_ends_the_job_in_bounded_time() {
 /// has taken 100 MB (with splits, where the long last parts of the chains
 /// land depends on timing), and checks the job still ends with Flink's
 /// default result and the other workers end empty.
-fn kill_a_worker_mid_shuffle(mut cluster: Cluster, name: &str) -> Reruns {
-    let default = default_result(BIG_RECORDS, BIG_PAYLOAD);
+fn kill_a_worker_mid_shuffle(line: Line, mut cluster: Cluster, name: &str) -> Reruns {
+    let work = big(line);
+    let default = default_result(work);
     let output = cluster.dir.path().join(format!("{name}.txt"));
     let flink = cluster.flink_config_with_restarts(5);
     let job = Job {
         name,
         parallelism: 4,
-        records: BIG_RECORDS,
-        payload: BIG_PAYLOAD,
+        work,
         flink,
     };
     let running = job.spawn(&output, cluster.dir.path());
@@ -1008,7 +1090,7 @@ fn one_of_two_workers_killed_mid_shuffle_and_five_restarts_give_the_exact_result
     let mut cluster = Cluster::start("3s");
     cluster.add_worker();
     cluster.wait_registered(2);
-    let reruns = kill_a_worker_mid_shuffle(cluster, "terrace-two-workers-killed");
+    let reruns = kill_a_worker_mid_shuffle(Line::V1_20, cluster, "terrace-two-workers-killed");
     assert_only_lost_producers_reran(&reruns);
 }
 
@@ -1022,7 +1104,7 @@ fn one_of_three_workers_killed_mid_shuffle_reruns_only_the_producers_whose_data_
     cluster.add_worker();
     cluster.add_worker();
     cluster.wait_registered(3);
-    let reruns = kill_a_worker_mid_shuffle(cluster, "terrace-three-workers-killed");
+    let reruns = kill_a_worker_mid_shuffle(Line::V1_20, cluster, "terrace-three-workers-killed");
     assert_only_lost_producers_reran(&reruns);
 }
 
@@ -1044,43 +1126,113 @@ fn one_of_three_workers_with_splits_killed_mid_shuffle_gives_the_exact_result() 
     cluster.add_worker();
     cluster.add_worker();
     cluster.wait_registered(3);
-    kill_a_worker_mid_shuffle(cluster, "terrace-three-workers-split-killed");
+    kill_a_worker_mid_shuffle(Line::V1_20, cluster, "terrace-three-workers-split-killed");
 }
 
-/// The build script is idempotent: a second run changes nothing.
+/// The build script makes one jar per Flink line and is idempotent: a
+/// second run changes nothing.
 #[test]
 fn jar_build_is_idempotent_and_bundles_the_native_library() {
     let _flink = flink_lock();
-    let jar = terrace_jar();
-    let before = fs::metadata(&jar)
-        .and_then(|m| m.modified())
-        .expect("jar mtime");
-    let mut command = Command::new("bash");
-    command
-        .arg(repo_root().join("scripts/build-flink-jar.sh"))
-        .current_dir(repo_root());
-    let dir = tempfile::tempdir().expect("log directory");
-    let again = Child::spawn(command, dir.path(), "rebuild").wait(Duration::from_secs(600));
-    assert!(again.succeeded(), "second build failed:\n{}", again.tail());
-    let after = fs::metadata(&jar)
-        .and_then(|m| m.modified())
-        .expect("jar mtime");
-    assert_eq!(before, after, "an unchanged tree must not rewrite the jar");
-    let listing = Command::new("jar")
-        .args(["--list", "--file"])
-        .arg(&jar)
-        .output()
-        .expect("run jar --list");
-    let listing = String::from_utf8_lossy(&listing.stdout);
-    for entry in [
-        "native/linux-x86_64/libterrace_flink.so",
-        "dev/terrace/flink/TerraceTierFactory.class",
-        "dev/terrace/flink/TerraceShuffleDescriptor.class",
-    ] {
-        assert!(
-            listing.lines().any(|l| l.trim() == entry),
-            "{} lacks {entry}:\n{listing}",
-            jar.display()
-        );
+    for line in [Line::V1_20, Line::V2] {
+        let jar = terrace_jar(line);
+        let before = fs::metadata(&jar)
+            .and_then(|m| m.modified())
+            .expect("jar mtime");
+        let mut command = Command::new("bash");
+        command
+            .arg(repo_root().join("scripts/build-flink-jar.sh"))
+            .arg(line.version())
+            .current_dir(repo_root());
+        let dir = tempfile::tempdir().expect("log directory");
+        let again = Child::spawn(command, dir.path(), "rebuild").wait(Duration::from_secs(600));
+        assert!(again.succeeded(), "second build failed:\n{}", again.tail());
+        let after = fs::metadata(&jar)
+            .and_then(|m| m.modified())
+            .expect("jar mtime");
+        assert_eq!(before, after, "an unchanged tree must not rewrite the jar");
+        let listing = Command::new("jar")
+            .args(["--list", "--file"])
+            .arg(&jar)
+            .output()
+            .expect("run jar --list");
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        for entry in [
+            "native/linux-x86_64/libterrace_flink.so",
+            "dev/terrace/flink/TerraceTierFactory.class",
+            "dev/terrace/flink/TerraceTierFactoryBase.class",
+            "dev/terrace/flink/TerraceShuffleDescriptor.class",
+        ] {
+            assert!(
+                listing.lines().any(|l| l.trim() == entry),
+                "{} lacks {entry}:\n{listing}",
+                jar.display()
+            );
+        }
     }
+    let name = |line: Line| {
+        terrace_jar(line)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    assert_eq!(name(Line::V1_20).as_deref(), Some("terrace-flink-1.20.jar"));
+    assert_eq!(name(Line::V2).as_deref(), Some("terrace-flink-2.x.jar"));
+}
+
+/// Flink 2.2: the keyed-aggregation job at parallelism 4 on one worker.
+#[test]
+fn flink_2_keyed_aggregation_at_parallelism_4_matches_default_shuffle() {
+    run_on_terrace("terrace-2-p4", 4, keyed(Line::V2));
+}
+
+/// Flink 2.2: the ≥ 1 GiB job at parallelism 8.
+#[test]
+fn flink_2_keyed_aggregation_shuffling_a_gib_at_parallelism_8_matches_default_shuffle() {
+    run_on_terrace("terrace-2-p8-1gib", 8, big(Line::V2));
+}
+
+/// Flink 2.2 hands the tier its compressor (compression is on by default):
+/// with Terrace's own lz4 off, the half-compressible records of the
+/// shuffle-heavy job still reach the worker smaller than they are, so Flink's
+/// compressor compressed them, and the readers' input gates decompressed
+/// them (the result is Flink's own). Small segments make many writes find
+/// their segment full, after which Flink hands the same buffer over again:
+/// it must not have been compressed in place the first time.
+#[test]
+fn flink_2_compresses_with_the_compressor_flink_hands_the_tier() {
+    let work = Work {
+        line: Line::V2,
+        class: SHUFFLE_HEAVY,
+        records: 200_000,
+        payload: 512,
+    };
+    let stats = run_on(
+        Cluster::start,
+        "terrace-2-flink-compression",
+        4,
+        work,
+        &["terrace.compression=false", "terrace.segment-size=256KiB"],
+    );
+    let pushed: u64 = stats.iter().map(|s| s.bytes_pushed).sum();
+    let raw = work.records * work.payload;
+    eprintln!("flink_e2e: Flink-compressed shuffle: {pushed} bytes pushed for {raw} record bytes");
+    assert!(
+        pushed < raw * 3 / 4,
+        "Flink's compressor was not used: {pushed} bytes pushed for {raw} bytes of half-compressible records"
+    );
+}
+
+/// Flink 2.2: three workers, a restart strategy, and one worker SIGKILLed
+/// mid-shuffle: only the producers whose partitions were on it run again,
+/// and the result is exact.
+#[test]
+fn flink_2_one_of_three_workers_killed_mid_shuffle_reruns_only_the_producers_whose_data_was_on_it()
+{
+    let _flink = flink_lock();
+    let mut cluster = Cluster::start("3s");
+    cluster.add_worker();
+    cluster.add_worker();
+    cluster.wait_registered(3);
+    let reruns = kill_a_worker_mid_shuffle(Line::V2, cluster, "terrace-2-three-workers-killed");
+    assert_only_lost_producers_reran(&reruns);
 }

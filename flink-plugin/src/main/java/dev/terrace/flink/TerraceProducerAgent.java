@@ -83,19 +83,23 @@ final class TerraceProducerAgent implements TierProducerAgent {
             Buffer finishedBuffer,
             Object bufferOwner,
             int numRemainingConsecutiveBuffers) {
+        // Flink's compressor writes into its own buffer, never into finishedBuffer: when the
+        // segment is full, Flink hands the same buffer over again for the next segment, so it
+        // must still hold what it held (compressing in place would compress it twice).
+        Buffer toWrite = finishedBuffer;
+        if (compressor != null
+                && finishedBuffer.isBuffer()
+                && !finishedBuffer.isCompressed()
+                && finishedBuffer.readableBytes() > 0) {
+            // The compressor's buffer, flagged compressed, only if it shrank.
+            toWrite = compressor.compressToIntermediateBuffer(finishedBuffer);
+        }
         int result;
         try {
-            if (compressor != null
-                    && finishedBuffer.isBuffer()
-                    && !finishedBuffer.isCompressed()
-                    && finishedBuffer.readableBytes() > 0) {
-                // In place, as Flink's own tiers do; flagged compressed only if it shrank.
-                finishedBuffer = compressor.compressToOriginalBuffer(finishedBuffer);
-            }
-            ByteBuffer data = finishedBuffer.getNioBufferReadable();
+            ByteBuffer data = toWrite.getNioBufferReadable();
             int sub = subpartitionId.getSubpartitionId();
-            int type = finishedBuffer.getDataType().ordinal();
-            boolean compressed = finishedBuffer.isCompressed();
+            int type = toWrite.getDataType().ordinal();
+            boolean compressed = toWrite.isCompressed();
             if (data.isDirect()) {
                 result =
                         NativeBridge.producerWrite(
@@ -123,6 +127,11 @@ final class TerraceProducerAgent implements TierProducerAgent {
             // The caller recycles only on IOException from choosing a tier; we own it here.
             finishedBuffer.recycleBuffer();
             throw new UncheckedIOException("Terrace producer of " + partition, e);
+        } finally {
+            if (toWrite != finishedBuffer) {
+                // Copied out (or refused): hand the compressor its buffer back.
+                toWrite.recycleBuffer();
+            }
         }
         if (result == NativeBridge.WRITE_SEGMENT_FULL) {
             return false; // not consumed: Flink starts segment + 1 and writes it again
