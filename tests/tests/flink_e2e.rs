@@ -31,20 +31,21 @@ use terrace_tests::{ServiceProcess, worker_stats};
 /// Flink's own class for the external remote tier key.
 const TERRACE_FACTORY: &str = "dev.terrace.flink.TerraceTierFactory";
 
-/// The Flink lines the adapter serves, each tested on one release.
+/// A Flink release the tests run (`scripts/fetch-flink.sh` pins each), and
+/// through it the adapter line whose jar they use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Line {
-    V1_20,
-    V2,
-}
+struct Line(&'static str);
 
 impl Line {
-    /// The release the tests run (`scripts/fetch-flink.sh` pins it).
+    /// The 1.20 line's release of the suite.
+    const V1_20: Line = Line("1.20.3");
+    /// The 2.x line's release of the suite.
+    const V2: Line = Line("2.2.1");
+    /// The other 2.x releases the 2.x jar is run on.
+    const OTHER_2: [Line; 3] = [Line("2.0.1"), Line("2.1.3"), Line("2.3.0")];
+
     fn version(self) -> &'static str {
-        match self {
-            Line::V1_20 => "1.20.3",
-            Line::V2 => "2.2.1",
-        }
+        self.0
     }
 }
 
@@ -1183,6 +1184,16 @@ fn jar_build_is_idempotent_and_bundles_the_native_library() {
 #[test]
 fn flink_2_keyed_aggregation_at_parallelism_4_matches_default_shuffle() {
     run_on_terrace("terrace-2-p4", 4, keyed(Line::V2));
+}
+
+/// The 2.x jar (compiled against 2.2.1) on Flink 2.0, 2.1 and 2.3: the
+/// keyed-aggregation job at parallelism 4 on one worker, each identical to
+/// that release's default shuffle.
+#[test]
+fn flink_2_jar_on_2_0_2_1_and_2_3_matches_default_shuffle() {
+    for line in Line::OTHER_2 {
+        run_on_terrace(&format!("terrace-{}-p4", line.version()), 4, keyed(line));
+    }
 }
 
 /// Flink 2.2: the ≥ 1 GiB job at parallelism 8.
