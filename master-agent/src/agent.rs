@@ -35,13 +35,13 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// worker with that job's partitions on it, from a blocking-pool thread; each
 /// partition is reported at most once.
 pub struct MasterAgent {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     stop: CancellationToken,
 }
 
-struct Shared {
-    masters: Masters,
-    workers: Workers,
+pub(crate) struct Shared {
+    pub(crate) masters: Masters,
+    pub(crate) workers: Workers,
     placements: Arc<Mutex<Placements>>,
     closed: AtomicBool,
 }
@@ -55,7 +55,7 @@ impl fmt::Debug for MasterAgent {
     }
 }
 
-fn block_on<F: Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     io_runtime().block_on(future)
 }
 
@@ -117,11 +117,11 @@ impl MasterAgent {
 }
 
 impl Shared {
-    fn placements(&self) -> MutexGuard<'_, Placements> {
+    pub(crate) fn placements(&self) -> MutexGuard<'_, Placements> {
         self.placements.lock().expect("placements lock poisoned")
     }
 
-    fn check_open(&self) -> TierResult<()> {
+    pub(crate) fn check_open(&self) -> TierResult<()> {
         if self.closed.load(Ordering::Acquire) {
             Err(TierError::closed("the master agent is closed"))
         } else {
@@ -129,7 +129,7 @@ impl Shared {
         }
     }
 
-    async fn list_workers(&self) -> TierResult<pb::WorkerList> {
+    pub(crate) async fn list_workers(&self) -> TierResult<pb::WorkerList> {
         match self
             .masters
             .request(|request_id| Message::ListWorkers(pb::ListWorkers { request_id }))
@@ -228,7 +228,7 @@ impl Shared {
     }
 
     /// The address of the worker a relocated partition lives on, if known.
-    async fn locate(&self, key: &pb::PartitionKey) -> Option<String> {
+    pub(crate) async fn locate(&self, key: &pb::PartitionKey) -> Option<String> {
         self.locate_on_masters(key)
             .await
             .map(|at| at.worker_address)

@@ -78,6 +78,12 @@ impl Placements {
         self.jobs.values().any(|j| !j.partitions.is_empty())
     }
 
+    /// The worker `partition` of `job` was placed on, if this agent knows it.
+    pub(crate) fn worker_of(&self, job: &JobId, partition: &PartitionId) -> Option<String> {
+        let placed = self.jobs.get(job)?.partitions.get(partition)?;
+        Some(placed.worker_id.clone())
+    }
+
     /// Records that `partition` of `job` was placed on `worker_id` at `at`.
     pub(crate) fn add(
         &mut self,

@@ -107,6 +107,8 @@ messages! {
     38 => SubpartitionRedirect,
     39 => AdoptPartition,
     40 => MoveForward,
+    41 => PartitionMetrics,
+    42 => PartitionMetricsReply,
 }
 
 impl MessageType {
@@ -152,6 +154,8 @@ impl Message {
             Message::DropJob(m) => m.request_id,
             Message::WorkerStats(m) => m.request_id,
             Message::WorkerStatsReply(m) => m.request_id,
+            Message::PartitionMetrics(m) => m.request_id,
+            Message::PartitionMetricsReply(m) => m.request_id,
             Message::PushAck(m) => m.request_id,
             Message::SplitPartition(m) => m.request_id,
             Message::Decommission(m) => m.request_id,

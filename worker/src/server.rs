@@ -334,6 +334,7 @@ fn authorize(identity: &Identity, message: &Message) -> TierResult<()> {
         Message::SealPartition(m) => ("SealPartition", key_job(&m.key)),
         Message::SplitPartition(m) => ("SplitPartition", key_job(&m.key)),
         Message::ReleasePartition(m) => ("ReleasePartition", key_job(&m.key)),
+        Message::PartitionMetrics(m) => ("PartitionMetrics", key_job(&m.key)),
         Message::OpenStream(m) => ("OpenStream", key_job(&m.key)),
         Message::DropJob(m) => ("DropJob", &m.job_id[..]),
         Message::RequireSegment(_) | Message::AddCredit(_) | Message::CloseStream(_) => {
@@ -354,6 +355,7 @@ async fn dispatch(conn: &mut Connection, message: Message, body: Bytes, reservat
         Message::ReleasePartition(m) => Some(handlers::release::release_partition(conn, m).await),
         Message::DropJob(m) => Some(handlers::release::drop_job(conn, m).await),
         Message::WorkerStats(m) => Some(Ok(handlers::stats::handle(conn, m))),
+        Message::PartitionMetrics(m) => Some(handlers::stats::partition_metrics(conn, m)),
         Message::Decommission(m) => Some(Ok(crate::decommission::handle(conn, m))),
         Message::AdoptPartition(m) => Some(handlers::handoff::adopt(conn, m, body).await),
         Message::MoveForward(m) => Some(handlers::handoff::move_forward(conn, m).await),

@@ -1,8 +1,10 @@
-//! `WorkerStats`: counters for operators and tests.
+//! `WorkerStats`: counters for operators and tests. `PartitionMetrics`:
+//! what a partition holds per subpartition.
 
 use std::sync::atomic::Ordering;
 
 use terrace_proto::{Message, pb};
+use terrace_tier_api::{PartitionKey, TierResult};
 
 use crate::server::Connection;
 
@@ -17,4 +19,15 @@ pub fn handle(conn: &Connection, m: pb::WorkerStats) -> Message {
         memory_peak_bytes: store.budget().peak(),
         partitions: store.partitions().len() as u32,
     })
+}
+
+pub fn partition_metrics(conn: &Connection, m: pb::PartitionMetrics) -> TierResult<Message> {
+    let key = PartitionKey::try_from(m.key)?;
+    let (sealed, subpartition_bytes, next) = conn.shared.store.get(&key)?.metrics();
+    Ok(Message::PartitionMetricsReply(pb::PartitionMetricsReply {
+        request_id: m.request_id,
+        sealed,
+        subpartition_bytes,
+        next_address: next.map(|f| f.address).unwrap_or_default(),
+    }))
 }

@@ -354,6 +354,23 @@ impl PartitionIndex {
         }
     }
 
+    /// Stored bytes per subpartition, `num_subpartitions` entries; a
+    /// broadcast-only partition's one stored copy is every subpartition's.
+    pub fn subpartition_bytes(&self) -> Vec<u64> {
+        let bytes = |sub: usize| -> u64 {
+            self.subs.get(&sub).map_or(0, |s| {
+                s.segments
+                    .iter()
+                    .flat_map(|g| &g.extents)
+                    .map(|e| u64::from(e.len))
+                    .sum()
+            })
+        };
+        (0..self.num_subpartitions)
+            .map(|sub| bytes(self.stored_sub(sub)))
+            .collect()
+    }
+
     /// Bytes of all extents.
     pub fn stored_bytes(&self) -> u64 {
         self.extents().map(|(_, e)| u64::from(e.len)).sum()

@@ -245,6 +245,17 @@ impl Partition {
         self.lock().index.stored_bytes()
     }
 
+    /// Whether this part is sealed, its stored bytes per subpartition, and
+    /// where the partition goes on when it was split.
+    pub fn metrics(&self) -> (bool, Vec<u64>, Option<Forward>) {
+        let state = self.lock();
+        (
+            matches!(state.phase, Phase::Sealed),
+            state.index.subpartition_bytes(),
+            state.index.forward.clone(),
+        )
+    }
+
     /// Bytes of this partition in each tier.
     pub fn tier_bytes(&self) -> TierBytes {
         let state = self.lock();
