@@ -26,7 +26,8 @@
 #   JAVA_OPTS      extra JVM options (e.g. -Djava.library.path=...)
 #   E2E_LOG_LEVEL  root log level (default WARN)
 #   JOB_CLASS      the job's main class (default dev.terrace.e2e.KeyedAggregationJob;
-#                  dev.terrace.e2e.ShuffleHeavyJob takes <records> and <record bytes> instead)
+#                  dev.terrace.e2e.ShuffleHeavyJob takes <records> and <record bytes> instead;
+#                  dev.terrace.e2e.JobManagerFailoverJob, 2.x only, fails the JobManager over)
 # The job's classes (one source for both lines) are compiled once per change and Flink version
 # into <repo>/target/flink/e2e-classes-FLINK_VERSION.
 set -euo pipefail
@@ -42,11 +43,13 @@ fi
 [[ -f "$FLINK_LIB/flink-dist-$FLINK_VERSION.jar" ]] || { echo "no flink-dist-$FLINK_VERSION.jar in $FLINK_LIB" >&2; exit 1; }
 FLINK_CP="$FLINK_LIB/*"
 
-compile() { # <src-dir> <out-dir> <classpath>
-  local src="$1" out="$2" cp="$3" stamp="$2.stamp" list
-  list="$(find "$src" -name '*.java' | sort)"
+compile() { # <src-dirs, space-separated> <out-dir> <classpath>
+  local out="$2" cp="$3" stamp="$2.stamp" list
+  local -a src
+  read -r -a src <<<"$1"
+  list="$(find "${src[@]}" -name '*.java' | sort)"
   [[ -n "$list" ]] || return 0
-  if [[ -f "$stamp" ]] && [[ -z "$(find "$src" -name '*.java' -newer "$stamp")" ]]; then
+  if [[ -f "$stamp" ]] && [[ -z "$(find "${src[@]}" -name '*.java' -newer "$stamp")" ]]; then
     return 0
   fi
   rm -rf "$out"; mkdir -p "$out"
@@ -56,7 +59,12 @@ compile() { # <src-dir> <out-dir> <classpath>
 }
 
 mkdir -p "$BUILD"
-compile "$PLUGIN/e2e/src" "$BUILD/e2e-classes-$FLINK_VERSION" "$FLINK_CP"
+if [[ "$FLINK_VERSION" == 2.* ]]; then
+  # e2e/src-2: what only Flink 2.x has (JobManagerFailoverJob).
+  compile "$PLUGIN/e2e/src $PLUGIN/e2e/src-2" "$BUILD/e2e-classes-$FLINK_VERSION" "$FLINK_CP"
+else
+  compile "$PLUGIN/e2e/src" "$BUILD/e2e-classes-$FLINK_VERSION" "$FLINK_CP"
+fi
 CP="$BUILD/e2e-classes-$FLINK_VERSION:$FLINK_CP"
 if [[ -n "${TERRACE_JAR:-}" ]]; then
   [[ -f "$TERRACE_JAR" ]] || { echo "TERRACE_JAR=$TERRACE_JAR does not exist" >&2; exit 1; }

@@ -64,6 +64,9 @@ struct Work {
 const KEYED: &str = "dev.terrace.e2e.KeyedAggregationJob";
 /// byte[] records, half of each incompressible, summed per subtask.
 const SHUFFLE_HEAVY: &str = "dev.terrace.e2e.ShuffleHeavyJob";
+/// The keyed aggregation whose JobManager fails over once every shuffle-1
+/// producer finished (Flink 2.x).
+const JM_FAILOVER: &str = "dev.terrace.e2e.JobManagerFailoverJob";
 
 /// The keyed-aggregation job at about 40 MB through shuffle 1.
 const fn keyed(line: Line) -> Work {
@@ -1246,4 +1249,107 @@ fn flink_2_one_of_three_workers_killed_mid_shuffle_reruns_only_the_producers_who
     cluster.wait_registered(3);
     let reruns = kill_a_worker_mid_shuffle(Line::V2, cluster, "terrace-2-three-workers-killed");
     assert_only_lost_producers_reran(&reruns);
+}
+
+/// How many times each shuffle-1 producer subtask started running, from
+/// Flink's task state log (a JobMaster that takes a job over starts a new
+/// execution graph, so attempt numbers alone do not show reruns).
+fn producer_starts(log: &str) -> BTreeMap<String, usize> {
+    let mut starts = BTreeMap::new();
+    for line in log.lines() {
+        let Some(at) = line.find(SHUFFLE_1_PRODUCER) else {
+            continue;
+        };
+        if !line.contains("ExecutionGraph")
+            || !line.contains("switched from INITIALIZING to RUNNING")
+        {
+            continue;
+        }
+        // "<i>/<n>) (..."
+        let subtask = line[at + SHUFFLE_1_PRODUCER.len()..]
+            .split(')')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        *starts.entry(subtask).or_default() += 1;
+    }
+    starts
+}
+
+/// Runs [`JM_FAILOVER`] on a fresh one-worker cluster with `extra` Flink
+/// configuration; returns its log. The result must be Flink's own.
+fn fail_the_job_manager_over(name: &str, extra: &[&str]) -> Finished {
+    let _flink = flink_lock();
+    let work = Work {
+        class: JM_FAILOVER,
+        ..keyed(Line::V2)
+    };
+    let default = default_result(keyed(Line::V2));
+    let cluster = Cluster::start("10s");
+    let output = cluster.dir.path().join(format!("{name}.txt"));
+    let mut flink = cluster.flink_config();
+    flink.extend([
+        format!(
+            "high-availability.storageDir=file://{}",
+            cluster.dir.path().join("ha").display()
+        ),
+        format!("job.gate={}", cluster.dir.path().join("gate").display()),
+    ]);
+    flink.extend(extra.iter().map(|s| s.to_string()));
+    let job = Job {
+        name,
+        parallelism: 4,
+        work,
+        flink,
+    };
+    let done = job.spawn(&output, cluster.dir.path()).wait(JOB_DEADLINE);
+    assert!(
+        done.succeeded(),
+        "{name} failed or passed {JOB_DEADLINE:?} ({:?}):\n{}",
+        done.status,
+        done.tail()
+    );
+    assert!(
+        done.stdout.contains("failover: granting it again"),
+        "{name}: the JobManager did not fail over:\n{}",
+        done.tail()
+    );
+    assert_same_result(&output, &default, name);
+    done
+}
+
+/// Flink 2.2 with `execution.batch.job-recovery.enabled`: the JobManager
+/// fails over once every shuffle-1 producer has finished (their consumers
+/// are held at a gate), and the new JobMaster finds the finished partitions
+/// on Terrace (restored placements, per-subpartition bytes from the worker)
+/// instead of running their producers again. Without job recovery, the same
+/// failover runs every producer twice: the count below can see a rerun.
+#[test]
+fn flink_2_job_manager_failover_reuses_finished_partitions_instead_of_rerunning_producers() {
+    let recovered = fail_the_job_manager_over(
+        "terrace-2-jm-failover",
+        &["execution.batch.job-recovery.enabled=true"],
+    );
+    let starts = producer_starts(&recovered.stderr);
+    eprintln!("flink_e2e: producer starts with job recovery: {starts:?}");
+    assert_eq!(starts.len(), 4, "four producers: {starts:?}");
+    assert!(
+        starts.values().all(|&n| n == 1),
+        "with job recovery, a finished producer ran again after the failover: {starts:?}"
+    );
+    assert!(
+        recovered
+            .stderr
+            .contains("Terrace: 4 of 4 expected partition(s)"),
+        "the new JobMaster did not ask Terrace for its partitions:\n{}",
+        recovered.tail()
+    );
+
+    let rerun = fail_the_job_manager_over("terrace-2-jm-failover-no-recovery", &[]);
+    let starts = producer_starts(&rerun.stderr);
+    eprintln!("flink_e2e: producer starts without job recovery: {starts:?}");
+    assert!(
+        starts.len() == 4 && starts.values().all(|&n| n == 2),
+        "without job recovery every producer runs again after the failover: {starts:?}"
+    );
 }

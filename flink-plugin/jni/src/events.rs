@@ -185,7 +185,7 @@ pub enum LostEvent {
 const EVENT_PARTITIONS: u8 = 1;
 const EVENT_FATAL: u8 = 2;
 
-fn put_bytes16(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn put_bytes16(out: &mut Vec<u8>, bytes: &[u8]) {
     // Ids are at most MAX_ID_BYTES (256) long; messages are cut to fit.
     let len = bytes.len().min(usize::from(u16::MAX));
     out.extend_from_slice(&(len as u16).to_be_bytes());

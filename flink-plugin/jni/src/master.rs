@@ -130,6 +130,111 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterUnregisterJob<'
     })
 }
 
+/// Stops tracking the job without dropping its data (a JobManager that lost
+/// its leadership; see `MasterAgent::detach_job`).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterDetachJob<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    job: JByteArray<'l>,
+) {
+    entry(&mut env, "detach job from Terrace", (), |env| {
+        let master = MASTERS.get(handle)?;
+        let job = job_id(env, &job)?;
+        Ok(master.agent.detach_job(&job)?)
+    })
+}
+
+/// Tracks partitions an earlier JobManager placed: `fields` holds
+/// [`DESCRIPTOR_FIELDS`] strings per descriptor, all of `job`.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterRestorePartitions<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    job: JByteArray<'l>,
+    fields: JObjectArray<'l>,
+) {
+    entry(&mut env, "restore Terrace partitions", (), |env| {
+        let master = MASTERS.get(handle)?;
+        let job = job_id(env, &job)?;
+        let len = java::object_array_len(env, "descriptor fields", &fields)?;
+        if len % DESCRIPTOR_FIELDS != 0 {
+            return Err(NativeError::invalid(format!(
+                "{len} descriptor fields are not whole descriptors of {DESCRIPTOR_FIELDS}"
+            )));
+        }
+        let mut partitions = Vec::with_capacity(len / DESCRIPTOR_FIELDS);
+        for first in (0..len).step_by(DESCRIPTOR_FIELDS) {
+            let mut field = |i: usize| -> NativeResult<String> {
+                java::string_element(env, "descriptor field", &fields, first + i)?
+                    .ok_or_else(|| NativeError::invalid("a descriptor field is null"))
+            };
+            let d = descriptor_from(field(0)?, field(1)?, field(2)?, field(3)?, field(4)?)?;
+            let key = d.key()?;
+            if key.job != job {
+                return Err(NativeError::invalid(format!(
+                    "a descriptor of job {} restored for job {job}",
+                    key.job
+                )));
+            }
+            partitions.push((key.partition, d.worker_id));
+        }
+        Ok(master.agent.restore_partitions(&job, partitions)?)
+    })
+}
+
+/// The stored bytes per subpartition of each finished partition among
+/// `partitions` (a `byte[][]` of partition ids), within `timeout_millis`:
+/// `n × (u16 len, partition id | u32 count | count × i64)`, big-endian.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterPartitionMetrics<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    job: JByteArray<'l>,
+    partitions: JObjectArray<'l>,
+    timeout_millis: jlong,
+) -> jbyteArray {
+    entry(
+        &mut env,
+        "get Terrace partition metrics",
+        std::ptr::null_mut(),
+        |env| {
+            let master = MASTERS.get(handle)?;
+            let job = job_id(env, &job)?;
+            let len = java::object_array_len(env, "partition ids", &partitions)?;
+            let mut ids = Vec::with_capacity(len);
+            for i in 0..len {
+                ids.push(PartitionId::new(java::bytes_element(
+                    env,
+                    "partition id",
+                    &partitions,
+                    i,
+                )?)?);
+            }
+            let timeout = Duration::from_millis(u64::try_from(timeout_millis).unwrap_or(0));
+            let metrics = master.agent.partition_metrics(&job, &ids, timeout)?;
+            let mut out = Vec::new();
+            for (partition, bytes) in metrics {
+                crate::events::put_bytes16(&mut out, partition.as_bytes());
+                let n = u32::try_from(bytes.len()).map_err(|_| {
+                    NativeError::invalid("a partition with more than 2^32 subpartitions")
+                })?;
+                out.extend_from_slice(&n.to_be_bytes());
+                for b in bytes {
+                    out.extend_from_slice(&i64::try_from(b).unwrap_or(i64::MAX).to_be_bytes());
+                }
+            }
+            let array = env
+                .byte_array_from_slice(&out)
+                .map_err(|e| NativeError::jni("allocate partition metrics", e))?;
+            Ok(array.into_raw())
+        },
+    )
+}
+
 /// Returns the descriptor's fields: `{jobHex, partitionHex, workerId, workerAddress, token}`.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterAddPartition<'l>(

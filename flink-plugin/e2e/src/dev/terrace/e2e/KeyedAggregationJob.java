@@ -96,7 +96,17 @@ public final class KeyedAggregationJob {
         }
     }
 
+    /** Runs a job defined on an environment (a test may run it its own way). */
+    interface Runner {
+        void run(StreamExecutionEnvironment env, Configuration conf, String gate)
+                throws Exception;
+    }
+
     public static void main(String[] args) throws Exception {
+        run(args, (env, conf, gate) -> env.execute("terrace-e2e-keyed-aggregation"));
+    }
+
+    static void run(String[] args, Runner runner) throws Exception {
         if (args.length < 4) {
             System.err.println(
                     "usage: KeyedAggregationJob <parallelism> <numRecords> <payloadBytes> <outputFile> [key=value ...]");
@@ -213,7 +223,7 @@ public final class KeyedAggregationJob {
                 .name("write-per-bucket");
 
         long start = System.nanoTime();
-        env.execute("terrace-e2e-keyed-aggregation");
+        runner.run(env, conf, gate);
         double seconds = (System.nanoTime() - start) / 1e9;
 
         List<Tuple3<Long, Long, Long>> keyRows = new ArrayList<>();

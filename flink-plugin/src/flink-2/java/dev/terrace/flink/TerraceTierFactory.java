@@ -6,6 +6,7 @@ import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.Tiered
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.netty.TieredStorageNettyService;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.storage.TieredStorageMemoryManager;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.storage.TieredStorageResourceRegistry;
+import org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.TierMasterAgent;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.TierProducerAgent;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.TierShuffleDescriptor;
 
@@ -32,6 +33,11 @@ import java.util.concurrent.ScheduledExecutorService;
 public class TerraceTierFactory extends TerraceTierFactoryBase {
 
     public TerraceTierFactory() {}
+
+    @Override
+    public TierMasterAgent createMasterAgent(TieredStorageResourceRegistry resourceRegistry) {
+        return new RecoverableTerraceMasterAgent(config(), resourceRegistry, jobRecovery);
+    }
 
     @Override
     public TierProducerAgent createProducerAgent(

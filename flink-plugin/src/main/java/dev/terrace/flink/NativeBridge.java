@@ -50,7 +50,7 @@ public final class NativeBridge {
     // ---------------------------------------------------------------- library
 
     /** ABI version of the Java side; the native library must report the same. */
-    public static final int ABI_VERSION = 2;
+    public static final int ABI_VERSION = 3;
 
     public static native int abiVersion();
 
@@ -64,6 +64,31 @@ public final class NativeBridge {
 
     /** Forgets the job and drops all of its data on every live worker. */
     public static native void masterUnregisterJob(long master, byte[] jobId)
+            throws TerraceNativeException;
+
+    /**
+     * Stops tracking the job without dropping its data: a JobManager that lost its leadership
+     * leaves the job to the next one, which registers it again within the masters' job lease.
+     */
+    public static native void masterDetachJob(long master, byte[] jobId)
+            throws TerraceNativeException;
+
+    /**
+     * Tracks partitions an earlier JobManager placed (their loss is then reported): {@code
+     * fields} holds the five fields of each descriptor in turn, as {@link #masterAddPartition}
+     * returns them.
+     */
+    public static native void masterRestorePartitions(long master, byte[] jobId, String[] fields)
+            throws TerraceNativeException;
+
+    /**
+     * The stored bytes per subpartition of each finished partition (every part sealed) among
+     * {@code partitionIds}, asked of the workers within {@code timeoutMillis}; partitions not
+     * found, unfinished or unanswered are left out. Encoded big-endian: {@code n × [u16 len,
+     * partition id][u32 count] count × [i64 bytes]}.
+     */
+    public static native byte[] masterPartitionMetrics(
+            long master, byte[] jobId, byte[][] partitionIds, long timeoutMillis)
             throws TerraceNativeException;
 
     /**

@@ -29,21 +29,29 @@ import java.util.concurrent.TimeUnit;
  * the producers. Releases (a partition, or a whole job) run on a background thread so the
  * JobManager's main thread never waits on a worker; {@link #close} drains them first.
  */
-final class TerraceMasterAgent implements TierMasterAgent {
+class TerraceMasterAgent implements TierMasterAgent {
     private static final Logger LOG = LoggerFactory.getLogger(TerraceMasterAgent.class);
 
     private static final byte EVENT_LOST_PARTITIONS = 1;
     private static final byte EVENT_FATAL = 2;
 
     private final TerraceConfig config;
-    private final long handle;
+    final long handle;
+    /**
+     * Flink keeps a job's finished partitions across a JobManager failover
+     * ({@code execution.batch.job-recovery.enabled}): a JobMaster that stops may only be losing
+     * its leadership, so unregistering a job leaves its data to the next one.
+     */
+    private final boolean jobRecovery;
     private final Map<JobID, TierShuffleHandler> handlers = new ConcurrentHashMap<>();
     private final Thread eventThread;
     private final ExecutorService releases;
     private volatile boolean closed;
 
-    TerraceMasterAgent(TerraceConfig config, TieredStorageResourceRegistry unused) {
+    TerraceMasterAgent(
+            TerraceConfig config, TieredStorageResourceRegistry unused, boolean jobRecovery) {
         this.config = config;
+        this.jobRecovery = jobRecovery;
         this.handle = call(() -> NativeBridge.masterOpen(config.flat()));
         this.releases =
                 Executors.newSingleThreadExecutor(
@@ -66,6 +74,12 @@ final class TerraceMasterAgent implements TierMasterAgent {
     @Override
     public void unregisterJob(JobID jobID) {
         handlers.remove(jobID);
+        if (jobRecovery) {
+            // Flink releases a finished job's partitions one by one before this; what is left
+            // goes when the job's lease runs out, unless a new JobManager registers it again.
+            run(() -> NativeBridge.masterDetachJob(handle, jobID.getBytes()));
+            return;
+        }
         background(
                 "unregister job " + jobID,
                 () -> NativeBridge.masterUnregisterJob(handle, jobID.getBytes()));
@@ -74,12 +88,20 @@ final class TerraceMasterAgent implements TierMasterAgent {
     /** Flink 1.20's form (no {@code @Override}: 2.x's interface has only the other one). */
     public TierShuffleDescriptor addPartitionAndGetShuffleDescriptor(
             JobID jobID, ResultPartitionID resultPartitionID) {
-        return TerraceShuffleDescriptor.fromFields(
-                call(
-                        () ->
-                                NativeBridge.masterAddPartition(
-                                        handle, jobID.getBytes(), resultPartitionID.getBytes())));
+        TerraceShuffleDescriptor descriptor =
+                TerraceShuffleDescriptor.fromFields(
+                        call(
+                                () ->
+                                        NativeBridge.masterAddPartition(
+                                                handle,
+                                                jobID.getBytes(),
+                                                resultPartitionID.getBytes())));
+        onPartitionAdded(jobID, descriptor);
+        return descriptor;
     }
+
+    /** A partition was placed for {@code jobID} (for subclasses that snapshot placements). */
+    void onPartitionAdded(JobID jobID, TerraceShuffleDescriptor descriptor) {}
 
     /**
      * Flink 2.x's form (no {@code @Override}: 1.20's interface has only the other one). The
@@ -219,7 +241,7 @@ final class TerraceMasterAgent implements TierMasterAgent {
         }
     }
 
-    private static <T> T call(NativeBridgeCalls.Call<T> c) {
+    static <T> T call(NativeBridgeCalls.Call<T> c) {
         try {
             return c.call();
         } catch (Exception e) {
@@ -228,7 +250,7 @@ final class TerraceMasterAgent implements TierMasterAgent {
         }
     }
 
-    private static void run(NativeBridgeCalls.Run r) {
+    static void run(NativeBridgeCalls.Run r) {
         try {
             r.run();
         } catch (Exception e) {

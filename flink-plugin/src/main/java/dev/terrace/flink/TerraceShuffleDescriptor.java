@@ -42,6 +42,13 @@ public final class TerraceShuffleDescriptor implements TierShuffleDescriptor {
         return new TerraceShuffleDescriptor(fields[0], fields[1], fields[2], fields[3], fields[4]);
     }
 
+    /** The fields {@link #fromFields} takes. */
+    String[] fields() {
+        return new String[] {
+            getJobIdHex(), getPartitionIdHex(), getWorkerId(), getWorkerAddress(), getToken()
+        };
+    }
+
     public String getJobIdHex() {
         return jobIdHex;
     }

@@ -26,9 +26,18 @@ abstract class TerraceTierFactoryBase implements TierFactory {
 
     private TerraceConfig config;
 
+    /** Flink's {@code execution.batch.job-recovery.enabled}. */
+    boolean jobRecovery;
+
     @Override
     public void setup(Configuration configuration) {
         this.config = new TerraceConfig(configuration);
+        this.jobRecovery =
+                Boolean.parseBoolean(
+                        configuration
+                                .toMap()
+                                .getOrDefault("execution.batch.job-recovery.enabled", "false")
+                                .trim());
     }
 
     /**
@@ -64,7 +73,7 @@ abstract class TerraceTierFactoryBase implements TierFactory {
 
     @Override
     public TierMasterAgent createMasterAgent(TieredStorageResourceRegistry resourceRegistry) {
-        return new TerraceMasterAgent(config(), resourceRegistry);
+        return new TerraceMasterAgent(config(), resourceRegistry, jobRecovery);
     }
 
     /**

@@ -1,0 +1,144 @@
+package dev.terrace.e2e;
+
+import org.apache.flink.api.common.JobID;
+import org.apache.flink.configuration.Configuration;
+import org.apache.flink.core.fs.FSDataOutputStream;
+import org.apache.flink.core.fs.FileSystem;
+import org.apache.flink.runtime.execution.ExecutionState;
+import org.apache.flink.runtime.executiongraph.AccessExecutionGraph;
+import org.apache.flink.runtime.executiongraph.AccessExecutionVertex;
+import org.apache.flink.runtime.highavailability.HighAvailabilityServicesUtils;
+import org.apache.flink.runtime.highavailability.nonha.embedded.HaLeadershipControl;
+import org.apache.flink.runtime.io.network.partition.hybrid.tiered.shuffle.AllTieredShuffleMasterSnapshots;
+import org.apache.flink.runtime.io.network.partition.hybrid.tiered.shuffle.TieredInternalShuffleMasterSnapshot;
+import org.apache.flink.runtime.jobmaster.JobResult;
+import org.apache.flink.runtime.minicluster.MiniCluster;
+import org.apache.flink.runtime.minicluster.MiniClusterConfiguration;
+import org.apache.flink.util.InstantiationUtil;
+
+import java.nio.file.Files;
+import java.nio.file.Paths;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The keyed-aggregation job on a MiniCluster whose JobManager fails over mid-job (Flink 2.x).
+ *
+ * <p>Usage as {@link KeyedAggregationJob}, with {@code job.gate=FILE} required and Flink's {@code
+ * high-availability.storageDir} set. The job's shuffle-1 consumers wait for the gate file; once
+ * every shuffle-1 producer has finished, the JobMaster's leadership is revoked and granted again
+ * (a new JobMaster takes the job over, as after a JobManager failover), then the gate opens and
+ * the job runs to its end. Whether the new JobMaster reuses the finished producers' partitions
+ * (with {@code execution.batch.job-recovery.enabled}) or runs them again shows in Flink's task
+ * state log.
+ */
+public final class JobManagerFailoverJob {
+
+    /** The shuffle-1 producers, as the job names them. */
+    private static final String PRODUCERS = "make-records";
+
+    public static void main(String[] args) throws Exception {
+        KeyedAggregationJob.run(args, JobManagerFailoverJob::runWithFailover);
+    }
+
+    private static void runWithFailover(
+            org.apache.flink.streaming.api.environment.StreamExecutionEnvironment env,
+            Configuration conf,
+            String gate)
+            throws Exception {
+        if (gate == null) {
+            throw new IllegalArgumentException("JobManagerFailoverJob needs job.gate=FILE");
+        }
+        Configuration cluster = new Configuration(conf);
+        writeEmptyClusterShuffleSnapshot(cluster);
+        MiniClusterConfiguration config =
+                new MiniClusterConfiguration.Builder()
+                        .setConfiguration(cluster)
+                        .setNumTaskManagers(1)
+                        .setNumSlotsPerTaskManager(env.getParallelism())
+                        .setHaServices(MiniCluster.HaServices.WITH_LEADERSHIP_CONTROL)
+                        .build();
+        try (MiniCluster miniCluster = new MiniCluster(config)) {
+            miniCluster.start();
+            JobID job = miniCluster.submitJob(env.getStreamGraph()).get().getJobID();
+            awaitProducersFinished(miniCluster, job);
+            HaLeadershipControl leadership =
+                    miniCluster
+                            .getHaLeadershipControl()
+                            .orElseThrow(() -> new IllegalStateException("no leadership control"));
+            System.out.println("failover: revoking the JobMaster's leadership of " + job);
+            leadership.revokeJobMasterLeadership(job).get(60, TimeUnit.SECONDS);
+            System.out.println("failover: granting it again");
+            leadership.grantJobMasterLeadership(job).get(60, TimeUnit.SECONDS);
+            Files.write(Paths.get(gate), new byte[0]);
+            JobResult result = miniCluster.requestJobResult(job).get(240, TimeUnit.SECONDS);
+            if (!result.isSuccess()) {
+                throw new IllegalStateException(
+                        "the job failed after the JobManager failover",
+                        result.getSerializedThrowable().orElse(null));
+            }
+            System.out.println("failover: the job finished after the JobManager failover");
+        }
+    }
+
+    /** Waits (up to 120 s) until every shuffle-1 producer subtask has finished. */
+    private static void awaitProducersFinished(MiniCluster miniCluster, JobID job)
+            throws Exception {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(120);
+        while (true) {
+            AccessExecutionGraph graph = miniCluster.getExecutionGraph(job).get();
+            int producers = 0;
+            int finished = 0;
+            for (AccessExecutionVertex v : graph.getAllExecutionVertices()) {
+                if (v.getTaskNameWithSubtaskIndex().contains(PRODUCERS)) {
+                    producers++;
+                    if (v.getExecutionState() == ExecutionState.FINISHED) {
+                        finished++;
+                    }
+                }
+            }
+            if (producers > 0 && finished == producers) {
+                System.out.println("failover: all " + producers + " producers finished");
+                return;
+            }
+            if (System.nanoTime() > deadline) {
+                throw new IllegalStateException(
+                        finished + " of " + producers + " producers finished within 120 s");
+            }
+            Thread.sleep(100);
+        }
+    }
+
+    /**
+     * Works around Flink 2.2's Dispatcher start with batch job recovery and an external tier: with
+     * no cluster-level shuffle master snapshot yet, it calls {@code restoreState(null)}, which the
+     * tiered shuffle master refuses, and the Dispatcher fails to start. Writes the snapshot Flink
+     * would write itself (an empty one) where Flink reads it, unless one is there.
+     */
+    static void writeEmptyClusterShuffleSnapshot(Configuration conf) throws Exception {
+        String clusterId = conf.toMap().getOrDefault("high-availability.cluster-id", "/default");
+        org.apache.flink.core.fs.Path dir =
+                new org.apache.flink.core.fs.Path(
+                        HighAvailabilityServicesUtils.getClusterHighAvailableStoragePath(conf),
+                        "shuffleMaster-snapshot");
+        org.apache.flink.core.fs.Path file = new org.apache.flink.core.fs.Path(dir, clusterId);
+        FileSystem fs = dir.getFileSystem();
+        if (fs.exists(file)) {
+            return;
+        }
+        fs.mkdirs(dir);
+        byte[] snapshot =
+                InstantiationUtil.serializeObject(
+                        new TieredInternalShuffleMasterSnapshot(
+                                null, AllTieredShuffleMasterSnapshots.empty()));
+        try (FSDataOutputStream out = fs.create(file, FileSystem.WriteMode.NO_OVERWRITE)) {
+            out.write(snapshot.length >>> 24);
+            out.write(snapshot.length >>> 16);
+            out.write(snapshot.length >>> 8);
+            out.write(snapshot.length);
+            out.write(snapshot);
+        }
+        System.out.println("failover: wrote an empty cluster-level shuffle snapshot at " + file);
+    }
+
+    private JobManagerFailoverJob() {}
+}
