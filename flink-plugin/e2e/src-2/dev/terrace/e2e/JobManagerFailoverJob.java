@@ -2,19 +2,13 @@ package dev.terrace.e2e;
 
 import org.apache.flink.api.common.JobID;
 import org.apache.flink.configuration.Configuration;
-import org.apache.flink.core.fs.FSDataOutputStream;
-import org.apache.flink.core.fs.FileSystem;
 import org.apache.flink.runtime.execution.ExecutionState;
 import org.apache.flink.runtime.executiongraph.AccessExecutionGraph;
 import org.apache.flink.runtime.executiongraph.AccessExecutionVertex;
-import org.apache.flink.runtime.highavailability.HighAvailabilityServicesUtils;
 import org.apache.flink.runtime.highavailability.nonha.embedded.HaLeadershipControl;
-import org.apache.flink.runtime.io.network.partition.hybrid.tiered.shuffle.AllTieredShuffleMasterSnapshots;
-import org.apache.flink.runtime.io.network.partition.hybrid.tiered.shuffle.TieredInternalShuffleMasterSnapshot;
 import org.apache.flink.runtime.jobmaster.JobResult;
 import org.apache.flink.runtime.minicluster.MiniCluster;
 import org.apache.flink.runtime.minicluster.MiniClusterConfiguration;
-import org.apache.flink.util.InstantiationUtil;
 
 import java.nio.file.Files;
 import java.nio.file.Paths;
@@ -48,8 +42,9 @@ public final class JobManagerFailoverJob {
         if (gate == null) {
             throw new IllegalArgumentException("JobManagerFailoverJob needs job.gate=FILE");
         }
+        // The Terrace adapter writes the cluster-level shuffle snapshot Flink 2.x's Dispatcher
+        // needs to start with job recovery on (see its ClusterShuffleSnapshot).
         Configuration cluster = new Configuration(conf);
-        writeEmptyClusterShuffleSnapshot(cluster);
         MiniClusterConfiguration config =
                 new MiniClusterConfiguration.Builder()
                         .setConfiguration(cluster)
@@ -106,38 +101,6 @@ public final class JobManagerFailoverJob {
             }
             Thread.sleep(100);
         }
-    }
-
-    /**
-     * Works around Flink 2.2's Dispatcher start with batch job recovery and an external tier: with
-     * no cluster-level shuffle master snapshot yet, it calls {@code restoreState(null)}, which the
-     * tiered shuffle master refuses, and the Dispatcher fails to start. Writes the snapshot Flink
-     * would write itself (an empty one) where Flink reads it, unless one is there.
-     */
-    static void writeEmptyClusterShuffleSnapshot(Configuration conf) throws Exception {
-        String clusterId = conf.toMap().getOrDefault("high-availability.cluster-id", "/default");
-        org.apache.flink.core.fs.Path dir =
-                new org.apache.flink.core.fs.Path(
-                        HighAvailabilityServicesUtils.getClusterHighAvailableStoragePath(conf),
-                        "shuffleMaster-snapshot");
-        org.apache.flink.core.fs.Path file = new org.apache.flink.core.fs.Path(dir, clusterId);
-        FileSystem fs = dir.getFileSystem();
-        if (fs.exists(file)) {
-            return;
-        }
-        fs.mkdirs(dir);
-        byte[] snapshot =
-                InstantiationUtil.serializeObject(
-                        new TieredInternalShuffleMasterSnapshot(
-                                null, AllTieredShuffleMasterSnapshots.empty()));
-        try (FSDataOutputStream out = fs.create(file, FileSystem.WriteMode.NO_OVERWRITE)) {
-            out.write(snapshot.length >>> 24);
-            out.write(snapshot.length >>> 16);
-            out.write(snapshot.length >>> 8);
-            out.write(snapshot.length);
-            out.write(snapshot);
-        }
-        System.out.println("failover: wrote an empty cluster-level shuffle snapshot at " + file);
     }
 
     private JobManagerFailoverJob() {}

@@ -1,5 +1,6 @@
 package dev.terrace.flink;
 
+import org.apache.flink.configuration.Configuration;
 import org.apache.flink.runtime.io.disk.BatchShuffleReadBufferPool;
 import org.apache.flink.runtime.io.network.buffer.BufferCompressor;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.TieredStoragePartitionId;
@@ -34,8 +35,20 @@ public class TerraceTierFactory extends TerraceTierFactoryBase {
 
     public TerraceTierFactory() {}
 
+    private Configuration flinkConfig;
+
+    @Override
+    public void setup(Configuration configuration) {
+        super.setup(configuration);
+        this.flinkConfig = configuration;
+    }
+
+    /** JobManager side (before its Dispatcher starts). */
     @Override
     public TierMasterAgent createMasterAgent(TieredStorageResourceRegistry resourceRegistry) {
+        if (jobRecovery) {
+            ClusterShuffleSnapshot.ensure(flinkConfig);
+        }
         return new RecoverableTerraceMasterAgent(config(), resourceRegistry, jobRecovery);
     }
 
