@@ -468,8 +468,15 @@ impl Drop for ServiceProcess {
 
 /// Agent settings for small error-path tests: small pushes and segments, no
 /// compression (so stored bytes are the engine's bytes), short timeouts.
+///
+/// The masters are an address nothing listens on, not the default
+/// 127.0.0.1:9870: a consumer whose worker lacks its partition asks the
+/// masters for up to 10 s whether it was relocated, so a master left running
+/// there (an operator's, another run's) would hold up every such test.
+/// Tests with a cluster set their own.
 pub fn small_agent_config() -> AgentConfig {
     AgentConfig {
+        master_addresses: vec![closed_address()],
         segment_size: terrace_tier_api::ByteSize::kib(64),
         push_size: terrace_tier_api::ByteSize::kib(32),
         max_bytes_in_flight: terrace_tier_api::ByteSize::mib(1),
