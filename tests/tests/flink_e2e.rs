@@ -130,20 +130,14 @@ fn scratch() -> &'static Path {
 /// then fails with "Failed to choose a storage tier to start a new segment".
 /// A CI machine's disk was once that full (≈ 12 GiB free of 252 GiB), which
 /// failed every reference run though nothing was wrong with the job. So the
-/// jobs spill under [`scratch`] while its file system has room by Flink's
-/// rule, and otherwise under `/dev/shm` when that has room.
+/// jobs spill under [`scratch`] while its file system has room, and
+/// otherwise under `/dev/shm` when that has room.
 fn flink_tmp_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let roomy = |dir: &Path| {
-            free_fraction(dir).is_some_and(|(free, fraction)| free >= 8 << 30 && fraction >= 0.10)
-        };
-        let local = scratch().join("flink-tmp");
-        let shm = Path::new("/dev/shm");
-        let dir = if roomy(scratch()) || !roomy(shm) {
-            local
-        } else {
-            shm.join(format!("terrace-flink-e2e-{}", std::process::id()))
+        let dir = match roomy_or_shm(scratch()) {
+            Some(shm) => shm.join(format!("terrace-flink-e2e-{}", std::process::id())),
+            None => scratch().join("flink-tmp"),
         };
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create Flink's spill directory");
@@ -154,6 +148,38 @@ fn flink_tmp_dir() -> &'static Path {
         );
         dir
     })
+}
+
+/// Where the Terrace clusters of this process keep their files: the system
+/// temporary directory while its file system has room, otherwise `/dev/shm`.
+///
+/// A worker reports itself full, and the master places nothing on it, when no
+/// data directory has room for its memory budget (1 GiB) above its reserve
+/// (1 GiB). A CI machine's disk, after a cold build of the workspace, once
+/// had less than that free, and every job on Terrace failed with "no live
+/// worker can take a partition (3 live: 3 full)".
+fn cluster_base() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        let dir = roomy_or_shm(&tmp).map_or(tmp, Path::to_path_buf);
+        eprintln!(
+            "flink_e2e: Terrace clusters keep their files under {} (free bytes, fraction: {:?})",
+            dir.display(),
+            free_fraction(&dir)
+        );
+        dir
+    })
+}
+
+/// `/dev/shm` when `dir`'s file system lacks room (8 GiB and 10% of it free)
+/// and `/dev/shm` has it; `None` to stay on `dir`.
+fn roomy_or_shm(dir: &Path) -> Option<&'static Path> {
+    let roomy = |dir: &Path| {
+        free_fraction(dir).is_some_and(|(free, fraction)| free >= 8 << 30 && fraction >= 0.10)
+    };
+    let shm = Path::new("/dev/shm");
+    (!roomy(dir) && roomy(shm)).then_some(shm)
 }
 
 /// Bytes available to an unprivileged writer on `dir`'s file system, and that
@@ -491,7 +517,7 @@ impl Cluster {
         worker_env: Vec<(String, String)>,
         secured: bool,
     ) -> Cluster {
-        let dir = tempfile::tempdir().expect("cluster directory");
+        let dir = tempfile::tempdir_in(cluster_base()).expect("cluster directory");
         let pki = secured.then(|| TestPki::generate(dir.path()));
         let security = pki
             .as_ref()
