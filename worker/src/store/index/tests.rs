@@ -309,6 +309,23 @@ proptest! {
         }).collect();
         prop_assert_eq!(got, segments);
     }
+
+    /// Version 2 indexes (local files and objects, no splits) written by
+    /// earlier workers still load as the same index.
+    #[test]
+    fn version_2_indexes_still_load(
+        layout in proptest::collection::vec(
+            proptest::collection::vec(proptest::collection::vec((any::<bool>(), 0u32..1 << 20), 0..4), 0..4),
+            1..4,
+        ),
+        closed in any::<u32>(),
+        generation in any::<u64>(),
+        broadcast in any::<bool>(),
+    ) {
+        let persisted = sample(&layout, closed, generation, broadcast);
+        let back = PersistedIndex::decode(&encode_v2(&persisted)).expect("v2 decodes");
+        prop_assert_eq!(back, persisted);
+    }
 }
 
 #[test]
@@ -426,6 +443,55 @@ fn encode_v1(
                 out.put_u32_le(len);
                 out.put_u32_le(7);
                 out.put_u32_le(1);
+            }
+        }
+    }
+    out.put_u32_le(0);
+    let crc = crc32c::crc32c(&out);
+    out.put_u32_le(crc);
+    out.to_vec()
+}
+
+/// The version 2 encoder, as workers before splits wrote it: no
+/// continuation flag, no first segment, a forward pointer count of 0.
+fn encode_v2(p: &PersistedIndex) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_slice(MAGIC);
+    out.put_u32_le(2);
+    put_bytes(&mut out, p.key.job.as_bytes());
+    put_bytes(&mut out, p.key.partition.as_bytes());
+    out.put_u32_le(p.index.num_subpartitions);
+    out.put_u8(u8::from(p.index.broadcast_only));
+    out.put_u64_le(p.generation);
+    let put_blobs = |out: &mut BytesMut, blobs: &[Blob]| {
+        out.put_u32_le(blobs.len() as u32);
+        for blob in blobs {
+            out.put_u32_le(blob.id);
+            out.put_u64_le(blob.len);
+        }
+    };
+    put_blobs(&mut out, &p.files);
+    put_bytes(&mut out, p.object_prefix.as_bytes());
+    put_blobs(&mut out, &p.objects);
+    let empty = SubpartitionIndex::default();
+    for number in 0..p.index.stored_subpartitions() {
+        let sub = p.index.subs.get(&number).unwrap_or(&empty);
+        out.put_u32_le(sub.segments.len() as u32);
+        for segment in &sub.segments {
+            out.put_u8(u8::from(segment.closed));
+            out.put_u32_le(segment.extents.len() as u32);
+            for extent in &segment.extents {
+                let (kind, id, offset) = match extent.location {
+                    Location::Local { file, offset } => (KIND_LOCAL, file, offset),
+                    Location::Object { object, offset } => (KIND_OBJECT, object, offset),
+                    Location::Memory(_) => unreachable!("samples are persisted"),
+                };
+                out.put_u8(kind);
+                out.put_u32_le(id);
+                out.put_u64_le(offset);
+                out.put_u32_le(extent.len);
+                out.put_u32_le(extent.crc32c);
+                out.put_u32_le(extent.num_buffers);
             }
         }
     }
