@@ -385,8 +385,18 @@ pub fn await_stdout_line(
 /// Runs `terrace <args>` to its end (failing the test past `limit`) and
 /// returns what it printed and how it exited.
 pub fn run_terrace(args: &[&str], limit: Duration) -> std::process::Output {
+    run_terrace_with_env(args, &[], limit)
+}
+
+/// [`run_terrace`] with extra environment variables.
+pub fn run_terrace_with_env(
+    args: &[&str],
+    env: &[(String, String)],
+    limit: Duration,
+) -> std::process::Output {
     let child = std::process::Command::new(terrace_bin())
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("TERRACE_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -398,6 +408,19 @@ pub fn run_terrace(args: &[&str], limit: Duration) -> std::process::Output {
         "terrace command",
     )
     .expect("terrace ran")
+}
+
+/// Runs `terrace <args>` (with `env`, within `limit`), which must succeed,
+/// and parses its stdout as JSON.
+pub fn terrace_json(args: &[&str], env: &[(String, String)], limit: Duration) -> serde_json::Value {
+    let out = run_terrace_with_env(args, env, limit);
+    assert!(
+        out.status.success(),
+        "terrace {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
 }
 
 /// A `terrace` service running as a child process; killed when dropped.

@@ -564,3 +564,81 @@ fn compressed_buffers_pass_every_tier_as_sent_and_read_back_exactly() {
     );
     drop_job(&worker, &key);
 }
+
+/// `terrace demo --object-store URL` with a 16 MiB local capacity: data
+/// overflows to the store during the shuffle, the rest migrates once cold,
+/// everything is read back from the store, and nothing is left in it. With
+/// `memory://` (no set-up) and with `s3://` on a real S3-compatible server
+/// given by the `AWS_*` variables, whose bucket exists beforehand.
+#[test]
+fn demo_overflows_migrates_reads_back_and_leaves_the_store_empty() {
+    let s3 = S3Server::start();
+    for (url, env) in [
+        ("memory://".to_string(), Vec::new()),
+        (s3.url("demo"), s3.env()),
+    ] {
+        let report = terrace_tests::terrace_json(
+            &[
+                "demo",
+                "--json",
+                "--object-store",
+                &url,
+                "--local-capacity",
+                "16MiB",
+                "--buffers",
+                "8",
+                "--compression",
+                "false",
+            ],
+            &env,
+            Duration::from_secs(300),
+        );
+        let payload = report["payload_bytes"].as_u64().expect("payload_bytes");
+        assert_eq!(payload, 4 * 64 * 8 * 32 * 1024, "{url}: {report}");
+        assert_eq!(
+            report["verified_bytes"].as_u64(),
+            Some(payload),
+            "{url}: {report}"
+        );
+        assert_eq!(
+            report["verified_again_bytes"].as_u64(),
+            Some(payload),
+            "{url}: {report}"
+        );
+        let during = &report["after_shuffle"];
+        assert!(
+            during["overflowed_bytes"].as_u64() > Some(0),
+            "{url}: {report}"
+        );
+        let migrated = &report["after_migration"];
+        assert_eq!(migrated["local_bytes"].as_u64(), Some(0), "{url}: {report}");
+        assert!(
+            migrated["migrated_bytes"].as_u64() > Some(0),
+            "{url}: {report}"
+        );
+        assert!(
+            migrated["object_bytes"].as_u64() >= Some(payload),
+            "{url}: every byte sits in the store before it is read back: {report}"
+        );
+        assert_eq!(report["objects_left"].as_u64(), Some(0), "{url}: {report}");
+    }
+    // s3s-fs keeps a metadata file per object written, even once deleted:
+    // the s3:// run did store its objects on this server.
+    assert!(
+        s3.internal_files()
+            .iter()
+            .any(|f| f.starts_with(".bucket-")),
+        "no object was ever written to the S3 server: {:?}",
+        s3.internal_files()
+    );
+    assert_eq!(
+        s3.objects("demo"),
+        Vec::<String>::new(),
+        "the bucket keeps nothing"
+    );
+    assert_eq!(
+        s3.open_uploads(),
+        Vec::<String>::new(),
+        "no multipart upload left open"
+    );
+}

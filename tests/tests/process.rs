@@ -363,14 +363,28 @@ fn readers_and_clients_that_stop_reading_stay_under_both_budgets_plus_64_mib() {
 /// Runs `terrace <args>` (within 180 s), which must succeed, and parses its
 /// stdout as JSON.
 fn json_report(args: &[&str]) -> serde_json::Value {
-    let out = terrace_tests::run_terrace(args, Duration::from_secs(180));
-    assert!(
-        out.status.success(),
-        "terrace {} failed: {}",
-        args[0],
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("a JSON report")
+    terrace_tests::terrace_json(args, &[], Duration::from_secs(180))
+}
+
+/// The README's first command: `terrace demo` on its embedded one-process
+/// cluster verifies every byte of its sample shuffle (here a smaller one).
+#[test]
+fn demo_runs_the_sample_shuffle_and_verifies_every_byte() {
+    let report = json_report(&[
+        "demo",
+        "--json",
+        "--buffers",
+        "16",
+        "--segment-size",
+        "128KiB",
+    ]);
+    let payload = report["payload_bytes"].as_u64().expect("payload_bytes");
+    // 4 producers x 64 subpartitions x 16 buffers of 32 KiB.
+    assert_eq!(payload, 4 * 64 * 16 * 32 * 1024, "{report}");
+    assert_eq!(report["verified_bytes"].as_u64(), Some(payload), "{report}");
+    // 512 KiB per subpartition in 128 KiB segments: several each.
+    let segments = report["segments"].as_u64().expect("segments");
+    assert!(segments >= 4 * 64 * 4, "{report}");
 }
 
 #[test]
