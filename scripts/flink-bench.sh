@@ -171,6 +171,6 @@ for v in default remote terrace; do
   printf '%-40s %10.2f %10.2f %14s %14s %12s\n' "$label" "${JOB_S[$v]}" "${PROC[$v]}" \
     "$(ratio "${JOB_S[$v]}" "${JOB_S[default]}")" "$(ratio "${JOB_S[$v]}" "${JOB_S[remote]}")" "$cpu"
 done
-echo "terrace worker: bytes_pushed $PUSHED, bytes_read $READ, partitions left $LEFT"
+echo "terrace worker, all $ROUNDS terrace run(s) together: bytes_pushed $PUSHED, bytes_read $READ, partitions left $LEFT"
 printf 'yardstick: raw disk write %d MiB (fdatasync) %.2f s (%.0f MiB/s), read back %.2f s (page cache likely)\n' \
   "$VOL_MB" "$RAW_W" "$(calc "$VOL_MB / $RAW_W")" "$RAW_R"
