@@ -19,7 +19,8 @@
 #
 # Env:
 #   JOB         keyed (default) or shuffle-heavy
-#   ROUNDS      runs per variant; the median job time is reported (default 1)
+#   ROUNDS      runs per variant, the variants taking turns round by round; the median job time
+#               is reported (default 1)
 #   BENCH_DIR   working directory for data and outputs (default: a fresh mktemp -d, removed at exit)
 #   JAVA_HEAP   JVM heap of the MiniCluster (default 4g)
 #   TERRACE_EXTRA  extra Flink config for the Terrace run, space-separated key=value
@@ -99,47 +100,49 @@ cpu_seconds() { # <pid>
   awk '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / 100 }' "/proc/$1/stat"
 }
 
-WORKER_PID=""
-declare -A JOB_S PROC WCPU
-measure() { # <variant> <flink k=v...>
-  local variant="$1"; shift
-  local jobs=() procs=() cpus=() r t c0 c1
-  for r in $(seq "$ROUNDS"); do
-    [[ "$variant" == remote ]] && rm -rf "$WORK/remote" && mkdir -p "$WORK/remote"
-    c0=0; [[ -n "$WORKER_PID" ]] && c0="$(cpu_seconds "$WORKER_PID")"
-    t="$(run_job "$variant-$r" "$@")"
-    c1=0; [[ -n "$WORKER_PID" ]] && c1="$(cpu_seconds "$WORKER_PID")"
-    cpus+=("$(calc "$c1 - $c0")")
-    jobs+=("${t% *}"); procs+=("${t#* }")
-    if [[ "$variant" != default ]] && ! cmp -s "$WORK/$variant-$r.result" "$WORK/default-1.result"; then
-      log "$variant run $r: result differs from the default shuffle's"; exit 1
-    fi
-    log "$variant run $r: job ${t% *} s, process ${t#* } s, terrace worker CPU ${cpus[-1]} s"
-  done
-  JOB_S[$variant]="$(printf '%s\n' "${jobs[@]}" | median)"
-  PROC[$variant]="$(printf '%s\n' "${procs[@]}" | median)"
-  WCPU[$variant]="$(printf '%s\n' "${cpus[@]}" | median)"
+# One run of <variant>, round <r>; appends its figures to RUN_JOB/RUN_PROC/RUN_CPU[<variant>].
+declare -A RUN_JOB RUN_PROC RUN_CPU JOB_S PROC WCPU
+measure_once() { # <variant> <r> <flink k=v...>
+  local variant="$1" r="$2"; shift 2
+  local t c0=0 c1=0 cpu
+  [[ "$variant" == remote ]] && rm -rf "$WORK/remote" && mkdir -p "$WORK/remote"
+  [[ "$variant" == terrace ]] && c0="$(cpu_seconds "$WORKER_PID")"
+  t="$(run_job "$variant-$r" "$@")"
+  [[ "$variant" == terrace ]] && c1="$(cpu_seconds "$WORKER_PID")"
+  cpu="$(calc "$c1 - $c0")"
+  RUN_JOB[$variant]+="${t% *} "; RUN_PROC[$variant]+="${t#* } "; RUN_CPU[$variant]+="$cpu "
+  if [[ "$variant" != default ]] && ! cmp -s "$WORK/$variant-$r.result" "$WORK/default-1.result"; then
+    log "$variant run $r: result differs from the default shuffle's"; exit 1
+  fi
+  log "$variant run $r: job ${t% *} s, process ${t#* } s, terrace worker CPU $cpu s"
 }
 
 log "working in $WORK; job: parallelism $P, $N records x $S B payload, $ROUNDS round(s)"
-measure default
-
-mkdir -p "$WORK/remote"
-measure remote \
-  taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.remote.RemoteTierFactory \
-  "taskmanager.network.hybrid-shuffle.remote.path=file://$WORK/remote"
-
-mkdir -p "$WORK/terrace-data"
+mkdir -p "$WORK/remote" "$WORK/terrace-data"
 start_service master master --listen 127.0.0.1:0
 MASTER="$ADDRESS"
 printf '%s\n' "${WORKER_TOML:-}" > "$WORK/worker.toml"
 start_service worker worker --config "$WORK/worker.toml" --listen 127.0.0.1:0 \
   --data-dir "$WORK/terrace-data" --master "$MASTER"
 WORKER_PID="${PIDS[-1]}"
-# shellcheck disable=SC2086
-measure terrace \
-  taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=dev.terrace.flink.TerraceTierFactory \
-  "terrace.master.address=$MASTER" ${TERRACE_EXTRA:-}
+# The variants take turns, round by round, so that a machine that slows down or speeds up during
+# the benchmark (it is shared) weighs on all three alike. The idle Terrace services cost nothing
+# meanwhile.
+for r in $(seq "$ROUNDS"); do
+  measure_once default "$r"
+  measure_once remote "$r" \
+    taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.remote.RemoteTierFactory \
+    "taskmanager.network.hybrid-shuffle.remote.path=file://$WORK/remote"
+  # shellcheck disable=SC2086
+  measure_once terrace "$r" \
+    taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=dev.terrace.flink.TerraceTierFactory \
+    "terrace.master.address=$MASTER" ${TERRACE_EXTRA:-}
+done
+for v in default remote terrace; do
+  JOB_S[$v]="$(printf '%s\n' ${RUN_JOB[$v]} | median)"
+  PROC[$v]="$(printf '%s\n' ${RUN_PROC[$v]} | median)"
+  WCPU[$v]="$(printf '%s\n' ${RUN_CPU[$v]} | median)"
+done
 STATUS="$("$TERRACE" status --master "$MASTER" --json)"
 PUSHED="$(echo "$STATUS" | sed -n 's/.*"bytes_pushed": \([0-9]*\).*/\1/p' | head -n 1)"
 READ="$(echo "$STATUS" | sed -n 's/.*"bytes_read": \([0-9]*\).*/\1/p' | head -n 1)"
