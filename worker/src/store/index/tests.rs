@@ -234,17 +234,10 @@ proptest! {
 
     #[test]
     fn persisted_index_roundtrips(
-        layout in proptest::collection::vec(
-            proptest::collection::vec(proptest::collection::vec((any::<bool>(), 0u32..1 << 20), 0..4), 0..4),
-            1..4,
-        ),
-        closed in any::<u32>(),
-        generation in any::<u64>(),
-        broadcast in any::<bool>(),
+        mut persisted in samples(),
         first_segment in 0u32..1 << 20,
         forward in proptest::option::of(("[a-z0-9-]{1,40}", "[a-z0-9.]{1,30}:[0-9]{1,5}")),
     ) {
-        let mut persisted = sample(&layout, closed, generation, broadcast);
         // A later part of a split partition, or one split on.
         persisted.index.continuation = first_segment > 0;
         for sub in persisted.index.subs.values_mut() {
@@ -313,16 +306,7 @@ proptest! {
     /// Version 2 indexes (local files and objects, no splits) written by
     /// earlier workers still load as the same index.
     #[test]
-    fn version_2_indexes_still_load(
-        layout in proptest::collection::vec(
-            proptest::collection::vec(proptest::collection::vec((any::<bool>(), 0u32..1 << 20), 0..4), 0..4),
-            1..4,
-        ),
-        closed in any::<u32>(),
-        generation in any::<u64>(),
-        broadcast in any::<bool>(),
-    ) {
-        let persisted = sample(&layout, closed, generation, broadcast);
+    fn version_2_indexes_still_load(persisted in samples()) {
         let back = PersistedIndex::decode(&encode_v2(&persisted)).expect("v2 decodes");
         prop_assert_eq!(back, persisted);
     }
@@ -356,6 +340,16 @@ fn memory_extents_are_never_persisted() {
         index,
     };
     assert!(persisted.encode().is_err());
+}
+
+/// Sealed indexes of 1 to 3 subpartitions with up to 3 segments of up to 3
+/// extents each, in a file and an object ([`sample`]).
+fn samples() -> impl Strategy<Value = PersistedIndex> {
+    let extents = proptest::collection::vec((any::<bool>(), 0u32..1 << 20), 0..4);
+    let layout = proptest::collection::vec(proptest::collection::vec(extents, 0..4), 1..4);
+    (layout, any::<u32>(), any::<u64>(), any::<bool>()).prop_map(
+        |(layout, closed, generation, broadcast)| sample(&layout, closed, generation, broadcast),
+    )
 }
 
 /// An index whose extents sit in file 0 (`false`) or object 5 (`true`), laid
