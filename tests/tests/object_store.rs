@@ -375,9 +375,15 @@ fn outage(kind: Outage) {
     let result = std::panic::catch_unwind(|| {
         write_partition(&config, descriptor(&worker, &overflow), 2, SUBS, 1000, 8000)
     });
+    let Err(panic) = result else {
+        panic!("a 32 MiB partition cannot be kept with 12 MiB of disk and no store");
+    };
+    // The producer's error names the store and what failed on it.
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(
-        result.is_err(),
-        "a 32 MiB partition cannot be kept with 12 MiB of disk and no store"
+        message.contains(&s3.url(PREFIX))
+            && (message.contains("put") || message.contains("storage full")),
+        "{message}"
     );
     let t = tiers(&worker);
     assert!(t.local_bytes > 0);

@@ -1,0 +1,99 @@
+//! Local disks full and the object store down: the worker refuses new data
+//! with a "storage full" error naming the store, instead of accepting bytes
+//! it cannot keep; with room again it takes data again. The same without any
+//! object store.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{data, key, options};
+use terrace_tier_api::ErrorKind;
+use terrace_worker::{FaultyStore, Reservation, Store, StoreHooks};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disks_and_a_failing_store_refuse_pushes_with_storage_full() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let hooks = StoreHooks {
+        files: None,
+        object_store: Some(store.clone()),
+    };
+    // 4 KiB of local room: every flush overflows to the object store.
+    let worker = Store::open(options(dir.path(), 4 << 10), hooks).expect("open");
+    assert!(worker.check_room().is_ok(), "an empty worker takes data");
+
+    // The store fails every request: the overflow of a flush fails after its
+    // retries, which fails that partition and marks the store unavailable.
+    store.set_failing(true);
+    let partition = worker.create(key(1, 1), 2, false, false).expect("create");
+    let (batches, _) = data(7, 2, 20);
+    for batch in batches {
+        partition
+            .append(batch, Reservation::empty(), None, u32::MAX)
+            .expect("append to memory");
+    }
+    let flushed = worker.flush(&partition).await;
+    let error = flushed.expect_err("a flush with no room anywhere fails");
+    assert!(
+        error.to_string().contains("memory://"),
+        "the error names the store: {error}"
+    );
+    let object = worker.tiers().object.as_ref().expect("object tier");
+    assert!(
+        !object.is_available(),
+        "a store failing every retry is unavailable"
+    );
+    assert_eq!(
+        worker.budget().used(),
+        0,
+        "the failed flush gave its memory back"
+    );
+
+    // Memory past the flush watermark (48 of 64 MiB), no directory with room,
+    // the store down: new data is refused, naming why and the store.
+    let held = worker
+        .budget()
+        .reserve(50 << 20)
+        .await
+        .expect("reserve memory");
+    let refused = worker.check_room().expect_err("storage full");
+    assert_eq!(refused.kind(), ErrorKind::Unavailable, "{refused}");
+    let text = refused.to_string();
+    assert!(
+        text.contains("storage full") && text.contains("memory://") && text.contains("failing"),
+        "{text}"
+    );
+
+    // Memory back under the watermark: data is taken again (it goes to
+    // memory and waits for a flush).
+    drop(held);
+    assert!(worker.check_room().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disks_and_no_store_refuse_pushes_with_storage_full() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let worker = Store::open(
+        terrace_worker::StoreOptions {
+            object_store: None,
+            ..options(dir.path(), 4 << 10)
+        },
+        StoreHooks::default(),
+    )
+    .expect("open");
+    let held = worker
+        .budget()
+        .reserve(50 << 20)
+        .await
+        .expect("reserve memory");
+    let refused = worker.check_room().expect_err("storage full");
+    assert!(
+        refused.to_string().contains(
+            "storage full: no local directory has room and no object store is configured"
+        ),
+        "{refused}"
+    );
+    drop(held);
+    assert!(worker.check_room().is_ok());
+}
