@@ -11,6 +11,15 @@ use common::{data, key, options};
 use terrace_tier_api::ErrorKind;
 use terrace_worker::{FaultyStore, Reservation, Store, StoreHooks};
 
+/// Holds 50 MiB of the 64 MiB budget: past the 48 MiB flush watermark.
+async fn past_the_flush_watermark(worker: &Store) -> Reservation {
+    worker
+        .budget()
+        .reserve(50 << 20)
+        .await
+        .expect("reserve memory")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disks_and_a_failing_store_refuse_pushes_with_storage_full() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -52,11 +61,7 @@ async fn full_disks_and_a_failing_store_refuse_pushes_with_storage_full() {
 
     // Memory past the flush watermark (48 of 64 MiB), no directory with room,
     // the store down: new data is refused, naming why and the store.
-    let held = worker
-        .budget()
-        .reserve(50 << 20)
-        .await
-        .expect("reserve memory");
+    let held = past_the_flush_watermark(&worker).await;
     let refused = worker.check_room().expect_err("storage full");
     assert_eq!(refused.kind(), ErrorKind::Unavailable, "{refused}");
     let text = refused.to_string();
@@ -82,11 +87,7 @@ async fn full_disks_and_no_store_refuse_pushes_with_storage_full() {
         StoreHooks::default(),
     )
     .expect("open");
-    let held = worker
-        .budget()
-        .reserve(50 << 20)
-        .await
-        .expect("reserve memory");
+    let held = past_the_flush_watermark(&worker).await;
     let refused = worker.check_room().expect_err("storage full");
     assert!(
         refused.to_string().contains(
