@@ -151,12 +151,16 @@ fn stalled_pushes_hold_almost_nothing_and_are_closed_at_their_deadline() {
 #[test]
 fn control_frames_are_served_while_pushes_wait_for_a_full_budget() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // Nothing is flushed: pushes fill the budget and stay.
+    // Nothing is written out: pushes fill the budget and stay. (With
+    // `write_on_push`, each push would go to disk until the directory's
+    // capacity, by default the filesystem's free space, ran out.)
     let worker = TestWorker::start(WorkerConfig {
         data_dirs: vec![dir.path().join("data")],
+        dir_capacity: Some(ByteSize(4 * BUDGET)),
         memory_budget: ByteSize(BUDGET),
         flush_high_watermark: 1.0,
         flush_low_watermark: 1.0,
+        write_on_push: false,
         max_frame_size: ByteSize(MAX_FRAME),
         ..WorkerConfig::default()
     });
