@@ -173,6 +173,7 @@ fn control_frames_are_served_while_pushes_wait_for_a_full_budget() {
         .collect();
     let mut id = 2;
     while budget_used(&worker) + MAX_FRAME <= BUDGET {
+        assert!(id < 16, "pushes of 15 MiB fill a 64 MiB budget in a few");
         let (header, body) = push(id, &k, &big);
         filler.send(&Message::PushData(header), &body);
         filler.expect_ack(id);
