@@ -267,6 +267,7 @@ impl ConsumerAgent {
                             Client::report_unreachable(
                                 &context.masters,
                                 &context.options,
+                                context.key.job.as_bytes(),
                                 &worker_id,
                                 &e,
                             )

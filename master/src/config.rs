@@ -45,6 +45,11 @@ pub struct MasterConfig {
     /// Bytes a newly placed partition is assumed to add to its worker's load,
     /// until the worker's next heartbeat reports what it really stores.
     pub partition_size_estimate: ByteSize,
+    /// How long the master waits for a worker that a peer reported
+    /// unreachable to answer its own handshake before it stops placing
+    /// partitions there for every job.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
     /// Bounds on what peers may make the master remember (`[limits]`).
     pub limits: MasterLimits,
     /// Connection limits and timeouts (`[server]`).
@@ -65,6 +70,11 @@ pub struct MasterLimits {
     /// Released jobs remembered (and listed in every heartbeat reply) for
     /// `released_job_memory`; past it the oldest is forgotten early.
     pub max_released_jobs: u32,
+    /// Relocated partitions remembered per job (placed elsewhere because
+    /// their descriptor's worker was unreachable); past it a relocation of
+    /// that job is not recorded (logged) and its consumers fail with
+    /// partition-not-found, so the engine re-runs the producer.
+    pub max_relocations_per_job: u32,
 }
 
 impl Default for MasterLimits {
@@ -73,6 +83,7 @@ impl Default for MasterLimits {
             max_workers: 10_000,
             max_jobs: 100_000,
             max_released_jobs: 10_000,
+            max_relocations_per_job: 16_384,
         }
     }
 }
@@ -86,6 +97,7 @@ impl Default for MasterConfig {
             released_job_memory: Duration::from_secs(5 * 60),
             job_lease: Duration::from_secs(60),
             partition_size_estimate: ByteSize::mib(64),
+            probe_timeout: Duration::from_secs(3),
             limits: MasterLimits::default(),
             server: ServerOptions::default(),
             security: SecurityConfig::default(),
@@ -102,6 +114,9 @@ impl MasterConfig {
         if self.worker_timeout.is_zero() {
             return Err("worker_timeout must be positive".into());
         }
+        if self.probe_timeout.is_zero() {
+            return Err("probe_timeout must be positive".into());
+        }
         if self.job_lease.is_zero() {
             return Err("job_lease must be positive".into());
         }
@@ -116,6 +131,7 @@ impl MasterConfig {
             ("max_workers", l.max_workers),
             ("max_jobs", l.max_jobs),
             ("max_released_jobs", l.max_released_jobs),
+            ("max_relocations_per_job", l.max_relocations_per_job),
         ] {
             if value == 0 {
                 return Err(format!("limits.{name} must be positive"));
@@ -159,6 +175,7 @@ mod tests {
                 released_job_memory: Duration::from_secs(60),
                 job_lease: Duration::from_secs(60),
                 partition_size_estimate: ByteSize(0),
+                probe_timeout: Duration::from_secs(3),
                 limits: MasterLimits::default(),
                 server: ServerOptions {
                     max_connections: 3,

@@ -38,9 +38,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Accepted) -> Accepted {
                 Message::error(message.request_id(), e.code(), e.message())
             }
             Ok(()) => match Command::from_message(message) {
-                Ok((request_id, command)) => shared.with_registry(|registry, now| {
-                    command.apply(request_id, registry, now, shared.secret.as_ref())
-                }),
+                Ok((request_id, command)) => {
+                    let command = match command {
+                        Command::WorkerUnreachable(c) => {
+                            Command::WorkerUnreachable(c.reported_over(&conn.identity))
+                        }
+                        other => other,
+                    };
+                    let (reply, probe) = shared.with_registry(|registry, now| {
+                        command.apply(request_id, registry, now, shared.secret.as_ref())
+                    });
+                    if let Some(due) = probe {
+                        crate::probe::spawn(Arc::clone(&shared), due);
+                    }
+                    reply
+                }
                 Err(reply) => *reply,
             },
         };

@@ -11,6 +11,7 @@ mod clock;
 mod cmd;
 mod config;
 mod connection;
+mod probe;
 mod registry;
 mod server;
 

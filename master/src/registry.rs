@@ -33,6 +33,15 @@ pub(crate) struct WorkerSnapshot {
     pub since_heartbeat: Duration,
 }
 
+/// What became of an unreachable report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// The master knows no such worker.
+    UnknownWorker,
+    /// Recorded; `probe`: the address the master should probe now.
+    Recorded { probe: Option<String> },
+}
+
 /// Where a partition was placed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Placement {
@@ -50,18 +59,38 @@ struct Worker {
     /// Sequence number of the last placement here (0: never), for round robin
     /// among equally loaded workers.
     last_placed: u64,
-    /// When a peer last reported it could not reach the worker; no
-    /// placements until a heartbeat comes [`UNREACHABLE_GRACE`] after it.
+    /// When the master's own probe last failed to reach the worker (after a
+    /// peer reported it unreachable); no placements for anyone until a
+    /// heartbeat comes [`UNREACHABLE_GRACE`] after it.
     unreachable_since: Option<Instant>,
+    /// Jobs whose producers or consumers reported the worker unreachable,
+    /// and when: that job's own placements skip it until a heartbeat comes
+    /// [`UNREACHABLE_GRACE`] after the report. At most
+    /// [`MAX_REPORTING_JOBS`]; a report is evidence, not a verdict, so it
+    /// never excludes the worker for other jobs.
+    reported_by: BTreeMap<JobId, Instant>,
+    /// The master's probe of this worker: whether one is running and when
+    /// the last one started (at most one per [`PROBE_INTERVAL`]).
+    probe_running: bool,
+    last_probe: Option<Instant>,
     /// Partitions placed here since the last heartbeat (each will be a push
     /// stream the heartbeat has not counted yet).
     placed_since_heartbeat: u32,
 }
 
-/// Most relocated partitions a master remembers. Past it a relocation is
-/// not recorded (logged): its consumers fail with partition-not-found and the
+/// Most relocated partitions a master remembers over all jobs (each job is
+/// held to `limits.max_relocations_per_job`). Past it a relocation is not
+/// recorded (logged): its consumers fail with partition-not-found and the
 /// engine reruns the producer.
-const MAX_RELOCATIONS: usize = 65_536;
+const MAX_RELOCATIONS: usize = 1 << 20;
+
+/// Most jobs whose reports a worker entry remembers; past it a report only
+/// triggers the master's probe.
+const MAX_REPORTING_JOBS: usize = 1024;
+
+/// Least time between two of the master's probes of one worker, however
+/// many reports arrive.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A heartbeat this soon after an unreachable report may have been sent
 /// before the worker died: it does not clear the report.
@@ -83,7 +112,7 @@ impl Worker {
     /// Why the worker may not take a new partition, if it may not.
     fn refusal(&self) -> Option<&'static str> {
         if self.unreachable_since.is_some() {
-            Some("reported unreachable")
+            Some("unreachable (the master's probe failed)")
         } else if self.load.decommissioning {
             Some("decommissioning")
         } else if self.load.full {
@@ -114,6 +143,8 @@ pub(crate) struct Registry {
     /// Partitions relocated from their descriptor's worker, and the worker
     /// now holding each (at most [`MAX_RELOCATIONS`]). Forgotten with the job.
     relocations: BTreeMap<PartitionKey, String>,
+    /// Entries of `relocations` per job.
+    job_relocations: BTreeMap<JobId, usize>,
     /// When this master started: until `worker_timeout` has passed, live
     /// workers may not have heartbeated to it yet.
     started: Instant,
@@ -134,6 +165,7 @@ impl Registry {
             placements: 0,
             job_placements: BTreeMap::new(),
             relocations: BTreeMap::new(),
+            job_relocations: BTreeMap::new(),
         }
     }
 
@@ -210,9 +242,12 @@ impl Registry {
                     .unreachable_since
                     .is_some_and(|since| now.saturating_duration_since(since) >= UNREACHABLE_GRACE)
                 {
-                    tracing::info!(worker = %id, "worker reported unreachable heartbeats again; placing on it again");
+                    tracing::info!(worker = %id, "unreachable worker heartbeats again; placing on it again");
                     worker.unreachable_since = None;
                 }
+                worker
+                    .reported_by
+                    .retain(|_, at| now.saturating_duration_since(*at) < UNREACHABLE_GRACE);
                 Ok(false)
             }
             None => {
@@ -226,6 +261,9 @@ impl Registry {
                         placed_bytes: 0,
                         last_placed: 0,
                         unreachable_since: None,
+                        reported_by: BTreeMap::new(),
+                        probe_running: false,
+                        last_probe: None,
                         placed_since_heartbeat: 0,
                     },
                 );
@@ -255,15 +293,57 @@ impl Registry {
         Ok(self.released.keys().cloned().collect())
     }
 
-    /// A peer could not reach worker `id`: no placements on it until it
-    /// heartbeats again. Returns whether the worker is known.
-    pub(crate) fn report_unreachable(&mut self, id: &str, now: Instant) -> bool {
-        match self.workers.get_mut(id) {
-            Some(worker) => {
-                worker.unreachable_since = Some(now);
-                true
+    /// A peer could not reach worker `id`. A report is evidence, not a
+    /// verdict: the reporting job's own placements skip the worker until it
+    /// heartbeats again, and the master probes the worker itself (see
+    /// [`Registry::probe_finished`]); only a failed probe keeps it from
+    /// other jobs. `reporter` is the job whose producer or consumer
+    /// reported (none: a cluster member, or a peer of an open cluster that
+    /// named no job).
+    pub(crate) fn report_unreachable(
+        &mut self,
+        id: &str,
+        reporter: Option<&JobId>,
+        now: Instant,
+    ) -> Report {
+        let Some(worker) = self.workers.get_mut(id) else {
+            return Report::UnknownWorker;
+        };
+        if let Some(job) = reporter.filter(|job| self.jobs.contains_key(*job)) {
+            if worker.reported_by.len() < MAX_REPORTING_JOBS || worker.reported_by.contains_key(job)
+            {
+                worker.reported_by.insert(job.clone(), now);
             }
-            None => false,
+        }
+        let due = worker
+            .last_probe
+            .is_none_or(|at| now.saturating_duration_since(at) >= PROBE_INTERVAL);
+        if worker.probe_running || !due {
+            return Report::Recorded { probe: None };
+        }
+        worker.probe_running = true;
+        worker.last_probe = Some(now);
+        Report::Recorded {
+            probe: Some(worker.data_address.clone()),
+        }
+    }
+
+    /// The master's probe of worker `id` (started by
+    /// [`Registry::report_unreachable`]) finished: a worker that did not
+    /// answer gets no placements from anyone until it heartbeats again.
+    pub(crate) fn probe_finished(&mut self, id: &str, reachable: bool, now: Instant) {
+        let Some(worker) = self.workers.get_mut(id) else {
+            return;
+        };
+        worker.probe_running = false;
+        if reachable {
+            tracing::debug!(worker = %id, "worker reported unreachable answered the master's probe");
+        } else {
+            if worker.unreachable_since.is_none() {
+                tracing::warn!(worker = %id, address = %worker.data_address,
+                    "worker reported unreachable did not answer the master's probe; no placements on it until it heartbeats again");
+            }
+            worker.unreachable_since = Some(now);
         }
     }
 
@@ -304,7 +384,9 @@ impl Registry {
     fn release(&mut self, job: JobId, now: Instant) {
         self.jobs.remove(&job);
         self.job_placements.remove(&job);
-        self.relocations.retain(|key, _| key.job != job);
+        if self.job_relocations.remove(&job).is_some() {
+            self.relocations.retain(|key, _| key.job != job);
+        }
         let max = self.limits.max_released_jobs as usize;
         while self.released.len() >= max && !self.released.contains_key(&job) {
             let oldest = self
@@ -360,7 +442,11 @@ impl Registry {
         let chosen = self
             .workers
             .iter_mut()
-            .filter(|(id, w)| !exclude.contains(id) && w.refusal().is_none())
+            .filter(|(id, w)| {
+                !exclude.contains(id)
+                    && w.refusal().is_none()
+                    && !w.reported_by.contains_key(&key.job)
+            })
             .min_by_key(|(id, w)| {
                 (
                     w.load.unhealthy_dirs > 0,
@@ -375,7 +461,7 @@ impl Registry {
         let Some((id, worker)) = chosen else {
             return Err(TierError::new(
                 terrace_tier_api::ErrorKind::NoWorkers,
-                self.why_no_worker(exclude),
+                self.why_no_worker(&key.job, exclude),
             ));
         };
         self.placements += 1;
@@ -397,11 +483,23 @@ impl Registry {
         if self.released.contains_key(&key.job) {
             return;
         }
-        if self.relocations.len() >= MAX_RELOCATIONS && !self.relocations.contains_key(&key) {
+        if let Some(known) = self.relocations.get_mut(&key) {
+            *known = worker;
+            return;
+        }
+        let per_job = self.limits.max_relocations_per_job as usize;
+        let of_job = self.job_relocations.get(&key.job).copied().unwrap_or(0);
+        if of_job >= per_job {
+            tracing::warn!(partition = %key, %worker, limit = per_job,
+                "too many relocated partitions of this job to remember (limits.max_relocations_per_job); consumers of this one will not find it");
+            return;
+        }
+        if self.relocations.len() >= MAX_RELOCATIONS {
             tracing::warn!(partition = %key, %worker, limit = MAX_RELOCATIONS,
                 "too many relocated partitions to remember; consumers of this one will not find it");
             return;
         }
+        *self.job_relocations.entry(key.job.clone()).or_insert(0) += 1;
         self.relocations.insert(key, worker);
     }
 
@@ -411,7 +509,7 @@ impl Registry {
         self.expire(now);
         let id = self.relocations.get(key)?;
         let worker = self.workers.get(id)?;
-        if worker.unreachable_since.is_some() {
+        if worker.unreachable_since.is_some() || worker.reported_by.contains_key(&key.job) {
             return None;
         }
         Some(Placement {
@@ -421,7 +519,7 @@ impl Registry {
     }
 
     /// Why no worker could take a partition, counting each reason.
-    fn why_no_worker(&self, exclude: &[String]) -> String {
+    fn why_no_worker(&self, job: &JobId, exclude: &[String]) -> String {
         if self.workers.is_empty() {
             return "no live worker".to_string();
         }
@@ -429,8 +527,12 @@ impl Registry {
         for (id, w) in &self.workers {
             let reason = if exclude.contains(id) {
                 "already holding a part of the partition (excluded)"
+            } else if let Some(refusal) = w.refusal() {
+                refusal
+            } else if w.reported_by.contains_key(job) {
+                "reported unreachable by this job"
             } else {
-                w.refusal().unwrap_or("available")
+                "available"
             };
             *reasons.entry(reason).or_default() += 1;
         }
@@ -549,8 +651,17 @@ mod tests {
             r.heartbeat(w.into(), format!("{w}:1"), stored(0), t0)
                 .expect("heartbeat");
         }
-        assert!(r.report_unreachable("w2", t0));
-        assert!(!r.report_unreachable("nobody", t0));
+        assert_eq!(
+            r.report_unreachable("w2", None, t0),
+            Report::Recorded {
+                probe: Some("w2:1".into())
+            }
+        );
+        assert_eq!(
+            r.report_unreachable("nobody", None, t0),
+            Report::UnknownWorker
+        );
+        r.probe_finished("w2", false, t0);
         // A job of its own each time, so that spreading one job's
         // partitions does not decide.
         let mut jobs = 0;
@@ -590,6 +701,173 @@ mod tests {
         );
     }
 
+    /// A report from one job keeps that job's placements off the worker and
+    /// no other job's; it asks for one probe per [`PROBE_INTERVAL`] however
+    /// often it comes; a probe that finds the worker alive changes nothing
+    /// for others, and the reporting job's exclusion ends with a heartbeat
+    /// sent after the grace.
+    #[test]
+    fn a_report_excludes_a_worker_only_for_the_reporting_job() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(
+            &MasterConfig {
+                worker_timeout: Duration::from_secs(60),
+                ..MasterConfig::default()
+            },
+            t0,
+        );
+        for w in ["w1", "w2"] {
+            r.heartbeat(w.into(), format!("{w}:1"), stored(0), t0)
+                .expect("heartbeat");
+        }
+        let (a, b) = (job("a"), job("b"));
+        r.register_job(a.clone(), t0).expect("room");
+        r.register_job(b.clone(), t0).expect("room");
+        assert_eq!(
+            r.report_unreachable("w1", Some(&a), t0),
+            Report::Recorded {
+                probe: Some("w1:1".into())
+            }
+        );
+        // A flood of reports: no second probe while one runs or within the interval.
+        for ms in [10, 200, 900] {
+            let at = t0 + Duration::from_millis(ms);
+            assert_eq!(
+                r.report_unreachable("w1", Some(&a), at),
+                Report::Recorded { probe: None }
+            );
+        }
+        r.probe_finished("w1", true, t0 + Duration::from_millis(50));
+        assert_eq!(
+            r.report_unreachable("w1", Some(&a), t0 + Duration::from_millis(999)),
+            Report::Recorded { probe: None },
+            "within the probe interval"
+        );
+        let next = t0 + PROBE_INTERVAL;
+        assert_eq!(
+            r.report_unreachable("w1", Some(&a), next),
+            Report::Recorded {
+                probe: Some("w1:1".into())
+            }
+        );
+        r.probe_finished("w1", true, next);
+        let placed = |r: &mut Registry, job: &JobId, n: u32, now| {
+            (0..n)
+                .map(|p| {
+                    r.allocate(
+                        &PartitionKey {
+                            job: job.clone(),
+                            partition: PartitionId::new(p.to_be_bytes().to_vec())
+                                .expect("valid partition id"),
+                        },
+                        &[],
+                        now,
+                    )
+                    .expect("a worker is free")
+                    .worker_id
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(placed(&mut r, &a, 6, next), ["w2".to_string()].into());
+        assert_eq!(
+            placed(&mut r, &b, 6, next),
+            ["w1".to_string(), "w2".to_string()].into()
+        );
+        let err = r
+            .allocate(&key("a", 99), &["w2".to_string()], next)
+            .expect_err("w1 reported by this job, w2 excluded");
+        assert_eq!(err.kind(), ErrorKind::NoWorkers);
+        assert!(
+            err.message().contains("1 reported unreachable by this job"),
+            "{err}"
+        );
+        // A heartbeat within the grace of the last report keeps it; a later one ends it.
+        let later = next + UNREACHABLE_GRACE;
+        for w in ["w1", "w2"] {
+            r.heartbeat(
+                w.into(),
+                format!("{w}:1"),
+                stored(0),
+                next + Duration::from_millis(10),
+            )
+            .expect("heartbeat");
+        }
+        assert_eq!(placed(&mut r, &a, 6, later), ["w2".to_string()].into());
+        for w in ["w1", "w2"] {
+            r.heartbeat(w.into(), format!("{w}:1"), stored(0), later)
+                .expect("heartbeat");
+        }
+        assert!(placed(&mut r, &a, 6, later).contains("w1"));
+    }
+
+    /// Reports naming a job the master does not hold only ask for a probe;
+    /// a failed probe keeps the worker from every job.
+    #[test]
+    fn only_a_failed_probe_excludes_a_worker_for_everyone() {
+        let t0 = Instant::now();
+        let mut r = registry(0);
+        for w in ["w1", "w2"] {
+            r.heartbeat(w.into(), format!("{w}:1"), stored(0), t0)
+                .expect("heartbeat");
+        }
+        let ghost = job("never-registered");
+        assert!(matches!(
+            r.report_unreachable("w1", Some(&ghost), t0),
+            Report::Recorded { probe: Some(_) }
+        ));
+        let any = r.allocate(&key("ghost-free", 1), &["w2".to_string()], t0);
+        assert_eq!(any.expect("w1 still places").worker_id, "w1");
+        r.probe_finished("w1", false, t0);
+        let err = r
+            .allocate(&key("other", 1), &["w2".to_string()], t0)
+            .expect_err("w1 failed the probe");
+        assert!(
+            err.message()
+                .contains("1 unreachable (the master's probe failed)"),
+            "{err}"
+        );
+        r.probe_finished("nobody", false, t0);
+    }
+
+    /// One job cannot fill the relocation map: past its own limit its
+    /// relocations are not recorded, and other jobs' still are.
+    #[test]
+    fn relocations_are_bounded_per_job() {
+        let now = Instant::now();
+        let mut r = Registry::new(
+            &MasterConfig {
+                limits: crate::config::MasterLimits {
+                    max_relocations_per_job: 3,
+                    ..Default::default()
+                },
+                ..MasterConfig::default()
+            },
+            now,
+        );
+        r.heartbeat("w1".into(), "w1:1".into(), stored(0), now)
+            .expect("room");
+        for p in 0..5 {
+            r.record_relocation(key("greedy", p), "w1".into());
+        }
+        let found = (0..5)
+            .filter(|p| r.locate(&key("greedy", *p), now).is_some())
+            .count();
+        assert_eq!(found, 3);
+        // Recording a known one again is an update, not a new entry.
+        r.record_relocation(key("greedy", 0), "w1".into());
+        r.record_relocation(key("other", 0), "w1".into());
+        assert!(r.locate(&key("other", 0), now).is_some());
+        // Released with its job, the job's count starts over.
+        r.unregister_job(job("greedy"), now);
+        r.register_job(job("greedy"), now).expect("room");
+        r.record_relocation(key("greedy", 4), "w1".into());
+        assert!(r.locate(&key("greedy", 4), now).is_some());
+    }
+
+    fn job(name: &str) -> JobId {
+        JobId::new(name.as_bytes().to_vec()).expect("valid job id")
+    }
+
     fn key(job: &str, partition: u32) -> PartitionKey {
         PartitionKey {
             job: JobId::new(job.as_bytes().to_vec()).expect("valid job id"),
@@ -624,6 +902,7 @@ mod tests {
                     max_workers: 2,
                     max_jobs: 2,
                     max_released_jobs: 2,
+                    ..Default::default()
                 },
                 ..MasterConfig::default()
             },
@@ -872,8 +1151,9 @@ mod tests {
             ("w2", "w2:1")
         );
         assert_eq!(r.locate(&other, now), None);
-        // Not while its worker is reported unreachable.
-        r.report_unreachable("w2", now);
+        // Not while its worker failed the master's probe.
+        r.report_unreachable("w2", None, now);
+        r.probe_finished("w2", false, now);
         assert_eq!(r.locate(&moved, now), None);
         let later = now + Duration::from_millis(1100);
         for w in ["w1", "w2"] {

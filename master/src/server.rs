@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::MasterConfig;
 use crate::connection;
+use crate::probe::Prober;
 use crate::registry::Registry;
 
 /// The name the master gives in handshakes.
@@ -24,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     /// Signs job tokens; `None` when the cluster runs without a secret.
     pub(crate) secret: Option<ClusterSecret>,
+    /// Checks workers peers report unreachable.
+    pub(crate) prober: Prober,
 }
 
 impl Shared {
@@ -68,6 +71,7 @@ pub async fn run_with_clock(
         registry: Mutex::new(Registry::new(&config, clock.now())),
         clock,
         secret: security.secret.clone(),
+        prober: Prober::new(config.probe_timeout, security.tls_client.clone()),
     });
     let local = listener
         .local_addr()

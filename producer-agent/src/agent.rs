@@ -71,8 +71,14 @@ impl ProducerAgent {
                         // nothing else is placed there until it heartbeats
                         // again (not after the master's worker timeout).
                         if e.kind() == ErrorKind::Unavailable {
-                            report_unreachable(&config, &options, &spec.descriptor.worker_id, &e)
-                                .await;
+                            report_unreachable(
+                                &config,
+                                &options,
+                                &key,
+                                &spec.descriptor.worker_id,
+                                &e,
+                            )
+                            .await;
                             return relocate(&config, &options, &key, &spec, e).await;
                         }
                         return Err(e);
@@ -528,7 +534,7 @@ async fn relocate(
         let client = match Client::connect(&address, options).await {
             Ok(client) => client,
             Err(e) if e.kind() == ErrorKind::Unavailable => {
-                report_unreachable(config, options, &worker_id, &e).await;
+                report_unreachable(config, options, key, &worker_id, &e).await;
                 tried.push(worker_id);
                 last = e;
                 continue;
@@ -564,12 +570,20 @@ async fn ask_masters(
     Client::ask_first(&config.master_addresses, options, build).await
 }
 
-/// Tells a master that `worker_id` cannot be reached.
+/// Tells a master that `key`'s producer cannot reach `worker_id`.
 async fn report_unreachable(
     config: &AgentConfig,
     options: &ClientOptions,
+    key: &PartitionKey,
     worker_id: &str,
     error: &TierError,
 ) {
-    Client::report_unreachable(&config.master_addresses, options, worker_id, error).await;
+    Client::report_unreachable(
+        &config.master_addresses,
+        options,
+        key.job.as_bytes(),
+        worker_id,
+        error,
+    )
+    .await;
 }

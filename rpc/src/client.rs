@@ -389,11 +389,14 @@ impl Client {
     }
 
     /// Tells the first of `masters` that answers that `worker_id` could not
-    /// be reached (`WorkerUnreachable`): it places nothing there until the
-    /// worker heartbeats again. Best effort: logged when no master takes it.
+    /// be reached by `job`'s producer or consumer (`WorkerUnreachable`): the
+    /// master places none of the job's partitions there until the worker
+    /// heartbeats again, and probes the worker itself. Best effort: logged
+    /// when no master takes it.
     pub async fn report_unreachable(
         masters: &[String],
         options: &ClientOptions,
+        job: &[u8],
         worker_id: &str,
         error: &TierError,
     ) {
@@ -402,6 +405,7 @@ impl Client {
                 request_id,
                 worker_id: worker_id.to_string(),
                 error: error.message().to_string(),
+                job_id: Bytes::copy_from_slice(job),
             })
         })
         .await;

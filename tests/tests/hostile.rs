@@ -248,8 +248,9 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
         (u64s(), strings(), strings()).prop_map(|(request_id, worker_id, error)| {
             Message::WorkerUnreachable(pb::WorkerUnreachable {
                 request_id,
-                worker_id,
+                worker_id: worker_id.clone(),
                 error,
+                job_id: worker_id.into_bytes().into(),
             })
         }),
         (u64s(), ids()).prop_map(|(request_id, job)| Message::WorkerList(pb::WorkerList {

@@ -26,7 +26,7 @@ pub(crate) use locate_partition::LocatePartition;
 pub(crate) use register_job::RegisterJob;
 pub(crate) use register_worker::RegisterWorker;
 pub(crate) use unregister_job::UnregisterJob;
-pub(crate) use worker_unreachable::WorkerUnreachable;
+pub(crate) use worker_unreachable::{ProbeDue, WorkerUnreachable};
 
 /// A validated request.
 #[derive(Debug)]
@@ -73,25 +73,27 @@ impl Command {
         }
     }
 
-    /// Applies the command and returns the reply for `request_id`. `secret`
-    /// signs the tokens of registered jobs.
+    /// Applies the command and returns the reply for `request_id`, and a
+    /// worker the master should probe now (after an unreachable report).
+    /// `secret` signs the tokens of registered jobs.
     pub(crate) fn apply(
         self,
         request_id: u64,
         registry: &mut Registry,
         now: Instant,
         secret: Option<&ClusterSecret>,
-    ) -> Message {
-        match self {
+    ) -> (Message, Option<ProbeDue>) {
+        let reply = match self {
+            Command::WorkerUnreachable(c) => return c.apply(request_id, registry, now),
             Command::RegisterWorker(c) => c.apply(request_id, registry, now),
             Command::Heartbeat(c) => c.apply(request_id, registry, now),
             Command::RegisterJob(c) => c.apply(request_id, registry, now, secret),
             Command::UnregisterJob(c) => c.apply(request_id, registry, now),
             Command::AllocatePartition(c) => c.apply(request_id, registry, now),
             Command::ListWorkers(c) => c.apply(request_id, registry, now),
-            Command::WorkerUnreachable(c) => c.apply(request_id, registry, now),
             Command::LocatePartition(c) => c.apply(request_id, registry, now),
-        }
+        };
+        (reply, None)
     }
 }
 

@@ -1,0 +1,60 @@
+//! The master's own check of a worker a peer reported unreachable: can the
+//! master open a connection to it and complete the protocol handshake within
+//! `probe_timeout`? A hung worker (a paused process, a stuck host) accepts
+//! TCP connections in the kernel but never answers, so the handshake is the
+//! test, not the connect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use terrace_rpc::{Client, ClientOptions, TlsClient};
+use terrace_tier_api::ErrorKind;
+
+use crate::cmd::ProbeDue;
+use crate::server::Shared;
+
+/// How the master reaches workers for a probe.
+#[derive(Clone, Debug)]
+pub(crate) struct Prober {
+    options: ClientOptions,
+    timeout: Duration,
+}
+
+impl Prober {
+    pub(crate) fn new(timeout: Duration, tls: Option<TlsClient>) -> Self {
+        let options = ClientOptions {
+            name: crate::server::SERVER_NAME.to_string(),
+            connect_timeout: timeout,
+            request_timeout: timeout,
+            tls,
+            // A probe proves nothing and asks nothing: completing the
+            // handshake (the challenge, when the worker has a secret) is
+            // the answer, and no credential goes to the address.
+            ..ClientOptions::default()
+        };
+        Prober { options, timeout }
+    }
+
+    /// Whether the worker at `address` answers the handshake in time. An
+    /// answer that refuses us (a TLS or protocol mismatch) still shows a
+    /// live process; only silence, a refused connection or a reset count.
+    pub(crate) async fn reachable(&self, address: &str) -> bool {
+        match tokio::time::timeout(self.timeout, Client::connect(address, &self.options)).await {
+            Ok(Ok(client)) => {
+                client.close();
+                true
+            }
+            Ok(Err(e)) => !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Closed),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Probes `due` in the background and records the outcome.
+pub(crate) fn spawn(shared: Arc<Shared>, due: ProbeDue) {
+    tokio::spawn(async move {
+        let reachable = shared.prober.reachable(&due.address).await;
+        shared
+            .with_registry(|registry, now| registry.probe_finished(&due.worker_id, reachable, now));
+    });
+}

@@ -1,0 +1,311 @@
+//! `WorkerUnreachable` is evidence, not a verdict (real `terrace master` and
+//! `terrace worker` processes with a cluster secret). One job's producer
+//! flooding the master with reports that every worker is unreachable keeps
+//! only that job's own placements off them: another job's placements are all
+//! served, on both workers. A worker that really hangs (SIGSTOP) fails the
+//! master's own probe and then gets nobody's partitions, although it is still
+//! listed (its heartbeats have not timed out yet); once it resumes and
+//! heartbeats, it is placed on again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use terrace_proto::{Message, pb};
+use terrace_rpc::{Client, ClientOptions, ClusterSecret, Credential};
+use terrace_tests::ServiceProcess;
+use terrace_tests::pki::TestPki;
+use terrace_tier_api::ErrorKind;
+
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    secret: ClusterSecret,
+    master: ServiceProcess,
+    workers: Vec<ServiceProcess>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = TestPki::generate(dir.path());
+        let master_config = dir.path().join("master.toml");
+        std::fs::write(
+            &master_config,
+            format!(
+                "listen = \"127.0.0.1:0\"\nworker_timeout = \"10s\"\nprobe_timeout = \"{}ms\"\n{}",
+                PROBE_TIMEOUT.as_millis(),
+                pki.security_toml(false)
+            ),
+        )
+        .expect("write master config");
+        let master = ServiceProcess::start(&[
+            "master",
+            "--config",
+            master_config.to_str().expect("utf-8 path"),
+        ]);
+        let workers = (0..2)
+            .map(|i| {
+                let config = dir.path().join(format!("worker-{i}.toml"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "listen = \"127.0.0.1:0\"\nworker_id = \"w{i}\"\ndata_dirs = [\"{}\"]\nmaster_addresses = [\"{}\"]\nheartbeat_interval = \"200ms\"\nmemory_budget = \"32MiB\"\n{}",
+                        dir.path().join(format!("data-{i}")).display(),
+                        master.address,
+                        pki.security_toml(false)
+                    ),
+                )
+                .expect("write worker config");
+                ServiceProcess::start(&["worker", "--config", config.to_str().expect("utf-8 path")])
+            })
+            .collect();
+        let secret = ClusterSecret::load(&pki.secret_file).expect("load the test secret");
+        let cluster = Cluster {
+            _dir: dir,
+            secret,
+            master,
+            workers,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster.listed_workers() != 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the workers did not register within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    fn client(&self, credential: Credential) -> Client {
+        let options = ClientOptions {
+            name: "unreachable-reports-test".into(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            credential,
+            ..ClientOptions::default()
+        };
+        terrace_rpc::io_runtime()
+            .block_on(Client::connect(&self.master.address, &options))
+            .expect("connect to the master")
+    }
+
+    fn cluster_client(&self) -> Client {
+        self.client(Credential::Cluster(self.secret.clone()))
+    }
+
+    fn listed_workers(&self) -> usize {
+        match request(&self.cluster_client(), |request_id| {
+            Message::ListWorkers(pb::ListWorkers { request_id })
+        }) {
+            Ok(Message::WorkerList(list)) => list.workers.len(),
+            _ => 0,
+        }
+    }
+}
+
+fn request(client: &Client, build: impl FnOnce(u64) -> Message) -> Result<Message, ErrorKind> {
+    terrace_rpc::io_runtime()
+        .block_on(client.request(build))
+        .map(|(m, _)| m)
+        .map_err(|e| e.kind())
+}
+
+fn register(client: &Client, job: &[u8]) {
+    let reply = request(client, |request_id| {
+        Message::RegisterJob(pb::RegisterJob {
+            request_id,
+            job_id: Bytes::copy_from_slice(job),
+        })
+    });
+    assert!(
+        matches!(reply, Ok(Message::JobRegistered(_))),
+        "register job: {reply:?}"
+    );
+}
+
+/// Where the master places partition `n` of `job`, or the error kind.
+fn allocate(client: &Client, job: &[u8], n: u32) -> Result<String, ErrorKind> {
+    match request(client, |request_id| {
+        Message::AllocatePartition(pb::AllocatePartition {
+            request_id,
+            key: Some(pb::PartitionKey {
+                job_id: Bytes::copy_from_slice(job),
+                partition_id: Bytes::copy_from_slice(&n.to_be_bytes()),
+            }),
+            num_subpartitions: 1,
+            ..Default::default()
+        })
+    })? {
+        Message::PartitionAllocated(a) => Ok(a.worker_id),
+        other => panic!("AllocatePartition answered with {other:?}"),
+    }
+}
+
+/// Reports every worker unreachable every 200 ms over its own connection
+/// holding `job`'s token, until stopped; counts the reports the master took.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(cluster: &Cluster, job: &'static [u8]) -> Flood {
+        let client = cluster.client(Credential::Job {
+            job: Bytes::from_static(job),
+            token: cluster.secret.job_token(job),
+        });
+        let (stop, acked) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let thread = {
+            let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for worker in ["w0", "w1"] {
+                        let reply = request(&client, |request_id| {
+                            Message::WorkerUnreachable(pb::WorkerUnreachable {
+                                request_id,
+                                worker_id: worker.into(),
+                                error: "flood".into(),
+                                // Names another job: the token's own job counts.
+                                job_id: Bytes::from_static(b"victim"),
+                            })
+                        });
+                        if matches!(reply, Ok(Message::Ack(_))) {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        Flood {
+            stop,
+            acked,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Resumes a stopped process even when the test fails.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+#[test]
+fn one_jobs_reports_do_not_stop_placement_for_others_and_a_hung_worker_fails_the_probe() {
+    let cluster = Cluster::start();
+    let admin = cluster.cluster_client();
+    register(&admin, b"flooder");
+    register(&admin, b"victim");
+    let flood = Flood::start(&cluster, b"flooder");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flood.acked.load(Ordering::Relaxed) < 10 {
+        assert!(Instant::now() < deadline, "the master took no reports");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The other job: 30 of 30 placements served, on both workers, while
+    // the flood goes on (100 ms apart: through several reports and probes).
+    let mut placed = std::collections::BTreeMap::<String, u32>::new();
+    for n in 0..30 {
+        let worker = allocate(&admin, b"victim", n).expect("the victim's placement is served");
+        *placed.entry(worker).or_default() += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(placed.values().sum::<u32>(), 30);
+    assert_eq!(
+        placed.keys().cloned().collect::<Vec<_>>(),
+        ["w0", "w1"],
+        "{placed:?}"
+    );
+    // The flooder's own placements skip the workers it reported.
+    assert_eq!(allocate(&admin, b"flooder", 0), Err(ErrorKind::NoWorkers));
+    drop(flood);
+
+    // A worker that hangs: a report makes the master probe it, the probe
+    // gets no handshake, and nobody's partitions go there while it is
+    // still listed (10 s worker timeout).
+    let hung = cluster.workers[1].pid();
+    signal(hung, "STOP");
+    let resume = Resume(hung);
+    let reporter = cluster.client(Credential::Job {
+        job: Bytes::from_static(b"flooder"),
+        token: cluster.secret.job_token(b"flooder"),
+    });
+    let report = request(&reporter, |request_id| {
+        Message::WorkerUnreachable(pb::WorkerUnreachable {
+            request_id,
+            worker_id: "w1".into(),
+            error: "hung".into(),
+            job_id: Bytes::new(),
+        })
+    });
+    assert!(matches!(report, Ok(Message::Ack(_))), "{report:?}");
+    // Until the probe's verdict the two workers take turns; after it, every
+    // placement goes to w0. Ten in a row, within the probe timeout and a
+    // margin, and the hung worker is still listed.
+    let deadline = Instant::now() + PROBE_TIMEOUT + Duration::from_secs(4);
+    let (mut n, mut in_a_row) = (100, 0);
+    while in_a_row < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "placements still reach the hung worker"
+        );
+        match allocate(&admin, b"victim", n).as_deref() {
+            Ok("w0") => in_a_row += 1,
+            Ok(_) => in_a_row = 0,
+            Err(e) => panic!("placement {n} refused: {e:?}"),
+        }
+        n += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        cluster.listed_workers(),
+        2,
+        "the hung worker is still listed"
+    );
+
+    // Resumed, it heartbeats and is placed on again.
+    drop(resume);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 300;
+    loop {
+        if allocate(&admin, b"victim", n).as_deref() == Ok("w1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed worker got no placement within 10 s"
+        );
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
