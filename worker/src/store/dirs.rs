@@ -469,6 +469,13 @@ mod tests {
         dirs.get(1).remove(600);
         dirs.get(0).remove(500);
         assert_eq!((dirs.get(0).used(), dirs.get(1).used()), before);
+        // Out of descriptors is not the disk's fault.
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            dirs.get(1)
+                .mark_unhealthy(&std::io::Error::from_raw_os_error(errno));
+        }
+        assert!(dirs.get(1).is_healthy());
+        assert_eq!(dirs.status()[1].write_failures, 0);
         dirs.get(1)
             .mark_unhealthy(&std::io::Error::from_raw_os_error(libc::EIO));
         assert_eq!(dirs.choose(10, None), Some(0));
