@@ -227,7 +227,8 @@ fn create_sealed(address: &str, ns: std::ops::Range<u32>, conns: u32, len: fn(u3
                         let k = key(JOB, n);
                         let b = body(n, len(n));
                         let id = u64::from(n) * 4;
-                        frames.extend_from_slice(&terrace_proto::encode_frame(&create(id, &k, 1), 0));
+                        frames
+                            .extend_from_slice(&terrace_proto::encode_frame(&create(id, &k, 1), 0));
                         let push = Message::PushData(pb::PushData {
                             request_id: id + 1,
                             key: pb_key(&k),
@@ -236,7 +237,8 @@ fn create_sealed(address: &str, ns: std::ops::Range<u32>, conns: u32, len: fn(u3
                         });
                         frames.extend_from_slice(&terrace_proto::encode_frame(&push, b.len()));
                         frames.extend_from_slice(&b);
-                        frames.extend_from_slice(&terrace_proto::encode_frame(&seal(id + 2, &k), 0));
+                        frames
+                            .extend_from_slice(&terrace_proto::encode_frame(&seal(id + 2, &k), 0));
                     }
                     raw.send_bytes(&frames);
                     let mut acked = BTreeSet::new();
@@ -380,7 +382,10 @@ fn data_root() -> tempfile::TempDir {
 }
 
 fn write_config(root: &Path, dirs: &[&Path], extra: &str) -> PathBuf {
-    let list: Vec<String> = dirs.iter().map(|d| format!("\"{}\"", d.display())).collect();
+    let list: Vec<String> = dirs
+        .iter()
+        .map(|d| format!("\"{}\"", d.display()))
+        .collect();
     let path = root.join("worker.toml");
     std::fs::write(
         &path,
@@ -567,7 +572,10 @@ fn a_restart_that_cannot_read_a_file_refuses_to_start_and_deletes_nothing() {
         } else {
             assert!(!worker.exit(Duration::from_secs(30)).success());
             let stderr = worker.stderr();
-            if stderr.contains(&format!("{}: Too many open files", a.join(terrace_worker::MARKER).display())) {
+            if stderr.contains(&format!(
+                "{}: Too many open files",
+                a.join(terrace_worker::MARKER).display()
+            )) {
                 refused_emfile.push(limit);
             }
         }
@@ -581,7 +589,10 @@ fn a_restart_that_cannot_read_a_file_refuses_to_start_and_deletes_nothing() {
         "open-file limits refused naming the marker: {refused_emfile:?}; started from {:?}",
         started.first()
     );
-    assert!(!refused_emfile.is_empty(), "no limit was refused with EMFILE");
+    assert!(
+        !refused_emfile.is_empty(),
+        "no limit was refused with EMFILE"
+    );
     assert!(!started.is_empty(), "no limit up to 48 was enough to start");
     assert!(refused_emfile.iter().all(|r| r < &started[0]));
     assert_eq!(started.len() as u64, 48 - started[0] + 1, "{started:?}");
@@ -667,7 +678,11 @@ fn a_missing_data_directory_stops_the_start_and_with_the_override_nothing_is_del
         "{}",
         worker.stderr()
     );
-    assert_eq!(snapshot(&[&b]).len(), 0, "nothing written to the mount point");
+    assert_eq!(
+        snapshot(&[&b]).len(),
+        0,
+        "nothing written to the mount point"
+    );
     std::fs::remove_dir(&b).expect("remove the mount point");
     let mut now = everything();
     now.retain(|p, _| !p.starts_with(&away));
@@ -714,4 +729,134 @@ fn a_missing_data_directory_stops_the_start_and_with_the_override_nothing_is_del
     assert_eq!(check_exact(&address, 0..COUNT, medium), COUNT as usize);
     worker.kill();
     assert_eq!(everything(), before);
+}
+
+// --- (d) out of descriptors at run time is not a disk fault ---
+
+/// The worker's data directories, asked on `raw` (a new connection may not
+/// be accepted while the worker is out of descriptors).
+fn dirs_of(raw: &mut Raw, request_id: u64) -> Vec<pb::DirStats> {
+    raw.send(&Message::WorkerStats(pb::WorkerStats { request_id }), &[]);
+    match raw.read() {
+        (Message::WorkerStatsReply(stats), _) => {
+            assert_eq!(stats.request_id, request_id);
+            stats
+                .load
+                .and_then(|l| l.tiers)
+                .map(|t| t.dirs)
+                .unwrap_or_default()
+        }
+        (other, _) => panic!("expected WorkerStatsReply, got {other:?}"),
+    }
+}
+
+#[test]
+fn running_out_of_file_descriptors_marks_no_directory_unhealthy_and_loses_nothing() {
+    use std::io::{Read, Write};
+    const COUNT: u32 = 20;
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    let config = write_config(root.path(), &[&data], "");
+    let mut worker = Worker::spawn(&ulimit(64), &config, &[]);
+    let address = worker.serving(Duration::from_secs(30));
+    let mut raw = Raw::handshaken_to(&address);
+    // Connections until the worker cannot accept another: its descriptors
+    // are all taken.
+    let hello = terrace_proto::encode_frame(
+        &terrace_tests::raw::handshake(1, terrace_proto::PROTOCOL_VERSION),
+        0,
+    )
+    .to_vec();
+    let mut hogs = Vec::new();
+    let mut waiting = None;
+    for _ in 0..200 {
+        let mut s = std::net::TcpStream::connect(&address).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        s.write_all(&hello).expect("handshake");
+        let mut byte = [0u8; 1];
+        if matches!(s.read(&mut byte), Ok(1)) {
+            hogs.push(s);
+        } else {
+            waiting = Some(s);
+            break;
+        }
+    }
+    assert!(
+        waiting.is_some(),
+        "the worker accepted 200 connections under a limit of 64"
+    );
+    assert!(
+        worker.wait_stderr("Too many open files", Duration::from_secs(10)),
+        "{}",
+        worker.stderr()
+    );
+    // Partitions pushed now are kept (in memory); their seals fail for want
+    // of descriptors, not for the disk.
+    let mut refused = 0;
+    for n in 0..COUNT {
+        let k = key(JOB, n);
+        let b = body(n, small(n));
+        let id = u64::from(n) * 4;
+        raw.send(&create(id, &k, 1), &[]);
+        raw.expect_ack(id);
+        let push = Message::PushData(pb::PushData {
+            request_id: id + 1,
+            key: pb_key(&k),
+            crc32c: crc32c::crc32c(&b),
+            num_buffers: 2,
+        });
+        raw.send(&push, &b);
+        raw.expect_ack(id + 1);
+        raw.send(&seal(id + 2, &k), &[]);
+        match raw.read() {
+            (Message::Ack(a), _) => assert_eq!(a.request_id, id + 2),
+            (Message::ErrorReply(e), _) => {
+                assert_eq!(e.request_id, id + 2);
+                assert_eq!(e.code, pb::ErrorCode::Unavailable as i32, "{}", e.message);
+                assert!(e.message.contains("Too many open files"), "{}", e.message);
+                refused += 1;
+            }
+            (other, _) => panic!("expected the seal's answer, got {other:?}"),
+        }
+    }
+    assert!(refused > 0, "no seal ran out of descriptors");
+    let dirs = dirs_of(&mut raw, 2_000_000);
+    assert_eq!(dirs.len(), 1);
+    assert!(dirs[0].healthy, "{:?}", dirs[0]);
+    assert_eq!(dirs[0].write_failures, 0, "{:?}", dirs[0]);
+    assert_eq!(dirs[0].error, "");
+
+    // Descriptors back: the refused seals succeed when retried, and every
+    // partition reads back exactly.
+    drop(hogs);
+    drop(waiting);
+    let until = Instant::now() + Duration::from_secs(30);
+    for n in 0..COUNT {
+        let id = 1_000_000 + u64::from(n);
+        loop {
+            raw.send(&seal(id, &key(JOB, n)), &[]);
+            match raw.read() {
+                (Message::Ack(a), _) => {
+                    assert_eq!(a.request_id, id);
+                    break;
+                }
+                (Message::ErrorReply(e), _) => assert!(
+                    Instant::now() < until,
+                    "seal of {n} still failing: {}",
+                    e.message
+                ),
+                (other, _) => panic!("expected the seal's answer, got {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert_eq!(check_exact(&address, 0..COUNT, small), COUNT as usize);
+    let dirs = dirs_of(&mut raw, 2_000_001);
+    assert!(
+        dirs[0].healthy && dirs[0].write_failures == 0,
+        "{:?}",
+        dirs[0]
+    );
+    worker.kill();
 }

@@ -237,7 +237,9 @@ impl LocalDirs {
             )));
         }
         for (_, why) in &lost {
-            tracing::error!("data directory {why}; running without it (allow_missing_data_dirs): partitions with a file there are not served, and nothing whose owner is unknown is deleted");
+            tracing::error!(
+                "data directory {why}; running without it (allow_missing_data_dirs): partitions with a file there are not served, and nothing whose owner is unknown is deleted"
+            );
         }
         let is_lost = |p: &PathBuf| lost.iter().any(|(l, _)| l == p);
         let store_id = markers
@@ -406,7 +408,10 @@ fn read_marker(dir: &Path) -> TierResult<Option<Marker>> {
             }))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TierError::bad_input(format!("read {}: {e}", path.display()))),
+        Err(e) => Err(TierError::bad_input(format!(
+            "read {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -523,7 +528,8 @@ mod tests {
         let free = free_space(root.path()).expect("free space");
         let cap = dirs.get(0).capacity();
         assert!(cap > 0 && cap.abs_diff(free) < 64 << 20, "{cap} vs {free}");
-        let reserved = LocalDirs::open(&[root.path().to_path_buf()], None, free, false).expect("open");
+        let reserved =
+            LocalDirs::open(&[root.path().to_path_buf()], None, free, false).expect("open");
         assert_eq!(reserved.get(0).capacity(), 0, "the reserve takes it all");
     }
 
@@ -540,7 +546,10 @@ mod tests {
         std::fs::rename(&b, root.path().join("b.away")).expect("unmount b");
         let err = LocalDirs::open(&both, None, 0, false).expect_err("b is missing");
         let text = err.to_string();
-        assert!(text.contains(&format!("{} is missing", b.display())), "{text}");
+        assert!(
+            text.contains(&format!("{} is missing", b.display())),
+            "{text}"
+        );
         assert!(text.contains("allow_missing_data_dirs"), "{text}");
         assert!(!b.exists(), "a missing directory is not re-created");
         // An empty mount point is the same.
@@ -561,7 +570,10 @@ mod tests {
         std::fs::rename(root.path().join("b.away"), &b).expect("mount b again");
         let dirs = LocalDirs::open(&both, None, 0, false).expect("b is back");
         assert!(!dirs.incomplete());
-        assert_eq!(std::fs::read_to_string(b.join("keep")).expect("read"), "data");
+        assert_eq!(
+            std::fs::read_to_string(b.join("keep")).expect("read"),
+            "data"
+        );
         // A new directory that no marker lists is simply added.
         let c = root.path().join("c");
         let three = [a.clone(), b.clone(), c.clone()];

@@ -285,7 +285,11 @@ mod tests {
         std::fs::remove_file(all[0].path()).expect("delete");
         drop(all);
         assert_eq!(read(&reader), "file 0000", "the holder still reads it");
-        assert_eq!(cache.open_count(), 0, "a pinned handle is outside the cache");
+        assert_eq!(
+            cache.open_count(),
+            0,
+            "a pinned handle is outside the cache"
+        );
         drop(reader);
         // Not retired: a holder of a deleted file whose handle was closed gets not-found.
         let all = files(dir.path(), &cache, 4);

@@ -738,7 +738,9 @@ impl Store {
         let object = self.tiers.object()?;
         if self.tiers.dirs.incomplete() {
             // An object no index here claims may belong to one on the missing directory.
-            tracing::info!("a data directory is missing: objects no partition here refers to are kept");
+            tracing::info!(
+                "a data directory is missing: objects no partition here refers to are kept"
+            );
             return Ok(0);
         }
         let listed = object.list(object.root()).await?;
@@ -858,10 +860,8 @@ impl Store {
                         }
                         Named::IndexTmp => stale_indexes.push(file_path),
                         Named::Data(partition, id) => {
-                            data_files.insert(
-                                (name.clone(), partition, id),
-                                (d, file_path, meta.len()),
-                            );
+                            data_files
+                                .insert((name.clone(), partition, id), (d, file_path, meta.len()));
                         }
                     }
                 }

@@ -362,7 +362,12 @@ impl Partition {
         if tiers.dirs.choose(self.pending_bytes(), current).is_none() {
             return Ok(());
         }
-        self.flush_with(tiers, Writer::Inline).await
+        match self.flush_with(tiers, Writer::Inline).await {
+            // Out of file descriptors: the data stayed in memory for the
+            // flusher (or the seal), and the push is stored.
+            Err(_) if !matches!(self.lock().phase, Phase::Failed(_)) => Ok(()),
+            other => other,
+        }
     }
 
     /// Waits until no flush, seal or migration commit of this partition is running.
@@ -393,11 +398,26 @@ impl Partition {
             )
         };
         let result = self.write_out(tiers, &pending, total, writer).await;
-        // The memory is returned whether the data moved or the partition failed.
-        drop(reservations);
         match result {
             Ok(()) => Ok(()),
-            Err(e) => {
+            Err(Unstored::OutOfDescriptors(e)) => {
+                // Neither the disk's fault nor the data's: it stays pending
+                // (before what was pushed meanwhile), and a later flush or
+                // the seal tries again.
+                tracing::warn!(partition = %self.meta.key, error = %e, "data stays in memory for now");
+                let mut state = self.lock();
+                if !matches!(state.phase, Phase::Released | Phase::Failed(_)) {
+                    let newer = std::mem::replace(&mut state.pending, pending);
+                    state.pending.extend(newer);
+                    let newer = std::mem::replace(&mut state.reservations, reservations);
+                    state.reservations.extend(newer);
+                    state.pending_bytes += total;
+                }
+                Err(e)
+            }
+            Err(Unstored::Failed(e)) => {
+                // The memory is returned: the partition failed.
+                drop(reservations);
                 let e = e.context(format!("store data of {}", self.meta.key));
                 tracing::error!(partition = %self.meta.key, error = %e, "partition failed: its data could not be stored");
                 {
@@ -421,7 +441,7 @@ impl Partition {
         pending: &[(ExtentRef, Bytes)],
         total: u64,
         writer: Writer,
-    ) -> TierResult<()> {
+    ) -> Result<(), Unstored> {
         let slices: Vec<Bytes> = pending.iter().map(|(_, b)| b.clone()).collect();
         let mut last_error = None;
         // Each failed directory is skipped from then on, so this ends.
@@ -455,10 +475,10 @@ impl Partition {
                 Err(e) if is_out_of_descriptors(&e) => {
                     // Not the disk's fault: the directory stays healthy.
                     tiers.dirs.get(dir).remove(total);
-                    return Err(TierError::unavailable(format!(
+                    return Err(Unstored::OutOfDescriptors(TierError::unavailable(format!(
                         "write to {}: {e} (raise the open-file limit, or lower limits.max_open_data_files)",
                         tiers.dirs.get(dir).path.display()
-                    )));
+                    ))));
                 }
                 Err(e) => {
                     tiers.dirs.get(dir).remove(total);
@@ -468,14 +488,16 @@ impl Partition {
             }
         }
         let Some(object) = tiers.object.as_ref() else {
-            return Err(TierError::unavailable(format!(
+            return Err(Unstored::Failed(TierError::unavailable(format!(
                 "storage full: no local directory can take {total} bytes{} and no object store is configured",
                 last_error
                     .map(|e| format!(" (last write error: {e})"))
                     .unwrap_or_default()
-            )));
+            ))));
         };
-        self.overflow(tiers, object, pending).await
+        self.overflow(tiers, object, pending)
+            .await
+            .map_err(Unstored::Failed)
     }
 
     /// Appends `slices` to the partition's file in `dir` (a new file unless
@@ -939,7 +961,8 @@ impl Partition {
             at += *len as usize;
         }
         self.write_out(tiers, &pending, at as u64, Writer::Pool)
-            .await?;
+            .await
+            .map_err(Unstored::into_error)?;
         let gone = {
             let mut state = self.lock();
             let position = state.files.iter().position(|f| f.id == id);
@@ -1282,6 +1305,23 @@ pub async fn delete_files(tiers: &Tiers, files: Vec<(usize, Arc<DataFile>, u64)>
                 tracing::warn!(file = %path.display(), error = %e, "cannot delete data file")
             }
             Err(e) => tracing::warn!(file = %path.display(), error = %e, "delete task failed"),
+        }
+    }
+}
+
+/// Why pending data was not stored.
+#[derive(Debug)]
+enum Unstored {
+    /// The process ran out of file descriptors: the data may wait in memory.
+    OutOfDescriptors(TierError),
+    /// Nothing could take it.
+    Failed(TierError),
+}
+
+impl Unstored {
+    fn into_error(self) -> TierError {
+        match self {
+            Unstored::OutOfDescriptors(e) | Unstored::Failed(e) => e,
         }
     }
 }
