@@ -290,7 +290,7 @@ fn read_back(raw: &mut Raw, n: u32, want_len: usize) -> Result<Vec<u8>, (i32, St
                 assert_eq!(d.stream_id, stream);
                 got.extend_from_slice(&body);
             }
-            (Message::StreamError(e), _) => return Err((e.code as i32, e.message)),
+            (Message::StreamError(e), _) => return Err((e.code, e.message)),
             (other, _) => panic!("expected ReadData of partition {n}, got {other:?}"),
         }
     }
