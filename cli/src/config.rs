@@ -15,6 +15,28 @@ pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Resul
     toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))
 }
 
+/// Raises this process's soft open-file limit to its hard limit (a worker
+/// holds connections and data files; its data files are bounded by
+/// `limits.max_open_data_files`, half the limit by default) and logs it.
+pub fn raise_open_file_limit(service: &str) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(
+                service,
+                from = soft,
+                to = hard,
+                "raised the open-file limit to its hard limit"
+            ),
+            Err(e) => {
+                tracing::warn!(service, soft, hard, error = %e, "cannot raise the open-file limit")
+            }
+        },
+        Ok((soft, _)) => tracing::info!(service, limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!(service, error = %e, "cannot read the open-file limit"),
+    }
+}
+
 /// Runs `future` on a fresh multi-threaded runtime, stopping on Ctrl-C or SIGTERM.
 pub fn serve<F, Fut>(make: F) -> anyhow::Result<()>
 where

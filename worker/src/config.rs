@@ -21,6 +21,12 @@ pub struct WorkerConfig {
     pub worker_id: Option<String>,
     /// Directories for partition data files; partitions are spread over them.
     pub data_dirs: Vec<PathBuf>,
+    /// Start even when a data directory listed in another one's marker (so
+    /// in use before) is missing or unmarked, e.g. an unmounted disk. The
+    /// worker then serves what the other directories and the object store
+    /// hold, and deletes nothing whose owner it cannot see. Off: it refuses
+    /// to start and names the directory.
+    pub allow_missing_data_dirs: bool,
     /// Bytes of data files each directory may hold. Default: the
     /// filesystem's free space less `dir_reserve` (never more than that).
     pub dir_capacity: Option<ByteSize>,
@@ -90,6 +96,10 @@ pub struct WorkerLimits {
     pub max_buffers_per_push: u32,
     /// Partitions a worker holds (open and sealed).
     pub max_partitions: u32,
+    /// Data files held open at once; more are opened on demand, the least
+    /// recently used closed. Default: half the open-file limit (which the
+    /// worker raises to its hard limit at start).
+    pub max_open_data_files: Option<u32>,
 }
 
 impl Default for WorkerLimits {
@@ -100,6 +110,7 @@ impl Default for WorkerLimits {
             max_streams_per_connection: 1024,
             max_buffers_per_push: 65_536,
             max_partitions: 1_000_000,
+            max_open_data_files: None,
         }
     }
 }
@@ -111,6 +122,7 @@ impl Default for WorkerConfig {
             advertise_address: None,
             worker_id: None,
             data_dirs: vec![PathBuf::from("./terrace-data")],
+            allow_missing_data_dirs: false,
             dir_capacity: None,
             dir_reserve: ByteSize::gib(1),
             object_store: None,
@@ -179,6 +191,7 @@ impl WorkerConfig {
             ("max_streams_per_connection", l.max_streams_per_connection),
             ("max_buffers_per_push", l.max_buffers_per_push),
             ("max_partitions", l.max_partitions),
+            ("max_open_data_files", l.max_open_data_files.unwrap_or(1)),
         ] {
             if value == 0 {
                 return Err(format!("limits.{name} must be positive"));

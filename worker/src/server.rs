@@ -137,6 +137,8 @@ pub fn store_options(config: &WorkerConfig) -> StoreOptions {
         local_high_watermark: object.local_high_watermark,
         local_low_watermark: object.local_low_watermark,
         migration_interval: object.migration_interval,
+        max_open_files: config.limits.max_open_data_files.map(u64::from),
+        allow_missing_dirs: config.allow_missing_data_dirs,
     }
 }
 

@@ -20,6 +20,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    crate::config::raise_open_file_limit("master");
     crate::config::serve(|shutdown| async move {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

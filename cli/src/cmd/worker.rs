@@ -46,6 +46,11 @@ pub struct Args {
     /// to go on on another worker (overrides `split_size`).
     #[arg(long, env = "TERRACE_WORKER_SPLIT_SIZE")]
     split_size: Option<ByteSize>,
+    /// Start even when a data directory in use is missing or unmarked (an
+    /// unmounted disk): serve what the others hold, delete nothing whose
+    /// owner is unknown (sets `allow_missing_data_dirs`).
+    #[arg(long, env = "TERRACE_WORKER_ALLOW_MISSING_DATA_DIRS")]
+    allow_missing_data_dirs: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -100,6 +105,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(size) = args.split_size {
         config.split_size = size;
     }
+    if args.allow_missing_data_dirs {
+        config.allow_missing_data_dirs = true;
+    }
+    crate::config::raise_open_file_limit("worker");
     config
         .validate()
         .map_err(anyhow::Error::msg)

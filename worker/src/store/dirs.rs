@@ -8,7 +8,11 @@
 //!
 //! Every directory carries a marker file naming it a Terrace data directory
 //! and holding the worker's store id, which keeps this worker's objects apart
-//! from other workers' in a shared bucket and survives restarts.
+//! from other workers' in a shared bucket and survives restarts. The marker
+//! also lists all of the worker's data directories, so a directory that was
+//! in use but is missing or unmarked at start (an unmounted disk) is noticed:
+//! the worker refuses to start, or, when allowed, runs without it and deletes
+//! nothing it cannot prove is garbage ([`LocalDirs::incomplete`]).
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
@@ -31,6 +35,8 @@ pub struct LocalDir {
     /// Free bytes of the filesystem at the last look, less what was written since.
     fs_free: AtomicU64,
     healthy: AtomicBool,
+    /// Missing (or unmarked) at start though another marker lists it: not used.
+    missing: bool,
     error: Mutex<Option<String>>,
     write_failures: AtomicU64,
 }
@@ -78,6 +84,12 @@ impl LocalDir {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Missing at start (see [`LocalDirs::incomplete`]): nothing is read or
+    /// written there until a restart finds it again.
+    pub fn is_missing(&self) -> bool {
+        self.missing
+    }
+
     /// `bytes` of data files were written here.
     pub fn add(&self, bytes: u64) {
         self.used.fetch_add(bytes, Ordering::Relaxed);
@@ -103,8 +115,13 @@ impl LocalDir {
         self.fs_free.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// A write here failed: skip this directory from now on.
+    /// A write here failed: skip this directory from now on. Running out of
+    /// file descriptors is not the directory's fault and is only logged.
     pub fn mark_unhealthy(&self, error: &std::io::Error) {
+        if super::handles::is_out_of_descriptors(error) {
+            tracing::warn!(dir = %self.path.display(), %error, "out of file descriptors; the directory stays healthy");
+            return;
+        }
         self.write_failures.fetch_add(1, Ordering::Relaxed);
         let was = self.healthy.swap(false, Ordering::Relaxed);
         *self.error.lock().expect("dir error lock poisoned") = Some(error.to_string());
@@ -115,6 +132,9 @@ impl LocalDir {
 
     /// Reads the filesystem's free space again. Blocking.
     pub fn refresh(&self) {
+        if self.missing {
+            return;
+        }
         if let Ok(free) = free_space(&self.path) {
             self.fs_free.store(free, Ordering::Relaxed);
         }
@@ -142,26 +162,107 @@ pub struct LocalDirs {
 
 impl LocalDirs {
     /// Creates (if missing) and marks each directory. Blocking.
-    pub fn open(paths: &[PathBuf], capacity: Option<u64>, reserve: u64) -> TierResult<LocalDirs> {
+    ///
+    /// A directory listed in another directory's marker (it was in use) but
+    /// missing, or present without a marker (an unmounted disk's mount
+    /// point), stops the start with an error naming it, unless
+    /// `allow_missing`: then it is left alone, reported unhealthy, and
+    /// [`LocalDirs::incomplete`] is true.
+    pub fn open(
+        paths: &[PathBuf],
+        capacity: Option<u64>,
+        reserve: u64,
+        allow_missing: bool,
+    ) -> TierResult<LocalDirs> {
         if paths.is_empty() {
             return Err(TierError::bad_input(
                 "a worker needs at least one data directory",
             ));
         }
-        let mut store_id = None;
-        for path in paths {
-            std::fs::create_dir_all(path).map_err(|e| {
-                TierError::bad_input(format!("create data directory {}: {e}", path.display()))
-            })?;
-            if store_id.is_none() {
-                store_id = read_marker(path)?;
+        let paths: Vec<PathBuf> = paths
+            .iter()
+            .map(|p| {
+                std::path::absolute(p).map_err(|e| {
+                    TierError::bad_input(format!("data directory {}: {e}", p.display()))
+                })
+            })
+            .collect::<TierResult<_>>()?;
+        // What each directory's marker says, if it has one.
+        let mut markers = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let marker = match std::fs::metadata(path) {
+                Ok(meta) if meta.is_dir() => read_marker(path)?,
+                Ok(_) => {
+                    return Err(TierError::bad_input(format!(
+                        "data directory {} is not a directory",
+                        path.display()
+                    )));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(TierError::bad_input(format!(
+                        "inspect data directory {}: {e}",
+                        path.display()
+                    )));
+                }
+            };
+            markers.push(marker);
+        }
+        // A directory another marker lists, without a marker of its own, was
+        // in use and is gone: its files are elsewhere (an unmounted disk).
+        let mut lost = Vec::new();
+        for (path, marker) in paths.iter().zip(&markers) {
+            if marker.is_some() {
+                continue;
+            }
+            let listed_by = paths.iter().zip(&markers).find_map(|(other, m)| {
+                m.as_ref()
+                    .filter(|m| m.dirs.contains(path))
+                    .map(|_| other.clone())
+            });
+            if let Some(other) = listed_by {
+                let state = if path.exists() {
+                    "has no marker (an empty mount point?)"
+                } else {
+                    "is missing"
+                };
+                lost.push((path.clone(), format!("{} {state}, but the marker in {} lists it as a data directory of this worker", path.display(), other.display())));
             }
         }
-        let store_id = store_id.unwrap_or_else(new_store_id);
+        if !lost.is_empty() && !allow_missing {
+            let what: Vec<&str> = lost.iter().map(|(_, why)| why.as_str()).collect();
+            return Err(TierError::bad_input(format!(
+                "refusing to start, nothing was deleted: data directory {}. Mount it again (or put its files back) and restart; or start with allow_missing_data_dirs = true (--allow-missing-data-dirs) to serve what the other directories hold, deleting nothing",
+                what.join("; data directory ")
+            )));
+        }
+        for (_, why) in &lost {
+            tracing::error!(
+                "data directory {why}; running without it (allow_missing_data_dirs): partitions with a file there are not served, and nothing whose owner is unknown is deleted"
+            );
+        }
+        let is_lost = |p: &PathBuf| lost.iter().any(|(l, _)| l == p);
+        let store_id = markers
+            .iter()
+            .flatten()
+            .map(|m| m.store_id.clone())
+            .next()
+            .unwrap_or_else(new_store_id);
         let mut dirs = Vec::new();
-        for path in paths {
-            if read_marker(path)?.is_none() {
-                write_marker(path, &store_id)?;
+        for (path, marker) in paths.iter().zip(&markers) {
+            let missing = is_lost(path);
+            if !missing {
+                std::fs::create_dir_all(path).map_err(|e| {
+                    TierError::bad_input(format!("create data directory {}: {e}", path.display()))
+                })?;
+                let up_to_date = marker
+                    .as_ref()
+                    .is_some_and(|m| m.store_id == store_id && m.dirs == paths);
+                if !up_to_date {
+                    // A marker of another store id stays theirs: only ours is rewritten.
+                    let id = marker.as_ref().map_or(store_id.as_str(), |m| &m.store_id);
+                    write_marker(path, id, &paths)?;
+                }
             }
             let dir = LocalDir {
                 path: path.clone(),
@@ -169,8 +270,9 @@ impl LocalDirs {
                 reserve,
                 used: AtomicU64::new(0),
                 fs_free: AtomicU64::new(0),
-                healthy: AtomicBool::new(true),
-                error: Mutex::new(None),
+                healthy: AtomicBool::new(!missing),
+                missing,
+                error: Mutex::new(missing.then(|| "missing at start".to_string())),
                 write_failures: AtomicU64::new(0),
             };
             dir.refresh();
@@ -181,6 +283,13 @@ impl LocalDirs {
             store_id,
             claims: std::sync::Mutex::new(()),
         })
+    }
+
+    /// Whether a data directory in use was missing at start: then the files
+    /// and objects no index found here claims may belong to partitions whose
+    /// index is on the missing one, and nothing of the kind is deleted.
+    pub fn incomplete(&self) -> bool {
+        self.dirs.iter().any(|d| d.missing)
     }
 
     /// This worker's id in the object store, kept in the directory markers.
@@ -264,7 +373,16 @@ impl LocalDirs {
     }
 }
 
-fn read_marker(dir: &Path) -> TierResult<Option<String>> {
+/// What a marker file says.
+#[derive(Debug, Clone, PartialEq)]
+struct Marker {
+    store_id: String,
+    /// Every data directory of the worker when the marker was written
+    /// (absolute paths; none in markers of older versions).
+    dirs: Vec<PathBuf>,
+}
+
+fn read_marker(dir: &Path) -> TierResult<Option<Marker>> {
     let path = dir.join(MARKER);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -279,19 +397,39 @@ fn read_marker(dir: &Path) -> TierResult<Option<String>> {
                         path.display()
                     ))
                 })?;
-            Ok(Some(id.to_string()))
+            let dirs = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data_dir = "))
+                .map(PathBuf::from)
+                .collect();
+            Ok(Some(Marker {
+                store_id: id.to_string(),
+                dirs,
+            }))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TierError::internal(format!("read {}: {e}", path.display()))),
+        Err(e) => Err(TierError::bad_input(format!(
+            "read {}: {e}",
+            path.display()
+        ))),
     }
 }
 
-fn write_marker(dir: &Path, store_id: &str) -> TierResult<()> {
+/// Writes the marker (atomically: a temporary file renamed over it).
+fn write_marker(dir: &Path, store_id: &str, dirs: &[PathBuf]) -> TierResult<()> {
     let path = dir.join(MARKER);
-    let text = format!(
-        "# Terrace data directory. Terrace deletes only files it wrote here.\nstore_id = {store_id}\n"
+    let mut text = format!(
+        "# Terrace data directory. Terrace deletes only files it wrote here.\nstore_id = {store_id}\n# This worker's data directories; one of them missing at start stops it.\n"
     );
-    std::fs::write(&path, text)
+    for d in dirs {
+        // A path with a line break cannot be listed; it is then not checked.
+        if let Some(d) = d.to_str().filter(|d| !d.contains(['\n', '\r'])) {
+            text.push_str(&format!("data_dir = {d}\n"));
+        }
+    }
+    let tmp = dir.join(format!("{MARKER}.tmp"));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| TierError::bad_input(format!("write {}: {e}", path.display())))
 }
 
@@ -321,7 +459,7 @@ mod tests {
     fn new_files_go_to_the_healthy_directory_with_the_most_room() {
         let root = tempfile::tempdir().expect("temp dir");
         let paths = vec![root.path().join("a"), root.path().join("b")];
-        let dirs = LocalDirs::open(&paths, Some(1000), 0).expect("open");
+        let dirs = LocalDirs::open(&paths, Some(1000), 0, false).expect("open");
         dirs.get(0).add(100);
         assert_eq!(dirs.choose(10, None), Some(1), "b has more room");
         assert_eq!(dirs.choose(10, Some(0)), Some(0), "a partition stays put");
@@ -336,6 +474,13 @@ mod tests {
         dirs.get(1).remove(600);
         dirs.get(0).remove(500);
         assert_eq!((dirs.get(0).used(), dirs.get(1).used()), before);
+        // Out of descriptors is not the disk's fault.
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            dirs.get(1)
+                .mark_unhealthy(&std::io::Error::from_raw_os_error(errno));
+        }
+        assert!(dirs.get(1).is_healthy());
+        assert_eq!(dirs.status()[1].write_failures, 0);
         dirs.get(1)
             .mark_unhealthy(&std::io::Error::from_raw_os_error(libc::EIO));
         assert_eq!(dirs.choose(10, None), Some(0));
@@ -356,16 +501,22 @@ mod tests {
     fn markers_keep_the_store_id_across_opens() {
         let root = tempfile::tempdir().expect("temp dir");
         let a = root.path().join("a");
-        let first = LocalDirs::open(std::slice::from_ref(&a), None, 0).expect("open");
+        let first = LocalDirs::open(std::slice::from_ref(&a), None, 0, false).expect("open");
         let id = first.store_id().to_string();
         assert_eq!(id.len(), 16);
         let b = root.path().join("b");
-        let again = LocalDirs::open(&[a.clone(), b.clone()], None, 0).expect("reopen");
+        let again = LocalDirs::open(&[a.clone(), b.clone()], None, 0, false).expect("reopen");
         assert_eq!(again.store_id(), id);
-        assert_eq!(read_marker(&b).expect("read"), Some(id));
+        assert_eq!(
+            read_marker(&b).expect("read"),
+            Some(Marker {
+                store_id: id,
+                dirs: vec![a.clone(), b.clone()]
+            })
+        );
         std::fs::write(a.join(MARKER), "garbage").expect("write");
         assert!(
-            LocalDirs::open(&[a], None, 0).is_err(),
+            LocalDirs::open(&[a], None, 0, false).is_err(),
             "a damaged marker is refused"
         );
     }
@@ -373,11 +524,64 @@ mod tests {
     #[test]
     fn the_default_capacity_is_free_space_minus_the_reserve() {
         let root = tempfile::tempdir().expect("temp dir");
-        let dirs = LocalDirs::open(&[root.path().to_path_buf()], None, 0).expect("open");
+        let dirs = LocalDirs::open(&[root.path().to_path_buf()], None, 0, false).expect("open");
         let free = free_space(root.path()).expect("free space");
         let cap = dirs.get(0).capacity();
         assert!(cap > 0 && cap.abs_diff(free) < 64 << 20, "{cap} vs {free}");
-        let reserved = LocalDirs::open(&[root.path().to_path_buf()], None, free).expect("open");
+        let reserved =
+            LocalDirs::open(&[root.path().to_path_buf()], None, free, false).expect("open");
         assert_eq!(reserved.get(0).capacity(), 0, "the reserve takes it all");
+    }
+
+    #[test]
+    fn a_listed_directory_missing_or_unmarked_at_start_stops_the_start() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        let both = [a.clone(), b.clone()];
+        let id = LocalDirs::open(&both, None, 0, false)
+            .expect("first start")
+            .store_id()
+            .to_string();
+        std::fs::write(b.join("keep"), "data").expect("write");
+        std::fs::rename(&b, root.path().join("b.away")).expect("unmount b");
+        let err = LocalDirs::open(&both, None, 0, false).expect_err("b is missing");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{} is missing", b.display())),
+            "{text}"
+        );
+        assert!(text.contains("allow_missing_data_dirs"), "{text}");
+        assert!(!b.exists(), "a missing directory is not re-created");
+        // An empty mount point is the same.
+        std::fs::create_dir(&b).expect("mount point");
+        let err = LocalDirs::open(&both, None, 0, false).expect_err("b has no marker");
+        assert!(err.to_string().contains("has no marker"), "{err}");
+        assert!(!b.join(MARKER).exists(), "no marker is written there");
+        // Allowed: b is left alone and reported, the store is incomplete.
+        let dirs = LocalDirs::open(&both, None, 0, true).expect("allowed");
+        assert!(dirs.incomplete());
+        assert!(dirs.get(1).is_missing() && !dirs.get(1).is_healthy());
+        assert_eq!(dirs.get(1).room(), 0);
+        assert_eq!(dirs.choose(1, None), Some(0));
+        assert!(!b.join(MARKER).exists(), "no marker is written there");
+        assert_eq!(dirs.store_id(), id);
+        // Back in place: a normal start.
+        std::fs::remove_dir(&b).expect("unmount");
+        std::fs::rename(root.path().join("b.away"), &b).expect("mount b again");
+        let dirs = LocalDirs::open(&both, None, 0, false).expect("b is back");
+        assert!(!dirs.incomplete());
+        assert_eq!(
+            std::fs::read_to_string(b.join("keep")).expect("read"),
+            "data"
+        );
+        // A new directory that no marker lists is simply added.
+        let c = root.path().join("c");
+        let three = [a.clone(), b.clone(), c.clone()];
+        let dirs = LocalDirs::open(&three, None, 0, false).expect("c is new");
+        assert!(!dirs.incomplete());
+        assert_eq!(
+            read_marker(&a).expect("read").map(|m| m.dirs),
+            Some(three.to_vec())
+        );
     }
 }

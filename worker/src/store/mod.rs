@@ -6,11 +6,19 @@
 //! (`{job}/{partition}.data`, `.{n}.data`, `.index`, `.index.tmp`, named as
 //! in `names.rs`) in
 //! marked data directories. Anything else is left where it is.
+//!
+//! Recovery deletes only what it proves is garbage. It first looks at every
+//! file; any error but "this file does not exist" (EMFILE, EACCES, EIO, a
+//! Terrace name that is not a regular file) stops the start before anything
+//! is deleted. With a data directory missing ([`LocalDirs::incomplete`]) it
+//! deletes nothing at all, and partitions with a file it cannot find are
+//! held back (not served, kept on disk and in the object store).
 
 mod budget;
 mod dirs;
 mod faults;
 mod files;
+mod handles;
 mod index;
 mod names;
 mod object;
@@ -33,6 +41,7 @@ pub use budget::{MemoryBudget, Reservation};
 pub use dirs::{LocalDirs, MARKER};
 pub use faults::FaultyStore;
 pub use files::{FaultyFiles, FileLayer, RealFiles};
+use handles::open_file_limits;
 pub use index::{Extent, Forward, PersistedIndex};
 pub use object::{ObjectStoreSettings, ObjectTier, build_store};
 pub use partition::{Partition, PartitionMeta, ReadStep, TierBytes};
@@ -71,6 +80,10 @@ pub struct StoreOptions {
     pub local_high_watermark: f64,
     pub local_low_watermark: f64,
     pub migration_interval: Duration,
+    /// Data files held open at once (`None`: half the open-file limit).
+    pub max_open_files: Option<u64>,
+    /// Start even when a data directory in use is missing (see [`LocalDirs::open`]).
+    pub allow_missing_dirs: bool,
 }
 
 /// Seams for tests: the file layer and an already-built object store.
@@ -94,6 +107,9 @@ pub struct Store {
     flush_stop: u64,
     options: StoreOptions,
     pub counters: Counters,
+    /// Sealed partitions found at start with a file missing while a data
+    /// directory was missing too: not served, and their keys not reused.
+    held_back: HashSet<PartitionKey>,
 }
 
 impl Store {
@@ -101,7 +117,12 @@ impl Store {
     /// recovers the sealed partitions found there. Files of partitions that
     /// were never sealed are deleted. Blocking.
     pub fn open(options: StoreOptions, hooks: StoreHooks) -> TierResult<Store> {
-        let dirs = LocalDirs::open(&options.dirs, options.dir_capacity, options.dir_reserve)?;
+        let dirs = LocalDirs::open(
+            &options.dirs,
+            options.dir_capacity,
+            options.dir_reserve,
+            options.allow_missing_dirs,
+        )?;
         let object = match &options.object_store {
             Some(settings) => {
                 let (store, base) = build_store(settings)?;
@@ -116,6 +137,15 @@ impl Store {
             None => None,
         };
         let files: Arc<dyn FileLayer> = hooks.files.clone().unwrap_or_else(|| Arc::new(RealFiles));
+        let max_open_files = options
+            .max_open_files
+            .unwrap_or_else(handles::default_max_open_files)
+            .max(1);
+        tracing::info!(
+            max_open_files,
+            open_file_limit = ?open_file_limits().ok(),
+            "data files are opened on demand; at most this many stay open"
+        );
         let tiers = Tiers::new(
             dirs,
             files,
@@ -123,9 +153,10 @@ impl Store {
             options.object_part_size,
             options.object_read_budget,
             options.object_read_ahead,
+            max_open_files,
         );
         let budget = options.memory_budget;
-        let store = Store {
+        let mut store = Store {
             tiers,
             partitions: DashMap::new(),
             released: Mutex::new(HashSet::new()),
@@ -136,8 +167,9 @@ impl Store {
             flush_stop: (budget as f64 * options.flush_low_watermark) as u64,
             options,
             counters: Counters::default(),
+            held_back: HashSet::new(),
         };
-        store.recover()?;
+        store.held_back = store.recover()?;
         if let Some(object) = &store.tiers.object {
             for partition in store.partitions() {
                 let (count, bytes) = partition.object_totals();
@@ -249,6 +281,11 @@ impl Store {
                 "{key}: a partition needs at least one subpartition"
             )));
         }
+        if self.held_back.contains(&key) {
+            return Err(TierError::unavailable(format!(
+                "{key} was sealed here and is held back: a file of it may be on a data directory missing at start"
+            )));
+        }
         if let Some(existing) = self.partitions.get(&key) {
             let meta = existing.meta();
             if meta.num_subpartitions == num_subpartitions
@@ -316,6 +353,11 @@ impl Store {
                 .contains(key)
             {
                 return Err(TierError::not_found(format!("{key} was released")));
+            }
+            if self.held_back.contains(key) {
+                return Err(TierError::not_found(format!(
+                    "{key} is held back: a file of it may be on a data directory missing at start"
+                )));
             }
             if tokio::time::timeout_at(deadline, created).await.is_err() {
                 return self.get(key);
@@ -694,6 +736,13 @@ impl Store {
     /// refers to. Objects of partitions still being written are left alone.
     pub async fn delete_orphan_objects(&self) -> TierResult<usize> {
         let object = self.tiers.object()?;
+        if self.tiers.dirs.incomplete() {
+            // An object no index here claims may belong to one on the missing directory.
+            tracing::info!(
+                "a data directory is missing: objects no partition here refers to are kept"
+            );
+            return Ok(0);
+        }
         let listed = object.list(object.root()).await?;
         let mut deleted = 0;
         for (key, _) in listed {
@@ -730,68 +779,95 @@ impl Store {
     }
 
     /// Finds the sealed partitions in the data directories and deletes the
-    /// files of the others. Only Terrace-named files are touched.
-    fn recover(&self) -> TierResult<()> {
+    /// files of the others. Only Terrace-named files are touched. Returns
+    /// the partitions held back (a file missing while a directory is too).
+    ///
+    /// Everything is looked at before anything is deleted, and any error but
+    /// not-found stops the start then: a file that cannot be read now (too
+    /// many open files, permissions, an I/O error) is not garbage.
+    fn recover(&self) -> TierResult<HashSet<PartitionKey>> {
+        let incomplete = self.tiers.dirs.incomplete();
         // Newest valid index per partition, and every Terrace data file.
         let mut indexes: HashMap<PartitionKey, (PersistedIndex, usize, PathBuf)> = HashMap::new();
         let mut stale_indexes: Vec<PathBuf> = Vec::new();
         let mut data_files: HashMap<(String, String, u32), (usize, PathBuf, u64)> = HashMap::new();
         let mut job_dirs: Vec<PathBuf> = Vec::new();
         for (d, dir) in self.tiers.dirs.iter() {
-            let entries = std::fs::read_dir(&dir.path)
-                .map_err(|e| TierError::internal(format!("list {}: {e}", dir.path.display())))?;
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !path.is_dir() || !names::is_name(&name) {
+            if dir.is_missing() {
+                continue;
+            }
+            for (path, name) in list_dir(&dir.path)? {
+                let is_dir = match std::fs::metadata(&path) {
+                    Ok(meta) => meta.is_dir(),
+                    // Gone since the listing, or a dangling link: not Terrace's.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(recovery_stopped("inspect", &path, &e)),
+                };
+                if !is_dir || !names::is_name(&name) {
                     if name != MARKER {
                         tracing::info!(file = %path.display(), "leaving a file Terrace did not write");
                     }
                     continue;
                 }
                 job_dirs.push(path.clone());
-                let Ok(files) = std::fs::read_dir(&path) else {
-                    continue;
-                };
-                for file in files.flatten() {
-                    let file_path = file.path();
-                    let file_name = file.file_name().to_string_lossy().into_owned();
-                    match parse_name(&file_name) {
-                        Some(Named::Index(partition)) => {
-                            match load_index(&file_path, &name, &partition) {
-                                Ok(persisted) => {
-                                    let key = persisted.key.clone();
-                                    let newer = indexes.get(&key).is_none_or(|(old, _, _)| {
-                                        persisted.generation > old.generation
-                                    });
-                                    if newer {
-                                        if let Some((_, _, old)) =
-                                            indexes.insert(key, (persisted, d, file_path))
-                                        {
-                                            stale_indexes.push(old);
-                                        }
-                                    } else {
-                                        stale_indexes.push(file_path);
-                                    }
+                for (file_path, file_name) in list_dir(&path)? {
+                    let Some(named) = parse_name(&file_name) else {
+                        tracing::info!(file = %file_path.display(), "leaving a file Terrace did not write");
+                        continue;
+                    };
+                    let meta = match std::fs::symlink_metadata(&file_path) {
+                        Ok(meta) => meta,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(recovery_stopped("inspect", &file_path, &e)),
+                    };
+                    if !meta.is_file() {
+                        return Err(TierError::internal(format!(
+                            "recovery stopped, nothing was deleted: {} has a name Terrace gives its files but is not a regular file; move it away and start again",
+                            file_path.display()
+                        )));
+                    }
+                    match named {
+                        Named::Index(partition) => {
+                            let persisted = match load_index(&file_path, &name, &partition) {
+                                Ok(persisted) => persisted,
+                                Err(LoadError::Io(e))
+                                    if e.kind() == std::io::ErrorKind::NotFound =>
+                                {
+                                    continue;
                                 }
-                                Err(e) => {
+                                Err(LoadError::Io(e)) => {
+                                    return Err(recovery_stopped("read", &file_path, &e));
+                                }
+                                Err(LoadError::Invalid(e)) => {
                                     tracing::warn!(index = %file_path.display(), error = %e, "dropping an unreadable partition index");
                                     stale_indexes.push(file_path);
+                                    continue;
                                 }
+                            };
+                            let key = persisted.key.clone();
+                            let newer = indexes
+                                .get(&key)
+                                .is_none_or(|(old, _, _)| persisted.generation > old.generation);
+                            if newer {
+                                if let Some((_, _, old)) =
+                                    indexes.insert(key, (persisted, d, file_path))
+                                {
+                                    stale_indexes.push(old);
+                                }
+                            } else {
+                                stale_indexes.push(file_path);
                             }
                         }
-                        Some(Named::IndexTmp) => stale_indexes.push(file_path),
-                        Some(Named::Data(partition, id)) => {
-                            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-                            data_files.insert((name.clone(), partition, id), (d, file_path, len));
-                        }
-                        None => {
-                            tracing::info!(file = %file_path.display(), "leaving a file Terrace did not write");
+                        Named::IndexTmp => stale_indexes.push(file_path),
+                        Named::Data(partition, id) => {
+                            data_files
+                                .insert((name.clone(), partition, id), (d, file_path, meta.len()));
                         }
                     }
                 }
             }
         }
+        let mut held_back = HashSet::new();
         for (key, (persisted, index_dir, index_file)) in indexes {
             let (job, part) = (
                 names::job_name(&key.job),
@@ -801,10 +877,11 @@ impl Store {
             let mut missing = None;
             for blob in &persisted.files {
                 match data_files.get(&(job.clone(), part.clone(), blob.id)) {
-                    Some((d, path, len)) if *len >= blob.len => match std::fs::File::open(path) {
-                        Ok(file) => found.push((*blob, *d, path.clone(), file)),
-                        Err(e) => missing = Some(format!("open {}: {e}", path.display())),
-                    },
+                    Some((d, path, len)) if *len >= blob.len => found.push((
+                        *blob,
+                        *d,
+                        handles::DataFile::existing(&self.tiers.handles, path.clone()),
+                    )),
                     Some((_, path, len)) => {
                         missing = Some(format!(
                             "data file {} has {len} bytes, index needs {}",
@@ -816,34 +893,82 @@ impl Store {
                 }
             }
             if let Some(problem) = missing {
+                if incomplete {
+                    // The file may be on the missing directory: keep it all.
+                    tracing::warn!(partition = %key, %problem, "not serving a partition whose file may be on a missing data directory; nothing of it is deleted");
+                    for blob in &persisted.files {
+                        data_files.remove(&(job.clone(), part.clone(), blob.id));
+                    }
+                    held_back.insert(key);
+                    continue;
+                }
                 tracing::warn!(partition = %key, %problem, "dropping an unrecoverable partition");
                 stale_indexes.push(index_file);
                 continue;
             }
-            for (blob, d, _, _) in &found {
+            for (blob, d, _) in &found {
                 data_files.remove(&(job.clone(), part.clone(), blob.id));
                 self.tiers.dirs.get(*d).add_existing(blob.len);
             }
-            tracing::info!(partition = %key, "recovered sealed partition");
+            tracing::debug!(partition = %key, "recovered sealed partition");
             self.partitions.insert(
                 key,
                 Arc::new(Partition::recovered(persisted, found, index_dir)),
             );
         }
+        tracing::info!(
+            recovered = self.partitions.len(),
+            held_back = held_back.len(),
+            "recovered sealed partitions"
+        );
+        if incomplete {
+            tracing::warn!(
+                unclaimed_data_files = data_files.len(),
+                stale_indexes = stale_indexes.len(),
+                "a data directory is missing: recovery deletes nothing"
+            );
+            return Ok(held_back);
+        }
         // Whatever no index claims belonged to partitions that were never sealed.
         for (_, (_, path, _)) in data_files {
             tracing::info!(file = %path.display(), "deleting data of a partition that was not sealed");
-            let _ = remove_if_exists(&path);
+            if let Err(e) = remove_if_exists(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot delete");
+            }
         }
         for path in stale_indexes {
-            let _ = remove_if_exists(&path);
+            if let Err(e) = remove_if_exists(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot delete");
+            }
         }
         for dir in job_dirs {
             // Only empty ones go.
             let _ = std::fs::remove_dir(&dir);
         }
-        Ok(())
+        Ok(held_back)
     }
+}
+
+/// The error that stops recovery at a file it cannot look at.
+fn recovery_stopped(what: &str, path: &Path, error: &std::io::Error) -> TierError {
+    TierError::internal(format!(
+        "recovery stopped, nothing was deleted: {what} {}: {error}. Fix the cause and start again",
+        path.display()
+    ))
+}
+
+/// The entries of `dir` (path and name). Any error stops recovery.
+fn list_dir(dir: &Path) -> TierResult<Vec<(PathBuf, String)>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| recovery_stopped("list", dir, &e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| recovery_stopped("list", dir, &e))?;
+        out.push((
+            entry.path(),
+            entry.file_name().to_string_lossy().into_owned(),
+        ));
+    }
+    Ok(out)
 }
 
 enum Named {
@@ -871,16 +996,26 @@ fn parse_name(name: &str) -> Option<Named> {
     }
 }
 
-fn load_index(path: &Path, job_name: &str, partition_name: &str) -> TierResult<PersistedIndex> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| TierError::internal(format!("read {}: {e}", path.display())))?;
-    let persisted = PersistedIndex::decode(&bytes)?;
+/// Why an index could not be loaded: reading it failed (not garbage), or
+/// what was read is not a valid index of this partition.
+enum LoadError {
+    Io(std::io::Error),
+    Invalid(TierError),
+}
+
+fn load_index(
+    path: &Path,
+    job_name: &str,
+    partition_name: &str,
+) -> Result<PersistedIndex, LoadError> {
+    let bytes = std::fs::read(path).map_err(LoadError::Io)?;
+    let persisted = PersistedIndex::decode(&bytes).map_err(LoadError::Invalid)?;
     if names::job_name(&persisted.key.job) != job_name
         || names::partition_name(&persisted.key.partition) != partition_name
     {
-        return Err(TierError::corruption(
+        return Err(LoadError::Invalid(TierError::corruption(
             "index names another partition than its path",
-        ));
+        )));
     }
     Ok(persisted)
 }

@@ -19,7 +19,6 @@
 //!
 //! Every change bumps a version on a watch channel, which parked readers wait on.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -30,6 +29,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::budget::Reservation;
+use super::handles::{DataFile, is_out_of_descriptors};
 use super::index::{
     Blob, Extent, ExtentRef, Forward, Location, NextRead, PartitionIndex, PersistedIndex, Run,
     TierKind,
@@ -52,8 +52,7 @@ pub struct PartitionMeta {
 struct LocalFile {
     id: u32,
     dir: usize,
-    path: PathBuf,
-    file: Arc<File>,
+    file: Arc<DataFile>,
     len: u64,
     /// Bytes known durable (fsynced).
     synced: u64,
@@ -112,10 +111,10 @@ pub enum ReadStep {
     Failed(TierError),
 }
 
-/// What a released partition leaves to delete: its files (directory, path,
+/// What a released partition leaves to delete: its files (directory, file,
 /// length), its index directory, its object prefix and its objects' bytes.
 pub type Leftovers = (
-    Vec<(usize, PathBuf, u64)>,
+    Vec<(usize, Arc<DataFile>, u64)>,
     Option<usize>,
     Option<String>,
     u64,
@@ -173,7 +172,7 @@ impl Partition {
     /// data files with the directory each was found in.
     pub fn recovered(
         persisted: PersistedIndex,
-        files: Vec<(Blob, usize, PathBuf, File)>,
+        files: Vec<(Blob, usize, Arc<DataFile>)>,
         index_dir: usize,
     ) -> Self {
         let partition = Partition::new(PartitionMeta {
@@ -192,11 +191,10 @@ impl Partition {
             state.next_blob = max_id.map_or(0, |m| m.saturating_add(1));
             state.files = files
                 .into_iter()
-                .map(|(blob, dir, path, file)| LocalFile {
+                .map(|(blob, dir, file)| LocalFile {
                     id: blob.id,
                     dir,
-                    path,
-                    file: Arc::new(file),
+                    file,
                     len: blob.len,
                     synced: blob.len,
                     writable: false,
@@ -364,7 +362,12 @@ impl Partition {
         if tiers.dirs.choose(self.pending_bytes(), current).is_none() {
             return Ok(());
         }
-        self.flush_with(tiers, Writer::Inline).await
+        match self.flush_with(tiers, Writer::Inline).await {
+            // Out of file descriptors: the data stayed in memory for the
+            // flusher (or the seal), and the push is stored.
+            Err(_) if !matches!(self.lock().phase, Phase::Failed(_)) => Ok(()),
+            other => other,
+        }
     }
 
     /// Waits until no flush, seal or migration commit of this partition is running.
@@ -395,11 +398,26 @@ impl Partition {
             )
         };
         let result = self.write_out(tiers, &pending, total, writer).await;
-        // The memory is returned whether the data moved or the partition failed.
-        drop(reservations);
         match result {
             Ok(()) => Ok(()),
-            Err(e) => {
+            Err(Unstored::OutOfDescriptors(e)) => {
+                // Neither the disk's fault nor the data's: it stays pending
+                // (before what was pushed meanwhile), and a later flush or
+                // the seal tries again.
+                tracing::warn!(partition = %self.meta.key, error = %e, "data stays in memory for now");
+                let mut state = self.lock();
+                if !matches!(state.phase, Phase::Released | Phase::Failed(_)) {
+                    let newer = std::mem::replace(&mut state.pending, pending);
+                    state.pending.extend(newer);
+                    let newer = std::mem::replace(&mut state.reservations, reservations);
+                    state.reservations.extend(newer);
+                    state.pending_bytes += total;
+                }
+                Err(e)
+            }
+            Err(Unstored::Failed(e)) => {
+                // The memory is returned: the partition failed.
+                drop(reservations);
                 let e = e.context(format!("store data of {}", self.meta.key));
                 tracing::error!(partition = %self.meta.key, error = %e, "partition failed: its data could not be stored");
                 {
@@ -423,7 +441,7 @@ impl Partition {
         pending: &[(ExtentRef, Bytes)],
         total: u64,
         writer: Writer,
-    ) -> TierResult<()> {
+    ) -> Result<(), Unstored> {
         let slices: Vec<Bytes> = pending.iter().map(|(_, b)| b.clone()).collect();
         let mut last_error = None;
         // Each failed directory is skipped from then on, so this ends.
@@ -454,6 +472,14 @@ impl Partition {
                     }
                     return Ok(());
                 }
+                Err(e) if is_out_of_descriptors(&e) => {
+                    // Not the disk's fault: the directory stays healthy.
+                    tiers.dirs.get(dir).remove(total);
+                    return Err(Unstored::OutOfDescriptors(TierError::unavailable(format!(
+                        "write to {}: {e} (raise the open-file limit, or lower limits.max_open_data_files)",
+                        tiers.dirs.get(dir).path.display()
+                    ))));
+                }
                 Err(e) => {
                     tiers.dirs.get(dir).remove(total);
                     tiers.dirs.get(dir).mark_unhealthy(&e);
@@ -462,14 +488,16 @@ impl Partition {
             }
         }
         let Some(object) = tiers.object.as_ref() else {
-            return Err(TierError::unavailable(format!(
+            return Err(Unstored::Failed(TierError::unavailable(format!(
                 "storage full: no local directory can take {total} bytes{} and no object store is configured",
                 last_error
                     .map(|e| format!(" (last write error: {e})"))
                     .unwrap_or_default()
-            )));
+            ))));
         };
-        self.overflow(tiers, object, pending).await
+        self.overflow(tiers, object, pending)
+            .await
+            .map_err(Unstored::Failed)
     }
 
     /// Appends `slices` to the partition's file in `dir` (a new file unless
@@ -503,11 +531,10 @@ impl Partition {
             let file = tokio::task::spawn_blocking(move || layer.create(&d, &p))
                 .await
                 .map_err(std::io::Error::other)??;
-            let file = Arc::new(file);
+            let file = DataFile::created(&tiers.handles, path, file);
             self.lock().files.push(LocalFile {
                 id,
                 dir,
-                path,
                 file: Arc::clone(&file),
                 len: 0,
                 synced: 0,
@@ -518,7 +545,7 @@ impl Partition {
         let layer = Arc::clone(&tiers.files);
         let owned: Vec<Bytes> = slices.to_vec();
         let handle = Arc::clone(&file);
-        let append = move || layer.append(&dir_path, &handle, offset, &owned);
+        let append = move || layer.append(&dir_path, &*handle.handle()?, offset, &owned);
         let written = match writer {
             Writer::Inline
                 if tokio::runtime::Handle::current().runtime_flavor()
@@ -744,6 +771,13 @@ impl Partition {
                     }
                     return Ok(());
                 }
+                Err(e) if is_out_of_descriptors(&e) => {
+                    return Err(TierError::unavailable(format!(
+                        "persist index of {} in {}: {e} (raise the open-file limit, or lower limits.max_open_data_files)",
+                        self.meta.key,
+                        dir_path.display()
+                    )));
+                }
                 Err(e) => {
                     tiers.dirs.get(dir).mark_unhealthy(&e);
                     errors.push(format!("{}: {e}", dir_path.display()));
@@ -844,7 +878,7 @@ impl Partition {
         // Evacuated data lands in new files, which need syncing in turn;
         // every failure takes a directory out, so this ends.
         for _ in 0..=tiers.dirs.len() {
-            let to_sync: Vec<(u32, usize, Arc<File>, u64)> = {
+            let to_sync: Vec<(u32, usize, Arc<DataFile>, u64)> = {
                 let state = self.lock();
                 state
                     .files
@@ -859,9 +893,19 @@ impl Partition {
             for (id, dir, file, len) in to_sync {
                 let layer = Arc::clone(&tiers.files);
                 let path = tiers.dirs.get(dir).path.clone();
-                let synced = tokio::task::spawn_blocking(move || layer.sync(&path, &file))
-                    .await
-                    .map_err(|e| TierError::internal(format!("sync task failed: {e}")))?;
+                let synced =
+                    tokio::task::spawn_blocking(move || layer.sync(&path, &*file.handle()?))
+                        .await
+                        .map_err(|e| TierError::internal(format!("sync task failed: {e}")))?;
+                match &synced {
+                    Err(e) if is_out_of_descriptors(e) => {
+                        return Err(TierError::unavailable(format!(
+                            "sync data file of {}: {e} (raise the open-file limit, or lower limits.max_open_data_files)",
+                            self.meta.key
+                        )));
+                    }
+                    _ => {}
+                }
                 if let Err(e) = synced {
                     // Its data cannot be trusted to be on disk: write it elsewhere.
                     tiers.dirs.get(dir).mark_unhealthy(&e);
@@ -902,7 +946,7 @@ impl Partition {
                 .collect();
             (moves, Arc::clone(&f.file))
         };
-        let chunk: Vec<(Arc<File>, u64, u32)> = moves
+        let chunk: Vec<(Arc<DataFile>, u64, u32)> = moves
             .iter()
             .map(|(_, offset, len)| (Arc::clone(&file), *offset, *len))
             .collect();
@@ -917,14 +961,15 @@ impl Partition {
             at += *len as usize;
         }
         self.write_out(tiers, &pending, at as u64, Writer::Pool)
-            .await?;
+            .await
+            .map_err(Unstored::into_error)?;
         let gone = {
             let mut state = self.lock();
             let position = state.files.iter().position(|f| f.id == id);
             position.map(|p| state.files.remove(p))
         };
         if let Some(f) = gone {
-            delete_files(tiers, vec![(f.dir, f.path, f.len)]).await;
+            delete_files(tiers, vec![(f.dir, f.file, f.len)]).await;
         }
         Ok(())
     }
@@ -951,7 +996,7 @@ impl Partition {
         let files = state
             .files
             .drain(..)
-            .map(|f| (f.dir, f.path, f.len))
+            .map(|f| (f.dir, f.file, f.len))
             .collect();
         let object_bytes = state.objects.drain(..).map(|o| o.len).sum();
         (
@@ -1103,7 +1148,7 @@ impl Partition {
             if !matches!(state.phase, Phase::Sealed) || state.migrating {
                 return Ok(0);
             }
-            let mut moves: Vec<(ExtentRef, Arc<File>, u64, u32)> = Vec::new();
+            let mut moves: Vec<(ExtentRef, Arc<DataFile>, u64, u32)> = Vec::new();
             for (at, extent) in state.index.extents() {
                 if let Location::Local { file, offset } = extent.location {
                     let Some(f) = state.files.iter().find(|f| f.id == file) else {
@@ -1145,7 +1190,7 @@ impl Partition {
         self: &Arc<Self>,
         tiers: &Tiers,
         object: &ObjectTier,
-        moves: &[(ExtentRef, Arc<File>, u64, u32)],
+        moves: &[(ExtentRef, Arc<DataFile>, u64, u32)],
         prefix: &str,
         id: u32,
     ) -> TierResult<u64> {
@@ -1157,7 +1202,7 @@ impl Partition {
         // a part may start or end inside an extent.
         let part_size = tiers.object_part_size.max(5 << 20);
         let num_parts = usize::try_from(total.div_ceil(part_size).max(1)).unwrap_or(usize::MAX);
-        let sources: Vec<(Arc<File>, u64, u32)> = moves
+        let sources: Vec<(Arc<DataFile>, u64, u32)> = moves
             .iter()
             .map(|(_, f, o, l)| (Arc::clone(f), *o, *l))
             .collect();
@@ -1231,9 +1276,9 @@ impl Partition {
         self.bump();
         // 4. The index points at the object: the local copy can go. Open
         // handles held by readers stay valid after the unlink.
-        let doomed: Vec<(usize, PathBuf, u64)> = old_files
+        let doomed: Vec<(usize, Arc<DataFile>, u64)> = old_files
             .into_iter()
-            .map(|f| (f.dir, f.path, f.len))
+            .map(|f| (f.dir, f.file, f.len))
             .collect();
         delete_files(tiers, doomed).await;
         Ok(total)
@@ -1241,10 +1286,17 @@ impl Partition {
 }
 
 /// Deletes data files and takes their bytes off their directories' use.
-pub async fn delete_files(tiers: &Tiers, files: Vec<(usize, PathBuf, u64)>) {
-    for (dir, path, len) in files {
-        let p = path.clone();
-        match tokio::task::spawn_blocking(move || std::fs::remove_file(p)).await {
+/// Holders of a deleted file (readers) keep reading it ([`DataFile::retire`]).
+pub async fn delete_files(tiers: &Tiers, files: Vec<(usize, Arc<DataFile>, u64)>) {
+    for (dir, file, len) in files {
+        let path = file.path().to_path_buf();
+        let deleted = tokio::task::spawn_blocking(move || {
+            if let Err(e) = file.retire() {
+                tracing::warn!(file = %file.path().display(), error = %e, "cannot keep a deleted data file open for its readers; they will fail");
+            }
+            std::fs::remove_file(file.path())
+        });
+        match deleted.await {
             Ok(Ok(())) => tiers.dirs.get(dir).remove(len),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 tiers.dirs.get(dir).remove(len)
@@ -1253,6 +1305,23 @@ pub async fn delete_files(tiers: &Tiers, files: Vec<(usize, PathBuf, u64)>) {
                 tracing::warn!(file = %path.display(), error = %e, "cannot delete data file")
             }
             Err(e) => tracing::warn!(file = %path.display(), error = %e, "delete task failed"),
+        }
+    }
+}
+
+/// Why pending data was not stored.
+#[derive(Debug)]
+enum Unstored {
+    /// The process ran out of file descriptors: the data may wait in memory.
+    OutOfDescriptors(TierError),
+    /// Nothing could take it.
+    Failed(TierError),
+}
+
+impl Unstored {
+    fn into_error(self) -> TierError {
+        match self {
+            Unstored::OutOfDescriptors(e) | Unstored::Failed(e) => e,
         }
     }
 }
@@ -1270,13 +1339,14 @@ enum Writer {
 }
 
 /// Reads the extents of one migration part into one buffer. Blocking.
-fn read_chunk(chunk: &[(Arc<File>, u64, u32)]) -> std::io::Result<Bytes> {
+fn read_chunk(chunk: &[(Arc<DataFile>, u64, u32)]) -> std::io::Result<Bytes> {
     use std::os::unix::fs::FileExt;
     let total: usize = chunk.iter().map(|c| c.2 as usize).sum();
     let mut out = vec![0u8; total];
     let mut at = 0;
     for (file, offset, len) in chunk {
-        file.read_exact_at(&mut out[at..at + *len as usize], *offset)?;
+        file.handle()?
+            .read_exact_at(&mut out[at..at + *len as usize], *offset)?;
         at += *len as usize;
     }
     Ok(Bytes::from(out))

@@ -4,7 +4,6 @@
 //! file layer ([`super::FaultyFiles`]) and the object store
 //! ([`super::FaultyStore`]) to inject faults.
 
-use std::fs::File;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,12 +13,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::dirs::LocalDirs;
 use super::files::FileLayer;
+use super::handles::{DataFile, FileCache};
 use super::object::ObjectTier;
 
 #[derive(Debug)]
 pub struct Tiers {
     pub dirs: LocalDirs,
     pub files: Arc<dyn FileLayer>,
+    /// Open data-file handles, at most `max_open_data_files`.
+    pub handles: Arc<FileCache>,
     pub object: Option<ObjectTier>,
     /// Largest overflow object, and the part size of migration uploads.
     pub object_part_size: u64,
@@ -39,13 +41,14 @@ pub struct Tiers {
 pub struct AheadPermit(Vec<OwnedSemaphorePermit>);
 
 /// Where a reader's extent bytes are, resolved under the partition lock so a
-/// migration that swaps locations afterwards cannot pull the file away (an
-/// open handle survives the file's deletion).
+/// migration that swaps locations afterwards cannot pull the file away (a
+/// data file deleted while held keeps a handle for its holders, see
+/// [`DataFile::retire`]).
 #[derive(Debug, Clone)]
 pub enum Source {
     Memory(Bytes),
     File {
-        file: Arc<File>,
+        file: Arc<DataFile>,
         offset: u64,
         len: u32,
     },
@@ -64,11 +67,13 @@ impl Tiers {
         object_part_size: u64,
         read_budget: u64,
         read_ahead: u64,
+        max_open_files: u64,
     ) -> Tiers {
         let total = u32::try_from(read_budget).unwrap_or(u32::MAX).max(1);
         Tiers {
             dirs,
             files,
+            handles: FileCache::new(max_open_files),
             object,
             object_part_size,
             read_budget: Arc::new(Semaphore::new(total as usize)),
@@ -304,7 +309,14 @@ fn read_chunks(sources: &[Source], mut fetched: Vec<Option<Bytes>>) -> std::io::
                 for source in files {
                     if let Source::File { file, offset, len } = source {
                         let len = *len as usize;
-                        file.read_exact_at(&mut out.as_mut()[at..at + len], *offset)?;
+                        file.handle()?
+                            .read_exact_at(&mut out.as_mut()[at..at + len], *offset)
+                            .map_err(|e| {
+                                std::io::Error::new(
+                                    e.kind(),
+                                    format!("{}: {e}", file.path().display()),
+                                )
+                            })?;
                         at += len;
                     }
                 }
@@ -330,10 +342,11 @@ mod tests {
 
     #[test]
     fn memory_extents_are_sent_as_they_are_and_file_runs_read_into_one_chunk() {
-        use std::io::Write;
-        let mut file = tempfile::tempfile().expect("temp file");
-        file.write_all(b"0123456789").expect("write");
-        let file = Arc::new(file);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f.data");
+        std::fs::write(&path, b"0123456789").expect("write");
+        let cache = FileCache::new(1);
+        let file = DataFile::existing(&cache, path);
         let at = |offset, len| Source::File {
             file: Arc::clone(&file),
             offset,
