@@ -149,6 +149,8 @@ pub struct Accepted {
     failed: bool,
     /// Most input discarded while lingering.
     linger_bytes: usize,
+    /// Longest wait at close for queued replies to be written.
+    close_wait: Duration,
 }
 
 impl std::fmt::Debug for Accepted {
@@ -510,14 +512,9 @@ async fn open(
     };
     let opened = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        r = tokio::time::timeout_at(deadline, opening) => {
-            r.unwrap_or_else(|_| Err(format!(
-                "no handshake{} within {:?} (server.handshake_timeout)",
-                if spec.secret.is_some() { " and authentication" } else { "" },
-                options.handshake_timeout
-            )))
-        }
+        r = tokio::time::timeout_at(deadline, opening) => r,
     };
+    let close_wait = options.frame_timeout;
     let mut accepted = Accepted {
         peer,
         client: String::new(),
@@ -529,23 +526,43 @@ async fn open(
         options,
         failed: false,
         linger_bytes: usize::MAX,
+        close_wait,
     };
     match opened {
-        Ok((client, identity)) => {
+        Ok(Ok((client, identity))) => {
             tracing::debug!(%peer, %client, ?identity, "connection open");
             accepted.client = client;
             accepted.identity = identity;
             Some(accepted)
         }
-        Err(reason) => {
+        Ok(Err(reason)) => {
             if reason.starts_with("closed before the") {
                 // Port probes and health checks.
                 tracing::debug!(%peer, reason, "connection closed before the handshake");
             } else {
                 tracing::warn!(%peer, reason, "refused connection");
+                // Linger a moment so the error arrives, over little input.
                 accepted.failed = true;
                 accepted.linger_bytes = OPENING_LINGER_BYTES;
+                accepted.close_wait = CLOSE_LINGER;
             }
+            close(accepted).await;
+            None
+        }
+        Err(_) => {
+            // Closed at the deadline, without a word or a linger: the slot
+            // goes now.
+            let reason = format!(
+                "no handshake{} within {:?} (server.handshake_timeout)",
+                if spec.secret.is_some() {
+                    " and authentication"
+                } else {
+                    ""
+                },
+                accepted.options.handshake_timeout
+            );
+            tracing::warn!(%peer, reason, "refused connection");
+            accepted.close_wait = CLOSE_LINGER;
             close(accepted).await;
             None
         }
@@ -606,12 +623,13 @@ async fn close(accepted: Accepted) {
         failed,
         peer,
         write_failed,
-        options,
         linger_bytes,
+        close_wait,
         ..
     } = accepted;
-    // Queued replies get one frame deadline to reach a peer that reads them.
-    if tokio::time::timeout(options.frame_timeout, sender.wait_queued_below(1))
+    // Queued replies get one frame deadline (a refused opening a moment) to
+    // reach a peer that reads them.
+    if tokio::time::timeout(close_wait, sender.wait_queued_below(1))
         .await
         .is_err()
     {
