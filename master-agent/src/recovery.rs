@@ -102,8 +102,9 @@ impl MasterAgent {
                         break;
                     };
                     let shared = Arc::clone(&shared);
-                    let placed_at = placed_on
-                        .and_then(|id| addresses.get(&id).map(|address| WorkerAt::new(id, address)));
+                    let placed_at = placed_on.and_then(|id| {
+                        addresses.get(&id).map(|address| WorkerAt::new(id, address))
+                    });
                     let known = Arc::clone(&addresses);
                     queries.spawn(async move {
                         let metrics = tokio::time::timeout_at(

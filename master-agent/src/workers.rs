@@ -85,7 +85,9 @@ impl Workers {
         let options = self
             .options
             .clone()
-            .expecting(ExpectedServer::Is(ServerIdentity::Worker(worker.id.clone())));
+            .expecting(ExpectedServer::Is(ServerIdentity::Worker(
+                worker.id.clone(),
+            )));
         let client = Client::connect(&worker.address, &options).await?;
         let mut clients = self.clients.lock().expect("workers lock poisoned");
         if let Some(raced) = clients.get(worker).filter(|c| !c.is_closed()) {

@@ -819,17 +819,13 @@ mod tests {
             assert!(!expected.expect("expects a proof").check(&master_proof));
 
             // Bound to one TLS session, refused on another (and without TLS).
-            let (answer, expected) = credential
-                .answer(&challenge, WORKER_A, &channel_a)
-                .unwrap();
+            let (answer, expected) = credential.answer(&challenge, WORKER_A, &channel_a).unwrap();
             assert!(verify(&s, &challenge, WORKER_A, &channel_b, &answer).is_err());
             assert!(verify(&s, &challenge, WORKER_A, NO_TLS, &answer).is_err());
             let (_, proof) = verify(&s, &challenge, WORKER_A, &channel_a, &answer).unwrap();
             let expected = expected.expect("expects a proof");
             assert!(expected.check(&proof));
-            let (on_b, _) = credential
-                .answer(&challenge, WORKER_A, &channel_b)
-                .unwrap();
+            let (on_b, _) = credential.answer(&challenge, WORKER_A, &channel_b).unwrap();
             let (_, proof_b) = verify(&s, &challenge, WORKER_A, &channel_b, &on_b).unwrap();
             assert!(!expected.check(&proof_b));
         }

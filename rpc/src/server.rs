@@ -134,33 +134,29 @@ pub(crate) async fn accept_authentication<R: AsyncRead + Unpin>(
     channel: &[u8],
 ) -> Result<Identity, String> {
     match read_opening_frame(reader, sender, "authentication").await? {
-        Message::Authenticate(answer) => match security::verify(
-            secret,
-            challenge,
-            server_identity,
-            channel,
-            &answer,
-        ) {
-            Ok((identity, proof)) => {
-                sender.send(
-                    Message::Authenticated(pb::Authenticated {
-                        request_id: answer.request_id,
-                        proof: proof.into(),
-                    }),
-                    bytes::Bytes::new(),
-                );
-                Ok(identity)
+        Message::Authenticate(answer) => {
+            match security::verify(secret, challenge, server_identity, channel, &answer) {
+                Ok((identity, proof)) => {
+                    sender.send(
+                        Message::Authenticated(pb::Authenticated {
+                            request_id: answer.request_id,
+                            proof: proof.into(),
+                        }),
+                        bytes::Bytes::new(),
+                    );
+                    Ok(identity)
+                }
+                Err(reason) => {
+                    reply_error(
+                        sender,
+                        answer.request_id,
+                        pb::ErrorCode::PermissionDenied,
+                        reason.clone(),
+                    );
+                    Err(reason)
+                }
             }
-            Err(reason) => {
-                reply_error(
-                    sender,
-                    answer.request_id,
-                    pb::ErrorCode::PermissionDenied,
-                    reason.clone(),
-                );
-                Err(reason)
-            }
-        },
+        }
         other => {
             let reason = format!(
                 "this server holds a cluster secret: expected Authenticate after the handshake, got {:?}",

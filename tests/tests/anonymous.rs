@@ -48,11 +48,8 @@ impl Worker {
             ),
         )
         .expect("write worker config");
-        let process = ServiceProcess::start(&[
-            "worker",
-            "--config",
-            config.to_str().expect("utf-8 path"),
-        ]);
+        let process =
+            ServiceProcess::start(&["worker", "--config", config.to_str().expect("utf-8 path")]);
         Worker {
             _dir: dir,
             pki,
@@ -88,8 +85,8 @@ impl Worker {
         let deadline = Instant::now() + within;
         let options = self.options(Credential::Cluster(self.secret()));
         loop {
-            let connected =
-                terrace_rpc::io_runtime().block_on(Client::connect(&self.process.address, &options));
+            let connected = terrace_rpc::io_runtime()
+                .block_on(Client::connect(&self.process.address, &options));
             match connected {
                 Ok(client) => return Ok(client),
                 Err(e) if Instant::now() >= deadline => return Err(e),
@@ -101,7 +98,10 @@ impl Worker {
     /// A raw connection past the version handshake; checks the challenge.
     fn hello(&self) -> Raw {
         let mut raw = Raw::connect_to(&self.process.address);
-        raw.send(&terrace_tests::raw::handshake(1, terrace_proto::PROTOCOL_VERSION), &[]);
+        raw.send(
+            &terrace_tests::raw::handshake(1, terrace_proto::PROTOCOL_VERSION),
+            &[],
+        );
         match raw.read() {
             (Message::HandshakeOk(ok), _) => {
                 assert_eq!(ok.auth_challenge.len(), AUTH_BYTES, "the worker challenges");
@@ -184,11 +184,16 @@ fn push_until_refused(raw: &mut Raw, before: &[u8]) -> (usize, bool) {
     let (header, _) = push(3, &k, &[Buffer::data(vec![1u8; 100])]);
     let mut frame = before.to_vec();
     frame.extend_from_slice(&encode_frame(&Message::PushData(header), PUSH_BODY));
-    raw.stream.write_all(&frame).expect("write the push's header");
+    raw.stream
+        .write_all(&frame)
+        .expect("write the push's header");
     let chunk = vec![0x5au8; 64 * 1024];
     let mut written = 0;
     while written < PUSH_BODY {
-        match raw.stream.write(&chunk[..chunk.len().min(PUSH_BODY - written)]) {
+        match raw
+            .stream
+            .write(&chunk[..chunk.len().min(PUSH_BODY - written)])
+        {
             Ok(0) | Err(_) => return (written, true),
             Ok(n) => written += n,
         }
@@ -247,10 +252,12 @@ fn an_anonymous_push_is_not_read_and_takes_no_budget() {
         assert!(matches!(created, Message::Ack(_)));
         let pushed = client
             .start_request(
-                |request_id| Message::PushData(pb::PushData {
-                    request_id,
-                    ..header.clone()
-                }),
+                |request_id| {
+                    Message::PushData(pb::PushData {
+                        request_id,
+                        ..header.clone()
+                    })
+                },
                 vec![Bytes::from(body.clone())],
             )
             .expect("send the push")

@@ -251,12 +251,8 @@ fn start_relay(
         let tls = tls.map(Arc::new);
         while let Ok((client, _)) = listener.accept().await {
             seen.lock().expect("log lock").connections += 1;
-            let (target, mode, seen, tls) = (
-                target.clone(),
-                mode.clone(),
-                Arc::clone(&seen),
-                tls.clone(),
-            );
+            let (target, mode, seen, tls) =
+                (target.clone(), mode.clone(), Arc::clone(&seen), tls.clone());
             tokio::spawn(async move {
                 let master = TcpStream::connect(&target).await.expect("relay connects");
                 match tls {
@@ -305,7 +301,9 @@ where
         return;
     };
     note("client", &handshake);
-    if write_frame(&mut master_write, &handshake, &[]).await.is_err()
+    if write_frame(&mut master_write, &handshake, &[])
+        .await
+        .is_err()
         || master_write.flush().await.is_err()
     {
         return;
@@ -323,7 +321,10 @@ where
         }
         (other, _) => other,
     };
-    if write_frame(&mut client_write, &challenge, &[]).await.is_ok() {
+    if write_frame(&mut client_write, &challenge, &[])
+        .await
+        .is_ok()
+    {
         let _ = client_write.flush().await;
     }
     // The client's answer, if it gives one, to the master, and the master's
@@ -412,7 +413,10 @@ fn relayed(log: &Mutex<RelayLog>) -> RelayLog {
 
 /// The checks every relay case ends with: the relay got nothing.
 fn assert_relay_got_nothing(seen: &RelayLog, what: &str) {
-    assert_eq!(seen.connections, 1, "{what}: the worker dialled the relay once");
+    assert_eq!(
+        seen.connections, 1,
+        "{what}: the worker dialled the relay once"
+    );
     assert!(
         !seen.from_master.iter().any(|m| m == "Authenticated"),
         "{what}: the master authenticated a connection through the relay: {seen:?}"
