@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use terrace_proto::{Message, pb};
-use terrace_rpc::{ClientOptions, JobToken, Security, SecurityConfig, io_runtime};
+use terrace_rpc::{
+    ClientOptions, ExpectedServer, JobToken, Security, SecurityConfig, ServerIdentity, io_runtime,
+};
 use terrace_tier_api::{
     AgentConfig, ErrorKind, JobId, PartitionId, PartitionKey, ShuffleDescriptor, TierError,
     TierMasterAgent, TierResult, TierShuffleHandler,
@@ -18,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::masters::{Masters, expect_ack, expect_job_registered};
 use crate::placements::Placements;
-use crate::workers::Workers;
+use crate::workers::{WorkerAt, Workers};
 
 /// How often the agent asks a master for its worker list, by default.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -88,6 +90,7 @@ impl MasterAgent {
             request_timeout: config.request_timeout,
             max_frame_bytes: config.max_frame_size.as_usize(),
             credential: security.credential(),
+            server: ExpectedServer::Any,
             tls: security.tls_client.clone(),
         };
         let placements = Arc::new(Mutex::new(Placements::default()));
@@ -98,7 +101,7 @@ impl MasterAgent {
         let shared = Arc::new(Shared {
             masters: Masters::new(
                 config.master_addresses.clone(),
-                options("master-agent"),
+                options("master-agent").expecting(ExpectedServer::Is(ServerIdentity::Master)),
                 announce,
             ),
             workers: Workers::new(options("master-agent")),
@@ -153,9 +156,10 @@ impl Shared {
             let shared = self.clone();
             let job = job.clone();
             drops.spawn(async move {
+                let at = WorkerAt::new(&worker.worker_id, &worker.data_address);
                 let result = shared
                     .workers
-                    .request(&worker.data_address, |request_id| {
+                    .request(&at, |request_id| {
                         Message::DropJob(pb::DropJob {
                             request_id,
                             job_id: job.as_bytes().clone(),
@@ -227,11 +231,11 @@ impl Shared {
         }
     }
 
-    /// The address of the worker a relocated partition lives on, if known.
-    pub(crate) async fn locate(&self, key: &pb::PartitionKey) -> Option<String> {
+    /// The worker a relocated partition lives on, if known.
+    pub(crate) async fn locate(&self, key: &pb::PartitionKey) -> Option<WorkerAt> {
         self.locate_on_masters(key)
             .await
-            .map(|at| at.worker_address)
+            .map(|at| WorkerAt::new(at.worker_id, at.worker_address))
     }
 
     /// One round of lost-worker detection.
@@ -418,13 +422,13 @@ impl TierMasterAgent for MasterAgent {
         let key = descriptor.key()?;
         self.shared.placements().remove(&key.job, &key.partition);
         let wire_key = pb::PartitionKey::from(&key);
-        let release = |address: String| {
+        let release = |worker: WorkerAt| {
             let wire_key = wire_key.clone();
             let shared = Arc::clone(&self.shared);
             async move {
                 shared
                     .workers
-                    .request(&address, |request_id| {
+                    .request(&worker, |request_id| {
                         Message::ReleasePartition(pb::ReleasePartition {
                             request_id,
                             key: Some(wire_key.clone()),
@@ -435,12 +439,13 @@ impl TierMasterAgent for MasterAgent {
             }
         };
         let result = block_on(async {
-            match release(descriptor.worker_address.clone()).await {
+            let placed = WorkerAt::new(&descriptor.worker_id, &descriptor.worker_address);
+            match release(placed).await {
                 // The descriptor's worker is gone: the partition may have
                 // been relocated before its first push.
                 Err(e) if e.kind() == ErrorKind::Unavailable => {
                     match self.shared.locate(&wire_key).await {
-                        Some(address) => release(address).await,
+                        Some(worker) => release(worker).await,
                         None => Err(e),
                     }
                 }

@@ -12,6 +12,7 @@ use terrace_proto::{Message, pb};
 use terrace_tier_api::{JobId, PartitionId, PartitionKey, TierError, TierResult};
 
 use crate::agent::{MasterAgent, Shared};
+use crate::workers::WorkerAt;
 
 /// Most workers one partition's chain of parts is followed over.
 const MAX_PARTS: usize = 256;
@@ -101,11 +102,14 @@ impl MasterAgent {
                         break;
                     };
                     let shared = Arc::clone(&shared);
-                    let placed_at = placed_on.and_then(|id| addresses.get(&id).cloned());
+                    let placed_at = placed_on.and_then(|id| {
+                        addresses.get(&id).map(|address| WorkerAt::new(id, address))
+                    });
+                    let known = Arc::clone(&addresses);
                     queries.spawn(async move {
                         let metrics = tokio::time::timeout_at(
                             deadline,
-                            finished_bytes(&shared, &key, placed_at),
+                            finished_bytes(&shared, &key, placed_at, &known),
                         )
                         .await;
                         (key, metrics)
@@ -140,21 +144,25 @@ impl MasterAgent {
 /// The stored bytes per subpartition of a partition whose every part is
 /// sealed, summed over its parts; `None` when it is missing or unfinished.
 /// Its first part is where the masters say it was relocated, else at
-/// `placed_at`.
+/// `placed_at`. A later part is followed only to a worker the masters list
+/// (`known`: id to address) at the address a part names: the agent presents
+/// the cluster secret there, and a part's forward pointer came from a
+/// producer, which holds only the job's token.
 async fn finished_bytes(
     shared: &Shared,
     key: &PartitionKey,
-    placed_at: Option<String>,
+    placed_at: Option<WorkerAt>,
+    known: &std::collections::HashMap<String, String>,
 ) -> TierResult<Option<Vec<u64>>> {
     let wire_key = pb::PartitionKey::from(key);
-    let Some(mut address) = shared.locate(&wire_key).await.or(placed_at) else {
+    let Some(mut worker) = shared.locate(&wire_key).await.or(placed_at) else {
         return Ok(None);
     };
     let mut total: Option<Vec<u64>> = None;
     for _ in 0..MAX_PARTS {
         let reply = shared
             .workers
-            .request(&address, |request_id| {
+            .request(&worker, |request_id| {
                 Message::PartitionMetrics(pb::PartitionMetrics {
                     request_id,
                     key: Some(wire_key.clone()),
@@ -165,7 +173,7 @@ async fn finished_bytes(
             Ok(Message::PartitionMetricsReply(part)) => part,
             Ok(other) => {
                 return Err(TierError::internal(format!(
-                    "{address} answered PartitionMetrics with {:?}",
+                    "{worker} answered PartitionMetrics with {:?}",
                     other.message_type()
                 )));
             }
@@ -195,7 +203,13 @@ async fn finished_bytes(
         if part.next_address.is_empty() {
             return Ok(total);
         }
-        address = part.next_address;
+        if known.get(&part.next_worker_id) != Some(&part.next_address) {
+            return Err(TierError::permission_denied(format!(
+                "{worker} says the next part of {key} is on worker {:?} at {:?}, which the masters do not list there: not followed",
+                part.next_worker_id, part.next_address
+            )));
+        }
+        worker = WorkerAt::new(part.next_worker_id, part.next_address);
     }
     Err(TierError::internal(format!(
         "{key} is split over more than {MAX_PARTS} workers"

@@ -206,7 +206,7 @@ async fn serve(listener: TcpListener, requests: Arc<Mutex<Requests>>, stop: Canc
             let (read, write) = stream.into_split();
             let sender = spawn_writer(write, CancellationToken::new());
             let mut reader = FrameReader::new(read, 1 << 20);
-            if accept_handshake(&mut reader, &sender, "fake worker", &[])
+            if accept_handshake(&mut reader, &sender, "fake worker", "worker fake", &[])
                 .await
                 .is_err()
             {

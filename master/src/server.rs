@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use terrace_rpc::{ClusterSecret, Security, ServerSpec};
+use terrace_rpc::{ClusterSecret, Security, ServerIdentity, ServerSpec};
 use terrace_tier_api::{TierError, TierResult};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -99,6 +99,7 @@ pub async fn run_with_clock(
     };
     let spec = ServerSpec {
         name: SERVER_NAME.to_string(),
+        identity: ServerIdentity::Master,
         max_frame: config.max_frame_size.as_usize(),
         options: config.server.clone(),
         secret: security.secret,

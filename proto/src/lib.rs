@@ -21,8 +21,10 @@ pub use codec::{
 pub use message::{Message, MessageType};
 
 /// The protocol version sent in every handshake. Peers with another version are refused.
-/// Version 2 added authentication (`auth_challenge`, `Authenticate`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 2 added authentication (`auth_challenge`, `Authenticate`);
+/// version 3 binds proofs to the server's stated identity
+/// (`server_identity`) and to the TLS session.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Default upper bound for one frame (type, header and body), in bytes.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;

@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::BoxRead;
-use crate::security::{AUTH_BYTES, Credential, JobToken, TlsClient};
+use crate::security::{
+    AUTH_BYTES, Credential, ExpectedServer, JobToken, TlsClient, tls_channel_binding,
+};
 use crate::writer::{FrameSender, spawn_writer};
 
 /// How to connect.
@@ -27,6 +29,10 @@ pub struct ClientOptions {
     pub max_frame_bytes: usize,
     /// What to prove when the server challenges (see [`Credential`]).
     pub credential: Credential,
+    /// Whom the client means to reach: it presents `credential` only to a
+    /// server that states this identity. An address a peer supplied must
+    /// name the server it is expected to be (see [`ExpectedServer`]).
+    pub server: ExpectedServer,
     /// Set: connect over TLS, trusting the servers its CAs sign.
     pub tls: Option<TlsClient>,
 }
@@ -39,6 +45,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(120),
             max_frame_bytes: terrace_proto::DEFAULT_MAX_FRAME_BYTES,
             credential: Credential::None,
+            server: ExpectedServer::Any,
             tls: None,
         }
     }
@@ -60,8 +67,15 @@ impl ClientOptions {
             request_timeout: config.request_timeout,
             max_frame_bytes: config.max_frame_size.as_usize(),
             credential: Credential::None,
+            server: ExpectedServer::Any,
             tls,
         })
+    }
+
+    /// These options for reaching `server` only.
+    pub fn expecting(mut self, server: ExpectedServer) -> Self {
+        self.server = server;
+        self
     }
 
     /// These options presenting the job token of `descriptor` (none when the
@@ -176,12 +190,13 @@ impl Client {
             .set_nodelay(true)
             .map_err(|e| TierError::unavailable(format!("set TCP_NODELAY on {addr}: {e}")))?;
         let cancel = CancellationToken::new();
-        let (read, sender) = match &options.tls {
+        let (read, sender, channel) = match &options.tls {
             None => {
                 let (read, write) = stream.into_split();
                 (
                     Box::new(read) as BoxRead,
                     spawn_writer(write, cancel.clone()),
+                    Vec::new(),
                 )
             }
             Some(tls) => {
@@ -202,10 +217,12 @@ impl Client {
                         "TLS handshake with {addr}: {e} (does it serve TLS, with a certificate the configured CA signed?)"
                     ))
                 })?;
+                let channel = tls_channel_binding(stream.get_ref().1)?;
                 let (read, write) = tokio::io::split(stream);
                 (
                     Box::new(read) as BoxRead,
                     spawn_writer(write, cancel.clone()),
+                    channel,
                 )
             }
         };
@@ -242,9 +259,9 @@ impl Client {
             })
             .await
             .map_err(|e| e.context(format!("handshake with {addr}")))?;
-        let challenge = match reply {
+        let (challenge, server) = match reply {
             Message::HandshakeOk(ok) if ok.protocol_version == PROTOCOL_VERSION => {
-                ok.auth_challenge
+                (ok.auth_challenge, ok.server_identity)
             }
             other => {
                 return Err(TierError::bad_input(format!(
@@ -253,22 +270,32 @@ impl Client {
                 )));
             }
         };
-        client
-            .authenticate(addr, &challenge, &options.credential)
-            .await?;
+        let authenticated = client
+            .authenticate(addr, &challenge, &server, &channel, options)
+            .await;
+        if let Err(e) = authenticated {
+            client.close();
+            return Err(e);
+        }
         Ok(client)
     }
 
-    /// Answers the server's challenge and checks the server's own proof. A
-    /// server that does not challenge is accepted only by a client that has
-    /// nothing to prove: one that holds a credential expects a cluster
-    /// member, and such a server is not one.
+    /// Answers the challenge of the server that stated `server` as its
+    /// identity, over a channel with exporter value `channel`, and checks the
+    /// server's own proof. A client that holds a credential presents it only
+    /// to the server it meant to reach (`options.server`). A server that does
+    /// not challenge is accepted only by a client that has nothing to prove:
+    /// one that holds a credential expects a cluster member, and such a
+    /// server is not one.
     async fn authenticate(
         &self,
         addr: &str,
         challenge: &[u8],
-        credential: &Credential,
+        server: &str,
+        channel: &[u8],
+        options: &ClientOptions,
     ) -> TierResult<()> {
+        let credential = &options.credential;
         if challenge.is_empty() {
             return match credential {
                 Credential::None => Ok(()),
@@ -283,7 +310,13 @@ impl Client {
                 challenge.len()
             )));
         }
-        let (answer, expected) = credential.answer(challenge)?;
+        if !credential.is_none() && !options.server.admits(server) {
+            return Err(TierError::permission_denied(format!(
+                "{addr} says it is {server:?} but this client meant to reach {}: not authenticating to it (an address that does not lead where it was said to)",
+                options.server
+            )));
+        }
+        let (answer, expected) = credential.answer(challenge, server, channel)?;
         let (reply, _) = self
             .request(|request_id| {
                 Message::Authenticate(pb::Authenticate {

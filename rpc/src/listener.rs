@@ -4,7 +4,11 @@
 //!
 //! What a connection may cost the server is bounded here:
 //! - at most `max_connections` at once; one more is told so and closed;
-//! - the handshake must arrive within `handshake_timeout`;
+//! - the TLS handshake, the protocol handshake and (with a secret) the
+//!   authentication must all be done within `handshake_timeout`; with a
+//!   secret, a peer that proves nothing is refused there, so before it proved
+//!   itself a connection is read only for those few small frames (no request,
+//!   no body, no budget);
 //! - once a frame's prefix has arrived, its rest must within `frame_timeout`
 //!   (time the server spends waiting for its own memory does not count);
 //!   past it the connection is closed and what the frame held is freed;
@@ -29,7 +33,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::security::{ClusterSecret, Identity, TlsServer};
+use crate::security::{ClusterSecret, Identity, ServerIdentity, TlsServer, tls_channel_binding};
 use crate::server::{accept_authentication, accept_handshake, reply_error};
 use crate::writer::{FrameSender, spawn_writer, spawn_writer_with_stall_limit};
 
@@ -118,6 +122,11 @@ const GRANT_CHUNK: usize = 256 * 1024;
 /// with unread input sends a reset that can overtake it).
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
+/// Most input discarded while lingering after a refused opening (handshake or
+/// authentication): a peer that has not proved itself gets its error, not
+/// its push read, even into a scratch buffer.
+const OPENING_LINGER_BYTES: usize = 64 * 1024;
+
 /// Connections refused for the connection limit that are still being told so;
 /// past this, one more is closed without a word.
 const MAX_REFUSING: usize = 64;
@@ -138,6 +147,10 @@ pub struct Accepted {
     options: Arc<ServerOptions>,
     /// Set once a connection-level error was sent: linger before closing.
     failed: bool,
+    /// Most input discarded while lingering.
+    linger_bytes: usize,
+    /// Longest wait at close for queued replies to be written.
+    close_wait: Duration,
 }
 
 impl std::fmt::Debug for Accepted {
@@ -313,6 +326,8 @@ impl Accepted {
 pub struct ServerSpec {
     /// Given in handshakes and logs.
     pub name: String,
+    /// Who this server is, stated in every handshake and covered by proofs.
+    pub identity: ServerIdentity,
     /// Largest frame accepted from a peer.
     pub max_frame: usize,
     pub options: ServerOptions,
@@ -437,25 +452,35 @@ async fn open(
     shutdown: CancellationToken,
 ) -> Option<Accepted> {
     set_socket_options(&stream, &options, peer);
+    // One deadline for the whole opening: TLS, handshake, authentication.
+    let deadline = tokio::time::Instant::now() + options.handshake_timeout;
     let write_failed = CancellationToken::new();
     let stall = Some(options.frame_timeout);
-    let (reader, sender) = match &spec.tls {
+    let (reader, sender, channel) = match &spec.tls {
         None => {
             let (read, write) = stream.into_split();
             let sender = spawn_writer_with_stall_limit(write, write_failed.clone(), stall);
-            (Box::new(read) as BoxRead, sender)
+            (Box::new(read) as BoxRead, sender, Vec::new())
         }
         Some(tls) => {
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                stream = tls_accept(stream, tls, &spec.name, &options, peer) => stream?,
+                stream = tls_accept(stream, tls, &spec.name, &options, peer, deadline) => stream?,
+            };
+            let channel = match tls_channel_binding(stream.get_ref().1) {
+                Ok(channel) => channel,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "refused connection");
+                    return None;
+                }
             };
             let (read, write) = tokio::io::split(stream);
             let sender = spawn_writer_with_stall_limit(write, write_failed.clone(), stall);
-            (Box::new(read) as BoxRead, sender)
+            (Box::new(read) as BoxRead, sender, channel)
         }
     };
     let mut reader = FrameReader::new(reader, spec.max_frame);
+    let identity = spec.identity.to_string();
     let opening = async {
         let challenge = match &spec.secret {
             Some(_) => Some(crate::security::random_bytes().map_err(|e| e.message().to_string())?),
@@ -465,23 +490,31 @@ async fn open(
             &mut reader,
             &sender,
             &spec.name,
+            &identity,
             challenge.as_ref().map_or(&[][..], |c| &c[..]),
         )
         .await?;
-        let identity = match (&spec.secret, challenge) {
+        let proved = match (&spec.secret, challenge) {
             (Some(secret), Some(challenge)) => {
-                accept_authentication(&mut reader, &sender, secret, &challenge).await?
+                accept_authentication(
+                    &mut reader,
+                    &sender,
+                    secret,
+                    &challenge,
+                    &identity,
+                    &channel,
+                )
+                .await?
             }
             _ => Identity::Open,
         };
-        Ok::<_, String>((client, identity))
+        Ok::<_, String>((client, proved))
     };
     let opened = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        r = tokio::time::timeout(options.handshake_timeout, opening) => {
-            r.unwrap_or_else(|_| Err(format!("no handshake within {:?} (server.handshake_timeout)", options.handshake_timeout)))
-        }
+        r = tokio::time::timeout_at(deadline, opening) => r,
     };
+    let close_wait = options.frame_timeout;
     let mut accepted = Accepted {
         peer,
         client: String::new(),
@@ -492,22 +525,44 @@ async fn open(
         reader,
         options,
         failed: false,
+        linger_bytes: usize::MAX,
+        close_wait,
     };
     match opened {
-        Ok((client, identity)) => {
+        Ok(Ok((client, identity))) => {
             tracing::debug!(%peer, %client, ?identity, "connection open");
             accepted.client = client;
             accepted.identity = identity;
             Some(accepted)
         }
-        Err(reason) => {
+        Ok(Err(reason)) => {
             if reason.starts_with("closed before the") {
                 // Port probes and health checks.
                 tracing::debug!(%peer, reason, "connection closed before the handshake");
             } else {
                 tracing::warn!(%peer, reason, "refused connection");
+                // Linger a moment so the error arrives, over little input.
                 accepted.failed = true;
+                accepted.linger_bytes = OPENING_LINGER_BYTES;
+                accepted.close_wait = CLOSE_LINGER;
             }
+            close(accepted).await;
+            None
+        }
+        Err(_) => {
+            // Closed at the deadline, without a word or a linger: the slot
+            // goes now.
+            let reason = format!(
+                "no handshake{} within {:?} (server.handshake_timeout)",
+                if spec.secret.is_some() {
+                    " and authentication"
+                } else {
+                    ""
+                },
+                accepted.options.handshake_timeout
+            );
+            tracing::warn!(%peer, reason, "refused connection");
+            accepted.close_wait = CLOSE_LINGER;
             close(accepted).await;
             None
         }
@@ -517,19 +572,20 @@ async fn open(
 /// The first byte of a TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// Takes a connection's TLS handshake within `server.handshake_timeout`. A
-/// peer that speaks plaintext Terrace is told, in plaintext, that this
-/// server takes only TLS.
+/// Takes a connection's TLS handshake by `deadline` (`server.handshake_timeout`
+/// after accept). A peer that speaks plaintext Terrace is told, in
+/// plaintext, that this server takes only TLS.
 async fn tls_accept(
     stream: TcpStream,
     tls: &TlsServer,
     name: &str,
     options: &ServerOptions,
     peer: SocketAddr,
+    deadline: tokio::time::Instant,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let deadline = options.handshake_timeout;
+    let timeout = options.handshake_timeout;
     let mut first = [0u8; 1];
-    match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
         Ok(Ok(1)) => {
             tracing::warn!(%peer, "refused a plaintext connection: this server takes only TLS");
@@ -541,18 +597,18 @@ async fn tls_accept(
         }
         Ok(_) => return None,
         Err(_) => {
-            tracing::warn!(%peer, "no TLS handshake within {deadline:?} (server.handshake_timeout)");
+            tracing::warn!(%peer, "no TLS handshake within {timeout:?} (server.handshake_timeout)");
             return None;
         }
     }
-    match tokio::time::timeout(deadline, tls.acceptor.accept(stream)).await {
+    match tokio::time::timeout_at(deadline, tls.acceptor.accept(stream)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
-            tracing::warn!(%peer, "TLS handshake not done within {deadline:?} (server.handshake_timeout)");
+            tracing::warn!(%peer, "TLS handshake not done within {timeout:?} (server.handshake_timeout)");
             None
         }
     }
@@ -567,11 +623,13 @@ async fn close(accepted: Accepted) {
         failed,
         peer,
         write_failed,
-        options,
+        linger_bytes,
+        close_wait,
         ..
     } = accepted;
-    // Queued replies get one frame deadline to reach a peer that reads them.
-    if tokio::time::timeout(options.frame_timeout, sender.wait_queued_below(1))
+    // Queued replies get one frame deadline (a refused opening a moment) to
+    // reach a peer that reads them.
+    if tokio::time::timeout(close_wait, sender.wait_queued_below(1))
         .await
         .is_err()
     {
@@ -580,7 +638,7 @@ async fn close(accepted: Accepted) {
     }
     drop(sender);
     if failed {
-        linger(reader.get_mut()).await;
+        linger(reader.get_mut(), linger_bytes).await;
     }
     tracing::debug!(%peer, "connection closed");
 }
@@ -591,15 +649,18 @@ async fn refuse(stream: TcpStream, code: pb::ErrorCode, message: String) {
     let sender = spawn_writer(write, CancellationToken::new());
     reply_error(&sender, 0, code, message);
     drop(sender);
-    linger(&mut read).await;
+    linger(&mut read, OPENING_LINGER_BYTES).await;
 }
 
-/// Discards input until the peer closes, for at most [`CLOSE_LINGER`].
-async fn linger<R: AsyncRead + Unpin + ?Sized>(read: &mut R) {
+/// Discards input until the peer closes, for at most [`CLOSE_LINGER`] and
+/// `max_bytes`.
+async fn linger<R: AsyncRead + Unpin + ?Sized>(read: &mut R, max_bytes: usize) {
     let mut scratch = [0u8; 4096];
+    let mut discarded = 0usize;
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
         while let Ok(n) = read.read(&mut scratch).await {
-            if n == 0 {
+            discarded = discarded.saturating_add(n);
+            if n == 0 || discarded >= max_bytes {
                 break;
             }
         }

@@ -11,10 +11,18 @@
 //!   which puts it in the shuffle descriptors. It opens that job's data and
 //!   nothing else, and a worker derives it from the secret without state.
 //!
-//! The proofs bind the server's challenge, the client's nonce and the job id,
-//! with a different label for each direction, so a proof cannot be replayed on
-//! another connection or reflected back. Without TLS the traffic after the
-//! exchange is neither encrypted nor bound to it.
+//! The proofs bind the server's challenge, the client's nonce, the job id, the
+//! identity the server states in its challenge ("master", "worker <id>") and,
+//! over TLS, the TLS channel (an exporter value of the session), with a
+//! different label for each direction. So a proof cannot be replayed on
+//! another connection or reflected back, and a proof a relay obtains from a
+//! client that meant to reach one server is refused by any other: the client
+//! answers only a server stating the identity it meant to reach, the server
+//! checks the proof against its own identity and channel. Without TLS the
+//! traffic after the exchange is neither encrypted nor bound to it.
+//!
+//! A server with a secret serves only connections that proved something: a
+//! client without a proof is refused at authentication and closed.
 
 use std::fmt;
 use std::io::Read;
@@ -44,8 +52,15 @@ const MAX_SECRET_BYTES: usize = 4096;
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 const JOB_TOKEN_LABEL: &[u8] = b"terrace job token v1";
-const CLIENT_PROOF_LABEL: &[u8] = b"terrace client proof v1";
-const SERVER_PROOF_LABEL: &[u8] = b"terrace server proof v1";
+const CLIENT_PROOF_LABEL: &[u8] = b"terrace client proof v2";
+const SERVER_PROOF_LABEL: &[u8] = b"terrace server proof v2";
+/// The TLS exporter label whose value binds proofs to the TLS session (RFC 5705).
+const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-terrace-authentication-v1";
+
+/// Permission bits a secret file may not have: any for group or others
+/// (like ssh's private keys).
+#[cfg(unix)]
+const SECRET_FILE_FORBIDDEN_MODE: u32 = 0o077;
 
 /// The cluster secret. Its bytes never leave this type (`Debug` hides them).
 #[derive(Clone)]
@@ -75,9 +90,13 @@ impl ClusterSecret {
         })
     }
 
-    /// Reads the secret from `path`.
+    /// Reads the secret from `path`, which only its owner may access (mode
+    /// 0600 or 0400): a secret others can read is not one.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let bytes = read_bounded(path, MAX_SECRET_BYTES as u64, "secret file")?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("open secret file {}: {e}", path.display()))?;
+        check_private(&file, path)?;
+        let bytes = read_bounded_from(file, path, MAX_SECRET_BYTES as u64, "secret file")?;
         Self::from_bytes(&bytes).map_err(|e| format!("secret file {}: {e}", path.display()))
     }
 
@@ -176,11 +195,20 @@ impl Credential {
         }
     }
 
-    /// The client's answer to `challenge`, and what to check the server's
-    /// reply against (`None`: the client has nothing to prove).
+    /// Whether this credential proves anything.
+    pub fn is_none(&self) -> bool {
+        matches!(self, Credential::None)
+    }
+
+    /// The client's answer to `challenge` from the server that stated
+    /// `server` as its identity, over a channel with exporter value
+    /// `channel` (empty without TLS), and what to check the server's reply
+    /// against (`None`: the client has nothing to prove).
     pub(crate) fn answer(
         &self,
         challenge: &[u8],
+        server: &str,
+        channel: &[u8],
     ) -> Result<(pb::Authenticate, Option<ExpectedProof>), TierError> {
         let nonce = random_bytes()?;
         let job = self.job();
@@ -195,13 +223,11 @@ impl Credential {
                 None,
             ));
         };
-        let parts = [challenge, &nonce[..], job];
+        let parts = [challenge, &nonce[..], job, server.as_bytes(), channel];
         let proof = hmac::sign(&key, &labelled(CLIENT_PROOF_LABEL, &parts));
         let expected = ExpectedProof {
             key,
-            challenge: challenge.to_vec(),
-            nonce,
-            job: job.to_vec(),
+            parts: parts.iter().map(|p| p.to_vec()).collect(),
         };
         Ok((
             pb::Authenticate {
@@ -219,16 +245,79 @@ impl Credential {
 #[derive(Debug)]
 pub(crate) struct ExpectedProof {
     key: hmac::Key,
-    challenge: Vec<u8>,
-    nonce: [u8; AUTH_BYTES],
-    job: Vec<u8>,
+    /// What the client's proof covered; the server's covers the same.
+    parts: Vec<Vec<u8>>,
 }
 
 impl ExpectedProof {
     pub(crate) fn check(&self, proof: &[u8]) -> bool {
-        let parts = [&self.challenge[..], &self.nonce[..], &self.job[..]];
+        let parts: Vec<&[u8]> = self.parts.iter().map(Vec::as_slice).collect();
         hmac::verify(&self.key, &labelled(SERVER_PROOF_LABEL, &parts), proof).is_ok()
     }
+}
+
+/// Who a server is. It states it in its challenge (`HandshakeOk.server_identity`)
+/// and both proofs cover it: a proof made for one server is refused by
+/// another. Every master states the same identity; each worker its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerIdentity {
+    Master,
+    Worker(String),
+}
+
+impl fmt::Display for ServerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerIdentity::Master => f.write_str("master"),
+            ServerIdentity::Worker(id) => write!(f, "worker {id}"),
+        }
+    }
+}
+
+/// Whom a client means to reach. A client that holds a credential answers
+/// only a server whose stated identity is this one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ExpectedServer {
+    /// Whichever server answers: for addresses an operator gave
+    /// (configuration, a command line), never for one a peer supplied.
+    #[default]
+    Any,
+    /// Any worker (an operator names a worker by its address).
+    AnyWorker,
+    /// Exactly this server.
+    Is(ServerIdentity),
+}
+
+impl ExpectedServer {
+    /// Whether a server stating `stated` is the one meant.
+    pub(crate) fn admits(&self, stated: &str) -> bool {
+        match self {
+            ExpectedServer::Any => true,
+            ExpectedServer::AnyWorker => stated.starts_with("worker "),
+            ExpectedServer::Is(identity) => stated == identity.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ExpectedServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedServer::Any => f.write_str("any server"),
+            ExpectedServer::AnyWorker => f.write_str("a worker"),
+            ExpectedServer::Is(identity) => write!(f, "{:?}", identity.to_string()),
+        }
+    }
+}
+
+/// The value both ends of a TLS session derive from it (RFC 5705), which
+/// proofs cover so that they are good on this session only.
+pub(crate) fn tls_channel_binding<D>(
+    connection: &rustls::ConnectionCommon<D>,
+) -> Result<Vec<u8>, TierError> {
+    connection
+        .export_keying_material([0u8; AUTH_BYTES], TLS_EXPORTER_LABEL, None)
+        .map(|value| value.to_vec())
+        .map_err(|e| TierError::internal(format!("TLS keying material export failed: {e}")))
 }
 
 /// What a connection proved, and so what it may do.
@@ -295,11 +384,16 @@ pub(crate) fn random_bytes() -> Result<[u8; AUTH_BYTES], TierError> {
     Ok(bytes)
 }
 
-/// Checks a client's answer to `challenge`: the identity it proved and the
-/// server's proof to send back, or why it is refused.
+/// Checks a client's answer to `challenge`, given by a server that stated
+/// `server` as its identity on a channel with exporter value `channel`
+/// (empty without TLS): the identity it proved and the server's proof to send
+/// back, or why it is refused. A client that proves nothing is refused: a
+/// server with a secret serves nobody else.
 pub(crate) fn verify(
     secret: &ClusterSecret,
     challenge: &[u8],
+    server: &str,
+    channel: &[u8],
     answer: &pb::Authenticate,
 ) -> Result<(Identity, Vec<u8>), String> {
     if answer.client_nonce.len() != AUTH_BYTES {
@@ -309,7 +403,9 @@ pub(crate) fn verify(
         ));
     }
     if answer.proof.is_empty() {
-        return Ok((Identity::Anonymous, Vec::new()));
+        return Err(format!(
+            "this server holds a cluster secret and serves only connections that prove it or a job's token; this one did not authenticate (set secret_file or {SECRET_FILE_ENV})"
+        ));
     }
     if answer.job_id.len() > MAX_ID_BYTES {
         return Err(format!(
@@ -330,10 +426,16 @@ pub(crate) fn verify(
             format!("the token of job {}", hex(&answer.job_id)),
         )
     };
-    let parts = [challenge, &answer.client_nonce[..], &answer.job_id[..]];
+    let parts = [
+        challenge,
+        &answer.client_nonce[..],
+        &answer.job_id[..],
+        server.as_bytes(),
+        channel,
+    ];
     if hmac::verify(&key, &labelled(CLIENT_PROOF_LABEL, &parts), &answer.proof).is_err() {
         return Err(format!(
-            "authentication failed: the proof does not match {whose} (is secret_file the same on every member of the cluster?)"
+            "authentication failed: the proof does not match {whose} for {server:?} on this connection (is secret_file the same on every member of the cluster? a proof made for another server or relayed from another connection is refused)"
         ));
     }
     let proof = hmac::sign(&key, &labelled(SERVER_PROOF_LABEL, &parts));
@@ -358,6 +460,15 @@ fn hex(bytes: &[u8]) -> String {
 fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, String> {
     let file =
         std::fs::File::open(path).map_err(|e| format!("open {what} {}: {e}", path.display()))?;
+    read_bounded_from(file, path, max, what)
+}
+
+fn read_bounded_from(
+    file: std::fs::File,
+    path: &Path,
+    max: u64,
+    what: &str,
+) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     file.take(max + 1)
         .read_to_end(&mut bytes)
@@ -369,6 +480,32 @@ fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(bytes)
+}
+
+/// Refuses a secret file that group or others may access. Checked on the
+/// open file, so what is read is what was checked.
+#[cfg(unix)]
+fn check_private(file: &std::fs::File, path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("stat secret file {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & SECRET_FILE_FORBIDDEN_MODE != 0 {
+        return Err(format!(
+            "secret file {} has mode {:04o}: it is accessible by group or others, so it is no secret; run `chmod 600 {}`",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_file: &std::fs::File, _path: &Path) -> Result<(), String> {
+    Ok(())
 }
 
 /// `[security]` of a master's or worker's configuration file. Agents carry
@@ -587,6 +724,9 @@ mod tests {
         assert_ne!(a, other.job_token(b"job-a"));
     }
 
+    const WORKER_A: &str = "worker a";
+    const NO_TLS: &[u8] = &[];
+
     #[test]
     fn proofs_identify_the_key_and_the_server_proves_back() {
         let s = secret();
@@ -600,17 +740,28 @@ mod tests {
                 },
                 Identity::Job(Bytes::from_static(b"job-a")),
             ),
-            (Credential::None, Identity::Anonymous),
         ] {
-            let (answer, expected) = credential.answer(&challenge).unwrap();
-            let (got, server_proof) = verify(&s, &challenge, &answer).unwrap();
+            let (answer, expected) = credential.answer(&challenge, WORKER_A, NO_TLS).unwrap();
+            let expected = expected.expect("a credential expects the server's proof");
+            let (got, server_proof) = verify(&s, &challenge, WORKER_A, NO_TLS, &answer).unwrap();
             assert_eq!(got, identity);
-            if let Some(expected) = expected {
-                assert!(expected.check(&server_proof));
-                // The client's own proof is not a valid server proof.
-                assert!(!expected.check(&answer.proof));
-            }
+            assert!(expected.check(&server_proof));
+            // The client's own proof is not a valid server proof.
+            assert!(!expected.check(&answer.proof));
         }
+    }
+
+    #[test]
+    fn a_client_without_a_proof_is_refused() {
+        let s = secret();
+        let challenge = random_bytes().unwrap();
+        let (answer, expected) = Credential::None
+            .answer(&challenge, WORKER_A, NO_TLS)
+            .unwrap();
+        assert!(expected.is_none());
+        assert!(answer.proof.is_empty());
+        let err = verify(&s, &challenge, WORKER_A, NO_TLS, &answer).unwrap_err();
+        assert!(err.contains("did not authenticate"), "{err}");
     }
 
     #[test]
@@ -619,22 +770,112 @@ mod tests {
         let other = ClusterSecret::from_bytes(b"another secret of enough bytes").unwrap();
         let challenge = random_bytes().unwrap();
         let (answer, _) = Credential::Cluster(other.clone())
-            .answer(&challenge)
+            .answer(&challenge, WORKER_A, NO_TLS)
             .unwrap();
-        assert!(verify(&s, &challenge, &answer).is_err());
+        assert!(verify(&s, &challenge, WORKER_A, NO_TLS, &answer).is_err());
         // Job B's token claimed for job A.
         let (mut answer, _) = Credential::Job {
             job: Bytes::from_static(b"job-b"),
             token: s.job_token(b"job-b"),
         }
-        .answer(&challenge)
+        .answer(&challenge, WORKER_A, NO_TLS)
         .unwrap();
         answer.job_id = Bytes::from_static(b"job-a");
-        assert!(verify(&s, &challenge, &answer).is_err());
+        assert!(verify(&s, &challenge, WORKER_A, NO_TLS, &answer).is_err());
         // A proof made for one challenge fails on another connection's.
-        let (answer, _) = Credential::Cluster(s.clone()).answer(&challenge).unwrap();
+        let (answer, _) = Credential::Cluster(s.clone())
+            .answer(&challenge, WORKER_A, NO_TLS)
+            .unwrap();
         let fresh = random_bytes().unwrap();
-        assert!(verify(&s, &fresh, &answer).is_err());
+        assert!(verify(&s, &fresh, WORKER_A, NO_TLS, &answer).is_err());
+    }
+
+    /// What a relay would do: pass a proof made for one server (identity,
+    /// TLS session) on to another. Every mismatch is refused, and the server
+    /// proof made for one binding does not satisfy a client of another.
+    #[test]
+    fn a_proof_is_bound_to_the_server_identity_and_the_tls_channel() {
+        let s = secret();
+        let challenge = random_bytes().unwrap();
+        let master = ServerIdentity::Master.to_string();
+        let channel_a = [1u8; AUTH_BYTES];
+        let channel_b = [2u8; AUTH_BYTES];
+        for credential in [
+            Credential::Cluster(s.clone()),
+            Credential::Job {
+                job: Bytes::from_static(b"job-a"),
+                token: s.job_token(b"job-a"),
+            },
+        ] {
+            // Made for worker a, presented to a master with the same challenge.
+            let (answer, expected) = credential.answer(&challenge, WORKER_A, NO_TLS).unwrap();
+            let err = verify(&s, &challenge, &master, NO_TLS, &answer).unwrap_err();
+            assert!(err.contains("authentication failed"), "{err}");
+            // The same proof is good where it was meant to go.
+            assert!(verify(&s, &challenge, WORKER_A, NO_TLS, &answer).is_ok());
+            // A master's proof does not satisfy a client that meant worker a.
+            let (for_master, _) = credential.answer(&challenge, &master, NO_TLS).unwrap();
+            let (_, master_proof) = verify(&s, &challenge, &master, NO_TLS, &for_master).unwrap();
+            assert!(!expected.expect("expects a proof").check(&master_proof));
+
+            // Bound to one TLS session, refused on another (and without TLS).
+            let (answer, expected) = credential.answer(&challenge, WORKER_A, &channel_a).unwrap();
+            assert!(verify(&s, &challenge, WORKER_A, &channel_b, &answer).is_err());
+            assert!(verify(&s, &challenge, WORKER_A, NO_TLS, &answer).is_err());
+            let (_, proof) = verify(&s, &challenge, WORKER_A, &channel_a, &answer).unwrap();
+            let expected = expected.expect("expects a proof");
+            assert!(expected.check(&proof));
+            let (on_b, _) = credential.answer(&challenge, WORKER_A, &channel_b).unwrap();
+            let (_, proof_b) = verify(&s, &challenge, WORKER_A, &channel_b, &on_b).unwrap();
+            assert!(!expected.check(&proof_b));
+        }
+    }
+
+    #[test]
+    fn clients_admit_only_the_server_they_meant() {
+        let worker_a = ServerIdentity::Worker("a".into()).to_string();
+        assert_eq!(worker_a, WORKER_A);
+        assert_eq!(ServerIdentity::Master.to_string(), "master");
+        let meant = ExpectedServer::Is(ServerIdentity::Worker("a".into()));
+        assert!(meant.admits("worker a"));
+        assert!(!meant.admits("worker b"));
+        assert!(!meant.admits("worker a "));
+        assert!(!meant.admits("master"));
+        assert!(!meant.admits(""));
+        assert!(ExpectedServer::Is(ServerIdentity::Master).admits("master"));
+        assert!(!ExpectedServer::Is(ServerIdentity::Master).admits("worker master"));
+        assert!(ExpectedServer::AnyWorker.admits("worker b"));
+        assert!(!ExpectedServer::AnyWorker.admits("master"));
+        assert!(ExpectedServer::Any.admits("master"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_others_can_access_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "0123456789abcdef-the-secret\n").unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o644, false),
+            (0o640, false),
+            (0o604, false),
+            (0o620, false),
+            (0o660, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            match ClusterSecret::load(&path) {
+                Ok(_) => assert!(ok, "mode {mode:04o} was accepted"),
+                Err(e) => {
+                    assert!(!ok, "mode {mode:04o} was refused: {e}");
+                    assert!(e.contains(&path.display().to_string()), "{e}");
+                    assert!(e.contains(&format!("mode {mode:04o}")), "{e}");
+                    assert!(e.contains("chmod 600"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

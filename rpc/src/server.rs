@@ -61,13 +61,15 @@ async fn read_opening_frame<R: AsyncRead + Unpin>(
 }
 
 /// Reads the first frame, which must be a handshake with our protocol version,
-/// and answers it with `auth_challenge` (empty when the server has no secret).
-/// On failure an error frame is queued and the reason returned; the caller
-/// closes the connection.
+/// and answers it with the server's identity (`"master"`, `"worker <id>"`)
+/// and `auth_challenge` (empty when the server has no secret). On failure an
+/// error frame is queued and the reason returned; the caller closes the
+/// connection.
 pub async fn accept_handshake<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     sender: &FrameSender,
     server_name: &str,
+    server_identity: &str,
     auth_challenge: &[u8],
 ) -> Result<String, String> {
     match read_opening_frame(reader, sender, "handshake").await? {
@@ -91,6 +93,7 @@ pub async fn accept_handshake<R: AsyncRead + Unpin>(
                     protocol_version: PROTOCOL_VERSION,
                     server_name: server_name.to_string(),
                     auth_challenge: auth_challenge.to_vec().into(),
+                    server_identity: server_identity.to_string(),
                 }),
                 bytes::Bytes::new(),
             );
@@ -118,36 +121,42 @@ pub async fn accept_handshake<R: AsyncRead + Unpin>(
 }
 
 /// Reads the client's `Authenticate`, which must follow a handshake that
-/// carried `challenge`, and answers it with the server's proof. Returns what
-/// the client proved, or (after queueing an error) why it is refused.
+/// carried `challenge` and stated `server_identity`, and answers it with the
+/// server's proof; `channel` is the TLS session's exporter value (empty
+/// without TLS). Returns what the client proved, or (after queueing an
+/// error) why it is refused; a client that proves nothing is refused.
 pub(crate) async fn accept_authentication<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     sender: &FrameSender,
     secret: &ClusterSecret,
     challenge: &[u8],
+    server_identity: &str,
+    channel: &[u8],
 ) -> Result<Identity, String> {
     match read_opening_frame(reader, sender, "authentication").await? {
-        Message::Authenticate(answer) => match security::verify(secret, challenge, &answer) {
-            Ok((identity, proof)) => {
-                sender.send(
-                    Message::Authenticated(pb::Authenticated {
-                        request_id: answer.request_id,
-                        proof: proof.into(),
-                    }),
-                    bytes::Bytes::new(),
-                );
-                Ok(identity)
+        Message::Authenticate(answer) => {
+            match security::verify(secret, challenge, server_identity, channel, &answer) {
+                Ok((identity, proof)) => {
+                    sender.send(
+                        Message::Authenticated(pb::Authenticated {
+                            request_id: answer.request_id,
+                            proof: proof.into(),
+                        }),
+                        bytes::Bytes::new(),
+                    );
+                    Ok(identity)
+                }
+                Err(reason) => {
+                    reply_error(
+                        sender,
+                        answer.request_id,
+                        pb::ErrorCode::PermissionDenied,
+                        reason.clone(),
+                    );
+                    Err(reason)
+                }
             }
-            Err(reason) => {
-                reply_error(
-                    sender,
-                    answer.request_id,
-                    pb::ErrorCode::PermissionDenied,
-                    reason.clone(),
-                );
-                Err(reason)
-            }
-        },
+        }
         other => {
             let reason = format!(
                 "this server holds a cluster secret: expected Authenticate after the handshake, got {:?}",

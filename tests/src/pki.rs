@@ -5,6 +5,21 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
+/// Writes a secret file only its owner may read and write (0600): services
+/// refuse a secret file group or others can access.
+pub fn write_secret_file(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create secret file");
+    file.write_all(text.as_bytes()).expect("write secret file");
+}
+
 /// Files of a test PKI and secret, under one directory.
 #[derive(Debug)]
 pub struct TestPki {
@@ -52,7 +67,7 @@ impl TestPki {
         )
         .expect("read /dev/urandom");
         let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(&pki.secret_file, format!("{secret}\n")).expect("write secret file");
+        write_secret_file(&pki.secret_file, &format!("{secret}\n"));
         pki
     }
 

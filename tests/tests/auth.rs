@@ -1,9 +1,9 @@
 //! Authentication and TLS on real processes: a master and a worker that hold
 //! a cluster secret (and, in the TLS test, serve TLS). A master agent gets
 //! each job's token from the master; producers and consumers present it.
-//! Every request kind is refused without a proof, and with another job's
-//! token; data written under one job's token stays whole and unreadable to
-//! another's.
+//! A connection without a proof is refused at authentication, before any
+//! request; every request kind is refused with another job's token; data
+//! written under one job's token stays whole and unreadable to another's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -311,7 +311,8 @@ fn check_isolation(cluster: &Cluster) {
     let worker = cluster.worker.address.as_str();
     let master = cluster.master.address.as_str();
 
-    // No proof at all: every kind is refused, on the master and the worker.
+    // No proof at all: refused at connect (the authentication), before any
+    // request of any kind, on the master and the worker.
     for (what, message) in master_requests() {
         let result = cluster.request(master, Credential::None, |id| with_request_id(message, id));
         assert_denied(result, &format!("unauthenticated {what}"), "cluster secret");

@@ -142,6 +142,7 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                     protocol_version,
                     server_name,
                     auth_challenge,
+                    server_identity: "master".into(),
                 })
             }
         ),

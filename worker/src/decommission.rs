@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use terrace_proto::{Message, pb};
-use terrace_rpc::Client;
+use terrace_rpc::{Client, ServerIdentity};
 use terrace_tier_api::{PartitionKey, TierError, TierResult};
 use tokio::task::JoinSet;
 
@@ -159,7 +159,7 @@ async fn hand_off(
         shared.store.migrate(&partition).await?;
     }
     let index = partition.handoff_index()?;
-    let options = shared.peer_options();
+    let options = shared.peer_options(ServerIdentity::Master);
     let masters = &shared.config.master_addresses;
     let wire_key = pb::PartitionKey::from(key);
     // Not this worker, nor the one holding the next part.
@@ -185,7 +185,9 @@ async fn hand_off(
             )));
         };
         let adopted = async {
-            let client = Client::connect(&placed.worker_address, &options).await?;
+            // The adopter is one a master placed: it must prove it is that worker.
+            let to = shared.peer_options(ServerIdentity::Worker(placed.worker_id.clone()));
+            let client = Client::connect(&placed.worker_address, &to).await?;
             let reply = match client.start_request(
                 |request_id| {
                     Message::AdoptPartition(pb::AdoptPartition {
@@ -244,7 +246,7 @@ async fn hand_off(
 /// `key` at the adopter. Best effort: a worker that misses it leaves its
 /// readers to fail on this part, and the engine reruns the producer.
 async fn move_forward_pointers(shared: &Arc<Shared>, key: &PartitionKey, adopter: &Forward) {
-    let options = shared.peer_options();
+    let options = shared.peer_options(ServerIdentity::Master);
     let listed = Client::ask_first(&shared.config.master_addresses, &options, |request_id| {
         Message::ListWorkers(pb::ListWorkers { request_id })
     })
@@ -263,7 +265,8 @@ async fn move_forward_pointers(shared: &Arc<Shared>, key: &PartitionKey, adopter
             continue;
         }
         let moved = async {
-            let client = Client::connect(&worker.data_address, &options).await?;
+            let to = shared.peer_options(ServerIdentity::Worker(worker.worker_id.clone()));
+            let client = Client::connect(&worker.data_address, &to).await?;
             let reply = client
                 .request(|request_id| {
                     Message::MoveForward(pb::MoveForward {
@@ -289,7 +292,7 @@ async fn move_forward_pointers(shared: &Arc<Shared>, key: &PartitionKey, adopter
 /// Waits (up to [`LOCATE_WAIT`]) until every master that answers locates
 /// `key` on the adopter, so no consumer is told it is nowhere.
 async fn wait_until_located(shared: &Arc<Shared>, key: &PartitionKey, adopter: &Forward) {
-    let options = shared.peer_options();
+    let options = shared.peer_options(ServerIdentity::Master);
     let wire_key = pb::PartitionKey::from(key);
     let until = Instant::now() + LOCATE_WAIT;
     let mut waiting: Vec<&String> = shared.config.master_addresses.iter().collect();

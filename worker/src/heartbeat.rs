@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use terrace_proto::{Message, pb};
-use terrace_rpc::{Client, ClientOptions};
+use terrace_rpc::{Client, ClientOptions, ServerIdentity};
 use terrace_tier_api::{JobId, TierResult};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -145,7 +145,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, master: String) {
             .heartbeat_interval
             .max(std::time::Duration::from_secs(1)),
         request_timeout: shared.config.heartbeat_interval * 5,
-        ..shared.peer_options()
+        ..shared.peer_options(ServerIdentity::Master)
     };
     let mut warned = false;
     loop {

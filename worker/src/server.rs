@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use terrace_proto::{Message, pb};
-use terrace_rpc::{Accepted, FrameSender, Identity, Meter, Security, ServerSpec, reply_error};
+use terrace_rpc::{
+    Accepted, ExpectedServer, FrameSender, Identity, Meter, Security, ServerIdentity, ServerSpec,
+    reply_error,
+};
 use terrace_tier_api::{TierError, TierResult};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -46,14 +49,38 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// How this worker connects to masters and other workers: as a member
-    /// of the cluster (the cluster credential), over TLS when configured.
-    pub fn peer_options(&self) -> terrace_rpc::ClientOptions {
+    /// How this worker connects to `server` (a master, or another worker
+    /// the masters know): as a member of the cluster (the cluster
+    /// credential), over TLS when configured.
+    pub fn peer_options(&self, server: ServerIdentity) -> terrace_rpc::ClientOptions {
         terrace_rpc::ClientOptions {
             name: format!("worker {}", self.worker_id),
             credential: self.security.credential(),
+            server: ExpectedServer::Is(server),
             tls: self.security.tls_client.clone(),
             ..terrace_rpc::ClientOptions::default()
+        }
+    }
+
+    /// How this worker connects to worker `worker_id` at an address a peer
+    /// gave (a forward pointer) about `job`'s data: with the job's token,
+    /// never the cluster secret, so the address can learn nothing that
+    /// opens more than that job.
+    pub fn job_peer_options(
+        &self,
+        job: &terrace_tier_api::JobId,
+        worker_id: &str,
+    ) -> terrace_rpc::ClientOptions {
+        let credential = match &self.security.secret {
+            Some(secret) => terrace_rpc::Credential::Job {
+                job: job.as_bytes().clone(),
+                token: secret.job_token(job.as_bytes()),
+            },
+            None => terrace_rpc::Credential::None,
+        };
+        terrace_rpc::ClientOptions {
+            credential,
+            ..self.peer_options(ServerIdentity::Worker(worker_id.to_string()))
         }
     }
 }
@@ -195,6 +222,7 @@ async fn serve(
     let heartbeats = heartbeat::spawn(Arc::clone(&shared), shutdown.child_token());
     let spec = ServerSpec {
         name: shared.worker_id.clone(),
+        identity: ServerIdentity::Worker(shared.worker_id.clone()),
         max_frame: shared.config.max_frame_size.as_usize(),
         options: shared.config.server.clone(),
         secret: shared.security.secret.clone(),

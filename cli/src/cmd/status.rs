@@ -3,7 +3,9 @@
 
 use anyhow::Context;
 use terrace_proto::{Message, pb};
-use terrace_rpc::{Client, ClientOptions, Security, SecurityConfig};
+use terrace_rpc::{
+    Client, ClientOptions, ExpectedServer, Security, SecurityConfig, ServerIdentity,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -320,7 +322,10 @@ async fn collect(
     master: &str,
     options: &ClientOptions,
 ) -> anyhow::Result<(Vec<WorkerStatus>, Vec<String>)> {
-    let client = Client::connect(master, options)
+    let to_master = options
+        .clone()
+        .expecting(ExpectedServer::Is(ServerIdentity::Master));
+    let client = Client::connect(master, &to_master)
         .await
         .with_context(|| format!("connect to master {master}"))?;
     let (reply, _) = client
@@ -361,7 +366,13 @@ async fn collect(
             tiers_from: None,
         };
         let mut tiers = None;
-        match worker_stats(&info.data_address, options).await {
+        // The master names the worker: it must prove it is that one.
+        let to_worker = options
+            .clone()
+            .expecting(ExpectedServer::Is(ServerIdentity::Worker(
+                status.worker_id.clone(),
+            )));
+        match worker_stats(&info.data_address, &to_worker).await {
             Ok(stats) => {
                 status.memory_budget_bytes = stats.memory_budget_bytes;
                 status.memory_peak_bytes = stats.memory_peak_bytes;

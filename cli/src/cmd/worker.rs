@@ -132,7 +132,8 @@ fn decommission(args: DecommissionArgs) -> anyhow::Result<()> {
         "terrace worker decommission",
         args.secret_file,
         args.tls_ca_file,
-    )?;
+    )?
+    .expecting(terrace_rpc::ExpectedServer::AnyWorker);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -29,8 +29,12 @@ pub async fn release_partition(conn: &Connection, m: pb::ReleasePartition) -> Ti
     Ok(Message::ack(m.request_id))
 }
 
+/// The forward pointer came from the producer (a holder of the job's token
+/// only), so the next worker is asked with the job's token, and only if it
+/// proves it is the worker the pointer names.
 async fn release_next_part(shared: &Shared, key: &PartitionKey, next: &Forward) -> TierResult<()> {
-    let client = Client::connect(&next.address, &shared.peer_options()).await?;
+    let options = shared.job_peer_options(&key.job, &next.worker_id);
+    let client = Client::connect(&next.address, &options).await?;
     let wire_key = pb::PartitionKey::from(key);
     let reply = client
         .request(|request_id| {

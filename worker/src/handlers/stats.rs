@@ -24,10 +24,12 @@ pub fn handle(conn: &Connection, m: pb::WorkerStats) -> Message {
 pub fn partition_metrics(conn: &Connection, m: pb::PartitionMetrics) -> TierResult<Message> {
     let key = PartitionKey::try_from(m.key)?;
     let (sealed, subpartition_bytes, next) = conn.shared.store.get(&key)?.metrics();
+    let (next_worker_id, next_address) = next.map(|f| (f.worker_id, f.address)).unwrap_or_default();
     Ok(Message::PartitionMetricsReply(pb::PartitionMetricsReply {
         request_id: m.request_id,
         sealed,
         subpartition_bytes,
-        next_address: next.map(|f| f.address).unwrap_or_default(),
+        next_address,
+        next_worker_id,
     }))
 }
