@@ -36,6 +36,7 @@ pub fn options(dir: &std::path::Path, dir_capacity: u64) -> StoreOptions {
         local_high_watermark: 0.5,
         local_low_watermark: 0.25,
         migration_interval: Duration::from_millis(10),
+        limits: Default::default(),
     }
 }
 
