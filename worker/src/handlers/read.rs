@@ -384,6 +384,36 @@ struct Done {
     memory: ReadMemory,
 }
 
+/// What a command may have made ready.
+enum Touched {
+    Nothing,
+    One(usize),
+    All,
+}
+
+/// Which subpartitions a step looks at.
+#[derive(Default)]
+struct Look {
+    all: bool,
+    /// Named by commands since the last step (when not `all`); at most the
+    /// stream's command queue.
+    some: Vec<usize>,
+}
+
+impl Look {
+    fn add(&mut self, touched: Touched) {
+        match touched {
+            Touched::Nothing => {}
+            Touched::All => {
+                self.all = true;
+                self.some = Vec::new();
+            }
+            Touched::One(_) if self.all => {}
+            Touched::One(index) => self.some.push(index),
+        }
+    }
+}
+
 enum Step {
     /// Something was sent or changed; look again.
     Progress,
@@ -440,29 +470,51 @@ impl Stream {
             Bytes::new(),
         );
         let mut version = partition.subscribe();
+        // What the next step looks at: every subpartition with a segment
+        // required (after a change of the partition, a credit, a finished
+        // read), or only those a RequireSegment just named, so that a reader
+        // naming subpartitions one by one costs O(each), not O(all so far).
+        let mut look = Look {
+            all: true,
+            some: Vec::new(),
+        };
         loop {
             while let Ok((command, _charge)) = rx.try_recv() {
-                if let Err(e) = self.apply(command) {
-                    self.fail(&e);
-                    return;
+                match self.apply(command) {
+                    Ok(touched) => look.add(touched),
+                    Err(e) => {
+                        self.fail(&e);
+                        return;
+                    }
                 }
             }
-            version.borrow_and_update();
-            match self.step(&partition).await {
+            if version.has_changed().unwrap_or(true) {
+                version.borrow_and_update();
+                look.all = true;
+            }
+            match self.step(&partition, &look).await {
                 Step::Progress => continue,
                 Step::Finished => return,
-                Step::Idle => {}
+                Step::Idle => look = Look::default(),
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 command = rx.recv() => match command {
-                    Some((command, _charge)) => if let Err(e) = self.apply(command) {
-                        self.fail(&e);
-                        return;
+                    Some((command, _charge)) => match self.apply(command) {
+                        Ok(touched) => look.add(touched),
+                        Err(e) => {
+                            self.fail(&e);
+                            return;
+                        }
                     },
                     None => return,
                 },
-                changed = version.changed() => if changed.is_err() { return },
+                changed = version.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    look.all = true;
+                }
                 memory = ReadMemory::take(
                     Arc::clone(&self.shared.read_budget),
                     Arc::clone(&self.connection_reads),
@@ -471,20 +523,25 @@ impl Stream {
                     let Some(memory) = memory else { return };
                     self.wanting = None;
                     self.ready = Some(memory);
+                    look.all = true;
                 }
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
                     if !self.finish_read(&partition, done) {
                         return;
                     }
+                    look.all = true;
                 }
                 // A safety net against a missed wake-up; cheap when idle.
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => look.all = true,
             }
         }
     }
 
-    fn apply(&mut self, command: Command) -> TierResult<()> {
+    /// Applies a command; returns the subpartition it named (`None`: it
+    /// may make any of them ready).
+    fn apply(&mut self, command: Command) -> TierResult<Touched> {
         match command {
+            Command::Credit(0) => return Ok(Touched::Nothing),
             Command::Credit(n) => {
                 let max = self.shared.config.limits.max_stream_credits;
                 let credits = u64::from(self.credits) + u64::from(n);
@@ -495,6 +552,7 @@ impl Stream {
                     )));
                 }
                 self.credits = credits as u32;
+                Ok(Touched::All)
             }
             Command::Require {
                 subpartition,
@@ -514,9 +572,9 @@ impl Stream {
                     )?;
                 }
                 self.subs.entry(index).or_default().required = Some((segment, 0));
+                Ok(Touched::One(index))
             }
         }
-        Ok(())
     }
 
     /// The state of subpartition `index` (an offset in the range), if any.
@@ -736,16 +794,25 @@ impl Stream {
 
     /// Looks at every subpartition once, from the round-robin cursor; sends at
     /// most one data frame.
-    async fn step(&mut self, partition: &Arc<Partition>) -> Step {
+    async fn step(&mut self, partition: &Arc<Partition>, look: &Look) -> Step {
         let max_bytes = self.shared.config.read_batch_size.as_usize();
         let mut progressed = false;
         // The subpartitions with a segment required, from the cursor on.
-        let wanted: Vec<(usize, u32, usize)> = self
-            .subs
-            .range(self.cursor..)
-            .chain(self.subs.range(..self.cursor))
-            .filter_map(|(&index, sub)| sub.required.map(|(g, p)| (index, g, p)))
-            .collect();
+        let wanted: Vec<(usize, u32, usize)> = if look.all {
+            self.subs
+                .range(self.cursor..)
+                .chain(self.subs.range(..self.cursor))
+                .filter_map(|(&index, sub)| sub.required.map(|(g, p)| (index, g, p)))
+                .collect()
+        } else {
+            look.some
+                .iter()
+                .filter_map(|index| {
+                    let sub = self.subs.get(index)?;
+                    sub.required.map(|(g, p)| (*index, g, p))
+                })
+                .collect()
+        };
         for (index, segment, position) in wanted {
             let subpartition = self.first + index as u32;
             match partition.next_read(subpartition, segment, position, max_bytes) {
