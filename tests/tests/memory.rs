@@ -175,7 +175,11 @@ fn read_streams_over_whole_ranges_hold_only_what_is_charged() {
         "metadata peaked at {}",
         stats.metadata_peak_bytes
     );
-    let peak = report("then every subpartition of 8 streams required", &worker, baseline);
+    let peak = report(
+        "then every subpartition of 8 streams required",
+        &worker,
+        baseline,
+    );
     assert!(peak < BOUND, "peak {} MiB", peak / MIB);
 
     // Closing the connection gives every stream's memory back.
@@ -265,7 +269,11 @@ fn pushes_of_empty_segments_are_refused_past_the_metadata_budget() {
     assert_eq!(refused.len(), 39);
     for e in &refused {
         assert_eq!(e.code, pb::ErrorCode::Unavailable as i32, "{}", e.message);
-        assert!(e.message.contains("limits.metadata_memory"), "{}", e.message);
+        assert!(
+            e.message.contains("limits.metadata_memory"),
+            "{}",
+            e.message
+        );
     }
     // Its neighbour: many tiny pushes, one empty segment each, pipelined.
     const TINY: u32 = 10_000;
@@ -285,7 +293,11 @@ fn pushes_of_empty_segments_are_refused_past_the_metadata_budget() {
         match raw.read() {
             (Message::PushAck(_), _) => tiny_accepted += 1,
             (Message::ErrorReply(e), _) => {
-                assert!(e.message.contains("limits.metadata_memory"), "{}", e.message);
+                assert!(
+                    e.message.contains("limits.metadata_memory"),
+                    "{}",
+                    e.message
+                );
                 tiny_refused += 1;
             }
             (other, _) => panic!("expected PushAck or ErrorReply, got {other:?}"),
@@ -349,7 +361,9 @@ fn many_partitions_and_many_jobs_stop_at_their_limits() {
     }
     let mut raw = Raw::handshaken_to(&worker.address);
     // One job: 1000 partitions, and no more.
-    raw.send_bytes(&frames((0..1001u32).map(|p| create(10 + u64::from(p), &key(4, p), 1))));
+    raw.send_bytes(&frames(
+        (0..1001u32).map(|p| create(10 + u64::from(p), &key(4, p), 1)),
+    ));
     for p in 0..1000u64 {
         raw.expect_ack(10 + p);
     }

@@ -87,7 +87,10 @@ async fn a_push_past_the_metadata_budget_is_refused_whole_and_naming_the_limit()
         .create(key(1, 2), 1, false, false)
         .expect_err("no room for another partition");
     assert_eq!(other.kind(), ErrorKind::Unavailable);
-    assert!(other.message().contains("limits.metadata_memory"), "{other}");
+    assert!(
+        other.message().contains("limits.metadata_memory"),
+        "{other}"
+    );
     store.release(&k).await.expect("release");
     drop(partition);
     // The released key is remembered (charged) so its late readers fail fast.
@@ -130,12 +133,15 @@ async fn one_job_cannot_take_more_than_its_partition_quota() {
         .create(key(3, 0), 1, false, false)
         .expect_err("the worker's limit");
     assert!(
-        full.message().contains("holds 5 partitions, its limit (limits.max_partitions)"),
+        full.message()
+            .contains("holds 5 partitions, its limit (limits.max_partitions)"),
         "{full}"
     );
     // A release makes room for the job again.
     store.release(&key(1, 1)).await.expect("release");
-    store.create(key(1, 3), 1, false, false).expect("job 1 again");
+    store
+        .create(key(1, 3), 1, false, false)
+        .expect("job 1 again");
     assert_eq!(store.partition_count(), 5);
 }
 
@@ -181,7 +187,12 @@ async fn a_failed_partition_gives_back_all_the_memory_its_buffers_held() {
         "the index's metadata is given back; the partition's own stays until its release"
     );
     let later = partition
-        .append(data(4, 1, 1).0.remove(0), Reservation::empty(), None, u32::MAX)
+        .append(
+            data(4, 1, 1).0.remove(0),
+            Reservation::empty(),
+            None,
+            u32::MAX,
+        )
         .expect_err("a failed partition takes nothing more");
     assert!(later.message().contains("storage full"), "{later}");
     assert_eq!(partition.stored_bytes(), 0);
@@ -222,7 +233,10 @@ async fn a_partition_created_again_while_its_release_deletes_keeps_its_new_data(
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while faulty.lists.load(std::sync::atomic::Ordering::SeqCst) == lists {
-        assert!(Instant::now() < deadline, "the release reaches the object store");
+        assert!(
+            Instant::now() < deadline,
+            "the release reaches the object store"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // A create that cannot wait long enough is told to retry.
@@ -231,7 +245,10 @@ async fn a_partition_created_again_while_its_release_deletes_keeps_its_new_data(
         .await
         .expect_err("still being deleted");
     assert_eq!(hurried.kind(), ErrorKind::Unavailable);
-    assert!(hurried.message().contains("still being deleted"), "{hurried}");
+    assert!(
+        hurried.message().contains("still being deleted"),
+        "{hurried}"
+    );
     // One that can waits for the deletion to end.
     let create = {
         let (store, k) = (Arc::clone(&store), k.clone());
@@ -248,7 +265,10 @@ async fn a_partition_created_again_while_its_release_deletes_keeps_its_new_data(
     );
     faulty.set_hanging(false);
     release.await.expect("join").expect("release");
-    let second = create.await.expect("join").expect("created after the release");
+    let second = create
+        .await
+        .expect("join")
+        .expect("created after the release");
 
     // The new partition's data is all there, through a seal and a migration.
     let (batches, expected) = data(2, 3, 5);

@@ -154,9 +154,7 @@ fn send_command(conn: &mut Connection, stream_id: u64, command: Command) {
                     return;
                 }
             };
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                stream.tx.try_send((command, charge))
-            {
+            if let Err(mpsc::error::TrySendError::Full(_)) = stream.tx.try_send((command, charge)) {
                 let queue = stream.tx.max_capacity();
                 if let Some(stream) = conn.streams.remove(&stream_id) {
                     stream.cancel.cancel();
@@ -541,7 +539,7 @@ impl Stream {
     /// may make any of them ready).
     fn apply(&mut self, command: Command) -> TierResult<Touched> {
         match command {
-            Command::Credit(0) => return Ok(Touched::Nothing),
+            Command::Credit(0) => Ok(Touched::Nothing),
             Command::Credit(n) => {
                 let max = self.shared.config.limits.max_stream_credits;
                 let credits = u64::from(self.credits) + u64::from(n);
@@ -568,7 +566,10 @@ impl Stream {
                 if !self.subs.contains_key(&index) {
                     self.charge.grow(
                         cost::STREAM_SUBPARTITION,
-                        &format!("subpartition {subpartition} of read stream {}", self.stream_id),
+                        &format!(
+                            "subpartition {subpartition} of read stream {}",
+                            self.stream_id
+                        ),
                     )?;
                 }
                 self.subs.entry(index).or_default().required = Some((segment, 0));

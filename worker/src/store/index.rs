@@ -267,7 +267,11 @@ impl PartitionIndex {
         };
         for sub in self.subs.values() {
             size.segments += sub.segments.len() as u64;
-            size.extents += sub.segments.iter().map(|g| g.extents.len() as u64).sum::<u64>();
+            size.extents += sub
+                .segments
+                .iter()
+                .map(|g| g.extents.len() as u64)
+                .sum::<u64>();
         }
         size
     }

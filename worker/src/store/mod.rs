@@ -192,7 +192,10 @@ impl Store {
         // What recovery brought back is in memory already: it is charged
         // even past the limits, and counted per job.
         {
-            let mut jobs = store.job_partitions.lock().expect("job count lock poisoned");
+            let mut jobs = store
+                .job_partitions
+                .lock()
+                .expect("job count lock poisoned");
             for partition in store.partitions() {
                 partition.set_charge(store.metadata.force(partition.metadata_cost()));
                 *jobs.entry(partition.key().job.clone()).or_default() += 1;
@@ -411,10 +414,9 @@ impl Store {
         }
         let charge = match charge {
             Some(charge) => charge,
-            None => self.metadata.charge(
-                partition.metadata_cost(),
-                &format!("partition {key}"),
-            )?,
+            None => self
+                .metadata
+                .charge(partition.metadata_cost(), &format!("partition {key}"))?,
         };
         partition.set_charge(charge);
         *jobs.entry(key.job.clone()).or_default() += 1;
@@ -620,9 +622,10 @@ impl Store {
         );
         let partition = Arc::new(Partition::recovered(persisted, Vec::new(), index_dir));
         // Charged before anything is copied; refused past the budget.
-        let charge = self
-            .metadata
-            .charge(partition.metadata_cost(), &format!("adopted partition {key}"))?;
+        let charge = self.metadata.charge(
+            partition.metadata_cost(),
+            &format!("adopted partition {key}"),
+        )?;
         if let Err(e) = partition.persist_now(&self.tiers).await {
             let _ = object.delete_prefix(&to).await;
             return Err(e.context(format!("adopt {key}")));
@@ -731,8 +734,8 @@ impl Store {
     /// key is not remembered (its readers then wait for it, then fail).
     fn remember_released(&self, key: PartitionKey) {
         let mut released = self.released.lock().expect("released lock poisoned");
-        let cost = cost::RELEASED_KEY
-            + (key.job.as_bytes().len() + key.partition.as_bytes().len()) as u64;
+        let cost =
+            cost::RELEASED_KEY + (key.job.as_bytes().len() + key.partition.as_bytes().len()) as u64;
         let mut fits = released.keys.len() < MAX_RELEASED_KEYS
             && released.charge.grow(cost, "a released key").is_ok();
         if !fits {
