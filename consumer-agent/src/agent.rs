@@ -630,8 +630,11 @@ fn decode_read(
         }
         at += *len as usize;
     }
+    // `num_buffers` is the worker's word: room is made for no more buffers
+    // than the body can hold (each has a header), whatever it says.
+    let room = body.len() / terrace_tier_api::BUFFER_HEADER_LEN;
     let mut reader = BatchReader::new(body);
-    let mut buffers = Vec::with_capacity(m.num_buffers as usize);
+    let mut buffers = Vec::with_capacity((m.num_buffers as usize).min(room));
     while let Some((header, payload)) = reader
         .next_buffer()
         .map_err(|e| TierError::corruption(format!("partition {partition}: {}", e.message())))?
@@ -819,5 +822,47 @@ impl TierConsumerAgent for ConsumerAgent {
 impl Drop for ConsumerAgent {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use terrace_tier_api::{BatchBuilder, SegmentId, SubpartitionId};
+
+    /// A worker's reply whose `num_buffers` says 4 billion sizes nothing: the
+    /// buffers the body really holds are decoded (an allocation of
+    /// `u32::MAX` buffers would abort the process, and with it the engine's
+    /// JVM).
+    #[test]
+    fn a_read_reply_claiming_u32_max_buffers_allocates_for_its_body_only() {
+        let mut builder = BatchBuilder::default();
+        builder.push(
+            SubpartitionId(3),
+            SegmentId(1),
+            &Buffer::data(Bytes::from_static(b"first")),
+        );
+        builder.push(
+            SubpartitionId(3),
+            SegmentId(1),
+            &Buffer::data(Bytes::from_static(b"second")),
+        );
+        let body = builder.finish().bytes;
+        let reply = pb::ReadData {
+            stream_id: 1,
+            subpartition: 3,
+            segment_id: 1,
+            extent_lengths: vec![body.len() as u32],
+            extent_crc32cs: vec![crc32c::crc32c(&body)],
+            num_buffers: u32::MAX,
+            stored_subpartition: 3,
+        };
+        let partition = PartitionId::new(vec![1]).expect("id");
+        let buffers = decode_read(&partition, &reply, body, 1 << 20).expect("decodes");
+        assert_eq!(buffers.len(), 2);
+        // Sized by the body (39 bytes: two 14-byte headers and 11 of payload).
+        assert_eq!(buffers.capacity(), 2);
+        assert_eq!(&buffers[0].payload[..], b"first");
+        assert_eq!(&buffers[1].payload[..], b"second");
     }
 }

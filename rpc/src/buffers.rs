@@ -156,6 +156,12 @@ impl BufferPool {
     pub fn allocated(&self) -> usize {
         self.lock().allocated
     }
+
+    /// Bytes of buffers handed out and not yet given back.
+    pub fn in_use(&self) -> usize {
+        let free = self.lock();
+        free.allocated - free.free_bytes
+    }
 }
 
 /// The process-wide pool for buffers outside any memory budget: bodies

@@ -312,6 +312,9 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                 memory_budget_bytes: bytes,
                 memory_peak_bytes: bytes,
                 partitions,
+                metadata_bytes: bytes,
+                metadata_peak_bytes: bytes,
+                metadata_limit_bytes: bytes,
             })
         }),
         (u64s(), u64s(), keys(), u32s(), u32s(), u32s()).prop_map(

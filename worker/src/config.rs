@@ -100,6 +100,15 @@ pub struct WorkerLimits {
     /// recently used closed. Default: half the open-file limit (which the
     /// worker raises to its hard limit at start).
     pub max_open_data_files: Option<u32>,
+    /// Partitions of one job a worker holds (open and sealed), so that one
+    /// job cannot take the whole of `max_partitions`.
+    pub max_partitions_per_job: u32,
+    /// Bytes of metadata a worker holds at most: partitions' indexes
+    /// (subpartitions, segments, extents), per-partition and per-job state,
+    /// read streams and their waiting commands, released keys. Charged
+    /// before it is taken; a request past it gets an `Unavailable` error
+    /// naming this key.
+    pub metadata_memory: ByteSize,
 }
 
 impl Default for WorkerLimits {
@@ -111,6 +120,8 @@ impl Default for WorkerLimits {
             max_buffers_per_push: 65_536,
             max_partitions: 1_000_000,
             max_open_data_files: None,
+            max_partitions_per_job: 100_000,
+            metadata_memory: ByteSize::mib(512),
         }
     }
 }
@@ -192,10 +203,17 @@ impl WorkerConfig {
             ("max_buffers_per_push", l.max_buffers_per_push),
             ("max_partitions", l.max_partitions),
             ("max_open_data_files", l.max_open_data_files.unwrap_or(1)),
+            ("max_partitions_per_job", l.max_partitions_per_job),
         ] {
             if value == 0 {
                 return Err(format!("limits.{name} must be positive"));
             }
+        }
+        if l.metadata_memory.as_u64() < 1 << 20 {
+            return Err(format!(
+                "limits.metadata_memory ({}) must be at least 1MiB",
+                l.metadata_memory
+            ));
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ mod store;
 pub use config::{ObjectStoreConfig, WorkerConfig, WorkerLimits};
 pub use server::{WorkerHandle, run, start, start_with_hooks, store_options};
 pub use store::{
-    FaultyFiles, FaultyStore, FileLayer, Forward, MARKER, MemoryBudget, ObjectStoreSettings,
-    ObjectTier, Partition, ReadStep, RealFiles, Reservation, Store, StoreHooks, StoreOptions,
-    TierBytes, Tiers, build_store,
+    Charge, FaultyFiles, FaultyStore, FileLayer, Forward, MARKER, MemoryBudget, MetadataBudget,
+    ObjectStoreSettings, ObjectTier, Partition, ReadStep, RealFiles, Reservation, Store,
+    StoreHooks, StoreLimits, StoreOptions, TierBytes, Tiers, build_store, cost,
 };

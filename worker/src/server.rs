@@ -166,6 +166,11 @@ pub fn store_options(config: &WorkerConfig) -> StoreOptions {
         migration_interval: object.migration_interval,
         max_open_files: config.limits.max_open_data_files.map(u64::from),
         allow_missing_dirs: config.allow_missing_data_dirs,
+        limits: crate::store::StoreLimits {
+            metadata_memory: config.limits.metadata_memory.as_u64(),
+            max_partitions: u64::from(config.limits.max_partitions),
+            max_partitions_per_job: u64::from(config.limits.max_partitions_per_job),
+        },
     }
 }
 
@@ -378,7 +383,7 @@ fn authorize(identity: &Identity, message: &Message) -> TierResult<()> {
 async fn dispatch(conn: &mut Connection, message: Message, body: Bytes, reservation: Reservation) {
     let request_id = message.request_id();
     let reply: Option<TierResult<Message>> = match message {
-        Message::CreatePartition(m) => Some(handlers::create::handle(conn, m)),
+        Message::CreatePartition(m) => Some(handlers::create::handle(conn, m).await),
         Message::PushData(m) => Some(handlers::push::handle(conn, m, body, reservation).await),
         Message::SealPartition(m) => Some(handlers::seal::handle(conn, m).await),
         Message::SplitPartition(m) => Some(handlers::seal::split(conn, m).await),

@@ -5,7 +5,7 @@ use terrace_tier_api::{PartitionKey, TierError, TierResult};
 
 use crate::server::Connection;
 
-pub fn handle(conn: &Connection, m: pb::CreatePartition) -> TierResult<Message> {
+pub async fn handle(conn: &Connection, m: pb::CreatePartition) -> TierResult<Message> {
     let key = PartitionKey::try_from(m.key)?;
     // A retried create of a partition already here is still answered.
     if conn.shared.decommission.is_started() && conn.shared.store.get(&key).is_err() {
@@ -21,18 +21,20 @@ pub fn handle(conn: &Connection, m: pb::CreatePartition) -> TierResult<Message> 
             m.num_subpartitions, limits.max_subpartitions
         )));
     }
-    let held = conn.shared.store.partition_count();
-    if held >= limits.max_partitions as usize && conn.shared.store.get(&key).is_err() {
-        return Err(TierError::unavailable(format!(
-            "{key}: this worker holds {held} partitions, its limit (limits.max_partitions)"
-        )));
-    }
-    conn.shared.store.create(
-        key.clone(),
-        m.num_subpartitions,
-        m.broadcast_only,
-        m.continuation,
-    )?;
+    // Partition quotas (`max_partitions`, `max_partitions_per_job`) and the
+    // metadata budget are checked by the store as it inserts. A partition
+    // under the same key whose release is still deleting its files is
+    // waited for: its deletion must not take the new partition's data.
+    conn.shared
+        .store
+        .create_after_release(
+            key.clone(),
+            m.num_subpartitions,
+            m.broadcast_only,
+            m.continuation,
+            conn.shared.config.partition_wait_timeout,
+        )
+        .await?;
     tracing::debug!(partition = %key, subpartitions = m.num_subpartitions, broadcast_only = m.broadcast_only,
         continuation = m.continuation, relocated = m.relocated, "partition created");
     if m.relocated {

@@ -8,6 +8,7 @@
 //! changes (pipelined reads); a segment that will never exist gets
 //! `SubpartitionEnd`; a released partition gets `StreamError`.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,12 +26,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{Connection, Shared};
-use crate::store::{Partition, ReadStep, Source, single_object_range};
+use crate::store::{Charge, Partition, ReadStep, Source, cost, single_object_range};
 
 /// The connection's handle on one of its streams.
 #[derive(Debug)]
 pub struct StreamHandle {
-    tx: mpsc::Sender<Command>,
+    /// Each command carries its charge to the metadata budget until the
+    /// stream has taken it.
+    tx: mpsc::Sender<(Command, Charge)>,
     pub cancel: CancellationToken,
 }
 
@@ -83,6 +86,15 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
             m.stream_id
         )));
     }
+    // The stream's state is charged to the metadata budget before it is
+    // made: a fixed part now, each subpartition the reader asks for and each
+    // command waiting for the stream as they come. Nothing is allocated
+    // per subpartition of the range.
+    let charge = conn
+        .shared
+        .store
+        .metadata()
+        .charge(cost::STREAM, &format!("read stream {}", m.stream_id))?;
     // A reader has at most one RequireSegment per subpartition and its
     // credits outstanding; more waiting commands than that (plus slack) is a
     // reader that does not wait for answers.
@@ -104,11 +116,10 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
         first: m.first_subpartition,
         last: m.last_subpartition,
         credits: m.initial_credit,
-        required: vec![None; (m.last_subpartition - m.first_subpartition) as usize + 1],
+        subs: BTreeMap::new(),
+        charge,
         cursor: 0,
         inflight: FuturesUnordered::new(),
-        busy: vec![false; (m.last_subpartition - m.first_subpartition) as usize + 1],
-        windows: Vec::new(),
         connection_reads: Arc::clone(&conn.reads),
         ready: None,
         wanting: None,
@@ -121,7 +132,29 @@ pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
 fn send_command(conn: &mut Connection, stream_id: u64, command: Command) {
     match conn.streams.get(&stream_id) {
         Some(stream) => {
-            if let Err(mpsc::error::TrySendError::Full(_)) = stream.tx.try_send(command) {
+            let charge = match conn
+                .shared
+                .store
+                .metadata()
+                .charge(cost::STREAM_COMMAND, "a read stream command")
+            {
+                Ok(charge) => charge,
+                Err(e) => {
+                    if let Some(stream) = conn.streams.remove(&stream_id) {
+                        stream.cancel.cancel();
+                    }
+                    conn.sender.send(
+                        Message::StreamError(pb::StreamError {
+                            stream_id,
+                            code: e.code() as i32,
+                            message: e.message().to_string(),
+                        }),
+                        Bytes::new(),
+                    );
+                    return;
+                }
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = stream.tx.try_send((command, charge)) {
                 let queue = stream.tx.max_capacity();
                 if let Some(stream) = conn.streams.remove(&stream_id) {
                     stream.cancel.cancel();
@@ -180,16 +213,19 @@ struct Stream {
     first: u32,
     last: u32,
     credits: u32,
-    /// Per subpartition of the range: the segment wanted and the next extent in it.
-    required: Vec<Option<(u32, usize)>>,
+    /// The subpartitions of the range with something going on (a segment
+    /// required, a read under way or a window open), by their offset in the
+    /// range: the stream holds state for what its reader asked for, never
+    /// for the whole range.
+    subs: BTreeMap<usize, Sub>,
+    /// What the stream and `subs` take of the metadata budget.
+    charge: Charge,
+    /// Where the next round-robin look starts (an offset in the range).
     cursor: usize,
     /// Reads under way, at most one per subpartition (so each one's frames
     /// go out in order) and no more than the credits; reads from the object
     /// store of different subpartitions overlap.
     inflight: FuturesUnordered<BoxFuture<'static, Done>>,
-    busy: Vec<bool>,
-    /// Per subpartition: object bytes fetched ahead of the reader.
-    windows: Vec<Option<Window>>,
     /// The connection's share of read memory (`server.max_send_queue`).
     connection_reads: Arc<Semaphore>,
     /// Read memory acquired after waiting for it, for the next read.
@@ -197,6 +233,23 @@ struct Stream {
     /// Bytes of read memory the next read waits for.
     wanting: Option<u32>,
     _open: OpenStream,
+}
+
+/// What a stream holds for one subpartition of its range.
+#[derive(Default)]
+struct Sub {
+    /// The segment wanted and the next extent in it.
+    required: Option<(u32, usize)>,
+    /// A read of it is under way.
+    busy: bool,
+    /// Object bytes fetched ahead of the reader.
+    window: Option<Window>,
+}
+
+impl Sub {
+    fn idle(&self) -> bool {
+        self.required.is_none() && !self.busy && self.window.is_none()
+    }
 }
 
 /// Counts a stream in the worker's open read streams while it lives.
@@ -329,6 +382,36 @@ struct Done {
     memory: ReadMemory,
 }
 
+/// What a command may have made ready.
+enum Touched {
+    Nothing,
+    One(usize),
+    All,
+}
+
+/// Which subpartitions a step looks at.
+#[derive(Default)]
+struct Look {
+    all: bool,
+    /// Named by commands since the last step (when not `all`); at most the
+    /// stream's command queue.
+    some: Vec<usize>,
+}
+
+impl Look {
+    fn add(&mut self, touched: Touched) {
+        match touched {
+            Touched::Nothing => {}
+            Touched::All => {
+                self.all = true;
+                self.some = Vec::new();
+            }
+            Touched::One(_) if self.all => {}
+            Touched::One(index) => self.some.push(index),
+        }
+    }
+}
+
 enum Step {
     /// Something was sent or changed; look again.
     Progress,
@@ -342,7 +425,7 @@ impl Stream {
     async fn run(
         mut self,
         request_id: u64,
-        mut rx: mpsc::Receiver<Command>,
+        mut rx: mpsc::Receiver<(Command, Charge)>,
         cancel: CancellationToken,
     ) {
         // A decommissioning worker takes no new partitions: one it does not
@@ -385,30 +468,51 @@ impl Stream {
             Bytes::new(),
         );
         let mut version = partition.subscribe();
-        self.windows = (0..self.required.len()).map(|_| None).collect();
+        // What the next step looks at: every subpartition with a segment
+        // required (after a change of the partition, a credit, a finished
+        // read), or only those a RequireSegment just named, so that a reader
+        // naming subpartitions one by one costs O(each), not O(all so far).
+        let mut look = Look {
+            all: true,
+            some: Vec::new(),
+        };
         loop {
-            while let Ok(command) = rx.try_recv() {
-                if let Err(e) = self.apply(command) {
-                    self.fail(&e);
-                    return;
+            while let Ok((command, _charge)) = rx.try_recv() {
+                match self.apply(command) {
+                    Ok(touched) => look.add(touched),
+                    Err(e) => {
+                        self.fail(&e);
+                        return;
+                    }
                 }
             }
-            version.borrow_and_update();
-            match self.step(&partition).await {
+            if version.has_changed().unwrap_or(true) {
+                version.borrow_and_update();
+                look.all = true;
+            }
+            match self.step(&partition, &look).await {
                 Step::Progress => continue,
                 Step::Finished => return,
-                Step::Idle => {}
+                Step::Idle => look = Look::default(),
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 command = rx.recv() => match command {
-                    Some(command) => if let Err(e) = self.apply(command) {
-                        self.fail(&e);
-                        return;
+                    Some((command, _charge)) => match self.apply(command) {
+                        Ok(touched) => look.add(touched),
+                        Err(e) => {
+                            self.fail(&e);
+                            return;
+                        }
                     },
                     None => return,
                 },
-                changed = version.changed() => if changed.is_err() { return },
+                changed = version.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    look.all = true;
+                }
                 memory = ReadMemory::take(
                     Arc::clone(&self.shared.read_budget),
                     Arc::clone(&self.connection_reads),
@@ -417,20 +521,25 @@ impl Stream {
                     let Some(memory) = memory else { return };
                     self.wanting = None;
                     self.ready = Some(memory);
+                    look.all = true;
                 }
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
                     if !self.finish_read(&partition, done) {
                         return;
                     }
+                    look.all = true;
                 }
                 // A safety net against a missed wake-up; cheap when idle.
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => look.all = true,
             }
         }
     }
 
-    fn apply(&mut self, command: Command) -> TierResult<()> {
+    /// Applies a command; returns the subpartition it named (`None`: it
+    /// may make any of them ready).
+    fn apply(&mut self, command: Command) -> TierResult<Touched> {
         match command {
+            Command::Credit(0) => Ok(Touched::Nothing),
             Command::Credit(n) => {
                 let max = self.shared.config.limits.max_stream_credits;
                 let credits = u64::from(self.credits) + u64::from(n);
@@ -441,6 +550,7 @@ impl Stream {
                     )));
                 }
                 self.credits = credits as u32;
+                Ok(Touched::All)
             }
             Command::Require {
                 subpartition,
@@ -452,10 +562,41 @@ impl Stream {
                         self.first, self.last
                     )));
                 }
-                self.required[(subpartition - self.first) as usize] = Some((segment, 0));
+                let index = (subpartition - self.first) as usize;
+                if !self.subs.contains_key(&index) {
+                    self.charge.grow(
+                        cost::STREAM_SUBPARTITION,
+                        &format!(
+                            "subpartition {subpartition} of read stream {}",
+                            self.stream_id
+                        ),
+                    )?;
+                }
+                self.subs.entry(index).or_default().required = Some((segment, 0));
+                Ok(Touched::One(index))
             }
         }
-        Ok(())
+    }
+
+    /// The state of subpartition `index` (an offset in the range), if any.
+    fn sub(&mut self, index: usize) -> Option<&mut Sub> {
+        self.subs.get_mut(&index)
+    }
+
+    /// Forgets subpartition `index` once nothing goes on there.
+    fn tidy(&mut self, index: usize) {
+        if self.subs.get(&index).is_some_and(Sub::idle) {
+            self.subs.remove(&index);
+            self.charge.shrink(cost::STREAM_SUBPARTITION);
+        }
+    }
+
+    /// Sets what is required of subpartition `index` (it has state).
+    fn set_required(&mut self, index: usize, required: Option<(u32, usize)>) {
+        if let Some(sub) = self.sub(index) {
+            sub.required = required;
+        }
+        self.tidy(index);
     }
 
     fn fail(&self, e: &TierError) {
@@ -472,10 +613,14 @@ impl Stream {
     /// Sends a finished read (or fails the stream); false when the stream is over.
     fn finish_read(&mut self, partition: &Arc<Partition>, done: Done) -> bool {
         let index = done.index;
-        self.busy[index] = false;
-        self.windows[index] = done.window;
-        if self.required[index] != Some((done.segment, done.position)) {
+        let Some(sub) = self.sub(index) else {
+            return true;
+        };
+        sub.busy = false;
+        sub.window = done.window;
+        if sub.required != Some((done.segment, done.position)) {
             // The reader moved on (a new RequireSegment): drop the stale batch.
+            self.tidy(index);
             return true;
         }
         let subpartition = self.first + index as u32;
@@ -509,8 +654,11 @@ impl Stream {
             }));
         }
         self.credits = self.credits.saturating_sub(1);
-        self.required[index] = Some((done.segment, done.position + done.extents.len()));
-        self.cursor = (index + 1) % self.required.len();
+        self.set_required(
+            index,
+            Some((done.segment, done.position + done.extents.len())),
+        );
+        self.cursor = index + 1;
         self.shared
             .store
             .counters
@@ -554,7 +702,7 @@ impl Stream {
         segment: u32,
         position: usize,
     ) {
-        if self.windows[index].is_some() {
+        if self.subs.get(&index).is_none_or(|s| s.window.is_some()) {
             return;
         }
         let subpartition = self.first + index as u32;
@@ -563,7 +711,10 @@ impl Stream {
             partition.next_read(subpartition, segment, position, max_bytes),
             ReadStep::SegmentDone
         ) {
-            self.windows[index] = self.open_window(partition, index, segment + 1, 0, 0);
+            let window = self.open_window(partition, index, segment + 1, 0, 0);
+            if let Some(sub) = self.sub(index) {
+                sub.window = window;
+            }
         }
     }
 
@@ -613,7 +764,7 @@ impl Stream {
         sources: &[Source],
     ) -> Option<(Window, Range<u64>)> {
         let (key, range) = single_object_range(sources)?;
-        if let Some(window) = self.windows[index].take() {
+        if let Some(window) = self.sub(index).and_then(|s| s.window.take()) {
             if window.covers(&key, &range) {
                 return Some((window, range));
             }
@@ -644,23 +795,34 @@ impl Stream {
 
     /// Looks at every subpartition once, from the round-robin cursor; sends at
     /// most one data frame.
-    async fn step(&mut self, partition: &Arc<Partition>) -> Step {
-        let n = self.required.len();
+    async fn step(&mut self, partition: &Arc<Partition>, look: &Look) -> Step {
         let max_bytes = self.shared.config.read_batch_size.as_usize();
         let mut progressed = false;
-        for i in 0..n {
-            let index = (self.cursor + i) % n;
-            let Some((segment, position)) = self.required[index] else {
-                continue;
-            };
+        // The subpartitions with a segment required, from the cursor on.
+        let wanted: Vec<(usize, u32, usize)> = if look.all {
+            self.subs
+                .range(self.cursor..)
+                .chain(self.subs.range(..self.cursor))
+                .filter_map(|(&index, sub)| sub.required.map(|(g, p)| (index, g, p)))
+                .collect()
+        } else {
+            look.some
+                .iter()
+                .filter_map(|index| {
+                    let sub = self.subs.get(index)?;
+                    sub.required.map(|(g, p)| (*index, g, p))
+                })
+                .collect()
+        };
+        for (index, segment, position) in wanted {
             let subpartition = self.first + index as u32;
             match partition.next_read(subpartition, segment, position, max_bytes) {
                 ReadStep::Wait => {}
                 ReadStep::SegmentDone => {
-                    self.required[index] = None;
+                    self.set_required(index, None);
                 }
                 ReadStep::End => {
-                    self.required[index] = None;
+                    self.set_required(index, None);
                     self.sender.send(
                         Message::SubpartitionEnd(pb::SubpartitionEnd {
                             stream_id: self.stream_id,
@@ -672,7 +834,7 @@ impl Stream {
                     progressed = true;
                 }
                 ReadStep::Redirect(next) => {
-                    self.required[index] = None;
+                    self.set_required(index, None);
                     self.sender.send(
                         Message::SubpartitionRedirect(pb::SubpartitionRedirect {
                             stream_id: self.stream_id,
@@ -690,7 +852,7 @@ impl Stream {
                     return Step::Finished;
                 }
                 ReadStep::Batch { extents, sources } => {
-                    if self.busy[index]
+                    if self.subs.get(&index).is_none_or(|s| s.busy)
                         || self.credits as usize <= self.inflight.len()
                         || self.inflight.len() >= MAX_INFLIGHT_READS
                         || self.wanting.is_some()
@@ -704,7 +866,9 @@ impl Stream {
                     if let Some((window, range)) =
                         self.window_for(partition, index, segment, position, &sources)
                     {
-                        self.busy[index] = true;
+                        if let Some(sub) = self.sub(index) {
+                            sub.busy = true;
+                        }
                         self.inflight.push(Box::pin(async move {
                             let (body, window) = window.take(range).await;
                             let body = body.map(|b| vec![b]);
@@ -721,7 +885,9 @@ impl Stream {
                         progressed = true;
                         continue;
                     }
-                    self.busy[index] = true;
+                    if let Some(sub) = self.sub(index) {
+                        sub.busy = true;
+                    }
                     let shared = Arc::clone(&self.shared);
                     self.inflight.push(Box::pin(async move {
                         let body = shared.store.tiers().read(sources).await;

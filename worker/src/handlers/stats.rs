@@ -17,7 +17,10 @@ pub fn handle(conn: &Connection, m: pb::WorkerStats) -> Message {
         bytes_read: store.counters.bytes_read.load(Ordering::Relaxed),
         memory_budget_bytes: store.budget().total(),
         memory_peak_bytes: store.budget().peak(),
-        partitions: store.partitions().len() as u32,
+        partitions: store.partition_count() as u32,
+        metadata_bytes: store.metadata().used(),
+        metadata_peak_bytes: store.metadata().peak(),
+        metadata_limit_bytes: store.metadata().limit(),
     })
 }
 

@@ -81,6 +81,22 @@ impl FaultyStore {
     }
 }
 
+impl FaultyStore {
+    /// `stream`, whose first item waits while requests hang.
+    fn until_released<T: Send + 'static>(
+        &self,
+        stream: BoxStream<'static, T>,
+    ) -> BoxStream<'static, T> {
+        let mut hanging = self.hanging.subscribe();
+        futures::stream::once(async move {
+            let _ = hanging.wait_for(|h| !*h).await;
+        })
+        .filter_map(|()| async { None })
+        .chain(stream)
+        .boxed()
+    }
+}
+
 fn injected() -> object_store::Error {
     object_store::Error::Generic {
         store: "faulty",
@@ -131,7 +147,7 @@ impl ObjectStore for FaultyStore {
         if self.failing.load(Ordering::SeqCst) {
             return futures::stream::once(async { Err(injected()) }).boxed();
         }
-        self.inner.delete_stream(locations)
+        self.until_released(self.inner.delete_stream(locations))
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
@@ -139,7 +155,7 @@ impl ObjectStore for FaultyStore {
         if self.failing.load(Ordering::SeqCst) {
             return futures::stream::once(async { Err(injected()) }).boxed();
         }
-        self.inner.list(prefix)
+        self.until_released(self.inner.list(prefix))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {

@@ -158,8 +158,45 @@ pub enum NextRead {
     Redirect(Forward),
 }
 
+/// What an append adds to an index: counted before anything is added, so
+/// the memory it takes can be charged (or refused) first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Growth {
+    pub subpartitions: u64,
+    pub segments: u64,
+    pub extents: u64,
+}
+
+/// Bytes of an index's extents per tier, kept up to date by every append and
+/// relocation so that no push has to walk the index to know them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub memory: u64,
+    pub local: u64,
+    pub object: u64,
+}
+
+impl Totals {
+    fn add(&mut self, tier: TierKind, len: u64) {
+        match tier {
+            TierKind::Memory => self.memory += len,
+            TierKind::Local => self.local += len,
+            TierKind::Object => self.object += len,
+        }
+    }
+
+    fn sub(&mut self, tier: TierKind, len: u64) {
+        let slot = match tier {
+            TierKind::Memory => &mut self.memory,
+            TierKind::Local => &mut self.local,
+            TierKind::Object => &mut self.object,
+        };
+        *slot = slot.saturating_sub(len);
+    }
+}
+
 /// The index of one partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PartitionIndex {
     pub num_subpartitions: u32,
     pub broadcast_only: bool,
@@ -174,7 +211,24 @@ pub struct PartitionIndex {
     pub continuation: bool,
     /// Set when the partition was split on: later segments are on that worker.
     pub forward: Option<Forward>,
+    /// Bytes per tier (derived from `subs`; see [`PartitionIndex::recount`]).
+    totals: Totals,
 }
+
+/// Two indexes are equal when they hold the same segments and extents: the
+/// totals are derived from those.
+impl PartialEq for PartitionIndex {
+    fn eq(&self, other: &Self) -> bool {
+        self.num_subpartitions == other.num_subpartitions
+            && self.broadcast_only == other.broadcast_only
+            && self.subs == other.subs
+            && self.sealed == other.sealed
+            && self.continuation == other.continuation
+            && self.forward == other.forward
+    }
+}
+
+impl Eq for PartitionIndex {}
 
 impl PartitionIndex {
     pub fn new(num_subpartitions: u32, broadcast_only: bool) -> Self {
@@ -185,7 +239,41 @@ impl PartitionIndex {
             sealed: false,
             continuation: false,
             forward: None,
+            totals: Totals::default(),
         }
+    }
+
+    /// Computes the per-tier totals from the extents (after `subs` was
+    /// changed by hand, or decoded). Walks the whole index: not for pushes.
+    pub fn recount(&mut self) {
+        let mut totals = Totals::default();
+        for (_, extent) in self.extents() {
+            totals.add(extent.location.tier(), u64::from(extent.len));
+        }
+        self.totals = totals;
+    }
+
+    /// Bytes of the extents per tier.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Subpartitions, segments and extents in the index: what its memory
+    /// is charged for. Walks the index's segment lists (not its extents).
+    pub fn size(&self) -> Growth {
+        let mut size = Growth {
+            subpartitions: self.subs.len() as u64,
+            ..Growth::default()
+        };
+        for sub in self.subs.values() {
+            size.segments += sub.segments.len() as u64;
+            size.extents += sub
+                .segments
+                .iter()
+                .map(|g| g.extents.len() as u64)
+                .sum::<u64>();
+        }
+        size
     }
 
     /// Records where the partition goes on. Every segment must be closed: a
@@ -218,6 +306,17 @@ impl PartitionIndex {
     /// up by one, a segment is extended only while open), then appends each as
     /// a memory extent. All or nothing. Returns where each run went.
     pub fn append(&mut self, runs: &[Run]) -> TierResult<Vec<ExtentRef>> {
+        self.append_admitted(runs, |_| Ok(()))
+    }
+
+    /// [`PartitionIndex::append`], with `admit` told what the runs would add
+    /// once they are checked and before anything is added: an error from it
+    /// refuses the append. Costs O(runs), whatever the index holds.
+    pub fn append_admitted(
+        &mut self,
+        runs: &[Run],
+        admit: impl FnOnce(Growth) -> TierResult<()>,
+    ) -> TierResult<Vec<ExtentRef>> {
         if self.sealed {
             return Err(TierError::new(
                 terrace_tier_api::ErrorKind::PartitionSealed,
@@ -229,6 +328,10 @@ impl PartitionIndex {
         // Where each subpartition's entry in `state` is (pushes may carry
         // tens of thousands of runs).
         let mut slots: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+        let mut growth = Growth {
+            extents: runs.len() as u64,
+            ..Growth::default()
+        };
         for run in runs {
             if run.sub >= self.stored_subpartitions() {
                 return Err(TierError::bad_input(format!(
@@ -242,6 +345,9 @@ impl PartitionIndex {
             let slot = match slots.get(&run.sub) {
                 Some(&i) => i,
                 None => {
+                    if !self.subs.contains_key(&run.sub) {
+                        growth.subpartitions += 1;
+                    }
                     slots.insert(run.sub, state.len());
                     let last = sub_index
                         .segments
@@ -271,8 +377,12 @@ impl PartitionIndex {
                     run.sub, run.segment
                 )));
             }
+            if last.is_none_or(|(g, _)| g != run.segment) {
+                growth.segments += 1;
+            }
             state[slot].1 = Some((run.segment, run.ends_segment));
         }
+        admit(growth)?;
         let mut refs = Vec::with_capacity(runs.len());
         for run in runs {
             let sub = self
@@ -285,9 +395,14 @@ impl PartitionIndex {
             let at = run.segment - sub.first_segment as usize;
             let segments = &mut sub.segments;
             if at == segments.len() {
-                segments.push(SegmentIndex::default());
+                // Most segments get one extent per push: no spare room.
+                segments.push(SegmentIndex {
+                    extents: Vec::with_capacity(1),
+                    closed: false,
+                });
             }
             let segment = &mut segments[at];
+            self.totals.memory += run.bytes.len() as u64;
             segment.extents.push(Extent {
                 location: Location::Memory(run.bytes.clone()),
                 len: run.bytes.len() as u32,
@@ -312,6 +427,9 @@ impl PartitionIndex {
             .and_then(|s| s.segments.get_mut(at.segment))
             .and_then(|g| g.extents.get_mut(at.extent))
         {
+            let len = u64::from(extent.len);
+            self.totals.sub(extent.location.tier(), len);
+            self.totals.add(location.tier(), len);
             extent.location = location;
         }
     }
@@ -373,7 +491,7 @@ impl PartitionIndex {
 
     /// Bytes of all extents.
     pub fn stored_bytes(&self) -> u64 {
-        self.extents().map(|(_, e)| u64::from(e.len)).sum()
+        self.totals.memory + self.totals.local + self.totals.object
     }
 
     /// What a reader of `subpartition` positioned at extent `position` of
@@ -759,6 +877,7 @@ impl PersistedIndex {
             return Err(damaged("trailing bytes"));
         }
         index.sealed = true;
+        index.recount();
         Ok(PersistedIndex {
             key: PartitionKey { job, partition },
             generation,

@@ -20,6 +20,7 @@ mod faults;
 mod files;
 mod handles;
 mod index;
+mod metadata;
 mod names;
 mod object;
 mod partition;
@@ -43,6 +44,7 @@ pub use faults::FaultyStore;
 pub use files::{FaultyFiles, FileLayer, RealFiles};
 use handles::open_file_limits;
 pub use index::{Extent, Forward, PersistedIndex};
+pub use metadata::{Charge, MetadataBudget, cost};
 pub use object::{ObjectStoreSettings, ObjectTier, build_store};
 pub use partition::{Partition, PartitionMeta, ReadStep, TierBytes};
 pub use tiers::{Source, Tiers, single_object_range};
@@ -84,6 +86,37 @@ pub struct StoreOptions {
     pub max_open_files: Option<u64>,
     /// Start even when a data directory in use is missing (see [`LocalDirs::open`]).
     pub allow_missing_dirs: bool,
+    /// Bounds on what peers make the store hold.
+    pub limits: StoreLimits,
+}
+
+/// Bounds on what peers make the store hold (from the worker's `[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Bytes of metadata held at most (`limits.metadata_memory`; see [`MetadataBudget`]).
+    pub metadata_memory: u64,
+    /// Partitions held at most (`limits.max_partitions`).
+    pub max_partitions: u64,
+    /// Partitions of one job held at most (`limits.max_partitions_per_job`).
+    pub max_partitions_per_job: u64,
+}
+
+impl Default for StoreLimits {
+    /// No limits.
+    fn default() -> Self {
+        StoreLimits {
+            metadata_memory: u64::MAX,
+            max_partitions: u64::MAX,
+            max_partitions_per_job: u64::MAX,
+        }
+    }
+}
+
+/// Keys of partitions released recently, and what they cost the metadata budget.
+#[derive(Debug)]
+struct Released {
+    keys: HashSet<PartitionKey>,
+    charge: Charge,
 }
 
 /// Seams for tests: the file layer and an already-built object store.
@@ -98,8 +131,18 @@ pub struct Store {
     tiers: Tiers,
     partitions: DashMap<PartitionKey, Arc<Partition>>,
     /// Keys released recently, so late readers fail fast instead of waiting.
-    released: Mutex<HashSet<PartitionKey>>,
+    released: Mutex<Released>,
     created: Notify,
+    /// Partitions held per job (for `max_partitions_per_job`). Changed with
+    /// `partitions`, under the `releasing` lock.
+    job_partitions: Mutex<HashMap<JobId, u64>>,
+    /// Partitions taken out of `partitions` whose files and objects are
+    /// still being deleted: the same key cannot be created again until
+    /// that is done, or the deletion would take the new partition's data.
+    releasing: Mutex<HashSet<PartitionKey>>,
+    /// Woken when a key leaves `releasing`.
+    release_done: Notify,
+    metadata: Arc<MetadataBudget>,
     budget: MemoryBudget,
     pool: Arc<BufferPool>,
     /// Bytes of memory use above which the flusher starts, and below which it stops.
@@ -156,11 +199,19 @@ impl Store {
             max_open_files,
         );
         let budget = options.memory_budget;
+        let metadata = MetadataBudget::new(options.limits.metadata_memory);
         let mut store = Store {
             tiers,
             partitions: DashMap::new(),
-            released: Mutex::new(HashSet::new()),
+            released: Mutex::new(Released {
+                keys: HashSet::new(),
+                charge: metadata.empty(),
+            }),
             created: Notify::new(),
+            job_partitions: Mutex::new(HashMap::new()),
+            releasing: Mutex::new(HashSet::new()),
+            release_done: Notify::new(),
+            metadata,
             budget: MemoryBudget::new(budget),
             pool: BufferPool::new(usize::try_from(budget).unwrap_or(usize::MAX)),
             flush_start: (budget as f64 * options.flush_high_watermark) as u64,
@@ -170,6 +221,25 @@ impl Store {
             held_back: HashSet::new(),
         };
         store.held_back = store.recover()?;
+        // What recovery brought back is in memory already: it is charged
+        // even past the limits, and counted per job.
+        {
+            let mut jobs = store
+                .job_partitions
+                .lock()
+                .expect("job count lock poisoned");
+            for partition in store.partitions() {
+                partition.set_charge(store.metadata.force(partition.metadata_cost()));
+                *jobs.entry(partition.key().job.clone()).or_default() += 1;
+            }
+        }
+        if store.metadata.used() > store.metadata.limit() {
+            tracing::warn!(
+                used = store.metadata.used(),
+                limit = store.metadata.limit(),
+                "the recovered partitions' indexes take more than limits.metadata_memory: new partitions and pushes are refused until enough are released"
+            );
+        }
         if let Some(object) = &store.tiers.object {
             for partition in store.partitions() {
                 let (count, bytes) = partition.object_totals();
@@ -182,6 +252,11 @@ impl Store {
 
     pub fn budget(&self) -> &MemoryBudget {
         &self.budget
+    }
+
+    /// The metadata budget (`limits.metadata_memory`).
+    pub fn metadata(&self) -> &Arc<MetadataBudget> {
+        &self.metadata
     }
 
     pub fn tiers(&self) -> &Tiers {
@@ -305,24 +380,111 @@ impl Store {
             broadcast_only,
             continuation,
         }));
-        Ok(self.insert(key, partition))
+        self.insert(key, partition, None)
+    }
+
+    /// [`Store::create`], waiting up to `wait` while an earlier partition
+    /// under the same key is still being deleted (a release, a hand-off).
+    pub async fn create_after_release(
+        &self,
+        key: PartitionKey,
+        num_subpartitions: u32,
+        broadcast_only: bool,
+        continuation: bool,
+        wait: Duration,
+    ) -> TierResult<Arc<Partition>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let done = self.release_done.notified();
+            if !self.is_releasing(&key) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                break;
+            }
+        }
+        self.create(key, num_subpartitions, broadcast_only, continuation)
+    }
+
+    fn is_releasing(&self, key: &PartitionKey) -> bool {
+        self.releasing
+            .lock()
+            .expect("releasing lock poisoned")
+            .contains(key)
     }
 
     /// Adds `partition` unless another is there already (a concurrent create
-    /// or adoption won): returns the one held, and wakes readers waiting for it.
-    fn insert(&self, key: PartitionKey, partition: Arc<Partition>) -> Arc<Partition> {
-        let entry = self
-            .partitions
-            .entry(key.clone())
-            .or_insert_with(|| partition);
-        let held = Arc::clone(&entry);
-        drop(entry);
-        self.released
-            .lock()
-            .expect("released lock poisoned")
-            .remove(&key);
+    /// or adoption won): returns the one held, and wakes readers waiting for
+    /// it. A new partition must fit the partition quotas and the metadata
+    /// budget, and its key must not be still being deleted. `charge`: what
+    /// its metadata is already charged (an adopted index), else it is
+    /// charged here.
+    fn insert(
+        &self,
+        key: PartitionKey,
+        partition: Arc<Partition>,
+        charge: Option<Charge>,
+    ) -> TierResult<Arc<Partition>> {
+        let releasing = self.releasing.lock().expect("releasing lock poisoned");
+        if let Some(held) = self.partitions.get(&key) {
+            return Ok(Arc::clone(&held));
+        }
+        if releasing.contains(&key) {
+            return Err(TierError::unavailable(format!(
+                "{key}: an earlier partition under this key is still being deleted; retry"
+            )));
+        }
+        let limits = &self.options.limits;
+        let held = self.partitions.len() as u64;
+        if held >= limits.max_partitions {
+            return Err(TierError::unavailable(format!(
+                "{key}: this worker holds {held} partitions, its limit (limits.max_partitions)"
+            )));
+        }
+        let mut jobs = self.job_partitions.lock().expect("job count lock poisoned");
+        let of_job = jobs.get(&key.job).copied().unwrap_or(0);
+        if of_job >= limits.max_partitions_per_job {
+            return Err(TierError::unavailable(format!(
+                "{key}: this worker holds {of_job} partitions of job {}, its limit per job (limits.max_partitions_per_job)",
+                key.job
+            )));
+        }
+        let charge = match charge {
+            Some(charge) => charge,
+            None => self
+                .metadata
+                .charge(partition.metadata_cost(), &format!("partition {key}"))?,
+        };
+        partition.set_charge(charge);
+        *jobs.entry(key.job.clone()).or_default() += 1;
+        drop(jobs);
+        self.partitions.insert(key.clone(), Arc::clone(&partition));
+        drop(releasing);
+        self.forget_released(&key);
         self.created.notify_waiters();
-        held
+        Ok(partition)
+    }
+
+    /// Takes `key`'s partition out of the map; its key stays in `releasing`
+    /// until the returned guard is dropped (its deletion is over).
+    fn remove(&self, key: &PartitionKey) -> Option<(Arc<Partition>, Releasing<'_>)> {
+        let mut releasing = self.releasing.lock().expect("releasing lock poisoned");
+        let (_, partition) = self.partitions.remove(key)?;
+        releasing.insert(key.clone());
+        let mut jobs = self.job_partitions.lock().expect("job count lock poisoned");
+        if let Some(count) = jobs.get_mut(&key.job) {
+            *count -= 1;
+            if *count == 0 {
+                jobs.remove(&key.job);
+            }
+        }
+        Some((
+            partition,
+            Releasing {
+                store: self,
+                key: key.clone(),
+            },
+        ))
     }
 
     pub fn get(&self, key: &PartitionKey) -> TierResult<Arc<Partition>> {
@@ -350,6 +512,7 @@ impl Store {
                 .released
                 .lock()
                 .expect("released lock poisoned")
+                .keys
                 .contains(key)
             {
                 return Err(TierError::not_found(format!("{key} was released")));
@@ -387,9 +550,11 @@ impl Store {
 
     /// Releases a partition and deletes its data in every tier. Not found is an error.
     pub async fn release(&self, key: &PartitionKey) -> TierResult<()> {
-        let Some((_, partition)) = self.partitions.remove(key) else {
+        let Some((partition, _deleting)) = self.remove(key) else {
             return Err(TierError::not_found(format!("{key} is not on this worker")));
         };
+        // Its index's memory goes first, then its key is remembered in it.
+        partition.mark_released();
         self.remember_released(key.clone());
         self.delete_storage(key, partition).await
     }
@@ -398,9 +563,11 @@ impl Store {
     /// off this one: from now on new readers are told at once that it is
     /// not here. Returns it for [`Store::finish_hand_off`].
     pub fn take_for_hand_off(&self, key: &PartitionKey) -> TierResult<Arc<Partition>> {
-        let Some((_, partition)) = self.partitions.remove(key) else {
+        let Some((partition, deleting)) = self.remove(key) else {
             return Err(TierError::not_found(format!("{key} is not on this worker")));
         };
+        // The key stays being deleted until `finish_hand_off` is done.
+        std::mem::forget(deleting);
         self.remember_released(key.clone());
         Ok(partition)
     }
@@ -414,6 +581,10 @@ impl Store {
         partition: Arc<Partition>,
         readers_wait: Duration,
     ) -> TierResult<()> {
+        let _deleting = Releasing {
+            store: self,
+            key: partition.key().clone(),
+        };
         let deadline = tokio::time::Instant::now() + readers_wait;
         while Arc::strong_count(&partition) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -492,6 +663,11 @@ impl Store {
             persisted.objects.iter().map(|o| o.len).sum::<u64>(),
         );
         let partition = Arc::new(Partition::recovered(persisted, Vec::new(), index_dir));
+        // Charged before anything is copied; refused past the budget.
+        let charge = self.metadata.charge(
+            partition.metadata_cost(),
+            &format!("adopted partition {key}"),
+        )?;
         if let Err(e) = partition.persist_now(&self.tiers).await {
             let _ = object.delete_prefix(&to).await;
             return Err(e.context(format!("adopt {key}")));
@@ -501,7 +677,7 @@ impl Store {
             .objects
             .fetch_add(objects, Ordering::Relaxed);
         object.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
-        Ok(self.insert(key, partition))
+        self.insert(key, partition, Some(charge))
     }
 
     /// Deletes a partition taken out of the map, in every tier.
@@ -594,12 +770,34 @@ impl Store {
         Ok(count)
     }
 
+    /// Remembers a released key, so its late readers fail fast. Bounded by
+    /// count and by the metadata budget: when either is short the oldest
+    /// memories go (all at once), and when the budget is still short the
+    /// key is not remembered (its readers then wait for it, then fail).
     fn remember_released(&self, key: PartitionKey) {
         let mut released = self.released.lock().expect("released lock poisoned");
-        if released.len() >= 100_000 {
-            released.clear();
+        let cost =
+            cost::RELEASED_KEY + (key.job.as_bytes().len() + key.partition.as_bytes().len()) as u64;
+        let mut fits = released.keys.len() < MAX_RELEASED_KEYS
+            && released.charge.grow(cost, "a released key").is_ok();
+        if !fits {
+            released.keys = HashSet::new();
+            let all = released.charge.bytes();
+            released.charge.shrink(all);
+            fits = released.charge.grow(cost, "a released key").is_ok();
         }
-        released.insert(key);
+        if fits && !released.keys.insert(key) {
+            released.charge.shrink(cost);
+        }
+    }
+
+    fn forget_released(&self, key: &PartitionKey) {
+        let mut released = self.released.lock().expect("released lock poisoned");
+        if released.keys.remove(key) {
+            let cost = cost::RELEASED_KEY
+                + (key.job.as_bytes().len() + key.partition.as_bytes().len()) as u64;
+            released.charge.shrink(cost);
+        }
     }
 
     /// Partitions held (open and sealed).
@@ -969,6 +1167,27 @@ fn list_dir(dir: &Path) -> TierResult<Vec<(PathBuf, String)>> {
         ));
     }
     Ok(out)
+}
+
+/// Most released keys remembered at once.
+const MAX_RELEASED_KEYS: usize = 100_000;
+
+/// A key whose partition's storage is being deleted; the key can be created
+/// again once this is dropped.
+struct Releasing<'a> {
+    store: &'a Store,
+    key: PartitionKey,
+}
+
+impl Drop for Releasing<'_> {
+    fn drop(&mut self) {
+        self.store
+            .releasing
+            .lock()
+            .expect("releasing lock poisoned")
+            .remove(&self.key);
+        self.store.release_done.notify_waiters();
+    }
 }
 
 enum Named {

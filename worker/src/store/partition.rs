@@ -31,9 +31,10 @@ use tokio::time::Instant;
 use super::budget::Reservation;
 use super::handles::{DataFile, is_out_of_descriptors};
 use super::index::{
-    Blob, Extent, ExtentRef, Forward, Location, NextRead, PartitionIndex, PersistedIndex, Run,
-    TierKind,
+    Blob, Extent, ExtentRef, Forward, Growth, Location, NextRead, PartitionIndex, PersistedIndex,
+    Run,
 };
+use super::metadata::{Charge, cost};
 use super::object::ObjectTier;
 use super::tiers::{Source, Tiers};
 
@@ -94,6 +95,9 @@ struct State {
     /// A failed migration is not tried again before this.
     migrate_after: Option<Instant>,
     migration_failures: u32,
+    /// What the partition's state and index take of the metadata budget
+    /// (`None`: not charged, a partition made outside a store).
+    charge: Option<Charge>,
 }
 
 /// What a reader of a segment gets next, with the bytes' sources resolved.
@@ -140,12 +144,11 @@ pub struct Partition {
 
 impl Partition {
     pub fn new(meta: PartitionMeta) -> Self {
+        let mut index = PartitionIndex::new(meta.num_subpartitions, meta.broadcast_only);
+        index.continuation = meta.continuation;
         Partition {
             state: Mutex::new(State {
-                index: PartitionIndex {
-                    continuation: meta.continuation,
-                    ..PartitionIndex::new(meta.num_subpartitions, meta.broadcast_only)
-                },
+                index,
                 phase: Phase::Open,
                 pending: Vec::new(),
                 pending_bytes: 0,
@@ -161,6 +164,7 @@ impl Partition {
                 migrating: false,
                 migrate_after: None,
                 migration_failures: 0,
+                charge: None,
             }),
             meta,
             version: watch::channel(0).0,
@@ -243,6 +247,18 @@ impl Partition {
         self.lock().index.stored_bytes()
     }
 
+    /// Hands the partition the metadata charge that pays for it; its index
+    /// grows it from then on, and it is given back with the index.
+    pub fn set_charge(&self, charge: Charge) {
+        self.lock().charge = Some(charge);
+    }
+
+    /// What the partition's state and index cost the metadata budget.
+    pub fn metadata_cost(&self) -> u64 {
+        let state = self.lock();
+        base_cost(&self.meta.key) + index_cost(state.index.size())
+    }
+
     /// Whether this part is sealed, its stored bytes per subpartition, and
     /// where the partition goes on when it was split.
     pub fn metrics(&self) -> (bool, Vec<u64>, Option<Forward>) {
@@ -256,17 +272,12 @@ impl Partition {
 
     /// Bytes of this partition in each tier.
     pub fn tier_bytes(&self) -> TierBytes {
-        let state = self.lock();
-        let mut out = TierBytes::default();
-        for (_, extent) in state.index.extents() {
-            let len = u64::from(extent.len);
-            match extent.location.tier() {
-                TierKind::Memory => out.memory += len,
-                TierKind::Local => out.local += len,
-                TierKind::Object => out.object += len,
-            }
+        let totals = self.lock().index.totals();
+        TierBytes {
+            memory: totals.memory,
+            local: totals.local,
+            object: totals.object,
         }
-        out
     }
 
     /// The object ids and key prefix of the partition, for orphan cleanup.
@@ -320,20 +331,25 @@ impl Partition {
                 )));
             }
         }
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         if let Some(e) = self.phase_error(&state.phase) {
             return Err(e);
         }
+        let charge = &mut state.charge;
         let refs = state
             .index
-            .append(&runs)
+            .append_admitted(&runs, |growth| match charge {
+                Some(charge) => charge.grow(index_cost(growth), "this push's index entries"),
+                None => Ok(()),
+            })
             .map_err(|e| e.context(&self.meta.key))?;
         for (at, run) in refs.into_iter().zip(runs) {
             state.pending_bytes += run.bytes.len() as u64;
             state.pending.push((at, run.bytes));
         }
         state.reservations.push(reservation);
-        drop(state);
+        drop(guard);
         self.bump();
         Ok(())
     }
@@ -420,13 +436,15 @@ impl Partition {
                 drop(reservations);
                 let e = e.context(format!("store data of {}", self.meta.key));
                 tracing::error!(partition = %self.meta.key, error = %e, "partition failed: its data could not be stored");
-                {
+                let freed = {
                     let mut state = self.lock();
                     if !matches!(state.phase, Phase::Released) {
                         state.phase = Phase::Failed(e.clone());
                     }
-                }
+                    self.free_memory(&mut state)
+                };
                 drop(pending);
+                drop(freed);
                 self.bump();
                 Err(e)
             }
@@ -977,15 +995,32 @@ impl Partition {
     /// Marks the partition released (readers and writers get not-found) and
     /// frees its memory.
     pub fn mark_released(&self) {
-        {
+        let freed = {
             let mut state = self.lock();
             state.phase = Phase::Released;
-            state.pending.clear();
-            state.reservations.clear();
-            state.pending_bytes = 0;
-            state.index = PartitionIndex::new(0, false);
-        }
+            self.free_memory(&mut state)
+        };
+        drop(freed);
         self.bump();
+    }
+
+    /// Drops what a released or failed partition no longer needs in memory:
+    /// data waiting for a flush and its budget, and the index (with the
+    /// data it still held in memory) and its metadata charge. What is
+    /// returned is freed when dropped, after the state's lock.
+    fn free_memory(&self, state: &mut State) -> Freed {
+        let pending = std::mem::take(&mut state.pending);
+        let reservations = std::mem::take(&mut state.reservations);
+        state.pending_bytes = 0;
+        let index = std::mem::replace(
+            &mut state.index,
+            PartitionIndex::new(self.meta.num_subpartitions, self.meta.broadcast_only),
+        );
+        if let Some(charge) = &mut state.charge {
+            let keep = base_cost(&self.meta.key);
+            charge.shrink(charge.bytes().saturating_sub(keep));
+        }
+        (pending, reservations, index)
     }
 
     /// What a released partition leaves to delete, once no flush runs: its
@@ -1324,6 +1359,19 @@ impl Unstored {
             Unstored::OutOfDescriptors(e) | Unstored::Failed(e) => e,
         }
     }
+}
+
+/// Memory let go of by [`Partition::free_memory`], freed on drop.
+type Freed = (Vec<(ExtentRef, Bytes)>, Vec<Reservation>, PartitionIndex);
+
+/// The metadata a partition costs besides its index: its state, and its key.
+pub fn base_cost(key: &PartitionKey) -> u64 {
+    cost::PARTITION + (key.job.as_bytes().len() + key.partition.as_bytes().len()) as u64
+}
+
+/// The metadata an index of this size (or an append of this growth) costs.
+pub fn index_cost(g: Growth) -> u64 {
+    g.subpartitions * cost::SUBPARTITION + g.segments * cost::SEGMENT + g.extents * cost::EXTENT
 }
 
 /// Which thread appends to a local data file.

@@ -38,6 +38,7 @@ pub fn options(dir: &std::path::Path, dir_capacity: u64) -> StoreOptions {
         migration_interval: Duration::from_millis(10),
         max_open_files: None,
         allow_missing_dirs: false,
+        limits: Default::default(),
     }
 }
 
