@@ -100,6 +100,7 @@ impl MasterAgent {
                 config.master_addresses.clone(),
                 options("master-agent"),
                 announce,
+                config.job_renew_interval,
             ),
             workers: Workers::new(options("master-agent")),
             placements,

@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     /// Signs job tokens; `None` when the cluster runs without a secret.
     pub(crate) secret: Option<ClusterSecret>,
+    /// How often the registry is swept (see [`crate::registry::sweep_period`]).
+    pub(crate) sweep_period: Duration,
 }
 
 impl Shared {
@@ -34,6 +36,7 @@ impl Shared {
     ) -> T {
         let now = self.clock.now();
         let mut registry = self.registry.lock().expect("registry lock poisoned");
+        registry.observe(now, std::time::Instant::now(), self.sweep_period);
         f(&mut registry, now)
     }
 }
@@ -68,6 +71,7 @@ pub async fn run_with_clock(
         registry: Mutex::new(Registry::new(&config, clock.now())),
         clock,
         secret: security.secret.clone(),
+        sweep_period: crate::registry::sweep_period(&config),
     });
     let local = listener
         .local_addr()
@@ -79,7 +83,7 @@ pub async fn run_with_clock(
     let sweeper = {
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
-        let period = (config.worker_timeout / 2).max(Duration::from_millis(10));
+        let period = shared.sweep_period;
         tokio::spawn(async move {
             let mut sweep = tokio::time::interval(period);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
