@@ -87,7 +87,11 @@ impl Masters {
                 let _ = self
                     .lease_ms
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                        Some(if old == 0 { r.job_lease_ms } else { old.min(r.job_lease_ms) })
+                        Some(if old == 0 {
+                            r.job_lease_ms
+                        } else {
+                            old.min(r.job_lease_ms)
+                        })
                     });
             }
         }

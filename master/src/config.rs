@@ -193,7 +193,7 @@ mod tests {
         };
         assert_eq!(
             tiny.validate(),
-            Err("max_frame_size (100B) must be at least 4KiB".to_string())
+            Err("max_frame_size (100B) must be at least 64KiB".to_string())
         );
     }
 }

@@ -171,8 +171,10 @@ impl Registry {
             .min(real.saturating_duration_since(self.last_seen.1));
         if gap > (sweep_period * 2).max(MIN_STALL) {
             let stalled = gap - sweep_period;
-            tracing::warn!(stalled_ms = stalled.as_millis() as u64,
-                "this master was stopped or starved; leases and worker timeouts do not count the time it missed");
+            tracing::warn!(
+                stalled_ms = stalled.as_millis() as u64,
+                "this master was stopped or starved; leases and worker timeouts do not count the time it missed"
+            );
             let credit = |t: &mut Instant| *t = (*t + stalled).min(now);
             self.jobs.values_mut().for_each(credit);
             self.workers
@@ -577,7 +579,11 @@ mod tests {
             ["w"],
             "the silent worker is lost after its timeout"
         );
-        assert_eq!(r.jobs(), std::slice::from_ref(&job), "at 3 s of observed age");
+        assert_eq!(
+            r.jobs(),
+            std::slice::from_ref(&job),
+            "at 3 s of observed age"
+        );
         r.observe(at(22_501), at(22_501), period);
         r.expire(at(22_501));
         assert_eq!(r.jobs(), Vec::<JobId>::new(), "expired past its lease");

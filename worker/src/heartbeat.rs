@@ -133,10 +133,14 @@ fn tier_stats(store: &Store, bytes: crate::store::TierBytes) -> pb::TierStats {
 /// Most jobs a heartbeat asks about (the master's limit).
 pub(crate) const MAX_HEARTBEAT_JOBS: usize = 4096;
 
-/// Most bytes of job ids and relocated partitions one heartbeat carries,
-/// whatever the load: with the load and the frame's header this stays
-/// under the smallest `max_frame_size` a master accepts (64 KiB).
+/// Most bytes of job ids and relocated partitions one heartbeat carries.
 pub(crate) const HEARTBEAT_LIST_BYTES: usize = 48 * 1024;
+
+/// Most bytes of a heartbeat's header, load included, unless the load alone
+/// takes more (it is bounded by the master's load limits: 64 directories
+/// with 1 KiB paths and 4 KiB errors): under the smallest `max_frame_size`
+/// a master accepts (64 KiB).
+pub(crate) const HEARTBEAT_BYTES: usize = 56 * 1024;
 
 /// A heartbeat's deadline before the master's `worker_timeout` is known.
 fn heartbeat_deadline(interval: Duration, worker_timeout: Option<Duration>) -> Duration {
@@ -427,18 +431,28 @@ async fn session(
         let worker_id = shared.worker_id.clone();
         let address = shared.address.clone();
         let load = load(shared);
+        // What the lists may take: the load and ids come first.
+        let fixed = Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+            request_id: u64::MAX,
+            worker_id: worker_id.clone(),
+            data_address: address.clone(),
+            load: Some(load.clone()),
+            jobs: Vec::new(),
+            relocated: Vec::new(),
+        })
+        .header_len();
+        let lists = HEARTBEAT_BYTES
+            .saturating_sub(fixed)
+            .min(HEARTBEAT_LIST_BYTES);
         let held = held_jobs(&shared.store);
-        let jobs = jobs_pager.page(
-            &held,
-            MAX_HEARTBEAT_JOBS,
-            HEARTBEAT_LIST_BYTES * 2 / 3,
-            |job| wire_len(job.as_bytes()),
-        );
+        let jobs = jobs_pager.page(&held, MAX_HEARTBEAT_JOBS, lists * 2 / 3, |job| {
+            wire_len(job.as_bytes())
+        });
         let relocated: Vec<pb::PartitionKey> = relocated_pager
             .page(
                 &relocated_held(shared),
                 MAX_HEARTBEAT_JOBS,
-                HEARTBEAT_LIST_BYTES / 3,
+                lists / 3,
                 key_wire_len,
             )
             .iter()
@@ -563,8 +577,14 @@ mod tests {
 
         // By bytes: each id takes 4 + 3 bytes, so 20 bytes hold two.
         let mut pager = Pager::default();
-        assert_eq!(pager.page(&all, 100, 20, |j| wire_len(j.as_bytes())), [0, 1].map(job));
-        assert_eq!(pager.page(&all, 100, 20, |j| wire_len(j.as_bytes())), [2, 3].map(job));
+        assert_eq!(
+            pager.page(&all, 100, 20, |j| wire_len(j.as_bytes())),
+            [0, 1].map(job)
+        );
+        assert_eq!(
+            pager.page(&all, 100, 20, |j| wire_len(j.as_bytes())),
+            [2, 3].map(job)
+        );
 
         // A set that fits is asked whole every time, from its start.
         let few: BTreeSet<JobId> = (0..3).map(job).collect();
@@ -576,13 +596,25 @@ mod tests {
         // Jobs come and go between pages: the rotation goes on after the
         // last one asked, even if it is gone.
         let mut pager = Pager::default();
-        assert_eq!(pager.page(&all, 4, usize::MAX, |_| 1), (0..4).map(job).collect::<Vec<_>>());
+        assert_eq!(
+            pager.page(&all, 4, usize::MAX, |_| 1),
+            (0..4).map(job).collect::<Vec<_>>()
+        );
         let fewer: BTreeSet<JobId> = (0..10).filter(|n| *n != 3 && *n != 4).map(job).collect();
-        assert_eq!(pager.page(&fewer, 4, usize::MAX, |_| 1), [5, 6, 7, 8].map(job));
-        assert_eq!(pager.page(&fewer, 4, usize::MAX, |_| 1), [9, 0, 1, 2].map(job));
+        assert_eq!(
+            pager.page(&fewer, 4, usize::MAX, |_| 1),
+            [5, 6, 7, 8].map(job)
+        );
+        assert_eq!(
+            pager.page(&fewer, 4, usize::MAX, |_| 1),
+            [9, 0, 1, 2].map(job)
+        );
         // Nothing fits: an empty page, and the rotation stays where it was.
         assert_eq!(pager.page(&fewer, 4, 0, |_| 1), Vec::<JobId>::new());
-        assert_eq!(pager.page(&fewer, 4, usize::MAX, |_| 1), [5, 6, 7, 8].map(job));
+        assert_eq!(
+            pager.page(&fewer, 4, usize::MAX, |_| 1),
+            [5, 6, 7, 8].map(job)
+        );
     }
 
     #[test]
@@ -633,7 +665,10 @@ mod tests {
     fn heartbeat_deadlines_stay_well_below_the_worker_timeout() {
         let second = Duration::from_secs(1);
         assert_eq!(heartbeat_deadline(second, None), 3 * second);
-        assert_eq!(heartbeat_deadline(second, Some(10 * second)), 2500 * Duration::from_millis(1));
+        assert_eq!(
+            heartbeat_deadline(second, Some(10 * second)),
+            2500 * Duration::from_millis(1)
+        );
         assert_eq!(heartbeat_deadline(second, Some(60 * second)), 3 * second);
         assert_eq!(
             heartbeat_deadline(Duration::from_millis(200), Some(2 * second)),

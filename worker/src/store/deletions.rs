@@ -145,14 +145,23 @@ impl Deletions {
             .iter()
             .map(|p| p.not_before)
             .min();
-        let sweep = (sweep && self.sweep.load(Ordering::Acquire)).then(|| *self.sweep_not_before.lock().expect("deletions lock poisoned"));
+        let sweep = (sweep && self.sweep.load(Ordering::Acquire)).then(|| {
+            *self
+                .sweep_not_before
+                .lock()
+                .expect("deletions lock poisoned")
+        });
         queued.into_iter().chain(sweep).min()
     }
 
     /// Whether a sweep is due at `now`.
     pub(crate) fn sweep_due(&self, now: Instant) -> bool {
         self.sweep.load(Ordering::Acquire)
-            && *self.sweep_not_before.lock().expect("deletions lock poisoned") <= now
+            && *self
+                .sweep_not_before
+                .lock()
+                .expect("deletions lock poisoned")
+                <= now
     }
 
     /// Records a sweep's outcome: a success clears the flag (unless a
@@ -164,8 +173,10 @@ impl Deletions {
             *failures = 0;
         } else {
             *failures = failures.saturating_add(1);
-            *self.sweep_not_before.lock().expect("deletions lock poisoned") =
-                now + retry_delay(*failures);
+            *self
+                .sweep_not_before
+                .lock()
+                .expect("deletions lock poisoned") = now + retry_delay(*failures);
             self.sweep.store(true, Ordering::Release);
         }
     }
@@ -281,14 +292,17 @@ mod tests {
     #[test]
     fn the_queue_is_bounded_deduplicated_and_retries_with_a_growing_delay() {
         let d = Deletions::default();
-        let now = Instant::now();
         d.start_sweep();
         assert_eq!(d.backlog(), (0, false));
         for i in 0..MAX_QUEUED {
             d.enqueue(format!("root/job/p{i}"));
         }
         d.enqueue("root/job/p0".into());
-        assert_eq!(d.backlog(), (MAX_QUEUED, false), "a queued prefix is not queued twice");
+        assert_eq!(
+            d.backlog(),
+            (MAX_QUEUED, false),
+            "a queued prefix is not queued twice"
+        );
         d.enqueue("root/job/one-too-many".into());
         assert_eq!(
             d.backlog(),
