@@ -53,6 +53,8 @@ pub struct Deletions {
     /// Not swept again before this (after a failed sweep).
     sweep_not_before: Mutex<Instant>,
     sweep_failures: Mutex<u32>,
+    /// Prefixes the background task is deleting now.
+    running: std::sync::atomic::AtomicUsize,
     wake: Notify,
 }
 
@@ -63,6 +65,7 @@ impl Default for Deletions {
             sweep: AtomicBool::new(true),
             sweep_not_before: Mutex::new(Instant::now()),
             sweep_failures: Mutex::new(0),
+            running: std::sync::atomic::AtomicUsize::new(0),
             wake: Notify::new(),
         }
     }
@@ -198,6 +201,38 @@ impl Store {
         &self.deletions
     }
 
+    /// Deletes every queued prefix now, one after another, whether or not
+    /// its retry is due, and waits for those the background task is
+    /// deleting (for a worker about to leave, and tests that run no
+    /// [`Store::run_deletions`]). Returns how many objects it deleted; a
+    /// failure puts the prefix back and stops. Callers bound the wait.
+    pub async fn delete_queued_now(&self) -> terrace_tier_api::TierResult<usize> {
+        let mut deleted = 0;
+        loop {
+            let all = self
+                .deletions
+                .take_due(usize::MAX, Instant::now() + MAX_RETRY_DELAY * 2);
+            let mut all = all.into_iter();
+            while let Some(pending) = all.next() {
+                match self.delete_unreferenced(&pending.prefix).await {
+                    Ok(n) => deleted += n,
+                    Err(e) => {
+                        let now = Instant::now();
+                        self.deletions.retry(pending, now);
+                        all.for_each(|rest| self.deletions.retry(rest, now));
+                        return Err(e);
+                    }
+                }
+            }
+            if self.deletions.running.load(Ordering::Acquire) == 0
+                && self.deletions.backlog().0 == 0
+            {
+                return Ok(deleted);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Deletes queued prefixes ([`CONCURRENCY`] at a time) and sweeps the
     /// root when due, until `cancel`. Without an object store, returns.
     pub async fn run_deletions(self: Arc<Self>, cancel: CancellationToken) {
@@ -218,8 +253,10 @@ impl Store {
             let room = CONCURRENCY.saturating_sub(running.len());
             for pending in self.deletions.take_due(room, now) {
                 let store = Arc::clone(&self);
+                self.deletions.running.fetch_add(1, Ordering::AcqRel);
                 running.spawn(async move {
                     let result = store.delete_unreferenced(&pending.prefix).await;
+                    // Failures go back to the queue before this drops.
                     (Some(pending), result)
                 });
             }
@@ -236,8 +273,14 @@ impl Store {
                     return;
                 }
                 Some(joined) = running.join_next() => {
-                    let Ok((pending, result)) = joined else { continue };
+                    let Ok((pending, result)) = joined else {
+                        // A task panicked (logged by the panic hook): count again.
+                        sweeping = false;
+                        self.deletions.running.store(running.len(), Ordering::Release);
+                        continue;
+                    };
                     let now = Instant::now();
+                    let finished_prefix = pending.is_some();
                     match (pending, result) {
                         (None, Ok(n)) => {
                             sweeping = false;
@@ -269,6 +312,10 @@ impl Store {
                             }
                             self.deletions.retry(pending, now);
                         }
+                    }
+                    // After a failure's retry is queued: never seen idle meanwhile.
+                    if finished_prefix {
+                        self.deletions.running.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
                 _ = wake => {}
