@@ -103,6 +103,7 @@ impl MasterAgent {
                 config.master_addresses.clone(),
                 options("master-agent").expecting(ExpectedServer::Is(ServerIdentity::Master)),
                 announce,
+                config.job_renew_interval,
             ),
             workers: Workers::new(options("master-agent")),
             placements,

@@ -1,7 +1,12 @@
 //! The connection to the masters: one at a time, in the configured order,
-//! failing over to the next when one is unavailable.
+//! failing over to the next when one is unavailable. Lease renewals, job
+//! registrations and releases go to every master at once, each request
+//! under [`Masters::control_timeout`], so one hung master delays none of
+//! the others (and never past a third of the lease).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions};
@@ -28,7 +33,15 @@ pub(crate) struct Masters {
     /// Connections for requests to every master (lease renewals, job
     /// registrations and releases), per master address.
     renewals: Mutex<std::collections::HashMap<String, Client>>,
+    /// How often leases are renewed (`job_renew_interval`).
+    renew_interval: Duration,
+    /// The shortest `job_lease` a master has announced (milliseconds; 0
+    /// until one has).
+    lease_ms: AtomicU64,
 }
+
+/// The shortest deadline of a control request.
+const MIN_CONTROL_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Whether another master (or a new connection) may succeed where this failed.
 fn is_retryable(e: &TierError) -> bool {
@@ -40,6 +53,7 @@ impl Masters {
         addresses: Vec<String>,
         options: ClientOptions,
         announce: JobsToAnnounce,
+        renew_interval: Duration,
     ) -> Self {
         Masters {
             addresses,
@@ -47,6 +61,39 @@ impl Masters {
             announce,
             current: Mutex::new(Current::default()),
             renewals: Mutex::new(std::collections::HashMap::new()),
+            renew_interval,
+            lease_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The deadline of each renewal, registration and release sent to every
+    /// master (connecting included): the shortest of `request_timeout`,
+    /// `job_renew_interval` and a quarter of the shortest `job_lease` a
+    /// master has announced, at least 100 ms. A renewal that misses it is
+    /// tried again at the next round, well within the lease.
+    pub(crate) fn control_timeout(&self) -> Duration {
+        let mut timeout = self.options.request_timeout.min(self.renew_interval);
+        let lease = self.lease_ms.load(Ordering::Relaxed);
+        if lease > 0 {
+            timeout = timeout.min(Duration::from_millis(lease) / 4);
+        }
+        timeout.max(MIN_CONTROL_TIMEOUT)
+    }
+
+    /// Takes note of the lease a `JobRegistered` reply announces.
+    fn learn_lease(&self, reply: &Message) {
+        if let Message::JobRegistered(r) = reply {
+            if r.job_lease_ms > 0 {
+                let _ = self
+                    .lease_ms
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                        Some(if old == 0 {
+                            r.job_lease_ms
+                        } else {
+                            old.min(r.job_lease_ms)
+                        })
+                    });
+            }
         }
     }
 
@@ -126,44 +173,84 @@ impl Masters {
     /// Renews the leases of the jobs to announce on every master, not only
     /// the current one: a master that stopped hearing of a live job would
     /// release it. Failures are logged; the next round tries again.
+    /// All masters at once, each under [`Masters::control_timeout`] per request.
     pub(crate) async fn renew_everywhere(&self) {
-        for address in &self.addresses {
-            let Some(client) = self.side_client(address).await else {
-                continue;
-            };
-            if let Err(e) = self.announce_jobs(&client).await {
-                tracing::warn!(master = %address, error = %e, "renewing job leases failed");
+        let renewals = self.addresses.iter().map(|address| async move {
+            let jobs = (self.announce)();
+            if jobs.is_empty() {
+                return;
             }
-        }
+            for job in jobs {
+                let renewed = self
+                    .side_request(address, |request_id| {
+                        Message::RegisterJob(pb::RegisterJob {
+                            request_id,
+                            job_id: job.as_bytes().clone(),
+                        })
+                    })
+                    .await
+                    .and_then(expect_job_registered);
+                if let Err(e) = renewed {
+                    // The rest of this master's jobs wait for the next round.
+                    tracing::warn!(master = %address, job = %job, error = %e, "renewing job leases failed");
+                    return;
+                }
+            }
+        });
+        futures::future::join_all(renewals).await;
     }
 
-    /// Sends a request to every master (so that all of them know what one
-    /// of them is told) and returns each one's reply, in configured order;
-    /// an unreachable master's is its error.
+    /// Sends a request to every master at once (so that all of them know
+    /// what one of them is told) and returns each one's reply, in
+    /// configured order; an unreachable or late master's is its error.
+    /// Takes at most [`Masters::control_timeout`] to connect and as long
+    /// again to answer.
     pub(crate) async fn request_everywhere(
         &self,
         build: impl Fn(u64) -> Message,
     ) -> Vec<TierResult<Message>> {
-        let mut replies = Vec::with_capacity(self.addresses.len());
-        for address in &self.addresses {
-            let reply = match self.side_client(address).await {
-                Some(client) => client
-                    .request(&build)
-                    .await
-                    .map(|(reply, _)| reply)
-                    .map_err(|e| e.context(format!("master {address}"))),
-                None => Err(TierError::unavailable(format!(
-                    "master {address} is unreachable"
-                ))),
-            };
-            replies.push(reply);
+        let build = &build;
+        futures::future::join_all(
+            self.addresses
+                .iter()
+                .map(|address| self.side_request(address, build)),
+        )
+        .await
+    }
+
+    /// One request to `address` over its side connection, under
+    /// [`Masters::control_timeout`] (and as long again to connect). A master
+    /// that misses the deadline has its connection closed: the next request
+    /// opens a fresh one.
+    async fn side_request(
+        &self,
+        address: &str,
+        build: impl FnOnce(u64) -> Message,
+    ) -> TierResult<Message> {
+        let timeout = self.control_timeout();
+        let client = self
+            .side_client(address, timeout)
+            .await
+            .map_err(|e| e.context(format!("master {address}")))?;
+        match tokio::time::timeout(timeout, client.request(build)).await {
+            Ok(Ok((reply, _))) => {
+                self.learn_lease(&reply);
+                Ok(reply)
+            }
+            Ok(Err(e)) => Err(e.context(format!("master {address}"))),
+            Err(_) => {
+                self.forget_side_client(address, &client);
+                Err(TierError::unavailable(format!(
+                    "master {address} did not answer within {timeout:?}"
+                )))
+            }
         }
-        replies
     }
 
     /// The cached connection to `address` for requests to every master
-    /// (renewals, registrations, releases), opened when missing.
-    async fn side_client(&self, address: &str) -> Option<Client> {
+    /// (renewals, registrations, releases), opened (within `timeout`, the
+    /// handshake included) when missing.
+    async fn side_client(&self, address: &str, timeout: Duration) -> TierResult<Client> {
         let cached = self
             .renewals
             .lock()
@@ -171,21 +258,45 @@ impl Masters {
             .get(address)
             .filter(|c| !c.is_closed())
             .cloned();
-        if cached.is_some() {
-            return cached;
+        if let Some(client) = cached {
+            return Ok(client);
         }
-        match Client::connect(address, &self.options).await {
-            Ok(client) => {
-                self.renewals
-                    .lock()
-                    .expect("renewals lock poisoned")
-                    .insert(address.to_string(), client.clone());
-                Some(client)
-            }
-            Err(e) => {
+        let options = ClientOptions {
+            connect_timeout: self.options.connect_timeout.min(timeout),
+            ..self.options.clone()
+        };
+        let client = match tokio::time::timeout(timeout, Client::connect(address, &options)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
                 tracing::debug!(master = %address, error = %e, "cannot reach master");
-                None
+                return Err(e);
             }
+            Err(_) => {
+                return Err(TierError::unavailable(format!(
+                    "connect to master {address}: no handshake within {timeout:?}"
+                )));
+            }
+        };
+        let mut renewals = self.renewals.lock().expect("renewals lock poisoned");
+        match renewals.get(address).filter(|c| !c.is_closed()) {
+            // Another request connected meanwhile: share its connection.
+            Some(raced) => {
+                client.close();
+                Ok(raced.clone())
+            }
+            None => {
+                renewals.insert(address.to_string(), client.clone());
+                Ok(client)
+            }
+        }
+    }
+
+    /// Closes `client` and forgets it if it is still `address`'s side connection.
+    fn forget_side_client(&self, address: &str, client: &Client) {
+        client.close();
+        let mut renewals = self.renewals.lock().expect("renewals lock poisoned");
+        if renewals.get(address).is_some_and(|c| c.is_closed()) {
+            renewals.remove(address);
         }
     }
 

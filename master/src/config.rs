@@ -105,8 +105,10 @@ impl Default for MasterConfig {
     }
 }
 
-/// Smallest `max_frame_size` that still fits every master request.
-const MIN_FRAME_SIZE: ByteSize = ByteSize::kib(4);
+/// Smallest `max_frame_size` that still fits every master request: a
+/// worker's heartbeat carries up to 48 KiB of job ids and relocated
+/// partitions besides its load.
+const MIN_FRAME_SIZE: ByteSize = ByteSize::kib(64);
 
 impl MasterConfig {
     /// Checks the fields; call after loading.
@@ -208,7 +210,7 @@ mod tests {
         };
         assert_eq!(
             tiny.validate(),
-            Err("max_frame_size (100B) must be at least 4KiB".to_string())
+            Err("max_frame_size (100B) must be at least 64KiB".to_string())
         );
     }
 }

@@ -148,12 +148,29 @@ pub(crate) struct Registry {
     /// When this master started: until `worker_timeout` has passed, live
     /// workers may not have heartbeated to it yet.
     started: Instant,
+    /// The latest time this master observed (a request or a sweep), on the
+    /// clock and on the process's own monotonic time, to tell a stall (the
+    /// process stopped or starved) from time that passed while it was
+    /// watching. See [`Registry::observe`].
+    last_seen: (Instant, Instant),
+}
+
+/// The shortest gap between two observations taken for a stall: shorter
+/// ones are scheduling noise on a loaded machine.
+const MIN_STALL: Duration = Duration::from_secs(1);
+
+/// How often the master sweeps for silent workers and expired leases: four
+/// times per the shorter of `worker_timeout` and `job_lease`, so an idle
+/// master observes the time at least that often.
+pub(crate) fn sweep_period(config: &MasterConfig) -> Duration {
+    (config.worker_timeout.min(config.job_lease) / 4).max(Duration::from_millis(10))
 }
 
 impl Registry {
     pub(crate) fn new(config: &MasterConfig, started: Instant) -> Self {
         Registry {
             started,
+            last_seen: (started, Instant::now()),
             worker_timeout: config.worker_timeout,
             released_job_memory: config.released_job_memory,
             partition_size_estimate: config.partition_size_estimate.as_u64(),
@@ -167,6 +184,41 @@ impl Registry {
             relocations: BTreeMap::new(),
             job_relocations: BTreeMap::new(),
         }
+    }
+
+    /// Takes note that the master runs at `now` on its clock and at `real`
+    /// on the process's monotonic time (every request and sweep does,
+    /// through `Shared::with_registry`; the sweeper observes every
+    /// `sweep_period`). A gap since the last observation longer than two
+    /// sweep periods (and [`MIN_STALL`]) on both means the master itself was
+    /// stopped (SIGSTOP, a paused VM) or starved: it did not see the
+    /// heartbeats and renewals sent meanwhile, so that time does not count
+    /// against them. Every lease and heartbeat age is moved forward by the
+    /// unobserved time (the gap less one sweep period), so a job or worker
+    /// alive before the stall gets its remaining lease or timeout after it,
+    /// and a job whose agent really died is released that much later.
+    pub(crate) fn observe(&mut self, now: Instant, real: Instant, sweep_period: Duration) {
+        let gap = now
+            .saturating_duration_since(self.last_seen.0)
+            .min(real.saturating_duration_since(self.last_seen.1));
+        if gap > (sweep_period * 2).max(MIN_STALL) {
+            let stalled = gap - sweep_period;
+            tracing::warn!(
+                stalled_ms = stalled.as_millis() as u64,
+                "this master was stopped or starved; leases and worker timeouts do not count the time it missed"
+            );
+            let credit = |t: &mut Instant| *t = (*t + stalled).min(now);
+            self.jobs.values_mut().for_each(credit);
+            self.workers
+                .values_mut()
+                .for_each(|w| credit(&mut w.last_heartbeat));
+        }
+        self.last_seen = (self.last_seen.0.max(now), self.last_seen.1.max(real));
+    }
+
+    /// The master's `worker_timeout`.
+    pub(crate) fn worker_timeout(&self) -> Duration {
+        self.worker_timeout
     }
 
     /// Forgets workers whose heartbeat is older than the timeout and released
@@ -592,6 +644,60 @@ mod tests {
             },
             Instant::now(),
         )
+    }
+
+    #[test]
+    fn time_a_stopped_master_missed_does_not_expire_leases_or_workers() {
+        let t0 = Instant::now();
+        let config = MasterConfig {
+            job_lease: Duration::from_secs(3),
+            worker_timeout: Duration::from_secs(2),
+            ..MasterConfig::default()
+        };
+        let period = sweep_period(&config);
+        assert_eq!(period, Duration::from_millis(500));
+        let mut r = Registry::new(&config, t0);
+        let job = key("job", 1).job;
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        r.observe(at(0), at(0), period);
+        r.register_job(job.clone(), at(0)).expect("register");
+        r.register_worker("w".into(), "h:1".into(), at(0))
+            .expect("register worker");
+        // Sweeps every period while the master runs: nothing is credited.
+        for ms in [500, 1000, 1500] {
+            r.observe(at(ms), at(ms), period);
+        }
+        // Stopped for 20 s: the next observation (a sweep or a request) sees
+        // the gap on both clocks and credits 19.5 s of it.
+        r.observe(at(21_500), at(21_500), period);
+        assert!(r.expire(at(21_500)).is_empty(), "the worker is not lost");
+        assert_eq!(r.jobs(), std::slice::from_ref(&job), "the job is kept");
+        // Its remaining lease (3 s from its renewal at 0, 1.5 s of which had
+        // passed before the stall, plus the one uncredited period) still runs out.
+        r.observe(at(22_000), at(22_000), period);
+        r.observe(at(22_500), at(22_500), period);
+        assert_eq!(
+            r.expire(at(22_500)),
+            ["w"],
+            "the silent worker is lost after its timeout"
+        );
+        assert_eq!(
+            r.jobs(),
+            std::slice::from_ref(&job),
+            "at 3 s of observed age"
+        );
+        r.observe(at(22_501), at(22_501), period);
+        r.expire(at(22_501));
+        assert_eq!(r.jobs(), Vec::<JobId>::new(), "expired past its lease");
+
+        // A clock that jumps while the process ran (a test's manual clock)
+        // is not a stall: the process's own time shows no gap.
+        let mut r = Registry::new(&config, t0);
+        r.observe(at(0), at(0), period);
+        r.register_job(job.clone(), at(0)).expect("register");
+        r.observe(at(10_000), at(10), period);
+        r.expire(at(10_000));
+        assert_eq!(r.jobs(), Vec::<JobId>::new());
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) secret: Option<ClusterSecret>,
     /// Checks workers peers report unreachable.
     pub(crate) prober: Prober,
+    /// How often the registry is swept (see [`crate::registry::sweep_period`]).
+    pub(crate) sweep_period: Duration,
 }
 
 impl Shared {
@@ -37,6 +39,7 @@ impl Shared {
     ) -> T {
         let now = self.clock.now();
         let mut registry = self.registry.lock().expect("registry lock poisoned");
+        registry.observe(now, std::time::Instant::now(), self.sweep_period);
         f(&mut registry, now)
     }
 }
@@ -72,6 +75,7 @@ pub async fn run_with_clock(
         clock,
         secret: security.secret.clone(),
         prober: Prober::new(config.probe_timeout, security.tls_client.clone()),
+        sweep_period: crate::registry::sweep_period(&config),
     });
     let local = listener
         .local_addr()
@@ -83,7 +87,7 @@ pub async fn run_with_clock(
     let sweeper = {
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
-        let period = (config.worker_timeout / 2).max(Duration::from_millis(10));
+        let period = shared.sweep_period;
         tokio::spawn(async move {
             let mut sweep = tokio::time::interval(period);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

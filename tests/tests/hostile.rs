@@ -161,6 +161,7 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
             Message::JobRegistered(pb::JobRegistered {
                 request_id,
                 job_token,
+                job_lease_ms: 0,
             })
         }),
         (u64s(), any::<i32>(), strings()).prop_map(|(request_id, code, message)| {
@@ -202,6 +203,7 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                 released_jobs: released_jobs.clone(),
                 unknown_jobs: released_jobs,
                 job_lease_ms,
+                worker_timeout_ms: job_lease_ms,
             })
         }),
         (u64s(), ids()).prop_map(

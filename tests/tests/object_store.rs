@@ -208,6 +208,20 @@ fn drop_job(worker: &ServiceProcess, key: &PartitionKey) {
     assert!(matches!(reply, Message::Ack(_)), "{reply:?}");
 }
 
+/// Waits (at most 20 s) until the bucket holds no object under [`PREFIX`]:
+/// a worker deletes a dropped job's objects in the background.
+fn wait_objects_gone(s3: &S3Server) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s3.objects(PREFIX).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "objects left 20 s after the drop: {:?}",
+            s3.objects(PREFIX)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// 1 GiB through a worker whose local directory holds 64 MiB: the rest goes
 /// to objects as it is flushed, reads back exactly, and the worker's peak
 /// resident memory stays within its push budget (128 MiB) plus its read
@@ -264,7 +278,7 @@ fn overflow_takes_a_gib_past_a_64_mib_disk_within_the_memory_bound() {
     );
     assert!(rss <= (128 + 48 + 64) << 20, "peak RSS {} MiB", rss >> 20);
     drop_job(&worker, &key(20, 0));
-    assert!(s3.objects(PREFIX).is_empty(), "{:?}", s3.objects(PREFIX));
+    wait_objects_gone(&s3);
     assert!(data_files(dir.path()).is_empty());
 }
 
@@ -329,7 +343,7 @@ fn migration_survives_sigkill_during_and_after() {
     assert_reads_exactly(&config, &worker, &small, SUBS, &expected_small);
 
     drop_job(&worker, &small);
-    assert!(s3.objects(PREFIX).is_empty(), "{:?}", s3.objects(PREFIX));
+    wait_objects_gone(&s3);
     assert!(data_files(dir.path()).is_empty());
 }
 
@@ -415,7 +429,7 @@ fn outage(kind: Outage) {
     let expected_after = write_partition(&config, descriptor(&worker, &after), 3, SUBS, 1000, 8000);
     assert_reads_exactly(&config, &worker, &after, SUBS, &expected_after);
     drop_job(&worker, &local);
-    assert!(s3.objects(PREFIX).is_empty(), "{:?}", s3.objects(PREFIX));
+    wait_objects_gone(&s3);
 }
 
 #[test]

@@ -67,6 +67,8 @@ pub(crate) fn handle(conn: &Connection, m: pb::Decommission) -> Message {
 const HANDOFF_RETRY: Duration = Duration::from_secs(5);
 /// Most adopters tried for one partition in one round.
 const ADOPTER_ATTEMPTS: usize = 3;
+/// How long a leaving worker waits for its queued object deletions.
+const DELETIONS_WAIT: Duration = Duration::from_secs(60);
 /// How long the masters get to learn where a handed-over first part is.
 const LOCATE_WAIT: Duration = Duration::from_secs(15);
 
@@ -101,6 +103,18 @@ async fn watch(shared: Arc<Shared>) {
     }
     // Past the deadline these delete at once.
     while finishing.join_next().await.is_some() {}
+    // Objects are deleted in the background; a worker leaving for good
+    // deletes what is still queued before it goes (bounded: a hung store
+    // does not keep it).
+    match tokio::time::timeout(DELETIONS_WAIT, shared.store.delete_queued_now()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(worker = %shared.worker_id, error = %e, "objects of released partitions are left in the store")
+        }
+        Err(_) => {
+            tracing::warn!(worker = %shared.worker_id, wait_s = DELETIONS_WAIT.as_secs(), "objects of released partitions are left in the store: deleting them took too long")
+        }
+    }
     shared.stop.cancel();
 }
 

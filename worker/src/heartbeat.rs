@@ -1,12 +1,24 @@
 //! Registration with the masters and periodic heartbeats carrying load.
 //! A master replies with jobs it knows are gone; their data is dropped.
+//!
+//! Control never waits on data: each master has its own loop, every
+//! request to it a deadline well below its `worker_timeout`, and job drops
+//! (which delete files, and queue object deletions) run on their own task
+//! ([`JobDrops`]), so a slow disk, object store or master delays no
+//! heartbeat. A heartbeat carries at most [`MAX_HEARTBEAT_JOBS`] job ids in
+//! [`HEARTBEAT_LIST_BYTES`]: a worker holding more asks about a page of them
+//! per heartbeat, rotating ([`Pager`]), so every job is lease-checked within
+//! a bounded number of heartbeats.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions, ServerIdentity};
-use terrace_tier_api::{JobId, TierResult};
+use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -118,9 +130,200 @@ fn tier_stats(store: &Store, bytes: crate::store::TierBytes) -> pb::TierStats {
     }
 }
 
-/// Starts one heartbeat loop per configured master.
+/// Most jobs a heartbeat asks about (the master's limit).
+pub(crate) const MAX_HEARTBEAT_JOBS: usize = 4096;
+
+/// Most bytes of job ids and relocated partitions one heartbeat carries.
+pub(crate) const HEARTBEAT_LIST_BYTES: usize = 48 * 1024;
+
+/// Most bytes of a heartbeat's header, load included, unless the load alone
+/// takes more (it is bounded by the master's load limits: 64 directories
+/// with 1 KiB paths and 4 KiB errors): under the smallest `max_frame_size`
+/// a master accepts (64 KiB).
+pub(crate) const HEARTBEAT_BYTES: usize = 56 * 1024;
+
+/// A heartbeat's deadline before the master's `worker_timeout` is known.
+fn heartbeat_deadline(interval: Duration, worker_timeout: Option<Duration>) -> Duration {
+    let by_interval = interval.saturating_mul(3).max(Duration::from_millis(100));
+    match worker_timeout {
+        // Well below the timeout: a master that answers slowly is one
+        // request late, never the reason the worker is lost.
+        Some(timeout) => by_interval.min((timeout / 4).max(Duration::from_millis(50))),
+        None => by_interval,
+    }
+}
+
+/// Pages through a set that may not fit in one heartbeat: each page starts
+/// after the last item of the previous one and wraps around, so every item
+/// of a set of `n` is in one of `ceil(n / page)` consecutive pages.
+#[derive(Debug)]
+pub(crate) struct Pager<T> {
+    after: Option<T>,
+}
+
+impl<T> Default for Pager<T> {
+    fn default() -> Self {
+        Pager { after: None }
+    }
+}
+
+impl<T: Ord + Clone> Pager<T> {
+    /// The next page of `all`: at most `max_items`, whose `size`s sum to at
+    /// most `max_bytes`.
+    pub(crate) fn page(
+        &mut self,
+        all: &BTreeSet<T>,
+        max_items: usize,
+        max_bytes: usize,
+        size: impl Fn(&T) -> usize,
+    ) -> Vec<T> {
+        let ordered: Box<dyn Iterator<Item = &T>> = match &self.after {
+            Some(after) => Box::new(
+                all.range((Bound::Excluded(after), Bound::Unbounded))
+                    .chain(all.range((Bound::Unbounded, Bound::Included(after)))),
+            ),
+            None => Box::new(all.iter()),
+        };
+        let mut page = Vec::new();
+        let mut bytes = 0usize;
+        for item in ordered {
+            let len = size(item);
+            if page.len() >= max_items || bytes.saturating_add(len) > max_bytes {
+                break;
+            }
+            bytes += len;
+            page.push(item.clone());
+        }
+        self.after = if page.len() == all.len() {
+            None
+        } else {
+            page.last().cloned().or_else(|| self.after.take())
+        };
+        page
+    }
+}
+
+/// Bytes an id takes in a repeated `bytes` field (tag, length, id).
+fn wire_len(id: &[u8]) -> usize {
+    id.len() + 3
+}
+
+fn key_wire_len(key: &PartitionKey) -> usize {
+    wire_len(key.job.as_bytes()) + wire_len(key.partition.as_bytes()) + 3
+}
+
+/// Why a job's data is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DropReason {
+    /// A master listed it as released (unregistered or its lease expired).
+    Released,
+    /// No master has known it for a lease of this many milliseconds.
+    Unknown(u64),
+}
+
+/// Most jobs waiting to be dropped; past it a job is offered again by the
+/// next heartbeat that names it.
+const MAX_QUEUED_DROPS: usize = 4096;
+/// Jobs dropped at the same time.
+const DROP_CONCURRENCY: usize = 2;
+
+/// Jobs whose data is to be dropped, dropped by [`run_drops`] off the
+/// heartbeat loops.
+#[derive(Debug, Default)]
+pub(crate) struct JobDrops {
+    state: Mutex<DropQueue>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct DropQueue {
+    waiting: VecDeque<(JobId, DropReason)>,
+    /// Waiting or being dropped.
+    queued: HashSet<JobId>,
+}
+
+impl JobDrops {
+    /// Queues `job` to be dropped unless it already is; returns whether it
+    /// is queued now (false: the queue is full).
+    fn offer(&self, job: JobId, why: DropReason) -> bool {
+        let mut state = self.state.lock().expect("drops lock poisoned");
+        if state.queued.contains(&job) {
+            return true;
+        }
+        if state.queued.len() >= MAX_QUEUED_DROPS {
+            return false;
+        }
+        state.queued.insert(job.clone());
+        state.waiting.push_back((job, why));
+        drop(state);
+        self.wake.notify_one();
+        true
+    }
+
+    fn take(&self) -> Option<(JobId, DropReason)> {
+        self.state
+            .lock()
+            .expect("drops lock poisoned")
+            .waiting
+            .pop_front()
+    }
+
+    fn done(&self, job: &JobId) {
+        self.state
+            .lock()
+            .expect("drops lock poisoned")
+            .queued
+            .remove(job);
+    }
+}
+
+/// Drops queued jobs, [`DROP_CONCURRENCY`] at a time, until cancelled.
+async fn run_drops(shared: Arc<Shared>) {
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < DROP_CONCURRENCY {
+            let Some((job, why)) = shared.drops.take() else {
+                break;
+            };
+            let shared = Arc::clone(&shared);
+            running.spawn(async move {
+                drop_one(&shared, &job, why).await;
+                shared.drops.done(&job);
+            });
+        }
+        let wake = shared.drops.wake.notified();
+        tokio::select! {
+            Some(_) = running.join_next() => {}
+            _ = wake, if running.len() < DROP_CONCURRENCY => {}
+        }
+    }
+}
+
+async fn drop_one(shared: &Shared, job: &JobId, why: DropReason) {
+    match (shared.store.drop_job(job).await, why) {
+        (Ok(n), DropReason::Released) => {
+            if n > 0 {
+                tracing::info!(%job, partitions = n, "dropped data of a job the master released");
+            }
+        }
+        (Ok(n), DropReason::Unknown(lease_ms)) => {
+            tracing::warn!(%job, partitions = n, lease_ms,
+                "dropped data of a job no master has known for a lease");
+            shared
+                .jobs_known
+                .lock()
+                .expect("jobs_known lock poisoned")
+                .remove(job);
+        }
+        // Offered again by a later heartbeat.
+        (Err(e), _) => tracing::error!(%job, error = %e, "dropping a job's data failed"),
+    }
+}
+
+/// Starts one heartbeat loop per configured master, and the task that
+/// drops jobs' data.
 pub fn spawn(shared: Arc<Shared>, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
-    shared
+    let mut tasks: Vec<JoinHandle<()>> = shared
         .config
         .master_addresses
         .clone()
@@ -135,21 +338,22 @@ pub fn spawn(shared: Arc<Shared>, cancel: CancellationToken) -> Vec<JoinHandle<(
                 }
             })
         })
-        .collect()
+        .collect();
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = run_drops(shared) => {}
+        }
+    }));
+    tasks
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>, master: String) {
-    let options = ClientOptions {
-        connect_timeout: shared
-            .config
-            .heartbeat_interval
-            .max(std::time::Duration::from_secs(1)),
-        request_timeout: shared.config.heartbeat_interval * 5,
-        ..shared.peer_options(ServerIdentity::Master)
-    };
     let mut warned = false;
+    // Learned from the master's replies; kept across reconnections.
+    let mut worker_timeout = None;
     loop {
-        match session(&shared, &master, &options).await {
+        match session(&shared, &master, &mut worker_timeout).await {
             Ok(()) => {}
             Err(e) => {
                 if !warned {
@@ -164,50 +368,113 @@ async fn heartbeat_loop(shared: Arc<Shared>, master: String) {
     }
 }
 
+/// Sends one request to a master under `deadline`; a late answer closes
+/// the connection (the next session opens a fresh one).
+async fn request_within(
+    client: &Client,
+    deadline: Duration,
+    build: impl FnOnce(u64) -> Message,
+) -> TierResult<Message> {
+    match tokio::time::timeout(deadline, client.request(build)).await {
+        Ok(reply) => reply.map(|(message, _)| message),
+        Err(_) => {
+            client.close();
+            Err(TierError::unavailable(format!(
+                "master {} did not answer within {deadline:?}",
+                client.peer()
+            )))
+        }
+    }
+}
+
 /// One connection's life: register, then heartbeat until an error.
-async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) -> TierResult<()> {
-    let client = Client::connect(master, options).await?;
+async fn session(
+    shared: &Arc<Shared>,
+    master: &str,
+    worker_timeout: &mut Option<Duration>,
+) -> TierResult<()> {
+    let interval = shared.config.heartbeat_interval;
+    let deadline = heartbeat_deadline(interval, *worker_timeout);
+    let options = ClientOptions {
+        connect_timeout: deadline,
+        request_timeout: deadline,
+        ..shared.peer_options(ServerIdentity::Master)
+    };
+    // The handshake is a request too: bound the whole connect.
+    let client = match tokio::time::timeout(deadline, Client::connect(master, &options)).await {
+        Ok(client) => client?,
+        Err(_) => {
+            return Err(TierError::unavailable(format!(
+                "connect to master {master}: no handshake within {deadline:?}"
+            )));
+        }
+    };
     let worker_id = shared.worker_id.clone();
     let address = shared.address.clone();
-    client
-        .request(|request_id| {
-            Message::RegisterWorker(pb::RegisterWorker {
-                request_id,
-                worker_id,
-                data_address: address,
-            })
+    request_within(&client, deadline, |request_id| {
+        Message::RegisterWorker(pb::RegisterWorker {
+            request_id,
+            worker_id,
+            data_address: address,
         })
-        .await?;
+    })
+    .await?;
     tracing::info!(%master, worker = %shared.worker_id, "registered with master");
-    // Released jobs already dropped here: a master lists a released job in
-    // every reply for minutes, and dropping it again would scan the
-    // partitions and LIST the object store each time. Only jobs the last
-    // reply still listed are kept, so this is bounded by the master's list.
-    let mut dropped: std::collections::HashSet<JobId> = std::collections::HashSet::new();
+    // Released jobs already queued for dropping here: a master lists a
+    // released job in every reply for minutes. Only jobs the last reply
+    // still listed are kept, so this is bounded by the master's list.
+    let mut dropped: HashSet<JobId> = HashSet::new();
+    let mut jobs_pager: Pager<JobId> = Pager::default();
+    let mut relocated_pager: Pager<PartitionKey> = Pager::default();
     loop {
+        let deadline = heartbeat_deadline(interval, *worker_timeout);
         let worker_id = shared.worker_id.clone();
         let address = shared.address.clone();
         let load = load(shared);
-        let jobs: Vec<JobId> = held_jobs(&shared.store)
-            .into_iter()
-            .take(MAX_HEARTBEAT_JOBS)
+        // What the lists may take: the load and ids come first.
+        let fixed = Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+            request_id: u64::MAX,
+            worker_id: worker_id.clone(),
+            data_address: address.clone(),
+            load: Some(load.clone()),
+            jobs: Vec::new(),
+            relocated: Vec::new(),
+        })
+        .header_len();
+        let lists = HEARTBEAT_BYTES
+            .saturating_sub(fixed)
+            .min(HEARTBEAT_LIST_BYTES);
+        let held = held_jobs(&shared.store);
+        let jobs = jobs_pager.page(&held, MAX_HEARTBEAT_JOBS, lists * 2 / 3, |job| {
+            wire_len(job.as_bytes())
+        });
+        let relocated: Vec<pb::PartitionKey> = relocated_pager
+            .page(
+                &relocated_held(shared),
+                MAX_HEARTBEAT_JOBS,
+                lists / 3,
+                key_wire_len,
+            )
+            .iter()
+            .map(pb::PartitionKey::from)
             .collect();
-        let relocated = relocated_held(shared);
-        let (reply, _) = client
-            .request(|request_id| {
-                Message::WorkerHeartbeat(pb::WorkerHeartbeat {
-                    request_id,
-                    worker_id,
-                    data_address: address,
-                    load: Some(load),
-                    jobs: jobs.iter().map(|j| j.as_bytes().clone()).collect(),
-                    relocated,
-                })
+        let reply = request_within(&client, deadline, |request_id| {
+            Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+                request_id,
+                worker_id,
+                data_address: address,
+                load: Some(load),
+                jobs: jobs.iter().map(|j| j.as_bytes().clone()).collect(),
+                relocated,
             })
-            .await?;
+        })
+        .await?;
         if let Message::HeartbeatReply(reply) = reply {
-            drop_jobs_no_master_knows(shared, &jobs, &reply).await;
-            let listed: std::collections::HashSet<JobId> = reply
+            if reply.worker_timeout_ms > 0 {
+                *worker_timeout = Some(Duration::from_millis(reply.worker_timeout_ms));
+            }
+            drop_jobs_no_master_knows(shared, &jobs, &reply);
+            let listed: HashSet<JobId> = reply
                 .released_jobs
                 .into_iter()
                 .filter_map(|job| JobId::new(job).ok())
@@ -215,52 +482,32 @@ async fn session(shared: &Arc<Shared>, master: &str, options: &ClientOptions) ->
             dropped.retain(|job| listed.contains(job));
             // A partition of a dropped job created since (a create that
             // raced the release) makes the job worth dropping again.
-            let held: std::collections::HashSet<JobId> = shared
-                .store
-                .partitions()
-                .iter()
-                .map(|p| p.key().job.clone())
-                .collect();
+            let held = held_jobs(&shared.store);
             for job in listed {
                 if dropped.contains(&job) && !held.contains(&job) {
                     continue;
                 }
-                match shared.store.drop_job(&job).await {
-                    Ok(n) => {
-                        if n > 0 {
-                            tracing::info!(%job, partitions = n, "dropped data of a job the master released");
-                        }
-                        dropped.insert(job);
-                    }
-                    // Tried again at the next heartbeat.
-                    Err(e) => tracing::error!(%job, error = %e, "dropping a released job failed"),
+                if shared.drops.offer(job.clone(), DropReason::Released) {
+                    dropped.insert(job);
                 }
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = shared.heartbeat_now.notified() => {}
         }
     }
 }
 
-/// Most jobs a heartbeat asks about (the master's limit).
-const MAX_HEARTBEAT_JOBS: usize = 4096;
-
-/// Relocated partitions still held (forgetting released ones), at most
-/// the master's limit.
-fn relocated_held(shared: &Shared) -> Vec<pb::PartitionKey> {
+/// Relocated partitions still held (forgetting released ones).
+fn relocated_held(shared: &Shared) -> BTreeSet<PartitionKey> {
     let mut relocated = shared.relocated.lock().expect("relocated lock poisoned");
     relocated.retain(|key| shared.store.get(key).is_ok());
-    relocated
-        .iter()
-        .take(MAX_HEARTBEAT_JOBS)
-        .map(pb::PartitionKey::from)
-        .collect()
+    relocated.clone()
 }
 
 /// Jobs this worker holds partitions of, in order.
-fn held_jobs(store: &Store) -> std::collections::BTreeSet<JobId> {
+fn held_jobs(store: &Store) -> BTreeSet<JobId> {
     store
         .partitions()
         .iter()
@@ -268,18 +515,17 @@ fn held_jobs(store: &Store) -> std::collections::BTreeSet<JobId> {
         .collect()
 }
 
-/// Records which of `asked` the replying master knows, and drops the data of
-/// jobs that no master has known for a whole lease: their coordinator died
-/// while no master was left that knew them (a restarted worker's partitions
-/// of a finished job, a job whose masters all restarted and whose agent is
-/// gone). A job stays as long as any master knows it.
-async fn drop_jobs_no_master_knows(shared: &Shared, asked: &[JobId], reply: &pb::HeartbeatReply) {
-    let lease = std::time::Duration::from_millis(reply.job_lease_ms);
+/// Records which of `asked` the replying master knows, and queues the drop
+/// of jobs that no master has known for a whole lease: their coordinator
+/// died while no master was left that knew them (a restarted worker's
+/// partitions of a finished job, a job whose masters all restarted and whose
+/// agent is gone). A job stays as long as any master knows it.
+fn drop_jobs_no_master_knows(shared: &Shared, asked: &[JobId], reply: &pb::HeartbeatReply) {
+    let lease = Duration::from_millis(reply.job_lease_ms);
     if lease.is_zero() {
         return;
     }
-    let unknown: std::collections::HashSet<&[u8]> =
-        reply.unknown_jobs.iter().map(|j| j.as_ref()).collect();
+    let unknown: HashSet<&[u8]> = reply.unknown_jobs.iter().map(|j| j.as_ref()).collect();
     let now = std::time::Instant::now();
     let mut expired = Vec::new();
     {
@@ -298,17 +544,135 @@ async fn drop_jobs_no_master_knows(shared: &Shared, asked: &[JobId], reply: &pb:
         }
     }
     for job in expired {
-        match shared.store.drop_job(&job).await {
-            Ok(n) => {
-                tracing::warn!(%job, partitions = n, lease_ms = reply.job_lease_ms,
-                    "dropped data of a job no master has known for a lease");
-                shared
-                    .jobs_known
-                    .lock()
-                    .expect("jobs_known lock poisoned")
-                    .remove(&job);
-            }
-            Err(e) => tracing::error!(%job, error = %e, "dropping a job no master knows failed"),
+        // Refused when the queue is full: the job is asked about again.
+        let _ = shared
+            .drops
+            .offer(job, DropReason::Unknown(reply.job_lease_ms));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: u32) -> JobId {
+        JobId::new(n.to_be_bytes().to_vec()).expect("job id")
+    }
+
+    #[test]
+    fn pages_rotate_so_every_job_is_asked_within_a_bounded_number_of_heartbeats() {
+        let all: BTreeSet<JobId> = (0..10).map(job).collect();
+        let mut pager = Pager::default();
+        // Four per page by count.
+        let pages: Vec<Vec<JobId>> = (0..4)
+            .map(|_| pager.page(&all, 4, usize::MAX, |j| wire_len(j.as_bytes())))
+            .collect();
+        assert_eq!(pages[0], (0..4).map(job).collect::<Vec<_>>());
+        assert_eq!(pages[1], (4..8).map(job).collect::<Vec<_>>());
+        // The third wraps around.
+        assert_eq!(pages[2], [8, 9, 0, 1].map(job));
+        assert_eq!(pages[3], (2..6).map(job).collect::<Vec<_>>());
+        let asked: BTreeSet<JobId> = pages[..3].iter().flatten().cloned().collect();
+        assert_eq!(asked, all, "every job within ceil(10 / 4) = 3 heartbeats");
+
+        // By bytes: each id takes 4 + 3 bytes, so 20 bytes hold two.
+        let mut pager = Pager::default();
+        assert_eq!(
+            pager.page(&all, 100, 20, |j| wire_len(j.as_bytes())),
+            [0, 1].map(job)
+        );
+        assert_eq!(
+            pager.page(&all, 100, 20, |j| wire_len(j.as_bytes())),
+            [2, 3].map(job)
+        );
+
+        // A set that fits is asked whole every time, from its start.
+        let few: BTreeSet<JobId> = (0..3).map(job).collect();
+        let mut pager = Pager::default();
+        for _ in 0..3 {
+            assert_eq!(pager.page(&few, 4, usize::MAX, |_| 1), [0, 1, 2].map(job));
         }
+
+        // Jobs come and go between pages: the rotation goes on after the
+        // last one asked, even if it is gone.
+        let mut pager = Pager::default();
+        assert_eq!(
+            pager.page(&all, 4, usize::MAX, |_| 1),
+            (0..4).map(job).collect::<Vec<_>>()
+        );
+        let fewer: BTreeSet<JobId> = (0..10).filter(|n| *n != 3 && *n != 4).map(job).collect();
+        assert_eq!(
+            pager.page(&fewer, 4, usize::MAX, |_| 1),
+            [5, 6, 7, 8].map(job)
+        );
+        assert_eq!(
+            pager.page(&fewer, 4, usize::MAX, |_| 1),
+            [9, 0, 1, 2].map(job)
+        );
+        // Nothing fits: an empty page, and the rotation stays where it was.
+        assert_eq!(pager.page(&fewer, 4, 0, |_| 1), Vec::<JobId>::new());
+        assert_eq!(
+            pager.page(&fewer, 4, usize::MAX, |_| 1),
+            [5, 6, 7, 8].map(job)
+        );
+    }
+
+    #[test]
+    fn a_full_heartbeat_of_the_longest_ids_fits_the_smallest_master_frame() {
+        let longest = |n: u32| {
+            let mut id = vec![0xab; terrace_tier_api::MAX_ID_BYTES - 4];
+            id.extend_from_slice(&n.to_be_bytes());
+            id
+        };
+        let jobs: BTreeSet<JobId> = (0..5000)
+            .map(|n| JobId::new(longest(n)).expect("job id"))
+            .collect();
+        let keys: BTreeSet<PartitionKey> = (0..5000)
+            .map(|n| PartitionKey {
+                job: JobId::new(longest(n)).expect("job id"),
+                partition: terrace_tier_api::PartitionId::new(longest(n)).expect("partition id"),
+            })
+            .collect();
+        let page = Pager::default().page(
+            &jobs,
+            MAX_HEARTBEAT_JOBS,
+            HEARTBEAT_LIST_BYTES * 2 / 3,
+            |j| wire_len(j.as_bytes()),
+        );
+        let relocated = Pager::default().page(
+            &keys,
+            MAX_HEARTBEAT_JOBS,
+            HEARTBEAT_LIST_BYTES / 3,
+            key_wire_len,
+        );
+        assert_eq!((page.len(), relocated.len()), (126, 31));
+        let message = Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+            request_id: u64::MAX,
+            worker_id: "w".repeat(256),
+            data_address: "a".repeat(256),
+            load: Some(pb::WorkerLoad::default()),
+            jobs: page.iter().map(|j| j.as_bytes().clone()).collect(),
+            relocated: relocated.iter().map(pb::PartitionKey::from).collect(),
+        });
+        assert!(
+            message.header_len() <= HEARTBEAT_LIST_BYTES + 1024,
+            "{} bytes",
+            message.header_len()
+        );
+    }
+
+    #[test]
+    fn heartbeat_deadlines_stay_well_below_the_worker_timeout() {
+        let second = Duration::from_secs(1);
+        assert_eq!(heartbeat_deadline(second, None), 3 * second);
+        assert_eq!(
+            heartbeat_deadline(second, Some(10 * second)),
+            2500 * Duration::from_millis(1)
+        );
+        assert_eq!(heartbeat_deadline(second, Some(60 * second)), 3 * second);
+        assert_eq!(
+            heartbeat_deadline(Duration::from_millis(200), Some(2 * second)),
+            Duration::from_millis(500)
+        );
     }
 }

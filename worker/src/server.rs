@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub heartbeat_now: tokio::sync::Notify,
     /// Push and read rates between heartbeats.
     pub rates: std::sync::Mutex<heartbeat::Rates>,
+    /// Jobs whose data is to be dropped, off the heartbeat loops.
+    pub drops: heartbeat::JobDrops,
     /// Cancelling it stops the worker in order (see `serve`).
     pub stop: CancellationToken,
 }
@@ -210,6 +212,7 @@ fn prepare(
             relocated: Default::default(),
             heartbeat_now: tokio::sync::Notify::new(),
             rates: std::sync::Mutex::new(heartbeat::Rates::default()),
+            drops: heartbeat::JobDrops::default(),
             stop,
         }),
         local,
@@ -224,6 +227,7 @@ async fn serve(
     tracing::info!(worker = %shared.worker_id, address = %shared.address, "worker serving");
     let flusher = tokio::spawn(Arc::clone(&shared.store).run_flusher(shutdown.child_token()));
     let migrator = tokio::spawn(Arc::clone(&shared.store).run_migrator(shutdown.child_token()));
+    let deletions = tokio::spawn(Arc::clone(&shared.store).run_deletions(shutdown.child_token()));
     let heartbeats = heartbeat::spawn(Arc::clone(&shared), shutdown.child_token());
     let spec = ServerSpec {
         name: shared.worker_id.clone(),
@@ -243,6 +247,7 @@ async fn serve(
     }
     let _ = flusher.await;
     let _ = migrator.await;
+    let _ = deletions.await;
     tracing::info!(worker = %shared.worker_id, "worker stopped");
     Ok(())
 }

@@ -119,6 +119,9 @@ async fn a_migrated_partition_is_adopted_read_exactly_and_deleted_from_the_old_s
     old.finish_hand_off(taken, std::time::Duration::from_secs(5))
         .await
         .expect("finish");
+    old.delete_queued_now()
+        .await
+        .expect("delete queued objects");
     assert_eq!(
         objects_under(&objects, &old_root).await,
         0,
@@ -135,6 +138,9 @@ async fn a_migrated_partition_is_adopted_read_exactly_and_deleted_from_the_old_s
         assert_eq!(&got, want, "subpartition {sub} after restart");
     }
     new.release(&k).await.expect("release");
+    new.delete_queued_now()
+        .await
+        .expect("delete queued objects");
     assert_eq!(objects_under(&objects, &new_root).await, 0, "released");
 }
 

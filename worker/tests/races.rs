@@ -129,6 +129,11 @@ async fn concurrent_create_flush_seal_release_drop_and_migration_lose_nothing() 
             .collect();
         assert_eq!(left, vec![terrace_worker::MARKER.to_string()], "dir {d}");
     }
+    // Objects go in the background; this test runs no background task.
+    store
+        .delete_queued_now()
+        .await
+        .expect("delete queued objects");
     let object = store.tiers().object().expect("object tier");
     assert!(object.list(object.root()).await.expect("list").is_empty());
 }

@@ -121,6 +121,14 @@ impl Cluster {
         let store = &self.workers[worker].store;
         self.runtime.block_on(async {
             store.drop_job(job).await.context("drop the job")?;
+            // Objects go in the background; wait for them (bounded).
+            tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                store.delete_queued_now(),
+            )
+            .await
+            .context("deleting the job's objects took over 60 s")?
+            .context("delete the job's objects")?;
             let object = store.tiers().object().context("the object tier")?;
             let left = object
                 .list(object.root())

@@ -74,6 +74,8 @@ impl Heartbeat {
                 .map(|job| job.as_bytes().clone())
                 .collect(),
             job_lease_ms: registry.job_lease().as_millis() as u64,
+            worker_timeout_ms: u64::try_from(registry.worker_timeout().as_millis())
+                .unwrap_or(u64::MAX),
         })
     }
 }

@@ -34,6 +34,7 @@ impl RegisterJob {
             Ok(()) => Message::JobRegistered(pb::JobRegistered {
                 request_id,
                 job_token: job_token.into(),
+                job_lease_ms: u64::try_from(registry.job_lease().as_millis()).unwrap_or(u64::MAX),
             }),
             Err(e) => Message::error(request_id, e.code(), e.message()),
         }

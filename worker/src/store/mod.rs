@@ -15,6 +15,7 @@
 //! held back (not served, kept on disk and in the object store).
 
 mod budget;
+mod deletions;
 mod dirs;
 mod faults;
 mod files;
@@ -39,6 +40,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use budget::{MemoryBudget, Reservation};
+pub use deletions::Deletions;
 pub use dirs::{LocalDirs, MARKER};
 pub use faults::FaultyStore;
 pub use files::{FaultyFiles, FileLayer, RealFiles};
@@ -153,6 +155,12 @@ pub struct Store {
     /// Sealed partitions found at start with a file missing while a data
     /// directory was missing too: not served, and their keys not reused.
     held_back: HashSet<PartitionKey>,
+    /// Objects of released partitions and dropped jobs, deleted in the
+    /// background (`deletions.rs`).
+    deletions: Deletions,
+    /// Partitions being adopted: their objects are copied in before the
+    /// partition is held, and no deletion may take them meanwhile.
+    adopting: Mutex<HashSet<PartitionKey>>,
 }
 
 impl Store {
@@ -219,6 +227,8 @@ impl Store {
             options,
             counters: Counters::default(),
             held_back: HashSet::new(),
+            deletions: Deletions::default(),
+            adopting: Mutex::new(HashSet::new()),
         };
         store.held_back = store.recover()?;
         // What recovery brought back is in memory already: it is charged
@@ -644,6 +654,7 @@ impl Store {
             )));
         };
         let to = object.partition_prefix(&key);
+        let _adopting = Adopting::new(&self.adopting, &key);
         for blob in &persisted.objects {
             object
                 .copy(
@@ -690,6 +701,7 @@ impl Store {
         // Wait for a flush, seal or migration commit in progress so it cannot
         // recreate a file after we delete it; then take what it left.
         partition.wait_idle().await;
+        let (object_count, _) = partition.object_totals();
         let (files, index_dir, object_prefix, object_bytes) = partition.take_storage();
         partition::delete_files(&self.tiers, files).await;
         let mut index_dirs: Vec<PathBuf> = index_dir
@@ -715,23 +727,22 @@ impl Store {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                     Some(b.saturating_sub(object_bytes))
                 });
-            let deleted = object
-                .delete_prefix(&prefix)
-                .await
-                .map_err(|e| e.context(format!("delete objects of {key}")))?;
             let _ =
                 object
                     .counters
                     .objects
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
-                        Some(o.saturating_sub(deleted as u64))
+                        Some(o.saturating_sub(object_count))
                     });
+            // In the background: a slow store holds up no release.
+            self.deletions.enqueue(prefix);
         }
         Ok(())
     }
 
     /// Releases every partition of `job`, removes its (empty) directories and
-    /// deletes every object under the job's prefix.
+    /// queues the deletion of every object under the job's prefix (done in
+    /// the background: see `deletions.rs`).
     pub async fn drop_job(&self, job: &JobId) -> TierResult<usize> {
         let keys: Vec<PartitionKey> = self
             .partitions
@@ -762,10 +773,7 @@ impl Store {
         .await
         .map_err(|e| TierError::internal(format!("drop job task failed: {e}")))?;
         if let Some(object) = &self.tiers.object {
-            object
-                .delete_prefix(&object.job_prefix(job))
-                .await
-                .map_err(|e| e.context(format!("delete objects of job {job}")))?;
+            self.deletions.enqueue(object.job_prefix(job));
         }
         Ok(count)
     }
@@ -865,14 +873,6 @@ impl Store {
         if self.tiers.object.is_none() {
             return;
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = self.delete_orphan_objects() => match r {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(objects = n, "deleted objects no partition refers to"),
-                Err(e) => tracing::warn!(error = %e, "cannot clean up orphan objects; will try at the next start"),
-            },
-        }
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -941,39 +941,60 @@ impl Store {
             );
             return Ok(0);
         }
-        let listed = object.list(object.root()).await?;
+        self.delete_unreferenced(object.root()).await
+    }
+
+    /// Deletes every object under `prefix` (inside this worker's root) that
+    /// no partition held here refers to: a partition created again under a
+    /// released key, or being adopted, keeps its objects.
+    pub async fn delete_unreferenced(&self, prefix: &str) -> TierResult<usize> {
+        let object = self.tiers.object()?;
+        let listed = object.list(prefix).await?;
         let mut deleted = 0;
         for (key, _) in listed {
-            let rest = key
-                .as_ref()
-                .strip_prefix(object.root())
-                .map(|r| r.trim_start_matches('/'))
-                .unwrap_or_default();
-            let mut parts = rest.split('/');
-            let (job, partition, id) = (parts.next(), parts.next(), parts.next());
-            let owner = match (job, partition) {
-                (Some(job), Some(partition)) => self.partitions().into_iter().find(|p| {
-                    names::job_name(&p.key().job) == job
-                        && names::partition_name(&p.key().partition) == partition
-                }),
-                _ => None,
-            };
-            let keep = match owner {
-                // Not sealed yet (writes may be in flight) or migrating: its own business.
-                Some(p) if !p.is_sealed() => true,
-                Some(p) => {
-                    let (_, ids) = p.object_keys();
-                    let id: Option<u32> = id.and_then(|i| i.parse().ok());
-                    p.is_migrating() || id.is_some_and(|i| ids.contains(&i))
-                }
-                None => false,
-            };
-            if !keep {
+            if !self.object_in_use(object, key.as_ref()) {
                 object.delete(&key).await?;
                 deleted += 1;
             }
         }
         Ok(deleted)
+    }
+
+    /// Whether the object `key` (under this worker's root) belongs to a
+    /// partition held, or being adopted, here.
+    fn object_in_use(&self, object: &ObjectTier, key: &str) -> bool {
+        let rest = key
+            .strip_prefix(object.root())
+            .map(|r| r.trim_start_matches('/'))
+            .unwrap_or_default();
+        let mut parts = rest.split('/');
+        let (job, partition, id) = (parts.next(), parts.next(), parts.next());
+        let (Some(job), Some(partition)) = (job, partition) else {
+            return false;
+        };
+        let named = |k: &PartitionKey| {
+            names::job_name(&k.job) == job && names::partition_name(&k.partition) == partition
+        };
+        if self
+            .adopting
+            .lock()
+            .expect("adopting lock poisoned")
+            .iter()
+            .any(named)
+        {
+            return true;
+        }
+        let owner = self.partitions().into_iter().find(|p| named(p.key()));
+        match owner {
+            // Not sealed yet (writes may be in flight) or migrating: its own business.
+            Some(p) if !p.is_sealed() => true,
+            Some(p) => {
+                let (_, ids) = p.object_keys();
+                let id: Option<u32> = id.and_then(|i| i.parse().ok());
+                p.is_migrating() || id.is_some_and(|i| ids.contains(&i))
+            }
+            None => false,
+        }
     }
 
     /// Finds the sealed partitions in the data directories and deletes the
@@ -1187,6 +1208,33 @@ impl Drop for Releasing<'_> {
             .expect("releasing lock poisoned")
             .remove(&self.key);
         self.store.release_done.notify_waiters();
+    }
+}
+
+/// Marks a partition as being adopted while it lives.
+struct Adopting<'a> {
+    set: &'a Mutex<HashSet<PartitionKey>>,
+    key: PartitionKey,
+}
+
+impl<'a> Adopting<'a> {
+    fn new(set: &'a Mutex<HashSet<PartitionKey>>, key: &PartitionKey) -> Self {
+        set.lock()
+            .expect("adopting lock poisoned")
+            .insert(key.clone());
+        Adopting {
+            set,
+            key: key.clone(),
+        }
+    }
+}
+
+impl Drop for Adopting<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .expect("adopting lock poisoned")
+            .remove(&self.key);
     }
 }
 
