@@ -224,22 +224,29 @@ async fn a_partition_created_again_while_its_release_deletes_keeps_its_new_data(
     assert!(store.migrate(&first).await.expect("migrate") > 0);
     drop(first);
 
-    // Its release hangs in the object store, deleting its objects.
+    // Its release deletes the local files at once and queues the objects;
+    // their deletion hangs in the object store.
     faulty.set_hanging(true);
     let lists = faulty.lists.load(std::sync::atomic::Ordering::SeqCst);
-    let release = {
-        let (store, k) = (Arc::clone(&store), k.clone());
-        tokio::spawn(async move { store.release(&k).await })
+    tokio::time::timeout(Duration::from_secs(10), store.release(&k))
+        .await
+        .expect("a release does not wait for the object store")
+        .expect("release");
+    let deleting = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.delete_queued_now().await })
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while faulty.lists.load(std::sync::atomic::Ordering::SeqCst) == lists {
         assert!(
             Instant::now() < deadline,
-            "the release reaches the object store"
+            "the deletion reaches the object store"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // A create that cannot wait long enough is told to retry.
+    // A create that cannot wait long enough is told to retry; one that can
+    // waits for the deletion to end: the old objects have the names the
+    // new partition's would take.
     let hurried = store
         .create_after_release(k.clone(), 2, false, false, Duration::from_millis(50))
         .await
@@ -249,7 +256,6 @@ async fn a_partition_created_again_while_its_release_deletes_keeps_its_new_data(
         hurried.message().contains("still being deleted"),
         "{hurried}"
     );
-    // One that can waits for the deletion to end.
     let create = {
         let (store, k) = (Arc::clone(&store), k.clone());
         tokio::spawn(async move {
@@ -264,11 +270,15 @@ async fn a_partition_created_again_while_its_release_deletes_keeps_its_new_data(
         "the new partition is not created while the old one's objects are being deleted"
     );
     faulty.set_hanging(false);
-    release.await.expect("join").expect("release");
+    tokio::time::timeout(Duration::from_secs(30), deleting)
+        .await
+        .expect("the deletion ends once the store answers")
+        .expect("join")
+        .expect("delete");
     let second = create
         .await
         .expect("join")
-        .expect("created after the release");
+        .expect("created after the deletion");
 
     // The new partition's data is all there, through a seal and a migration.
     let (batches, expected) = data(2, 3, 5);

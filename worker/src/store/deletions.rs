@@ -55,6 +55,10 @@ pub struct Deletions {
     sweep_failures: Mutex<u32>,
     /// Prefixes the background task is deleting now.
     running: std::sync::atomic::AtomicUsize,
+    /// Which prefixes are being deleted now (taken from the queue and not
+    /// yet done or put back): with the queue, what a partition created
+    /// again under a released key must wait for ([`Deletions::is_pending`]).
+    in_flight: Mutex<std::collections::HashSet<String>>,
     wake: Notify,
 }
 
@@ -66,6 +70,7 @@ impl Default for Deletions {
             sweep_not_before: Mutex::new(Instant::now()),
             sweep_failures: Mutex::new(0),
             running: std::sync::atomic::AtomicUsize::new(0),
+            in_flight: Mutex::new(std::collections::HashSet::new()),
             wake: Notify::new(),
         }
     }
@@ -125,7 +130,30 @@ impl Deletions {
                 i += 1;
             }
         }
+        // Marked in flight under the queue's lock: never in neither.
+        let mut in_flight = self.in_flight.lock().expect("deletions lock poisoned");
+        in_flight.extend(due.iter().map(|p| p.prefix.clone()));
         due
+    }
+
+    /// Whether objects under `prefix` are queued for deletion or being
+    /// deleted.
+    pub fn is_pending(&self, prefix: &str) -> bool {
+        let queue = self.queue.lock().expect("deletions lock poisoned");
+        queue.iter().any(|p| p.prefix == prefix)
+            || self
+                .in_flight
+                .lock()
+                .expect("deletions lock poisoned")
+                .contains(prefix)
+    }
+
+    /// A prefix taken by [`Deletions::take_due`] is deleted.
+    pub(crate) fn done(&self, prefix: &str) {
+        self.in_flight
+            .lock()
+            .expect("deletions lock poisoned")
+            .remove(prefix);
     }
 
     /// Puts back a prefix whose deletion failed, to be tried after a delay.
@@ -133,10 +161,9 @@ impl Deletions {
     pub(crate) fn retry(&self, mut pending: Pending, now: Instant) {
         pending.failures = pending.failures.saturating_add(1);
         pending.not_before = now + retry_delay(pending.failures);
-        self.queue
-            .lock()
-            .expect("deletions lock poisoned")
-            .push_back(pending);
+        let mut queue = self.queue.lock().expect("deletions lock poisoned");
+        self.done(&pending.prefix);
+        queue.push_back(pending);
     }
 
     /// When the earliest waiting prefix (or sweep, with `sweep`) is due, if any.
@@ -215,7 +242,10 @@ impl Store {
             let mut all = all.into_iter();
             while let Some(pending) = all.next() {
                 match self.delete_unreferenced(&pending.prefix).await {
-                    Ok(n) => deleted += n,
+                    Ok(n) => {
+                        self.deletions.done(&pending.prefix);
+                        deleted += n;
+                    }
                     Err(e) => {
                         let now = Instant::now();
                         self.deletions.retry(pending, now);
@@ -295,6 +325,7 @@ impl Store {
                             tracing::warn!(error = %e, "cannot sweep objects no partition refers to; will try again");
                         }
                         (Some(pending), Ok(n)) => {
+                            self.deletions.done(&pending.prefix);
                             if warned {
                                 tracing::info!("object deletions work again");
                                 warned = false;

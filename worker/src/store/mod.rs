@@ -371,6 +371,11 @@ impl Store {
                 "{key} was sealed here and is held back: a file of it may be on a data directory missing at start"
             )));
         }
+        if !self.partitions.contains_key(&key) && self.objects_being_deleted(&key) {
+            return Err(TierError::unavailable(format!(
+                "{key}: the objects of an earlier partition under this key are still being deleted; retry"
+            )));
+        }
         if let Some(existing) = self.partitions.get(&key) {
             let meta = existing.meta();
             if meta.num_subpartitions == num_subpartitions
@@ -413,7 +418,24 @@ impl Store {
                 break;
             }
         }
+        // The released partition's objects are deleted in the background,
+        // under the same names the new one's would take: wait for that too
+        // (polled: it may take a store's retries).
+        while self.objects_being_deleted(&key) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.create(key, num_subpartitions, broadcast_only, continuation)
+    }
+
+    /// Whether objects of a released partition under `key` are queued for
+    /// deletion or being deleted. (A dropped job's prefix is not waited
+    /// for: a job is not created again under its id once dropped, and its
+    /// deletion keeps the objects of partitions held meanwhile.)
+    fn objects_being_deleted(&self, key: &PartitionKey) -> bool {
+        self.tiers
+            .object
+            .as_ref()
+            .is_some_and(|object| self.deletions.is_pending(&object.partition_prefix(key)))
     }
 
     fn is_releasing(&self, key: &PartitionKey) -> bool {
