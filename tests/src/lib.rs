@@ -6,6 +6,7 @@
 pub mod pki;
 pub mod raw;
 pub mod s3;
+pub mod secure;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};

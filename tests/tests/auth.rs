@@ -6,87 +6,35 @@
 //! written under one job's token stays whole and unreadable to another's.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use terrace_master_agent::MasterAgent;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions, ClusterSecret, Credential, JobToken, TlsClient};
 use terrace_tests::pki::TestPki;
+use terrace_tests::secure::SecureCluster;
 use terrace_tests::{ServiceProcess, assert_buffers_eq, read_partition, write_partition};
 use terrace_tier_api::{
     AgentConfig, ErrorKind, PartitionKey, ShuffleDescriptor, TierMasterAgent, TierResult,
 };
 
-struct Cluster {
-    _dir: tempfile::TempDir,
-    pki: TestPki,
-    tls: bool,
-    master: ServiceProcess,
-    worker: ServiceProcess,
-}
+/// A master and a worker holding a secret (and serving TLS when asked).
+struct Cluster(SecureCluster);
 
-fn write_file(path: &std::path::Path, text: &str) -> String {
-    std::fs::write(path, text).expect("write config file");
-    path.to_str().expect("utf-8 path").to_string()
+impl std::ops::Deref for Cluster {
+    type Target = SecureCluster;
+
+    fn deref(&self) -> &SecureCluster {
+        &self.0
+    }
 }
 
 impl Cluster {
-    /// A master and a worker with a secret (and TLS when `tls`); returns once
-    /// the worker has registered, which it can only do by proving the secret.
+    /// Returns once the worker has registered, which it can only do by
+    /// proving the secret.
     fn start(tls: bool) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pki = TestPki::generate(dir.path());
-        let master_config = write_file(&dir.path().join("master.toml"), &pki.security_toml(tls));
-        let master = ServiceProcess::start(&[
-            "master",
-            "--config",
-            &master_config,
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        let worker_config = write_file(
-            &dir.path().join("worker.toml"),
-            &format!(
-                "listen = \"127.0.0.1:0\"\ndata_dirs = [\"{}\"]\nmaster_addresses = [\"{}\"]\nheartbeat_interval = \"200ms\"\n{}",
-                dir.path().join("data").display(),
-                master.address,
-                pki.security_toml(tls)
-            ),
-        );
-        let worker = ServiceProcess::start(&["worker", "--config", &worker_config]);
-        let cluster = Cluster {
-            _dir: dir,
-            pki,
-            tls,
-            master,
-            worker,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let listed = cluster.request(
-                &cluster.master.address,
-                cluster.cluster_credential(),
-                |request_id| Message::ListWorkers(pb::ListWorkers { request_id }),
-            );
-            match listed {
-                Ok(Message::WorkerList(list)) if list.workers.len() == 1 => break,
-                other if Instant::now() < deadline => {
-                    eprintln!("worker not registered yet: {other:?}");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                other => panic!("the worker did not register within 20 s: {other:?}"),
-            }
-        }
-        cluster
-    }
-
-    fn secret(&self) -> ClusterSecret {
-        ClusterSecret::load(&self.pki.secret_file).expect("load the test secret")
-    }
-
-    fn cluster_credential(&self) -> Credential {
-        Credential::Cluster(self.secret())
+        Cluster(SecureCluster::start(tls, "", &[""], ""))
     }
 
     fn options(&self, credential: Credential) -> ClientOptions {
@@ -308,7 +256,7 @@ fn check_isolation(cluster: &Cluster) {
     let (a, written_a) = placed_and_written(cluster, &agent, 0xa);
     let (b, written_b) = placed_and_written(cluster, &agent, 0xb);
     read_back(cluster, &a, &written_a);
-    let worker = cluster.worker.address.as_str();
+    let worker = cluster.workers[0].address.as_str();
     let master = cluster.master.address.as_str();
 
     // No proof at all: refused at connect (the authentication), before any
@@ -444,7 +392,7 @@ fn with_a_secret_each_request_kind_needs_the_cluster_secret_or_its_jobs_token() 
 fn over_tls_the_same_round_trip_works_and_a_plaintext_client_gets_a_clear_error() {
     let cluster = Cluster::start(true);
     check_isolation(&cluster);
-    for address in [&cluster.master.address, &cluster.worker.address] {
+    for address in [&cluster.master.address, &cluster.workers[0].address] {
         // A plaintext client is told, in its own protocol, what is wrong.
         let plaintext = ClientOptions {
             name: "plaintext".into(),
@@ -488,7 +436,7 @@ fn over_tls_the_same_round_trip_works_and_a_plaintext_client_gets_a_clear_error(
         String::from_utf8_lossy(&status.stderr)
     );
     assert!(
-        stdout.contains(&cluster.worker.address) && stdout.contains("\"bytes_pushed\""),
+        stdout.contains(&cluster.workers[0].address) && stdout.contains("\"bytes_pushed\""),
         "status lists the worker with its own counters: {stdout}"
     );
 }

@@ -20,12 +20,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use terrace_master_agent::MasterAgent;
 use terrace_proto::{FrameReader, Message, pb, write_frame};
-use terrace_rpc::{
-    Client, ClientOptions, ClusterSecret, Credential, ExpectedServer, ServerIdentity, TlsClient,
-};
+use terrace_rpc::{Client, ClientOptions, Credential, ExpectedServer, ServerIdentity, TlsClient};
 use terrace_tests::pki::TestPki;
 use terrace_tests::raw::{create, pb_key, seal};
-use terrace_tests::{Ignore, ServiceProcess, key};
+use terrace_tests::secure::SecureCluster;
+use terrace_tests::{Ignore, key};
 use terrace_tier_api::{AgentConfig, JobId, PartitionKey, TierMasterAgent, TierResult};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,75 +35,21 @@ const FAKE_ID: &str = "w-relay";
 /// Every wait of the relay and of the tests.
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Cluster {
-    _dir: tempfile::TempDir,
-    pki: TestPki,
-    tls: bool,
-    master: ServiceProcess,
-    worker: ServiceProcess,
-}
+/// A master and worker `w1` holding a secret (and serving TLS when asked).
+struct Cluster(SecureCluster);
 
-fn write_file(path: &std::path::Path, text: &str) -> String {
-    std::fs::write(path, text).expect("write config file");
-    path.to_str().expect("utf-8 path").to_string()
+impl std::ops::Deref for Cluster {
+    type Target = SecureCluster;
+
+    fn deref(&self) -> &SecureCluster {
+        &self.0
+    }
 }
 
 impl Cluster {
-    /// A master and worker `w1`, with a secret (and TLS when `tls`); returns
-    /// once the worker has registered.
+    /// Returns once the worker has registered.
     fn start(tls: bool) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pki = TestPki::generate(dir.path());
-        let master_config = write_file(&dir.path().join("master.toml"), &pki.security_toml(tls));
-        let master = ServiceProcess::start(&[
-            "master",
-            "--config",
-            &master_config,
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        let worker_config = write_file(
-            &dir.path().join("worker.toml"),
-            &format!(
-                "listen = \"127.0.0.1:0\"\nworker_id = \"{WORKER_ID}\"\ndata_dirs = [\"{}\"]\nmaster_addresses = [\"{}\"]\nheartbeat_interval = \"200ms\"\n{}",
-                dir.path().join("data").display(),
-                master.address,
-                pki.security_toml(tls)
-            ),
-        );
-        let worker = ServiceProcess::start(&["worker", "--config", &worker_config]);
-        let cluster = Cluster {
-            _dir: dir,
-            pki,
-            tls,
-            master,
-            worker,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let listed = cluster.request(
-                &cluster.master.address,
-                cluster.options(cluster.cluster_credential(), ServerIdentity::Master),
-                |request_id| Message::ListWorkers(pb::ListWorkers { request_id }),
-            );
-            match listed {
-                Ok(Message::WorkerList(list)) if list.workers.len() == 1 => break,
-                other => assert!(
-                    Instant::now() < deadline,
-                    "the worker did not register within 20 s: {other:?}"
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        cluster
-    }
-
-    fn secret(&self) -> ClusterSecret {
-        ClusterSecret::load(&self.pki.secret_file).expect("load the test secret")
-    }
-
-    fn cluster_credential(&self) -> Credential {
-        Credential::Cluster(self.secret())
+        Cluster(SecureCluster::start(tls, "", &[WORKER_ID], ""))
     }
 
     /// What a producer of `job` holds: the job's token, nothing else.
@@ -150,7 +95,7 @@ impl Cluster {
             self.job_credential(&key.job),
             ServerIdentity::Worker(WORKER_ID.into()),
         );
-        self.request(&self.worker.address, options, build)
+        self.request(&self.workers[0].address, options, build)
             .unwrap_or_else(|e| panic!("a request of {key}'s producer failed: {e}"))
     }
 

@@ -13,97 +13,44 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use terrace_proto::{Message, pb};
-use terrace_rpc::{Client, ClientOptions, ClusterSecret, Credential};
-use terrace_tests::ServiceProcess;
-use terrace_tests::pki::TestPki;
+use terrace_rpc::{Client, Credential, ExpectedServer, ServerIdentity};
+use terrace_tests::secure::SecureCluster;
 use terrace_tier_api::ErrorKind;
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
-struct Cluster {
-    _dir: tempfile::TempDir,
-    secret: ClusterSecret,
-    master: ServiceProcess,
-    workers: Vec<ServiceProcess>,
-}
+struct Cluster(SecureCluster);
 
 impl Cluster {
     fn start() -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pki = TestPki::generate(dir.path());
-        let master_config = dir.path().join("master.toml");
-        std::fs::write(
-            &master_config,
-            format!(
-                "listen = \"127.0.0.1:0\"\nworker_timeout = \"10s\"\nprobe_timeout = \"{}ms\"\n{}",
-                PROBE_TIMEOUT.as_millis(),
-                pki.security_toml(false)
+        Cluster(SecureCluster::start(
+            false,
+            &format!(
+                "worker_timeout = \"10s\"\nprobe_timeout = \"{}ms\"",
+                PROBE_TIMEOUT.as_millis()
             ),
-        )
-        .expect("write master config");
-        let master = ServiceProcess::start(&[
-            "master",
-            "--config",
-            master_config.to_str().expect("utf-8 path"),
-        ]);
-        let workers = (0..2)
-            .map(|i| {
-                let config = dir.path().join(format!("worker-{i}.toml"));
-                std::fs::write(
-                    &config,
-                    format!(
-                        "listen = \"127.0.0.1:0\"\nworker_id = \"w{i}\"\ndata_dirs = [\"{}\"]\nmaster_addresses = [\"{}\"]\nheartbeat_interval = \"200ms\"\nmemory_budget = \"32MiB\"\n{}",
-                        dir.path().join(format!("data-{i}")).display(),
-                        master.address,
-                        pki.security_toml(false)
-                    ),
-                )
-                .expect("write worker config");
-                ServiceProcess::start(&["worker", "--config", config.to_str().expect("utf-8 path")])
-            })
-            .collect();
-        let secret = ClusterSecret::load(&pki.secret_file).expect("load the test secret");
-        let cluster = Cluster {
-            _dir: dir,
-            secret,
-            master,
-            workers,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while cluster.listed_workers() != 2 {
-            assert!(
-                Instant::now() < deadline,
-                "the workers did not register within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        cluster
+            &["w0", "w1"],
+            "memory_budget = \"32MiB\"",
+        ))
     }
 
     fn client(&self, credential: Credential) -> Client {
-        let options = ClientOptions {
-            name: "unreachable-reports-test".into(),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
+        let options = self.0.options(
+            "unreachable-reports-test",
             credential,
-            ..ClientOptions::default()
-        };
+            ExpectedServer::Is(ServerIdentity::Master),
+        );
         terrace_rpc::io_runtime()
-            .block_on(Client::connect(&self.master.address, &options))
+            .block_on(Client::connect(&self.0.master.address, &options))
             .expect("connect to the master")
     }
 
     fn cluster_client(&self) -> Client {
-        self.client(Credential::Cluster(self.secret.clone()))
+        self.client(self.0.cluster_credential())
     }
 
     fn listed_workers(&self) -> usize {
-        match request(&self.cluster_client(), |request_id| {
-            Message::ListWorkers(pb::ListWorkers { request_id })
-        }) {
-            Ok(Message::WorkerList(list)) => list.workers.len(),
-            _ => 0,
-        }
+        self.0.listed_workers().unwrap_or(0)
     }
 }
 
@@ -155,10 +102,7 @@ struct Flood {
 
 impl Flood {
     fn start(cluster: &Cluster, job: &'static [u8]) -> Flood {
-        let client = cluster.client(Credential::Job {
-            job: Bytes::from_static(job),
-            token: cluster.secret.job_token(job),
-        });
+        let client = cluster.client(cluster.0.job_credential(job));
         let (stop, acked) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicU64::new(0)),
@@ -253,13 +197,10 @@ fn one_jobs_reports_do_not_stop_placement_for_others_and_a_hung_worker_fails_the
     // A worker that hangs: a report makes the master probe it, the probe
     // gets no handshake, and nobody's partitions go there while it is
     // still listed (10 s worker timeout).
-    let hung = cluster.workers[1].pid();
+    let hung = cluster.0.workers[1].pid();
     signal(hung, "STOP");
     let resume = Resume(hung);
-    let reporter = cluster.client(Credential::Job {
-        job: Bytes::from_static(b"flooder"),
-        token: cluster.secret.job_token(b"flooder"),
-    });
+    let reporter = cluster.client(cluster.0.job_credential(b"flooder"));
     let report = request(&reporter, |request_id| {
         Message::WorkerUnreachable(pb::WorkerUnreachable {
             request_id,
