@@ -317,6 +317,26 @@ fn signal(pid: u32, which: &str) {
     assert!(status.success(), "kill {which} {pid}");
 }
 
+/// Every master of `masters` still knows `job`, and the worker at
+/// `worker` still holds its one partition (`when` and `since` for the
+/// failure message).
+fn assert_job_kept(masters: &[String], job: &JobId, worker: &str, when: &str, since: Instant) {
+    for address in masters {
+        let list = listing(address).expect("the master answers");
+        assert!(
+            knows_job(&list, job),
+            "master {address} expired the job {:?} {when}",
+            since.elapsed()
+        );
+    }
+    assert_eq!(
+        worker_stats(worker).partitions,
+        1,
+        "the worker dropped the job's data {:?} {when}",
+        since.elapsed()
+    );
+}
+
 #[test]
 fn a_master_stopped_for_longer_than_the_lease_expires_no_job() {
     const LEASE: Duration = Duration::from_secs(3);
@@ -342,17 +362,12 @@ fn a_master_stopped_for_longer_than_the_lease_expires_no_job() {
     let guard = Stopped::stop(stopped_master.pid());
     let started = Instant::now();
     while started.elapsed() < pause {
-        let healthy = listing(&addresses[1]).expect("the healthy master answers");
-        assert!(
-            knows_job(&healthy, &k.job),
-            "the healthy master expired the job {:?} into the stop",
-            started.elapsed()
-        );
-        assert_eq!(
-            worker_stats(&worker.address).partitions,
-            1,
-            "the worker dropped the job's data {:?} into the stop",
-            started.elapsed()
+        assert_job_kept(
+            &addresses[1..],
+            &k.job,
+            &worker.address,
+            "into the stop",
+            started,
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -362,19 +377,12 @@ fn a_master_stopped_for_longer_than_the_lease_expires_no_job() {
     // know the job and the worker keeps it.
     let resumed = Instant::now();
     while resumed.elapsed() < LEASE * 2 {
-        for address in &addresses {
-            let list = listing(address).expect("both masters answer");
-            assert!(
-                knows_job(&list, &k.job),
-                "master {address} expired the job {:?} after the resume",
-                resumed.elapsed()
-            );
-        }
-        assert_eq!(
-            worker_stats(&worker.address).partitions,
-            1,
-            "the worker dropped the job's data {:?} after the resume",
-            resumed.elapsed()
+        assert_job_kept(
+            &addresses,
+            &k.job,
+            &worker.address,
+            "after the resume",
+            resumed,
         );
         std::thread::sleep(Duration::from_millis(200));
     }
