@@ -11,10 +11,14 @@ mod clock;
 mod cmd;
 mod config;
 mod connection;
+mod context;
 mod probe;
 mod registry;
 mod server;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{MasterConfig, MasterLimits};
-pub use server::{SERVER_NAME, run, run_with_clock};
+pub use server::{run, run_with_clock};
+
+/// The name the master gives in handshakes.
+pub const SERVER_NAME: &str = "terrace-master";
