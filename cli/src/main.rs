@@ -27,7 +27,7 @@ enum Command {
     /// Run a master: worker registry, job registry, partition placement.
     Master(cmd::master::Args),
     /// Run a worker: stores pushed segments and serves them.
-    Worker(cmd::worker::Args),
+    Worker(Box<cmd::worker::Args>),
     /// Run a sample shuffle on an embedded one-process cluster and verify every byte.
     Demo(cmd::demo::Args),
     /// Measure push, read and end-to-end throughput against raw loopback TCP and raw disk.
@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Master(args) => cmd::master::run(args),
-        Command::Worker(args) => cmd::worker::run(args),
+        Command::Worker(args) => cmd::worker::run(*args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::BenchIo(args) => cmd::bench_io::run(args),
