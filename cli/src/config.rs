@@ -179,7 +179,7 @@ pub fn load_layered<T: DeserializeOwned + Default>(
 
 /// Sets `o.key` in `table` and checks that the table still makes a `T`: an
 /// inferred value that does not fit goes in as a string instead (`--set
-/// worker_id=7`); if neither fits, the first error is returned.
+/// worker_id=7`); if neither fits, the error says why for both.
 fn apply<T: DeserializeOwned>(table: &mut toml::Table, o: &Override) -> anyhow::Result<()> {
     let segments: Vec<&str> = o.key.split('.').collect();
     if segments.iter().any(|s| s.trim().is_empty()) {
@@ -195,7 +195,7 @@ fn apply<T: DeserializeOwned>(table: &mut toml::Table, o: &Override) -> anyhow::
             }
         }
     };
-    let mut first_error = None;
+    let mut errors = Vec::new();
     for candidate in candidates {
         let mut attempt = table.clone();
         set(&mut attempt, &segments, candidate)?;
@@ -204,14 +204,11 @@ fn apply<T: DeserializeOwned>(table: &mut toml::Table, o: &Override) -> anyhow::
                 *table = attempt;
                 return Ok(());
             }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+            Err(e) => errors.push(e.to_string().trim_end().to_string()),
         }
     }
-    Err(first_error
-        .expect("at least one candidate was tried")
-        .into())
+    // No reading fits: say why for each (`30` as a number, then as text).
+    anyhow::bail!("{}", errors.join("; as text: "))
 }
 
 /// `text` as a TOML value (`64`, `true`, `[1, 2]`, `"quoted"`), if it is one.

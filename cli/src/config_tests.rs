@@ -472,6 +472,15 @@ fn an_unknown_key_or_bad_value_from_any_layer_is_an_error_naming_it() {
         ),
         (
             vec![],
+            vec!["heartbeat_interval=30"],
+            vec![
+                "heartbeat_interval",
+                "expected a string",
+                "time unit needed",
+            ],
+        ),
+        (
+            vec![],
             vec!["heartbeat_interval=5 fortnights"],
             vec!["heartbeat_interval", "fortnights"],
         ),
