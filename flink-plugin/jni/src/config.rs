@@ -228,6 +228,28 @@ mod tests {
         assert_eq!(defaults.agent, AgentConfig::default());
     }
 
+    /// Every key of the agents' config can be set from Flink: a new
+    /// `AgentConfig` field needs its `terrace.*` key in [`KEYS`] (and so in
+    /// the README's table and `TerraceConfig`), else this fails naming it.
+    #[test]
+    fn every_agent_config_key_has_a_flink_key() {
+        let agent = serde_json::to_value(AgentConfig::default()).expect("serialize");
+        let fields = agent.as_object().expect("a struct");
+        assert!(fields.contains_key("job_renew_interval"), "{fields:?}");
+        let flink: Vec<&str> = KEYS.iter().map(|(k, _, _)| *k).collect();
+        for field in fields.keys() {
+            let key = match field.as_str() {
+                "master_addresses" => "terrace.master.address".to_string(),
+                "tls_ca_file" => "terrace.tls.ca-file".to_string(),
+                other => format!("terrace.{}", other.replace('_', "-")),
+            };
+            assert!(
+                flink.contains(&key.as_str()),
+                "AgentConfig.{field} has no Flink key {key}"
+            );
+        }
+    }
+
     #[test]
     fn keys_parse() {
         let c = parse_config([
