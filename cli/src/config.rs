@@ -1,18 +1,239 @@
-//! Config files: TOML, every key optional (defaults from the service's config type).
+//! Config of the long-running services, from three layers applied once for
+//! every key: the TOML file, then the environment, then command-line flags.
+//!
+//! Each layer is a set of `key = value` overrides onto the file's TOML table
+//! (a key is a dotted path: `memory_budget`, `object_store.url`,
+//! `limits.max_partitions`); the result is deserialized once into the
+//! service's config type, whose `deny_unknown_fields` refuses a key it does
+//! not have, whichever layer set it. Every key can come from any layer:
+//! - environment: `{PREFIX}__KEY`, tables separated by `__`
+//!   (`TERRACE_WORKER__OBJECT_STORE__URL=memory://`), and the older named
+//!   variables (`TERRACE_WORKER_MEMORY_BUDGET`) for the keys that have one;
+//! - flags: `--set key=value` (repeatable), and the named flags
+//!   (`--memory-budget`) for the keys that have one.
+//!
+//! Named variables and flags apply before the generic ones of their layer.
+//! A value is read as a TOML value (`64`, `true`, `0.5`, `["a", "b"]`,
+//! `"text"`), else as a string (`64MiB`, `127.0.0.1:9871`), and as a string
+//! too when the key takes one (`--set worker_id=7`).
 
+use std::ffi::OsString;
 use std::path::Path;
 
 use anyhow::Context;
 use serde::de::DeserializeOwned;
 
-/// Loads `path` as `T`, or `T::default()` without a file.
-pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
-    let Some(path) = path else {
-        return Ok(T::default());
+/// A value for one key, from one layer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// Text from the environment or `--set`: a TOML value if it parses as
+    /// one, else a string.
+    Text(String),
+    /// A value a named flag already parsed.
+    Toml(toml::Value),
+}
+
+/// One key set by one layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Override {
+    /// Where it came from, for errors: `--set memory_budget=64MiB`,
+    /// `environment variable TERRACE_WORKER__MEMORY_BUDGET`.
+    pub source: String,
+    /// Dotted path of the key: `object_store.url`.
+    pub key: String,
+    pub value: Value,
+}
+
+impl Override {
+    /// `--set key=value`.
+    pub fn from_set(text: &str) -> anyhow::Result<Override> {
+        let (key, value) = text
+            .split_once('=')
+            .with_context(|| format!("--set {text}: expected KEY=VALUE"))?;
+        Ok(Override {
+            source: format!("--set {text}"),
+            key: key.trim().to_string(),
+            value: Value::Text(value.to_string()),
+        })
+    }
+
+    /// A named flag's value for `key`.
+    pub fn flag(flag: &str, key: &str, value: impl Into<toml::Value>) -> Override {
+        Override {
+            source: format!("--{flag}"),
+            key: key.to_string(),
+            value: Value::Toml(value.into()),
+        }
+    }
+}
+
+/// How one service reads its environment.
+#[derive(Clone, Copy, Debug)]
+pub struct EnvSpec {
+    /// Variables named `{prefix}__KEY` (`TERRACE_WORKER`) set any key.
+    pub prefix: &'static str,
+    /// Named variables that set one key each, applied first: name, key, and
+    /// whether the value is a comma-separated list.
+    pub named: &'static [(&'static str, &'static str, bool)],
+}
+
+impl EnvSpec {
+    /// The environment layer: named variables in `named` order, then the
+    /// `{prefix}__` ones by name. Empty named variables are absent (as
+    /// they were when the flags read them).
+    pub fn overrides(
+        &self,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> anyhow::Result<Vec<Override>> {
+        let generic_prefix = format!("{}__", self.prefix);
+        let mut named = Vec::new();
+        let mut generic = Vec::new();
+        for (name, value) in vars {
+            let Some(name) = name.to_str() else { continue };
+            let is_named = self.named.iter().any(|(n, _, _)| *n == name);
+            if !is_named && !name.starts_with(&generic_prefix) {
+                continue;
+            }
+            let value = value
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("environment variable {name} is not UTF-8"))?;
+            if is_named {
+                named.push((name.to_string(), value));
+            } else {
+                generic.push((name.to_string(), value));
+            }
+        }
+        let mut out = Vec::new();
+        for (var, key, list) in self.named {
+            let Some((_, value)) = named.iter().find(|(n, _)| n == var) else {
+                continue;
+            };
+            if value.is_empty() {
+                continue;
+            }
+            let value = if *list {
+                Value::Toml(toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| toml::Value::String(v.to_string()))
+                        .collect(),
+                ))
+            } else {
+                Value::Text(value.clone())
+            };
+            out.push(Override {
+                source: format!("environment variable {var}"),
+                key: (*key).to_string(),
+                value,
+            });
+        }
+        generic.sort();
+        for (var, value) in generic {
+            let path = &var[generic_prefix.len()..];
+            let key = path
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
+            out.push(Override {
+                source: format!("environment variable {var}"),
+                key,
+                value: Value::Text(value),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Loads `T` from `path` (or the defaults), then applies `overrides` in
+/// order (the environment's, then the flags'). An override naming a key `T`
+/// does not have, or a value it cannot take, is an error naming the
+/// override's source and key.
+pub fn load_layered<T: DeserializeOwned + Default>(
+    path: Option<&Path>,
+    overrides: Vec<Override>,
+) -> anyhow::Result<T> {
+    let (mut table, from_file) = match path {
+        None => (toml::Table::new(), T::default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read config file {}", path.display()))?;
+            // Parsed into `T` first, for errors that point at the line.
+            let from_file = toml::from_str::<T>(&text)
+                .with_context(|| format!("parse config file {}", path.display()))?;
+            let table = toml::from_str::<toml::Table>(&text)
+                .with_context(|| format!("parse config file {}", path.display()))?;
+            (table, from_file)
+        }
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("read config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))
+    if overrides.is_empty() {
+        return Ok(from_file);
+    }
+    for o in overrides {
+        apply::<T>(&mut table, &o).with_context(|| format!("{} (key `{}`)", o.source, o.key))?;
+    }
+    Ok(T::deserialize(toml::Value::Table(table))?)
+}
+
+/// Sets `o.key` in `table` and checks that the table still makes a `T`: an
+/// inferred value that does not fit goes in as a string instead (`--set
+/// worker_id=7`); if neither fits, the error says why for both.
+fn apply<T: DeserializeOwned>(table: &mut toml::Table, o: &Override) -> anyhow::Result<()> {
+    let segments: Vec<&str> = o.key.split('.').collect();
+    if segments.iter().any(|s| s.trim().is_empty()) {
+        anyhow::bail!("a key is a dotted path of names, like object_store.url");
+    }
+    let candidates = match &o.value {
+        Value::Toml(v) => vec![v.clone()],
+        Value::Text(text) => {
+            let string = toml::Value::String(text.clone());
+            match parse_value(text) {
+                Some(v) if v != string => vec![v, string],
+                _ => vec![string],
+            }
+        }
+    };
+    let mut errors = Vec::new();
+    for candidate in candidates {
+        let mut attempt = table.clone();
+        set(&mut attempt, &segments, candidate)?;
+        match T::deserialize(toml::Value::Table(attempt.clone())) {
+            Ok(_) => {
+                *table = attempt;
+                return Ok(());
+            }
+            Err(e) => errors.push(e.to_string().trim_end().to_string()),
+        }
+    }
+    // No reading fits: say why for each (`30` as a number, then as text).
+    anyhow::bail!("{}", errors.join("; as text: "))
+}
+
+/// `text` as a TOML value (`64`, `true`, `[1, 2]`, `"quoted"`), if it is one.
+fn parse_value(text: &str) -> Option<toml::Value> {
+    let mut table: toml::Table = toml::from_str(&format!("v = {text}")).ok()?;
+    if table.len() != 1 {
+        return None;
+    }
+    table.remove("v")
+}
+
+fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) -> anyhow::Result<()> {
+    let (last, parents) = path.split_last().expect("a path has a name");
+    let mut current = table;
+    for (i, name) in parents.iter().enumerate() {
+        let entry = current
+            .entry(name.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => anyhow::bail!("`{}` is not a table", path[..=i].join(".")),
+        };
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
 }
 
 /// Raises this process's soft open-file limit to its hard limit (a worker
@@ -74,43 +295,5 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use terrace_master::MasterConfig;
-    use terrace_worker::WorkerConfig;
-
-    /// The documented examples parse, and say exactly the defaults (except the
-    /// worker's master address, which the example sets).
-    #[test]
-    fn example_configs_parse_to_the_defaults() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-        let master: MasterConfig =
-            super::load(Some(&root.join("master.toml"))).expect("master example parses");
-        assert_eq!(master, MasterConfig::default());
-        let worker: WorkerConfig =
-            super::load(Some(&root.join("worker.toml"))).expect("worker example parses");
-        assert_eq!(
-            worker,
-            WorkerConfig {
-                master_addresses: vec!["127.0.0.1:9870".into()],
-                ..WorkerConfig::default()
-            }
-        );
-        // The commented-out `[limits]` and `[server]` tables, uncommented, say the defaults.
-        let text = std::fs::read_to_string(root.join("worker.toml")).expect("read example");
-        for (table, key) in [("limits", "max_partitions"), ("server", "shutdown_grace")] {
-            let header = format!("# [{table}]");
-            let uncommented: String = text
-                .lines()
-                .skip_while(|l| *l != header)
-                .take_while(|l| !l.is_empty())
-                .map(|l| format!("{}\n", l.trim_start_matches("# ")))
-                .collect();
-            assert!(uncommented.contains(key), "{uncommented}");
-            let parsed: WorkerConfig =
-                toml::from_str(&uncommented).expect("the example table parses");
-            assert_eq!(parsed, WorkerConfig::default(), "[{table}]");
-        }
-        let typo = toml::from_str::<WorkerConfig>("memory_budgte = \"1GiB\"");
-        assert!(typo.is_err(), "unknown keys are refused");
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

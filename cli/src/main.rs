@@ -27,7 +27,7 @@ enum Command {
     /// Run a master: worker registry, job registry, partition placement.
     Master(cmd::master::Args),
     /// Run a worker: stores pushed segments and serves them.
-    Worker(cmd::worker::Args),
+    Worker(Box<cmd::worker::Args>),
     /// Run a sample shuffle on an embedded one-process cluster and verify every byte.
     Demo(cmd::demo::Args),
     /// Measure push, read and end-to-end throughput against raw loopback TCP and raw disk.
@@ -50,11 +50,85 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Master(args) => cmd::master::run(args),
-        Command::Worker(args) => cmd::worker::run(args),
+        Command::Worker(args) => cmd::worker::run(*args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::BenchIo(args) => cmd::bench_io::run(args),
         Command::Status(args) => cmd::status::run(args),
         Command::BenchPipe(args) => cmd::bench_process::run_pipe(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use clap::Parser;
+    use terrace_tier_api::ByteSize;
+
+    use super::{Cli, Command};
+
+    fn worker(argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<terrace_worker::WorkerConfig> {
+        let cli = Cli::try_parse_from(["terrace", "worker"].iter().chain(argv))?;
+        let Command::Worker(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        let vars = env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        args.config(vars)
+    }
+
+    /// The named flags and variables are shorthands in their layers: a
+    /// named flag beats every variable, a `--set` after it beats it, and a
+    /// named variable beats the file only.
+    #[test]
+    fn named_flags_and_variables_sit_in_their_layers() {
+        let env = [
+            ("TERRACE_WORKER_MEMORY_BUDGET", "32MiB"),
+            ("TERRACE_WORKER__SPLIT_SIZE", "3GiB"),
+            ("TERRACE_MASTERS", "m:1,m:2"),
+            ("TERRACE_OBJECT_STORE", "memory://"),
+        ];
+        let from_env = worker(&[], &env).expect("env");
+        assert_eq!(from_env.memory_budget, ByteSize::mib(32));
+        assert_eq!(from_env.split_size, ByteSize::gib(3));
+        assert_eq!(from_env.master_addresses, ["m:1", "m:2"]);
+        assert_eq!(
+            from_env.object_store.map(|o| o.url).as_deref(),
+            Some("memory://")
+        );
+        let flags = worker(
+            &[
+                "--memory-budget",
+                "48MiB",
+                "--split-size",
+                "5GiB",
+                "--data-dir",
+                "/a",
+                "--data-dir",
+                "/b",
+                "--allow-missing-data-dirs",
+                "--set",
+                "split_size=6GiB",
+                "--master",
+                "x:1",
+            ],
+            &env,
+        )
+        .expect("flags");
+        assert_eq!(flags.memory_budget, ByteSize::mib(48));
+        assert_eq!(flags.split_size, ByteSize::gib(6));
+        assert_eq!(
+            flags.data_dirs,
+            [std::path::PathBuf::from("/a"), "/b".into()]
+        );
+        assert!(flags.allow_missing_data_dirs);
+        assert_eq!(flags.master_addresses, ["x:1"]);
+        let e = worker(&["--set", "memory_budgte=1GiB"], &[]).expect_err("unknown key");
+        assert!(
+            format!("{e:#}").contains("--set memory_budgte=1GiB"),
+            "{e:#}"
+        );
     }
 }

@@ -25,7 +25,7 @@ pub struct MasterConfig {
     /// A worker whose last heartbeat is older than this is lost: it gets no
     /// new partitions and leaves the worker list, so master agents report the
     /// partitions it held as lost. Several heartbeat intervals long.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub worker_timeout: Duration,
     /// Largest frame the master accepts from a peer. Master requests carry no
     /// body and take a few hundred bytes, so 1MiB leaves ample room while
@@ -35,12 +35,12 @@ pub struct MasterConfig {
     /// How long an unregistered job is remembered and listed in heartbeat
     /// replies, so that every worker learns to drop its data. Must be longer
     /// than the workers' heartbeat interval.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub released_job_memory: Duration,
     /// A job not renewed by its master agent for this long is released: its
     /// agent (the engine's coordinator) is taken for dead, and workers drop
     /// its data. Agents renew every `job_renew_interval` (several per lease).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub job_lease: Duration,
     /// Bytes a newly placed partition is assumed to add to its worker's load,
     /// until the worker's next heartbeat reports what it really stores.
@@ -48,7 +48,7 @@ pub struct MasterConfig {
     /// How long the master waits for a worker that a peer reported
     /// unreachable to answer its own handshake before it stops placing
     /// partitions there for every job.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub probe_timeout: Duration,
     /// Bounds on what peers may make the master remember (`[limits]`).
     pub limits: MasterLimits,

@@ -45,25 +45,25 @@ pub struct ServerOptions {
     /// Connections open at once; one more is refused with an error frame.
     pub max_connections: u32,
     /// Time a new connection has to send its handshake.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub handshake_timeout: Duration,
     /// Time a frame's header and body have to arrive once its 9-byte prefix
     /// has; also the longest a connection's replies may stay unread once
     /// `max_send_queue` bytes of them wait.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub frame_timeout: Duration,
     /// A connection that sends nothing for this long is closed (a worker
     /// keeps connections with open read streams regardless).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub idle_timeout: Duration,
     /// TCP keepalive probe time (and interval); `0s` turns keepalive off.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub keepalive: Duration,
     /// Bytes of replies and data queued for one connection before the server
     /// stops reading its requests (and a worker stops reading data for it).
     pub max_send_queue: ByteSize,
     /// How long shutdown waits for open connections to finish what they are doing.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub shutdown_grace: Duration,
 }
 

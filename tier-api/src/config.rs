@@ -1,5 +1,7 @@
-//! Agent configuration and the human-readable byte size type used by every
-//! Terrace config file (`"64MiB"`, `"512KiB"`, `1048576`).
+//! Agent configuration, and the human-readable sizes (`"64MiB"`, `"512KiB"`,
+//! `1048576`) and durations (`"500ms"`, `"30s"`, `"5m"`) of every Terrace
+//! config: the TOML files, the CLI's overrides and the Flink adapter's
+//! `terrace.*` keys all parse them here.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -107,6 +109,40 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Parses a duration as every Terrace config writes it: whole or decimal
+/// numbers each followed by a unit, spaces allowed (`"500ms"`, `"30s"`,
+/// `"30 s"`, `"1 min"`, `"1h 30m"`, `"1.5s"`). Units: `ns`, `us`, `ms`,
+/// `s`/`sec`/`second(s)`, `m`/`min`/`minute(s)`, `h`/`hr`/`hour(s)`,
+/// `d`/`day(s)`, `w`/`week(s)` (humantime's syntax). A number without a unit
+/// is an error: callers that give bare numbers a meaning (Flink's
+/// milliseconds) decide that themselves.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime_serde::re::humantime::parse_duration(s.trim())
+        .map_err(|e| format!("duration {s:?}: {e} (write e.g. \"500ms\", \"30s\", \"5m\")"))
+}
+
+/// Writes `d` the way [`parse_duration`] reads it (`"1h 30m"`, `"500ms"`).
+pub fn format_duration(d: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(d).to_string()
+}
+
+/// `#[serde(with = "terrace_tier_api::duration")]`: a [`Duration`] field
+/// written as a string [`parse_duration`] reads.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Settings shared by the producer, consumer and master agents.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -128,13 +164,13 @@ pub struct AgentConfig {
     pub read_credits: u32,
     /// Largest frame sent or accepted.
     pub max_frame_size: ByteSize,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// A master agent renews its jobs' leases on every master this often;
     /// keep it several times shorter than the masters' `job_lease`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub job_renew_interval: Duration,
     /// File holding the cluster secret (else `TERRACE_SECRET_FILE`). Only the
     /// master agent reads it: it proves to masters and workers that it is a
@@ -212,6 +248,27 @@ mod tests {
         assert!("MiB".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize::mib(64).to_string(), "64MiB");
         assert_eq!(ByteSize(1500).to_string(), "1500B");
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        let s = Duration::from_secs;
+        for (text, expected) in [
+            ("500ms", Duration::from_millis(500)),
+            ("30s", s(30)),
+            (" 30 s ", s(30)),
+            ("5m", s(300)),
+            ("1 min", s(60)),
+            ("1h 30m", s(5400)),
+            ("6h", s(6 * 3600)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+            assert_eq!(parse_duration(&format_duration(expected)), Ok(expected));
+        }
+        for text in ["", "30", "5 fortnights", "-1s"] {
+            let e = parse_duration(text).expect_err(text);
+            assert!(e.contains(&format!("{text:?}")), "{e}");
+        }
     }
 
     #[test]

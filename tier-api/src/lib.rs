@@ -25,7 +25,7 @@ pub use batch::{
 };
 pub use buffer::{Buffer, DataType};
 pub use checksum::crc32c_combine;
-pub use config::{AgentConfig, ByteSize};
+pub use config::{AgentConfig, ByteSize, duration, format_duration, parse_duration};
 pub use contract::{
     AvailabilityNotifier, ConsumerSpec, ProducerSpec, SubpartitionRange, TierConsumerAgent,
     TierFactory, TierMasterAgent, TierProducerAgent, TierShuffleHandler, WriteOutcome,

@@ -60,15 +60,15 @@ pub struct WorkerConfig {
     /// A decommissioning worker exits once its partitions are released, or
     /// after this long with whatever is left (its readers then get
     /// partition-not-found, and Flink reruns those producers).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub decommission_timeout: Duration,
     /// How long a reader opening a partition that is not created yet waits for it.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub partition_wait_timeout: Duration,
     /// Masters to register with and heartbeat to (`host:port`). Empty: run standalone.
     pub master_addresses: Vec<String>,
     /// Interval between heartbeats to each master.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub heartbeat_interval: Duration,
     /// Bounds on what a peer may ask for (the `[limits]` table).
     pub limits: WorkerLimits,
@@ -230,12 +230,12 @@ pub struct ObjectStoreConfig {
     /// the `AWS_*` environment variables.
     pub options: BTreeMap<String, String>,
     /// One request, body included.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub request_timeout: Duration,
     /// Retries of a failed request (after the first attempt).
     pub retries: u32,
     /// First wait before a retry; doubled each time, at most 10 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub backoff: Duration,
     /// Largest overflow object, and the part size of migration uploads (S3
     /// needs at least 5 MiB).
@@ -246,7 +246,7 @@ pub struct ObjectStoreConfig {
     /// for (back-to-back extents of one object); 0 turns reading ahead off.
     pub read_ahead: ByteSize,
     /// Sealed partitions not read for this long move to the object store.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub cold_after: Duration,
     /// Local use (fraction of the directories' capacity) above which the
     /// oldest sealed partitions move to the object store...
@@ -254,7 +254,7 @@ pub struct ObjectStoreConfig {
     /// ...until it falls under this fraction.
     pub local_low_watermark: f64,
     /// How often the migrator looks.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "terrace_tier_api::duration")]
     pub migration_interval: Duration,
 }
 

@@ -17,9 +17,9 @@ mod store;
 mod stream;
 
 pub use config::{ObjectStoreConfig, WorkerConfig, WorkerLimits};
-pub use server::{WorkerHandle, run, start, start_with_hooks, store_options};
+pub use server::{WorkerHandle, run, start, start_with_hooks};
 pub use store::{
     Charge, FaultyFiles, FaultyStore, FileLayer, Forward, MARKER, MemoryBudget, MetadataBudget,
-    ObjectStoreSettings, ObjectTier, Partition, ReadStep, RealFiles, Reservation, Store,
-    StoreHooks, StoreLimits, StoreOptions, TierBytes, Tiers, build_store, cost,
+    ObjectTier, Partition, ReadStep, RealFiles, Reservation, Store, StoreHooks, TierBytes, Tiers,
+    build_store, cost,
 };

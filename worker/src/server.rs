@@ -16,7 +16,7 @@ use crate::cmd::Command;
 use crate::config::WorkerConfig;
 use crate::context::{Connection, Decommission, JobDrops, Rates, Shared};
 use crate::heartbeat;
-use crate::store::{ObjectStoreSettings, Reservation, Store, StoreHooks, StoreOptions};
+use crate::store::{Reservation, Store, StoreHooks};
 
 /// A running worker, for embedding (demo, bench, tests).
 #[derive(Debug)]
@@ -72,41 +72,6 @@ pub async fn run(
     serve(shared, listener, shutdown).await
 }
 
-/// What the store is opened with, from the worker's config.
-pub fn store_options(config: &WorkerConfig) -> StoreOptions {
-    let object = config.object_store.clone().unwrap_or_default();
-    StoreOptions {
-        dirs: config.data_dirs.clone(),
-        dir_capacity: config.dir_capacity.map(|c| c.as_u64()),
-        dir_reserve: config.dir_reserve.as_u64(),
-        memory_budget: config.memory_budget.as_u64(),
-        flush_high_watermark: config.flush_high_watermark,
-        flush_low_watermark: config.flush_low_watermark,
-        write_on_push: config.write_on_push,
-        object_store: config.object_store.as_ref().map(|o| ObjectStoreSettings {
-            url: o.url.clone(),
-            options: o.options.clone(),
-            request_timeout: o.request_timeout,
-            retries: o.retries,
-            backoff: o.backoff,
-        }),
-        object_part_size: object.part_size.as_u64(),
-        object_read_budget: object.read_budget.as_u64(),
-        object_read_ahead: object.read_ahead.as_u64(),
-        cold_after: object.cold_after,
-        local_high_watermark: object.local_high_watermark,
-        local_low_watermark: object.local_low_watermark,
-        migration_interval: object.migration_interval,
-        max_open_files: config.limits.max_open_data_files.map(u64::from),
-        allow_missing_dirs: config.allow_missing_data_dirs,
-        limits: crate::store::StoreLimits {
-            metadata_memory: config.limits.metadata_memory.as_u64(),
-            max_partitions: u64::from(config.limits.max_partitions),
-            max_partitions_per_job: u64::from(config.limits.max_partitions_per_job),
-        },
-    }
-}
-
 fn prepare(
     config: WorkerConfig,
     listener: &TcpListener,
@@ -125,7 +90,7 @@ fn prepare(
     let security = Security::load(&config.security)
         .map_err(|e| TierError::bad_input(format!("worker config: {e}")))?;
     security.warn_if_open("the worker");
-    let store = Arc::new(Store::open(store_options(&config), hooks)?);
+    let store = Arc::new(Store::open(&config, hooks)?);
     Ok((
         Arc::new(Shared {
             store,

@@ -18,7 +18,7 @@ fn store(dir: &std::path::Path, objects: &Arc<InMemory>) -> Arc<Store> {
         files: None,
         object_store: Some(Arc::clone(objects) as Arc<dyn ObjectStore>),
     };
-    Arc::new(Store::open(options(dir, 1 << 30), hooks).expect("open store"))
+    Arc::new(Store::open(&options(dir, 1 << 30), hooks).expect("open store"))
 }
 
 /// Writes three closed segments per subpartition and seals; returns what each

@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{data, key, options, read_sub};
+use terrace_tier_api::ByteSize;
 use terrace_tier_api::{BatchBuilder, Buffer, ErrorKind, SegmentId, SubpartitionId};
-use terrace_worker::{FaultyStore, Reservation, Store, StoreHooks, StoreLimits, cost};
+use terrace_worker::{
+    FaultyStore, Reservation, Store, StoreHooks, WorkerConfig, WorkerLimits, cost,
+};
 
 /// `n` zero-length END_OF_SEGMENT buffers of subpartition 0, segments
 /// `first..first + n`: each one a segment of its own.
@@ -29,9 +32,9 @@ fn markers(first: u32, n: u32) -> Bytes {
     batch.finish().bytes
 }
 
-fn limited(dir: &std::path::Path, limits: StoreLimits) -> Store {
+fn limited(dir: &std::path::Path, limits: WorkerLimits) -> Store {
     Store::open(
-        terrace_worker::StoreOptions {
+        &WorkerConfig {
             limits,
             ..options(dir, 64 << 20)
         },
@@ -50,9 +53,9 @@ async fn a_push_past_the_metadata_budget_is_refused_whole_and_naming_the_limit()
     let limit = base + cost::SUBPARTITION + 1000 * per_marker;
     let store = limited(
         dir.path(),
-        StoreLimits {
-            metadata_memory: limit,
-            ..StoreLimits::default()
+        WorkerLimits {
+            metadata_memory: ByteSize(limit),
+            ..common::unlimited()
         },
     );
     let partition = store.create(k.clone(), 1, false, false).expect("create");
@@ -106,10 +109,10 @@ async fn one_job_cannot_take_more_than_its_partition_quota() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = limited(
         dir.path(),
-        StoreLimits {
+        WorkerLimits {
             max_partitions: 5,
             max_partitions_per_job: 3,
-            ..StoreLimits::default()
+            ..common::unlimited()
         },
     );
     for p in 0..3 {
@@ -150,7 +153,7 @@ async fn a_failed_partition_gives_back_all_the_memory_its_buffers_held() {
     let dir = tempfile::tempdir().expect("temp dir");
     // 4 KiB of local room and no object store: a flush of more fails.
     let store = Store::open(
-        terrace_worker::StoreOptions {
+        &WorkerConfig {
             object_store: None,
             ..options(dir.path(), 4 << 10)
         },
@@ -204,7 +207,7 @@ async fn a_partition_created_again_while_its_release_deletes_keeps_its_new_data(
     let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
     let store = Arc::new(
         Store::open(
-            options(dir.path(), 64 << 20),
+            &options(dir.path(), 64 << 20),
             StoreHooks {
                 files: None,
                 object_store: Some(faulty.clone()),

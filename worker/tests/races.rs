@@ -67,8 +67,9 @@ async fn writer(store: Arc<Store>, key: PartitionKey, seed: u32) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_create_flush_seal_release_drop_and_migration_lose_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store =
-        Arc::new(Store::open(options(dir.path(), 256 << 10), StoreHooks::default()).expect("open"));
+    let store = Arc::new(
+        Store::open(&options(dir.path(), 256 << 10), StoreHooks::default()).expect("open"),
+    );
     let mut kept: Vec<(PartitionKey, HashMap<u32, Vec<Bytes>>)> = Vec::new();
     for round in 0..40u32 {
         let mut tasks = Vec::new();
@@ -146,7 +147,7 @@ async fn a_new_partition_survives_the_release_of_its_jobs_last_one() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut opts = options(dir.path(), 1 << 30);
     opts.object_store = None;
-    let store = Arc::new(Store::open(opts, StoreHooks::default()).expect("open"));
+    let store = Arc::new(Store::open(&opts, StoreHooks::default()).expect("open"));
     for round in 0..50u32 {
         let first = key(9, round * 2);
         let second = key(9, round * 2 + 1);

@@ -29,7 +29,7 @@ async fn full_disks_and_a_failing_store_refuse_pushes_with_storage_full() {
         object_store: Some(store.clone()),
     };
     // 4 KiB of local room: every flush overflows to the object store.
-    let worker = Store::open(options(dir.path(), 4 << 10), hooks).expect("open");
+    let worker = Store::open(&options(dir.path(), 4 << 10), hooks).expect("open");
     assert!(worker.check_room().is_ok(), "an empty worker takes data");
 
     // The store fails every request: the overflow of a flush fails after its
@@ -80,7 +80,7 @@ async fn full_disks_and_a_failing_store_refuse_pushes_with_storage_full() {
 async fn full_disks_and_no_store_refuse_pushes_with_storage_full() {
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = Store::open(
-        terrace_worker::StoreOptions {
+        &terrace_worker::WorkerConfig {
             object_store: None,
             ..options(dir.path(), 4 << 10)
         },

@@ -24,7 +24,7 @@ async fn push(store: &Store, partition: &Arc<Partition>, batch: bytes::Bytes) {
 fn store(dir: &std::path::Path, dir_capacity: u64) -> Arc<Store> {
     let mut options = options(dir, dir_capacity);
     options.write_on_push = true;
-    Arc::new(Store::open(options, StoreHooks::default()).expect("open store"))
+    Arc::new(Store::open(&options, StoreHooks::default()).expect("open store"))
 }
 
 /// Pushes three segment rounds, writing each at once; every byte is on disk

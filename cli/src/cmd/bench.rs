@@ -477,12 +477,9 @@ fn check_object_store_url(url: &str) -> anyhow::Result<()> {
             Ok(())
         }
         "file" | "memory" => {
-            terrace_worker::build_store(&terrace_worker::ObjectStoreSettings {
+            terrace_worker::build_store(&terrace_worker::ObjectStoreConfig {
                 url: url.to_string(),
-                options: Default::default(),
-                request_timeout: Duration::from_secs(30),
-                retries: 0,
-                backoff: Duration::from_millis(200),
+                ..Default::default()
             })?;
             Ok(())
         }

@@ -8,6 +8,8 @@ use terrace_rpc::Client;
 use terrace_tier_api::ByteSize;
 use terrace_worker::WorkerConfig;
 
+use crate::config::Override;
+
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
@@ -16,41 +18,145 @@ pub struct Args {
     /// TOML config file (keys: see docs/configuration.md, [worker]).
     #[arg(long, env = "TERRACE_WORKER_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on (overrides `listen`).
-    #[arg(long, env = "TERRACE_WORKER_LISTEN")]
+    /// Sets any config key, over the file and the environment: `--set
+    /// memory_budget=64MiB`, `--set object_store.url=memory://`
+    /// (repeatable; also `TERRACE_WORKER__MEMORY_BUDGET=64MiB`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Address to listen on (sets `listen`; env TERRACE_WORKER_LISTEN).
+    #[arg(long)]
     listen: Option<String>,
-    /// Data directory; repeat for several (overrides `data_dirs`).
-    #[arg(
-        long = "data-dir",
-        env = "TERRACE_WORKER_DATA_DIRS",
-        value_delimiter = ','
-    )]
+    /// Data directory; repeat for several (sets `data_dirs`; env
+    /// TERRACE_WORKER_DATA_DIRS, comma-separated).
+    #[arg(long = "data-dir")]
     data_dirs: Vec<PathBuf>,
-    /// Bytes of data files each data directory may hold (overrides `dir_capacity`).
-    #[arg(long, env = "TERRACE_WORKER_DIR_CAPACITY")]
+    /// Bytes of data files each data directory may hold (sets
+    /// `dir_capacity`; env TERRACE_WORKER_DIR_CAPACITY).
+    #[arg(long)]
     dir_capacity: Option<ByteSize>,
     /// Object store for cold and overflow data: s3://bucket/prefix,
-    /// file:///path or memory:// (overrides `object_store.url`).
-    #[arg(long, env = "TERRACE_OBJECT_STORE")]
+    /// file:///path or memory:// (sets `object_store.url`; env TERRACE_OBJECT_STORE).
+    #[arg(long)]
     object_store: Option<String>,
-    /// Memory budget, e.g. "1GiB" (overrides `memory_budget`).
-    #[arg(long, env = "TERRACE_WORKER_MEMORY_BUDGET")]
+    /// Memory budget, e.g. "1GiB" (sets `memory_budget`; env TERRACE_WORKER_MEMORY_BUDGET).
+    #[arg(long)]
     memory_budget: Option<ByteSize>,
-    /// Master address; repeat for several (overrides `master_addresses`).
-    #[arg(long = "master", env = "TERRACE_MASTERS", value_delimiter = ',')]
+    /// Master address; repeat for several (sets `master_addresses`; env
+    /// TERRACE_MASTERS, comma-separated).
+    #[arg(long = "master")]
     masters: Vec<String>,
-    /// Worker id reported to the master (overrides `worker_id`).
-    #[arg(long, env = "TERRACE_WORKER_ID")]
+    /// Worker id reported to the master (sets `worker_id`; env TERRACE_WORKER_ID).
+    #[arg(long)]
     worker_id: Option<String>,
     /// Stored bytes of a partition's part past which its producer is asked
-    /// to go on on another worker (overrides `split_size`).
-    #[arg(long, env = "TERRACE_WORKER_SPLIT_SIZE")]
+    /// to go on on another worker (sets `split_size`; env TERRACE_WORKER_SPLIT_SIZE).
+    #[arg(long)]
     split_size: Option<ByteSize>,
     /// Start even when a data directory in use is missing or unmarked (an
     /// unmounted disk): serve what the others hold, delete nothing whose
-    /// owner is unknown (sets `allow_missing_data_dirs`).
-    #[arg(long, env = "TERRACE_WORKER_ALLOW_MISSING_DATA_DIRS")]
+    /// owner is unknown (sets `allow_missing_data_dirs`; env
+    /// TERRACE_WORKER_ALLOW_MISSING_DATA_DIRS=true).
+    #[arg(long)]
     allow_missing_data_dirs: bool,
+}
+
+/// The worker's environment: `TERRACE_WORKER__KEY` for any key, and the
+/// named variables of the keys that have a flag.
+pub const ENV: crate::config::EnvSpec = crate::config::EnvSpec {
+    prefix: "TERRACE_WORKER",
+    named: &[
+        ("TERRACE_WORKER_LISTEN", "listen", false),
+        ("TERRACE_WORKER_DATA_DIRS", "data_dirs", true),
+        ("TERRACE_WORKER_DIR_CAPACITY", "dir_capacity", false),
+        ("TERRACE_OBJECT_STORE", "object_store.url", false),
+        ("TERRACE_WORKER_MEMORY_BUDGET", "memory_budget", false),
+        ("TERRACE_MASTERS", "master_addresses", true),
+        ("TERRACE_WORKER_ID", "worker_id", false),
+        ("TERRACE_WORKER_SPLIT_SIZE", "split_size", false),
+        (
+            "TERRACE_WORKER_ALLOW_MISSING_DATA_DIRS",
+            "allow_missing_data_dirs",
+            false,
+        ),
+    ],
+};
+
+impl Args {
+    /// The flag layer: named flags, then every `--set` in order.
+    fn overrides(&self) -> anyhow::Result<Vec<Override>> {
+        let strings = |v: &[String]| v.iter().map(|s| toml::Value::from(s.as_str())).collect();
+        let mut out = Vec::new();
+        if let Some(listen) = &self.listen {
+            out.push(Override::flag("listen", "listen", listen.as_str()));
+        }
+        if !self.data_dirs.is_empty() {
+            let dirs: Vec<String> = self
+                .data_dirs
+                .iter()
+                .map(|d| d.to_string_lossy().into_owned())
+                .collect();
+            out.push(Override::flag(
+                "data-dir",
+                "data_dirs",
+                toml::Value::Array(strings(&dirs)),
+            ));
+        }
+        if let Some(capacity) = self.dir_capacity {
+            out.push(Override::flag(
+                "dir-capacity",
+                "dir_capacity",
+                capacity.to_string(),
+            ));
+        }
+        if let Some(url) = &self.object_store {
+            out.push(Override::flag(
+                "object-store",
+                "object_store.url",
+                url.as_str(),
+            ));
+        }
+        if let Some(budget) = self.memory_budget {
+            out.push(Override::flag(
+                "memory-budget",
+                "memory_budget",
+                budget.to_string(),
+            ));
+        }
+        if !self.masters.is_empty() {
+            out.push(Override::flag(
+                "master",
+                "master_addresses",
+                toml::Value::Array(strings(&self.masters)),
+            ));
+        }
+        if let Some(id) = &self.worker_id {
+            out.push(Override::flag("worker-id", "worker_id", id.as_str()));
+        }
+        if let Some(size) = self.split_size {
+            out.push(Override::flag("split-size", "split_size", size.to_string()));
+        }
+        if self.allow_missing_data_dirs {
+            out.push(Override::flag(
+                "allow-missing-data-dirs",
+                "allow_missing_data_dirs",
+                true,
+            ));
+        }
+        for set in &self.sets {
+            out.push(Override::from_set(set)?);
+        }
+        Ok(out)
+    }
+
+    /// The config: file, then environment (`vars`), then flags.
+    pub fn config(
+        &self,
+        vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> anyhow::Result<WorkerConfig> {
+        let mut overrides = ENV.overrides(vars)?;
+        overrides.extend(self.overrides()?);
+        crate::config::load_layered(self.config.as_deref(), overrides)
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -80,34 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Action::Decommission(d)) = args.action {
         return decommission(d);
     }
-    let mut config: WorkerConfig = crate::config::load(args.config.as_deref())?;
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if !args.data_dirs.is_empty() {
-        config.data_dirs = args.data_dirs;
-    }
-    if let Some(capacity) = args.dir_capacity {
-        config.dir_capacity = Some(capacity);
-    }
-    if let Some(url) = args.object_store {
-        config.object_store.get_or_insert_with(Default::default).url = url;
-    }
-    if let Some(budget) = args.memory_budget {
-        config.memory_budget = budget;
-    }
-    if !args.masters.is_empty() {
-        config.master_addresses = args.masters;
-    }
-    if let Some(id) = args.worker_id {
-        config.worker_id = Some(id);
-    }
-    if let Some(size) = args.split_size {
-        config.split_size = size;
-    }
-    if args.allow_missing_data_dirs {
-        config.allow_missing_data_dirs = true;
-    }
+    let config = args.config(std::env::vars_os())?;
     crate::config::raise_open_file_limit("worker");
     config
         .validate()

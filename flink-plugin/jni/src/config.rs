@@ -112,28 +112,18 @@ fn parse_size(key: &str, value: &str) -> NativeResult<ByteSize> {
         .map_err(|e| NativeError::invalid(format!("{key}: {e}")))
 }
 
-/// `"500ms"`, `"5s"`, `"2min"`, `"1h"`; a bare number is milliseconds (as in Flink).
+/// A duration as the Rust configs write it ([`terrace_tier_api::parse_duration`]:
+/// `"500ms"`, `"5s"`, `"30 s"`, `"2min"`, `"1 min"`, `"1h"`); a bare whole
+/// number is milliseconds, as in Flink.
 fn parse_duration(key: &str, value: &str) -> NativeResult<Duration> {
     let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (digits, unit) = v.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| {
-        NativeError::invalid(format!(
-            "{key}: duration {value:?} does not start with a whole number"
-        ))
-    })?;
-    let duration = match unit.trim() {
-        "" | "ms" => Duration::from_millis(n),
-        "s" | "sec" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => {
-            return Err(NativeError::invalid(format!(
-                "{key}: duration {value:?} has unknown unit {other:?} (use ms, s, min, h)"
-            )));
-        }
-    };
-    Ok(duration)
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|_| NativeError::invalid(format!("{key}: duration {value:?} is too large")));
+    }
+    terrace_tier_api::parse_duration(v).map_err(|e| NativeError::invalid(format!("{key}: {e}")))
 }
 
 fn non_empty_path(value: &str) -> Option<std::path::PathBuf> {
@@ -238,6 +228,28 @@ mod tests {
         assert_eq!(defaults.agent, AgentConfig::default());
     }
 
+    /// Every key of the agents' config can be set from Flink: a new
+    /// `AgentConfig` field needs its `terrace.*` key in [`KEYS`] (and so in
+    /// the README's table and `TerraceConfig`), else this fails naming it.
+    #[test]
+    fn every_agent_config_key_has_a_flink_key() {
+        let agent = serde_json::to_value(AgentConfig::default()).expect("serialize");
+        let fields = agent.as_object().expect("a struct");
+        assert!(fields.contains_key("job_renew_interval"), "{fields:?}");
+        let flink: Vec<&str> = KEYS.iter().map(|(k, _, _)| *k).collect();
+        for field in fields.keys() {
+            let key = match field.as_str() {
+                "master_addresses" => "terrace.master.address".to_string(),
+                "tls_ca_file" => "terrace.tls.ca-file".to_string(),
+                other => format!("terrace.{}", other.replace('_', "-")),
+            };
+            assert!(
+                flink.contains(&key.as_str()),
+                "AgentConfig.{field} has no Flink key {key}"
+            );
+        }
+    }
+
     #[test]
     fn keys_parse() {
         let c = parse_config([
@@ -262,6 +274,82 @@ mod tests {
         assert_eq!(c.agent.request_timeout, Duration::from_secs(30));
         assert_eq!(c.agent.connect_timeout, Duration::from_millis(1500));
         assert_eq!(c.master_poll_interval, Duration::from_secs(120));
+    }
+
+    /// The Flink adapter reads durations with the Rust configs' parser, and
+    /// still takes everything it took with its own: a bare number of
+    /// milliseconds, and `ms`, `s`, `sec`, `m`, `min`, `h` with or without
+    /// a space.
+    #[test]
+    fn durations_take_the_rust_config_syntax_and_the_flink_forms() {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        for (text, expected) in [
+            ("1500", ms(1500)),
+            (" 250 ", ms(250)),
+            ("0", ms(0)),
+            ("500ms", ms(500)),
+            ("500 ms", ms(500)),
+            ("30s", s(30)),
+            ("30 s", s(30)),
+            ("30sec", s(30)),
+            ("30 sec", s(30)),
+            ("2m", s(120)),
+            ("2min", s(120)),
+            ("1 min", s(60)),
+            ("1h", s(3600)),
+            ("1 h", s(3600)),
+            ("  45s  ", s(45)),
+            // Wider than before: what the TOML configs also accept.
+            ("1.5s", ms(1500)),
+            ("1h 30m", s(5400)),
+            ("30 seconds", s(30)),
+            ("1 minute", s(60)),
+            ("2d", s(2 * 86_400)),
+        ] {
+            let parsed = parse_duration("terrace.request-timeout", text)
+                .unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(parsed, expected, "{text:?}");
+            // The same text in a TOML config (bare numbers aside) means the same.
+            if !text.trim().bytes().all(|b| b.is_ascii_digit()) {
+                assert_eq!(
+                    terrace_tier_api::parse_duration(text),
+                    Ok(expected),
+                    "{text:?}"
+                );
+            }
+        }
+        for text in [
+            "",
+            "s",
+            "5 fortnights",
+            "-5s",
+            "5x",
+            "1e3",
+            "18446744073709551616",
+        ] {
+            let e = parse_duration("terrace.request-timeout", text).expect_err(text);
+            assert_eq!(e.kind, NativeErrorKind::InvalidArgument, "{text:?}");
+            assert!(e.message.contains("terrace.request-timeout"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_the_rust_config_syntax() {
+        for (text, expected) in [
+            ("1MiB", ByteSize::mib(1)),
+            ("1 MiB", ByteSize::mib(1)),
+            ("512k", ByteSize::kib(512)),
+            ("2MB", ByteSize(2_000_000)),
+            ("4096", ByteSize(4096)),
+        ] {
+            assert_eq!(
+                parse_size("terrace.push-size", text).ok(),
+                Some(expected),
+                "{text:?}"
+            );
+            assert_eq!(text.parse::<ByteSize>(), Ok(expected), "{text:?}");
+        }
     }
 
     #[test]

@@ -35,9 +35,11 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use terrace_rpc::{BufferPool, PooledBuf, class_size};
-use terrace_tier_api::{ErrorKind, JobId, PartitionKey, TierError, TierResult};
+use terrace_tier_api::{ByteSize, ErrorKind, JobId, PartitionKey, TierError, TierResult};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::{ObjectStoreConfig, WorkerConfig};
 
 pub use budget::{MemoryBudget, Reservation};
 pub use deletions::Deletions;
@@ -47,7 +49,7 @@ pub use files::{FaultyFiles, FileLayer, RealFiles};
 use handles::open_file_limits;
 pub use index::{Extent, Forward, PersistedIndex};
 pub use metadata::{Charge, MetadataBudget, cost};
-pub use object::{ObjectStoreSettings, ObjectTier, build_store};
+pub use object::{ObjectTier, build_store};
 pub use partition::{Partition, PartitionMeta, ReadStep, TierBytes};
 pub use tiers::{Source, Tiers, single_object_range};
 
@@ -58,60 +60,6 @@ pub struct Counters {
     pub bytes_read: AtomicU64,
     /// Read streams open now (see `crate::stream`).
     pub read_streams: AtomicU64,
-}
-
-/// Everything the store is opened with.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    pub dirs: Vec<PathBuf>,
-    /// Per-directory capacity; `None`: the filesystem's free space less the reserve.
-    pub dir_capacity: Option<u64>,
-    pub dir_reserve: u64,
-    pub memory_budget: u64,
-    pub flush_high_watermark: f64,
-    pub flush_low_watermark: f64,
-    /// Push data goes to its file at once ([`Partition::write_pushed`]).
-    pub write_on_push: bool,
-    pub object_store: Option<ObjectStoreSettings>,
-    pub object_part_size: u64,
-    pub object_read_budget: u64,
-    /// Largest GET a read stream makes ahead (0: none).
-    pub object_read_ahead: u64,
-    /// Sealed partitions not read for this long move to the object store.
-    pub cold_after: Duration,
-    /// Local use (fraction of capacity) above which the oldest sealed
-    /// partitions migrate, until it falls under the low one.
-    pub local_high_watermark: f64,
-    pub local_low_watermark: f64,
-    pub migration_interval: Duration,
-    /// Data files held open at once (`None`: half the open-file limit).
-    pub max_open_files: Option<u64>,
-    /// Start even when a data directory in use is missing (see [`LocalDirs::open`]).
-    pub allow_missing_dirs: bool,
-    /// Bounds on what peers make the store hold.
-    pub limits: StoreLimits,
-}
-
-/// Bounds on what peers make the store hold (from the worker's `[limits]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreLimits {
-    /// Bytes of metadata held at most (`limits.metadata_memory`; see [`MetadataBudget`]).
-    pub metadata_memory: u64,
-    /// Partitions held at most (`limits.max_partitions`).
-    pub max_partitions: u64,
-    /// Partitions of one job held at most (`limits.max_partitions_per_job`).
-    pub max_partitions_per_job: u64,
-}
-
-impl Default for StoreLimits {
-    /// No limits.
-    fn default() -> Self {
-        StoreLimits {
-            metadata_memory: u64::MAX,
-            max_partitions: u64::MAX,
-            max_partitions_per_job: u64::MAX,
-        }
-    }
 }
 
 /// Keys of partitions released recently, and what they cost the metadata budget.
@@ -150,7 +98,12 @@ pub struct Store {
     /// Bytes of memory use above which the flusher starts, and below which it stops.
     flush_start: u64,
     flush_stop: u64,
-    options: StoreOptions,
+    /// The worker's config: its store keys (`data_dirs`, `memory_budget`,
+    /// `write_on_push`, ...) and `[limits]` are read from here.
+    config: WorkerConfig,
+    /// `config.object_store`, or its defaults without one (the part size
+    /// also bounds a flush when there is no object store).
+    object: ObjectStoreConfig,
     pub counters: Counters,
     /// Sealed partitions found at start with a file missing while a data
     /// directory was missing too: not served, and their keys not reused.
@@ -167,14 +120,17 @@ impl Store {
     /// Opens the store on its directories (created and marked if needed) and
     /// recovers the sealed partitions found there. Files of partitions that
     /// were never sealed are deleted. Blocking.
-    pub fn open(options: StoreOptions, hooks: StoreHooks) -> TierResult<Store> {
+    ///
+    /// Takes the worker's config as loaded: its store keys, its
+    /// `[object_store]` table and its `[limits]` (`hooks` are test seams).
+    pub fn open(config: &WorkerConfig, hooks: StoreHooks) -> TierResult<Store> {
         let dirs = LocalDirs::open(
-            &options.dirs,
-            options.dir_capacity,
-            options.dir_reserve,
-            options.allow_missing_dirs,
+            &config.data_dirs,
+            config.dir_capacity.map(ByteSize::as_u64),
+            config.dir_reserve.as_u64(),
+            config.allow_missing_data_dirs,
         )?;
-        let object = match &options.object_store {
+        let object = match &config.object_store {
             Some(settings) => {
                 let (store, base) = build_store(settings)?;
                 let store = hooks.object_store.clone().unwrap_or(store);
@@ -188,8 +144,10 @@ impl Store {
             None => None,
         };
         let files: Arc<dyn FileLayer> = hooks.files.clone().unwrap_or_else(|| Arc::new(RealFiles));
-        let max_open_files = options
-            .max_open_files
+        let max_open_files = config
+            .limits
+            .max_open_data_files
+            .map(u64::from)
             .unwrap_or_else(handles::default_max_open_files)
             .max(1);
         tracing::info!(
@@ -197,17 +155,18 @@ impl Store {
             open_file_limit = ?open_file_limits().ok(),
             "data files are opened on demand; at most this many stay open"
         );
+        let object_config = config.object_store.clone().unwrap_or_default();
         let tiers = Tiers::new(
             dirs,
             files,
             object,
-            options.object_part_size,
-            options.object_read_budget,
-            options.object_read_ahead,
+            object_config.part_size.as_u64(),
+            object_config.read_budget.as_u64(),
+            object_config.read_ahead.as_u64(),
             max_open_files,
         );
-        let budget = options.memory_budget;
-        let metadata = MetadataBudget::new(options.limits.metadata_memory);
+        let budget = config.memory_budget.as_u64();
+        let metadata = MetadataBudget::new(config.limits.metadata_memory.as_u64());
         let mut store = Store {
             tiers,
             partitions: DashMap::new(),
@@ -222,9 +181,10 @@ impl Store {
             metadata,
             budget: MemoryBudget::new(budget),
             pool: BufferPool::new(usize::try_from(budget).unwrap_or(usize::MAX)),
-            flush_start: (budget as f64 * options.flush_high_watermark) as u64,
-            flush_stop: (budget as f64 * options.flush_low_watermark) as u64,
-            options,
+            flush_start: (budget as f64 * config.flush_high_watermark) as u64,
+            flush_stop: (budget as f64 * config.flush_low_watermark) as u64,
+            config: config.clone(),
+            object: object_config,
             counters: Counters::default(),
             held_back: HashSet::new(),
             deletions: Deletions::default(),
@@ -275,7 +235,7 @@ impl Store {
 
     /// Whether pushes write their data out at once (`write_on_push`).
     pub fn writes_on_push(&self) -> bool {
-        self.options.write_on_push
+        self.config.write_on_push
     }
 
     /// Receive buffers; every buffer taken is covered by a budget reservation.
@@ -321,7 +281,7 @@ impl Store {
         if self
             .tiers
             .dirs
-            .choose(flush.min(self.options.object_part_size), None)
+            .choose(flush.min(self.object.part_size.as_u64()), None)
             .is_some()
         {
             return Ok(());
@@ -344,7 +304,7 @@ impl Store {
     /// available object store would take it. Pushes are still accepted while
     /// they fit ([`Store::check_room`]); producers are asked to split.
     pub fn short_of_room(&self) -> bool {
-        let want = self.options.memory_budget.max(1);
+        let want = self.config.memory_budget.as_u64().max(1);
         if self.tiers.dirs.choose(want, None).is_some() {
             return false;
         }
@@ -466,16 +426,16 @@ impl Store {
                 "{key}: an earlier partition under this key is still being deleted; retry"
             )));
         }
-        let limits = &self.options.limits;
+        let limits = &self.config.limits;
         let held = self.partitions.len() as u64;
-        if held >= limits.max_partitions {
+        if held >= u64::from(limits.max_partitions) {
             return Err(TierError::unavailable(format!(
                 "{key}: this worker holds {held} partitions, its limit (limits.max_partitions)"
             )));
         }
         let mut jobs = self.job_partitions.lock().expect("job count lock poisoned");
         let of_job = jobs.get(&key.job).copied().unwrap_or(0);
-        if of_job >= limits.max_partitions_per_job {
+        if of_job >= u64::from(limits.max_partitions_per_job) {
             return Err(TierError::unavailable(format!(
                 "{key}: this worker holds {of_job} partitions of job {}, its limit per job (limits.max_partitions_per_job)",
                 key.job
@@ -898,7 +858,7 @@ impl Store {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(self.options.migration_interval) => {}
+                _ = tokio::time::sleep(self.object.migration_interval) => {}
             }
             let store = Arc::clone(&self);
             let _ = tokio::task::spawn_blocking(move || store.tiers.dirs.refresh()).await;
@@ -911,15 +871,15 @@ impl Store {
 
     /// One pass of the migrator.
     pub async fn migrate_once(&self) {
-        let cold_after = self.options.cold_after;
+        let cold_after = self.object.cold_after;
         let mut cold: Vec<Arc<Partition>> = self
             .partitions()
             .into_iter()
             .filter(|p| p.migration_candidate(cold_after, false).is_some())
             .collect();
         let (used, capacity) = self.tiers.dirs.usage();
-        let high = (capacity as f64 * self.options.local_high_watermark) as u64;
-        let low = (capacity as f64 * self.options.local_low_watermark) as u64;
+        let high = (capacity as f64 * self.object.local_high_watermark) as u64;
+        let low = (capacity as f64 * self.object.local_low_watermark) as u64;
         if used > high {
             let mut oldest: Vec<(tokio::time::Instant, Arc<Partition>)> = self
                 .partitions()

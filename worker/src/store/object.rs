@@ -9,7 +9,6 @@
 //! overflow flush is one single PUT (readable as soon as it returns); a
 //! migration is one object, by multipart upload when large.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -22,21 +21,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
 
-/// How the worker talks to its object store.
-#[derive(Debug, Clone)]
-pub struct ObjectStoreSettings {
-    /// `s3://bucket/prefix`, `file:///path` or `memory://`.
-    pub url: String,
-    /// Extra builder options (e.g. `aws_endpoint`, `aws_access_key_id`); they
-    /// override the `AWS_*` environment variables.
-    pub options: BTreeMap<String, String>,
-    /// One request, body included.
-    pub request_timeout: Duration,
-    /// Attempts after the first.
-    pub retries: u32,
-    /// First backoff; doubled per retry, at most 10 s.
-    pub backoff: Duration,
-}
+use crate::config::ObjectStoreConfig;
 
 /// Counters of the object-store tier.
 #[derive(Debug, Default)]
@@ -63,7 +48,7 @@ pub struct ObjectTier {
     base: String,
     /// `{url path}/{store id}`.
     root: String,
-    settings: ObjectStoreSettings,
+    settings: ObjectStoreConfig,
     pub counters: ObjectCounters,
     /// The last failure, and whether a request succeeded since.
     last_error: Mutex<Option<String>>,
@@ -71,9 +56,7 @@ pub struct ObjectTier {
 }
 
 /// Builds the store named by `settings.url`.
-pub fn build_store(
-    settings: &ObjectStoreSettings,
-) -> TierResult<(Arc<dyn ObjectStore>, ObjectPath)> {
+pub fn build_store(settings: &ObjectStoreConfig) -> TierResult<(Arc<dyn ObjectStore>, ObjectPath)> {
     let bad = |e: &dyn std::fmt::Display| {
         TierError::bad_input(format!("object store {}: {e}", redact(&settings.url)))
     };
@@ -162,7 +145,7 @@ impl ObjectTier {
         store: Arc<dyn ObjectStore>,
         base: ObjectPath,
         store_id: &str,
-        settings: ObjectStoreSettings,
+        settings: ObjectStoreConfig,
     ) -> ObjectTier {
         let base = base.as_ref().trim_matches('/').to_string();
         let root = if base.is_empty() {

@@ -6,39 +6,52 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use terrace_tier_api::ByteSize;
 use terrace_tier_api::{
     BatchBuilder, Buffer, JobId, PartitionId, PartitionKey, SegmentId, SubpartitionId, TierResult,
 };
-use terrace_worker::{ReadStep, Store, StoreOptions};
+use terrace_worker::{ObjectStoreConfig, ReadStep, Store, WorkerConfig, WorkerLimits};
 
 /// Two data directories under `dir` of `dir_capacity` each, and an
-/// in-memory object store (unless the test's hooks pass another).
-pub fn options(dir: &std::path::Path, dir_capacity: u64) -> StoreOptions {
-    StoreOptions {
-        dirs: vec![dir.join("a"), dir.join("b")],
-        dir_capacity: Some(dir_capacity),
-        dir_reserve: 0,
-        memory_budget: 64 << 20,
+/// in-memory object store (unless the test's hooks pass another), with
+/// small objects and an eager migrator; no limits on partitions or metadata.
+pub fn options(dir: &std::path::Path, dir_capacity: u64) -> WorkerConfig {
+    WorkerConfig {
+        data_dirs: vec![dir.join("a"), dir.join("b")],
+        dir_capacity: Some(ByteSize(dir_capacity)),
+        dir_reserve: ByteSize(0),
+        memory_budget: ByteSize::mib(64),
         flush_high_watermark: 0.75,
         flush_low_watermark: 0.5,
         write_on_push: false,
-        object_store: Some(terrace_worker::ObjectStoreSettings {
+        object_store: Some(ObjectStoreConfig {
             url: "memory://".into(),
             options: Default::default(),
             request_timeout: Duration::from_secs(5),
             retries: 1,
             backoff: Duration::from_millis(10),
+            part_size: ByteSize::kib(64),
+            read_budget: ByteSize::mib(16),
+            read_ahead: ByteSize::mib(4),
+            cold_after: Duration::ZERO,
+            local_high_watermark: 0.5,
+            local_low_watermark: 0.25,
+            migration_interval: Duration::from_millis(10),
         }),
-        object_part_size: 64 << 10,
-        object_read_budget: 16 << 20,
-        object_read_ahead: 4 << 20,
-        cold_after: Duration::ZERO,
-        local_high_watermark: 0.5,
-        local_low_watermark: 0.25,
-        migration_interval: Duration::from_millis(10),
-        max_open_files: None,
-        allow_missing_dirs: false,
-        limits: Default::default(),
+        allow_missing_data_dirs: false,
+        limits: unlimited(),
+        ..WorkerConfig::default()
+    }
+}
+
+/// Limits no store test reaches (tests of a limit set the one they test).
+pub fn unlimited() -> WorkerLimits {
+    WorkerLimits {
+        max_partitions: u32::MAX,
+        max_open_data_files: None,
+        max_partitions_per_job: u32::MAX,
+        metadata_memory: ByteSize(u64::MAX),
+        ..WorkerLimits::default()
     }
 }
 
