@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use terrace_rpc::clock;
 use terrace_rpc::{ClusterSecret, Security, ServerIdentity, ServerSpec};
 use terrace_tier_api::{TierError, TierResult};
 use tokio::net::TcpListener;
@@ -39,7 +40,7 @@ impl Shared {
     ) -> T {
         let now = self.clock.now();
         let mut registry = self.registry.lock().expect("registry lock poisoned");
-        registry.observe(now, std::time::Instant::now(), self.sweep_period);
+        registry.observe(now, clock::now(), self.sweep_period);
         f(&mut registry, now)
     }
 }
@@ -89,8 +90,8 @@ pub async fn run_with_clock(
         let shutdown = shutdown.clone();
         let period = shared.sweep_period;
         tokio::spawn(async move {
-            let mut sweep = tokio::time::interval(period);
-            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sweep = clock::interval(period);
+            sweep.set_missed_tick_behavior(clock::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

@@ -24,9 +24,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use std::time::Instant;
+use terrace_rpc::clock;
 use terrace_tier_api::{BatchReader, DataType, ErrorKind, PartitionKey, TierError, TierResult};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::budget::Reservation;
 use super::handles::{DataFile, is_out_of_descriptors};
@@ -159,7 +160,7 @@ impl Partition {
                 next_blob: 0,
                 generation: 0,
                 index_dir: None,
-                last_access: Instant::now(),
+                last_access: clock::now(),
                 sealed_at: None,
                 migrating: false,
                 migrate_after: None,
@@ -210,7 +211,7 @@ impl Partition {
             state.index = persisted.index;
             state.index_dir = Some(index_dir);
             state.phase = Phase::Sealed;
-            state.sealed_at = Some(Instant::now());
+            state.sealed_at = Some(clock::now());
         }
         partition
     }
@@ -679,8 +680,8 @@ impl Partition {
                 if matches!(state.phase, Phase::Sealing) {
                     state.phase = Phase::Sealed;
                     state.index.sealed = true;
-                    state.sealed_at = Some(Instant::now());
-                    state.last_access = Instant::now();
+                    state.sealed_at = Some(clock::now());
+                    state.last_access = clock::now();
                 }
             }
             Err(e) => {
@@ -724,8 +725,8 @@ impl Partition {
             Ok(()) if matches!(state.phase, Phase::Sealing) => {
                 state.phase = Phase::Sealed;
                 state.index.sealed = true;
-                state.sealed_at = Some(Instant::now());
-                state.last_access = Instant::now();
+                state.sealed_at = Some(clock::now());
+                state.last_access = clock::now();
             }
             Ok(()) => {}
             Err(e) => {
@@ -1137,7 +1138,7 @@ impl Partition {
                     };
                     sources.push(source);
                 }
-                state.last_access = Instant::now();
+                state.last_access = clock::now();
                 ReadStep::Batch { extents, sources }
             }
             NextRead::SegmentDone => ReadStep::SegmentDone,
@@ -1162,7 +1163,7 @@ impl Partition {
         any_age: bool,
     ) -> Option<Instant> {
         let state = self.lock();
-        let now = Instant::now();
+        let now = clock::now();
         let eligible = matches!(state.phase, Phase::Sealed)
             && !state.migrating
             && state.migrate_after.is_none_or(|t| now >= t)
@@ -1215,7 +1216,7 @@ impl Partition {
             Err(_) => {
                 state.migration_failures = state.migration_failures.saturating_add(1);
                 let backoff = std::time::Duration::from_secs(1 << state.migration_failures.min(6));
-                state.migrate_after = Some(Instant::now() + backoff);
+                state.migrate_after = Some(clock::now() + backoff);
             }
         }
         result
