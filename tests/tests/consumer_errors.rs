@@ -217,6 +217,7 @@ fn one_extent_partition(
 #[test]
 fn corrupt_byte_on_disk_is_data_corruption_naming_the_partition() {
     let _logs = logs::capture();
+    _logs.expect_error("read data rejected");
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("data");
     let k = key(23, 1);
@@ -300,6 +301,7 @@ fn worker_stopped_under_a_reader_of_an_unsealed_partition_is_partition_not_found
 #[test]
 fn unreadable_data_file_is_partition_not_found() {
     let _logs = logs::capture();
+    _logs.expect_error("its data could not be read");
     let dir = tempfile::tempdir().expect("temp dir");
     let k = key(24, 1);
     let (config, worker, _, data_file) = one_extent_partition(&dir.path().join("data"), &k);

@@ -223,11 +223,13 @@ fn fault_on_one_of_two_dirs(errno: i32, expected_text: &str) {
 #[test]
 fn eio_on_one_directory_moves_writes_to_the_other() {
     let _logs = logs::capture();
+    _logs.expect_error("data directory failed a write");
     fault_on_one_of_two_dirs(libc::EIO, "Input/output error");
 }
 
 #[test]
 fn enospc_on_one_directory_moves_writes_to_the_other() {
     let _logs = logs::capture();
+    _logs.expect_error("data directory failed a write");
     fault_on_one_of_two_dirs(libc::ENOSPC, "No space left on device");
 }
