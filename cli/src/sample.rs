@@ -13,6 +13,7 @@ use terrace_agents::{
     TerraceConsumerAgent as ConsumerAgent, TerraceProducerAgent as ProducerAgent,
     TerraceTierFactory,
 };
+use terrace_rpc::clock;
 use terrace_tier_api::{
     AvailabilityNotifier, Buffer, ConsumerSpec, DataType, InputChannelId, JobId, PartitionId,
     ProducerSpec, SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierError,
@@ -136,7 +137,7 @@ pub fn shuffle_and_keep(
     params: &ShuffleParams,
     pool: &Pool,
 ) -> anyhow::Result<(ShuffleReport, Vec<ShuffleDescriptor>)> {
-    let start = Instant::now();
+    let start = clock::now();
     let mut descriptors = Vec::new();
     for p in 0..params.producers {
         let partition = PartitionId::new(format!("sample-partition-{p}").into_bytes())?;
@@ -182,7 +183,7 @@ pub fn shuffle_and_keep(
         * u64::from(params.subpartitions)
         * u64::from(params.buffers_per_subpartition)
         * params.buffer_size as u64;
-    report.write_seconds = start.elapsed().as_secs_f64();
+    report.write_seconds = clock::elapsed(start).as_secs_f64();
     if let Some(pid) = params.cpu_of {
         report.cpu_seconds_at_seal = Some(crate::cmd::bench_process::cpu_seconds(pid)?);
     }
@@ -192,7 +193,7 @@ pub fn shuffle_and_keep(
         .map_or(report.write_seconds, |at| {
             at.duration_since(start).as_secs_f64()
         });
-    let read_start = Instant::now();
+    let read_start = clock::now();
     let readers = if params.read_after_write {
         start_readers(factory, params, pool, &descriptors)?
     } else {
@@ -203,8 +204,8 @@ pub fn shuffle_and_keep(
             .join()
             .map_err(|_| anyhow::anyhow!("a consumer thread panicked"))??;
     }
-    report.read_seconds = read_start.elapsed().as_secs_f64();
-    report.total_seconds = start.elapsed().as_secs_f64();
+    report.read_seconds = clock::elapsed(read_start).as_secs_f64();
+    report.total_seconds = clock::elapsed(start).as_secs_f64();
     ensure!(
         report.verified_bytes == report.payload_bytes,
         "verified {} bytes of {} written",
@@ -273,7 +274,7 @@ fn write_partition(
         .context("wait for every push to be acknowledged")?;
     {
         let mut acked = acked.lock().expect("acked lock");
-        let now = Instant::now();
+        let now = clock::now();
         *acked = Some(acked.map_or(now, |at| at.max(now)));
     }
     agent.close().context("close (seal) a partition")?;
@@ -397,11 +398,11 @@ fn read_range(
             })
         })
         .collect();
-    let deadline = Instant::now() + params.read_timeout;
+    let deadline = clock::now() + params.read_timeout;
     let mut verified = 0u64;
     let mut left = cursors.len();
     while left > 0 {
-        if Instant::now() > deadline {
+        if clock::now() > deadline {
             bail!("reader timed out with {left} subpartitions unfinished");
         }
         let seen = *wakeup.count.lock().expect("wakeup lock");

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, StreamEvent, StreamReceiver, io_runtime};
 use terrace_tier_api::{
     AgentConfig, AvailabilityNotifier, BatchReader, Buffer, ConsumerSpec, DataType, ErrorKind,
@@ -322,7 +323,7 @@ async fn relocated_first_hop(
         ))
     };
     let key = pb::PartitionKey::from(&context.key);
-    let deadline = tokio::time::Instant::now() + LOCATE_WAIT;
+    let deadline = clock::now() + LOCATE_WAIT;
     let located = loop {
         let reply = Client::ask_first(&context.masters, &context.options, |request_id| {
             Message::LocatePartition(pb::LocatePartition {
@@ -337,8 +338,8 @@ async fn relocated_first_hop(
             {
                 break Some(at.worker_address);
             }
-            Ok(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(LOCATE_POLL).await;
+            Ok(_) if clock::now() < deadline => {
+                clock::sleep(LOCATE_POLL).await;
             }
             // No master knows it, or none answers.
             _ => break None,

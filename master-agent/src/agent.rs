@@ -6,9 +6,10 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_rpc::{
     ClientOptions, ExpectedServer, JobToken, Security, SecurityConfig, ServerIdentity, io_runtime,
 };
@@ -204,7 +205,7 @@ impl Shared {
                         "partition on a lost worker was relocated before its first push; not lost");
                     if let Err(e) =
                         self.placements()
-                            .add(job, partition.clone(), at.worker_id, Instant::now())
+                            .add(job, partition.clone(), at.worker_id, clock::now())
                     {
                         tracing::debug!(partition = %key, error = %e, "job gone meanwhile");
                     }
@@ -244,7 +245,7 @@ impl Shared {
         if !self.placements().has_partitions() {
             return Ok(());
         }
-        let listed_at = Instant::now();
+        let listed_at = clock::now();
         let list = self.list_workers().await?;
         if !list.settled {
             // A master that started less than a worker timeout ago may not have
@@ -282,7 +283,7 @@ async fn renew_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationT
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = clock::sleep(interval) => {}
         }
         if shared.closed.load(Ordering::Acquire) {
             return;
@@ -296,7 +297,7 @@ async fn poll_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationTo
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = clock::sleep(interval) => {}
         }
         match shared.poll_once().await {
             Ok(()) => {
@@ -409,7 +410,7 @@ impl TierMasterAgent for MasterAgent {
             job,
             partition.clone(),
             allocated.worker_id.clone(),
-            Instant::now(),
+            clock::now(),
         )?;
         tracing::debug!(job = %job, partition = %partition, worker = %allocated.worker_id, "partition placed");
         Ok(

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions};
 use terrace_tier_api::{ErrorKind, JobId, TierError, TierResult};
 
@@ -232,7 +233,7 @@ impl Masters {
             .side_client(address, timeout)
             .await
             .map_err(|e| e.context(format!("master {address}")))?;
-        match tokio::time::timeout(timeout, client.request(build)).await {
+        match clock::timeout(timeout, client.request(build)).await {
             Ok(Ok((reply, _))) => {
                 self.learn_lease(&reply);
                 Ok(reply)
@@ -265,7 +266,7 @@ impl Masters {
             connect_timeout: self.options.connect_timeout.min(timeout),
             ..self.options.clone()
         };
-        let client = match tokio::time::timeout(timeout, Client::connect(address, &options)).await {
+        let client = match clock::timeout(timeout, Client::connect(address, &options)).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {
                 tracing::debug!(master = %address, error = %e, "cannot reach master");

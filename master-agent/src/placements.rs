@@ -153,6 +153,8 @@ impl Placements {
 mod tests {
     use std::time::Duration;
 
+    use terrace_rpc::clock;
+
     use super::*;
 
     struct Ignore;
@@ -168,7 +170,7 @@ mod tests {
 
     #[test]
     fn lost_partitions_are_taken_once_per_job_and_worker() {
-        let t0 = Instant::now();
+        let t0 = clock::now();
         let (j1, j2) = (
             JobId::new(b"j1".to_vec()).expect("id"),
             JobId::new(b"j2".to_vec()).expect("id"),

@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_tier_api::{JobId, PartitionId, PartitionKey, TierError, TierResult};
 
 use crate::agent::{MasterAgent, Shared};
@@ -42,7 +43,7 @@ impl MasterAgent {
         partitions: Vec<(PartitionId, String)>,
     ) -> TierResult<()> {
         self.shared.check_open()?;
-        let now = Instant::now();
+        let now = clock::now();
         let mut placements = self.shared.placements();
         for (partition, worker_id) in partitions {
             placements.add(job, partition, worker_id, now)?;
@@ -81,9 +82,9 @@ impl MasterAgent {
                 .collect()
         };
         let found = crate::agent::block_on(async move {
-            let deadline = tokio::time::Instant::now() + timeout;
+            let deadline = clock::now() + timeout;
             let addresses: std::collections::HashMap<String, String> =
-                tokio::time::timeout_at(deadline, shared.list_workers())
+                clock::timeout_at(deadline, shared.list_workers())
                     .await
                     .map_err(|_| {
                         TierError::unavailable(format!("no worker list within {timeout:?}"))
@@ -107,7 +108,7 @@ impl MasterAgent {
                     });
                     let known = Arc::clone(&addresses);
                     queries.spawn(async move {
-                        let metrics = tokio::time::timeout_at(
+                        let metrics = clock::timeout_at(
                             deadline,
                             finished_bytes(&shared, &key, placed_at, &known),
                         )

@@ -5,12 +5,13 @@
 use std::collections::HashSet;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use terrace_master::MasterConfig;
 use terrace_master_agent::MasterAgent;
 use terrace_proto::{FrameReader, Message, pb};
+use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, accept_handshake, spawn_writer};
 use terrace_tier_api::{
     AgentConfig, ErrorKind, JobId, PartitionId, ShuffleDescriptor, TierError, TierMasterAgent,
@@ -71,7 +72,7 @@ impl Cluster {
             let client = Client::connect(&addr, &ClientOptions::default())
                 .await
                 .expect("connect");
-            let deadline = Instant::now() + WAIT;
+            let deadline = clock::now() + WAIT;
             loop {
                 let (reply, _) = client
                     .request(|request_id| Message::ListWorkers(pb::ListWorkers { request_id }))
@@ -85,10 +86,10 @@ impl Cluster {
                     return;
                 }
                 assert!(
-                    Instant::now() < deadline,
+                    clock::now() < deadline,
                     "workers {got:?}, expected {want:?}"
                 );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                clock::sleep(Duration::from_millis(20)).await;
             }
         });
     }
@@ -172,7 +173,7 @@ async fn heartbeat(master: String, id: String, address: String, stop: Cancellati
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = clock::sleep(HEARTBEAT) => {}
         }
         let sent = client
             .request(|request_id| {

@@ -1,22 +1,26 @@
-//! The time seam: the master reads "now" through a [`Clock`] so tests can
-//! move time by hand instead of sleeping.
+//! The master's time seam: the registry reads "now" through a [`Clock`] so
+//! tests can move its time by hand. [`SystemClock`] is a thin use of the one
+//! clock, [`terrace_rpc::clock`], so a test that pauses tokio's time controls
+//! the master too; [`ManualClock`] moves only when told.
 
 use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use terrace_rpc::clock;
 
 /// A source of monotonic time.
 pub trait Clock: Send + Sync + fmt::Debug {
     fn now(&self) -> Instant;
 }
 
-/// The real monotonic clock.
+/// The process's clock ([`terrace_rpc::clock::now`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
-        Instant::now()
+        clock::now()
     }
 }
 
@@ -30,7 +34,7 @@ pub struct ManualClock {
 impl ManualClock {
     pub fn new() -> Self {
         ManualClock {
-            start: Instant::now(),
+            start: clock::now(),
             elapsed: Mutex::new(Duration::ZERO),
         }
     }

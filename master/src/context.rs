@@ -32,7 +32,7 @@ impl Shared {
     ) -> T {
         let now = self.clock.now();
         let mut registry = self.registry.lock().expect("registry lock poisoned");
-        registry.observe(now, std::time::Instant::now(), self.sweep_period);
+        registry.observe(now, terrace_rpc::clock::now(), self.sweep_period);
         f(&mut registry, now)
     }
 

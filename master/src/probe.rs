@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, TlsClient};
 use terrace_tier_api::ErrorKind;
 
@@ -35,7 +36,7 @@ impl Prober {
     /// answer that refuses us (a TLS or protocol mismatch) still shows a
     /// live process; only silence, a refused connection or a reset count.
     pub(crate) async fn reachable(&self, address: &str) -> bool {
-        match tokio::time::timeout(self.timeout, Client::connect(address, &self.options)).await {
+        match clock::timeout(self.timeout, Client::connect(address, &self.options)).await {
             Ok(Ok(client)) => {
                 client.close();
                 true

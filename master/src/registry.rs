@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use terrace_rpc::clock;
 use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
 
 use crate::config::MasterConfig;
@@ -170,7 +171,7 @@ impl Registry {
     pub(crate) fn new(config: &MasterConfig, started: Instant) -> Self {
         Registry {
             started,
-            last_seen: (started, Instant::now()),
+            last_seen: (started, clock::now()),
             worker_timeout: config.worker_timeout,
             released_job_memory: config.released_job_memory,
             partition_size_estimate: config.partition_size_estimate.as_u64(),
@@ -642,13 +643,13 @@ mod tests {
                 partition_size_estimate: ByteSize(estimate),
                 ..MasterConfig::default()
             },
-            Instant::now(),
+            clock::now(),
         )
     }
 
     #[test]
     fn time_a_stopped_master_missed_does_not_expire_leases_or_workers() {
-        let t0 = Instant::now();
+        let t0 = clock::now();
         let config = MasterConfig {
             job_lease: Duration::from_secs(3),
             worker_timeout: Duration::from_secs(2),
@@ -702,7 +703,7 @@ mod tests {
 
     #[test]
     fn jobs_not_renewed_for_a_lease_are_released_and_others_are_unknown() {
-        let t0 = Instant::now();
+        let t0 = clock::now();
         let mut r = Registry::new(
             &MasterConfig {
                 job_lease: Duration::from_secs(3),
@@ -751,7 +752,7 @@ mod tests {
     /// does not clear it, a later one does.
     #[test]
     fn unreachable_and_excluded_workers_get_no_placements() {
-        let t0 = Instant::now();
+        let t0 = clock::now();
         let mut r = registry(0);
         for w in ["w1", "w2", "w3"] {
             r.heartbeat(w.into(), format!("{w}:1"), stored(0), t0)
@@ -814,7 +815,7 @@ mod tests {
     /// sent after the grace.
     #[test]
     fn a_report_excludes_a_worker_only_for_the_reporting_job() {
-        let t0 = Instant::now();
+        let t0 = clock::now();
         let mut r = Registry::new(
             &MasterConfig {
                 worker_timeout: Duration::from_secs(60),
@@ -910,7 +911,7 @@ mod tests {
     /// a failed probe keeps the worker from every job.
     #[test]
     fn only_a_failed_probe_excludes_a_worker_for_everyone() {
-        let t0 = Instant::now();
+        let t0 = clock::now();
         let mut r = registry(0);
         for w in ["w1", "w2"] {
             r.heartbeat(w.into(), format!("{w}:1"), stored(0), t0)
@@ -939,7 +940,7 @@ mod tests {
     /// relocations are not recorded, and other jobs' still are.
     #[test]
     fn relocations_are_bounded_per_job() {
-        let now = Instant::now();
+        let now = clock::now();
         let mut r = Registry::new(
             &MasterConfig {
                 limits: crate::config::MasterLimits {
@@ -1001,7 +1002,7 @@ mod tests {
 
     #[test]
     fn workers_jobs_and_released_jobs_are_bounded() {
-        let now = Instant::now();
+        let now = clock::now();
         let mut r = Registry::new(
             &MasterConfig {
                 limits: crate::config::MasterLimits {
@@ -1059,7 +1060,7 @@ mod tests {
 
     #[test]
     fn equal_loads_rotate_even_without_an_estimate() {
-        let now = Instant::now();
+        let now = clock::now();
         let mut r = registry(0);
         for id in ["w1", "w2", "w3"] {
             r.register_worker(id.into(), format!("{id}:1"), now)
@@ -1086,7 +1087,7 @@ mod tests {
 
     #[test]
     fn placement_follows_stored_plus_estimated_bytes() {
-        let now = Instant::now();
+        let now = clock::now();
         let mut r = registry(64 * MIB);
         r.heartbeat("a".into(), "a:1".into(), stored(300 * MIB), now)
             .expect("room");
@@ -1122,7 +1123,7 @@ mod tests {
     /// nothing better is left; and the error says why nobody could take it.
     #[test]
     fn full_decommissioning_unhealthy_and_pressed_workers_are_avoided() {
-        let now = Instant::now();
+        let now = clock::now();
         let mut r = registry(0);
         let idle = WorkerLoad {
             memory_budget_bytes: 100,
@@ -1207,7 +1208,7 @@ mod tests {
     /// stores much less; streams and bytes only break ties.
     #[test]
     fn one_jobs_partitions_spread_over_the_workers() {
-        let now = Instant::now();
+        let now = clock::now();
         let mut r = registry(64 * MIB);
         r.heartbeat("empty".into(), "e:1".into(), stored(0), now)
             .expect("room");
@@ -1242,7 +1243,7 @@ mod tests {
     /// is live and reachable, and forgotten with its job.
     #[test]
     fn relocated_partitions_are_located_until_their_job_is_released() {
-        let now = Instant::now();
+        let now = clock::now();
         let mut r = registry(0);
         for w in ["w1", "w2"] {
             r.heartbeat(w.into(), format!("{w}:1"), stored(0), now)
@@ -1276,7 +1277,7 @@ mod tests {
 
     #[test]
     fn silent_workers_expire_and_come_back_with_a_heartbeat() {
-        let t0 = Instant::now();
+        let t0 = clock::now();
         let mut r = registry(0);
         r.register_worker("w1".into(), "h:1".into(), t0)
             .expect("room");
@@ -1314,7 +1315,7 @@ mod tests {
 
     #[test]
     fn released_jobs_are_listed_for_their_memory_then_forgotten() {
-        let t0 = Instant::now();
+        let t0 = clock::now();
         let mut r = registry(0);
         let (j1, j2) = (key("job1", 0).job, key("job2", 0).job);
         r.register_job(j1.clone(), t0).expect("room");
@@ -1361,7 +1362,7 @@ mod tests {
 
     #[test]
     fn worker_list_is_settled_one_worker_timeout_after_start() {
-        let started = Instant::now();
+        let started = clock::now();
         let registry = Registry::new(
             &MasterConfig {
                 worker_timeout: Duration::from_millis(300),

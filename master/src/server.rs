@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use terrace_rpc::clock;
 use terrace_rpc::{Security, ServerIdentity, ServerSpec};
 use terrace_tier_api::{TierError, TierResult};
 use tokio::net::TcpListener;
@@ -61,8 +62,8 @@ pub async fn run_with_clock(
         let shutdown = shutdown.clone();
         let period = shared.sweep_period;
         tokio::spawn(async move {
-            let mut sweep = tokio::time::interval(period);
-            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sweep = clock::interval(period);
+            sweep.set_missed_tick_behavior(clock::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

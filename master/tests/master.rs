@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use terrace_master::{Clock, ManualClock, MasterConfig, SystemClock, run_with_clock};
 use terrace_proto::{FrameReader, Message, PROTOCOL_VERSION, pb, write_frame};
+use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions};
 use terrace_tier_api::{ByteSize, ErrorKind};
 use tokio::io::AsyncWriteExt;
@@ -162,7 +163,7 @@ fn worker_ids(list: &pb::WorkerList) -> Vec<&str> {
 
 async fn stop(master: Master) {
     master.shutdown.cancel();
-    let result = tokio::time::timeout(WAIT, master.task)
+    let result = clock::timeout(WAIT, master.task)
         .await
         .expect("master stops within the grace period")
         .expect("master task does not panic");
@@ -520,7 +521,7 @@ async fn expect_protocol_error(addr: &str, handshake: bool, bytes: &[u8], expect
     let (mut reader, mut write) = raw_connection(addr, handshake).await;
     write.write_all(bytes).await.expect("send bytes");
     write.flush().await.expect("flush");
-    let (reply, _) = tokio::time::timeout(WAIT, reader.read_frame())
+    let (reply, _) = clock::timeout(WAIT, reader.read_frame())
         .await
         .expect("a reply in time")
         .expect("a readable reply")
@@ -536,7 +537,7 @@ async fn expect_protocol_error(addr: &str, handshake: bool, bytes: &[u8], expect
         }
         other => panic!("expected an error reply, got {other:?}"),
     }
-    let end = tokio::time::timeout(WAIT, reader.read_frame())
+    let end = clock::timeout(WAIT, reader.read_frame())
         .await
         .expect("closed in time");
     assert!(
@@ -608,7 +609,7 @@ async fn stalled_frames_and_surplus_connections_are_closed_with_a_reason() {
     let master = start(config, Arc::new(SystemClock)).await;
     // A RegisterJob announcing a 100 KiB header that never comes.
     let stalled = [0x00, 0x01, 0x90, 0x05, 13, 0x00, 0x01, 0x90, 0x00];
-    let started = std::time::Instant::now();
+    let started = clock::now();
     expect_protocol_error(
         &master.addr,
         true,
@@ -616,7 +617,7 @@ async fn stalled_frames_and_surplus_connections_are_closed_with_a_reason() {
         "did not arrive within 1s of its start (server.frame_timeout)",
     )
     .await;
-    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(clock::elapsed(started) >= Duration::from_secs(1));
 
     let first = connect(&master.addr).await;
     let second = connect(&master.addr).await;
@@ -641,7 +642,7 @@ async fn shutdown_closes_open_connections_and_returns() {
     let (mut reader, _write) = raw_connection(&master.addr, true).await;
     let addr = master.addr.clone();
     stop(master).await;
-    let end = tokio::time::timeout(WAIT, reader.read_frame())
+    let end = clock::timeout(WAIT, reader.read_frame())
         .await
         .expect("closed in time");
     assert!(
@@ -652,4 +653,94 @@ async fn shutdown_closes_open_connections_and_returns() {
         TcpStream::connect(&addr).await.is_err(),
         "the listener is closed"
     );
+}
+
+// On paused time (tokio's `test-util`): the master's clock is the one clock,
+// so leases and worker timeouts move only when the test advances time, and
+// land on the exact millisecond, with no waiting.
+
+#[tokio::test(start_paused = true)]
+async fn on_paused_time_a_job_lease_expires_exactly_after_a_lease_without_renewal() {
+    let lease = Duration::from_secs(60);
+    let config = MasterConfig {
+        job_lease: lease,
+        worker_timeout: Duration::from_secs(3600),
+        ..MasterConfig::default()
+    };
+    let master = start(config, Arc::new(SystemClock)).await;
+    let client = connect(&master.addr).await;
+    assert!(matches!(
+        job_request(&client, true, b"j1").await,
+        Ok(Message::JobRegistered(_))
+    ));
+    assert!(matches!(
+        job_request(&client, true, b"j2").await,
+        Ok(Message::JobRegistered(_))
+    ));
+    assert_eq!(heartbeat(&client, "w", "h:1", 0).await, Vec::<Bytes>::new());
+
+    // j2 is renewed half-way; j1 never is.
+    tokio::time::advance(lease / 2).await;
+    assert!(matches!(
+        job_request(&client, true, b"j2").await,
+        Ok(Message::JobRegistered(_))
+    ));
+    tokio::time::advance(lease / 2).await;
+    assert_eq!(
+        list_workers(&client).await.jobs,
+        [Bytes::from_static(b"j1"), Bytes::from_static(b"j2")],
+        "exactly a lease without renewal: not yet expired"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(
+        heartbeat(&client, "w", "h:1", 0).await,
+        [Bytes::from_static(b"j1")],
+        "a lease and a millisecond: released, and workers are told"
+    );
+    assert_eq!(
+        list_workers(&client).await.jobs,
+        [Bytes::from_static(b"j2")]
+    );
+    let err = allocate(&client, b"j1", 0).await.expect_err("released job");
+    assert_eq!(err.kind(), ErrorKind::BadInput);
+
+    // The renewed one lapses a lease after its renewal.
+    tokio::time::advance(lease / 2).await;
+    assert_eq!(list_workers(&client).await.jobs, Vec::<Bytes>::new());
+    stop(master).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_paused_time_a_worker_is_lost_exactly_a_worker_timeout_after_its_last_heartbeat() {
+    let timeout = Duration::from_secs(10);
+    let config = MasterConfig {
+        worker_timeout: timeout,
+        ..MasterConfig::default()
+    };
+    let master = start(config, Arc::new(SystemClock)).await;
+    let client = connect(&master.addr).await;
+    heartbeat(&client, "w1", "h:1", 0).await;
+    heartbeat(&client, "w2", "h:2", 0).await;
+    // w2 keeps heartbeating every 3 s; w1 stops.
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_secs(3)).await;
+        heartbeat(&client, "w2", "h:2", 0).await;
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let list = list_workers(&client).await;
+    assert_eq!(worker_ids(&list), ["w1", "w2"], "10 s is not yet too old");
+    assert_eq!(list.workers[0].millis_since_heartbeat, 10_000);
+    assert_eq!(list.workers[1].millis_since_heartbeat, 1_000);
+
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let list = list_workers(&client).await;
+    assert_eq!(worker_ids(&list), ["w2"], "lost after 10 s and 1 ms");
+    assert_eq!(
+        allocate(&client, b"job", 0)
+            .await
+            .expect("w2 is live")
+            .worker_id,
+        "w2"
+    );
+    stop(master).await;
 }

@@ -1,6 +1,7 @@
 //! The producer agent: segment rules and batching.
 
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, io_runtime};
 use terrace_tier_api::{
     AgentConfig, Buffer, DataType, ErrorKind, PartitionKey, ProducerSpec, SegmentId,
@@ -128,7 +129,7 @@ impl ProducerAgent {
         if !self.pusher.split_requested() {
             return Ok(());
         }
-        let now = std::time::Instant::now();
+        let now = clock::now();
         if self.next_split_attempt.is_some_and(|at| now < at) {
             return Ok(());
         }

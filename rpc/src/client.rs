@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::clock;
 use bytes::Bytes;
 use terrace_proto::{FrameReader, Message, PROTOCOL_VERSION, pb};
 use terrace_tier_api::{AgentConfig, ShuffleDescriptor, TierError, TierResult};
@@ -149,7 +150,7 @@ pub struct PendingReply {
 impl PendingReply {
     /// Waits for the reply; an error reply becomes an error.
     pub async fn wait(self) -> TierResult<(Message, Bytes)> {
-        match tokio::time::timeout(self.timeout, self.rx).await {
+        match clock::timeout(self.timeout, self.rx).await {
             Err(_) => {
                 if let Some(inner) = self.inner.upgrade() {
                     inner
@@ -177,7 +178,7 @@ impl Client {
     /// Connects to `addr` (over TLS when configured), completes the version
     /// handshake and, when the server challenges, the authentication.
     pub async fn connect(addr: &str, options: &ClientOptions) -> TierResult<Client> {
-        let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr))
+        let stream = clock::timeout(options.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| {
                 TierError::unavailable(format!(
@@ -201,7 +202,7 @@ impl Client {
             }
             Some(tls) => {
                 let name = TlsClient::server_name(addr)?;
-                let stream = tokio::time::timeout(
+                let stream = clock::timeout(
                     options.connect_timeout,
                     tls.connector.connect(name, stream),
                 )

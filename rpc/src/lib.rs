@@ -7,6 +7,7 @@
 
 mod buffers;
 mod client;
+pub mod clock;
 mod listener;
 mod runtime;
 mod security;

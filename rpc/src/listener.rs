@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::clock;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use terrace_proto::{FrameError, FramePrefix, FrameReader, Message, pb};
@@ -173,7 +174,7 @@ impl Accepted {
         if self.sender.queued_bytes() >= limit {
             let drained = tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
-                r = tokio::time::timeout(self.options.frame_timeout, self.sender.wait_queued_below(limit)) => r,
+                r = clock::timeout(self.options.frame_timeout, self.sender.wait_queued_below(limit)) => r,
             };
             if drained.is_err() {
                 tracing::warn!(peer = %self.peer, client = %self.client, queued = self.sender.queued_bytes(),
@@ -191,7 +192,7 @@ impl Accepted {
         let prefix = tokio::select! {
             _ = self.shutdown.cancelled() => return None,
             _ = self.write_failed.cancelled() => return None,
-            _ = tokio::time::sleep(idle), if may_idle => {
+            _ = clock::sleep(idle), if may_idle => {
                 tracing::debug!(peer = %self.peer, client = %self.client, "idle for {idle:?}; closing");
                 return None;
             }
@@ -209,8 +210,7 @@ impl Accepted {
 
     /// Reads the rest of a frame into a fresh buffer within the frame deadline.
     pub async fn read_rest(&mut self, prefix: FramePrefix) -> Option<(Message, Bytes)> {
-        match tokio::time::timeout(self.options.frame_timeout, self.reader.read_rest(prefix)).await
-        {
+        match clock::timeout(self.options.frame_timeout, self.reader.read_rest(prefix)).await {
             Ok(Ok(frame)) => Some(frame),
             Ok(Err(e)) => {
                 self.frame_error(&e);
@@ -260,15 +260,15 @@ impl Accepted {
                 }
                 granted += n;
             }
-            let started = Instant::now();
-            let read = tokio::time::timeout(
+            let started = clock::now();
+            let read = clock::timeout(
                 left,
                 self.reader
                     .get_mut()
                     .read(&mut buf.as_mut()[filled..granted]),
             )
             .await;
-            left = left.saturating_sub(started.elapsed());
+            left = left.saturating_sub(clock::elapsed(started));
             match read {
                 Ok(Ok(0)) => {
                     self.frame_error(&FrameError::Truncated);
@@ -376,7 +376,7 @@ pub async fn serve<H, F>(
                     "accept failed; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = clock::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                 continue;
@@ -413,7 +413,7 @@ pub async fn serve<H, F>(
     drop(listener);
     tracker.close();
     tracing::info!(address = %local, connections = tracker.len(), "{} shutting down", spec.name);
-    if tokio::time::timeout(options.shutdown_grace, tracker.wait())
+    if clock::timeout(options.shutdown_grace, tracker.wait())
         .await
         .is_err()
     {
@@ -453,7 +453,7 @@ async fn open(
 ) -> Option<Accepted> {
     set_socket_options(&stream, &options, peer);
     // One deadline for the whole opening: TLS, handshake, authentication.
-    let deadline = tokio::time::Instant::now() + options.handshake_timeout;
+    let deadline = clock::now() + options.handshake_timeout;
     let write_failed = CancellationToken::new();
     let stall = Some(options.frame_timeout);
     let (reader, sender, channel) = match &spec.tls {
@@ -512,7 +512,7 @@ async fn open(
     };
     let opened = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        r = tokio::time::timeout_at(deadline, opening) => r,
+        r = clock::timeout_at(deadline, opening) => r,
     };
     let close_wait = options.frame_timeout;
     let mut accepted = Accepted {
@@ -581,11 +581,11 @@ async fn tls_accept(
     name: &str,
     options: &ServerOptions,
     peer: SocketAddr,
-    deadline: tokio::time::Instant,
+    deadline: Instant,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let timeout = options.handshake_timeout;
     let mut first = [0u8; 1];
-    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+    match clock::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
         Ok(Ok(1)) => {
             tracing::warn!(%peer, "refused a plaintext connection: this server takes only TLS");
@@ -601,7 +601,7 @@ async fn tls_accept(
             return None;
         }
     }
-    match tokio::time::timeout_at(deadline, tls.acceptor.accept(stream)).await {
+    match clock::timeout_at(deadline, tls.acceptor.accept(stream)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "TLS handshake failed");
@@ -629,7 +629,7 @@ async fn close(accepted: Accepted) {
     } = accepted;
     // Queued replies get one frame deadline (a refused opening a moment) to
     // reach a peer that reads them.
-    if tokio::time::timeout(close_wait, sender.wait_queued_below(1))
+    if clock::timeout(close_wait, sender.wait_queued_below(1))
         .await
         .is_err()
     {
@@ -657,7 +657,7 @@ async fn refuse(stream: TcpStream, code: pb::ErrorCode, message: String) {
 async fn linger<R: AsyncRead + Unpin + ?Sized>(read: &mut R, max_bytes: usize) {
     let mut scratch = [0u8; 4096];
     let mut discarded = 0usize;
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+    let _ = clock::timeout(CLOSE_LINGER, async {
         while let Ok(n) = read.read(&mut scratch).await {
             discarded = discarded.saturating_add(n);
             if n == 0 || discarded >= max_bytes {

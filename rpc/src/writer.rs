@@ -6,6 +6,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::clock;
 use bytes::{Buf, Bytes};
 use terrace_proto::{Message, encode_frame};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -192,7 +193,7 @@ async fn write_gathered<W: AsyncWrite + Unpin>(
             .take(GATHER_SLICES)
             .map(|s| IoSlice::new(s))
             .collect();
-        let mut written = match tokio::time::timeout(stall_limit, out.write_vectored(&io)).await {
+        let mut written = match clock::timeout(stall_limit, out.write_vectored(&io)).await {
             Ok(written) => written?,
             Err(_) => {
                 return Err(std::io::Error::new(

@@ -3,18 +3,23 @@
 //! exactly what a reader must see, and a reader that drains a gate with a
 //! deadline (a test never hangs).
 
+pub mod logs;
 pub mod pki;
 pub mod raw;
 pub mod s3;
 pub mod secure;
+pub mod wait;
+
+pub use wait::{hold, wait_for, wait_until, wait_until_async, wait_until_every};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_producer_agent::{ProducerAgent, ProducerSpec};
+use terrace_rpc::clock;
 use terrace_tier_api::{
     AgentConfig, AvailabilityNotifier, Buffer, DataType, InputChannelId, JobId, PartitionId,
     PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId, TierConsumerAgent, TierError,
@@ -248,12 +253,12 @@ pub fn drain(
     targets: &[(PartitionId, u32)],
     deadline: Duration,
 ) -> Result<HashMap<(PartitionId, u32), Vec<Buffer>>, TierError> {
-    let until = Instant::now() + deadline;
+    let until = clock::now() + deadline;
     let mut out: HashMap<(PartitionId, u32), Vec<Buffer>> = HashMap::new();
     let mut segment: HashMap<(PartitionId, u32), u32> = HashMap::new();
     let mut done: Vec<bool> = vec![false; targets.len()];
     while done.iter().any(|d| !d) {
-        if Instant::now() > until {
+        if clock::now() > until {
             let left: Vec<_> = targets
                 .iter()
                 .zip(&done)
@@ -628,49 +633,38 @@ pub fn worker_stats_with(
     }
 }
 
-/// Polls `get_next_buffer` on one subpartition (following its segments) with
-/// a short sleep until it returns an error or `deadline` passes. Returns the
-/// error and the buffers handed out before it.
+/// Polls `get_next_buffer` on one subpartition (following its segments)
+/// until it returns an error or `deadline` passes. Returns the error and the
+/// buffers handed out before it.
 pub fn wait_for_error(
     consumer: &ConsumerAgent,
     partition: &PartitionId,
     sub: u32,
     deadline: Duration,
 ) -> (TierError, Vec<Buffer>) {
-    let until = Instant::now() + deadline;
     let mut segment = 0u32;
     let mut delivered = Vec::new();
-    loop {
-        match consumer.get_next_buffer(partition, SubpartitionId(sub), SegmentId(segment)) {
-            Err(e) => return (e, delivered),
-            Ok(Some(buffer)) => {
-                if buffer.data_type == DataType::EndOfSegment {
-                    segment += 1;
+    let what = format!("an error from {partition}/{sub}");
+    let (error, _) = wait_for(deadline, &what, || {
+        loop {
+            match consumer.get_next_buffer(partition, SubpartitionId(sub), SegmentId(segment)) {
+                Err(e) => return Some(e),
+                Ok(Some(buffer)) => {
+                    if buffer.data_type == DataType::EndOfSegment {
+                        segment += 1;
+                    }
+                    delivered.push(buffer);
                 }
-                delivered.push(buffer);
-            }
-            Ok(None) => {
-                assert!(
-                    Instant::now() < until,
-                    "no error from {partition}/{sub} within {deadline:?} ({} buffers delivered)",
-                    delivered.len()
-                );
-                std::thread::sleep(Duration::from_millis(10));
+                Ok(None) => return None,
             }
         }
-    }
+    });
+    (error, delivered)
 }
 
 /// Joins `handle`, failing the test if the thread has not finished within `limit`.
 pub fn join_within<T>(handle: std::thread::JoinHandle<T>, limit: Duration, what: &str) -> T {
-    let until = Instant::now() + limit;
-    while !handle.is_finished() {
-        assert!(
-            Instant::now() < until,
-            "{what} did not finish within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(limit, &format!("{what} finishes"), || handle.is_finished());
     handle.join().unwrap_or_else(|_| panic!("{what} panicked"))
 }
 

@@ -34,6 +34,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use terrace_rpc::clock;
 
 /// The access key of every test server.
 pub const ACCESS_KEY: &str = "terrace-test-access-key";
@@ -152,7 +153,7 @@ impl S3Server {
             child: None,
             stopped: false,
         };
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = clock::now() + START_TIMEOUT;
         for attempt in 1..=PORT_ATTEMPTS {
             server.port = free_port();
             match server.spawn_and_wait(deadline) {
@@ -224,13 +225,13 @@ impl S3Server {
             {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            if clock::now() >= deadline {
                 self.kill();
                 return Err(StartError::Failed(format!(
                     "not accepting connections on {address} within {START_TIMEOUT:?}"
                 )));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            crate::wait::poll_pause(Duration::from_millis(10));
         }
     }
 
@@ -312,12 +313,12 @@ impl S3Server {
     /// another process for the whole start timeout.
     pub fn restart(&mut self) {
         self.kill();
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = clock::now() + START_TIMEOUT;
         loop {
             match self.spawn_and_wait(deadline) {
                 Ok(()) => return,
-                Err(StartError::PortTaken) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
+                Err(StartError::PortTaken) if clock::now() < deadline => {
+                    crate::wait::poll_pause(Duration::from_millis(100));
                 }
                 Err(StartError::PortTaken) => panic!(
                     "s3s-fs restart: port {} stayed taken by another process; log:\n{}",

@@ -2,7 +2,7 @@
 //! when asked): one `terrace master` and workers, for the tests of who may
 //! do what (`auth`, `relay`, `unreachable_reports`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use terrace_proto::{Message, pb};
 use terrace_rpc::{
@@ -73,18 +73,9 @@ impl SecureCluster {
             master,
             workers,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let listed = cluster.listed_workers();
-            if listed == Some(worker_ids.len()) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the workers did not register within 20 s: {listed:?} listed"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::wait_until(Duration::from_secs(20), "the workers register", || {
+            cluster.listed_workers() == Some(worker_ids.len())
+        });
         cluster
     }
 

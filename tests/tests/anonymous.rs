@@ -6,10 +6,12 @@
 //! not read: the worker's memory budget never moves.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use bytes::Bytes;
 use terrace_proto::{Message, encode_frame, pb};
+use terrace_rpc::clock;
 use terrace_rpc::{
     AUTH_BYTES, Client, ClientOptions, ClusterSecret, Credential, ExpectedServer, ServerIdentity,
 };
@@ -82,17 +84,18 @@ impl Worker {
 
     /// A connection with the cluster secret, tried until `within` passes.
     fn connect_within(&self, within: Duration) -> TierResult<Client> {
-        let deadline = Instant::now() + within;
         let options = self.options(Credential::Cluster(self.secret()));
-        loop {
-            let connected = terrace_rpc::io_runtime()
-                .block_on(Client::connect(&self.process.address, &options));
-            match connected {
-                Ok(client) => return Ok(client),
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        let mut last = None;
+        terrace_tests::wait::poll_until(within, || {
+            match terrace_rpc::io_runtime()
+                .block_on(Client::connect(&self.process.address, &options))
+            {
+                Ok(client) => last = Some(Ok(client)),
+                Err(e) => last = Some(Err(e)),
             }
-        }
+            matches!(last, Some(Ok(_)))
+        });
+        last.expect("tried at least once")
     }
 
     /// A raw connection past the version handshake; checks the challenge.
@@ -125,6 +128,7 @@ fn no_proof(request_id: u64) -> Message {
 
 #[test]
 fn anonymous_connections_are_closed_by_the_handshake_timeout_and_hold_no_slot() {
+    let _logs = logs::capture();
     let worker = Worker::start();
 
     // As many connections as the limit, each answering the challenge with
@@ -148,7 +152,7 @@ fn anonymous_connections_are_closed_by_the_handshake_timeout_and_hold_no_slot() 
 
     // As many that say hello and never answer the challenge: they hold
     // every slot until the handshake timeout, then are closed.
-    let started = Instant::now();
+    let started = clock::now();
     let mut silent: Vec<Raw> = (0..MAX_CONNECTIONS).map(|_| worker.hello()).collect();
     let options = worker.options(Credential::Cluster(worker.secret()));
     let err = terrace_rpc::io_runtime()
@@ -159,7 +163,7 @@ fn anonymous_connections_are_closed_by_the_handshake_timeout_and_hold_no_slot() 
     for raw in &mut silent {
         raw.expect_eof();
     }
-    let closed_after = started.elapsed();
+    let closed_after = clock::elapsed(started);
     assert!(
         closed_after >= HANDSHAKE_TIMEOUT - Duration::from_millis(200)
             && closed_after <= HANDSHAKE_TIMEOUT + Duration::from_secs(1),
@@ -203,6 +207,7 @@ fn push_until_refused(raw: &mut Raw, before: &[u8]) -> (usize, bool) {
 
 #[test]
 fn an_anonymous_push_is_not_read_and_takes_no_budget() {
+    let _logs = logs::capture();
     let worker = Worker::start();
 
     // A push instead of the answer to the challenge: refused for its size

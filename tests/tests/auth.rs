@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use terrace_tests::logs;
 
 use bytes::Bytes;
 use terrace_master_agent::MasterAgent;
@@ -378,6 +379,7 @@ fn check_isolation(cluster: &Cluster) {
 
 #[test]
 fn with_a_secret_each_request_kind_needs_the_cluster_secret_or_its_jobs_token() {
+    let _logs = logs::capture();
     let cluster = Cluster::start(false);
     check_isolation(&cluster);
     // A client that holds the secret refuses a server that does not.
@@ -390,6 +392,7 @@ fn with_a_secret_each_request_kind_needs_the_cluster_secret_or_its_jobs_token() 
 
 #[test]
 fn over_tls_the_same_round_trip_works_and_a_plaintext_client_gets_a_clear_error() {
+    let _logs = logs::capture();
     let cluster = Cluster::start(true);
     check_isolation(&cluster);
     for address in [&cluster.master.address, &cluster.workers[0].address] {

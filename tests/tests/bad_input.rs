@@ -5,6 +5,7 @@
 //! partition, running across the attack, read back exactly what they wrote.
 
 use std::time::Duration;
+use terrace_tests::logs;
 
 use bytes::Bytes;
 use terrace_proto::{Message, MessageType, PROTOCOL_VERSION, encode_frame, pb};
@@ -59,6 +60,7 @@ const HTTP_GARBAGE: &[u8] = b"GET / HTTP/1.1\r\nHost: terrace\r\n\r\n";
 
 #[test]
 fn garbage_before_handshake_is_a_protocol_error_and_closes() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::connect(worker);
         raw.send_bytes(HTTP_GARBAGE);
@@ -78,6 +80,7 @@ fn garbage_before_handshake_is_a_protocol_error_and_closes() {
 
 #[test]
 fn garbage_after_handshake_is_a_protocol_error_and_closes() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::handshaken(worker);
         raw.send_bytes(HTTP_GARBAGE);
@@ -95,6 +98,7 @@ fn garbage_after_handshake_is_a_protocol_error_and_closes() {
 
 #[test]
 fn frame_shorter_than_its_prefix_is_a_protocol_error_and_closes() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::handshaken(worker);
         // Length 3 cannot even hold the type byte and header length.
@@ -110,6 +114,7 @@ fn frame_shorter_than_its_prefix_is_a_protocol_error_and_closes() {
 
 #[test]
 fn oversized_length_prefix_is_a_protocol_error_and_closes() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::handshaken(worker);
         let len = u32::try_from(MAX_FRAME + 1).expect("fits");
@@ -131,6 +136,7 @@ fn oversized_length_prefix_is_a_protocol_error_and_closes() {
 
 #[test]
 fn unknown_message_type_is_a_protocol_error_and_closes() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::handshaken(worker);
         raw.send_bytes(&[0, 0, 0, 5, 200, 0, 0, 0, 0]);
@@ -142,6 +148,7 @@ fn unknown_message_type_is_a_protocol_error_and_closes() {
 
 #[test]
 fn undecodable_header_is_a_protocol_error_and_closes() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::handshaken(worker);
         // A SealPartition whose header is a length-delimited field 2 claiming
@@ -163,6 +170,7 @@ fn undecodable_header_is_a_protocol_error_and_closes() {
 
 #[test]
 fn handshake_with_wrong_protocol_version_is_refused_and_closes() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::connect(worker);
         raw.send(&handshake(41, PROTOCOL_VERSION + 1), &[]);
@@ -180,6 +188,7 @@ fn handshake_with_wrong_protocol_version_is_refused_and_closes() {
 
 #[test]
 fn request_before_handshake_is_a_protocol_error_and_closes() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::connect(worker);
         raw.send(&create(5, &key(ATTACK_JOB, 1), 1), &[]);
@@ -196,6 +205,7 @@ fn request_before_handshake_is_a_protocol_error_and_closes() {
 
 #[test]
 fn push_to_a_partition_never_created_is_not_found_and_the_connection_stays_usable() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let attacked = key(ATTACK_JOB, 1);
         let mut raw = Raw::handshaken(worker);
@@ -231,6 +241,7 @@ fn push_to_a_partition_never_created_is_not_found_and_the_connection_stays_usabl
 
 #[test]
 fn push_after_seal_is_refused_and_the_connection_stays_usable() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let attacked = key(ATTACK_JOB, 2);
         let stored = attack_buffers(2, 0, 4);
@@ -291,6 +302,7 @@ fn push_after_seal_is_refused_and_the_connection_stays_usable() {
 
 #[test]
 fn push_with_wrong_crc32c_is_corruption_and_the_connection_stays_usable() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let attacked = key(ATTACK_JOB, 4);
         let buffers = attack_buffers(4, 0, 5);
@@ -333,6 +345,7 @@ fn push_with_wrong_crc32c_is_corruption_and_the_connection_stays_usable() {
 
 #[test]
 fn body_on_a_bodiless_message_type_is_a_protocol_error_and_closes() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::handshaken(worker);
         // An Ack (no body allowed) with 3 body bytes.
@@ -348,6 +361,7 @@ fn body_on_a_bodiless_message_type_is_a_protocol_error_and_closes() {
 
 #[test]
 fn malformed_push_bodies_are_bad_requests_that_store_nothing() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let attacked = key(ATTACK_JOB, 5);
         let mut raw = Raw::handshaken(worker);
@@ -455,6 +469,7 @@ fn malformed_push_bodies_are_bad_requests_that_store_nothing() {
 
 #[test]
 fn extreme_counts_ranges_and_credits_are_refused_naming_the_limit() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::handshaken(worker);
         let k = key(ATTACK_JOB, 40);
@@ -518,6 +533,7 @@ fn extreme_counts_ranges_and_credits_are_refused_naming_the_limit() {
 
 #[test]
 fn streams_per_connection_and_buffers_per_push_are_capped() {
+    let _logs = logs::capture();
     let limits = WorkerLimits {
         max_streams_per_connection: 4,
         // The good producer's pushes carry at most a dozen buffers.
@@ -560,6 +576,7 @@ fn streams_per_connection_and_buffers_per_push_are_capped() {
 
 #[test]
 fn oversized_handshakes_are_refused_before_they_are_read() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         // A handshake frame past 4 KiB is refused from its prefix alone.
         let mut raw = Raw::connect(worker);
@@ -590,6 +607,7 @@ fn oversized_handshakes_are_refused_before_they_are_read() {
 
 #[test]
 fn a_request_header_past_16_kib_is_a_protocol_error_and_closes() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::handshaken(worker);
         // A SealPartition frame announcing a 100 KiB header (never sent).
@@ -609,6 +627,7 @@ fn a_request_header_past_16_kib_is_a_protocol_error_and_closes() {
 
 #[test]
 fn a_reader_that_floods_commands_loses_its_stream_not_the_worker() {
+    let _logs = logs::capture();
     with_good_client(|worker| {
         let mut raw = Raw::handshaken(worker);
         // The stream waits for a partition that does not exist yet, so none

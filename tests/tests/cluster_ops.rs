@@ -14,7 +14,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_master_agent::MasterAgent;
@@ -73,19 +74,18 @@ fn list_workers(master: &str) -> pb::WorkerList {
 
 /// Polls the master's worker list until `check` holds (at most 20 s).
 fn wait_for_list(master: &str, what: &str, check: impl Fn(&pb::WorkerList) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let mut last = None;
+    let done = terrace_tests::wait::poll_until(Duration::from_secs(20), || {
         let list = list_workers(master);
-        if check(&list) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "within 20 s: {what}; the master lists {:#?}",
-            list.workers
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        let ok = check(&list);
+        last = Some(list);
+        ok
+    });
+    assert!(
+        done,
+        "within 20 s: {what}; the master lists {:#?}",
+        last.map(|l| l.workers)
+    );
 }
 
 fn load_of<'a>(list: &'a pb::WorkerList, id: &str) -> Option<&'a pb::WorkerLoad> {
@@ -108,17 +108,10 @@ fn terrace(args: &[&str]) -> String {
 
 /// Waits (at most `limit`) for a service process to exit by itself.
 fn wait_for_exit(process: &mut ServiceProcess, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = process.child.try_wait().expect("poll the process") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the process did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    terrace_tests::wait_for(limit, "the process exits", || {
+        process.child.try_wait().expect("poll the process")
+    })
+    .0
 }
 
 /// Runs `terrace worker decommission --wait ADDRESS` in the background.
@@ -164,6 +157,7 @@ fn allocate(master: &str, job: u8, partition: u32, exclude: &[&str]) -> Result<S
 
 #[test]
 fn full_unhealthy_and_decommissioning_workers_get_no_partitions_and_a_job_spreads() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
     let master = ServiceProcess::start(&["master", "--listen", "127.0.0.1:0"]);
@@ -340,6 +334,7 @@ fn write_with_a_pause(
 
 #[test]
 fn a_worker_decommissioned_under_a_running_job_loses_nothing_and_exits_after_release() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
     let master = ServiceProcess::start(&["master", "--listen", "127.0.0.1:0"]);
@@ -493,6 +488,7 @@ impl TierShuffleHandler for Lost {
 /// worker.
 #[test]
 fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_nothing() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
     let master = start_master_dropping_workers_after_4s(root);
@@ -536,7 +532,9 @@ fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_n
             read_partition(&config, descriptor, SUBS, Duration::from_secs(30))
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Lets the reader start asking for the partition before it exists (its
+    // wait is the point; it would also pass if the reader started later).
+    terrace_tests::hold(Duration::from_millis(300));
     let mut writer = RecordingWriter::new(producer(&config, descriptor.clone(), SUBS, false));
     let alive = format!("w{}", 1 - dead);
     // Reported unreachable (by the consumer and the producer), the dead
@@ -572,7 +570,14 @@ fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_n
     // The master drops the dead worker (4 s without heartbeats); the agent
     // finds the partition relocated and reports nothing lost.
     wait_for_list(&m, "the dead worker dropped", |l| l.workers.len() == 1);
-    std::thread::sleep(Duration::from_secs(1));
+    // The agent's next poll finds the worker gone and the partition located
+    // elsewhere; one more 200 ms poll later a loss report would have come.
+    let key = descriptor.key().expect("key");
+    logs::wait_for_line(
+        Duration::from_secs(10),
+        &[&format!("partition={key} "), "not lost"],
+    );
+    terrace_tests::hold(Duration::from_millis(200));
     assert!(
         lost.0.lock().expect("lost lock").is_empty(),
         "a relocated partition is not reported lost"
@@ -608,6 +613,7 @@ fn store_id(data_dir: &Path) -> String {
 /// are deleted, and releasing the partitions reaches the adopters.
 #[test]
 fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_and_exits() {
+    let _logs = logs::capture();
     let s3 = terrace_tests::s3::S3Server::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
@@ -723,7 +729,9 @@ fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_an
 
     let decommission = start_decommission(&workers[leaving_index].address);
     // It hands everything over but waits for the reader streaming from it.
-    std::thread::sleep(Duration::from_secs(2));
+    // Nothing to wait on: the worker must NOT exit while the reader streams
+    // from it (it has handed over its parts within this time).
+    terrace_tests::hold(Duration::from_secs(2));
     assert!(
         workers[leaving_index]
             .child
@@ -795,7 +803,18 @@ fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_an
     wait_for_list(&m, "the decommissioned worker dropped", |l| {
         l.workers.len() == WORKERS - 1
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // The agent's next poll finds the worker gone and each of its first
+    // parts located at its adopter; one more 200 ms poll later a loss
+    // report would have come.
+    let leaving_id = format!("w{leaving_index}");
+    for d in descriptors.iter().filter(|d| d.worker_id == leaving_id) {
+        let key = d.key().expect("key");
+        logs::wait_for_line(
+            Duration::from_secs(10),
+            &[&format!("partition={key} "), "not lost"],
+        );
+    }
+    terrace_tests::hold(Duration::from_millis(200));
     assert!(
         lost.0.lock().expect("lost lock").is_empty(),
         "a handed-over partition is not reported lost"
@@ -804,23 +823,16 @@ fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_an
     for d in &descriptors {
         agent.release_partition(d).expect("release");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = held(&workers);
-        if left == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{left} parts left after release");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    terrace_tests::wait_until(
+        Duration::from_secs(10),
+        "no parts left after release",
+        || held(&workers) == 0,
+    );
     // Objects are deleted in the background after a release.
-    while !s3.objects(PREFIX).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "objects left after release: {:?}",
-            s3.objects(PREFIX)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    terrace_tests::wait_until(
+        Duration::from_secs(10),
+        "no objects left after release",
+        || s3.objects(PREFIX).is_empty(),
+    );
     agent.close();
 }

@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_tests::{
     RecordingWriter, TestWorker, Wakeup, assert_buffers_eq, closed_address, key, payload, producer,
     read_partition, request_worker, small_agent_config, wait_for_error, wakeup, write_partition,
@@ -51,24 +53,20 @@ fn consumer(config: &AgentConfig, descriptor: ShuffleDescriptor) -> (ConsumerAge
 /// Hands out exactly `count` buffers of segment 0 of subpartition 0 (waiting
 /// for them as they arrive), within 10 s.
 fn read_n(consumer: &ConsumerAgent, key: &PartitionKey, count: usize) -> Vec<Buffer> {
-    let until = Instant::now() + Duration::from_secs(10);
     let mut out = Vec::new();
-    while out.len() < count {
-        match consumer
-            .get_next_buffer(&key.partition, SubpartitionId(0), SegmentId(0))
-            .expect("no error while the partition is healthy")
-        {
-            Some(buffer) => out.push(buffer),
-            None => {
-                assert!(
-                    Instant::now() < until,
-                    "only {} of {count} buffers arrived",
-                    out.len()
-                );
-                std::thread::sleep(Duration::from_millis(5));
+    let all = terrace_tests::wait::poll_until(Duration::from_secs(10), || {
+        while out.len() < count {
+            match consumer
+                .get_next_buffer(&key.partition, SubpartitionId(0), SegmentId(0))
+                .expect("no error while the partition is healthy")
+            {
+                Some(buffer) => out.push(buffer),
+                None => return false,
             }
         }
-    }
+        true
+    });
+    assert!(all, "only {} of {count} buffers arrived", out.len());
     out
 }
 
@@ -98,16 +96,17 @@ fn unsealed_partition(
 
 #[test]
 fn unreachable_worker_is_partition_not_found() {
+    let _logs = logs::capture();
     let config = small_agent_config();
     let k = key(20, 1);
     let address = closed_address();
-    let started = Instant::now();
+    let started = clock::now();
     let (consumer, wake) = consumer(
         &config,
         ShuffleDescriptor::new(&k, "gone-worker", address.clone()),
     );
     let (error, delivered) = wait_for_error(&consumer, &k.partition, 0, ERROR_DEADLINE);
-    let elapsed = started.elapsed();
+    let elapsed = clock::elapsed(started);
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     assert_eq!(error.kind(), ErrorKind::PartitionNotFound, "{error}");
     assert!(delivered.is_empty());
@@ -126,14 +125,15 @@ fn unreachable_worker_is_partition_not_found() {
 
 #[test]
 fn unknown_partition_on_a_live_worker_is_partition_not_found_after_the_wait() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = TestWorker::start(worker_config(dir.path().join("data")));
     let config = small_agent_config();
     let k = key(21, 1);
-    let started = Instant::now();
+    let started = clock::now();
     let (consumer, wake) = consumer(&config, worker.descriptor(&k));
     let (error, delivered) = wait_for_error(&consumer, &k.partition, 0, ERROR_DEADLINE);
-    let elapsed = started.elapsed();
+    let elapsed = clock::elapsed(started);
     assert_eq!(error.kind(), ErrorKind::PartitionNotFound, "{error}");
     assert!(delivered.is_empty());
     // The worker waits partition_wait_timeout (300 ms) for a late producer, then gives up.
@@ -154,6 +154,7 @@ fn unknown_partition_on_a_live_worker_is_partition_not_found_after_the_wait() {
 
 #[test]
 fn partition_released_under_an_open_stream_is_partition_not_found() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = TestWorker::start(worker_config(dir.path().join("data")));
     let config = small_agent_config();
@@ -165,7 +166,7 @@ fn partition_released_under_an_open_stream_is_partition_not_found() {
     // The stream is now parked waiting for more of segment 0.
     let woken_before = wake.current();
 
-    let started = Instant::now();
+    let started = clock::now();
     let reply = request_worker(&worker.address, |request_id| {
         Message::ReleasePartition(pb::ReleasePartition {
             request_id,
@@ -174,7 +175,7 @@ fn partition_released_under_an_open_stream_is_partition_not_found() {
     });
     assert!(matches!(reply, Ok(Message::Ack(_))), "release: {reply:?}");
     let (error, delivered) = wait_for_error(&consumer, &k.partition, 0, ERROR_DEADLINE);
-    let elapsed = started.elapsed();
+    let elapsed = clock::elapsed(started);
     assert_eq!(error.kind(), ErrorKind::PartitionNotFound, "{error}");
     assert!(
         delivered.is_empty(),
@@ -215,6 +216,8 @@ fn one_extent_partition(
 
 #[test]
 fn corrupt_byte_on_disk_is_data_corruption_naming_the_partition() {
+    let _logs = logs::capture();
+    _logs.expect_error("read data rejected");
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("data");
     let k = key(23, 1);
@@ -236,10 +239,10 @@ fn corrupt_byte_on_disk_is_data_corruption_naming_the_partition() {
     std::fs::write(&data_file, &bytes).expect("write the corrupted data file");
 
     let worker = TestWorker::start(worker_config(data_dir));
-    let started = Instant::now();
+    let started = clock::now();
     let (consumer, wake) = consumer(&config, worker.descriptor(&k));
     let (error, delivered) = wait_for_error(&consumer, &k.partition, 0, ERROR_DEADLINE);
-    let elapsed = started.elapsed();
+    let elapsed = clock::elapsed(started);
     assert_eq!(error.kind(), ErrorKind::DataCorruption, "{error}");
     assert!(
         delivered.is_empty(),
@@ -259,6 +262,7 @@ fn corrupt_byte_on_disk_is_data_corruption_naming_the_partition() {
 
 #[test]
 fn worker_stopped_under_a_reader_of_an_unsealed_partition_is_partition_not_found() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = TestWorker::start(worker_config(dir.path().join("data")));
     let config = small_agent_config();
@@ -276,10 +280,10 @@ fn worker_stopped_under_a_reader_of_an_unsealed_partition_is_partition_not_found
         "nothing more was written"
     );
 
-    let started = Instant::now();
+    let started = clock::now();
     worker.stop();
     let (error, delivered) = wait_for_error(&consumer, &k.partition, 0, ERROR_DEADLINE);
-    let elapsed = started.elapsed();
+    let elapsed = clock::elapsed(started);
     assert_eq!(error.kind(), ErrorKind::PartitionNotFound, "{error}");
     assert!(delivered.is_empty());
     assert!(elapsed < Duration::from_secs(8), "took {elapsed:?}");
@@ -296,6 +300,8 @@ fn worker_stopped_under_a_reader_of_an_unsealed_partition_is_partition_not_found
 /// so the engine runs the producer again, and names the partition.
 #[test]
 fn unreadable_data_file_is_partition_not_found() {
+    let _logs = logs::capture();
+    _logs.expect_error("its data could not be read");
     let dir = tempfile::tempdir().expect("temp dir");
     let k = key(24, 1);
     let (config, worker, _, data_file) = one_extent_partition(&dir.path().join("data"), &k);

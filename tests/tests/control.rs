@@ -11,9 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use terrace_tests::logs;
+use terrace_tests::wait::throughout;
+use terrace_tests::wait_until;
 
 use terrace_master_agent::MasterAgent;
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_tests::s3::S3Server;
 use terrace_tests::{
     Ignore, ServiceProcess, assert_buffers_eq, closed_address, join_within, key, read_partition,
@@ -75,7 +79,8 @@ fn pump(mut from: TcpStream, mut to: TcpStream, blackhole: &AtomicBool) {
             Ok(n) => n,
         };
         while blackhole.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(20));
+            // The relay thread holds the bytes for as long as the test black-holes them.
+            terrace_tests::wait::poll_pause(Duration::from_millis(20));
         }
         if to.write_all(&buf[..n]).is_err() {
             return;
@@ -133,16 +138,6 @@ fn knows_job(list: &pb::WorkerList, job: &JobId) -> bool {
     list.jobs.iter().any(|j| j[..] == job.as_bytes()[..])
 }
 
-/// Waits (at most `within`) until `done`; fails the test with `what` otherwise.
-fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < within, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    started.elapsed()
-}
-
 fn agent_config(masters: Vec<String>, renew: Duration) -> AgentConfig {
     AgentConfig {
         master_addresses: masters,
@@ -162,6 +157,7 @@ fn objects_of(s3: &S3Server, job: &JobId) -> usize {
 
 #[test]
 fn a_store_that_never_answers_while_jobs_are_dropped_loses_no_worker() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let s3 = S3Server::start();
     let relay = Relay::start(format!("127.0.0.1:{}", s3.port()));
@@ -212,7 +208,7 @@ fn a_store_that_never_answers_while_jobs_are_dropped_loses_no_worker() {
     relay.set_blackhole(true);
     // Jobs 1 and 2 end: the agent drops them on the worker, the master lists
     // them as released in its heartbeat replies.
-    let dropping = Instant::now();
+    let dropping = clock::now();
     let unregister = {
         let agent = Arc::new(agent);
         let a = Arc::clone(&agent);
@@ -228,7 +224,7 @@ fn a_store_that_never_answers_while_jobs_are_dropped_loses_no_worker() {
     };
     let (agent, handle) = unregister;
     join_within(handle, Duration::from_secs(30), "unregistering two jobs");
-    let took = dropping.elapsed();
+    let took = clock::elapsed(dropping);
     eprintln!("control: two jobs unregistered in {took:?} with the store black-holed");
     assert!(
         took < Duration::from_secs(3),
@@ -238,16 +234,15 @@ fn a_store_that_never_answers_while_jobs_are_dropped_loses_no_worker() {
 
     // Several worker timeouts: the worker is never silent for a timeout.
     let window = WORKER_TIMEOUT * 4;
-    let started = Instant::now();
-    let mut polls = 0;
+    let started = clock::now();
     let mut longest = 0;
-    while started.elapsed() < window {
+    let polls = throughout(window, Duration::from_millis(100), || {
         let list = listing(&master_address).expect("the master answers");
         assert_eq!(
             list.workers.len(),
             1,
             "the worker was declared lost {:?} after the drops",
-            started.elapsed()
+            clock::elapsed(started)
         );
         longest = longest.max(list.workers[0].millis_since_heartbeat);
         assert!(
@@ -255,9 +250,7 @@ fn a_store_that_never_answers_while_jobs_are_dropped_loses_no_worker() {
             "the worker was silent for {} ms",
             list.workers[0].millis_since_heartbeat
         );
-        polls += 1;
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     eprintln!(
         "control: {polls} polls over {window:?}, longest silence {longest} ms (timeout {WORKER_TIMEOUT:?})"
     );
@@ -326,19 +319,20 @@ fn assert_job_kept(masters: &[String], job: &JobId, worker: &str, when: &str, si
         assert!(
             knows_job(&list, job),
             "master {address} expired the job {:?} {when}",
-            since.elapsed()
+            clock::elapsed(since)
         );
     }
     assert_eq!(
         worker_stats(worker).partitions,
         1,
         "the worker dropped the job's data {:?} {when}",
-        since.elapsed()
+        clock::elapsed(since)
     );
 }
 
 #[test]
 fn a_master_stopped_for_longer_than_the_lease_expires_no_job() {
+    let _logs = logs::capture();
     const LEASE: Duration = Duration::from_secs(3);
     let dir = tempfile::tempdir().expect("temp dir");
     let addresses = vec![closed_address(), closed_address()];
@@ -360,32 +354,30 @@ fn a_master_stopped_for_longer_than_the_lease_expires_no_job() {
     // The first master (the agent's placement master) stops for 2.5 leases.
     let pause = LEASE * 5 / 2;
     let guard = Stopped::stop(stopped_master.pid());
-    let started = Instant::now();
-    while started.elapsed() < pause {
+    let started = clock::now();
+    throughout(pause, Duration::from_millis(200), || {
         assert_job_kept(
             &addresses[1..],
             &k.job,
             &worker.address,
             "into the stop",
             started,
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        )
+    });
     drop(guard);
     // Resumed, the stopped master does not take the time it missed for a
     // lapsed lease (nor a silent worker): for two more leases both masters
     // know the job and the worker keeps it.
-    let resumed = Instant::now();
-    while resumed.elapsed() < LEASE * 2 {
+    let resumed = clock::now();
+    throughout(LEASE * 2, Duration::from_millis(200), || {
         assert_job_kept(
             &addresses,
             &k.job,
             &worker.address,
             "after the resume",
             resumed,
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        )
+    });
     let stopped_list = listing(&addresses[0]).expect("the resumed master answers");
     assert_eq!(
         stopped_list.workers.len(),
@@ -400,6 +392,7 @@ fn a_master_stopped_for_longer_than_the_lease_expires_no_job() {
 
 #[test]
 fn a_worker_holding_more_jobs_than_a_heartbeat_carries_still_drops_an_unknown_one() {
+    let _logs = logs::capture();
     const LEASE: Duration = Duration::from_secs(3);
     // 16-byte ids take 19 bytes in a heartbeat, which carries 32 KiB of
     // them: 1724 per heartbeat, so 2100 jobs take two.
@@ -414,7 +407,7 @@ fn a_worker_holding_more_jobs_than_a_heartbeat_carries_still_drops_an_unknown_on
         JobId::new(id).expect("job id")
     };
     // The worker may ask about the last job as soon as it exists.
-    let created = Instant::now();
+    let created = clock::now();
     let options = terrace_tests::admin_options();
     let runtime = terrace_rpc::io_runtime();
     runtime.block_on(async {
@@ -466,7 +459,8 @@ fn a_worker_holding_more_jobs_than_a_heartbeat_carries_still_drops_an_unknown_on
                             .await
                             .expect("renew a job");
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // Paced: a renewal round every 500 ms, well inside the lease.
+                    clock::sleep(Duration::from_millis(500)).await;
                 }
                 client.close();
             })
@@ -479,13 +473,14 @@ fn a_worker_holding_more_jobs_than_a_heartbeat_carries_still_drops_an_unknown_on
         "control: the unknown job of {JOBS} was dropped {took:?} after the master knew the others"
     );
     assert!(
-        created.elapsed() >= LEASE,
+        clock::elapsed(created) >= LEASE,
         "dropped {:?} after it was created, before a lease",
-        created.elapsed()
+        clock::elapsed(created)
     );
-    // The others stay: they are known.
-    std::thread::sleep(LEASE);
-    assert_eq!(worker_stats(&worker.address).partitions, JOBS - 1);
+    // The others stay: they are known (for a whole lease more).
+    throughout(LEASE, Duration::from_millis(200), || {
+        assert_eq!(worker_stats(&worker.address).partitions, JOBS - 1)
+    });
     stop.store(true, Ordering::SeqCst);
     join_within(renewer, Duration::from_secs(30), "the renewer");
 }

@@ -4,7 +4,8 @@
 //! zero, the directory is reported unhealthy, and a restart serves it all.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_proto::{Message, pb};
 use terrace_tests::{
@@ -120,11 +121,9 @@ fn fault_on_one_of_two_dirs(errno: i32, expected_text: &str) {
     };
     // Wait until every push is stored, then flush it to a file.
     let partition = store.get(&moved).expect("partition exists");
-    let until = Instant::now() + Duration::from_secs(10);
-    while partition.stored_bytes() < 20 * 4 * 3000 {
-        assert!(Instant::now() < until, "pushes did not arrive");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    terrace_tests::wait_until(Duration::from_secs(10), "every push arrives", || {
+        partition.stored_bytes() >= 20 * 4 * 3000
+    });
     worker
         .runtime
         .block_on(store.flush(&partition))
@@ -185,15 +184,11 @@ fn fault_on_one_of_two_dirs(errno: i32, expected_text: &str) {
         "new data went to the healthy directory"
     );
     // Every push was flushed or released: the memory budget is back to zero.
-    let until = Instant::now() + Duration::from_secs(10);
-    while store.budget().used() != 0 {
-        assert!(
-            Instant::now() < until,
-            "budget still holds {} bytes",
-            store.budget().used()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    terrace_tests::wait_until(
+        Duration::from_secs(10),
+        "the memory budget is back to zero",
+        || store.budget().used() == 0,
+    );
     let read =
         |worker: &Worker,
          k: &PartitionKey,
@@ -227,10 +222,14 @@ fn fault_on_one_of_two_dirs(errno: i32, expected_text: &str) {
 
 #[test]
 fn eio_on_one_directory_moves_writes_to_the_other() {
+    let _logs = logs::capture();
+    _logs.expect_error("data directory failed a write");
     fault_on_one_of_two_dirs(libc::EIO, "Input/output error");
 }
 
 #[test]
 fn enospc_on_one_directory_moves_writes_to_the_other() {
+    let _logs = logs::capture();
+    _logs.expect_error("data directory failed a write");
     fault_on_one_of_two_dirs(libc::ENOSPC, "No space left on device");
 }

@@ -23,8 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+use terrace_tests::logs;
 
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_tests::pki::TestPki;
 use terrace_tests::{ServiceProcess, worker_stats};
 
@@ -310,7 +312,7 @@ impl Child {
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         Child {
             child,
-            started: Instant::now(),
+            started: clock::now(),
             stdout,
             stderr,
         }
@@ -328,19 +330,24 @@ impl Child {
 
     /// Waits for the child; at `deadline` kills it and returns with `status: None`.
     fn wait(mut self, deadline: Duration) -> Finished {
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if self.started.elapsed() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
+        let child = &mut self.child;
+        let mut status = None;
+        let mut failed = false;
+        terrace_tests::wait::poll_until(
+            deadline.saturating_sub(clock::elapsed(self.started)),
+            || {
+                match child.try_wait() {
+                    Ok(Some(exited)) => status = Some(exited),
+                    Ok(None) => {}
+                    Err(_) => failed = true,
                 }
-                _ => {
-                    self.kill_group();
-                    break None;
-                }
-            }
-        };
-        let elapsed = self.started.elapsed();
+                status.is_some() || failed
+            },
+        );
+        if status.is_none() {
+            self.kill_group();
+        }
+        let elapsed = clock::elapsed(self.started);
         Finished {
             status,
             elapsed,
@@ -592,22 +599,18 @@ impl Cluster {
 
     /// Waits (up to 20 s) until the master lists `n` workers.
     fn wait_registered(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let listed = terrace_tests::request_worker_with(
-                &self.master.address,
-                &self.options(),
-                |request_id| Message::ListWorkers(pb::ListWorkers { request_id }),
-            );
-            match listed {
-                Ok(Message::WorkerList(list)) if list.workers.len() == n => return,
-                other => assert!(
-                    Instant::now() < deadline,
-                    "{n} workers did not register within 20 s: {other:?}"
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        terrace_tests::wait_until(
+            Duration::from_secs(20),
+            &format!("{n} workers register"),
+            || {
+                let listed = terrace_tests::request_worker_with(
+                    &self.master.address,
+                    &self.options(),
+                    |request_id| Message::ListWorkers(pb::ListWorkers { request_id }),
+                );
+                matches!(listed, Ok(Message::WorkerList(list)) if list.workers.len() == n)
+            },
+        );
     }
 
     /// Options of a one-off request: the cluster's secret and TLS when it has them.
@@ -647,26 +650,27 @@ impl Cluster {
     /// directory no file: releases run when Flink releases partitions and jobs.
     fn assert_worker_empty(&self, i: usize) {
         let (worker, data) = &self.workers[i];
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
+        let held = || {
             let stats = self.stats(i);
             let files: Vec<PathBuf> = terrace_tests::entries_under(data)
                 .into_iter()
                 .filter(|p| !p.is_dir())
                 .collect();
-            if stats.partitions == 0 && files.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "worker {} still holds {} partition(s) and {} file(s) after the job: {:?}",
-                worker.address,
-                stats.partitions,
-                files.len(),
-                files.iter().take(5).collect::<Vec<_>>()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            (stats.partitions, files)
+        };
+        let empty = terrace_tests::wait::poll_until(Duration::from_secs(20), || {
+            let (partitions, files) = held();
+            partitions == 0 && files.is_empty()
+        });
+        let (partitions, files) = held();
+        assert!(
+            empty,
+            "worker {} still holds {} partition(s) and {} file(s) after the job: {:?}",
+            worker.address,
+            partitions,
+            files.len(),
+            files.iter().take(5).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -765,6 +769,7 @@ fn run_on(
 /// follow the redirects, and the result is identical to Flink's own shuffle.
 #[test]
 fn keyed_aggregation_on_three_workers_with_a_small_split_size_matches_default_shuffle() {
+    let _logs = logs::capture();
     let stats = run_on(
         |timeout| {
             let mut cluster = Cluster::start_with(
@@ -795,6 +800,7 @@ fn keyed_aggregation_on_three_workers_with_a_small_split_size_matches_default_sh
 /// and the job's result is still identical to Flink's own shuffle.
 #[test]
 fn keyed_aggregation_through_a_tiny_disk_and_an_object_store_matches_default_shuffle() {
+    let _logs = logs::capture();
     let s3 = terrace_tests::s3::S3Server::start();
     let args = vec![
         "--dir-capacity".to_string(),
@@ -825,15 +831,13 @@ fn keyed_aggregation_through_a_tiny_disk_and_an_object_store_matches_default_shu
     );
     assert_eq!(objects.failures, 0, "{objects:?}");
     // Workers delete a dropped job's objects in the background.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !s3.objects("flink").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the job's objects are deleted: {:?}",
-            s3.objects("flink")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let deleted =
+        terrace_tests::wait::poll_until(Duration::from_secs(30), || s3.objects("flink").is_empty());
+    assert!(
+        deleted,
+        "the job's objects are deleted: {:?}",
+        s3.objects("flink")
+    );
 }
 
 /// On a cluster with a secret and TLS: the JobManager's agent gets the job's
@@ -841,6 +845,7 @@ fn keyed_aggregation_through_a_tiny_disk_and_an_object_store_matches_default_shu
 /// worker, and every connection is TLS.
 #[test]
 fn keyed_aggregation_at_parallelism_4_with_a_secret_and_tls_matches_default_shuffle() {
+    let _logs = logs::capture();
     run_on(
         Cluster::start_secured,
         "terrace-p4-tls",
@@ -852,6 +857,7 @@ fn keyed_aggregation_at_parallelism_4_with_a_secret_and_tls_matches_default_shuf
 
 #[test]
 fn keyed_aggregation_shuffling_a_gib_at_parallelism_8_matches_default_shuffle() {
+    let _logs = logs::capture();
     run_on_terrace("terrace-p8-1gib", 8, big(Line::V1_20));
 }
 
@@ -861,6 +867,7 @@ fn keyed_aggregation_shuffling_a_gib_at_parallelism_8_matches_default_shuffle() 
 /// and reruns the producer, and the job's result is still exact.
 #[test]
 fn corrupted_stored_byte_reruns_the_producer_and_the_result_is_exact() {
+    let _logs = logs::capture();
     let work = keyed(Line::V1_20);
     let _flink = flink_lock();
     let default = default_result(work);
@@ -888,16 +895,18 @@ fn corrupted_stored_byte_reruns_the_producer_and_the_result_is_exact() {
 
     // Shuffle 1 is complete when its pushes stop (its consumers wait at the gate).
     let address = cluster.worker(0).address.clone();
-    let until = Instant::now() + Duration::from_secs(120);
+    let until = clock::now() + Duration::from_secs(120);
     let mut last = 0;
     loop {
-        std::thread::sleep(Duration::from_secs(2));
+        // Pushes have stopped when two samples 2 s apart agree: a quiet
+        // period, which no other sign shows.
+        terrace_tests::hold(Duration::from_secs(2));
         let pushed = worker_stats(&address).bytes_pushed;
         if pushed >= work.records * work.payload && pushed == last {
             break;
         }
         assert!(
-            Instant::now() < until,
+            clock::now() < until,
             "shuffle 1 did not finish within 120 s ({pushed} bytes pushed)"
         );
         last = pushed;
@@ -952,6 +961,7 @@ fn corrupted_stored_byte_reruns_the_producer_and_the_result_is_exact() {
 /// result, or failed with an error naming the lost partition — never hang.
 #[test]
 fn killed_worker_mid_shuffle_ends_the_job_in_bounded_time() {
+    let _logs = logs::capture();
     let _flink = flink_lock();
     let work = big(Line::V1_20);
     let default = default_result(work);
@@ -968,29 +978,25 @@ fn killed_worker_mid_shuffle_ends_the_job_in_bounded_time() {
 
     // Mid-shuffle: once 200 MB of the ~1.2 GB have been pushed.
     let threshold = 200 << 20;
-    let until = Instant::now() + Duration::from_secs(90);
-    loop {
-        let pushed = worker_stats(&cluster.worker(0).address).bytes_pushed;
-        if pushed >= threshold {
-            eprintln!("flink_e2e: killing the worker after {pushed} bytes pushed");
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the job pushed only {pushed} bytes within 90 s; never reached the kill point"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (pushed, _) = terrace_tests::wait_for(
+        Duration::from_secs(90),
+        "the job pushes 200 MB (the kill point)",
+        || {
+            let pushed = worker_stats(&cluster.worker(0).address).bytes_pushed;
+            (pushed >= threshold).then_some(pushed)
+        },
+    );
+    eprintln!("flink_e2e: killing the worker after {pushed} bytes pushed");
     let (first, _) = cluster.workers.remove(0);
-    let killed_at = Instant::now();
+    let killed_at = clock::now();
     first.kill();
     let replacement = cluster.add_worker().address.clone();
 
     let remaining = JOB_DEADLINE
-        .saturating_sub(running.started.elapsed())
+        .saturating_sub(clock::elapsed(running.started))
         .max(KILLED_JOB_BOUND);
     let done = running.wait(remaining);
-    let after_kill = killed_at.elapsed();
+    let after_kill = clock::elapsed(killed_at);
     eprintln!(
         "flink_e2e: job with a killed worker ended {after_kill:.1?} after the kill ({:?})",
         done.status
@@ -1058,25 +1064,22 @@ fn kill_a_worker_mid_shuffle(line: Line, mut cluster: Cluster, name: &str) -> Re
     let running = job.spawn(&output, cluster.dir.path());
     // Mid-shuffle: once a worker has taken 100 MB.
     let threshold = 100 << 20;
-    let until = Instant::now() + Duration::from_secs(90);
-    let victim = loop {
-        let pushed: Vec<u64> = (0..cluster.workers.len())
-            .map(|i| cluster.stats(i).bytes_pushed)
-            .collect();
-        if let Some(i) = pushed.iter().position(|&p| p >= threshold) {
-            eprintln!("flink_e2e: {name}: killing worker {i} of {pushed:?} bytes pushed");
-            break i;
-        }
-        assert!(
-            Instant::now() < until,
-            "no worker took 100 MB within 90 s ({pushed:?}); never reached the kill point"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let ((victim, pushed), _) = terrace_tests::wait_for(
+        Duration::from_secs(90),
+        "a worker takes 100 MB (the kill point)",
+        || {
+            let pushed: Vec<u64> = (0..cluster.workers.len())
+                .map(|i| cluster.stats(i).bytes_pushed)
+                .collect();
+            let i = pushed.iter().position(|&p| p >= threshold)?;
+            Some((i, pushed))
+        },
+    );
+    eprintln!("flink_e2e: {name}: killing worker {victim} of {pushed:?} bytes pushed");
     let (killed, _) = cluster.workers.remove(victim);
     killed.kill();
     let remaining = JOB_DEADLINE
-        .saturating_sub(running.started.elapsed())
+        .saturating_sub(clock::elapsed(running.started))
         .max(KILLED_JOB_BOUND);
     let done = running.wait(remaining);
     assert!(
@@ -1121,6 +1124,7 @@ fn assert_only_lost_producers_reran(reruns: &Reruns) {
 /// exact.
 #[test]
 fn one_of_two_workers_killed_mid_shuffle_and_five_restarts_give_the_exact_result() {
+    let _logs = logs::capture();
     let _flink = flink_lock();
     let mut cluster = Cluster::start("3s");
     cluster.add_worker();
@@ -1134,6 +1138,7 @@ fn one_of_two_workers_killed_mid_shuffle_and_five_restarts_give_the_exact_result
 /// (the others' partitions are still served), and the result is exact.
 #[test]
 fn one_of_three_workers_killed_mid_shuffle_reruns_only_the_producers_whose_data_was_on_it() {
+    let _logs = logs::capture();
     let _flink = flink_lock();
     let mut cluster = Cluster::start("3s");
     cluster.add_worker();
@@ -1152,6 +1157,7 @@ fn one_of_three_workers_killed_mid_shuffle_reruns_only_the_producers_whose_data_
 /// reruns with the reported partitions.)
 #[test]
 fn one_of_three_workers_with_splits_killed_mid_shuffle_gives_the_exact_result() {
+    let _logs = logs::capture();
     let _flink = flink_lock();
     let mut cluster = Cluster::start_with(
         "3s",
@@ -1168,6 +1174,7 @@ fn one_of_three_workers_with_splits_killed_mid_shuffle_gives_the_exact_result() 
 /// second run changes nothing.
 #[test]
 fn jar_build_is_idempotent_and_bundles_the_native_library() {
+    let _logs = logs::capture();
     let _flink = flink_lock();
     for line in [Line::V1_20, Line::V2] {
         let jar = terrace_jar(line);
@@ -1217,6 +1224,7 @@ fn jar_build_is_idempotent_and_bundles_the_native_library() {
 /// Flink 2.2: the keyed-aggregation job at parallelism 4 on one worker.
 #[test]
 fn flink_2_keyed_aggregation_at_parallelism_4_matches_default_shuffle() {
+    let _logs = logs::capture();
     run_on_terrace("terrace-2-p4", 4, keyed(Line::V2));
 }
 
@@ -1225,6 +1233,7 @@ fn flink_2_keyed_aggregation_at_parallelism_4_matches_default_shuffle() {
 /// that release's default shuffle.
 #[test]
 fn flink_2_jar_on_2_0_2_1_and_2_3_matches_default_shuffle() {
+    let _logs = logs::capture();
     for line in Line::OTHER_2 {
         run_on_terrace(&format!("terrace-{}-p4", line.version()), 4, keyed(line));
     }
@@ -1233,6 +1242,7 @@ fn flink_2_jar_on_2_0_2_1_and_2_3_matches_default_shuffle() {
 /// Flink 2.2: the ≥ 1 GiB job at parallelism 8.
 #[test]
 fn flink_2_keyed_aggregation_shuffling_a_gib_at_parallelism_8_matches_default_shuffle() {
+    let _logs = logs::capture();
     run_on_terrace("terrace-2-p8-1gib", 8, big(Line::V2));
 }
 
@@ -1245,6 +1255,7 @@ fn flink_2_keyed_aggregation_shuffling_a_gib_at_parallelism_8_matches_default_sh
 /// it must not have been compressed in place the first time.
 #[test]
 fn flink_2_compresses_with_the_compressor_flink_hands_the_tier() {
+    let _logs = logs::capture();
     let work = Work {
         line: Line::V2,
         class: SHUFFLE_HEAVY,
@@ -1273,6 +1284,7 @@ fn flink_2_compresses_with_the_compressor_flink_hands_the_tier() {
 #[test]
 fn flink_2_one_of_three_workers_killed_mid_shuffle_reruns_only_the_producers_whose_data_was_on_it()
 {
+    let _logs = logs::capture();
     let _flink = flink_lock();
     let mut cluster = Cluster::start("3s");
     cluster.add_worker();
@@ -1357,6 +1369,7 @@ fn fail_the_job_manager_over(name: &str, extra: &[&str]) -> Finished {
 /// failover runs every producer twice: the count below can see a rerun.
 #[test]
 fn flink_2_job_manager_failover_reuses_finished_partitions_instead_of_rerunning_producers() {
+    let _logs = logs::capture();
     let recovered = fail_the_job_manager_over(
         "terrace-2-jm-failover",
         &["execution.batch.job-recovery.enabled=true"],

@@ -8,6 +8,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+use terrace_tests::logs;
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -458,6 +459,7 @@ fn assert_alive(service: &mut ServiceProcess, what: &str) {
 
 #[test]
 fn extreme_values_in_every_message_type_crash_nothing_and_good_clients_finish() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut master = ServiceProcess::start(&["master", "--listen", "127.0.0.1:0"]);
     let config = dir.path().join("worker.toml");

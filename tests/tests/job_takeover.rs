@@ -4,7 +4,8 @@
 //! finished and what each holds per subpartition.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_master_agent::MasterAgent;
 use terrace_proto::{Message, pb};
@@ -17,24 +18,17 @@ use terrace_tier_api::{AgentConfig, Buffer, PartitionId, TierMasterAgent};
 const SUBS: u32 = 4;
 
 fn wait_for_one_worker(master: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    terrace_tests::wait_until(Duration::from_secs(20), "a worker registers", || {
         let listed = terrace_tests::request_worker(master, |request_id| {
             Message::ListWorkers(pb::ListWorkers { request_id })
         });
-        if matches!(listed, Ok(Message::WorkerList(ref l)) if l.workers.len() == 1) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no worker registered: {listed:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        matches!(listed, Ok(Message::WorkerList(ref l)) if l.workers.len() == 1)
+    });
 }
 
 #[test]
 fn a_detached_job_keeps_its_data_and_a_new_agent_gets_each_finished_partitions_bytes() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let master = ServiceProcess::start(&["master", "--listen", "127.0.0.1:0"]);
     let data = dir.path().join("data");

@@ -6,8 +6,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
+use terrace_tests::wait::throughout;
 
+use terrace_rpc::clock;
 use terrace_tests::ServiceProcess;
 
 const LEASE: Duration = Duration::from_secs(3);
@@ -68,41 +71,42 @@ fn data_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Waits until the worker holds no partition and no data file; returns how long it took.
 fn wait_until_empty(address: &str, dir: &Path, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        if partitions(address) == 0 && data_files(dir).is_empty() {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "the worker still holds {} partition(s) and files {:?} after {within:?}",
-            partitions(address),
-            data_files(dir)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let started = clock::now();
+    let empty = terrace_tests::wait::poll_until(within, || {
+        partitions(address) == 0 && data_files(dir).is_empty()
+    });
+    assert!(
+        empty,
+        "the worker still holds {} partition(s) and files {:?} after {within:?}",
+        partitions(address),
+        data_files(dir)
+    );
+    clock::elapsed(started)
 }
 
 #[test]
 fn a_dead_coordinators_job_is_dropped_within_a_lease_and_a_heartbeat() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let master = start_master(dir.path());
     let worker = start_worker(dir.path(), &master.address);
     let (mut agent, address) = start_agent(&master.address);
     assert_eq!(address, worker.address);
-    // While the agent lives it renews the lease: the data outlives many leases.
-    std::thread::sleep(LEASE * 3);
-    assert_eq!(
-        partitions(&worker.address),
-        1,
-        "a renewed job keeps its data"
-    );
+    // While the agent lives it renews the lease: the data stays for longer
+    // than the bound within which an unrenewed job's data goes (below).
+    let bound = LEASE + HEARTBEAT + Duration::from_millis(1500);
+    throughout(bound, Duration::from_millis(200), || {
+        assert_eq!(
+            partitions(&worker.address),
+            1,
+            "a renewed job keeps its data"
+        )
+    });
 
     agent.kill().expect("SIGKILL the agent");
     let _ = agent.wait();
     // The master notices the expiry at the next heartbeat after it; that
     // heartbeat's reply tells the worker, which drops the data.
-    let bound = LEASE + HEARTBEAT + Duration::from_millis(1500);
     let took = wait_until_empty(&worker.address, dir.path(), bound);
     eprintln!(
         "leases: the dead coordinator's data was gone {took:?} after the kill (lease {LEASE:?}, heartbeat {HEARTBEAT:?})"
@@ -115,6 +119,7 @@ fn a_dead_coordinators_job_is_dropped_within_a_lease_and_a_heartbeat() {
 
 #[test]
 fn a_restarted_worker_keeps_data_of_a_job_no_master_knows_for_one_lease() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let first_master = start_master(dir.path());
     let worker = start_worker(dir.path(), &first_master.address);
@@ -126,17 +131,18 @@ fn a_restarted_worker_keeps_data_of_a_job_no_master_knows_for_one_lease() {
     first_master.kill();
     let master = start_master(dir.path());
     let worker = start_worker(dir.path(), &master.address);
-    let restarted = Instant::now();
+    let restarted = clock::now();
     assert_eq!(
         partitions(&worker.address),
         1,
         "the sealed partition is recovered"
     );
     // Kept for a lease: no master knows the job, but one may yet renew it.
-    std::thread::sleep(LEASE / 2);
-    assert_eq!(partitions(&worker.address), 1, "dropped before a lease");
+    throughout(LEASE / 2, Duration::from_millis(200), || {
+        assert_eq!(partitions(&worker.address), 1, "dropped before a lease")
+    });
     let took = wait_until_empty(&worker.address, dir.path(), LEASE * 2 + HEARTBEAT * 2);
-    let since_restart = restarted.elapsed();
+    let since_restart = clock::elapsed(restarted);
     eprintln!("leases: the unknown job's data was dropped {since_restart:?} after the restart");
     assert!(took > Duration::ZERO);
     assert!(

@@ -4,7 +4,8 @@
 //! whole again after a heartbeat; a worker that really dies is still reported.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_master_agent::MasterAgent;
 use terrace_tests::{
@@ -45,21 +46,18 @@ fn write_file(path: &std::path::Path, text: &str) -> String {
 
 /// Places a partition, retrying until a worker has registered (at most 10 s).
 fn place(agent: &MasterAgent, job: &JobId, partition: &PartitionId) -> ShuffleDescriptor {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match agent.add_partition_and_get_shuffle_descriptor(job, partition, 4) {
-            Ok(descriptor) => return descriptor,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("placement not possible yet: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("no placement within 10 s: {e}"),
-        }
-    }
+    terrace_tests::wait_for(Duration::from_secs(10), "a placement", || {
+        agent
+            .add_partition_and_get_shuffle_descriptor(job, partition, 4)
+            .inspect_err(|e| eprintln!("placement not possible yet: {e}"))
+            .ok()
+    })
+    .0
 }
 
 #[test]
 fn master_killed_and_restarted_loses_nothing_and_reports_no_false_loss() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let master_address = closed_address();
     let master_config = write_file(
@@ -109,7 +107,10 @@ fn master_killed_and_restarted_loses_nothing_and_reports_no_false_loss() {
             assert_buffers_eq(&got[&sub], &expected[&sub], &format!("subpartition {sub}"));
         }
     }
-    std::thread::sleep(Duration::from_millis(600));
+    // The agent has tried its master and failed (its one warning per run
+    // of failures), then three more of its 100 ms polls.
+    logs::wait_for_line(Duration::from_secs(10), &["cannot check for lost workers"]);
+    terrace_tests::hold(Duration::from_millis(300));
     assert_eq!(
         recorder.lost(),
         Vec::<PartitionId>::new(),
@@ -121,35 +122,39 @@ fn master_killed_and_restarted_loses_nothing_and_reports_no_false_loss() {
     // not take that for a loss.
     let restarted = ServiceProcess::start(&["master", "--config", &master_config]);
     assert_eq!(restarted.address, master_address);
-    std::thread::sleep(Duration::from_millis(2500));
+    // The agent's polls work again (the first answer of the new master),
+    // the worker registers again (a placement succeeds), then three more of
+    // the agent's polls.
+    logs::wait_for_line(
+        Duration::from_secs(10),
+        &["lost-worker detection works again"],
+    );
+    let third = place(&agent, &job, &key(5, 3).partition);
+    assert_eq!(third.worker_id, first.worker_id);
+    terrace_tests::hold(Duration::from_millis(300));
     assert_eq!(
         recorder.lost(),
         Vec::<PartitionId>::new(),
         "a restarted master causes no false loss"
     );
 
-    // Whole again: it places on the re-registered worker.
-    let third = place(&agent, &job, &key(5, 3).partition);
-    assert_eq!(third.worker_id, first.worker_id);
-
     // A worker that really dies is still reported, with exactly the
     // partitions the agent placed on it.
     worker.kill();
-    let deadline = Instant::now() + Duration::from_secs(15);
     let want = {
         let mut want = vec![key(5, 1).partition, key(5, 3).partition];
         want.sort();
         want
     };
-    while recorder.lost() != want {
-        assert!(
-            Instant::now() < deadline,
-            "lost partitions after the worker died: {:?}",
-            recorder.lost()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    let reported =
+        terrace_tests::wait::poll_until(Duration::from_secs(15), || recorder.lost() == want);
+    assert!(
+        reported,
+        "lost partitions after the worker died: {:?}",
+        recorder.lost()
+    );
+    // Nothing to wait on: no second report may come. Three more polls.
+    terrace_tests::hold(Duration::from_millis(300));
     assert_eq!(
         recorder.lost(),
         want,

@@ -4,7 +4,8 @@
 //! reads back exactly and no partition is reported lost.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_master_agent::MasterAgent;
 use terrace_proto::{Message, pb};
@@ -57,6 +58,7 @@ fn knows_job(address: &str, job: &JobId) -> bool {
 
 #[test]
 fn one_of_three_masters_killed_and_another_restarted_mid_job_changes_nothing() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let addresses: Vec<String> = (0..3).map(|_| closed_address()).collect();
     let mut masters: Vec<Option<ServiceProcess>> = addresses
@@ -79,17 +81,15 @@ fn one_of_three_masters_killed_and_another_restarted_mid_job_changes_nothing() {
         worker_config.to_str().expect("utf-8 path"),
     ]);
     // The worker heartbeats every master.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !addresses
-        .iter()
-        .all(|a| listing(a).is_some_and(|l| l.workers.len() == 1))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not reach every master"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    terrace_tests::wait_until(
+        Duration::from_secs(20),
+        "the worker reaches every master",
+        || {
+            addresses
+                .iter()
+                .all(|a| listing(a).is_some_and(|l| l.workers.len() == 1))
+        },
+    );
 
     let config = AgentConfig {
         master_addresses: addresses.clone(),
@@ -135,9 +135,16 @@ fn one_of_three_masters_killed_and_another_restarted_mid_job_changes_nothing() {
             );
         }
     }
-    // Long enough for the agent to poll the restarted master many times
-    // (within its settling time, a missing worker must not count as lost).
-    std::thread::sleep(Duration::from_secs(3));
+    // Within its settling time (a worker timeout from its start) the
+    // restarted master may miss the worker, which must not count as lost:
+    // wait until it says it has settled, then two more of the agent's
+    // 200 ms polls.
+    terrace_tests::wait_until(
+        Duration::from_secs(10),
+        "the restarted master settles",
+        || listing(&addresses[1]).is_some_and(|l| l.settled),
+    );
+    terrace_tests::hold(Duration::from_millis(400));
     assert!(
         recorder.lost.lock().expect("lock").is_empty(),
         "no partition may be reported lost: {:?}",

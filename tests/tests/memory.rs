@@ -10,10 +10,12 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use bytes::Bytes;
 use terrace_proto::{Message, encode_frame, pb};
+use terrace_rpc::clock;
 use terrace_tests::raw::{Raw, create, open_stream, pb_key};
 use terrace_tests::{ServiceProcess, await_stdout_line, key, terrace_bin, worker_stats};
 use terrace_tier_api::{BatchBuilder, Buffer, PartitionKey, SegmentId, SubpartitionId};
@@ -111,6 +113,7 @@ fn read_until(raw: &mut Raw, count: usize, mut on: impl FnMut(&Message) -> bool)
 /// budget refuses.
 #[test]
 fn read_streams_over_whole_ranges_hold_only_what_is_charged() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = start_worker(dir.path(), "metadata_memory = \"32MiB\"");
     let baseline = rss(&worker).0;
@@ -184,20 +187,15 @@ fn read_streams_over_whole_ranges_hold_only_what_is_charged() {
 
     // Closing the connection gives every stream's memory back.
     drop(raw);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = worker_stats(&worker.address);
-        // The partition (2 KiB and its key) is all that is left.
-        if stats.metadata_bytes < 4096 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metadata still charged 10 s after the connection closed: {}",
-            stats.metadata_bytes
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The partition (2 KiB and its key) is all that is left.
+    let gone = terrace_tests::wait::poll_until(Duration::from_secs(10), || {
+        worker_stats(&worker.address).metadata_bytes < 4096
+    });
+    assert!(
+        gone,
+        "metadata still charged 10 s after the connection closed: {}",
+        worker_stats(&worker.address).metadata_bytes
+    );
     worker.kill();
 }
 
@@ -224,10 +222,10 @@ fn marker_push(request_id: u64, k: &PartitionKey, first: u32, n: u32) -> (Messag
 
 /// Sends one push and waits for its answer: `Ok(elapsed)` or the error.
 fn push_once(raw: &mut Raw, message: &Message, body: &[u8]) -> Result<Duration, pb::ErrorReply> {
-    let started = Instant::now();
+    let started = clock::now();
     raw.send(message, body);
     match raw.read() {
-        (Message::PushAck(_), _) => Ok(started.elapsed()),
+        (Message::PushAck(_), _) => Ok(clock::elapsed(started)),
         (Message::ErrorReply(e), _) => Err(e),
         (other, _) => panic!("expected PushAck or ErrorReply, got {other:?}"),
     }
@@ -237,6 +235,7 @@ fn push_once(raw: &mut Raw, message: &Message, body: &[u8]) -> Result<Duration, 
 /// 37 MB on the wire) to one partition.
 #[test]
 fn pushes_of_empty_segments_are_refused_past_the_metadata_budget() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = start_worker(dir.path(), "metadata_memory = \"32MiB\"");
     let baseline = rss(&worker).0;
@@ -318,6 +317,7 @@ fn pushes_of_empty_segments_are_refused_past_the_metadata_budget() {
 /// 12th took 2.3 times as long as the first.)
 #[test]
 fn a_push_costs_the_same_into_a_large_partition_as_into_an_empty_one() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = start_worker(dir.path(), "metadata_memory = \"512MiB\"");
     let mut raw = Raw::handshaken_to(&worker.address);
@@ -350,6 +350,7 @@ fn a_push_costs_the_same_into_a_large_partition_as_into_an_empty_one() {
 /// together stop at the metadata budget, with errors naming the limits.
 #[test]
 fn many_partitions_and_many_jobs_stop_at_their_limits() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = start_worker(
         dir.path(),

@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_proto::{Message, pb};
 use terrace_tests::s3::S3Server;
@@ -143,15 +144,16 @@ fn wait_for(
     what: &str,
     check: impl Fn(&pb::TierStats) -> bool,
 ) -> pb::TierStats {
-    let until = Instant::now() + limit;
-    loop {
+    let mut last = None;
+    let done = terrace_tests::wait::poll_until(limit, || {
         let t = tiers(worker);
-        if check(&t) {
-            return t;
-        }
-        assert!(Instant::now() < until, "{what} within {limit:?}: {t:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        let ok = check(&t);
+        last = Some(t);
+        ok
+    });
+    let t = last.expect("polled at least once");
+    assert!(done, "{what} within {limit:?}: {t:?}");
+    t
 }
 
 fn assert_reads_exactly(
@@ -211,15 +213,13 @@ fn drop_job(worker: &ServiceProcess, key: &PartitionKey) {
 /// Waits (at most 20 s) until the bucket holds no object under [`PREFIX`]:
 /// a worker deletes a dropped job's objects in the background.
 fn wait_objects_gone(s3: &S3Server) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !s3.objects(PREFIX).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "objects left 20 s after the drop: {:?}",
-            s3.objects(PREFIX)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let done =
+        terrace_tests::wait::poll_until(Duration::from_secs(20), || s3.objects(PREFIX).is_empty());
+    assert!(
+        done,
+        "objects left 20 s after the drop: {:?}",
+        s3.objects(PREFIX)
+    );
 }
 
 /// 1 GiB through a worker whose local directory holds 64 MiB: the rest goes
@@ -228,6 +228,7 @@ fn wait_objects_gone(s3: &S3Server) {
 /// budgets (`read_memory` 32 MiB, object `read_budget` 16 MiB) plus 64 MiB.
 #[test]
 fn overflow_takes_a_gib_past_a_64_mib_disk_within_the_memory_bound() {
+    let _logs = logs::capture();
     let Rig {
         s3,
         dir,
@@ -289,6 +290,7 @@ fn overflow_takes_a_gib_past_a_64_mib_disk_within_the_memory_bound() {
 /// Flink's (80 bytes), whose hex alone made keys some S3 servers refuse.
 #[test]
 fn migration_survives_sigkill_during_and_after() {
+    let _logs = logs::capture();
     let Rig {
         s3,
         dir,
@@ -303,11 +305,9 @@ fn migration_survives_sigkill_during_and_after() {
         t.local_bytes == 0 && t.object_bytes > 0
     });
     // The index points at the object before the local file is unlinked.
-    let until = Instant::now() + Duration::from_secs(10);
-    while !data_files(dir.path()).is_empty() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(data_files(dir.path()).is_empty(), "local files are gone");
+    terrace_tests::wait_until(Duration::from_secs(10), "local files are gone", || {
+        data_files(dir.path()).is_empty()
+    });
     assert_eq!(s3.objects(PREFIX).len() as u64, object_stats(&t).objects);
     assert_reads_exactly(&config, &worker, &small, SUBS, &expected_small);
 
@@ -319,11 +319,12 @@ fn migration_survives_sigkill_during_and_after() {
     // SIGKILL during a migration (a multipart upload open in the store).
     let big = key(21, 2);
     let expected_big = write_partition(&config, descriptor(&worker, &big), 2, SUBS, 2500, 12_000);
-    let until = Instant::now() + Duration::from_secs(30);
-    while s3.open_uploads().is_empty() {
-        assert!(Instant::now() < until, "no migration upload began");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    terrace_tests::wait_until_every(
+        Duration::from_secs(30),
+        Duration::from_millis(5),
+        "a migration upload begins",
+        || !s3.open_uploads().is_empty(),
+    );
     worker.kill();
     let worker = start_worker(&config_path);
     assert_reads_exactly(&config, &worker, &big, SUBS, &expected_big);
@@ -434,17 +435,20 @@ fn outage(kind: Outage) {
 
 #[test]
 fn stopped_store_loses_no_local_data_and_migration_completes_when_it_returns() {
+    let _logs = logs::capture();
     outage(Outage::Stopped);
 }
 
 #[test]
 fn killed_store_loses_no_local_data_and_migration_completes_when_it_returns() {
+    let _logs = logs::capture();
     outage(Outage::Killed);
 }
 
 /// A restart deletes what Terrace wrote for unsealed partitions and nothing else.
 #[test]
 fn files_terrace_did_not_write_survive_a_restart() {
+    let _logs = logs::capture();
     let Rig {
         s3: _s3,
         dir,
@@ -502,6 +506,7 @@ fn files_terrace_did_not_write_survive_a_restart() {
 /// migrated to the object store.
 #[test]
 fn compressed_buffers_pass_every_tier_as_sent_and_read_back_exactly() {
+    let _logs = logs::capture();
     let Rig {
         s3: _s3,
         dir: _dir,
@@ -592,6 +597,7 @@ fn compressed_buffers_pass_every_tier_as_sent_and_read_back_exactly() {
 /// given by the `AWS_*` variables, whose bucket exists beforehand.
 #[test]
 fn demo_overflows_migrates_reads_back_and_leaves_the_store_empty() {
+    let _logs = logs::capture();
     let s3 = S3Server::start();
     for (url, env) in [
         ("memory://".to_string(), Vec::new()),

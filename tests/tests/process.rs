@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use bytes::Bytes;
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_tests::{
     RecordingWriter, ServiceProcess, drain, flink_sized_key, key, payload, producer, wakeup,
     worker_stats,
@@ -69,6 +71,7 @@ fn read_partition(
 
 #[test]
 fn sigkilled_worker_restarted_on_same_dirs_serves_sealed_partition_exactly() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = worker_config_file(dir.path(), "256MiB");
     let worker = start_worker(&config_path);
@@ -130,15 +133,16 @@ fn sigkilled_worker_restarted_on_same_dirs_serves_sealed_partition_exactly() {
     }
 
     // The unsealed partition did not survive: its reader gets not-found, promptly.
-    let started = Instant::now();
+    let started = clock::now();
     let err = read_partition(&restarted, &unsealed, 1).expect_err("unsealed data is gone");
     assert_eq!(err.kind(), ErrorKind::PartitionNotFound, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(clock::elapsed(started) < Duration::from_secs(15));
     drop(open);
 }
 
 #[test]
 fn two_gib_through_a_64_mib_budget_stays_under_budget_plus_64_mib() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = worker_config_file(dir.path(), "64MiB");
     let worker = start_worker(&config_path);
@@ -239,6 +243,7 @@ fn push_round_robin(
 
 #[test]
 fn readers_and_clients_that_stop_reading_stay_under_both_budgets_plus_64_mib() {
+    let _logs = logs::capture();
     use std::io::Write;
     use terrace_tests::raw::{Raw, open_stream};
 
@@ -309,8 +314,8 @@ fn readers_and_clients_that_stop_reading_stay_under_both_budgets_plus_64_mib() {
             )
             .to_vec();
             let batch = request.repeat(4096 / request.len());
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(30) {
+            let started = clock::now();
+            while clock::elapsed(started) < Duration::from_secs(30) {
                 if raw.stream.write_all(&batch).is_err() {
                     return true;
                 }
@@ -370,6 +375,7 @@ fn json_report(args: &[&str]) -> serde_json::Value {
 /// cluster verifies every byte of its sample shuffle (here a smaller one).
 #[test]
 fn demo_runs_the_sample_shuffle_and_verifies_every_byte() {
+    let _logs = logs::capture();
     let report = json_report(&[
         "demo",
         "--json",
@@ -389,6 +395,7 @@ fn demo_runs_the_sample_shuffle_and_verifies_every_byte() {
 
 #[test]
 fn bench_measures_the_worker_process_and_the_raw_pipeline() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let dir = dir.path().to_str().expect("a UTF-8 temp path");
     let report = json_report(&[
@@ -451,6 +458,7 @@ fn bench_measures_the_worker_process_and_the_raw_pipeline() {
 
 #[test]
 fn bench_io_runs_every_kernel_path_and_gets_every_byte_back() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let dir = dir.path().to_str().expect("a UTF-8 temp path");
     let report = json_report(&[

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_tests::{assert_buffers_eq, key, read_partition, small_agent_config, write_partition};
 use terrace_tier_api::{ByteSize, ShuffleDescriptor};
@@ -75,14 +76,11 @@ fn gets_of_a_migrated_read(read_ahead: ByteSize) -> u64 {
 
     // Once the reader is gone, every body and window is dropped: the whole
     // read-ahead half of the budget (default 64 MiB) can be taken again.
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while store.tiers().try_reserve_ahead(32 << 20).is_none() {
-        assert!(
-            std::time::Instant::now() < until,
-            "read budget still held after the read"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    terrace_tests::wait_until(
+        Duration::from_secs(10),
+        "the read budget is free after the read",
+        || store.tiers().try_reserve_ahead(32 << 20).is_some(),
+    );
     assert!(
         store.tiers().try_reserve_ahead((32 << 20) + 1).is_none(),
         "reads ahead never take more than half the budget"
@@ -93,6 +91,7 @@ fn gets_of_a_migrated_read(read_ahead: ByteSize) -> u64 {
 
 #[test]
 fn reading_ahead_fetches_a_migrated_partition_in_few_large_gets() {
+    let _logs = logs::capture();
     let without = gets_of_a_migrated_read(ByteSize::kib(0));
     let with = gets_of_a_migrated_read(ByteSize::mib(4));
     eprintln!("read_ahead: {without} GETs without, {with} with");

@@ -11,10 +11,12 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use bytes::Bytes;
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_tests::raw::{Raw, create, open_stream, pb_key, seal};
 use terrace_tests::{EOS_PAYLOAD, key, payload, terrace_bin};
 use terrace_tier_api::{BatchBuilder, Buffer, SegmentId, SubpartitionId};
@@ -30,6 +32,8 @@ struct Worker {
     stderr: Arc<Mutex<Vec<String>>>,
     listening: std::sync::mpsc::Receiver<String>,
     address: Option<String>,
+    /// Reads stderr into `stderr`; ends when the process's stderr closes.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Worker {
@@ -66,7 +70,7 @@ impl Worker {
         let stderr_pipe = child.stderr.take().expect("piped stderr");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let lines = Arc::clone(&stderr);
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr_pipe).lines() {
                 let Ok(line) = line else { return };
                 let mut lines = lines.lock().expect("stderr lock");
@@ -80,6 +84,7 @@ impl Worker {
             stderr,
             listening,
             address: None,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -90,23 +95,33 @@ impl Worker {
     /// Waits for a stderr line containing `needle`; false past `within` or
     /// once the process has exited without it.
     fn wait_stderr(&mut self, needle: &str, within: Duration) -> bool {
-        let until = Instant::now() + within;
-        loop {
-            if self
-                .stderr
+        let has = |lines: &Mutex<Vec<String>>| {
+            lines
                 .lock()
                 .expect("stderr lock")
                 .iter()
                 .any(|l| l.contains(needle))
-            {
-                return true;
-            }
-            if Instant::now() > until || self.child.try_wait().ok().flatten().is_some() {
-                // One last look: the reader thread may be behind the exit.
-                std::thread::sleep(Duration::from_millis(200));
-                return self.stderr().contains(needle);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        };
+        let lines = Arc::clone(&self.stderr);
+        let child = &mut self.child;
+        terrace_tests::wait::poll_until(within, || {
+            has(&lines) || child.try_wait().ok().flatten().is_some()
+        });
+        if !has(&self.stderr) && self.child.try_wait().ok().flatten().is_some() {
+            // One last look once the reader has read all an exited process wrote.
+            self.read_all_stderr();
+        }
+        has(&self.stderr)
+    }
+
+    /// Waits (at most 10 s) until the stderr reader has read everything: the
+    /// process has exited and its stderr is closed.
+    fn read_all_stderr(&mut self) {
+        if let Some(reader) = self.stderr_reader.take() {
+            terrace_tests::wait_until(Duration::from_secs(10), "the stderr reader ends", || {
+                reader.is_finished()
+            });
+            let _ = reader.join();
         }
     }
 
@@ -127,19 +142,20 @@ impl Worker {
 
     /// Waits (at most `within`) for the process to exit by itself.
     fn exit(&mut self, within: Duration) -> ExitStatus {
-        let until = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the worker") {
-                std::thread::sleep(Duration::from_millis(100));
-                return status;
-            }
-            assert!(
-                Instant::now() < until,
+        let child = &mut self.child;
+        let mut status = None;
+        terrace_tests::wait::poll_until(within, || {
+            status = child.try_wait().expect("wait for the worker");
+            status.is_some()
+        });
+        let Some(status) = status else {
+            panic!(
                 "the worker did not exit within {within:?}; stderr:\n{}",
                 self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        };
+        self.read_all_stderr();
+        status
     }
 
     fn kill(mut self) {
@@ -317,20 +333,15 @@ fn check_exact(address: &str, ns: impl IntoIterator<Item = u32>, len: fn(u32) ->
 
 /// The worker's partition count, once it answers (within `within`).
 fn partitions(address: &str, within: Duration) -> u32 {
-    let until = Instant::now() + within;
-    loop {
-        let reply = terrace_tests::request_worker(address, |request_id| {
+    terrace_tests::wait_for(within, &format!("stats from {address}"), || {
+        match terrace_tests::request_worker(address, |request_id| {
             Message::WorkerStats(pb::WorkerStats { request_id })
-        });
-        match reply {
-            Ok(Message::WorkerStatsReply(stats)) => return stats.partitions,
-            other => assert!(
-                Instant::now() < until,
-                "no stats from {address} within {within:?}: {other:?}"
-            ),
+        }) {
+            Ok(Message::WorkerStatsReply(stats)) => Some(stats.partitions),
+            _ => None,
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
+    .0
 }
 
 /// Every file under `dirs` with its length (markers included).
@@ -422,9 +433,9 @@ fn many_sealed_partitions_under_ulimit_1024(count: u32) {
     let config = write_config(root.path(), &[&data], "");
     let mut worker = Worker::spawn(&ulimit(1024), &config, &[]);
     let address = worker.serving(Duration::from_secs(30));
-    let started = Instant::now();
+    let started = clock::now();
     create_sealed(&address, 0..count, 2, tiny);
-    let created = started.elapsed();
+    let created = clock::elapsed(started);
     assert_eq!(partitions(&address, Duration::from_secs(10)), count);
     let held_open = open_files_under(worker.child.id(), &data);
     let rss = rss_of(worker.child.id());
@@ -442,14 +453,14 @@ fn many_sealed_partitions_under_ulimit_1024(count: u32) {
     // A data file and an index per partition, the job directory, the marker.
     assert_eq!(files.len(), 2 * count as usize + 2);
 
-    let started = Instant::now();
+    let started = clock::now();
     let mut worker = Worker::spawn(&ulimit(1024), &config, &[]);
     let address = worker.serving(Duration::from_secs(120));
-    let recovered_in = started.elapsed();
+    let recovered_in = clock::elapsed(started);
     assert_eq!(partitions(&address, Duration::from_secs(10)), count);
     // Every one of them, read exactly, on two connections: far more files
     // than may be open, so handles are opened, closed and opened again.
-    let started = Instant::now();
+    let started = clock::now();
     let halves: Vec<_> = (0..2u32)
         .map(|half| {
             let address = address.clone();
@@ -462,7 +473,7 @@ fn many_sealed_partitions_under_ulimit_1024(count: u32) {
         .into_iter()
         .map(|h| h.join().expect("reading thread"))
         .sum();
-    let read_in = started.elapsed();
+    let read_in = clock::elapsed(started);
     assert_eq!(checked, count as usize);
     assert!(open_files_under(worker.child.id(), &data) <= 512);
     assert!(
@@ -491,6 +502,7 @@ fn rss_of(pid: u32) -> u64 {
 /// The size: 100,000 sealed partitions (about a minute here).
 #[test]
 fn a_hundred_thousand_sealed_partitions_under_ulimit_1024_are_all_served_after_a_sigkill() {
+    let _logs = logs::capture();
     many_sealed_partitions_under_ulimit_1024(100_000);
 }
 
@@ -502,6 +514,7 @@ fn small(n: u32) -> usize {
 
 #[test]
 fn a_restart_that_cannot_read_a_file_refuses_to_start_and_deletes_nothing() {
+    let _logs = logs::capture();
     const COUNT: u32 = 300;
     let root = tempfile::tempdir().expect("temp dir");
     let (a, b) = (root.path().join("a"), root.path().join("b"));
@@ -614,6 +627,7 @@ fn medium(n: u32) -> usize {
 
 #[test]
 fn a_missing_data_directory_stops_the_start_and_with_the_override_nothing_is_deleted() {
+    let _logs = logs::capture();
     const COUNT: u32 = 150;
     let root = tempfile::tempdir().expect("temp dir");
     let (a, b) = (root.path().join("a"), root.path().join("b"));
@@ -752,6 +766,7 @@ fn dirs_of(raw: &mut Raw, request_id: u64) -> Vec<pb::DirStats> {
 
 #[test]
 fn running_out_of_file_descriptors_marks_no_directory_unhealthy_and_loses_nothing() {
+    let _logs = logs::capture();
     use std::io::{Read, Write};
     const COUNT: u32 = 20;
     let root = tempfile::tempdir().expect("temp dir");
@@ -831,7 +846,7 @@ fn running_out_of_file_descriptors_marks_no_directory_unhealthy_and_loses_nothin
     // partition reads back exactly.
     drop(hogs);
     drop(waiting);
-    let until = Instant::now() + Duration::from_secs(30);
+    let until = clock::now() + Duration::from_secs(30);
     for n in 0..COUNT {
         let id = 1_000_000 + u64::from(n);
         loop {
@@ -842,13 +857,14 @@ fn running_out_of_file_descriptors_marks_no_directory_unhealthy_and_loses_nothin
                     break;
                 }
                 (Message::ErrorReply(e), _) => assert!(
-                    Instant::now() < until,
+                    clock::now() < until,
                     "seal of {n} still failing: {}",
                     e.message
                 ),
                 (other, _) => panic!("expected the seal's answer, got {other:?}"),
             }
-            std::thread::sleep(Duration::from_millis(100));
+            // A retry with a deadline (above) that also checks each refusal.
+            terrace_tests::wait::poll_pause(Duration::from_millis(100));
         }
     }
     assert_eq!(check_exact(&address, 0..COUNT, small), COUNT as usize);

@@ -15,11 +15,13 @@
 //! forward pointer to a worker the masters do not list at that address.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use bytes::Bytes;
 use terrace_master_agent::MasterAgent;
 use terrace_proto::{FrameReader, Message, pb, write_frame};
+use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, Credential, ExpectedServer, ServerIdentity, TlsClient};
 use terrace_tests::pki::TestPki;
 use terrace_tests::raw::{create, pb_key, seal};
@@ -241,8 +243,7 @@ where
         }
     };
     // The client's handshake, to the master.
-    let Ok(Ok(Some((handshake, _)))) = tokio::time::timeout(WAIT, from_client.read_frame()).await
-    else {
+    let Ok(Ok(Some((handshake, _)))) = clock::timeout(WAIT, from_client.read_frame()).await else {
         return;
     };
     note("client", &handshake);
@@ -254,8 +255,7 @@ where
         return;
     }
     // The master's challenge, to the client (rewritten if asked to).
-    let Ok(Ok(Some((challenge, _)))) = tokio::time::timeout(WAIT, from_master.read_frame()).await
-    else {
+    let Ok(Ok(Some((challenge, _)))) = clock::timeout(WAIT, from_master.read_frame()).await else {
         return;
     };
     note("master", &challenge);
@@ -274,7 +274,7 @@ where
     }
     // The client's answer, if it gives one, to the master, and the master's
     // verdict back.
-    if let Ok(Ok(Some((answer, _)))) = tokio::time::timeout(WAIT, from_client.read_frame()).await {
+    if let Ok(Ok(Some((answer, _)))) = clock::timeout(WAIT, from_client.read_frame()).await {
         note("client", &answer);
         if let Message::Authenticate(a) = &answer {
             log.lock().expect("log lock").proved_job = Some(a.job_id.clone());
@@ -282,8 +282,7 @@ where
         if write_frame(&mut master_write, &answer, &[]).await.is_ok()
             && master_write.flush().await.is_ok()
         {
-            if let Ok(Ok(Some((verdict, _)))) =
-                tokio::time::timeout(WAIT, from_master.read_frame()).await
+            if let Ok(Ok(Some((verdict, _)))) = clock::timeout(WAIT, from_master.read_frame()).await
             {
                 note("master", &verdict);
                 let _ = write_frame(&mut client_write, &verdict, &[]).await;
@@ -299,7 +298,7 @@ where
     let sent = write_frame(&mut master_write, &register, &[]).await.is_ok()
         && master_write.flush().await.is_ok();
     let reply = if sent {
-        match tokio::time::timeout(WAIT, from_master.read_frame()).await {
+        match clock::timeout(WAIT, from_master.read_frame()).await {
             Ok(Ok(Some((reply, _)))) => format!("{:?}", reply.message_type()),
             Ok(Ok(None)) | Ok(Err(_)) => "closed".to_string(),
             Err(_) => "no reply".to_string(),
@@ -340,20 +339,15 @@ fn split_to_and_release(cluster: &Cluster, key: &PartitionKey, next_id: &str, ne
 
 /// Waits until the relay has handled one connection; returns what it saw.
 fn relayed(log: &Mutex<RelayLog>) -> RelayLog {
-    let deadline = Instant::now() + 2 * WAIT + Duration::from_secs(5);
-    loop {
-        {
+    terrace_tests::wait_for(
+        2 * WAIT + Duration::from_secs(5),
+        "the worker dials the relay and the relay finishes",
+        || {
             let mut log = log.lock().expect("log lock");
-            if log.done {
-                return std::mem::take(&mut *log);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not dial the relay, or the relay did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            log.done.then(|| std::mem::take(&mut *log))
+        },
+    )
+    .0
 }
 
 /// The checks every relay case ends with: the relay got nothing.
@@ -436,11 +430,13 @@ fn check_relays(tls: bool) {
 
 #[test]
 fn a_forward_pointer_to_a_relay_gets_the_relay_nothing() {
+    let _logs = logs::capture();
     check_relays(false);
 }
 
 #[test]
 fn over_tls_a_forward_pointer_to_a_relay_gets_the_relay_nothing() {
+    let _logs = logs::capture();
     check_relays(true);
 }
 
@@ -448,6 +444,7 @@ fn over_tls_a_forward_pointer_to_a_relay_gets_the_relay_nothing() {
 /// secret: only to workers the masters list, at the address they list.
 #[test]
 fn partition_metrics_do_not_follow_a_pointer_to_an_unknown_address() {
+    let _logs = logs::capture();
     let cluster = Cluster::start(false);
     let agent = MasterAgent::new(AgentConfig {
         master_addresses: vec![cluster.master.address.clone()],

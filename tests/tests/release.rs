@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_tests::{
     TestWorker, assert_buffers_eq, key, payload, read_partition, request_worker,
     small_agent_config, wait_for_error, wakeup, write_partition,
@@ -113,7 +115,7 @@ fn assert_reader_gets_not_found(
         input_channel: InputChannelId(0),
         subpartitions: 0..=SUBS - 1,
     };
-    let started = Instant::now();
+    let started = clock::now();
     let mut consumer = ConsumerAgent::new(
         config.clone(),
         vec![spec],
@@ -123,7 +125,7 @@ fn assert_reader_gets_not_found(
     consumer.register_availability_notifier(Arc::clone(&wake) as _);
     consumer.start().expect("consumer starts");
     let (error, delivered) = wait_for_error(&consumer, &key.partition, 0, Duration::from_secs(10));
-    let elapsed = started.elapsed();
+    let elapsed = clock::elapsed(started);
     assert_eq!(error.kind(), ErrorKind::PartitionNotFound, "{error}");
     assert!(
         delivered.is_empty(),
@@ -148,6 +150,7 @@ fn assert_reader_gets_not_found(
 
 #[test]
 fn release_deletes_a_partitions_files_and_drop_job_deletes_the_job() {
+    let _logs = logs::capture();
     let root = tempfile::tempdir().expect("temp dir");
     let dirs = data_dirs(root.path());
     let worker = start_worker(&dirs);
@@ -260,6 +263,7 @@ fn release_deletes_a_partitions_files_and_drop_job_deletes_the_job() {
 
 #[test]
 fn drop_job_leaves_other_jobs_intact() {
+    let _logs = logs::capture();
     let root = tempfile::tempdir().expect("temp dir");
     let dirs = data_dirs(root.path());
     let worker = start_worker(&dirs);
@@ -313,16 +317,17 @@ fn drop_job_leaves_other_jobs_intact() {
 
 #[test]
 fn releasing_an_unknown_partition_is_partition_not_found() {
+    let _logs = logs::capture();
     let root = tempfile::tempdir().expect("temp dir");
     let dirs = data_dirs(root.path());
     let worker = start_worker(&dirs);
     let unknown = key(6, 9);
-    let started = Instant::now();
+    let started = clock::now();
     let error = release(&worker, &unknown).expect_err("nothing to release");
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        clock::elapsed(started) < Duration::from_secs(5),
         "took {:?}",
-        started.elapsed()
+        clock::elapsed(started)
     );
     assert_eq!(error.kind(), ErrorKind::PartitionNotFound, "{error}");
     assert_eq!(error.code(), pb::ErrorCode::PartitionNotFound);
@@ -346,6 +351,7 @@ fn releasing_an_unknown_partition_is_partition_not_found() {
 /// after both replies, no file of the partition may remain.
 #[test]
 fn release_racing_a_seal_leaves_no_files() {
+    let _logs = logs::capture();
     use terrace_rpc::{Client, ClientOptions, io_runtime};
     let root = tempfile::tempdir().expect("temp dir");
     let dirs = vec![root.path().join("a")];
@@ -417,7 +423,7 @@ fn release_racing_a_seal_leaves_no_files() {
                 )
                 .expect("seal sent");
             // Vary the overlap between the seal and the release.
-            tokio::time::sleep(Duration::from_micros(150 * u64::from(i % 8))).await;
+            clock::sleep(Duration::from_micros(150 * u64::from(i % 8))).await;
             let release = admin
                 .start_request(
                     |request_id| {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+use terrace_tests::logs;
 
 use bytes::Bytes;
 use terrace_consumer_agent::ConsumerAgent;
@@ -211,6 +212,7 @@ fn roundtrip_on(worker: &TestWorker, compression: bool) {
 /// the store as soon as they are sealed, while readers still read them.
 #[test]
 fn four_producers_64_subpartitions_roundtrip_exactly_across_memory_disk_and_object_store() {
+    let _logs = logs::capture();
     use std::sync::atomic::Ordering;
     let s3 = terrace_tests::s3::S3Server::start();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -253,12 +255,9 @@ fn four_producers_64_subpartitions_roundtrip_exactly_across_memory_disk_and_obje
     // Migration starts at seal, but a loaded machine can finish the reads
     // before the first upload completes; the sealed partitions stay, so the
     // migrator gets there within a few ticks.
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while object.counters.bytes_migrated.load(Ordering::Relaxed) == 0
-        && std::time::Instant::now() < until
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    terrace_tests::wait::poll_until(Duration::from_secs(10), || {
+        object.counters.bytes_migrated.load(Ordering::Relaxed) > 0
+    });
     let migrated = object.counters.bytes_migrated.load(Ordering::Relaxed);
     assert!(overflowed > 0, "no flush overflowed to the store");
     assert!(migrated > 0, "no partition migrated to the store");
@@ -280,11 +279,13 @@ fn four_producers_64_subpartitions_roundtrip_exactly_across_memory_disk_and_obje
 
 #[test]
 fn four_producers_64_subpartitions_roundtrip_exactly_uncompressed() {
+    let _logs = logs::capture();
     run_roundtrip(false);
 }
 
 #[test]
 fn four_producers_64_subpartitions_roundtrip_exactly_lz4() {
+    let _logs = logs::capture();
     run_roundtrip(true);
 }
 
@@ -292,6 +293,7 @@ fn four_producers_64_subpartitions_roundtrip_exactly_lz4() {
 /// every subpartition's reader gets exactly that data.
 #[test]
 fn broadcast_only_partition_is_stored_once_and_read_by_every_subpartition() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = TestWorker::start(WorkerConfig {
         data_dirs: vec![dir.path().to_path_buf()],

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_tests::s3::{self, S3Server};
 
@@ -32,6 +33,7 @@ fn connect(server: &S3Server) -> std::io::Result<TcpStream> {
 
 #[test]
 fn starts_on_loopback_and_lists_what_is_on_disk() {
+    let _logs = logs::capture();
     let server = S3Server::start();
     assert_eq!(
         server.endpoint(),
@@ -88,6 +90,7 @@ fn starts_on_loopback_and_lists_what_is_on_disk() {
 
 #[test]
 fn kill_and_restart_on_the_same_port_and_root() {
+    let _logs = logs::capture();
     let mut server = S3Server::start();
     let port = server.port();
     let object = server.root().join(s3::BUCKET).join("kept");
@@ -114,6 +117,7 @@ fn kill_and_restart_on_the_same_port_and_root() {
 
 #[test]
 fn stop_freezes_and_cont_resumes() {
+    let _logs = logs::capture();
     let mut server = S3Server::start();
     server.stop();
     // The kernel still completes the connect, but nothing answers.
@@ -139,6 +143,7 @@ fn stop_freezes_and_cont_resumes() {
 
 #[test]
 fn a_given_root_outlives_the_server() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("s3");
     let first = S3Server::start_on(&root);

@@ -4,10 +4,12 @@
 //! loopback TCP, and a well-behaved client is served throughout.
 
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_proto::{Message, PROTOCOL_VERSION, encode_frame, pb};
 use terrace_rpc::ServerOptions;
+use terrace_rpc::clock;
 use terrace_tests::raw::{GoodClient, Raw, create, handshake, open_stream, pb_key, push};
 use terrace_tests::{
     TestWorker, assert_buffers_eq, key, read_partition, small_agent_config, write_partition,
@@ -67,6 +69,7 @@ fn announce_and_stall(raw: &mut Raw, request_id: u64, partition: u32, sent: usiz
 
 #[test]
 fn stalled_pushes_hold_almost_nothing_and_are_closed_at_their_deadline() {
+    let _logs = logs::capture();
     let frame_timeout = Duration::from_secs(4);
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = start_worker(
@@ -79,7 +82,7 @@ fn stalled_pushes_hold_almost_nothing_and_are_closed_at_their_deadline() {
     let good = GoodClient::start(&worker);
     // 64 connections announce 16 MiB pushes (1 GiB, 16 times the budget)
     // and send 1000 bytes of each.
-    let started = Instant::now();
+    let started = clock::now();
     let mut stalled: Vec<Raw> = (0..64)
         .map(|i| {
             let mut raw = Raw::handshaken(&worker);
@@ -113,9 +116,9 @@ fn stalled_pushes_hold_almost_nothing_and_are_closed_at_their_deadline() {
     );
     release.expect_ack(5);
     assert!(
-        started.elapsed() < frame_timeout,
+        clock::elapsed(started) < frame_timeout,
         "the good client took {:?}, past the stalled frames' deadline: this run shows nothing",
-        started.elapsed()
+        clock::elapsed(started)
     );
     for raw in &mut stalled {
         assert!(
@@ -135,21 +138,22 @@ fn stalled_pushes_hold_almost_nothing_and_are_closed_at_their_deadline() {
         raw.expect_eof();
     }
     assert!(
-        started.elapsed() >= frame_timeout,
+        clock::elapsed(started) >= frame_timeout,
         "closed before the deadline"
     );
     good.finish();
     // With the stalled frames gone and the good data flushed, nothing is held.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while budget_used(&worker) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(budget_used(&worker), 0, "memory budget back to zero");
+    terrace_tests::wait_until(
+        Duration::from_secs(10),
+        "memory budget back to zero",
+        || budget_used(&worker) == 0,
+    );
     worker.stop();
 }
 
 #[test]
 fn control_frames_are_served_while_pushes_wait_for_a_full_budget() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     // Nothing is written out: pushes fill the budget and stay. (With
     // `write_on_push`, each push would go to disk until the directory's
@@ -214,6 +218,7 @@ fn control_frames_are_served_while_pushes_wait_for_a_full_budget() {
 
 #[test]
 fn connections_past_the_limit_are_refused_with_a_reason() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = start_worker(
         &dir,
@@ -235,24 +240,28 @@ fn connections_past_the_limit_are_refused_with_a_reason() {
     open[0].send(&create(2, &key(STALL_JOB, 4), 1), &[]);
     open[0].expect_ack(2);
     drop(open.pop());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut again = Raw::connect(&worker);
-        again.send(&handshake(1, PROTOCOL_VERSION), &[]);
-        match again.read() {
-            (Message::HandshakeOk(_), _) => break,
-            (Message::ErrorReply(e), _) if Instant::now() < deadline => {
-                assert_eq!(e.code, pb::ErrorCode::Unavailable as i32);
-                std::thread::sleep(Duration::from_millis(50));
+    terrace_tests::wait_until(
+        Duration::from_secs(5),
+        "a handshake once a slot is free",
+        || {
+            let mut again = Raw::connect(&worker);
+            again.send(&handshake(1, PROTOCOL_VERSION), &[]);
+            match again.read() {
+                (Message::HandshakeOk(_), _) => true,
+                (Message::ErrorReply(e), _) => {
+                    assert_eq!(e.code, pb::ErrorCode::Unavailable as i32);
+                    false
+                }
+                (other, _) => panic!("expected a handshake once a slot is free, got {other:?}"),
             }
-            (other, _) => panic!("expected a handshake once a slot is free, got {other:?}"),
-        }
-    }
+        },
+    );
     worker.stop();
 }
 
 #[test]
 fn silent_and_idle_connections_are_closed_but_open_streams_are_not() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = start_worker(
         &dir,
@@ -263,16 +272,16 @@ fn silent_and_idle_connections_are_closed_but_open_streams_are_not() {
         },
     );
     // No handshake: closed after the handshake timeout.
-    let started = Instant::now();
+    let started = clock::now();
     let mut silent = Raw::connect(&worker);
     silent.expect_eof();
-    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(clock::elapsed(started) >= Duration::from_millis(500));
 
     // Handshaken and idle: closed after the idle timeout.
-    let started = Instant::now();
+    let started = clock::now();
     let mut idle = Raw::handshaken(&worker);
     idle.expect_eof();
-    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(clock::elapsed(started) >= Duration::from_secs(1));
 
     // A reader waiting on an open stream is not idle.
     let k = key(STALL_JOB, 5);
@@ -281,7 +290,9 @@ fn silent_and_idle_connections_are_closed_but_open_streams_are_not() {
     reader.expect_ack(2);
     reader.send(&open_stream(3, 1, &k, 0, 0, 4), &[]);
     reader.expect_stream_opened(1);
-    std::thread::sleep(Duration::from_millis(2500));
+    // Nothing to wait on: the connection must NOT be closed as idle. Two
+    // and a half idle timeouts pass.
+    terrace_tests::hold(Duration::from_millis(2500));
     assert!(
         still_waiting(&mut reader),
         "a connection with an open stream was closed as idle"
@@ -291,6 +302,7 @@ fn silent_and_idle_connections_are_closed_but_open_streams_are_not() {
 
 #[test]
 fn a_client_that_never_reads_its_replies_is_not_read_either() {
+    let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = start_worker(
         &dir,
@@ -309,7 +321,7 @@ fn a_client_that_never_reads_its_replies_is_not_read_either() {
     // Requests in batches of 4 KiB, replies never read.
     let batch: Vec<u8> = request.repeat(4096 / request.len());
     request.clear();
-    let started = Instant::now();
+    let started = clock::now();
     let mut sent = 0usize;
     let failure = loop {
         match raw.stream.write_all(&batch) {
@@ -317,7 +329,7 @@ fn a_client_that_never_reads_its_replies_is_not_read_either() {
             Err(e) => break e,
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            clock::elapsed(started) < Duration::from_secs(60),
             "the worker kept reading requests whose replies nobody reads"
         );
     };

@@ -7,7 +7,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use terrace_master_agent::MasterAgent;
 use terrace_tests::{
@@ -35,20 +36,16 @@ fn worker_config(dir: &Path, index: usize, master: &str, listen: &str) -> String
 
 fn wait_for_workers(agent_config: &AgentConfig, n: usize) {
     let master = &agent_config.master_addresses[0];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let listed = terrace_tests::request_worker(master, |request_id| {
-            terrace_proto::Message::ListWorkers(terrace_proto::pb::ListWorkers { request_id })
-        });
-        match listed {
-            Ok(terrace_proto::Message::WorkerList(list)) if list.workers.len() == n => return,
-            other if Instant::now() < deadline => {
-                eprintln!("waiting for {n} workers: {other:?}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            other => panic!("{n} workers did not register within 20 s: {other:?}"),
-        }
-    }
+    terrace_tests::wait_until(
+        Duration::from_secs(20),
+        &format!("{n} workers register"),
+        || {
+            let listed = terrace_tests::request_worker(master, |request_id| {
+                terrace_proto::Message::ListWorkers(terrace_proto::pb::ListWorkers { request_id })
+            });
+            matches!(listed, Ok(terrace_proto::Message::WorkerList(list)) if list.workers.len() == n)
+        },
+    );
 }
 
 /// Fields drop in order: the agent and workers go before the master and files.
@@ -126,7 +123,8 @@ fn write_chain(
         }
         if i % 8 == 0 {
             writer.agent.flush().expect("flush");
-            std::thread::sleep(Duration::from_millis(5));
+            // Paced: lets the flush reach the worker so parts fill one by one.
+            terrace_tests::hold(Duration::from_millis(5));
         }
     }
     let parts = writer.end_and_close(written);
@@ -135,6 +133,7 @@ fn write_chain(
 
 #[test]
 fn a_partition_split_over_three_workers_reads_exactly_during_and_after_a_middle_restart() {
+    let _logs = logs::capture();
     let mut cluster = Cluster::start();
     let config = cluster.config.clone();
     const SUBS: u32 = 4;
@@ -201,13 +200,13 @@ fn a_partition_split_over_three_workers_reads_exactly_during_and_after_a_middle_
         .agent
         .release_partition(&descriptor)
         .expect("release");
-    let deadline = Instant::now() + Duration::from_secs(10);
     for (i, worker) in cluster.workers.iter().enumerate() {
         let address = &worker.as_ref().expect("running").address;
-        while worker_stats(address).partitions != 0 {
-            assert!(Instant::now() < deadline, "w{i} still holds its part");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        terrace_tests::wait_until(
+            Duration::from_secs(10),
+            &format!("w{i} releases its part"),
+            || worker_stats(address).partitions == 0,
+        );
     }
     cluster.agent.close();
 }
@@ -216,6 +215,7 @@ fn a_partition_split_over_three_workers_reads_exactly_during_and_after_a_middle_
 /// the same way: every reader follows the redirects to the same bytes.
 #[test]
 fn a_broadcast_partition_splits_and_every_subpartition_reads_it_all() {
+    let _logs = logs::capture();
     let cluster = Cluster::start();
     const SUBS: u32 = 3;
     let descriptor = cluster.place(8, SUBS);
@@ -239,6 +239,7 @@ fn a_broadcast_partition_splits_and_every_subpartition_reads_it_all() {
 /// push, however small their partition; one with room does not.
 #[test]
 fn a_worker_short_of_room_asks_for_a_split_at_once() {
+    let _logs = logs::capture();
     use terrace_tests::raw::{Raw, create, push};
     let dir = tempfile::tempdir().expect("temp dir");
     let push_reply = |capacity: ByteSize, job: u8| {

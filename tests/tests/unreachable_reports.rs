@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use terrace_tests::logs;
 
 use bytes::Bytes;
 use terrace_proto::{Message, pb};
@@ -125,7 +126,8 @@ impl Flood {
                             acked.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    std::thread::sleep(Duration::from_millis(200));
+                    // Paced: a report every 200 ms per worker, for as long as the test runs.
+                    terrace_tests::hold(Duration::from_millis(200));
                 }
             })
         };
@@ -165,16 +167,15 @@ fn signal(pid: u32, name: &str) {
 
 #[test]
 fn one_jobs_reports_do_not_stop_placement_for_others_and_a_hung_worker_fails_the_probe() {
+    let _logs = logs::capture();
     let cluster = Cluster::start();
     let admin = cluster.cluster_client();
     register(&admin, b"flooder");
     register(&admin, b"victim");
     let flood = Flood::start(&cluster, b"flooder");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while flood.acked.load(Ordering::Relaxed) < 10 {
-        assert!(Instant::now() < deadline, "the master took no reports");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    terrace_tests::wait_until(Duration::from_secs(10), "the master takes reports", || {
+        flood.acked.load(Ordering::Relaxed) >= 10
+    });
 
     // The other job: 30 of 30 placements served, on both workers, while
     // the flood goes on (100 ms apart: through several reports and probes).
@@ -182,7 +183,8 @@ fn one_jobs_reports_do_not_stop_placement_for_others_and_a_hung_worker_fails_the
     for n in 0..30 {
         let worker = allocate(&admin, b"victim", n).expect("the victim's placement is served");
         *placed.entry(worker).or_default() += 1;
-        std::thread::sleep(Duration::from_millis(100));
+        // Paced, so the placements span several reports and probes.
+        terrace_tests::hold(Duration::from_millis(100));
     }
     assert_eq!(placed.values().sum::<u32>(), 30);
     assert_eq!(
@@ -213,21 +215,20 @@ fn one_jobs_reports_do_not_stop_placement_for_others_and_a_hung_worker_fails_the
     // Until the probe's verdict the two workers take turns; after it, every
     // placement goes to w0. Ten in a row, within the probe timeout and a
     // margin, and the hung worker is still listed.
-    let deadline = Instant::now() + PROBE_TIMEOUT + Duration::from_secs(4);
     let (mut n, mut in_a_row) = (100, 0);
-    while in_a_row < 10 {
-        assert!(
-            Instant::now() < deadline,
-            "placements still reach the hung worker"
-        );
-        match allocate(&admin, b"victim", n).as_deref() {
-            Ok("w0") => in_a_row += 1,
-            Ok(_) => in_a_row = 0,
-            Err(e) => panic!("placement {n} refused: {e:?}"),
-        }
-        n += 1;
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    terrace_tests::wait_until(
+        PROBE_TIMEOUT + Duration::from_secs(4),
+        "placements stop reaching the hung worker (ten in a row on w0)",
+        || {
+            match allocate(&admin, b"victim", n).as_deref() {
+                Ok("w0") => in_a_row += 1,
+                Ok(_) => in_a_row = 0,
+                Err(e) => panic!("placement {n} refused: {e:?}"),
+            }
+            n += 1;
+            in_a_row >= 10
+        },
+    );
     assert_eq!(
         cluster.listed_workers(),
         2,
@@ -236,17 +237,13 @@ fn one_jobs_reports_do_not_stop_placement_for_others_and_a_hung_worker_fails_the
 
     // Resumed, it heartbeats and is placed on again.
     drop(resume);
-    let deadline = Instant::now() + Duration::from_secs(10);
     let mut n = 300;
-    loop {
-        if allocate(&admin, b"victim", n).as_deref() == Ok("w1") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the resumed worker got no placement within 10 s"
-        );
-        n += 1;
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    terrace_tests::wait_until(
+        Duration::from_secs(10),
+        "the resumed worker gets a placement",
+        || {
+            n += 1;
+            allocate(&admin, b"victim", n).as_deref() == Ok("w1")
+        },
+    );
 }

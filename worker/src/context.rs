@@ -132,7 +132,7 @@ impl Decommission {
 
     /// Starts it; false if it had already started.
     pub(crate) fn start(&self) -> bool {
-        let now = Instant::now();
+        let now = terrace_rpc::clock::now();
         self.started.set(now).is_ok()
     }
 }

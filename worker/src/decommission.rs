@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_rpc::{Client, ServerIdentity};
 use terrace_tier_api::{PartitionKey, TierError, TierResult};
 use tokio::task::JoinSet;
@@ -54,23 +55,23 @@ const LOCATE_WAIT: Duration = Duration::from_secs(15);
 
 /// Stops the worker once it holds nothing, or at the timeout.
 async fn watch(shared: Arc<Shared>) {
-    let deadline = Instant::now() + shared.config.decommission_timeout;
-    let mut next_handoff = Instant::now();
+    let deadline = clock::now() + shared.config.decommission_timeout;
+    let mut next_handoff = clock::now();
     let mut warned: HashSet<PartitionKey> = HashSet::new();
     // Handed-over partitions whose readers here have not finished yet.
     let mut finishing: JoinSet<()> = JoinSet::new();
     loop {
         while finishing.try_join_next().is_some() {}
-        let due = shared.store.tiers().object.is_some() && Instant::now() >= next_handoff;
+        let due = shared.store.tiers().object.is_some() && clock::now() >= next_handoff;
         if due && !hand_off_sealed(&shared, deadline, &mut warned, &mut finishing).await {
-            next_handoff = Instant::now() + HANDOFF_RETRY;
+            next_handoff = clock::now() + HANDOFF_RETRY;
         }
         let left = shared.store.partition_count() + finishing.len();
         if left == 0 {
             tracing::warn!(worker = %shared.worker_id, "decommission done: every partition released or handed over; stopping");
             break;
         }
-        if Instant::now() >= deadline {
+        if clock::now() >= deadline {
             tracing::error!(worker = %shared.worker_id, partitions = left,
                 timeout_s = shared.config.decommission_timeout.as_secs(),
                 "decommission timed out with partitions left; stopping anyway (their readers get partition-not-found)");
@@ -78,7 +79,7 @@ async fn watch(shared: Arc<Shared>) {
         }
         tokio::select! {
             _ = shared.stop.cancelled() => return,
-            _ = tokio::time::sleep(POLL) => {}
+            _ = clock::sleep(POLL) => {}
         }
     }
     // Past the deadline these delete at once.
@@ -86,7 +87,7 @@ async fn watch(shared: Arc<Shared>) {
     // Objects are deleted in the background; a worker leaving for good
     // deletes what is still queued before it goes (bounded: a hung store
     // does not keep it).
-    match tokio::time::timeout(DELETIONS_WAIT, shared.store.delete_queued_now()).await {
+    match clock::timeout(DELETIONS_WAIT, shared.store.delete_queued_now()).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::warn!(worker = %shared.worker_id, error = %e, "objects of released partitions are left in the store")
@@ -224,7 +225,7 @@ async fn hand_off(
         wait_until_located(shared, key, &adopter).await;
     }
     let partition = shared.store.take_for_hand_off(key)?;
-    let readers_wait = deadline.saturating_duration_since(Instant::now());
+    let readers_wait = deadline.saturating_duration_since(clock::now());
     let store = Arc::clone(&shared.store);
     finishing.spawn(async move {
         let key = partition.key().clone();
@@ -288,9 +289,9 @@ async fn move_forward_pointers(shared: &Arc<Shared>, key: &PartitionKey, adopter
 async fn wait_until_located(shared: &Arc<Shared>, key: &PartitionKey, adopter: &Forward) {
     let options = shared.peer_options(ServerIdentity::Master);
     let wire_key = pb::PartitionKey::from(key);
-    let until = Instant::now() + LOCATE_WAIT;
+    let until = clock::now() + LOCATE_WAIT;
     let mut waiting: Vec<&String> = shared.config.master_addresses.iter().collect();
-    while !waiting.is_empty() && Instant::now() < until {
+    while !waiting.is_empty() && clock::now() < until {
         let mut still = Vec::new();
         for master in waiting {
             let reply = Client::ask_first(std::slice::from_ref(master), &options, |request_id| {
@@ -309,7 +310,7 @@ async fn wait_until_located(shared: &Arc<Shared>, key: &PartitionKey, adopter: &
         }
         waiting = still;
         if !waiting.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            clock::sleep(Duration::from_millis(100)).await;
         }
     }
     if !waiting.is_empty() {

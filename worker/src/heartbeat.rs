@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, ServerIdentity};
 use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
 use tokio::task::JoinHandle;
@@ -43,7 +44,7 @@ pub(crate) fn load(shared: &Shared) -> pb::WorkerLoad {
         .rates
         .lock()
         .expect("rates lock poisoned")
-        .sample(&store.counters, std::time::Instant::now());
+        .sample(&store.counters, clock::now());
     pb::WorkerLoad {
         stored_bytes: bytes.memory + bytes.local + bytes.object,
         memory_used_bytes: store.budget().used(),
@@ -270,7 +271,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, master: String) {
                 }
             }
         }
-        tokio::time::sleep(shared.config.heartbeat_interval).await;
+        clock::sleep(shared.config.heartbeat_interval).await;
     }
 }
 
@@ -281,7 +282,7 @@ async fn request_within(
     deadline: Duration,
     build: impl FnOnce(u64) -> Message,
 ) -> TierResult<Message> {
-    match tokio::time::timeout(deadline, client.request(build)).await {
+    match clock::timeout(deadline, client.request(build)).await {
         Ok(reply) => reply.map(|(message, _)| message),
         Err(_) => {
             client.close();
@@ -307,7 +308,7 @@ async fn session(
         ..shared.peer_options(ServerIdentity::Master)
     };
     // The handshake is a request too: bound the whole connect.
-    let client = match tokio::time::timeout(deadline, Client::connect(master, &options)).await {
+    let client = match clock::timeout(deadline, Client::connect(master, &options)).await {
         Ok(client) => client?,
         Err(_) => {
             return Err(TierError::unavailable(format!(
@@ -399,7 +400,7 @@ async fn session(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = clock::sleep(interval) => {}
             _ = shared.heartbeat_now.notified() => {}
         }
     }
@@ -432,7 +433,7 @@ fn drop_jobs_no_master_knows(shared: &Shared, asked: &[JobId], reply: &pb::Heart
         return;
     }
     let unknown: HashSet<&[u8]> = reply.unknown_jobs.iter().map(|j| j.as_ref()).collect();
-    let now = std::time::Instant::now();
+    let now = clock::now();
     let mut expired = Vec::new();
     {
         let mut seen = shared.jobs_known.lock().expect("jobs_known lock poisoned");

@@ -22,6 +22,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use object_store::path::Path as ObjectPath;
 use terrace_proto::{Message, pb};
+use terrace_rpc::clock;
 use terrace_rpc::{FrameSender, reply_error};
 use terrace_tier_api::{ErrorKind, PartitionKey, TierError, TierResult};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -399,7 +400,7 @@ impl Stream {
                     look.all = true;
                 }
                 // A safety net against a missed wake-up; cheap when idle.
-                _ = tokio::time::sleep(Duration::from_secs(5)) => look.all = true,
+                _ = clock::sleep(Duration::from_secs(5)) => look.all = true,
             }
         }
     }

@@ -8,10 +8,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{data, key, options, read_sub};
+use terrace_rpc::clock;
 use terrace_tier_api::ByteSize;
 use terrace_tier_api::{BatchBuilder, Buffer, ErrorKind, SegmentId, SubpartitionId};
 use terrace_worker::{
@@ -231,7 +232,7 @@ async fn a_partition_created_again_while_its_release_deletes_keeps_its_new_data(
     // their deletion hangs in the object store.
     faulty.set_hanging(true);
     let lists = faulty.lists.load(std::sync::atomic::Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(10), store.release(&k))
+    clock::timeout(Duration::from_secs(10), store.release(&k))
         .await
         .expect("a release does not wait for the object store")
         .expect("release");
@@ -239,13 +240,13 @@ async fn a_partition_created_again_while_its_release_deletes_keeps_its_new_data(
         let store = Arc::clone(&store);
         tokio::spawn(async move { store.delete_queued_now().await })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = clock::now() + Duration::from_secs(10);
     while faulty.lists.load(std::sync::atomic::Ordering::SeqCst) == lists {
         assert!(
-            Instant::now() < deadline,
+            clock::now() < deadline,
             "the deletion reaches the object store"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        clock::sleep(Duration::from_millis(10)).await;
     }
     // A create that cannot wait long enough is told to retry; one that can
     // waits for the deletion to end: the old objects have the names the
@@ -267,13 +268,14 @@ async fn a_partition_created_again_while_its_release_deletes_keeps_its_new_data(
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing to wait on: the create must NOT finish while the deletion hangs.
+    clock::sleep(Duration::from_millis(300)).await;
     assert!(
         !create.is_finished(),
         "the new partition is not created while the old one's objects are being deleted"
     );
     faulty.set_hanging(false);
-    tokio::time::timeout(Duration::from_secs(30), deleting)
+    clock::timeout(Duration::from_secs(30), deleting)
         .await
         .expect("the deletion ends once the store answers")
         .expect("join")

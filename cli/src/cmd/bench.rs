@@ -9,9 +9,10 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
+use terrace_rpc::clock;
 use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgent};
 
 use crate::cmd::bench_process::{
@@ -449,10 +450,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Waits until process `pid` has used no CPU time for half a second (at
 /// most 20 s): the worker has dropped the job it was told to drop.
 fn wait_until_idle(pid: u32) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = clock::now() + Duration::from_secs(20);
     let mut last = cpu_seconds(pid)?;
     let mut quiet = 0;
-    while quiet < 5 && Instant::now() < deadline {
+    while quiet < 5 && clock::now() < deadline {
+        // A blocking command-line tool sampling another process's CPU time between sleeps.
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(100));
         let now = cpu_seconds(pid)?;
         quiet = if now - last < 0.005 { quiet + 1 } else { 0 };
@@ -575,9 +578,9 @@ fn object_store_phase(
     // data is; the object-store read below pays the store's request path.
     let timed_read = |from: &str| -> anyhow::Result<f64> {
         eprintln!("reading {:.0} MiB from {from} ...", payload as f64 / MIB);
-        let start = Instant::now();
+        let start = clock::now();
         let verified = read_back(&factory, &params, pool, &descriptors)?;
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = clock::elapsed(start).as_secs_f64();
         anyhow::ensure!(
             verified == payload,
             "read back {verified} bytes of {payload} from {from}"
@@ -587,7 +590,7 @@ fn object_store_phase(
     let local_read_seconds = timed_read("local disk")?;
 
     eprintln!("migrating every partition to {url} ...");
-    let start = Instant::now();
+    let start = clock::now();
     let partitions = store.partitions();
     let mut migrated_bytes = 0;
     for partition in &partitions {
@@ -596,7 +599,7 @@ fn object_store_phase(
             .block_on(store.migrate(partition))
             .with_context(|| format!("migrate {}", partition.key()))?;
     }
-    let migrate_seconds = start.elapsed().as_secs_f64();
+    let migrate_seconds = clock::elapsed(start).as_secs_f64();
     let migrated_partitions = partitions.len() as u64;
     drop(partitions);
     let tiers = store.tier_bytes();
@@ -660,7 +663,7 @@ async fn raw_get_throughput(object: &terrace_worker::ObjectTier) -> anyhow::Resu
             at += RANGE;
         }
     }
-    let start = Instant::now();
+    let start = clock::now();
     let mut fetched = 0u64;
     let mut gets = futures::stream::iter(ranges.into_iter().map(|(key, range)| async move {
         object
@@ -672,7 +675,7 @@ async fn raw_get_throughput(object: &terrace_worker::ObjectTier) -> anyhow::Resu
     while let Some(got) = gets.next().await {
         fetched += got?;
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = clock::elapsed(start).as_secs_f64();
     anyhow::ensure!(fetched > 0, "no object to fetch");
     Ok(fetched as f64 / MIB / seconds)
 }
@@ -695,7 +698,7 @@ fn raw_tcp_throughput(bytes: u64) -> anyhow::Result<f64> {
         }
     });
     let chunk = vec![0x5au8; 1 << 20];
-    let start = Instant::now();
+    let start = clock::now();
     let mut stream = TcpStream::connect(address).context("connect")?;
     let mut sent = 0u64;
     while sent < bytes {
@@ -707,13 +710,13 @@ fn raw_tcp_throughput(bytes: u64) -> anyhow::Result<f64> {
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     anyhow::ensure!(received == sent, "sent {sent} bytes, received {received}");
-    Ok(sent as f64 / MIB / start.elapsed().as_secs_f64())
+    Ok(sent as f64 / MIB / clock::elapsed(start).as_secs_f64())
 }
 
 /// Sequential 4 MiB writes and an fsync: the ceiling for the worker's data files.
 fn raw_disk_write_throughput(path: &Path, bytes: u64) -> anyhow::Result<f64> {
     let chunk = vec![0xa5u8; 4 << 20];
-    let start = Instant::now();
+    let start = clock::now();
     let mut file =
         std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut written = 0u64;
@@ -722,7 +725,7 @@ fn raw_disk_write_throughput(path: &Path, bytes: u64) -> anyhow::Result<f64> {
         written += chunk.len() as u64;
     }
     file.sync_all().context("fsync")?;
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = clock::elapsed(start).as_secs_f64();
     drop(file);
     std::fs::remove_file(path).context("remove the raw disk test file")?;
     Ok(written as f64 / MIB / seconds)

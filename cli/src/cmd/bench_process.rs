@@ -11,9 +11,9 @@ use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
 
 use anyhow::Context;
+use terrace_rpc::clock;
 use terrace_tier_api::ByteSize;
 
 /// The benchmark's working directory: `dir` when given (created if
@@ -245,7 +245,7 @@ pub fn pipeline_with(
         ],
         "the pipeline yardstick",
     )?;
-    let start = Instant::now();
+    let start = clock::now();
     let data = vec![0x3cu8; chunk];
     let mut sink = TcpStream::connect(&address).context("connect to the pipeline")?;
     let mut sent = 0u64;
@@ -265,7 +265,7 @@ pub fn pipeline_with(
         }
         received += n as u64;
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = clock::elapsed(start).as_secs_f64();
     anyhow::ensure!(
         received == bytes,
         "sent {bytes} bytes through the pipeline, got {received} back"

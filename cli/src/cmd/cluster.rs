@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use terrace_agents::TerraceTierFactory;
 use terrace_master::MasterConfig;
+use terrace_rpc::clock;
 use terrace_tier_api::{AgentConfig, ByteSize};
 use terrace_worker::{WorkerConfig, WorkerHandle};
 use tokio_util::sync::CancellationToken;
@@ -95,7 +96,7 @@ impl Cluster {
             ..config.clone()
         })
         .context("create the tier factory")?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = clock::now() + Duration::from_secs(10);
         loop {
             let registered = self
                 .runtime
@@ -104,9 +105,11 @@ impl Cluster {
                 return Ok(factory);
             }
             anyhow::ensure!(
-                std::time::Instant::now() < deadline,
+                clock::now() < deadline,
                 "only {registered} of {expected} workers registered within 10s"
             );
+            // Blocking caller (the benchmark's own thread, outside the runtime) polling the master.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -122,7 +125,7 @@ impl Cluster {
         self.runtime.block_on(async {
             store.drop_job(job).await.context("drop the job")?;
             // Objects go in the background; wait for them (bounded).
-            tokio::time::timeout(
+            clock::timeout(
                 std::time::Duration::from_secs(60),
                 store.delete_queued_now(),
             )

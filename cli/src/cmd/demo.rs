@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use terrace_rpc::clock;
 use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgent};
 
 use crate::cmd::cluster::Cluster;
@@ -150,14 +151,16 @@ fn run_tiered(args: Args) -> anyhow::Result<()> {
     let store = Arc::clone(&cluster.workers[0].store);
     let during = tier_line(&store);
     // Sealed partitions go cold after 1 s and migrate: wait for the local tier to empty.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while store.tier_bytes().local > 0 && std::time::Instant::now() < deadline {
+    let deadline = clock::now() + Duration::from_secs(60);
+    while store.tier_bytes().local > 0 && clock::now() < deadline {
+        // The demo runs on a plain thread and polls the store's tier sizes.
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(100));
     }
     let migrated = tier_line(&store);
-    let read_start = std::time::Instant::now();
+    let read_start = clock::now();
     let verified_again = read_back(&factory, &params, &pool, &descriptors)?;
-    let read_seconds = read_start.elapsed().as_secs_f64();
+    let read_seconds = clock::elapsed(read_start).as_secs_f64();
     anyhow::ensure!(
         verified_again == report.payload_bytes,
         "read back {verified_again} bytes of {} from the object store",

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use terrace_proto::{Message, pb};
 use terrace_rpc::Client;
+use terrace_rpc::clock;
 use terrace_tier_api::ByteSize;
 use terrace_worker::WorkerConfig;
 
@@ -255,7 +256,7 @@ fn decommission(args: DecommissionArgs) -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            clock::sleep(std::time::Duration::from_millis(500)).await;
         }
     })
 }

@@ -5,8 +5,9 @@
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use terrace_rpc::clock;
 use terrace_tier_api::{JobId, PartitionId};
 
 /// What a wait returned.
@@ -30,13 +31,13 @@ fn wait_for<S, R>(
     timeout: Duration,
     mut check: impl FnMut(&mut S) -> Option<Waited<R>>,
 ) -> Waited<R> {
-    let deadline = Instant::now() + timeout;
+    let deadline = clock::now() + timeout;
     let mut guard = lock(state);
     loop {
         if let Some(decided) = check(&mut guard) {
             return decided;
         }
-        let now = Instant::now();
+        let now = clock::now();
         if now >= deadline {
             return Waited::TimedOut;
         }
@@ -235,6 +236,9 @@ mod tests {
             let q = Arc::clone(&q);
             std::thread::spawn(move || q.wait(Duration::from_secs(30)))
         };
+        // Lets the waiter thread block in `wait` before the close; if it has not yet,
+        // `wait` sees the closed queue at once, so the outcome is the same either way.
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(20));
         q.close();
         assert_eq!(waiter.join().expect("waiter"), Waited::Closed);

@@ -240,7 +240,7 @@ mod tests {
         .expect("parsed");
         assert_eq!(command.access(), Access::Cluster);
         let config = crate::MasterConfig::default();
-        let now = Instant::now();
+        let now = terrace_rpc::clock::now();
         let mut registry = Registry::new(&config, now);
         let (reply, probe) = command.apply(request_id, &mut registry, now, None);
         assert_eq!(probe, None);

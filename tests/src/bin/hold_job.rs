@@ -44,7 +44,10 @@ fn main() {
     let address = descriptor.worker_address.clone();
     terrace_tests::write_partition(&config, descriptor, 1, 2, 20, 2000);
     println!("ready {address}");
+    // Holds the job (the agent renews its lease) until the test kills this
+    // process; the main thread has nothing else to do.
     loop {
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_secs(1));
     }
 }

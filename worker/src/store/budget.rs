@@ -108,6 +108,7 @@ impl MemoryBudget {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use terrace_rpc::clock;
 
     #[tokio::test]
     async fn reservations_wait_for_released_memory() {
@@ -119,7 +120,7 @@ mod tests {
             let budget = Arc::clone(&budget);
             tokio::spawn(async move { budget.reserve(50).await.map(|_| ()) })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        clock::sleep(Duration::from_millis(50)).await;
         assert!(
             !waiter.is_finished(),
             "must wait while only 40 bytes are free"

@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::time::Instant;
+use terrace_rpc::clock;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Store;
@@ -67,7 +68,7 @@ impl Default for Deletions {
         Deletions {
             queue: Mutex::new(VecDeque::new()),
             sweep: AtomicBool::new(true),
-            sweep_not_before: Mutex::new(Instant::now()),
+            sweep_not_before: Mutex::new(clock::now()),
             sweep_failures: Mutex::new(0),
             running: std::sync::atomic::AtomicUsize::new(0),
             in_flight: Mutex::new(std::collections::HashSet::new()),
@@ -104,7 +105,7 @@ impl Deletions {
             queue.push_back(Pending {
                 prefix,
                 failures: 0,
-                not_before: Instant::now(),
+                not_before: clock::now(),
             });
         }
         self.wake.notify_one();
@@ -238,7 +239,7 @@ impl Store {
         loop {
             let all = self
                 .deletions
-                .take_due(usize::MAX, Instant::now() + MAX_RETRY_DELAY * 2);
+                .take_due(usize::MAX, clock::now() + MAX_RETRY_DELAY * 2);
             let mut all = all.into_iter();
             while let Some(pending) = all.next() {
                 match self.delete_unreferenced(&pending.prefix).await {
@@ -247,7 +248,7 @@ impl Store {
                         deleted += n;
                     }
                     Err(e) => {
-                        let now = Instant::now();
+                        let now = clock::now();
                         self.deletions.retry(pending, now);
                         all.for_each(|rest| self.deletions.retry(rest, now));
                         return Err(e);
@@ -259,7 +260,7 @@ impl Store {
             {
                 return Ok(deleted);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            clock::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -273,7 +274,7 @@ impl Store {
         let mut sweeping = false;
         let mut warned = false;
         loop {
-            let now = Instant::now();
+            let now = clock::now();
             if !sweeping && self.deletions.sweep_due(now) {
                 sweeping = true;
                 self.deletions.start_sweep();
@@ -309,7 +310,7 @@ impl Store {
                         self.deletions.running.store(running.len(), Ordering::Release);
                         continue;
                     };
-                    let now = Instant::now();
+                    let now = clock::now();
                     let finished_prefix = pending.is_some();
                     match (pending, result) {
                         (None, Ok(n)) => {
@@ -358,7 +359,7 @@ impl Store {
 
 async fn sleep_until_due(next: Option<Instant>) {
     match next {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => clock::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -387,7 +388,7 @@ mod tests {
             (MAX_QUEUED, true),
             "past the bound the prefix is left to a sweep"
         );
-        let now = Instant::now();
+        let now = clock::now();
         let due = d.take_due(CONCURRENCY, now);
         assert_eq!(
             due.iter().map(|p| p.prefix.as_str()).collect::<Vec<_>>(),
@@ -412,7 +413,7 @@ mod tests {
     #[test]
     fn a_failed_sweep_is_tried_again_after_a_delay() {
         let d = Deletions::default();
-        let now = Instant::now();
+        let now = clock::now();
         assert!(d.sweep_due(now), "a sweep is due at start");
         d.start_sweep();
         assert!(!d.sweep_due(now));

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use terrace_rpc::clock;
 use terrace_tier_api::{TierError, TierResult};
 
 /// Name of the marker file in every data directory.
@@ -437,7 +438,7 @@ fn write_marker(dir: &Path, store_id: &str, dirs: &[PathBuf]) -> TierResult<()> 
 fn new_store_id() -> String {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(
-        std::time::SystemTime::now()
+        clock::wall()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0),

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use terrace_rpc::clock;
 use terrace_rpc::{BufferPool, PooledBuf, class_size};
 use terrace_tier_api::{ByteSize, ErrorKind, JobId, PartitionKey, TierError, TierResult};
 use tokio::sync::Notify;
@@ -368,21 +369,21 @@ impl Store {
         continuation: bool,
         wait: Duration,
     ) -> TierResult<Arc<Partition>> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = clock::now() + wait;
         loop {
             let done = self.release_done.notified();
             if !self.is_releasing(&key) {
                 break;
             }
-            if tokio::time::timeout_at(deadline, done).await.is_err() {
+            if clock::timeout_at(deadline, done).await.is_err() {
                 break;
             }
         }
         // The released partition's objects are deleted in the background,
         // under the same names the new one's would take: wait for that too
         // (polled: it may take a store's retries).
-        while self.objects_being_deleted(&key) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        while self.objects_being_deleted(&key) && clock::now() < deadline {
+            clock::sleep(Duration::from_millis(20)).await;
         }
         self.create(key, num_subpartitions, broadcast_only, continuation)
     }
@@ -494,7 +495,7 @@ impl Store {
         key: &PartitionKey,
         wait: Duration,
     ) -> TierResult<Arc<Partition>> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = clock::now() + wait;
         loop {
             let created = self.created.notified();
             if let Ok(partition) = self.get(key) {
@@ -514,7 +515,7 @@ impl Store {
                     "{key} is held back: a file of it may be on a data directory missing at start"
                 )));
             }
-            if tokio::time::timeout_at(deadline, created).await.is_err() {
+            if clock::timeout_at(deadline, created).await.is_err() {
                 return self.get(key);
             }
         }
@@ -577,9 +578,9 @@ impl Store {
             store: self,
             key: partition.key().clone(),
         };
-        let deadline = tokio::time::Instant::now() + readers_wait;
-        while Arc::strong_count(&partition) > 1 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let deadline = clock::now() + readers_wait;
+        while Arc::strong_count(&partition) > 1 && clock::now() < deadline {
+            clock::sleep(Duration::from_millis(100)).await;
         }
         let key = partition.key().clone();
         if Arc::strong_count(&partition) > 1 {
@@ -825,7 +826,7 @@ impl Store {
             let woken = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = pressure.notified() => true,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => false,
+                _ = clock::sleep(Duration::from_millis(100)) => false,
             };
             if !woken && self.budget.used() <= self.flush_start {
                 continue;
@@ -858,7 +859,7 @@ impl Store {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(self.object.migration_interval) => {}
+                _ = clock::sleep(self.object.migration_interval) => {}
             }
             let store = Arc::clone(&self);
             let _ = tokio::task::spawn_blocking(move || store.tiers.dirs.refresh()).await;
@@ -881,7 +882,7 @@ impl Store {
         let high = (capacity as f64 * self.object.local_high_watermark) as u64;
         let low = (capacity as f64 * self.object.local_low_watermark) as u64;
         if used > high {
-            let mut oldest: Vec<(tokio::time::Instant, Arc<Partition>)> = self
+            let mut oldest: Vec<(std::time::Instant, Arc<Partition>)> = self
                 .partitions()
                 .into_iter()
                 .filter_map(|p| p.migration_candidate(cold_after, true).map(|t| (t, p)))

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use terrace_rpc::clock;
 use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
 
 use crate::config::ObjectStoreConfig;
@@ -229,7 +230,7 @@ impl ObjectTier {
         let mut backoff = self.settings.backoff;
         let mut attempt = 0u32;
         loop {
-            let error = match tokio::time::timeout(self.settings.request_timeout, op()).await {
+            let error = match clock::timeout(self.settings.request_timeout, op()).await {
                 Ok(Ok(value)) => {
                     self.available.store(true, Ordering::Relaxed);
                     return Ok(value);
@@ -270,7 +271,7 @@ impl ObjectTier {
                 return Err(TierError::unavailable(message));
             }
             tracing::debug!(store = %self.url, op = what, key, attempt, %error, "object store request failed; retrying");
-            tokio::time::sleep(backoff).await;
+            clock::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
@@ -327,7 +328,7 @@ impl ObjectTier {
                         self.failed(&message);
                         return Err(TierError::unavailable(message));
                     }
-                    tokio::time::sleep(backoff).await;
+                    clock::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
@@ -346,7 +347,7 @@ impl ObjectTier {
     {
         let timeout = self.settings.request_timeout;
         let store_err = |e: String| PartError::Store(e);
-        let mut upload = match tokio::time::timeout(timeout, self.store.put_multipart(key)).await {
+        let mut upload = match clock::timeout(timeout, self.store.put_multipart(key)).await {
             Ok(Ok(upload)) => upload,
             Ok(Err(e)) => return Err(store_err(e.to_string())),
             Err(_) => return Err(store_err(format!("no answer within {timeout:?}"))),
@@ -360,7 +361,7 @@ impl ObjectTier {
                     break;
                 }
             };
-            match tokio::time::timeout(timeout, upload.put_part(body.into())).await {
+            match clock::timeout(timeout, upload.put_part(body.into())).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     outcome = Err(store_err(format!("part {i}: {e}")));
@@ -379,7 +380,7 @@ impl ObjectTier {
             let complete_timeout = timeout
                 .saturating_mul(u32::try_from(num_parts).unwrap_or(u32::MAX).max(1))
                 .min(CLIENT_TIMEOUT_CEILING);
-            match tokio::time::timeout(complete_timeout, upload.complete()).await {
+            match clock::timeout(complete_timeout, upload.complete()).await {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => outcome = Err(store_err(format!("complete: {e}"))),
                 Err(_) => {
@@ -391,7 +392,7 @@ impl ObjectTier {
         }
         // Best effort: an upload left behind is invisible and a bucket
         // lifecycle rule removes it (docs/operations.md).
-        let _ = tokio::time::timeout(timeout, upload.abort()).await;
+        let _ = clock::timeout(timeout, upload.abort()).await;
         outcome
     }
 

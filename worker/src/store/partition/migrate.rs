@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use std::time::Instant;
+use terrace_rpc::clock;
 use terrace_tier_api::{TierError, TierResult};
-use tokio::time::Instant;
 
 use super::{Partition, Phase, delete_files};
 use crate::store::handles::DataFile;
@@ -25,7 +26,7 @@ impl Partition {
         any_age: bool,
     ) -> Option<Instant> {
         let state = self.lock();
-        let now = Instant::now();
+        let now = clock::now();
         let eligible = matches!(state.phase, Phase::Sealed)
             && !state.migrating
             && state.migrate_after.is_none_or(|t| now >= t)
@@ -78,7 +79,7 @@ impl Partition {
             Err(_) => {
                 state.migration_failures = state.migration_failures.saturating_add(1);
                 let backoff = std::time::Duration::from_secs(1 << state.migration_failures.min(6));
-                state.migrate_after = Some(Instant::now() + backoff);
+                state.migrate_after = Some(clock::now() + backoff);
             }
         }
         result

@@ -29,9 +29,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use std::time::Instant;
+use terrace_rpc::clock;
 use terrace_tier_api::{ErrorKind, PartitionKey, TierError};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::budget::Reservation;
 use super::handles::DataFile;
@@ -147,7 +148,7 @@ impl Partition {
                 next_blob: 0,
                 generation: 0,
                 index_dir: None,
-                last_access: Instant::now(),
+                last_access: clock::now(),
                 sealed_at: None,
                 migrating: false,
                 migrate_after: None,
@@ -198,7 +199,7 @@ impl Partition {
             state.index = persisted.index;
             state.index_dir = Some(index_dir);
             state.phase = Phase::Sealed;
-            state.sealed_at = Some(Instant::now());
+            state.sealed_at = Some(clock::now());
         }
         partition
     }

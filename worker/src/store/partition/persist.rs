@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use terrace_rpc::clock;
 use terrace_tier_api::{TierError, TierResult};
-use tokio::time::Instant;
 
 use super::flush::{Unstored, Writer};
 use super::migrate::read_chunk;
@@ -38,8 +38,8 @@ impl Partition {
                 if matches!(state.phase, Phase::Sealing) {
                     state.phase = Phase::Sealed;
                     state.index.sealed = true;
-                    state.sealed_at = Some(Instant::now());
-                    state.last_access = Instant::now();
+                    state.sealed_at = Some(clock::now());
+                    state.last_access = clock::now();
                 }
             }
             Err(e) => {
@@ -83,8 +83,8 @@ impl Partition {
             Ok(()) if matches!(state.phase, Phase::Sealing) => {
                 state.phase = Phase::Sealed;
                 state.index.sealed = true;
-                state.sealed_at = Some(Instant::now());
-                state.last_access = Instant::now();
+                state.sealed_at = Some(clock::now());
+                state.last_access = clock::now();
             }
             Ok(()) => {}
             Err(e) => {

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use terrace_rpc::clock;
 use terrace_tier_api::TierError;
-use tokio::time::Instant;
 
 use super::{Partition, Phase};
 use crate::store::index::{Extent, Forward, Location, NextRead};
@@ -109,7 +109,7 @@ impl Partition {
                     };
                     sources.push(source);
                 }
-                state.last_access = Instant::now();
+                state.last_access = clock::now();
                 ReadStep::Batch { extents, sources }
             }
             NextRead::SegmentDone => ReadStep::SegmentDone,
