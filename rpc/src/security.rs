@@ -36,6 +36,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use terrace_proto::pb;
+use terrace_tier_api::protocol::Access;
 use terrace_tier_api::{MAX_ID_BYTES, TierError};
 
 /// Environment variable naming the secret file when the config names none.
@@ -334,30 +335,17 @@ pub enum Identity {
     Job(Bytes),
 }
 
-/// What a request acts on, which decides who may make it (see
-/// [`Identity::authorize`]). Each server's commands say which one they are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access<'a> {
-    /// The cluster itself (workers, masters, operators): cluster members only.
-    Cluster,
-    /// One job's data: cluster members and holders of that job's token.
-    Job(&'a [u8]),
-    /// Anything an authenticated peer may ask (the secret or any job's token).
-    Authenticated,
-    /// Only what this connection opened under an earlier check (a read
-    /// stream's control frames act on streams its `OpenStream` opened).
-    Opened,
-}
-
 impl Identity {
     /// Whether this connection may make the request `what` (its kind, for
-    /// the error), which acts on `access`. The one place access is decided.
+    /// the error), which needs `access` (each request says which: see
+    /// `terrace_tier_api::protocol::Request::access`). The one place access
+    /// is decided, for master and worker alike.
     pub fn authorize(&self, access: Access<'_>, what: &str) -> Result<(), TierError> {
         match access {
             Access::Cluster => self.require_cluster(what),
-            Access::Job(job) => self.require_job(job, what),
+            Access::Job(job) => self.require_job(job.as_bytes(), what),
             Access::Authenticated => self.require_authenticated(what),
-            Access::Opened => Ok(()),
+            Access::OwnStream => Ok(()),
         }
     }
 
@@ -907,6 +895,7 @@ mod tests {
     #[test]
     fn identities_allow_what_they_proved() {
         use terrace_tier_api::ErrorKind::PermissionDenied;
+        use terrace_tier_api::JobId;
         let a = Bytes::from_static(b"job-a");
         let allowed =
             |identity: &Identity, access: Access<'_>| match identity.authorize(access, "request") {
@@ -922,13 +911,17 @@ mod tests {
             Identity::Cluster,
             Identity::Job(a.clone()),
         ];
+        let (job_a, job_b) = (
+            JobId::new(Bytes::from_static(b"job-a")).expect("valid"),
+            JobId::new(Bytes::from_static(b"job-b")).expect("valid"),
+        );
         // (access, allowed for Open, Anonymous, Cluster, Job(a))
         let table: [(Access<'_>, [bool; 4]); 5] = [
             (Access::Cluster, [true, false, true, false]),
-            (Access::Job(b"job-a"), [true, false, true, true]),
-            (Access::Job(b"job-b"), [true, false, true, false]),
+            (Access::Job(&job_a), [true, false, true, true]),
+            (Access::Job(&job_b), [true, false, true, false]),
             (Access::Authenticated, [true, false, true, true]),
-            (Access::Opened, [true, true, true, true]),
+            (Access::OwnStream, [true, true, true, true]),
         ];
         for (access, want) in table {
             for (identity, want) in identities.iter().zip(want) {
@@ -936,7 +929,7 @@ mod tests {
             }
         }
         let err = Identity::Job(a)
-            .authorize(Access::Job(b"job-b"), "PushData")
+            .authorize(Access::Job(&job_b), "PushData")
             .unwrap_err();
         assert_eq!(
             err.message(),

@@ -16,7 +16,8 @@ mod worker_unreachable;
 use std::time::Instant;
 
 use terrace_proto::{Message, MessageType, pb};
-use terrace_rpc::{Access, ClusterSecret};
+use terrace_rpc::ClusterSecret;
+use terrace_tier_api::protocol::Access;
 use terrace_tier_api::{JobId, MAX_ID_BYTES, TierError, TierResult};
 
 use crate::registry::{Registry, WorkerLoad};
@@ -81,8 +82,8 @@ impl Command {
     /// one, and any authenticated peer may report a worker it cannot reach.
     pub(crate) fn access(&self) -> Access<'_> {
         match self {
-            Command::AllocatePartition(c) => Access::Job(c.key.job.as_bytes()),
-            Command::LocatePartition(c) => Access::Job(c.key.job.as_bytes()),
+            Command::AllocatePartition(c) => Access::Job(&c.key.job),
+            Command::LocatePartition(c) => Access::Job(&c.key.job),
             Command::WorkerUnreachable(_) => Access::Authenticated,
             Command::RegisterWorker(_)
             | Command::Heartbeat(_)

@@ -1,8 +1,9 @@
 //! One file per request the worker serves, shaped like the master's
-//! commands: each is parsed and validated from its wire message (`parse`),
-//! says what it acts on ([`Command::access`], which the connection's
-//! identity is checked against), and is then applied to the connection and
-//! the worker's shared state (`apply`), which yields the reply.
+//! commands. A request is parsed and validated once, on receipt, into its
+//! typed form (`terrace_tier_api::protocol::WorkerRequest`, which also says
+//! what it acts on: [`Command::access`], checked against the connection's
+//! identity); each file here applies one to the connection and the worker's
+//! shared state and returns its typed reply.
 
 mod adopt_partition;
 mod create_partition;
@@ -19,75 +20,33 @@ mod stream_input;
 mod worker_stats;
 
 use bytes::Bytes;
-use terrace_proto::{Message, MessageType};
-use terrace_rpc::Access;
-use terrace_tier_api::{MAX_ID_BYTES, PartitionKey, TierError, TierResult};
+use terrace_proto::Message;
+use terrace_tier_api::TierResult;
+use terrace_tier_api::protocol::{Access, Wire, WorkerRequest};
 
 use crate::context::Connection;
 use crate::store::Reservation;
 
-use adopt_partition::AdoptPartition;
-use create_partition::CreatePartition;
-use decommission::Decommission;
-use drop_job::DropJob;
-use move_forward::MoveForward;
-use open_stream::OpenStream;
-use partition_metrics::PartitionMetrics;
-use push_data::PushData;
-use release_partition::ReleasePartition;
-use seal_partition::SealPartition;
-use split_partition::SplitPartition;
-use stream_input::{AddCredit, CloseStream, RequireSegment};
-use worker_stats::WorkerStats;
-
-/// A validated request.
+/// A validated request, with the memory budget its frame holds.
 #[derive(Debug)]
-pub(crate) enum Command {
-    CreatePartition(CreatePartition),
-    PushData(PushData),
-    SealPartition(SealPartition),
-    SplitPartition(SplitPartition),
-    ReleasePartition(ReleasePartition),
-    DropJob(DropJob),
-    WorkerStats(WorkerStats),
-    PartitionMetrics(PartitionMetrics),
-    Decommission(Decommission),
-    AdoptPartition(AdoptPartition),
-    MoveForward(MoveForward),
-    OpenStream(OpenStream),
-    RequireSegment(RequireSegment),
-    AddCredit(AddCredit),
-    CloseStream(CloseStream),
-    /// A request a worker does not serve (a master's): refused as a
-    /// cluster request would be, then answered BAD_REQUEST.
-    Unserved(MessageType),
+pub(crate) struct Command {
+    request: WorkerRequest,
+    /// A push's data stays charged to the budget until it is flushed.
+    reservation: Reservation,
 }
 
 impl Command {
     /// Parses a request; `body` and `reservation` are its frame body and the
-    /// memory budget it holds (a push's data, a handover's index).
+    /// memory budget it holds (a push's data, a handover's index). A type a
+    /// worker does not serve is a bad request naming it.
     pub(crate) fn from_message(
         message: Message,
         body: Bytes,
         reservation: Reservation,
     ) -> TierResult<Command> {
-        Ok(match message {
-            Message::CreatePartition(m) => Command::CreatePartition(CreatePartition::parse(m)?),
-            Message::PushData(m) => Command::PushData(PushData::parse(m, body, reservation)?),
-            Message::SealPartition(m) => Command::SealPartition(SealPartition::parse(m)?),
-            Message::SplitPartition(m) => Command::SplitPartition(SplitPartition::parse(m)?),
-            Message::ReleasePartition(m) => Command::ReleasePartition(ReleasePartition::parse(m)?),
-            Message::DropJob(m) => Command::DropJob(DropJob::parse(m)?),
-            Message::WorkerStats(m) => Command::WorkerStats(WorkerStats::parse(m)),
-            Message::PartitionMetrics(m) => Command::PartitionMetrics(PartitionMetrics::parse(m)?),
-            Message::Decommission(m) => Command::Decommission(Decommission::parse(m)),
-            Message::AdoptPartition(m) => Command::AdoptPartition(AdoptPartition::parse(m, body)?),
-            Message::MoveForward(m) => Command::MoveForward(MoveForward::parse(m)?),
-            Message::OpenStream(m) => Command::OpenStream(OpenStream::parse(m)?),
-            Message::RequireSegment(m) => Command::RequireSegment(RequireSegment::parse(m)),
-            Message::AddCredit(m) => Command::AddCredit(AddCredit::parse(m)),
-            Message::CloseStream(m) => Command::CloseStream(CloseStream::parse(m)),
-            other => Command::Unserved(other.message_type()),
+        Ok(Command {
+            request: WorkerRequest::from_frame(message, body)?,
+            reservation,
         })
     }
 
@@ -97,24 +56,7 @@ impl Command {
     /// control frames act on streams the connection opened, so the
     /// `OpenStream` check covers them.
     pub(crate) fn access(&self) -> Access<'_> {
-        match self {
-            Command::CreatePartition(c) => job_of(&c.key),
-            Command::PushData(c) => job_of(&c.key),
-            Command::SealPartition(c) => job_of(&c.key),
-            Command::SplitPartition(c) => job_of(&c.key),
-            Command::ReleasePartition(c) => job_of(&c.key),
-            Command::PartitionMetrics(c) => job_of(&c.key),
-            Command::OpenStream(c) => job_of(&c.stream.key),
-            Command::DropJob(c) => Access::Job(c.job.as_bytes()),
-            Command::RequireSegment(_) | Command::AddCredit(_) | Command::CloseStream(_) => {
-                Access::Opened
-            }
-            Command::WorkerStats(_)
-            | Command::Decommission(_)
-            | Command::AdoptPartition(_)
-            | Command::MoveForward(_)
-            | Command::Unserved(_) => Access::Cluster,
-        }
+        self.request.access()
     }
 
     /// Runs the command for `request_id` on `conn`. The reply to send, if
@@ -125,41 +67,34 @@ impl Command {
         request_id: u64,
         conn: &mut Connection,
     ) -> Option<TierResult<Message>> {
-        Some(match self {
-            Command::CreatePartition(c) => c.apply(request_id, conn).await,
-            Command::PushData(c) => c.apply(request_id, conn).await,
-            Command::SealPartition(c) => c.apply(request_id, conn).await,
-            Command::SplitPartition(c) => c.apply(request_id, conn).await,
-            Command::ReleasePartition(c) => c.apply(request_id, conn).await,
-            Command::DropJob(c) => c.apply(request_id, conn).await,
-            Command::WorkerStats(c) => Ok(c.apply(request_id, conn)),
-            Command::PartitionMetrics(c) => c.apply(request_id, conn),
-            Command::Decommission(c) => Ok(c.apply(request_id, conn)),
-            Command::AdoptPartition(c) => c.apply(request_id, conn).await,
-            Command::MoveForward(c) => c.apply(request_id, conn).await,
-            Command::OpenStream(c) => return c.apply(conn).err().map(Err),
-            Command::RequireSegment(c) => return c.apply(conn),
-            Command::AddCredit(c) => return c.apply(conn),
-            Command::CloseStream(c) => return c.apply(conn),
-            Command::Unserved(ty) => Err(TierError::bad_input(format!(
-                "a worker does not serve {ty:?} requests"
-            ))),
-        })
+        let reply = |r: TierResult<_>| Some(r.map(|r| frame(r, request_id)));
+        match self.request {
+            WorkerRequest::CreatePartition(r) => reply(create_partition::apply(r, conn).await),
+            WorkerRequest::PushData(r) => {
+                let pushed = push_data::apply(r, conn, self.reservation).await;
+                Some(pushed.map(|r| frame(r, request_id)))
+            }
+            WorkerRequest::SealPartition(r) => reply(seal_partition::apply(r, conn).await),
+            WorkerRequest::SplitPartition(r) => reply(split_partition::apply(r, conn).await),
+            WorkerRequest::ReleasePartition(r) => reply(release_partition::apply(r, conn).await),
+            WorkerRequest::DropJob(r) => reply(drop_job::apply(r, conn).await),
+            WorkerRequest::WorkerStats(r) => Some(Ok(worker_stats::apply(r, request_id, conn))),
+            WorkerRequest::PartitionMetrics(r) => {
+                Some(partition_metrics::apply(r, conn).map(|r| frame(r, request_id)))
+            }
+            WorkerRequest::Decommission(r) => reply(Ok(decommission::apply(r, conn))),
+            WorkerRequest::AdoptPartition(r) => reply(adopt_partition::apply(r, conn).await),
+            WorkerRequest::MoveForward(r) => reply(move_forward::apply(r, conn).await),
+            WorkerRequest::OpenStream(r) => open_stream::apply(r, request_id, conn).err().map(Err),
+            WorkerRequest::Stream(control) => {
+                stream_input::apply(control, conn);
+                None
+            }
+        }
     }
 }
 
-/// A request on `key`'s data.
-fn job_of(key: &PartitionKey) -> Access<'_> {
-    Access::Job(key.job.as_bytes())
-}
-
-/// A non-empty worker id or address of at most `MAX_ID_BYTES`.
-fn bounded(field: &str, value: String) -> TierResult<String> {
-    if value.is_empty() || value.len() > MAX_ID_BYTES {
-        return Err(TierError::bad_input(format!(
-            "{field} must have 1 to {MAX_ID_BYTES} bytes, not {}",
-            value.len()
-        )));
-    }
-    Ok(value)
+/// A bodiless reply's frame.
+fn frame(reply: impl Wire, request_id: u64) -> Message {
+    reply.into_frame(request_id).0
 }

@@ -1,32 +1,30 @@
 //! `PartitionMetrics`: what a partition holds per subpartition.
 
-use terrace_proto::{Message, pb};
-use terrace_tier_api::{PartitionKey, TierResult};
+use terrace_tier_api::protocol::{PartitionMetrics, PartitionMetricsReply, WorkerAt};
+use terrace_tier_api::{TierError, TierResult, WorkerId};
 
 use crate::context::Connection;
 
-#[derive(Debug)]
-pub(crate) struct PartitionMetrics {
-    pub key: PartitionKey,
-}
-
-impl PartitionMetrics {
-    pub(crate) fn parse(m: pb::PartitionMetrics) -> TierResult<Self> {
-        Ok(PartitionMetrics {
-            key: PartitionKey::try_from(m.key)?,
-        })
-    }
-
-    pub(crate) fn apply(self, request_id: u64, conn: &Connection) -> TierResult<Message> {
-        let (sealed, subpartition_bytes, next) = conn.shared.store.get(&self.key)?.metrics();
-        let (next_worker_id, next_address) =
-            next.map(|f| (f.worker_id, f.address)).unwrap_or_default();
-        Ok(Message::PartitionMetricsReply(pb::PartitionMetricsReply {
-            request_id,
-            sealed,
-            subpartition_bytes,
-            next_address,
-            next_worker_id,
-        }))
-    }
+pub(crate) fn apply(
+    request: PartitionMetrics,
+    conn: &Connection,
+) -> TierResult<PartitionMetricsReply> {
+    let key = request.key;
+    let (sealed, subpartition_bytes, next) = conn.shared.store.get(&key)?.metrics();
+    // A forward pointer holds the worker id its split request carried,
+    // checked on receipt.
+    let next = match next {
+        Some(f) => {
+            let id = WorkerId::new(f.worker_id).map_err(|e| {
+                TierError::internal(format!("forward pointer of {key}: {}", e.message()))
+            })?;
+            Some(WorkerAt::new(id, f.address))
+        }
+        None => None,
+    };
+    Ok(PartitionMetricsReply {
+        sealed,
+        subpartition_bytes,
+        next,
+    })
 }

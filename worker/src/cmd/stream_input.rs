@@ -3,79 +3,29 @@
 //! reported on the stream (`StreamError`), which then ends.
 
 use bytes::Bytes;
-use terrace_proto::{Message, pb};
-use terrace_tier_api::TierResult;
+use terrace_tier_api::TierError;
+use terrace_tier_api::protocol::{StreamControl, StreamError, StreamId, Wire};
 use tokio::sync::mpsc;
 
 use crate::context::{Connection, StreamInput};
 use crate::store::cost;
 
-/// The reader wants `segment` of `subpartition` next.
-#[derive(Debug)]
-pub(crate) struct RequireSegment {
-    stream_id: u64,
-    subpartition: u32,
-    segment: u32,
-}
-
-impl RequireSegment {
-    pub(crate) fn parse(m: pb::RequireSegment) -> Self {
-        RequireSegment {
-            stream_id: m.stream_id,
-            subpartition: m.subpartition,
-            segment: m.segment_id,
+/// Runs a reader's frame on the stream it names.
+pub(crate) fn apply(control: StreamControl, conn: &mut Connection) {
+    match control {
+        StreamControl::RequireSegment(r) => {
+            let input = StreamInput::Require {
+                subpartition: r.subpartition.0,
+                segment: r.segment.0,
+            };
+            send(conn, r.stream_id.0, input);
         }
-    }
-
-    pub(crate) fn apply(self, conn: &mut Connection) -> Option<TierResult<Message>> {
-        let input = StreamInput::Require {
-            subpartition: self.subpartition,
-            segment: self.segment,
-        };
-        send(conn, self.stream_id, input);
-        None
-    }
-}
-
-/// The reader takes `credit` more `ReadData` frames.
-#[derive(Debug)]
-pub(crate) struct AddCredit {
-    stream_id: u64,
-    credit: u32,
-}
-
-impl AddCredit {
-    pub(crate) fn parse(m: pb::AddCredit) -> Self {
-        AddCredit {
-            stream_id: m.stream_id,
-            credit: m.credit,
+        StreamControl::AddCredit(c) => send(conn, c.stream_id.0, StreamInput::Credit(c.credit)),
+        StreamControl::CloseStream(c) => {
+            if let Some(stream) = conn.streams.remove(&c.stream_id.0) {
+                stream.cancel.cancel();
+            }
         }
-    }
-
-    pub(crate) fn apply(self, conn: &mut Connection) -> Option<TierResult<Message>> {
-        send(conn, self.stream_id, StreamInput::Credit(self.credit));
-        None
-    }
-}
-
-/// The reader is done with the stream.
-#[derive(Debug)]
-pub(crate) struct CloseStream {
-    stream_id: u64,
-}
-
-impl CloseStream {
-    pub(crate) fn parse(m: pb::CloseStream) -> Self {
-        CloseStream {
-            stream_id: m.stream_id,
-        }
-    }
-
-    pub(crate) fn apply(self, conn: &mut Connection) -> Option<TierResult<Message>> {
-        if let Some(stream) = conn.streams.remove(&self.stream_id) {
-            stream.cancel.cancel();
-        }
-        None
     }
 }
 
@@ -96,14 +46,7 @@ fn send(conn: &mut Connection, stream_id: u64, input: StreamInput) {
                     if let Some(stream) = conn.streams.remove(&stream_id) {
                         stream.cancel.cancel();
                     }
-                    conn.sender.send(
-                        Message::StreamError(pb::StreamError {
-                            stream_id,
-                            code: e.code() as i32,
-                            message: e.message().to_string(),
-                        }),
-                        Bytes::new(),
-                    );
+                    stream_error(conn, stream_id, e);
                     return;
                 }
             };
@@ -112,27 +55,25 @@ fn send(conn: &mut Connection, stream_id: u64, input: StreamInput) {
                 if let Some(stream) = conn.streams.remove(&stream_id) {
                     stream.cancel.cancel();
                 }
-                conn.sender.send(
-                    Message::StreamError(pb::StreamError {
-                        stream_id,
-                        code: pb::ErrorCode::BadRequest as i32,
-                        message: format!(
-                            "stream {stream_id} has {queue} commands waiting, its limit (its subpartitions + limits.max_stream_credits + 64)"
-                        ),
-                    }),
-                    Bytes::new(),
-                );
+                let error = TierError::bad_input(format!(
+                    "stream {stream_id} has {queue} commands waiting, its limit (its subpartitions + limits.max_stream_credits + 64)"
+                ));
+                stream_error(conn, stream_id, error);
             }
         }
         None => {
-            conn.sender.send(
-                Message::StreamError(pb::StreamError {
-                    stream_id,
-                    code: pb::ErrorCode::BadRequest as i32,
-                    message: format!("stream {stream_id} is not open"),
-                }),
-                Bytes::new(),
-            );
+            let error = TierError::bad_input(format!("stream {stream_id} is not open"));
+            stream_error(conn, stream_id, error);
         }
     }
+}
+
+/// Tells the reader its stream ended with `error`.
+fn stream_error(conn: &Connection, stream_id: u64, error: TierError) {
+    let (frame, _) = StreamError {
+        stream_id: StreamId(stream_id),
+        error,
+    }
+    .into_frame(0);
+    conn.sender.send(frame, Bytes::new());
 }
