@@ -35,7 +35,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Accepted) -> Accepted {
         let reply = match allowed {
             Err(e) => {
                 tracing::debug!(peer = %conn.peer, client = %conn.client, error = %e, "request refused");
-                Message::error(message.request_id(), e.code(), e.message())
+                e.to_reply(message.request_id())
             }
             Ok(()) => match Command::from_message(message) {
                 Ok((request_id, command)) => {

@@ -11,10 +11,12 @@ mod clock;
 mod cmd;
 mod config;
 mod connection;
+mod error;
 mod probe;
 mod registry;
 mod server;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{MasterConfig, MasterLimits};
+pub use error::PlacementError;
 pub use server::{SERVER_NAME, run, run_with_clock};

@@ -18,6 +18,6 @@ pub use config::{ObjectStoreConfig, WorkerConfig, WorkerLimits};
 pub use server::{WorkerHandle, run, start, start_with_hooks, store_options};
 pub use store::{
     Charge, FaultyFiles, FaultyStore, FileLayer, Forward, MARKER, MemoryBudget, MetadataBudget,
-    ObjectStoreSettings, ObjectTier, Partition, ReadStep, RealFiles, Reservation, Store,
-    StoreHooks, StoreLimits, StoreOptions, TierBytes, Tiers, build_store, cost,
+    ObjectStoreSettings, ObjectStoreState, ObjectTier, Partition, ReadStep, RealFiles, Reservation,
+    Store, StoreError, StoreHooks, StoreLimits, StoreOptions, TierBytes, Tiers, build_store, cost,
 };

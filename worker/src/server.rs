@@ -8,9 +8,8 @@ use bytes::Bytes;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{
     Accepted, ExpectedServer, FrameSender, Identity, Meter, Security, ServerIdentity, ServerSpec,
-    reply_error,
 };
-use terrace_tier_api::{TierError, TierResult};
+use terrace_tier_api::{TierError, TierResult, error_text};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -182,7 +181,7 @@ fn prepare(
     hooks: StoreHooks,
     stop: CancellationToken,
 ) -> TierResult<(Arc<Shared>, SocketAddr)> {
-    config.validate().map_err(TierError::bad_input)?;
+    config.validate()?;
     let local = listener
         .local_addr()
         .map_err(|e| TierError::internal(format!("listener address: {e}")))?;
@@ -192,7 +191,7 @@ fn prepare(
         .unwrap_or_else(|| local.to_string());
     let worker_id = config.worker_id.clone().unwrap_or_else(|| address.clone());
     let security = Security::load(&config.security)
-        .map_err(|e| TierError::bad_input(format!("worker config: {e}")))?;
+        .map_err(|e| TierError::from(e).context("worker config"))?;
     security.warn_if_open("the worker");
     let store = Arc::new(Store::open(store_options(&config), hooks)?);
     Ok((
@@ -276,7 +275,7 @@ struct BudgetMeter<'a> {
 }
 
 impl Meter for BudgetMeter<'_> {
-    async fn grant(&mut self, bytes: usize) -> Result<(), String> {
+    async fn grant(&mut self, bytes: usize) -> TierResult<()> {
         let more = self.store.budget().reserve(bytes as u64).await?;
         self.held.merge(more);
         Ok(())
@@ -332,7 +331,7 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
                 Some(frame) => match store.top_up(meter.held, prefix.remaining()).await {
                     Ok(held) => Some((frame, held)),
                     Err(reason) => {
-                        accepted.fail(pb::ErrorCode::Protocol, reason);
+                        accepted.fail(pb::ErrorCode::Protocol, error_text(&reason));
                         None
                     }
                 },
@@ -344,12 +343,8 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
         };
         if let Err(e) = authorize(&accepted.identity, &message) {
             tracing::debug!(peer = %conn.peer, client = %accepted.client, error = %e, "request refused");
-            reply_error(
-                &conn.sender,
-                message.request_id(),
-                e.code(),
-                e.message().to_string(),
-            );
+            conn.sender
+                .send(e.to_reply(message.request_id()), Bytes::new());
             continue;
         }
         dispatch(&mut conn, message, body, reservation).await;
@@ -423,7 +418,7 @@ async fn dispatch(conn: &mut Connection, message: Message, body: Bytes, reservat
         }
         Some(Err(e)) => {
             tracing::debug!(peer = %conn.peer, request_id, error = %e, "request failed");
-            reply_error(&conn.sender, request_id, e.code(), e.message().to_string());
+            conn.sender.send(e.to_reply(request_id), Bytes::new());
         }
         None => {}
     }

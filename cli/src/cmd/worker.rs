@@ -109,10 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.allow_missing_data_dirs = true;
     }
     crate::config::raise_open_file_limit("worker");
-    config
-        .validate()
-        .map_err(anyhow::Error::msg)
-        .context("check worker config")?;
+    config.validate().context("check worker config")?;
     crate::config::serve(|shutdown| async move {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

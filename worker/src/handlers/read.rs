@@ -144,11 +144,7 @@ fn send_command(conn: &mut Connection, stream_id: u64, command: Command) {
                         stream.cancel.cancel();
                     }
                     conn.sender.send(
-                        Message::StreamError(pb::StreamError {
-                            stream_id,
-                            code: e.code() as i32,
-                            message: e.message().to_string(),
-                        }),
+                        Message::StreamError(e.to_stream_error(stream_id)),
                         Bytes::new(),
                     );
                     return;
@@ -163,6 +159,7 @@ fn send_command(conn: &mut Connection, stream_id: u64, command: Command) {
                     Message::StreamError(pb::StreamError {
                         stream_id,
                         code: pb::ErrorCode::BadRequest as i32,
+                        detail: pb::ErrorCode::Unspecified as i32,
                         message: format!(
                             "stream {stream_id} has {queue} commands waiting, its limit (its subpartitions + limits.max_stream_credits + 64)"
                         ),
@@ -176,6 +173,7 @@ fn send_command(conn: &mut Connection, stream_id: u64, command: Command) {
                 Message::StreamError(pb::StreamError {
                     stream_id,
                     code: pb::ErrorCode::BadRequest as i32,
+                    detail: pb::ErrorCode::Unspecified as i32,
                     message: format!("stream {stream_id} is not open"),
                 }),
                 Bytes::new(),
@@ -442,7 +440,7 @@ impl Stream {
         let partition = match partition {
             Ok(p) => p,
             Err(e) => {
-                reply_error(&self.sender, request_id, e.code(), e.message().to_string());
+                self.sender.send(e.to_reply(request_id), Bytes::new());
                 return;
             }
         };
@@ -601,11 +599,7 @@ impl Stream {
 
     fn fail(&self, e: &TierError) {
         self.sender.send(
-            Message::StreamError(pb::StreamError {
-                stream_id: self.stream_id,
-                code: e.code() as i32,
-                message: e.message().to_string(),
-            }),
+            Message::StreamError(e.to_stream_error(self.stream_id)),
             Bytes::new(),
         );
     }
