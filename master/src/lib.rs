@@ -11,6 +11,7 @@ mod clock;
 mod cmd;
 mod config;
 mod connection;
+mod context;
 mod error;
 mod probe;
 mod registry;
@@ -19,4 +20,7 @@ mod server;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{MasterConfig, MasterLimits};
 pub use error::PlacementError;
-pub use server::{SERVER_NAME, run, run_with_clock};
+pub use server::{run, run_with_clock};
+
+/// The name the master gives in handshakes.
+pub const SERVER_NAME: &str = "terrace-master";

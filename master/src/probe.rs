@@ -4,14 +4,10 @@
 //! TCP connections in the kernel but never answers, so the handshake is the
 //! test, not the connect.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use terrace_rpc::{Client, ClientOptions, TlsClient};
 use terrace_tier_api::ErrorKind;
-
-use crate::cmd::ProbeDue;
-use crate::server::Shared;
 
 /// How the master reaches workers for a probe.
 #[derive(Clone, Debug)]
@@ -23,7 +19,7 @@ pub(crate) struct Prober {
 impl Prober {
     pub(crate) fn new(timeout: Duration, tls: Option<TlsClient>) -> Self {
         let options = ClientOptions {
-            name: crate::server::SERVER_NAME.to_string(),
+            name: crate::SERVER_NAME.to_string(),
             connect_timeout: timeout,
             request_timeout: timeout,
             tls,
@@ -48,13 +44,4 @@ impl Prober {
             Err(_) => false,
         }
     }
-}
-
-/// Probes `due` in the background and records the outcome.
-pub(crate) fn spawn(shared: Arc<Shared>, due: ProbeDue) {
-    tokio::spawn(async move {
-        let reachable = shared.prober.reachable(&due.address).await;
-        shared
-            .with_registry(|registry, now| registry.probe_finished(&due.worker_id, reachable, now));
-    });
 }

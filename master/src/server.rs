@@ -2,47 +2,19 @@
 //! connection, all tracked so shutdown waits for them.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use terrace_rpc::{ClusterSecret, Security, ServerIdentity, ServerSpec};
+use terrace_rpc::{Security, ServerIdentity, ServerSpec};
 use terrace_tier_api::{TierError, TierResult};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::SERVER_NAME;
 use crate::clock::{Clock, SystemClock};
 use crate::config::MasterConfig;
 use crate::connection;
+use crate::context::Shared;
 use crate::probe::Prober;
 use crate::registry::Registry;
-
-/// The name the master gives in handshakes.
-pub const SERVER_NAME: &str = "terrace-master";
-
-/// What every connection shares: the registry and the clock.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) registry: Mutex<Registry>,
-    pub(crate) clock: Arc<dyn Clock>,
-    /// Signs job tokens; `None` when the cluster runs without a secret.
-    pub(crate) secret: Option<ClusterSecret>,
-    /// Checks workers peers report unreachable.
-    pub(crate) prober: Prober,
-    /// How often the registry is swept (see [`crate::registry::sweep_period`]).
-    pub(crate) sweep_period: Duration,
-}
-
-impl Shared {
-    /// Runs `f` on the registry at the clock's current time.
-    pub(crate) fn with_registry<T>(
-        &self,
-        f: impl FnOnce(&mut Registry, std::time::Instant) -> T,
-    ) -> T {
-        let now = self.clock.now();
-        let mut registry = self.registry.lock().expect("registry lock poisoned");
-        registry.observe(now, std::time::Instant::now(), self.sweep_period);
-        f(&mut registry, now)
-    }
-}
 
 /// Serves the master protocol on `listener` until `shutdown` fires, then
 /// stops accepting, lets every connection finish (up to

@@ -8,39 +8,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::error::FrameError;
 use crate::message::{Message, MessageType};
 
 /// Bytes before the header: length, type, header length.
 pub const FRAME_PREFIX_LEN: usize = 9;
-
-/// Why a frame could not be read. Every variant but `Io` is a protocol error.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
-    TooLarge { len: u64, max: usize },
-    #[error("unknown message type {0}")]
-    UnknownType(u8),
-    #[error("malformed frame: {0}")]
-    Malformed(&'static str),
-    #[error("header of {ty:?} does not decode: {source}")]
-    BadHeader {
-        ty: MessageType,
-        #[source]
-        source: prost::DecodeError,
-    },
-    #[error("connection closed in the middle of a frame")]
-    Truncated,
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl FrameError {
-    /// True when the peer sent something that breaks the protocol (as opposed
-    /// to the connection failing).
-    pub fn is_protocol_error(&self) -> bool {
-        !matches!(self, FrameError::Io(_) | FrameError::Truncated)
-    }
-}
 
 /// The fixed-size start of a frame, already validated against the maximum size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +139,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let bytes = Bytes::from_owner(buf);
         let header = bytes.slice(..prefix.header_len);
         let body = bytes.slice(prefix.header_len..len);
-        let message = Message::decode_header(prefix.ty, header)?;
+        let message =
+            Message::decode_header(prefix.ty, header).map_err(|source| FrameError::BadHeader {
+                ty: prefix.ty,
+                source,
+            })?;
         Ok((message, body))
     }
 

@@ -7,6 +7,7 @@
 //! and the services.
 
 mod codec;
+mod error;
 mod message;
 
 /// Generated protobuf messages (package `terrace.v1`).
@@ -15,9 +16,8 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/terrace.v1.rs"));
 }
 
-pub use codec::{
-    FRAME_PREFIX_LEN, FrameError, FramePrefix, FrameReader, encode_frame, write_frame,
-};
+pub use codec::{FRAME_PREFIX_LEN, FramePrefix, FrameReader, encode_frame, write_frame};
+pub use error::FrameError;
 pub use message::{Message, MessageType};
 
 /// The protocol version sent in every handshake. Peers with another version are refused.

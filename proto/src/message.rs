@@ -3,7 +3,6 @@
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 
-use crate::codec::FrameError;
 use crate::pb;
 
 macro_rules! messages {
@@ -40,12 +39,10 @@ macro_rules! messages {
                 }
             }
 
-            /// Decodes a header of type `ty`.
-            pub fn decode_header(ty: MessageType, header: Bytes) -> Result<Self, FrameError> {
+            /// Decodes a header of type `ty` (the codec says which frame it was in).
+            pub fn decode_header(ty: MessageType, header: Bytes) -> Result<Self, prost::DecodeError> {
                 Ok(match ty {
-                    $( MessageType::$name => Self::$name(
-                        pb::$name::decode(header).map_err(|source| FrameError::BadHeader { ty, source })?
-                    ), )*
+                    $( MessageType::$name => Self::$name(pb::$name::decode(header)?), )*
                 })
             }
 

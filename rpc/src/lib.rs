@@ -20,8 +20,8 @@ pub use error::{AuthError, OpeningError, SecurityError};
 pub use listener::{Accepted, BoxRead, Meter, ServerOptions, ServerSpec, serve};
 pub use runtime::io_runtime;
 pub use security::{
-    AUTH_BYTES, ClusterSecret, Credential, ExpectedServer, Identity, JobToken, SECRET_FILE_ENV,
-    Security, SecurityConfig, ServerIdentity, TlsClient, TlsServer,
+    AUTH_BYTES, Access, ClusterSecret, Credential, ExpectedServer, Identity, JobToken,
+    SECRET_FILE_ENV, Security, SecurityConfig, ServerIdentity, TlsClient, TlsServer,
 };
 pub use server::{accept_handshake, reply_error};
 pub use writer::{FrameSender, OutFrame, spawn_writer};

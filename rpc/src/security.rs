@@ -342,9 +342,35 @@ pub enum Identity {
     Job(Bytes),
 }
 
+/// What a request acts on, which decides who may make it (see
+/// [`Identity::authorize`]). Each server's commands say which one they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// The cluster itself (workers, masters, operators): cluster members only.
+    Cluster,
+    /// One job's data: cluster members and holders of that job's token.
+    Job(&'a [u8]),
+    /// Anything an authenticated peer may ask (the secret or any job's token).
+    Authenticated,
+    /// Only what this connection opened under an earlier check (a read
+    /// stream's control frames act on streams its `OpenStream` opened).
+    Opened,
+}
+
 impl Identity {
+    /// Whether this connection may make the request `what` (its kind, for
+    /// the error), which acts on `access`. The one place access is decided.
+    pub fn authorize(&self, access: Access<'_>, what: &str) -> Result<(), TierError> {
+        match access {
+            Access::Cluster => self.require_cluster(what),
+            Access::Job(job) => self.require_job(job, what),
+            Access::Authenticated => self.require_authenticated(what),
+            Access::Opened => Ok(()),
+        }
+    }
+
     /// Allows `what` (a request kind, for the error) only to cluster members.
-    pub fn require_cluster(&self, what: &str) -> Result<(), TierError> {
+    fn require_cluster(&self, what: &str) -> Result<(), TierError> {
         match self {
             Identity::Open | Identity::Cluster => Ok(()),
             Identity::Anonymous => Err(TierError::permission_denied(format!(
@@ -357,7 +383,7 @@ impl Identity {
     }
 
     /// Allows `what` to anyone who proved something (the secret or any job's token).
-    pub fn require_authenticated(&self, what: &str) -> Result<(), TierError> {
+    fn require_authenticated(&self, what: &str) -> Result<(), TierError> {
         match self {
             Identity::Anonymous => Err(TierError::permission_denied(format!(
                 "{what} needs the cluster secret or a job's token; this connection did not authenticate"
@@ -367,7 +393,7 @@ impl Identity {
     }
 
     /// Allows `what` on `job`'s data to cluster members and holders of its token.
-    pub fn require_job(&self, job: &[u8], what: &str) -> Result<(), TierError> {
+    fn require_job(&self, job: &[u8], what: &str) -> Result<(), TierError> {
         match self {
             Identity::Open | Identity::Cluster => Ok(()),
             Identity::Job(own) if own[..] == job[..] => Ok(()),
@@ -913,16 +939,42 @@ mod tests {
 
     #[test]
     fn identities_allow_what_they_proved() {
+        use terrace_tier_api::ErrorKind::PermissionDenied;
         let a = Bytes::from_static(b"job-a");
-        assert!(Identity::Open.require_cluster("ListWorkers").is_ok());
-        assert!(Identity::Cluster.require_job(&a, "push").is_ok());
-        assert!(Identity::Job(a.clone()).require_job(&a, "push").is_ok());
-        let err = Identity::Job(a.clone())
-            .require_job(b"job-b", "push")
+        let allowed =
+            |identity: &Identity, access: Access<'_>| match identity.authorize(access, "request") {
+                Ok(()) => true,
+                Err(e) => {
+                    assert_eq!(e.kind(), PermissionDenied, "{e}");
+                    false
+                }
+            };
+        let identities = [
+            Identity::Open,
+            Identity::Anonymous,
+            Identity::Cluster,
+            Identity::Job(a.clone()),
+        ];
+        // (access, allowed for Open, Anonymous, Cluster, Job(a))
+        let table: [(Access<'_>, [bool; 4]); 5] = [
+            (Access::Cluster, [true, false, true, false]),
+            (Access::Job(b"job-a"), [true, false, true, true]),
+            (Access::Job(b"job-b"), [true, false, true, false]),
+            (Access::Authenticated, [true, false, true, true]),
+            (Access::Opened, [true, true, true, true]),
+        ];
+        for (access, want) in table {
+            for (identity, want) in identities.iter().zip(want) {
+                assert_eq!(allowed(identity, access), want, "{identity:?} {access:?}");
+            }
+        }
+        let err = Identity::Job(a)
+            .authorize(Access::Job(b"job-b"), "PushData")
             .unwrap_err();
-        assert_eq!(err.kind(), terrace_tier_api::ErrorKind::PermissionDenied);
-        assert!(Identity::Job(a).require_cluster("DropJob").is_err());
-        assert!(Identity::Anonymous.require_job(b"x", "read").is_err());
+        assert_eq!(
+            err.message(),
+            "PushData of job 6a6f622d62: this connection holds another job's token"
+        );
     }
 
     #[test]

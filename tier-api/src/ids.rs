@@ -121,6 +121,72 @@ impl fmt::Display for SegmentId {
     }
 }
 
+/// A worker's id (its `worker_id` setting, or its address): non-empty text
+/// of at most [`MAX_ID_BYTES`] bytes.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct WorkerId(String);
+
+impl WorkerId {
+    /// Validates a worker id.
+    pub fn new(id: impl Into<String>) -> Result<Self, TierError> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(TierError::bad_input("worker id is empty"));
+        }
+        if id.len() > MAX_ID_BYTES {
+            return Err(TierError::bad_input(format!(
+                "worker id has {} bytes, more than {MAX_ID_BYTES}",
+                id.len()
+            )));
+        }
+        Ok(WorkerId(id))
+    }
+
+    /// Validates a worker id received in the field `field`, whose name the
+    /// error gives.
+    pub fn parse_field(field: &str, id: String) -> Result<Self, TierError> {
+        if id.is_empty() || id.len() > MAX_ID_BYTES {
+            return Err(TierError::bad_input(format!(
+                "{field} must have 1 to {MAX_ID_BYTES} bytes, not {}",
+                id.len()
+            )));
+        }
+        Ok(WorkerId(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for WorkerId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for WorkerId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for WorkerId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
 /// Where a partition lives on a worker: its job and its id.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct PartitionKey {
@@ -151,6 +217,15 @@ impl TryFrom<Option<pb::PartitionKey>> for PartitionKey {
     fn try_from(key: Option<pb::PartitionKey>) -> Result<Self, TierError> {
         key.ok_or_else(|| TierError::bad_input("partition key missing"))?
             .try_into()
+    }
+}
+
+impl From<PartitionKey> for pb::PartitionKey {
+    fn from(key: PartitionKey) -> Self {
+        pb::PartitionKey {
+            job_id: key.job.0,
+            partition_id: key.partition.0,
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 //! `TierConsumerAgent`, `TierShuffleHandler` and `AvailabilityNotifier`.
 //!
 //! This crate does no I/O and holds no state. It is the only place (with the
-//! frame codec) that touches raw protobuf structs: everything else converts
-//! through the `TryFrom`/`From` impls here.
+//! frame codec and `terrace-rpc`'s connection layer) that touches raw
+//! protobuf structs: everything else sends and receives the typed messages
+//! of [`protocol`].
 
 mod batch;
 mod buffer;
@@ -16,6 +17,7 @@ mod contract;
 mod descriptor;
 mod error;
 mod ids;
+pub mod protocol;
 
 pub use batch::{
     BUFFER_HEADER_LEN, BatchBuilder, BatchReader, BufferHeader, EncodedBatch, LZ4_MIN_LEN,
@@ -34,4 +36,5 @@ pub use error::{
 };
 pub use ids::{
     InputChannelId, JobId, MAX_ID_BYTES, PartitionId, PartitionKey, SegmentId, SubpartitionId,
+    WorkerId,
 };

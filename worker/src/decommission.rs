@@ -17,7 +17,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use terrace_proto::{Message, pb};
@@ -25,42 +24,23 @@ use terrace_rpc::{Client, ServerIdentity};
 use terrace_tier_api::{PartitionKey, TierError, TierResult};
 use tokio::task::JoinSet;
 
-use crate::server::{Connection, Shared};
+use crate::context::Shared;
 use crate::store::Forward;
-
-/// Whether and since when the worker is decommissioning.
-#[derive(Debug, Default)]
-pub(crate) struct Decommission {
-    started: OnceLock<Instant>,
-}
-
-impl Decommission {
-    pub(crate) fn is_started(&self) -> bool {
-        self.started.get().is_some()
-    }
-
-    /// Starts it; false if it had already started.
-    fn start(&self) -> bool {
-        let now = Instant::now();
-        self.started.set(now).is_ok()
-    }
-}
 
 /// How often the worker looks whether its partitions are all gone.
 const POLL: Duration = Duration::from_millis(200);
 
-/// `Decommission` (cluster credential, checked by the caller).
-pub(crate) fn handle(conn: &Connection, m: pb::Decommission) -> Message {
-    let shared = &conn.shared;
+/// Starts decommissioning, asked by `peer` (a `Decommission` request); a
+/// second request changes nothing.
+pub(crate) fn start(shared: &Arc<Shared>, peer: &str) {
     if shared.decommission.start() {
         let partitions = shared.store.partition_count();
-        tracing::warn!(worker = %shared.worker_id, peer = %conn.peer, partitions,
+        tracing::warn!(worker = %shared.worker_id, peer = %peer, partitions,
             timeout_s = shared.config.decommission_timeout.as_secs(),
             "decommission started: no new partitions; exiting once every partition is released or handed over");
         shared.heartbeat_now.notify_waiters();
         tokio::spawn(watch(Arc::clone(shared)));
     }
-    Message::ack(m.request_id)
 }
 
 /// Between rounds of handovers that failed (no adopter, store down).

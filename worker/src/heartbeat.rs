@@ -4,16 +4,16 @@
 //! Control never waits on data: each master has its own loop, every
 //! request to it a deadline well below its `worker_timeout`, and job drops
 //! (which delete files, and queue object deletions) run on their own task
-//! ([`JobDrops`]), so a slow disk, object store or master delays no
+//! ([`JobDrops`](crate::context::JobDrops)), so a slow disk, object store or master delays no
 //! heartbeat. A heartbeat carries at most [`MAX_HEARTBEAT_JOBS`] job ids in
 //! [`HEARTBEAT_LIST_BYTES`]: a worker holding more asks about a page of them
 //! per heartbeat, rotating ([`Pager`]), so every job is lease-checked within
 //! a bounded number of heartbeats.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use terrace_proto::{Message, pb};
@@ -22,7 +22,7 @@ use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Shared;
+use crate::context::{DropReason, Shared};
 use crate::store::Store;
 
 /// The load a worker reports.
@@ -58,38 +58,6 @@ pub(crate) fn load(shared: &Shared) -> pb::WorkerLoad {
         read_streams: store.counters.read_streams.load(Ordering::Relaxed) as u32,
         push_bytes_per_sec: push_rate,
         read_bytes_per_sec: read_rate,
-    }
-}
-
-/// Push and read rates: bytes moved since the previous sample over the time
-/// since it. Samples closer than [`MIN_RATE_WINDOW`] (several masters'
-/// heartbeats, a stats request) return the last rates.
-#[derive(Debug, Default)]
-pub(crate) struct Rates {
-    last: Option<(std::time::Instant, u64, u64)>,
-    rates: (u64, u64),
-}
-
-const MIN_RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
-
-impl Rates {
-    fn sample(&mut self, counters: &crate::store::Counters, now: std::time::Instant) -> (u64, u64) {
-        let pushed = counters.bytes_pushed.load(Ordering::Relaxed);
-        let read = counters.bytes_read.load(Ordering::Relaxed);
-        match self.last {
-            Some((at, _, _)) if now.saturating_duration_since(at) < MIN_RATE_WINDOW => {}
-            Some((at, p0, r0)) => {
-                let secs = now.saturating_duration_since(at).as_secs_f64();
-                let per_sec = |d: u64| (d as f64 / secs) as u64;
-                self.rates = (
-                    per_sec(pushed.saturating_sub(p0)),
-                    per_sec(read.saturating_sub(r0)),
-                );
-                self.last = Some((now, pushed, read));
-            }
-            None => self.last = Some((now, pushed, read)),
-        }
-        self.rates
     }
 }
 
@@ -212,70 +180,8 @@ fn key_wire_len(key: &PartitionKey) -> usize {
     wire_len(key.job.as_bytes()) + wire_len(key.partition.as_bytes()) + 3
 }
 
-/// Why a job's data is dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DropReason {
-    /// A master listed it as released (unregistered or its lease expired).
-    Released,
-    /// No master has known it for a lease of this many milliseconds.
-    Unknown(u64),
-}
-
-/// Most jobs waiting to be dropped; past it a job is offered again by the
-/// next heartbeat that names it.
-const MAX_QUEUED_DROPS: usize = 4096;
 /// Jobs dropped at the same time.
 const DROP_CONCURRENCY: usize = 2;
-
-/// Jobs whose data is to be dropped, dropped by [`run_drops`] off the
-/// heartbeat loops.
-#[derive(Debug, Default)]
-pub(crate) struct JobDrops {
-    state: Mutex<DropQueue>,
-    wake: tokio::sync::Notify,
-}
-
-#[derive(Debug, Default)]
-struct DropQueue {
-    waiting: VecDeque<(JobId, DropReason)>,
-    /// Waiting or being dropped.
-    queued: HashSet<JobId>,
-}
-
-impl JobDrops {
-    /// Queues `job` to be dropped unless it already is; returns whether it
-    /// is queued now (false: the queue is full).
-    fn offer(&self, job: JobId, why: DropReason) -> bool {
-        let mut state = self.state.lock().expect("drops lock poisoned");
-        if state.queued.contains(&job) {
-            return true;
-        }
-        if state.queued.len() >= MAX_QUEUED_DROPS {
-            return false;
-        }
-        state.queued.insert(job.clone());
-        state.waiting.push_back((job, why));
-        drop(state);
-        self.wake.notify_one();
-        true
-    }
-
-    fn take(&self) -> Option<(JobId, DropReason)> {
-        self.state
-            .lock()
-            .expect("drops lock poisoned")
-            .waiting
-            .pop_front()
-    }
-
-    fn done(&self, job: &JobId) {
-        self.state
-            .lock()
-            .expect("drops lock poisoned")
-            .queued
-            .remove(job);
-    }
-}
 
 /// Drops queued jobs, [`DROP_CONCURRENCY`] at a time, until cancelled.
 async fn run_drops(shared: Arc<Shared>) {

@@ -7,12 +7,14 @@
 //! The worker never interprets engine payloads, never grows past its memory
 //! budget, and never blocks its async threads on file I/O.
 
+mod cmd;
 mod config;
+mod context;
 mod decommission;
-mod handlers;
 mod heartbeat;
 mod server;
 mod store;
+mod stream;
 
 pub use config::{ObjectStoreConfig, WorkerConfig, WorkerLimits};
 pub use server::{WorkerHandle, run, start, start_with_hooks, store_options};

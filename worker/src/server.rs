@@ -5,86 +5,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use terrace_proto::{Message, pb};
-use terrace_rpc::{
-    Accepted, ExpectedServer, FrameSender, Identity, Meter, Security, ServerIdentity, ServerSpec,
-};
+use terrace_proto::pb;
+use terrace_rpc::{Accepted, Meter, Security, ServerIdentity, ServerSpec};
 use terrace_tier_api::{TierError, TierResult, error_text};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cmd::Command;
 use crate::config::WorkerConfig;
-use crate::handlers::{self, StreamHandle};
+use crate::context::{Connection, Decommission, JobDrops, Rates, Shared};
 use crate::heartbeat;
 use crate::store::{ObjectStoreSettings, Reservation, Store, StoreHooks, StoreOptions};
-
-/// What every connection handler shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub store: Arc<Store>,
-    /// Read memory: bytes read for readers and not yet sent (`read_memory`).
-    pub read_budget: Arc<tokio::sync::Semaphore>,
-    /// Per job held here: when a master last said it knows the job (or when
-    /// this worker first asked). See `heartbeat`.
-    pub jobs_known: std::sync::Mutex<HashMap<terrace_tier_api::JobId, std::time::Instant>>,
-    pub config: WorkerConfig,
-    /// The cluster secret and TLS, loaded from `config.security`.
-    pub security: Security,
-    pub worker_id: String,
-    pub address: String,
-    pub decommission: crate::decommission::Decommission,
-    /// Partitions created here as relocated (their placed worker was
-    /// unreachable); heartbeats name those still held so masters can locate
-    /// them. Not persisted: after a restart, masters know them only from the
-    /// producer's allocation.
-    pub relocated: std::sync::Mutex<std::collections::BTreeSet<terrace_tier_api::PartitionKey>>,
-    /// Wakes the heartbeat loops (a change masters should hear of at once).
-    pub heartbeat_now: tokio::sync::Notify,
-    /// Push and read rates between heartbeats.
-    pub rates: std::sync::Mutex<heartbeat::Rates>,
-    /// Jobs whose data is to be dropped, off the heartbeat loops.
-    pub drops: heartbeat::JobDrops,
-    /// Cancelling it stops the worker in order (see `serve`).
-    pub stop: CancellationToken,
-}
-
-impl Shared {
-    /// How this worker connects to `server` (a master, or another worker
-    /// the masters know): as a member of the cluster (the cluster
-    /// credential), over TLS when configured.
-    pub fn peer_options(&self, server: ServerIdentity) -> terrace_rpc::ClientOptions {
-        terrace_rpc::ClientOptions {
-            name: format!("worker {}", self.worker_id),
-            credential: self.security.credential(),
-            server: ExpectedServer::Is(server),
-            tls: self.security.tls_client.clone(),
-            ..terrace_rpc::ClientOptions::default()
-        }
-    }
-
-    /// How this worker connects to worker `worker_id` at an address a peer
-    /// gave (a forward pointer) about `job`'s data: with the job's token,
-    /// never the cluster secret, so the address can learn nothing that
-    /// opens more than that job.
-    pub fn job_peer_options(
-        &self,
-        job: &terrace_tier_api::JobId,
-        worker_id: &str,
-    ) -> terrace_rpc::ClientOptions {
-        let credential = match &self.security.secret {
-            Some(secret) => terrace_rpc::Credential::Job {
-                job: job.as_bytes().clone(),
-                token: secret.job_token(job.as_bytes()),
-            },
-            None => terrace_rpc::Credential::None,
-        };
-        terrace_rpc::ClientOptions {
-            credential,
-            ..self.peer_options(ServerIdentity::Worker(worker_id.to_string()))
-        }
-    }
-}
 
 /// A running worker, for embedding (demo, bench, tests).
 #[derive(Debug)]
@@ -207,11 +139,11 @@ fn prepare(
             security,
             worker_id,
             address,
-            decommission: Default::default(),
+            decommission: Decommission::default(),
             relocated: Default::default(),
             heartbeat_now: tokio::sync::Notify::new(),
-            rates: std::sync::Mutex::new(heartbeat::Rates::default()),
-            drops: heartbeat::JobDrops::default(),
+            rates: std::sync::Mutex::new(Rates::default()),
+            drops: JobDrops::default(),
             stop,
         }),
         local,
@@ -256,17 +188,6 @@ async fn serve(
 /// memory budget, so this times `server.max_connections` bounds what
 /// connections stalled in a header can hold (64 MiB at the defaults).
 const MAX_REQUEST_HEADER_BYTES: usize = 16 * 1024;
-
-/// One client connection: reads frames in order and runs their commands.
-pub(crate) struct Connection {
-    pub shared: Arc<Shared>,
-    pub sender: FrameSender,
-    pub streams: HashMap<u64, StreamHandle>,
-    pub cancel: CancellationToken,
-    pub peer: String,
-    /// This connection's share of read memory (`server.max_send_queue`).
-    pub reads: Arc<tokio::sync::Semaphore>,
-}
 
 /// Takes a frame's memory from the push budget as its bytes arrive.
 struct BudgetMeter<'a> {
@@ -341,85 +262,34 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
         let Some(((message, body), reservation)) = frame else {
             break;
         };
-        if let Err(e) = authorize(&accepted.identity, &message) {
+        let request_id = message.request_id();
+        let what = format!("{:?}", message.message_type());
+        let command = match Command::from_message(message, body, reservation) {
+            Ok(command) => command,
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, request_id, error = %e, "request failed");
+                conn.sender.send(e.to_reply(request_id), Bytes::new());
+                continue;
+            }
+        };
+        if let Err(e) = accepted.identity.authorize(command.access(), &what) {
             tracing::debug!(peer = %conn.peer, client = %accepted.client, error = %e, "request refused");
-            conn.sender
-                .send(e.to_reply(message.request_id()), Bytes::new());
+            conn.sender.send(e.to_reply(request_id), Bytes::new());
             continue;
         }
-        dispatch(&mut conn, message, body, reservation).await;
+        match command.apply(request_id, &mut conn).await {
+            Some(Ok(message)) => {
+                conn.sender.send(message, Bytes::new());
+            }
+            Some(Err(e)) => {
+                tracing::debug!(peer = %conn.peer, request_id, error = %e, "request failed");
+                conn.sender.send(e.to_reply(request_id), Bytes::new());
+            }
+            None => {}
+        }
     }
     for (_, stream) in conn.streams.drain() {
         stream.cancel.cancel();
     }
     accepted
-}
-
-/// Whether the connection may make this request: a job's data (create, push,
-/// seal, release, drop, read) needs that job's token or the cluster secret;
-/// stats need the secret. Stream control frames act on streams the
-/// connection opened, so the `OpenStream` check covers them.
-fn authorize(identity: &Identity, message: &Message) -> TierResult<()> {
-    fn key_job(key: &Option<pb::PartitionKey>) -> &[u8] {
-        key.as_ref().map_or(&[][..], |k| &k.job_id[..])
-    }
-    let (what, job) = match message {
-        Message::CreatePartition(m) => ("CreatePartition", key_job(&m.key)),
-        Message::PushData(m) => ("PushData", key_job(&m.key)),
-        Message::SealPartition(m) => ("SealPartition", key_job(&m.key)),
-        Message::SplitPartition(m) => ("SplitPartition", key_job(&m.key)),
-        Message::ReleasePartition(m) => ("ReleasePartition", key_job(&m.key)),
-        Message::PartitionMetrics(m) => ("PartitionMetrics", key_job(&m.key)),
-        Message::OpenStream(m) => ("OpenStream", key_job(&m.key)),
-        Message::DropJob(m) => ("DropJob", &m.job_id[..]),
-        Message::RequireSegment(_) | Message::AddCredit(_) | Message::CloseStream(_) => {
-            return Ok(());
-        }
-        other => return identity.require_cluster(&format!("{:?}", other.message_type())),
-    };
-    identity.require_job(job, what)
-}
-
-async fn dispatch(conn: &mut Connection, message: Message, body: Bytes, reservation: Reservation) {
-    let request_id = message.request_id();
-    let reply: Option<TierResult<Message>> = match message {
-        Message::CreatePartition(m) => Some(handlers::create::handle(conn, m).await),
-        Message::PushData(m) => Some(handlers::push::handle(conn, m, body, reservation).await),
-        Message::SealPartition(m) => Some(handlers::seal::handle(conn, m).await),
-        Message::SplitPartition(m) => Some(handlers::seal::split(conn, m).await),
-        Message::ReleasePartition(m) => Some(handlers::release::release_partition(conn, m).await),
-        Message::DropJob(m) => Some(handlers::release::drop_job(conn, m).await),
-        Message::WorkerStats(m) => Some(Ok(handlers::stats::handle(conn, m))),
-        Message::PartitionMetrics(m) => Some(handlers::stats::partition_metrics(conn, m)),
-        Message::Decommission(m) => Some(Ok(crate::decommission::handle(conn, m))),
-        Message::AdoptPartition(m) => Some(handlers::handoff::adopt(conn, m, body).await),
-        Message::MoveForward(m) => Some(handlers::handoff::move_forward(conn, m).await),
-        Message::OpenStream(m) => handlers::read::open(conn, m).await.err().map(Err),
-        Message::RequireSegment(m) => {
-            handlers::read::require_segment(conn, m);
-            None
-        }
-        Message::AddCredit(m) => {
-            handlers::read::add_credit(conn, m);
-            None
-        }
-        Message::CloseStream(m) => {
-            handlers::read::close(conn, m);
-            None
-        }
-        other => Some(Err(TierError::bad_input(format!(
-            "a worker does not serve {:?} requests",
-            other.message_type()
-        )))),
-    };
-    match reply {
-        Some(Ok(message)) => {
-            conn.sender.send(message, Bytes::new());
-        }
-        Some(Err(e)) => {
-            tracing::debug!(peer = %conn.peer, request_id, error = %e, "request failed");
-            conn.sender.send(e.to_reply(request_id), Bytes::new());
-        }
-        None => {}
-    }
 }

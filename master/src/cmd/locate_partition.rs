@@ -12,7 +12,7 @@ use crate::registry::Registry;
 
 #[derive(Debug)]
 pub(crate) struct LocatePartition {
-    key: PartitionKey,
+    pub(crate) key: PartitionKey,
 }
 
 impl LocatePartition {

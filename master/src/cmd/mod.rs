@@ -1,6 +1,8 @@
 //! One file per request the master serves. Each command is parsed and
-//! validated from its wire message (`parse`), then applied to the registry
-//! (`apply`), which yields the reply. Raw protobuf structs stay in this module.
+//! validated from its wire message (`parse`), says what it acts on
+//! ([`Command::access`], which the connection's identity is checked
+//! against), then is applied to the registry (`apply`), which yields the
+//! reply. Raw protobuf structs stay in this module.
 
 mod allocate_partition;
 mod heartbeat;
@@ -13,8 +15,8 @@ mod worker_unreachable;
 
 use std::time::Instant;
 
-use terrace_proto::{Message, pb};
-use terrace_rpc::ClusterSecret;
+use terrace_proto::{Message, MessageType, pb};
+use terrace_rpc::{Access, ClusterSecret};
 use terrace_tier_api::{JobId, MAX_ID_BYTES, TierError, TierResult};
 
 use crate::registry::{Registry, WorkerLoad};
@@ -39,11 +41,14 @@ pub(crate) enum Command {
     ListWorkers(ListWorkers),
     WorkerUnreachable(WorkerUnreachable),
     LocatePartition(LocatePartition),
+    /// A request the master does not serve (a worker's): refused as a
+    /// cluster request would be, then answered BAD_REQUEST.
+    Unserved(MessageType),
 }
 
 impl Command {
     /// Parses a request. On failure, the error reply to send instead
-    /// (BAD_REQUEST for invalid content or a message the master does not serve).
+    /// (BAD_REQUEST for invalid content).
     pub(crate) fn from_message(message: Message) -> Result<(u64, Command), Box<Message>> {
         let request_id = message.request_id();
         let parsed = match message {
@@ -59,10 +64,7 @@ impl Command {
             Message::WorkerUnreachable(m) => {
                 WorkerUnreachable::parse(m).map(Command::WorkerUnreachable)
             }
-            other => Err(TierError::bad_input(format!(
-                "the master does not serve {:?} requests",
-                other.message_type()
-            ))),
+            other => Ok(Command::Unserved(other.message_type())),
         };
         match parsed {
             Ok(command) => Ok((request_id, command)),
@@ -70,6 +72,24 @@ impl Command {
                 tracing::debug!(request_id, error = %e, "bad request");
                 Err(Box::new(e.to_reply(request_id)))
             }
+        }
+    }
+
+    /// What the request acts on. Every master request is a cluster
+    /// member's (or an operator's), except that a job's producers may place
+    /// the next part of one of its split partitions and locate a relocated
+    /// one, and any authenticated peer may report a worker it cannot reach.
+    pub(crate) fn access(&self) -> Access<'_> {
+        match self {
+            Command::AllocatePartition(c) => Access::Job(c.key.job.as_bytes()),
+            Command::LocatePartition(c) => Access::Job(c.key.job.as_bytes()),
+            Command::WorkerUnreachable(_) => Access::Authenticated,
+            Command::RegisterWorker(_)
+            | Command::Heartbeat(_)
+            | Command::RegisterJob(_)
+            | Command::UnregisterJob(_)
+            | Command::ListWorkers(_)
+            | Command::Unserved(_) => Access::Cluster,
         }
     }
 
@@ -92,6 +112,11 @@ impl Command {
             Command::AllocatePartition(c) => c.apply(request_id, registry, now),
             Command::ListWorkers(c) => c.apply(request_id, registry, now),
             Command::LocatePartition(c) => c.apply(request_id, registry, now),
+            Command::Unserved(ty) => Message::error(
+                request_id,
+                pb::ErrorCode::BadRequest,
+                format!("the master does not serve {ty:?} requests"),
+            ),
         };
         (reply, None)
     }
@@ -207,14 +232,20 @@ mod tests {
     }
 
     #[test]
-    fn requests_the_master_does_not_serve_are_bad_requests_naming_the_type() {
-        let reply = Command::from_message(Message::DropJob(pb::DropJob {
+    fn requests_the_master_does_not_serve_are_cluster_requests_answered_bad_request() {
+        let (request_id, command) = Command::from_message(Message::DropJob(pb::DropJob {
             request_id: 42,
             job_id: bytes::Bytes::from_static(b"j"),
         }))
-        .expect_err("not a master request");
+        .expect("parsed");
+        assert_eq!(command.access(), Access::Cluster);
+        let config = crate::MasterConfig::default();
+        let now = Instant::now();
+        let mut registry = Registry::new(&config, now);
+        let (reply, probe) = command.apply(request_id, &mut registry, now, None);
+        assert_eq!(probe, None);
         assert_eq!(
-            *reply,
+            reply,
             Message::error(
                 42,
                 pb::ErrorCode::BadRequest,

@@ -18,9 +18,16 @@ pub enum StoreError {
     StorageFull {
         object_store: Option<ObjectStoreState>,
     },
-    /// No local directory can take `bytes` at once, and nothing else can.
-    #[error("storage full: no local directory can take {bytes} bytes{detail}")]
-    NoDirectoryRoom { bytes: u64, detail: String },
+    /// No local directory can take a flush of `bytes` and no object store
+    /// is configured.
+    #[error(
+        "storage full: no local directory can take {bytes} bytes{} and no object store is configured",
+        .last_write_error.as_ref().map(|e| format!(" (last write error: {e})")).unwrap_or_default()
+    )]
+    NoDirectoryRoom {
+        bytes: u64,
+        last_write_error: Option<String>,
+    },
     /// More than the worker's whole memory budget asked at once.
     #[error("{bytes} bytes exceed the worker's whole memory budget of {total} bytes")]
     OverBudget { bytes: u64, total: u64 },

@@ -58,7 +58,7 @@ pub use tiers::{Source, Tiers, single_object_range};
 pub struct Counters {
     pub bytes_pushed: AtomicU64,
     pub bytes_read: AtomicU64,
-    /// Read streams open now (see `handlers::read`).
+    /// Read streams open now (see `crate::stream`).
     pub read_streams: AtomicU64,
 }
 

@@ -1,4 +1,6 @@
-//! Read streams: `OpenStream`, `RequireSegment`, `AddCredit`, `CloseStream`.
+//! The read-stream engine: one task per stream opened by `OpenStream`
+//! (see `cmd::open_stream`), fed `RequireSegment` and `AddCredit` through
+//! its [`StreamHandle`](crate::context::StreamHandle).
 //!
 //! A stream serves one partition's subpartition range to one reader. For each
 //! subpartition the reader names the segment it wants next; the stream sends
@@ -25,182 +27,51 @@ use terrace_tier_api::{ErrorKind, PartitionKey, TierError, TierResult};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{Connection, Shared};
+use crate::context::{Shared, StreamInput};
 use crate::store::{Charge, Partition, ReadStep, Source, cost, single_object_range};
 
-/// The connection's handle on one of its streams.
+/// What a reader asked for in `OpenStream`, validated.
 #[derive(Debug)]
-pub struct StreamHandle {
-    /// Each command carries its charge to the metadata budget until the
-    /// stream has taken it.
-    tx: mpsc::Sender<(Command, Charge)>,
-    pub cancel: CancellationToken,
+pub(crate) struct Request {
+    pub request_id: u64,
+    pub stream_id: u64,
+    pub key: PartitionKey,
+    pub first: u32,
+    pub last: u32,
+    pub credits: u32,
 }
 
-impl StreamHandle {
-    /// Whether the stream's task has ended (finished, failed or closed).
-    pub fn is_done(&self) -> bool {
-        self.tx.is_closed()
-    }
-}
-
-#[derive(Debug)]
-enum Command {
-    Require { subpartition: u32, segment: u32 },
-    Credit(u32),
-}
-
-pub async fn open(conn: &mut Connection, m: pb::OpenStream) -> TierResult<()> {
-    let key = PartitionKey::try_from(m.key)?;
-    if m.first_subpartition > m.last_subpartition {
-        return Err(TierError::bad_input(format!(
-            "subpartition range {}..={} is empty",
-            m.first_subpartition, m.last_subpartition
-        )));
-    }
-    let limits = &conn.shared.config.limits;
-    let range = u64::from(m.last_subpartition - m.first_subpartition) + 1;
-    if range > u64::from(limits.max_subpartitions) {
-        return Err(TierError::bad_input(format!(
-            "subpartition range {}..={} has {range} subpartitions, more than {} (limits.max_subpartitions)",
-            m.first_subpartition, m.last_subpartition, limits.max_subpartitions
-        )));
-    }
-    if m.initial_credit > limits.max_stream_credits {
-        return Err(TierError::bad_input(format!(
-            "initial_credit {} is more than {} (limits.max_stream_credits)",
-            m.initial_credit, limits.max_stream_credits
-        )));
-    }
-    // Streams whose task ended (finished, failed) no longer count.
-    conn.streams.retain(|_, s| !s.is_done());
-    if conn.streams.len() >= limits.max_streams_per_connection as usize {
-        return Err(TierError::bad_input(format!(
-            "this connection has {} streams open, the limit (limits.max_streams_per_connection)",
-            conn.streams.len()
-        )));
-    }
-    if conn.streams.contains_key(&m.stream_id) {
-        return Err(TierError::bad_input(format!(
-            "stream {} is already open",
-            m.stream_id
-        )));
-    }
-    // The stream's state is charged to the metadata budget before it is
-    // made: a fixed part now, each subpartition the reader asks for and each
-    // command waiting for the stream as they come. Nothing is allocated
-    // per subpartition of the range.
-    let charge = conn
-        .shared
-        .store
-        .metadata()
-        .charge(cost::STREAM, &format!("read stream {}", m.stream_id))?;
-    // A reader has at most one RequireSegment per subpartition and its
-    // credits outstanding; more waiting commands than that (plus slack) is a
-    // reader that does not wait for answers.
-    let queue = range as usize + limits.max_stream_credits as usize + 64;
-    let (tx, rx) = mpsc::channel(queue);
-    let cancel = conn.cancel.child_token();
-    conn.streams.insert(
-        m.stream_id,
-        StreamHandle {
-            tx,
-            cancel: cancel.clone(),
-        },
-    );
+/// Starts the task serving `request` over `sender` until its reader is done,
+/// the partition fails, or `cancel` fires. `charge` is what the stream holds
+/// of the metadata budget; `connection_reads` is its connection's share of
+/// read memory; `inputs` brings the reader's later frames.
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    sender: FrameSender,
+    request: Request,
+    charge: Charge,
+    connection_reads: Arc<Semaphore>,
+    inputs: mpsc::Receiver<(StreamInput, Charge)>,
+    cancel: CancellationToken,
+) {
     let stream = Stream {
-        shared: Arc::clone(&conn.shared),
-        sender: conn.sender.clone(),
-        stream_id: m.stream_id,
-        key,
-        first: m.first_subpartition,
-        last: m.last_subpartition,
-        credits: m.initial_credit,
+        _open: OpenStream::count(&shared.store),
+        shared,
+        sender,
+        stream_id: request.stream_id,
+        key: request.key,
+        first: request.first,
+        last: request.last,
+        credits: request.credits,
         subs: BTreeMap::new(),
         charge,
         cursor: 0,
         inflight: FuturesUnordered::new(),
-        connection_reads: Arc::clone(&conn.reads),
+        connection_reads,
         ready: None,
         wanting: None,
-        _open: OpenStream::count(&conn.shared.store),
     };
-    tokio::spawn(stream.run(m.request_id, rx, cancel));
-    Ok(())
-}
-
-fn send_command(conn: &mut Connection, stream_id: u64, command: Command) {
-    match conn.streams.get(&stream_id) {
-        Some(stream) => {
-            let charge = match conn
-                .shared
-                .store
-                .metadata()
-                .charge(cost::STREAM_COMMAND, "a read stream command")
-            {
-                Ok(charge) => charge,
-                Err(e) => {
-                    if let Some(stream) = conn.streams.remove(&stream_id) {
-                        stream.cancel.cancel();
-                    }
-                    conn.sender.send(
-                        Message::StreamError(e.to_stream_error(stream_id)),
-                        Bytes::new(),
-                    );
-                    return;
-                }
-            };
-            if let Err(mpsc::error::TrySendError::Full(_)) = stream.tx.try_send((command, charge)) {
-                let queue = stream.tx.max_capacity();
-                if let Some(stream) = conn.streams.remove(&stream_id) {
-                    stream.cancel.cancel();
-                }
-                conn.sender.send(
-                    Message::StreamError(pb::StreamError {
-                        stream_id,
-                        code: pb::ErrorCode::BadRequest as i32,
-                        detail: pb::ErrorCode::Unspecified as i32,
-                        message: format!(
-                            "stream {stream_id} has {queue} commands waiting, its limit (its subpartitions + limits.max_stream_credits + 64)"
-                        ),
-                    }),
-                    Bytes::new(),
-                );
-            }
-        }
-        None => {
-            conn.sender.send(
-                Message::StreamError(pb::StreamError {
-                    stream_id,
-                    code: pb::ErrorCode::BadRequest as i32,
-                    detail: pb::ErrorCode::Unspecified as i32,
-                    message: format!("stream {stream_id} is not open"),
-                }),
-                Bytes::new(),
-            );
-        }
-    }
-}
-
-pub fn require_segment(conn: &mut Connection, m: pb::RequireSegment) {
-    send_command(
-        conn,
-        m.stream_id,
-        Command::Require {
-            subpartition: m.subpartition,
-            segment: m.segment_id,
-        },
-    );
-}
-
-pub fn add_credit(conn: &mut Connection, m: pb::AddCredit) {
-    send_command(conn, m.stream_id, Command::Credit(m.credit));
-}
-
-pub fn close(conn: &mut Connection, m: pb::CloseStream) {
-    if let Some(stream) = conn.streams.remove(&m.stream_id) {
-        stream.cancel.cancel();
-    }
+    tokio::spawn(stream.run(request.request_id, inputs, cancel));
 }
 
 struct Stream {
@@ -423,7 +294,7 @@ impl Stream {
     async fn run(
         mut self,
         request_id: u64,
-        mut rx: mpsc::Receiver<(Command, Charge)>,
+        mut rx: mpsc::Receiver<(StreamInput, Charge)>,
         cancel: CancellationToken,
     ) {
         // A decommissioning worker takes no new partitions: one it does not
@@ -535,10 +406,10 @@ impl Stream {
 
     /// Applies a command; returns the subpartition it named (`None`: it
     /// may make any of them ready).
-    fn apply(&mut self, command: Command) -> TierResult<Touched> {
+    fn apply(&mut self, command: StreamInput) -> TierResult<Touched> {
         match command {
-            Command::Credit(0) => Ok(Touched::Nothing),
-            Command::Credit(n) => {
+            StreamInput::Credit(0) => Ok(Touched::Nothing),
+            StreamInput::Credit(n) => {
                 let max = self.shared.config.limits.max_stream_credits;
                 let credits = u64::from(self.credits) + u64::from(n);
                 if credits > u64::from(max) {
@@ -550,7 +421,7 @@ impl Stream {
                 self.credits = credits as u32;
                 Ok(Touched::All)
             }
-            Command::Require {
+            StreamInput::Require {
                 subpartition,
                 segment,
             } => {

@@ -1,0 +1,267 @@
+//! Tier moves: a sealed, cold partition's local extents are uploaded as one
+//! object laid out segment by segment; then the index is persisted pointing
+//! at it, swapped in, and only then are the local files deleted.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use terrace_tier_api::{TierError, TierResult};
+use tokio::time::Instant;
+
+use super::{Partition, Phase, delete_files};
+use crate::store::handles::DataFile;
+use crate::store::index::{Blob, ExtentRef, Location};
+use crate::store::object::ObjectTier;
+use crate::store::tiers::Tiers;
+
+impl Partition {
+    /// Whether the partition should migrate now: sealed, with local bytes,
+    /// not migrating, not backing off after a failure; and cold (not read
+    /// for `cold_after`) unless `any_age`. Returns when it was sealed.
+    pub fn migration_candidate(
+        &self,
+        cold_after: std::time::Duration,
+        any_age: bool,
+    ) -> Option<Instant> {
+        let state = self.lock();
+        let now = Instant::now();
+        let eligible = matches!(state.phase, Phase::Sealed)
+            && !state.migrating
+            && state.migrate_after.is_none_or(|t| now >= t)
+            && !state.files.is_empty()
+            && (any_age || now.duration_since(state.last_access) >= cold_after);
+        if eligible { state.sealed_at } else { None }
+    }
+
+    /// Moves the partition's local extents to one new object, laid out
+    /// segment by segment. Commit order: upload, persist the index pointing
+    /// at the object, swap it in, delete the local files. On failure the
+    /// local copy stays and the migration backs off.
+    pub async fn migrate(self: &Arc<Self>, tiers: &Tiers) -> TierResult<u64> {
+        let object = tiers.object()?;
+        // 1. Snapshot what to move. Sealed extents never change but by migration.
+        let (moves, prefix, id) = {
+            let mut state = self.lock();
+            if !matches!(state.phase, Phase::Sealed) || state.migrating {
+                return Ok(0);
+            }
+            let mut moves: Vec<(ExtentRef, Arc<DataFile>, u64, u32)> = Vec::new();
+            for (at, extent) in state.index.extents() {
+                if let Location::Local { file, offset } = extent.location {
+                    let Some(f) = state.files.iter().find(|f| f.id == file) else {
+                        return Err(TierError::internal(format!(
+                            "{}: index names local file {file}, which the partition lacks",
+                            self.meta.key
+                        )));
+                    };
+                    moves.push((at, Arc::clone(&f.file), offset, extent.len));
+                }
+            }
+            if moves.is_empty() && state.files.is_empty() {
+                return Ok(0);
+            }
+            state.migrating = true;
+            state.next_blob += 1;
+            let id = state.next_blob - 1;
+            drop(state);
+            (moves, self.object_prefix(object), id)
+        };
+        let result = self.migrate_moves(tiers, object, &moves, &prefix, id).await;
+        let mut state = self.lock();
+        state.migrating = false;
+        match &result {
+            Ok(_) => {
+                state.migration_failures = 0;
+                state.migrate_after = None;
+            }
+            Err(_) => {
+                state.migration_failures = state.migration_failures.saturating_add(1);
+                let backoff = std::time::Duration::from_secs(1 << state.migration_failures.min(6));
+                state.migrate_after = Some(Instant::now() + backoff);
+            }
+        }
+        result
+    }
+
+    async fn migrate_moves(
+        self: &Arc<Self>,
+        tiers: &Tiers,
+        object: &ObjectTier,
+        moves: &[(ExtentRef, Arc<DataFile>, u64, u32)],
+        prefix: &str,
+        id: u32,
+    ) -> TierResult<u64> {
+        let key = ObjectTier::object_key(prefix, id);
+        let total: u64 = moves.iter().map(|m| u64::from(m.3)).sum();
+        // 2. Upload, part by part: each part is read from the local files in
+        // index order. Every part but the last is exactly `part_size` bytes
+        // (S3 refuses a completion whose non-last parts are under 5 MiB), so
+        // a part may start or end inside an extent.
+        let part_size = tiers.object_part_size.max(5 << 20);
+        let num_parts = usize::try_from(total.div_ceil(part_size).max(1)).unwrap_or(usize::MAX);
+        let sources: Vec<(Arc<DataFile>, u64, u32)> = moves
+            .iter()
+            .map(|(_, f, o, l)| (Arc::clone(f), *o, *l))
+            .collect();
+        let key_text = key.to_string();
+        object
+            .put_parts(&key, num_parts, |i| {
+                let chunk = part_slices(&sources, part_size, i);
+                let what = key_text.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || read_chunk(&chunk))
+                        .await
+                        .map_err(|e| TierError::internal(format!("read task failed: {e}")))?
+                        .map_err(|e| {
+                            TierError::internal(format!("read local data for {what}: {e}"))
+                        })
+                }
+            })
+            .await?;
+        // 3. Commit under the flush lock: a release waits, or has already happened.
+        let _guard = self.flush_lock.lock().await;
+        let released = matches!(self.lock().phase, Phase::Released);
+        if released {
+            let _ = object.delete(&key).await;
+            return Ok(0);
+        }
+        let (old_index, old_files, old_objects) = {
+            let mut state = self.lock();
+            let old = (
+                state.index.clone(),
+                std::mem::take(&mut state.files),
+                state.objects.clone(),
+            );
+            let mut at = 0u64;
+            for (extent, _, _, len) in moves {
+                state.index.relocate(
+                    *extent,
+                    Location::Object {
+                        object: id,
+                        offset: at,
+                    },
+                );
+                at += u64::from(*len);
+            }
+            state.objects.push(Blob { id, len: total });
+            // Counted with the swap, so figures and index never disagree.
+            object.counters.bytes.fetch_add(total, Ordering::Relaxed);
+            object.counters.objects.fetch_add(1, Ordering::Relaxed);
+            old
+        };
+        if let Err(e) = self.persist(tiers, false).await {
+            // Roll back to the local copy; the uploaded object is removed.
+            {
+                let mut state = self.lock();
+                state.index = old_index;
+                state.files = old_files;
+                state.objects = old_objects;
+                object.counters.bytes.fetch_sub(total, Ordering::Relaxed);
+                object.counters.objects.fetch_sub(1, Ordering::Relaxed);
+            }
+            let _ = object.delete(&key).await;
+            return Err(e.context(format!("migrate {}", self.meta.key)));
+        }
+        object
+            .counters
+            .bytes_migrated
+            .fetch_add(total, Ordering::Relaxed);
+        object
+            .counters
+            .partitions_migrated
+            .fetch_add(1, Ordering::Relaxed);
+        self.bump();
+        // 4. The index points at the object: the local copy can go. Open
+        // handles held by readers stay valid after the unlink.
+        let doomed: Vec<(usize, Arc<DataFile>, u64)> = old_files
+            .into_iter()
+            .map(|f| (f.dir, f.file, f.len))
+            .collect();
+        delete_files(tiers, doomed).await;
+        Ok(total)
+    }
+}
+
+/// Reads the extents of one migration part into one buffer. Blocking.
+pub(super) fn read_chunk(chunk: &[(Arc<DataFile>, u64, u32)]) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let total: usize = chunk.iter().map(|c| c.2 as usize).sum();
+    let mut out = vec![0u8; total];
+    let mut at = 0;
+    for (file, offset, len) in chunk {
+        file.handle()?
+            .read_exact_at(&mut out[at..at + *len as usize], *offset)?;
+        at += *len as usize;
+    }
+    Ok(Bytes::from(out))
+}
+
+/// The pieces of `sources` (each `(source, offset, len)`, laid end to end)
+/// that make up bytes `part * part_size ..` of at most `part_size` bytes.
+fn part_slices<T: Clone>(
+    sources: &[(T, u64, u32)],
+    part_size: u64,
+    part: usize,
+) -> Vec<(T, u64, u32)> {
+    let lo = part as u64 * part_size;
+    let hi = lo + part_size;
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for (source, offset, len) in sources {
+        let (start, end) = (at, at + u64::from(*len));
+        at = end;
+        if end <= lo {
+            continue;
+        }
+        if start >= hi {
+            break;
+        }
+        let (from, to) = (lo.max(start), hi.min(end));
+        out.push((source.clone(), offset + (from - start), (to - from) as u32));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::part_slices;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Parts cover the extents' bytes exactly once, in order, and every
+        /// part but the last is exactly `part_size` bytes (S3's rule for a
+        /// multipart upload: non-last parts of at least 5 MiB).
+        #[test]
+        fn migration_parts_are_full_size_and_cover_every_byte(
+            lens in proptest::collection::vec(1u32..5000, 0..60),
+            part_size in 1u64..20_000,
+        ) {
+            let sources: Vec<(usize, u64, u32)> =
+                lens.iter().enumerate().map(|(i, l)| (i, 1000 * i as u64, *l)).collect();
+            let total: u64 = lens.iter().map(|l| u64::from(*l)).sum();
+            let parts = total.div_ceil(part_size).max(1) as usize;
+            let mut bytes: Vec<(usize, u64)> = Vec::new();
+            for part in 0..parts {
+                let slices = part_slices(&sources, part_size, part);
+                let len: u64 = slices.iter().map(|s| u64::from(s.2)).sum();
+                if part + 1 < parts {
+                    prop_assert_eq!(len, part_size);
+                } else {
+                    prop_assert!(len <= part_size);
+                }
+                for (source, offset, len) in slices {
+                    prop_assert!(len > 0);
+                    for b in 0..u64::from(len) {
+                        bytes.push((source, offset + b));
+                    }
+                }
+            }
+            let want: Vec<(usize, u64)> = sources
+                .iter()
+                .flat_map(|(s, o, l)| (0..u64::from(*l)).map(move |b| (*s, o + b)))
+                .collect();
+            prop_assert_eq!(bytes, want);
+        }
+    }
+}
