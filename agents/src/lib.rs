@@ -9,7 +9,7 @@ use terrace_consumer_agent::ConsumerAgent;
 use terrace_master_agent::MasterAgent;
 use terrace_producer_agent::ProducerAgent;
 use terrace_tier_api::{
-    AgentConfig, ConsumerSpec, ProducerSpec, ShuffleDescriptor, TierError, TierFactory, TierResult,
+    AgentConfig, ConsumerSpec, ProducerSpec, ShuffleDescriptor, TierFactory, TierResult,
 };
 
 pub use terrace_consumer_agent::ConsumerAgent as TerraceConsumerAgent;
@@ -27,7 +27,7 @@ pub struct TerraceTierFactory {
 impl TerraceTierFactory {
     /// Checks `config` and keeps it for every agent this factory creates.
     pub fn new(config: AgentConfig) -> TierResult<Self> {
-        config.validate().map_err(TierError::bad_input)?;
+        config.validate()?;
         Ok(TerraceTierFactory { config })
     }
 

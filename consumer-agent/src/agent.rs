@@ -155,7 +155,7 @@ impl ConsumerAgent {
         specs: Vec<ConsumerSpec>,
         descriptors: Vec<Option<ShuffleDescriptor>>,
     ) -> TierResult<Self> {
-        config.validate().map_err(TierError::bad_input)?;
+        config.validate()?;
         if specs.len() != descriptors.len() {
             return Err(TierError::bad_input(format!(
                 "{} consumer specs but {} descriptors",
@@ -589,6 +589,7 @@ async fn receive(
                     &partition,
                     TierError::from_wire(
                         m.code,
+                        m.detail,
                         format!("worker {worker}, partition {partition}: {}", m.message),
                     ),
                 );

@@ -83,8 +83,7 @@ impl MasterAgent {
             secret_file: config.secret_file.clone(),
             tls_ca_file: config.tls_ca_file.clone(),
             ..SecurityConfig::default()
-        })
-        .map_err(TierError::bad_input)?;
+        })?;
         let options = |name: &str| ClientOptions {
             name: name.to_string(),
             connect_timeout: config.connect_timeout,
@@ -333,7 +332,7 @@ impl TierMasterAgent for MasterAgent {
                 true => Ok(String::new()),
                 false => JobToken::from_bytes(&token)
                     .map(|t| t.to_hex())
-                    .map_err(TierError::bad_input),
+                    .map_err(TierError::from),
             })
             .map_err(|e| e.context(format!("register job {job}")))?;
         self.shared

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use terrace_rpc::{SecurityConfig, ServerOptions};
-use terrace_tier_api::ByteSize;
+use terrace_tier_api::{ByteSize, ConfigError};
 
 /// Settings of the master service. Every field has a default, so an empty
 /// file is a valid configuration:
@@ -112,20 +112,29 @@ const MIN_FRAME_SIZE: ByteSize = ByteSize::kib(64);
 
 impl MasterConfig {
     /// Checks the fields; call after loading.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.worker_timeout.is_zero() {
-            return Err("worker_timeout must be positive".into());
+            return Err(ConfigError::new(
+                "worker_timeout",
+                "worker_timeout must be positive",
+            ));
         }
         if self.probe_timeout.is_zero() {
-            return Err("probe_timeout must be positive".into());
+            return Err(ConfigError::new(
+                "probe_timeout",
+                "probe_timeout must be positive",
+            ));
         }
         if self.job_lease.is_zero() {
-            return Err("job_lease must be positive".into());
+            return Err(ConfigError::new("job_lease", "job_lease must be positive"));
         }
         if self.max_frame_size < MIN_FRAME_SIZE {
-            return Err(format!(
-                "max_frame_size ({}) must be at least {MIN_FRAME_SIZE}",
-                self.max_frame_size
+            return Err(ConfigError::new(
+                "max_frame_size",
+                format!(
+                    "max_frame_size ({}) must be at least {MIN_FRAME_SIZE}",
+                    self.max_frame_size
+                ),
             ));
         }
         let l = &self.limits;
@@ -136,7 +145,10 @@ impl MasterConfig {
             ("max_relocations_per_job", l.max_relocations_per_job),
         ] {
             if value == 0 {
-                return Err(format!("limits.{name} must be positive"));
+                return Err(ConfigError::new(
+                    format!("limits.{name}"),
+                    format!("limits.{name} must be positive"),
+                ));
             }
         }
         self.server.validate()
@@ -202,7 +214,10 @@ mod tests {
         };
         assert_eq!(
             zero.validate(),
-            Err("worker_timeout must be positive".to_string())
+            Err(ConfigError::new(
+                "worker_timeout",
+                "worker_timeout must be positive"
+            ))
         );
         let tiny = MasterConfig {
             max_frame_size: ByteSize(100),
@@ -210,7 +225,10 @@ mod tests {
         };
         assert_eq!(
             tiny.validate(),
-            Err("max_frame_size (100B) must be at least 64KiB".to_string())
+            Err(ConfigError::new(
+                "max_frame_size",
+                "max_frame_size (100B) must be at least 64KiB"
+            ))
         );
     }
 }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use terrace_proto::Message;
 use terrace_rpc::Accepted;
 
 use crate::cmd::Command;
@@ -22,7 +21,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Accepted) -> Accepted {
             Ok((request_id, command)) => match conn.identity.authorize(command.access(), &what) {
                 Err(e) => {
                     tracing::debug!(peer = %conn.peer, client = %conn.client, error = %e, "request refused");
-                    Message::error(request_id, e.code(), e.message())
+                    e.to_reply(request_id)
                 }
                 Ok(()) => {
                     let command = match command {

@@ -12,12 +12,14 @@ mod cmd;
 mod config;
 mod connection;
 mod context;
+mod error;
 mod probe;
 mod registry;
 mod server;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{MasterConfig, MasterLimits};
+pub use error::PlacementError;
 pub use server::{run, run_with_clock};
 
 /// The name the master gives in handshakes.

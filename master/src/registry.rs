@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use terrace_rpc::clock;
-use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
+use terrace_tier_api::{JobId, PartitionKey, TierResult};
 
 use crate::config::MasterConfig;
+use crate::error::PlacementError;
 
 /// What a worker reported in its last heartbeat, kept as sent (the tier
 /// figures are passed through to `terrace status`).
@@ -278,10 +279,10 @@ impl Registry {
         self.expire(now);
         if !self.workers.contains_key(&id) && self.workers.len() >= self.limits.max_workers as usize
         {
-            return Err(TierError::unavailable(format!(
-                "this master knows {} workers, its limit (limits.max_workers)",
-                self.workers.len()
-            )));
+            return Err(PlacementError::WorkerLimit {
+                known: self.workers.len(),
+            }
+            .into());
         }
         match self.workers.get_mut(&id) {
             Some(worker) => {
@@ -415,10 +416,10 @@ impl Registry {
 
     fn check_job_room(&self, job: &JobId) -> TierResult<()> {
         if !self.jobs.contains_key(job) && self.jobs.len() >= self.limits.max_jobs as usize {
-            return Err(TierError::unavailable(format!(
-                "this master holds {} jobs, its limit (limits.max_jobs)",
-                self.jobs.len()
-            )));
+            return Err(PlacementError::JobLimit {
+                jobs: self.jobs.len(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -480,10 +481,10 @@ impl Registry {
     ) -> TierResult<Placement> {
         self.expire(now);
         if self.released.contains_key(&key.job) {
-            return Err(TierError::bad_input(format!(
-                "job {} is unregistered; it gets no new partitions",
-                key.job
-            )));
+            return Err(PlacementError::JobReleased {
+                job: key.job.clone(),
+            }
+            .into());
         }
         self.check_job_room(&key.job)?;
         if let std::collections::btree_map::Entry::Vacant(entry) = self.jobs.entry(key.job.clone())
@@ -512,10 +513,7 @@ impl Registry {
                 )
             });
         let Some((id, worker)) = chosen else {
-            return Err(TierError::new(
-                terrace_tier_api::ErrorKind::NoWorkers,
-                self.why_no_worker(&key.job, exclude),
-            ));
+            return Err(self.why_no_worker(&key.job, exclude).into());
         };
         self.placements += 1;
         worker.last_placed = self.placements;
@@ -572,11 +570,8 @@ impl Registry {
     }
 
     /// Why no worker could take a partition, counting each reason.
-    fn why_no_worker(&self, job: &JobId, exclude: &[String]) -> String {
-        if self.workers.is_empty() {
-            return "no live worker".to_string();
-        }
-        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    fn why_no_worker(&self, job: &JobId, exclude: &[String]) -> PlacementError {
+        let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
         for (id, w) in &self.workers {
             let reason = if exclude.contains(id) {
                 "already holding a part of the partition (excluded)"
@@ -589,15 +584,10 @@ impl Registry {
             };
             *reasons.entry(reason).or_default() += 1;
         }
-        let counted: Vec<String> = reasons
-            .into_iter()
-            .map(|(reason, n)| format!("{n} {reason}"))
-            .collect();
-        format!(
-            "no live worker can take a partition ({} live: {})",
-            self.workers.len(),
-            counted.join(", ")
-        )
+        PlacementError::NoWorker {
+            live: self.workers.len(),
+            reasons: reasons.into_iter().collect(),
+        }
     }
 
     /// Live workers, by id.
@@ -631,7 +621,16 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use terrace_tier_api::{ByteSize, ErrorKind, PartitionId};
+    use crate::error::placement;
+    use terrace_tier_api::{ByteSize, ErrorKind, PartitionId, TierError};
+
+    /// Why each live worker was passed over, from a `NoWorkers` error.
+    fn no_worker_reasons(err: &TierError) -> Vec<(&'static str, usize)> {
+        match placement(err) {
+            Some(PlacementError::NoWorker { reasons, .. }) => reasons.clone(),
+            other => panic!("not a NoWorker placement error: {other:?} ({err})"),
+        }
+    }
 
     const MIB: u64 = 1024 * 1024;
 
@@ -792,7 +791,14 @@ mod tests {
             .allocate(&key("j", 9), &["w1".to_string(), "w3".to_string()], t0)
             .expect_err("all excluded or unreachable");
         assert_eq!(err.kind(), ErrorKind::NoWorkers);
-        assert!(err.message().contains("unreachable"), "{err}");
+        assert_eq!(
+            no_worker_reasons(&err),
+            [
+                ("already holding a part of the partition (excluded)", 2),
+                ("unreachable (the master's probe failed)", 1)
+            ],
+            "{err}"
+        );
         let soon = t0 + Duration::from_millis(100);
         r.heartbeat("w2".into(), "w2:1".into(), stored(0), soon)
             .expect("heartbeat");
@@ -885,7 +891,7 @@ mod tests {
             .expect_err("w1 reported by this job, w2 excluded");
         assert_eq!(err.kind(), ErrorKind::NoWorkers);
         assert!(
-            err.message().contains("1 reported unreachable by this job"),
+            no_worker_reasons(&err).contains(&("reported unreachable by this job", 1)),
             "{err}"
         );
         // A heartbeat within the grace of the last report keeps it; a later one ends it.
@@ -929,8 +935,7 @@ mod tests {
             .allocate(&key("other", 1), &["w2".to_string()], t0)
             .expect_err("w1 failed the probe");
         assert!(
-            err.message()
-                .contains("1 unreachable (the master's probe failed)"),
+            no_worker_reasons(&err).contains(&("unreachable (the master's probe failed)", 1)),
             "{err}"
         );
         r.probe_finished("nobody", false, t0);
@@ -1022,11 +1027,23 @@ mod tests {
         let err = r
             .register_worker("w3".into(), "h:3".into(), now)
             .expect_err("a third worker");
-        assert!(err.message().contains("limits.max_workers"), "{err}");
+        assert!(
+            matches!(
+                placement(&err),
+                Some(PlacementError::WorkerLimit { known: 2 })
+            ),
+            "{err}"
+        );
         let err = r
             .heartbeat("w3".into(), "h:3".into(), stored(0), now)
             .expect_err("a third worker by heartbeat");
-        assert!(err.message().contains("limits.max_workers"), "{err}");
+        assert!(
+            matches!(
+                placement(&err),
+                Some(PlacementError::WorkerLimit { known: 2 })
+            ),
+            "{err}"
+        );
         // Known workers go on.
         r.heartbeat("w1".into(), "h:1".into(), stored(1), now)
             .expect("known");
@@ -1036,11 +1053,17 @@ mod tests {
         r.allocate(&key("b", 1), &[], now)
             .expect("room by allocation");
         let err = r.register_job(job("c"), now).expect_err("a third job");
-        assert!(err.message().contains("limits.max_jobs"), "{err}");
+        assert!(
+            matches!(placement(&err), Some(PlacementError::JobLimit { jobs: 2 })),
+            "{err}"
+        );
         let err = r
             .allocate(&key("c", 1), &[], now)
             .expect_err("a third job by allocation");
-        assert!(err.message().contains("limits.max_jobs"), "{err}");
+        assert!(
+            matches!(placement(&err), Some(PlacementError::JobLimit { jobs: 2 })),
+            "{err}"
+        );
         r.register_job(job("a"), now).expect("a known job again");
 
         // Released jobs: the oldest is forgotten past the limit.
@@ -1192,6 +1215,7 @@ mod tests {
         );
         let err = spread(&mut r, &["ok", "pressed", "bad-disk"]).expect_err("nobody");
         assert_eq!(err.kind(), ErrorKind::NoWorkers);
+        // The whole message: it is what an operator reads to see why.
         assert_eq!(
             err.message(),
             "no live worker can take a partition (5 live: 3 already holding a part of the partition (excluded), 1 decommissioning, 1 full)"

@@ -39,9 +39,9 @@ pub async fn run_with_clock(
 ) -> TierResult<()> {
     config
         .validate()
-        .map_err(|e| TierError::bad_input(format!("master config: {e}")))?;
+        .map_err(|e| TierError::from(e).context("master config"))?;
     let security = Security::load(&config.security)
-        .map_err(|e| TierError::bad_input(format!("master config: {e}")))?;
+        .map_err(|e| TierError::from(e).context("master config"))?;
     security.warn_if_open("the master");
     let shared = Arc::new(Shared {
         registry: Mutex::new(Registry::new(&config, clock.now())),

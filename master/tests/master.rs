@@ -529,6 +529,7 @@ async fn expect_protocol_error(addr: &str, handshake: bool, bytes: &[u8], expect
     match reply {
         Message::ErrorReply(e) => {
             assert_eq!((e.request_id, e.code), (0, pb::ErrorCode::Protocol as i32));
+            // All protocol errors share one code; the text names the offending frame.
             assert!(
                 e.message.contains(expected),
                 "{:?} does not contain {expected:?}",
@@ -624,6 +625,7 @@ async fn stalled_frames_and_surplus_connections_are_closed_with_a_reason() {
     let third = Client::connect(&master.addr, &ClientOptions::default())
         .await
         .expect_err("a third connection is refused");
+    // The text names the limit.
     assert!(
         third
             .message()

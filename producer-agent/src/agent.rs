@@ -53,7 +53,7 @@ const SPLIT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 impl ProducerAgent {
     /// Connects to the partition's worker and creates the partition there.
     pub fn new(config: AgentConfig, spec: ProducerSpec) -> TierResult<Self> {
-        config.validate().map_err(TierError::bad_input)?;
+        config.validate()?;
         let key = spec.descriptor.key()?;
         if spec.num_subpartitions == 0 {
             return Err(TierError::bad_input(format!(
@@ -90,7 +90,7 @@ impl ProducerAgent {
                     // The worker refused (decommissioning, at its partition
                     // limit) and created nothing. A lost connection is not
                     // taken as a refusal: the partition may exist there.
-                    Err(e) if e.kind() == ErrorKind::Unavailable && !client.is_closed() => {
+                    Err(e) if e.kind().is_transient() && !client.is_closed() => {
                         client.close();
                         relocate(&config, &options, &key, &spec, e).await
                     }
@@ -549,7 +549,7 @@ async fn relocate(
                 return Ok((client, worker_id));
             }
             // Refused, nothing created: try another.
-            Err(e) if e.kind() == ErrorKind::Unavailable && !client.is_closed() => {
+            Err(e) if e.kind().is_transient() && !client.is_closed() => {
                 client.close();
                 tried.push(worker_id);
                 last = e;

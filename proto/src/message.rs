@@ -174,6 +174,7 @@ impl Message {
             request_id,
             code: code as i32,
             message: message.into(),
+            detail: pb::ErrorCode::Unspecified as i32,
         })
     }
 

@@ -60,8 +60,7 @@ impl ClientOptions {
             .tls_ca_file
             .as_deref()
             .map(TlsClient::cached)
-            .transpose()
-            .map_err(TierError::bad_input)?;
+            .transpose()?;
         Ok(ClientOptions {
             name: name.into(),
             connect_timeout: config.connect_timeout,
@@ -87,7 +86,7 @@ impl ClientOptions {
         } else {
             let key = descriptor.key()?;
             let token = JobToken::from_hex(&descriptor.token)
-                .map_err(|e| TierError::bad_input(format!("shuffle descriptor of {key}: {e}")))?;
+                .map_err(|e| TierError::from(e).context(format!("shuffle descriptor of {key}")))?;
             Credential::Job {
                 job: key.job.as_bytes().clone(),
                 token,
@@ -556,6 +555,7 @@ async fn read_loop(
                 // A connection-level protocol error: the server closes the connection.
                 break TierError::from_wire(
                     err.code,
+                    err.detail,
                     format!("{} reported: {}", inner.peer, err.message),
                 );
             }
@@ -563,7 +563,9 @@ async fn read_loop(
         match routes.pending.remove(&request_id) {
             Some(tx) => {
                 let reply = match message {
-                    Message::ErrorReply(err) => Err(TierError::from_wire(err.code, err.message)),
+                    Message::ErrorReply(err) => {
+                        Err(TierError::from_wire(err.code, err.detail, err.message))
+                    }
                     other => Ok((other, body)),
                 };
                 let _ = tx.send(reply);

@@ -8,6 +8,7 @@
 mod buffers;
 mod client;
 pub mod clock;
+mod error;
 mod listener;
 mod runtime;
 mod security;
@@ -16,6 +17,7 @@ mod writer;
 
 pub use buffers::{BufferPool, PooledBuf, class_size, shared_pool};
 pub use client::{Client, ClientOptions, PendingReply, StreamEvent, StreamReceiver};
+pub use error::{AuthError, OpeningError, SecurityError};
 pub use listener::{Accepted, BoxRead, Meter, ServerOptions, ServerSpec, serve};
 pub use runtime::io_runtime;
 pub use security::{

@@ -27,7 +27,9 @@ use crate::clock;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use terrace_proto::{FrameError, FramePrefix, FrameReader, Message, pb};
-use terrace_tier_api::ByteSize;
+use terrace_tier_api::{ByteSize, ConfigError, TierResult, error_text};
+
+use crate::error::OpeningError;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -83,9 +85,12 @@ impl Default for ServerOptions {
 }
 
 impl ServerOptions {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_connections == 0 {
-            return Err("server.max_connections must be at least 1".into());
+            return Err(ConfigError::new(
+                "server.max_connections",
+                "server.max_connections must be at least 1",
+            ));
         }
         for (name, value) in [
             ("handshake_timeout", self.handshake_timeout),
@@ -93,11 +98,17 @@ impl ServerOptions {
             ("idle_timeout", self.idle_timeout),
         ] {
             if value.is_zero() {
-                return Err(format!("server.{name} must be longer than 0s"));
+                return Err(ConfigError::new(
+                    format!("server.{name}"),
+                    format!("server.{name} must be longer than 0s"),
+                ));
             }
         }
         if self.max_send_queue.as_u64() < 64 * 1024 {
-            return Err("server.max_send_queue must be at least 64KiB".into());
+            return Err(ConfigError::new(
+                "server.max_send_queue",
+                "server.max_send_queue must be at least 64KiB",
+            ));
         }
         Ok(())
     }
@@ -111,7 +122,7 @@ pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub trait Meter: Send {
     /// Grants `bytes` more; waits while memory is short. An error closes the
     /// connection with it.
-    fn grant(&mut self, bytes: usize) -> impl Future<Output = Result<(), String>> + Send;
+    fn grant(&mut self, bytes: usize) -> impl Future<Output = TierResult<()>> + Send;
 }
 
 /// Most bytes granted ahead of what has arrived: all that a connection that
@@ -255,7 +266,7 @@ impl Accepted {
                     grant = meter.grant(n) => grant,
                 };
                 if let Err(reason) = grant {
-                    self.fail(pb::ErrorCode::Protocol, reason);
+                    self.fail(pb::ErrorCode::Protocol, reason.full_message());
                     return None;
                 }
                 granted += n;
@@ -483,7 +494,7 @@ async fn open(
     let identity = spec.identity.to_string();
     let opening = async {
         let challenge = match &spec.secret {
-            Some(_) => Some(crate::security::random_bytes().map_err(|e| e.message().to_string())?),
+            Some(_) => Some(crate::security::random_bytes().map_err(OpeningError::Challenge)?),
             None => None,
         };
         let client = accept_handshake(
@@ -508,7 +519,7 @@ async fn open(
             }
             _ => Identity::Open,
         };
-        Ok::<_, String>((client, proved))
+        Ok::<_, OpeningError>((client, proved))
     };
     let opened = tokio::select! {
         _ = shutdown.cancelled() => return None,
@@ -535,8 +546,9 @@ async fn open(
             accepted.identity = identity;
             Some(accepted)
         }
-        Ok(Err(reason)) => {
-            if reason.starts_with("closed before the") {
+        Ok(Err(e)) => {
+            let reason = error_text(&e);
+            if matches!(e, OpeningError::Closed { .. }) {
                 // Port probes and health checks.
                 tracing::debug!(%peer, reason, "connection closed before the handshake");
             } else {

@@ -39,6 +39,8 @@ use terrace_proto::pb;
 use terrace_tier_api::protocol::Access;
 use terrace_tier_api::{MAX_ID_BYTES, TierError};
 
+use crate::error::{AuthError, SecurityError};
+
 /// Environment variable naming the secret file when the config names none.
 pub const SECRET_FILE_ENV: &str = "TERRACE_SECRET_FILE";
 
@@ -78,13 +80,13 @@ impl fmt::Debug for ClusterSecret {
 impl ClusterSecret {
     /// A secret from its bytes (leading and trailing whitespace ignored, so
     /// a file written with `echo` works).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SecurityError> {
         let trimmed = bytes.trim_ascii();
         if trimmed.len() < MIN_SECRET_BYTES {
-            return Err(format!(
-                "the cluster secret has {} bytes; it needs at least {MIN_SECRET_BYTES} (e.g. `head -c 32 /dev/urandom | base64`)",
-                trimmed.len()
-            ));
+            return Err(SecurityError::ShortSecret {
+                len: trimmed.len(),
+                min: MIN_SECRET_BYTES,
+            });
         }
         Ok(ClusterSecret {
             key: hmac::Key::new(hmac::HMAC_SHA256, trimmed),
@@ -93,16 +95,22 @@ impl ClusterSecret {
 
     /// Reads the secret from `path`, which only its owner may access (mode
     /// 0600 or 0400): a secret others can read is not one.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| format!("open secret file {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, SecurityError> {
+        let file = std::fs::File::open(path).map_err(|source| SecurityError::Open {
+            what: "secret file",
+            path: path.to_path_buf(),
+            source,
+        })?;
         check_private(&file, path)?;
         let bytes = read_bounded_from(file, path, MAX_SECRET_BYTES as u64, "secret file")?;
-        Self::from_bytes(&bytes).map_err(|e| format!("secret file {}: {e}", path.display()))
+        Self::from_bytes(&bytes).map_err(|e| SecurityError::SecretFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// The secret named by `configured`, else by `TERRACE_SECRET_FILE`, else none.
-    pub fn resolve(configured: Option<&Path>) -> Result<Option<Self>, String> {
+    pub fn resolve(configured: Option<&Path>) -> Result<Option<Self>, SecurityError> {
         let from_env = std::env::var_os(SECRET_FILE_ENV)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
@@ -132,25 +140,25 @@ impl fmt::Debug for JobToken {
 }
 
 impl JobToken {
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let token: [u8; AUTH_BYTES] = bytes
-            .try_into()
-            .map_err(|_| format!("a job token has {AUTH_BYTES} bytes, not {}", bytes.len()))?;
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SecurityError> {
+        let token: [u8; AUTH_BYTES] = bytes.try_into().map_err(|_| SecurityError::TokenLength {
+            expected: AUTH_BYTES,
+            len: bytes.len(),
+        })?;
         Ok(JobToken(token))
     }
 
-    pub fn from_hex(hex: &str) -> Result<Self, String> {
+    pub fn from_hex(hex: &str) -> Result<Self, SecurityError> {
         if hex.len() != 2 * AUTH_BYTES || !hex.is_ascii() {
-            return Err(format!(
-                "a job token is {} hex digits, not {:?}",
-                2 * AUTH_BYTES,
-                hex.len()
-            ));
+            return Err(SecurityError::TokenHexLength {
+                expected: 2 * AUTH_BYTES,
+                len: hex.len(),
+            });
         }
         let mut token = [0u8; AUTH_BYTES];
         for (i, byte) in token.iter_mut().enumerate() {
             *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| "a job token is hex digits".to_string())?;
+                .map_err(|_| SecurityError::TokenHex)?;
         }
         Ok(JobToken(token))
     }
@@ -409,23 +417,23 @@ pub(crate) fn verify(
     server: &str,
     channel: &[u8],
     answer: &pb::Authenticate,
-) -> Result<(Identity, Vec<u8>), String> {
+) -> Result<(Identity, Vec<u8>), AuthError> {
     if answer.client_nonce.len() != AUTH_BYTES {
-        return Err(format!(
-            "authentication: client_nonce has {} bytes, not {AUTH_BYTES}",
-            answer.client_nonce.len()
-        ));
+        return Err(AuthError::NonceLength {
+            len: answer.client_nonce.len(),
+            expected: AUTH_BYTES,
+        });
     }
     if answer.proof.is_empty() {
-        return Err(format!(
-            "this server holds a cluster secret and serves only connections that prove it or a job's token; this one did not authenticate (set secret_file or {SECRET_FILE_ENV})"
-        ));
+        return Err(AuthError::NoProof {
+            env: SECRET_FILE_ENV,
+        });
     }
     if answer.job_id.len() > MAX_ID_BYTES {
-        return Err(format!(
-            "authentication: job_id has {} bytes, more than {MAX_ID_BYTES}",
-            answer.job_id.len()
-        ));
+        return Err(AuthError::JobIdTooLong {
+            len: answer.job_id.len(),
+            max: MAX_ID_BYTES,
+        });
     }
     let (key, identity, whose) = if answer.job_id.is_empty() {
         (
@@ -448,9 +456,10 @@ pub(crate) fn verify(
         channel,
     ];
     if hmac::verify(&key, &labelled(CLIENT_PROOF_LABEL, &parts), &answer.proof).is_err() {
-        return Err(format!(
-            "authentication failed: the proof does not match {whose} for {server:?} on this connection (is secret_file the same on every member of the cluster? a proof made for another server or relayed from another connection is refused)"
-        ));
+        return Err(AuthError::BadProof {
+            whose,
+            server: server.to_string(),
+        });
     }
     let proof = hmac::sign(&key, &labelled(SERVER_PROOF_LABEL, &parts));
     Ok((identity, proof.as_ref().to_vec()))
@@ -471,9 +480,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("open {what} {}: {e}", path.display()))?;
+fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>, SecurityError> {
+    let file = std::fs::File::open(path).map_err(|source| SecurityError::Open {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
     read_bounded_from(file, path, max, what)
 }
 
@@ -481,17 +493,22 @@ fn read_bounded_from(
     file: std::fs::File,
     path: &Path,
     max: u64,
-    what: &str,
-) -> Result<Vec<u8>, String> {
+    what: &'static str,
+) -> Result<Vec<u8>, SecurityError> {
     let mut bytes = Vec::new();
     file.take(max + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("read {what} {}: {e}", path.display()))?;
+        .map_err(|source| SecurityError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })?;
     if bytes.len() as u64 > max {
-        return Err(format!(
-            "{what} {} is longer than {max} bytes",
-            path.display()
-        ));
+        return Err(SecurityError::TooLong {
+            what,
+            path: path.to_path_buf(),
+            max,
+        });
     }
     Ok(bytes)
 }
@@ -499,26 +516,27 @@ fn read_bounded_from(
 /// Refuses a secret file that group or others may access. Checked on the
 /// open file, so what is read is what was checked.
 #[cfg(unix)]
-fn check_private(file: &std::fs::File, path: &Path) -> Result<(), String> {
+fn check_private(file: &std::fs::File, path: &Path) -> Result<(), SecurityError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = file
         .metadata()
-        .map_err(|e| format!("stat secret file {}: {e}", path.display()))?
+        .map_err(|source| SecurityError::Stat {
+            path: path.to_path_buf(),
+            source,
+        })?
         .permissions()
         .mode();
     if mode & SECRET_FILE_FORBIDDEN_MODE != 0 {
-        return Err(format!(
-            "secret file {} has mode {:04o}: it is accessible by group or others, so it is no secret; run `chmod 600 {}`",
-            path.display(),
-            mode & 0o7777,
-            path.display()
-        ));
+        return Err(SecurityError::NotPrivate {
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+        });
     }
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn check_private(_file: &std::fs::File, _path: &Path) -> Result<(), String> {
+fn check_private(_file: &std::fs::File, _path: &Path) -> Result<(), SecurityError> {
     Ok(())
 }
 
@@ -550,17 +568,12 @@ pub struct Security {
 
 impl Security {
     /// Reads the files `config` names.
-    pub fn load(config: &SecurityConfig) -> Result<Self, String> {
+    pub fn load(config: &SecurityConfig) -> Result<Self, SecurityError> {
         let secret = ClusterSecret::resolve(config.secret_file.as_deref())?;
         let tls_server = match (&config.tls_cert_file, &config.tls_key_file) {
             (Some(cert), Some(key)) => Some(TlsServer::load(cert, key)?),
             (None, None) => None,
-            _ => {
-                return Err(
-                    "security.tls_cert_file and security.tls_key_file go together: set both or neither"
-                        .into(),
-                );
-            }
+            _ => return Err(SecurityError::HalfTls),
         };
         let tls_client = config
             .tls_ca_file
@@ -609,31 +622,33 @@ impl fmt::Debug for TlsServer {
 
 impl TlsServer {
     /// Loads a PEM certificate chain and its private key.
-    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, String> {
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, SecurityError> {
+        let pem_error = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SecurityError::Pem { what, path, source }
+        };
         let pem = read_bounded(cert_file, MAX_PEM_BYTES, "TLS certificate file")?;
         let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("TLS certificate file {}: {e}", cert_file.display()))?;
+            .map_err(pem_error("TLS certificate file", cert_file))?;
         if certs.is_empty() {
-            return Err(format!(
-                "TLS certificate file {} holds no certificate",
-                cert_file.display()
-            ));
+            return Err(SecurityError::NoCertificate {
+                what: "TLS certificate file",
+                path: cert_file.to_path_buf(),
+            });
         }
         let pem = read_bounded(key_file, MAX_PEM_BYTES, "TLS key file")?;
-        let key = PrivateKeyDer::from_pem_slice(&pem)
-            .map_err(|e| format!("TLS key file {}: {e}", key_file.display()))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&pem).map_err(pem_error("TLS key file", key_file))?;
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
+            .map_err(SecurityError::Tls)?
             .with_no_client_auth()
             .with_single_cert(certs, key)
-            .map_err(|e| {
-                format!(
-                    "TLS certificate {} and key {}: {e}",
-                    cert_file.display(),
-                    key_file.display()
-                )
+            .map_err(|source| SecurityError::CertificateAndKey {
+                cert: cert_file.to_path_buf(),
+                key: key_file.to_path_buf(),
+                source,
             })?;
         Ok(TlsServer {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
@@ -656,26 +671,31 @@ impl fmt::Debug for TlsClient {
 
 impl TlsClient {
     /// Trusts the PEM CA certificates in `ca_file`.
-    pub fn load(ca_file: &Path) -> Result<Self, String> {
+    pub fn load(ca_file: &Path) -> Result<Self, SecurityError> {
         let pem = read_bounded(ca_file, MAX_PEM_BYTES, "TLS CA file")?;
         let mut roots = rustls::RootCertStore::empty();
         let mut count = 0;
         for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("TLS CA file {}: {e}", ca_file.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("TLS CA file {}: {e}", ca_file.display()))?;
+            let cert = cert.map_err(|source| SecurityError::Pem {
+                what: "TLS CA file",
+                path: ca_file.to_path_buf(),
+                source,
+            })?;
+            roots.add(cert).map_err(|source| SecurityError::BadCa {
+                path: ca_file.to_path_buf(),
+                source,
+            })?;
             count += 1;
         }
         if count == 0 {
-            return Err(format!(
-                "TLS CA file {} holds no certificate",
-                ca_file.display()
-            ));
+            return Err(SecurityError::NoCertificate {
+                what: "TLS CA file",
+                path: ca_file.to_path_buf(),
+            });
         }
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
+            .map_err(SecurityError::Tls)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(TlsClient {
@@ -685,7 +705,7 @@ impl TlsClient {
 
     /// [`TlsClient::load`], once per file per process: agents open many
     /// connections and read the CA file for the first only.
-    pub fn cached(ca_file: &Path) -> Result<Self, String> {
+    pub fn cached(ca_file: &Path) -> Result<Self, SecurityError> {
         static CACHE: Mutex<Vec<(PathBuf, TlsClient)>> = Mutex::new(Vec::new());
         let mut cache = CACHE.lock().expect("TLS cache lock poisoned");
         if let Some((_, tls)) = cache.iter().find(|(path, _)| path == ca_file) {
@@ -723,7 +743,10 @@ mod tests {
     #[test]
     fn short_secrets_are_refused() {
         let err = ClusterSecret::from_bytes(b"  short \n").unwrap_err();
-        assert!(err.contains("at least 16"), "{err}");
+        assert!(
+            matches!(err, SecurityError::ShortSecret { len: 5, min: 16 }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -732,8 +755,15 @@ mod tests {
         let a = s.job_token(b"job-a");
         assert_eq!(a, s.job_token(b"job-a"));
         assert_ne!(a, s.job_token(b"job-b"));
-        assert_eq!(JobToken::from_hex(&a.to_hex()), Ok(a.clone()));
-        assert!(JobToken::from_hex("zz").is_err());
+        assert_eq!(JobToken::from_hex(&a.to_hex()).expect("hex"), a);
+        assert!(matches!(
+            JobToken::from_hex("zz"),
+            Err(SecurityError::TokenHexLength { len: 2, .. })
+        ));
+        assert!(matches!(
+            JobToken::from_hex(&"zz".repeat(AUTH_BYTES)),
+            Err(SecurityError::TokenHex)
+        ));
         let other = ClusterSecret::from_bytes(b"another secret of enough bytes").unwrap();
         assert_ne!(a, other.job_token(b"job-a"));
     }
@@ -775,7 +805,7 @@ mod tests {
         assert!(expected.is_none());
         assert!(answer.proof.is_empty());
         let err = verify(&s, &challenge, WORKER_A, NO_TLS, &answer).unwrap_err();
-        assert!(err.contains("did not authenticate"), "{err}");
+        assert!(matches!(err, AuthError::NoProof { .. }), "{err}");
     }
 
     #[test]
@@ -824,7 +854,7 @@ mod tests {
             // Made for worker a, presented to a master with the same challenge.
             let (answer, expected) = credential.answer(&challenge, WORKER_A, NO_TLS).unwrap();
             let err = verify(&s, &challenge, &master, NO_TLS, &answer).unwrap_err();
-            assert!(err.contains("authentication failed"), "{err}");
+            assert!(matches!(err, AuthError::BadProof { .. }), "{err}");
             // The same proof is good where it was meant to go.
             assert!(verify(&s, &challenge, WORKER_A, NO_TLS, &answer).is_ok());
             // A master's proof does not satisfy a client that meant worker a.
@@ -884,9 +914,12 @@ mod tests {
                 Ok(_) => assert!(ok, "mode {mode:04o} was accepted"),
                 Err(e) => {
                     assert!(!ok, "mode {mode:04o} was refused: {e}");
-                    assert!(e.contains(&path.display().to_string()), "{e}");
-                    assert!(e.contains(&format!("mode {mode:04o}")), "{e}");
-                    assert!(e.contains("chmod 600"), "{e}");
+                    assert!(
+                        matches!(&e, SecurityError::NotPrivate { path: p, mode: m } if *p == path && *m == mode),
+                        "{e}"
+                    );
+                    // The message is the point: it tells the operator the fix.
+                    assert!(e.to_string().contains("chmod 600"), "{e}");
                 }
             }
         }

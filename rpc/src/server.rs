@@ -3,6 +3,9 @@
 use terrace_proto::{FrameReader, Message, PROTOCOL_VERSION, pb};
 use tokio::io::AsyncRead;
 
+use terrace_tier_api::error_text;
+
+use crate::error::OpeningError;
 use crate::security::{self, ClusterSecret, Identity};
 use crate::writer::FrameSender;
 
@@ -32,32 +35,38 @@ pub const MAX_CLIENT_NAME_BYTES: usize = 256;
 async fn read_opening_frame<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     sender: &FrameSender,
-    what: &str,
-) -> Result<Message, String> {
-    let refuse = |e: &terrace_proto::FrameError| {
-        let reason = format!("bad {what} frame: {e}");
-        if e.is_protocol_error() {
-            reply_error(sender, 0, pb::ErrorCode::Protocol, reason.clone());
+    what: &'static str,
+) -> Result<Message, OpeningError> {
+    let refuse = |source: terrace_proto::FrameError| {
+        let e = OpeningError::Frame { what, source };
+        if matches!(&e, OpeningError::Frame { source, .. } if source.is_protocol_error()) {
+            refuse_with(sender, 0, pb::ErrorCode::Protocol, &e);
         }
-        reason
+        e
     };
     let prefix = match reader.read_prefix().await {
         Ok(Some(prefix)) => prefix,
-        Ok(None) => return Err(format!("closed before the {what}")),
-        Err(e) => return Err(refuse(&e)),
+        Ok(None) => return Err(OpeningError::Closed { what }),
+        Err(e) => return Err(refuse(e)),
     };
     if prefix.remaining() > MAX_HANDSHAKE_BYTES {
-        let reason = format!(
-            "{what} frame of {} bytes exceeds the maximum of {MAX_HANDSHAKE_BYTES} bytes",
-            prefix.remaining()
-        );
-        reply_error(sender, 0, pb::ErrorCode::Protocol, reason.clone());
-        return Err(reason);
+        let e = OpeningError::TooLarge {
+            what,
+            len: prefix.remaining(),
+            max: MAX_HANDSHAKE_BYTES,
+        };
+        refuse_with(sender, 0, pb::ErrorCode::Protocol, &e);
+        return Err(e);
     }
     match reader.read_rest(prefix).await {
         Ok((message, _)) => Ok(message),
-        Err(e) => Err(refuse(&e)),
+        Err(e) => Err(refuse(e)),
     }
+}
+
+/// Queues `e` (with its causes) as an error reply of `code`.
+fn refuse_with(sender: &FrameSender, request_id: u64, code: pb::ErrorCode, e: &OpeningError) {
+    reply_error(sender, request_id, code, error_text(e));
 }
 
 /// Reads the first frame, which must be a handshake with our protocol version,
@@ -71,20 +80,15 @@ pub async fn accept_handshake<R: AsyncRead + Unpin>(
     server_name: &str,
     server_identity: &str,
     auth_challenge: &[u8],
-) -> Result<String, String> {
+) -> Result<String, OpeningError> {
     match read_opening_frame(reader, sender, "handshake").await? {
         Message::Handshake(h) if h.client_name.len() > MAX_CLIENT_NAME_BYTES => {
-            let reason = format!(
-                "client_name of {} bytes exceeds the maximum of {MAX_CLIENT_NAME_BYTES} bytes",
-                h.client_name.len()
-            );
-            reply_error(
-                sender,
-                h.request_id,
-                pb::ErrorCode::BadRequest,
-                reason.clone(),
-            );
-            Err(reason)
+            let e = OpeningError::ClientName {
+                len: h.client_name.len(),
+                max: MAX_CLIENT_NAME_BYTES,
+            };
+            refuse_with(sender, h.request_id, pb::ErrorCode::BadRequest, &e);
+            Err(e)
         }
         Message::Handshake(h) if h.protocol_version == PROTOCOL_VERSION => {
             sender.send(
@@ -100,22 +104,19 @@ pub async fn accept_handshake<R: AsyncRead + Unpin>(
             Ok(h.client_name)
         }
         Message::Handshake(h) => {
-            let reason = format!(
-                "protocol version {} is not supported (this server speaks {PROTOCOL_VERSION})",
-                h.protocol_version
-            );
-            reply_error(
-                sender,
-                h.request_id,
-                pb::ErrorCode::VersionMismatch,
-                reason.clone(),
-            );
-            Err(reason)
+            let e = OpeningError::Version {
+                got: h.protocol_version,
+                ours: PROTOCOL_VERSION,
+            };
+            refuse_with(sender, h.request_id, pb::ErrorCode::VersionMismatch, &e);
+            Err(e)
         }
         other => {
-            let reason = format!("expected a handshake first, got {:?}", other.message_type());
-            reply_error(sender, 0, pb::ErrorCode::Protocol, reason.clone());
-            Err(reason)
+            let e = OpeningError::NotHandshake {
+                got: other.message_type(),
+            };
+            refuse_with(sender, 0, pb::ErrorCode::Protocol, &e);
+            Err(e)
         }
     }
 }
@@ -132,7 +133,7 @@ pub(crate) async fn accept_authentication<R: AsyncRead + Unpin>(
     challenge: &[u8],
     server_identity: &str,
     channel: &[u8],
-) -> Result<Identity, String> {
+) -> Result<Identity, OpeningError> {
     match read_opening_frame(reader, sender, "authentication").await? {
         Message::Authenticate(answer) => {
             match security::verify(secret, challenge, server_identity, channel, &answer) {
@@ -147,23 +148,23 @@ pub(crate) async fn accept_authentication<R: AsyncRead + Unpin>(
                     Ok(identity)
                 }
                 Err(reason) => {
-                    reply_error(
+                    let e = OpeningError::Auth(reason);
+                    refuse_with(
                         sender,
                         answer.request_id,
                         pb::ErrorCode::PermissionDenied,
-                        reason.clone(),
+                        &e,
                     );
-                    Err(reason)
+                    Err(e)
                 }
             }
         }
         other => {
-            let reason = format!(
-                "this server holds a cluster secret: expected Authenticate after the handshake, got {:?}",
-                other.message_type()
-            );
-            reply_error(sender, 0, pb::ErrorCode::Protocol, reason.clone());
-            Err(reason)
+            let e = OpeningError::NotAuthenticate {
+                got: other.message_type(),
+            };
+            refuse_with(sender, 0, pb::ErrorCode::Protocol, &e);
+            Err(e)
         }
     }
 }

@@ -138,8 +138,7 @@ fn anonymous_connections_are_closed_by_the_handshake_timeout_and_hold_no_slot() 
     for _ in 0..MAX_CONNECTIONS {
         let mut raw = worker.hello();
         raw.send(&no_proof(2), &[]);
-        let message = raw.expect_error(2, pb::ErrorCode::PermissionDenied);
-        assert!(message.contains("did not authenticate"), "{message}");
+        raw.expect_error(2, pb::ErrorCode::PermissionDenied);
         raw.expect_eof();
         refused.push(raw);
     }
@@ -159,6 +158,7 @@ fn anonymous_connections_are_closed_by_the_handshake_timeout_and_hold_no_slot() 
         .block_on(Client::connect(&worker.process.address, &options))
         .expect_err("every slot is taken by a connection still within its handshake time");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    // The text names the limit; the kind is checked above.
     assert!(err.message().contains("max_connections"), "{err}");
     for raw in &mut silent {
         raw.expect_eof();

@@ -256,6 +256,7 @@ fn full_unhealthy_and_decommissioning_workers_get_no_partitions_and_a_job_spread
     assert_eq!(allocate(m, 10, 1, &["w0", "w1"]).expect("w3"), "w3");
     let err = allocate(m, 10, 2, &["w0", "w1", "w3"]).expect_err("nobody is left");
     assert_eq!(err.kind(), ErrorKind::NoWorkers);
+    // The kind (NoWorkers) cannot say why each worker was passed over; the text does.
     assert!(
         err.message().contains("1 decommissioning") && err.message().contains("1 full"),
         "{err}"

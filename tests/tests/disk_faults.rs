@@ -174,6 +174,7 @@ fn fault_on_one_of_two_dirs(errno: i32, expected_text: &str) {
     let stats = worker.dirs();
     assert!(!stats[first_dir].healthy, "{stats:?}");
     assert!(stats[first_dir].write_failures >= 1, "{stats:?}");
+    // The directory error names its cause (a stat, not an error kind).
     assert!(
         stats[first_dir].error.contains(expected_text),
         "the error names the cause: {stats:?}"

@@ -165,13 +165,16 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                 job_lease_ms: 0,
             })
         }),
-        (u64s(), any::<i32>(), strings()).prop_map(|(request_id, code, message)| {
-            Message::ErrorReply(pb::ErrorReply {
-                request_id,
-                code,
-                message,
-            })
-        }),
+        (u64s(), any::<i32>(), any::<i32>(), strings()).prop_map(
+            |(request_id, code, detail, message)| {
+                Message::ErrorReply(pb::ErrorReply {
+                    request_id,
+                    code,
+                    message,
+                    detail,
+                })
+            }
+        ),
         u64s().prop_map(Message::ack),
         (u64s(), strings(), strings()).prop_map(|(request_id, worker_id, data_address)| {
             Message::RegisterWorker(pb::RegisterWorker {
@@ -369,13 +372,16 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                 })
             }
         ),
-        (u64s(), any::<i32>(), strings()).prop_map(|(stream_id, code, message)| {
-            Message::StreamError(pb::StreamError {
-                stream_id,
-                code,
-                message,
-            })
-        }),
+        (u64s(), any::<i32>(), any::<i32>(), strings()).prop_map(
+            |(stream_id, code, detail, message)| {
+                Message::StreamError(pb::StreamError {
+                    stream_id,
+                    code,
+                    message,
+                    detail,
+                })
+            }
+        ),
     ]
     .prop_map(|m| (m, Vec::new()))
     .boxed()

@@ -167,6 +167,7 @@ fn read_streams_over_whole_ranges_hold_only_what_is_charged() {
     });
     let refused = refused.expect("a stream was refused");
     assert_eq!(refused.code, pb::ErrorCode::Unavailable as i32);
+    // The text names the limit the refusal hit.
     assert!(
         refused.message.contains("limits.metadata_memory"),
         "{}",
@@ -268,6 +269,7 @@ fn pushes_of_empty_segments_are_refused_past_the_metadata_budget() {
     assert_eq!(refused.len(), 39);
     for e in &refused {
         assert_eq!(e.code, pb::ErrorCode::Unavailable as i32, "{}", e.message);
+        // The text names the limit the refusal hit.
         assert!(
             e.message.contains("limits.metadata_memory"),
             "{}",
@@ -292,6 +294,7 @@ fn pushes_of_empty_segments_are_refused_past_the_metadata_budget() {
         match raw.read() {
             (Message::PushAck(_), _) => tiny_accepted += 1,
             (Message::ErrorReply(e), _) => {
+                // The text names the limit the refusal hit.
                 assert!(
                     e.message.contains("limits.metadata_memory"),
                     "{}",
@@ -369,6 +372,7 @@ fn many_partitions_and_many_jobs_stop_at_their_limits() {
         raw.expect_ack(10 + p);
     }
     let message = raw.expect_error(1010, pb::ErrorCode::Unavailable);
+    // The text names the limit the refusal hit.
     assert!(
         message.contains("holds 1000 partitions of job")
             && message.contains("(limits.max_partitions_per_job)"),
@@ -404,6 +408,7 @@ fn many_partitions_and_many_jobs_stop_at_their_limits() {
     }
     let refusal = refusal.expect("the metadata budget ends it");
     assert_eq!(refusal.code, pb::ErrorCode::Unavailable as i32);
+    // The text names the limit the refusal hit.
     assert!(
         refusal.message.contains("limits.metadata_memory"),
         "{}",

@@ -378,6 +378,7 @@ fn outage(kind: Outage) {
     );
     let o = object_stats(&t);
     assert!(!o.available, "{o:?}");
+    // The store's last error is text (a stat) that names the store.
     assert!(
         o.last_error.contains(&s3.url(PREFIX)) || o.last_error.contains("s3://"),
         "{o:?}"

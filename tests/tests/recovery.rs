@@ -829,6 +829,7 @@ fn running_out_of_file_descriptors_marks_no_directory_unhealthy_and_loses_nothin
             (Message::ErrorReply(e), _) => {
                 assert_eq!(e.request_id, id + 2);
                 assert_eq!(e.code, pb::ErrorCode::Unavailable as i32, "{}", e.message);
+                // Unavailable has several causes; the text names this one (EMFILE).
                 assert!(e.message.contains("Too many open files"), "{}", e.message);
                 refused += 1;
             }

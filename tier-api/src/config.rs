@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::error::{ErrorKind, TierError};
+
 /// A size in bytes, written in config files as an integer or a string with a
 /// binary (`KiB`, `MiB`, `GiB`, `TiB`) or decimal (`KB`, `MB`, `GB`) unit.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -34,15 +36,15 @@ impl ByteSize {
 }
 
 impl FromStr for ByteSize {
-    type Err = String;
+    type Err = ParseSizeError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ParseSizeError> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (digits, unit) = s.split_at(split);
         let n: u64 = digits
             .parse()
-            .map_err(|_| format!("size {s:?} does not start with a whole number"))?;
+            .map_err(|_| ParseSizeError::NotANumber(s.to_string()))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kib" => 1 << 10,
@@ -54,14 +56,15 @@ impl FromStr for ByteSize {
             "gb" => 1_000_000_000,
             "tb" => 1_000_000_000_000,
             other => {
-                return Err(format!(
-                    "size {s:?} has unknown unit {other:?} (use B, KiB, MiB, GiB, TiB)"
-                ));
+                return Err(ParseSizeError::UnknownUnit {
+                    input: s.to_string(),
+                    unit: other.to_string(),
+                });
             }
         };
         n.checked_mul(mult)
             .map(ByteSize)
-            .ok_or_else(|| format!("size {s:?} overflows 64 bits"))
+            .ok_or_else(|| ParseSizeError::Overflow(s.to_string()))
     }
 }
 
@@ -202,32 +205,89 @@ impl Default for AgentConfig {
     }
 }
 
+/// A configuration value out of range, or at odds with another: `key` is
+/// the one to change (`limits.max_jobs`, `server.idle_timeout`), the message
+/// says why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigError {
+    key: String,
+    message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The configuration key to change.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// A configuration error is bad input: nothing works until it changes.
+impl From<ConfigError> for TierError {
+    fn from(e: ConfigError) -> Self {
+        TierError::from_cause(ErrorKind::BadInput, e)
+    }
+}
+
+/// A size that does not parse (see [`ByteSize`]'s `FromStr`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseSizeError {
+    #[error("size {0:?} does not start with a whole number")]
+    NotANumber(String),
+    #[error("size {input:?} has unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB)")]
+    UnknownUnit { input: String, unit: String },
+    #[error("size {0:?} overflows 64 bits")]
+    Overflow(String),
+}
+
 impl AgentConfig {
     /// Checks the relations between fields; call after loading.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.segment_size.0 == 0 || self.push_size.0 == 0 || self.max_buffer_size.0 == 0 {
-            return Err("segment_size, push_size and max_buffer_size must be positive".into());
+            return Err(ConfigError::new(
+                "segment_size",
+                "segment_size, push_size and max_buffer_size must be positive",
+            ));
         }
         if self.max_bytes_in_flight < self.push_size {
-            return Err(format!(
-                "max_bytes_in_flight ({}) must be at least push_size ({})",
-                self.max_bytes_in_flight, self.push_size
+            return Err(ConfigError::new(
+                "max_bytes_in_flight",
+                format!(
+                    "max_bytes_in_flight ({}) must be at least push_size ({})",
+                    self.max_bytes_in_flight, self.push_size
+                ),
             ));
         }
         // A push holds at most push_size plus one maximal buffer, plus headers and lz4 overhead.
         let worst_push =
             self.push_size.0 + self.max_buffer_size.0 + self.max_buffer_size.0 / 200 + 64 * 1024;
         if worst_push > self.max_frame_size.0 {
-            return Err(format!(
-                "push_size ({}) + max_buffer_size ({}) does not fit in max_frame_size ({})",
-                self.push_size, self.max_buffer_size, self.max_frame_size
+            return Err(ConfigError::new(
+                "push_size",
+                format!(
+                    "push_size ({}) + max_buffer_size ({}) does not fit in max_frame_size ({})",
+                    self.push_size, self.max_buffer_size, self.max_frame_size
+                ),
             ));
         }
         if self.read_credits == 0 {
-            return Err("read_credits must be at least 1".into());
+            return Err(ConfigError::new(
+                "read_credits",
+                "read_credits must be at least 1",
+            ));
         }
         if self.job_renew_interval.is_zero() {
-            return Err("job_renew_interval must be positive".into());
+            return Err(ConfigError::new(
+                "job_renew_interval",
+                "job_renew_interval must be positive",
+            ));
         }
         Ok(())
     }
@@ -244,8 +304,21 @@ mod tests {
         assert_eq!("512k".parse::<ByteSize>(), Ok(ByteSize::kib(512)));
         assert_eq!("1000".parse::<ByteSize>(), Ok(ByteSize(1000)));
         assert_eq!("2MB".parse::<ByteSize>(), Ok(ByteSize(2_000_000)));
-        assert!("12 parsecs".parse::<ByteSize>().is_err());
-        assert!("MiB".parse::<ByteSize>().is_err());
+        assert_eq!(
+            "12 parsecs".parse::<ByteSize>(),
+            Err(ParseSizeError::UnknownUnit {
+                input: "12 parsecs".into(),
+                unit: "parsecs".into()
+            })
+        );
+        assert_eq!(
+            "MiB".parse::<ByteSize>(),
+            Err(ParseSizeError::NotANumber("MiB".into()))
+        );
+        assert_eq!(
+            "17000000TiB".parse::<ByteSize>(),
+            Err(ParseSizeError::Overflow("17000000TiB".into()))
+        );
         assert_eq!(ByteSize::mib(64).to_string(), "64MiB");
         assert_eq!(ByteSize(1500).to_string(), "1500B");
     }
@@ -280,6 +353,9 @@ mod tests {
             max_bytes_in_flight: ByteSize(1),
             ..AgentConfig::default()
         };
-        assert!(bad.validate().is_err());
+        assert_eq!(
+            bad.validate().map_err(|e| e.key().to_string()),
+            Err("max_bytes_in_flight".to_string())
+        );
     }
 }

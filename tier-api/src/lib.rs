@@ -25,13 +25,17 @@ pub use batch::{
 };
 pub use buffer::{Buffer, DataType};
 pub use checksum::crc32c_combine;
-pub use config::{AgentConfig, ByteSize, duration, format_duration, parse_duration};
+pub use config::{
+    AgentConfig, ByteSize, ConfigError, ParseSizeError, duration, format_duration, parse_duration,
+};
 pub use contract::{
     AvailabilityNotifier, ConsumerSpec, ProducerSpec, SubpartitionRange, TierConsumerAgent,
     TierFactory, TierMasterAgent, TierProducerAgent, TierShuffleHandler, WriteOutcome,
 };
 pub use descriptor::ShuffleDescriptor;
-pub use error::{ErrorKind, MAX_WIRE_MESSAGE_BYTES, TierError, TierResult};
+pub use error::{
+    ERROR_TABLE, ErrorKind, ErrorRow, MAX_WIRE_MESSAGE_BYTES, TierError, TierResult, error_text,
+};
 pub use ids::{
     InputChannelId, JobId, MAX_ID_BYTES, PartitionId, PartitionKey, SegmentId, SubpartitionId,
     WorkerId,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use terrace_rpc::{SecurityConfig, ServerOptions};
-use terrace_tier_api::ByteSize;
+use terrace_tier_api::{ByteSize, ConfigError};
 
 /// Every key of the `[worker]` config file. All have defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,39 +158,60 @@ impl Default for WorkerConfig {
 
 impl WorkerConfig {
     /// Checks relations between fields.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         if self.data_dirs.is_empty() {
-            return Err("data_dirs must name at least one directory".into());
+            return Err(ConfigError::new(
+                "data_dirs",
+                "data_dirs must name at least one directory",
+            ));
         }
         if self.max_frame_size.as_u64() * 2 > self.memory_budget.as_u64() {
-            return Err(format!(
-                "max_frame_size ({}) must be at most half of memory_budget ({}): a compressed push and its decompressed copy must both fit",
-                self.max_frame_size, self.memory_budget
+            return Err(ConfigError::new(
+                "max_frame_size",
+                format!(
+                    "max_frame_size ({}) must be at most half of memory_budget ({}): a compressed push and its decompressed copy must both fit",
+                    self.max_frame_size, self.memory_budget
+                ),
             ));
         }
         if self.read_memory < self.read_batch_size
             || self.read_memory.as_u64() > u64::from(u32::MAX)
         {
-            return Err(format!(
-                "read_memory ({}) must be at least read_batch_size ({}) and at most 4GiB",
-                self.read_memory, self.read_batch_size
+            return Err(ConfigError::new(
+                "read_memory",
+                format!(
+                    "read_memory ({}) must be at least read_batch_size ({}) and at most 4GiB",
+                    self.read_memory, self.read_batch_size
+                ),
             ));
         }
         if self.read_batch_size.as_u64() == 0 {
-            return Err("read_batch_size must be positive".into());
+            return Err(ConfigError::new(
+                "read_batch_size",
+                "read_batch_size must be positive",
+            ));
         }
         if self.split_size.as_u64() == 0 {
-            return Err("split_size must be positive".into());
+            return Err(ConfigError::new(
+                "split_size",
+                "split_size must be positive",
+            ));
         }
         let (low, high) = (self.flush_low_watermark, self.flush_high_watermark);
         if !(0.0..=1.0).contains(&high) || !(0.0..=high).contains(&low) {
-            return Err(format!(
-                "flush watermarks must satisfy 0 <= flush_low_watermark ({low}) <= flush_high_watermark ({high}) <= 1"
+            return Err(ConfigError::new(
+                "flush_low_watermark",
+                format!(
+                    "flush watermarks must satisfy 0 <= flush_low_watermark ({low}) <= flush_high_watermark ({high}) <= 1"
+                ),
             ));
         }
         if self.heartbeat_interval.is_zero() {
-            return Err("heartbeat_interval must be positive".into());
+            return Err(ConfigError::new(
+                "heartbeat_interval",
+                "heartbeat_interval must be positive",
+            ));
         }
         if let Some(store) = &self.object_store {
             store.validate(self.max_frame_size)?;
@@ -206,13 +227,19 @@ impl WorkerConfig {
             ("max_partitions_per_job", l.max_partitions_per_job),
         ] {
             if value == 0 {
-                return Err(format!("limits.{name} must be positive"));
+                return Err(ConfigError::new(
+                    format!("limits.{name}"),
+                    format!("limits.{name} must be positive"),
+                ));
             }
         }
         if l.metadata_memory.as_u64() < 1 << 20 {
-            return Err(format!(
-                "limits.metadata_memory ({}) must be at least 1MiB",
-                l.metadata_memory
+            return Err(ConfigError::new(
+                "limits.metadata_memory",
+                format!(
+                    "limits.metadata_memory ({}) must be at least 1MiB",
+                    l.metadata_memory
+                ),
             ));
         }
         Ok(())
@@ -278,34 +305,44 @@ impl Default for ObjectStoreConfig {
 }
 
 impl ObjectStoreConfig {
-    fn validate(&self, max_frame_size: ByteSize) -> Result<(), String> {
+    fn validate(&self, max_frame_size: ByteSize) -> Result<(), ConfigError> {
         if self.url.is_empty() {
-            return Err(
-                "object_store.url is required (s3://bucket/prefix, file:///path or memory://)"
-                    .into(),
-            );
+            return Err(ConfigError::new(
+                "object_store.url",
+                "object_store.url is required (s3://bucket/prefix, file:///path or memory://)",
+            ));
         }
         if self.request_timeout.is_zero() || self.migration_interval.is_zero() {
-            return Err(
-                "object_store.request_timeout and migration_interval must be positive".into(),
-            );
+            return Err(ConfigError::new(
+                "object_store.request_timeout",
+                "object_store.request_timeout and migration_interval must be positive",
+            ));
         }
         if self.part_size.as_u64() < 5 << 20 {
-            return Err(format!(
-                "object_store.part_size ({}) must be at least 5MiB (S3's smallest multipart part)",
-                self.part_size
+            return Err(ConfigError::new(
+                "object_store.part_size",
+                format!(
+                    "object_store.part_size ({}) must be at least 5MiB (S3's smallest multipart part)",
+                    self.part_size
+                ),
             ));
         }
         if self.read_budget.as_u64() < max_frame_size.as_u64() {
-            return Err(format!(
-                "object_store.read_budget ({}) must hold one frame (max_frame_size {})",
-                self.read_budget, max_frame_size
+            return Err(ConfigError::new(
+                "object_store.read_budget",
+                format!(
+                    "object_store.read_budget ({}) must hold one frame (max_frame_size {})",
+                    self.read_budget, max_frame_size
+                ),
             ));
         }
         let (low, high) = (self.local_low_watermark, self.local_high_watermark);
         if !(0.0..=1.0).contains(&high) || !(0.0..=high).contains(&low) {
-            return Err(format!(
-                "object_store watermarks must satisfy 0 <= local_low_watermark ({low}) <= local_high_watermark ({high}) <= 1"
+            return Err(ConfigError::new(
+                "object_store.local_low_watermark",
+                format!(
+                    "object_store watermarks must satisfy 0 <= local_low_watermark ({low}) <= local_high_watermark ({high}) <= 1"
+                ),
             ));
         }
         Ok(())

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use terrace_proto::pb;
-use terrace_rpc::{Accepted, Meter, Security, ServerIdentity, ServerSpec, reply_error};
-use terrace_tier_api::{TierError, TierResult};
+use terrace_rpc::{Accepted, Meter, Security, ServerIdentity, ServerSpec};
+use terrace_tier_api::{TierError, TierResult, error_text};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +78,7 @@ fn prepare(
     hooks: StoreHooks,
     stop: CancellationToken,
 ) -> TierResult<(Arc<Shared>, SocketAddr)> {
-    config.validate().map_err(TierError::bad_input)?;
+    config.validate()?;
     let local = listener
         .local_addr()
         .map_err(|e| TierError::internal(format!("listener address: {e}")))?;
@@ -88,7 +88,7 @@ fn prepare(
         .unwrap_or_else(|| local.to_string());
     let worker_id = config.worker_id.clone().unwrap_or_else(|| address.clone());
     let security = Security::load(&config.security)
-        .map_err(|e| TierError::bad_input(format!("worker config: {e}")))?;
+        .map_err(|e| TierError::from(e).context("worker config"))?;
     security.warn_if_open("the worker");
     let store = Arc::new(Store::open(&config, hooks)?);
     Ok((
@@ -161,7 +161,7 @@ struct BudgetMeter<'a> {
 }
 
 impl Meter for BudgetMeter<'_> {
-    async fn grant(&mut self, bytes: usize) -> Result<(), String> {
+    async fn grant(&mut self, bytes: usize) -> TierResult<()> {
         let more = self.store.budget().reserve(bytes as u64).await?;
         self.held.merge(more);
         Ok(())
@@ -217,7 +217,7 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
                 Some(frame) => match store.top_up(meter.held, prefix.remaining()).await {
                     Ok(held) => Some((frame, held)),
                     Err(reason) => {
-                        accepted.fail(pb::ErrorCode::Protocol, reason);
+                        accepted.fail(pb::ErrorCode::Protocol, error_text(&reason));
                         None
                     }
                 },
@@ -233,13 +233,13 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
             Ok(command) => command,
             Err(e) => {
                 tracing::debug!(peer = %conn.peer, request_id, error = %e, "request failed");
-                reply_error(&conn.sender, request_id, e.code(), e.message().to_string());
+                conn.sender.send(e.to_reply(request_id), Bytes::new());
                 continue;
             }
         };
         if let Err(e) = accepted.identity.authorize(command.access(), &what) {
             tracing::debug!(peer = %conn.peer, client = %accepted.client, error = %e, "request refused");
-            reply_error(&conn.sender, request_id, e.code(), e.message().to_string());
+            conn.sender.send(e.to_reply(request_id), Bytes::new());
             continue;
         }
         match command.apply(request_id, &mut conn).await {
@@ -248,7 +248,7 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
             }
             Some(Err(e)) => {
                 tracing::debug!(peer = %conn.peer, request_id, error = %e, "request failed");
-                reply_error(&conn.sender, request_id, e.code(), e.message().to_string());
+                conn.sender.send(e.to_reply(request_id), Bytes::new());
             }
             None => {}
         }

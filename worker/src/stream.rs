@@ -312,7 +312,7 @@ impl Stream {
         let partition = match partition {
             Ok(p) => p,
             Err(e) => {
-                reply_error(&self.sender, request_id, e.code(), e.message().to_string());
+                self.sender.send(e.to_reply(request_id), Bytes::new());
                 return;
             }
         };
@@ -471,11 +471,7 @@ impl Stream {
 
     fn fail(&self, e: &TierError) {
         self.sender.send(
-            Message::StreamError(pb::StreamError {
-                stream_id: self.stream_id,
-                code: e.code() as i32,
-                message: e.message().to_string(),
-            }),
+            Message::StreamError(e.to_stream_error(self.stream_id)),
             Bytes::new(),
         );
     }

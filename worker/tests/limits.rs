@@ -72,6 +72,7 @@ async fn a_push_past_the_metadata_budget_is_refused_whole_and_naming_the_limit()
         .append(markers(600, 401), Reservation::empty(), None, u32::MAX)
         .expect_err("401 more do not");
     assert_eq!(refused.kind(), ErrorKind::Unavailable);
+    // The text names the limit; the kind is checked above.
     assert!(
         refused.message().contains("limits.metadata_memory"),
         "{refused}"
@@ -91,6 +92,7 @@ async fn a_push_past_the_metadata_budget_is_refused_whole_and_naming_the_limit()
         .create(key(1, 2), 1, false, false)
         .expect_err("no room for another partition");
     assert_eq!(other.kind(), ErrorKind::Unavailable);
+    // The text names the limit; the kind is checked above.
     assert!(
         other.message().contains("limits.metadata_memory"),
         "{other}"
@@ -125,6 +127,7 @@ async fn one_job_cannot_take_more_than_its_partition_quota() {
         .create(key(1, 3), 1, false, false)
         .expect_err("job 1's fourth");
     assert_eq!(refused.kind(), ErrorKind::Unavailable);
+    // The text names the limit and the job.
     assert!(
         refused
             .message()
@@ -136,6 +139,8 @@ async fn one_job_cannot_take_more_than_its_partition_quota() {
     let full = store
         .create(key(3, 0), 1, false, false)
         .expect_err("the worker's limit");
+    assert_eq!(full.kind(), ErrorKind::Unavailable);
+    // The text names the limit.
     assert!(
         full.message()
             .contains("holds 5 partitions, its limit (limits.max_partitions)"),
@@ -178,7 +183,7 @@ async fn a_failed_partition_gives_back_all_the_memory_its_buffers_held() {
     assert!(store.pool().in_use() > pool_before);
     assert!(store.metadata().used() > metadata_created);
     let failed = store.flush(&partition).await.expect_err("no room anywhere");
-    assert!(failed.message().contains("storage full"), "{failed}");
+    assert_eq!(failed.kind(), ErrorKind::StorageFull, "{failed}");
     assert_eq!(store.budget().used(), budget_before, "memory budget");
     assert_eq!(
         store.pool().in_use(),
@@ -198,7 +203,7 @@ async fn a_failed_partition_gives_back_all_the_memory_its_buffers_held() {
             u32::MAX,
         )
         .expect_err("a failed partition takes nothing more");
-    assert!(later.message().contains("storage full"), "{later}");
+    assert_eq!(later.kind(), ErrorKind::StorageFull, "{later}");
     assert_eq!(partition.stored_bytes(), 0);
 }
 
@@ -256,6 +261,7 @@ async fn a_partition_created_again_while_its_release_deletes_keeps_its_new_data(
         .await
         .expect_err("still being deleted");
     assert_eq!(hurried.kind(), ErrorKind::Unavailable);
+    // Unavailable has several causes; the text says it is the deletion.
     assert!(
         hurried.message().contains("still being deleted"),
         "{hurried}"

@@ -8,8 +8,13 @@ mod common;
 use std::sync::Arc;
 
 use common::{data, key, options};
-use terrace_tier_api::ErrorKind;
-use terrace_worker::{FaultyStore, Reservation, Store, StoreHooks};
+use terrace_tier_api::{ErrorKind, TierError};
+use terrace_worker::{FaultyStore, ObjectStoreState, Reservation, Store, StoreError, StoreHooks};
+
+/// The store's own error under a refusal.
+fn cause(e: &TierError) -> Option<&StoreError> {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<StoreError>())
+}
 
 /// Holds 50 MiB of the 64 MiB budget: past the 48 MiB flush watermark.
 async fn past_the_flush_watermark(worker: &Store) -> Reservation {
@@ -44,6 +49,7 @@ async fn full_disks_and_a_failing_store_refuse_pushes_with_storage_full() {
     }
     let flushed = worker.flush(&partition).await;
     let error = flushed.expect_err("a flush with no room anywhere fails");
+    // The text is the point here: the operator must learn which store failed.
     assert!(
         error.to_string().contains("memory://"),
         "the error names the store: {error}"
@@ -63,12 +69,13 @@ async fn full_disks_and_a_failing_store_refuse_pushes_with_storage_full() {
     // the store down: new data is refused, naming why and the store.
     let held = past_the_flush_watermark(&worker).await;
     let refused = worker.check_room().expect_err("storage full");
-    assert_eq!(refused.kind(), ErrorKind::Unavailable, "{refused}");
-    let text = refused.to_string();
-    assert!(
-        text.contains("storage full") && text.contains("memory://") && text.contains("failing"),
-        "{text}"
-    );
+    assert_eq!(refused.kind(), ErrorKind::StorageFull, "{refused}");
+    match cause(&refused) {
+        Some(StoreError::StorageFull {
+            object_store: Some(ObjectStoreState { url, .. }),
+        }) => assert_eq!(url, "memory://", "{refused}"),
+        other => panic!("not storage full with a failing store: {other:?}"),
+    }
 
     // Memory back under the watermark: data is taken again (it goes to
     // memory and waits for a flush).
@@ -89,9 +96,11 @@ async fn full_disks_and_no_store_refuse_pushes_with_storage_full() {
     .expect("open");
     let held = past_the_flush_watermark(&worker).await;
     let refused = worker.check_room().expect_err("storage full");
+    assert_eq!(refused.kind(), ErrorKind::StorageFull, "{refused}");
     assert!(
-        refused.to_string().contains(
-            "storage full: no local directory has room and no object store is configured"
+        matches!(
+            cause(&refused),
+            Some(StoreError::StorageFull { object_store: None })
         ),
         "{refused}"
     );

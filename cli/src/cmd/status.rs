@@ -409,7 +409,6 @@ pub fn client_options(
         tls_ca_file,
         ..SecurityConfig::default()
     })
-    .map_err(anyhow::Error::msg)
     .context("load --secret-file / --tls-ca-file")?;
     Ok(ClientOptions {
         name: name.into(),

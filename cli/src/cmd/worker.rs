@@ -189,10 +189,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let config = args.config(std::env::vars_os())?;
     crate::config::raise_open_file_limit("worker");
-    config
-        .validate()
-        .map_err(anyhow::Error::msg)
-        .context("check worker config")?;
+    config.validate().context("check worker config")?;
     crate::config::serve(|shutdown| async move {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

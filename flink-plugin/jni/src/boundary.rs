@@ -10,7 +10,7 @@ use jni::objects::JValue;
 
 use crate::error::{NativeError, NativeErrorKind, NativeResult};
 
-const EXCEPTION_CLASS: &str = "dev/terrace/flink/TerraceNativeException";
+pub(crate) const EXCEPTION_CLASS: &str = "dev/terrace/flink/TerraceNativeException";
 
 /// Runs `body`; on an error or a panic throws a Java exception and returns
 /// `fallback` (which Java never sees: the pending exception wins).

@@ -66,19 +66,43 @@ impl NativeError {
     }
 }
 
+impl NativeErrorKind {
+    /// Every kind, by ordinal.
+    pub const ALL: [NativeErrorKind; 6] = [
+        NativeErrorKind::Internal,
+        NativeErrorKind::PartitionNotFound,
+        NativeErrorKind::DataCorruption,
+        NativeErrorKind::Io,
+        NativeErrorKind::InvalidArgument,
+        NativeErrorKind::Closed,
+    ];
+
+    /// The name of the `TerraceNativeException.Kind` constant at this ordinal.
+    pub fn java_name(self) -> &'static str {
+        match self {
+            NativeErrorKind::Internal => "INTERNAL",
+            NativeErrorKind::PartitionNotFound => "PARTITION_NOT_FOUND",
+            NativeErrorKind::DataCorruption => "DATA_CORRUPTION",
+            NativeErrorKind::Io => "IO",
+            NativeErrorKind::InvalidArgument => "INVALID_ARGUMENT",
+            NativeErrorKind::Closed => "CLOSED",
+        }
+    }
+
+    /// The kind a [`TierError`] of `kind` is thrown as: its `java_kind` in
+    /// [`terrace_tier_api::ERROR_TABLE`].
+    pub fn of(kind: ErrorKind) -> NativeErrorKind {
+        let java = kind.row().java_kind;
+        Self::ALL
+            .into_iter()
+            .find(|native| native.java_name() == java)
+            .unwrap_or(NativeErrorKind::Internal)
+    }
+}
+
 impl From<TierError> for NativeError {
     fn from(e: TierError) -> Self {
-        let kind = match e.kind() {
-            ErrorKind::PartitionNotFound => NativeErrorKind::PartitionNotFound,
-            ErrorKind::DataCorruption => NativeErrorKind::DataCorruption,
-            ErrorKind::Unavailable | ErrorKind::NoWorkers | ErrorKind::PermissionDenied => {
-                NativeErrorKind::Io
-            }
-            ErrorKind::BadInput | ErrorKind::PartitionSealed => NativeErrorKind::InvalidArgument,
-            ErrorKind::Closed => NativeErrorKind::Closed,
-            ErrorKind::Internal => NativeErrorKind::Internal,
-        };
-        NativeError::new(kind, e.to_string())
+        NativeError::new(NativeErrorKind::of(e.kind()), e.to_string())
     }
 }
 
@@ -100,34 +124,82 @@ pub type NativeResult<T> = Result<T, NativeError>;
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use terrace_tier_api::ERROR_TABLE;
+
     use super::*;
 
+    /// The constants of `enum Kind` in `TerraceNativeException.java`, in
+    /// declaration (ordinal) order.
+    fn java_kinds() -> Vec<String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../src/main/java/dev/terrace/flink/TerraceNativeException.java");
+        let source = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        assert!(
+            source.contains("public class TerraceNativeException extends IOException"),
+            "{} declares TerraceNativeException",
+            path.display()
+        );
+        let body = source
+            .split_once("public enum Kind {")
+            .expect("TerraceNativeException declares enum Kind")
+            .1;
+        let body = &body[..body.find('}').expect("enum Kind ends")];
+        body.lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with("/*") && !line.starts_with('*'))
+            .map(|line| line.trim_end_matches(',').to_string())
+            .collect()
+    }
+
     #[test]
-    fn tier_error_kinds_map_to_java_kinds() {
-        let cases = [
-            (
-                TierError::not_found("x"),
-                NativeErrorKind::PartitionNotFound,
-                1,
-            ),
-            (
-                TierError::corruption("x"),
-                NativeErrorKind::DataCorruption,
-                2,
-            ),
-            (TierError::unavailable("x"), NativeErrorKind::Io, 3),
-            (
-                TierError::bad_input("x"),
-                NativeErrorKind::InvalidArgument,
-                4,
-            ),
-            (TierError::closed("x"), NativeErrorKind::Closed, 5),
-            (TierError::internal("x"), NativeErrorKind::Internal, 0),
-        ];
-        for (tier, kind, ordinal) in cases {
-            let native = NativeError::from(tier);
-            assert_eq!(native.kind, kind);
-            assert_eq!(native.kind as i32, ordinal);
+    fn native_kinds_are_the_java_enum_by_ordinal() {
+        let java = java_kinds();
+        assert_eq!(java.len(), NativeErrorKind::ALL.len(), "{java:?}");
+        for (ordinal, native) in NativeErrorKind::ALL.into_iter().enumerate() {
+            assert_eq!(native as usize, ordinal);
+            assert_eq!(java[ordinal], native.java_name(), "ordinal {ordinal}");
         }
+    }
+
+    #[test]
+    fn every_tier_error_kind_is_thrown_as_its_table_row_says() {
+        let java = java_kinds();
+        for row in &ERROR_TABLE {
+            // The table names a constant the Java enum has ...
+            assert!(
+                java.iter().any(|k| k == row.java_kind),
+                "{:?} -> {} is not a TerraceNativeException.Kind",
+                row.kind,
+                row.java_kind
+            );
+            // ... and a TierError of that kind is thrown as it.
+            let native = NativeError::from(TierError::new(row.kind, "x"));
+            assert_eq!(native.kind.java_name(), row.java_kind, "{:?}", row.kind);
+            assert_eq!(java[native.kind as usize], row.java_kind);
+        }
+        // What the agents rely on.
+        assert_eq!(
+            NativeErrorKind::of(ErrorKind::PartitionNotFound),
+            NativeErrorKind::PartitionNotFound
+        );
+        assert_eq!(
+            NativeErrorKind::of(ErrorKind::StorageFull),
+            NativeErrorKind::Io
+        );
+        assert_eq!(
+            NativeErrorKind::of(ErrorKind::Closed),
+            NativeErrorKind::Closed
+        );
+    }
+
+    #[test]
+    fn the_thrown_class_exists() {
+        let class = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../src/main/java")
+            .join(format!("{}.java", crate::boundary::EXCEPTION_CLASS));
+        assert!(class.is_file(), "{}", class.display());
     }
 }

@@ -67,7 +67,7 @@ impl AllocatePartition {
             Err(e) => {
                 tracing::warn!(job = %self.key.job, partition = %self.key.partition, error = %e,
                     "cannot place partition");
-                Message::error(request_id, e.code(), e.message())
+                e.to_reply(request_id)
             }
         }
     }

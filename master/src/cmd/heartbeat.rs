@@ -57,7 +57,7 @@ impl Heartbeat {
         let worker = self.worker_id.clone();
         let released = match registry.heartbeat(self.worker_id, self.data_address, self.load, now) {
             Ok(released) => released,
-            Err(e) => return Message::error(request_id, e.code(), e.message()),
+            Err(e) => return e.to_reply(request_id),
         };
         for key in self.relocated {
             registry.record_relocation(key, worker.clone());

@@ -71,7 +71,7 @@ impl Command {
             Ok(command) => Ok((request_id, command)),
             Err(e) => {
                 tracing::debug!(request_id, error = %e, "bad request");
-                Err(Box::new(Message::error(request_id, e.code(), e.message())))
+                Err(Box::new(e.to_reply(request_id)))
             }
         }
     }

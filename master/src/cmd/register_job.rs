@@ -36,7 +36,7 @@ impl RegisterJob {
                 job_token: job_token.into(),
                 job_lease_ms: u64::try_from(registry.job_lease().as_millis()).unwrap_or(u64::MAX),
             }),
-            Err(e) => Message::error(request_id, e.code(), e.message()),
+            Err(e) => e.to_reply(request_id),
         }
     }
 }

@@ -24,7 +24,7 @@ impl RegisterWorker {
     pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
         match registry.register_worker(self.worker_id, self.data_address, now) {
             Ok(_) => Message::ack(request_id),
-            Err(e) => Message::error(request_id, e.code(), e.message()),
+            Err(e) => e.to_reply(request_id),
         }
     }
 }

@@ -346,18 +346,14 @@ impl TryFrom<pb::StreamError> for StreamError {
     fn try_from(m: pb::StreamError) -> TierResult<Self> {
         Ok(StreamError {
             stream_id: StreamId(m.stream_id),
-            error: TierError::from_wire(m.code, m.message),
+            error: TierError::from_wire(m.code, m.detail, m.message),
         })
     }
 }
 
 impl StreamError {
     pub fn into_pb(self, _request_id: u64) -> pb::StreamError {
-        pb::StreamError {
-            stream_id: self.stream_id.0,
-            code: self.error.code() as i32,
-            message: self.error.message().to_string(),
-        }
+        self.error.to_stream_error(self.stream_id.0)
     }
 }
 

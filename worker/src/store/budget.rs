@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::StoreError;
+
 /// A reservation against the budget; released on drop.
 #[derive(Debug)]
 pub struct Reservation {
@@ -75,18 +77,17 @@ impl MemoryBudget {
 
     /// Reserves `bytes`, waiting while the budget is short. Fails only if
     /// `bytes` exceeds the whole budget.
-    pub async fn reserve(&self, bytes: u64) -> Result<Reservation, String> {
+    pub async fn reserve(&self, bytes: u64) -> Result<Reservation, StoreError> {
         if bytes == 0 {
             return Ok(Reservation::empty());
         }
         if bytes > self.total {
-            return Err(format!(
-                "{bytes} bytes exceed the worker's whole memory budget of {} bytes",
-                self.total
-            ));
+            return Err(StoreError::OverBudget {
+                bytes,
+                total: self.total,
+            });
         }
-        let n = u32::try_from(bytes)
-            .map_err(|_| format!("{bytes} bytes is too large for one reservation"))?;
+        let n = u32::try_from(bytes).map_err(|_| StoreError::ReservationTooLarge { bytes })?;
         let permit = match Arc::clone(&self.semaphore).try_acquire_many_owned(n) {
             Ok(permit) => permit,
             Err(_) => {
@@ -94,7 +95,7 @@ impl MemoryBudget {
                 Arc::clone(&self.semaphore)
                     .acquire_many_owned(n)
                     .await
-                    .map_err(|_| "memory budget closed".to_string())?
+                    .map_err(|_| StoreError::BudgetClosed)?
             }
         };
         self.peak.fetch_max(self.used(), Ordering::Relaxed);
@@ -115,7 +116,13 @@ mod tests {
         let budget = Arc::new(MemoryBudget::new(100));
         let a = budget.reserve(60).await.expect("fits");
         assert_eq!(budget.used(), 60);
-        assert!(budget.reserve(101).await.is_err());
+        assert!(matches!(
+            budget.reserve(101).await,
+            Err(StoreError::OverBudget {
+                bytes: 101,
+                total: 100
+            })
+        ));
         let waiter = {
             let budget = Arc::clone(&budget);
             tokio::spawn(async move { budget.reserve(50).await.map(|_| ()) })

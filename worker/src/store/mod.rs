@@ -17,6 +17,7 @@
 mod budget;
 mod deletions;
 mod dirs;
+mod error;
 mod faults;
 mod files;
 mod handles;
@@ -45,6 +46,7 @@ use crate::config::{ObjectStoreConfig, WorkerConfig};
 pub use budget::{MemoryBudget, Reservation};
 pub use deletions::Deletions;
 pub use dirs::{LocalDirs, MARKER};
+pub use error::{ObjectStoreState, StoreError};
 pub use faults::FaultyStore;
 pub use files::{FaultyFiles, FileLayer, RealFiles};
 use handles::open_file_limits;
@@ -245,7 +247,7 @@ impl Store {
     }
 
     /// Reserves budget for, and takes, a pooled buffer of `len` bytes.
-    pub async fn reserve_buffer(&self, len: usize) -> Result<(Reservation, PooledBuf), String> {
+    pub async fn reserve_buffer(&self, len: usize) -> Result<(Reservation, PooledBuf), StoreError> {
         let reservation = self.budget.reserve(class_size(len) as u64).await?;
         Ok((reservation, self.pool.take(len)))
     }
@@ -258,7 +260,11 @@ impl Store {
 
     /// Grows `held` to the size class of a `len`-byte buffer: what the
     /// buffer really occupies.
-    pub async fn top_up(&self, mut held: Reservation, len: usize) -> Result<Reservation, String> {
+    pub async fn top_up(
+        &self,
+        mut held: Reservation,
+        len: usize,
+    ) -> Result<Reservation, StoreError> {
         let missing = (class_size(len) as u64).saturating_sub(held.bytes());
         held.merge(self.budget.reserve(missing).await?);
         Ok(held)
@@ -289,14 +295,14 @@ impl Store {
         }
         match &self.tiers.object {
             Some(object) if object.is_available() => Ok(()),
-            Some(object) => Err(TierError::unavailable(format!(
-                "storage full: no local directory has room and the object store {} is failing ({})",
-                object.url(),
-                object.last_error().unwrap_or_default()
-            ))),
-            None => Err(TierError::unavailable(
-                "storage full: no local directory has room and no object store is configured",
-            )),
+            Some(object) => Err(StoreError::StorageFull {
+                object_store: Some(ObjectStoreState {
+                    url: object.url().to_string(),
+                    last_error: object.last_error().unwrap_or_default(),
+                }),
+            }
+            .into()),
+            None => Err(StoreError::StorageFull { object_store: None }.into()),
         }
     }
 

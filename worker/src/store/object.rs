@@ -20,7 +20,9 @@ use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use terrace_rpc::clock;
-use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
+use terrace_tier_api::{ErrorKind, JobId, PartitionKey, TierError, TierResult, error_text};
+
+use super::StoreError;
 
 use crate::config::ObjectStoreConfig;
 
@@ -222,7 +224,7 @@ impl ObjectTier {
 
     /// Runs `op` under the request timeout, retrying with backoff. Errors
     /// that retrying cannot fix (not found, refused) fail at once.
-    async fn retry<T, F, Fut>(&self, what: &str, key: &str, mut op: F) -> TierResult<T>
+    async fn retry<T, F, Fut>(&self, what: &'static str, key: &str, mut op: F) -> TierResult<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = object_store::Result<T>>,
@@ -248,14 +250,16 @@ impl ObjectTier {
                             | object_store::Error::InvalidPath { .. }
                     );
                     if permanent {
-                        let not_found = matches!(e, object_store::Error::NotFound { .. });
-                        let message = format!("object store {}: {what} {key}: {e}", self.url);
-                        return Err(if not_found {
-                            TierError::not_found(message)
-                        } else {
-                            self.failed(&message);
-                            TierError::unavailable(message)
-                        });
+                        let error = StoreError::ObjectStore {
+                            url: self.url.clone(),
+                            op: what,
+                            key: key.to_string(),
+                            source: e,
+                        };
+                        if error.kind() != ErrorKind::PartitionNotFound {
+                            self.failed(&error_text(&error));
+                        }
+                        return Err(error.into());
                     }
                     e.to_string()
                 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use terrace_tier_api::{TierError, TierResult};
 
 use super::{LocalFile, Partition, Phase, data_path};
+use crate::store::StoreError;
 use crate::store::handles::{DataFile, is_out_of_descriptors};
 use crate::store::index::{Blob, ExtentRef, Location};
 use crate::store::object::ObjectTier;
@@ -167,12 +168,13 @@ impl Partition {
             }
         }
         let Some(object) = tiers.object.as_ref() else {
-            return Err(Unstored::Failed(TierError::unavailable(format!(
-                "storage full: no local directory can take {total} bytes{} and no object store is configured",
-                last_error
-                    .map(|e| format!(" (last write error: {e})"))
-                    .unwrap_or_default()
-            ))));
+            return Err(Unstored::Failed(
+                StoreError::NoDirectoryRoom {
+                    bytes: total,
+                    last_write_error: last_error,
+                }
+                .into(),
+            ));
         };
         self.overflow(tiers, object, pending)
             .await
