@@ -36,6 +36,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use terrace_proto::pb;
+use terrace_tier_api::protocol::Access;
 use terrace_tier_api::{MAX_ID_BYTES, TierError};
 
 /// Environment variable naming the secret file when the config names none.
@@ -259,7 +260,7 @@ impl ExpectedProof {
 /// Who a server is. It states it in its challenge (`HandshakeOk.server_identity`)
 /// and both proofs cover it: a proof made for one server is refused by
 /// another. Every master states the same identity; each worker its id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ServerIdentity {
     Master,
     Worker(String),
@@ -276,7 +277,7 @@ impl fmt::Display for ServerIdentity {
 
 /// Whom a client means to reach. A client that holds a credential answers
 /// only a server whose stated identity is this one.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ExpectedServer {
     /// Whichever server answers: for addresses an operator gave
     /// (configuration, a command line), never for one a peer supplied.
@@ -345,6 +346,18 @@ impl Identity {
             Identity::Job(_) => Err(TierError::permission_denied(format!(
                 "{what} needs the cluster secret; this connection holds only a job's token"
             ))),
+        }
+    }
+
+    /// Whether this connection may make a request needing `access`
+    /// ([`terrace_tier_api::protocol::Request::access`]); `what` names the
+    /// request in the error. The one authorization check of both servers.
+    pub fn authorize(&self, access: Access<'_>, what: &str) -> Result<(), TierError> {
+        match access {
+            Access::Cluster => self.require_cluster(what),
+            Access::Job(job) => self.require_job(job.as_bytes(), what),
+            Access::Authenticated => self.require_authenticated(what),
+            Access::OwnStream => Ok(()),
         }
     }
 
