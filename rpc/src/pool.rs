@@ -239,3 +239,138 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use terrace_tier_api::protocol::{Ack, Decommission, Wire, WorkerRequest};
+    use terrace_tier_api::{JobId, WorkerId};
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::listener::{ServerOptions, ServerSpec, serve};
+    use crate::security::ClusterSecret;
+
+    fn secret() -> ClusterSecret {
+        ClusterSecret::from_bytes(&[7u8; 32]).expect("secret")
+    }
+
+    /// A worker `w1` holding `secret()` that acks every request it may
+    /// serve, and counts the connections it accepted.
+    async fn worker() -> (String, Arc<AtomicUsize>, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let spec = ServerSpec {
+            name: "w1".into(),
+            identity: ServerIdentity::Worker("w1".into()),
+            max_frame: 1 << 20,
+            options: ServerOptions::default(),
+            secret: Some(secret()),
+            tls: None,
+        };
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(serve(listener, spec, stop.clone(), move |mut conn| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                while let Some(prefix) = conn.next_prefix(true).await {
+                    let Some((message, body)) = conn.read_rest(prefix).await else {
+                        break;
+                    };
+                    let request_id = message.request_id();
+                    let reply = match WorkerRequest::from_frame(message, body).and_then(|r| {
+                        conn.identity
+                            .authorize(r.access(), &format!("{:?}", r.message_type()))
+                    }) {
+                        Ok(()) => Ack.into_frame(request_id).0,
+                        Err(e) => terrace_proto::Message::error(request_id, e.code(), e.message()),
+                    };
+                    conn.sender.send(reply, Bytes::new());
+                }
+                conn
+            }
+        }));
+        (address, accepted, stop)
+    }
+
+    fn pool() -> Pool {
+        Pool::new(ClientOptions {
+            credential: Credential::Cluster(secret()),
+            ..ClientOptions::default()
+        })
+    }
+
+    fn w1(address: &str) -> Peer {
+        Peer::worker(&WorkerAt::new(WorkerId::new("w1").expect("id"), address))
+    }
+
+    #[tokio::test]
+    async fn calls_to_one_peer_share_a_connection_and_a_forgotten_one_is_replaced() {
+        let (address, accepted, stop) = worker().await;
+        let pool = pool();
+        let peer = w1(&address);
+        pool.call(&peer, Decommission).await.expect("first call");
+        pool.call(&peer, Decommission).await.expect("second call");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        // A connection found closed is replaced on the next call.
+        let client = pool.client(&peer).await.expect("pooled");
+        client.close();
+        pool.call(&peer, Decommission).await.expect("after close");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        // A forgotten connection is closed and replaced.
+        let client = pool.client(&peer).await.expect("pooled");
+        pool.forget(&peer, &client);
+        assert!(client.is_closed());
+        pool.call(&peer, Decommission).await.expect("after forget");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        pool.close();
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn another_credential_is_another_connection_with_its_own_rights() {
+        let (address, accepted, stop) = worker().await;
+        let pool = pool();
+        let job = JobId::new(vec![1, 2, 3]).expect("job");
+        let as_job = w1(&address).with_credential(Credential::Job {
+            job: job.as_bytes().clone(),
+            token: secret().job_token(job.as_bytes()),
+        });
+        // The job's token may not decommission a worker: the same pool's
+        // cluster connection may.
+        let refused = pool
+            .call(&as_job, Decommission)
+            .await
+            .expect_err("job token");
+        assert_eq!(refused.kind(), ErrorKind::PermissionDenied);
+        pool.call(&w1(&address), Decommission)
+            .await
+            .expect("cluster");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        pool.close();
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_is_not_the_worker_named_gets_no_credential() {
+        let (address, accepted, stop) = worker().await;
+        let pool = pool();
+        let w2 = Peer::worker(&WorkerAt::new(WorkerId::new("w2").expect("id"), &address));
+        let e = pool
+            .call(&w2, Decommission)
+            .await
+            .expect_err("w1 is not w2");
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+        assert!(e.message().contains("meant to reach \"worker w2\""), "{e}");
+        // The client left before authenticating: no connection was served.
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+        stop.cancel();
+    }
+}

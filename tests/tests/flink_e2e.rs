@@ -24,9 +24,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use terrace_proto::{Message, pb};
 use terrace_tests::pki::TestPki;
 use terrace_tests::{ServiceProcess, worker_stats};
+use terrace_tier_api::protocol::{ListWorkers, WorkerStatsReply};
 
 /// Flink's own class for the external remote tier key.
 const TERRACE_FACTORY: &str = "dev.terrace.flink.TerraceTierFactory";
@@ -594,13 +594,10 @@ impl Cluster {
     fn wait_registered(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let listed = terrace_tests::request_worker_with(
-                &self.master.address,
-                &self.options(),
-                |request_id| Message::ListWorkers(pb::ListWorkers { request_id }),
-            );
+            let listed =
+                terrace_tests::call_with(&self.master.address, &self.options(), ListWorkers);
             match listed {
-                Ok(Message::WorkerList(list)) if list.workers.len() == n => return,
+                Ok(list) if list.workers.len() == n => return,
                 other => assert!(
                     Instant::now() < deadline,
                     "{n} workers did not register within 20 s: {other:?}"
@@ -623,7 +620,7 @@ impl Cluster {
     }
 
     /// Worker `i`'s counters, asked with the cluster's secret and TLS when it has them.
-    fn stats(&self, i: usize) -> pb::WorkerStatsReply {
+    fn stats(&self, i: usize) -> WorkerStatsReply {
         terrace_tests::worker_stats_with(&self.worker(i).address, &self.options())
     }
 
@@ -700,7 +697,7 @@ fn run_on(
     parallelism: u32,
     work: Work,
     extra: &[&str],
-) -> Vec<pb::WorkerStatsReply> {
+) -> Vec<WorkerStatsReply> {
     let _flink = flink_lock();
     let default = default_result(work);
     let cluster = cluster("10s");
@@ -731,7 +728,7 @@ fn run_on(
     // Every record's payload crossed shuffle 1: unless compressed, at least
     // records x payload bytes were pushed to the workers. Every pushed byte
     // was read back once.
-    let stats: Vec<pb::WorkerStatsReply> = (0..cluster.workers.len())
+    let stats: Vec<WorkerStatsReply> = (0..cluster.workers.len())
         .map(|i| cluster.stats(i))
         .collect();
     let payload_bytes = work.records * work.payload;
@@ -814,8 +811,8 @@ fn keyed_aggregation_through_a_tiny_disk_and_an_object_store_matches_default_shu
     );
     let objects = stats[0]
         .load
+        .tiers
         .clone()
-        .and_then(|l| l.tiers)
         .and_then(|t| t.object_store)
         .expect("the worker reports its object store");
     eprintln!("flink_e2e: object store: {objects:?}");

@@ -37,11 +37,9 @@ fn wait_for_workers(agent_config: &AgentConfig, n: usize) {
     let master = &agent_config.master_addresses[0];
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let listed = terrace_tests::request_worker(master, |request_id| {
-            terrace_proto::Message::ListWorkers(terrace_proto::pb::ListWorkers { request_id })
-        });
+        let listed = terrace_tests::list_workers(master);
         match listed {
-            Ok(terrace_proto::Message::WorkerList(list)) if list.workers.len() == n => return,
+            Ok(list) if list.workers.len() == n => return,
             other if Instant::now() < deadline => {
                 eprintln!("waiting for {n} workers: {other:?}");
                 std::thread::sleep(Duration::from_millis(100));
