@@ -319,11 +319,9 @@ fn check_exact(address: &str, ns: impl IntoIterator<Item = u32>, len: fn(u32) ->
 fn partitions(address: &str, within: Duration) -> u32 {
     let until = Instant::now() + within;
     loop {
-        let reply = terrace_tests::request_worker(address, |request_id| {
-            Message::WorkerStats(pb::WorkerStats { request_id })
-        });
+        let reply = terrace_tests::call(address, terrace_tier_api::protocol::WorkerStats);
         match reply {
-            Ok(Message::WorkerStatsReply(stats)) => return stats.partitions,
+            Ok(stats) => return stats.partitions,
             other => assert!(
                 Instant::now() < until,
                 "no stats from {address} within {within:?}: {other:?}"
