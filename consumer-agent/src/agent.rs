@@ -1,17 +1,18 @@
 //! The consumer agent: streams, credits and segment requests.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use terrace_proto::{Message, pb};
 use terrace_rpc::clock;
-use terrace_rpc::{Client, ClientOptions, StreamEvent, StreamReceiver, io_runtime};
+use terrace_rpc::{Client, ClientOptions, Peer, Pool, StreamEvent, StreamReceiver, io_runtime};
+use terrace_tier_api::protocol::{
+    AddCredit, CloseStream, LocatePartition, OpenStream, ReadData, RequireSegment, StreamFrame,
+    StreamId, SubpartitionRedirect,
+};
 use terrace_tier_api::{
     AgentConfig, AvailabilityNotifier, BatchReader, Buffer, ConsumerSpec, DataType, ErrorKind,
     InputChannelId, PartitionId, PartitionKey, SegmentId, ShuffleDescriptor, SubpartitionId,
-    SubpartitionRange, TierConsumerAgent, TierError, TierResult, unlz4,
+    SubpartitionRange, TierConsumerAgent, TierError, TierResult, WorkerId, unlz4,
 };
 
 use crate::queues::{Received, State, SubQueue};
@@ -28,9 +29,9 @@ struct StreamSlot {
 }
 
 #[derive(Debug, Clone)]
-struct OpenStream {
+struct OpenHop {
     client: Client,
-    stream_id: u64,
+    stream_id: StreamId,
 }
 
 struct Shared {
@@ -39,9 +40,9 @@ struct Shared {
     /// Per stream slot, its open streams: hop 0 on the descriptor's worker,
     /// hop `i + 1` on the worker that hop `i` redirected to (the next part of
     /// a split partition).
-    hops: Mutex<Vec<Vec<OpenStream>>>,
+    hops: Mutex<Vec<Vec<OpenHop>>>,
     /// Connections by worker address and job token.
-    clients: Mutex<HashMap<(String, String), Client>>,
+    workers: Pool,
     read_credits: u32,
 }
 
@@ -78,7 +79,7 @@ impl Shared {
     }
 
     /// Hop `hop` of stream slot `slot`, if open.
-    fn hop(&self, slot: usize, hop: usize) -> Option<OpenStream> {
+    fn hop(&self, slot: usize, hop: usize) -> Option<OpenHop> {
         self.hops
             .lock()
             .expect("hops lock poisoned")
@@ -89,29 +90,9 @@ impl Shared {
 
     /// A connection to `address` presenting `options`' credential, shared by
     /// every stream of this agent that reads from there with the same token.
-    async fn client_for(
-        &self,
-        address: &str,
-        token: &str,
-        options: &ClientOptions,
-    ) -> TierResult<Client> {
-        let route = (address.to_string(), token.to_string());
-        if let Some(client) = self
-            .clients
-            .lock()
-            .expect("clients lock poisoned")
-            .get(&route)
-        {
-            if !client.is_closed() {
-                return Ok(client.clone());
-            }
-        }
-        let client = Client::connect(address, options).await?;
-        self.clients
-            .lock()
-            .expect("clients lock poisoned")
-            .insert(route, client.clone());
-        Ok(client)
+    async fn client_for(&self, address: &str, options: &ClientOptions) -> TierResult<Client> {
+        let peer = Peer::at(address).with_credential(options.credential.clone());
+        self.workers.client(&peer).await
     }
 }
 
@@ -121,7 +102,6 @@ struct HopContext {
     slot: usize,
     key: PartitionKey,
     spec: ConsumerSpec,
-    token: String,
     options: ClientOptions,
     /// Masters to ask where the partition is when its descriptor's worker
     /// does not have it (see [`relocated_first_hop`]).
@@ -205,7 +185,7 @@ impl ConsumerAgent {
             state: Mutex::new(state),
             notifier: Mutex::new(None),
             hops: Mutex::new(vec![Vec::new(); streams.len()]),
-            clients: Mutex::new(HashMap::new()),
+            workers: Pool::new(ClientOptions::for_agent(&config, "consumer")?),
             read_credits: config.read_credits,
         });
         Ok(ConsumerAgent {
@@ -245,7 +225,6 @@ impl ConsumerAgent {
                 slot: index,
                 key,
                 spec: spec.clone(),
-                token: descriptor.token.clone(),
                 options,
                 masters: self.config.master_addresses.clone(),
                 max_buffer: self.config.max_buffer_size.as_usize(),
@@ -253,7 +232,7 @@ impl ConsumerAgent {
             let shared = Arc::clone(&self.shared);
             io_runtime().block_on(async {
                 match shared
-                    .client_for(&descriptor.worker_address, &context.token, &context.options)
+                    .client_for(&descriptor.worker_address, &context.options)
                     .await
                 {
                     Ok(client) => start_hop(&shared, &context, 0, client, first_part(&spec)),
@@ -265,14 +244,16 @@ impl ConsumerAgent {
                         let worker_id = descriptor.worker_id.clone();
                         io_runtime().spawn(async move {
                             // So that nothing new is placed there meanwhile.
-                            Client::report_unreachable(
-                                &context.masters,
-                                &context.options,
-                                context.key.job.as_bytes(),
-                                &worker_id,
-                                &e,
-                            )
-                            .await;
+                            if let Ok(worker) = WorkerId::new(worker_id) {
+                                Client::report_unreachable(
+                                    &context.masters,
+                                    &context.options,
+                                    &context.key.job,
+                                    &worker,
+                                    &e,
+                                )
+                                .await;
+                            }
                             relocated_first_hop(&shared, &context, &from, e).await;
                         });
                         Ok(())
@@ -322,21 +303,15 @@ async fn relocated_first_hop(
             error.message()
         ))
     };
-    let key = pb::PartitionKey::from(&context.key);
+    let locate = LocatePartition {
+        key: context.key.clone(),
+    };
     let deadline = clock::now() + LOCATE_WAIT;
     let located = loop {
-        let reply = Client::ask_first(&context.masters, &context.options, |request_id| {
-            Message::LocatePartition(pb::LocatePartition {
-                request_id,
-                key: Some(key.clone()),
-            })
-        })
-        .await;
-        match reply {
-            Ok(Message::PartitionLocated(at))
-                if !at.worker_address.is_empty() && at.worker_address != from =>
-            {
-                break Some(at.worker_address);
+        let reply = Client::ask_first(&context.masters, &context.options, locate.clone()).await;
+        match reply.map(|located| located.worker) {
+            Ok(Some(at)) if at.address != from => {
+                break Some(at.address);
             }
             Ok(_) if clock::now() < deadline => {
                 clock::sleep(LOCATE_POLL).await;
@@ -358,10 +333,7 @@ async fn relocated_first_hop(
         "reading a partition relocated before its first push");
     // A hop 0 that failed on the old worker is replaced.
     shared.hops.lock().expect("hops lock poisoned")[context.slot].clear();
-    let opened = match shared
-        .client_for(&address, &context.token, &context.options)
-        .await
-    {
+    let opened = match shared.client_for(&address, &context.options).await {
         Ok(client) => start_hop(shared, context, 0, client, first_part(&context.spec)),
         Err(e) => Err(e),
     };
@@ -385,30 +357,21 @@ fn start_hop(
     client: Client,
     require: Vec<(u32, u32)>,
 ) -> TierResult<()> {
-    let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+    let stream_id = StreamId(NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed));
     let receiver = client.register_stream(stream_id)?;
-    let first = *context.spec.subpartitions.start();
-    let last = *context.spec.subpartitions.end();
-    let key = pb::PartitionKey::from(&context.key);
-    let pending = client.start_request(
-        |request_id| {
-            Message::OpenStream(pb::OpenStream {
-                request_id,
-                stream_id,
-                key: Some(key),
-                first_subpartition: first,
-                last_subpartition: last,
-                initial_credit: shared.read_credits,
-            })
-        },
-        Vec::new(),
-    )?;
+    let pending = client.start_call(OpenStream {
+        stream_id,
+        key: context.key.clone(),
+        first_subpartition: *context.spec.subpartitions.start(),
+        last_subpartition: *context.spec.subpartitions.end(),
+        initial_credit: shared.read_credits,
+    })?;
     for (sub, segment) in require {
-        client.send(Message::RequireSegment(pb::RequireSegment {
+        client.send_stream(RequireSegment {
             stream_id,
-            subpartition: sub,
-            segment_id: segment,
-        }))?;
+            subpartition: SubpartitionId(sub),
+            segment: SegmentId(segment),
+        })?;
     }
     {
         let mut hops = shared.hops.lock().expect("hops lock poisoned");
@@ -419,7 +382,7 @@ fn start_hop(
                 slot.len()
             )));
         }
-        slot.push(OpenStream {
+        slot.push(OpenHop {
             client: client.clone(),
             stream_id,
         });
@@ -459,48 +422,45 @@ async fn follow_redirect(
     shared: &Arc<Shared>,
     context: &Arc<HopContext>,
     hop: usize,
-    m: &pb::SubpartitionRedirect,
+    m: &SubpartitionRedirect,
 ) -> TierResult<()> {
     let next = hop + 1;
-    if !context.spec.subpartitions.contains(&m.subpartition) {
+    let subpartition = m.subpartition.0;
+    if !context.spec.subpartitions.contains(&subpartition) {
         return Err(TierError::bad_input(format!(
-            "redirect for subpartition {} outside the stream",
-            m.subpartition
+            "redirect for subpartition {subpartition} outside the stream"
         )));
     }
     match shared.hop(context.slot, next) {
         Some(open) => {
-            if open.client.peer() != m.address {
+            if open.client.peer() != m.to.address {
                 return Err(TierError::internal(format!(
                     "two redirects from one part: to {} and to {}",
                     open.client.peer(),
-                    m.address
+                    m.to.address
                 )));
             }
-            open.client
-                .send(Message::RequireSegment(pb::RequireSegment {
-                    stream_id: open.stream_id,
-                    subpartition: m.subpartition,
-                    segment_id: m.segment_id,
-                }))?;
+            open.client.send_stream(RequireSegment {
+                stream_id: open.stream_id,
+                subpartition: m.subpartition,
+                segment: m.segment,
+            })?;
         }
         None => {
-            let client = shared
-                .client_for(&m.address, &context.token, &context.options)
-                .await?;
+            let client = shared.client_for(&m.to.address, &context.options).await?;
             start_hop(
                 shared,
                 context,
                 next,
                 client,
-                vec![(m.subpartition, m.segment_id)],
+                vec![(subpartition, m.segment.0)],
             )?;
         }
     }
     let mut state = shared.lock();
     if let Some(queue) = state
         .queues
-        .get_mut(&(context.spec.partition.clone(), m.subpartition))
+        .get_mut(&(context.spec.partition.clone(), subpartition))
     {
         queue.hop = next;
     }
@@ -517,8 +477,13 @@ async fn receive(
 ) {
     let partition = context.spec.partition.clone();
     while let Some(event) = receiver.recv().await {
-        let (message, body) = match event {
-            StreamEvent::Frame(message, body) => (message, body),
+        let frame = match event {
+            StreamEvent::Frame(frame) => frame,
+            StreamEvent::Invalid(e) => {
+                tracing::error!(%partition, %worker, error = %e, "read stream frame rejected");
+                shared.fail(&partition, e);
+                return;
+            }
             StreamEvent::Lost(e) => {
                 shared.fail(
                     &partition,
@@ -530,11 +495,11 @@ async fn receive(
                 return;
             }
         };
-        match message {
-            Message::ReadData(m) => match decode_read(&partition, &m, body, context.max_buffer) {
+        match frame {
+            StreamFrame::ReadData(m) => match decode_read(&partition, &m, context.max_buffer) {
                 Ok(buffers) => {
                     let mut state = shared.lock();
-                    let Some(queue) = state.queues.get_mut(&(partition.clone(), m.subpartition))
+                    let Some(queue) = state.queues.get_mut(&(partition.clone(), m.subpartition.0))
                     else {
                         continue;
                     };
@@ -542,7 +507,7 @@ async fn receive(
                     let count = buffers.len();
                     for (i, buffer) in buffers.into_iter().enumerate() {
                         queue.buffers.push_back(Received {
-                            segment: m.segment_id,
+                            segment: m.segment.0,
                             buffer,
                             returns_credit: i + 1 == count,
                             hop,
@@ -555,82 +520,74 @@ async fn receive(
                     }
                 }
                 Err(e) => {
-                    tracing::error!(%partition, subpartition = m.subpartition, segment = m.segment_id, %worker, error = %e, "read data rejected");
+                    tracing::error!(%partition, subpartition = m.subpartition.0, segment = m.segment.0, %worker, error = %e, "read data rejected");
                     shared.fail(&partition, e);
                     return;
                 }
             },
-            Message::SubpartitionEnd(m) => {
+            StreamFrame::End(m) => {
                 let mut state = shared.lock();
-                if let Some(queue) = state.queues.get_mut(&(partition.clone(), m.subpartition)) {
-                    queue.ended_at = Some(m.segment_id);
+                if let Some(queue) = state.queues.get_mut(&(partition.clone(), m.subpartition.0)) {
+                    queue.ended_at = Some(m.segment.0);
                     let channel = queue.channel;
                     drop(state);
                     shared.notify(&partition, &[channel]);
                 }
             }
-            Message::SubpartitionRedirect(m) => {
+            StreamFrame::Redirect(m) => {
                 if let Err(e) = follow_redirect(&shared, &context, hop, &m).await {
                     let e = if e.kind() == ErrorKind::Unavailable {
                         TierError::not_found(format!(
                             "worker {} holding part of partition {partition} is unreachable: {}",
-                            m.address,
+                            m.to.address,
                             e.message()
                         ))
                     } else {
-                        e.context(format!("follow partition {partition} to {}", m.address))
+                        e.context(format!("follow partition {partition} to {}", m.to.address))
                     };
                     shared.fail(&partition, e);
                     return;
                 }
             }
-            Message::StreamError(m) => {
+            StreamFrame::Error(m) => {
                 shared.fail(
                     &partition,
-                    TierError::from_wire(
-                        m.code,
-                        m.detail,
-                        format!("worker {worker}, partition {partition}: {}", m.message),
-                    ),
+                    m.error
+                        .context(format!("worker {worker}, partition {partition}")),
                 );
                 return;
             }
-            _ => {}
         }
     }
 }
 
 /// Checks every extent's CRC32C and decodes the buffers, decompressing
 /// those the producer agent compressed (at most `max_buffer` bytes each).
+/// (The frame's extents were checked to cover its body on receipt.)
 fn decode_read(
     partition: &PartitionId,
-    m: &pb::ReadData,
-    body: Bytes,
+    m: &ReadData,
     max_buffer: usize,
 ) -> TierResult<Vec<Buffer>> {
-    if m.extent_lengths.len() != m.extent_crc32cs.len() {
-        return Err(TierError::bad_input(
-            "read data with mismatched extent lists",
-        ));
-    }
-    let total: u64 = m.extent_lengths.iter().map(|l| u64::from(*l)).sum();
-    if total != body.len() as u64 {
-        return Err(TierError::bad_input(format!(
-            "read data body has {} bytes, extents say {total}",
-            body.len()
-        )));
-    }
+    let body = m.body.clone().into_bytes();
+    let (subpartition, segment) = (m.subpartition.0, m.segment.0);
     let mut at = 0usize;
-    for (len, crc) in m.extent_lengths.iter().zip(&m.extent_crc32cs) {
-        let extent = &body[at..at + *len as usize];
-        let actual = crc32c::crc32c(extent);
-        if actual != *crc {
+    for extent in &m.extents {
+        let end = at + extent.len as usize;
+        let bytes = body.get(at..end).ok_or_else(|| {
+            TierError::bad_input(format!(
+                "read data body has {} bytes, extents say more",
+                body.len()
+            ))
+        })?;
+        let actual = crc32c::crc32c(bytes);
+        if actual != extent.crc32c {
             return Err(TierError::corruption(format!(
-                "partition {partition} subpartition {} segment {}: checksum mismatch (stored {crc:#010x}, read {actual:#010x})",
-                m.subpartition, m.segment_id
+                "partition {partition} subpartition {subpartition} segment {segment}: checksum mismatch (stored {:#010x}, read {actual:#010x})",
+                extent.crc32c
             )));
         }
-        at += *len as usize;
+        at = end;
     }
     // `num_buffers` is the worker's word: room is made for no more buffers
     // than the body can hold (each has a header), whatever it says.
@@ -641,22 +598,16 @@ fn decode_read(
         .next_buffer()
         .map_err(|e| TierError::corruption(format!("partition {partition}: {}", e.message())))?
     {
-        if header.subpartition.0 != m.stored_subpartition || header.segment.0 != m.segment_id {
+        if header.subpartition != m.stored_subpartition || header.segment != m.segment {
             return Err(TierError::corruption(format!(
-                "partition {partition}: buffer of subpartition {} segment {} in a read of subpartition {} (stored as {}) segment {}",
-                header.subpartition.0,
-                header.segment.0,
-                m.subpartition,
-                m.stored_subpartition,
-                m.segment_id
+                "partition {partition}: buffer of subpartition {} segment {} in a read of subpartition {subpartition} (stored as {}) segment {segment}",
+                header.subpartition.0, header.segment.0, m.stored_subpartition.0
             )));
         }
         let payload = if header.lz4 {
             unlz4(&payload, max_buffer).map_err(|e| {
                 TierError::corruption(format!(
-                    "partition {partition} subpartition {} segment {}: {}",
-                    m.subpartition,
-                    m.segment_id,
+                    "partition {partition} subpartition {subpartition} segment {segment}: {}",
                     e.message()
                 ))
             })?
@@ -742,21 +693,19 @@ impl TierConsumerAgent for ConsumerAgent {
         }
         drop(state);
         if let (Some(next), Some(control)) = (require, self.shared.hop(stream, hop)) {
-            let _ = control
-                .client
-                .send(Message::RequireSegment(pb::RequireSegment {
-                    stream_id: control.stream_id,
-                    subpartition: subpartition.0,
-                    segment_id: next,
-                }));
+            let _ = control.client.send_stream(RequireSegment {
+                stream_id: control.stream_id,
+                subpartition,
+                segment: SegmentId(next),
+            });
         }
         // The credit goes back to the stream the buffer came on.
         if let Some(r) = received.as_ref().filter(|r| r.returns_credit) {
             if let Some(control) = self.shared.hop(stream, r.hop) {
-                let _ = control.client.send(Message::AddCredit(pb::AddCredit {
+                let _ = control.client.send_stream(AddCredit {
                     stream_id: control.stream_id,
                     credit: 1,
-                }));
+                });
             }
         }
         Ok(received.map(|r| r.buffer))
@@ -792,7 +741,7 @@ impl TierConsumerAgent for ConsumerAgent {
     }
 
     fn close(&mut self) -> TierResult<()> {
-        let hops: Vec<OpenStream> = self
+        let hops: Vec<OpenHop> = self
             .shared
             .hops
             .lock()
@@ -801,22 +750,12 @@ impl TierConsumerAgent for ConsumerAgent {
             .flat_map(std::mem::take)
             .collect();
         for open in hops {
-            let _ = open.client.send(Message::CloseStream(pb::CloseStream {
+            let _ = open.client.send_stream(CloseStream {
                 stream_id: open.stream_id,
-            }));
+            });
             open.client.unregister_stream(open.stream_id);
         }
-        let clients: Vec<Client> = self
-            .shared
-            .clients
-            .lock()
-            .expect("clients lock poisoned")
-            .drain()
-            .map(|(_, c)| c)
-            .collect();
-        for client in clients {
-            client.close();
-        }
+        self.shared.workers.close();
         Ok(())
     }
 }
@@ -830,6 +769,8 @@ impl Drop for ConsumerAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use terrace_tier_api::protocol::Extent;
     use terrace_tier_api::{BatchBuilder, SegmentId, SubpartitionId};
 
     /// A worker's reply whose `num_buffers` says 4 billion sizes nothing: the
@@ -850,17 +791,20 @@ mod tests {
             &Buffer::data(Bytes::from_static(b"second")),
         );
         let body = builder.finish().bytes;
-        let reply = pb::ReadData {
-            stream_id: 1,
-            subpartition: 3,
-            segment_id: 1,
-            extent_lengths: vec![body.len() as u32],
-            extent_crc32cs: vec![crc32c::crc32c(&body)],
+        let reply = ReadData {
+            stream_id: StreamId(1),
+            subpartition: SubpartitionId(3),
+            segment: SegmentId(1),
+            extents: vec![Extent {
+                len: body.len() as u32,
+                crc32c: crc32c::crc32c(&body),
+            }],
             num_buffers: u32::MAX,
-            stored_subpartition: 3,
+            stored_subpartition: SubpartitionId(3),
+            body: body.into(),
         };
         let partition = PartitionId::new(vec![1]).expect("id");
-        let buffers = decode_read(&partition, &reply, body, 1 << 20).expect("decodes");
+        let buffers = decode_read(&partition, &reply, 1 << 20).expect("decodes");
         assert_eq!(buffers.len(), 2);
         // Sized by the body (39 bytes: two 14-byte headers and 11 of payload).
         assert_eq!(buffers.capacity(), 2);

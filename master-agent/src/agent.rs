@@ -8,20 +8,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use terrace_proto::{Message, pb};
 use terrace_rpc::clock;
 use terrace_rpc::{
-    ClientOptions, ExpectedServer, JobToken, Security, SecurityConfig, ServerIdentity, io_runtime,
+    ClientOptions, ExpectedServer, JobToken, Peer, Pool, Security, SecurityConfig, ServerIdentity,
+    io_runtime,
+};
+use terrace_tier_api::protocol::{
+    AllocatePartition, DropJob, ListWorkers, LocatePartition, ReleasePartition, UnregisterJob,
+    WorkerAt, WorkerList,
 };
 use terrace_tier_api::{
     AgentConfig, ErrorKind, JobId, PartitionId, PartitionKey, ShuffleDescriptor, TierError,
-    TierMasterAgent, TierResult, TierShuffleHandler,
+    TierMasterAgent, TierResult, TierShuffleHandler, WorkerId,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::masters::{Masters, expect_ack, expect_job_registered};
+use crate::masters::Masters;
 use crate::placements::Placements;
-use crate::workers::{WorkerAt, Workers};
 
 /// How often the agent asks a master for its worker list, by default.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -44,7 +47,9 @@ pub struct MasterAgent {
 
 pub(crate) struct Shared {
     pub(crate) masters: Masters,
-    pub(crate) workers: Workers,
+    /// Connections to workers, presenting the cluster secret only to the
+    /// worker the masters list at an address.
+    pub(crate) workers: Pool,
     placements: Arc<Mutex<Placements>>,
     closed: AtomicBool,
 }
@@ -105,7 +110,7 @@ impl MasterAgent {
                 announce,
                 config.job_renew_interval,
             ),
-            workers: Workers::new(options("master-agent")),
+            workers: Pool::new(options("master-agent")),
             placements,
             closed: AtomicBool::new(false),
         });
@@ -133,18 +138,8 @@ impl Shared {
         }
     }
 
-    pub(crate) async fn list_workers(&self) -> TierResult<pb::WorkerList> {
-        match self
-            .masters
-            .request(|request_id| Message::ListWorkers(pb::ListWorkers { request_id }))
-            .await?
-        {
-            Message::WorkerList(list) => Ok(list),
-            other => Err(TierError::internal(format!(
-                "expected a WorkerList, got {:?}",
-                other.message_type()
-            ))),
-        }
+    pub(crate) async fn list_workers(&self) -> TierResult<WorkerList> {
+        self.masters.request(ListWorkers).await
     }
 
     /// Asks every live worker to drop `job`. An unreachable worker is only
@@ -157,29 +152,23 @@ impl Shared {
             let shared = self.clone();
             let job = job.clone();
             drops.spawn(async move {
-                let at = WorkerAt::new(&worker.worker_id, &worker.data_address);
+                let peer = Peer::worker(&worker.worker);
                 let result = shared
                     .workers
-                    .request(&at, |request_id| {
-                        Message::DropJob(pb::DropJob {
-                            request_id,
-                            job_id: job.as_bytes().clone(),
-                        })
-                    })
-                    .await
-                    .and_then(expect_ack);
-                (worker, job, result)
+                    .call(&peer, DropJob { job: job.clone() })
+                    .await;
+                (worker.worker, job, result)
             });
         }
         while let Some(joined) = drops.join_next().await {
             let (worker, job, result) =
                 joined.map_err(|e| TierError::internal(format!("drop job task: {e}")))?;
             match result {
-                Ok(()) => {
-                    tracing::debug!(job = %job, worker = %worker.worker_id, "job dropped on worker")
+                Ok(_) => {
+                    tracing::debug!(job = %job, worker = %worker.id, "job dropped on worker")
                 }
                 Err(e) => {
-                    tracing::warn!(job = %job, worker = %worker.worker_id, address = %worker.data_address,
+                    tracing::warn!(job = %job, worker = %worker.id, address = %worker.address,
                     error = %e, "cannot drop job on worker; the master will tell it in its heartbeat replies")
                 }
             }
@@ -198,14 +187,16 @@ impl Shared {
                 job: job.clone(),
                 partition: partition.clone(),
             };
-            match self.locate_on_masters(&pb::PartitionKey::from(&key)).await {
+            match self.locate(&key).await {
                 Some(at) => {
-                    tracing::info!(partition = %key, worker = %at.worker_id,
+                    tracing::info!(partition = %key, worker = %at.id,
                         "partition on a lost worker was relocated before its first push; not lost");
-                    if let Err(e) =
-                        self.placements()
-                            .add(job, partition.clone(), at.worker_id, clock::now())
-                    {
+                    if let Err(e) = self.placements().add(
+                        job,
+                        partition.clone(),
+                        at.id.into_string(),
+                        clock::now(),
+                    ) {
                         tracing::debug!(partition = %key, error = %e, "job gone meanwhile");
                     }
                 }
@@ -215,28 +206,13 @@ impl Shared {
         lost
     }
 
-    /// Where a master says a relocated partition lives, if any knows.
-    async fn locate_on_masters(&self, key: &pb::PartitionKey) -> Option<pb::PartitionLocated> {
+    /// The worker a master says a relocated partition lives on, if any knows.
+    pub(crate) async fn locate(&self, key: &PartitionKey) -> Option<WorkerAt> {
         let located = self
             .masters
-            .request(|request_id| {
-                Message::LocatePartition(pb::LocatePartition {
-                    request_id,
-                    key: Some(key.clone()),
-                })
-            })
+            .request(LocatePartition { key: key.clone() })
             .await;
-        match located {
-            Ok(Message::PartitionLocated(at)) if !at.worker_id.is_empty() => Some(at),
-            _ => None,
-        }
-    }
-
-    /// The worker a relocated partition lives on, if known.
-    pub(crate) async fn locate(&self, key: &pb::PartitionKey) -> Option<WorkerAt> {
-        self.locate_on_masters(key)
-            .await
-            .map(|at| WorkerAt::new(at.worker_id, at.worker_address))
+        located.ok().and_then(|l| l.worker)
     }
 
     /// One round of lost-worker detection.
@@ -251,7 +227,11 @@ impl Shared {
             // heard from every live worker yet: judge nothing from its list.
             return Ok(());
         }
-        let live: HashSet<String> = list.workers.into_iter().map(|w| w.worker_id).collect();
+        let live: HashSet<String> = list
+            .workers
+            .into_iter()
+            .map(|w| w.worker.id.into_string())
+            .collect();
         let lost = self.placements().take_lost(&live, listed_at);
         for mut lost in lost {
             if self.closed.load(Ordering::Acquire) {
@@ -320,17 +300,11 @@ impl TierMasterAgent for MasterAgent {
         self.shared.check_open()?;
         // Every master learns of the job now, not at the next renewal: any
         // of them may be asked to place its partitions or hear it released.
-        let replies = block_on(self.shared.masters.request_everywhere(|request_id| {
-            Message::RegisterJob(pb::RegisterJob {
-                request_id,
-                job_id: job.as_bytes().clone(),
-            })
-        }));
+        let replies = block_on(self.shared.masters.register_everywhere(job));
         let token = first_success(replies)
-            .and_then(expect_job_registered)
-            .and_then(|token| match token.is_empty() {
-                true => Ok(String::new()),
-                false => JobToken::from_bytes(&token)
+            .and_then(|registered| match registered.token {
+                None => Ok(String::new()),
+                Some(token) => JobToken::from_bytes(&token)
                     .map(|t| t.to_hex())
                     .map_err(TierError::from),
             })
@@ -353,14 +327,9 @@ impl TierMasterAgent for MasterAgent {
             let replies = self
                 .shared
                 .masters
-                .request_everywhere(|request_id| {
-                    Message::UnregisterJob(pb::UnregisterJob {
-                        request_id,
-                        job_id: job.as_bytes().clone(),
-                    })
-                })
+                .request_everywhere(UnregisterJob { job: job.clone() })
                 .await;
-            first_success(replies).and_then(expect_ack)?;
+            first_success(replies)?;
             self.shared.drop_job_on_workers(job).await
         })
         .map_err(|e| e.context(format!("unregister job {job}")))
@@ -380,72 +349,55 @@ impl TierMasterAgent for MasterAgent {
             job: job.clone(),
             partition: partition.clone(),
         };
-        let wire_key = pb::PartitionKey::from(&key);
-        let reply = block_on(self.shared.masters.request(|request_id| {
-            Message::AllocatePartition(pb::AllocatePartition {
-                request_id,
-                key: Some(wire_key.clone()),
-                num_subpartitions,
-                exclude_workers: Vec::new(),
-                relocated_from: String::new(),
-            })
+        let allocated = block_on(self.shared.masters.request(AllocatePartition {
+            key: key.clone(),
+            num_subpartitions,
+            exclude: Vec::new(),
+            relocated_from: None,
         }))
         .map_err(|e| e.context(format!("place {key}")))?;
-        let allocated = match reply {
-            Message::PartitionAllocated(a)
-                if a.key.as_ref() == Some(&wire_key)
-                    && !a.worker_id.is_empty()
-                    && !a.worker_address.is_empty() =>
-            {
-                a
-            }
-            other => {
-                return Err(TierError::internal(format!(
-                    "place {key}: the master replied with an unexpected {other:?}"
-                )));
-            }
-        };
+        if allocated.key != key {
+            return Err(TierError::internal(format!(
+                "place {key}: the master placed {} instead",
+                allocated.key
+            )));
+        }
+        let worker = allocated.worker;
         self.shared.placements().add(
             job,
             partition.clone(),
-            allocated.worker_id.clone(),
+            worker.id.to_string(),
             clock::now(),
         )?;
-        tracing::debug!(job = %job, partition = %partition, worker = %allocated.worker_id, "partition placed");
-        Ok(
-            ShuffleDescriptor::new(&key, allocated.worker_id, allocated.worker_address)
-                .with_token(token),
-        )
+        tracing::debug!(job = %job, partition = %partition, worker = %worker.id, "partition placed");
+        Ok(ShuffleDescriptor::new(&key, worker.id.into_string(), worker.address).with_token(token))
     }
 
     fn release_partition(&self, descriptor: &ShuffleDescriptor) -> TierResult<()> {
         self.shared.check_open()?;
         let key = descriptor.key()?;
         self.shared.placements().remove(&key.job, &key.partition);
-        let wire_key = pb::PartitionKey::from(&key);
         let release = |worker: WorkerAt| {
-            let wire_key = wire_key.clone();
+            let key = key.clone();
             let shared = Arc::clone(&self.shared);
             async move {
                 shared
                     .workers
-                    .request(&worker, |request_id| {
-                        Message::ReleasePartition(pb::ReleasePartition {
-                            request_id,
-                            key: Some(wire_key.clone()),
-                        })
-                    })
+                    .call(&Peer::worker(&worker), ReleasePartition { key })
                     .await
-                    .and_then(expect_ack)
+                    .map(drop)
             }
         };
+        let placed = WorkerAt::new(
+            WorkerId::new(descriptor.worker_id.clone())?,
+            &descriptor.worker_address,
+        );
         let result = block_on(async {
-            let placed = WorkerAt::new(&descriptor.worker_id, &descriptor.worker_address);
             match release(placed).await {
                 // The descriptor's worker is gone: the partition may have
                 // been relocated before its first push.
                 Err(e) if e.kind() == ErrorKind::Unavailable => {
-                    match self.shared.locate(&wire_key).await {
+                    match self.shared.locate(&key).await {
                         Some(worker) => release(worker).await,
                         None => Err(e),
                     }
@@ -492,7 +444,7 @@ impl Drop for MasterAgent {
 
 /// The first successful reply of a request sent to every master, or the
 /// last error when none succeeded.
-fn first_success(replies: Vec<TierResult<Message>>) -> TierResult<Message> {
+fn first_success<T>(replies: Vec<TierResult<T>>) -> TierResult<T> {
     let mut last = TierError::unavailable("no master address configured");
     for reply in replies {
         match reply {

@@ -13,6 +13,5 @@ mod agent;
 mod masters;
 mod placements;
 mod recovery;
-mod workers;
 
 pub use agent::{DEFAULT_POLL_INTERVAL, MasterAgent};

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use terrace_proto::{Message, pb};
 use terrace_rpc::clock;
-use terrace_rpc::{Client, ClientOptions};
+use terrace_rpc::{Client, ClientOptions, Peer, Pool};
+use terrace_tier_api::protocol::{JobRegistered, RegisterJob, Request};
 use terrace_tier_api::{ErrorKind, JobId, TierError, TierResult};
 
 /// Lists the jobs to announce to a master on a new connection (a master
@@ -33,7 +33,7 @@ pub(crate) struct Masters {
     current: Mutex<Current>,
     /// Connections for requests to every master (lease renewals, job
     /// registrations and releases), per master address.
-    renewals: Mutex<std::collections::HashMap<String, Client>>,
+    renewals: Pool,
     /// How often leases are renewed (`job_renew_interval`).
     renew_interval: Duration,
     /// The shortest `job_lease` a master has announced (milliseconds; 0
@@ -58,10 +58,10 @@ impl Masters {
     ) -> Self {
         Masters {
             addresses,
+            renewals: Pool::new(options.clone()),
             options,
             announce,
             current: Mutex::new(Current::default()),
-            renewals: Mutex::new(std::collections::HashMap::new()),
             renew_interval,
             lease_ms: AtomicU64::new(0),
         }
@@ -82,19 +82,18 @@ impl Masters {
     }
 
     /// Takes note of the lease a `JobRegistered` reply announces.
-    fn learn_lease(&self, reply: &Message) {
-        if let Message::JobRegistered(r) = reply {
-            if r.job_lease_ms > 0 {
-                let _ = self
-                    .lease_ms
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                        Some(if old == 0 {
-                            r.job_lease_ms
-                        } else {
-                            old.min(r.job_lease_ms)
-                        })
-                    });
-            }
+    fn learn_lease(&self, reply: &JobRegistered) {
+        if let Some(lease) = reply.job_lease {
+            let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+            let _ = self
+                .lease_ms
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                    Some(if old == 0 {
+                        lease_ms
+                    } else {
+                        old.min(lease_ms)
+                    })
+                });
         }
     }
 
@@ -105,7 +104,7 @@ impl Masters {
     /// Sends a request and returns its reply. An unavailable master is left
     /// for the next one; every master is tried, the first one twice (its
     /// connection may just have gone stale).
-    pub(crate) async fn request(&self, build: impl Fn(u64) -> Message) -> TierResult<Message> {
+    pub(crate) async fn request<R: Request + Clone>(&self, request: R) -> TierResult<R::Reply> {
         let mut last = None;
         for _ in 0..=self.addresses.len() {
             let (generation, client) = match self.client().await {
@@ -115,8 +114,8 @@ impl Masters {
                     continue;
                 }
             };
-            match client.request(&build).await {
-                Ok((reply, _)) => return Ok(reply),
+            match client.call(request.clone()).await {
+                Ok(reply) => return Ok(reply),
                 Err(e) if is_retryable(&e) => {
                     tracing::warn!(master = %client.peer(), error = %e, "master unavailable; trying the next one");
                     self.failed(generation);
@@ -182,15 +181,7 @@ impl Masters {
                 return;
             }
             for job in jobs {
-                let renewed = self
-                    .side_request(address, |request_id| {
-                        Message::RegisterJob(pb::RegisterJob {
-                            request_id,
-                            job_id: job.as_bytes().clone(),
-                        })
-                    })
-                    .await
-                    .and_then(expect_job_registered);
+                let renewed = self.register_on(address, job.clone()).await;
                 if let Err(e) = renewed {
                     // The rest of this master's jobs wait for the next round.
                     tracing::warn!(master = %address, job = %job, error = %e, "renewing job leases failed");
@@ -206,41 +197,58 @@ impl Masters {
     /// configured order; an unreachable or late master's is its error.
     /// Takes at most [`Masters::control_timeout`] to connect and as long
     /// again to answer.
-    pub(crate) async fn request_everywhere(
+    pub(crate) async fn request_everywhere<R: Request + Clone>(
         &self,
-        build: impl Fn(u64) -> Message,
-    ) -> Vec<TierResult<Message>> {
-        let build = &build;
+        request: R,
+    ) -> Vec<TierResult<R::Reply>> {
+        let request = &request;
         futures::future::join_all(
             self.addresses
                 .iter()
-                .map(|address| self.side_request(address, build)),
+                .map(|address| self.side_request(address, request.clone())),
         )
         .await
+    }
+
+    /// Registers (or renews) `job` on every master at once; see
+    /// [`Masters::request_everywhere`].
+    pub(crate) async fn register_everywhere(&self, job: &JobId) -> Vec<TierResult<JobRegistered>> {
+        futures::future::join_all(
+            self.addresses
+                .iter()
+                .map(|address| self.register_on(address, job.clone())),
+        )
+        .await
+    }
+
+    /// Registers (or renews) `job` on the master at `address`, and learns
+    /// the lease it announces.
+    async fn register_on(&self, address: &str, job: JobId) -> TierResult<JobRegistered> {
+        let registered = self.side_request(address, RegisterJob { job }).await?;
+        self.learn_lease(&registered);
+        Ok(registered)
     }
 
     /// One request to `address` over its side connection, under
     /// [`Masters::control_timeout`] (and as long again to connect). A master
     /// that misses the deadline has its connection closed: the next request
     /// opens a fresh one.
-    async fn side_request(
-        &self,
-        address: &str,
-        build: impl FnOnce(u64) -> Message,
-    ) -> TierResult<Message> {
+    async fn side_request<R: Request>(&self, address: &str, request: R) -> TierResult<R::Reply> {
         let timeout = self.control_timeout();
-        let client = self
-            .side_client(address, timeout)
+        let peer = Peer::master(address);
+        let (client, _) = self
+            .renewals
+            .client_within(&peer, timeout)
             .await
-            .map_err(|e| e.context(format!("master {address}")))?;
-        match clock::timeout(timeout, client.request(build)).await {
-            Ok(Ok((reply, _))) => {
-                self.learn_lease(&reply);
-                Ok(reply)
-            }
+            .map_err(|e| {
+                tracing::debug!(master = %address, error = %e, "cannot reach master");
+                e.context(format!("master {address}"))
+            })?;
+        match clock::timeout(timeout, client.call(request)).await {
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(e.context(format!("master {address}"))),
             Err(_) => {
-                self.forget_side_client(address, &client);
+                self.renewals.forget(&peer, &client);
                 Err(TierError::unavailable(format!(
                     "master {address} did not answer within {timeout:?}"
                 )))
@@ -248,70 +256,12 @@ impl Masters {
         }
     }
 
-    /// The cached connection to `address` for requests to every master
-    /// (renewals, registrations, releases), opened (within `timeout`, the
-    /// handshake included) when missing.
-    async fn side_client(&self, address: &str, timeout: Duration) -> TierResult<Client> {
-        let cached = self
-            .renewals
-            .lock()
-            .expect("renewals lock poisoned")
-            .get(address)
-            .filter(|c| !c.is_closed())
-            .cloned();
-        if let Some(client) = cached {
-            return Ok(client);
-        }
-        let options = ClientOptions {
-            connect_timeout: self.options.connect_timeout.min(timeout),
-            ..self.options.clone()
-        };
-        let client = match clock::timeout(timeout, Client::connect(address, &options)).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                tracing::debug!(master = %address, error = %e, "cannot reach master");
-                return Err(e);
-            }
-            Err(_) => {
-                return Err(TierError::unavailable(format!(
-                    "connect to master {address}: no handshake within {timeout:?}"
-                )));
-            }
-        };
-        let mut renewals = self.renewals.lock().expect("renewals lock poisoned");
-        match renewals.get(address).filter(|c| !c.is_closed()) {
-            // Another request connected meanwhile: share its connection.
-            Some(raced) => {
-                client.close();
-                Ok(raced.clone())
-            }
-            None => {
-                renewals.insert(address.to_string(), client.clone());
-                Ok(client)
-            }
-        }
-    }
-
-    /// Closes `client` and forgets it if it is still `address`'s side connection.
-    fn forget_side_client(&self, address: &str, client: &Client) {
-        client.close();
-        let mut renewals = self.renewals.lock().expect("renewals lock poisoned");
-        if renewals.get(address).is_some_and(|c| c.is_closed()) {
-            renewals.remove(address);
-        }
-    }
-
     async fn announce_jobs(&self, client: &Client) -> TierResult<()> {
         for job in (self.announce)() {
-            let (reply, _) = client
-                .request(|request_id| {
-                    Message::RegisterJob(pb::RegisterJob {
-                        request_id,
-                        job_id: job.as_bytes().clone(),
-                    })
-                })
-                .await?;
-            expect_job_registered(reply).map_err(|e| e.context(format!("announce job {job}")))?;
+            client
+                .call(RegisterJob { job: job.clone() })
+                .await
+                .map_err(|e| e.context(format!("announce job {job}")))?;
         }
         Ok(())
     }
@@ -341,35 +291,6 @@ impl Masters {
         {
             client.close();
         }
-        for (_, client) in self
-            .renewals
-            .lock()
-            .expect("renewals lock poisoned")
-            .drain()
-        {
-            client.close();
-        }
-    }
-}
-
-/// Checks that a reply is an `Ack`.
-pub(crate) fn expect_ack(reply: Message) -> TierResult<()> {
-    match reply {
-        Message::Ack(_) => Ok(()),
-        other => Err(TierError::internal(format!(
-            "expected an Ack, got {:?}",
-            other.message_type()
-        ))),
-    }
-}
-
-/// The token in a `JobRegistered` reply (empty without a cluster secret).
-pub(crate) fn expect_job_registered(reply: Message) -> TierResult<bytes::Bytes> {
-    match reply {
-        Message::JobRegistered(r) => Ok(r.job_token),
-        other => Err(TierError::internal(format!(
-            "expected JobRegistered, got {:?}",
-            other.message_type()
-        ))),
+        self.renewals.close();
     }
 }

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use terrace_proto::{Message, pb};
+use terrace_rpc::Peer;
 use terrace_rpc::clock;
-use terrace_tier_api::{JobId, PartitionId, PartitionKey, TierError, TierResult};
+use terrace_tier_api::protocol::{PartitionMetrics, WorkerAt};
+use terrace_tier_api::{JobId, PartitionId, PartitionKey, TierError, TierResult, WorkerId};
 
 use crate::agent::{MasterAgent, Shared};
-use crate::workers::WorkerAt;
 
 /// Most workers one partition's chain of parts is followed over.
 const MAX_PARTS: usize = 256;
@@ -91,7 +91,7 @@ impl MasterAgent {
                     })??
                     .workers
                     .into_iter()
-                    .map(|w| (w.worker_id, w.data_address))
+                    .map(|w| (w.worker.id.into_string(), w.worker.address))
                     .collect();
             let addresses = Arc::new(addresses);
             let mut out = BTreeMap::new();
@@ -104,7 +104,8 @@ impl MasterAgent {
                     };
                     let shared = Arc::clone(&shared);
                     let placed_at = placed_on.and_then(|id| {
-                        addresses.get(&id).map(|address| WorkerAt::new(id, address))
+                        let address = addresses.get(&id)?;
+                        Some(WorkerAt::new(WorkerId::new(id).ok()?, address))
                     });
                     let known = Arc::clone(&addresses);
                     queries.spawn(async move {
@@ -155,29 +156,20 @@ async fn finished_bytes(
     placed_at: Option<WorkerAt>,
     known: &std::collections::HashMap<String, String>,
 ) -> TierResult<Option<Vec<u64>>> {
-    let wire_key = pb::PartitionKey::from(key);
-    let Some(mut worker) = shared.locate(&wire_key).await.or(placed_at) else {
+    let Some(mut worker) = shared.locate(key).await.or(placed_at) else {
         return Ok(None);
     };
     let mut total: Option<Vec<u64>> = None;
     for _ in 0..MAX_PARTS {
         let reply = shared
             .workers
-            .request(&worker, |request_id| {
-                Message::PartitionMetrics(pb::PartitionMetrics {
-                    request_id,
-                    key: Some(wire_key.clone()),
-                })
-            })
+            .call(
+                &Peer::worker(&worker),
+                PartitionMetrics { key: key.clone() },
+            )
             .await;
         let part = match reply {
-            Ok(Message::PartitionMetricsReply(part)) => part,
-            Ok(other) => {
-                return Err(TierError::internal(format!(
-                    "{worker} answered PartitionMetrics with {:?}",
-                    other.message_type()
-                )));
-            }
+            Ok(part) => part,
             Err(e) if e.kind() == terrace_tier_api::ErrorKind::PartitionNotFound => {
                 return Ok(None);
             }
@@ -201,16 +193,17 @@ async fn finished_bytes(
                 }
             }
         }
-        if part.next_address.is_empty() {
+        let Some(next) = part.next else {
             return Ok(total);
-        }
-        if known.get(&part.next_worker_id) != Some(&part.next_address) {
+        };
+        if known.get(next.id.as_str()) != Some(&next.address) {
             return Err(TierError::permission_denied(format!(
                 "{worker} says the next part of {key} is on worker {:?} at {:?}, which the masters do not list there: not followed",
-                part.next_worker_id, part.next_address
+                next.id.as_str(),
+                next.address
             )));
         }
-        worker = WorkerAt::new(part.next_worker_id, part.next_address);
+        worker = next;
     }
     Err(TierError::internal(format!(
         "{key} is split over more than {MAX_PARTS} workers"

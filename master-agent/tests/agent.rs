@@ -13,9 +13,10 @@ use terrace_master_agent::MasterAgent;
 use terrace_proto::{FrameReader, Message, pb};
 use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, accept_handshake, spawn_writer};
+use terrace_tier_api::protocol::{ListWorkers, RegisterWorker, WorkerHeartbeat, WorkerLoad};
 use terrace_tier_api::{
     AgentConfig, ErrorKind, JobId, PartitionId, ShuffleDescriptor, TierError, TierMasterAgent,
-    TierShuffleHandler,
+    TierShuffleHandler, WorkerId,
 };
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
@@ -74,14 +75,12 @@ impl Cluster {
                 .expect("connect");
             let deadline = clock::now() + WAIT;
             loop {
-                let (reply, _) = client
-                    .request(|request_id| Message::ListWorkers(pb::ListWorkers { request_id }))
-                    .await
-                    .expect("list workers");
-                let Message::WorkerList(list) = reply else {
-                    panic!("not a worker list: {reply:?}")
-                };
-                let got: Vec<String> = list.workers.into_iter().map(|w| w.worker_id).collect();
+                let list = client.call(ListWorkers).await.expect("list workers");
+                let got: Vec<String> = list
+                    .workers
+                    .into_iter()
+                    .map(|w| w.worker.id.into_string())
+                    .collect();
                 if got == want {
                     return;
                 }
@@ -159,32 +158,26 @@ async fn heartbeat(master: String, id: String, address: String, stop: Cancellati
     let client = Client::connect(&master, &ClientOptions::default())
         .await
         .expect("worker connects to the master");
-    let (reply, _) = client
-        .request(|request_id| {
-            Message::RegisterWorker(pb::RegisterWorker {
-                request_id,
-                worker_id: id.clone(),
-                data_address: address.clone(),
-            })
+    let worker = WorkerId::new(id).expect("worker id");
+    client
+        .call(RegisterWorker {
+            worker: worker.clone(),
+            data_address: address.clone(),
         })
         .await
         .expect("register worker");
-    assert!(matches!(reply, Message::Ack(_)));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = clock::sleep(HEARTBEAT) => {}
         }
         let sent = client
-            .request(|request_id| {
-                Message::WorkerHeartbeat(pb::WorkerHeartbeat {
-                    jobs: Vec::new(),
-                    request_id,
-                    worker_id: id.clone(),
-                    data_address: address.clone(),
-                    load: Some(pb::WorkerLoad::default()),
-                    ..Default::default()
-                })
+            .call(WorkerHeartbeat {
+                worker: worker.clone(),
+                data_address: address.clone(),
+                load: WorkerLoad::default(),
+                jobs: Vec::new(),
+                relocated: Vec::new(),
             })
             .await;
         if sent.is_err() {

@@ -1,11 +1,13 @@
 //! The producer agent: segment rules and batching.
 
-use terrace_proto::{Message, pb};
 use terrace_rpc::clock;
-use terrace_rpc::{Client, ClientOptions, io_runtime};
+use terrace_rpc::{Client, ClientOptions, Peer, Pool, io_runtime};
+use terrace_tier_api::protocol::{
+    AllocatePartition, CreatePartition, SealPartition, SplitPartition, WorkerAt,
+};
 use terrace_tier_api::{
     AgentConfig, Buffer, DataType, ErrorKind, PartitionKey, ProducerSpec, SegmentId,
-    SubpartitionId, TierError, TierProducerAgent, TierResult, WriteOutcome,
+    SubpartitionId, TierError, TierProducerAgent, TierResult, WorkerId, WriteOutcome,
 };
 
 use crate::batch::PushBatch;
@@ -40,6 +42,8 @@ pub struct ProducerAgent {
     closed: bool,
     /// Connection settings for workers and masters (with the job's token).
     options: ClientOptions,
+    /// Connections to the workers holding the partition's parts.
+    workers: Pool,
     /// Ids of the workers holding the partition's parts, first to current.
     parts: Vec<String>,
     /// A split that could not be carried out is not tried again before this.
@@ -63,9 +67,11 @@ impl ProducerAgent {
         let options = ClientOptions::for_agent(&config, format!("producer {}", key.partition))?
             .with_job_token(&spec.descriptor)?;
         let address = spec.descriptor.worker_address.clone();
+        let workers = Pool::new(options.clone());
         let (client, first_worker) = io_runtime()
             .block_on(async {
-                let client = match Client::connect(&address, &options).await {
+                let peer = Peer::at(&address);
+                let client = match workers.client(&peer).await {
                     Ok(client) => client,
                     Err(e) => {
                         // Nothing reached the worker. Reported so that
@@ -80,7 +86,7 @@ impl ProducerAgent {
                                 &e,
                             )
                             .await;
-                            return relocate(&config, &options, &key, &spec, e).await;
+                            return relocate(&config, &options, &workers, &key, &spec, e).await;
                         }
                         return Err(e);
                     }
@@ -91,8 +97,8 @@ impl ProducerAgent {
                     // limit) and created nothing. A lost connection is not
                     // taken as a refusal: the partition may exist there.
                     Err(e) if e.kind().is_transient() && !client.is_closed() => {
-                        client.close();
-                        relocate(&config, &options, &key, &spec, e).await
+                        workers.forget(&peer, &client);
+                        relocate(&config, &options, &workers, &key, &spec, e).await
                     }
                     Err(e) => Err(e),
                 }
@@ -113,6 +119,7 @@ impl ProducerAgent {
             pusher,
             closed: false,
             options,
+            workers,
             parts: vec![first_worker],
             next_split_attempt: None,
             spec,
@@ -134,18 +141,18 @@ impl ProducerAgent {
             return Ok(());
         }
         let next = io_runtime().block_on(async {
-            let (worker_id, address) = self.place_next_part().await?;
+            let next = self.place_next_part().await?;
             let client = create_part(
-                &address,
-                &self.options,
+                &self.workers,
+                &next.address,
                 &self.key,
                 &self.spec,
                 Part::Continuation,
             )
             .await?;
-            Ok::<_, TierError>((worker_id, address, client))
+            Ok::<_, TierError>((next, client))
         });
-        let (worker_id, address, client) = match next {
+        let (next, client) = match next {
             Ok(next) => next,
             Err(e) => {
                 tracing::warn!(partition = %self.key, error = %e,
@@ -166,33 +173,29 @@ impl ProducerAgent {
             }
         }
         self.push_batch()?;
-        let key = pb::PartitionKey::from(&self.key);
         let old = self.pusher.client().clone();
-        let (next_id, next_address) = (worker_id.clone(), address.clone());
+        let split = SplitPartition {
+            key: self.key.clone(),
+            next: next.clone(),
+        };
         io_runtime()
             .block_on(async {
                 self.pusher.drain().await?;
-                old.request(|request_id| {
-                    Message::SplitPartition(pb::SplitPartition {
-                        request_id,
-                        key: Some(key),
-                        next_worker_id: next_id,
-                        next_address,
-                    })
-                })
-                .await?;
+                old.call(split).await?;
                 Ok::<_, TierError>(())
             })
             .map_err(|e| {
                 e.context(format!(
-                    "split {} from worker {} to {worker_id} at {address}",
+                    "split {} from worker {} to {} at {}",
                     self.key,
-                    self.parts.last().map_or("?", String::as_str)
+                    self.parts.last().map_or("?", String::as_str),
+                    next.id,
+                    next.address
                 ))
             })?;
-        old.close();
-        tracing::debug!(partition = %self.key, from = ?self.parts.last(), to = %worker_id, "partition split");
-        self.parts.push(worker_id);
+        self.workers.forget(&Peer::at(old.peer()), &old);
+        tracing::debug!(partition = %self.key, from = ?self.parts.last(), to = %next.id, "partition split");
+        self.parts.push(next.id.into_string());
         self.pusher = Pusher::new(
             client,
             self.key.clone(),
@@ -203,29 +206,17 @@ impl ProducerAgent {
 
     /// Asks the masters (in order) for a worker holding no part of the
     /// partition yet.
-    async fn place_next_part(&self) -> TierResult<(String, String)> {
-        let reply = ask_masters(&self.config, &self.options, |request_id| {
-            Message::AllocatePartition(pb::AllocatePartition {
-                request_id,
-                key: Some(pb::PartitionKey::from(&self.key)),
-                num_subpartitions: self.spec.num_subpartitions,
-                exclude_workers: self.parts.clone(),
-                relocated_from: String::new(),
-            })
-        })
-        .await
-        .map_err(|e| e.context("place the next part"))?;
-        match reply {
-            Message::PartitionAllocated(a)
-                if !a.worker_id.is_empty() && !a.worker_address.is_empty() =>
-            {
-                Ok((a.worker_id, a.worker_address))
-            }
-            other => Err(TierError::internal(format!(
-                "a master answered AllocatePartition with {:?}",
-                other.message_type()
-            ))),
-        }
+    async fn place_next_part(&self) -> TierResult<WorkerAt> {
+        let allocate = AllocatePartition {
+            key: self.key.clone(),
+            num_subpartitions: self.spec.num_subpartitions,
+            exclude: worker_ids(&self.parts),
+            relocated_from: None,
+        };
+        let allocated = Client::ask_first(&self.config.master_addresses, &self.options, allocate)
+            .await
+            .map_err(|e| e.context("place the next part"))?;
+        Ok(allocated.worker)
     }
 
     pub fn key(&self) -> &PartitionKey {
@@ -408,21 +399,16 @@ impl TierProducerAgent for ProducerAgent {
         self.pusher.check()?;
         self.push_batch()?;
         self.closed = true;
-        let key = pb::PartitionKey::from(&self.key);
+        let seal = SealPartition {
+            key: self.key.clone(),
+        };
         let result = io_runtime().block_on(async {
             self.pusher.drain().await?;
-            self.pusher
-                .client()
-                .request(|request_id| {
-                    Message::SealPartition(pb::SealPartition {
-                        request_id,
-                        key: Some(key),
-                    })
-                })
-                .await?;
+            self.pusher.client().call(seal).await?;
             Ok::<_, TierError>(())
         });
         self.pusher.client().close();
+        self.workers.close();
         result.map_err(|e| e.context(format!("close producer of {}", self.key)))
     }
 }
@@ -430,7 +416,17 @@ impl TierProducerAgent for ProducerAgent {
 impl Drop for ProducerAgent {
     fn drop(&mut self) {
         self.pusher.client().close();
+        self.workers.close();
     }
+}
+
+/// The ids of `parts` (the workers holding the partition's parts), as a
+/// master takes them (any that is not a valid id could not be one).
+fn worker_ids(parts: &[String]) -> Vec<WorkerId> {
+    parts
+        .iter()
+        .filter_map(|id| WorkerId::new(id.clone()).ok())
+        .collect()
 }
 
 /// What a `CreatePartition` makes.
@@ -447,13 +443,13 @@ enum Part {
 
 /// Connects to a worker and creates the partition (or its next part) there.
 async fn create_part(
+    workers: &Pool,
     address: &str,
-    options: &ClientOptions,
     key: &PartitionKey,
     spec: &ProducerSpec,
     part: Part,
 ) -> TierResult<Client> {
-    let client = Client::connect(address, options).await?;
+    let client = workers.client(&Peer::at(address)).await?;
     create_on(&client, key, spec, part).await?;
     Ok(client)
 }
@@ -465,15 +461,12 @@ async fn create_on(
     part: Part,
 ) -> TierResult<()> {
     client
-        .request(|request_id| {
-            Message::CreatePartition(pb::CreatePartition {
-                request_id,
-                key: Some(pb::PartitionKey::from(key)),
-                num_subpartitions: spec.num_subpartitions,
-                broadcast_only: spec.broadcast_only,
-                continuation: part == Part::Continuation,
-                relocated: part == Part::Relocated,
-            })
+        .call(CreatePartition {
+            key: key.clone(),
+            num_subpartitions: spec.num_subpartitions,
+            broadcast_only: spec.broadcast_only,
+            continuation: part == Part::Continuation,
+            relocated: part == Part::Relocated,
         })
         .await?;
     Ok(())
@@ -490,6 +483,7 @@ const RELOCATION_ATTEMPTS: usize = 3;
 async fn relocate(
     config: &AgentConfig,
     options: &ClientOptions,
+    workers: &Pool,
     key: &PartitionKey,
     spec: &ProducerSpec,
     unreachable: TierError,
@@ -501,26 +495,15 @@ async fn relocate(
     let mut tried = vec![from.clone()];
     let mut last = unreachable.clone();
     for _ in 0..RELOCATION_ATTEMPTS {
-        let placed = ask_masters(config, options, |request_id| {
-            Message::AllocatePartition(pb::AllocatePartition {
-                request_id,
-                key: Some(pb::PartitionKey::from(key)),
-                num_subpartitions: spec.num_subpartitions,
-                exclude_workers: tried.clone(),
-                relocated_from: from.clone(),
-            })
-        })
-        .await;
+        let allocate = AllocatePartition {
+            key: key.clone(),
+            num_subpartitions: spec.num_subpartitions,
+            exclude: worker_ids(&tried),
+            relocated_from: WorkerId::new(from.clone()).ok(),
+        };
+        let placed = Client::ask_first(&config.master_addresses, options, allocate).await;
         let (worker_id, address) = match placed {
-            Ok(Message::PartitionAllocated(a)) if !a.worker_id.is_empty() => {
-                (a.worker_id, a.worker_address)
-            }
-            Ok(other) => {
-                return Err(unreachable.context(format!(
-                    "relocating: a master answered AllocatePartition with {:?}",
-                    other.message_type()
-                )));
-            }
+            Ok(allocated) => (allocated.worker.id.into_string(), allocated.worker.address),
             Err(e) => {
                 return Err(TierError::new(
                     unreachable.kind(),
@@ -532,7 +515,8 @@ async fn relocate(
                 ));
             }
         };
-        let client = match Client::connect(&address, options).await {
+        let peer = Peer::at(&address);
+        let client = match workers.client(&peer).await {
             Ok(client) => client,
             Err(e) if e.kind() == ErrorKind::Unavailable => {
                 report_unreachable(config, options, key, &worker_id, &e).await;
@@ -550,7 +534,7 @@ async fn relocate(
             }
             // Refused, nothing created: try another.
             Err(e) if e.kind().is_transient() && !client.is_closed() => {
-                client.close();
+                workers.forget(&peer, &client);
                 tried.push(worker_id);
                 last = e;
             }
@@ -562,15 +546,6 @@ async fn relocate(
     )))
 }
 
-/// Sends one request to the first master (in configured order) that answers it.
-async fn ask_masters(
-    config: &AgentConfig,
-    options: &ClientOptions,
-    build: impl Fn(u64) -> Message,
-) -> TierResult<Message> {
-    Client::ask_first(&config.master_addresses, options, build).await
-}
-
 /// Tells a master that `key`'s producer cannot reach `worker_id`.
 async fn report_unreachable(
     config: &AgentConfig,
@@ -579,12 +554,8 @@ async fn report_unreachable(
     worker_id: &str,
     error: &TierError,
 ) {
-    Client::report_unreachable(
-        &config.master_addresses,
-        options,
-        key.job.as_bytes(),
-        worker_id,
-        error,
-    )
-    .await;
+    let Ok(worker) = WorkerId::new(worker_id) else {
+        return;
+    };
+    Client::report_unreachable(&config.master_addresses, options, &key.job, &worker, error).await;
 }

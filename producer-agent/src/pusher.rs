@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use terrace_proto::{Message, pb};
 use terrace_rpc::Client;
+use terrace_tier_api::protocol::PushData;
 use terrace_tier_api::{PartitionKey, TierError, TierResult};
 use tokio::sync::Semaphore;
 
@@ -70,29 +70,22 @@ impl Pusher {
             .acquire_many_owned(len.clamp(1, self.budget))
             .await
             .map_err(|_| TierError::closed("producer closed"))?;
-        let key = pb::PartitionKey::from(&self.key);
-        let pending = self.client.start_request(
-            |request_id| {
-                Message::PushData(pb::PushData {
-                    request_id,
-                    key: Some(key),
-                    crc32c,
-                    num_buffers,
-                })
-            },
-            chunks,
-        )?;
+        let pending = self.client.start_call(PushData {
+            key: self.key.clone(),
+            crc32c,
+            num_buffers,
+            body: chunks.into(),
+        })?;
         let failure = Arc::clone(&self.failure);
         let split_requested = Arc::clone(&self.split_requested);
         let partition = self.key.clone();
         tokio::spawn(async move {
             match pending.wait().await {
-                Ok((Message::PushAck(ack), _)) => {
+                Ok(ack) => {
                     if ack.split {
                         split_requested.store(true, Ordering::Relaxed);
                     }
                 }
-                Ok(_) => {}
                 Err(e) => {
                     let mut failure = failure.lock().expect("failure lock poisoned");
                     if failure.is_none() {

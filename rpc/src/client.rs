@@ -9,7 +9,10 @@ use std::time::Duration;
 use crate::clock;
 use bytes::Bytes;
 use terrace_proto::{FrameReader, Message, PROTOCOL_VERSION, pb};
-use terrace_tier_api::{AgentConfig, ShuffleDescriptor, TierError, TierResult};
+use terrace_tier_api::protocol::{
+    Request, StreamControl, StreamFrame, StreamId, Wire, WorkerUnreachable,
+};
+use terrace_tier_api::{AgentConfig, JobId, ShuffleDescriptor, TierError, TierResult, WorkerId};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -99,9 +102,13 @@ impl ClientOptions {
 /// What a stream's receiver gets.
 #[derive(Debug)]
 pub enum StreamEvent {
-    /// A `ReadData`, `SubpartitionEnd`, `SubpartitionRedirect` or
-    /// `StreamError` frame with its body.
-    Frame(Message, Bytes),
+    /// A `ReadData` (with its body), `SubpartitionEnd`, `SubpartitionRedirect`
+    /// or `StreamError` frame, parsed.
+    Frame(StreamFrame),
+    /// A frame of the stream that does not parse (read data whose extents do
+    /// not cover its body, a redirect without a worker id): the stream
+    /// cannot be trusted further.
+    Invalid(TierError),
     /// The connection is gone; no more frames will come.
     Lost(TierError),
 }
@@ -113,7 +120,7 @@ type ReplySender = oneshot::Sender<TierResult<(Message, Bytes)>>;
 #[derive(Debug, Default)]
 struct Routes {
     pending: HashMap<u64, ReplySender>,
-    streams: HashMap<u64, mpsc::UnboundedSender<StreamEvent>>,
+    streams: HashMap<StreamId, mpsc::UnboundedSender<StreamEvent>>,
     /// Set once the connection is gone; every later call fails with it.
     failed: Option<TierError>,
 }
@@ -144,6 +151,22 @@ pub struct PendingReply {
     /// To forget the request when its reply does not come in time.
     inner: std::sync::Weak<Inner>,
     request_id: u64,
+}
+
+/// A typed reply that has been asked for and not yet received.
+#[derive(Debug)]
+pub struct PendingCall<T> {
+    pending: PendingReply,
+    reply: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Wire> PendingCall<T> {
+    /// Waits for the reply and parses it: an error reply is its error, a
+    /// reply of another type or content is an error too.
+    pub async fn wait(self) -> TierResult<T> {
+        let (message, body) = self.pending.wait().await?;
+        T::from_frame(message, body)
+    }
 }
 
 impl PendingReply {
@@ -346,6 +369,37 @@ impl Client {
         &self.inner.peer
     }
 
+    /// Whether `other` is a clone of this client (the same connection).
+    pub fn same_connection(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Sends `request` and waits for its reply: the one typed call. The
+    /// request id is assigned here; an error reply is returned as its error
+    /// ([`TierError::from_wire`]); a reply of another type is an error
+    /// naming both types.
+    pub async fn call<R: Request>(&self, request: R) -> TierResult<R::Reply> {
+        self.start_call(request)?.wait().await
+    }
+
+    /// Sends `request` (its body written straight from its chunks) and
+    /// returns its pending reply, for callers that keep several requests in
+    /// flight (pushes).
+    pub fn start_call<R: Request>(&self, request: R) -> TierResult<PendingCall<R::Reply>> {
+        let request_id = self.next_request_id();
+        let (message, body) = request.into_frame(request_id);
+        let pending = self.send_request(request_id, message, body.into_chunks())?;
+        Ok(PendingCall {
+            pending,
+            reply: std::marker::PhantomData,
+        })
+    }
+
+    /// Sends a control frame on an open read stream (no reply).
+    pub fn send_stream(&self, control: impl Into<StreamControl>) -> TierResult<()> {
+        self.send(control.into().into_message())
+    }
+
     /// Whether the connection has failed or been closed.
     pub fn is_closed(&self) -> bool {
         self.inner.cancel.is_cancelled() || self.inner.sender.is_closed()
@@ -355,13 +409,25 @@ impl Client {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends a request (built from a fresh request id) and returns the pending reply.
+    /// Sends a raw request (built from a fresh request id) and returns the
+    /// pending reply. For the connection layer (handshake, authentication)
+    /// and tests that send hostile frames; everything else uses
+    /// [`Client::call`].
     pub fn start_request(
         &self,
         build: impl FnOnce(u64) -> Message,
         body: Vec<Bytes>,
     ) -> TierResult<PendingReply> {
         let request_id = self.next_request_id();
+        self.send_request(request_id, build(request_id), body)
+    }
+
+    fn send_request(
+        &self,
+        request_id: u64,
+        message: Message,
+        body: Vec<Bytes>,
+    ) -> TierResult<PendingReply> {
         let (tx, rx) = oneshot::channel();
         {
             let mut routes = self.inner.routes.lock().expect("routes lock poisoned");
@@ -370,7 +436,7 @@ impl Client {
             }
             routes.pending.insert(request_id, tx);
         }
-        if !self.inner.sender.send_chunks(build(request_id), body) {
+        if !self.inner.sender.send_chunks(message, body) {
             self.inner
                 .routes
                 .lock()
@@ -388,7 +454,8 @@ impl Client {
         })
     }
 
-    /// Sends a request without a body and waits for its reply.
+    /// Sends a raw request without a body and waits for its reply (see
+    /// [`Client::start_request`]).
     pub async fn request(
         &self,
         build: impl FnOnce(u64) -> Message,
@@ -399,18 +466,18 @@ impl Client {
     /// Sends one request over a fresh connection to the first of
     /// `addresses` (in order) that answers it; the last error when none does.
     /// For agents asking masters, any of which will do.
-    pub async fn ask_first(
+    pub async fn ask_first<R: Request + Clone>(
         addresses: &[String],
         options: &ClientOptions,
-        build: impl Fn(u64) -> Message,
-    ) -> TierResult<Message> {
+        request: R,
+    ) -> TierResult<R::Reply> {
         let mut last = TierError::unavailable("no master configured");
         for address in addresses {
             let reply = async {
                 let client = Client::connect(address, options).await?;
-                let reply = client.request(&build).await;
+                let reply = client.call(request.clone()).await;
                 client.close();
-                reply.map(|(message, _)| message)
+                reply
             }
             .await;
             match reply {
@@ -421,33 +488,29 @@ impl Client {
         Err(last)
     }
 
-    /// Tells the first of `masters` that answers that `worker_id` could not
-    /// be reached by `job`'s producer or consumer (`WorkerUnreachable`): the
+    /// Tells the first of `masters` that answers that `worker` could not be
+    /// reached by `job`'s producer or consumer (`WorkerUnreachable`): the
     /// master places none of the job's partitions there until the worker
     /// heartbeats again, and probes the worker itself. Best effort: logged
     /// when no master takes it.
     pub async fn report_unreachable(
         masters: &[String],
         options: &ClientOptions,
-        job: &[u8],
-        worker_id: &str,
+        job: &JobId,
+        worker: &WorkerId,
         error: &TierError,
     ) {
-        let reported = Client::ask_first(masters, options, |request_id| {
-            Message::WorkerUnreachable(pb::WorkerUnreachable {
-                request_id,
-                worker_id: worker_id.to_string(),
-                error: error.message().to_string(),
-                job_id: Bytes::copy_from_slice(job),
-            })
-        })
-        .await;
-        if let Err(e) = reported {
-            tracing::debug!(worker = %worker_id, error = %e, "could not report an unreachable worker");
+        let report = WorkerUnreachable {
+            worker: worker.clone(),
+            error: error.message().to_string(),
+            job: Some(job.clone()),
+        };
+        if let Err(e) = Client::ask_first(masters, options, report).await {
+            tracing::debug!(worker = %worker, error = %e, "could not report an unreachable worker");
         }
     }
 
-    /// Sends a frame that gets no reply (stream control).
+    /// Sends a raw frame that gets no reply (see [`Client::send_stream`]).
     pub fn send(&self, message: Message) -> TierResult<()> {
         if self.inner.sender.send(message, Bytes::new()) {
             Ok(())
@@ -457,7 +520,7 @@ impl Client {
     }
 
     /// Registers a receiver for the frames of `stream_id`.
-    pub fn register_stream(&self, stream_id: u64) -> TierResult<StreamReceiver> {
+    pub fn register_stream(&self, stream_id: StreamId) -> TierResult<StreamReceiver> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut routes = self.inner.routes.lock().expect("routes lock poisoned");
         if let Some(err) = &routes.failed {
@@ -467,7 +530,7 @@ impl Client {
         Ok(rx)
     }
 
-    pub fn unregister_stream(&self, stream_id: u64) {
+    pub fn unregister_stream(&self, stream_id: StreamId) {
         self.inner
             .routes
             .lock()
@@ -500,14 +563,10 @@ impl Drop for Inner {
     }
 }
 
-fn stream_id_of(message: &Message) -> Option<u64> {
-    match message {
-        Message::ReadData(m) => Some(m.stream_id),
-        Message::SubpartitionEnd(m) => Some(m.stream_id),
-        Message::SubpartitionRedirect(m) => Some(m.stream_id),
-        Message::StreamError(m) => Some(m.stream_id),
-        _ => None,
-    }
+/// The error a peer's `ErrorReply` stands for: the one place that turns
+/// error replies into [`TierError`]s.
+fn reply_error(err: pb::ErrorReply) -> TierError {
+    TierError::from_wire(err.code, err.detail, err.message)
 }
 
 /// Reads a frame; a body lands in a buffer of the shared pool.
@@ -543,32 +602,35 @@ async fn read_loop(
             Err(e) => break TierError::unavailable(format!("reading from {}: {e}", inner.peer)),
         };
         let mut routes = inner.routes.lock().expect("routes lock poisoned");
-        if let Some(stream_id) = stream_id_of(&message) {
+        if let Some(stream_id) = StreamFrame::stream_id_of(&message) {
             if let Some(tx) = routes.streams.get(&stream_id) {
-                let _ = tx.send(StreamEvent::Frame(message, body));
+                let event = match StreamFrame::from_frame(message, body) {
+                    Ok(frame) => StreamEvent::Frame(frame),
+                    Err(e) => StreamEvent::Invalid(e),
+                };
+                let _ = tx.send(event);
             }
             continue;
         }
         let request_id = message.request_id();
-        if let Message::ErrorReply(err) = &message {
+        if let Message::ErrorReply(err) = message {
             if request_id == 0 {
                 // A connection-level protocol error: the server closes the connection.
-                break TierError::from_wire(
-                    err.code,
-                    err.detail,
-                    format!("{} reported: {}", inner.peer, err.message),
-                );
+                break reply_error(err).context(format!("{} reported", inner.peer));
             }
+            match routes.pending.remove(&request_id) {
+                Some(tx) => {
+                    let _ = tx.send(Err(reply_error(err)));
+                }
+                None => {
+                    tracing::debug!(peer = %inner.peer, request_id, "error reply to no pending request")
+                }
+            }
+            continue;
         }
         match routes.pending.remove(&request_id) {
             Some(tx) => {
-                let reply = match message {
-                    Message::ErrorReply(err) => {
-                        Err(TierError::from_wire(err.code, err.detail, err.message))
-                    }
-                    other => Ok((other, body)),
-                };
-                let _ = tx.send(reply);
+                let _ = tx.send(Ok((message, body)));
             }
             None => tracing::debug!(peer = %inner.peer, request_id, "reply to no pending request"),
         }

@@ -3,22 +3,26 @@
 //! server side of the version handshake, authentication and TLS, a frame writer task shared by both,
 //! and the shared I/O runtime the synchronous agents run on.
 //!
-//! It knows frames and request ids, never what a message means.
+//! It knows frames, request ids and the typed messages of
+//! `terrace_tier_api::protocol` (one typed [`Client::call`], one connection
+//! [`Pool`] for every agent), never what a message means.
 
 mod buffers;
 mod client;
 pub mod clock;
 mod error;
 mod listener;
+mod pool;
 mod runtime;
 mod security;
 mod server;
 mod writer;
 
 pub use buffers::{BufferPool, PooledBuf, class_size, shared_pool};
-pub use client::{Client, ClientOptions, PendingReply, StreamEvent, StreamReceiver};
+pub use client::{Client, ClientOptions, PendingCall, PendingReply, StreamEvent, StreamReceiver};
 pub use error::{AuthError, OpeningError, SecurityError};
 pub use listener::{Accepted, BoxRead, Meter, ServerOptions, ServerSpec, serve};
+pub use pool::{Peer, Pool};
 pub use runtime::io_runtime;
 pub use security::{
     AUTH_BYTES, ClusterSecret, Credential, ExpectedServer, Identity, JobToken, SECRET_FILE_ENV,

@@ -268,7 +268,7 @@ impl ExpectedProof {
 /// Who a server is. It states it in its challenge (`HandshakeOk.server_identity`)
 /// and both proofs cover it: a proof made for one server is refused by
 /// another. Every master states the same identity; each worker its id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ServerIdentity {
     Master,
     Worker(String),
@@ -285,7 +285,7 @@ impl fmt::Display for ServerIdentity {
 
 /// Whom a client means to reach. A client that holds a credential answers
 /// only a server whose stated identity is this one.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ExpectedServer {
     /// Whichever server answers: for addresses an operator gave
     /// (configuration, a command line), never for one a peer supplied.

@@ -583,7 +583,8 @@ pub fn assert_buffers_eq(have: &[Buffer], want: &[Buffer], what: &str) {
 
 /// Sends one request to a worker over a fresh `terrace_rpc::Client` and
 /// returns its reply (an error reply becomes the error). Bounded by the
-/// client's connect and request timeouts (5 s and 10 s).
+/// client's connect and request timeouts (5 s and 10 s). A raw frame, for
+/// tests that send what no typed request can; others use [`call`].
 pub fn request_worker(
     address: &str,
     build: impl FnOnce(u64) -> terrace_proto::Message,
@@ -615,8 +616,31 @@ pub fn request_worker_with(
     })
 }
 
+/// Sends one typed request to the worker or master at `address` over a
+/// fresh connection ([`admin_options`]) and returns its reply.
+pub fn call<R: terrace_tier_api::protocol::Request>(
+    address: &str,
+    request: R,
+) -> Result<R::Reply, TierError> {
+    call_with(address, &admin_options(), request)
+}
+
+/// [`call`] with other options (a credential, TLS).
+pub fn call_with<R: terrace_tier_api::protocol::Request>(
+    address: &str,
+    options: &terrace_rpc::ClientOptions,
+    request: R,
+) -> Result<R::Reply, TierError> {
+    terrace_rpc::io_runtime().block_on(async {
+        let client = terrace_rpc::Client::connect(address, options).await?;
+        let reply = client.call(request).await;
+        client.close();
+        reply
+    })
+}
+
 /// A worker's `WorkerStats` reply (fails the test on any error).
-pub fn worker_stats(address: &str) -> terrace_proto::pb::WorkerStatsReply {
+pub fn worker_stats(address: &str) -> terrace_tier_api::protocol::WorkerStatsReply {
     worker_stats_with(address, &admin_options())
 }
 
@@ -624,13 +648,14 @@ pub fn worker_stats(address: &str) -> terrace_proto::pb::WorkerStatsReply {
 pub fn worker_stats_with(
     address: &str,
     options: &terrace_rpc::ClientOptions,
-) -> terrace_proto::pb::WorkerStatsReply {
-    match request_worker_with(address, options, |request_id| {
-        terrace_proto::Message::WorkerStats(terrace_proto::pb::WorkerStats { request_id })
-    }) {
-        Ok(terrace_proto::Message::WorkerStatsReply(stats)) => stats,
-        other => panic!("worker {address} answered WorkerStats with {other:?}"),
-    }
+) -> terrace_tier_api::protocol::WorkerStatsReply {
+    call_with(address, options, terrace_tier_api::protocol::WorkerStats)
+        .unwrap_or_else(|e| panic!("worker {address} answered WorkerStats with {e}"))
+}
+
+/// The master at `address`'s worker list, or its error.
+pub fn list_workers(address: &str) -> Result<terrace_tier_api::protocol::WorkerList, TierError> {
+    call(address, terrace_tier_api::protocol::ListWorkers)
 }
 
 /// Polls `get_next_buffer` on one subpartition (following its segments)

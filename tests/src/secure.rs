@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use terrace_proto::{Message, pb};
 use terrace_rpc::{
     Client, ClientOptions, ClusterSecret, Credential, ExpectedServer, ServerIdentity, TlsClient,
 };
@@ -129,13 +128,9 @@ impl SecureCluster {
     /// How many workers the master lists (`None`: it did not answer).
     pub fn listed_workers(&self) -> Option<usize> {
         let client = self.master_client().ok()?;
-        let reply = terrace_rpc::io_runtime().block_on(
-            client.request(|request_id| Message::ListWorkers(pb::ListWorkers { request_id })),
-        );
+        let reply = terrace_rpc::io_runtime()
+            .block_on(client.call(terrace_tier_api::protocol::ListWorkers));
         client.close();
-        match reply {
-            Ok((Message::WorkerList(list), _)) => Some(list.workers.len()),
-            _ => None,
-        }
+        reply.ok().map(|list| list.workers.len())
     }
 }

@@ -75,7 +75,7 @@ impl Worker {
     }
 
     /// The worker's counters, asked with the cluster secret.
-    fn stats(&self) -> pb::WorkerStatsReply {
+    fn stats(&self) -> terrace_tier_api::protocol::WorkerStatsReply {
         worker_stats_with(
             &self.process.address,
             &self.options(Credential::Cluster(self.secret())),
@@ -233,7 +233,7 @@ fn an_anonymous_push_is_not_read_and_takes_no_budget() {
 
     let stats = worker.stats();
     assert_eq!(stats.memory_peak_bytes, 0, "no budget was ever taken");
-    assert_eq!(stats.load.as_ref().map(|l| l.memory_used_bytes), Some(0));
+    assert_eq!(stats.load.memory_used_bytes, 0);
     assert_eq!(stats.bytes_pushed, 0);
     assert_eq!(stats.partitions, 0);
 

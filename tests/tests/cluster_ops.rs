@@ -19,14 +19,14 @@ use terrace_tests::logs;
 
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_master_agent::MasterAgent;
-use terrace_proto::{Message, pb};
 use terrace_tests::{
     RecordingWriter, ServiceProcess, assert_buffers_eq, payload, producer, read_partition,
-    request_worker, terrace_bin, write_partition,
+    terrace_bin, write_partition,
 };
+use terrace_tier_api::protocol::{AllocatePartition, ReleasePartition, WorkerList, WorkerLoad};
 use terrace_tier_api::{
     AgentConfig, Buffer, ConsumerSpec, ErrorKind, InputChannelId, PartitionId, ShuffleDescriptor,
-    TierConsumerAgent, TierError, TierMasterAgent, TierShuffleHandler,
+    TierConsumerAgent, TierError, TierMasterAgent, TierShuffleHandler, WorkerId,
 };
 
 /// A master that drops a worker after 4 s without heartbeats.
@@ -63,17 +63,13 @@ fn data_dirs(dirs: &[&Path]) -> String {
     format!("data_dirs = [{}]\n", quoted.join(", "))
 }
 
-fn list_workers(master: &str) -> pb::WorkerList {
-    match request_worker(master, |request_id| {
-        Message::ListWorkers(pb::ListWorkers { request_id })
-    }) {
-        Ok(Message::WorkerList(list)) => list,
-        other => panic!("master answered ListWorkers with {other:?}"),
-    }
+fn list_workers(master: &str) -> WorkerList {
+    terrace_tests::list_workers(master)
+        .unwrap_or_else(|e| panic!("master answered ListWorkers with {e}"))
 }
 
 /// Polls the master's worker list until `check` holds (at most 20 s).
-fn wait_for_list(master: &str, what: &str, check: impl Fn(&pb::WorkerList) -> bool) {
+fn wait_for_list(master: &str, what: &str, check: impl Fn(&WorkerList) -> bool) {
     let mut last = None;
     let done = terrace_tests::wait::poll_until(Duration::from_secs(20), || {
         let list = list_workers(master);
@@ -88,11 +84,11 @@ fn wait_for_list(master: &str, what: &str, check: impl Fn(&pb::WorkerList) -> bo
     );
 }
 
-fn load_of<'a>(list: &'a pb::WorkerList, id: &str) -> Option<&'a pb::WorkerLoad> {
+fn load_of<'a>(list: &'a WorkerList, id: &str) -> Option<&'a WorkerLoad> {
     list.workers
         .iter()
-        .find(|w| w.worker_id == id)
-        .and_then(|w| w.load.as_ref())
+        .find(|w| w.worker.id.as_str() == id)
+        .map(|w| &w.load)
 }
 
 /// Runs `terrace <args>` to its end (at most 60 s) and returns its stdout.
@@ -141,18 +137,19 @@ fn decommission_output(mut decommission: std::process::Child) -> String {
 
 fn allocate(master: &str, job: u8, partition: u32, exclude: &[&str]) -> Result<String, TierError> {
     let key = terrace_tests::key(job, partition);
-    match request_worker(master, |request_id| {
-        Message::AllocatePartition(pb::AllocatePartition {
-            request_id,
-            key: Some(pb::PartitionKey::from(&key)),
+    let allocated = terrace_tests::call(
+        master,
+        AllocatePartition {
+            key,
             num_subpartitions: 1,
-            exclude_workers: exclude.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        })
-    })? {
-        Message::PartitionAllocated(p) => Ok(p.worker_id),
-        other => panic!("master answered AllocatePartition with {other:?}"),
-    }
+            exclude: exclude
+                .iter()
+                .map(|s| WorkerId::new(*s).expect("worker id"))
+                .collect(),
+            relocated_from: None,
+        },
+    )?;
+    Ok(allocated.worker.id.into_string())
 }
 
 #[test]
@@ -282,13 +279,13 @@ fn full_unhealthy_and_decommissioning_workers_get_no_partitions_and_a_job_spread
     // The decommissioning worker still serves its partition, and exits once
     // it is released.
     read_back(&workers[4], "w4", 40, &written_w4);
-    let released = request_worker(&workers[4].address, |request_id| {
-        Message::ReleasePartition(pb::ReleasePartition {
-            request_id,
-            key: Some(pb::PartitionKey::from(&terrace_tests::key(40, 1))),
-        })
-    });
-    assert!(matches!(released, Ok(Message::Ack(_))), "{released:?}");
+    let released = terrace_tests::call(
+        &workers[4].address,
+        ReleasePartition {
+            key: terrace_tests::key(40, 1),
+        },
+    );
+    assert!(released.is_ok(), "{released:?}");
     let status = wait_for_exit(&mut workers[4], Duration::from_secs(20));
     assert!(status.success(), "w4 exits cleanly: {status}");
     agent.close();

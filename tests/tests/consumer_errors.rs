@@ -8,11 +8,10 @@ use std::time::Duration;
 use terrace_tests::logs;
 
 use terrace_consumer_agent::ConsumerAgent;
-use terrace_proto::{Message, pb};
 use terrace_rpc::clock;
 use terrace_tests::{
     RecordingWriter, TestWorker, Wakeup, assert_buffers_eq, closed_address, key, payload, producer,
-    read_partition, request_worker, small_agent_config, wait_for_error, wakeup, write_partition,
+    read_partition, small_agent_config, wait_for_error, wakeup, write_partition,
 };
 use terrace_tier_api::{
     AgentConfig, Buffer, ByteSize, ConsumerSpec, ErrorKind, InputChannelId, PartitionKey,
@@ -169,13 +168,11 @@ fn partition_released_under_an_open_stream_is_partition_not_found() {
     let woken_before = wake.current();
 
     let started = clock::now();
-    let reply = request_worker(&worker.address, |request_id| {
-        Message::ReleasePartition(pb::ReleasePartition {
-            request_id,
-            key: Some(pb::PartitionKey::from(&k)),
-        })
-    });
-    assert!(matches!(reply, Ok(Message::Ack(_))), "release: {reply:?}");
+    let reply = terrace_tests::call(
+        &worker.address,
+        terrace_tier_api::protocol::ReleasePartition { key: k.clone() },
+    );
+    assert!(reply.is_ok(), "release: {reply:?}");
     let (error, delivered) = wait_for_error(&consumer, &k.partition, 0, ERROR_DEADLINE);
     let elapsed = clock::elapsed(started);
     assert_eq!(error.kind(), ErrorKind::PartitionNotFound, "{error}");

@@ -16,13 +16,13 @@ use terrace_tests::wait::throughout;
 use terrace_tests::wait_until;
 
 use terrace_master_agent::MasterAgent;
-use terrace_proto::{Message, pb};
 use terrace_rpc::clock;
 use terrace_tests::s3::S3Server;
 use terrace_tests::{
     Ignore, ServiceProcess, assert_buffers_eq, closed_address, join_within, key, read_partition,
-    request_worker, small_agent_config, worker_stats, write_partition,
+    small_agent_config, worker_stats, write_partition,
 };
+use terrace_tier_api::protocol::{CreatePartition, RegisterJob, WorkerList};
 use terrace_tier_api::{AgentConfig, JobId, PartitionKey, TierMasterAgent};
 
 const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -125,17 +125,12 @@ fn start_worker(dir: &Path, masters: &[String], extra: &str) -> ServiceProcess {
 }
 
 /// What master `address` knows: its workers and its live jobs.
-fn listing(address: &str) -> Option<pb::WorkerList> {
-    match request_worker(address, |request_id| {
-        Message::ListWorkers(pb::ListWorkers { request_id })
-    }) {
-        Ok(Message::WorkerList(list)) => Some(list),
-        _ => None,
-    }
+fn listing(address: &str) -> Option<WorkerList> {
+    terrace_tests::list_workers(address).ok()
 }
 
-fn knows_job(list: &pb::WorkerList, job: &JobId) -> bool {
-    list.jobs.iter().any(|j| j[..] == job.as_bytes()[..])
+fn knows_job(list: &WorkerList, job: &JobId) -> bool {
+    list.jobs.contains(job)
 }
 
 fn agent_config(masters: Vec<String>, renew: Duration) -> AgentConfig {
@@ -197,7 +192,7 @@ fn a_store_that_never_answers_while_jobs_are_dropped_loses_no_worker() {
         || {
             let tiers = worker_stats(&worker.address)
                 .load
-                .and_then(|l| l.tiers)
+                .tiers
                 .expect("tier stats");
             tiers.memory_bytes == 0 && tiers.local_bytes == 0 && tiers.object_bytes > 0
         },
@@ -244,11 +239,11 @@ fn a_store_that_never_answers_while_jobs_are_dropped_loses_no_worker() {
             "the worker was declared lost {:?} after the drops",
             clock::elapsed(started)
         );
-        longest = longest.max(list.workers[0].millis_since_heartbeat);
+        longest = longest.max(list.workers[0].since_heartbeat.as_millis() as u64);
         assert!(
-            list.workers[0].millis_since_heartbeat < WORKER_TIMEOUT.as_millis() as u64 / 2,
-            "the worker was silent for {} ms",
-            list.workers[0].millis_since_heartbeat
+            list.workers[0].since_heartbeat < WORKER_TIMEOUT / 2,
+            "the worker was silent for {:?}",
+            list.workers[0].since_heartbeat
         );
     });
     eprintln!(
@@ -415,20 +410,17 @@ fn a_worker_holding_more_jobs_than_a_heartbeat_carries_still_drops_an_unknown_on
             .await
             .expect("connect to the worker");
         for n in 0..JOBS {
-            let key = pb::PartitionKey {
-                job_id: job(n).as_bytes().clone(),
-                partition_id: bytes::Bytes::from_static(b"p"),
+            let key = PartitionKey {
+                job: job(n),
+                partition: terrace_tier_api::PartitionId::new(&b"p"[..]).expect("partition id"),
             };
             client
-                .request(|request_id| {
-                    Message::CreatePartition(pb::CreatePartition {
-                        request_id,
-                        key: Some(key),
-                        num_subpartitions: 1,
-                        broadcast_only: false,
-                        continuation: false,
-                        relocated: false,
-                    })
+                .call(CreatePartition {
+                    key,
+                    num_subpartitions: 1,
+                    broadcast_only: false,
+                    continuation: false,
+                    relocated: false,
                 })
                 .await
                 .expect("create a partition");
@@ -450,12 +442,7 @@ fn a_worker_holding_more_jobs_than_a_heartbeat_carries_still_drops_an_unknown_on
                 while !stop.load(Ordering::SeqCst) {
                     for n in 0..JOBS - 1 {
                         client
-                            .request(|request_id| {
-                                Message::RegisterJob(pb::RegisterJob {
-                                    request_id,
-                                    job_id: job(n).as_bytes().clone(),
-                                })
-                            })
+                            .call(RegisterJob { job: job(n) })
                             .await
                             .expect("renew a job");
                     }

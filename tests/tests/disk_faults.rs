@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use terrace_tests::logs;
 
-use terrace_proto::{Message, pb};
-use terrace_tests::{
-    assert_buffers_eq, key, read_partition, request_worker, small_agent_config, write_partition,
-};
+use terrace_tests::{assert_buffers_eq, key, read_partition, small_agent_config, write_partition};
 use terrace_tier_api::{ByteSize, PartitionKey, ShuffleDescriptor};
 use terrace_worker::{FaultyFiles, StoreHooks, WorkerConfig};
 
@@ -59,13 +56,12 @@ impl Worker {
         &self.handle.as_ref().expect("running").store
     }
 
-    fn dirs(&self) -> Vec<pb::DirStats> {
-        match request_worker(&self.address, |request_id| {
-            Message::WorkerStats(pb::WorkerStats { request_id })
-        }) {
-            Ok(Message::WorkerStatsReply(s)) => s.load.and_then(|l| l.tiers).expect("tiers").dirs,
-            other => panic!("stats: {other:?}"),
-        }
+    fn dirs(&self) -> Vec<terrace_tier_api::protocol::DirStats> {
+        terrace_tests::worker_stats(&self.address)
+            .load
+            .tiers
+            .expect("tiers")
+            .dirs
     }
 
     fn stop(mut self) {

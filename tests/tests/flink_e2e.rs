@@ -25,10 +25,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use terrace_tests::logs;
 
-use terrace_proto::{Message, pb};
 use terrace_rpc::clock;
 use terrace_tests::pki::TestPki;
 use terrace_tests::{ServiceProcess, worker_stats};
+use terrace_tier_api::protocol::{ListWorkers, WorkerStatsReply};
 
 /// Flink's own class for the external remote tier key.
 const TERRACE_FACTORY: &str = "dev.terrace.flink.TerraceTierFactory";
@@ -603,12 +603,9 @@ impl Cluster {
             Duration::from_secs(20),
             &format!("{n} workers register"),
             || {
-                let listed = terrace_tests::request_worker_with(
-                    &self.master.address,
-                    &self.options(),
-                    |request_id| Message::ListWorkers(pb::ListWorkers { request_id }),
-                );
-                matches!(listed, Ok(Message::WorkerList(list)) if list.workers.len() == n)
+                let listed =
+                    terrace_tests::call_with(&self.master.address, &self.options(), ListWorkers);
+                matches!(listed, Ok(list) if list.workers.len() == n)
             },
         );
     }
@@ -626,7 +623,7 @@ impl Cluster {
     }
 
     /// Worker `i`'s counters, asked with the cluster's secret and TLS when it has them.
-    fn stats(&self, i: usize) -> pb::WorkerStatsReply {
+    fn stats(&self, i: usize) -> WorkerStatsReply {
         terrace_tests::worker_stats_with(&self.worker(i).address, &self.options())
     }
 
@@ -704,7 +701,7 @@ fn run_on(
     parallelism: u32,
     work: Work,
     extra: &[&str],
-) -> Vec<pb::WorkerStatsReply> {
+) -> Vec<WorkerStatsReply> {
     let _flink = flink_lock();
     let default = default_result(work);
     let cluster = cluster("10s");
@@ -735,7 +732,7 @@ fn run_on(
     // Every record's payload crossed shuffle 1: unless compressed, at least
     // records x payload bytes were pushed to the workers. Every pushed byte
     // was read back once.
-    let stats: Vec<pb::WorkerStatsReply> = (0..cluster.workers.len())
+    let stats: Vec<WorkerStatsReply> = (0..cluster.workers.len())
         .map(|i| cluster.stats(i))
         .collect();
     let payload_bytes = work.records * work.payload;
@@ -820,8 +817,8 @@ fn keyed_aggregation_through_a_tiny_disk_and_an_object_store_matches_default_shu
     );
     let objects = stats[0]
         .load
+        .tiers
         .clone()
-        .and_then(|l| l.tiers)
         .and_then(|t| t.object_store)
         .expect("the worker reports its object store");
     eprintln!("flink_e2e: object store: {objects:?}");

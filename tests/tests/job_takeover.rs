@@ -8,7 +8,6 @@ use std::time::Duration;
 use terrace_tests::logs;
 
 use terrace_master_agent::MasterAgent;
-use terrace_proto::{Message, pb};
 use terrace_tests::{
     Ignore, RecordingWriter, ServiceProcess, assert_buffers_eq, payload, producer, read_partition,
     write_partition,
@@ -19,10 +18,8 @@ const SUBS: u32 = 4;
 
 fn wait_for_one_worker(master: &str) {
     terrace_tests::wait_until(Duration::from_secs(20), "a worker registers", || {
-        let listed = terrace_tests::request_worker(master, |request_id| {
-            Message::ListWorkers(pb::ListWorkers { request_id })
-        });
-        matches!(listed, Ok(Message::WorkerList(ref l)) if l.workers.len() == 1)
+        let listed = terrace_tests::list_workers(master);
+        matches!(listed, Ok(ref l) if l.workers.len() == 1)
     });
 }
 

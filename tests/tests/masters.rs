@@ -8,7 +8,6 @@ use std::time::Duration;
 use terrace_tests::logs;
 
 use terrace_master_agent::MasterAgent;
-use terrace_proto::{Message, pb};
 use terrace_tests::{
     ServiceProcess, assert_buffers_eq, closed_address, read_partition, write_partition,
 };
@@ -43,17 +42,12 @@ fn start_master(dir: &std::path::Path, address: &str) -> ServiceProcess {
 }
 
 /// What master `address` knows: its workers and its live jobs.
-fn listing(address: &str) -> Option<pb::WorkerList> {
-    match terrace_tests::request_worker(address, |request_id| {
-        Message::ListWorkers(pb::ListWorkers { request_id })
-    }) {
-        Ok(Message::WorkerList(list)) => Some(list),
-        _ => None,
-    }
+fn listing(address: &str) -> Option<terrace_tier_api::protocol::WorkerList> {
+    terrace_tests::list_workers(address).ok()
 }
 
 fn knows_job(address: &str, job: &JobId) -> bool {
-    listing(address).is_some_and(|l| l.jobs.iter().any(|j| j[..] == job.as_bytes()[..]))
+    listing(address).is_some_and(|l| l.jobs.contains(job))
 }
 
 #[test]

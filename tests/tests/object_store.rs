@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use terrace_tests::logs;
 
-use terrace_proto::{Message, pb};
 use terrace_tests::s3::S3Server;
 use terrace_tests::{
-    ServiceProcess, assert_buffers_eq, flink_sized_key, key, read_partition, request_worker,
-    small_agent_config, write_partition,
+    ServiceProcess, assert_buffers_eq, flink_sized_key, key, read_partition, small_agent_config,
+    write_partition,
 };
+use terrace_tier_api::protocol::{DropJob, ObjectStoreStats, ReleasePartition, TierStats};
 use terrace_tier_api::{AgentConfig, Buffer, ByteSize, PartitionKey, ShuffleDescriptor};
 
 const PREFIX: &str = "shuffle";
@@ -117,23 +117,14 @@ fn agent_config() -> AgentConfig {
 }
 
 /// The worker's tier figures.
-fn tiers(worker: &ServiceProcess) -> pb::TierStats {
-    match request_worker(&worker.address, |request_id| {
-        Message::WorkerStats(pb::WorkerStats { request_id })
-    }) {
-        Ok(Message::WorkerStatsReply(stats)) => stats
-            .load
-            .and_then(|l| l.tiers)
-            .map(|t| *t)
-            .expect("stats carry tier figures"),
-        other => panic!("worker stats: {other:?}"),
-    }
+fn tiers(worker: &ServiceProcess) -> TierStats {
+    let tiers = terrace_tests::worker_stats(&worker.address).load.tiers;
+    *tiers.expect("stats carry tier figures")
 }
 
-fn object_stats(t: &pb::TierStats) -> pb::ObjectStoreStats {
+fn object_stats(t: &TierStats) -> ObjectStoreStats {
     t.object_store
         .clone()
-        .map(|o| *o)
         .expect("the worker has an object store")
 }
 
@@ -142,8 +133,8 @@ fn wait_for(
     worker: &ServiceProcess,
     limit: Duration,
     what: &str,
-    check: impl Fn(&pb::TierStats) -> bool,
-) -> pb::TierStats {
+    check: impl Fn(&TierStats) -> bool,
+) -> TierStats {
     let mut last = None;
     let done = terrace_tests::wait::poll_until(limit, || {
         let t = tiers(worker);
@@ -200,14 +191,13 @@ fn data_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn drop_job(worker: &ServiceProcess, key: &PartitionKey) {
-    let reply = request_worker(&worker.address, |request_id| {
-        Message::DropJob(pb::DropJob {
-            request_id,
-            job_id: key.job.as_bytes().clone(),
-        })
-    })
+    terrace_tests::call(
+        &worker.address,
+        DropJob {
+            job: key.job.clone(),
+        },
+    )
     .expect("drop job");
-    assert!(matches!(reply, Message::Ack(_)), "{reply:?}");
 }
 
 /// Waits (at most 20 s) until the bucket holds no object under [`PREFIX`]:
@@ -411,13 +401,13 @@ fn outage(kind: Outage) {
     }
     // The engine releases the failed producer's partition (Flink does on
     // failover); what it had written to disk and to the store goes with it.
-    let released = request_worker(&worker.address, |request_id| {
-        Message::ReleasePartition(pb::ReleasePartition {
-            request_id,
-            key: Some(pb::PartitionKey::from(&overflow)),
-        })
-    });
-    assert!(matches!(released, Ok(Message::Ack(_))), "{released:?}");
+    let released = terrace_tests::call(
+        &worker.address,
+        ReleasePartition {
+            key: overflow.clone(),
+        },
+    );
+    assert!(released.is_ok(), "{released:?}");
 
     wait_for(
         &worker,

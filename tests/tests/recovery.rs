@@ -333,14 +333,14 @@ fn check_exact(address: &str, ns: impl IntoIterator<Item = u32>, len: fn(u32) ->
 
 /// The worker's partition count, once it answers (within `within`).
 fn partitions(address: &str, within: Duration) -> u32 {
-    terrace_tests::wait_for(within, &format!("stats from {address}"), || {
-        match terrace_tests::request_worker(address, |request_id| {
-            Message::WorkerStats(pb::WorkerStats { request_id })
-        }) {
-            Ok(Message::WorkerStatsReply(stats)) => Some(stats.partitions),
+    terrace_tests::wait_for(
+        within,
+        &format!("stats from {address}"),
+        || match terrace_tests::call(address, terrace_tier_api::protocol::WorkerStats) {
+            Ok(stats) => Some(stats.partitions),
             _ => None,
-        }
-    })
+        },
+    )
     .0
 }
 

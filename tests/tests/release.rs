@@ -8,11 +8,13 @@ use std::time::Duration;
 use terrace_tests::logs;
 
 use terrace_consumer_agent::ConsumerAgent;
-use terrace_proto::{Message, pb};
 use terrace_rpc::clock;
 use terrace_tests::{
-    TestWorker, assert_buffers_eq, key, payload, read_partition, request_worker,
-    small_agent_config, wait_for_error, wakeup, write_partition,
+    TestWorker, assert_buffers_eq, key, payload, read_partition, small_agent_config,
+    wait_for_error, wakeup, write_partition,
+};
+use terrace_tier_api::protocol::{
+    Ack, CreatePartition, DropJob, PushData, ReleasePartition, SealPartition,
 };
 use terrace_tier_api::{
     AgentConfig, BatchBuilder, Buffer, ByteSize, ConsumerSpec, ErrorKind, InputChannelId, JobId,
@@ -74,31 +76,17 @@ fn assert_no_files_of(dirs: &[PathBuf], key: &PartitionKey) {
     }
 }
 
-fn release(
-    worker: &TestWorker,
-    key: &PartitionKey,
-) -> Result<Message, terrace_tier_api::TierError> {
-    request_worker(&worker.address, |request_id| {
-        Message::ReleasePartition(pb::ReleasePartition {
-            request_id,
-            key: Some(pb::PartitionKey::from(key)),
-        })
-    })
+fn release(worker: &TestWorker, key: &PartitionKey) -> Result<Ack, terrace_tier_api::TierError> {
+    terrace_tests::call(&worker.address, ReleasePartition { key: key.clone() })
 }
 
-fn drop_job(worker: &TestWorker, job: &JobId) -> Result<Message, terrace_tier_api::TierError> {
-    request_worker(&worker.address, |request_id| {
-        Message::DropJob(pb::DropJob {
-            request_id,
-            job_id: job.as_bytes().clone(),
-        })
-    })
+fn drop_job(worker: &TestWorker, job: &JobId) -> Result<Ack, terrace_tier_api::TierError> {
+    terrace_tests::call(&worker.address, DropJob { job: job.clone() })
 }
 
-fn assert_ack(reply: Result<Message, terrace_tier_api::TierError>, what: &str) {
-    match reply {
-        Ok(Message::Ack(_)) => {}
-        other => panic!("{what}: expected Ack, got {other:?}"),
+fn assert_ack(reply: Result<Ack, terrace_tier_api::TierError>, what: &str) {
+    if let Err(e) = reply {
+        panic!("{what}: expected Ack, got {e}");
     }
 }
 
@@ -331,7 +319,10 @@ fn releasing_an_unknown_partition_is_partition_not_found() {
         clock::elapsed(started)
     );
     assert_eq!(error.kind(), ErrorKind::PartitionNotFound, "{error}");
-    assert_eq!(error.code(), pb::ErrorCode::PartitionNotFound);
+    assert_eq!(
+        error.code(),
+        terrace_proto::pb::ErrorCode::PartitionNotFound
+    );
     // The kind and code say not found; the text names the partition.
     assert!(
         error.message().contains(&unknown.partition.to_hex()),
@@ -383,63 +374,38 @@ fn release_racing_a_seal_leaves_no_files() {
             );
         }
         let batch = builder.finish();
-        let pk = Some(pb::PartitionKey::from(&k));
         let (sealed, released) = io_runtime().block_on(async {
             producer
-                .request(|request_id| {
-                    Message::CreatePartition(pb::CreatePartition {
-                        request_id,
-                        key: pk.clone(),
-                        num_subpartitions: 1,
-                        broadcast_only: false,
-                        continuation: false,
-                        ..Default::default()
-                    })
+                .call(CreatePartition {
+                    key: k.clone(),
+                    num_subpartitions: 1,
+                    broadcast_only: false,
+                    continuation: false,
+                    relocated: false,
                 })
                 .await
                 .expect("create");
             let push = producer
-                .start_request(
-                    |request_id| {
-                        Message::PushData(pb::PushData {
-                            request_id,
-                            key: pk.clone(),
-                            crc32c: crc32c::crc32c(&batch.bytes),
-                            num_buffers: batch.num_buffers,
-                        })
-                    },
-                    vec![batch.bytes.clone()],
-                )
+                .start_call(PushData {
+                    key: k.clone(),
+                    crc32c: crc32c::crc32c(&batch.bytes),
+                    num_buffers: batch.num_buffers,
+                    body: batch.bytes.clone().into(),
+                })
                 .expect("push sent");
             push.wait().await.expect("push acknowledged");
             let seal = producer
-                .start_request(
-                    |request_id| {
-                        Message::SealPartition(pb::SealPartition {
-                            request_id,
-                            key: pk.clone(),
-                        })
-                    },
-                    Vec::new(),
-                )
+                .start_call(SealPartition { key: k.clone() })
                 .expect("seal sent");
             // Vary the overlap between the seal and the release.
             clock::sleep(Duration::from_micros(150 * u64::from(i % 8))).await;
             let release = admin
-                .start_request(
-                    |request_id| {
-                        Message::ReleasePartition(pb::ReleasePartition {
-                            request_id,
-                            key: pk.clone(),
-                        })
-                    },
-                    Vec::new(),
-                )
+                .start_call(ReleasePartition { key: k.clone() })
                 .expect("release sent");
             (seal.wait().await, release.wait().await)
         });
         assert!(
-            matches!(released, Ok((Message::Ack(_), _))),
+            released.is_ok(),
             "release {i}: {released:?} (seal: {sealed:?})"
         );
         let (data, index) = files_in(&dirs[0], &k);
@@ -448,7 +414,7 @@ fn release_racing_a_seal_leaves_no_files() {
                 "partition {i}: data {} index {} (seal: {:?})",
                 data.exists(),
                 index.exists(),
-                sealed.map(|(m, _)| m.message_type())
+                sealed
             ));
         }
     }

@@ -40,10 +40,8 @@ fn wait_for_workers(agent_config: &AgentConfig, n: usize) {
         Duration::from_secs(20),
         &format!("{n} workers register"),
         || {
-            let listed = terrace_tests::request_worker(master, |request_id| {
-                terrace_proto::Message::ListWorkers(terrace_proto::pb::ListWorkers { request_id })
-            });
-            matches!(listed, Ok(terrace_proto::Message::WorkerList(list)) if list.workers.len() == n)
+            let listed = terrace_tests::list_workers(master);
+            matches!(listed, Ok(list) if list.workers.len() == n)
         },
     );
 }

@@ -13,10 +13,10 @@ use std::time::Duration;
 use terrace_tests::logs;
 
 use bytes::Bytes;
-use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, Credential, ExpectedServer, ServerIdentity};
 use terrace_tests::secure::SecureCluster;
-use terrace_tier_api::ErrorKind;
+use terrace_tier_api::protocol::{AllocatePartition, RegisterJob, Request, WorkerUnreachable};
+use terrace_tier_api::{ErrorKind, JobId, PartitionId, PartitionKey, WorkerId};
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -55,41 +55,45 @@ impl Cluster {
     }
 }
 
-fn request(client: &Client, build: impl FnOnce(u64) -> Message) -> Result<Message, ErrorKind> {
+fn request<R: Request>(client: &Client, request: R) -> Result<R::Reply, ErrorKind> {
     terrace_rpc::io_runtime()
-        .block_on(client.request(build))
-        .map(|(m, _)| m)
+        .block_on(client.call(request))
         .map_err(|e| e.kind())
 }
 
+fn job_id(job: &[u8]) -> JobId {
+    JobId::new(Bytes::copy_from_slice(job)).expect("job id")
+}
+
 fn register(client: &Client, job: &[u8]) {
-    let reply = request(client, |request_id| {
-        Message::RegisterJob(pb::RegisterJob {
-            request_id,
-            job_id: Bytes::copy_from_slice(job),
-        })
-    });
-    assert!(
-        matches!(reply, Ok(Message::JobRegistered(_))),
-        "register job: {reply:?}"
-    );
+    let reply = request(client, RegisterJob { job: job_id(job) });
+    assert!(reply.is_ok(), "register job: {reply:?}");
 }
 
 /// Where the master places partition `n` of `job`, or the error kind.
 fn allocate(client: &Client, job: &[u8], n: u32) -> Result<String, ErrorKind> {
-    match request(client, |request_id| {
-        Message::AllocatePartition(pb::AllocatePartition {
-            request_id,
-            key: Some(pb::PartitionKey {
-                job_id: Bytes::copy_from_slice(job),
-                partition_id: Bytes::copy_from_slice(&n.to_be_bytes()),
-            }),
+    let key = PartitionKey {
+        job: job_id(job),
+        partition: PartitionId::new(n.to_be_bytes().to_vec()).expect("partition id"),
+    };
+    let allocated = request(
+        client,
+        AllocatePartition {
+            key,
             num_subpartitions: 1,
-            ..Default::default()
-        })
-    })? {
-        Message::PartitionAllocated(a) => Ok(a.worker_id),
-        other => panic!("AllocatePartition answered with {other:?}"),
+            exclude: Vec::new(),
+            relocated_from: None,
+        },
+    )?;
+    Ok(allocated.worker.id.into_string())
+}
+
+/// A report that `worker` is unreachable, naming `job`.
+fn unreachable(worker: &str, error: &str, job: Option<&[u8]>) -> WorkerUnreachable {
+    WorkerUnreachable {
+        worker: WorkerId::new(worker).expect("worker id"),
+        error: error.into(),
+        job: job.map(job_id),
     }
 }
 
@@ -113,16 +117,9 @@ impl Flood {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     for worker in ["w0", "w1"] {
-                        let reply = request(&client, |request_id| {
-                            Message::WorkerUnreachable(pb::WorkerUnreachable {
-                                request_id,
-                                worker_id: worker.into(),
-                                error: "flood".into(),
-                                // Names another job: the token's own job counts.
-                                job_id: Bytes::from_static(b"victim"),
-                            })
-                        });
-                        if matches!(reply, Ok(Message::Ack(_))) {
+                        // Names another job: the token's own job counts.
+                        let report = unreachable(worker, "flood", Some(b"victim"));
+                        if request(&client, report).is_ok() {
                             acked.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -203,15 +200,8 @@ fn one_jobs_reports_do_not_stop_placement_for_others_and_a_hung_worker_fails_the
     signal(hung, "STOP");
     let resume = Resume(hung);
     let reporter = cluster.client(cluster.0.job_credential(b"flooder"));
-    let report = request(&reporter, |request_id| {
-        Message::WorkerUnreachable(pb::WorkerUnreachable {
-            request_id,
-            worker_id: "w1".into(),
-            error: "hung".into(),
-            job_id: Bytes::new(),
-        })
-    });
-    assert!(matches!(report, Ok(Message::Ack(_))), "{report:?}");
+    let report = request(&reporter, unreachable("w1", "hung", None));
+    assert!(report.is_ok(), "{report:?}");
     // Until the probe's verdict the two workers take turns; after it, every
     // placement goes to w0. Ten in a row, within the probe timeout and a
     // margin, and the hung worker is still listed.

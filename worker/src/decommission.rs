@@ -19,14 +19,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use terrace_proto::{Message, pb};
 use terrace_rpc::clock;
 use terrace_rpc::{Client, ServerIdentity};
-use terrace_tier_api::{PartitionKey, TierError, TierResult};
+use terrace_tier_api::protocol::{
+    AdoptPartition, AllocatePartition, ListWorkers, LocatePartition, MoveForward, WorkerAt,
+};
+use terrace_tier_api::{PartitionKey, TierError, TierResult, WorkerId};
 use tokio::task::JoinSet;
 
 use crate::context::Shared;
-use crate::store::Forward;
 
 /// How often the worker looks whether its partitions are all gone.
 const POLL: Duration = Duration::from_millis(200);
@@ -156,61 +157,47 @@ async fn hand_off(
     let index = partition.handoff_index()?;
     let options = shared.peer_options(ServerIdentity::Master);
     let masters = &shared.config.master_addresses;
-    let wire_key = pb::PartitionKey::from(key);
+    let this_worker = WorkerId::new(shared.worker_id.clone())?;
     // Not this worker, nor the one holding the next part.
-    let mut exclude = vec![shared.worker_id.clone()];
-    exclude.extend(partition.forward().map(|f| f.worker_id));
+    let mut exclude = vec![this_worker.clone()];
+    exclude.extend(
+        partition
+            .forward()
+            .and_then(|f| WorkerId::new(f.worker_id).ok()),
+    );
     let mut last = TierError::unavailable("no adopter tried");
     let mut adopter = None;
     for _ in 0..ADOPTER_ATTEMPTS {
-        let placed = Client::ask_first(masters, &options, |request_id| {
-            Message::AllocatePartition(pb::AllocatePartition {
-                request_id,
-                key: Some(wire_key.clone()),
-                num_subpartitions: partition.meta().num_subpartitions,
-                exclude_workers: exclude.clone(),
-                relocated_from: String::new(),
-            })
-        })
-        .await?;
-        let Message::PartitionAllocated(placed) = placed else {
-            return Err(TierError::internal(format!(
-                "a master answered AllocatePartition with {:?}",
-                placed.message_type()
-            )));
+        let allocate = AllocatePartition {
+            key: key.clone(),
+            num_subpartitions: partition.meta().num_subpartitions,
+            exclude: exclude.clone(),
+            relocated_from: None,
         };
+        let placed = Client::ask_first(masters, &options, allocate).await?.worker;
         let adopted = async {
             // The adopter is one a master placed: it must prove it is that worker.
-            let to = shared.peer_options(ServerIdentity::Worker(placed.worker_id.clone()));
-            let client = Client::connect(&placed.worker_address, &to).await?;
-            let reply = match client.start_request(
-                |request_id| {
-                    Message::AdoptPartition(pb::AdoptPartition {
-                        request_id,
-                        key: Some(wire_key.clone()),
-                        from_worker_id: shared.worker_id.clone(),
-                    })
-                },
-                vec![index.clone()],
-            ) {
-                Ok(pending) => pending.wait().await,
-                Err(e) => Err(e),
-            };
+            let to = shared.peer_options(ServerIdentity::Worker(placed.id.to_string()));
+            let client = Client::connect(&placed.address, &to).await?;
+            let reply = client
+                .call(AdoptPartition {
+                    key: key.clone(),
+                    from: this_worker.clone(),
+                    index: index.clone().into(),
+                })
+                .await;
             client.close();
-            reply.map(|_| ())
+            reply.map(drop)
         }
         .await;
         match adopted {
             Ok(()) => {
-                adopter = Some(Forward {
-                    worker_id: placed.worker_id,
-                    address: placed.worker_address,
-                });
+                adopter = Some(placed);
                 break;
             }
             Err(e) => {
-                last = e.context(format!("adopter {}", placed.worker_address));
-                exclude.push(placed.worker_id);
+                last = e.context(format!("adopter {}", placed.address));
+                exclude.push(placed.id);
             }
         }
     }
@@ -220,7 +207,7 @@ async fn hand_off(
     let continuation = partition.meta().continuation;
     drop(partition);
     if continuation {
-        move_forward_pointers(shared, key, &adopter).await;
+        move_forward_pointers(shared, key, &this_worker, &adopter).await;
     } else {
         wait_until_located(shared, key, &adopter).await;
     }
@@ -240,45 +227,42 @@ async fn hand_off(
 /// Asks every live worker to point forward pointers naming this worker for
 /// `key` at the adopter. Best effort: a worker that misses it leaves its
 /// readers to fail on this part, and the engine reruns the producer.
-async fn move_forward_pointers(shared: &Arc<Shared>, key: &PartitionKey, adopter: &Forward) {
+async fn move_forward_pointers(
+    shared: &Arc<Shared>,
+    key: &PartitionKey,
+    this_worker: &WorkerId,
+    adopter: &WorkerAt,
+) {
     let options = shared.peer_options(ServerIdentity::Master);
-    let listed = Client::ask_first(&shared.config.master_addresses, &options, |request_id| {
-        Message::ListWorkers(pb::ListWorkers { request_id })
-    })
-    .await;
+    let listed = Client::ask_first(&shared.config.master_addresses, &options, ListWorkers).await;
     let workers = match listed {
-        Ok(Message::WorkerList(list)) => list.workers,
-        other => {
-            tracing::warn!(partition = %key, reply = ?other.map(|m| m.message_type()),
+        Ok(list) => list.workers,
+        Err(e) => {
+            tracing::warn!(partition = %key, error = %e,
                 "cannot list workers to move forward pointers");
             return;
         }
     };
-    let wire_key = pb::PartitionKey::from(key);
-    for worker in workers {
-        if worker.worker_id == shared.worker_id || worker.worker_id == adopter.worker_id {
+    for worker in workers.into_iter().map(|w| w.worker) {
+        if worker.id == *this_worker || worker.id == adopter.id {
             continue;
         }
         let moved = async {
-            let to = shared.peer_options(ServerIdentity::Worker(worker.worker_id.clone()));
-            let client = Client::connect(&worker.data_address, &to).await?;
+            let to = shared.peer_options(ServerIdentity::Worker(worker.id.to_string()));
+            let client = Client::connect(&worker.address, &to).await?;
             let reply = client
-                .request(|request_id| {
-                    Message::MoveForward(pb::MoveForward {
-                        request_id,
-                        key: Some(wire_key.clone()),
-                        from_worker_id: shared.worker_id.clone(),
-                        to_worker_id: adopter.worker_id.clone(),
-                        to_address: adopter.address.clone(),
-                    })
+                .call(MoveForward {
+                    key: key.clone(),
+                    from: this_worker.clone(),
+                    to: adopter.clone(),
                 })
                 .await;
             client.close();
-            reply.map(|_| ())
+            reply.map(drop)
         }
         .await;
         if let Err(e) = moved {
-            tracing::warn!(partition = %key, worker = %worker.data_address, error = %e,
+            tracing::warn!(partition = %key, worker = %worker.address, error = %e,
                 "could not ask a worker to move its forward pointer");
         }
     }
@@ -286,23 +270,18 @@ async fn move_forward_pointers(shared: &Arc<Shared>, key: &PartitionKey, adopter
 
 /// Waits (up to [`LOCATE_WAIT`]) until every master that answers locates
 /// `key` on the adopter, so no consumer is told it is nowhere.
-async fn wait_until_located(shared: &Arc<Shared>, key: &PartitionKey, adopter: &Forward) {
+async fn wait_until_located(shared: &Arc<Shared>, key: &PartitionKey, adopter: &WorkerAt) {
     let options = shared.peer_options(ServerIdentity::Master);
-    let wire_key = pb::PartitionKey::from(key);
+    let locate = LocatePartition { key: key.clone() };
     let until = clock::now() + LOCATE_WAIT;
     let mut waiting: Vec<&String> = shared.config.master_addresses.iter().collect();
     while !waiting.is_empty() && clock::now() < until {
         let mut still = Vec::new();
         for master in waiting {
-            let reply = Client::ask_first(std::slice::from_ref(master), &options, |request_id| {
-                Message::LocatePartition(pb::LocatePartition {
-                    request_id,
-                    key: Some(wire_key.clone()),
-                })
-            })
-            .await;
+            let reply =
+                Client::ask_first(std::slice::from_ref(master), &options, locate.clone()).await;
             match reply {
-                Ok(Message::PartitionLocated(at)) if at.worker_id == adopter.worker_id => {}
+                Ok(located) if located.worker.as_ref().map(|w| &w.id) == Some(&adopter.id) => {}
                 // A master that is down learns it from the heartbeats when back.
                 Err(_) => {}
                 Ok(_) => still.push(master),

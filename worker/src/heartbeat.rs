@@ -16,10 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use terrace_proto::{Message, pb};
 use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, ServerIdentity};
-use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult};
+use terrace_tier_api::protocol::{
+    DirStats, HeartbeatReply, ObjectStoreStats, RegisterWorker, Request, TierStats, Wire,
+    WorkerHeartbeat, WorkerLoad,
+};
+use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult, WorkerId};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +30,7 @@ use crate::context::{DropReason, Shared};
 use crate::store::Store;
 
 /// The load a worker reports.
-pub(crate) fn load(shared: &Shared) -> pb::WorkerLoad {
+pub(crate) fn load(shared: &Shared) -> WorkerLoad {
     let store = &shared.store;
     let partitions = store.partitions();
     let sealed = partitions.iter().filter(|p| p.is_sealed()).count() as u32;
@@ -45,7 +48,7 @@ pub(crate) fn load(shared: &Shared) -> pb::WorkerLoad {
         .lock()
         .expect("rates lock poisoned")
         .sample(&store.counters, clock::now());
-    pb::WorkerLoad {
+    WorkerLoad {
         stored_bytes: bytes.memory + bytes.local + bytes.object,
         memory_used_bytes: store.budget().used(),
         open_partitions: partitions.len() as u32 - sealed,
@@ -62,9 +65,9 @@ pub(crate) fn load(shared: &Shared) -> pb::WorkerLoad {
     }
 }
 
-fn tier_stats(store: &Store, bytes: crate::store::TierBytes) -> pb::TierStats {
+fn tier_stats(store: &Store, bytes: crate::store::TierBytes) -> TierStats {
     let tiers = store.tiers();
-    pb::TierStats {
+    TierStats {
         memory_bytes: bytes.memory,
         local_bytes: bytes.local,
         object_bytes: bytes.object,
@@ -72,7 +75,7 @@ fn tier_stats(store: &Store, bytes: crate::store::TierBytes) -> pb::TierStats {
             .dirs
             .status()
             .into_iter()
-            .map(|d| pb::DirStats {
+            .map(|d| DirStats {
                 path: d.path,
                 used_bytes: d.used_bytes,
                 capacity_bytes: d.capacity_bytes,
@@ -83,7 +86,7 @@ fn tier_stats(store: &Store, bytes: crate::store::TierBytes) -> pb::TierStats {
             .collect(),
         object_store: tiers.object.as_ref().map(|o| {
             let c = &o.counters;
-            Box::new(pb::ObjectStoreStats {
+            ObjectStoreStats {
                 url: o.url().to_string(),
                 bytes: c.bytes.load(Ordering::Relaxed),
                 objects: c.objects.load(Ordering::Relaxed),
@@ -94,7 +97,7 @@ fn tier_stats(store: &Store, bytes: crate::store::TierBytes) -> pb::TierStats {
                 failures: c.failures.load(Ordering::Relaxed),
                 available: o.is_available(),
                 last_error: o.last_error().unwrap_or_default(),
-            })
+            }
         }),
     }
 }
@@ -277,13 +280,13 @@ async fn heartbeat_loop(shared: Arc<Shared>, master: String) {
 
 /// Sends one request to a master under `deadline`; a late answer closes
 /// the connection (the next session opens a fresh one).
-async fn request_within(
+async fn request_within<R: Request>(
     client: &Client,
     deadline: Duration,
-    build: impl FnOnce(u64) -> Message,
-) -> TierResult<Message> {
-    match clock::timeout(deadline, client.request(build)).await {
-        Ok(reply) => reply.map(|(message, _)| message),
+    request: R,
+) -> TierResult<R::Reply> {
+    match clock::timeout(deadline, client.call(request)).await {
+        Ok(reply) => reply,
         Err(_) => {
             client.close();
             Err(TierError::unavailable(format!(
@@ -316,16 +319,12 @@ async fn session(
             )));
         }
     };
-    let worker_id = shared.worker_id.clone();
-    let address = shared.address.clone();
-    request_within(&client, deadline, |request_id| {
-        Message::RegisterWorker(pb::RegisterWorker {
-            request_id,
-            worker_id,
-            data_address: address,
-        })
-    })
-    .await?;
+    let worker = WorkerId::new(shared.worker_id.clone())?;
+    let register = RegisterWorker {
+        worker: worker.clone(),
+        data_address: shared.address.clone(),
+    };
+    request_within(&client, deadline, register).await?;
     tracing::info!(%master, worker = %shared.worker_id, "registered with master");
     // Released jobs already queued for dropping here: a master lists a
     // released job in every reply for minutes. Only jobs the last reply
@@ -335,19 +334,15 @@ async fn session(
     let mut relocated_pager: Pager<PartitionKey> = Pager::default();
     loop {
         let deadline = heartbeat_deadline(interval, *worker_timeout);
-        let worker_id = shared.worker_id.clone();
-        let address = shared.address.clone();
-        let load = load(shared);
-        // What the lists may take: the load and ids come first.
-        let fixed = Message::WorkerHeartbeat(pb::WorkerHeartbeat {
-            request_id: u64::MAX,
-            worker_id: worker_id.clone(),
-            data_address: address.clone(),
-            load: Some(load.clone()),
+        let mut heartbeat = WorkerHeartbeat {
+            worker: worker.clone(),
+            data_address: shared.address.clone(),
+            load: load(shared),
             jobs: Vec::new(),
             relocated: Vec::new(),
-        })
-        .header_len();
+        };
+        // What the lists may take: the load and ids come first.
+        let fixed = heartbeat.header_len();
         let lists = HEARTBEAT_BYTES
             .saturating_sub(fixed)
             .min(HEARTBEAT_LIST_BYTES);
@@ -355,37 +350,20 @@ async fn session(
         let jobs = jobs_pager.page(&held, MAX_HEARTBEAT_JOBS, lists * 2 / 3, |job| {
             wire_len(job.as_bytes())
         });
-        let relocated: Vec<pb::PartitionKey> = relocated_pager
-            .page(
-                &relocated_held(shared),
-                MAX_HEARTBEAT_JOBS,
-                lists / 3,
-                key_wire_len,
-            )
-            .iter()
-            .map(pb::PartitionKey::from)
-            .collect();
-        let reply = request_within(&client, deadline, |request_id| {
-            Message::WorkerHeartbeat(pb::WorkerHeartbeat {
-                request_id,
-                worker_id,
-                data_address: address,
-                load: Some(load),
-                jobs: jobs.iter().map(|j| j.as_bytes().clone()).collect(),
-                relocated,
-            })
-        })
-        .await?;
-        if let Message::HeartbeatReply(reply) = reply {
-            if reply.worker_timeout_ms > 0 {
-                *worker_timeout = Some(Duration::from_millis(reply.worker_timeout_ms));
+        heartbeat.relocated = relocated_pager.page(
+            &relocated_held(shared),
+            MAX_HEARTBEAT_JOBS,
+            lists / 3,
+            key_wire_len,
+        );
+        heartbeat.jobs = jobs.clone();
+        let reply = request_within(&client, deadline, heartbeat).await?;
+        {
+            if let Some(timeout) = reply.worker_timeout {
+                *worker_timeout = Some(timeout);
             }
             drop_jobs_no_master_knows(shared, &jobs, &reply);
-            let listed: HashSet<JobId> = reply
-                .released_jobs
-                .into_iter()
-                .filter_map(|job| JobId::new(job).ok())
-                .collect();
+            let listed: HashSet<JobId> = reply.released_jobs.into_iter().collect();
             dropped.retain(|job| listed.contains(job));
             // A partition of a dropped job created since (a create that
             // raced the release) makes the job worth dropping again.
@@ -427,12 +405,12 @@ fn held_jobs(store: &Store) -> BTreeSet<JobId> {
 /// died while no master was left that knew them (a restarted worker's
 /// partitions of a finished job, a job whose masters all restarted and whose
 /// agent is gone). A job stays as long as any master knows it.
-fn drop_jobs_no_master_knows(shared: &Shared, asked: &[JobId], reply: &pb::HeartbeatReply) {
-    let lease = Duration::from_millis(reply.job_lease_ms);
-    if lease.is_zero() {
+fn drop_jobs_no_master_knows(shared: &Shared, asked: &[JobId], reply: &HeartbeatReply) {
+    let Some(lease) = reply.job_lease else {
         return;
-    }
-    let unknown: HashSet<&[u8]> = reply.unknown_jobs.iter().map(|j| j.as_ref()).collect();
+    };
+    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+    let unknown: HashSet<&JobId> = reply.unknown_jobs.iter().collect();
     let now = clock::now();
     let mut expired = Vec::new();
     {
@@ -440,7 +418,7 @@ fn drop_jobs_no_master_knows(shared: &Shared, asked: &[JobId], reply: &pb::Heart
         let held = held_jobs(&shared.store);
         seen.retain(|job, _| held.contains(job));
         for job in asked {
-            if !unknown.contains(job.as_bytes().as_ref()) {
+            if !unknown.contains(job) {
                 seen.insert(job.clone(), now);
                 continue;
             }
@@ -452,9 +430,7 @@ fn drop_jobs_no_master_knows(shared: &Shared, asked: &[JobId], reply: &pb::Heart
     }
     for job in expired {
         // Refused when the queue is full: the job is asked about again.
-        let _ = shared
-            .drops
-            .offer(job, DropReason::Unknown(reply.job_lease_ms));
+        let _ = shared.drops.offer(job, DropReason::Unknown(lease_ms));
     }
 }
 
@@ -553,18 +529,17 @@ mod tests {
             key_wire_len,
         );
         assert_eq!((page.len(), relocated.len()), (126, 31));
-        let message = Message::WorkerHeartbeat(pb::WorkerHeartbeat {
-            request_id: u64::MAX,
-            worker_id: "w".repeat(256),
+        let heartbeat = WorkerHeartbeat {
+            worker: WorkerId::new("w".repeat(256)).expect("worker id"),
             data_address: "a".repeat(256),
-            load: Some(pb::WorkerLoad::default()),
-            jobs: page.iter().map(|j| j.as_bytes().clone()).collect(),
-            relocated: relocated.iter().map(pb::PartitionKey::from).collect(),
-        });
+            load: WorkerLoad::default(),
+            jobs: page,
+            relocated,
+        };
         assert!(
-            message.header_len() <= HEARTBEAT_LIST_BYTES + 1024,
+            heartbeat.header_len() <= HEARTBEAT_LIST_BYTES + 1024,
             "{} bytes",
-            message.header_len()
+            heartbeat.header_len()
         );
     }
 

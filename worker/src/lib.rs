@@ -20,6 +20,6 @@ pub use config::{ObjectStoreConfig, WorkerConfig, WorkerLimits};
 pub use server::{WorkerHandle, run, start, start_with_hooks};
 pub use store::{
     Charge, FaultyFiles, FaultyStore, FileLayer, Forward, MARKER, MemoryBudget, MetadataBudget,
-    ObjectTier, Partition, ReadStep, RealFiles, Reservation, Store, StoreError, StoreHooks, TierBytes, Tiers,
-    build_store, cost,
+    ObjectStoreState, ObjectTier, Partition, ReadStep, RealFiles, Reservation, Store, StoreError,
+    StoreHooks, TierBytes, Tiers, build_store, cost,
 };

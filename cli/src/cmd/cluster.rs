@@ -154,19 +154,12 @@ impl Cluster {
 
 /// How many workers the master lists.
 async fn registered_workers(master: &str) -> anyhow::Result<usize> {
-    use terrace_proto::{Message, pb};
     let client = terrace_rpc::Client::connect(master, &terrace_rpc::ClientOptions::default())
         .await
         .context("connect to the master")?;
-    let (reply, _) = client
-        .request(|request_id| Message::ListWorkers(pb::ListWorkers { request_id }))
+    let list = client
+        .call(terrace_tier_api::protocol::ListWorkers)
         .await
         .context("list workers")?;
-    match reply {
-        Message::WorkerList(list) => Ok(list.workers.len()),
-        other => anyhow::bail!(
-            "master answered ListWorkers with {:?}",
-            other.message_type()
-        ),
-    }
+    Ok(list.workers.len())
 }

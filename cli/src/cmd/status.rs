@@ -2,9 +2,11 @@
 //! with where its bytes are (memory, local data directories, object store).
 
 use anyhow::Context;
-use terrace_proto::{Message, pb};
 use terrace_rpc::{
     Client, ClientOptions, ExpectedServer, Security, SecurityConfig, ServerIdentity,
+};
+use terrace_tier_api::protocol::{
+    ListWorkers, TierStats, WorkerLoad, WorkerStats, WorkerStatsReply,
 };
 
 #[derive(Debug, clap::Args)]
@@ -64,7 +66,7 @@ struct LoadStatus {
 }
 
 impl LoadStatus {
-    fn from_pb(l: &pb::WorkerLoad) -> Self {
+    fn from_load(l: &WorkerLoad) -> Self {
         LoadStatus {
             state: if l.decommissioning {
                 "decommissioning"
@@ -125,8 +127,7 @@ struct ObjectStoreStatus {
 }
 
 impl TierStatus {
-    /// Takes `&` so that a boxed (`Box<pb::TierStats>`) or plain field both do.
-    fn from_pb(t: &pb::TierStats) -> Self {
+    fn from_stats(t: &TierStats) -> Self {
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
         TierStatus {
             memory_bytes: t.memory_bytes,
@@ -328,30 +329,18 @@ async fn collect(
     let client = Client::connect(master, &to_master)
         .await
         .with_context(|| format!("connect to master {master}"))?;
-    let (reply, _) = client
-        .request(|request_id| Message::ListWorkers(pb::ListWorkers { request_id }))
-        .await
-        .context("list workers")?;
-    let Message::WorkerList(list) = reply else {
-        anyhow::bail!(
-            "master answered ListWorkers with {:?}",
-            reply.message_type()
-        );
-    };
-    let jobs = list
-        .jobs
-        .iter()
-        .map(|j| j.iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
+    let list = client.call(ListWorkers).await.context("list workers")?;
+    let jobs = list.jobs.iter().map(|j| j.to_hex()).collect();
     let mut out = Vec::new();
     for info in list.workers {
-        let mut load = info.load.unwrap_or_default();
+        let mut load = info.load;
         let master_tiers = load.tiers.take();
-        let master_load = LoadStatus::from_pb(&load);
+        let master_load = LoadStatus::from_load(&load);
         let mut status = WorkerStatus {
-            worker_id: info.worker_id,
-            address: info.data_address.clone(),
-            millis_since_heartbeat: info.millis_since_heartbeat,
+            worker_id: info.worker.id.to_string(),
+            address: info.worker.address.clone(),
+            millis_since_heartbeat: u64::try_from(info.since_heartbeat.as_millis())
+                .unwrap_or(u64::MAX),
             stored_bytes: load.stored_bytes,
             memory_used_bytes: load.memory_used_bytes,
             memory_budget_bytes: 0,
@@ -372,25 +361,24 @@ async fn collect(
             .expecting(ExpectedServer::Is(ServerIdentity::Worker(
                 status.worker_id.clone(),
             )));
-        match worker_stats(&info.data_address, &to_worker).await {
+        match worker_stats(&info.worker.address, &to_worker).await {
             Ok(stats) => {
                 status.memory_budget_bytes = stats.memory_budget_bytes;
                 status.memory_peak_bytes = stats.memory_peak_bytes;
                 status.bytes_pushed = stats.bytes_pushed;
                 status.bytes_read = stats.bytes_read;
-                if let Some(load) = stats.load {
-                    status.load = LoadStatus::from_pb(&load);
-                    status.stored_bytes = load.stored_bytes;
-                    status.memory_used_bytes = load.memory_used_bytes;
-                    status.sealed_partitions = load.sealed_partitions;
-                    tiers = load.tiers.map(|t| (t, "worker"));
-                }
+                let load = stats.load;
+                status.load = LoadStatus::from_load(&load);
+                status.stored_bytes = load.stored_bytes;
+                status.memory_used_bytes = load.memory_used_bytes;
+                status.sealed_partitions = load.sealed_partitions;
+                tiers = load.tiers.map(|t| (t, "worker"));
                 status.partitions = stats.partitions;
             }
             Err(e) => status.error = Some(format!("{e:#}")),
         }
         if let Some((t, from)) = tiers.or_else(|| master_tiers.map(|t| (t, "master"))) {
-            status.tiers = Some(TierStatus::from_pb(&t));
+            status.tiers = Some(TierStatus::from_stats(&t));
             status.tiers_from = Some(from);
         }
         out.push(status);
@@ -422,28 +410,23 @@ pub fn client_options(
 pub async fn worker_stats(
     address: &str,
     options: &ClientOptions,
-) -> anyhow::Result<pb::WorkerStatsReply> {
+) -> anyhow::Result<WorkerStatsReply> {
     let client = Client::connect(address, options)
         .await
         .with_context(|| format!("connect to worker {address}"))?;
-    let (reply, _) = client
-        .request(|request_id| Message::WorkerStats(pb::WorkerStats { request_id }))
+    let stats = client
+        .call(WorkerStats)
         .await
         .context("ask worker for stats")?;
-    match reply {
-        Message::WorkerStatsReply(stats) => Ok(stats),
-        other => anyhow::bail!(
-            "worker answered WorkerStats with {:?}",
-            other.message_type()
-        ),
-    }
+    Ok(stats)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use terrace_tier_api::protocol::{DirStats, ObjectStoreStats};
 
-    fn worker(tiers: Option<pb::TierStats>, from: &'static str) -> WorkerStatus {
+    fn worker(tiers: Option<TierStats>, from: &'static str) -> WorkerStatus {
         WorkerStatus {
             worker_id: "w".into(),
             address: "127.0.0.1:1".into(),
@@ -456,7 +439,7 @@ mod tests {
             sealed_partitions: 0,
             bytes_pushed: 0,
             bytes_read: 0,
-            load: LoadStatus::from_pb(&pb::WorkerLoad {
+            load: LoadStatus::from_load(&WorkerLoad {
                 memory_used_bytes: 1 << 30,
                 memory_budget_bytes: 4 << 30,
                 local_free_bytes: 5 << 30,
@@ -468,19 +451,19 @@ mod tests {
                 ..Default::default()
             }),
             error: None,
-            tiers: tiers.as_ref().map(TierStatus::from_pb),
+            tiers: tiers.as_ref().map(TierStatus::from_stats),
             tiers_from: Some(from),
         }
     }
 
     #[test]
     fn lines_name_unhealthy_dirs_and_an_unavailable_store() {
-        let stats = pb::TierStats {
+        let stats = TierStats {
             memory_bytes: 1,
             local_bytes: 2 << 20,
             object_bytes: 3 << 30,
             dirs: vec![
-                pb::DirStats {
+                DirStats {
                     path: "/a".into(),
                     used_bytes: 2 << 20,
                     capacity_bytes: 1 << 30,
@@ -488,7 +471,7 @@ mod tests {
                     error: String::new(),
                     write_failures: 0,
                 },
-                pb::DirStats {
+                DirStats {
                     path: "/b".into(),
                     used_bytes: 0,
                     capacity_bytes: 1 << 30,
@@ -497,19 +480,15 @@ mod tests {
                     write_failures: 3,
                 },
             ],
-            // `into`: the field may be boxed.
-            object_store: Some(
-                pb::ObjectStoreStats {
-                    url: "s3://bucket/prefix".into(),
-                    bytes: 3 << 30,
-                    objects: 7,
-                    available: false,
-                    last_error: "timed out".into(),
-                    failures: 2,
-                    ..Default::default()
-                }
-                .into(),
-            ),
+            object_store: Some(ObjectStoreStats {
+                url: "s3://bucket/prefix".into(),
+                bytes: 3 << 30,
+                objects: 7,
+                available: false,
+                last_error: "timed out".into(),
+                failures: 2,
+                ..Default::default()
+            }),
         };
         let w = worker(Some(stats), "master");
         let lines = tier_lines(&w);

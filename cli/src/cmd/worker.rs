@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use terrace_proto::{Message, pb};
 use terrace_rpc::Client;
 use terrace_rpc::clock;
 use terrace_tier_api::ByteSize;
+use terrace_tier_api::protocol::Decommission;
 use terrace_worker::WorkerConfig;
 
 use crate::config::Override;
@@ -219,15 +219,10 @@ fn decommission(args: DecommissionArgs) -> anyhow::Result<()> {
         let client = Client::connect(&args.worker, &options)
             .await
             .with_context(|| format!("connect to worker {}", args.worker))?;
-        let (reply, _) = client
-            .request(|request_id| Message::Decommission(pb::Decommission { request_id }))
+        client
+            .call(Decommission)
             .await
             .context("ask the worker to decommission")?;
-        anyhow::ensure!(
-            matches!(reply, Message::Ack(_)),
-            "worker answered Decommission with {:?}",
-            reply.message_type()
-        );
         println!("worker {} is decommissioning", args.worker);
         drop(client);
         if !args.wait {
@@ -238,7 +233,7 @@ fn decommission(args: DecommissionArgs) -> anyhow::Result<()> {
         loop {
             match crate::cmd::status::worker_stats(&args.worker, &options).await {
                 Ok(stats) => {
-                    let load = stats.load.unwrap_or_default();
+                    let load = stats.load;
                     let now = (stats.partitions, load.stored_bytes);
                     if last != Some(now) {
                         println!(

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use terrace_proto::{Message, pb};
 use terrace_rpc::Client;
 use terrace_tier_api::protocol::{Ack, ReleasePartition};
 use terrace_tier_api::{ErrorKind, PartitionKey, TierResult};
@@ -36,14 +35,8 @@ pub(crate) async fn apply(request: ReleasePartition, conn: &Connection) -> TierR
 async fn release_next_part(shared: &Shared, key: &PartitionKey, next: &Forward) -> TierResult<()> {
     let options = shared.job_peer_options(&key.job, &next.worker_id);
     let client = Client::connect(&next.address, &options).await?;
-    let wire_key = pb::PartitionKey::from(key);
     let reply = client
-        .request(|request_id| {
-            Message::ReleasePartition(pb::ReleasePartition {
-                request_id,
-                key: Some(wire_key),
-            })
-        })
+        .call(terrace_tier_api::protocol::ReleasePartition { key: key.clone() })
         .await;
     client.close();
     match reply {

@@ -13,7 +13,7 @@ pub(crate) fn apply(_: WorkerStats, request_id: u64, conn: &Connection) -> Messa
     let store = &conn.shared.store;
     Message::WorkerStatsReply(pb::WorkerStatsReply {
         request_id,
-        load: Some(crate::heartbeat::load(&conn.shared)),
+        load: Some(crate::heartbeat::load(&conn.shared).into()),
         bytes_pushed: store.counters.bytes_pushed.load(Ordering::Relaxed),
         bytes_read: store.counters.bytes_read.load(Ordering::Relaxed),
         memory_budget_bytes: store.budget().total(),
