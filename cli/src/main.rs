@@ -42,7 +42,44 @@ enum Command {
     BenchPipe(cmd::bench_process::PipeArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A fatal error as anyhow prints it ("Error: ..." then "Caused by:"), except
+/// that a cause whose text the link above it already shows is left out: a
+/// `TierError` names its cause in its own text and also keeps it as its
+/// `source`, so anyhow's own report would print that cause twice.
+fn report(error: &anyhow::Error) -> String {
+    let mut links: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if links.last().is_some_and(|above| above.contains(&text)) {
+            continue;
+        }
+        links.push(text);
+    }
+    let mut out = format!("Error: {}", links[0]);
+    match &links[1..] {
+        [] => {}
+        [one] => out.push_str(&format!("\n\nCaused by:\n    {one}")),
+        many => {
+            out.push_str("\n\nCaused by:");
+            for (i, cause) in many.iter().enumerate() {
+                out.push_str(&format!("\n    {i}: {cause}"));
+            }
+        }
+    }
+    out
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
@@ -66,7 +103,32 @@ mod tests {
     use clap::Parser;
     use terrace_tier_api::ByteSize;
 
-    use super::{Cli, Command};
+    use super::{Cli, Command, report};
+
+    /// The report is what a user reads, so its text is the point: a
+    /// `TierError` that names its cause is not followed by that cause again.
+    #[test]
+    fn a_fatal_error_names_its_cause_once() {
+        use anyhow::Context as _;
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let failed: anyhow::Result<()> = Err(terrace_tier_api::TierError::with_source(
+            terrace_tier_api::ErrorKind::BadInput,
+            "create data directory /x",
+            io,
+        ))
+        .context("run worker");
+        assert_eq!(
+            report(&failed.expect_err("failed")),
+            "Error: run worker\n\nCaused by:\n    BadInput: create data directory /x: entity not found"
+        );
+        let plain = anyhow::anyhow!(std::io::Error::from(std::io::ErrorKind::NotFound))
+            .context("read config file /c")
+            .context("load config");
+        assert_eq!(
+            report(&plain),
+            "Error: load config\n\nCaused by:\n    0: read config file /c\n    1: entity not found"
+        );
+    }
 
     fn worker(argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<terrace_worker::WorkerConfig> {
         let cli = Cli::try_parse_from(["terrace", "worker"].iter().chain(argv))?;

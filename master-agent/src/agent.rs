@@ -161,8 +161,8 @@ impl Shared {
             });
         }
         while let Some(joined) = drops.join_next().await {
-            let (worker, job, result) =
-                joined.map_err(|e| TierError::internal(format!("drop job task: {e}")))?;
+            let (worker, job, result) = joined
+                .map_err(|e| TierError::with_source(ErrorKind::Internal, "drop job task", e))?;
             match result {
                 Ok(_) => {
                     tracing::debug!(job = %job, worker = %worker.id, "job dropped on worker")
@@ -249,7 +249,11 @@ impl Shared {
             tokio::task::spawn_blocking(move || handler.on_release_partitions(partitions))
                 .await
                 .map_err(|e| {
-                    TierError::internal(format!("on_release_partitions callback failed: {e}"))
+                    TierError::with_source(
+                        ErrorKind::Internal,
+                        "on_release_partitions callback failed",
+                        e,
+                    )
                 })?;
         }
         Ok(())

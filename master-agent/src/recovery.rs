@@ -11,7 +11,9 @@ use std::time::Duration;
 use terrace_rpc::Peer;
 use terrace_rpc::clock;
 use terrace_tier_api::protocol::{PartitionMetrics, WorkerAt};
-use terrace_tier_api::{JobId, PartitionId, PartitionKey, TierError, TierResult, WorkerId};
+use terrace_tier_api::{
+    ErrorKind, JobId, PartitionId, PartitionKey, TierError, TierResult, WorkerId,
+};
 
 use crate::agent::{MasterAgent, Shared};
 
@@ -120,8 +122,8 @@ impl MasterAgent {
                 let Some(joined) = queries.join_next().await else {
                     break;
                 };
-                let (key, metrics) =
-                    joined.map_err(|e| TierError::internal(format!("metrics task: {e}")))?;
+                let (key, metrics) = joined
+                    .map_err(|e| TierError::with_source(ErrorKind::Internal, "metrics task", e))?;
                 match metrics {
                     Ok(Ok(Some(bytes))) => {
                         out.insert(key.partition, bytes);

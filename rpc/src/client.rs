@@ -12,7 +12,9 @@ use terrace_proto::{FrameReader, Message, PROTOCOL_VERSION, pb};
 use terrace_tier_api::protocol::{
     Request, StreamControl, StreamFrame, StreamId, Wire, WorkerUnreachable,
 };
-use terrace_tier_api::{AgentConfig, JobId, ShuffleDescriptor, TierError, TierResult, WorkerId};
+use terrace_tier_api::{
+    AgentConfig, ErrorKind, JobId, ShuffleDescriptor, TierError, TierResult, WorkerId,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -208,10 +210,16 @@ impl Client {
                     options.connect_timeout
                 ))
             })?
-            .map_err(|e| TierError::unavailable(format!("connect to {addr}: {e}")))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| TierError::unavailable(format!("set TCP_NODELAY on {addr}: {e}")))?;
+            .map_err(|e| {
+                TierError::with_source(ErrorKind::Unavailable, format!("connect to {addr}"), e)
+            })?;
+        stream.set_nodelay(true).map_err(|e| {
+            TierError::with_source(
+                ErrorKind::Unavailable,
+                format!("set TCP_NODELAY on {addr}"),
+                e,
+            )
+        })?;
         let cancel = CancellationToken::new();
         let (read, sender, channel) = match &options.tls {
             None => {
@@ -599,7 +607,13 @@ async fn read_loop(
             Ok(None) => {
                 break TierError::unavailable(format!("{} closed the connection", inner.peer));
             }
-            Err(e) => break TierError::unavailable(format!("reading from {}: {e}", inner.peer)),
+            Err(e) => {
+                break TierError::with_source(
+                    ErrorKind::Unavailable,
+                    format!("reading from {}", inner.peer),
+                    e,
+                );
+            }
         };
         let mut routes = inner.routes.lock().expect("routes lock poisoned");
         if let Some(stream_id) = StreamFrame::stream_id_of(&message) {

@@ -37,7 +37,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use terrace_proto::pb;
 use terrace_tier_api::protocol::Access;
-use terrace_tier_api::{MAX_ID_BYTES, TierError};
+use terrace_tier_api::{ErrorKind, MAX_ID_BYTES, TierError};
 
 use crate::error::{AuthError, SecurityError};
 
@@ -326,7 +326,9 @@ pub(crate) fn tls_channel_binding<D>(
     connection
         .export_keying_material([0u8; AUTH_BYTES], TLS_EXPORTER_LABEL, None)
         .map(|value| value.to_vec())
-        .map_err(|e| TierError::internal(format!("TLS keying material export failed: {e}")))
+        .map_err(|e| {
+            TierError::with_source(ErrorKind::Internal, "TLS keying material export failed", e)
+        })
 }
 
 /// What a connection proved, and so what it may do.
@@ -723,7 +725,11 @@ impl TlsClient {
             None => addr,
         };
         ServerName::try_from(host.to_string()).map_err(|e| {
-            TierError::bad_input(format!("TLS: {host:?} is not a valid server name: {e}"))
+            TierError::with_source(
+                ErrorKind::BadInput,
+                format!("TLS: {host:?} is not a valid server name"),
+                e,
+            )
         })
     }
 }

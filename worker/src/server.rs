@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use terrace_proto::pb;
 use terrace_rpc::{Accepted, Meter, Security, ServerIdentity, ServerSpec};
-use terrace_tier_api::{TierError, TierResult, error_text};
+use terrace_tier_api::{ErrorKind, TierError, TierResult, error_text};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ impl WorkerHandle {
         self.shutdown.cancel();
         self.task
             .await
-            .map_err(|e| TierError::internal(format!("worker task failed: {e}")))?
+            .map_err(|e| TierError::with_source(ErrorKind::Internal, "worker task failed", e))?
     }
 }
 
@@ -45,9 +45,9 @@ pub async fn start(config: WorkerConfig) -> TierResult<WorkerHandle> {
 
 /// [`start`] with test seams: a file layer and an object store that inject faults.
 pub async fn start_with_hooks(config: WorkerConfig, hooks: StoreHooks) -> TierResult<WorkerHandle> {
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| TierError::unavailable(format!("bind {}: {e}", config.listen)))?;
+    let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
+        TierError::with_source(ErrorKind::Unavailable, format!("bind {}", config.listen), e)
+    })?;
     let shutdown = CancellationToken::new();
     let (shared, address) = prepare(config, &listener, hooks, shutdown.clone())?;
     let store = Arc::clone(&shared.store);
@@ -81,7 +81,7 @@ fn prepare(
     config.validate()?;
     let local = listener
         .local_addr()
-        .map_err(|e| TierError::internal(format!("listener address: {e}")))?;
+        .map_err(|e| TierError::with_source(ErrorKind::Internal, "listener address", e))?;
     let address = config
         .advertise_address
         .clone()

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use terrace_rpc::clock;
-use terrace_tier_api::{TierError, TierResult};
+use terrace_tier_api::{ErrorKind, TierError, TierResult};
 
 /// Name of the marker file in every data directory.
 pub const MARKER: &str = ".terrace-data-dir";
@@ -184,7 +184,11 @@ impl LocalDirs {
             .iter()
             .map(|p| {
                 std::path::absolute(p).map_err(|e| {
-                    TierError::bad_input(format!("data directory {}: {e}", p.display()))
+                    TierError::with_source(
+                        ErrorKind::BadInput,
+                        format!("data directory {}", p.display()),
+                        e,
+                    )
                 })
             })
             .collect::<TierResult<_>>()?;
@@ -201,10 +205,11 @@ impl LocalDirs {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => {
-                    return Err(TierError::bad_input(format!(
-                        "inspect data directory {}: {e}",
-                        path.display()
-                    )));
+                    return Err(TierError::with_source(
+                        ErrorKind::BadInput,
+                        format!("inspect data directory {}", path.display()),
+                        e,
+                    ));
                 }
             };
             markers.push(marker);
@@ -254,7 +259,11 @@ impl LocalDirs {
             let missing = is_lost(path);
             if !missing {
                 std::fs::create_dir_all(path).map_err(|e| {
-                    TierError::bad_input(format!("create data directory {}: {e}", path.display()))
+                    TierError::with_source(
+                        ErrorKind::BadInput,
+                        format!("create data directory {}", path.display()),
+                        e,
+                    )
                 })?;
                 let up_to_date = marker
                     .as_ref()
@@ -409,10 +418,11 @@ fn read_marker(dir: &Path) -> TierResult<Option<Marker>> {
             }))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TierError::bad_input(format!(
-            "read {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(TierError::with_source(
+            ErrorKind::BadInput,
+            format!("read {}", path.display()),
+            e,
+        )),
     }
 }
 
@@ -431,7 +441,9 @@ fn write_marker(dir: &Path, store_id: &str, dirs: &[PathBuf]) -> TierResult<()> 
     let tmp = dir.join(format!("{MARKER}.tmp"));
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| TierError::bad_input(format!("write {}: {e}", path.display())))
+        .map_err(|e| {
+            TierError::with_source(ErrorKind::BadInput, format!("write {}", path.display()), e)
+        })
 }
 
 /// 64 random bits from the OS-seeded hasher keys, as 16 hex digits.

@@ -45,6 +45,29 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// A local file operation failed because the process has no file
+    /// descriptor left: not the disk's fault, so its directory stays healthy.
+    #[error(
+        "{op} {}: out of file descriptors (raise the open-file limit, or lower limits.max_open_data_files)",
+        path.display()
+    )]
+    OutOfDescriptors {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The worker's metadata memory (`limits.metadata_memory`) cannot take
+    /// `bytes` more for `what`.
+    #[error(
+        "{what} needs {bytes} bytes of worker metadata memory; {used} of {limit} are in use (limits.metadata_memory)"
+    )]
+    MetadataMemory {
+        what: String,
+        bytes: u64,
+        used: u64,
+        limit: u64,
+    },
     /// An object store request failed for good (after its retries, or with
     /// an error retrying cannot fix).
     #[error("object store {url}: {op} {key}")]
@@ -90,7 +113,9 @@ impl StoreError {
             StoreError::Disk { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
                 ErrorKind::StorageFull
             }
-            StoreError::Disk { .. } => ErrorKind::Unavailable,
+            StoreError::Disk { .. }
+            | StoreError::OutOfDescriptors { .. }
+            | StoreError::MetadataMemory { .. } => ErrorKind::Unavailable,
             StoreError::ObjectStore {
                 source: object_store::Error::NotFound { .. },
                 ..

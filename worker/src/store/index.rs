@@ -38,6 +38,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use terrace_tier_api::{JobId, PartitionId, PartitionKey, TierError, TierResult};
 
+use super::StoreError;
+
 const MAGIC: &[u8; 4] = b"TRIX";
 const VERSION_1: u32 = 1;
 const VERSION_2: u32 = 2;
@@ -628,7 +630,11 @@ struct Reader<'a> {
 }
 
 fn damaged(what: &str) -> TierError {
-    TierError::corruption(format!("partition index: {what}"))
+    StoreError::Corrupt {
+        what: "partition index".to_string(),
+        detail: what.to_string(),
+    }
+    .into()
 }
 
 impl Reader<'_> {

@@ -13,7 +13,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use terrace_tier_api::{TierError, TierResult};
+use terrace_tier_api::TierResult;
+
+use super::error::StoreError;
 
 /// What each kind of state is charged (bytes, estimates with allocator and
 /// growth slack; see `store::index` for the structures).
@@ -100,10 +102,13 @@ impl MetadataBudget {
         loop {
             let next = used.saturating_add(bytes);
             if next > self.limit {
-                return Err(TierError::unavailable(format!(
-                    "{what} needs {bytes} bytes of worker metadata memory; {used} of {} are in use (limits.metadata_memory)",
-                    self.limit
-                )));
+                return Err(StoreError::MetadataMemory {
+                    what: what.to_string(),
+                    bytes,
+                    used,
+                    limit: self.limit,
+                }
+                .into());
             }
             match self
                 .used
@@ -169,10 +174,19 @@ mod tests {
         let e = budget.charge(401, "an index").expect_err("past the limit");
         assert_eq!(e.kind(), terrace_tier_api::ErrorKind::Unavailable);
         assert!(
-            e.message().contains("an index needs 401 bytes")
-                && e.message().contains("limits.metadata_memory"),
+            matches!(
+                std::error::Error::source(&e).and_then(|s| s.downcast_ref::<StoreError>()),
+                Some(StoreError::MetadataMemory {
+                    bytes: 401,
+                    used: 600,
+                    limit: 1000,
+                    ..
+                })
+            ),
             "{e}"
         );
+        // The message is the point here: it names the limit to raise.
+        assert!(e.message().contains("limits.metadata_memory"), "{e}");
         assert_eq!(budget.used(), 600, "a refused charge takes nothing");
         let mut b = budget.charge(400, "b").expect("exactly fits");
         assert_eq!(budget.used(), 1000);

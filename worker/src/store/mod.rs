@@ -707,8 +707,10 @@ impl Store {
             Ok::<_, std::io::Error>(())
         })
         .await
-        .map_err(|e| TierError::internal(format!("release task failed: {e}")))?
-        .map_err(|e| TierError::internal(format!("delete index of {key}: {e}")))?;
+        .map_err(|e| TierError::with_source(ErrorKind::Internal, "release task failed", e))?
+        .map_err(|e| {
+            TierError::with_source(ErrorKind::Internal, format!("delete index of {key}"), e)
+        })?;
         if let (Some(object), Some(prefix)) = (&self.tiers.object, object_prefix) {
             let _ = object
                 .counters
@@ -760,7 +762,7 @@ impl Store {
             }
         })
         .await
-        .map_err(|e| TierError::internal(format!("drop job task failed: {e}")))?;
+        .map_err(|e| TierError::with_source(ErrorKind::Internal, "drop job task failed", e))?;
         if let Some(object) = &self.tiers.object {
             self.deletions.enqueue(object.job_prefix(job));
         }
@@ -1269,9 +1271,13 @@ fn load_index(
     if names::job_name(&persisted.key.job) != job_name
         || names::partition_name(&persisted.key.partition) != partition_name
     {
-        return Err(LoadError::Invalid(TierError::corruption(
-            "index names another partition than its path",
-        )));
+        return Err(LoadError::Invalid(
+            StoreError::Corrupt {
+                what: format!("partition index {}", path.display()),
+                detail: "it names another partition than its path".to_string(),
+            }
+            .into(),
+        ));
     }
     Ok(persisted)
 }

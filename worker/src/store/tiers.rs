@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
-use terrace_tier_api::{TierError, TierResult};
+use terrace_tier_api::{ErrorKind, TierError, TierResult};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::StoreError;
 use super::dirs::LocalDirs;
 use super::files::FileLayer;
 use super::handles::{DataFile, FileCache};
@@ -135,10 +136,14 @@ impl Tiers {
                         let from = (offset - start) as usize;
                         let to = from + *len as usize;
                         if to > body.len() {
-                            return Err(TierError::corruption(format!(
-                                "object read returned {} bytes, expected at least {to}",
-                                body.len()
-                            )));
+                            return Err(StoreError::Corrupt {
+                                what: "object read".to_string(),
+                                detail: format!(
+                                    "returned {} bytes, expected at least {to}",
+                                    body.len()
+                                ),
+                            }
+                            .into());
                         }
                         fetched[i] = Some(body.slice(from..to));
                     }
@@ -148,11 +153,14 @@ impl Tiers {
         let mut chunks = if sources.iter().any(|s| matches!(s, Source::File { .. })) {
             tokio::task::spawn_blocking(move || read_chunks(&sources, fetched))
                 .await
-                .map_err(|e| TierError::internal(format!("read task failed: {e}")))?
-                .map_err(|e| TierError::internal(format!("read local data file: {e}")))?
+                .map_err(|e| TierError::with_source(ErrorKind::Internal, "read task failed", e))?
+                .map_err(|e| {
+                    TierError::with_source(ErrorKind::Internal, "read local data file", e)
+                })?
         } else {
-            read_chunks(&sources, fetched)
-                .map_err(|e| TierError::internal(format!("read the object store: {e}")))?
+            read_chunks(&sources, fetched).map_err(|e| {
+                TierError::with_source(ErrorKind::Internal, "read the object store", e)
+            })?
         };
         if let Some(last) = chunks.pop() {
             chunks.push(hold(last, permit));
@@ -188,10 +196,11 @@ impl Tiers {
             .pop()
             .unwrap_or_default();
         if body.len() as u64 != want {
-            return Err(TierError::corruption(format!(
-                "object {key} range {range:?} returned {} bytes",
-                body.len()
-            )));
+            return Err(StoreError::Corrupt {
+                what: format!("object {key} range {range:?}"),
+                detail: format!("returned {} bytes, expected {want}", body.len()),
+            }
+            .into());
         }
         Ok(hold(body, permit.0))
     }

@@ -155,10 +155,14 @@ impl Partition {
                 Err(e) if is_out_of_descriptors(&e) => {
                     // Not the disk's fault: the directory stays healthy.
                     tiers.dirs.get(dir).remove(total);
-                    return Err(Unstored::OutOfDescriptors(TierError::unavailable(format!(
-                        "write to {}: {e} (raise the open-file limit, or lower limits.max_open_data_files)",
-                        tiers.dirs.get(dir).path.display()
-                    ))));
+                    return Err(Unstored::OutOfDescriptors(
+                        StoreError::OutOfDescriptors {
+                            op: "write to",
+                            path: tiers.dirs.get(dir).path.clone(),
+                            source: e,
+                        }
+                        .into(),
+                    ));
                 }
                 Err(e) => {
                     tiers.dirs.get(dir).remove(total);

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use std::time::Instant;
 use terrace_rpc::clock;
-use terrace_tier_api::{TierError, TierResult};
+use terrace_tier_api::{ErrorKind, TierError, TierResult};
 
 use super::{Partition, Phase, delete_files};
 use crate::store::handles::DataFile;
@@ -113,9 +113,15 @@ impl Partition {
                 async move {
                     tokio::task::spawn_blocking(move || read_chunk(&chunk))
                         .await
-                        .map_err(|e| TierError::internal(format!("read task failed: {e}")))?
                         .map_err(|e| {
-                            TierError::internal(format!("read local data for {what}: {e}"))
+                            TierError::with_source(ErrorKind::Internal, "read task failed", e)
+                        })?
+                        .map_err(|e| {
+                            TierError::with_source(
+                                ErrorKind::Internal,
+                                format!("read local data for {what}"),
+                                e,
+                            )
                         })
                 }
             })

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use terrace_rpc::clock;
-use terrace_tier_api::{TierError, TierResult};
+use terrace_tier_api::{ErrorKind, TierError, TierResult};
 
 use super::flush::{Unstored, Writer};
 use super::migrate::read_chunk;
 use super::{Partition, Phase, State, delete_files, index_path};
+use crate::store::StoreError;
 use crate::store::handles::{DataFile, is_out_of_descriptors};
 use crate::store::index::{Blob, ExtentRef, Forward, Location, PersistedIndex};
 use crate::store::tiers::Tiers;
@@ -136,7 +137,9 @@ impl Partition {
             let written =
                 tokio::task::spawn_blocking(move || layer.write_atomic(&d, &path, &bytes))
                     .await
-                    .map_err(|e| TierError::internal(format!("persist task failed: {e}")))?;
+                    .map_err(|e| {
+                        TierError::with_source(ErrorKind::Internal, "persist task failed", e)
+                    })?;
             match written {
                 Ok(()) => {
                     let old = {
@@ -153,11 +156,12 @@ impl Partition {
                     return Ok(());
                 }
                 Err(e) if is_out_of_descriptors(&e) => {
-                    return Err(TierError::unavailable(format!(
-                        "persist index of {} in {}: {e} (raise the open-file limit, or lower limits.max_open_data_files)",
-                        self.meta.key,
-                        dir_path.display()
-                    )));
+                    return Err(TierError::from(StoreError::OutOfDescriptors {
+                        op: "persist index in",
+                        path: dir_path,
+                        source: e,
+                    })
+                    .context(&self.meta.key));
                 }
                 Err(e) => {
                     tiers.dirs.get(dir).mark_unhealthy(&e);
@@ -277,16 +281,20 @@ impl Partition {
                 let synced =
                     tokio::task::spawn_blocking(move || layer.sync(&path, &*file.handle()?))
                         .await
-                        .map_err(|e| TierError::internal(format!("sync task failed: {e}")))?;
-                match &synced {
-                    Err(e) if is_out_of_descriptors(e) => {
-                        return Err(TierError::unavailable(format!(
-                            "sync data file of {}: {e} (raise the open-file limit, or lower limits.max_open_data_files)",
-                            self.meta.key
-                        )));
+                        .map_err(|e| {
+                            TierError::with_source(ErrorKind::Internal, "sync task failed", e)
+                        })?;
+                let synced = match synced {
+                    Err(e) if is_out_of_descriptors(&e) => {
+                        return Err(TierError::from(StoreError::OutOfDescriptors {
+                            op: "sync data file in",
+                            path: tiers.dirs.get(dir).path.clone(),
+                            source: e,
+                        })
+                        .context(&self.meta.key));
                     }
-                    _ => {}
-                }
+                    other => other,
+                };
                 if let Err(e) = synced {
                     // Its data cannot be trusted to be on disk: write it elsewhere.
                     tiers.dirs.get(dir).mark_unhealthy(&e);
@@ -333,8 +341,10 @@ impl Partition {
             .collect();
         let bytes = tokio::task::spawn_blocking(move || read_chunk(&chunk))
             .await
-            .map_err(|e| TierError::internal(format!("read task failed: {e}")))?
-            .map_err(|e| TierError::internal(format!("read back data of a failed file: {e}")))?;
+            .map_err(|e| TierError::with_source(ErrorKind::Internal, "read task failed", e))?
+            .map_err(|e| {
+                TierError::with_source(ErrorKind::Internal, "read back data of a failed file", e)
+            })?;
         let mut pending = Vec::with_capacity(moves.len());
         let mut at = 0usize;
         for (extent, _, len) in &moves {
