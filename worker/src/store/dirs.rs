@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::StoreError;
 use terrace_rpc::clock;
 use terrace_tier_api::{ErrorKind, TierError, TierResult};
 
@@ -259,10 +260,13 @@ impl LocalDirs {
             let missing = is_lost(path);
             if !missing {
                 std::fs::create_dir_all(path).map_err(|e| {
-                    TierError::with_source(
+                    TierError::from_cause(
                         ErrorKind::BadInput,
-                        format!("create data directory {}", path.display()),
-                        e,
+                        StoreError::Disk {
+                            op: "create data directory",
+                            path: path.clone(),
+                            source: e,
+                        },
                     )
                 })?;
                 let up_to_date = marker
@@ -402,10 +406,15 @@ fn read_marker(dir: &Path) -> TierResult<Option<Marker>> {
                 .map(str::trim)
                 .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()))
                 .ok_or_else(|| {
-                    TierError::bad_input(format!(
-                        "{} is not a Terrace data directory marker (no valid store_id line)",
-                        path.display()
-                    ))
+                    // BadInput, as before: the directory is misconfigured,
+                    // no partition's data is lost.
+                    TierError::from_cause(
+                        ErrorKind::BadInput,
+                        StoreError::Corrupt {
+                            what: format!("Terrace data directory marker {}", path.display()),
+                            detail: "no valid store_id line".to_string(),
+                        },
+                    )
                 })?;
             let dirs = text
                 .lines()
@@ -418,10 +427,13 @@ fn read_marker(dir: &Path) -> TierResult<Option<Marker>> {
             }))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TierError::with_source(
+        Err(e) => Err(TierError::from_cause(
             ErrorKind::BadInput,
-            format!("read {}", path.display()),
-            e,
+            StoreError::Disk {
+                op: "read",
+                path,
+                source: e,
+            },
         )),
     }
 }
@@ -442,7 +454,14 @@ fn write_marker(dir: &Path, store_id: &str, dirs: &[PathBuf]) -> TierResult<()> 
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| {
-            TierError::with_source(ErrorKind::BadInput, format!("write {}", path.display()), e)
+            TierError::from_cause(
+                ErrorKind::BadInput,
+                StoreError::Disk {
+                    op: "write",
+                    path,
+                    source: e,
+                },
+            )
         })
 }
 

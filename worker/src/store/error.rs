@@ -20,13 +20,15 @@ pub enum StoreError {
     },
     /// No local directory can take a flush of `bytes` and no object store
     /// is configured.
+    /// The last directory write that failed, if one did, is the source.
     #[error(
-        "storage full: no local directory can take {bytes} bytes{} and no object store is configured",
-        .last_write_error.as_ref().map(|e| format!(" (last write error: {e})")).unwrap_or_default()
+        "storage full: no local directory can take {bytes} bytes and no object store is configured{}",
+        if .last_write_error.is_some() { "; last write error" } else { "" }
     )]
     NoDirectoryRoom {
         bytes: u64,
-        last_write_error: Option<String>,
+        #[source]
+        last_write_error: Option<Box<StoreError>>,
     },
     /// More than the worker's whole memory budget asked at once.
     #[error("{bytes} bytes exceed the worker's whole memory budget of {total} bytes")]

@@ -261,19 +261,30 @@ impl ObjectTier {
                         }
                         return Err(error.into());
                     }
-                    e.to_string()
+                    Some(e)
                 }
-                Err(_) => format!("no answer within {:?}", self.settings.request_timeout),
+                Err(_) => None,
             };
             attempt += 1;
             if attempt > self.settings.retries {
-                let message = format!(
-                    "object store {}: {what} {key} failed after {attempt} attempts: {error}",
+                let failed = format!(
+                    "object store {}: {what} {key} failed after {attempt} attempts",
                     self.url
                 );
-                self.failed(&message);
-                return Err(TierError::unavailable(message));
+                let error = match error {
+                    Some(e) => TierError::with_source(ErrorKind::Unavailable, failed, e),
+                    None => TierError::unavailable(format!(
+                        "{failed}: no answer within {:?}",
+                        self.settings.request_timeout
+                    )),
+                };
+                self.failed(&error.full_message());
+                return Err(error);
             }
+            let error = match &error {
+                Some(e) => e.to_string(),
+                None => format!("no answer within {:?}", self.settings.request_timeout),
+            };
             tracing::debug!(store = %self.url, op = what, key, attempt, %error, "object store request failed; retrying");
             clock::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -322,15 +333,19 @@ impl ObjectTier {
                     return Ok(());
                 }
                 Err(PartError::Local(e)) => return Err(e),
-                Err(PartError::Store(error)) => {
+                Err(PartError::Store { what, source }) => {
                     attempt += 1;
                     if attempt > self.settings.retries {
-                        let message = format!(
-                            "object store {}: multipart upload {key} failed after {attempt} attempts: {error}",
+                        let failed = format!(
+                            "object store {}: multipart upload {key} failed after {attempt} attempts: {what}",
                             self.url
                         );
-                        self.failed(&message);
-                        return Err(TierError::unavailable(message));
+                        let error = match source {
+                            Some(e) => TierError::with_source(ErrorKind::Unavailable, failed, e),
+                            None => TierError::unavailable(failed),
+                        };
+                        self.failed(&error.full_message());
+                        return Err(error);
                     }
                     clock::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -350,11 +365,17 @@ impl ObjectTier {
         Fut: std::future::Future<Output = TierResult<Bytes>>,
     {
         let timeout = self.settings.request_timeout;
-        let store_err = |e: String| PartError::Store(e);
+        let store_err =
+            |what: String, source: Option<object_store::Error>| PartError::Store { what, source };
         let mut upload = match clock::timeout(timeout, self.store.put_multipart(key)).await {
             Ok(Ok(upload)) => upload,
-            Ok(Err(e)) => return Err(store_err(e.to_string())),
-            Err(_) => return Err(store_err(format!("no answer within {timeout:?}"))),
+            Ok(Err(e)) => return Err(store_err("start".to_string(), Some(e))),
+            Err(_) => {
+                return Err(store_err(
+                    format!("start: no answer within {timeout:?}"),
+                    None,
+                ));
+            }
         };
         let mut outcome = Ok(());
         for i in 0..num_parts {
@@ -368,11 +389,14 @@ impl ObjectTier {
             match clock::timeout(timeout, upload.put_part(body.into())).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    outcome = Err(store_err(format!("part {i}: {e}")));
+                    outcome = Err(store_err(format!("part {i}"), Some(e)));
                     break;
                 }
                 Err(_) => {
-                    outcome = Err(store_err(format!("part {i}: no answer within {timeout:?}")));
+                    outcome = Err(store_err(
+                        format!("part {i}: no answer within {timeout:?}"),
+                        None,
+                    ));
                     break;
                 }
             }
@@ -386,11 +410,12 @@ impl ObjectTier {
                 .min(CLIENT_TIMEOUT_CEILING);
             match clock::timeout(complete_timeout, upload.complete()).await {
                 Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) => outcome = Err(store_err(format!("complete: {e}"))),
+                Ok(Err(e)) => outcome = Err(store_err("complete".to_string(), Some(e))),
                 Err(_) => {
-                    outcome = Err(store_err(format!(
-                        "complete: no answer within {complete_timeout:?}"
-                    )))
+                    outcome = Err(store_err(
+                        format!("complete: no answer within {complete_timeout:?}"),
+                        None,
+                    ))
                 }
             }
         }
@@ -466,5 +491,10 @@ impl ObjectTier {
 enum PartError {
     /// Producing a part failed (a local read): not the store's fault.
     Local(TierError),
-    Store(String),
+    /// The store failed `what` (a part, the completion), with the store's
+    /// error when it answered.
+    Store {
+        what: String,
+        source: Option<object_store::Error>,
+    },
 }

@@ -321,9 +321,15 @@ fn read_chunks(sources: &[Source], mut fetched: Vec<Option<Bytes>>) -> std::io::
                         file.handle()?
                             .read_exact_at(&mut out.as_mut()[at..at + len], *offset)
                             .map_err(|e| {
+                                // The io::Error's kind stays; its text and
+                                // cause come from the Disk error inside.
                                 std::io::Error::new(
                                     e.kind(),
-                                    format!("{}: {e}", file.path().display()),
+                                    StoreError::Disk {
+                                        op: "read",
+                                        path: file.path().to_path_buf(),
+                                        source: e,
+                                    },
                                 )
                             })?;
                         at += len;

@@ -167,7 +167,11 @@ impl Partition {
                 Err(e) => {
                     tiers.dirs.get(dir).remove(total);
                     tiers.dirs.get(dir).mark_unhealthy(&e);
-                    last_error = Some(format!("{}: {e}", tiers.dirs.get(dir).path.display()));
+                    last_error = Some(Box::new(StoreError::Disk {
+                        op: "write to",
+                        path: tiers.dirs.get(dir).path.clone(),
+                        source: e,
+                    }));
                 }
             }
         }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::store::StoreError;
 use bytes::Bytes;
 use std::time::Instant;
 use terrace_rpc::clock;
@@ -191,14 +192,21 @@ impl Partition {
 }
 
 /// Reads the extents of one migration part into one buffer. Blocking.
-pub(super) fn read_chunk(chunk: &[(Arc<DataFile>, u64, u32)]) -> std::io::Result<Bytes> {
+pub(super) fn read_chunk(chunk: &[(Arc<DataFile>, u64, u32)]) -> Result<Bytes, StoreError> {
     use std::os::unix::fs::FileExt;
     let total: usize = chunk.iter().map(|c| c.2 as usize).sum();
     let mut out = vec![0u8; total];
     let mut at = 0;
     for (file, offset, len) in chunk {
-        file.handle()?
-            .read_exact_at(&mut out[at..at + *len as usize], *offset)?;
+        let disk = |op, source| StoreError::Disk {
+            op,
+            path: file.path().to_path_buf(),
+            source,
+        };
+        file.handle()
+            .map_err(|e| disk("open", e))?
+            .read_exact_at(&mut out[at..at + *len as usize], *offset)
+            .map_err(|e| disk("read", e))?;
         at += *len as usize;
     }
     Ok(Bytes::from(out))
