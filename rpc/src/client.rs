@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock;
+use crate::error::ConnectError;
 use bytes::Bytes;
 use terrace_proto::{FrameReader, Message, PROTOCOL_VERSION, pb};
 use terrace_tier_api::protocol::{
@@ -204,22 +205,20 @@ impl Client {
     pub async fn connect(addr: &str, options: &ClientOptions) -> TierResult<Client> {
         let stream = clock::timeout(options.connect_timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| {
-                TierError::unavailable(format!(
-                    "connect to {addr}: timed out after {:?}",
-                    options.connect_timeout
-                ))
+            .map_err(|_| ConnectError::ConnectTimeout {
+                addr: addr.to_string(),
+                after: options.connect_timeout,
             })?
-            .map_err(|e| {
-                TierError::with_source(ErrorKind::Unavailable, format!("connect to {addr}"), e)
+            .map_err(|source| ConnectError::Connect {
+                addr: addr.to_string(),
+                source,
             })?;
-        stream.set_nodelay(true).map_err(|e| {
-            TierError::with_source(
-                ErrorKind::Unavailable,
-                format!("set TCP_NODELAY on {addr}"),
-                e,
-            )
-        })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|source| ConnectError::NoDelay {
+                addr: addr.to_string(),
+                source,
+            })?;
         let cancel = CancellationToken::new();
         let (read, sender, channel) = match &options.tls {
             None => {
@@ -232,22 +231,17 @@ impl Client {
             }
             Some(tls) => {
                 let name = TlsClient::server_name(addr)?;
-                let stream = clock::timeout(
-                    options.connect_timeout,
-                    tls.connector.connect(name, stream),
-                )
-                .await
-                .map_err(|_| {
-                    TierError::unavailable(format!(
-                        "TLS handshake with {addr}: timed out after {:?}",
-                        options.connect_timeout
-                    ))
-                })?
-                .map_err(|e| {
-                    TierError::unavailable(format!(
-                        "TLS handshake with {addr}: {e} (does it serve TLS, with a certificate the configured CA signed?)"
-                    ))
-                })?;
+                let stream =
+                    clock::timeout(options.connect_timeout, tls.connector.connect(name, stream))
+                        .await
+                        .map_err(|_| ConnectError::TlsTimeout {
+                            addr: addr.to_string(),
+                            after: options.connect_timeout,
+                        })?
+                        .map_err(|source| ConnectError::Tls {
+                            addr: addr.to_string(),
+                            source,
+                        })?;
                 let channel = tls_channel_binding(stream.get_ref().1)?;
                 let (read, write) = tokio::io::split(stream);
                 (

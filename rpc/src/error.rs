@@ -1,12 +1,14 @@
 //! What can go wrong in this crate, with its causes: loading keys and
 //! certificates ([`SecurityError`]), a peer's authentication
-//! ([`AuthError`]), and a connection's opening ([`OpeningError`]). Each turns
+//! ([`AuthError`]), a connection's opening on the server ([`OpeningError`])
+//! and on the client ([`ConnectError`]). Each turns
 //! into a [`TierError`] whose kind says what the caller does (a bad file is
 //! bad input, a failed proof is permission denied) and whose source is the
 //! variant itself.
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use terrace_proto::{FrameError, MessageType};
 use terrace_tier_api::{ErrorKind, TierError};
@@ -169,6 +171,44 @@ impl From<OpeningError> for TierError {
     }
 }
 
+/// Why a client could not open a connection (before the version
+/// handshake). Every variant is [`ErrorKind::Unavailable`]: the peer may be
+/// down, overloaded or misconfigured, and another attempt (later, or to
+/// another peer) may succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr}: timed out after {after:?}")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("connect to {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("set TCP_NODELAY on {addr}")]
+    NoDelay {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TLS handshake with {addr}: timed out after {after:?}")]
+    TlsTimeout { addr: String, after: Duration },
+    #[error(
+        "TLS handshake with {addr} (does it serve TLS, with a certificate the configured CA signed?)"
+    )]
+    Tls {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl From<ConnectError> for TierError {
+    fn from(e: ConnectError) -> Self {
+        TierError::from_cause(ErrorKind::Unavailable, e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::error::Error as _;
@@ -207,5 +247,33 @@ mod tests {
         assert_eq!(probe.kind(), ErrorKind::Unavailable);
         let version = TierError::from(OpeningError::Version { got: 2, ours: 3 });
         assert_eq!(version.kind(), ErrorKind::BadInput);
+    }
+
+    /// A refused connection is `Unavailable`, keeps the `io::Error` under
+    /// its `ConnectError`, and its text still names the address and cause.
+    #[tokio::test]
+    async fn a_refused_connection_keeps_its_io_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        drop(listener);
+        let e = crate::client::Client::connect(&addr, &crate::client::ClientOptions::default())
+            .await
+            .err()
+            .expect("nothing listens");
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        let cause = e
+            .source()
+            .and_then(|s| s.downcast_ref::<ConnectError>())
+            .expect("the ConnectError is the source");
+        let ConnectError::Connect { addr: at, source } = cause else {
+            panic!("not a refused connect: {cause:?}");
+        };
+        assert_eq!(at, &addr);
+        assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            e.full_message(),
+            format!("connect to {addr}: {source}"),
+            "the cause is named once"
+        );
     }
 }

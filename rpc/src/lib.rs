@@ -20,7 +20,7 @@ mod writer;
 
 pub use buffers::{BufferPool, PooledBuf, class_size, shared_pool};
 pub use client::{Client, ClientOptions, PendingCall, PendingReply, StreamEvent, StreamReceiver};
-pub use error::{AuthError, OpeningError, SecurityError};
+pub use error::{AuthError, ConnectError, OpeningError, SecurityError};
 pub use listener::{Accepted, BoxRead, Meter, ServerOptions, ServerSpec, serve};
 pub use pool::{Peer, Pool};
 pub use runtime::io_runtime;
