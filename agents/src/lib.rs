@@ -71,6 +71,7 @@ mod tests {
         };
         let err = TerraceTierFactory::new(bad).expect_err("push_size past max_bytes_in_flight");
         assert_eq!(err.kind(), ErrorKind::BadInput);
+        // The message is the point: it names the limit to change.
         assert!(err.message().contains("max_bytes_in_flight"), "{err}");
     }
 

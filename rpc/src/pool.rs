@@ -368,6 +368,7 @@ mod tests {
             .await
             .expect_err("w1 is not w2");
         assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+        // The message is the point: it names the peer the call was meant for.
         assert!(e.message().contains("meant to reach \"worker w2\""), "{e}");
         // The client left before authenticating: no connection was served.
         assert_eq!(accepted.load(Ordering::SeqCst), 0);

@@ -577,6 +577,8 @@ mod tests {
         std::fs::write(b.join("keep"), "data").expect("write");
         std::fs::rename(&b, root.path().join("b.away")).expect("unmount b");
         let err = LocalDirs::open(&both, None, 0, false).expect_err("b is missing");
+        assert_eq!(err.kind(), ErrorKind::BadInput, "{err}");
+        // The message is the point: it names the directory and the setting.
         let text = err.to_string();
         assert!(
             text.contains(&format!("{} is missing", b.display())),
@@ -587,6 +589,7 @@ mod tests {
         // An empty mount point is the same.
         std::fs::create_dir(&b).expect("mount point");
         let err = LocalDirs::open(&both, None, 0, false).expect_err("b has no marker");
+        assert_eq!(err.kind(), ErrorKind::BadInput, "{err}");
         assert!(err.to_string().contains("has no marker"), "{err}");
         assert!(!b.join(MARKER).exists(), "no marker is written there");
         // Allowed: b is left alone and reported, the store is incomplete.

@@ -318,13 +318,37 @@ fn extents_must_fit_their_file_or_object() {
     persisted.objects[0].len = 3; // the extent is longer
     let bytes = persisted.encode().expect("encode");
     let err = PersistedIndex::decode(&bytes).expect_err("past the end");
-    assert!(err.message().contains("past the end"), "{err}");
+    assert_eq!(
+        corrupt_detail(&err),
+        "extent past the end of its file or object"
+    );
 
     let mut persisted = sample(&[vec![vec![(false, 0)]]], 1, 1, false);
     persisted.files.clear(); // names a file the table lacks
     let bytes = persisted.encode().expect("encode");
     let err = PersistedIndex::decode(&bytes).expect_err("unknown file");
-    assert!(err.message().contains("unknown file"), "{err}");
+    // The detail is the point: it says which consistency check fired.
+    assert!(
+        corrupt_detail(&err).starts_with("extent names unknown file or object"),
+        "{err}"
+    );
+}
+
+/// The detail of a decode failure, which must be `DataCorruption` with a
+/// `StoreError::Corrupt` of the partition index underneath.
+fn corrupt_detail(err: &TierError) -> &str {
+    assert_eq!(
+        err.kind(),
+        terrace_tier_api::ErrorKind::DataCorruption,
+        "{err}"
+    );
+    match std::error::Error::source(err).and_then(|s| s.downcast_ref::<crate::store::StoreError>())
+    {
+        Some(crate::store::StoreError::Corrupt { what, detail }) if what == "partition index" => {
+            detail
+        }
+        other => panic!("not a corrupt partition index: {other:?}"),
+    }
 }
 
 #[test]
@@ -511,7 +535,12 @@ fn a_split_part_redirects_and_a_continuation_starts_where_it_stopped() {
     let err = first
         .split(next.clone())
         .expect_err("subpartition 1 is open");
-    assert!(err.message().contains("open segment"), "{err}");
+    assert_eq!(err.kind(), terrace_tier_api::ErrorKind::BadInput, "{err}");
+    // The message is the point: it names the subpartition to close.
+    assert_eq!(
+        err.message(),
+        "subpartition 1 has an open segment; close every segment before a split"
+    );
     first
         .append(&[run(1, 0, 5, true, 3), run(1, 1, 5, true, 4)])
         .expect("append");
@@ -537,7 +566,12 @@ fn a_split_part_redirects_and_a_continuation_starts_where_it_stopped() {
     let err = second
         .append(&[run(0, 3, 1, true, 7)])
         .expect_err("no gaps after the start");
-    assert!(err.message().contains("segment order"), "{err}");
+    assert_eq!(err.kind(), terrace_tier_api::ErrorKind::BadInput, "{err}");
+    // The message is the point: it names the run out of order.
+    assert_eq!(
+        err.message(),
+        "subpartition 0 segment 3 breaks the segment order (last segment 1, closed)"
+    );
     assert!(matches!(
         second.next_read(0, 1, 0, 1 << 20),
         NextRead::Extents(_)
