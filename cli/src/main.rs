@@ -68,13 +68,22 @@ fn report(error: &anyhow::Error) -> String {
     let mut out = format!("Error: {}", links[0]);
     match &links[1..] {
         [] => {}
-        [one] => out.push_str(&format!("\n\nCaused by:\n    {one}")),
+        // Continuation lines are indented under their cause, as anyhow does.
+        [one] => out.push_str(&format!(
+            "\n\nCaused by:\n    {}",
+            one.replace('\n', "\n    ")
+        )),
         many => {
             out.push_str("\n\nCaused by:");
             for (i, cause) in many.iter().enumerate() {
-                out.push_str(&format!("\n    {i}: {cause}"));
+                out.push_str(&format!("\n    {i}: {}", cause.replace('\n', "\n       ")));
             }
         }
+    }
+    // RUST_BACKTRACE still shows where the error was made, as anyhow does.
+    let backtrace = error.backtrace();
+    if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+        out.push_str(&format!("\n\nStack backtrace:\n{backtrace}"));
     }
     out
 }
@@ -120,6 +129,21 @@ mod tests {
         assert_eq!(
             report(&failed.expect_err("failed")),
             "Error: run worker\n\nCaused by:\n    BadInput: create data directory /x: entity not found"
+        );
+        // What anyhow itself prints for the same error repeats the cause.
+        let failed = anyhow::Error::from(terrace_tier_api::TierError::with_source(
+            terrace_tier_api::ErrorKind::BadInput,
+            "create data directory /x",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ))
+        .context("run worker");
+        assert_eq!(
+            format!("{failed:?}")
+                .lines()
+                .filter(|l| l.contains("entity not found"))
+                .count(),
+            2,
+            "{failed:?}"
         );
         let plain = anyhow::anyhow!(std::io::Error::from(std::io::ErrorKind::NotFound))
             .context("read config file /c")
