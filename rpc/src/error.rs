@@ -258,8 +258,7 @@ mod tests {
         drop(listener);
         let e = crate::client::Client::connect(&addr, &crate::client::ClientOptions::default())
             .await
-            .err()
-            .expect("nothing listens");
+            .expect_err("nothing listens");
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         let cause = e
             .source()

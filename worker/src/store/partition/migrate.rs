@@ -192,16 +192,19 @@ impl Partition {
 }
 
 /// Reads the extents of one migration part into one buffer. Blocking.
-pub(super) fn read_chunk(chunk: &[(Arc<DataFile>, u64, u32)]) -> Result<Bytes, StoreError> {
+/// A failed open or read is a [`StoreError::Disk`] underneath.
+pub(super) fn read_chunk(chunk: &[(Arc<DataFile>, u64, u32)]) -> TierResult<Bytes> {
     use std::os::unix::fs::FileExt;
     let total: usize = chunk.iter().map(|c| c.2 as usize).sum();
     let mut out = vec![0u8; total];
     let mut at = 0;
     for (file, offset, len) in chunk {
-        let disk = |op, source| StoreError::Disk {
-            op,
-            path: file.path().to_path_buf(),
-            source,
+        let disk = |op, source| {
+            TierError::from(StoreError::Disk {
+                op,
+                path: file.path().to_path_buf(),
+                source,
+            })
         };
         file.handle()
             .map_err(|e| disk("open", e))?
