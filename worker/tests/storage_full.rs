@@ -107,3 +107,57 @@ async fn full_disks_and_no_store_refuse_pushes_with_storage_full() {
     drop(held);
     assert!(worker.check_room().is_ok());
 }
+
+/// Both disks fail every write (EIO) and there is no object store: the flush
+/// is refused as storage full, and the last failed write is underneath with
+/// its directory and its `io::Error`, so "disk broken" stays distinguishable
+/// from "disk full".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_keeps_its_io_error_under_the_refusal() {
+    const EIO: i32 = 5;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = Arc::new(terrace_worker::FaultyFiles::new());
+    let config = terrace_worker::WorkerConfig {
+        object_store: None,
+        ..options(dir.path(), 64 << 20)
+    };
+    let hooks = StoreHooks {
+        files: Some(files.clone()),
+        object_store: None,
+    };
+    let worker = Store::open(&config, hooks).expect("open");
+    for d in &config.data_dirs {
+        files.fail_writes_under(d, EIO);
+    }
+    let partition = worker.create(key(1, 1), 2, false, false).expect("create");
+    let (batches, _) = data(7, 2, 20);
+    for batch in batches {
+        partition
+            .append(batch, Reservation::empty(), None, u32::MAX)
+            .expect("append to memory");
+    }
+    let error = worker
+        .flush(&partition)
+        .await
+        .expect_err("no directory can take the flush");
+    assert_eq!(error.kind(), ErrorKind::StorageFull, "{error}");
+    let Some(StoreError::NoDirectoryRoom {
+        last_write_error: Some(last),
+        ..
+    }) = cause(&error)
+    else {
+        panic!("not a refusal with the last write error under it: {error}");
+    };
+    let StoreError::Disk { op, path, source } = last.as_ref() else {
+        panic!("the last write error is not a disk error: {last:?}");
+    };
+    assert_eq!(*op, "write to");
+    assert!(config.data_dirs.contains(path), "{}", path.display());
+    assert_eq!(source.raw_os_error(), Some(EIO));
+    // The text a user sees still names the directory and the cause.
+    let text = error.full_message();
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains(&source.to_string()),
+        "{text}"
+    );
+}
