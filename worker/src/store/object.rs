@@ -63,7 +63,14 @@ pub fn build_store(settings: &ObjectStoreConfig) -> TierResult<(Arc<dyn ObjectSt
     let bad = |e: &dyn std::fmt::Display| {
         TierError::bad_input(format!("object store {}: {e}", redact(&settings.url)))
     };
-    let url = url::Url::parse(&settings.url).map_err(|e| bad(&e))?;
+    let invalid = |what: String, e: Box<dyn std::error::Error + Send + Sync>| {
+        TierError::with_source(
+            ErrorKind::BadInput,
+            format!("object store {}{what}", redact(&settings.url)),
+            e,
+        )
+    };
+    let url = url::Url::parse(&settings.url).map_err(|e| invalid(String::new(), e.into()))?;
     match url.scheme() {
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -79,10 +86,12 @@ pub fn build_store(settings: &ObjectStoreConfig) -> TierResult<(Arc<dyn ObjectSt
             // replacing the client options would drop AWS_ALLOW_HTTP.
             let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
             for (key, value) in &settings.options {
-                let key: AmazonS3ConfigKey = key
-                    .to_ascii_lowercase()
-                    .parse()
-                    .map_err(|e| bad(&format!("option {key}: {e}")))?;
+                let key: AmazonS3ConfigKey =
+                    key.to_ascii_lowercase()
+                        .parse()
+                        .map_err(|e: object_store::Error| {
+                            invalid(format!(": option {key}"), e.into())
+                        })?;
                 builder = builder.with_config(key, value.clone());
             }
             // Terrace bounds every operation itself (`ObjectTier::retry`,
