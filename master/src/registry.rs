@@ -11,9 +11,9 @@ use terrace_tier_api::{JobId, PartitionKey, TierResult};
 use crate::config::MasterConfig;
 use crate::error::PlacementError;
 
-/// What a worker reported in its last heartbeat, kept as sent (the tier
-/// figures are passed through to `terrace status`).
-pub(crate) type WorkerLoad = terrace_proto::pb::WorkerLoad;
+// What a worker reported in its last heartbeat, kept as sent (the tier
+// figures are passed through to `terrace status`).
+pub(crate) use terrace_tier_api::protocol::WorkerLoad;
 
 /// Whether the worker's memory use is at or past [`HIGH_MEMORY_PRESSURE`]
 /// of its budget.

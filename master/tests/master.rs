@@ -10,7 +10,11 @@ use terrace_master::{Clock, ManualClock, MasterConfig, SystemClock, run_with_clo
 use terrace_proto::{FrameReader, Message, PROTOCOL_VERSION, pb, write_frame};
 use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions};
-use terrace_tier_api::{ByteSize, ErrorKind};
+use terrace_tier_api::protocol::{
+    Ack, AllocatePartition, JobRegistered, ListWorkers, PartitionAllocated, RegisterJob,
+    RegisterWorker, UnregisterJob, WorkerHeartbeat, WorkerList, WorkerLoad,
+};
+use terrace_tier_api::{ByteSize, ErrorKind, JobId, PartitionId, PartitionKey, WorkerId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -51,114 +55,104 @@ async fn connect(addr: &str) -> Client {
 }
 
 async fn register_worker(client: &Client, id: &str, address: &str) {
-    let (reply, _) = client
-        .request(|request_id| {
-            Message::RegisterWorker(pb::RegisterWorker {
-                request_id,
-                worker_id: id.into(),
-                data_address: address.into(),
-            })
+    let Ack = client
+        .call(RegisterWorker {
+            worker: worker_id(id),
+            data_address: address.into(),
         })
         .await
         .expect("register worker");
-    assert!(matches!(reply, Message::Ack(_)), "{reply:?}");
 }
 
-fn load(stored_bytes: u64) -> pb::WorkerLoad {
-    pb::WorkerLoad {
+fn worker_id(id: &str) -> WorkerId {
+    WorkerId::new(id).expect("valid worker id")
+}
+
+fn job(id: &'static [u8]) -> JobId {
+    JobId::new(Bytes::from_static(id)).expect("valid job id")
+}
+
+fn load(stored_bytes: u64) -> WorkerLoad {
+    WorkerLoad {
         stored_bytes,
         memory_used_bytes: 7,
         open_partitions: 2,
         sealed_partitions: 3,
         tiers: None,
-        ..pb::WorkerLoad::default()
+        ..WorkerLoad::default()
     }
 }
 
 /// Sends a heartbeat and returns the released jobs of the reply.
 async fn heartbeat(client: &Client, id: &str, address: &str, stored_bytes: u64) -> Vec<Bytes> {
-    let (reply, _) = client
-        .request(|request_id| {
-            Message::WorkerHeartbeat(pb::WorkerHeartbeat {
-                jobs: Vec::new(),
-                request_id,
-                worker_id: id.into(),
-                data_address: address.into(),
-                load: Some(load(stored_bytes)),
-                ..Default::default()
-            })
+    let reply = client
+        .call(WorkerHeartbeat {
+            worker: worker_id(id),
+            data_address: address.into(),
+            load: load(stored_bytes),
+            jobs: Vec::new(),
+            relocated: Vec::new(),
         })
         .await
         .expect("heartbeat");
-    match reply {
-        Message::HeartbeatReply(r) => r.released_jobs,
-        other => panic!("expected a heartbeat reply, got {other:?}"),
-    }
+    job_bytes(reply.released_jobs)
 }
 
-async fn job_request(
+fn job_bytes(jobs: Vec<JobId>) -> Vec<Bytes> {
+    jobs.into_iter().map(|j| j.as_bytes().clone()).collect()
+}
+
+async fn register_job(
     client: &Client,
-    register: bool,
-    job: &'static [u8],
-) -> terrace_tier_api::TierResult<Message> {
-    client
-        .request(|request_id| {
-            let job_id = Bytes::from_static(job);
-            if register {
-                Message::RegisterJob(pb::RegisterJob { request_id, job_id })
-            } else {
-                Message::UnregisterJob(pb::UnregisterJob { request_id, job_id })
-            }
-        })
-        .await
-        .map(|(reply, _)| reply)
+    id: &'static [u8],
+) -> terrace_tier_api::TierResult<JobRegistered> {
+    client.call(RegisterJob { job: job(id) }).await
 }
 
-fn key(job: &'static [u8], partition: u32) -> pb::PartitionKey {
-    pb::PartitionKey {
-        job_id: Bytes::from_static(job),
-        partition_id: Bytes::copy_from_slice(&partition.to_be_bytes()),
+async fn unregister_job(client: &Client, id: &'static [u8]) -> terrace_tier_api::TierResult<Ack> {
+    client.call(UnregisterJob { job: job(id) }).await
+}
+
+fn key(job_id: &'static [u8], partition: u32) -> PartitionKey {
+    PartitionKey {
+        job: job(job_id),
+        partition: PartitionId::new(partition.to_be_bytes().to_vec()).expect("valid partition id"),
     }
+}
+
+/// A partition key as raw frames carry it (for the invalid requests).
+fn raw_key(job: &'static [u8], partition: u32) -> pb::PartitionKey {
+    key(job, partition).into()
 }
 
 async fn allocate(
     client: &Client,
     job: &'static [u8],
     partition: u32,
-) -> terrace_tier_api::TierResult<pb::PartitionAllocated> {
-    let (reply, _) = client
-        .request(|request_id| {
-            Message::AllocatePartition(pb::AllocatePartition {
-                request_id,
-                key: Some(key(job, partition)),
-                num_subpartitions: 4,
-                exclude_workers: Vec::new(),
-                ..Default::default()
-            })
+) -> terrace_tier_api::TierResult<PartitionAllocated> {
+    let a = client
+        .call(AllocatePartition {
+            key: key(job, partition),
+            num_subpartitions: 4,
+            exclude: Vec::new(),
+            relocated_from: None,
         })
         .await?;
-    match reply {
-        Message::PartitionAllocated(a) => {
-            assert_eq!(a.key, Some(key(job, partition)), "the reply echoes the key");
-            Ok(a)
-        }
-        other => panic!("expected PartitionAllocated, got {other:?}"),
-    }
+    assert_eq!(a.key, key(job, partition), "the reply echoes the key");
+    Ok(a)
 }
 
-async fn list_workers(client: &Client) -> pb::WorkerList {
-    let (reply, _) = client
-        .request(|request_id| Message::ListWorkers(pb::ListWorkers { request_id }))
-        .await
-        .expect("list workers");
-    match reply {
-        Message::WorkerList(list) => list,
-        other => panic!("expected a worker list, got {other:?}"),
-    }
+async fn list_workers(client: &Client) -> WorkerList {
+    client.call(ListWorkers).await.expect("list workers")
 }
 
-fn worker_ids(list: &pb::WorkerList) -> Vec<&str> {
-    list.workers.iter().map(|w| w.worker_id.as_str()).collect()
+/// The registered jobs.
+async fn jobs(client: &Client) -> Vec<Bytes> {
+    job_bytes(list_workers(client).await.jobs)
+}
+
+fn worker_ids(list: &WorkerList) -> Vec<&str> {
+    list.workers.iter().map(|w| w.worker.id.as_str()).collect()
 }
 
 async fn stop(master: Master) {
@@ -186,8 +180,8 @@ async fn placement_spreads_a_job_over_three_workers_least_loaded_first() {
         );
     }
     assert!(matches!(
-        job_request(&client, true, b"job-1").await,
-        Ok(Message::JobRegistered(r)) if r.job_token.is_empty()
+        register_job(&client, b"job-1").await,
+        Ok(JobRegistered { token: None, .. })
     ));
 
     // One job's partitions spread over the workers; within each round the
@@ -196,7 +190,7 @@ async fn placement_spreads_a_job_over_three_workers_least_loaded_first() {
     let mut placed = Vec::new();
     for p in 0..7 {
         let a = allocate(&client, b"job-1", p).await.expect("allocate");
-        placed.push(format!("{}@{}", a.worker_id, a.worker_address));
+        placed.push(format!("{}@{}", a.worker.id, a.worker.address));
     }
     assert_eq!(
         placed,
@@ -213,14 +207,14 @@ async fn placement_spreads_a_job_over_three_workers_least_loaded_first() {
 
     let list = list_workers(&client).await;
     assert_eq!(worker_ids(&list), ["wa", "wb", "wc"]);
-    assert_eq!(list.workers[1].load, Some(load(100 * MIB)));
+    assert_eq!(list.workers[1].load, load(100 * MIB));
     assert!(
         list.workers
             .iter()
-            .all(|w| w.millis_since_heartbeat < 5_000),
+            .all(|w| w.since_heartbeat < Duration::from_secs(5)),
         "{list:?}"
     );
-    assert_eq!(list.jobs, [Bytes::from_static(b"job-1")]);
+    assert_eq!(list.jobs, [job(b"job-1")]);
     stop(master).await;
 }
 
@@ -238,7 +232,7 @@ async fn an_empty_cluster_spreads_consecutive_partitions_round_robin() {
     let mut placed = Vec::new();
     for p in 0..6 {
         let a = allocate(&client, b"job", p).await.expect("allocate");
-        placed.push(format!("{}@{}", a.worker_id, a.worker_address));
+        placed.push(format!("{}@{}", a.worker.id, a.worker.address));
     }
     assert_eq!(
         placed,
@@ -247,10 +241,7 @@ async fn an_empty_cluster_spreads_consecutive_partitions_round_robin() {
         ]
     );
     // Allocation registered the job it had not heard of.
-    assert_eq!(
-        list_workers(&client).await.jobs,
-        [Bytes::from_static(b"job")]
-    );
+    assert_eq!(jobs(&client).await, [Bytes::from_static(b"job")]);
     stop(master).await;
 }
 
@@ -289,13 +280,15 @@ async fn a_worker_that_stops_heartbeating_disappears_after_the_timeout() {
     clock.advance(Duration::from_millis(1));
     let list = list_workers(&client).await;
     assert_eq!(worker_ids(&list), ["w2"]);
-    assert_eq!(list.workers[0].millis_since_heartbeat, 101);
+    assert_eq!(list.workers[0].since_heartbeat, Duration::from_millis(101));
     for p in 0..3 {
         assert_eq!(
             allocate(&client, b"job", p)
                 .await
                 .expect("w2 is live")
-                .worker_id,
+                .worker
+                .id
+                .into_string(),
             "w2"
         );
     }
@@ -324,31 +317,22 @@ async fn heartbeat_replies_list_released_jobs_for_their_memory() {
     let master = start(config, clock.clone()).await;
     let client = connect(&master.addr).await;
     assert!(matches!(
-        job_request(&client, true, b"j1").await,
-        Ok(Message::JobRegistered(_))
+        register_job(&client, b"j1").await,
+        Ok(JobRegistered { .. })
     ));
     assert!(matches!(
-        job_request(&client, true, b"j2").await,
-        Ok(Message::JobRegistered(_))
+        register_job(&client, b"j2").await,
+        Ok(JobRegistered { .. })
     ));
     assert_eq!(heartbeat(&client, "w", "h:1", 0).await, Vec::<Bytes>::new());
-    assert!(matches!(
-        job_request(&client, false, b"j1").await,
-        Ok(Message::Ack(_))
-    ));
+    assert!(matches!(unregister_job(&client, b"j1").await, Ok(Ack)));
     // Unregistering a job this master never saw is remembered too (soft state).
-    assert!(matches!(
-        job_request(&client, false, b"j9").await,
-        Ok(Message::Ack(_))
-    ));
+    assert!(matches!(unregister_job(&client, b"j9").await, Ok(Ack)));
     assert_eq!(
         heartbeat(&client, "w", "h:1", 0).await,
         [Bytes::from_static(b"j1"), Bytes::from_static(b"j9")]
     );
-    assert_eq!(
-        list_workers(&client).await.jobs,
-        [Bytes::from_static(b"j2")]
-    );
+    assert_eq!(jobs(&client).await, [Bytes::from_static(b"j2")]);
     let err = allocate(&client, b"j1", 0).await.expect_err("released job");
     assert_eq!(err.kind(), ErrorKind::BadInput);
     assert_eq!(
@@ -405,7 +389,7 @@ async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_
         (
             Message::AllocatePartition(pb::AllocatePartition {
                 request_id: 0,
-                key: Some(key(b"j", 1)),
+                key: Some(raw_key(b"j", 1)),
                 num_subpartitions: 0,
                 exclude_workers: Vec::new(),
                 ..Default::default()
@@ -415,7 +399,7 @@ async fn invalid_and_unserved_requests_get_bad_request_and_the_connection_stays_
         (
             Message::SealPartition(pb::SealPartition {
                 request_id: 0,
-                key: Some(key(b"j", 1)),
+                key: Some(raw_key(b"j", 1)),
             }),
             "the master does not serve SealPartition requests",
         ),
@@ -467,7 +451,7 @@ fn heartbeat_with_tiers(tiers: pb::TierStats) -> Message {
         data_address: "h:1".into(),
         load: Some(pb::WorkerLoad {
             tiers: Some(Box::new(tiers)),
-            ..load(0)
+            ..pb::WorkerLoad::from(load(0))
         }),
         ..Default::default()
     })
@@ -672,24 +656,24 @@ async fn on_paused_time_a_job_lease_expires_exactly_after_a_lease_without_renewa
     let master = start(config, Arc::new(SystemClock)).await;
     let client = connect(&master.addr).await;
     assert!(matches!(
-        job_request(&client, true, b"j1").await,
-        Ok(Message::JobRegistered(_))
+        register_job(&client, b"j1").await,
+        Ok(JobRegistered { .. })
     ));
     assert!(matches!(
-        job_request(&client, true, b"j2").await,
-        Ok(Message::JobRegistered(_))
+        register_job(&client, b"j2").await,
+        Ok(JobRegistered { .. })
     ));
     assert_eq!(heartbeat(&client, "w", "h:1", 0).await, Vec::<Bytes>::new());
 
     // j2 is renewed half-way; j1 never is.
     tokio::time::advance(lease / 2).await;
     assert!(matches!(
-        job_request(&client, true, b"j2").await,
-        Ok(Message::JobRegistered(_))
+        register_job(&client, b"j2").await,
+        Ok(JobRegistered { .. })
     ));
     tokio::time::advance(lease / 2).await;
     assert_eq!(
-        list_workers(&client).await.jobs,
+        jobs(&client).await,
         [Bytes::from_static(b"j1"), Bytes::from_static(b"j2")],
         "exactly a lease without renewal: not yet expired"
     );
@@ -699,16 +683,13 @@ async fn on_paused_time_a_job_lease_expires_exactly_after_a_lease_without_renewa
         [Bytes::from_static(b"j1")],
         "a lease and a millisecond: released, and workers are told"
     );
-    assert_eq!(
-        list_workers(&client).await.jobs,
-        [Bytes::from_static(b"j2")]
-    );
+    assert_eq!(jobs(&client).await, [Bytes::from_static(b"j2")]);
     let err = allocate(&client, b"j1", 0).await.expect_err("released job");
     assert_eq!(err.kind(), ErrorKind::BadInput);
 
     // The renewed one lapses a lease after its renewal.
     tokio::time::advance(lease / 2).await;
-    assert_eq!(list_workers(&client).await.jobs, Vec::<Bytes>::new());
+    assert_eq!(jobs(&client).await, Vec::<Bytes>::new());
     stop(master).await;
 }
 
@@ -731,8 +712,14 @@ async fn on_paused_time_a_worker_is_lost_exactly_a_worker_timeout_after_its_last
     tokio::time::advance(Duration::from_secs(1)).await;
     let list = list_workers(&client).await;
     assert_eq!(worker_ids(&list), ["w1", "w2"], "10 s is not yet too old");
-    assert_eq!(list.workers[0].millis_since_heartbeat, 10_000);
-    assert_eq!(list.workers[1].millis_since_heartbeat, 1_000);
+    assert_eq!(
+        list.workers[0].since_heartbeat,
+        Duration::from_millis(10_000)
+    );
+    assert_eq!(
+        list.workers[1].since_heartbeat,
+        Duration::from_millis(1_000)
+    );
 
     tokio::time::advance(Duration::from_millis(1)).await;
     let list = list_workers(&client).await;
@@ -741,7 +728,9 @@ async fn on_paused_time_a_worker_is_lost_exactly_a_worker_timeout_after_its_last
         allocate(&client, b"job", 0)
             .await
             .expect("w2 is live")
-            .worker_id,
+            .worker
+            .id
+            .into_string(),
         "w2"
     );
     stop(master).await;

@@ -311,6 +311,12 @@ impl Accepted {
         self.failed = true;
     }
 
+    /// Closes the connection after a protocol error: a PROTOCOL error reply
+    /// with `message`, then the end of the connection.
+    pub fn fail_protocol(&mut self, message: impl Into<String>) {
+        self.fail(pb::ErrorCode::Protocol, message);
+    }
+
     fn frame_error(&mut self, e: &FrameError) {
         if e.is_protocol_error() {
             tracing::warn!(peer = %self.peer, client = %self.client, error = %e, "protocol error; closing the connection");

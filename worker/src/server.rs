@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use terrace_proto::pb;
 use terrace_rpc::{Accepted, Meter, Security, ServerIdentity, ServerSpec};
 use terrace_tier_api::{ErrorKind, TierError, TierResult, error_text};
 use tokio::net::TcpListener;
@@ -188,8 +187,7 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
         // Every request header a worker serves is a few hundred bytes; a
         // large one could only be an attack.
         if prefix.header_len > MAX_REQUEST_HEADER_BYTES {
-            accepted.fail(
-                pb::ErrorCode::Protocol,
+            accepted.fail_protocol(
                 "protocol error: request header longer than 16 KiB (the most a worker reads)",
             );
             break;
@@ -217,7 +215,7 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
                 Some(frame) => match store.top_up(meter.held, prefix.remaining()).await {
                     Ok(held) => Some((frame, held)),
                     Err(reason) => {
-                        accepted.fail(pb::ErrorCode::Protocol, error_text(&reason));
+                        accepted.fail_protocol(error_text(&reason));
                         None
                     }
                 },

@@ -21,10 +21,15 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use object_store::path::Path as ObjectPath;
-use terrace_proto::{Message, pb};
+use terrace_rpc::FrameSender;
 use terrace_rpc::clock;
-use terrace_rpc::{FrameSender, reply_error};
-use terrace_tier_api::{ErrorKind, PartitionKey, TierError, TierResult};
+use terrace_tier_api::protocol::{
+    Extent, ReadData, StreamError, StreamId, StreamOpened, SubpartitionEnd, SubpartitionRedirect,
+    Wire, WorkerAt,
+};
+use terrace_tier_api::{
+    ErrorKind, PartitionKey, SegmentId, SubpartitionId, TierError, TierResult, WorkerId,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -318,24 +323,19 @@ impl Stream {
         };
         let num_subpartitions = partition.meta().num_subpartitions;
         if self.last >= num_subpartitions {
-            reply_error(
-                &self.sender,
-                request_id,
-                pb::ErrorCode::BadRequest,
-                format!(
-                    "subpartition {} out of range: {} has {num_subpartitions}",
-                    self.last, self.key
-                ),
-            );
+            let e = TierError::bad_input(format!(
+                "subpartition {} out of range: {} has {num_subpartitions}",
+                self.last, self.key
+            ));
+            self.sender.send(e.to_reply(request_id), Bytes::new());
             return;
         }
-        self.sender.send(
-            Message::StreamOpened(pb::StreamOpened {
-                request_id,
-                stream_id: self.stream_id,
+        self.send(
+            StreamOpened {
+                stream_id: StreamId(self.stream_id),
                 num_subpartitions,
-            }),
-            Bytes::new(),
+            },
+            request_id,
         );
         let mut version = partition.subscribe();
         // What the next step looks at: every subpartition with a segment
@@ -470,10 +470,20 @@ impl Stream {
     }
 
     fn fail(&self, e: &TierError) {
-        self.sender.send(
-            Message::StreamError(e.to_stream_error(self.stream_id)),
-            Bytes::new(),
+        self.send(
+            StreamError {
+                stream_id: StreamId(self.stream_id),
+                error: e.clone(),
+            },
+            0,
         );
+    }
+
+    /// Queues a typed frame (its body's chunks as they are); false when the
+    /// connection is gone.
+    fn send(&self, frame: impl Wire, request_id: u64) -> bool {
+        let (message, body) = frame.into_frame(request_id);
+        self.sender.send_chunks(message, body.into_chunks())
     }
 
     /// Sends a finished read (or fails the stream); false when the stream is over.
@@ -530,21 +540,28 @@ impl Stream {
             .counters
             .bytes_read
             .fetch_add(bytes as u64, Ordering::Relaxed);
-        let sent = self.sender.send_chunks(
-            Message::ReadData(pb::ReadData {
-                stream_id: self.stream_id,
-                subpartition,
-                segment_id: done.segment,
-                extent_lengths: done.extents.iter().map(|e| e.len).collect(),
-                extent_crc32cs: done.extents.iter().map(|e| e.crc32c).collect(),
+        let sent = self.send(
+            ReadData {
+                stream_id: StreamId(self.stream_id),
+                subpartition: SubpartitionId(subpartition),
+                segment: SegmentId(done.segment),
+                extents: done
+                    .extents
+                    .iter()
+                    .map(|e| Extent {
+                        len: e.len,
+                        crc32c: e.crc32c,
+                    })
+                    .collect(),
                 num_buffers: done.extents.iter().map(|e| e.num_buffers).sum(),
-                stored_subpartition: if partition.meta().broadcast_only {
+                stored_subpartition: SubpartitionId(if partition.meta().broadcast_only {
                     0
                 } else {
                     subpartition
-                },
-            }),
-            body,
+                }),
+                body: body.into(),
+            },
+            0,
         );
         if sent {
             self.prefetch_next_segment(
@@ -689,27 +706,34 @@ impl Stream {
                 }
                 ReadStep::End => {
                     self.set_required(index, None);
-                    self.sender.send(
-                        Message::SubpartitionEnd(pb::SubpartitionEnd {
-                            stream_id: self.stream_id,
-                            subpartition,
-                            segment_id: segment,
-                        }),
-                        Bytes::new(),
+                    self.send(
+                        SubpartitionEnd {
+                            stream_id: StreamId(self.stream_id),
+                            subpartition: SubpartitionId(subpartition),
+                            segment: SegmentId(segment),
+                        },
+                        0,
                     );
                     progressed = true;
                 }
                 ReadStep::Redirect(next) => {
                     self.set_required(index, None);
-                    self.sender.send(
-                        Message::SubpartitionRedirect(pb::SubpartitionRedirect {
-                            stream_id: self.stream_id,
-                            subpartition,
-                            segment_id: segment,
-                            worker_id: next.worker_id,
-                            address: next.address,
-                        }),
-                        Bytes::new(),
+                    // The forward was validated when the handover named it.
+                    let to = match WorkerId::new(next.worker_id) {
+                        Ok(id) => WorkerAt::new(id, next.address),
+                        Err(e) => {
+                            self.fail(&e.context(format!("redirect {}", self.key)));
+                            return Step::Finished;
+                        }
+                    };
+                    self.send(
+                        SubpartitionRedirect {
+                            stream_id: StreamId(self.stream_id),
+                            subpartition: SubpartitionId(subpartition),
+                            segment: SegmentId(segment),
+                            to,
+                        },
+                        0,
                     );
                     progressed = true;
                 }

@@ -3,35 +3,23 @@
 
 use std::time::Instant;
 
-use terrace_proto::{Message, pb};
+use terrace_tier_api::protocol::{ListWorkers, WorkerInfo, WorkerList};
 
 use crate::registry::Registry;
 
-#[derive(Debug)]
-pub(crate) struct ListWorkers;
-
-impl ListWorkers {
-    pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
-        let workers = registry
-            .live_workers(now)
-            .into_iter()
-            .map(|w| pb::WorkerInfo {
-                worker_id: w.id,
-                data_address: w.data_address,
-                load: Some(w.load),
-                millis_since_heartbeat: u64::try_from(w.since_heartbeat.as_millis())
-                    .unwrap_or(u64::MAX),
-            })
-            .collect();
-        Message::WorkerList(pb::WorkerList {
-            request_id,
-            settled: registry.settled(now),
-            workers,
-            jobs: registry
-                .jobs()
-                .into_iter()
-                .map(|job| job.as_bytes().clone())
-                .collect(),
+pub(crate) fn apply(_: ListWorkers, registry: &mut Registry, now: Instant) -> WorkerList {
+    let workers = registry
+        .live_workers(now)
+        .into_iter()
+        .map(|w| WorkerInfo {
+            worker: super::worker_at(w.id, w.data_address),
+            load: w.load,
+            since_heartbeat: w.since_heartbeat,
         })
+        .collect();
+    WorkerList {
+        workers,
+        jobs: registry.jobs(),
+        settled: registry.settled(now),
     }
 }

@@ -5,32 +5,14 @@
 
 use std::time::Instant;
 
-use terrace_proto::{Message, pb};
-use terrace_tier_api::{PartitionKey, TierResult};
+use terrace_tier_api::protocol::{LocatePartition, PartitionLocated};
 
 use crate::registry::Registry;
 
-#[derive(Debug)]
-pub(crate) struct LocatePartition {
-    pub(crate) key: PartitionKey,
-}
-
-impl LocatePartition {
-    pub(crate) fn parse(m: pb::LocatePartition) -> TierResult<Self> {
-        Ok(LocatePartition {
-            key: PartitionKey::try_from(m.key)?,
-        })
-    }
-
-    pub(crate) fn apply(self, request_id: u64, registry: &mut Registry, now: Instant) -> Message {
-        let (worker_id, worker_address) = registry
-            .locate(&self.key, now)
-            .map(|p| (p.worker_id, p.data_address))
-            .unwrap_or_default();
-        Message::PartitionLocated(pb::PartitionLocated {
-            request_id,
-            worker_id,
-            worker_address,
-        })
+pub(crate) fn apply(r: LocatePartition, registry: &mut Registry, now: Instant) -> PartitionLocated {
+    PartitionLocated {
+        worker: registry
+            .locate(&r.key, now)
+            .map(|p| super::worker_at(p.worker_id, p.data_address)),
     }
 }

@@ -1,8 +1,9 @@
-//! One file per request the master serves. Each command is parsed and
-//! validated from its wire message (`parse`), says what it acts on
-//! ([`Command::access`], which the connection's identity is checked
-//! against), then is applied to the registry (`apply`), which yields the
-//! reply. Raw protobuf structs stay in this module.
+//! One file per request the master serves. A request is parsed and
+//! validated once, on receipt, into its typed form
+//! (`terrace_tier_api::protocol::MasterRequest`, which also says what it
+//! acts on: [`Command::access`], checked against the connection's
+//! identity); each file here applies one to the registry and returns its
+//! typed reply.
 
 mod allocate_partition;
 mod heartbeat;
@@ -15,65 +16,29 @@ mod worker_unreachable;
 
 use std::time::Instant;
 
-use terrace_proto::{Message, MessageType, pb};
-use terrace_rpc::ClusterSecret;
-use terrace_tier_api::protocol::Access;
-use terrace_tier_api::{JobId, MAX_ID_BYTES, TierError, TierResult};
+use bytes::Bytes;
+use terrace_proto::{Message, MessageType};
+use terrace_rpc::{ClusterSecret, Identity};
+use terrace_tier_api::protocol::{Access, MasterRequest, Wire, WorkerAt};
+use terrace_tier_api::{TierResult, WorkerId};
 
-use crate::registry::{Registry, WorkerLoad};
+use crate::registry::Registry;
 
-pub(crate) use allocate_partition::AllocatePartition;
-pub(crate) use heartbeat::Heartbeat;
-pub(crate) use list_workers::ListWorkers;
-pub(crate) use locate_partition::LocatePartition;
-pub(crate) use register_job::RegisterJob;
-pub(crate) use register_worker::RegisterWorker;
-pub(crate) use unregister_job::UnregisterJob;
-pub(crate) use worker_unreachable::{ProbeDue, WorkerUnreachable};
+pub(crate) use worker_unreachable::ProbeDue;
 
 /// A validated request.
 #[derive(Debug)]
-pub(crate) enum Command {
-    RegisterWorker(RegisterWorker),
-    Heartbeat(Heartbeat),
-    RegisterJob(RegisterJob),
-    UnregisterJob(UnregisterJob),
-    AllocatePartition(AllocatePartition),
-    ListWorkers(ListWorkers),
-    WorkerUnreachable(WorkerUnreachable),
-    LocatePartition(LocatePartition),
-    /// A request the master does not serve (a worker's): refused as a
-    /// cluster request would be, then answered BAD_REQUEST.
-    Unserved(MessageType),
+pub(crate) struct Command {
+    request: MasterRequest,
 }
 
 impl Command {
-    /// Parses a request. On failure, the error reply to send instead
-    /// (BAD_REQUEST for invalid content).
-    pub(crate) fn from_message(message: Message) -> Result<(u64, Command), Box<Message>> {
-        let request_id = message.request_id();
-        let parsed = match message {
-            Message::RegisterWorker(m) => RegisterWorker::parse(m).map(Command::RegisterWorker),
-            Message::WorkerHeartbeat(m) => Heartbeat::parse(m).map(Command::Heartbeat),
-            Message::RegisterJob(m) => RegisterJob::parse(m).map(Command::RegisterJob),
-            Message::UnregisterJob(m) => UnregisterJob::parse(m).map(Command::UnregisterJob),
-            Message::AllocatePartition(m) => {
-                AllocatePartition::parse(m).map(Command::AllocatePartition)
-            }
-            Message::ListWorkers(_) => Ok(Command::ListWorkers(ListWorkers)),
-            Message::LocatePartition(m) => LocatePartition::parse(m).map(Command::LocatePartition),
-            Message::WorkerUnreachable(m) => {
-                WorkerUnreachable::parse(m).map(Command::WorkerUnreachable)
-            }
-            other => Ok(Command::Unserved(other.message_type())),
-        };
-        match parsed {
-            Ok(command) => Ok((request_id, command)),
-            Err(e) => {
-                tracing::debug!(request_id, error = %e, "bad request");
-                Err(Box::new(e.to_reply(request_id)))
-            }
-        }
+    /// Parses a request. A type the master does not serve (a worker's) is a
+    /// bad request naming it.
+    pub(crate) fn from_frame(message: Message, body: Bytes) -> TierResult<Command> {
+        Ok(Command {
+            request: MasterRequest::from_frame(message, body)?,
+        })
     }
 
     /// What the request acts on. Every master request is a cluster
@@ -81,16 +46,24 @@ impl Command {
     /// the next part of one of its split partitions and locate a relocated
     /// one, and any authenticated peer may report a worker it cannot reach.
     pub(crate) fn access(&self) -> Access<'_> {
-        match self {
-            Command::AllocatePartition(c) => Access::Job(&c.key.job),
-            Command::LocatePartition(c) => Access::Job(&c.key.job),
-            Command::WorkerUnreachable(_) => Access::Authenticated,
-            Command::RegisterWorker(_)
-            | Command::Heartbeat(_)
-            | Command::RegisterJob(_)
-            | Command::UnregisterJob(_)
-            | Command::ListWorkers(_)
-            | Command::Unserved(_) => Access::Cluster,
+        self.request.access()
+    }
+
+    /// Its message type, for logs and errors.
+    pub(crate) fn message_type(&self) -> MessageType {
+        self.request.message_type()
+    }
+
+    /// The request as made over a connection that proved `identity` (a
+    /// job's unreachable report counts for that job).
+    pub(crate) fn made_by(self, identity: &Identity) -> Self {
+        match self.request {
+            MasterRequest::WorkerUnreachable(r) => Command {
+                request: MasterRequest::WorkerUnreachable(worker_unreachable::reported_over(
+                    r, identity,
+                )),
+            },
+            request => Command { request },
         }
     }
 
@@ -104,121 +77,74 @@ impl Command {
         now: Instant,
         secret: Option<&ClusterSecret>,
     ) -> (Message, Option<ProbeDue>) {
-        let reply = match self {
-            Command::WorkerUnreachable(c) => return c.apply(request_id, registry, now),
-            Command::RegisterWorker(c) => c.apply(request_id, registry, now),
-            Command::Heartbeat(c) => c.apply(request_id, registry, now),
-            Command::RegisterJob(c) => c.apply(request_id, registry, now, secret),
-            Command::UnregisterJob(c) => c.apply(request_id, registry, now),
-            Command::AllocatePartition(c) => c.apply(request_id, registry, now),
-            Command::ListWorkers(c) => c.apply(request_id, registry, now),
-            Command::LocatePartition(c) => c.apply(request_id, registry, now),
-            Command::Unserved(ty) => Message::error(
-                request_id,
-                pb::ErrorCode::BadRequest,
-                format!("the master does not serve {ty:?} requests"),
-            ),
+        let reply = match self.request {
+            MasterRequest::WorkerUnreachable(r) => {
+                let (ack, probe) = worker_unreachable::apply(r, registry, now);
+                return (frame(ack, request_id), probe);
+            }
+            MasterRequest::RegisterWorker(r) => {
+                register_worker::apply(r, registry, now).map(|r| frame(r, request_id))
+            }
+            MasterRequest::WorkerHeartbeat(r) => {
+                heartbeat::apply(r, registry, now).map(|r| frame(r, request_id))
+            }
+            MasterRequest::RegisterJob(r) => {
+                register_job::apply(r, registry, now, secret).map(|r| frame(r, request_id))
+            }
+            MasterRequest::UnregisterJob(r) => {
+                Ok(frame(unregister_job::apply(r, registry, now), request_id))
+            }
+            MasterRequest::AllocatePartition(r) => {
+                allocate_partition::apply(r, registry, now).map(|r| frame(r, request_id))
+            }
+            MasterRequest::ListWorkers(r) => {
+                Ok(frame(list_workers::apply(r, registry, now), request_id))
+            }
+            MasterRequest::LocatePartition(r) => {
+                Ok(frame(locate_partition::apply(r, registry, now), request_id))
+            }
         };
-        (reply, None)
+        (reply.unwrap_or_else(|e| e.to_reply(request_id)), None)
     }
 }
 
-/// A worker id: non-empty text of at most [`MAX_ID_BYTES`] bytes.
-fn worker_id(id: String) -> TierResult<String> {
-    if id.is_empty() {
-        return Err(TierError::bad_input("worker id is empty"));
-    }
-    if id.len() > MAX_ID_BYTES {
-        return Err(TierError::bad_input(format!(
-            "worker id has {} bytes, more than {MAX_ID_BYTES}",
-            id.len()
-        )));
-    }
-    Ok(id)
+/// A bodiless reply's frame.
+fn frame(reply: impl Wire, request_id: u64) -> Message {
+    reply.into_frame(request_id).0
 }
 
-/// A worker's data address: `host:port` with a numeric port.
-fn data_address(address: String) -> TierResult<String> {
-    let valid = address.len() <= MAX_ID_BYTES
-        && address.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
-        });
-    if valid {
-        Ok(address)
-    } else {
-        Err(TierError::bad_input(format!(
-            "worker data address {address:?} is not host:port"
-        )))
-    }
-}
-
-fn job_id(bytes: bytes::Bytes) -> TierResult<JobId> {
-    JobId::new(bytes)
-}
-
-/// Most data directories a worker may report.
-const MAX_DIRS: usize = 64;
-/// Longest directory path or store URL a worker may report, in bytes.
-const MAX_PATH_BYTES: usize = 1024;
-/// Longest error text a worker may report, in bytes.
-const MAX_ERROR_BYTES: usize = 4096;
-
-fn check_len(field: &str, text: &str, max: usize) -> TierResult<()> {
-    if text.len() > max {
-        return Err(TierError::bad_input(format!(
-            "{field} has {} bytes, more than {max}",
-            text.len()
-        )));
-    }
-    Ok(())
-}
-
-/// A heartbeat's load, with its lists and texts bounded: the master keeps
-/// it per worker and lists it to every client.
-fn worker_load(load: Option<pb::WorkerLoad>) -> TierResult<WorkerLoad> {
-    if let Some(tiers) = load.as_ref().and_then(|l| l.tiers.as_ref()) {
-        if tiers.dirs.len() > MAX_DIRS {
-            return Err(TierError::bad_input(format!(
-                "load.tiers.dirs has {} entries, more than {MAX_DIRS}",
-                tiers.dirs.len()
-            )));
-        }
-        for dir in &tiers.dirs {
-            check_len("load.tiers.dirs.path", &dir.path, MAX_PATH_BYTES)?;
-            check_len("load.tiers.dirs.error", &dir.error, MAX_ERROR_BYTES)?;
-        }
-        if let Some(store) = &tiers.object_store {
-            check_len("load.tiers.object_store.url", &store.url, MAX_PATH_BYTES)?;
-            check_len(
-                "load.tiers.object_store.last_error",
-                &store.last_error,
-                MAX_ERROR_BYTES,
-            )?;
-        }
-    }
-    Ok(load.unwrap_or_default())
+/// A worker the registry holds: its id was validated when the worker
+/// registered or heartbeat.
+fn worker_at(id: String, address: String) -> WorkerAt {
+    WorkerAt::new(
+        WorkerId::new(id).expect("the registry holds only worker ids validated on receipt"),
+        address,
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use terrace_tier_api::protocol::{DropJob, RegisterWorker};
+    use terrace_tier_api::{ErrorKind, JobId};
+
     use super::*;
 
+    fn register(address: &str) -> TierResult<Command> {
+        let (message, body) = RegisterWorker {
+            worker: WorkerId::new("w1").expect("valid"),
+            data_address: address.to_string(),
+        }
+        .into_frame(7);
+        Command::from_frame(message, body.into_bytes())
+    }
+
     #[test]
-    fn worker_ids_and_addresses_are_validated() {
-        assert_eq!(worker_id("w1".into()), Ok("w1".to_string()));
-        assert_eq!(
-            worker_id(String::new()),
-            Err(TierError::bad_input("worker id is empty"))
-        );
-        assert!(worker_id("x".repeat(MAX_ID_BYTES + 1)).is_err());
-        assert_eq!(
-            data_address("10.0.0.1:7000".into()),
-            Ok("10.0.0.1:7000".to_string())
-        );
-        assert_eq!(
-            data_address("[::1]:7000".into()),
-            Ok("[::1]:7000".to_string())
-        );
+    fn worker_addresses_are_validated_on_receipt() {
+        for good in ["10.0.0.1:7000", "[::1]:7000"] {
+            let command = register(good).expect("valid address");
+            assert_eq!(command.access(), Access::Cluster);
+            assert_eq!(command.message_type(), MessageType::RegisterWorker);
+        }
         for bad in [
             "",
             "host",
@@ -228,30 +154,23 @@ mod tests {
             "host:99999",
             "host:http",
         ] {
-            assert!(data_address(bad.into()).is_err(), "{bad:?} accepted");
+            let e = register(bad).expect_err(bad);
+            assert_eq!(e.kind(), ErrorKind::BadInput, "{bad:?}");
+            assert_eq!(
+                e.message(),
+                format!("worker data address {bad:?} is not host:port")
+            );
         }
     }
 
     #[test]
-    fn requests_the_master_does_not_serve_are_cluster_requests_answered_bad_request() {
-        let (request_id, command) = Command::from_message(Message::DropJob(pb::DropJob {
-            request_id: 42,
-            job_id: bytes::Bytes::from_static(b"j"),
-        }))
-        .expect("parsed");
-        assert_eq!(command.access(), Access::Cluster);
-        let config = crate::MasterConfig::default();
-        let now = terrace_rpc::clock::now();
-        let mut registry = Registry::new(&config, now);
-        let (reply, probe) = command.apply(request_id, &mut registry, now, None);
-        assert_eq!(probe, None);
-        assert_eq!(
-            reply,
-            Message::error(
-                42,
-                pb::ErrorCode::BadRequest,
-                "the master does not serve DropJob requests"
-            )
-        );
+    fn requests_the_master_does_not_serve_are_bad_requests_naming_their_type() {
+        let (message, body) = DropJob {
+            job: JobId::new(Bytes::from_static(b"j")).expect("valid"),
+        }
+        .into_frame(42);
+        let e = Command::from_frame(message, body.into_bytes()).expect_err("unserved");
+        assert_eq!(e.kind(), ErrorKind::BadInput);
+        assert_eq!(e.message(), "the master does not serve DropJob requests");
     }
 }

@@ -78,7 +78,9 @@ impl Command {
             WorkerRequest::SplitPartition(r) => reply(split_partition::apply(r, conn).await),
             WorkerRequest::ReleasePartition(r) => reply(release_partition::apply(r, conn).await),
             WorkerRequest::DropJob(r) => reply(drop_job::apply(r, conn).await),
-            WorkerRequest::WorkerStats(r) => Some(Ok(worker_stats::apply(r, request_id, conn))),
+            WorkerRequest::WorkerStats(r) => {
+                Some(Ok(frame(worker_stats::apply(r, conn), request_id)))
+            }
             WorkerRequest::PartitionMetrics(r) => {
                 Some(partition_metrics::apply(r, conn).map(|r| frame(r, request_id)))
             }

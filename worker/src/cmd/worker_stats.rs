@@ -2,18 +2,16 @@
 
 use std::sync::atomic::Ordering;
 
-use terrace_proto::{Message, pb};
-use terrace_tier_api::protocol::WorkerStats;
+use terrace_tier_api::protocol::{WorkerStats, WorkerStatsReply};
 
 use crate::context::Connection;
 
-/// The reply stays a wire message: the load it carries is the heartbeat's
-/// (`crate::heartbeat::load`), still built as one.
-pub(crate) fn apply(_: WorkerStats, request_id: u64, conn: &Connection) -> Message {
+/// The counters, with the load the worker reports in its heartbeats
+/// (`crate::heartbeat::load`).
+pub(crate) fn apply(_: WorkerStats, conn: &Connection) -> WorkerStatsReply {
     let store = &conn.shared.store;
-    Message::WorkerStatsReply(pb::WorkerStatsReply {
-        request_id,
-        load: Some(crate::heartbeat::load(&conn.shared).into()),
+    WorkerStatsReply {
+        load: crate::heartbeat::load(&conn.shared),
         bytes_pushed: store.counters.bytes_pushed.load(Ordering::Relaxed),
         bytes_read: store.counters.bytes_read.load(Ordering::Relaxed),
         memory_budget_bytes: store.budget().total(),
@@ -22,5 +20,5 @@ pub(crate) fn apply(_: WorkerStats, request_id: u64, conn: &Connection) -> Messa
         metadata_bytes: store.metadata().used(),
         metadata_peak_bytes: store.metadata().peak(),
         metadata_limit_bytes: store.metadata().limit(),
-    })
+    }
 }
