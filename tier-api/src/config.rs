@@ -119,9 +119,11 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// `d`/`day(s)`, `w`/`week(s)` (humantime's syntax). A number without a unit
 /// is an error: callers that give bare numbers a meaning (Flink's
 /// milliseconds) decide that themselves.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime_serde::re::humantime::parse_duration(s.trim())
-        .map_err(|e| format!("duration {s:?}: {e} (write e.g. \"500ms\", \"30s\", \"5m\")"))
+pub fn parse_duration(s: &str) -> Result<Duration, ParseDurationError> {
+    humantime_serde::re::humantime::parse_duration(s.trim()).map_err(|source| ParseDurationError {
+        input: s.to_string(),
+        source,
+    })
 }
 
 /// Writes `d` the way [`parse_duration`] reads it (`"1h 30m"`, `"500ms"`).
@@ -247,6 +249,16 @@ pub enum ParseSizeError {
     Overflow(String),
 }
 
+/// A duration that does not parse (see [`parse_duration`]); the parser's
+/// reason is its source.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("duration {input:?}: {source} (write e.g. \"500ms\", \"30s\", \"5m\")")]
+pub struct ParseDurationError {
+    pub input: String,
+    #[source]
+    pub source: humantime_serde::re::humantime::DurationError,
+}
+
 impl AgentConfig {
     /// Checks the relations between fields; call after loading.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -340,7 +352,9 @@ mod tests {
         }
         for text in ["", "30", "5 fortnights", "-1s"] {
             let e = parse_duration(text).expect_err(text);
-            assert!(e.contains(&format!("{text:?}")), "{e}");
+            // The error keeps the text it refused, and says so.
+            assert_eq!(e.input, text);
+            assert!(e.to_string().contains(&format!("{text:?}")), "{e}");
         }
     }
 

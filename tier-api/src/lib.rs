@@ -26,7 +26,8 @@ pub use batch::{
 pub use buffer::{Buffer, DataType};
 pub use checksum::crc32c_combine;
 pub use config::{
-    AgentConfig, ByteSize, ConfigError, ParseSizeError, duration, format_duration, parse_duration,
+    AgentConfig, ByteSize, ConfigError, ParseDurationError, ParseSizeError, duration,
+    format_duration, parse_duration,
 };
 pub use contract::{
     AvailabilityNotifier, ConsumerSpec, ProducerSpec, SubpartitionRange, TierConsumerAgent,
