@@ -112,7 +112,17 @@ mod tests {
     use clap::Parser;
     use terrace_tier_api::ByteSize;
 
-    use super::{Cli, Command, report};
+    use super::{Cli, Command};
+
+    /// The report without the backtrace `RUST_BACKTRACE` adds (set or not
+    /// where the tests run).
+    fn report(error: &anyhow::Error) -> String {
+        let full = super::report(error);
+        match full.split_once("\n\nStack backtrace:") {
+            Some((text, _)) => text.to_string(),
+            None => full,
+        }
+    }
 
     /// The report is what a user reads, so its text is the point: a
     /// `TierError` that names its cause is not followed by that cause again.
