@@ -8,10 +8,12 @@
 //! budget, and never blocks its async threads on file I/O.
 
 mod cmd;
+mod admin;
 mod config;
 mod context;
 mod decommission;
 mod heartbeat;
+mod metrics;
 mod server;
 mod store;
 mod stream;

@@ -13,8 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cmd::Command;
 use crate::config::WorkerConfig;
-use crate::context::{Connection, Decommission, JobDrops, Rates, Shared};
+use crate::context::{
+    Connection, Decommission, JobDrops, MasterContacts, Rates, Shared, read_budget_permits,
+};
 use crate::heartbeat;
+use crate::metrics::{ErrorClass, Occupancy, Occupied};
 use crate::store::{Reservation, Store, StoreHooks};
 
 /// A running worker, for embedding (demo, bench, tests).
@@ -94,11 +97,7 @@ fn prepare(
         Arc::new(Shared {
             store,
             jobs_known: std::sync::Mutex::new(HashMap::new()),
-            read_budget: Arc::new(tokio::sync::Semaphore::new(
-                usize::try_from(config.read_memory.as_u64())
-                    .unwrap_or(usize::MAX)
-                    .min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+            read_budget: Arc::new(tokio::sync::Semaphore::new(read_budget_permits(&config))),
             config,
             security,
             worker_id,
@@ -108,6 +107,7 @@ fn prepare(
             heartbeat_now: tokio::sync::Notify::new(),
             rates: std::sync::Mutex::new(Rates::default()),
             drops: JobDrops::default(),
+            masters: MasterContacts::default(),
             stop,
         }),
         local,
@@ -168,6 +168,7 @@ impl Meter for BudgetMeter<'_> {
 }
 
 async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accepted {
+    let _open = Occupied::new(&shared.store.counters, Occupancy::Connection);
     let reads = shared.config.server.max_send_queue.as_usize();
     let mut conn = Connection {
         shared,
@@ -177,6 +178,8 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
         peer: accepted.peer.to_string(),
         reads: Arc::new(tokio::sync::Semaphore::new(reads)),
     };
+    let counters = Arc::clone(&conn.shared.store.counters);
+    let errors = &counters.errors;
     loop {
         // A connection with open read streams is busy even when it sends
         // nothing; streams whose task ended do not count.
@@ -187,6 +190,7 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
         // Every request header a worker serves is a few hundred bytes; a
         // large one could only be an attack.
         if prefix.header_len > MAX_REQUEST_HEADER_BYTES {
+            errors.add(ErrorClass::Protocol);
             accepted.fail_protocol(
                 "protocol error: request header longer than 16 KiB (the most a worker reads)",
             );
@@ -215,6 +219,7 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
                 Some(frame) => match store.top_up(meter.held, prefix.remaining()).await {
                     Ok(held) => Some((frame, held)),
                     Err(reason) => {
+                        errors.add(ErrorClass::Protocol);
                         accepted.fail_protocol(error_text(&reason));
                         None
                     }
@@ -231,12 +236,14 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
             Ok(command) => command,
             Err(e) => {
                 tracing::debug!(peer = %conn.peer, request_id, error = %e, "request failed");
+                errors.count(&e);
                 conn.sender.send(e.to_reply(request_id), Bytes::new());
                 continue;
             }
         };
         if let Err(e) = accepted.identity.authorize(command.access(), &what) {
             tracing::debug!(peer = %conn.peer, client = %accepted.client, error = %e, "request refused");
+            errors.count(&e);
             conn.sender.send(e.to_reply(request_id), Bytes::new());
             continue;
         }
@@ -246,6 +253,7 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
             }
             Some(Err(e)) => {
                 tracing::debug!(peer = %conn.peer, request_id, error = %e, "request failed");
+                errors.count(&e);
                 conn.sender.send(e.to_reply(request_id), Bytes::new());
             }
             None => {}
