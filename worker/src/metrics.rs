@@ -406,7 +406,7 @@ impl Collector for WorkerCollector {
             ),
         ];
         for (path, used, _, _) in &dirs {
-            stored.push(([("tier", "disk"), ("dir", path)], *used));
+            stored.push(([("tier", "disk"), ("dir", path.as_str())], *used));
         }
         family(
             e,
