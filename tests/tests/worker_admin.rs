@@ -10,77 +10,26 @@
 //! - every metric docs/operations.md lists under "Worker metrics" is
 //!   exported, and every exported one is listed.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use terrace_admin::catalog;
+use terrace_admin::client::{self, Reply};
 use terrace_tests::{
-    TestWorker, assert_buffers_eq, call, key, logs, read_partition, small_agent_config,
-    wait_until, worker_stats, write_partition,
+    TestWorker, assert_buffers_eq, call, key, logs, read_partition, small_agent_config, wait_until,
+    worker_stats, write_partition,
 };
 use terrace_tier_api::protocol::{CreatePartition, Decommission, ReleasePartition};
 use terrace_tier_api::{BUFFER_HEADER_LEN, Buffer, ByteSize, ErrorKind};
 use terrace_worker::{AdminConfig, WorkerConfig};
 
-/// An HTTP answer: status and body.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: String,
-}
-
-/// One `GET path` over a fresh connection to `address` (10 s at most),
-/// with `Authorization: Bearer <bearer>` when given.
-fn get(address: &str, path: &str, bearer: Option<&str>) -> Answer {
-    let limit = Duration::from_secs(10);
-    let target: std::net::SocketAddr = address.parse().expect("admin address");
-    let mut stream = std::net::TcpStream::connect_timeout(&target, limit).expect("connect");
-    stream.set_read_timeout(Some(limit)).expect("read timeout");
-    stream.set_write_timeout(Some(limit)).expect("write timeout");
-    let auth = bearer
-        .map(|b| format!("Authorization: Bearer {b}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .expect("send the request");
-    let mut raw = Vec::new();
-    stream
-        .take(64 << 20)
-        .read_to_end(&mut raw)
-        .expect("read the answer");
-    let text = String::from_utf8(raw).expect("a UTF-8 answer");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Answer { status, body }
-}
-
-/// The payload of a chunked HTTP/1.1 body.
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").expect("a chunk size line");
-        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
+/// One `GET path` of the admin server at `address` (10 s at most), with
+/// `Authorization: Bearer <bearer>` when given.
+fn get(address: &str, path: &str, bearer: Option<&str>) -> Reply {
+    terrace_rpc::io_runtime()
+        .block_on(client::get(address, path, bearer, Duration::from_secs(10)))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 /// The samples of a Prometheus text exposition: `name{labels}` (as
@@ -92,14 +41,6 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
             let (series, value) = l.rsplit_once(' ').expect("a sample line");
             (series.to_string(), value.parse().expect("a sample value"))
         })
-        .collect()
-}
-
-/// The metric names a `# TYPE` line declares.
-fn declared(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .map(|l| l.split_whitespace().next().expect("a name").to_string())
         .collect()
 }
 
@@ -264,7 +205,10 @@ fn metrics_count_exactly_what_a_job_moved_and_partitions_return_to_zero() {
         sample(&after, "terrace_worker_partitions{state=\"sealed\"}"),
         2
     );
-    assert_eq!(sample(&after, "terrace_worker_partitions{state=\"open\"}"), 0);
+    assert_eq!(
+        sample(&after, "terrace_worker_partitions{state=\"open\"}"),
+        0
+    );
     assert_eq!(sample(&after, "terrace_worker_jobs"), 1);
     // Sealed with write_on_push: every byte is in the data directory's files.
     let data_dir = dir.path().join("data").display().to_string();
@@ -322,7 +266,10 @@ fn metrics_count_exactly_what_a_job_moved_and_partitions_return_to_zero() {
         })
         .sum();
     assert_eq!(stored, expected_bytes);
-    let other = json(&admin, &format!("/api/v1/partitions?job={}", "ab".repeat(16)));
+    let other = json(
+        &admin,
+        &format!("/api/v1/partitions?job={}", "ab".repeat(16)),
+    );
     assert_eq!(other["total"], 0);
     assert_eq!(json(&admin, "/api/v1/partitions")["total"], 2);
     assert_eq!(
@@ -355,7 +302,10 @@ fn metrics_count_exactly_what_a_job_moved_and_partitions_return_to_zero() {
     wait_until(Duration::from_secs(20), "partitions return to zero", || {
         let (now, _) = scrape(&admin, None);
         ["open", "sealed", "failed"].iter().all(|state| {
-            sample(&now, &format!("terrace_worker_partitions{{state=\"{state}\"}}")) == 0
+            sample(
+                &now,
+                &format!("terrace_worker_partitions{{state=\"{state}\"}}"),
+            ) == 0
         }) && sample(&now, "terrace_worker_jobs") == 0
             && sample(&now, "terrace_worker_streams_open") == 0
     });
@@ -419,7 +369,10 @@ fn a_worker_registering_with_no_master_is_not_ready() {
     assert_eq!(ready.status, 503);
     assert!(ready.body.contains("not registered"), "{}", ready.body);
     assert_eq!(get(&admin, "/healthz", None).status, 200);
-    assert_eq!(json(&admin, "/api/v1/worker")["masters"][0]["registered"], false);
+    assert_eq!(
+        json(&admin, "/api/v1/worker")["masters"][0]["registered"],
+        false
+    );
     worker.stop();
 }
 
@@ -465,22 +418,6 @@ fn admin_endpoints_need_the_credential_when_one_is_set() {
     worker.stop();
 }
 
-/// The names docs/operations.md lists in its "Worker metrics" table.
-fn documented_worker_metrics() -> BTreeSet<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
-    let doc = std::fs::read_to_string(path).expect("read docs/operations.md");
-    doc.lines()
-        .skip_while(|l| l.trim() != "### Worker metrics")
-        .skip(1)
-        .take_while(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            l.strip_prefix("| `")
-                .and_then(|rest| rest.split_once('`'))
-                .map(|(name, _)| name.to_string())
-        })
-        .collect()
-}
-
 #[test]
 fn every_worker_metric_is_documented_and_every_documented_one_exported() {
     let _logs = logs::capture();
@@ -493,15 +430,51 @@ fn every_worker_metric_is_documented_and_every_documented_one_exported() {
     let worker = TestWorker::start(config);
     let admin = admin_address(&worker);
     let (_, text) = scrape(&admin, None);
-    let exported = declared(&text);
-    let documented = documented_worker_metrics();
-    assert!(documented.len() >= 25, "the table was found: {documented:?}");
-    let undocumented: Vec<&String> = exported.difference(&documented).collect();
-    let missing: Vec<&String> = documented.difference(&exported).collect();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+    let doc = std::fs::read_to_string(path).expect("read docs/operations.md");
+    let documented = catalog::documented(&doc, "### Worker metrics")
+        .unwrap_or_else(|e| panic!("docs/operations.md: {e}"));
+    let exported = catalog::exported(&text);
+    let differences = catalog::differences(&documented, &exported);
     assert!(
-        undocumented.is_empty() && missing.is_empty(),
-        "exported but not in docs/operations.md: {undocumented:?}; documented but not exported: {missing:?}"
+        differences.is_empty(),
+        "docs/operations.md \"### Worker metrics\" and the exported metrics differ:\n{}",
+        differences.join("\n")
     );
-    assert!(exported.iter().all(|n| n.starts_with("terrace_worker_")));
+    // The names alert rules and dashboards rely on are among them.
+    for name in [
+        "terrace_worker_pushed_bytes_total",
+        "terrace_worker_pushed_buffers_total",
+        "terrace_worker_read_bytes_total",
+        "terrace_worker_read_buffers_total",
+        "terrace_worker_stored_bytes",
+        "terrace_worker_migrated_bytes_total",
+        "terrace_worker_overflowed_bytes_total",
+        "terrace_worker_pushes_in_flight",
+        "terrace_worker_reads_in_flight",
+        "terrace_worker_memory_budget_bytes",
+        "terrace_worker_memory_used_bytes",
+        "terrace_worker_memory_peak_bytes",
+        "terrace_worker_read_budget_used_bytes",
+        "terrace_worker_partitions",
+        "terrace_worker_jobs",
+        "terrace_worker_streams_open",
+        "terrace_worker_connections_open",
+        "terrace_worker_errors_total",
+        "terrace_worker_push_duration_seconds",
+        "terrace_worker_read_duration_seconds",
+        "terrace_worker_disk_healthy",
+        "terrace_worker_object_store_failures_total",
+        "terrace_worker_splits_total",
+        "terrace_worker_adoptions_total",
+        "terrace_worker_draining",
+    ] {
+        assert!(exported.contains_key(name), "{name} is not exported");
+    }
+    assert_eq!(
+        get(&admin, "/metrics", None).header("content-type"),
+        Some(terrace_admin::METRICS_CONTENT_TYPE)
+    );
+    assert!(exported.keys().all(|n| n.starts_with("terrace_worker_")));
     worker.stop();
 }

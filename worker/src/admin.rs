@@ -6,14 +6,60 @@
 //! Job and partition ids are lower-case hex, as `terrace status` prints
 //! them. Lists are bounded ([`MAX_LISTED`]); a longer one says it was cut.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
+use terrace_admin::prometheus_client::registry::Registry;
+use terrace_admin::{AdminApp, ApiError, ApiRequest};
 use terrace_rpc::clock;
 use terrace_tier_api::{JobId, MAX_ID_BYTES};
 
 use crate::context::Shared;
 use crate::store::PartitionState;
+
+/// The worker's side of its admin HTTP server.
+pub(crate) struct WorkerAdmin {
+    shared: Arc<Shared>,
+    registry: Registry,
+}
+
+impl WorkerAdmin {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        WorkerAdmin {
+            registry: crate::metrics::registry(Arc::clone(&shared)),
+            shared,
+        }
+    }
+}
+
+impl AdminApp for WorkerAdmin {
+    fn ready(&self) -> Result<(), String> {
+        if self.shared.stop.is_cancelled() {
+            return Err(format!("worker {} is stopping", self.shared.worker_id));
+        }
+        self.shared.readiness()
+    }
+
+    fn metrics(&self, out: &mut String) -> std::fmt::Result {
+        terrace_admin::encode_metrics(out, &self.registry)
+    }
+
+    fn api(&self, request: &ApiRequest<'_>) -> Result<Value, ApiError> {
+        match request.segments().as_slice() {
+            ["worker"] => Ok(worker_state(&self.shared)),
+            ["partitions"] => {
+                let job = request
+                    .param("job")
+                    .map(parse_job)
+                    .transpose()
+                    .map_err(|BadQuery(why)| ApiError::BadRequest(why))?;
+                Ok(partitions(&self.shared, job.as_ref()))
+            }
+            _ => Err(ApiError::no_route(request)),
+        }
+    }
+}
 
 /// Most jobs or partitions one answer lists.
 pub(crate) const MAX_LISTED: usize = 10_000;
@@ -144,9 +190,7 @@ pub(crate) struct BadQuery(pub String);
 pub(crate) fn parse_job(hex: &str) -> Result<JobId, BadQuery> {
     // Checked here before `from_hex` slices it: only ASCII hex digits, and
     // no longer than the longest id.
-    if hex.is_empty()
-        || hex.len() > 2 * MAX_ID_BYTES
-        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    if hex.is_empty() || hex.len() > 2 * MAX_ID_BYTES || !hex.bytes().all(|b| b.is_ascii_hexdigit())
     {
         return Err(BadQuery(format!(
             "job must be a job id in hex (1 to {MAX_ID_BYTES} bytes)"
@@ -209,7 +253,14 @@ mod tests {
             parse_job("0A0b").map(|j| j.as_bytes().to_vec()),
             Ok(vec![0x0a, 0x0b])
         );
-        for bad in ["", "abc", "zz", "aéb", "0x0a", &"ab".repeat(MAX_ID_BYTES + 1)] {
+        for bad in [
+            "",
+            "abc",
+            "zz",
+            "aéb",
+            "0x0a",
+            &"ab".repeat(MAX_ID_BYTES + 1),
+        ] {
             assert!(parse_job(bad).is_err(), "{bad:?} is refused");
         }
         assert!(parse_job(&"ab".repeat(MAX_ID_BYTES)).is_ok());

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
+use terrace_admin::prometheus_client::collector::Collector;
+use terrace_admin::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use terrace_admin::prometheus_client::metrics::MetricType;
+use terrace_admin::prometheus_client::metrics::counter::ConstCounter;
+use terrace_admin::prometheus_client::metrics::gauge::ConstGauge;
+use terrace_admin::prometheus_client::registry::Registry;
 use terrace_tier_api::{ErrorKind, TierError};
 
 use crate::context::Shared;
@@ -253,13 +253,12 @@ fn caused_by_object_store(error: &TierError) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(e) = cause {
         let from_store = e.is::<object_store::Error>()
-            || e.downcast_ref::<StoreError>()
-                .is_some_and(|s| {
-                    matches!(
-                        s,
-                        StoreError::ObjectStore { .. } | StoreError::ObjectStoreFailed(_)
-                    )
-                });
+            || e.downcast_ref::<StoreError>().is_some_and(|s| {
+                matches!(
+                    s,
+                    StoreError::ObjectStore { .. } | StoreError::ObjectStoreFailed(_)
+                )
+            });
         if from_store {
             return true;
         }
@@ -394,9 +393,8 @@ impl Collector for WorkerCollector {
             })
             .collect();
         let object = tiers.object.as_ref().map(|o| &o.counters);
-        let object_load = |f: fn(&crate::store::ObjectCounters) -> &AtomicU64| {
-            object.map_or(0, |o| load(f(o)))
-        };
+        let object_load =
+            |f: fn(&crate::store::ObjectCounters) -> &AtomicU64| object.map_or(0, |o| load(f(o)));
 
         let mut stored: Vec<([(&str, &str); 2], u64)> = vec![
             ([("tier", "memory"), ("dir", "")], memory_bytes),
@@ -453,7 +451,10 @@ impl Collector for WorkerCollector {
         let failures: Vec<([(&str, &str); 1], u64)> = ObjectOp::ALL
             .iter()
             .map(|op| {
-                let n = tiers.object.as_ref().map_or(0, |o| o.counters.failures_of(*op));
+                let n = tiers
+                    .object
+                    .as_ref()
+                    .map_or(0, |o| o.counters.failures_of(*op));
                 ([("op", op.as_str())], n)
             })
             .collect();

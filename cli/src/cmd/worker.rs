@@ -59,6 +59,10 @@ pub struct Args {
     /// TERRACE_WORKER_ALLOW_MISSING_DATA_DIRS=true).
     #[arg(long)]
     allow_missing_data_dirs: bool,
+    /// Address of the admin HTTP server: metrics, health, JSON API (sets
+    /// `admin.listen`; env TERRACE_WORKER__ADMIN__LISTEN). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
 }
 
 /// The worker's environment: `TERRACE_WORKER__KEY` for any key, and the
@@ -89,6 +93,13 @@ impl Args {
         let mut out = Vec::new();
         if let Some(listen) = &self.listen {
             out.push(Override::flag("listen", "listen", listen.as_str()));
+        }
+        if let Some(admin) = &self.admin_listen {
+            out.push(Override::flag(
+                "admin-listen",
+                "admin.listen",
+                admin.as_str(),
+            ));
         }
         if !self.data_dirs.is_empty() {
             let dirs: Vec<String> = self
@@ -198,7 +209,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "terrace worker listening on {}",
             listener.local_addr().context("read bound address")?
         );
-        terrace_worker::run(config, listener, shutdown)
+        let admin = match &config.admin.listen {
+            Some(address) => {
+                let admin = terrace_admin::bind(address)
+                    .await
+                    .context("start the admin HTTP server")?;
+                println!(
+                    "terrace worker admin listening on {}",
+                    admin.local_addr().context("read bound admin address")?
+                );
+                Some(admin)
+            }
+            None => None,
+        };
+        terrace_worker::run_with_admin(config, listener, admin, shutdown)
             .await
             .context("run worker")
     })

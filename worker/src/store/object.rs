@@ -355,9 +355,11 @@ impl ObjectTier {
     /// Stores `slices` as one object with a single PUT.
     pub async fn put(&self, key: &ObjectPath, slices: &[Bytes]) -> TierResult<()> {
         let payload: PutPayload = slices.iter().cloned().collect();
-        self.retry(ObjectOp::Put, key.as_ref(), || self.store.put(key, payload.clone()))
-            .await
-            .map(|_| ())
+        self.retry(ObjectOp::Put, key.as_ref(), || {
+            self.store.put(key, payload.clone())
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Stores an object from `parts`, produced one at a time (a multipart
@@ -487,7 +489,9 @@ impl ObjectTier {
         ranges: &[Range<u64>],
     ) -> TierResult<Vec<Bytes>> {
         let out = self
-            .retry(ObjectOp::Get, key.as_ref(), || self.store.get_ranges(key, ranges))
+            .retry(ObjectOp::Get, key.as_ref(), || {
+                self.store.get_ranges(key, ranges)
+            })
             .await?;
         let total: usize = out.iter().map(Bytes::len).sum();
         self.counters
