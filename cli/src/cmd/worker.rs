@@ -276,3 +276,57 @@ fn decommission(args: DecommissionArgs) -> anyhow::Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn config(argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<WorkerConfig> {
+        let cli = Cli::try_parse_from(std::iter::once(&"terrace-worker").chain(argv))?;
+        let vars = env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        cli.args.config(vars)
+    }
+
+    /// `admin.listen` comes from the environment, `--admin-listen` beats
+    /// it, and a `--set` after both beats them.
+    #[test]
+    fn admin_listen_from_every_layer() {
+        assert_eq!(config(&[], &[]).expect("defaults").admin.listen, None);
+        let env = [("TERRACE_WORKER__ADMIN__LISTEN", "127.0.0.1:1")];
+        let from_env = config(&[], &env).expect("env");
+        assert_eq!(from_env.admin.listen.as_deref(), Some("127.0.0.1:1"));
+        let flag = config(&["--admin-listen", "127.0.0.1:2"], &env).expect("flag");
+        assert_eq!(flag.admin.listen.as_deref(), Some("127.0.0.1:2"));
+        let set = config(
+            &[
+                "--admin-listen",
+                "127.0.0.1:2",
+                "--set",
+                "admin.listen=127.0.0.1:3",
+                "--set",
+                "admin.token_file=/etc/terrace/admin-token",
+            ],
+            &env,
+        )
+        .expect("set");
+        assert_eq!(set.admin.listen.as_deref(), Some("127.0.0.1:3"));
+        assert_eq!(
+            set.admin.token_file,
+            Some(PathBuf::from("/etc/terrace/admin-token"))
+        );
+        let e = config(&["--set", "admin.lisen=x"], &[]).expect_err("unknown key");
+        assert!(format!("{e:#}").contains("admin.lisen"), "{e:#}");
+    }
+}
