@@ -202,7 +202,7 @@ fn every_config_key_is_documented_and_in_the_examples() {
     let set =
         |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| n.to_string()).collect() };
     let worker_tables = set(&["limits", "server", "security", "object_store", "admin"]);
-    let master_tables = set(&["limits", "server", "security"]);
+    let master_tables = set(&["limits", "server", "security", "admin"]);
     let none = BTreeSet::new();
     let mut problems = Vec::new();
     let section = |name: &str| {
@@ -263,6 +263,7 @@ fn every_config_key_is_documented_and_in_the_examples() {
             &none,
             section("security"),
         ),
+        ("master [admin]", &master, "admin", &none, section("admin")),
         ("agent", &agent, "", &none, section("agent")),
     ] {
         compare_section(what, keys, prefix, tables, doc, &mut problems);
