@@ -20,8 +20,10 @@ use terrace_tests::{
     TestWorker, assert_buffers_eq, call, key, logs, read_partition, small_agent_config, wait_until,
     worker_stats, write_partition,
 };
-use terrace_tier_api::protocol::{CreatePartition, Decommission, ReleasePartition};
-use terrace_tier_api::{BUFFER_HEADER_LEN, Buffer, ByteSize, ErrorKind};
+use terrace_tier_api::protocol::{
+    CreatePartition, Decommission, ReleasePartition, SplitPartition, WorkerAt,
+};
+use terrace_tier_api::{BUFFER_HEADER_LEN, Buffer, ByteSize, ErrorKind, WorkerId};
 use terrace_worker::{AdminConfig, WorkerConfig};
 
 /// One `GET path` of the admin server at `address` (10 s at most), with
@@ -345,6 +347,21 @@ fn readyz_is_503_while_draining_and_healthz_stays_200() {
         },
     )
     .expect("create");
+    // A split ends the part here and is counted.
+    call(
+        &worker.address,
+        SplitPartition {
+            key: key(9, 1),
+            next: WorkerAt::new(WorkerId::new("next").expect("id"), "127.0.0.1:1"),
+        },
+    )
+    .expect("split");
+    let (split, _) = scrape(&admin, None);
+    assert_eq!(sample(&split, "terrace_worker_splits_total"), 1);
+    assert_eq!(
+        sample(&split, "terrace_worker_partitions{state=\"sealed\"}"),
+        1
+    );
     call(&worker.address, Decommission).expect("decommission");
     let ready = get(&admin, "/readyz", None);
     assert_eq!(ready.status, 503);
