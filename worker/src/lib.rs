@@ -22,7 +22,7 @@ pub use config::{ObjectStoreConfig, WorkerConfig, WorkerLimits};
 pub use server::{WorkerHandle, run, run_with_admin, start, start_with_hooks};
 pub use store::{
     Charge, FaultyFiles, FaultyStore, FileLayer, Forward, MARKER, MemoryBudget, MetadataBudget,
-    ObjectStoreState, ObjectTier, Partition, ReadStep, RealFiles, Reservation, Store, StoreError,
-    StoreHooks, TierBytes, Tiers, build_store, cost,
+    ObjectOp, ObjectStoreState, ObjectTier, Partition, ReadStep, RealFiles, Reservation, Store,
+    StoreError, StoreHooks, TierBytes, Tiers, build_store, cost,
 };
 pub use terrace_admin::AdminConfig;
