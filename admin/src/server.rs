@@ -155,10 +155,15 @@ pub fn start_with_limits(
     }
     tracing::info!(%address, credential = credential.describe(), "admin HTTP server listening");
     let stop = CancellationToken::new();
+    let limits = AdminLimits {
+        max_header_bytes: limits.max_header_bytes.max(MIN_HEADER_BYTES),
+        max_connections: limits.max_connections.max(1),
+        ..limits
+    };
     let server = Server {
         app,
         credential,
-        limits: Limits::from(limits),
+        limits,
     };
     let task = tokio::spawn(accept_loop(listener, Arc::new(server), stop.clone()));
     AdminHandle {
@@ -168,26 +173,15 @@ pub fn start_with_limits(
     }
 }
 
-/// [`AdminLimits`] with the header bound raised to what the library takes.
-#[derive(Debug)]
-struct Limits(AdminLimits);
-
-impl From<AdminLimits> for Limits {
-    fn from(mut limits: AdminLimits) -> Self {
-        limits.max_header_bytes = limits.max_header_bytes.max(MIN_HEADER_BYTES);
-        limits.max_connections = limits.max_connections.max(1);
-        Limits(limits)
-    }
-}
-
 struct Server {
     app: Arc<dyn AdminApp>,
     credential: AdminCredential,
-    limits: Limits,
+    /// With `max_header_bytes` at least what the HTTP library takes.
+    limits: AdminLimits,
 }
 
 async fn accept_loop(listener: TcpListener, server: Arc<Server>, stop: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(server.limits.0.max_connections));
+    let slots = Arc::new(Semaphore::new(server.limits.max_connections));
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -197,7 +191,7 @@ async fn accept_loop(listener: TcpListener, server: Arc<Server>, stop: Cancellat
         match accepted {
             Ok((stream, peer)) => {
                 let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    tracing::debug!(%peer, limit = server.limits.0.max_connections,
+                    tracing::debug!(%peer, limit = server.limits.max_connections,
                         "admin connection refused: too many open");
                     continue;
                 };
@@ -221,7 +215,7 @@ async fn accept_loop(listener: TcpListener, server: Arc<Server>, stop: Cancellat
     drop(listener);
     connections.close();
     // Each connection stops on `stop` within the grace; this bound is a backstop.
-    let grace = server.limits.0.stop_grace + Duration::from_millis(100);
+    let grace = server.limits.stop_grace + Duration::from_millis(100);
     if clock::timeout(grace, connections.wait()).await.is_err() {
         tracing::debug!("admin connections still open at stop are dropped");
     }
@@ -234,7 +228,7 @@ async fn serve_connection(
     _slot: OwnedSemaphorePermit,
     stop: CancellationToken,
 ) {
-    let limits = &server.limits.0;
+    let limits = &server.limits;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -59,6 +59,7 @@ impl AdminApp for App {
                 Err(ApiError::NotFound(format!("no thing {id}")))
             }
             ["things", id] => Err(ApiError::BadRequest(format!("{id:?} is not hex"))),
+            ["big"] => Ok(serde_json::json!({ "big": "x".repeat(1 << 20) })),
             _ => Err(ApiError::no_route(request)),
         }
     }
@@ -173,6 +174,12 @@ async fn endpoints_answer_get_and_refuse_other_methods_and_paths() {
         "{}",
         unknown.body
     );
+
+    // Replies far larger than the 8 KiB request-head bound go out whole.
+    let big = get(&admin, "/api/v1/big", None).await;
+    assert_eq!(big.status, 200);
+    let document: serde_json::Value = serde_json::from_str(&big.body).expect("JSON");
+    assert_eq!(document["big"].as_str().map(str::len), Some(1 << 20));
 
     for path in ["/", "/metrics/", "/api/v2/things", "/favicon.ico"] {
         assert_eq!(get(&admin, path, None).await.status, 404, "{path}");

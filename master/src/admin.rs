@@ -231,7 +231,40 @@ impl AdminApp for MasterAdmin {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::config::MasterConfig;
+    use crate::probe::Prober;
+
+    /// Ready once settled (a worker timeout after start), and not ready
+    /// again once shutdown has begun, whatever the time.
+    #[test]
+    fn ready_after_a_worker_timeout_and_not_while_shutting_down() {
+        let config = MasterConfig {
+            worker_timeout: Duration::from_secs(10),
+            ..MasterConfig::default()
+        };
+        let clock = Arc::new(ManualClock::new());
+        let shared = Arc::new(Shared {
+            registry: Mutex::new(Registry::new(&config, clock.now())),
+            clock: Arc::clone(&clock) as Arc<dyn Clock>,
+            secret: None,
+            prober: Prober::new(config.probe_timeout, None),
+            sweep_period: crate::registry::sweep_period(&config),
+        });
+        let shutdown = CancellationToken::new();
+        let admin = MasterAdmin::new(shared, shutdown.clone());
+        let reason = admin.ready().expect_err("not settled");
+        assert!(reason.contains("(10000ms)"), "{reason}");
+        clock.advance(Duration::from_millis(9_999));
+        assert!(admin.ready().is_err());
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(admin.ready(), Ok(()));
+        shutdown.cancel();
+        assert_eq!(admin.ready(), Err("shutting down".to_string()));
+    }
 
     #[test]
     fn job_ids_in_paths_are_bounded_hex() {
