@@ -8,7 +8,9 @@
 //! - with a cluster secret or an admin token, everything but `/healthz` and
 //!   `/readyz` needs it (401 without);
 //! - every metric docs/operations.md lists under "Worker metrics" is
-//!   exported, and every exported one is listed.
+//!   exported, and every exported one is listed, with its type;
+//! - the real `terrace worker --admin-listen` prints and serves its admin
+//!   address and stops it last on SIGTERM.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -494,4 +496,84 @@ fn every_worker_metric_is_documented_and_every_documented_one_exported() {
     );
     assert!(exported.keys().all(|n| n.starts_with("terrace_worker_")));
     worker.stop();
+}
+
+/// `terrace worker --admin-listen`: the real binary prints the admin
+/// address after its data address, serves it, and stops it last on SIGTERM.
+#[test]
+fn terrace_worker_serves_admin_http_on_the_address_of_admin_listen() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let wait = Duration::from_secs(30);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let mut child = Command::new(terrace_tests::terrace_bin())
+        .args([
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("TERRACE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn terrace worker");
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Killed on drop, whatever happens below.
+    let mut worker = terrace_tests::ServiceProcess {
+        child,
+        address: String::new(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let line = || rx.recv_timeout(wait).expect("a line on stdout");
+    let data_line = line();
+    assert!(
+        data_line.starts_with("terrace worker listening on 127.0.0.1:"),
+        "{data_line}"
+    );
+    let admin_line = line();
+    let admin = admin_line
+        .strip_prefix("terrace worker admin listening on ")
+        .unwrap_or_else(|| panic!("not the admin line: {admin_line}"))
+        .to_string();
+    assert_eq!(get(&admin, "/healthz", None).status, 200);
+    // Standalone (no masters): ready as soon as it serves.
+    assert_eq!(get(&admin, "/readyz", None).status, 200);
+    let metrics = get(&admin, "/metrics", None);
+    assert!(
+        metrics
+            .body
+            .contains("\nterrace_worker_pushed_bytes_total 0\n"),
+        "{}",
+        metrics.body
+    );
+
+    let pid = worker.pid().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let (exit, _) = terrace_tests::wait_for(wait, "the worker exits after SIGTERM", || {
+        worker.child.try_wait().expect("wait")
+    });
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        terrace_rpc::io_runtime()
+            .block_on(client::get(&admin, "/healthz", None, wait))
+            .is_err(),
+        "the admin server stopped with the worker"
+    );
 }
