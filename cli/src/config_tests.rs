@@ -201,8 +201,8 @@ fn every_config_key_is_documented_and_in_the_examples() {
     let agent = keys_of(&terrace_tier_api::AgentConfig::default());
     let set =
         |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| n.to_string()).collect() };
-    let worker_tables = set(&["limits", "server", "security", "object_store"]);
-    let master_tables = set(&["limits", "server", "security"]);
+    let worker_tables = set(&["limits", "server", "security", "object_store", "admin"]);
+    let master_tables = set(&["limits", "server", "security", "admin"]);
     let none = BTreeSet::new();
     let mut problems = Vec::new();
     let section = |name: &str| {
@@ -240,6 +240,7 @@ fn every_config_key_is_documented_and_in_the_examples() {
             &none,
             section("security"),
         ),
+        ("worker [admin]", &worker, "admin", &none, section("admin")),
         ("master", &master, "", &master_tables, section("master")),
         (
             "master [limits]",
@@ -262,6 +263,7 @@ fn every_config_key_is_documented_and_in_the_examples() {
             &none,
             section("security"),
         ),
+        ("master [admin]", &master, "admin", &none, section("admin")),
         ("agent", &agent, "", &none, section("agent")),
     ] {
         compare_section(what, keys, prefix, tables, doc, &mut problems);

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use terrace_admin::AdminConfig;
 use terrace_rpc::{SecurityConfig, ServerOptions};
 use terrace_tier_api::{ByteSize, ConfigError};
 
@@ -50,12 +51,19 @@ pub struct MasterConfig {
     /// partitions there for every job.
     #[serde(with = "terrace_tier_api::duration")]
     pub probe_timeout: Duration,
+    /// How long a lost worker (silent past `worker_timeout` without having
+    /// been decommissioning) is still counted as lost in the metrics and
+    /// listed by the admin API, unless it heartbeats again first.
+    #[serde(with = "terrace_tier_api::duration")]
+    pub lost_worker_memory: Duration,
     /// Bounds on what peers may make the master remember (`[limits]`).
     pub limits: MasterLimits,
     /// Connection limits and timeouts (`[server]`).
     pub server: ServerOptions,
     /// Cluster secret and TLS (`[security]`).
     pub security: SecurityConfig,
+    /// Admin HTTP server: metrics, health, readiness, JSON API (`[admin]`).
+    pub admin: AdminConfig,
 }
 
 /// Bounds on the state peers can make a master hold. Past one, a request
@@ -98,9 +106,11 @@ impl Default for MasterConfig {
             job_lease: Duration::from_secs(60),
             partition_size_estimate: ByteSize::mib(64),
             probe_timeout: Duration::from_secs(3),
+            lost_worker_memory: Duration::from_secs(15 * 60),
             limits: MasterLimits::default(),
             server: ServerOptions::default(),
             security: SecurityConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -177,7 +187,8 @@ mod tests {
             "listen = \"0.0.0.0:1\"\nworker_timeout = \"300ms\"\nmax_frame_size = \"64KiB\"\n\
              released_job_memory = \"1m\"\npartition_size_estimate = 0\n\
              [server]\nmax_connections = 3\nframe_timeout = \"2s\"\n\
-             [security]\nsecret_file = \"/etc/terrace/secret\"\n",
+             [security]\nsecret_file = \"/etc/terrace/secret\"\n\
+             [admin]\nlisten = \"127.0.0.1:9880\"\n",
         )
         .expect("config parses");
         assert_eq!(
@@ -190,6 +201,7 @@ mod tests {
                 job_lease: Duration::from_secs(60),
                 partition_size_estimate: ByteSize(0),
                 probe_timeout: Duration::from_secs(3),
+                lost_worker_memory: Duration::from_secs(900),
                 limits: MasterLimits::default(),
                 server: ServerOptions {
                     max_connections: 3,
@@ -199,6 +211,10 @@ mod tests {
                 security: SecurityConfig {
                     secret_file: Some("/etc/terrace/secret".into()),
                     ..SecurityConfig::default()
+                },
+                admin: AdminConfig {
+                    listen: Some("127.0.0.1:9880".into()),
+                    token_file: None,
                 },
             }
         );

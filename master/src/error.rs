@@ -37,6 +37,17 @@ fn no_worker_text(live: usize, reasons: &[(&'static str, usize)]) -> String {
 }
 
 impl PlacementError {
+    /// The `reason` label of a refused placement
+    /// (`terrace_master_placements_refused_total`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PlacementError::NoWorker { .. } => "no_workers",
+            PlacementError::JobLimit { .. } => "job_limit",
+            PlacementError::JobReleased { .. } => "job_released",
+            PlacementError::WorkerLimit { .. } => "worker_limit",
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             PlacementError::WorkerLimit { .. } | PlacementError::JobLimit { .. } => {

@@ -7,12 +7,14 @@
 //! heartbeat interval. It must never sit on the data path, persist anything,
 //! or depend on another master.
 
+mod admin;
 mod clock;
 mod cmd;
 mod config;
 mod connection;
 mod context;
 mod error;
+mod metrics;
 mod probe;
 mod registry;
 mod server;
@@ -20,7 +22,7 @@ mod server;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{MasterConfig, MasterLimits};
 pub use error::PlacementError;
-pub use server::{run, run_with_clock};
+pub use server::{Listeners, run, run_with_clock, serve};
 
 /// The name the master gives in handshakes.
 pub const SERVER_NAME: &str = "terrace-master";

@@ -3,13 +3,15 @@
 //! caller passes the time in.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use terrace_rpc::clock;
-use terrace_tier_api::{JobId, PartitionKey, TierResult};
+use terrace_tier_api::{JobId, PartitionId, PartitionKey, TierResult};
 
 use crate::config::MasterConfig;
 use crate::error::PlacementError;
+use crate::metrics::Metrics;
 
 // What a worker reported in its last heartbeat, kept as sent (the tier
 // figures are passed through to `terrace status`).
@@ -80,6 +82,58 @@ struct Worker {
     placed_since_heartbeat: u32,
 }
 
+/// A worker that went silent past the worker timeout (and was not
+/// decommissioning): counted as lost until it heartbeats again or
+/// `lost_worker_memory` passes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LostWorker {
+    pub data_address: String,
+    pub last_heartbeat: Instant,
+    pub lost_at: Instant,
+}
+
+/// The state a known worker is counted in (see [`crate::metrics::WORKER_STATES`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WorkerState {
+    Live,
+    Decommissioning,
+    Unhealthy,
+}
+
+impl WorkerState {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            WorkerState::Live => "live",
+            WorkerState::Decommissioning => "decommissioning",
+            WorkerState::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// A registered job as the admin API lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct JobSnapshot {
+    pub job: JobId,
+    pub since_renewal: Duration,
+    /// Partitions this master placed for the job, per worker id.
+    pub placements: BTreeMap<String, u32>,
+    /// Partitions of the job recorded as relocated, and the worker holding each.
+    pub relocated: Vec<(PartitionKey, String)>,
+}
+
+/// What the registry holds, counted for the gauges at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub live: u64,
+    pub decommissioning: u64,
+    pub unhealthy: u64,
+    pub lost: u64,
+    pub jobs: u64,
+    pub released_jobs: u64,
+    pub relocated_partitions: u64,
+    pub settled: bool,
+}
+
 /// Most relocated partitions a master remembers over all jobs (each job is
 /// held to `limits.max_relocations_per_job`). Past it a relocation is not
 /// recorded (logged): its consumers fail with partition-not-found and the
@@ -112,6 +166,16 @@ impl Worker {
     }
 
     /// Why the worker may not take a new partition, if it may not.
+    fn state(&self) -> WorkerState {
+        if self.load.decommissioning {
+            WorkerState::Decommissioning
+        } else if self.unreachable_since.is_some() || self.load.unhealthy_dirs > 0 {
+            WorkerState::Unhealthy
+        } else {
+            WorkerState::Live
+        }
+    }
+
     fn refusal(&self) -> Option<&'static str> {
         if self.unreachable_since.is_some() {
             Some("unreachable (the master's probe failed)")
@@ -147,6 +211,13 @@ pub(crate) struct Registry {
     relocations: BTreeMap<PartitionKey, String>,
     /// Entries of `relocations` per job.
     job_relocations: BTreeMap<JobId, usize>,
+    /// Workers lost (silent past the timeout, not decommissioning), kept
+    /// for `lost_worker_memory` or until they heartbeat again; at most
+    /// `limits.max_workers` (the oldest is forgotten first).
+    lost: BTreeMap<String, LostWorker>,
+    lost_worker_memory: Duration,
+    /// Counters, and the gauges set when they are read.
+    metrics: Arc<Metrics>,
     /// When this master started: until `worker_timeout` has passed, live
     /// workers may not have heartbeated to it yet.
     started: Instant,
@@ -185,7 +256,15 @@ impl Registry {
             job_placements: BTreeMap::new(),
             relocations: BTreeMap::new(),
             job_relocations: BTreeMap::new(),
+            lost: BTreeMap::new(),
+            lost_worker_memory: config.lost_worker_memory,
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// The master's metrics (counted here; gauges set from [`Registry::counts`]).
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Takes note that the master runs at `now` on its clock and at `real`
@@ -228,16 +307,46 @@ impl Registry {
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<String> {
         let timeout = self.worker_timeout;
         let mut lost = Vec::new();
+        let mut newly_lost = Vec::new();
         self.workers.retain(|id, worker| {
             let silent = now.saturating_duration_since(worker.last_heartbeat);
             let live = silent <= timeout;
             if !live {
-                tracing::warn!(worker = %id, address = %worker.data_address, silent_ms = silent.as_millis() as u64,
-                    "worker lost: no heartbeat within the worker timeout");
+                if worker.load.decommissioning {
+                    tracing::info!(worker = %id, address = %worker.data_address, silent_ms = silent.as_millis() as u64,
+                        "decommissioned worker gone: no heartbeat within the worker timeout");
+                } else {
+                    tracing::warn!(worker = %id, address = %worker.data_address, silent_ms = silent.as_millis() as u64,
+                        "worker lost: no heartbeat within the worker timeout");
+                    newly_lost.push((
+                        id.clone(),
+                        LostWorker {
+                            data_address: worker.data_address.clone(),
+                            last_heartbeat: worker.last_heartbeat,
+                            lost_at: now,
+                        },
+                    ));
+                }
                 lost.push(id.clone());
             }
             live
         });
+        for (id, worker) in newly_lost {
+            self.metrics.workers_lost.inc();
+            self.lost.insert(id, worker);
+        }
+        let memory = self.lost_worker_memory;
+        self.lost
+            .retain(|_, w| now.saturating_duration_since(w.lost_at) <= memory);
+        while self.lost.len() > self.limits.max_workers as usize {
+            let oldest = self
+                .lost
+                .iter()
+                .min_by_key(|(_, w)| w.lost_at)
+                .map(|(id, _)| id.clone());
+            let Some(oldest) = oldest else { break };
+            self.lost.remove(&oldest);
+        }
         let memory = self.released_job_memory;
         self.released
             .retain(|_, at| now.saturating_duration_since(*at) <= memory);
@@ -251,6 +360,7 @@ impl Registry {
         for job in expired {
             tracing::warn!(job = %job, lease_ms = lease.as_millis() as u64,
                 "job lease expired (its master agent stopped renewing it); workers will be told to drop it");
+            self.metrics.lease_expiries.inc();
             self.release(job, now);
         }
         lost
@@ -277,6 +387,9 @@ impl Registry {
         now: Instant,
     ) -> TierResult<bool> {
         self.expire(now);
+        if self.lost.remove(&id).is_some() {
+            tracing::info!(worker = %id, "lost worker heartbeats again");
+        }
         if !self.workers.contains_key(&id) && self.workers.len() >= self.limits.max_workers as usize
         {
             return Err(PlacementError::WorkerLimit {
@@ -336,6 +449,7 @@ impl Registry {
         now: Instant,
     ) -> TierResult<Vec<JobId>> {
         let key = id.clone();
+        self.metrics.heartbeats.inc();
         self.register_worker(id, data_address, now)?;
         let worker = self
             .workers
@@ -360,6 +474,7 @@ impl Registry {
         reporter: Option<&JobId>,
         now: Instant,
     ) -> Report {
+        self.metrics.unreachable_reports.inc();
         let Some(worker) = self.workers.get_mut(id) else {
             return Report::UnknownWorker;
         };
@@ -393,6 +508,7 @@ impl Registry {
         if reachable {
             tracing::debug!(worker = %id, "worker reported unreachable answered the master's probe");
         } else {
+            self.metrics.probes_failed.inc();
             if worker.unreachable_since.is_none() {
                 tracing::warn!(worker = %id, address = %worker.data_address,
                     "worker reported unreachable did not answer the master's probe; no placements on it until it heartbeats again");
@@ -415,11 +531,14 @@ impl Registry {
     }
 
     fn check_job_room(&self, job: &JobId) -> TierResult<()> {
+        Ok(self.job_room(job)?)
+    }
+
+    fn job_room(&self, job: &JobId) -> Result<(), PlacementError> {
         if !self.jobs.contains_key(job) && self.jobs.len() >= self.limits.max_jobs as usize {
             return Err(PlacementError::JobLimit {
                 jobs: self.jobs.len(),
-            }
-            .into());
+            });
         }
         Ok(())
     }
@@ -479,14 +598,32 @@ impl Registry {
         exclude: &[String],
         now: Instant,
     ) -> TierResult<Placement> {
+        match self.place(key, exclude, now) {
+            Ok(placement) => {
+                self.metrics.placements.inc();
+                Ok(placement)
+            }
+            Err(e) => {
+                self.metrics.refused(e.reason());
+                Err(e.into())
+            }
+        }
+    }
+
+    /// [`Registry::allocate`], uncounted.
+    fn place(
+        &mut self,
+        key: &PartitionKey,
+        exclude: &[String],
+        now: Instant,
+    ) -> Result<Placement, PlacementError> {
         self.expire(now);
         if self.released.contains_key(&key.job) {
             return Err(PlacementError::JobReleased {
                 job: key.job.clone(),
-            }
-            .into());
+            });
         }
-        self.check_job_room(&key.job)?;
+        self.job_room(&key.job)?;
         if let std::collections::btree_map::Entry::Vacant(entry) = self.jobs.entry(key.job.clone())
         {
             entry.insert(now);
@@ -513,7 +650,7 @@ impl Registry {
                 )
             });
         let Some((id, worker)) = chosen else {
-            return Err(self.why_no_worker(&key.job, exclude).into());
+            return Err(self.why_no_worker(&key.job, exclude));
         };
         self.placements += 1;
         worker.last_placed = self.placements;
@@ -552,6 +689,7 @@ impl Registry {
         }
         *self.job_relocations.entry(key.job.clone()).or_insert(0) += 1;
         self.relocations.insert(key, worker);
+        self.metrics.relocations.inc();
     }
 
     /// Where a relocated partition lives, if this master knows and that
@@ -616,13 +754,105 @@ impl Registry {
     pub(crate) fn jobs(&self) -> Vec<JobId> {
         self.jobs.keys().cloned().collect()
     }
+
+    /// What the gauges show at `now`. Reads only: a worker silent past the
+    /// timeout that no sweep has dropped yet already counts as lost.
+    pub(crate) fn counts(&self, now: Instant) -> Counts {
+        let mut counts = Counts {
+            lost: self.lost.len() as u64,
+            jobs: self.jobs.len() as u64,
+            released_jobs: self.released.len() as u64,
+            relocated_partitions: self.relocations.len() as u64,
+            settled: self.settled(now),
+            ..Counts::default()
+        };
+        for worker in self.workers.values() {
+            if now.saturating_duration_since(worker.last_heartbeat) > self.worker_timeout {
+                if !worker.load.decommissioning {
+                    counts.lost += 1;
+                }
+                continue;
+            }
+            match worker.state() {
+                WorkerState::Live => counts.live += 1,
+                WorkerState::Decommissioning => counts.decommissioning += 1,
+                WorkerState::Unhealthy => counts.unhealthy += 1,
+            }
+        }
+        counts
+    }
+
+    /// Live workers with their state, by id (read only, like [`Registry::counts`]).
+    pub(crate) fn workers_with_state(&self, now: Instant) -> Vec<(WorkerSnapshot, WorkerState)> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| now.saturating_duration_since(w.last_heartbeat) <= self.worker_timeout)
+            .map(|(id, w)| {
+                (
+                    WorkerSnapshot {
+                        id: id.clone(),
+                        data_address: w.data_address.clone(),
+                        load: w.load.clone(),
+                        since_heartbeat: now.saturating_duration_since(w.last_heartbeat),
+                    },
+                    w.state(),
+                )
+            })
+            .collect()
+    }
+
+    /// Workers counted as lost, by id.
+    pub(crate) fn lost_workers(&self) -> Vec<(String, LostWorker)> {
+        self.lost
+            .iter()
+            .map(|(id, w)| (id.clone(), w.clone()))
+            .collect()
+    }
+
+    /// Released jobs and when each was released, in byte order.
+    pub(crate) fn released_jobs(&self) -> Vec<(JobId, Instant)> {
+        self.released
+            .iter()
+            .map(|(j, at)| (j.clone(), *at))
+            .collect()
+    }
+
+    /// A registered job's placements and relocations, if it is registered.
+    pub(crate) fn job(&self, job: &JobId, now: Instant) -> Option<JobSnapshot> {
+        let renewed = self.jobs.get(job)?;
+        let relocated = if self.job_relocations.contains_key(job) {
+            // Keys sort by job first, and `[0]` is the least partition id.
+            let first = PartitionKey {
+                job: job.clone(),
+                partition: PartitionId::new(vec![0u8]).expect("a one-byte id is valid"),
+            };
+            self.relocations
+                .range(first..)
+                .take_while(|(key, _)| &key.job == job)
+                .map(|(key, worker)| (key.clone(), worker.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(JobSnapshot {
+            job: job.clone(),
+            since_renewal: now.saturating_duration_since(*renewed),
+            placements: self.job_placements.get(job).cloned().unwrap_or_default(),
+            relocated,
+        })
+    }
+
+    /// Whether `job` was released recently (and when).
+    pub(crate) fn released_at(&self, job: &JobId) -> Option<Instant> {
+        self.released.get(job).copied()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::placement;
-    use terrace_tier_api::{ByteSize, ErrorKind, PartitionId, TierError};
+    use terrace_tier_api::{ByteSize, ErrorKind, TierError};
 
     /// Why each live worker was passed over, from a `NoWorkers` error.
     fn no_worker_reasons(err: &TierError) -> Vec<(&'static str, usize)> {

@@ -57,6 +57,7 @@ const MAX_PEM_BYTES: u64 = 1024 * 1024;
 const JOB_TOKEN_LABEL: &[u8] = b"terrace job token v1";
 const CLIENT_PROOF_LABEL: &[u8] = b"terrace client proof v2";
 const SERVER_PROOF_LABEL: &[u8] = b"terrace server proof v2";
+const BEARER_LABEL: &[u8] = b"terrace bearer v1";
 /// The TLS exporter label whose value binds proofs to the TLS session (RFC 5705).
 const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-terrace-authentication-v1";
 
@@ -69,6 +70,9 @@ const SECRET_FILE_FORBIDDEN_MODE: u32 = 0o077;
 #[derive(Clone)]
 pub struct ClusterSecret {
     key: hmac::Key,
+    /// `HMAC(secret, "terrace bearer v1" | secret)`: what [`ClusterSecret::is`]
+    /// compares a presented secret's tag with, so the bytes need not be kept.
+    bearer: hmac::Tag,
 }
 
 impl fmt::Debug for ClusterSecret {
@@ -88,9 +92,18 @@ impl ClusterSecret {
                 min: MIN_SECRET_BYTES,
             });
         }
-        Ok(ClusterSecret {
-            key: hmac::Key::new(hmac::HMAC_SHA256, trimmed),
-        })
+        let key = hmac::Key::new(hmac::HMAC_SHA256, trimmed);
+        let bearer = hmac::sign(&key, &labelled(BEARER_LABEL, &[trimmed]));
+        Ok(ClusterSecret { key, bearer })
+    }
+
+    /// Whether `presented` is this secret itself (leading and trailing
+    /// whitespace ignored), as an operator presents it in an admin
+    /// request's `Authorization: Bearer` header. Compared in constant time:
+    /// its tag under the secret is checked against the secret's own tag.
+    pub fn is(&self, presented: &[u8]) -> bool {
+        let message = labelled(BEARER_LABEL, &[presented.trim_ascii()]);
+        hmac::verify(&self.key, &message, self.bearer.as_ref()).is_ok()
     }
 
     /// Reads the secret from `path`, which only its owner may access (mode
@@ -753,6 +766,26 @@ mod tests {
             matches!(err, SecurityError::ShortSecret { len: 5, min: 16 }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_secret_recognises_itself_and_nothing_else() {
+        let s = secret();
+        assert!(s.is(b"0123456789abcdef-the-secret"));
+        assert!(
+            s.is(b" 0123456789abcdef-the-secret\r\n"),
+            "whitespace is ignored"
+        );
+        for wrong in [
+            &b""[..],
+            b"0123456789abcdef-the-secreT",
+            b"0123456789abcdef-the-secret!",
+            b"0123456789abcdef-the-secre",
+        ] {
+            assert!(!s.is(wrong), "{:?}", String::from_utf8_lossy(wrong));
+        }
+        let other = ClusterSecret::from_bytes(b"another secret, long enough").expect("long");
+        assert!(!other.is(b"0123456789abcdef-the-secret"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use terrace_admin::AdminConfig;
 use terrace_rpc::{SecurityConfig, ServerOptions};
 use terrace_tier_api::{ByteSize, ConfigError};
 
@@ -77,6 +78,9 @@ pub struct WorkerConfig {
     /// Cluster secret and TLS (`[security]`); `tls_ca_file` is for the
     /// connections to masters.
     pub security: SecurityConfig,
+    /// The admin HTTP server (`[admin]`): metrics, health, readiness and
+    /// the worker's JSON API. Off unless `admin.listen` is set.
+    pub admin: AdminConfig,
 }
 
 /// Bounds on the values a peer sends, checked before they size anything. A
@@ -152,6 +156,7 @@ impl Default for WorkerConfig {
             limits: WorkerLimits::default(),
             server: ServerOptions::default(),
             security: SecurityConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }

@@ -43,11 +43,58 @@ pub(crate) struct Shared {
     pub rates: std::sync::Mutex<Rates>,
     /// Jobs whose data is to be dropped, off the heartbeat loops.
     pub drops: JobDrops,
+    /// When each master last answered this worker (see `heartbeat`).
+    pub masters: MasterContacts,
     /// Cancelling it stops the worker in order (see `serve`).
     pub stop: CancellationToken,
 }
 
+/// Bytes of read memory (`read_memory`), as the semaphore counts them.
+pub(crate) fn read_budget_permits(config: &WorkerConfig) -> usize {
+    usize::try_from(config.read_memory.as_u64())
+        .unwrap_or(usize::MAX)
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
+}
+
 impl Shared {
+    /// Bytes of read memory the worker holds at most.
+    pub fn read_budget_total(&self) -> u64 {
+        read_budget_permits(&self.config) as u64
+    }
+
+    /// Bytes of read memory in use: read for readers and not sent yet.
+    pub fn read_budget_used(&self) -> u64 {
+        self.read_budget_total()
+            .saturating_sub(self.read_budget.available_permits() as u64)
+    }
+
+    /// Whether the worker should get new work: registered with a master
+    /// that answered recently (see [`MasterContacts::registered`]), and not
+    /// decommissioning. `Err` says why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.decommission.is_started() {
+            return Err(format!(
+                "worker {} is decommissioning (draining)",
+                self.worker_id
+            ));
+        }
+        if self.config.master_addresses.is_empty() {
+            // Standalone (embedded, tests): there is no master to wait for.
+            return Ok(());
+        }
+        if self
+            .masters
+            .registered(terrace_rpc::clock::now(), self.config.heartbeat_interval)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "worker {} is not registered with any master: none of {} answered its heartbeats recently",
+            self.worker_id,
+            self.config.master_addresses.join(", ")
+        ))
+    }
+
     /// How this worker connects to `server` (a master, or another worker
     /// the masters know): as a member of the cluster (the cluster
     /// credential), over TLS when configured.
@@ -134,6 +181,67 @@ impl Decommission {
     pub(crate) fn start(&self) -> bool {
         let now = terrace_rpc::clock::now();
         self.started.set(now).is_ok()
+    }
+}
+
+/// When each master last answered this worker's registration or
+/// heartbeat, and the `worker_timeout` it announced.
+#[derive(Debug, Default)]
+pub(crate) struct MasterContacts {
+    answered: Mutex<HashMap<String, MasterContact>>,
+}
+
+/// One master as this worker last heard from it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MasterContact {
+    pub last_answer: Instant,
+    /// How long the master waits for heartbeats before it counts this
+    /// worker lost, once a reply said.
+    pub worker_timeout: Option<std::time::Duration>,
+}
+
+impl MasterContact {
+    /// Whether the master still counts this worker live: it answered
+    /// within its `worker_timeout` (before that is known, within three
+    /// heartbeat intervals).
+    pub fn is_fresh(&self, now: Instant, heartbeat_interval: std::time::Duration) -> bool {
+        let window = self
+            .worker_timeout
+            .unwrap_or_else(|| heartbeat_interval.saturating_mul(3));
+        now.saturating_duration_since(self.last_answer) <= window
+    }
+}
+
+impl MasterContacts {
+    /// `master` answered just now (a registration or a heartbeat).
+    pub(crate) fn answered(&self, master: &str, worker_timeout: Option<std::time::Duration>) {
+        let contact = MasterContact {
+            last_answer: terrace_rpc::clock::now(),
+            worker_timeout,
+        };
+        self.answered
+            .lock()
+            .expect("masters lock poisoned")
+            .insert(master.to_string(), contact);
+    }
+
+    /// The master at `address`, if it ever answered.
+    pub(crate) fn get(&self, address: &str) -> Option<MasterContact> {
+        self.answered
+            .lock()
+            .expect("masters lock poisoned")
+            .get(address)
+            .copied()
+    }
+
+    /// Whether at least one master answered recently enough to still count
+    /// this worker live.
+    pub(crate) fn registered(&self, now: Instant, heartbeat_interval: std::time::Duration) -> bool {
+        self.answered
+            .lock()
+            .expect("masters lock poisoned")
+            .values()
+            .any(|c| c.is_fresh(now, heartbeat_interval))
     }
 }
 

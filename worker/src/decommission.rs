@@ -17,6 +17,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use terrace_rpc::clock;
@@ -124,6 +125,11 @@ async fn hand_off_sealed(
         }
         match hand_off(shared, &key, deadline, finishing).await {
             Ok(to) => {
+                shared
+                    .store
+                    .counters
+                    .handovers
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(partition = %key, %to, "handed over");
             }
             Err(e) => {

@@ -325,6 +325,7 @@ async fn session(
         data_address: shared.address.clone(),
     };
     request_within(&client, deadline, register).await?;
+    shared.masters.answered(master, *worker_timeout);
     tracing::info!(%master, worker = %shared.worker_id, "registered with master");
     // Released jobs already queued for dropping here: a master lists a
     // released job in every reply for minutes. Only jobs the last reply
@@ -362,6 +363,7 @@ async fn session(
             if let Some(timeout) = reply.worker_timeout {
                 *worker_timeout = Some(timeout);
             }
+            shared.masters.answered(master, *worker_timeout);
             drop_jobs_no_master_knows(shared, &jobs, &reply);
             let listed: HashSet<JobId> = reply.released_jobs.into_iter().collect();
             dropped.retain(|job| listed.contains(job));

@@ -7,19 +7,22 @@
 //! The worker never interprets engine payloads, never grows past its memory
 //! budget, and never blocks its async threads on file I/O.
 
+mod admin;
 mod cmd;
 mod config;
 mod context;
 mod decommission;
 mod heartbeat;
+mod metrics;
 mod server;
 mod store;
 mod stream;
 
 pub use config::{ObjectStoreConfig, WorkerConfig, WorkerLimits};
-pub use server::{WorkerHandle, run, start, start_with_hooks};
+pub use server::{WorkerHandle, run, run_with_admin, start, start_with_hooks};
 pub use store::{
     Charge, FaultyFiles, FaultyStore, FileLayer, Forward, MARKER, MemoryBudget, MetadataBudget,
-    ObjectStoreState, ObjectTier, Partition, ReadStep, RealFiles, Reservation, Store, StoreError,
-    StoreHooks, TierBytes, Tiers, build_store, cost,
+    ObjectOp, ObjectStoreState, ObjectTier, Partition, ReadStep, RealFiles, Reservation, Store,
+    StoreError, StoreHooks, TierBytes, Tiers, build_store, cost,
 };
+pub use terrace_admin::AdminConfig;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use terrace_admin::{AdminCredential, AdminHandle};
 use terrace_rpc::{Accepted, Meter, Security, ServerIdentity, ServerSpec};
 use terrace_tier_api::{ErrorKind, TierError, TierResult, error_text};
 use tokio::net::TcpListener;
@@ -13,14 +14,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cmd::Command;
 use crate::config::WorkerConfig;
-use crate::context::{Connection, Decommission, JobDrops, Rates, Shared};
+use crate::context::{
+    Connection, Decommission, JobDrops, MasterContacts, Rates, Shared, read_budget_permits,
+};
 use crate::heartbeat;
+use crate::metrics::{ErrorClass, Occupancy, Occupied};
 use crate::store::{Reservation, Store, StoreHooks};
 
 /// A running worker, for embedding (demo, bench, tests).
 #[derive(Debug)]
 pub struct WorkerHandle {
     pub address: SocketAddr,
+    /// Where its admin HTTP server listens (`admin.listen` set).
+    pub admin_address: Option<SocketAddr>,
     pub worker_id: String,
     pub store: Arc<Store>,
     shutdown: CancellationToken,
@@ -47,13 +53,17 @@ pub async fn start_with_hooks(config: WorkerConfig, hooks: StoreHooks) -> TierRe
     let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
         TierError::with_source(ErrorKind::Unavailable, format!("bind {}", config.listen), e)
     })?;
+    let admin = bind_admin(&config).await?;
+    let admin_address = admin.as_ref().and_then(|l| l.local_addr().ok());
     let shutdown = CancellationToken::new();
     let (shared, address) = prepare(config, &listener, hooks, shutdown.clone())?;
+    let admin = start_admin(&shared, admin)?;
     let store = Arc::clone(&shared.store);
     let worker_id = shared.worker_id.clone();
-    let task = tokio::spawn(serve(shared, listener, shutdown.clone()));
+    let task = tokio::spawn(serve(shared, listener, admin, shutdown.clone()));
     Ok(WorkerHandle {
         address,
+        admin_address,
         worker_id,
         store,
         shutdown,
@@ -61,14 +71,55 @@ pub async fn start_with_hooks(config: WorkerConfig, hooks: StoreHooks) -> TierRe
     })
 }
 
-/// Runs a worker on `listener` until `shutdown` is cancelled.
+/// Runs a worker on `listener` until `shutdown` is cancelled, with its
+/// admin HTTP server on `admin.listen` when that is set.
 pub async fn run(
     config: WorkerConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> TierResult<()> {
+    let admin = bind_admin(&config).await?;
+    run_with_admin(config, listener, admin, shutdown).await
+}
+
+/// [`run`] with the admin HTTP server on `admin`, bound by the caller (who
+/// can then print its address); `None` runs none, whatever the config says.
+pub async fn run_with_admin(
+    config: WorkerConfig,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> TierResult<()> {
     let (shared, _) = prepare(config, &listener, StoreHooks::default(), shutdown.clone())?;
-    serve(shared, listener, shutdown).await
+    let admin = start_admin(&shared, admin)?;
+    serve(shared, listener, admin, shutdown).await
+}
+
+/// Binds `admin.listen`, if set.
+async fn bind_admin(config: &WorkerConfig) -> TierResult<Option<TcpListener>> {
+    match &config.admin.listen {
+        Some(address) => terrace_admin::bind(address)
+            .await
+            .map(Some)
+            .map_err(|e| TierError::from_cause(ErrorKind::Unavailable, e)),
+        None => Ok(None),
+    }
+}
+
+/// Starts the admin HTTP server on `listener` for the worker `shared`
+/// describes, with the admin credential its config gives.
+fn start_admin(
+    shared: &Arc<Shared>,
+    listener: Option<TcpListener>,
+) -> TierResult<Option<AdminHandle>> {
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
+    let credential =
+        AdminCredential::resolve(&shared.config.admin, shared.security.secret.as_ref())
+            .map_err(|e| TierError::from_cause(ErrorKind::BadInput, e).context("worker config"))?;
+    let app = Arc::new(crate::admin::WorkerAdmin::new(Arc::clone(shared)));
+    Ok(Some(terrace_admin::start(listener, app, credential)))
 }
 
 fn prepare(
@@ -94,11 +145,7 @@ fn prepare(
         Arc::new(Shared {
             store,
             jobs_known: std::sync::Mutex::new(HashMap::new()),
-            read_budget: Arc::new(tokio::sync::Semaphore::new(
-                usize::try_from(config.read_memory.as_u64())
-                    .unwrap_or(usize::MAX)
-                    .min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+            read_budget: Arc::new(tokio::sync::Semaphore::new(read_budget_permits(&config))),
             config,
             security,
             worker_id,
@@ -108,6 +155,7 @@ fn prepare(
             heartbeat_now: tokio::sync::Notify::new(),
             rates: std::sync::Mutex::new(Rates::default()),
             drops: JobDrops::default(),
+            masters: MasterContacts::default(),
             stop,
         }),
         local,
@@ -117,6 +165,7 @@ fn prepare(
 async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
+    admin: Option<AdminHandle>,
     shutdown: CancellationToken,
 ) -> TierResult<()> {
     tracing::info!(worker = %shared.worker_id, address = %shared.address, "worker serving");
@@ -143,6 +192,10 @@ async fn serve(
     let _ = flusher.await;
     let _ = migrator.await;
     let _ = deletions.await;
+    // Last, so health checks see the worker until it is gone.
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     tracing::info!(worker = %shared.worker_id, "worker stopped");
     Ok(())
 }
@@ -168,6 +221,7 @@ impl Meter for BudgetMeter<'_> {
 }
 
 async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accepted {
+    let _open = Occupied::new(&shared.store.counters, Occupancy::Connection);
     let reads = shared.config.server.max_send_queue.as_usize();
     let mut conn = Connection {
         shared,
@@ -177,6 +231,8 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
         peer: accepted.peer.to_string(),
         reads: Arc::new(tokio::sync::Semaphore::new(reads)),
     };
+    let counters = Arc::clone(&conn.shared.store.counters);
+    let errors = &counters.errors;
     loop {
         // A connection with open read streams is busy even when it sends
         // nothing; streams whose task ended do not count.
@@ -187,6 +243,7 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
         // Every request header a worker serves is a few hundred bytes; a
         // large one could only be an attack.
         if prefix.header_len > MAX_REQUEST_HEADER_BYTES {
+            errors.add(ErrorClass::Protocol);
             accepted.fail_protocol(
                 "protocol error: request header longer than 16 KiB (the most a worker reads)",
             );
@@ -215,6 +272,7 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
                 Some(frame) => match store.top_up(meter.held, prefix.remaining()).await {
                     Ok(held) => Some((frame, held)),
                     Err(reason) => {
+                        errors.add(ErrorClass::Protocol);
                         accepted.fail_protocol(error_text(&reason));
                         None
                     }
@@ -231,12 +289,14 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
             Ok(command) => command,
             Err(e) => {
                 tracing::debug!(peer = %conn.peer, request_id, error = %e, "request failed");
+                errors.count(&e);
                 conn.sender.send(e.to_reply(request_id), Bytes::new());
                 continue;
             }
         };
         if let Err(e) = accepted.identity.authorize(command.access(), &what) {
             tracing::debug!(peer = %conn.peer, client = %accepted.client, error = %e, "request refused");
+            errors.count(&e);
             conn.sender.send(e.to_reply(request_id), Bytes::new());
             continue;
         }
@@ -246,6 +306,7 @@ async fn handle_connection(shared: Arc<Shared>, mut accepted: Accepted) -> Accep
             }
             Some(Err(e)) => {
                 tracing::debug!(peer = %conn.peer, request_id, error = %e, "request failed");
+                errors.count(&e);
                 conn.sender.send(e.to_reply(request_id), Bytes::new());
             }
             None => {}

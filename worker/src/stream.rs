@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -34,6 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{Shared, StreamInput};
+use crate::metrics::{Counters, ErrorClass, Occupancy, Occupied};
 use crate::store::{Charge, Partition, ReadStep, Source, cost, single_object_range};
 
 /// What a reader asked for in `OpenStream`, validated.
@@ -61,7 +62,7 @@ pub(crate) fn spawn(
     cancel: CancellationToken,
 ) {
     let stream = Stream {
-        _open: OpenStream::count(&shared.store),
+        _open: Occupied::new(&shared.store.counters, Occupancy::Stream),
         shared,
         sender,
         stream_id: request.stream_id,
@@ -107,7 +108,8 @@ struct Stream {
     ready: Option<ReadMemory>,
     /// Bytes of read memory the next read waits for.
     wanting: Option<u32>,
-    _open: OpenStream,
+    /// Counts the stream in `terrace_worker_streams_open` while it lives.
+    _open: Occupied,
 }
 
 /// What a stream holds for one subpartition of its range.
@@ -127,20 +129,27 @@ impl Sub {
     }
 }
 
-/// Counts a stream in the worker's open read streams while it lives.
-#[derive(Debug)]
-struct OpenStream(Arc<crate::store::Store>);
-
-impl OpenStream {
-    fn count(store: &Arc<crate::store::Store>) -> Self {
-        store.counters.read_streams.fetch_add(1, Ordering::Relaxed);
-        OpenStream(Arc::clone(store))
-    }
+/// One read under way: counted in `terrace_worker_reads_in_flight` until
+/// it is done, and timed into `terrace_worker_read_duration_seconds`.
+struct ReadTimer {
+    counters: Arc<Counters>,
+    started: Instant,
+    _in_flight: Occupied,
 }
 
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.counters.read_streams.fetch_sub(1, Ordering::Relaxed);
+impl ReadTimer {
+    fn start(counters: &Arc<Counters>) -> Self {
+        ReadTimer {
+            counters: Arc::clone(counters),
+            started: clock::now(),
+            _in_flight: Occupied::new(counters, Occupancy::Read),
+        }
+    }
+
+    fn finish(self) {
+        self.counters
+            .read_seconds
+            .observe(clock::now().saturating_duration_since(self.started));
     }
 }
 
@@ -317,6 +326,7 @@ impl Stream {
         let partition = match partition {
             Ok(p) => p,
             Err(e) => {
+                self.shared.store.counters.errors.count(&e);
                 self.sender.send(e.to_reply(request_id), Bytes::new());
                 return;
             }
@@ -327,6 +337,7 @@ impl Stream {
                 "subpartition {} out of range: {} has {num_subpartitions}",
                 self.last, self.key
             ));
+            self.shared.store.counters.errors.count(&e);
             self.sender.send(e.to_reply(request_id), Bytes::new());
             return;
         }
@@ -469,7 +480,13 @@ impl Stream {
         self.tidy(index);
     }
 
+    /// Ends the stream with `e` (counted in the worker's errors).
     fn fail(&self, e: &TierError) {
+        self.shared.store.counters.errors.count(e);
+        self.send_error(e);
+    }
+
+    fn send_error(&self, e: &TierError) {
         self.send(
             StreamError {
                 stream_id: StreamId(self.stream_id),
@@ -503,6 +520,8 @@ impl Stream {
         let body = match done.body {
             Ok(body) => body,
             Err(e) => {
+                // Counted as what went wrong, not as what the reader is told.
+                let class = ErrorClass::of(&e);
                 // Data this worker cannot read (a failing disk, a truncated
                 // file, an object store that failed every retry) is lost to
                 // the reader: the engine must run its producer again, which
@@ -516,7 +535,8 @@ impl Stream {
                     )),
                 };
                 tracing::error!(partition = %self.key, subpartition, segment = done.segment, error = %e, "read failed");
-                self.fail(&e);
+                self.shared.store.counters.errors.add(class);
+                self.send_error(&e);
                 return false;
             }
         };
@@ -535,11 +555,14 @@ impl Stream {
             Some((done.segment, done.position + done.extents.len())),
         );
         self.cursor = index + 1;
-        self.shared
-            .store
-            .counters
+        let num_buffers: u32 = done.extents.iter().map(|e| e.num_buffers).sum();
+        let counters = &self.shared.store.counters;
+        counters
             .bytes_read
             .fetch_add(bytes as u64, Ordering::Relaxed);
+        counters
+            .buffers_read
+            .fetch_add(u64::from(num_buffers), Ordering::Relaxed);
         let sent = self.send(
             ReadData {
                 stream_id: StreamId(self.stream_id),
@@ -553,7 +576,7 @@ impl Stream {
                         crc32c: e.crc32c,
                     })
                     .collect(),
-                num_buffers: done.extents.iter().map(|e| e.num_buffers).sum(),
+                num_buffers,
                 stored_subpartition: SubpartitionId(if partition.meta().broadcast_only {
                     0
                 } else {
@@ -759,8 +782,10 @@ impl Stream {
                         if let Some(sub) = self.sub(index) {
                             sub.busy = true;
                         }
+                        let timer = ReadTimer::start(&self.shared.store.counters);
                         self.inflight.push(Box::pin(async move {
                             let (body, window) = window.take(range).await;
+                            timer.finish();
                             let body = body.map(|b| vec![b]);
                             Done {
                                 index,
@@ -779,8 +804,10 @@ impl Stream {
                         sub.busy = true;
                     }
                     let shared = Arc::clone(&self.shared);
+                    let timer = ReadTimer::start(&shared.store.counters);
                     self.inflight.push(Box::pin(async move {
                         let body = shared.store.tiers().read(sources).await;
+                        timer.finish();
                         Done {
                             index,
                             segment,

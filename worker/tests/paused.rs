@@ -13,7 +13,7 @@ use object_store::path::Path as ObjectPath;
 use terrace_proto::{Message, pb};
 use terrace_rpc::{Client, ClientOptions, clock};
 use terrace_tier_api::ErrorKind;
-use terrace_worker::{FaultyStore, ObjectStoreConfig, ObjectTier, WorkerConfig};
+use terrace_worker::{FaultyStore, ObjectOp, ObjectStoreConfig, ObjectTier, WorkerConfig};
 
 fn tier(faulty: &Arc<FaultyStore>) -> ObjectTier {
     ObjectTier::new(
@@ -60,6 +60,8 @@ async fn object_store_retries_back_off_doubling_and_a_hung_request_times_out() {
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(err.message().contains("failed after 4 attempts"), "{err}");
     assert!(!tier.is_available());
+    // Counted once, as a failed put (what `/metrics` exports by `op`).
+    assert_eq!(tier.counters.failures_of(ObjectOp::Put), 1);
     faulty.set_failing(false);
 
     // A store that hangs: each attempt ends at the 30 s request timeout.
@@ -75,6 +77,9 @@ async fn object_store_retries_back_off_doubling_and_a_hung_request_times_out() {
         "four timeouts and three backoffs"
     );
     assert!(err.message().contains("no answer within 30s"), "{err}");
+    assert_eq!(tier.counters.failures_of(ObjectOp::Put), 2);
+    assert_eq!(tier.counters.failures_of(ObjectOp::Get), 0);
+    assert_eq!(tier.counters.failures.load(Ordering::Relaxed), 2);
     faulty.set_hanging(false);
     tier.put(&key, &body)
         .await

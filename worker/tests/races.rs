@@ -37,7 +37,9 @@ async fn writer(store: Arc<Store>, key: PartitionKey, seed: u32) -> Outcome {
     };
     for (i, batch) in batches.into_iter().enumerate() {
         if expect_released(
-            partition.append(batch, Reservation::empty(), None, u32::MAX),
+            partition
+                .append(batch, Reservation::empty(), None, u32::MAX)
+                .map(|_buffers| ()),
             "append",
         ) {
             return Outcome::Gone;

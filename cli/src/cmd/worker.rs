@@ -59,6 +59,10 @@ pub struct Args {
     /// TERRACE_WORKER_ALLOW_MISSING_DATA_DIRS=true).
     #[arg(long)]
     allow_missing_data_dirs: bool,
+    /// Address of the admin HTTP server: metrics, health, JSON API (sets
+    /// `admin.listen`; env TERRACE_WORKER__ADMIN__LISTEN). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
 }
 
 /// The worker's environment: `TERRACE_WORKER__KEY` for any key, and the
@@ -89,6 +93,13 @@ impl Args {
         let mut out = Vec::new();
         if let Some(listen) = &self.listen {
             out.push(Override::flag("listen", "listen", listen.as_str()));
+        }
+        if let Some(admin) = &self.admin_listen {
+            out.push(Override::flag(
+                "admin-listen",
+                "admin.listen",
+                admin.as_str(),
+            ));
         }
         if !self.data_dirs.is_empty() {
             let dirs: Vec<String> = self
@@ -198,7 +209,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "terrace worker listening on {}",
             listener.local_addr().context("read bound address")?
         );
-        terrace_worker::run(config, listener, shutdown)
+        let admin = match &config.admin.listen {
+            Some(address) => {
+                let admin = terrace_admin::bind(address)
+                    .await
+                    .context("start the admin HTTP server")?;
+                println!(
+                    "terrace worker admin listening on {}",
+                    admin.local_addr().context("read bound admin address")?
+                );
+                Some(admin)
+            }
+            None => None,
+        };
+        terrace_worker::run_with_admin(config, listener, admin, shutdown)
             .await
             .context("run worker")
     })
@@ -251,4 +275,58 @@ fn decommission(args: DecommissionArgs) -> anyhow::Result<()> {
             clock::sleep(std::time::Duration::from_millis(500)).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn config(argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<WorkerConfig> {
+        let cli = Cli::try_parse_from(std::iter::once(&"terrace-worker").chain(argv))?;
+        let vars = env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        cli.args.config(vars)
+    }
+
+    /// `admin.listen` comes from the environment, `--admin-listen` beats
+    /// it, and a `--set` after both beats them.
+    #[test]
+    fn admin_listen_from_every_layer() {
+        assert_eq!(config(&[], &[]).expect("defaults").admin.listen, None);
+        let env = [("TERRACE_WORKER__ADMIN__LISTEN", "127.0.0.1:1")];
+        let from_env = config(&[], &env).expect("env");
+        assert_eq!(from_env.admin.listen.as_deref(), Some("127.0.0.1:1"));
+        let flag = config(&["--admin-listen", "127.0.0.1:2"], &env).expect("flag");
+        assert_eq!(flag.admin.listen.as_deref(), Some("127.0.0.1:2"));
+        let set = config(
+            &[
+                "--admin-listen",
+                "127.0.0.1:2",
+                "--set",
+                "admin.listen=127.0.0.1:3",
+                "--set",
+                "admin.token_file=/etc/terrace/admin-token",
+            ],
+            &env,
+        )
+        .expect("set");
+        assert_eq!(set.admin.listen.as_deref(), Some("127.0.0.1:3"));
+        assert_eq!(
+            set.admin.token_file,
+            Some(PathBuf::from("/etc/terrace/admin-token"))
+        );
+        let e = config(&["--set", "admin.lisen=x"], &[]).expect_err("unknown key");
+        assert!(format!("{e:#}").contains("admin.lisen"), "{e:#}");
+    }
 }

@@ -2,6 +2,8 @@
 //! handover (see `crate::decommission`): serve a partition it migrated to
 //! the object store.
 
+use std::sync::atomic::Ordering;
+
 use terrace_tier_api::protocol::{Ack, AdoptPartition};
 use terrace_tier_api::{TierError, TierResult};
 
@@ -18,6 +20,11 @@ pub(crate) async fn apply(request: AdoptPartition, conn: &Connection) -> TierRes
         )));
     }
     let partition = shared.store.adopt(&key, &index).await?;
+    shared
+        .store
+        .counters
+        .adoptions
+        .fetch_add(1, Ordering::Relaxed);
     if !partition.meta().continuation {
         // Consumers whose descriptor names the old worker find it through
         // the masters, which learn of it from this worker's heartbeats.

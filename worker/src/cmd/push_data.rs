@@ -5,13 +5,31 @@
 
 use std::sync::atomic::Ordering;
 
+use terrace_rpc::clock;
 use terrace_tier_api::TierResult;
 use terrace_tier_api::protocol::{PushAck, PushData};
 
 use crate::context::Connection;
+use crate::metrics::{Occupancy, Occupied};
 use crate::store::Reservation;
 
 pub(crate) async fn apply(
+    request: PushData,
+    conn: &Connection,
+    reservation: Reservation,
+) -> TierResult<PushAck> {
+    let started = clock::now();
+    let store = &conn.shared.store;
+    let _in_flight = Occupied::new(&store.counters, Occupancy::Push);
+    let ack = store_push(request, conn, reservation).await?;
+    store
+        .counters
+        .push_seconds
+        .observe(clock::now().saturating_duration_since(started));
+    Ok(ack)
+}
+
+async fn store_push(
     request: PushData,
     conn: &Connection,
     reservation: Reservation,
@@ -25,7 +43,7 @@ pub(crate) async fn apply(
         .map_err(|e| e.context(format!("push to {key}")))?;
     let body = request.body.into_bytes();
     let len = body.len() as u64;
-    partition
+    let buffers = partition
         .append(
             body,
             reservation,
@@ -37,6 +55,10 @@ pub(crate) async fn apply(
         .counters
         .bytes_pushed
         .fetch_add(len, Ordering::Relaxed);
+    store
+        .counters
+        .buffers_pushed
+        .fetch_add(u64::from(buffers), Ordering::Relaxed);
     if store.writes_on_push() {
         partition
             .write_pushed(store.tiers())

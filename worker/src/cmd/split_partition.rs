@@ -2,6 +2,8 @@
 //! worker's part ends here, and readers of later segments go to the next
 //! worker.
 
+use std::sync::atomic::Ordering;
+
 use terrace_tier_api::TierResult;
 use terrace_tier_api::protocol::{Ack, SplitPartition};
 
@@ -20,6 +22,11 @@ pub(crate) async fn apply(request: SplitPartition, conn: &Connection) -> TierRes
         .split(&partition, next.clone())
         .await
         .map_err(|e| e.context("split"))?;
+    conn.shared
+        .store
+        .counters
+        .splits
+        .fetch_add(1, Ordering::Relaxed);
     tracing::info!(partition = %key, bytes = partition.stored_bytes(), next = %next.address, "partition split");
     Ok(Ack)
 }

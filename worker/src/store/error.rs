@@ -80,6 +80,11 @@ pub enum StoreError {
         #[source]
         source: object_store::Error,
     },
+    /// An object store request failed for good without an error of the
+    /// store's own (no answer in time, a multipart upload that never
+    /// completed); the text says which.
+    #[error("{0}")]
+    ObjectStoreFailed(String),
     /// Stored bytes are not what was written.
     #[error("{what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
@@ -122,7 +127,9 @@ impl StoreError {
                 source: object_store::Error::NotFound { .. },
                 ..
             } => ErrorKind::PartitionNotFound,
-            StoreError::ObjectStore { .. } => ErrorKind::Unavailable,
+            StoreError::ObjectStore { .. } | StoreError::ObjectStoreFailed(_) => {
+                ErrorKind::Unavailable
+            }
             StoreError::Corrupt { .. } => ErrorKind::DataCorruption,
         }
     }

@@ -30,7 +30,7 @@ mod tiers;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,18 +52,11 @@ pub use files::{FaultyFiles, FileLayer, RealFiles};
 use handles::open_file_limits;
 pub use index::{Extent, Forward, PersistedIndex};
 pub use metadata::{Charge, MetadataBudget, cost};
-pub use object::{ObjectTier, build_store};
-pub use partition::{Partition, PartitionMeta, ReadStep, TierBytes};
+pub use object::{ObjectCounters, ObjectOp, ObjectTier, build_store};
+pub use partition::{Partition, PartitionMeta, PartitionState, ReadStep, TierBytes};
 pub use tiers::{Source, Tiers, single_object_range};
 
-/// Counters reported by `WorkerStats` and heartbeats.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub bytes_pushed: AtomicU64,
-    pub bytes_read: AtomicU64,
-    /// Read streams open now (see `crate::stream`).
-    pub read_streams: AtomicU64,
-}
+pub use crate::metrics::Counters;
 
 /// Keys of partitions released recently, and what they cost the metadata budget.
 #[derive(Debug)]
@@ -107,7 +100,8 @@ pub struct Store {
     /// `config.object_store`, or its defaults without one (the part size
     /// also bounds a flush when there is no object store).
     object: ObjectStoreConfig,
-    pub counters: Counters,
+    /// What the worker counts as it happens (see `crate::metrics`).
+    pub counters: Arc<Counters>,
     /// Sealed partitions found at start with a file missing while a data
     /// directory was missing too: not served, and their keys not reused.
     held_back: HashSet<PartitionKey>,
@@ -188,7 +182,7 @@ impl Store {
             flush_stop: (budget as f64 * config.flush_low_watermark) as u64,
             config: config.clone(),
             object: object_config,
-            counters: Counters::default(),
+            counters: Arc::new(Counters::default()),
             held_back: HashSet::new(),
             deletions: Deletions::default(),
             adopting: Mutex::new(HashSet::new()),
@@ -797,6 +791,20 @@ impl Store {
                 + (key.job.as_bytes().len() + key.partition.as_bytes().len()) as u64;
             released.charge.shrink(cost);
         }
+    }
+
+    /// Jobs with partitions held here.
+    pub fn job_count(&self) -> usize {
+        self.job_partitions
+            .lock()
+            .expect("job count lock poisoned")
+            .len()
+    }
+
+    /// Each job with partitions held here, and how many.
+    pub fn jobs(&self) -> Vec<(JobId, u64)> {
+        let jobs = self.job_partitions.lock().expect("job count lock poisoned");
+        jobs.iter().map(|(job, n)| (job.clone(), *n)).collect()
     }
 
     /// Partitions held (open and sealed).

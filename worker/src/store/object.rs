@@ -40,6 +40,49 @@ pub struct ObjectCounters {
     pub gets: AtomicU64,
     /// Requests that failed after every retry.
     pub failures: AtomicU64,
+    /// The same, by operation ([`ObjectOp`] order).
+    failures_by_op: [AtomicU64; ObjectOp::ALL.len()],
+}
+
+impl ObjectCounters {
+    /// Requests of `op` that failed for good.
+    pub fn failures_of(&self, op: ObjectOp) -> u64 {
+        self.failures_by_op[op as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// What a request to the object store does, as its failures are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectOp {
+    Get,
+    Put,
+    /// A multipart upload (a migration's object).
+    Multipart,
+    Delete,
+    List,
+    Copy,
+}
+
+impl ObjectOp {
+    pub const ALL: [ObjectOp; 6] = [
+        ObjectOp::Get,
+        ObjectOp::Put,
+        ObjectOp::Multipart,
+        ObjectOp::Delete,
+        ObjectOp::List,
+        ObjectOp::Copy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectOp::Get => "get",
+            ObjectOp::Put => "put",
+            ObjectOp::Multipart => "multipart",
+            ObjectOp::Delete => "delete",
+            ObjectOp::List => "list",
+            ObjectOp::Copy => "copy",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -233,11 +276,12 @@ impl ObjectTier {
 
     /// Runs `op` under the request timeout, retrying with backoff. Errors
     /// that retrying cannot fix (not found, refused) fail at once.
-    async fn retry<T, F, Fut>(&self, what: &'static str, key: &str, mut op: F) -> TierResult<T>
+    async fn retry<T, F, Fut>(&self, kind: ObjectOp, key: &str, mut op: F) -> TierResult<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = object_store::Result<T>>,
     {
+        let what = kind.as_str();
         let mut backoff = self.settings.backoff;
         let mut attempt = 0u32;
         loop {
@@ -266,7 +310,7 @@ impl ObjectTier {
                             source: e,
                         };
                         if error.kind() != ErrorKind::PartitionNotFound {
-                            self.failed(&error_text(&error));
+                            self.failed(kind, &error_text(&error));
                         }
                         return Err(error.into());
                     }
@@ -282,12 +326,13 @@ impl ObjectTier {
                 );
                 let error = match error {
                     Some(e) => TierError::with_source(ErrorKind::Unavailable, failed, e),
-                    None => TierError::unavailable(format!(
+                    None => StoreError::ObjectStoreFailed(format!(
                         "{failed}: no answer within {:?}",
                         self.settings.request_timeout
-                    )),
+                    ))
+                    .into(),
                 };
-                self.failed(&error.full_message());
+                self.failed(kind, &error.full_message());
                 return Err(error);
             }
             let error = match &error {
@@ -300,8 +345,9 @@ impl ObjectTier {
         }
     }
 
-    fn failed(&self, message: &str) {
+    fn failed(&self, op: ObjectOp, message: &str) {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        self.counters.failures_by_op[op as usize].fetch_add(1, Ordering::Relaxed);
         self.available.store(false, Ordering::Relaxed);
         *self.last_error.lock().expect("error lock poisoned") = Some(message.to_string());
     }
@@ -309,9 +355,11 @@ impl ObjectTier {
     /// Stores `slices` as one object with a single PUT.
     pub async fn put(&self, key: &ObjectPath, slices: &[Bytes]) -> TierResult<()> {
         let payload: PutPayload = slices.iter().cloned().collect();
-        self.retry("put", key.as_ref(), || self.store.put(key, payload.clone()))
-            .await
-            .map(|_| ())
+        self.retry(ObjectOp::Put, key.as_ref(), || {
+            self.store.put(key, payload.clone())
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Stores an object from `parts`, produced one at a time (a multipart
@@ -351,9 +399,9 @@ impl ObjectTier {
                         );
                         let error = match source {
                             Some(e) => TierError::with_source(ErrorKind::Unavailable, failed, e),
-                            None => TierError::unavailable(failed),
+                            None => StoreError::ObjectStoreFailed(failed).into(),
                         };
-                        self.failed(&error.full_message());
+                        self.failed(ObjectOp::Multipart, &error.full_message());
                         return Err(error);
                     }
                     clock::sleep(backoff).await;
@@ -441,7 +489,9 @@ impl ObjectTier {
         ranges: &[Range<u64>],
     ) -> TierResult<Vec<Bytes>> {
         let out = self
-            .retry("get", key.as_ref(), || self.store.get_ranges(key, ranges))
+            .retry(ObjectOp::Get, key.as_ref(), || {
+                self.store.get_ranges(key, ranges)
+            })
             .await?;
         let total: usize = out.iter().map(Bytes::len).sum();
         self.counters
@@ -456,7 +506,7 @@ impl ObjectTier {
     /// Every object key under `prefix` with its size.
     pub async fn list(&self, prefix: &str) -> TierResult<Vec<(ObjectPath, u64)>> {
         let path = ObjectPath::from(prefix);
-        self.retry("list", prefix, || async {
+        self.retry(ObjectOp::List, prefix, || async {
             let mut stream = self.store.list(Some(&path));
             let mut out = Vec::new();
             while let Some(meta) = stream.next().await {
@@ -471,14 +521,14 @@ impl ObjectTier {
     /// Copies `from` to `to` inside the store (server side on S3: the bytes
     /// do not pass through the worker).
     pub async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> TierResult<()> {
-        self.retry("copy", from.as_ref(), || self.store.copy(from, to))
+        self.retry(ObjectOp::Copy, from.as_ref(), || self.store.copy(from, to))
             .await
     }
 
     /// Deletes `key`; a missing object is fine.
     pub async fn delete(&self, key: &ObjectPath) -> TierResult<()> {
         match self
-            .retry("delete", key.as_ref(), || self.store.delete(key))
+            .retry(ObjectOp::Delete, key.as_ref(), || self.store.delete(key))
             .await
         {
             Ok(()) => Ok(()),

@@ -12,14 +12,15 @@ impl Partition {
     /// Appends a decoded push batch of at most `max_buffers` buffers.
     /// `reservation` holds the batch's memory until it is flushed. With
     /// `expected_crc32c`, the batch is checked against it first, from the
-    /// runs' own checksums (one pass over the bytes).
+    /// runs' own checksums (one pass over the bytes). Returns the number of
+    /// buffers appended.
     pub fn append(
         &self,
         batch: Bytes,
         reservation: Reservation,
         expected_crc32c: Option<u32>,
         max_buffers: u32,
-    ) -> TierResult<()> {
+    ) -> TierResult<u32> {
         let runs = split_runs(
             &batch,
             self.meta.num_subpartitions,
@@ -36,6 +37,7 @@ impl Partition {
                 )));
             }
         }
+        let buffers = runs.iter().map(|run| run.num_buffers).sum();
         let mut guard = self.lock();
         let state = &mut *guard;
         if let Some(e) = self.phase_error(&state.phase) {
@@ -56,7 +58,7 @@ impl Partition {
         state.reservations.push(reservation);
         drop(guard);
         self.bump();
-        Ok(())
+        Ok(buffers)
     }
 }
 

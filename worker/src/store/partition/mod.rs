@@ -113,6 +113,29 @@ pub type Leftovers = (
     u64,
 );
 
+/// Where a partition is in its life, as metrics and the admin API show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionState {
+    /// Taking pushes (or being sealed).
+    Open,
+    Sealed,
+    /// Its data could not be stored; every request gets that error.
+    Failed,
+    /// Released, its storage being deleted.
+    Released,
+}
+
+impl PartitionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionState::Open => "open",
+            PartitionState::Sealed => "sealed",
+            PartitionState::Failed => "failed",
+            PartitionState::Released => "released",
+        }
+    }
+}
+
 /// Bytes of a partition per tier.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TierBytes {
@@ -226,6 +249,16 @@ impl Partition {
 
     pub fn is_sealed(&self) -> bool {
         matches!(self.lock().phase, Phase::Sealed)
+    }
+
+    /// Where the partition is in its life (a seal in progress is open).
+    pub fn state(&self) -> PartitionState {
+        match self.lock().phase {
+            Phase::Open | Phase::Sealing => PartitionState::Open,
+            Phase::Sealed => PartitionState::Sealed,
+            Phase::Failed(_) => PartitionState::Failed,
+            Phase::Released => PartitionState::Released,
+        }
     }
 
     pub fn pending_bytes(&self) -> u64 {
