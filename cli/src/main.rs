@@ -262,7 +262,9 @@ mod tests {
             "partition 1 subpartition 2 buffer 3 differs".into(),
         )
         .into());
-        let e = unverified.context("run the sample shuffle").expect_err("failed");
+        let e = unverified
+            .context("run the sample shuffle")
+            .expect_err("failed");
         assert_eq!(super::exit_code(&e), super::exit::UNVERIFIED);
         assert_eq!(super::exit::UNVERIFIED, 3);
         assert!(

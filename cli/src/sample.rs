@@ -480,10 +480,7 @@ fn read_range(
                         verify(cursor.data == params.buffers_per_subpartition, || {
                             format!(
                                 "partition {} subpartition {} ended after {} of {} buffers",
-                                cursor.p,
-                                cursor.sub,
-                                cursor.data,
-                                params.buffers_per_subpartition
+                                cursor.p, cursor.sub, cursor.data, params.buffers_per_subpartition
                             )
                         })?;
                         cursor.done = true;

@@ -1067,10 +1067,14 @@ mod tests {
         // The embedded cluster says nothing at all; the other service only
         // that it is plaintext.
         assert_eq!(lines.len(), 1, "{lines:?}");
-        assert!(lines[0].contains("the worker serves plaintext"), "{lines:?}");
+        assert!(
+            lines[0].contains("the worker serves plaintext"),
+            "{lines:?}"
+        );
 
         // The flag is no configuration key: a file cannot set it.
-        let parsed: Result<SecurityConfig, _> = serde_json::from_str(r#"{"embedded_loopback": true}"#);
+        let parsed: Result<SecurityConfig, _> =
+            serde_json::from_str(r#"{"embedded_loopback": true}"#);
         assert!(parsed.is_err(), "{parsed:?}");
     }
 

@@ -108,7 +108,12 @@ fn demo_prints_its_report_alone_on_stdout_and_nothing_noisy_on_stderr() {
     let dir = tempfile::tempdir().expect("temp dir");
     let args = ["demo", "--buffers", "8", "--segment-size", "128KiB"];
     let text = run(dir.path(), "demo", &args, Duration::from_secs(180));
-    assert!(text.status.success(), "{:?}: {}", text.status, text.stderr());
+    assert!(
+        text.status.success(),
+        "{:?}: {}",
+        text.status,
+        text.stderr()
+    );
     let stdout = text.stdout();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
@@ -136,7 +141,12 @@ fn demo_prints_its_report_alone_on_stdout_and_nothing_noisy_on_stderr() {
         &[&args[..], &["--json"]].concat(),
         Duration::from_secs(180),
     );
-    assert!(json.status.success(), "{:?}: {}", json.status, json.stderr());
+    assert!(
+        json.status.success(),
+        "{:?}: {}",
+        json.status,
+        json.stderr()
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&json.stdout).expect("demo --json stdout is JSON");
     let payload = report["payload_bytes"].as_u64().expect("payload_bytes");
@@ -162,13 +172,22 @@ fn exit_codes_say_success_failure_and_usage() {
 
     let unknown = run(dir.path(), "unknown", &["demo", "--no-such-flag"], limit);
     assert_eq!(code(&unknown), Some(2), "{}", unknown.stderr());
-    assert!(unknown.stderr().contains("--no-such-flag"), "{}", unknown.stderr());
+    assert!(
+        unknown.stderr().contains("--no-such-flag"),
+        "{}",
+        unknown.stderr()
+    );
     assert!(unknown.stdout.is_empty());
 
     let no_command = run(dir.path(), "no-command", &[], limit);
     assert_eq!(code(&no_command), Some(2), "{}", no_command.stderr());
 
-    let bad_log = run(dir.path(), "bad-log", &["status", "--log", "x=notalevel"], limit);
+    let bad_log = run(
+        dir.path(),
+        "bad-log",
+        &["status", "--log", "x=notalevel"],
+        limit,
+    );
     assert_eq!(code(&bad_log), Some(2), "{}", bad_log.stderr());
 
     // Nothing listens there: the command fails, says why on stderr, and
@@ -198,11 +217,8 @@ fn exit_codes_say_success_failure_and_usage() {
 fn a_master_logs_info_plainly_and_status_json_has_its_documented_shape() {
     let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut command, out, err) = command(
-        dir.path(),
-        "master",
-        &["master", "--listen", "127.0.0.1:0"],
-    );
+    let (mut command, out, err) =
+        command(dir.path(), "master", &["master", "--listen", "127.0.0.1:0"]);
     let mut master = Child(command.spawn().expect("spawn terrace master"));
     let (address, _) = wait_for(
         Duration::from_secs(30),

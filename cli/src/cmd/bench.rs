@@ -181,10 +181,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
-    let raw_tcp = progress::during("measuring raw loopback TCP", || {
-        raw_tcp_throughput(payload)
-    })
-    .context("measure raw loopback TCP")?;
+    let raw_tcp = progress::during("measuring raw loopback TCP", || raw_tcp_throughput(payload))
+        .context("measure raw loopback TCP")?;
     let raw_disk = progress::during("measuring raw sequential disk writes", || {
         raw_disk_write_throughput(&dir.join("raw-disk-test"), payload)
     })
@@ -235,7 +233,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let job = JobId::new(format!("terrace-bench-1-{run}").into_bytes())?;
         master.register_job(&job, Arc::new(LogLosses))?;
         let cpu_before = cpu_seconds(worker.pid())?;
-        let label = format!("pushing then reading (CPU run {} of {})", run + 1, args.cpu_runs);
+        let label = format!(
+            "pushing then reading (CPU run {} of {})",
+            run + 1,
+            args.cpu_runs
+        );
         let report = with_progress(&label, &params, || {
             run_shuffle(&factory, &master, &job, &params, &pool)
         })?;
