@@ -2,10 +2,13 @@
 //! benchmark, or ask a cluster for its status. `main` only parses flags and
 //! hands over to the command.
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 
 mod cmd;
 mod config;
+mod progress;
 mod sample;
 
 #[derive(Debug, Parser)]
@@ -15,9 +18,11 @@ mod sample;
     about = "Terrace: a remote storage tier for tiered shuffle"
 )]
 struct Cli {
-    /// Log filter (tracing env-filter syntax), e.g. "info" or "terrace_worker=debug".
-    #[arg(long, global = true, env = "TERRACE_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (tracing env-filter syntax), e.g. "info" or
+    /// "terrace_worker=debug". Logs go to stderr. Default: "info" for
+    /// master and worker, "warn" for the commands that print a report.
+    #[arg(long, global = true, env = "TERRACE_LOG", value_parser = parse_log_filter)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,14 +47,65 @@ enum Command {
     BenchPipe(cmd::bench_process::PipeArgs),
 }
 
-fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}", report(&e));
-            std::process::ExitCode::FAILURE
+impl Command {
+    /// The log filter when neither `--log` nor `TERRACE_LOG` gives one: a
+    /// service logs what it does; a command that prints a report logs only
+    /// what needs a person's attention, so its stderr stays quiet.
+    fn default_log(&self) -> &'static str {
+        match self {
+            Command::Master(_) | Command::Worker(_) => "info",
+            Command::Demo(_)
+            | Command::Bench(_)
+            | Command::BenchIo(_)
+            | Command::Status(_)
+            | Command::BenchPipe(_) => "warn",
         }
     }
+}
+
+/// A `--log` value tracing accepts (an empty one means the default).
+fn parse_log_filter(text: &str) -> Result<String, String> {
+    if !text.trim().is_empty() {
+        tracing_subscriber::EnvFilter::try_new(text).map_err(|e| e.to_string())?;
+    }
+    Ok(text.to_string())
+}
+
+/// How `terrace` exits (docs/configuration.md, "Exit codes"). Usage errors
+/// exit with 2, as clap exits on them before any command runs.
+mod exit {
+    /// The command did what it was asked.
+    pub const SUCCESS: u8 = 0;
+    /// The command failed: the error is on stderr.
+    pub const FAILURE: u8 = 1;
+    /// `terrace demo` or `terrace bench` ran, but data read back was not
+    /// the data written (see `sample::Unverified`).
+    pub const UNVERIFIED: u8 = 3;
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::from(exit::SUCCESS),
+        Err(e) => {
+            eprintln!("{}", report(&e));
+            std::process::ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// The exit code of a failed command.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.chain().any(|cause| cause.is::<sample::Unverified>()) {
+        exit::UNVERIFIED
+    } else {
+        exit::FAILURE
+    }
+}
+
+/// Whether log lines on stderr may carry colour: only on a terminal, and
+/// not when `NO_COLOR` is set (no-color.org).
+fn log_colours() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// A fatal error as anyhow prints it ("Error: ..." then "Caused by:"), except
@@ -90,9 +146,15 @@ fn report(error: &anyhow::Error) -> String {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let filter = cli
+        .log
+        .as_deref()
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| cli.command.default_log());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(log_colours())
         .init();
     match cli.command {
         Command::Master(args) => cmd::master::run(args),
@@ -162,6 +224,57 @@ mod tests {
             report(&plain),
             "Error: load config\n\nCaused by:\n    0: read config file /c\n    1: entity not found"
         );
+    }
+
+    /// Services log at INFO, report commands at WARN, unless told.
+    #[test]
+    fn each_command_has_its_default_log_level() {
+        let level = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            (cli.log.clone(), cli.command.default_log())
+        };
+        // TERRACE_LOG may be set where tests run: clap reads it, so only
+        // the defaults are compared here.
+        for (argv, want) in [
+            (&["terrace", "master"][..], "info"),
+            (&["terrace", "worker"][..], "info"),
+            (&["terrace", "demo"][..], "warn"),
+            (&["terrace", "bench"][..], "warn"),
+            (&["terrace", "bench-io"][..], "warn"),
+            (&["terrace", "status"][..], "warn"),
+        ] {
+            assert_eq!(level(argv).1, want, "{argv:?}");
+        }
+        let (log, _) = level(&["terrace", "demo", "--log", "terrace_worker=debug"]);
+        assert_eq!(log.as_deref(), Some("terrace_worker=debug"));
+        // A filter tracing refuses is a usage error (exit code 2).
+        let e = Cli::try_parse_from(["terrace", "--log", "x=notalevel", "demo"])
+            .expect_err("a bad filter");
+        assert_eq!(e.exit_code(), 2, "{e}");
+    }
+
+    /// Data that did not verify has its own exit code, wherever it sits in
+    /// the chain; every other failure exits with 1.
+    #[test]
+    fn unverified_data_exits_with_its_own_code() {
+        use anyhow::Context as _;
+        let unverified: anyhow::Result<()> = Err(crate::sample::Unverified(
+            "partition 1 subpartition 2 buffer 3 differs".into(),
+        )
+        .into());
+        let e = unverified
+            .context("run the sample shuffle")
+            .expect_err("failed");
+        assert_eq!(super::exit_code(&e), super::exit::UNVERIFIED);
+        assert_eq!(super::exit::UNVERIFIED, 3);
+        assert!(
+            report(&e).contains("data did not verify: partition 1 subpartition 2 buffer 3 differs"),
+            "{}",
+            report(&e)
+        );
+        let other = anyhow::anyhow!("connect to the master").context("run");
+        assert_eq!(super::exit_code(&other), super::exit::FAILURE);
+        assert_eq!(super::exit::FAILURE, 1);
     }
 
     fn worker(argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<terrace_worker::WorkerConfig> {

@@ -3,6 +3,7 @@
 //! data buffer is a slice of a deterministic pool, so the readers verify
 //! every byte with a memcmp. Used by `terrace demo` and `terrace bench`.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,6 +39,52 @@ pub struct ShuffleParams {
     /// sealed ([`ShuffleReport::cpu_seconds_at_seal`]): splits a benchmarked
     /// worker's CPU between writing and reading.
     pub cpu_of: Option<u32>,
+    /// Bytes verified so far, added to by the readers (a progress bar shows it).
+    pub verified: Option<crate::progress::Counter>,
+}
+
+impl ShuffleParams {
+    /// Payload bytes of the shuffle.
+    pub fn payload_bytes(&self) -> u64 {
+        u64::from(self.producers)
+            * u64::from(self.subpartitions)
+            * u64::from(self.buffers_per_subpartition)
+            * self.buffer_size as u64
+    }
+}
+
+/// Runs `work` (a shuffle or a read of one, with `params`) while a progress
+/// bar labelled `label` shows the bytes its readers have verified.
+pub fn with_progress<T>(label: &str, params: &ShuffleParams, work: impl FnOnce() -> T) -> T {
+    match &params.verified {
+        Some(counter) => {
+            crate::progress::during_bytes(label, counter, params.payload_bytes(), work)
+        }
+        None => crate::progress::during(label, work),
+    }
+}
+
+/// Data read back was not the data written (bytes differ, are missing, or
+/// are left behind where they should be gone): what `terrace demo` and
+/// `terrace bench` exist to catch, so `terrace` exits with its own code.
+#[derive(Debug)]
+pub struct Unverified(pub String);
+
+impl std::fmt::Display for Unverified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "data did not verify: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unverified {}
+
+/// Fails with [`Unverified`] saying `what` unless `holds`.
+pub fn verify(holds: bool, what: impl FnOnce() -> String) -> anyhow::Result<()> {
+    if holds {
+        Ok(())
+    } else {
+        Err(Unverified(what()).into())
+    }
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -179,10 +226,7 @@ pub fn shuffle_and_keep(
         report.segments += segments;
         report.buffers += buffers;
     }
-    report.payload_bytes = u64::from(params.producers)
-        * u64::from(params.subpartitions)
-        * u64::from(params.buffers_per_subpartition)
-        * params.buffer_size as u64;
+    report.payload_bytes = params.payload_bytes();
     report.write_seconds = clock::elapsed(start).as_secs_f64();
     if let Some(pid) = params.cpu_of {
         report.cpu_seconds_at_seal = Some(crate::cmd::bench_process::cpu_seconds(pid)?);
@@ -206,12 +250,12 @@ pub fn shuffle_and_keep(
     }
     report.read_seconds = clock::elapsed(read_start).as_secs_f64();
     report.total_seconds = clock::elapsed(start).as_secs_f64();
-    ensure!(
-        report.verified_bytes == report.payload_bytes,
-        "verified {} bytes of {} written",
-        report.verified_bytes,
-        report.payload_bytes
-    );
+    verify(report.verified_bytes == report.payload_bytes, || {
+        format!(
+            "verified {} bytes of {} written",
+            report.verified_bytes, report.payload_bytes
+        )
+    })?;
     Ok((report, descriptors))
 }
 
@@ -420,30 +464,36 @@ fn read_range(
                     DataType::Data => {
                         let want =
                             pool.slice(cursor.p, cursor.sub, cursor.data, params.buffer_size);
-                        ensure!(
-                            buffer.payload == want,
-                            "partition {} subpartition {} buffer {} differs",
-                            cursor.p,
-                            cursor.sub,
-                            cursor.data
-                        );
+                        verify(buffer.payload == want, || {
+                            format!(
+                                "partition {} subpartition {} buffer {} differs",
+                                cursor.p, cursor.sub, cursor.data
+                            )
+                        })?;
                         cursor.data += 1;
                         verified += buffer.payload.len() as u64;
+                        if let Some(counter) = &params.verified {
+                            counter.fetch_add(buffer.payload.len() as u64, Ordering::Relaxed);
+                        }
                     }
                     _ if buffer.payload.as_ref() == END_EVENT => {
-                        ensure!(
-                            cursor.data == params.buffers_per_subpartition,
-                            "partition {} subpartition {} ended after {} of {} buffers",
-                            cursor.p,
-                            cursor.sub,
-                            cursor.data,
-                            params.buffers_per_subpartition
-                        );
+                        verify(cursor.data == params.buffers_per_subpartition, || {
+                            format!(
+                                "partition {} subpartition {} ended after {} of {} buffers",
+                                cursor.p, cursor.sub, cursor.data, params.buffers_per_subpartition
+                            )
+                        })?;
                         cursor.done = true;
                         left -= 1;
                         break;
                     }
-                    other => bail!("unexpected buffer type {other:?}"),
+                    other => {
+                        return Err(Unverified(format!(
+                            "partition {} subpartition {}: unexpected buffer type {other:?}",
+                            cursor.p, cursor.sub
+                        ))
+                        .into());
+                    }
                 }
             }
         }

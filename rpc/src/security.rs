@@ -27,6 +27,7 @@
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -571,6 +572,12 @@ pub struct SecurityConfig {
     /// PEM CA certificates: when set, this service connects to masters (and
     /// an agent to workers) over TLS and trusts the servers these sign.
     pub tls_ca_file: Option<PathBuf>,
+    /// Not a configuration key (never read from a file or the environment):
+    /// set by a program that starts a master and workers inside its own
+    /// process, on loopback, for its own use only (the embedded cluster of
+    /// `terrace demo`). Such a service does not warn that it has no secret.
+    #[serde(skip)]
+    pub embedded_loopback: bool,
 }
 
 /// A service's loaded security settings.
@@ -579,7 +586,13 @@ pub struct Security {
     pub secret: Option<ClusterSecret>,
     pub tls_server: Option<TlsServer>,
     pub tls_client: Option<TlsClient>,
+    /// [`SecurityConfig::embedded_loopback`].
+    pub embedded_loopback: bool,
 }
+
+/// Whether this process has warned that a service of it has no secret: the
+/// warning is printed once per process, however many services it runs.
+static OPEN_WARNED: AtomicBool = AtomicBool::new(false);
 
 impl Security {
     /// Reads the files `config` names.
@@ -599,6 +612,7 @@ impl Security {
             secret,
             tls_server,
             tls_client,
+            embedded_loopback: config.embedded_loopback,
         })
     }
 
@@ -609,9 +623,20 @@ impl Security {
             .map_or(Credential::None, Credential::Cluster)
     }
 
-    /// Logs, at start, what is not protected.
+    /// Logs, at start, what is not protected: the warning that there is no
+    /// secret once per process (a process running a master and a worker
+    /// says it once), and nothing for an embedded loopback cluster.
     pub fn warn_if_open(&self, service: &str) {
-        if self.secret.is_none() {
+        self.warn_if_open_once(service, &OPEN_WARNED);
+    }
+
+    /// [`Security::warn_if_open`], with `warned` saying whether the warning
+    /// was already given.
+    fn warn_if_open_once(&self, service: &str, warned: &AtomicBool) {
+        if self.embedded_loopback {
+            return;
+        }
+        if self.secret.is_none() && !warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "{service} has no cluster secret (security.secret_file or {SECRET_FILE_ENV}): \
                  any peer that reaches its port can register workers, list and drop jobs, and read every job's data"
@@ -1007,6 +1032,83 @@ mod tests {
             err.message(),
             "PushData of job 6a6f622d62: this connection holds another job's token"
         );
+    }
+
+    /// What `warn_if_open_once` logs, one string per line.
+    fn open_warnings(run: impl FnOnce()) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lines lock").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        let text = String::from_utf8(lines.0.lock().expect("lines lock").clone()).expect("UTF-8");
+        text.lines().map(str::to_string).collect()
+    }
+
+    /// A process running a master and a worker without a secret says so
+    /// once; a service with a secret or in an embedded loopback cluster
+    /// does not say it.
+    #[test]
+    fn the_no_secret_warning_is_given_once_and_never_for_an_embedded_loopback_cluster() {
+        let warned = AtomicBool::new(false);
+        let lines = open_warnings(|| {
+            Security::default().warn_if_open_once("the master", &warned);
+            Security::default().warn_if_open_once("the worker", &warned);
+        });
+        let warnings: Vec<&String> = lines.iter().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 1, "{lines:?}");
+        assert!(
+            warnings[0].contains("the master has no cluster secret"),
+            "{lines:?}"
+        );
+        // The plaintext note is per service, at INFO.
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("INFO")).count(),
+            2,
+            "{lines:?}"
+        );
+
+        let fresh = AtomicBool::new(false);
+        let embedded = Security {
+            embedded_loopback: true,
+            ..Security::default()
+        };
+        let with_secret = Security {
+            secret: Some(secret()),
+            ..Security::default()
+        };
+        let lines = open_warnings(|| {
+            embedded.warn_if_open_once("the master", &fresh);
+            with_secret.warn_if_open_once("the worker", &fresh);
+        });
+        assert!(!fresh.load(Ordering::Relaxed));
+        assert!(!lines.iter().any(|l| l.contains("WARN")), "{lines:?}");
+        // The embedded cluster says nothing at all; the other service only
+        // that it is plaintext.
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("the worker serves plaintext"),
+            "{lines:?}"
+        );
+
+        // The flag is no configuration key: a file cannot set it.
+        let parsed: Result<SecurityConfig, _> =
+            serde_json::from_str(r#"{"embedded_loopback": true}"#);
+        assert!(parsed.is_err(), "{parsed:?}");
     }
 
     #[test]

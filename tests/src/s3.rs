@@ -442,9 +442,9 @@ impl Drop for S3Server {
     }
 }
 
-/// Sends `signal` to the process `pid`.
+/// Sends `signal` to the process `pid` (a child of the caller, not yet reaped).
 #[allow(unsafe_code)]
-fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
     // SAFETY: kill(2) takes plain integers and touches no memory of ours;
     // `pid` is our own child, not yet reaped, so the id cannot be reused.

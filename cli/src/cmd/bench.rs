@@ -19,9 +19,10 @@ use crate::cmd::bench_process::{
     Pipeline, WorkerProcess, cpu_seconds, peak_rss, pipeline_yardstick, work_dir,
 };
 use crate::cmd::cluster::Cluster;
+use crate::progress;
 use crate::sample::{
     LogLosses, Pool, ShuffleParams, ShuffleReport, print_json, read_back, release_all, run_shuffle,
-    shuffle_and_keep,
+    shuffle_and_keep, verify, with_progress,
 };
 
 #[derive(Debug, clap::Args)]
@@ -180,11 +181,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
-    eprintln!("measuring raw loopback TCP ...");
-    let raw_tcp = raw_tcp_throughput(payload).context("measure raw loopback TCP")?;
-    eprintln!("measuring raw sequential disk writes ...");
-    let raw_disk = raw_disk_write_throughput(&dir.join("raw-disk-test"), payload)
-        .context("measure raw disk")?;
+    let raw_tcp = progress::during("measuring raw loopback TCP", || raw_tcp_throughput(payload))
+        .context("measure raw loopback TCP")?;
+    let raw_disk = progress::during("measuring raw sequential disk writes", || {
+        raw_disk_write_throughput(&dir.join("raw-disk-test"), payload)
+    })
+    .context("measure raw disk")?;
 
     // The master in this process; the worker, as deployed, in its own.
     let cluster = Cluster::start(&dir.join("cluster"), 0, args.memory_budget)?;
@@ -212,33 +214,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         read_after_write: true,
         read_timeout: Duration::from_secs(600),
         cpu_of: Some(worker.pid()),
+        verified: Some(progress::counter()),
     };
     if args.warmup {
         // A long-running worker's buffer pool and the allocator are warm; a
         // fresh one pays a page fault per 4 KiB of its first budget's worth.
-        eprintln!(
-            "warming up (untimed): pushing then reading {:.0} MiB ...",
-            payload as f64 / MIB
-        );
         let job = JobId::new(b"terrace-bench-warmup".to_vec())?;
         master.register_job(&job, Arc::new(LogLosses))?;
-        run_shuffle(&factory, &master, &job, &params, &pool)?;
+        with_progress("warming up (untimed)", &params, || {
+            run_shuffle(&factory, &master, &job, &params, &pool)
+        })?;
         master.unregister_job(&job)?;
     }
     let gib = payload as f64 / (MIB * 1024.0);
     let mut pairs = Vec::new();
     let mut first = None;
     for run in 0..args.cpu_runs {
-        eprintln!(
-            "pushing then reading {:.0} MiB (CPU run {} of {}) ...",
-            payload as f64 / MIB,
-            run + 1,
-            args.cpu_runs
-        );
         let job = JobId::new(format!("terrace-bench-1-{run}").into_bytes())?;
         master.register_job(&job, Arc::new(LogLosses))?;
         let cpu_before = cpu_seconds(worker.pid())?;
-        let report = run_shuffle(&factory, &master, &job, &params, &pool)?;
+        let label = format!(
+            "pushing then reading (CPU run {} of {})",
+            run + 1,
+            args.cpu_runs
+        );
+        let report = with_progress(&label, &params, || {
+            run_shuffle(&factory, &master, &job, &params, &pool)
+        })?;
         // The job's drop (its files deleted) is part of what a byte costs, as
         // the pipeline's file deletion is part of its figure; and it must not
         // be charged to the next run.
@@ -250,23 +252,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("the shuffle took the worker's CPU time at the seal")?
             - cpu_before;
         first.get_or_insert(report);
-        eprintln!(
-            "measuring the raw pipeline (receive, write, fsync, read, send) with {:.0} MiB ...",
-            payload as f64 / MIB
-        );
-        let pipeline = pipeline_yardstick(&dir, payload, config.push_size.as_usize())
-            .context("run the raw pipeline yardstick")?;
+        let pipeline = progress::during("measuring the raw pipeline", || {
+            pipeline_yardstick(&dir, payload, config.push_size.as_usize())
+        })
+        .context("run the raw pipeline yardstick")?;
         pairs.push(((worker_cpu / gib, worker_cpu_write / gib), pipeline));
     }
     let write_then_read = first.context("--cpu-runs must be at least 1")?;
-    eprintln!(
-        "pushing and reading {:.0} MiB concurrently ...",
-        payload as f64 / MIB
-    );
     params.read_after_write = false;
     let job = JobId::new(b"terrace-bench-2".to_vec())?;
     master.register_job(&job, Arc::new(LogLosses))?;
-    let concurrent = run_shuffle(&factory, &master, &job, &params, &pool)?;
+    let concurrent = with_progress("pushing and reading concurrently", &params, || {
+        run_shuffle(&factory, &master, &job, &params, &pool)
+    })?;
     master.unregister_job(&job)?;
     master.close();
     let worker_peak_rss = peak_rss(worker.pid())?;
@@ -560,14 +558,14 @@ fn object_store_phase(
         read_after_write: true,
         read_timeout: Duration::from_secs(600),
         cpu_of: None,
+        verified: Some(progress::counter()),
     };
     let job = JobId::new(b"terrace-bench-object-store".to_vec())?;
     master.register_job(&job, Arc::new(LogLosses))?;
-    eprintln!(
-        "object store {url}: pushing then reading {:.0} MiB ...",
-        payload as f64 / MIB
-    );
-    let (write_then_read, descriptors) = shuffle_and_keep(&factory, &master, &job, &params, pool)?;
+    let (write_then_read, descriptors) =
+        with_progress("object store phase: pushing then reading", &params, || {
+            shuffle_and_keep(&factory, &master, &job, &params, pool)
+        })?;
     let local = store.tier_bytes();
     anyhow::ensure!(
         local.memory == 0 && local.object == 0 && local.local > 0,
@@ -577,28 +575,30 @@ fn object_store_phase(
     // Just written, so mostly served by the page cache, as a worker's recent
     // data is; the object-store read below pays the store's request path.
     let timed_read = |from: &str| -> anyhow::Result<f64> {
-        eprintln!("reading {:.0} MiB from {from} ...", payload as f64 / MIB);
         let start = clock::now();
-        let verified = read_back(&factory, &params, pool, &descriptors)?;
+        let verified = with_progress(&format!("reading from {from}"), &params, || {
+            read_back(&factory, &params, pool, &descriptors)
+        })?;
         let seconds = clock::elapsed(start).as_secs_f64();
-        anyhow::ensure!(
-            verified == payload,
-            "read back {verified} bytes of {payload} from {from}"
-        );
+        verify(verified == payload, || {
+            format!("read back {verified} bytes of {payload} from {from}")
+        })?;
         Ok(seconds)
     };
     let local_read_seconds = timed_read("local disk")?;
 
-    eprintln!("migrating every partition to {url} ...");
     let start = clock::now();
     let partitions = store.partitions();
-    let mut migrated_bytes = 0;
-    for partition in &partitions {
-        migrated_bytes += cluster
-            .runtime
-            .block_on(store.migrate(partition))
-            .with_context(|| format!("migrate {}", partition.key()))?;
-    }
+    let migrated_bytes = progress::during("migrating every partition to the object store", || {
+        let mut migrated_bytes = 0;
+        for partition in &partitions {
+            migrated_bytes += cluster
+                .runtime
+                .block_on(store.migrate(partition))
+                .with_context(|| format!("migrate {}", partition.key()))?;
+        }
+        anyhow::Ok(migrated_bytes)
+    })?;
     let migrate_seconds = clock::elapsed(start).as_secs_f64();
     let migrated_partitions = partitions.len() as u64;
     drop(partitions);
@@ -615,18 +615,17 @@ fn object_store_phase(
     let object_read_seconds = timed_read("the object store")?;
     let object_bytes_fetched = object.counters.bytes_read.load(Ordering::Relaxed) - fetched_before;
     let object_gets = object.counters.gets.load(Ordering::Relaxed) - gets_before;
-    eprintln!("fetching every object with raw ranged GETs (the store's ceiling) ...");
-    let raw_get_mib_s = cluster
-        .runtime
-        .block_on(raw_get_throughput(object))
-        .context("raw GETs")?;
+    let raw_get_mib_s = progress::during("fetching every object with raw ranged GETs", || {
+        cluster.runtime.block_on(raw_get_throughput(object))
+    })
+    .context("raw GETs")?;
 
     release_all(&master, &descriptors)?;
     master.unregister_job(&job)?;
     master.close();
     let objects_left = cluster.drop_job_and_count_objects(0, &job)?;
     if objects_left > 0 {
-        eprintln!("warning: {objects_left} objects of the benchmark are left in {url}");
+        tracing::warn!("{objects_left} objects of the benchmark are left in {url}");
     }
     let url = object.url().to_string();
     drop(store);

@@ -13,6 +13,7 @@ use anyhow::Context;
 use terrace_tier_api::ByteSize;
 
 use crate::cmd::bench_process::{Pipeline, ReadMode, WriteMode, pipeline_with, work_dir};
+use crate::progress;
 use crate::sample::print_json;
 
 #[derive(Debug, clap::Args)]
@@ -70,23 +71,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let gib = args.bytes.as_u64() as f64 / (1024.0 * MIB as f64);
     let mut results = Vec::new();
     for (write, read, chunk) in variants {
-        eprintln!(
-            "write {write:?}, read {read:?}, {} KiB chunks: {} runs ...",
+        let label = format!(
+            "write {write:?}, read {read:?}, {} KiB chunks, {} runs",
             chunk / 1024,
             args.runs
         );
         let mut runs = Vec::new();
         let mut error = None;
-        for _ in 0..args.runs {
-            match pipeline_with(&dir, args.bytes.as_u64(), chunk, write, read) {
-                Ok(run) => runs.push(run),
-                Err(e) => {
-                    eprintln!("  failed: {e:#}");
-                    error = Some(format!("{e:#}"));
-                    break;
+        progress::during(&label, || {
+            for _ in 0..args.runs {
+                match pipeline_with(&dir, args.bytes.as_u64(), chunk, write, read) {
+                    Ok(run) => runs.push(run),
+                    Err(e) => {
+                        // The report says it too; a variant may not run here (O_DIRECT).
+                        tracing::warn!("{label}: failed: {e:#}");
+                        error = Some(format!("{e:#}"));
+                        break;
+                    }
                 }
             }
-        }
+        });
         runs.sort_by(|a, b| a.cpu_seconds.total_cmp(&b.cpu_seconds));
         let median = error.is_none().then(|| &runs[runs.len() / 2]);
         results.push(Variant {

@@ -1,5 +1,7 @@
 //! An embedded one-process cluster (a master and workers on loopback), used by
-//! `terrace demo` and `terrace bench`.
+//! `terrace demo` and `terrace bench`. Its services are the process's own:
+//! they do not warn that they have no cluster secret
+//! (`SecurityConfig::embedded_loopback`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -44,8 +46,11 @@ impl Cluster {
                 .await
                 .context("bind master")?;
             let master_address = listener.local_addr().context("master address")?.to_string();
+            // Bound to 127.0.0.1 above: the process's own loopback master.
+            let mut master_config = MasterConfig::default();
+            master_config.security.embedded_loopback = true;
             tokio::spawn(terrace_master::run(
-                MasterConfig::default(),
+                master_config,
                 listener,
                 shutdown.clone(),
             ));
@@ -62,6 +67,7 @@ impl Cluster {
                     ..WorkerConfig::default()
                 };
                 tweak(&mut config);
+                config.security.embedded_loopback = listens_on_loopback(&config);
                 handles.push(
                     terrace_worker::start(config)
                         .await
@@ -150,6 +156,18 @@ impl Cluster {
             Ok(())
         })
     }
+}
+
+/// Whether an embedded worker serves loopback only: it listens on a
+/// loopback IP and advertises nothing else. Only then is it the process's
+/// own, needing no warning that it has no cluster secret.
+fn listens_on_loopback(config: &WorkerConfig) -> bool {
+    let loopback = |address: &str| {
+        address
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+    };
+    loopback(&config.listen) && config.advertise_address.as_deref().is_none_or(loopback)
 }
 
 /// How many workers the master lists.

@@ -1,6 +1,8 @@
 //! `terrace demo`: the main job on an embedded default. A one-process cluster
 //! (a master and a worker on loopback) runs a sample shuffle of several
 //! producers × many subpartitions × several segments; every byte is verified.
+//! The report goes to stdout; on a terminal, stderr shows a progress bar of
+//! the bytes verified.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +12,10 @@ use terrace_rpc::clock;
 use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgent};
 
 use crate::cmd::cluster::Cluster;
+use crate::progress;
 use crate::sample::{
     LogLosses, Pool, ShuffleParams, print_json, read_back, release_all, run_shuffle,
-    shuffle_and_keep,
+    shuffle_and_keep, verify, with_progress,
 };
 
 #[derive(Debug, clap::Args)]
@@ -73,9 +76,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         read_after_write: false,
         read_timeout: Duration::from_secs(120),
         cpu_of: None,
+        verified: Some(progress::counter()),
     };
     let pool = Pool::new();
-    let report = run_shuffle(&factory, &master, &job, &params, &pool)?;
+    let report = with_progress("shuffling", &params, || {
+        run_shuffle(&factory, &master, &job, &params, &pool)
+    })?;
     master
         .unregister_job(&job)
         .context("unregister the demo job")?;
@@ -145,27 +151,35 @@ fn run_tiered(args: Args) -> anyhow::Result<()> {
         read_after_write: false,
         read_timeout: Duration::from_secs(300),
         cpu_of: None,
+        verified: Some(progress::counter()),
     };
     let pool = Pool::new();
-    let (report, descriptors) = shuffle_and_keep(&factory, &master, &job, &params, &pool)?;
+    let (report, descriptors) = with_progress("shuffling", &params, || {
+        shuffle_and_keep(&factory, &master, &job, &params, &pool)
+    })?;
     let store = Arc::clone(&cluster.workers[0].store);
     let during = tier_line(&store);
     // Sealed partitions go cold after 1 s and migrate: wait for the local tier to empty.
-    let deadline = clock::now() + Duration::from_secs(60);
-    while store.tier_bytes().local > 0 && clock::now() < deadline {
-        // The demo runs on a plain thread and polls the store's tier sizes.
-        #[allow(clippy::disallowed_methods)]
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    progress::during("waiting for migration to the object store", || {
+        let deadline = clock::now() + Duration::from_secs(60);
+        while store.tier_bytes().local > 0 && clock::now() < deadline {
+            // The demo runs on a plain thread and polls the store's tier sizes.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
     let migrated = tier_line(&store);
     let read_start = clock::now();
-    let verified_again = read_back(&factory, &params, &pool, &descriptors)?;
+    let verified_again = with_progress("reading back from the object store", &params, || {
+        read_back(&factory, &params, &pool, &descriptors)
+    })?;
     let read_seconds = clock::elapsed(read_start).as_secs_f64();
-    anyhow::ensure!(
-        verified_again == report.payload_bytes,
-        "read back {verified_again} bytes of {} from the object store",
-        report.payload_bytes
-    );
+    verify(verified_again == report.payload_bytes, || {
+        format!(
+            "read back {verified_again} bytes of {} from the object store",
+            report.payload_bytes
+        )
+    })?;
     release_all(&master, &descriptors)?;
     master
         .unregister_job(&job)
@@ -173,7 +187,9 @@ fn run_tiered(args: Args) -> anyhow::Result<()> {
     master.close();
     let left = cluster.drop_job_and_count_objects(0, &job)?;
     cluster.stop()?;
-    anyhow::ensure!(left == 0, "{left} objects of the demo are left in {url}");
+    verify(left == 0, || {
+        format!("{left} objects of the demo are left in {url}")
+    })?;
     let mib = report.payload_bytes as f64 / (1024.0 * 1024.0);
     if args.json {
         print_json(&serde_json::json!({

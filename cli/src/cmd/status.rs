@@ -25,6 +25,25 @@ pub struct Args {
     tls_ca_file: Option<std::path::PathBuf>,
 }
 
+/// The version of `terrace status --json`'s shape: fields may be added
+/// within a version; none is renamed, removed or changes its meaning or
+/// type without a new one. docs/configuration.md documents every field (a
+/// test compares the two).
+const STATUS_FORMAT_VERSION: u32 = 1;
+
+/// What `terrace status --json` prints.
+#[derive(Debug, serde::Serialize)]
+struct StatusReport<'a> {
+    /// [`STATUS_FORMAT_VERSION`].
+    format_version: u32,
+    /// The master asked, as given.
+    master: &'a str,
+    /// The jobs the master knows, each id in hex.
+    jobs: &'a [String],
+    /// The live workers the master lists, in its order.
+    workers: &'a [WorkerStatus],
+}
+
 #[derive(Debug, serde::Serialize)]
 struct WorkerStatus {
     worker_id: String,
@@ -169,12 +188,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let options = client_options("terrace status", args.secret_file, args.tls_ca_file)?;
     let (workers, jobs) = runtime.block_on(collect(&args.master, &options))?;
     if args.json {
-        let out = serde_json::json!({ "master": args.master, "jobs": jobs, "workers": workers });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).context("encode status")?
-        );
-        return Ok(());
+        return crate::sample::print_json(&StatusReport {
+            format_version: STATUS_FORMAT_VERSION,
+            master: &args.master,
+            jobs: &jobs,
+            workers: &workers,
+        });
     }
     println!(
         "master {}: {} worker(s), {} job(s)",
@@ -423,6 +442,8 @@ pub async fn worker_stats(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use terrace_tier_api::protocol::{DirStats, ObjectStoreStats};
 
@@ -454,6 +475,84 @@ mod tests {
             tiers: tiers.as_ref().map(TierStatus::from_stats),
             tiers_from: Some(from),
         }
+    }
+
+    /// Every field path of `value` (`workers[].load.state`): objects and
+    /// arrays of objects are listed and walked (an array through its first
+    /// element), other values are leaves.
+    fn paths(prefix: &str, value: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    out.insert(path.clone());
+                    paths(&path, v, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                if let Some(first) = items.first().filter(|f| f.is_object()) {
+                    paths(&format!("{prefix}[]"), first, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `terrace status --json` keeps its shape: the fields it prints (with
+    /// every optional part present) are exactly those docs/configuration.md
+    /// documents under `<!-- status-json -->`, and the version is 1.
+    #[test]
+    fn the_json_shape_is_the_documented_one() {
+        let stats = TierStats {
+            dirs: vec![DirStats {
+                error: "EIO".into(),
+                ..Default::default()
+            }],
+            object_store: Some(ObjectStoreStats {
+                last_error: "timed out".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut worker = worker(Some(stats), "worker");
+        worker.error = Some("connect refused".into());
+        let jobs = ["6a6f62".to_string()];
+        let report = StatusReport {
+            format_version: STATUS_FORMAT_VERSION,
+            master: "127.0.0.1:9870",
+            jobs: &jobs,
+            workers: std::slice::from_ref(&worker),
+        };
+        let json = serde_json::to_value(&report).expect("encode");
+        assert_eq!(json["format_version"], 1);
+        let mut printed = BTreeSet::new();
+        paths("", &json, &mut printed);
+
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"),
+        )
+        .expect("read docs");
+        let documented: BTreeSet<String> = doc
+            .lines()
+            .skip_while(|l| l.trim() != "<!-- status-json -->")
+            .skip(1)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|row| {
+                let first = row.trim_start_matches('|').split('|').next()?.trim();
+                Some(first.strip_prefix('`')?.strip_suffix('`')?.to_string())
+            })
+            .collect();
+        assert!(!documented.is_empty(), "no status-json table in the docs");
+        let undocumented: Vec<_> = printed.difference(&documented).collect();
+        let unprinted: Vec<_> = documented.difference(&printed).collect();
+        assert!(
+            undocumented.is_empty() && unprinted.is_empty(),
+            "printed but not documented: {undocumented:?}; documented but not printed: {unprinted:?}"
+        );
     }
 
     #[test]
