@@ -61,11 +61,16 @@ macro_rules! bytes_id {
                 if hex.len() % 2 != 0 {
                     return Err(TierError::bad_input(format!("{} id {hex:?} is not even-length hex", $what)));
                 }
-                let bytes = (0..hex.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-                    .collect::<Result<Vec<u8>, _>>()
-                    .map_err(|_| TierError::bad_input(format!("{} id {hex:?} is not hex", $what)))?;
+                // Pairs of bytes, not string slices: a non-ASCII char would
+                // put a slice boundary inside it (a panic), and
+                // `from_str_radix` alone would take "+f" as 15.
+                let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+                let bytes = hex
+                    .as_bytes()
+                    .chunks_exact(2)
+                    .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+                    .collect::<Option<Vec<u8>>>()
+                    .ok_or_else(|| TierError::bad_input(format!("{} id {hex:?} is not hex", $what)))?;
                 Self::new(bytes)
             }
         }
@@ -251,6 +256,14 @@ mod tests {
         assert_eq!(PartitionId::from_hex("00ab7f").expect("hex"), id);
         assert!(PartitionId::from_hex("0g").is_err());
         assert!(PartitionId::from_hex("abc").is_err());
+        // Not hex, whatever `from_str_radix` or a string slice would make of it.
+        assert!(JobId::from_hex("+f").is_err());
+        assert!(JobId::from_hex("é").is_err());
+        assert!(JobId::from_hex("0é0").is_err(), "a slice boundary inside é");
+        assert_eq!(
+            JobId::from_hex("0aFf").expect("hex").as_bytes().as_ref(),
+            [0x0a, 0xff]
+        );
     }
 
     #[test]
