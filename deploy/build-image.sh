@@ -7,9 +7,9 @@
 #    the same files exists: a root filesystem assembled here from this
 #    machine's own files and loaded with `docker import` -- the shared
 #    libraries the binary (and, with --prometheus, Prometheus) links (ldd),
-#    /etc/ssl/certs/ca-certificates.crt, a static busybox (a shell, wget and
-#    install for health checks and init containers; Debian's busybox-static),
-#    /etc/passwd and /etc/group with `terrace` (10001) and `nobody`, /tmp, and
+#    /etc/ssl/certs/ca-certificates.crt, a static busybox (a shell, wget,
+#    cat, chmod, chown for health checks and init containers; Debian's
+#    busybox-static), /etc/passwd and /etc/group with `terrace` (10001) and `nobody`, /tmp, and
 #    /var/lib/terrace owned by terrace. Nothing is downloaded.
 # 2. The image (terrace:local) from deploy/Dockerfile, with the binary
 #    (debug info stripped when `strip` exists) and deploy/image/etc/terrace.
@@ -85,7 +85,7 @@ if [ "$have_hash" != "$base_hash" ]; then
     cp -L "$lib" "$root$lib"
   done
   cp -L "$busybox" "$root/bin/busybox"
-  for applet in sh cat cp env id install ls mkdir rm sleep wget; do
+  for applet in sh cat chmod chown cp env id ls mkdir rm sleep wget; do
     ln -s busybox "$root/bin/$applet"
   done
   cp -L "$certs" "$root/etc/ssl/certs/ca-certificates.crt"
