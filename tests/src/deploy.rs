@@ -271,6 +271,7 @@ impl Compose {
     /// Starts the cluster on `images` (`up -d`), trying another subnet when
     /// the chosen one turns out to be taken.
     pub fn up(images: &Images) -> Compose {
+        remove_abandoned_projects();
         let taken = docker_subnets();
         let start = std::process::id() % 200;
         let mut last = String::new();
@@ -416,6 +417,71 @@ impl Drop for Compose {
         if !down.success() {
             eprintln!("deploy: docker-compose down failed: {}", down.report());
         }
+    }
+}
+
+/// Whether the test process `pid` is gone.
+fn dead(pid: &str) -> bool {
+    pid.parse::<u32>()
+        .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Takes down what test processes that died without dropping it (SIGKILLed
+/// at a CI timeout) left: compose projects named `terrace-test-<pid>-<n>`
+/// and images tagged `terrace-test:<pid>` and `terrace-prometheus-test:<pid>`
+/// whose process is gone.
+fn remove_abandoned_projects() {
+    let mut images = Command::new("docker");
+    images.args(["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let images = run_ok(images, Duration::from_secs(30), "docker images").stdout();
+    let stale: Vec<&str> = images
+        .lines()
+        .filter(|image| {
+            image
+                .strip_prefix("terrace-test:")
+                .or_else(|| image.strip_prefix("terrace-prometheus-test:"))
+                .is_some_and(dead)
+        })
+        .collect();
+    if !stale.is_empty() {
+        let mut rmi = Command::new("docker");
+        rmi.args(["rmi", "--force"]).args(&stale);
+        run(rmi, Duration::from_secs(60), "docker rmi (abandoned)");
+    }
+
+    let mut list = Command::new("docker");
+    list.args([
+        "ps",
+        "--all",
+        "--filter",
+        "label=com.docker.compose.project",
+        "--format",
+        "{{.Label \"com.docker.compose.project\"}}",
+    ]);
+    let projects = run_ok(list, Duration::from_secs(30), "docker ps").stdout();
+    let abandoned: std::collections::BTreeSet<&str> = projects
+        .lines()
+        .filter(|project| {
+            project
+                .strip_prefix("terrace-test-")
+                .and_then(|rest| rest.split('-').next())
+                .is_some_and(dead)
+        })
+        .collect();
+    for project in abandoned {
+        let mut down = Command::new("docker-compose");
+        down.args(["--project-name", project, "--file"])
+            .arg(repo_root().join("deploy/compose/docker-compose.yml"))
+            .args(["down", "--volumes", "--remove-orphans", "--timeout", "5"]);
+        let ran = run(
+            down,
+            COMPOSE_COMMAND_LIMIT,
+            "docker-compose down (abandoned)",
+        );
+        eprintln!(
+            "deploy: took down the abandoned compose project {project}: {:?}",
+            ran.output.status
+        );
     }
 }
 

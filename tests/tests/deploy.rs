@@ -124,7 +124,9 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let _logs = logs::capture();
     let dir = repo_root().join("deploy/prometheus");
     let mut check = Command::new(promtool());
-    check.args(["check", "rules", "alerts.yml"]).current_dir(&dir);
+    check
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(&dir);
     let ran = run_ok(check, TOOL_LIMIT, "promtool check rules");
     let rules = fs::read_to_string(dir.join("alerts.yml")).expect("read alerts.yml");
     let alerts: Vec<&str> = rules
@@ -146,7 +148,10 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         "TerraceObjectStoreFailing",
         "TerraceMemoryBudgetSaturated",
     ] {
-        assert!(alerts.contains(&alert), "alerts.yml has {alert}: {alerts:?}");
+        assert!(
+            alerts.contains(&alert),
+            "alerts.yml has {alert}: {alerts:?}"
+        );
     }
     for alert in &alerts {
         assert!(
@@ -259,7 +264,11 @@ fn dashboard_is_grafana_json_and_every_expression_parses() {
         ran.report()
     );
 
-    let all: String = exprs.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("\n");
+    let all: String = exprs
+        .iter()
+        .map(|(_, e)| e.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     let names = metric_names(&all);
     assert_contract_names(&names, "the dashboard");
     // What the issue asks the dashboard to show.
@@ -318,8 +327,13 @@ impl Rendered {
 /// A duration as the configs write it ("90s", "55m", "6h").
 fn seconds(text: &str) -> u64 {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let number: u64 = number.parse().unwrap_or_else(|_| panic!("a duration: {text}"));
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: u64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("a duration: {text}"));
     number
         * match unit {
             "s" => 1,
@@ -348,7 +362,12 @@ fn kubernetes_overlays_render_and_validate_against_the_schemas() {
     overlays.sort();
     let names: Vec<String> = overlays
         .iter()
-        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     assert_eq!(names, ["dev", "production"]);
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -361,11 +380,16 @@ fn kubernetes_overlays_render_and_validate_against_the_schemas() {
 
         // Kubernetes 1.32, as kubectl here; strict: no unknown field passes.
         let mut check = Command::new(&validate);
-        check.args(["--strict", "--kubernetes-version", "1.32.0"]).arg(&file);
+        check
+            .args(["--strict", "--kubernetes-version", "1.32.0"])
+            .arg(&file);
         let ran = run(check, TOOL_LIMIT, "kubernetes-validate");
         let output = ran.stdout() + &ran.stderr();
         assert!(ran.success(), "{name} validates: {}", ran.report());
-        let passed = output.lines().filter(|l| l.starts_with("INFO") && l.contains(" passed for resource ")).count();
+        let passed = output
+            .lines()
+            .filter(|l| l.starts_with("INFO") && l.contains(" passed for resource "))
+            .count();
         let unchecked: Vec<&str> = output
             .lines()
             .filter(|l| !(l.starts_with("INFO") && l.contains(" passed for resource ")))
@@ -394,7 +418,10 @@ fn kubernetes_overlays_render_and_validate_against_the_schemas() {
             "{name}: kubernetes-validate saw every object: {output}"
         );
         check_rendered(name, &rendered);
-        eprintln!("deploy: overlay {name}: {:?}, {passed} validated", rendered.kinds());
+        eprintln!(
+            "deploy: overlay {name}: {:?}, {passed} validated",
+            rendered.kinds()
+        );
     }
 }
 
@@ -415,8 +442,14 @@ fn check_rendered(overlay: &str, rendered: &Rendered) {
         let spec = &set["spec"];
         let pod = &spec["template"]["spec"];
         let what = format!("{overlay} {role}s");
-        let service = rendered.get("Service", spec["serviceName"].as_str().expect("serviceName"));
-        assert_eq!(service["spec"]["clusterIP"], "None", "{what}: a headless service");
+        let service = rendered.get(
+            "Service",
+            spec["serviceName"].as_str().expect("serviceName"),
+        );
+        assert_eq!(
+            service["spec"]["clusterIP"], "None",
+            "{what}: a headless service"
+        );
         assert_eq!(
             service["spec"]["publishNotReadyAddresses"], true,
             "{what}: names resolve while not ready (draining workers serve readers)"
@@ -427,18 +460,40 @@ fn check_rendered(overlay: &str, rendered: &Rendered) {
             .as_array()
             .expect("ports")
             .iter()
-            .map(|p| (p["name"].as_str().expect("port name"), p["containerPort"].as_u64().expect("port")))
+            .map(|p| {
+                (
+                    p["name"].as_str().expect("port name"),
+                    p["containerPort"].as_u64().expect("port"),
+                )
+            })
             .collect();
         assert_eq!(ports.get("admin"), Some(&admin_port), "{what}: {ports:?}");
-        assert_eq!(ports.get("terrace"), Some(&service_port), "{what}: {ports:?}");
-        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz", "{what}");
-        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz", "{what}");
+        assert_eq!(
+            ports.get("terrace"),
+            Some(&service_port),
+            "{what}: {ports:?}"
+        );
+        assert_eq!(
+            container["livenessProbe"]["httpGet"]["path"], "/healthz",
+            "{what}"
+        );
+        assert_eq!(
+            container["readinessProbe"]["httpGet"]["path"], "/readyz",
+            "{what}"
+        );
         for probe in ["livenessProbe", "readinessProbe"] {
-            assert_eq!(container[probe]["httpGet"]["port"], "admin", "{what}: {probe}");
+            assert_eq!(
+                container[probe]["httpGet"]["port"], "admin",
+                "{what}: {probe}"
+            );
         }
         let annotations = &spec["template"]["metadata"]["annotations"];
         assert_eq!(annotations["prometheus.io/scrape"], "true", "{what}");
-        assert_eq!(annotations["prometheus.io/port"], admin_port.to_string(), "{what}");
+        assert_eq!(
+            annotations["prometheus.io/port"],
+            admin_port.to_string(),
+            "{what}"
+        );
         assert_eq!(
             spec["template"]["metadata"]["labels"]["terrace.dev/scrape-job"],
             format!("terrace-{role}"),
@@ -468,7 +523,11 @@ fn check_rendered(overlay: &str, rendered: &Rendered) {
             .iter()
             .filter_map(|v| v["secret"]["secretName"].as_str())
             .collect();
-        assert_eq!(secrets.len(), 2, "{what}: the cluster secret and the admin token: {secrets:?}");
+        assert_eq!(
+            secrets.len(),
+            2,
+            "{what}: the cluster secret and the admin token: {secrets:?}"
+        );
         for secret in &secrets {
             if overlay == "dev" {
                 rendered.get("Secret", secret);
@@ -479,13 +538,25 @@ fn check_rendered(overlay: &str, rendered: &Rendered) {
                 );
             }
         }
-        assert_eq!(pod["initContainers"][0]["securityContext"]["runAsUser"], 0, "{what}");
-        assert!(container["securityContext"]["runAsUser"].is_null(), "{what}: the service runs as the pod's non-root user");
+        assert_eq!(
+            pod["initContainers"][0]["securityContext"]["runAsUser"], 0,
+            "{what}"
+        );
+        assert!(
+            container["securityContext"]["runAsUser"].is_null(),
+            "{what}: the service runs as the pod's non-root user"
+        );
 
         if role == "worker" {
             assert_eq!(
                 container["lifecycle"]["preStop"]["exec"]["command"],
-                serde_json::json!(["/usr/local/bin/terrace", "worker", "decommission", "127.0.0.1:9871", "--wait"]),
+                serde_json::json!([
+                    "/usr/local/bin/terrace",
+                    "worker",
+                    "decommission",
+                    "127.0.0.1:9871",
+                    "--wait"
+                ]),
                 "{what}: the preStop hook decommissions the worker"
             );
             // The worker gives up decommissioning before the kubelet kills it.
@@ -500,12 +571,18 @@ fn check_rendered(overlay: &str, rendered: &Rendered) {
                 .map(|s| s.to_string())
                 .or_else(|| toml_string(toml_text, "decommission_timeout"))
                 .expect("a decommission_timeout");
-            let grace = pod["terminationGracePeriodSeconds"].as_u64().expect("a grace period");
+            let grace = pod["terminationGracePeriodSeconds"]
+                .as_u64()
+                .expect("a grace period");
             assert!(
                 seconds(&timeout) < grace,
                 "{what}: decommission_timeout {timeout} is under the grace period {grace}s"
             );
-            assert_eq!(env.get("TERRACE_SECRET_FILE"), Some(&"/run/terrace/secret"), "{what}: the hook proves the secret");
+            assert_eq!(
+                env.get("TERRACE_SECRET_FILE"),
+                Some(&"/run/terrace/secret"),
+                "{what}: the hook proves the secret"
+            );
             let claims = spec["volumeClaimTemplates"].as_array().expect("claims");
             assert_eq!(claims.len(), 1, "{what}");
             assert_eq!(claims[0]["metadata"]["name"], "data");
@@ -518,7 +595,9 @@ fn check_rendered(overlay: &str, rendered: &Rendered) {
             let dirs = table["data_dirs"].as_array().expect("data_dirs");
             let root = mount["mountPath"].as_str().expect("mountPath");
             assert!(
-                dirs.iter().all(|d| d.as_str().is_some_and(|d| d.starts_with(&format!("{root}/")))),
+                dirs.iter().all(|d| d
+                    .as_str()
+                    .is_some_and(|d| d.starts_with(&format!("{root}/")))),
                 "{what}: every data dir is on the claim ({root}): {dirs:?}"
             );
         }
@@ -527,7 +606,10 @@ fn check_rendered(overlay: &str, rendered: &Rendered) {
         let monitor = rendered.get("PodMonitor", "terrace");
         let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
         assert_eq!(endpoint["port"], "admin");
-        assert_eq!(endpoint["authorization"]["credentials"]["name"], "terrace-admin-token");
+        assert_eq!(
+            endpoint["authorization"]["credentials"]["name"],
+            "terrace-admin-token"
+        );
         assert_eq!(monitor["spec"]["jobLabel"], "terrace.dev/scrape-job");
     }
 }
@@ -562,7 +644,11 @@ fn systemd_units_pass_systemd_analyze_verify() {
     fs::create_dir_all(&etc).expect("create etc/systemd/system");
     let ours = ["terrace-master.service", "terrace-worker.service"];
     for unit in ours {
-        fs::copy(repo_root().join("deploy/systemd").join(unit), etc.join(unit)).expect("copy our unit");
+        fs::copy(
+            repo_root().join("deploy/systemd").join(unit),
+            etc.join(unit),
+        )
+        .expect("copy our unit");
     }
     let mut verify = Command::new(analyze);
     verify
@@ -579,7 +665,12 @@ fn systemd_units_pass_systemd_analyze_verify() {
     );
     for unit in ours {
         let text = fs::read_to_string(etc.join(unit)).expect("read the unit");
-        for hardening in ["NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n", "User=terrace"] {
+        for hardening in [
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "CapabilityBoundingSet=\n",
+            "User=terrace",
+        ] {
             assert!(text.contains(hardening), "{unit} has {hardening:?}");
         }
     }
@@ -610,7 +701,10 @@ impl Drop for Started {
 fn alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -619,7 +713,9 @@ fn start_and_stop_scripts_run_a_master_and_a_worker_and_stop_them_by_sigterm_and
     let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temporary directory");
     let run_dir = dir.path().join("run");
-    let _started = Started { run_dir: run_dir.clone() };
+    let _started = Started {
+        run_dir: run_dir.clone(),
+    };
     let scripts = repo_root().join("deploy/systemd");
     let script = |name: &str, args: &[&str]| {
         let mut command = Command::new("bash");
@@ -645,7 +741,10 @@ fn start_and_stop_scripts_run_a_master_and_a_worker_and_stop_them_by_sigterm_and
     fs::write(&master_config, "listen = \"127.0.0.1:0\"\n").expect("write the master config");
     let limit = Duration::from_secs(60);
     let master = run_ok(
-        script("terrace-start.sh", &["master", "--config", master_config.to_str().expect("utf-8")]),
+        script(
+            "terrace-start.sh",
+            &["master", "--config", master_config.to_str().expect("utf-8")],
+        ),
         limit,
         "terrace-start.sh master",
     )
@@ -660,11 +759,18 @@ fn start_and_stop_scripts_run_a_master_and_a_worker_and_stop_them_by_sigterm_and
     );
     // A second start of a running instance is refused.
     let again = run(
-        script("terrace-start.sh", &["master", "--config", master_config.to_str().expect("utf-8")]),
+        script(
+            "terrace-start.sh",
+            &["master", "--config", master_config.to_str().expect("utf-8")],
+        ),
         limit,
         "terrace-start.sh master (again)",
     );
-    assert!(!again.success() && again.stderr().contains("already running"), "{}", again.report());
+    assert!(
+        !again.success() && again.stderr().contains("already running"),
+        "{}",
+        again.report()
+    );
 
     let data = dir.path().join("data");
     let data_arg = data.to_str().expect("utf-8").to_string();
@@ -672,7 +778,18 @@ fn start_and_stop_scripts_run_a_master_and_a_worker_and_stop_them_by_sigterm_and
         run_ok(
             script(
                 "terrace-start.sh",
-                &["worker", "--name", "w1", "--", "--listen", "127.0.0.1:0", "--data-dir", &data_arg, "--master", &master],
+                &[
+                    "worker",
+                    "--name",
+                    "w1",
+                    "--",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    &data_arg,
+                    "--master",
+                    &master,
+                ],
             ),
             limit,
             "terrace-start.sh worker",
@@ -682,36 +799,55 @@ fn start_and_stop_scripts_run_a_master_and_a_worker_and_stop_them_by_sigterm_and
         .to_string()
     };
     let registered = |n: usize| {
-        terrace_tests::wait_until(Duration::from_secs(20), &format!("{n} worker(s) registered"), || {
-            matches!(
-                terrace_tests::call_with(&master, &terrace_tests::admin_options(), ListWorkers),
-                Ok(list) if list.workers.len() == n
-            )
-        });
+        terrace_tests::wait_until(
+            Duration::from_secs(20),
+            &format!("{n} worker(s) registered"),
+            || {
+                matches!(
+                    terrace_tests::call_with(&master, &terrace_tests::admin_options(), ListWorkers),
+                    Ok(list) if list.workers.len() == n
+                )
+            },
+        );
     };
 
     // SIGTERM: the worker stops and its pid file goes.
     let worker = start_worker();
     registered(1);
     let worker_pid = pid_of("w1");
-    run_ok(script("terrace-stop.sh", &["worker", "--name", "w1"]), limit, "terrace-stop.sh worker");
+    run_ok(
+        script("terrace-stop.sh", &["worker", "--name", "w1"]),
+        limit,
+        "terrace-stop.sh worker",
+    );
     assert!(!alive(worker_pid), "the worker stopped on SIGTERM");
     assert!(!run_dir.join("w1.pid").exists());
-    let stopped = terrace_tests::call_with(&worker, &terrace_tests::admin_options(), terrace_tier_api::protocol::WorkerStats);
+    let stopped = terrace_tests::call_with(
+        &worker,
+        &terrace_tests::admin_options(),
+        terrace_tier_api::protocol::WorkerStats,
+    );
     assert!(stopped.is_err(), "nothing answers at {worker}");
 
     // Decommission: the worker leaves by itself, the script waits for it.
     let worker = start_worker();
     let worker_pid = pid_of("w1");
     let ran = run_ok(
-        script("terrace-stop.sh", &["worker", "--name", "w1", "--decommission", &worker]),
+        script(
+            "terrace-stop.sh",
+            &["worker", "--name", "w1", "--decommission", &worker],
+        ),
         limit,
         "terrace-stop.sh worker --decommission",
     );
     assert!(ran.stdout().contains("has exited"), "{}", ran.report());
     assert!(!alive(worker_pid), "the decommissioned worker exited");
 
-    run_ok(script("terrace-stop.sh", &["master"]), limit, "terrace-stop.sh master");
+    run_ok(
+        script("terrace-stop.sh", &["master"]),
+        limit,
+        "terrace-stop.sh master",
+    );
     assert!(!alive(master_pid), "the master stopped on SIGTERM");
     assert!(!run_dir.join("master.pid").exists());
 }
@@ -726,7 +862,8 @@ fn every_shipped_config_parses_as_its_service_config() {
     for dir in ["image/etc/terrace", "compose/config", "kubernetes/base"] {
         for role in ["master", "worker"] {
             let path = root.join(dir).join(format!("{role}.toml"));
-            let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            let text = fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
             let parsed = if role == "master" {
                 toml::from_str::<terrace_master::MasterConfig>(&text).map(drop)
             } else {
