@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh machine,
 # then runs every test of the workspace (unit, property, integration over
-# loopback TCP, process-level SIGKILL tests, and the Flink end-to-end tests,
-# which fetch Flink 1.20.3 and build the adapter jar themselves).
+# loopback TCP, process-level SIGKILL tests, the deployment files checked by
+# their tools, and the Flink end-to-end tests, which fetch Flink 1.20.3 and
+# build the adapter jar themselves, one of them through the container image
+# and the compose cluster of deploy/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,12 @@ fi
 # installed once into a cache outside the repository).
 TERRACE_S3S_FS="$(scripts/s3-server.sh | tail -n1)"
 export TERRACE_S3S_FS
+
+# The deployment tests' tools: promtool, kubernetes-validate (pinned, in a
+# cached virtual environment), docker-compose, busybox-static for the image
+# base, systemd-analyze (scripts/deploy-tools.sh; needs kubectl and Docker).
+TERRACE_KUBERNETES_VALIDATE="$(scripts/deploy-tools.sh | tail -n1)"
+export TERRACE_KUBERNETES_VALIDATE
 
 # No module of these crates imports one that imports it back (issue 19).
 python3 scripts/import-cycles.py worker master proto rpc tier-api

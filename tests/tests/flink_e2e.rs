@@ -1394,3 +1394,7 @@ fn flink_2_job_manager_failover_reuses_finished_partitions_instead_of_rerunning_
         "without job recovery every producer runs again after the failover: {starts:?}"
     );
 }
+
+/// The image and the compose cluster of `deploy/compose` running a job.
+#[path = "flink_e2e/compose.rs"]
+mod compose;

@@ -1,0 +1,161 @@
+//! The container image and the compose cluster of `deploy/compose` (two
+//! masters, three workers, Prometheus), built and started here the way an
+//! operator would: `deploy/build-image.sh` (the base made from this
+//! machine's files, no registry), `docker-compose up`. Every member must
+//! become ready (its `/readyz`, and Docker's health check from the compose
+//! file agreeing), Prometheus must scrape every member, and a Flink job on
+//! the host, given the masters' addresses on the compose network, must give
+//! exactly the result of Flink's own shuffle, with Prometheus showing the
+//! bytes it moved and its partitions released. The cluster (containers,
+//! volumes, network) and the images are removed when the test ends, whether
+//! it passed or not.
+
+use super::*;
+use terrace_tests::deploy::{COMPOSE_MEMBERS, Compose, Images, http_get};
+
+/// From `docker-compose up` to every member ready.
+const CLUSTER_READY: Duration = Duration::from_secs(120);
+/// Prometheus scrapes every 5 s (deploy/compose/prometheus.yml).
+const SCRAPED: Duration = Duration::from_secs(60);
+
+#[test]
+fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
+    let _logs = logs::capture();
+    let _flink = flink_lock();
+    let work = keyed(Line::V1_20);
+    let default = default_result(work);
+    // Built before the cluster starts, so the cluster's deadlines measure it alone.
+    terrace_jar(work.line);
+    let images = Images::build(&terrace_tests::terrace_bin());
+    let cluster = Compose::up(&images);
+    let up = clock::now();
+
+    for (service, octet, admin) in COMPOSE_MEMBERS {
+        let (port, path) = admin.map_or((9090, "/-/ready"), |port| (port, "/readyz"));
+        let address = cluster.address(octet, port);
+        let mut last = String::from("nothing yet");
+        let ready = terrace_tests::wait::poll_until(
+            CLUSTER_READY.saturating_sub(clock::elapsed(up)),
+            || match http_get(address, path, Duration::from_secs(2)) {
+                Ok(reply) if reply.status == 200 => true,
+                Ok(reply) => {
+                    last = format!("{} {}", reply.status, reply.body.trim());
+                    false
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            },
+        );
+        assert!(
+            ready,
+            "{service} ({address}{path}) is ready within {CLUSTER_READY:?} of `up`; last answer: {last}"
+        );
+        if admin.is_some() {
+            let health = http_get(address, "/healthz", Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("{service} /healthz: {e}"));
+            assert_eq!(
+                (health.status, health.body.trim()),
+                (200, "ok"),
+                "{service}"
+            );
+        }
+    }
+    eprintln!(
+        "flink_e2e: compose: every member ready {:.1?} after up",
+        clock::elapsed(up)
+    );
+    // Docker runs the compose file's health checks inside the containers.
+    let mut states = Vec::new();
+    let healthy = terrace_tests::wait::poll_until(Duration::from_secs(60), || {
+        states = COMPOSE_MEMBERS
+            .iter()
+            .map(|(service, _, _)| (service.to_string(), cluster.health(service)))
+            .collect::<Vec<_>>();
+        states.iter().all(|(_, state)| state == "healthy")
+    });
+    assert!(healthy, "Docker reports every member healthy: {states:?}");
+
+    // Prometheus scrapes every master and worker.
+    let want: BTreeSet<String> = COMPOSE_MEMBERS
+        .iter()
+        .filter_map(|(service, _, admin)| admin.map(|port| format!("{service}:{port}")))
+        .collect();
+    let mut seen = BTreeSet::new();
+    let scraped = terrace_tests::wait::poll_until(SCRAPED, || {
+        seen = cluster
+            .query(r#"up{job=~"terrace-(master|worker)"} == 1"#)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| s["metric"]["instance"].as_str().map(str::to_string))
+            .collect();
+        seen == want
+    });
+    assert!(
+        scraped,
+        "Prometheus scrapes every member: up in {seen:?}, want {want:?}"
+    );
+    let workers = cluster
+        .query_value(r#"max(terrace_master_workers{state="live"})"#)
+        .expect("the masters' live workers");
+    assert_eq!(workers, 3.0, "the masters list the three workers as live");
+
+    // A Flink job on the host through the cluster's masters.
+    let dir = tempfile::tempdir_in(cluster_base()).expect("job directory");
+    let output = dir.path().join("compose.txt");
+    let job = Job {
+        name: "terrace-compose",
+        parallelism: 4,
+        work,
+        flink: vec![
+            "execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL".into(),
+            format!(
+                "taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class={TERRACE_FACTORY}"
+            ),
+            format!("terrace.master.address={}", cluster.master_addresses()),
+        ],
+    };
+    let done = job.spawn(&output, dir.path()).wait(JOB_DEADLINE);
+    assert!(
+        done.succeeded(),
+        "the job through the compose cluster failed or passed {JOB_DEADLINE:?} ({:?}):\n{}",
+        done.status,
+        done.tail()
+    );
+    eprintln!("flink_e2e: compose: the job took {:.1?}", done.elapsed);
+    assert_same_result(&output, &default, "the job through the compose cluster");
+
+    // Prometheus saw the job's bytes (random payloads: at least the payload
+    // bytes were pushed, and every pushed byte read back) and its partitions
+    // released, within a few scrapes.
+    let payload = (work.records * work.payload) as f64;
+    let mut last = (0.0, 0.0, f64::NAN, 0.0);
+    let seen_all = terrace_tests::wait::poll_until(SCRAPED, || {
+        let value = |q: &str| cluster.query_value(q).unwrap_or(f64::NAN);
+        last = (
+            value("sum(terrace_worker_pushed_bytes_total)"),
+            value("sum(terrace_worker_read_bytes_total)"),
+            value("sum(terrace_worker_partitions)"),
+            value("count(terrace_worker_pushed_bytes_total > 0)"),
+        );
+        let (pushed, read, partitions, _) = last;
+        pushed >= payload && read == pushed && partitions == 0.0
+    });
+    let (pushed, read, partitions, workers_used) = last;
+    assert!(
+        seen_all,
+        "Prometheus shows the job: pushed {pushed} B (payload {payload} B), read {read} B, \
+         {partitions} partition(s) left"
+    );
+    assert!(
+        workers_used >= 2.0,
+        "the masters spread the job over the workers: {workers_used} got data"
+    );
+    eprintln!(
+        "flink_e2e: compose: Prometheus saw {pushed} B pushed and read on {workers_used} workers; \
+         images built in {:.1?}; cluster up to job end {:.1?}",
+        images.took,
+        clock::elapsed(up)
+    );
+}
