@@ -29,7 +29,7 @@ TERRACE_KUBERNETES_VALIDATE="$(scripts/deploy-tools.sh | tail -n1)"
 export TERRACE_KUBERNETES_VALIDATE
 
 # No module of these crates imports one that imports it back (issue 19).
-python3 scripts/import-cycles.py worker master proto rpc tier-api
+python3 scripts/import-cycles.py worker master proto rpc tier-api admin
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo test --workspace --locked "$@"

@@ -158,4 +158,46 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
         images.took,
         clock::elapsed(up)
     );
+
+    // A worker killed (SIGKILL, as a crashed host): the masters count it
+    // lost after their worker_timeout (10 s here), and Prometheus, which
+    // evaluates deploy/prometheus/alerts.yml itself, fires TerraceWorkerLost.
+    terrace_tests::deploy::run_ok(
+        cluster.command(&["kill", "-s", "SIGKILL", "worker3"]),
+        Duration::from_secs(30),
+        "docker-compose kill -s SIGKILL worker3",
+    );
+    let killed = clock::now();
+    let firing = r#"ALERTS{alertname="TerraceWorkerLost",alertstate="firing"}"#;
+    let mut last = String::from("nothing yet");
+    let fired =
+        terrace_tests::wait::poll_until(Duration::from_secs(90), || match cluster.query(firing) {
+            Ok(series) if !series.is_empty() => true,
+            Ok(_) => {
+                last = format!(
+                    "not firing; lost workers per master: {:?}",
+                    cluster.query(r#"terrace_master_workers{state="lost"}"#)
+                );
+                false
+            }
+            Err(e) => {
+                last = e;
+                false
+            }
+        });
+    assert!(
+        fired,
+        "Prometheus fires TerraceWorkerLost within 90 s of the SIGKILL; last: {last}"
+    );
+    assert_eq!(
+        cluster
+            .query_value(r#"max(terrace_master_workers{state="live"})"#)
+            .expect("live workers"),
+        2.0,
+        "two workers left live"
+    );
+    eprintln!(
+        "flink_e2e: compose: TerraceWorkerLost firing {:.1?} after worker3 was killed",
+        clock::elapsed(killed)
+    );
 }
