@@ -18,7 +18,7 @@ use crate::context::{
     Connection, Decommission, JobDrops, MasterContacts, Rates, Shared, read_budget_permits,
 };
 use crate::heartbeat;
-use crate::metrics::{ErrorClass, Occupancy, Occupied};
+use crate::store::counters::{ErrorClass, Occupancy, Occupied};
 use crate::store::{Reservation, Store, StoreHooks};
 
 /// A running worker, for embedding (demo, bench, tests).

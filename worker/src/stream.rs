@@ -34,7 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{Shared, StreamInput};
-use crate::metrics::{Counters, ErrorClass, Occupancy, Occupied};
+use crate::store::counters::{Counters, ErrorClass, Occupancy, Occupied};
 use crate::store::{Charge, Partition, ReadStep, Source, cost, single_object_range};
 
 /// What a reader asked for in `OpenStream`, validated.

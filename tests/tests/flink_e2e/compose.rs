@@ -152,6 +152,19 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
         workers_used >= 2.0,
         "the masters spread the job over the workers: {workers_used} got data"
     );
+    // Exactly what the workers themselves count (their WorkerStats replies,
+    // asked over Terrace's own protocol on the compose network): the job is
+    // over, so the last scrape holds the final values.
+    let counted: (u64, u64) = COMPOSE_MEMBERS
+        .iter()
+        .filter(|(service, _, _)| service.starts_with("worker"))
+        .map(|(_, octet, _)| worker_stats(&cluster.address(*octet, 9871).to_string()))
+        .fold((0, 0), |(p, r), s| (p + s.bytes_pushed, r + s.bytes_read));
+    assert_eq!(
+        (pushed as u64, read as u64),
+        counted,
+        "Prometheus's pushed and read bytes are the workers' own counts"
+    );
     eprintln!(
         "flink_e2e: compose: Prometheus saw {pushed} B pushed and read on {workers_used} workers; \
          images built in {:.1?}; cluster up to job end {:.1?}",

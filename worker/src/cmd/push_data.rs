@@ -10,8 +10,8 @@ use terrace_tier_api::TierResult;
 use terrace_tier_api::protocol::{PushAck, PushData};
 
 use crate::context::Connection;
-use crate::metrics::{Occupancy, Occupied};
 use crate::store::Reservation;
+use crate::store::counters::{Occupancy, Occupied};
 
 pub(crate) async fn apply(
     request: PushData,

@@ -15,6 +15,7 @@
 //! held back (not served, kept on disk and in the object store).
 
 mod budget;
+pub(crate) mod counters;
 mod deletions;
 mod dirs;
 mod error;
@@ -56,7 +57,7 @@ pub use object::{ObjectCounters, ObjectOp, ObjectTier, build_store};
 pub use partition::{Partition, PartitionMeta, PartitionState, ReadStep, TierBytes};
 pub use tiers::{Source, Tiers, single_object_range};
 
-pub use crate::metrics::Counters;
+pub use counters::Counters;
 
 /// Keys of partitions released recently, and what they cost the metadata budget.
 #[derive(Debug)]
