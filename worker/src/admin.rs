@@ -16,7 +16,6 @@ use terrace_rpc::clock;
 use terrace_tier_api::{JobId, MAX_ID_BYTES};
 
 use crate::context::Shared;
-use crate::store::PartitionState;
 
 /// The worker's side of its admin HTTP server.
 pub(crate) struct WorkerAdmin {
@@ -85,20 +84,8 @@ pub(crate) fn worker_state(shared: &Shared) -> Value {
             })
         })
         .collect();
-    let mut states = [0u64; 3];
-    let (mut memory, mut disk, mut object) = (0u64, 0u64, 0u64);
-    for partition in store.partitions() {
-        match partition.state() {
-            PartitionState::Open => states[0] += 1,
-            PartitionState::Sealed => states[1] += 1,
-            PartitionState::Failed => states[2] += 1,
-            PartitionState::Released => {}
-        }
-        let bytes = partition.tier_bytes();
-        memory += bytes.memory;
-        disk += bytes.local;
-        object += bytes.object;
-    }
+    let (states, bytes) = store.census();
+    let (memory, disk, object) = (bytes.memory, bytes.local, bytes.object);
     let tiers = store.tiers();
     let dirs: Vec<Value> = tiers
         .dirs

@@ -21,8 +21,8 @@ use terrace_admin::prometheus_client::metrics::gauge::ConstGauge;
 use terrace_admin::prometheus_client::registry::Registry;
 
 use crate::context::Shared;
+use crate::store::ObjectOp;
 use crate::store::counters::ErrorClass;
-use crate::store::{ObjectOp, PartitionState};
 
 /// A registry holding the worker's metrics, for the admin HTTP server.
 pub(crate) fn registry(shared: Arc<Shared>) -> Registry {
@@ -106,17 +106,8 @@ impl Collector for WorkerCollector {
         )?;
 
         // One pass over the partitions: state counts and bytes in memory.
-        let mut states = [0u64; 3];
-        let mut memory_bytes = 0u64;
-        for partition in store.partitions() {
-            match partition.state() {
-                PartitionState::Open => states[0] += 1,
-                PartitionState::Sealed => states[1] += 1,
-                PartitionState::Failed => states[2] += 1,
-                PartitionState::Released => {}
-            }
-            memory_bytes += partition.tier_bytes().memory;
-        }
+        let (states, bytes) = store.census();
+        let memory_bytes = bytes.memory;
         let tiers = store.tiers();
         let dirs: Vec<(String, u64, u64, bool)> = tiers
             .dirs

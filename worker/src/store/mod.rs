@@ -813,6 +813,28 @@ impl Store {
         self.partitions.len()
     }
 
+    /// Partitions held by state (`[open, sealed, failed]`) and their bytes
+    /// summed per tier, in one pass: what `/metrics` and `/api/v1/worker`
+    /// report.
+    pub fn census(&self) -> ([u64; 3], TierBytes) {
+        let mut states = [0u64; 3];
+        let mut total = TierBytes::default();
+        for entry in self.partitions.iter() {
+            let partition = entry.value();
+            match partition.state() {
+                PartitionState::Open => states[0] += 1,
+                PartitionState::Sealed => states[1] += 1,
+                PartitionState::Failed => states[2] += 1,
+                PartitionState::Released => {}
+            }
+            let bytes = partition.tier_bytes();
+            total.memory += bytes.memory;
+            total.local += bytes.local;
+            total.object += bytes.object;
+        }
+        (states, total)
+    }
+
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
         self.partitions
             .iter()
