@@ -21,6 +21,9 @@
 # debug build under $CARGO_TARGET_DIR (or ./target). Prints the image tag last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What this script writes must be readable by the image's unprivileged user,
+# whatever the caller's umask (a checkout made under 077 has 0600 files).
+umask 022
 
 binary="${TERRACE_BIN:-}"
 tag="${TERRACE_IMAGE:-terrace:local}"
@@ -123,6 +126,8 @@ if command -v strip >/dev/null; then
   strip --strip-debug "$context/terrace"
 fi
 cp -R deploy/image/etc/terrace "$context/etc/terrace"
+chmod -R u=rwX,go=rX "$context/etc/terrace"
+chmod 0755 "$context/terrace"
 # The legacy builder warns about itself on stderr: shown only on failure.
 build() {
   docker build --quiet "$@" >/dev/null 2>"$work/build.err" || { cat "$work/build.err" >&2; return 1; }

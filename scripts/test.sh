@@ -17,6 +17,10 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# What a log reader needs to judge a failure: the machine's size, the umask
+# files are made with, and the room on the file systems tests write to.
+echo "test.sh: $(nproc) cores, umask $(umask), available: $(df -h --output=target,avail / /tmp /dev/shm 2>/dev/null | tail -n +2 | tr -s ' ' | tr '\n' ';')" >&2
+
 # The S3-compatible server the object-store tests run on loopback (s3s-fs,
 # installed once into a cache outside the repository).
 TERRACE_S3S_FS="$(scripts/s3-server.sh | tail -n1)"

@@ -7,7 +7,7 @@ use std::time::Duration;
 use terrace_rpc::ClusterSecret;
 
 use crate::clock::Clock;
-use crate::cmd::ProbeDue;
+use crate::cmd::{ProbeDue, ProbeWhen};
 use crate::probe::Prober;
 use crate::registry::Registry;
 
@@ -36,14 +36,32 @@ impl Shared {
         f(&mut registry, now)
     }
 
-    /// Probes `due` in the background and records the outcome.
+    /// Probes `due` in the background and records the outcome; probes
+    /// again, at most once per [`crate::registry::PROBE_INTERVAL`], while
+    /// reports keep coming in during the probes.
     pub(crate) fn probe(self: &Arc<Self>, due: ProbeDue) {
         let shared = Arc::clone(self);
         tokio::spawn(async move {
-            let reachable = shared.prober.reachable(&due.address).await;
-            shared.with_registry(|registry, now| {
-                registry.probe_finished(&due.worker_id, reachable, now)
-            });
+            let ProbeDue { worker_id, when } = due;
+            let mut address = match when {
+                ProbeWhen::Now(address) => Some(address),
+                ProbeWhen::After(wait) => shared.scheduled_probe(&worker_id, wait).await,
+            };
+            while let Some(at) = address.take() {
+                let reachable = shared.prober.reachable(&at).await;
+                let again = shared.with_registry(|registry, now| {
+                    registry.probe_finished(&worker_id, reachable, now)
+                });
+                if let Some(wait) = again {
+                    address = shared.scheduled_probe(&worker_id, wait).await;
+                }
+            }
         });
+    }
+
+    /// Waits `wait`, then starts the probe the registry scheduled.
+    async fn scheduled_probe(&self, worker_id: &str, wait: Duration) -> Option<String> {
+        terrace_rpc::clock::sleep(wait).await;
+        self.with_registry(|registry, now| registry.start_scheduled_probe(worker_id, now))
     }
 }

@@ -42,8 +42,36 @@ pub(crate) struct WorkerSnapshot {
 pub(crate) enum Report {
     /// The master knows no such worker.
     UnknownWorker,
-    /// Recorded; `probe`: the address the master should probe now.
-    Recorded { probe: Option<String> },
+    /// Recorded; `probe`: what the master should do about it.
+    Recorded { probe: Probe },
+}
+
+/// The master's next probe of a reported worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// A probe already covers the report: one is running (and will be
+    /// followed by another), or one is scheduled.
+    Covered,
+    /// Probe this data address now.
+    Now(String),
+    /// The last probe began less than [`PROBE_INTERVAL`] ago: start one
+    /// with [`Registry::start_scheduled_probe`] after this long.
+    After(Duration),
+}
+
+/// Where the master's probe of one worker stands. A report never goes
+/// unanswered: one that arrives while a probe runs, or within
+/// [`PROBE_INTERVAL`] of the last one, gets a probe of its own later, so a
+/// worker that hangs just after answering one probe is still found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProbeState {
+    Idle,
+    /// `again`: a report came after this probe began.
+    Running {
+        again: bool,
+    },
+    /// A probe will start at `last_probe + PROBE_INTERVAL`.
+    Scheduled,
 }
 
 /// Where a partition was placed.
@@ -73,13 +101,27 @@ struct Worker {
     /// [`MAX_REPORTING_JOBS`]; a report is evidence, not a verdict, so it
     /// never excludes the worker for other jobs.
     reported_by: BTreeMap<JobId, Instant>,
-    /// The master's probe of this worker: whether one is running and when
-    /// the last one started (at most one per [`PROBE_INTERVAL`]).
-    probe_running: bool,
+    /// The master's probe of this worker, and when the last one started
+    /// (at most one per [`PROBE_INTERVAL`]).
+    probe: ProbeState,
     last_probe: Option<Instant>,
     /// Partitions placed here since the last heartbeat (each will be a push
     /// stream the heartbeat has not counted yet).
     placed_since_heartbeat: u32,
+}
+
+impl Worker {
+    /// How long until the next probe may start (zero: now).
+    fn probe_wait(&self, now: Instant) -> Duration {
+        self.last_probe.map_or(Duration::ZERO, |at| {
+            PROBE_INTERVAL.saturating_sub(now.saturating_duration_since(at))
+        })
+    }
+
+    fn start_probe(&mut self, now: Instant) {
+        self.probe = ProbeState::Running { again: false };
+        self.last_probe = Some(now);
+    }
 }
 
 /// A worker that went silent past the worker timeout (and was not
@@ -429,7 +471,7 @@ impl Registry {
                         last_placed: 0,
                         unreachable_since: None,
                         reported_by: BTreeMap::new(),
-                        probe_running: false,
+                        probe: ProbeState::Idle,
                         last_probe: None,
                         placed_since_heartbeat: 0,
                     },
@@ -484,29 +526,58 @@ impl Registry {
                 worker.reported_by.insert(job.clone(), now);
             }
         }
-        let due = worker
-            .last_probe
-            .is_none_or(|at| now.saturating_duration_since(at) >= PROBE_INTERVAL);
-        if worker.probe_running || !due {
-            return Report::Recorded { probe: None };
+        let probe = match worker.probe {
+            ProbeState::Running { .. } => {
+                worker.probe = ProbeState::Running { again: true };
+                Probe::Covered
+            }
+            ProbeState::Scheduled => Probe::Covered,
+            ProbeState::Idle => match worker.probe_wait(now) {
+                Duration::ZERO => {
+                    worker.start_probe(now);
+                    Probe::Now(worker.data_address.clone())
+                }
+                wait => {
+                    worker.probe = ProbeState::Scheduled;
+                    Probe::After(wait)
+                }
+            },
+        };
+        Report::Recorded { probe }
+    }
+
+    /// Starts the probe of worker `id` that [`Probe::After`] (or
+    /// [`Registry::probe_finished`]) scheduled: the address to probe, or
+    /// `None` when none is due (the worker left, or no probe is scheduled).
+    pub(crate) fn start_scheduled_probe(&mut self, id: &str, now: Instant) -> Option<String> {
+        let worker = self.workers.get_mut(id)?;
+        if worker.probe != ProbeState::Scheduled {
+            return None;
         }
-        worker.probe_running = true;
-        worker.last_probe = Some(now);
-        Report::Recorded {
-            probe: Some(worker.data_address.clone()),
-        }
+        worker.start_probe(now);
+        Some(worker.data_address.clone())
     }
 
     /// The master's probe of worker `id` (started by
     /// [`Registry::report_unreachable`]) finished: a worker that did not
-    /// answer gets no placements from anyone until it heartbeats again.
-    pub(crate) fn probe_finished(&mut self, id: &str, reachable: bool, now: Instant) {
-        let Some(worker) = self.workers.get_mut(id) else {
-            return;
-        };
-        worker.probe_running = false;
+    /// answer gets no placements from anyone until it heartbeats again. A
+    /// worker that answered while reports kept coming is probed again: the
+    /// wait before [`Registry::start_scheduled_probe`] is returned.
+    pub(crate) fn probe_finished(
+        &mut self,
+        id: &str,
+        reachable: bool,
+        now: Instant,
+    ) -> Option<Duration> {
+        let worker = self.workers.get_mut(id)?;
+        let again = worker.probe == ProbeState::Running { again: true };
+        worker.probe = ProbeState::Idle;
         if reachable {
-            tracing::debug!(worker = %id, "worker reported unreachable answered the master's probe");
+            tracing::debug!(worker = %id, again, "worker reported unreachable answered the master's probe");
+            if again {
+                worker.probe = ProbeState::Scheduled;
+                return Some(worker.probe_wait(now));
+            }
         } else {
             self.metrics.probes_failed.inc();
             if worker.unreachable_since.is_none() {
@@ -515,6 +586,7 @@ impl Registry {
             }
             worker.unreachable_since = Some(now);
         }
+        None
     }
 
     pub(crate) fn register_job(&mut self, job: JobId, now: Instant) -> TierResult<()> {
@@ -990,7 +1062,7 @@ mod tests {
         assert_eq!(
             r.report_unreachable("w2", None, t0),
             Report::Recorded {
-                probe: Some("w2:1".into())
+                probe: Probe::Now("w2:1".into())
             }
         );
         assert_eq!(
@@ -1069,30 +1141,59 @@ mod tests {
         assert_eq!(
             r.report_unreachable("w1", Some(&a), t0),
             Report::Recorded {
-                probe: Some("w1:1".into())
+                probe: Probe::Now("w1:1".into())
             }
         );
-        // A flood of reports: no second probe while one runs or within the interval.
-        for ms in [10, 200, 900] {
+        // A flood of reports while the probe runs: no second probe now, but
+        // the probe that finds the worker alive asks for one more, a probe
+        // interval after the first began.
+        for ms in [10, 20, 40] {
             let at = t0 + Duration::from_millis(ms);
             assert_eq!(
                 r.report_unreachable("w1", Some(&a), at),
-                Report::Recorded { probe: None }
+                Report::Recorded {
+                    probe: Probe::Covered
+                }
             );
         }
-        r.probe_finished("w1", true, t0 + Duration::from_millis(50));
         assert_eq!(
-            r.report_unreachable("w1", Some(&a), t0 + Duration::from_millis(999)),
-            Report::Recorded { probe: None },
+            r.probe_finished("w1", true, t0 + Duration::from_millis(50)),
+            Some(Duration::from_millis(950)),
+            "reports came during the probe: another one later"
+        );
+        assert_eq!(
+            r.report_unreachable("w1", Some(&a), t0 + Duration::from_millis(200)),
+            Report::Recorded {
+                probe: Probe::Covered
+            },
+            "a probe is scheduled"
+        );
+        assert_eq!(
+            r.start_scheduled_probe("w1", t0 + PROBE_INTERVAL),
+            Some("w1:1".to_string())
+        );
+        assert_eq!(
+            r.start_scheduled_probe("w1", t0 + PROBE_INTERVAL),
+            None,
+            "started once"
+        );
+        let second = t0 + PROBE_INTERVAL;
+        assert_eq!(
+            r.probe_finished("w1", true, second),
+            None,
+            "no report during the second probe: nothing more"
+        );
+        // A report within the interval of the last probe: scheduled for when
+        // the interval ends, not dropped.
+        assert_eq!(
+            r.report_unreachable("w1", Some(&a), second + Duration::from_millis(300)),
+            Report::Recorded {
+                probe: Probe::After(Duration::from_millis(700))
+            },
             "within the probe interval"
         );
-        let next = t0 + PROBE_INTERVAL;
-        assert_eq!(
-            r.report_unreachable("w1", Some(&a), next),
-            Report::Recorded {
-                probe: Some("w1:1".into())
-            }
-        );
+        let next = second + PROBE_INTERVAL;
+        assert_eq!(r.start_scheduled_probe("w1", next), Some("w1:1".into()));
         r.probe_finished("w1", true, next);
         let placed = |r: &mut Registry, job: &JobId, n: u32, now| {
             (0..n)
@@ -1156,7 +1257,9 @@ mod tests {
         let ghost = job("never-registered");
         assert!(matches!(
             r.report_unreachable("w1", Some(&ghost), t0),
-            Report::Recorded { probe: Some(_) }
+            Report::Recorded {
+                probe: Probe::Now(_)
+            }
         ));
         let any = r.allocate(&key("ghost-free", 1), &["w2".to_string()], t0);
         assert_eq!(any.expect("w1 still places").worker_id, "w1");

@@ -259,6 +259,9 @@ pub const COMPOSE_MEMBERS: [(&str, u8, Option<u16>); 6] = [
 #[derive(Debug)]
 pub struct Compose {
     project: String,
+    /// The compose file, in a copy of `deploy/` (see [`stage_compose`]).
+    file: PathBuf,
+    _staged: std::sync::Arc<tempfile::TempDir>,
     /// The network's first three octets (`TERRACE_NET`).
     pub net: String,
     env: Vec<(String, String)>,
@@ -272,6 +275,8 @@ impl Compose {
     /// the chosen one turns out to be taken.
     pub fn up(images: &Images) -> Compose {
         remove_abandoned_projects();
+        let staged = std::sync::Arc::new(stage_compose());
+        let file = staged.path().join("compose/docker-compose.yml");
         let taken = docker_subnets();
         let start = std::process::id() % 200;
         let mut last = String::new();
@@ -282,6 +287,8 @@ impl Compose {
                 .expect("a free 172.31.x.0/24 for the compose network");
             let compose = Compose {
                 project: format!("terrace-test-{}-{attempt}", std::process::id()),
+                file: file.clone(),
+                _staged: std::sync::Arc::clone(&staged),
                 net,
                 env: vec![
                     ("TERRACE_IMAGE".into(), images.terrace.clone()),
@@ -310,14 +317,14 @@ impl Compose {
         panic!("docker-compose up failed: {last}");
     }
 
-    /// `docker-compose -p PROJECT -f deploy/compose/docker-compose.yml ARGS`.
+    /// `docker-compose -p PROJECT -f <staged docker-compose.yml> ARGS`.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("docker-compose");
         command
             .arg("--project-name")
             .arg(&self.project)
             .arg("--file")
-            .arg(repo_root().join("deploy/compose/docker-compose.yml"))
+            .arg(&self.file)
             .args(args)
             .env("TERRACE_NET", &self.net)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -404,9 +411,15 @@ impl Compose {
 impl Drop for Compose {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "deploy: the compose cluster's last log lines:\n{}",
-                self.logs(40)
+            // To the real standard error (eprintln! is held by the test
+            // harness until the end): a CI log cut to its head and tail
+            // still shows the members' last words next to the failure.
+            let _ = std::io::stderr().write_all(
+                format!(
+                    "deploy: the compose cluster's last log lines:\n{}\n",
+                    self.logs(40)
+                )
+                .as_bytes(),
             );
         }
         let down = run(
@@ -418,6 +431,35 @@ impl Drop for Compose {
             eprintln!("deploy: docker-compose down failed: {}", down.report());
         }
     }
+}
+
+/// A copy of `deploy/` whose files every user may read. The compose file
+/// mounts config files (its own, and `deploy/prometheus/alerts.yml`) into
+/// containers that run as unprivileged users, so in a checkout made under a
+/// umask of 077 (files 0600) the members could not read them; the copy holds
+/// the same bytes at 0644 (0755 for directories), as an operator's
+/// deployment would.
+fn stage_compose() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            let target = to.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                copy(&entry.path(), &target)?;
+            } else {
+                std::fs::copy(entry.path(), &target)?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))?;
+            }
+        }
+        Ok(())
+    }
+    let staged = tempfile::tempdir().expect("a directory for the deployment files");
+    copy(&repo_root().join("deploy"), staged.path())
+        .unwrap_or_else(|e| panic!("copy deploy/ to {}: {e}", staged.path().display()));
+    staged
 }
 
 /// Whether the test process `pid` is gone.

@@ -114,11 +114,46 @@ fn install() {
             .with(Recorder.with_filter(LevelFilter::INFO))
             .try_init();
         tracing::info!(target: "terrace_tests::logs", "log capture installed");
+        report_panics_at_once();
     });
     assert!(
         lines_matching("log capture installed").len() == 1,
         "the log capture is not the process's subscriber"
     );
+}
+
+/// Writes each test's panic to the process's real standard error the moment
+/// it happens, besides the report the test harness prints at the end: a
+/// CI log that keeps only the head and tail of a long run still shows why
+/// an early test failed. The message is cut at 4 KiB.
+fn report_panics_at_once() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let mut message: String = payload.chars().take(4096).collect();
+        if message.len() < payload.len() {
+            message.push_str(" [...]");
+        }
+        let location = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        // Not eprintln!: the harness captures that; this must reach the log now.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!(
+                "test {} panicked{location}: {message}\n",
+                thread.name().unwrap_or("(unnamed thread)")
+            )
+            .as_bytes(),
+        );
+        previous(info);
+    }));
 }
 
 /// Installs the capture (once per binary) and returns the check that fails

@@ -1316,6 +1316,27 @@ fn producer_starts(log: &str) -> BTreeMap<String, usize> {
     starts
 }
 
+/// The lines of a Flink log that tell how a new JobMaster recovered a job
+/// (replayed events, partitions found or missed, a recovery that failed),
+/// at most 60 of them, for assertion messages.
+fn recovery_lines(log: &str) -> String {
+    const SIGNS: [&str; 8] = [
+        "recover",
+        "Recover",
+        "Replay",
+        "job event",
+        "Job events",
+        "Partitions to be released",
+        "Terrace:",
+        "failover:",
+    ];
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| SIGNS.iter().any(|sign| line.contains(sign)))
+        .collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
 /// Runs [`JM_FAILOVER`] on a fresh one-worker cluster with `extra` Flink
 /// configuration; returns its log. The result must be Flink's own.
 fn fail_the_job_manager_over(name: &str, extra: &[&str]) -> Finished {
@@ -1376,7 +1397,9 @@ fn flink_2_job_manager_failover_reuses_finished_partitions_instead_of_rerunning_
     assert_eq!(starts.len(), 4, "four producers: {starts:?}");
     assert!(
         starts.values().all(|&n| n == 1),
-        "with job recovery, a finished producer ran again after the failover: {starts:?}"
+        "with job recovery, a finished producer ran again after the failover: {starts:?}; \
+         Flink's recovery lines:\n{}",
+        recovery_lines(&recovered.stderr)
     );
     assert!(
         recovered

@@ -5,19 +5,29 @@
 //! kept from everyone's placements (see `crate::probe`). So no client can
 //! stop placement for other jobs by reporting every worker.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use terrace_rpc::Identity;
 use terrace_tier_api::JobId;
 use terrace_tier_api::protocol::{Ack, WorkerUnreachable};
 
-use crate::registry::{Registry, Report};
+use crate::registry::{Probe, Registry, Report};
 
-/// A worker the master should probe now: its id and data address.
+/// A probe of a worker the master should make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProbeDue {
     pub(crate) worker_id: String,
-    pub(crate) address: String,
+    pub(crate) when: ProbeWhen,
+}
+
+/// When a [`ProbeDue`] starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProbeWhen {
+    /// Now, at this data address.
+    Now(String),
+    /// After this long, at the address the registry then holds
+    /// ([`Registry::start_scheduled_probe`]).
+    After(Duration),
 }
 
 /// The report as made over a connection that proved `identity`: a job's
@@ -38,11 +48,16 @@ pub(crate) fn apply(
         Report::UnknownWorker => None,
         Report::Recorded { probe } => {
             tracing::info!(worker = %r.worker, job = ?r.job.as_ref().map(ToString::to_string),
-                error = %r.error, probing = probe.is_some(),
+                error = %r.error, probe = ?probe,
                 "worker reported unreachable; the reporting job places elsewhere until it heartbeats again");
-            probe.map(|address| ProbeDue {
+            let when = match probe {
+                Probe::Covered => None,
+                Probe::Now(address) => Some(ProbeWhen::Now(address)),
+                Probe::After(wait) => Some(ProbeWhen::After(wait)),
+            };
+            when.map(|when| ProbeDue {
                 worker_id: r.worker.into_string(),
-                address,
+                when,
             })
         }
     };
