@@ -1380,8 +1380,8 @@ fn fail_the_job_manager_over(name: &str, extra: &[&str]) -> Finished {
 }
 
 /// Flink 2.2 with `execution.batch.job-recovery.enabled`: the JobManager
-/// fails over once every shuffle-1 producer has finished (their consumers
-/// are held at a gate), and the new JobMaster finds the finished partitions
+/// fails over once every shuffle-1 producer has finished and Flink has
+/// stored their finished events (their consumers are held at a gate), and the new JobMaster finds the finished partitions
 /// on Terrace (restored placements, per-subpartition bytes from the worker)
 /// instead of running their producers again. Without job recovery, the same
 /// failover runs every producer twice: the count below can see a rerun.
@@ -1391,6 +1391,13 @@ fn flink_2_job_manager_failover_reuses_finished_partitions_instead_of_rerunning_
     let recovered = fail_the_job_manager_over(
         "terrace-2-jm-failover",
         &["execution.batch.job-recovery.enabled=true"],
+    );
+    assert!(
+        recovered
+            .stdout
+            .contains("failover: 4 producer-finished events stored"),
+        "the failover came before Flink stored the producers' finished events:\n{}",
+        recovered.tail()
     );
     let starts = producer_starts(&recovered.stderr);
     eprintln!("flink_e2e: producer starts with job recovery: {starts:?}");
