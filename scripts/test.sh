@@ -23,27 +23,24 @@ fi
 # files are made with, and the room on the file systems tests write to.
 echo "test.sh: $(nproc) cores, umask $(umask), available: $(df -h --output=target,avail / /tmp /dev/shm 2>/dev/null | tail -n +2 | tr -s ' ' | tr '\n' ';')" >&2
 
-# Set-up that needs no CPU to speak of runs in the background while the
-# tests build: the Flink releases the end-to-end tests run (scripts/fetch-
-# flink.sh, ~300 MB each from PyPI, cached outside the repository) and the
-# deployment tests' tools. Their output is shown if they fail.
+# Set-up runs in the background while the tests build, its output shown if
+# it fails: the S3-compatible server the object-store tests run on loopback
+# (s3s-fs, built once into a cache outside the repository; the script waits
+# for an install already in progress), the Flink releases the end-to-end
+# tests run (scripts/fetch-flink.sh, ~300 MB each from PyPI, cached), and the
+# deployment tests' tools: promtool, kubernetes-validate (pinned, in a cached
+# virtual environment), docker-compose, busybox-static for the image base,
+# systemd-analyze (scripts/deploy-tools.sh; needs kubectl and Docker).
 setup_log="$(mktemp -d)"
 trap 'rm -rf "$setup_log"' EXIT
+scripts/s3-server.sh >"$setup_log/s3s" 2>"$setup_log/s3s.err" </dev/null &
+s3s_install=$!
 (for version in 1.20.3 2.0.1 2.1.3 2.2.1 2.3.0; do
   scripts/fetch-flink.sh "$version" </dev/null >/dev/null
 done) 2>"$setup_log/flink" &
 flink_fetch=$!
-# The deployment tests' tools: promtool, kubernetes-validate (pinned, in a
-# cached virtual environment), docker-compose, busybox-static for the image
-# base, systemd-analyze (scripts/deploy-tools.sh; needs kubectl and Docker).
 scripts/deploy-tools.sh >"$setup_log/deploy" 2>"$setup_log/deploy.err" </dev/null &
 deploy_tools=$!
-
-# The S3-compatible server the object-store tests run on loopback (s3s-fs,
-# installed once into a cache outside the repository; .ci/run starts this
-# install early, and the script waits for an install in progress).
-TERRACE_S3S_FS="$(scripts/s3-server.sh | tail -n1)"
-export TERRACE_S3S_FS
 
 # No module of these crates imports one that imports it back (issue 19).
 python3 scripts/import-cycles.py worker master proto rpc tier-api admin
@@ -51,6 +48,9 @@ python3 scripts/import-cycles.py worker master proto rpc tier-api admin
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 finish_setup() {
+  wait "$s3s_install" || { cat "$setup_log/s3s.err" >&2; echo "scripts/s3-server.sh failed" >&2; exit 1; }
+  TERRACE_S3S_FS="$(tail -n1 "$setup_log/s3s")"
+  export TERRACE_S3S_FS
   wait "$flink_fetch" || { cat "$setup_log/flink" >&2; echo "fetching Flink failed" >&2; exit 1; }
   wait "$deploy_tools" || { cat "$setup_log/deploy.err" >&2; echo "scripts/deploy-tools.sh failed" >&2; exit 1; }
   TERRACE_KUBERNETES_VALIDATE="$(tail -n1 "$setup_log/deploy")"

@@ -125,7 +125,8 @@ fn install() {
 /// Writes each test's panic to the process's real standard error the moment
 /// it happens, besides the report the test harness prints at the end: a
 /// CI log that keeps only the head and tail of a long run still shows why
-/// an early test failed. The message is cut at 4 KiB.
+/// an early test failed. The message is cut at 4 KiB. Panics a test provokes
+/// and catches are written too; the line says so.
 fn report_panics_at_once() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -147,7 +148,7 @@ fn report_panics_at_once() {
         let _ = std::io::Write::write_all(
             &mut std::io::stderr(),
             format!(
-                "test {} panicked{location}: {message}\n",
+                "test {}: panic{location} (if the test is reported ok, it caught this on purpose): {message}\n",
                 thread.name().unwrap_or("(unnamed thread)")
             )
             .as_bytes(),
