@@ -64,43 +64,58 @@ if [ $# -gt 0 ]; then
   exit
 fi
 
-# Every test target, and the `terrace` binary the process tests run, built
-# first, so that the runs below build nothing.
-cargo test --workspace --locked --no-run
-cargo build --locked -p terrace-cli --bin terrace
-finish_setup
-
-# The Flink end-to-end tests (tests/tests/flink_e2e.rs: about 600 of the ~940
-# seconds of tests on 2 cores, mostly Flink's JVM and its jobs) run beside all
-# the others: they share no ports, files or processes with them. Their binary
-# is started directly, from the package directory as cargo does, and its
-# output held until the others end. The tests that check timing under load
-# wait on conditions, not fixed sleeps, so the two runs can share the cores.
-flink_e2e="$(cargo test --locked -p terrace-tests --test flink_e2e --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json, sys
+# Every test target, built once: the `terrace` binary the process tests run
+# comes with them (cli/tests/binary.rs needs it), with the same features.
+# The test binaries are then run directly, not by further `cargo test` runs
+# on a subset of packages, which would resolve features anew and rebuild
+# dozens of crates.
+tests="$setup_log/tests"
+cargo test --workspace --locked --no-run --message-format=json-render-diagnostics \
+  | python3 -c 'import json, os, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "flink_e2e" and m.get("executable"):
-        print(m["executable"])')"
-[ -x "$flink_e2e" ] || { echo "cannot find the flink_e2e test binary" >&2; exit 1; }
-(cd tests && exec "$flink_e2e") >"$setup_log/flink_e2e" 2>&1 &
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"], os.path.dirname(m["manifest_path"]), m["executable"], sep="\t")' \
+  | sort -u >"$tests"
+[ -s "$tests" ] || { echo "the test build listed no test binaries" >&2; exit 1; }
+finish_setup
+
+# A test binary runs from its package's directory, as under cargo.
+run_test() { # name dir executable
+  echo "== $1 ($3)"
+  (cd "$2" && exec "$3")
+}
+
+# The Flink end-to-end tests (tests/tests/flink_e2e.rs: about 550 of the
+# ~800 seconds of tests on 2 cores, mostly Flink's JVM and its jobs) run
+# beside all the others: they share no ports, files or processes with them.
+# Their output is held until the others end. The tests that check timing
+# under load wait on conditions, not fixed sleeps, so the two can share the
+# cores.
+flink_line="$(awk -F'\t' '$1 == "flink_e2e"' "$tests")"
+[ -n "$flink_line" ] || { echo "the test build has no flink_e2e binary" >&2; exit 1; }
+IFS=$'\t' read -r name dir exe <<<"$flink_line"
+run_test "$name" "$dir" "$exe" >"$setup_log/flink_e2e" 2>&1 &
 flink_pid=$!
 
 status=0
-others=()
-for test in tests/tests/*.rs; do
-  name="$(basename "$test" .rs)"
-  [ "$name" = flink_e2e ] || others+=(--test "$name")
-done
-cargo test --workspace --exclude terrace-tests --locked || status=$?
-cargo test -p terrace-tests --locked --lib --bins "${others[@]}" || status=$?
+failed=()
+while IFS=$'\t' read -r name dir exe; do
+  [ "$name" = flink_e2e ] && continue
+  run_test "$name" "$dir" "$exe" </dev/null || { status=1; failed+=("$name"); }
+done <"$tests"
+# No crate has doc tests today; this keeps any added later in the run.
+cargo test --workspace --locked --doc || { status=1; failed+=(doc-tests); }
 
 flink_status=0
 wait "$flink_pid" || flink_status=$?
 echo "== tests/tests/flink_e2e.rs (ran beside the others)"
 cat "$setup_log/flink_e2e"
 if [ "$flink_status" -ne 0 ]; then
-  echo "flink_e2e failed (exit $flink_status)" >&2
-  status=$flink_status
+  status=1
+  failed+=(flink_e2e)
+fi
+if [ "$status" -ne 0 ]; then
+  echo "test binaries that failed: ${failed[*]}" >&2
 fi
 exit "$status"

@@ -327,7 +327,19 @@ pub fn terrace_bin() -> std::path::PathBuf {
                 .expect("test executable lives in target/<profile>/deps");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut command = std::process::Command::new(cargo);
-            command.args(["build", "--quiet", "-p", "terrace-cli", "--bin", "terrace"]);
+            // Built as cargo builds it for the workspace's tests (for the
+            // test target cli/tests/binary.rs): the same features as every
+            // other test target, so after `cargo test --workspace` this
+            // compiles nothing (`cargo build -p terrace-cli` would resolve
+            // features for that package alone and rebuild ~26 crates).
+            command.args([
+                "test",
+                "--quiet",
+                "--workspace",
+                "--no-run",
+                "--test",
+                "binary",
+            ]);
             // Cargo gives a test process its package's variables. Some build
             // scripts (ring's) rerun when one of them changes, so passing
             // them on would rebuild half the tree here and again at the next
@@ -354,7 +366,7 @@ pub fn terrace_bin() -> std::path::PathBuf {
             }
             let status = command
                 .status()
-                .expect("run cargo build for the terrace binary");
+                .expect("run cargo to build the terrace binary");
             assert!(status.success(), "building the terrace binary failed");
             let bin = profile_dir.join("terrace");
             assert!(
