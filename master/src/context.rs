@@ -7,9 +7,9 @@ use std::time::Duration;
 use terrace_rpc::ClusterSecret;
 
 use crate::clock::Clock;
-use crate::cmd::{ProbeDue, ProbeWhen};
+use crate::cmd::ProbeDue;
 use crate::probe::Prober;
-use crate::registry::Registry;
+use crate::registry::{Probe, Registry};
 
 /// What every connection shares: the registry and the clock.
 #[derive(Debug)]
@@ -44,8 +44,9 @@ impl Shared {
         tokio::spawn(async move {
             let ProbeDue { worker_id, when } = due;
             let mut address = match when {
-                ProbeWhen::Now(address) => Some(address),
-                ProbeWhen::After(wait) => shared.scheduled_probe(&worker_id, wait).await,
+                Probe::Now(address) => Some(address),
+                Probe::After(wait) => shared.scheduled_probe(&worker_id, wait).await,
+                Probe::Covered => None,
             };
             while let Some(at) = address.take() {
                 let reachable = shared.prober.reachable(&at).await;

@@ -24,7 +24,7 @@ use terrace_tier_api::{TierResult, WorkerId};
 
 use crate::registry::Registry;
 
-pub(crate) use worker_unreachable::{ProbeDue, ProbeWhen};
+pub(crate) use worker_unreachable::ProbeDue;
 
 /// A validated request.
 #[derive(Debug)]

@@ -5,7 +5,7 @@
 //! kept from everyone's placements (see `crate::probe`). So no client can
 //! stop placement for other jobs by reporting every worker.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use terrace_rpc::Identity;
 use terrace_tier_api::JobId;
@@ -13,21 +13,12 @@ use terrace_tier_api::protocol::{Ack, WorkerUnreachable};
 
 use crate::registry::{Probe, Registry, Report};
 
-/// A probe of a worker the master should make.
+/// A probe of a worker the master should make: now, or later
+/// ([`Probe::Now`] or [`Probe::After`]; never [`Probe::Covered`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProbeDue {
     pub(crate) worker_id: String,
-    pub(crate) when: ProbeWhen,
-}
-
-/// When a [`ProbeDue`] starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ProbeWhen {
-    /// Now, at this data address.
-    Now(String),
-    /// After this long, at the address the registry then holds
-    /// ([`Registry::start_scheduled_probe`]).
-    After(Duration),
+    pub(crate) when: Probe,
 }
 
 /// The report as made over a connection that proved `identity`: a job's
@@ -50,14 +41,9 @@ pub(crate) fn apply(
             tracing::info!(worker = %r.worker, job = ?r.job.as_ref().map(ToString::to_string),
                 error = %r.error, probe = ?probe,
                 "worker reported unreachable; the reporting job places elsewhere until it heartbeats again");
-            let when = match probe {
-                Probe::Covered => None,
-                Probe::Now(address) => Some(ProbeWhen::Now(address)),
-                Probe::After(wait) => Some(ProbeWhen::After(wait)),
-            };
-            when.map(|when| ProbeDue {
+            (probe != Probe::Covered).then(|| ProbeDue {
                 worker_id: r.worker.into_string(),
-                when,
+                when: probe,
             })
         }
     };
