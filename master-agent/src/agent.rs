@@ -97,6 +97,7 @@ impl MasterAgent {
             credential: security.credential(),
             server: ExpectedServer::Any,
             tls: security.tls_client.clone(),
+            liveness: Some(config.liveness_timeout),
         };
         let placements = Arc::new(Mutex::new(Placements::default()));
         let announce = {

@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use terrace_rpc::clock;
-use terrace_rpc::{Client, ClientOptions, TlsClient};
-use terrace_tier_api::ErrorKind;
+use terrace_rpc::{ClientOptions, TlsClient};
 
 /// How the master reaches workers for a probe.
 #[derive(Clone, Debug)]
@@ -32,17 +30,9 @@ impl Prober {
         Prober { options, timeout }
     }
 
-    /// Whether the worker at `address` answers the handshake in time. An
-    /// answer that refuses us (a TLS or protocol mismatch) still shows a
-    /// live process; only silence, a refused connection or a reset count.
+    /// Whether the worker at `address` answers the handshake in time (see
+    /// [`terrace_rpc::answers_handshake`]).
     pub(crate) async fn reachable(&self, address: &str) -> bool {
-        match clock::timeout(self.timeout, Client::connect(address, &self.options)).await {
-            Ok(Ok(client)) => {
-                client.close();
-                true
-            }
-            Ok(Err(e)) => !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Closed),
-            Err(_) => false,
-        }
+        terrace_rpc::answers_handshake(address, &self.options, self.timeout).await
     }
 }

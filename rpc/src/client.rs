@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::error::ConnectError;
@@ -42,6 +42,14 @@ pub struct ClientOptions {
     pub server: ExpectedServer,
     /// Set: connect over TLS, trusting the servers its CAs sign.
     pub tls: Option<TlsClient>,
+    /// Set: the connection's liveness deadline (see [`Liveness`]). A
+    /// connection waiting for a reply or a stream frame that hears nothing
+    /// from its peer checks that the peer still answers a new connection's
+    /// handshake, and fails every request and stream when it does not
+    /// within this long of the silence starting: a hung peer (a paused
+    /// process, a black-holed host) keeps TCP connections open and answers
+    /// nothing, so waiting on the connection alone would wait for ever.
+    pub liveness: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -54,6 +62,7 @@ impl Default for ClientOptions {
             credential: Credential::None,
             server: ExpectedServer::Any,
             tls: None,
+            liveness: None,
         }
     }
 }
@@ -75,6 +84,7 @@ impl ClientOptions {
             credential: Credential::None,
             server: ExpectedServer::Any,
             tls,
+            liveness: Some(config.liveness_timeout),
         })
     }
 
@@ -126,6 +136,23 @@ struct Routes {
     streams: HashMap<StreamId, mpsc::UnboundedSender<StreamEvent>>,
     /// Set once the connection is gone; every later call fails with it.
     failed: Option<TierError>,
+    /// When the peer last showed progress: a frame received, or (when
+    /// nothing was outstanding before) the first request or stream since.
+    heard: Option<Instant>,
+}
+
+impl Routes {
+    fn waiting(&self) -> bool {
+        !self.pending.is_empty() || !self.streams.is_empty()
+    }
+
+    /// About to wait for something: the silence is counted from now when
+    /// nothing was outstanding before.
+    fn start_waiting(&mut self) {
+        if !self.waiting() {
+            self.heard = Some(clock::now());
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -201,8 +228,27 @@ impl PendingReply {
 
 impl Client {
     /// Connects to `addr` (over TLS when configured), completes the version
-    /// handshake and, when the server challenges, the authentication.
+    /// handshake and, when the server challenges, the authentication. With
+    /// a liveness deadline, the handshake must come within it, and the
+    /// connection is watched from then on (see [`Liveness`]).
     pub async fn connect(addr: &str, options: &ClientOptions) -> TierResult<Client> {
+        let Some(deadline) = options.liveness else {
+            return Client::open(addr, options).await;
+        };
+        let client = clock::timeout(deadline, Client::open(addr, options))
+            .await
+            .map_err(|_| {
+                TierError::unavailable(format!(
+                    "{addr} did not complete the handshake within {deadline:?} (the liveness deadline): taken for hung"
+                ))
+            })??;
+        let liveness = Liveness::new(deadline, addr, options);
+        tokio::spawn(liveness.watch(Arc::downgrade(&client.inner), client.inner.cancel.clone()));
+        Ok(client)
+    }
+
+    /// [`Client::connect`] without the liveness watch.
+    async fn open(addr: &str, options: &ClientOptions) -> TierResult<Client> {
         let stream = clock::timeout(options.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::ConnectTimeout {
@@ -436,6 +482,7 @@ impl Client {
             if let Some(err) = &routes.failed {
                 return Err(err.clone());
             }
+            routes.start_waiting();
             routes.pending.insert(request_id, tx);
         }
         if !self.inner.sender.send_chunks(message, body) {
@@ -528,6 +575,7 @@ impl Client {
         if let Some(err) = &routes.failed {
             return Err(err.clone());
         }
+        routes.start_waiting();
         routes.streams.insert(stream_id, tx);
         Ok(rx)
     }
@@ -610,6 +658,7 @@ async fn read_loop(
             }
         };
         let mut routes = inner.routes.lock().expect("routes lock poisoned");
+        routes.heard = Some(clock::now());
         if let Some(stream_id) = StreamFrame::stream_id_of(&message) {
             if let Some(tx) = routes.streams.get(&stream_id) {
                 let event = match StreamFrame::from_frame(message, body) {
@@ -643,15 +692,143 @@ async fn read_loop(
             None => tracing::debug!(peer = %inner.peer, request_id, "reply to no pending request"),
         }
     };
-    cancel.cancel();
     if let Some(inner) = inner.upgrade() {
-        let mut routes = inner.routes.lock().expect("routes lock poisoned");
-        routes.failed = Some(failure.clone());
-        for (_, tx) in routes.pending.drain() {
-            let _ = tx.send(Err(failure.clone()));
+        fail(&inner, failure);
+    }
+    cancel.cancel();
+}
+
+/// Fails the connection: every pending request and open stream gets
+/// `failure` (or the failure recorded first), and so does every later call.
+fn fail(inner: &Inner, failure: TierError) {
+    let mut routes = inner.routes.lock().expect("routes lock poisoned");
+    let failure = routes.failed.get_or_insert(failure).clone();
+    for (_, tx) in routes.pending.drain() {
+        let _ = tx.send(Err(failure.clone()));
+    }
+    for (_, tx) in routes.streams.drain() {
+        let _ = tx.send(StreamEvent::Lost(failure.clone()));
+    }
+    drop(routes);
+    inner.cancel.cancel();
+}
+
+/// A connection's liveness deadline: progress, not the connection's state.
+///
+/// While the connection waits for something (a reply, a stream's frames)
+/// and its peer has sent nothing for a fifth of the deadline, the peer is
+/// asked to answer the protocol handshake on a new connection, and must
+/// answer it before the deadline (counted from the start of the silence,
+/// and at least half the deadline for the answer). A peer that is merely
+/// busy (a full memory budget that stops it reading pushes, a stream
+/// waiting for data nobody has written yet) answers and the connection
+/// goes on; one that answers neither is treated as hung and the
+/// connection fails with [`ErrorKind::Unavailable`], as if it had been
+/// reset. A connection with nothing outstanding is never judged.
+#[derive(Debug)]
+struct Liveness {
+    deadline: Duration,
+    peer: String,
+    /// How the side connection is made: the same TLS, no credential (a
+    /// handshake proves nothing and asks nothing), no liveness of its own.
+    probe: ClientOptions,
+}
+
+impl Liveness {
+    fn new(deadline: Duration, peer: &str, options: &ClientOptions) -> Self {
+        Liveness {
+            deadline,
+            peer: peer.to_string(),
+            probe: ClientOptions {
+                name: format!("{} (liveness)", options.name),
+                connect_timeout: deadline,
+                request_timeout: deadline,
+                max_frame_bytes: options.max_frame_bytes,
+                credential: Credential::None,
+                server: ExpectedServer::Any,
+                tls: options.tls.clone(),
+                liveness: None,
+            },
         }
-        for (_, tx) in routes.streams.drain() {
-            let _ = tx.send(StreamEvent::Lost(failure.clone()));
+    }
+
+    fn tick(&self) -> Duration {
+        (self.deadline / 5).max(Duration::from_millis(10))
+    }
+
+    /// Watches the connection until it is closed or judged hung.
+    async fn watch(self, inner: std::sync::Weak<Inner>, cancel: CancellationToken) {
+        let tick = self.tick();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = clock::sleep(tick) => {}
+            }
+            let Some(silent_since) = Self::silent_since(&inner) else {
+                continue;
+            };
+            let silent = clock::elapsed(silent_since);
+            if silent < tick {
+                continue;
+            }
+            let budget = self.deadline.saturating_sub(silent).max(self.deadline / 2);
+            let answered = tokio::select! {
+                _ = cancel.cancelled() => return,
+                answered = answers_handshake(&self.peer, &self.probe, budget) => answered,
+            };
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            let mut routes = strong.routes.lock().expect("routes lock poisoned");
+            if answered {
+                // Alive, with nothing to say yet: count the silence afresh.
+                routes.heard = Some(clock::now());
+                continue;
+            }
+            if routes.heard.is_some_and(|heard| heard > silent_since) || !routes.waiting() {
+                // It spoke (or nothing waits any more) while we asked.
+                continue;
+            }
+            drop(routes);
+            let silent = clock::elapsed(silent_since);
+            let error = TierError::unavailable(format!(
+                "{} sent nothing for {:.1?} while requests or streams waited on it and did not answer the handshake of a new connection within {budget:?}: taken for hung (liveness deadline {:?})",
+                self.peer, silent, self.deadline
+            ));
+            tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "peer taken for hung: no progress and no handshake");
+            fail(&strong, error);
+            return;
         }
+    }
+
+    /// Since when the connection has waited without hearing from its peer
+    /// (none: it waits for nothing, or is gone).
+    fn silent_since(inner: &std::sync::Weak<Inner>) -> Option<Instant> {
+        let inner = inner.upgrade()?;
+        let routes = inner.routes.lock().expect("routes lock poisoned");
+        if routes.failed.is_some() || !routes.waiting() {
+            return None;
+        }
+        routes.heard
+    }
+}
+
+/// Whether whatever listens at `address` completes the protocol handshake
+/// (and the challenge, when it has a secret) within `timeout` on a new
+/// connection made with `options`. An answer that refuses us (a TLS or
+/// protocol mismatch, a connection limit) still shows a live process: only
+/// silence, a refused connection or a reset count as no answer. A hung
+/// process whose kernel still accepts connections does not answer.
+pub async fn answers_handshake(address: &str, options: &ClientOptions, timeout: Duration) -> bool {
+    let mut options = options.clone();
+    options.connect_timeout = options.connect_timeout.min(timeout);
+    options.request_timeout = options.request_timeout.min(timeout);
+    match clock::timeout(timeout, Client::open(address, &options)).await {
+        Ok(Ok(client)) => {
+            client.close();
+            true
+        }
+        Ok(Err(e)) => !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Closed),
+        Err(_) => false,
     }
 }

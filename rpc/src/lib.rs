@@ -19,7 +19,10 @@ mod server;
 mod writer;
 
 pub use buffers::{BufferPool, PooledBuf, class_size, shared_pool};
-pub use client::{Client, ClientOptions, PendingCall, PendingReply, StreamEvent, StreamReceiver};
+pub use client::{
+    Client, ClientOptions, PendingCall, PendingReply, StreamEvent, StreamReceiver,
+    answers_handshake,
+};
 pub use error::{AuthError, ConnectError, OpeningError, SecurityError};
 pub use listener::{Accepted, BoxRead, Meter, ServerOptions, ServerSpec, serve};
 pub use pool::{Peer, Pool};

@@ -173,6 +173,13 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     #[serde(with = "duration")]
     pub request_timeout: Duration,
+    /// A connection to a master or worker that waits for a reply or a
+    /// stream's data and hears nothing from its peer checks that the peer
+    /// answers a new connection's handshake; when neither happens within
+    /// this long, the peer is taken for hung and the connection fails (its
+    /// pushes and reads get an unavailable error), as if it had been reset.
+    #[serde(with = "duration")]
+    pub liveness_timeout: Duration,
     /// A master agent renews its jobs' leases on every master this often;
     /// keep it several times shorter than the masters' `job_lease`.
     #[serde(with = "duration")]
@@ -200,6 +207,7 @@ impl Default for AgentConfig {
             max_frame_size: ByteSize::mib(16),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(120),
+            liveness_timeout: Duration::from_secs(10),
             job_renew_interval: Duration::from_secs(10),
             secret_file: None,
             tls_ca_file: None,
@@ -259,6 +267,9 @@ pub struct ParseDurationError {
     pub source: humantime_serde::re::humantime::DurationError,
 }
 
+/// The shortest `liveness_timeout` accepted.
+pub const MIN_LIVENESS_TIMEOUT: Duration = Duration::from_millis(500);
+
 impl AgentConfig {
     /// Checks the relations between fields; call after loading.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -299,6 +310,15 @@ impl AgentConfig {
             return Err(ConfigError::new(
                 "job_renew_interval",
                 "job_renew_interval must be positive",
+            ));
+        }
+        if self.liveness_timeout < MIN_LIVENESS_TIMEOUT {
+            return Err(ConfigError::new(
+                "liveness_timeout",
+                format!(
+                    "liveness_timeout ({:?}) must be at least {MIN_LIVENESS_TIMEOUT:?}: a shorter one would take a briefly busy peer for hung",
+                    self.liveness_timeout
+                ),
             ));
         }
         Ok(())

@@ -62,6 +62,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "one request to a master or worker, including a push waiting for worker memory",
     ),
     (
+        "terrace.liveness-timeout",
+        "10s",
+        "a connection to a worker or master that waits for a reply or read data and hears nothing checks that the peer answers a new connection's handshake; when neither happens within this long the peer is taken for hung and the connection fails (its pushes and reads fail as if it had died)",
+    ),
+    (
         "terrace.master.poll-interval",
         "1s",
         "how often the JobManager's agent checks the master for lost workers",
@@ -177,6 +182,7 @@ pub fn parse_config<'a>(
             }
             "terrace.connect-timeout" => agent.connect_timeout = parse_duration(key, value)?,
             "terrace.request-timeout" => agent.request_timeout = parse_duration(key, value)?,
+            "terrace.liveness-timeout" => agent.liveness_timeout = parse_duration(key, value)?,
             "terrace.job-renew-interval" => agent.job_renew_interval = parse_duration(key, value)?,
             "terrace.secret-file" => agent.secret_file = non_empty_path(value),
             "terrace.tls.ca-file" => agent.tls_ca_file = non_empty_path(value),

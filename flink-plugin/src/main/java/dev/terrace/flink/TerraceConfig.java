@@ -38,6 +38,9 @@ import java.util.TreeMap;
  *   <tr><td>terrace.connect-timeout</td><td>5s</td><td>connecting to a master or worker</td></tr>
  *   <tr><td>terrace.request-timeout</td><td>120s</td><td>one request, including a push waiting
  *       for worker memory</td></tr>
+ *   <tr><td>terrace.liveness-timeout</td><td>10s</td><td>a worker or master that neither sends
+ *       what is awaited nor answers a new connection's handshake for this long is taken for
+ *       hung</td></tr>
  *   <tr><td>terrace.master.poll-interval</td><td>1s</td><td>how often the JobManager checks for
  *       lost workers</td></tr>
  *   <tr><td>terrace.job-renew-interval</td><td>10s</td><td>how often the JobManager renews its
