@@ -108,6 +108,10 @@ struct Worker {
     /// Partitions placed here since the last heartbeat (each will be a push
     /// stream the heartbeat has not counted yet).
     placed_since_heartbeat: u32,
+    /// This master took the worker for lost, and it has come back: until a
+    /// heartbeat reply has told it so (and it dropped what it held), it
+    /// gets no partitions.
+    rejoined: bool,
 }
 
 impl Worker {
@@ -219,7 +223,9 @@ impl Worker {
     }
 
     fn refusal(&self) -> Option<&'static str> {
-        if self.unreachable_since.is_some() {
+        if self.rejoined {
+            Some("rejoining after it was taken for lost")
+        } else if self.unreachable_since.is_some() {
             Some("unreachable (the master's probe failed)")
         } else if self.load.decommissioning {
             Some("decommissioning")
@@ -429,8 +435,9 @@ impl Registry {
         now: Instant,
     ) -> TierResult<bool> {
         self.expire(now);
-        if self.lost.remove(&id).is_some() {
-            tracing::info!(worker = %id, "lost worker heartbeats again");
+        let was_lost = self.lost.remove(&id).is_some();
+        if was_lost {
+            tracing::warn!(worker = %id, "lost worker heartbeats again: it will be told to drop what it held");
         }
         if !self.workers.contains_key(&id) && self.workers.len() >= self.limits.max_workers as usize
         {
@@ -447,6 +454,7 @@ impl Registry {
                     worker.data_address = data_address;
                 }
                 worker.last_heartbeat = now;
+                worker.rejoined |= was_lost;
                 if worker
                     .unreachable_since
                     .is_some_and(|since| now.saturating_duration_since(since) >= UNREACHABLE_GRACE)
@@ -474,6 +482,7 @@ impl Registry {
                         probe: ProbeState::Idle,
                         last_probe: None,
                         placed_since_heartbeat: 0,
+                        rejoined: was_lost,
                     },
                 );
                 Ok(true)
@@ -482,14 +491,16 @@ impl Registry {
     }
 
     /// Records a heartbeat (registering an unknown worker) and returns the
-    /// jobs released recently, which the worker must drop.
+    /// jobs released recently, which the worker must drop, and whether this
+    /// master took the worker for lost since it last told it (it is told
+    /// now, and gets partitions again).
     pub(crate) fn heartbeat(
         &mut self,
         id: String,
         data_address: String,
         load: WorkerLoad,
         now: Instant,
-    ) -> TierResult<Vec<JobId>> {
+    ) -> TierResult<(Vec<JobId>, bool)> {
         let key = id.clone();
         self.metrics.heartbeats.inc();
         self.register_worker(id, data_address, now)?;
@@ -500,7 +511,8 @@ impl Registry {
         worker.load = load;
         worker.placed_bytes = 0;
         worker.placed_since_heartbeat = 0;
-        Ok(self.released.keys().cloned().collect())
+        let declared_lost = std::mem::take(&mut worker.rejoined);
+        Ok((self.released.keys().cloned().collect(), declared_lost))
     }
 
     /// A peer could not reach worker `id`. A report is evidence, not a
@@ -649,8 +661,12 @@ impl Registry {
     /// Places a new partition (or the next part of a split one) on a live
     /// worker not in `exclude`.
     ///
-    /// Workers reported unreachable, decommissioning or full are never
-    /// chosen. Of the rest, the first by:
+    /// Workers reported unreachable, decommissioning, full, or back from
+    /// being taken for lost and not yet told so, are never chosen. Of the
+    /// rest, the first by:
+    /// 0. a heartbeat within a third of `worker_timeout` (a worker whose
+    ///    heartbeats stall, hung or cut off, is chosen only when no other
+    ///    can take the partition);
     /// 1. no unhealthy data directory (one with a failed disk is chosen only
     ///    when no healthy worker can take the partition);
     /// 2. memory use under 80 % of its budget;
@@ -702,6 +718,7 @@ impl Registry {
             tracing::info!(job = %key.job, "job registered by its first partition");
         }
         let spread = self.job_placements.entry(key.job.clone()).or_default();
+        let stall = self.worker_timeout / 3;
         let chosen = self
             .workers
             .iter_mut()
@@ -712,6 +729,7 @@ impl Registry {
             })
             .min_by_key(|(id, w)| {
                 (
+                    now.saturating_duration_since(w.last_heartbeat) > stall,
                     w.load.unhealthy_dirs > 0,
                     under_pressure(&w.load),
                     spread.get(id.as_str()).copied().unwrap_or(0),
@@ -1030,7 +1048,7 @@ mod tests {
         r.expire(t0 + Duration::from_millis(3001));
         assert_eq!(r.jobs(), std::slice::from_ref(&renewed));
         // The expired job is told to workers like an unregistered one.
-        let released = r
+        let (released, _) = r
             .heartbeat(
                 "w".into(),
                 "h:1".into(),
@@ -1403,7 +1421,7 @@ mod tests {
         for (i, name) in ["a", "b", "x", "y"].into_iter().enumerate() {
             r.unregister_job(job(name), now + Duration::from_millis(i as u64));
         }
-        let released = r
+        let (released, _) = r
             .heartbeat(
                 "w1".into(),
                 "h:1".into(),
@@ -1632,6 +1650,64 @@ mod tests {
         assert_eq!(r.locate(&moved, later), None);
     }
 
+    /// A worker whose heartbeats stall (a third of the 300 ms timeout) is
+    /// placed on only when no other can take the partition; one taken for
+    /// lost that comes back gets no partition until a heartbeat reply has
+    /// told it, once, that it was declared lost.
+    #[test]
+    fn stalled_workers_are_avoided_and_a_lost_one_is_told_when_it_returns() {
+        let t0 = clock::now();
+        let mut r = registry(0);
+        for w in ["w1", "w2"] {
+            r.heartbeat(w.into(), format!("{w}:1"), stored(0), t0)
+                .expect("room");
+        }
+        // w1 stalls: 150 ms silent, past a third of the timeout.
+        let t1 = t0 + Duration::from_millis(150);
+        r.heartbeat("w2".into(), "w2:1".into(), stored(0), t1)
+            .expect("room");
+        assert_eq!(place(&mut r, 3, t1), ["w2", "w2", "w2"]);
+        // With w2 excluded, the stalled worker is still better than none.
+        let chosen = r
+            .allocate(&key("j", 50), &["w2".to_string()], t1)
+            .expect("the stalled worker takes it");
+        assert_eq!(chosen.worker_id, "w1");
+
+        // w1 silent past the timeout: lost. It comes back by registering.
+        let t2 = t0 + Duration::from_millis(400);
+        r.heartbeat("w2".into(), "w2:1".into(), stored(0), t2)
+            .expect("room");
+        let lost: Vec<String> = r.lost_workers().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(lost, ["w1"]);
+        r.register_worker("w1".into(), "w1:1".into(), t2)
+            .expect("room");
+        let err = r
+            .allocate(&key("j", 51), &["w2".to_string()], t2)
+            .expect_err("w1 has not been told yet");
+        assert!(
+            err.message()
+                .contains("rejoining after it was taken for lost"),
+            "{err}"
+        );
+        let (_, declared_lost) = r
+            .heartbeat("w1".into(), "w1:1".into(), stored(0), t2)
+            .expect("room");
+        assert!(declared_lost, "the returning worker is told");
+        let (_, again) = r
+            .heartbeat("w1".into(), "w1:1".into(), stored(0), t2)
+            .expect("room");
+        assert!(!again, "told once");
+        let chosen = r
+            .allocate(&key("j", 52), &["w2".to_string()], t2)
+            .expect("placed on again once told");
+        assert_eq!(chosen.worker_id, "w1");
+        // A worker that was never lost is never told.
+        let (_, w2_told) = r
+            .heartbeat("w2".into(), "w2:1".into(), stored(0), t2)
+            .expect("room");
+        assert!(!w2_told);
+    }
+
     #[test]
     fn silent_workers_expire_and_come_back_with_a_heartbeat() {
         let t0 = clock::now();
@@ -1680,7 +1756,7 @@ mod tests {
         assert_eq!(r.jobs(), [j1.clone(), j2.clone()]);
         r.unregister_job(j1.clone(), t0);
         assert_eq!(r.jobs(), vec![j2.clone()]);
-        let released = r
+        let (released, _) = r
             .heartbeat(
                 "w".into(),
                 "h:1".into(),
@@ -1693,7 +1769,7 @@ mod tests {
             .allocate(&key("job1", 1), &[], t0)
             .expect_err("released job");
         assert_eq!(err.kind(), ErrorKind::BadInput);
-        let released = r
+        let (released, _) = r
             .heartbeat(
                 "w".into(),
                 "h:1".into(),
@@ -1705,7 +1781,7 @@ mod tests {
         r.unregister_job(j2.clone(), t0 + Duration::from_millis(1001));
         r.register_job(j2.clone(), t0 + Duration::from_millis(1002))
             .expect("room");
-        let released = r
+        let (released, _) = r
             .heartbeat(
                 "w".into(),
                 "h:1".into(),

@@ -208,6 +208,7 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                 unknown_jobs: released_jobs,
                 job_lease_ms,
                 worker_timeout_ms: job_lease_ms,
+                declared_lost: job_lease_ms % 2 == 0,
             })
         }),
         (u64s(), ids()).prop_map(

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, ServerIdentity};
@@ -22,7 +22,7 @@ use terrace_tier_api::protocol::{
     DirStats, HeartbeatReply, ObjectStoreStats, RegisterWorker, Request, TierStats, Wire,
     WorkerHeartbeat, WorkerLoad,
 };
-use terrace_tier_api::{JobId, PartitionKey, TierError, TierResult, WorkerId};
+use terrace_tier_api::{ErrorKind, JobId, PartitionKey, TierError, TierResult, WorkerId};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -262,8 +262,10 @@ async fn heartbeat_loop(shared: Arc<Shared>, master: String) {
     let mut warned = false;
     // Learned from the master's replies; kept across reconnections.
     let mut worker_timeout = None;
+    // Whether this master has answered a heartbeat of this process.
+    let mut answered = false;
     loop {
-        match session(&shared, &master, &mut worker_timeout).await {
+        match session(&shared, &master, &mut worker_timeout, &mut answered).await {
             Ok(()) => {}
             Err(e) => {
                 if !warned {
@@ -302,6 +304,7 @@ async fn session(
     shared: &Arc<Shared>,
     master: &str,
     worker_timeout: &mut Option<Duration>,
+    answered: &mut bool,
 ) -> TierResult<()> {
     let interval = shared.config.heartbeat_interval;
     let deadline = heartbeat_deadline(interval, *worker_timeout);
@@ -358,7 +361,12 @@ async fn session(
             key_wire_len,
         );
         heartbeat.jobs = jobs.clone();
+        let sent_at = clock::now();
         let reply = request_within(&client, deadline, heartbeat).await?;
+        if reply.declared_lost && *answered {
+            fence(shared, master, sent_at);
+        }
+        *answered = true;
         {
             if let Some(timeout) = reply.worker_timeout {
                 *worker_timeout = Some(timeout);
@@ -384,6 +392,43 @@ async fn session(
             _ = shared.heartbeat_now.notified() => {}
         }
     }
+}
+
+/// `master` took this worker for lost while it kept running (a paused
+/// process, a host cut off, heartbeats starved), and has reported its
+/// partitions to the engines, which run their producers again elsewhere:
+/// every partition this process held before `sent_at` (the heartbeat that
+/// was answered so) is stale, and is dropped rather than served. The
+/// master placed nothing here between taking the worker back and this
+/// reply. A restarted process ignores the verdict, which was about its
+/// predecessor: it holds only sealed partitions it recovered, which stay
+/// served (see "What survives what" in docs/operations.md).
+fn fence(shared: &Arc<Shared>, master: &str, sent_at: Instant) {
+    let stale: Vec<PartitionKey> = shared
+        .store
+        .partitions()
+        .iter()
+        .filter(|p| p.created() <= sent_at)
+        .map(|p| p.key().clone())
+        .collect();
+    tracing::warn!(%master, partitions = stale.len(),
+        "a master took this worker for lost while it ran (paused or cut off past the worker timeout) and reported its partitions lost: dropping every partition held before");
+    shared
+        .store
+        .counters
+        .fenced
+        .fetch_add(stale.len() as u64, Ordering::Relaxed);
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        for key in stale {
+            match shared.store.release(&key).await {
+                Ok(()) => tracing::info!(partition = %key, "dropped a stale partition"),
+                // Released meanwhile: nothing to drop.
+                Err(e) if e.kind() == ErrorKind::PartitionNotFound => {}
+                Err(e) => tracing::error!(partition = %key, error = %e, "dropping a stale partition failed"),
+            }
+        }
+    });
 }
 
 /// Relocated partitions still held (forgetting released ones).

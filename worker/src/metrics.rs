@@ -324,6 +324,12 @@ impl Collector for WorkerCollector {
             "Partitions handed over to other workers while decommissioning.",
             load(&c.handovers),
         )?;
+        counter(
+            e,
+            "terrace_worker_fenced_partitions",
+            "Partitions dropped because a master had taken this running worker for lost (paused or cut off past the worker timeout) and reported them to the engines.",
+            load(&c.fenced),
+        )?;
         gauge(
             e,
             "terrace_worker_draining",

@@ -16,7 +16,7 @@ pub(crate) fn apply(
 ) -> TierResult<HeartbeatReply> {
     tracing::trace!(worker = %r.worker, stored_bytes = r.load.stored_bytes, "heartbeat");
     let worker = r.worker.into_string();
-    let released_jobs = registry.heartbeat(worker.clone(), r.data_address, r.load, now)?;
+    let (released_jobs, declared_lost) = registry.heartbeat(worker.clone(), r.data_address, r.load, now)?;
     for key in r.relocated {
         registry.record_relocation(key, worker.clone());
     }
@@ -29,5 +29,6 @@ pub(crate) fn apply(
             .collect(),
         job_lease: Some(registry.job_lease()),
         worker_timeout: Some(registry.worker_timeout()),
+        declared_lost,
     })
 }

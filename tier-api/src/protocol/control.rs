@@ -369,6 +369,9 @@ pub struct HeartbeatReply {
     pub job_lease: Option<Duration>,
     /// The master's worker timeout (`None`: not told).
     pub worker_timeout: Option<Duration>,
+    /// The master took the worker for lost since its last heartbeat and
+    /// reported its partitions: the worker drops what it held before.
+    pub declared_lost: bool,
 }
 
 impl TryFrom<pb::HeartbeatReply> for HeartbeatReply {
@@ -380,6 +383,7 @@ impl TryFrom<pb::HeartbeatReply> for HeartbeatReply {
             unknown_jobs: job_ids(m.unknown_jobs)?,
             job_lease: opt_millis(m.job_lease_ms),
             worker_timeout: opt_millis(m.worker_timeout_ms),
+            declared_lost: m.declared_lost,
         })
     }
 }
@@ -392,6 +396,7 @@ impl HeartbeatReply {
             unknown_jobs: job_bytes(self.unknown_jobs),
             job_lease_ms: self.job_lease.map_or(0, millis),
             worker_timeout_ms: self.worker_timeout.map_or(0, millis),
+            declared_lost: self.declared_lost,
         }
     }
 }

@@ -106,6 +106,7 @@ fn every_control_message_roundtrips() {
         unknown_jobs: vec![job(2), job(3)],
         job_lease: Some(Duration::from_secs(60)),
         worker_timeout: None,
+        declared_lost: true,
     });
     roundtrips(RegisterJob { job: job(4) });
     roundtrips(JobRegistered {

@@ -41,6 +41,9 @@ pub struct Counters {
     pub adoptions: AtomicU64,
     /// Partitions this worker handed over while decommissioning.
     pub handovers: AtomicU64,
+    /// Partitions dropped because a master had taken this running worker
+    /// for lost (see `crate::heartbeat`).
+    pub fenced: AtomicU64,
     /// Error replies, by what went wrong.
     pub errors: ErrorCounts,
     /// From a push's arrival (its body read) to its acknowledgement.

@@ -152,6 +152,8 @@ pub struct Partition {
     /// Serializes flushes, seals and migration commits of this partition; a
     /// release waits for it before deleting anything.
     flush_lock: tokio::sync::Mutex<()>,
+    /// When this process created (or recovered) it.
+    created: Instant,
 }
 
 impl Partition {
@@ -181,7 +183,13 @@ impl Partition {
             meta,
             version: watch::channel(0).0,
             flush_lock: tokio::sync::Mutex::new(()),
+            created: clock::now(),
         }
+    }
+
+    /// When this process created (or recovered) the partition.
+    pub fn created(&self) -> Instant {
+        self.created
     }
 
     /// A sealed partition recovered from its persisted index; `files` are its
