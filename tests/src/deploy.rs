@@ -331,6 +331,35 @@ impl Compose {
         command
     }
 
+    /// Cuts `service` off the cluster's network (`docker network disconnect
+    /// --force`): the container keeps running and its peers' packets to it
+    /// go nowhere, as when a host's link fails. Not undone: the cluster's
+    /// `down` removes it.
+    pub fn disconnect(&self, service: &str) {
+        let id = run_ok(
+            self.command(&["ps", "-q", service]),
+            COMPOSE_COMMAND_LIMIT,
+            "docker-compose ps -q",
+        )
+        .stdout()
+        .trim()
+        .to_string();
+        assert!(!id.is_empty(), "{service} has a container");
+        let mut inspect = Command::new("docker");
+        inspect.args([
+            "inspect",
+            "--format",
+            "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}",
+            &id,
+        ]);
+        let networks = run_ok(inspect, COMPOSE_COMMAND_LIMIT, "docker inspect").stdout();
+        for network in networks.split_whitespace() {
+            let mut cut = Command::new("docker");
+            cut.args(["network", "disconnect", "--force", network, &id]);
+            run_ok(cut, COMPOSE_COMMAND_LIMIT, "docker network disconnect");
+        }
+    }
+
     /// The address of member `octet` on the network, at `port`.
     pub fn address(&self, octet: u8, port: u16) -> SocketAddr {
         format!("{}.{octet}:{port}", self.net)

@@ -1042,12 +1042,57 @@ fn killed_worker_mid_shuffle_ends_the_job_in_bounded_time() {
     }
 }
 
+/// What befalls the worker that first takes 100 MB of the big job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL: its connections reset at once.
+    Kill,
+    /// SIGSTOP, continued only after the job ended: a hang (its kernel
+    /// keeps the connections open and accepts new ones, nothing answers).
+    Hang,
+    /// SIGSTOP, then SIGCONT this much later: a pause, not a failure.
+    Pause(Duration),
+}
+
+/// How a job with a faulty worker went.
+struct Faulted {
+    reruns: Reruns,
+    elapsed: Duration,
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Continues a stopped worker when dropped (a failed assertion included),
+/// so the cluster's teardown can kill it.
+struct ContinueOnDrop(u32);
+
+impl Drop for ContinueOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
 /// Runs the big job on `cluster` (all its workers registered) with a
-/// restart strategy of 5 attempts 1 s apart, SIGKILLs the first worker that
-/// has taken 100 MB (with splits, where the long last parts of the chains
-/// land depends on timing), and checks the job still ends with Flink's
-/// default result and the other workers end empty.
-fn kill_a_worker_mid_shuffle(line: Line, mut cluster: Cluster, name: &str) -> Reruns {
+/// restart strategy of 5 attempts 1 s apart, lets `fault` befall the first
+/// worker that has taken 100 MB (with splits, where the long last parts of
+/// the chains land depends on timing), and checks the job still ends with
+/// Flink's default result and every worker (a hung one continued after the
+/// job) ends empty.
+fn fault_a_worker_mid_shuffle(
+    line: Line,
+    mut cluster: Cluster,
+    name: &str,
+    fault: Fault,
+) -> Faulted {
     let work = big(line);
     let default = default_result(work);
     let output = cluster.dir.path().join(format!("{name}.txt"));
@@ -1058,40 +1103,75 @@ fn kill_a_worker_mid_shuffle(line: Line, mut cluster: Cluster, name: &str) -> Re
         work,
         flink,
     };
+    // Counters add up over a cluster's jobs: this job's are the growth.
+    let before: Vec<u64> = (0..cluster.workers.len())
+        .map(|i| cluster.stats(i).bytes_pushed)
+        .collect();
     let running = job.spawn(&output, cluster.dir.path());
-    // Mid-shuffle: once a worker has taken 100 MB.
+    // Mid-shuffle: once a worker has taken 100 MB of this job.
     let threshold = 100 << 20;
     let ((victim, pushed), _) = terrace_tests::wait_for(
         Duration::from_secs(90),
-        "a worker takes 100 MB (the kill point)",
+        "a worker takes 100 MB (the fault point)",
         || {
             let pushed: Vec<u64> = (0..cluster.workers.len())
-                .map(|i| cluster.stats(i).bytes_pushed)
+                .map(|i| cluster.stats(i).bytes_pushed - before[i])
                 .collect();
             let i = pushed.iter().position(|&p| p >= threshold)?;
             Some((i, pushed))
         },
     );
-    eprintln!("flink_e2e: {name}: killing worker {victim} of {pushed:?} bytes pushed");
-    let (killed, _) = cluster.workers.remove(victim);
-    killed.kill();
+    eprintln!("flink_e2e: {name}: {fault:?} worker {victim} of {pushed:?} bytes pushed");
+    let mut stopped = None;
+    match fault {
+        Fault::Kill => {
+            let (killed, _) = cluster.workers.remove(victim);
+            killed.kill();
+        }
+        Fault::Hang => {
+            let pid = cluster.worker(victim).pid();
+            signal(pid, "STOP");
+            stopped = Some(ContinueOnDrop(pid));
+        }
+        Fault::Pause(pause) => {
+            let pid = cluster.worker(victim).pid();
+            signal(pid, "STOP");
+            let paused = ContinueOnDrop(pid);
+            terrace_tests::hold(pause);
+            drop(paused);
+        }
+    }
     let remaining = JOB_DEADLINE
         .saturating_sub(clock::elapsed(running.started))
         .max(KILLED_JOB_BOUND);
     let done = running.wait(remaining);
     assert!(
         done.succeeded(),
-        "{name}: the job failed after worker {victim} was killed ({:?}):\n{}",
+        "{name}: the job failed after worker {victim} met {fault:?} ({:?}):\n{}",
         done.status,
         done.tail()
     );
     eprintln!("flink_e2e: {name}: {:.1?}", done.elapsed);
     assert_same_result(&output, &default, name);
+    // A hung worker resumes after the job and ends empty like the others:
+    // it was taken for lost (told so, it drops what it held) and its job
+    // was released meanwhile. tests/tests/hung_worker.rs checks the first
+    // alone, with the job still running.
+    drop(stopped);
     for i in 0..cluster.workers.len() {
         cluster.assert_worker_empty(i);
     }
     let reruns = Reruns::from_log(&done.stderr);
     eprintln!("flink_e2e: {name}: shuffle-1 producers {reruns:?}");
+    Faulted {
+        reruns,
+        elapsed: done.elapsed,
+    }
+}
+
+/// [`fault_a_worker_mid_shuffle`] with a SIGKILL: some producer runs again.
+fn kill_a_worker_mid_shuffle(line: Line, cluster: Cluster, name: &str) -> Reruns {
+    let reruns = fault_a_worker_mid_shuffle(line, cluster, name, Fault::Kill).reruns;
     assert!(
         !reruns.rerun.is_empty(),
         "{name}: the worker that had taken 100 MB died and no producer ran again: {reruns:?}"
@@ -1143,6 +1223,94 @@ fn one_of_three_workers_killed_mid_shuffle_reruns_only_the_producers_whose_data_
     cluster.wait_registered(3);
     let reruns = kill_a_worker_mid_shuffle(Line::V1_20, cluster, "terrace-three-workers-killed");
     assert_only_lost_producers_reran(&reruns);
+}
+
+/// Two workers, a restart strategy of 5 attempts 1 s apart, the default
+/// liveness deadline (10 s), and one worker SIGSTOPped mid-shuffle and not
+/// continued until the job ended: its connections stay open and nothing
+/// answers. The producers and consumers waiting on it give up within the
+/// deadline, the master stops placing there and reports its partitions
+/// lost, so only producers whose data was on it run again; the job takes
+/// at most 30 s more than the same job undisturbed on the same cluster.
+/// Continued after the job, the worker drops everything it held.
+#[test]
+fn one_of_two_workers_hung_mid_shuffle_costs_seconds_and_serves_nothing_stale_after() {
+    let _logs = logs::capture();
+    let _flink = flink_lock();
+    let mut cluster = Cluster::start("3s");
+    cluster.add_worker();
+    cluster.wait_registered(2);
+    // The same job, undisturbed, on the same cluster.
+    let work = big(Line::V1_20);
+    let default = default_result(work);
+    let output = cluster.dir.path().join("undisturbed.txt");
+    let undisturbed = Job {
+        name: "terrace-two-workers-undisturbed",
+        parallelism: 4,
+        work,
+        flink: cluster.flink_config_with_restarts(5),
+    }
+    .spawn(&output, cluster.dir.path())
+    .wait(JOB_DEADLINE);
+    assert!(
+        undisturbed.succeeded(),
+        "the undisturbed job failed ({:?}):\n{}",
+        undisturbed.status,
+        undisturbed.tail()
+    );
+    assert_same_result(&output, &default, "the undisturbed job");
+    let hung = fault_a_worker_mid_shuffle(
+        Line::V1_20,
+        cluster,
+        "terrace-two-workers-hung",
+        Fault::Hang,
+    );
+    eprintln!(
+        "flink_e2e: a hung worker cost {:.1?} ({:.1?} undisturbed, {:.1?} with the hang)",
+        hung.elapsed.saturating_sub(undisturbed.elapsed),
+        undisturbed.elapsed,
+        hung.elapsed
+    );
+    assert!(
+        hung.elapsed <= undisturbed.elapsed + Duration::from_secs(30),
+        "the job took {:?} with a hung worker, {:?} undisturbed: more than 30 s more",
+        hung.elapsed,
+        undisturbed.elapsed
+    );
+    assert!(
+        !hung.reruns.rerun.is_empty(),
+        "the hung worker had taken 100 MB and no producer ran again: {:?}",
+        hung.reruns
+    );
+    assert_only_lost_producers_reran(&hung.reruns);
+}
+
+/// Three workers (worker timeout 10 s, the default liveness deadline), and
+/// one SIGSTOPped mid-shuffle for 5 s, then continued: a pause, not a
+/// failure. Nothing is taken for lost and no producer runs again.
+#[test]
+fn one_of_three_workers_paused_for_5s_mid_shuffle_reruns_nothing() {
+    let _logs = logs::capture();
+    let _flink = flink_lock();
+    let mut cluster = Cluster::start("10s");
+    cluster.add_worker();
+    cluster.add_worker();
+    cluster.wait_registered(3);
+    let paused = fault_a_worker_mid_shuffle(
+        Line::V1_20,
+        cluster,
+        "terrace-three-workers-paused",
+        Fault::Pause(Duration::from_secs(5)),
+    );
+    assert!(
+        paused.reruns.subtasks > 0,
+        "no shuffle-1 producer found in Flink's log"
+    );
+    assert!(
+        paused.reruns.rerun.is_empty() && paused.reruns.lost.is_empty(),
+        "a 5 s pause cost re-runs: {:?}",
+        paused.reruns
+    );
 }
 
 /// Three workers with a 1 MiB split size (every partition is a chain over

@@ -6,7 +6,10 @@
 //! file agreeing), Prometheus must scrape every member, and a Flink job on
 //! the host, given the masters' addresses on the compose network, must give
 //! exactly the result of Flink's own shuffle, with Prometheus showing the
-//! bytes it moved and its partitions released. The cluster (containers,
+//! bytes it moved and its partitions released. A worker killed makes
+//! Prometheus fire `TerraceWorkerLost`; a worker cut off the network
+//! mid-shuffle (its container running) is taken for hung and the next job
+//! still gives the exact result. The cluster (containers,
 //! volumes, network) and the images are removed when the test ends, whether
 //! it passed or not.
 
@@ -225,5 +228,72 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
     eprintln!(
         "flink_e2e: compose: TerraceWorkerLost firing {:.1?} after worker3 was killed",
         clock::elapsed(killed)
+    );
+
+    // A network cut, not a crash: the worker that first takes 100 MB of a
+    // 1.1 GiB job on the two workers left is cut off the network, its
+    // container running (its connections stay open on the host's side and
+    // go nowhere). The agents take it for hung within their liveness
+    // deadline (10 s), the masters for lost, and the job ends with the
+    // exact result, its lost producers run again on the other worker.
+    let work = big(Line::V1_20);
+    let default = default_result(work);
+    let output = dir.path().join("compose-cut.txt");
+    let mut flink = vec![
+        "execution.batch-shuffle-mode=ALL_EXCHANGES_HYBRID_FULL".to_string(),
+        format!(
+            "taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class={TERRACE_FACTORY}"
+        ),
+        format!("terrace.master.address={}", cluster.master_addresses()),
+    ];
+    flink.extend([
+        "terrace.master.poll-interval=500ms".to_string(),
+        "restart-strategy.type=fixed-delay".to_string(),
+        "restart-strategy.fixed-delay.attempts=5".to_string(),
+        "restart-strategy.fixed-delay.delay=1s".to_string(),
+    ]);
+    let job = Job {
+        name: "terrace-compose-cut",
+        parallelism: 4,
+        work,
+        flink,
+    };
+    let left = [("worker1", 21), ("worker2", 22)];
+    let pushed = || {
+        left.map(|(_, octet)| worker_stats(&cluster.address(octet, 9871).to_string()).bytes_pushed)
+    };
+    let before = pushed();
+    let running = job.spawn(&output, dir.path());
+    let (victim, _) = terrace_tests::wait_for(
+        Duration::from_secs(120),
+        "a worker takes 100 MB (the cut point)",
+        || {
+            let now = pushed();
+            (0..left.len()).find(|&i| now[i] - before[i] >= 100 << 20)
+        },
+    );
+    let (victim, _) = left[victim];
+    cluster.disconnect(victim);
+    let cut = clock::now();
+    let remaining = JOB_DEADLINE
+        .saturating_sub(clock::elapsed(running.started))
+        .max(KILLED_JOB_BOUND);
+    let done = running.wait(remaining);
+    assert!(
+        done.succeeded(),
+        "the job whose {victim} was cut off failed ({:?}):\n{}",
+        done.status,
+        done.tail()
+    );
+    assert_same_result(&output, &default, "the job whose worker was cut off");
+    let reruns = Reruns::from_log(&done.stderr);
+    eprintln!(
+        "flink_e2e: compose: the job with {victim} cut off ended {:.1?} after the cut ({:.1?} in all); shuffle-1 producers {reruns:?}",
+        clock::elapsed(cut),
+        done.elapsed
+    );
+    assert!(
+        !reruns.rerun.is_empty(),
+        "{victim} had taken 100 MB and no producer ran again: {reruns:?}"
     );
 }
