@@ -14,8 +14,8 @@ use terrace_rpc::{
     io_runtime,
 };
 use terrace_tier_api::protocol::{
-    AllocatePartition, DropJob, ListWorkers, LocatePartition, ReleasePartition, UnregisterJob,
-    WorkerAt, WorkerList,
+    AllocatePartition, DropJob, ListParts, ListWorkers, LocatePartition, ReleasePartition,
+    UnregisterJob, WorkerAt, WorkerList,
 };
 use terrace_tier_api::{
     AgentConfig, ErrorKind, JobId, PartitionId, PartitionKey, ShuffleDescriptor, TierError,
@@ -24,7 +24,7 @@ use terrace_tier_api::{
 use tokio_util::sync::CancellationToken;
 
 use crate::masters::Masters;
-use crate::placements::Placements;
+use crate::placements::{LostPartitions, Placements};
 
 /// How often the agent asks a master for its worker list, by default.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     /// worker the masters list at an address.
     pub(crate) workers: Pool,
     placements: Arc<Mutex<Placements>>,
+    /// The workers the last settled list named: one missing from the next
+    /// is lost, and the later parts it held are asked for (`ListParts`).
+    listed: Mutex<HashSet<String>>,
     closed: AtomicBool,
 }
 
@@ -113,6 +116,7 @@ impl MasterAgent {
             ),
             workers: Pool::new(options("master-agent")),
             placements,
+            listed: Mutex::new(HashSet::new()),
             closed: AtomicBool::new(false),
         });
         let stop = CancellationToken::new();
@@ -233,17 +237,29 @@ impl Shared {
             .into_iter()
             .map(|w| w.worker.id.into_string())
             .collect();
-        let lost = self.placements().take_lost(&live, listed_at);
+        let gone: Vec<String> = {
+            let mut listed = self.listed.lock().expect("listed lock poisoned");
+            let gone = listed.difference(&live).cloned().collect();
+            listed.clone_from(&live);
+            gone
+        };
+        let mut lost = self.placements().take_lost(&live, listed_at);
+        for worker in gone {
+            lost.extend(self.take_lost_parts(&worker).await);
+        }
         for mut lost in lost {
             if self.closed.load(Ordering::Acquire) {
                 break;
             }
-            lost.partitions = self.keep_relocated(&lost.job, lost.partitions).await;
+            if !lost.later_parts {
+                lost.partitions = self.keep_relocated(&lost.job, lost.partitions).await;
+            }
             if lost.partitions.is_empty() {
                 continue;
             }
             tracing::warn!(job = %lost.job, worker = %lost.worker_id, partitions = lost.partitions.len(),
-                "worker lost; reporting its partitions to the engine");
+                later_parts = lost.later_parts,
+                "worker lost; reporting the partitions with a part on it to the engine");
             // Engine callbacks may block: keep them off the I/O threads.
             let handler = lost.handler;
             let partitions = lost.partitions;
@@ -258,6 +274,42 @@ impl Shared {
                 })?;
         }
         Ok(())
+    }
+
+    /// The tracked partitions (not yet reported) with a later part on the
+    /// lost `worker`, as the masters know them (`ListParts`), per job;
+    /// taken from tracking, so each is reported once.
+    async fn take_lost_parts(&self, worker: &str) -> Vec<LostPartitions> {
+        let Ok(worker_id) = WorkerId::new(worker.to_string()) else {
+            return Vec::new();
+        };
+        let jobs = self.placements().jobs();
+        let mut lost = Vec::new();
+        for job in jobs {
+            let listed = self
+                .masters
+                .request(ListParts {
+                    job: job.clone(),
+                    worker: worker_id.clone(),
+                })
+                .await;
+            let listed = match listed {
+                Ok(listed) => listed,
+                Err(e) => {
+                    tracing::warn!(job = %job, worker, error = %e,
+                        "cannot ask the masters which partitions had a part on a lost worker; their readers will find out");
+                    continue;
+                }
+            };
+            if listed.truncated {
+                tracing::warn!(job = %job, worker, listed = listed.partitions.len(),
+                    "the masters list only some of the partitions with a part on a lost worker; readers of the others will find out");
+            }
+            if let Some(taken) = self.placements().take(&job, worker, &listed.partitions) {
+                lost.push(taken);
+            }
+        }
+        lost
     }
 }
 

@@ -26,6 +26,9 @@ pub(crate) struct LostPartitions {
     pub handler: Arc<dyn TierShuffleHandler>,
     /// In id order.
     pub partitions: Vec<PartitionId>,
+    /// The worker held later parts of them (of split chains), not the
+    /// first part the agent placed.
+    pub later_parts: bool,
 }
 
 #[derive(Default)]
@@ -113,6 +116,33 @@ impl Placements {
             .is_some_and(|j| j.partitions.remove(partition).is_some())
     }
 
+    /// Removes and returns those of `partitions` of `job` still tracked (a
+    /// later part of each was on the lost `worker_id`); `None` when none is.
+    pub(crate) fn take(
+        &mut self,
+        job: &JobId,
+        worker_id: &str,
+        partitions: &[PartitionId],
+    ) -> Option<LostPartitions> {
+        let known = self.jobs.get_mut(job)?;
+        let mut taken: Vec<PartitionId> = partitions
+            .iter()
+            .filter(|p| known.partitions.remove(*p).is_some())
+            .cloned()
+            .collect();
+        if taken.is_empty() {
+            return None;
+        }
+        taken.sort();
+        Some(LostPartitions {
+            job: job.clone(),
+            worker_id: worker_id.to_string(),
+            handler: known.handler.clone(),
+            partitions: taken,
+            later_parts: true,
+        })
+    }
+
     /// Removes and returns the partitions placed before `listed_at` on
     /// workers missing from `live` (a worker list asked for at `listed_at`),
     /// one entry per job and worker. Later placements are left for the next
@@ -142,6 +172,7 @@ impl Placements {
                     worker_id,
                     handler: known.handler.clone(),
                     partitions,
+                    later_parts: false,
                 });
             }
         }

@@ -178,6 +178,7 @@ async fn heartbeat(master: String, id: String, address: String, stop: Cancellati
                 load: WorkerLoad::default(),
                 jobs: Vec::new(),
                 relocated: Vec::new(),
+                parts: Vec::new(),
             })
             .await;
         if sent.is_err() {

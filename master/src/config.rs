@@ -83,6 +83,11 @@ pub struct MasterLimits {
     /// that job is not recorded (logged) and its consumers fail with
     /// partition-not-found, so the engine re-runs the producer.
     pub max_relocations_per_job: u32,
+    /// Later parts of split partitions remembered per job (for master
+    /// agents' `ListParts`); past it a part of that job is not recorded
+    /// (logged), and losing its worker is found by the partition's readers
+    /// instead of being reported.
+    pub max_parts_per_job: u32,
 }
 
 impl Default for MasterLimits {
@@ -92,6 +97,7 @@ impl Default for MasterLimits {
             max_jobs: 100_000,
             max_released_jobs: 10_000,
             max_relocations_per_job: 16_384,
+            max_parts_per_job: 65_536,
         }
     }
 }
@@ -153,6 +159,7 @@ impl MasterConfig {
             ("max_jobs", l.max_jobs),
             ("max_released_jobs", l.max_released_jobs),
             ("max_relocations_per_job", l.max_relocations_per_job),
+            ("max_parts_per_job", l.max_parts_per_job),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(

@@ -2,7 +2,7 @@
 //! recently released jobs, and the placement rule. Pure and synchronous; the
 //! caller passes the time in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -186,6 +186,11 @@ pub(crate) struct Counts {
 /// engine reruns the producer.
 const MAX_RELOCATIONS: usize = 1 << 20;
 
+/// Most later parts of split partitions a master remembers over all jobs
+/// (each job is held to `limits.max_parts_per_job`). Past it a part is not
+/// recorded (logged): its loss is found by the partition's readers.
+const MAX_PARTS: usize = 1 << 21;
+
 /// Most jobs whose reports a worker entry remembers; past it a report only
 /// triggers the master's probe.
 const MAX_REPORTING_JOBS: usize = 1024;
@@ -259,6 +264,13 @@ pub(crate) struct Registry {
     relocations: BTreeMap<PartitionKey, String>,
     /// Entries of `relocations` per job.
     job_relocations: BTreeMap<JobId, usize>,
+    /// Later parts of split partitions: per job, the workers holding one
+    /// and the partitions whose part each holds (from allocations of next
+    /// parts and from the workers' heartbeats), for `ListParts`.
+    parts: BTreeMap<JobId, BTreeMap<String, BTreeSet<PartitionId>>>,
+    /// Entries of `parts` per job, and in all.
+    job_parts: BTreeMap<JobId, usize>,
+    part_count: usize,
     /// Workers lost (silent past the timeout, not decommissioning), kept
     /// for `lost_worker_memory` or until they heartbeat again; at most
     /// `limits.max_workers` (the oldest is forgotten first).
@@ -304,6 +316,9 @@ impl Registry {
             job_placements: BTreeMap::new(),
             relocations: BTreeMap::new(),
             job_relocations: BTreeMap::new(),
+            parts: BTreeMap::new(),
+            job_parts: BTreeMap::new(),
+            part_count: 0,
             lost: BTreeMap::new(),
             lost_worker_memory: config.lost_worker_memory,
             metrics: Arc::new(Metrics::default()),
@@ -644,6 +659,10 @@ impl Registry {
         if self.job_relocations.remove(&job).is_some() {
             self.relocations.retain(|key, _| key.job != job);
         }
+        self.parts.remove(&job);
+        if let Some(n) = self.job_parts.remove(&job) {
+            self.part_count = self.part_count.saturating_sub(n);
+        }
         let max = self.limits.max_released_jobs as usize;
         while self.released.len() >= max && !self.released.contains_key(&job) {
             let oldest = self
@@ -780,6 +799,50 @@ impl Registry {
         *self.job_relocations.entry(key.job.clone()).or_insert(0) += 1;
         self.relocations.insert(key, worker);
         self.metrics.relocations.inc();
+    }
+
+    /// Records that `worker` holds a later part of the split partition `key`.
+    pub(crate) fn record_part(&mut self, key: &PartitionKey, worker: &str) {
+        if self.released.contains_key(&key.job) {
+            return;
+        }
+        let known = self
+            .parts
+            .get(&key.job)
+            .and_then(|w| w.get(worker))
+            .is_some_and(|p| p.contains(&key.partition));
+        if known {
+            return;
+        }
+        let per_job = self.limits.max_parts_per_job as usize;
+        let of_job = self.job_parts.get(&key.job).copied().unwrap_or(0);
+        if of_job >= per_job || self.part_count >= MAX_PARTS {
+            tracing::warn!(partition = %key, %worker, limit = per_job,
+                "too many partition parts to remember (limits.max_parts_per_job); a loss of this one is found by its readers, not reported");
+            return;
+        }
+        *self.job_parts.entry(key.job.clone()).or_insert(0) += 1;
+        self.part_count += 1;
+        self.parts
+            .entry(key.job.clone())
+            .or_default()
+            .entry(worker.to_string())
+            .or_default()
+            .insert(key.partition.clone());
+    }
+
+    /// The partitions of `job` with a later part on `worker`: at most
+    /// `max`, and whether there are more.
+    pub(crate) fn parts_on(
+        &self,
+        job: &JobId,
+        worker: &str,
+        max: usize,
+    ) -> (Vec<PartitionId>, bool) {
+        let Some(held) = self.parts.get(job).and_then(|w| w.get(worker)) else {
+            return (Vec::new(), false);
+        };
+        (held.iter().take(max).cloned().collect(), held.len() > max)
     }
 
     /// Where a relocated partition lives, if this master knows and that
@@ -1648,6 +1711,45 @@ mod tests {
         assert_eq!(r.locate(&moved, later), None);
         r.record_relocation(moved.clone(), "w2".into());
         assert_eq!(r.locate(&moved, later), None);
+    }
+
+    /// Later parts are listed per job and worker, at most `max` at a time,
+    /// bounded per job, and forgotten with their job.
+    #[test]
+    fn later_parts_are_listed_per_worker_bounded_and_forgotten_with_the_job() {
+        let t0 = clock::now();
+        let mut r = Registry::new(
+            &MasterConfig {
+                limits: crate::config::MasterLimits {
+                    max_parts_per_job: 3,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            t0,
+        );
+        r.register_job(job("j"), t0).expect("room");
+        r.register_job(job("k"), t0).expect("room");
+        r.record_part(&key("j", 1), "w1");
+        r.record_part(&key("j", 1), "w1");
+        r.record_part(&key("j", 2), "w1");
+        r.record_part(&key("j", 1), "w2");
+        // Past the job's limit: not recorded.
+        r.record_part(&key("j", 3), "w1");
+        r.record_part(&key("k", 1), "w1");
+        let ids =
+            |n: &[u32]| -> Vec<PartitionId> { n.iter().map(|&n| key("j", n).partition).collect() };
+        assert_eq!(r.parts_on(&job("j"), "w1", 10), (ids(&[1, 2]), false));
+        assert_eq!(r.parts_on(&job("j"), "w1", 1), (ids(&[1]), true));
+        assert_eq!(r.parts_on(&job("j"), "w2", 10), (ids(&[1]), false));
+        assert_eq!(r.parts_on(&job("j"), "w3", 10), (Vec::new(), false));
+        assert_eq!(r.parts_on(&job("k"), "w1", 10).0.len(), 1);
+        r.unregister_job(job("j"), t0);
+        assert_eq!(r.parts_on(&job("j"), "w1", 10), (Vec::new(), false));
+        // A released job's late parts are not recorded.
+        r.record_part(&key("j", 4), "w1");
+        assert_eq!(r.parts_on(&job("j"), "w1", 10), (Vec::new(), false));
+        assert_eq!(r.parts_on(&job("k"), "w1", 10).0.len(), 1);
     }
 
     /// A worker whose heartbeats stall (a third of the 300 ms timeout) is

@@ -134,6 +134,7 @@ async fn heartbeat(client: &Client, id: &str, load: WorkerLoad) {
             load,
             jobs: Vec::new(),
             relocated: Vec::new(),
+            parts: Vec::new(),
         })
         .await
         .expect("heartbeat");

@@ -92,6 +92,7 @@ async fn heartbeat(client: &Client, id: &str, address: &str, stored_bytes: u64) 
             load: load(stored_bytes),
             jobs: Vec::new(),
             relocated: Vec::new(),
+            parts: Vec::new(),
         })
         .await
         .expect("heartbeat");

@@ -106,6 +106,8 @@ messages! {
     40 => MoveForward,
     41 => PartitionMetrics,
     42 => PartitionMetricsReply,
+    43 => ListParts,
+    44 => PartsListed,
 }
 
 impl MessageType {
@@ -142,6 +144,8 @@ impl Message {
             Message::AdoptPartition(m) => m.request_id,
             Message::MoveForward(m) => m.request_id,
             Message::PartitionLocated(m) => m.request_id,
+            Message::ListParts(m) => m.request_id,
+            Message::PartsListed(m) => m.request_id,
             Message::ListWorkers(m) => m.request_id,
             Message::WorkerList(m) => m.request_id,
             Message::CreatePartition(m) => m.request_id,

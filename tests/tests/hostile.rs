@@ -197,6 +197,14 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                             partition_id: id.clone(),
                         })
                         .collect(),
+                    parts: jobs
+                        .iter()
+                        .rev()
+                        .map(|id| pb::PartitionKey {
+                            job_id: id.clone(),
+                            partition_id: id.clone(),
+                        })
+                        .collect(),
                     jobs,
                 })
             }
@@ -246,6 +254,20 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
         (u64s(), keys()).prop_map(|(request_id, key)| Message::LocatePartition(
             pb::LocatePartition { request_id, key }
         )),
+        (u64s(), strings(), job_lists()).prop_map(|(request_id, worker_id, jobs)| {
+            Message::ListParts(pb::ListParts {
+                request_id,
+                job_id: jobs.first().cloned().unwrap_or_default(),
+                worker_id,
+            })
+        }),
+        (u64s(), job_lists(), u64s()).prop_map(|(request_id, partition_ids, n)| {
+            Message::PartsListed(pb::PartsListed {
+                request_id,
+                partition_ids,
+                truncated: n % 2 == 0,
+            })
+        }),
         (u64s(), strings()).prop_map(|(request_id, worker_id)| {
             Message::PartitionLocated(pb::PartitionLocated {
                 request_id,

@@ -170,7 +170,10 @@ fn a_hung_worker_is_taken_for_lost_within_seconds_and_serves_nothing_stale_when_
                 .expect("write");
         }
     }
-    writer.agent.flush_and_wait().expect("pushed before the hang");
+    writer
+        .agent
+        .flush_and_wait()
+        .expect("pushed before the hang");
     let reader = {
         let (config, open) = (config.clone(), open.clone());
         std::thread::spawn(move || {

@@ -105,7 +105,8 @@ fn tier_stats(store: &Store, bytes: crate::store::TierBytes) -> TierStats {
 /// Most jobs a heartbeat asks about (the master's limit).
 pub(crate) const MAX_HEARTBEAT_JOBS: usize = 4096;
 
-/// Most bytes of job ids and relocated partitions one heartbeat carries.
+/// Most bytes of job ids, relocated partitions and later parts one heartbeat
+/// carries (two thirds, a sixth and a sixth).
 pub(crate) const HEARTBEAT_LIST_BYTES: usize = 48 * 1024;
 
 /// Most bytes of a heartbeat's header, load included, unless the load alone
@@ -336,6 +337,7 @@ async fn session(
     let mut dropped: HashSet<JobId> = HashSet::new();
     let mut jobs_pager: Pager<JobId> = Pager::default();
     let mut relocated_pager: Pager<PartitionKey> = Pager::default();
+    let mut parts_pager: Pager<PartitionKey> = Pager::default();
     loop {
         let deadline = heartbeat_deadline(interval, *worker_timeout);
         let mut heartbeat = WorkerHeartbeat {
@@ -344,6 +346,7 @@ async fn session(
             load: load(shared),
             jobs: Vec::new(),
             relocated: Vec::new(),
+            parts: Vec::new(),
         };
         // What the lists may take: the load and ids come first.
         let fixed = heartbeat.header_len();
@@ -357,7 +360,13 @@ async fn session(
         heartbeat.relocated = relocated_pager.page(
             &relocated_held(shared),
             MAX_HEARTBEAT_JOBS,
-            lists / 3,
+            lists / 6,
+            key_wire_len,
+        );
+        heartbeat.parts = parts_pager.page(
+            &later_parts(&shared.store),
+            MAX_HEARTBEAT_JOBS,
+            lists / 6,
             key_wire_len,
         );
         heartbeat.jobs = jobs.clone();
@@ -425,7 +434,9 @@ fn fence(shared: &Arc<Shared>, master: &str, sent_at: Instant) {
                 Ok(()) => tracing::info!(partition = %key, "dropped a stale partition"),
                 // Released meanwhile: nothing to drop.
                 Err(e) if e.kind() == ErrorKind::PartitionNotFound => {}
-                Err(e) => tracing::error!(partition = %key, error = %e, "dropping a stale partition failed"),
+                Err(e) => {
+                    tracing::error!(partition = %key, error = %e, "dropping a stale partition failed")
+                }
             }
         }
     });
@@ -436,6 +447,16 @@ fn relocated_held(shared: &Shared) -> BTreeSet<PartitionKey> {
     let mut relocated = shared.relocated.lock().expect("relocated lock poisoned");
     relocated.retain(|key| shared.store.get(key).is_ok());
     relocated.clone()
+}
+
+/// Later parts of split partitions held here, in order.
+fn later_parts(store: &Store) -> BTreeSet<PartitionKey> {
+    store
+        .partitions()
+        .iter()
+        .filter(|p| p.meta().continuation)
+        .map(|p| p.key().clone())
+        .collect()
 }
 
 /// Jobs this worker holds partitions of, in order.
@@ -572,16 +593,23 @@ mod tests {
         let relocated = Pager::default().page(
             &keys,
             MAX_HEARTBEAT_JOBS,
-            HEARTBEAT_LIST_BYTES / 3,
+            HEARTBEAT_LIST_BYTES / 6,
             key_wire_len,
         );
-        assert_eq!((page.len(), relocated.len()), (126, 31));
+        let parts = Pager::default().page(
+            &keys,
+            MAX_HEARTBEAT_JOBS,
+            HEARTBEAT_LIST_BYTES / 6,
+            key_wire_len,
+        );
+        assert_eq!((page.len(), relocated.len(), parts.len()), (126, 15, 15));
         let heartbeat = WorkerHeartbeat {
             worker: WorkerId::new("w".repeat(256)).expect("worker id"),
             data_address: "a".repeat(256),
             load: WorkerLoad::default(),
             jobs: page,
             relocated,
+            parts,
         };
         assert!(
             heartbeat.header_len() <= HEARTBEAT_LIST_BYTES + 1024,

@@ -20,6 +20,10 @@ pub(crate) fn apply(
                 tracing::warn!(job = %r.key.job, partition = %r.key.partition, from = %from,
                     to = %placement.worker_id, "partition relocated: its placed worker was unreachable");
                 registry.record_relocation(r.key.clone(), placement.worker_id.clone());
+            } else if !exclude.is_empty() {
+                // The next part of a split partition (the producer excludes
+                // the workers of its earlier parts).
+                registry.record_part(&r.key, &placement.worker_id);
             }
             Ok(PartitionAllocated {
                 key: r.key,

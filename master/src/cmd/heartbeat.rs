@@ -16,9 +16,13 @@ pub(crate) fn apply(
 ) -> TierResult<HeartbeatReply> {
     tracing::trace!(worker = %r.worker, stored_bytes = r.load.stored_bytes, "heartbeat");
     let worker = r.worker.into_string();
-    let (released_jobs, declared_lost) = registry.heartbeat(worker.clone(), r.data_address, r.load, now)?;
+    let (released_jobs, declared_lost) =
+        registry.heartbeat(worker.clone(), r.data_address, r.load, now)?;
     for key in r.relocated {
         registry.record_relocation(key, worker.clone());
+    }
+    for key in &r.parts {
+        registry.record_part(key, &worker);
     }
     Ok(HeartbeatReply {
         released_jobs,

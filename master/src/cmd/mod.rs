@@ -7,6 +7,7 @@
 
 mod allocate_partition;
 mod heartbeat;
+mod list_parts;
 mod list_workers;
 mod locate_partition;
 mod register_job;
@@ -43,8 +44,8 @@ impl Command {
 
     /// What the request acts on. Every master request is a cluster
     /// member's (or an operator's), except that a job's producers may place
-    /// the next part of one of its split partitions and locate a relocated
-    /// one, and any authenticated peer may report a worker it cannot reach.
+    /// the next part of one of its split partitions, locate a relocated one
+    /// and list the job's parts on a worker, and any authenticated peer may report a worker it cannot reach.
     pub(crate) fn access(&self) -> Access<'_> {
         self.request.access()
     }
@@ -103,6 +104,7 @@ impl Command {
             MasterRequest::LocatePartition(r) => {
                 Ok(frame(locate_partition::apply(r, registry, now), request_id))
             }
+            MasterRequest::ListParts(r) => Ok(frame(list_parts::apply(r, registry), request_id)),
         };
         (reply.unwrap_or_else(|e| e.to_reply(request_id)), None)
     }

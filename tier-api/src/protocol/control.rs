@@ -8,7 +8,7 @@ use terrace_proto::pb;
 
 use super::{Access, Ack, WorkerAt, millis, opt_millis, request, truncate, wire};
 use crate::error::{TierError, TierResult};
-use crate::ids::{JobId, MAX_ID_BYTES, PartitionKey, WorkerId};
+use crate::ids::{JobId, MAX_ID_BYTES, PartitionId, PartitionKey, WorkerId};
 
 /// Most jobs (and, separately, relocated partitions) one heartbeat may name.
 pub const MAX_HEARTBEAT_JOBS: usize = 4096;
@@ -102,6 +102,9 @@ pub struct WorkerHeartbeat {
     pub jobs: Vec<JobId>,
     /// Partitions created here as relocated (at most [`MAX_HEARTBEAT_JOBS`]).
     pub relocated: Vec<PartitionKey>,
+    /// Later parts of split partitions held here (at most
+    /// [`MAX_HEARTBEAT_JOBS`]: a page of them when there are more).
+    pub parts: Vec<PartitionKey>,
 }
 
 impl TryFrom<pb::WorkerHeartbeat> for WorkerHeartbeat {
@@ -112,6 +115,12 @@ impl TryFrom<pb::WorkerHeartbeat> for WorkerHeartbeat {
             return Err(TierError::bad_input(format!(
                 "a heartbeat names {} relocated partitions, more than {MAX_HEARTBEAT_JOBS}",
                 m.relocated.len()
+            )));
+        }
+        if m.parts.len() > MAX_HEARTBEAT_JOBS {
+            return Err(TierError::bad_input(format!(
+                "a heartbeat names {} partition parts, more than {MAX_HEARTBEAT_JOBS}",
+                m.parts.len()
             )));
         }
         if m.jobs.len() > MAX_HEARTBEAT_JOBS {
@@ -130,6 +139,11 @@ impl TryFrom<pb::WorkerHeartbeat> for WorkerHeartbeat {
                 .into_iter()
                 .map(PartitionKey::try_from)
                 .collect::<TierResult<_>>()?,
+            parts: m
+                .parts
+                .into_iter()
+                .map(PartitionKey::try_from)
+                .collect::<TierResult<_>>()?,
         })
     }
 }
@@ -143,6 +157,7 @@ impl WorkerHeartbeat {
             load: Some(self.load.into()),
             jobs: job_bytes(self.jobs),
             relocated: self.relocated.into_iter().map(Into::into).collect(),
+            parts: self.parts.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -715,6 +730,86 @@ impl PartitionLocated {
 }
 
 wire!(PartitionLocated);
+
+/// Most partition ids one [`PartsListed`] carries.
+pub const MAX_LISTED_PARTS: usize = 8192;
+
+/// The partitions of `job` with a later part (of a split chain) on
+/// `worker`. Answered with [`PartsListed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListParts {
+    pub job: JobId,
+    pub worker: WorkerId,
+}
+
+impl TryFrom<pb::ListParts> for ListParts {
+    type Error = TierError;
+
+    fn try_from(m: pb::ListParts) -> TierResult<Self> {
+        Ok(ListParts {
+            job: JobId::new(m.job_id)?,
+            worker: WorkerId::new(m.worker_id)?,
+        })
+    }
+}
+
+impl ListParts {
+    pub fn into_pb(self, request_id: u64) -> pb::ListParts {
+        pb::ListParts {
+            request_id,
+            job_id: self.job.as_bytes().clone(),
+            worker_id: self.worker.into_string(),
+        }
+    }
+}
+
+wire!(ListParts);
+request!(ListParts => PartsListed, |r| Access::Job(&r.job));
+
+/// The answer to [`ListParts`]: at most [`MAX_LISTED_PARTS`] partitions,
+/// `truncated` when the master knows more.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartsListed {
+    pub partitions: Vec<PartitionId>,
+    pub truncated: bool,
+}
+
+impl TryFrom<pb::PartsListed> for PartsListed {
+    type Error = TierError;
+
+    fn try_from(m: pb::PartsListed) -> TierResult<Self> {
+        if m.partition_ids.len() > MAX_LISTED_PARTS {
+            return Err(TierError::bad_input(format!(
+                "a parts list names {} partitions, more than {MAX_LISTED_PARTS}",
+                m.partition_ids.len()
+            )));
+        }
+        Ok(PartsListed {
+            partitions: m
+                .partition_ids
+                .into_iter()
+                .map(PartitionId::new)
+                .collect::<TierResult<_>>()?,
+            truncated: m.truncated,
+        })
+    }
+}
+
+impl PartsListed {
+    pub fn into_pb(self, request_id: u64) -> pb::PartsListed {
+        pb::PartsListed {
+            request_id,
+            partition_ids: self
+                .partitions
+                .into_iter()
+                .map(|p| p.as_bytes().clone())
+                .collect(),
+            truncated: self.truncated,
+        }
+    }
+}
+
+wire!(PartsListed);
 
 /// Asks for the live workers and the registered jobs. Answered with [`WorkerList`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

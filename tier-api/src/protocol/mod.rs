@@ -38,11 +38,11 @@ use crate::error::{TierError, TierResult};
 use crate::ids::{JobId, MAX_ID_BYTES, WorkerId};
 
 pub use control::{
-    AllocatePartition, DirStats, HeartbeatReply, JOB_TOKEN_BYTES, JobRegistered, ListWorkers,
-    LocatePartition, MAX_DIRS, MAX_ERROR_BYTES, MAX_EXCLUDED_WORKERS, MAX_HEARTBEAT_JOBS,
-    MAX_PATH_BYTES, MAX_REPORT_ERROR_BYTES, ObjectStoreStats, PartitionAllocated, PartitionLocated,
-    RegisterJob, RegisterWorker, TierStats, UnregisterJob, WorkerHeartbeat, WorkerInfo, WorkerList,
-    WorkerLoad, WorkerUnreachable,
+    AllocatePartition, DirStats, HeartbeatReply, JOB_TOKEN_BYTES, JobRegistered, ListParts,
+    ListWorkers, LocatePartition, MAX_DIRS, MAX_ERROR_BYTES, MAX_EXCLUDED_WORKERS,
+    MAX_HEARTBEAT_JOBS, MAX_LISTED_PARTS, MAX_PATH_BYTES, MAX_REPORT_ERROR_BYTES, ObjectStoreStats,
+    PartitionAllocated, PartitionLocated, PartsListed, RegisterJob, RegisterWorker, TierStats,
+    UnregisterJob, WorkerHeartbeat, WorkerInfo, WorkerList, WorkerLoad, WorkerUnreachable,
 };
 pub use data::{
     AdoptPartition, CreatePartition, Decommission, DropJob, MoveForward, OpenStream,
@@ -355,6 +355,7 @@ pub enum MasterRequest {
     AllocatePartition(AllocatePartition),
     WorkerUnreachable(WorkerUnreachable),
     LocatePartition(LocatePartition),
+    ListParts(ListParts),
     ListWorkers(ListWorkers),
 }
 
@@ -428,6 +429,7 @@ dispatch_enum!(
         AllocatePartition,
         WorkerUnreachable,
         LocatePartition,
+        ListParts,
         ListWorkers
     ],
     parse |message, body| {}

@@ -100,6 +100,7 @@ fn every_control_message_roundtrips() {
         load: load(),
         jobs: vec![job(1), job(2)],
         relocated: vec![key(3)],
+        parts: vec![key(4), key(5)],
     });
     roundtrips(HeartbeatReply {
         released_jobs: vec![job(1)],
@@ -146,6 +147,14 @@ fn every_control_message_roundtrips() {
         worker: Some(worker(6)),
     });
     roundtrips(PartitionLocated { worker: None });
+    roundtrips(ListParts {
+        job: job(7),
+        worker: worker(2).id,
+    });
+    roundtrips(PartsListed {
+        partitions: vec![key(1).partition, key(2).partition],
+        truncated: true,
+    });
     roundtrips(ListWorkers);
     roundtrips(WorkerList {
         workers: vec![WorkerInfo {
@@ -367,6 +376,7 @@ fn hostile_headers_are_bad_input_naming_what_is_wrong() {
                 load: None,
                 jobs: vec![Bytes::from_static(b"j"); MAX_HEARTBEAT_JOBS + 1],
                 relocated: Vec::new(),
+                parts: Vec::new(),
             }),
             "a heartbeat names 4097 jobs, more than 4096",
         ),
@@ -384,6 +394,7 @@ fn hostile_headers_are_bad_input_naming_what_is_wrong() {
                 }),
                 jobs: Vec::new(),
                 relocated: Vec::new(),
+                parts: Vec::new(),
             }),
             "load.tiers.dirs has 65 entries, more than 64",
         ),
@@ -484,7 +495,9 @@ fn parse_any(message: Message, body: Bytes) -> TierResult<()> {
         | T::AllocatePartition
         | T::WorkerUnreachable
         | T::LocatePartition
+        | T::ListParts
         | T::ListWorkers => MasterRequest::from_frame(message, body).map(drop),
+        T::PartsListed => PartsListed::from_frame(message, body).map(drop),
         T::CreatePartition
         | T::PushData
         | T::SealPartition
