@@ -834,3 +834,91 @@ fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_an
     );
     agent.close();
 }
+
+/// A relocated partition is found again after both the worker holding it
+/// and the master restart: the worker persisted that the masters locate it
+/// there (in its index) and names it in its heartbeats again, so the
+/// restarted master, which remembers nothing, learns it from them.
+#[test]
+fn a_relocated_partition_is_located_after_its_worker_and_the_master_restart() {
+    let _logs = logs::capture();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    // The master restarts at the same address (the agents' configuration).
+    let m = terrace_tests::closed_address();
+    let master_config = root.join("master.toml");
+    std::fs::write(
+        &master_config,
+        format!("listen = \"{m}\"\nworker_timeout = \"4s\"\n"),
+    )
+    .expect("write master config");
+    let start_master = || {
+        ServiceProcess::start(&[
+            "master",
+            "--config",
+            master_config.to_str().expect("utf-8 path"),
+        ])
+    };
+    let master = start_master();
+    let worker_dirs: Vec<_> = (0..2).map(|i| root.join(format!("d{i}"))).collect();
+    let mut workers: Vec<Option<ServiceProcess>> = (0..2)
+        .map(|i| Some(start_worker(root, i, &m, &data_dirs(&[&worker_dirs[i]]))))
+        .collect();
+    wait_for_list(&m, "two workers registered", |l| l.workers.len() == 2);
+    let config = AgentConfig {
+        master_addresses: vec![m.clone()],
+        ..terrace_tests::small_agent_config()
+    };
+    let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
+        .expect("master agent");
+    const JOB: u8 = 9;
+    const SUBS: u32 = 2;
+    let job = terrace_tests::key(JOB, 0).job;
+    agent
+        .register_job(
+            &job,
+            Arc::new(Lost::default()) as Arc<dyn TierShuffleHandler>,
+        )
+        .expect("register");
+    let descriptor = agent
+        .add_partition_and_get_shuffle_descriptor(&job, &terrace_tests::key(JOB, 1).partition, SUBS)
+        .expect("place");
+    let dead: usize = descriptor.worker_id[1..]
+        .parse()
+        .expect("worker ids are w0, w1");
+    let alive = 1 - dead;
+    workers[dead].take().expect("running").kill();
+    // The producer finds its worker dead and relocates the partition.
+    let expected = write_partition(&config, descriptor.clone(), 1, SUBS, 16, 4096);
+
+    // The master restarts (forgetting the relocation), and so does the
+    // worker holding the partition, on the same data directory.
+    drop(master);
+    workers[alive].take().expect("running").kill();
+    let _master = start_master();
+    workers[alive] = Some(start_worker(
+        root,
+        alive,
+        &m,
+        &data_dirs(&[&worker_dirs[alive]]),
+    ));
+    let key = descriptor.key().expect("key");
+    terrace_tests::wait_for(
+        Duration::from_secs(20),
+        "the restarted master locates the partition",
+        || {
+            terrace_tests::call(
+                &m,
+                terrace_tier_api::protocol::LocatePartition { key: key.clone() },
+            )
+            .ok()?
+            .worker
+        },
+    );
+    let read = read_partition(&config, descriptor, SUBS, Duration::from_secs(30))
+        .expect("the consumer finds the relocated partition");
+    for sub in 0..SUBS {
+        assert_buffers_eq(&read[&sub], &expected[&sub], &format!("subpartition {sub}"));
+    }
+    agent.close();
+}

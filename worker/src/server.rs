@@ -141,6 +141,14 @@ fn prepare(
         .map_err(|e| TierError::from(e).context("worker config"))?;
     security.warn_if_open("the worker");
     let store = Arc::new(Store::open(&config, hooks)?);
+    // Recovered partitions the masters locate here: named in heartbeats
+    // again, so masters that restarted since learn them.
+    let relocated = store
+        .partitions()
+        .iter()
+        .filter(|p| p.is_relocated())
+        .map(|p| p.key().clone())
+        .collect();
     Ok((
         Arc::new(Shared {
             store,
@@ -151,7 +159,7 @@ fn prepare(
             worker_id,
             address,
             decommission: Decommission::default(),
-            relocated: Default::default(),
+            relocated: std::sync::Mutex::new(relocated),
             heartbeat_now: tokio::sync::Notify::new(),
             rates: std::sync::Mutex::new(Rates::default()),
             drops: JobDrops::default(),

@@ -25,7 +25,8 @@ pub(crate) async fn apply(request: CreatePartition, conn: &Connection) -> TierRe
     // metadata budget are checked by the store as it inserts. A partition
     // under the same key whose release is still deleting its files is
     // waited for: its deletion must not take the new partition's data.
-    conn.shared
+    let partition = conn
+        .shared
         .store
         .create_after_release(
             key.clone(),
@@ -38,6 +39,7 @@ pub(crate) async fn apply(request: CreatePartition, conn: &Connection) -> TierRe
     tracing::debug!(partition = %key, subpartitions = request.num_subpartitions, broadcast_only = request.broadcast_only,
             continuation = request.continuation, relocated = request.relocated, "partition created");
     if request.relocated {
+        partition.mark_relocated();
         conn.shared
             .relocated
             .lock()

@@ -14,10 +14,11 @@
 //! worker are therefore `first_segment..first_segment + n`, and a reader who
 //! asks a split part for a segment past its own is redirected.
 //!
-//! Persisted format (little-endian), version 3:
+//! Persisted format (little-endian), version 4:
 //! ```text
 //! magic "TRIX" | u32 version | u32 job id len | job id | u32 partition id len | partition id
-//! | u32 num_subpartitions | u8 broadcast_only | u8 continuation | u64 generation
+//! | u32 num_subpartitions | u8 broadcast_only | u8 flags (1: continuation, 2: relocated)
+//! | u64 generation
 //! | u32 num_files   | per local data file: u32 id | u64 length
 //! | u32 prefix len  | object key prefix (UTF-8)
 //! | u32 num_objects | per object: u32 id | u64 length
@@ -29,6 +30,12 @@
 //! |   | per pointer: u32 len | next worker's id | u32 len | its data address
 //! | u32 crc32c of everything before it
 //! ```
+//! Version 3 (still read): `flags` is `u8 continuation` (0 or 1), never
+//! relocated. A *relocated* partition is one the masters locate here
+//! although its descriptor names another worker (created here when that
+//! worker was unreachable, or adopted from a decommissioning worker): a
+//! restarted worker names it in its heartbeats again.
+//!
 //! Version 2 (still read): no `continuation`, no `first_segment` (0), and no
 //! forward pointer. Version 1 (still read): as version 2 without generation
 //! or file and object tables; one data file (id 0) whose length follows
@@ -43,7 +50,10 @@ use super::StoreError;
 const MAGIC: &[u8; 4] = b"TRIX";
 const VERSION_1: u32 = 1;
 const VERSION_2: u32 = 2;
-const VERSION: u32 = 3;
+const VERSION_3: u32 = 3;
+const VERSION: u32 = 4;
+const FLAG_CONTINUATION: u8 = 1;
+const FLAG_RELOCATED: u8 = 2;
 const KIND_LOCAL: u8 = 1;
 const KIND_OBJECT: u8 = 2;
 /// Upper bounds on counts read from a persisted index: anything larger is damage.
@@ -211,6 +221,9 @@ pub struct PartitionIndex {
     /// A later part of a split partition: each subpartition's first segment
     /// may have any id (where the previous part stopped).
     pub continuation: bool,
+    /// The masters locate this partition here, not on its descriptor's
+    /// worker (see the module's notes).
+    pub relocated: bool,
     /// Set when the partition was split on: later segments are on that worker.
     pub forward: Option<Forward>,
     /// Bytes per tier (derived from `subs`; see [`PartitionIndex::recount`]).
@@ -226,6 +239,7 @@ impl PartialEq for PartitionIndex {
             && self.subs == other.subs
             && self.sealed == other.sealed
             && self.continuation == other.continuation
+            && self.relocated == other.relocated
             && self.forward == other.forward
     }
 }
@@ -240,6 +254,7 @@ impl PartitionIndex {
             subs: std::collections::BTreeMap::new(),
             sealed: false,
             continuation: false,
+            relocated: false,
             forward: None,
             totals: Totals::default(),
         }
@@ -708,7 +723,14 @@ impl PersistedIndex {
         put_bytes(&mut out, self.key.partition.as_bytes());
         out.put_u32_le(self.index.num_subpartitions);
         out.put_u8(u8::from(self.index.broadcast_only));
-        out.put_u8(u8::from(self.index.continuation));
+        let mut flags = 0;
+        if self.index.continuation {
+            flags |= FLAG_CONTINUATION;
+        }
+        if self.index.relocated {
+            flags |= FLAG_RELOCATED;
+        }
+        out.put_u8(flags);
         out.put_u64_le(self.generation);
         put_blobs(&mut out, &self.files);
         put_bytes(&mut out, self.object_prefix.as_bytes());
@@ -778,7 +800,16 @@ impl PersistedIndex {
         let partition = PartitionId::new(Bytes::copy_from_slice(r.bytes(usize::MAX)?))?;
         let num_subpartitions = r.u32()?;
         let broadcast_only = r.u8()? != 0;
-        let continuation = version >= VERSION && r.u8()? != 0;
+        let flags = if version >= VERSION_3 { r.u8()? } else { 0 };
+        let (continuation, relocated) = match version {
+            VERSION => {
+                if flags & !(FLAG_CONTINUATION | FLAG_RELOCATED) != 0 {
+                    return Err(damaged(&format!("unknown flags {flags:#x}")));
+                }
+                (flags & FLAG_CONTINUATION != 0, flags & FLAG_RELOCATED != 0)
+            }
+            _ => (flags != 0, false),
+        };
         let (generation, files, object_prefix, objects) = if version == VERSION_1 {
             let data_len = r.u64()?;
             (
@@ -801,12 +832,13 @@ impl PersistedIndex {
         };
         let mut index = PartitionIndex::new(num_subpartitions, broadcast_only);
         index.continuation = continuation;
+        index.relocated = relocated;
         // A stored subpartition takes at least 4 bytes: more than the rest holds is damage.
         if index.stored_subpartitions() > r.r.remaining() / 4 {
             return Err(damaged("more subpartitions than bytes"));
         }
         for number in 0..index.stored_subpartitions() {
-            let first_segment = if version >= VERSION { r.u32()? } else { 0 };
+            let first_segment = if version >= VERSION_3 { r.u32()? } else { 0 };
             let num_segments = r.u32()? as usize;
             if num_segments == 0 {
                 continue;
@@ -867,7 +899,7 @@ impl PersistedIndex {
         }
         match r.u32()? {
             0 => {}
-            1 if version >= VERSION => {
+            1 if version >= VERSION_3 => {
                 let mut text = |what: &str| -> TierResult<String> {
                     std::str::from_utf8(r.bytes(MAX_POINTER_FIELD)?)
                         .map(str::to_string)

@@ -657,6 +657,9 @@ impl Store {
             persisted.objects.len() as u64,
             persisted.objects.iter().map(|o| o.len).sum::<u64>(),
         );
+        // A first part is located through the masters from now on (its
+        // descriptor names the old worker).
+        persisted.index.relocated = !persisted.index.continuation;
         let partition = Arc::new(Partition::recovered(persisted, Vec::new(), index_dir));
         // Charged before anything is copied; refused past the budget.
         let charge = self.metadata.charge(

@@ -237,9 +237,11 @@ proptest! {
         mut persisted in samples(),
         first_segment in 0u32..1 << 20,
         forward in proptest::option::of(("[a-z0-9-]{1,40}", "[a-z0-9.]{1,30}:[0-9]{1,5}")),
+        relocated in any::<bool>(),
     ) {
         // A later part of a split partition, or one split on.
         persisted.index.continuation = first_segment > 0;
+        persisted.index.relocated = relocated && first_segment == 0;
         for sub in persisted.index.subs.values_mut() {
             sub.first_segment = first_segment;
         }
@@ -257,7 +259,7 @@ proptest! {
 
     /// Bytes that pass the checksum but are otherwise garbage: never a panic.
     #[test]
-    fn garbage_with_a_valid_checksum_never_panics(mut data in proptest::collection::vec(any::<u8>(), 0..400), version in 1u32..4) {
+    fn garbage_with_a_valid_checksum_never_panics(mut data in proptest::collection::vec(any::<u8>(), 0..400), version in 1u32..5) {
         let mut body = b"TRIX".to_vec();
         body.extend_from_slice(&version.to_le_bytes());
         body.append(&mut data);
@@ -303,6 +305,20 @@ proptest! {
         prop_assert_eq!(got, segments);
     }
 
+    /// Version 3 indexes (a continuation byte where version 4 has flags)
+    /// written by earlier workers still load, never relocated.
+    #[test]
+    fn version_3_indexes_still_load(mut persisted in samples(), continuation in any::<bool>()) {
+        persisted.index.continuation = continuation;
+        let mut bytes = persisted.encode().expect("encode").to_vec();
+        bytes[4..8].copy_from_slice(&3u32.to_le_bytes());
+        let body = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        let back = PersistedIndex::decode(&bytes).expect("v3 decodes");
+        prop_assert_eq!(back, persisted);
+    }
+
     /// Version 2 indexes (local files and objects, no splits) written by
     /// earlier workers still load as the same index.
     #[test]
@@ -310,6 +326,28 @@ proptest! {
         let back = PersistedIndex::decode(&encode_v2(&persisted)).expect("v2 decodes");
         prop_assert_eq!(back, persisted);
     }
+}
+
+#[test]
+fn unknown_flags_are_damage() {
+    let mut persisted = sample(&[vec![vec![(false, 0)]]], 1, 1, false);
+    persisted.index.relocated = true;
+    let mut bytes = persisted.encode().expect("encode").to_vec();
+    let at = 4
+        + 4
+        + 4
+        + persisted.key.job.as_bytes().len()
+        + 4
+        + persisted.key.partition.as_bytes().len()
+        + 4
+        + 1;
+    assert_eq!(bytes[at], FLAG_RELOCATED, "the flags byte");
+    bytes[at] |= 4;
+    let body = bytes.len() - 4;
+    let crc = crc32c::crc32c(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    let err = PersistedIndex::decode(&bytes).expect_err("unknown flag");
+    assert_eq!(corrupt_detail(&err), "unknown flags 0x6");
 }
 
 #[test]

@@ -247,6 +247,19 @@ impl Partition {
         &self.meta.key
     }
 
+    /// Records that the masters locate this partition here rather than on
+    /// its descriptor's worker; persisted with its index, so a restarted
+    /// worker names it in its heartbeats again.
+    pub fn mark_relocated(&self) {
+        self.lock().index.relocated = true;
+    }
+
+    /// Whether [`Partition::mark_relocated`] was called (or the recovered
+    /// index says so).
+    pub fn is_relocated(&self) -> bool {
+        self.lock().index.relocated
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }
