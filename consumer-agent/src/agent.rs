@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, Peer, Pool, StreamEvent, StreamReceiver, io_runtime};
 use terrace_tier_api::protocol::{
-    AddCredit, CloseStream, LocatePartition, OpenStream, ReadData, RequireSegment, StreamFrame,
-    StreamId, SubpartitionRedirect,
+    AddCredit, CloseStream, LocatePartition, OpenStream, PartitionLocated, ReadData,
+    RequireSegment, StreamFrame, StreamId, SubpartitionRedirect,
 };
 use terrace_tier_api::{
     AgentConfig, AvailabilityNotifier, BatchReader, Buffer, ConsumerSpec, DataType, ErrorKind,
@@ -32,6 +32,8 @@ struct StreamSlot {
 struct OpenHop {
     client: Client,
     stream_id: StreamId,
+    /// The worker it reads from (its id, as the masters know it).
+    worker_id: String,
 }
 
 struct Shared {
@@ -106,6 +108,8 @@ struct HopContext {
     /// Masters to ask where the partition is when its descriptor's worker
     /// does not have it (see [`relocated_first_hop`]).
     masters: Vec<String>,
+    /// The descriptor's worker (its id).
+    first_worker: String,
     /// The largest buffer a producer may write (`max_buffer_size`): what an
     /// lz4 buffer may claim to decompress to.
     max_buffer: usize,
@@ -159,6 +163,7 @@ impl ConsumerAgent {
                     buffers: Default::default(),
                     requested: 0,
                     ended_at: None,
+                    received: Default::default(),
                 };
                 if state
                     .queues
@@ -227,6 +232,7 @@ impl ConsumerAgent {
                 spec: spec.clone(),
                 options,
                 masters: self.config.master_addresses.clone(),
+                first_worker: descriptor.worker_id.clone(),
                 max_buffer: self.config.max_buffer_size.as_usize(),
             });
             let shared = Arc::clone(&self.shared);
@@ -235,7 +241,14 @@ impl ConsumerAgent {
                     .client_for(&descriptor.worker_address, &context.options)
                     .await
                 {
-                    Ok(client) => start_hop(&shared, &context, 0, client, first_part(&spec)),
+                    Ok(client) => start_hop(
+                        &shared,
+                        &context,
+                        0,
+                        client,
+                        descriptor.worker_id.clone(),
+                        first_part(&spec),
+                    ),
                     Err(e) if e.kind() == ErrorKind::Unavailable => {
                         // Perhaps relocated: look it up without holding up
                         // the caller.
@@ -305,22 +318,53 @@ async fn relocated_first_hop(
     };
     let locate = LocatePartition {
         key: context.key.clone(),
+        worker: WorkerId::new(context.first_worker.clone()).ok(),
     };
     let deadline = clock::now() + LOCATE_WAIT;
+    let restart_deadline = clock::now() + RESTART_WAIT;
     let located = loop {
         let reply = Client::ask_first(&context.masters, &context.options, locate.clone()).await;
-        match reply.map(|located| located.worker) {
-            Ok(Some(at)) if at.address != from => {
-                break Some(at.address);
+        match reply {
+            Ok(PartitionLocated {
+                worker: Some(at), ..
+            }) if at.address != from => {
+                break Some(at);
             }
-            Ok(_) if clock::now() < deadline => {
+            Ok(located) => {
+                // Not relocated: the worker may be back (from a restart).
+                if let Ok(Ok(client)) =
+                    clock::timeout(RECONNECT_TIMEOUT, shared.client_for(from, &context.options))
+                        .await
+                {
+                    shared.hops.lock().expect("hops lock poisoned")[context.slot].clear();
+                    let opened = start_hop(
+                        shared,
+                        context,
+                        0,
+                        client,
+                        context.first_worker.clone(),
+                        first_part(&context.spec),
+                    );
+                    if let Err(e) = opened {
+                        shared.fail(&partition, e);
+                    }
+                    return;
+                }
+                let waiting = if located.restarting {
+                    restart_deadline
+                } else {
+                    deadline
+                };
+                if clock::now() >= waiting {
+                    break None;
+                }
                 clock::sleep(LOCATE_POLL).await;
             }
-            // No master knows it, or none answers.
-            _ => break None,
+            // No master answers.
+            Err(_) => break None,
         }
     };
-    let Some(address) = located else {
+    let Some(at) = located else {
         shared.fail(
             &partition,
             not_found(
@@ -329,12 +373,20 @@ async fn relocated_first_hop(
         );
         return;
     };
+    let address = at.address.clone();
     tracing::info!(partition = %partition, from = %from, to = %address,
         "reading a partition relocated before its first push");
     // A hop 0 that failed on the old worker is replaced.
     shared.hops.lock().expect("hops lock poisoned")[context.slot].clear();
     let opened = match shared.client_for(&address, &context.options).await {
-        Ok(client) => start_hop(shared, context, 0, client, first_part(&context.spec)),
+        Ok(client) => start_hop(
+            shared,
+            context,
+            0,
+            client,
+            at.id.into_string(),
+            first_part(&context.spec),
+        ),
         Err(e) => Err(e),
     };
     if let Err(e) = opened {
@@ -355,6 +407,7 @@ fn start_hop(
     context: &Arc<HopContext>,
     hop: usize,
     client: Client,
+    worker_id: String,
     require: Vec<(u32, u32)>,
 ) -> TierResult<()> {
     let stream_id = StreamId(NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed));
@@ -385,8 +438,148 @@ fn start_hop(
         slot.push(OpenHop {
             client: client.clone(),
             stream_id,
+            worker_id,
         });
     }
+    spawn_hop(shared, context, hop, &client, pending, receiver);
+    Ok(())
+}
+
+/// Reopens hop `hop` of a stream slot, cut by its worker's restart, on
+/// `client` (the worker back): each subpartition read there asks again for
+/// the segment it was in (dropping the buffers it already has) or the one
+/// it asked for last. Buffers queued from the cut stream return no credit
+/// to the new one, which starts with its own.
+fn reopen_hop(
+    shared: &Arc<Shared>,
+    context: &Arc<HopContext>,
+    hop: usize,
+    client: Client,
+) -> TierResult<()> {
+    let stream_id = StreamId(NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed));
+    let receiver = client.register_stream(stream_id)?;
+    let pending = client.start_call(OpenStream {
+        stream_id,
+        key: context.key.clone(),
+        first_subpartition: *context.spec.subpartitions.start(),
+        last_subpartition: *context.spec.subpartitions.end(),
+        initial_credit: shared.read_credits,
+    })?;
+    {
+        // The state lock first, as `get_next_buffer` takes it: no segment
+        // is asked for twice on the new stream.
+        let mut state = shared.lock();
+        let mut hops = shared.hops.lock().expect("hops lock poisoned");
+        let Some(open) = hops[context.slot].get_mut(hop) else {
+            return Err(TierError::internal(format!(
+                "stream hop {hop} reopened but never opened"
+            )));
+        };
+        open.client = client.clone();
+        open.stream_id = stream_id;
+        for sub in context.spec.subpartitions.clone() {
+            let Some(queue) = state.queues.get_mut(&(context.spec.partition.clone(), sub)) else {
+                continue;
+            };
+            if queue.hop != hop || queue.ended_at.is_some() {
+                continue;
+            }
+            for r in queue.buffers.iter_mut().filter(|r| r.hop == hop) {
+                r.returns_credit = false;
+            }
+            if let Some(segment) = queue.received.resume_at(queue.requested) {
+                client.send_stream(RequireSegment {
+                    stream_id,
+                    subpartition: SubpartitionId(sub),
+                    segment: SegmentId(segment),
+                })?;
+            }
+        }
+    }
+    spawn_hop(shared, context, hop, &client, pending, receiver);
+    Ok(())
+}
+
+/// How long a reader waits for a worker the masters say is restarting, at
+/// most (the masters take it for lost after their `restart_grace`).
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
+/// Between looks at a restarting worker.
+const RESTART_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// One attempt to reach a worker that may be back.
+const RECONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Hop `hop`'s connection to `address` was lost (`lost`). When its worker
+/// is back, or the masters say it is restarting, waits for it and reopens
+/// the hop there; otherwise (it crashed or hangs) returns `lost`.
+async fn resume_after_restart(
+    shared: &Arc<Shared>,
+    context: &Arc<HopContext>,
+    hop: usize,
+    address: &str,
+    lost: &TierError,
+) -> TierResult<()> {
+    let worker_id = shared
+        .hop(context.slot, hop)
+        .map(|open| open.worker_id)
+        .unwrap_or_default();
+    let client = reach_through_restart(shared, context, &worker_id, address, lost).await?;
+    reopen_hop(shared, context, hop, client)
+}
+
+/// A connection to worker `worker_id` at `address`, which just failed
+/// (`lost`): at once if it answers, else, while the masters say it is
+/// restarting, once it is back. `lost` when it neither answers nor is
+/// restarting (it crashed or hangs).
+async fn reach_through_restart(
+    shared: &Arc<Shared>,
+    context: &Arc<HopContext>,
+    worker_id: &str,
+    address: &str,
+    lost: &TierError,
+) -> TierResult<Client> {
+    let ask = LocatePartition {
+        key: context.key.clone(),
+        worker: WorkerId::new(worker_id.to_string()).ok(),
+    };
+    let deadline = clock::now() + RESTART_WAIT;
+    let mut waited = false;
+    loop {
+        if let Ok(Ok(client)) = clock::timeout(
+            RECONNECT_TIMEOUT,
+            shared.client_for(address, &context.options),
+        )
+        .await
+        {
+            if waited {
+                tracing::info!(partition = %context.spec.partition, worker = %worker_id, %address,
+                    "worker back from its restart; resuming");
+            }
+            return Ok(client);
+        }
+        let restarting = Client::ask_first(&context.masters, &context.options, ask.clone())
+            .await
+            .is_ok_and(|located| located.restarting);
+        if !restarting || clock::now() >= deadline {
+            return Err(lost.clone());
+        }
+        if !waited {
+            tracing::info!(partition = %context.spec.partition, worker = %worker_id, %address,
+                "worker restarting; reading resumes when it is back");
+            waited = true;
+        }
+        clock::sleep(RESTART_POLL).await;
+    }
+}
+
+/// Waits for hop `hop`'s stream to open, then routes its frames.
+fn spawn_hop(
+    shared: &Arc<Shared>,
+    context: &Arc<HopContext>,
+    hop: usize,
+    client: &Client,
+    pending: terrace_rpc::PendingCall<terrace_tier_api::protocol::StreamOpened>,
+    receiver: StreamReceiver,
+) {
     let shared = Arc::clone(shared);
     let context = Arc::clone(context);
     let worker = client.peer().to_string();
@@ -398,6 +591,13 @@ fn start_hop(
             // relocated before its first push.
             if hop == 0 && e.kind() == ErrorKind::PartitionNotFound {
                 relocated_first_hop(&shared, &context, &worker, e).await;
+                return;
+            }
+            if e.kind() == ErrorKind::Unavailable
+                && resume_after_restart(&shared, &context, hop, &worker, &e)
+                    .await
+                    .is_ok()
+            {
                 return;
             }
             let e = if e.kind() == ErrorKind::Unavailable {
@@ -413,7 +613,6 @@ fn start_hop(
         }
         receive(shared, context, hop, worker, receiver).await;
     });
-    Ok(())
 }
 
 /// Sends `subpartition` on to the next part of its split partition: the
@@ -447,12 +646,20 @@ async fn follow_redirect(
             })?;
         }
         None => {
-            let client = shared.client_for(&m.to.address, &context.options).await?;
+            let client = match shared.client_for(&m.to.address, &context.options).await {
+                Ok(client) => client,
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    reach_through_restart(shared, context, m.to.id.as_str(), &m.to.address, &e)
+                        .await?
+                }
+                Err(e) => return Err(e),
+            };
             start_hop(
                 shared,
                 context,
                 next,
                 client,
+                m.to.id.to_string(),
                 vec![(subpartition, m.segment.0)],
             )?;
         }
@@ -485,24 +692,52 @@ async fn receive(
                 return;
             }
             StreamEvent::Lost(e) => {
-                shared.fail(
-                    &partition,
-                    TierError::not_found(format!(
-                        "lost the connection to worker {worker} holding partition {partition}: {}",
-                        e.message()
-                    )),
-                );
+                // A worker that stops for a restart cuts its streams: they
+                // resume on it once it is back.
+                if let Err(e) = resume_after_restart(&shared, &context, hop, &worker, &e).await {
+                    shared.fail(
+                        &partition,
+                        TierError::not_found(format!(
+                            "lost the connection to worker {worker} holding partition {partition}: {}",
+                            e.message()
+                        )),
+                    );
+                }
                 return;
             }
         };
         match frame {
             StreamFrame::ReadData(m) => match decode_read(&partition, &m, context.max_buffer) {
-                Ok(buffers) => {
+                Ok(mut buffers) => {
                     let mut state = shared.lock();
                     let Some(queue) = state.queues.get_mut(&(partition.clone(), m.subpartition.0))
                     else {
                         continue;
                     };
+                    // A resumed stream sends the segment it was cut in
+                    // again from its start: what came before is dropped.
+                    let so_far = &mut queue.received;
+                    if so_far.skip > 0 && so_far.segment == m.segment.0 {
+                        let n = (so_far.skip as usize).min(buffers.len());
+                        buffers.drain(..n);
+                        so_far.skip -= n as u32;
+                    }
+                    let complete = buffers
+                        .last()
+                        .is_some_and(|b| b.data_type == DataType::EndOfSegment);
+                    so_far.arrived(m.segment.0, buffers.len() as u32, complete);
+                    if buffers.is_empty() {
+                        // Nothing of the batch is handed out: its credit
+                        // goes back now.
+                        drop(state);
+                        if let Some(open) = shared.hop(context.slot, hop) {
+                            let _ = open.client.send_stream(AddCredit {
+                                stream_id: open.stream_id,
+                                credit: 1,
+                            });
+                        }
+                        continue;
+                    }
                     let was_empty = queue.buffers.is_empty();
                     let count = buffers.len();
                     for (i, buffer) in buffers.into_iter().enumerate() {
@@ -691,7 +926,8 @@ impl TierConsumerAgent for ConsumerAgent {
                 require = Some(segment.0 + 1);
             }
         }
-        drop(state);
+        // Sent under the state lock: a stream resumed meanwhile asks for
+        // what `requested` says, and must not be asked twice.
         if let (Some(next), Some(control)) = (require, self.shared.hop(stream, hop)) {
             let _ = control.client.send_stream(RequireSegment {
                 stream_id: control.stream_id,
@@ -699,6 +935,7 @@ impl TierConsumerAgent for ConsumerAgent {
                 segment: SegmentId(next),
             });
         }
+        drop(state);
         // The credit goes back to the stream the buffer came on.
         if let Some(r) = received.as_ref().filter(|r| r.returns_credit) {
             if let Some(control) = self.shared.hop(stream, r.hop) {

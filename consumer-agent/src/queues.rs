@@ -27,6 +27,55 @@ pub struct SubQueue {
     pub requested: u32,
     /// The worker said this segment will never exist.
     pub ended_at: Option<u32>,
+    /// What has arrived of the segment being read: its id, how many of its
+    /// buffers, and whether its END_OF_SEGMENT came. A stream cut by a
+    /// worker's restart resumes from here.
+    pub received: ReceivedSoFar,
+}
+
+/// Progress through the segments of one subpartition, counted on arrival.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedSoFar {
+    pub segment: u32,
+    pub buffers: u32,
+    pub complete: bool,
+    /// Buffers of `segment` a resumed stream sends again, to drop.
+    pub skip: u32,
+}
+
+impl ReceivedSoFar {
+    /// Counts `count` buffers of `segment` arriving (`complete`: the last is
+    /// its END_OF_SEGMENT).
+    pub fn arrived(&mut self, segment: u32, count: u32, complete: bool) {
+        if segment != self.segment {
+            *self = ReceivedSoFar {
+                segment,
+                ..ReceivedSoFar::default()
+            };
+        }
+        self.buffers = self.buffers.saturating_add(count);
+        self.complete |= complete;
+    }
+
+    /// The segment a resumed stream must ask for (none: the next one is
+    /// asked for when the reader gets there), with `requested` the last
+    /// one asked for; sets how many of its buffers to drop.
+    pub fn resume_at(&mut self, requested: u32) -> Option<u32> {
+        let target = if self.buffers > 0 && !self.complete {
+            self.segment
+        } else {
+            requested
+        };
+        if self.complete && target == self.segment {
+            return None;
+        }
+        self.skip = if target == self.segment && !self.complete {
+            self.buffers
+        } else {
+            0
+        };
+        Some(target)
+    }
 }
 
 #[derive(Debug, Default)]

@@ -215,7 +215,10 @@ impl Shared {
     pub(crate) async fn locate(&self, key: &PartitionKey) -> Option<WorkerAt> {
         let located = self
             .masters
-            .request(LocatePartition { key: key.clone() })
+            .request(LocatePartition {
+                key: key.clone(),
+                worker: None,
+            })
             .await;
         located.ok().and_then(|l| l.worker)
     }

@@ -56,6 +56,12 @@ pub struct MasterConfig {
     /// listed by the admin API, unless it heartbeats again first.
     #[serde(with = "terrace_tier_api::duration")]
     pub lost_worker_memory: Duration,
+    /// How long a worker that said it is restarting (its last heartbeat
+    /// said so) may stay silent before it is taken for lost, instead of
+    /// `worker_timeout`. Meanwhile it gets no partitions and consumers wait
+    /// for it.
+    #[serde(with = "terrace_tier_api::duration")]
+    pub restart_grace: Duration,
     /// Bounds on what peers may make the master remember (`[limits]`).
     pub limits: MasterLimits,
     /// Connection limits and timeouts (`[server]`).
@@ -113,6 +119,7 @@ impl Default for MasterConfig {
             partition_size_estimate: ByteSize::mib(64),
             probe_timeout: Duration::from_secs(3),
             lost_worker_memory: Duration::from_secs(15 * 60),
+            restart_grace: Duration::from_secs(60),
             limits: MasterLimits::default(),
             server: ServerOptions::default(),
             security: SecurityConfig::default(),
@@ -209,6 +216,7 @@ mod tests {
                 partition_size_estimate: ByteSize(0),
                 probe_timeout: Duration::from_secs(3),
                 lost_worker_memory: Duration::from_secs(900),
+                restart_grace: Duration::from_secs(60),
                 limits: MasterLimits::default(),
                 server: ServerOptions {
                     max_connections: 3,

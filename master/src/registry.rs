@@ -228,7 +228,9 @@ impl Worker {
     }
 
     fn refusal(&self) -> Option<&'static str> {
-        if self.rejoined {
+        if self.load.restarting {
+            Some("restarting")
+        } else if self.rejoined {
             Some("rejoining after it was taken for lost")
         } else if self.unreachable_since.is_some() {
             Some("unreachable (the master's probe failed)")
@@ -276,6 +278,8 @@ pub(crate) struct Registry {
     /// `limits.max_workers` (the oldest is forgotten first).
     lost: BTreeMap<String, LostWorker>,
     lost_worker_memory: Duration,
+    /// How long a restarting worker may be silent (`restart_grace`).
+    restart_grace: Duration,
     /// Counters, and the gauges set when they are read.
     metrics: Arc<Metrics>,
     /// When this master started: until `worker_timeout` has passed, live
@@ -321,6 +325,7 @@ impl Registry {
             part_count: 0,
             lost: BTreeMap::new(),
             lost_worker_memory: config.lost_worker_memory,
+            restart_grace: config.restart_grace,
             metrics: Arc::new(Metrics::default()),
         }
     }
@@ -368,12 +373,19 @@ impl Registry {
     /// Forgets workers whose heartbeat is older than the timeout and released
     /// jobs older than their memory. Returns the ids of the workers dropped.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<String> {
-        let timeout = self.worker_timeout;
+        let (timeout, restart_grace) = (
+            self.worker_timeout,
+            self.restart_grace.max(self.worker_timeout),
+        );
         let mut lost = Vec::new();
         let mut newly_lost = Vec::new();
         self.workers.retain(|id, worker| {
             let silent = now.saturating_duration_since(worker.last_heartbeat);
-            let live = silent <= timeout;
+            let live = if worker.load.restarting {
+                silent <= restart_grace
+            } else {
+                silent <= timeout
+            };
             if !live {
                 if worker.load.decommissioning {
                     tracing::info!(worker = %id, address = %worker.data_address, silent_ms = silent.as_millis() as u64,
@@ -908,6 +920,24 @@ impl Registry {
         self.jobs.keys().cloned().collect()
     }
 
+    /// Whether worker `id` said it is restarting and is still waited for.
+    pub(crate) fn is_restarting(&self, id: &str, now: Instant) -> bool {
+        self.workers
+            .get(id)
+            .is_some_and(|w| w.load.restarting && !self.silent_past_timeout(w, now))
+    }
+
+    /// Whether `worker` has been silent longer than it may be: its
+    /// `worker_timeout`, or `restart_grace` while it says it is restarting.
+    fn silent_past_timeout(&self, worker: &Worker, now: Instant) -> bool {
+        let allowed = if worker.load.restarting {
+            self.restart_grace.max(self.worker_timeout)
+        } else {
+            self.worker_timeout
+        };
+        now.saturating_duration_since(worker.last_heartbeat) > allowed
+    }
+
     /// What the gauges show at `now`. Reads only: a worker silent past the
     /// timeout that no sweep has dropped yet already counts as lost.
     pub(crate) fn counts(&self, now: Instant) -> Counts {
@@ -920,7 +950,7 @@ impl Registry {
             ..Counts::default()
         };
         for worker in self.workers.values() {
-            if now.saturating_duration_since(worker.last_heartbeat) > self.worker_timeout {
+            if self.silent_past_timeout(worker, now) {
                 if !worker.load.decommissioning {
                     counts.lost += 1;
                 }
@@ -939,7 +969,7 @@ impl Registry {
     pub(crate) fn workers_with_state(&self, now: Instant) -> Vec<(WorkerSnapshot, WorkerState)> {
         self.workers
             .iter()
-            .filter(|(_, w)| now.saturating_duration_since(w.last_heartbeat) <= self.worker_timeout)
+            .filter(|(_, w)| !self.silent_past_timeout(w, now))
             .map(|(id, w)| {
                 (
                     WorkerSnapshot {

@@ -909,7 +909,10 @@ fn a_relocated_partition_is_located_after_its_worker_and_the_master_restart() {
         || {
             terrace_tests::call(
                 &m,
-                terrace_tier_api::protocol::LocatePartition { key: key.clone() },
+                terrace_tier_api::protocol::LocatePartition {
+                    key: key.clone(),
+                    worker: None,
+                },
             )
             .ok()?
             .worker

@@ -107,6 +107,7 @@ fn loads() -> impl Strategy<Value = Option<pb::WorkerLoad>> {
                 unhealthy_dirs: open,
                 full: open % 2 == 0,
                 decommissioning: sealed % 2 == 0,
+                restarting: sealed % 3 == 0,
                 read_streams: sealed,
                 push_bytes_per_sec: memory,
                 read_bytes_per_sec: stored,
@@ -251,9 +252,13 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
             })
         }),
         u64s().prop_map(|request_id| Message::ListWorkers(pb::ListWorkers { request_id })),
-        (u64s(), keys()).prop_map(|(request_id, key)| Message::LocatePartition(
-            pb::LocatePartition { request_id, key }
-        )),
+        (u64s(), keys(), strings()).prop_map(|(request_id, key, worker_id)| {
+            Message::LocatePartition(pb::LocatePartition {
+                request_id,
+                key,
+                worker_id,
+            })
+        }),
         (u64s(), strings(), job_lists()).prop_map(|(request_id, worker_id, jobs)| {
             Message::ListParts(pb::ListParts {
                 request_id,
@@ -272,6 +277,7 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
             Message::PartitionLocated(pb::PartitionLocated {
                 request_id,
                 worker_address: worker_id.clone(),
+                worker_restarting: request_id % 2 == 0,
                 worker_id,
             })
         }),

@@ -130,7 +130,7 @@ pub(crate) fn worker_state(shared: &Shared) -> Value {
         "address": shared.address,
         "ready": ready.is_ok(),
         "not_ready_reason": ready.err(),
-        "draining": shared.decommission.is_started(),
+        "draining": shared.draining(),
         "masters": masters,
         "memory": {
             "budget_bytes": budget.total(),

@@ -32,10 +32,13 @@ pub(crate) struct Shared {
     pub worker_id: String,
     pub address: String,
     pub decommission: Decommission,
+    /// Set once the worker began stopping for a restart (SIGTERM): see
+    /// `crate::restart`.
+    pub restart: Decommission,
     /// Partitions created here as relocated (their placed worker was
-    /// unreachable); heartbeats name those still held so masters can locate
-    /// them. Not persisted: after a restart, masters know them only from the
-    /// producer's allocation.
+    /// unreachable) or adopted as first parts; heartbeats name those still
+    /// held so masters can locate them. Persisted in each partition's index,
+    /// so a restarted worker names them again.
     pub relocated: std::sync::Mutex<std::collections::BTreeSet<terrace_tier_api::PartitionKey>>,
     /// Wakes the heartbeat loops (a change masters should hear of at once).
     pub heartbeat_now: tokio::sync::Notify,
@@ -71,10 +74,21 @@ impl Shared {
     /// Whether the worker should get new work: registered with a master
     /// that answered recently (see [`MasterContacts::registered`]), and not
     /// decommissioning. `Err` says why not.
+    /// Leaving or restarting: producers split away, no new partitions.
+    pub fn draining(&self) -> bool {
+        self.decommission.is_started() || self.restart.is_started()
+    }
+
     pub fn readiness(&self) -> Result<(), String> {
         if self.decommission.is_started() {
             return Err(format!(
                 "worker {} is decommissioning (draining)",
+                self.worker_id
+            ));
+        }
+        if self.restart.is_started() {
+            return Err(format!(
+                "worker {} is stopping for a restart (draining)",
                 self.worker_id
             ));
         }
@@ -195,6 +209,9 @@ pub(crate) struct MasterContacts {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MasterContact {
     pub last_answer: Instant,
+    /// When the last heartbeat it answered was sent (it carried the load,
+    /// restarting flag included, of then); `None` before any.
+    pub last_sent: Option<Instant>,
     /// How long the master waits for heartbeats before it counts this
     /// worker lost, once a reply said.
     pub worker_timeout: Option<std::time::Duration>,
@@ -214,15 +231,20 @@ impl MasterContact {
 
 impl MasterContacts {
     /// `master` answered just now (a registration or a heartbeat).
-    pub(crate) fn answered(&self, master: &str, worker_timeout: Option<std::time::Duration>) {
+    pub(crate) fn answered(
+        &self,
+        master: &str,
+        worker_timeout: Option<std::time::Duration>,
+        heartbeat_sent: Option<Instant>,
+    ) {
+        let mut answered = self.answered.lock().expect("masters lock poisoned");
+        let last_sent = heartbeat_sent.or_else(|| answered.get(master).and_then(|c| c.last_sent));
         let contact = MasterContact {
             last_answer: terrace_rpc::clock::now(),
+            last_sent,
             worker_timeout,
         };
-        self.answered
-            .lock()
-            .expect("masters lock poisoned")
-            .insert(master.to_string(), contact);
+        answered.insert(master.to_string(), contact);
     }
 
     /// The master at `address`, if it ever answered.

@@ -278,7 +278,10 @@ async fn move_forward_pointers(
 /// `key` on the adopter, so no consumer is told it is nowhere.
 async fn wait_until_located(shared: &Arc<Shared>, key: &PartitionKey, adopter: &WorkerAt) {
     let options = shared.peer_options(ServerIdentity::Master);
-    let locate = LocatePartition { key: key.clone() };
+    let locate = LocatePartition {
+        key: key.clone(),
+        worker: None,
+    };
     let until = clock::now() + LOCATE_WAIT;
     let mut waiting: Vec<&String> = shared.config.master_addresses.iter().collect();
     while !waiting.is_empty() && clock::now() < until {

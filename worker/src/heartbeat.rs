@@ -59,6 +59,7 @@ pub(crate) fn load(shared: &Shared) -> WorkerLoad {
         unhealthy_dirs: unhealthy,
         full: store.short_of_room(),
         decommissioning: shared.decommission.is_started(),
+        restarting: shared.restart.is_started() && !shared.decommission.is_started(),
         read_streams: store.counters.read_streams.load(Ordering::Relaxed) as u32,
         push_bytes_per_sec: push_rate,
         read_bytes_per_sec: read_rate,
@@ -329,7 +330,7 @@ async fn session(
         data_address: shared.address.clone(),
     };
     request_within(&client, deadline, register).await?;
-    shared.masters.answered(master, *worker_timeout);
+    shared.masters.answered(master, *worker_timeout, None);
     tracing::info!(%master, worker = %shared.worker_id, "registered with master");
     // Released jobs already queued for dropping here: a master lists a
     // released job in every reply for minutes. Only jobs the last reply
@@ -380,7 +381,9 @@ async fn session(
             if let Some(timeout) = reply.worker_timeout {
                 *worker_timeout = Some(timeout);
             }
-            shared.masters.answered(master, *worker_timeout);
+            shared
+                .masters
+                .answered(master, *worker_timeout, Some(sent_at));
             drop_jobs_no_master_knows(shared, &jobs, &reply);
             let listed: HashSet<JobId> = reply.released_jobs.into_iter().collect();
             dropped.retain(|job| listed.contains(job));

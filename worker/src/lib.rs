@@ -14,6 +14,7 @@ mod context;
 mod decommission;
 mod heartbeat;
 mod metrics;
+mod restart;
 mod server;
 mod store;
 mod stream;

@@ -92,7 +92,20 @@ pub async fn run_with_admin(
 ) -> TierResult<()> {
     let (shared, _) = prepare(config, &listener, StoreHooks::default(), shutdown.clone())?;
     let admin = start_admin(&shared, admin)?;
-    serve(shared, listener, admin, shutdown).await
+    // A service stopped by its supervisor (SIGTERM) is usually restarted:
+    // it drains first (see `crate::restart`).
+    let stop = CancellationToken::new();
+    {
+        let (shared, stop) = (Arc::clone(&shared), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => crate::restart::drain(&shared).await,
+                _ = stop.cancelled() => {}
+            }
+            stop.cancel();
+        });
+    }
+    serve(shared, listener, admin, stop).await
 }
 
 /// Binds `admin.listen`, if set.
@@ -159,6 +172,7 @@ fn prepare(
             worker_id,
             address,
             decommission: Decommission::default(),
+            restart: Decommission::default(),
             relocated: std::sync::Mutex::new(relocated),
             heartbeat_now: tokio::sync::Notify::new(),
             rates: std::sync::Mutex::new(Rates::default()),

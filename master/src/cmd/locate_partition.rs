@@ -14,5 +14,8 @@ pub(crate) fn apply(r: LocatePartition, registry: &mut Registry, now: Instant) -
         worker: registry
             .locate(&r.key, now)
             .map(|p| super::worker_at(p.worker_id, p.data_address)),
+        restarting: r
+            .worker
+            .is_some_and(|w| registry.is_restarting(w.as_str(), now)),
     }
 }

@@ -185,6 +185,8 @@ pub struct WorkerLoad {
     pub full: bool,
     /// The worker is leaving the cluster.
     pub decommissioning: bool,
+    /// The worker is restarting: it will be back, serving what it holds.
+    pub restarting: bool,
     pub read_streams: u32,
     pub push_bytes_per_sec: u64,
     pub read_bytes_per_sec: u64,
@@ -251,6 +253,7 @@ impl TryFrom<pb::WorkerLoad> for WorkerLoad {
             unhealthy_dirs: m.unhealthy_dirs,
             full: m.full,
             decommissioning: m.decommissioning,
+            restarting: m.restarting,
             read_streams: m.read_streams,
             push_bytes_per_sec: m.push_bytes_per_sec,
             read_bytes_per_sec: m.read_bytes_per_sec,
@@ -271,6 +274,7 @@ impl From<WorkerLoad> for pb::WorkerLoad {
             unhealthy_dirs: l.unhealthy_dirs,
             full: l.full,
             decommissioning: l.decommissioning,
+            restarting: l.restarting,
             read_streams: l.read_streams,
             push_bytes_per_sec: l.push_bytes_per_sec,
             read_bytes_per_sec: l.read_bytes_per_sec,
@@ -666,6 +670,8 @@ request!(WorkerUnreachable => Ack, |_r| Access::Authenticated);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocatePartition {
     pub key: PartitionKey,
+    /// Set: the reply also says whether this worker is restarting.
+    pub worker: Option<WorkerId>,
 }
 
 impl TryFrom<pb::LocatePartition> for LocatePartition {
@@ -674,6 +680,11 @@ impl TryFrom<pb::LocatePartition> for LocatePartition {
     fn try_from(m: pb::LocatePartition) -> TierResult<Self> {
         Ok(LocatePartition {
             key: PartitionKey::try_from(m.key)?,
+            worker: if m.worker_id.is_empty() {
+                None
+            } else {
+                Some(WorkerId::new(m.worker_id)?)
+            },
         })
     }
 }
@@ -683,6 +694,7 @@ impl LocatePartition {
         pb::LocatePartition {
             request_id,
             key: Some(self.key.into()),
+            worker_id: self.worker.map(WorkerId::into_string).unwrap_or_default(),
         }
     }
 }
@@ -695,6 +707,8 @@ request!(LocatePartition => PartitionLocated, |r| Access::Job(&r.key.job));
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionLocated {
     pub worker: Option<WorkerAt>,
+    /// The worker the request named is restarting.
+    pub restarting: bool,
 }
 
 impl TryFrom<pb::PartitionLocated> for PartitionLocated {
@@ -711,7 +725,10 @@ impl TryFrom<pb::PartitionLocated> for PartitionLocated {
                 m.worker_address,
             )?)
         };
-        Ok(PartitionLocated { worker })
+        Ok(PartitionLocated {
+            worker,
+            restarting: m.worker_restarting,
+        })
     }
 }
 
@@ -725,6 +742,7 @@ impl PartitionLocated {
             request_id,
             worker_id,
             worker_address,
+            worker_restarting: self.restarting,
         }
     }
 }

@@ -82,6 +82,7 @@ fn load() -> WorkerLoad {
         unhealthy_dirs: 1,
         full: true,
         decommissioning: true,
+        restarting: true,
         read_streams: 20,
         push_bytes_per_sec: 21,
         read_bytes_per_sec: 22,
@@ -142,11 +143,22 @@ fn every_control_message_roundtrips() {
         error: String::new(),
         job: None,
     });
-    roundtrips(LocatePartition { key: key(6) });
+    roundtrips(LocatePartition {
+        key: key(6),
+        worker: None,
+    });
+    roundtrips(LocatePartition {
+        key: key(6),
+        worker: Some(worker(3).id),
+    });
     roundtrips(PartitionLocated {
         worker: Some(worker(6)),
+        restarting: false,
     });
-    roundtrips(PartitionLocated { worker: None });
+    roundtrips(PartitionLocated {
+        worker: None,
+        restarting: true,
+    });
     roundtrips(ListParts {
         job: job(7),
         worker: worker(2).id,

@@ -13,9 +13,9 @@ pub(crate) async fn apply(request: AdoptPartition, conn: &Connection) -> TierRes
     let shared = &conn.shared;
     let (key, from) = (request.key, request.from);
     let index = request.index.into_bytes();
-    if shared.decommission.is_started() {
+    if shared.draining() {
         return Err(TierError::unavailable(format!(
-            "worker {} is decommissioning: it adopts no partition",
+            "worker {} is decommissioning or restarting: it adopts no partition",
             shared.worker_id
         )));
     }

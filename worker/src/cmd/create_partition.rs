@@ -8,9 +8,14 @@ use crate::context::Connection;
 pub(crate) async fn apply(request: CreatePartition, conn: &Connection) -> TierResult<Ack> {
     let key = request.key;
     // A retried create of a partition already here is still answered.
-    if conn.shared.decommission.is_started() && conn.shared.store.get(&key).is_err() {
+    if conn.shared.draining() && conn.shared.store.get(&key).is_err() {
+        let why = if conn.shared.decommission.is_started() {
+            "decommissioning"
+        } else {
+            "stopping for a restart"
+        };
         return Err(TierError::unavailable(format!(
-            "{key}: worker {} is decommissioning and takes no new partitions",
+            "{key}: worker {} is {why} and takes no new partitions",
             conn.shared.worker_id
         )));
     }

@@ -71,6 +71,6 @@ async fn store_push(
     // a push boundary: every push is a region).
     let split = partition.stored_bytes() >= conn.shared.config.split_size.as_u64()
         || store.short_of_room()
-        || conn.shared.decommission.is_started();
+        || conn.shared.draining();
     Ok(PushAck { split })
 }

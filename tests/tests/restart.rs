@@ -1,0 +1,268 @@
+//! A worker restarted on purpose (SIGTERM, then started again on the same
+//! directories and address) costs nothing, on real processes: a master and
+//! three `terrace worker`s.
+//! - the producer writing a partition there goes on on another worker at
+//!   its next push (a split), so the worker drains in well under its grace;
+//! - the masters place nothing there while it restarts and take nothing
+//!   for lost: no partition is reported;
+//! - a reader stopped in the middle of a segment of a sealed partition there
+//!   resumes where it was once the worker is back, and one reading the
+//!   partition being written follows it across the restart and the split;
+//! - every buffer arrives exactly once, in order.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use terrace_consumer_agent::ConsumerAgent;
+use terrace_master_agent::MasterAgent;
+use terrace_rpc::clock;
+use terrace_tests::{
+    RecordingWriter, ServiceProcess, assert_buffers_eq, logs, payload, producer, read_partition,
+    write_partition,
+};
+use terrace_tier_api::{
+    AgentConfig, Buffer, ConsumerSpec, InputChannelId, PartitionId, SegmentId, SubpartitionId,
+    TierConsumerAgent, TierError, TierMasterAgent, TierShuffleHandler,
+};
+
+fn write_config(path: &Path, text: String) -> PathBuf {
+    std::fs::write(path, text).expect("write config");
+    path.to_path_buf()
+}
+
+/// Worker `w{index}` at a fixed address, so a restart comes back there.
+struct Worker {
+    config: PathBuf,
+    address: String,
+    process: Option<ServiceProcess>,
+}
+
+impl Worker {
+    fn new(dir: &Path, index: usize, master: &str) -> Worker {
+        let address = terrace_tests::closed_address();
+        let config = write_config(
+            &dir.join(format!("worker-{index}.toml")),
+            format!(
+                "listen = \"{address}\"\nworker_id = \"w{index}\"\nmaster_addresses = [\"{master}\"]\n\
+                 heartbeat_interval = \"200ms\"\nmemory_budget = \"64MiB\"\nmax_frame_size = \"4MiB\"\n\
+                 data_dirs = [\"{}\"]\n",
+                dir.join(format!("d{index}")).display()
+            ),
+        );
+        let mut worker = Worker {
+            config,
+            address,
+            process: None,
+        };
+        worker.start();
+        worker
+    }
+
+    fn start(&mut self) {
+        let process = ServiceProcess::start(&[
+            "worker",
+            "--config",
+            self.config.to_str().expect("utf-8 path"),
+        ]);
+        assert_eq!(process.address, self.address);
+        self.process = Some(process);
+    }
+
+    /// SIGTERM, and the time until the process exited (successfully).
+    fn stop_gracefully(&mut self) -> Duration {
+        let mut process = self.process.take().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &process.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let sent = clock::now();
+        let (exit, _) =
+            terrace_tests::wait_for(Duration::from_secs(30), "the worker exits", || {
+                process.child.try_wait().expect("poll the worker")
+            });
+        assert!(
+            exit.success(),
+            "the worker exits cleanly on SIGTERM: {exit}"
+        );
+        clock::elapsed(sent)
+    }
+}
+
+/// Records the partitions an engine is told are lost.
+#[derive(Default)]
+struct Lost(std::sync::Mutex<Vec<PartitionId>>);
+
+impl TierShuffleHandler for Lost {
+    fn on_release_partitions(&self, partitions: Vec<PartitionId>) {
+        self.0.lock().expect("lost lock").extend(partitions);
+    }
+    fn on_fatal_error(&self, _error: TierError) {}
+}
+
+#[test]
+fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
+    let _logs = logs::capture();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let master_config = write_config(
+        &root.join("master.toml"),
+        "listen = \"127.0.0.1:0\"\nworker_timeout = \"3s\"\n".to_string(),
+    );
+    let master = ServiceProcess::start(&[
+        "master",
+        "--config",
+        master_config.to_str().expect("utf-8 path"),
+    ]);
+    let m = master.address.clone();
+    let mut workers: Vec<Worker> = (0..3).map(|i| Worker::new(root, i, &m)).collect();
+    terrace_tests::wait_for(Duration::from_secs(20), "three workers registered", || {
+        terrace_tests::list_workers(&m)
+            .ok()
+            .filter(|l| l.workers.len() == 3)
+    });
+    let config = AgentConfig {
+        master_addresses: vec![m.clone()],
+        ..terrace_tests::small_agent_config()
+    };
+    let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
+        .expect("master agent");
+    const JOB: u8 = 10;
+    const SUBS: u32 = 2;
+    let job = terrace_tests::key(JOB, 0).job;
+    let lost = Arc::new(Lost::default());
+    agent
+        .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
+        .expect("register");
+    // Two partitions on w0: one sealed, one being written across the restart.
+    let on_w0: Vec<_> = (1..=12)
+        .map(|p| {
+            agent
+                .add_partition_and_get_shuffle_descriptor(
+                    &job,
+                    &terrace_tests::key(JOB, p).partition,
+                    SUBS,
+                )
+                .expect("place")
+        })
+        .filter(|d| d.worker_id == "w0")
+        .collect();
+    assert!(on_w0.len() >= 2, "placement spreads a job: {on_w0:?}");
+    let (sealed, open) = (on_w0[0].clone(), on_w0[1].clone());
+    let expected_sealed = write_partition(&config, sealed.clone(), 1, SUBS, 64, 4096);
+
+    // A reader of the sealed partition takes 3 buffers of subpartition 0
+    // and stops (its credits run out: the worker waits in mid-segment).
+    let partition = sealed.key().expect("key").partition;
+    let wake = terrace_tests::wakeup();
+    let mut reader = ConsumerAgent::new(
+        config.clone(),
+        vec![ConsumerSpec {
+            partition: partition.clone(),
+            input_channel: InputChannelId(0),
+            subpartitions: 0..=SUBS - 1,
+        }],
+        vec![Some(sealed.clone())],
+    )
+    .expect("consumer");
+    reader.register_availability_notifier(Arc::clone(&wake) as _);
+    reader.start().expect("start");
+    let mut first = Vec::new();
+    while first.len() < 3 {
+        let seen = wake.current();
+        match reader
+            .get_next_buffer(&partition, SubpartitionId(0), SegmentId(0))
+            .expect("read")
+        {
+            Some(buffer) => first.push(buffer),
+            None => {
+                wake.wait(seen, Duration::from_millis(100));
+            }
+        }
+    }
+
+    // The writer of the other partition pushes on, with pauses, while a
+    // reader follows it.
+    let writer = {
+        let (config, open) = (config.clone(), open.clone());
+        std::thread::spawn(move || {
+            let mut writer = RecordingWriter::new(producer(&config, open, SUBS, false));
+            for i in 0..400 {
+                for sub in 0..SUBS {
+                    writer
+                        .write(sub, Buffer::data(payload(2, sub, i, 4096)))
+                        .expect("write across the restart");
+                }
+                if i % 20 == 0 {
+                    terrace_tests::hold(Duration::from_millis(20));
+                }
+            }
+            writer.end_and_close(SUBS);
+            (writer.expected, writer.agent.parts().to_vec())
+        })
+    };
+    let follower = {
+        let (config, open) = (config.clone(), open.clone());
+        std::thread::spawn(move || read_partition(&config, open, SUBS, Duration::from_secs(90)))
+    };
+    terrace_tests::hold(Duration::from_millis(150));
+
+    // The restart.
+    let drained = workers[0].stop_gracefully();
+    eprintln!("restart: w0 drained and exited {drained:.1?} after SIGTERM");
+    assert!(
+        drained < Duration::from_secs(5),
+        "the drain took {drained:?}, past the default shutdown_grace"
+    );
+    // While it is down the masters still list it (restarting) and place
+    // nothing there.
+    let listed = terrace_tests::list_workers(&m).expect("list");
+    let w0 = listed
+        .workers
+        .iter()
+        .find(|w| w.worker.id.as_str() == "w0")
+        .expect("w0 still listed");
+    assert!(w0.load.restarting, "listed as restarting");
+    terrace_tests::hold(Duration::from_millis(500));
+    workers[0].start();
+
+    let (expected_open, parts) =
+        terrace_tests::join_within(writer, Duration::from_secs(60), "writer");
+    assert_eq!(parts[0], "w0");
+    assert!(parts.len() >= 2, "the writer went on elsewhere: {parts:?}");
+    let followed = terrace_tests::join_within(follower, Duration::from_secs(90), "follower")
+        .expect("the follower reads across the restart");
+    for sub in 0..SUBS {
+        assert_buffers_eq(
+            &followed[&sub],
+            &expected_open[&sub],
+            &format!("partition written across the restart, subpartition {sub}"),
+        );
+    }
+    // The stopped reader resumes where it was.
+    let targets: Vec<(PartitionId, u32)> = (0..SUBS).map(|s| (partition.clone(), s)).collect();
+    let rest: HashMap<(PartitionId, u32), Vec<Buffer>> =
+        terrace_tests::drain(&reader, &wake, &targets, Duration::from_secs(60))
+            .expect("the reader resumes after the restart");
+    let mut sub0 = first;
+    sub0.extend(rest[&(partition.clone(), 0)].iter().cloned());
+    assert_buffers_eq(
+        &sub0,
+        &expected_sealed[&0],
+        "sealed partition, subpartition 0",
+    );
+    assert_buffers_eq(
+        &rest[&(partition.clone(), 1)],
+        &expected_sealed[&1],
+        "sealed partition, subpartition 1",
+    );
+    terrace_tests::hold(Duration::from_secs(1));
+    assert!(
+        lost.0.lock().expect("lost lock").is_empty(),
+        "nothing is reported lost for a restart"
+    );
+    reader.close().expect("close");
+    agent.close();
+}
