@@ -45,8 +45,14 @@ pub(crate) struct Masters {
 const MIN_CONTROL_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Whether another master (or a new connection) may succeed where this failed.
+/// Whether another master may answer where this one failed: it is
+/// unreachable, or it knows no worker that can take a partition (a master
+/// restarted a moment ago has not heard every worker's heartbeat yet).
 fn is_retryable(e: &TierError) -> bool {
-    matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Closed)
+    matches!(
+        e.kind(),
+        ErrorKind::Unavailable | ErrorKind::Closed | ErrorKind::NoWorkers
+    )
 }
 
 impl Masters {

@@ -3,7 +3,7 @@
 use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, Peer, Pool, io_runtime};
 use terrace_tier_api::protocol::{
-    AllocatePartition, CreatePartition, SealPartition, SplitPartition, WorkerAt,
+    AllocatePartition, CreatePartition, LocatePartition, SealPartition, SplitPartition, WorkerAt,
 };
 use terrace_tier_api::{
     AgentConfig, Buffer, DataType, ErrorKind, PartitionKey, ProducerSpec, SegmentId,
@@ -48,11 +48,21 @@ pub struct ProducerAgent {
     parts: Vec<String>,
     /// A split that could not be carried out is not tried again before this.
     next_split_attempt: Option<std::time::Instant>,
+    /// Some push was sent (on any part).
+    pushed: bool,
+    /// The address of the first part's worker.
+    first_address: String,
 }
 
 /// How long a producer keeps writing to its worker after a split it could
 /// not carry out (no other worker, a master unreachable) before it tries again.
 const SPLIT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a producer that has not pushed yet waits for a worker the
+/// masters say is restarting, at most.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
+const RESTART_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// One attempt to reach a worker that may be back from a restart.
+const RECONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ProducerAgent {
     /// Connects to the partition's worker and creates the partition there.
@@ -68,7 +78,7 @@ impl ProducerAgent {
             .with_job_token(&spec.descriptor)?;
         let address = spec.descriptor.worker_address.clone();
         let workers = Pool::new(options.clone());
-        let (client, first_worker) = io_runtime()
+        let (client, first_worker, first_address) = io_runtime()
             .block_on(async {
                 let peer = Peer::at(&address);
                 let client = match workers.client(&peer).await {
@@ -86,19 +96,33 @@ impl ProducerAgent {
                                 &e,
                             )
                             .await;
-                            return relocate(&config, &options, &workers, &key, &spec, e).await;
+                            return relocate(&config, &options, &workers, &key, &spec, e)
+                                .await
+                                .map(|(c, id)| {
+                                    let address = c.peer().to_string();
+                                    (c, id, address)
+                                });
                         }
                         return Err(e);
                     }
                 };
                 match create_on(&client, &key, &spec, Part::First).await {
-                    Ok(()) => Ok((client, spec.descriptor.worker_id.clone())),
+                    Ok(()) => Ok((
+                        client.clone(),
+                        spec.descriptor.worker_id.clone(),
+                        client.peer().to_string(),
+                    )),
                     // The worker refused (decommissioning, at its partition
                     // limit) and created nothing. A lost connection is not
                     // taken as a refusal: the partition may exist there.
                     Err(e) if e.kind().is_transient() && !client.is_closed() => {
                         workers.forget(&peer, &client);
-                        relocate(&config, &options, &workers, &key, &spec, e).await
+                        relocate(&config, &options, &workers, &key, &spec, e)
+                            .await
+                            .map(|(c, id)| {
+                                let address = c.peer().to_string();
+                                (c, id, address)
+                            })
                     }
                     Err(e) => Err(e),
                 }
@@ -122,6 +146,8 @@ impl ProducerAgent {
             workers,
             parts: vec![first_worker],
             next_split_attempt: None,
+            pushed: false,
+            first_address,
             spec,
             config,
         })
@@ -320,8 +346,97 @@ impl ProducerAgent {
         if self.batch.num_buffers() == 0 {
             return Ok(());
         }
+        self.recreate_if_unpushed()?;
+        self.pushed = true;
         let (chunks, num_buffers) = self.batch.take();
         io_runtime().block_on(self.pusher.push(chunks, num_buffers))
+    }
+
+    /// Nothing was pushed yet and the connection to the partition's worker
+    /// is gone: nothing is lost. The worker may be restarting (it keeps an
+    /// empty open partition across its restart): wait for it while the
+    /// masters say so, and create the partition there again (a create of a
+    /// partition that is there is accepted); if it does not come back,
+    /// place the partition on another worker, as for a worker unreachable
+    /// at the first create.
+    fn recreate_if_unpushed(&mut self) -> TierResult<()> {
+        if self.pushed || self.parts.len() != 1 || !self.pusher.client().is_closed() {
+            return Ok(());
+        }
+        let lost = self.pusher.check().err().unwrap_or_else(|| {
+            TierError::unavailable(format!(
+                "the connection to worker {} closed before the first push",
+                self.first_address
+            ))
+        });
+        let first = self.parts[0].clone();
+        let part = if first == self.spec.descriptor.worker_id {
+            Part::First
+        } else {
+            Part::Relocated
+        };
+        let (client, worker_id) = io_runtime()
+            .block_on(async {
+                if let Some(client) = self.back_from_restart(&first, part).await {
+                    return Ok((client, first));
+                }
+                relocate(
+                    &self.config,
+                    &self.options,
+                    &self.workers,
+                    &self.key,
+                    &self.spec,
+                    lost,
+                )
+                .await
+            })
+            .map_err(|e| e.context(format!("place {} again before its first push", self.key)))?;
+        tracing::info!(partition = %self.key, worker = %worker_id,
+            "the partition's worker went away before the first push; created it again");
+        self.first_address = client.peer().to_string();
+        self.parts[0] = worker_id;
+        self.pusher = Pusher::new(
+            client,
+            self.key.clone(),
+            self.config.max_bytes_in_flight.as_u64(),
+        );
+        Ok(())
+    }
+
+    /// A connection to the first part's worker `worker_id` with the
+    /// partition created there again, once it is back from a restart (while
+    /// the masters say it is restarting, at most [`RESTART_WAIT`]); `None`
+    /// when it neither answers nor is restarting.
+    async fn back_from_restart(&self, worker_id: &str, part: Part) -> Option<Client> {
+        let peer = Peer::at(&self.first_address);
+        let ask = LocatePartition {
+            key: self.key.clone(),
+            worker: WorkerId::new(worker_id).ok(),
+        };
+        let deadline = clock::now() + RESTART_WAIT;
+        loop {
+            if let Ok(Ok(client)) =
+                clock::timeout(RECONNECT_TIMEOUT, self.workers.client(&peer)).await
+            {
+                match create_on(&client, &self.key, &self.spec, part).await {
+                    Ok(()) => return Some(client),
+                    Err(e) => {
+                        tracing::warn!(partition = %self.key, error = %e,
+                            "creating the partition again on its restarted worker failed");
+                        self.workers.forget(&peer, &client);
+                        return None;
+                    }
+                }
+            }
+            let restarting =
+                Client::ask_first(&self.config.master_addresses, &self.options, ask.clone())
+                    .await
+                    .is_ok_and(|located| located.restarting);
+            if !restarting || clock::now() >= deadline {
+                return None;
+            }
+            clock::sleep(RESTART_POLL).await;
+        }
     }
 
     /// Pushes what is batched without waiting for a full push (lower latency
@@ -396,6 +511,7 @@ impl TierProducerAgent for ProducerAgent {
         if self.closed {
             return Ok(());
         }
+        self.recreate_if_unpushed()?;
         self.pusher.check()?;
         self.push_batch()?;
         self.closed = true;

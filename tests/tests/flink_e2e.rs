@@ -1596,3 +1596,5 @@ fn flink_2_job_manager_failover_reuses_finished_partitions_instead_of_rerunning_
 /// The image and the compose cluster of `deploy/compose` running a job.
 #[path = "flink_e2e/compose.rs"]
 mod compose;
+#[path = "flink_e2e/rolling.rs"]
+mod rolling;

@@ -8,6 +8,9 @@
 //! - a reader stopped in the middle of a segment of a sealed partition there
 //!   resumes where it was once the worker is back, and one reading the
 //!   partition being written follows it across the restart and the split;
+//! - a partition created there and not pushed to until after the restart
+//!   is kept open across it: its producer pushes after it and its reader,
+//!   waiting since before, reads it;
 //! - every buffer arrives exactly once, in order.
 
 use std::collections::HashMap;
@@ -149,8 +152,8 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
         })
         .filter(|d| d.worker_id == "w0")
         .collect();
-    assert!(on_w0.len() >= 2, "placement spreads a job: {on_w0:?}");
-    let (sealed, open) = (on_w0[0].clone(), on_w0[1].clone());
+    assert!(on_w0.len() >= 3, "placement spreads a job: {on_w0:?}");
+    let (sealed, open, idle) = (on_w0[0].clone(), on_w0[1].clone(), on_w0[2].clone());
     let expected_sealed = write_partition(&config, sealed.clone(), 1, SUBS, 64, 4096);
 
     // A reader of the sealed partition takes 3 buffers of subpartition 0
@@ -207,6 +210,12 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
         let (config, open) = (config.clone(), open.clone());
         std::thread::spawn(move || read_partition(&config, open, SUBS, Duration::from_secs(90)))
     };
+    // Created, not pushed to before the restart; read from before it.
+    let mut idle_writer = RecordingWriter::new(producer(&config, idle.clone(), SUBS, false));
+    let idle_reader = {
+        let (config, idle) = (config.clone(), idle.clone());
+        std::thread::spawn(move || read_partition(&config, idle, SUBS, Duration::from_secs(90)))
+    };
     terrace_tests::hold(Duration::from_millis(150));
 
     // The restart.
@@ -227,6 +236,28 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
     assert!(w0.load.restarting, "listed as restarting");
     terrace_tests::hold(Duration::from_millis(500));
     workers[0].start();
+    for i in 0..32 {
+        for sub in 0..SUBS {
+            idle_writer
+                .write(sub, Buffer::data(payload(3, sub, i, 4096)))
+                .expect("the first push, after the restart");
+        }
+    }
+    idle_writer.end_and_close(SUBS);
+    assert_eq!(
+        idle_writer.agent.parts(),
+        ["w0".to_string()],
+        "written where it was placed"
+    );
+    let idle_read = terrace_tests::join_within(idle_reader, Duration::from_secs(90), "idle reader")
+        .expect("the reader waits across the restart");
+    for sub in 0..SUBS {
+        assert_buffers_eq(
+            &idle_read[&sub],
+            &idle_writer.expected[&sub],
+            &format!("partition first pushed after the restart, subpartition {sub}"),
+        );
+    }
 
     let (expected_open, parts) =
         terrace_tests::join_within(writer, Duration::from_secs(60), "writer");

@@ -17,7 +17,8 @@
 //! Persisted format (little-endian), version 4:
 //! ```text
 //! magic "TRIX" | u32 version | u32 job id len | job id | u32 partition id len | partition id
-//! | u32 num_subpartitions | u8 broadcast_only | u8 flags (1: continuation, 2: relocated)
+//! | u32 num_subpartitions | u8 broadcast_only
+//! | u8 flags (1: continuation, 2: relocated, 4: open and empty)
 //! | u64 generation
 //! | u32 num_files   | per local data file: u32 id | u64 length
 //! | u32 prefix len  | object key prefix (UTF-8)
@@ -34,7 +35,10 @@
 //! relocated. A *relocated* partition is one the masters locate here
 //! although its descriptor names another worker (created here when that
 //! worker was unreachable, or adopted from a decommissioning worker): a
-//! restarted worker names it in its heartbeats again.
+//! restarted worker names it in its heartbeats again. An *open and empty*
+//! index stands for a partition created and not pushed to yet when its
+//! worker stopped for a restart: it has no segment, file or object, and is
+//! recovered open, so its producer pushes to it after the restart.
 //!
 //! Version 2 (still read): no `continuation`, no `first_segment` (0), and no
 //! forward pointer. Version 1 (still read): as version 2 without generation
@@ -54,6 +58,7 @@ const VERSION_3: u32 = 3;
 const VERSION: u32 = 4;
 const FLAG_CONTINUATION: u8 = 1;
 const FLAG_RELOCATED: u8 = 2;
+const FLAG_OPEN: u8 = 4;
 const KIND_LOCAL: u8 = 1;
 const KIND_OBJECT: u8 = 2;
 /// Upper bounds on counts read from a persisted index: anything larger is damage.
@@ -730,6 +735,14 @@ impl PersistedIndex {
         if self.index.relocated {
             flags |= FLAG_RELOCATED;
         }
+        if !self.index.sealed {
+            if !self.index.subs.is_empty() || !self.files.is_empty() || !self.objects.is_empty() {
+                return Err(TierError::internal(
+                    "only an empty partition is persisted open",
+                ));
+            }
+            flags |= FLAG_OPEN;
+        }
         out.put_u8(flags);
         out.put_u64_le(self.generation);
         put_blobs(&mut out, &self.files);
@@ -776,7 +789,8 @@ impl PersistedIndex {
     }
 
     /// Decodes and checks an index of any version this worker reads; any
-    /// damage is an error, never a panic. The result is sealed.
+    /// damage is an error, never a panic. The result is sealed, unless it
+    /// stands for an empty partition left open by a restart.
     pub fn decode(bytes: &[u8]) -> TierResult<Self> {
         if bytes.len() < 12 {
             return Err(damaged("too short"));
@@ -801,14 +815,18 @@ impl PersistedIndex {
         let num_subpartitions = r.u32()?;
         let broadcast_only = r.u8()? != 0;
         let flags = if version >= VERSION_3 { r.u8()? } else { 0 };
-        let (continuation, relocated) = match version {
+        let (continuation, relocated, open) = match version {
             VERSION => {
-                if flags & !(FLAG_CONTINUATION | FLAG_RELOCATED) != 0 {
+                if flags & !(FLAG_CONTINUATION | FLAG_RELOCATED | FLAG_OPEN) != 0 {
                     return Err(damaged(&format!("unknown flags {flags:#x}")));
                 }
-                (flags & FLAG_CONTINUATION != 0, flags & FLAG_RELOCATED != 0)
+                (
+                    flags & FLAG_CONTINUATION != 0,
+                    flags & FLAG_RELOCATED != 0,
+                    flags & FLAG_OPEN != 0,
+                )
             }
-            _ => (flags != 0, false),
+            _ => (flags != 0, false, false),
         };
         let (generation, files, object_prefix, objects) = if version == VERSION_1 {
             let data_len = r.u64()?;
@@ -914,7 +932,10 @@ impl PersistedIndex {
         if r.r.has_remaining() {
             return Err(damaged("trailing bytes"));
         }
-        index.sealed = true;
+        if open && (!index.subs.is_empty() || !files.is_empty() || !objects.is_empty()) {
+            return Err(damaged("an open partition with data"));
+        }
+        index.sealed = !open;
         index.recount();
         Ok(PersistedIndex {
             key: PartitionKey { job, partition },

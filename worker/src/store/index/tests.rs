@@ -342,12 +342,48 @@ fn unknown_flags_are_damage() {
         + 4
         + 1;
     assert_eq!(bytes[at], FLAG_RELOCATED, "the flags byte");
-    bytes[at] |= 4;
+    bytes[at] |= 8;
     let body = bytes.len() - 4;
     let crc = crc32c::crc32c(&bytes[..body]);
     bytes[body..].copy_from_slice(&crc.to_le_bytes());
     let err = PersistedIndex::decode(&bytes).expect_err("unknown flag");
-    assert_eq!(corrupt_detail(&err), "unknown flags 0x6");
+    assert_eq!(corrupt_detail(&err), "unknown flags 0xa");
+}
+
+/// An empty open partition (kept across a restart) round-trips open; an
+/// open one with data is refused, on encode and on decode.
+#[test]
+fn only_empty_partitions_persist_open() {
+    let mut empty = sample(&[], 2, 1, false);
+    empty.files.clear();
+    empty.objects.clear();
+    empty.index.sealed = false;
+    let back = PersistedIndex::decode(&empty.encode().expect("encode")).expect("decode");
+    assert!(!back.index.sealed);
+    assert_eq!(back, empty);
+
+    let mut with_data = sample(&[vec![vec![(false, 0)]]], 1, 1, false);
+    with_data.index.sealed = false;
+    with_data.encode().expect_err("data is not persisted open");
+    // Forged: the open flag on an index with data.
+    let mut sealed = sample(&[vec![vec![(false, 0)]]], 1, 1, false);
+    sealed.index.relocated = true;
+    let mut bytes = sealed.encode().expect("encode").to_vec();
+    let at = 4
+        + 4
+        + 4
+        + sealed.key.job.as_bytes().len()
+        + 4
+        + sealed.key.partition.as_bytes().len()
+        + 4
+        + 1;
+    assert_eq!(bytes[at], FLAG_RELOCATED);
+    bytes[at] |= FLAG_OPEN;
+    let body = bytes.len() - 4;
+    let crc = crc32c::crc32c(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    let err = PersistedIndex::decode(&bytes).expect_err("open with data");
+    assert_eq!(corrupt_detail(&err), "an open partition with data");
 }
 
 #[test]

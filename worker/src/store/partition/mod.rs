@@ -229,8 +229,10 @@ impl Partition {
             state.generation = persisted.generation;
             state.index = persisted.index;
             state.index_dir = Some(index_dir);
-            state.phase = Phase::Sealed;
-            state.sealed_at = Some(clock::now());
+            if state.index.sealed {
+                state.phase = Phase::Sealed;
+                state.sealed_at = Some(clock::now());
+            }
         }
         partition
     }

@@ -181,6 +181,52 @@ impl Partition {
     }
 
     /// What [`Partition::persist`] writes: the next generation of the index.
+    /// Persists a partition that is open and holds nothing yet (its
+    /// producer has not pushed), so that after a restart it is there, open,
+    /// for the producer to push to. False when it is not empty any more.
+    pub async fn persist_open_empty(self: &Arc<Self>, tiers: &Tiers) -> TierResult<bool> {
+        let _guard = self.flush_lock.lock().await;
+        let (encoded, preferred) = {
+            let state = self.lock();
+            let empty = matches!(state.phase, Phase::Open)
+                && state.index.subs.is_empty()
+                && state.pending.is_empty()
+                && state.files.is_empty()
+                && state.objects.is_empty();
+            if !empty {
+                return Ok(false);
+            }
+            let mut persisted = self.persisted(&state);
+            persisted.index.sealed = false;
+            (persisted.encode()?, state.index_dir)
+        };
+        let mut last = None;
+        for dir in tiers.dirs.any_healthy(preferred) {
+            let dir_path = tiers.dirs.get(dir).path.clone();
+            let path = index_path(&dir_path, &self.meta.key);
+            let layer = Arc::clone(&tiers.files);
+            let bytes = encoded.clone();
+            let written =
+                tokio::task::spawn_blocking(move || layer.write_atomic(&dir_path, &path, &bytes))
+                    .await
+                    .map_err(|e| {
+                        TierError::with_source(ErrorKind::Internal, "persist task failed", e)
+                    })?;
+            match written {
+                Ok(()) => {
+                    self.lock().index_dir = Some(dir);
+                    return Ok(true);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(TierError::unavailable(format!(
+            "persist open {}: no data directory took its index{}",
+            self.meta.key,
+            last.map_or(String::new(), |e| format!(": {e}"))
+        )))
+    }
+
     fn persisted(&self, state: &State) -> PersistedIndex {
         let mut index = state.index.clone();
         index.sealed = true;
