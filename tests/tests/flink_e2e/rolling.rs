@@ -158,8 +158,8 @@ fn rolling_restart_of_every_worker_and_master_under_a_gib_job_reruns_nothing() {
     }
     // A master is restarted once the one before it knows every worker
     // again (what an operator watches for: its worker list, or /readyz).
-    for i in 0..masters.len() {
-        let down = masters[i].restart();
+    for (i, master) in masters.iter_mut().enumerate() {
+        let down = master.restart();
         downtimes.push((format!("master {i}"), down, pushed(&workers) >> 20));
         terrace_tests::wait_until(
             Duration::from_secs(20),
