@@ -3,7 +3,8 @@
 use terrace_rpc::clock;
 use terrace_rpc::{Client, ClientOptions, Peer, Pool, io_runtime};
 use terrace_tier_api::protocol::{
-    AllocatePartition, CreatePartition, LocatePartition, SealPartition, SplitPartition, WorkerAt,
+    AllocatePartition, CreatePartition, LocatePartition, PartitionMetrics, SealPartition,
+    SplitPartition, WorkerAt,
 };
 use terrace_tier_api::{
     AgentConfig, Buffer, DataType, ErrorKind, PartitionKey, ProducerSpec, SegmentId,
@@ -50,8 +51,8 @@ pub struct ProducerAgent {
     next_split_attempt: Option<std::time::Instant>,
     /// Some push was sent (on any part).
     pushed: bool,
-    /// The address of the first part's worker.
-    first_address: String,
+    /// The address of the current part's worker.
+    current_address: String,
 }
 
 /// How long a producer keeps writing to its worker after a split it could
@@ -78,7 +79,7 @@ impl ProducerAgent {
             .with_job_token(&spec.descriptor)?;
         let address = spec.descriptor.worker_address.clone();
         let workers = Pool::new(options.clone());
-        let (client, first_worker, first_address) = io_runtime()
+        let (client, first_worker, current_address) = io_runtime()
             .block_on(async {
                 let peer = Peer::at(&address);
                 let client = match workers.client(&peer).await {
@@ -147,7 +148,7 @@ impl ProducerAgent {
             parts: vec![first_worker],
             next_split_attempt: None,
             pushed: false,
-            first_address,
+            current_address,
             spec,
             config,
         })
@@ -222,6 +223,7 @@ impl ProducerAgent {
         self.workers.forget(&Peer::at(old.peer()), &old);
         tracing::debug!(partition = %self.key, from = ?self.parts.last(), to = %next.id, "partition split");
         self.parts.push(next.id.into_string());
+        self.current_address = next.address.clone();
         self.pusher = Pusher::new(
             client,
             self.key.clone(),
@@ -346,7 +348,7 @@ impl ProducerAgent {
         if self.batch.num_buffers() == 0 {
             return Ok(());
         }
-        self.recreate_if_unpushed()?;
+        self.reattach_if_cut()?;
         self.pushed = true;
         let (chunks, num_buffers) = self.batch.take();
         io_runtime().block_on(self.pusher.push(chunks, num_buffers))
@@ -359,14 +361,17 @@ impl ProducerAgent {
     /// partition that is there is accepted); if it does not come back,
     /// place the partition on another worker, as for a worker unreachable
     /// at the first create.
-    fn recreate_if_unpushed(&mut self) -> TierResult<()> {
-        if self.pushed || self.parts.len() != 1 || !self.pusher.client().is_closed() {
+    fn reattach_if_cut(&mut self) -> TierResult<()> {
+        if !self.pusher.client().is_closed() {
             return Ok(());
+        }
+        if self.pushed || self.parts.len() != 1 {
+            return self.push_on_after_restart();
         }
         let lost = self.pusher.check().err().unwrap_or_else(|| {
             TierError::unavailable(format!(
                 "the connection to worker {} closed before the first push",
-                self.first_address
+                self.current_address
             ))
         });
         let first = self.parts[0].clone();
@@ -377,7 +382,7 @@ impl ProducerAgent {
         };
         let (client, worker_id) = io_runtime()
             .block_on(async {
-                if let Some(client) = self.back_from_restart(&first, part).await {
+                if let Some(client) = self.back_from_restart(&first, Some(part)).await {
                     return Ok((client, first));
                 }
                 relocate(
@@ -393,7 +398,7 @@ impl ProducerAgent {
             .map_err(|e| e.context(format!("place {} again before its first push", self.key)))?;
         tracing::info!(partition = %self.key, worker = %worker_id,
             "the partition's worker went away before the first push; created it again");
-        self.first_address = client.peer().to_string();
+        self.current_address = client.peer().to_string();
         self.parts[0] = worker_id;
         self.pusher = Pusher::new(
             client,
@@ -403,12 +408,65 @@ impl ProducerAgent {
         Ok(())
     }
 
-    /// A connection to the first part's worker `worker_id` with the
-    /// partition created there again, once it is back from a restart (while
-    /// the masters say it is restarting, at most [`RESTART_WAIT`]); `None`
-    /// when it neither answers nor is restarting.
-    async fn back_from_restart(&self, worker_id: &str, part: Part) -> Option<Client> {
-        let peer = Peer::at(&self.first_address);
+    /// The connection to the current part's worker is gone after pushes
+    /// (`pushed`): the worker may have stopped for a restart, keeping the
+    /// partition open with every push it acknowledged. Goes on there once
+    /// it is back, if no push failed and it holds exactly the bytes it
+    /// acknowledged; otherwise the partition is lost (the engine re-runs
+    /// this producer).
+    fn push_on_after_restart(&mut self) -> TierResult<()> {
+        self.pusher.check()?;
+        let worker_id = self.parts.last().cloned().unwrap_or_default();
+        let acked = self.pusher.acked();
+        let lost = |why: String| {
+            TierError::unavailable(format!(
+                "{}: the connection to worker {worker_id} at {} is gone and {why}",
+                self.key, self.current_address
+            ))
+        };
+        let (client, metrics) = io_runtime()
+            .block_on(async {
+                let client = self.back_from_restart(&worker_id, None).await?;
+                let metrics = client
+                    .call(PartitionMetrics {
+                        key: self.key.clone(),
+                    })
+                    .await
+                    .ok()?;
+                Some((client, metrics))
+            })
+            .ok_or_else(|| {
+                lost("it did not come back from a restart holding the partition".into())
+            })?;
+        let stored: u64 = if self.spec.broadcast_only {
+            metrics.subpartition_bytes.first().copied().unwrap_or(0)
+        } else {
+            metrics.subpartition_bytes.iter().sum()
+        };
+        if metrics.sealed || stored != acked {
+            return Err(lost(format!(
+                "after its restart it holds {stored} bytes of the partition (sealed: {}), not the {acked} it acknowledged",
+                metrics.sealed
+            )));
+        }
+        tracing::info!(partition = %self.key, worker = %worker_id, bytes = acked,
+            "the partition's worker is back from a restart holding every acknowledged push; pushing on");
+        self.current_address = client.peer().to_string();
+        self.pusher = Pusher::continuing(
+            client,
+            self.key.clone(),
+            self.config.max_bytes_in_flight.as_u64(),
+            acked,
+        );
+        Ok(())
+    }
+
+    /// A connection to the current part's worker `worker_id` (with the
+    /// partition created there again when `create` says how), once it is
+    /// back from a restart (while the masters say it is restarting, at most
+    /// [`RESTART_WAIT`]); `None` when it neither answers nor is restarting.
+    async fn back_from_restart(&self, worker_id: &str, create: Option<Part>) -> Option<Client> {
+        let peer = Peer::at(&self.current_address);
         let ask = LocatePartition {
             key: self.key.clone(),
             worker: WorkerId::new(worker_id).ok(),
@@ -418,6 +476,9 @@ impl ProducerAgent {
             if let Ok(Ok(client)) =
                 clock::timeout(RECONNECT_TIMEOUT, self.workers.client(&peer)).await
             {
+                let Some(part) = create else {
+                    return Some(client);
+                };
                 match create_on(&client, &self.key, &self.spec, part).await {
                     Ok(()) => return Some(client),
                     Err(e) => {
@@ -511,7 +572,7 @@ impl TierProducerAgent for ProducerAgent {
         if self.closed {
             return Ok(());
         }
-        self.recreate_if_unpushed()?;
+        self.reattach_if_cut()?;
         self.pusher.check()?;
         self.push_batch()?;
         self.closed = true;

@@ -1,6 +1,6 @@
 //! Pushes batches to a worker, keeping at most a budget of bytes unacknowledged.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -19,10 +19,23 @@ pub struct Pusher {
     failure: Arc<Mutex<Option<TierError>>>,
     /// The worker answered a push with `split`: go on on another worker.
     split_requested: Arc<AtomicBool>,
+    /// Body bytes the worker acknowledged (on this part, across the
+    /// pushers of one part).
+    acked: Arc<AtomicU64>,
 }
 
 impl Pusher {
     pub fn new(client: Client, key: PartitionKey, max_bytes_in_flight: u64) -> Self {
+        Pusher::continuing(client, key, max_bytes_in_flight, 0)
+    }
+
+    /// A pusher on a part the worker already acknowledged `acked` bytes of.
+    pub fn continuing(
+        client: Client,
+        key: PartitionKey,
+        max_bytes_in_flight: u64,
+        acked: u64,
+    ) -> Self {
         let budget = u32::try_from(max_bytes_in_flight).unwrap_or(u32::MAX);
         Pusher {
             client,
@@ -31,7 +44,13 @@ impl Pusher {
             budget,
             failure: Arc::new(Mutex::new(None)),
             split_requested: Arc::new(AtomicBool::new(false)),
+            acked: Arc::new(AtomicU64::new(acked)),
         }
+    }
+
+    /// Body bytes the worker acknowledged on this part.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
     }
 
     /// Whether the worker asked for a split (and it has not been dealt with).
@@ -78,10 +97,12 @@ impl Pusher {
         })?;
         let failure = Arc::clone(&self.failure);
         let split_requested = Arc::clone(&self.split_requested);
+        let acked = Arc::clone(&self.acked);
         let partition = self.key.clone();
         tokio::spawn(async move {
             match pending.wait().await {
                 Ok(ack) => {
+                    acked.fetch_add(u64::from(len), Ordering::AcqRel);
                     if ack.split {
                         split_requested.store(true, Ordering::Relaxed);
                     }

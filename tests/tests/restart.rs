@@ -8,9 +8,10 @@
 //! - a reader stopped in the middle of a segment of a sealed partition there
 //!   resumes where it was once the worker is back, and one reading the
 //!   partition being written follows it across the restart and the split;
-//! - a partition created there and not pushed to until after the restart
-//!   is kept open across it: its producer pushes after it and its reader,
-//!   waiting since before, reads it;
+//! - partitions created there and idle during the restart (not pushed to
+//!   yet, or pushed to and paused) are kept open across it: their
+//!   producers push on after it, and their readers, waiting since before,
+//!   read them whole;
 //! - every buffer arrives exactly once, in order.
 
 use std::collections::HashMap;
@@ -140,7 +141,7 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
         .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
         .expect("register");
     // Two partitions on w0: one sealed, one being written across the restart.
-    let on_w0: Vec<_> = (1..=12)
+    let on_w0: Vec<_> = (1..=16)
         .map(|p| {
             agent
                 .add_partition_and_get_shuffle_descriptor(
@@ -152,8 +153,13 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
         })
         .filter(|d| d.worker_id == "w0")
         .collect();
-    assert!(on_w0.len() >= 3, "placement spreads a job: {on_w0:?}");
-    let (sealed, open, idle) = (on_w0[0].clone(), on_w0[1].clone(), on_w0[2].clone());
+    assert!(on_w0.len() >= 4, "placement spreads a job: {on_w0:?}");
+    let (sealed, open, idle, paused) = (
+        on_w0[0].clone(),
+        on_w0[1].clone(),
+        on_w0[2].clone(),
+        on_w0[3].clone(),
+    );
     let expected_sealed = write_partition(&config, sealed.clone(), 1, SUBS, 64, 4096);
 
     // A reader of the sealed partition takes 3 buffers of subpartition 0
@@ -216,6 +222,20 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
         let (config, idle) = (config.clone(), idle.clone());
         std::thread::spawn(move || read_partition(&config, idle, SUBS, Duration::from_secs(90)))
     };
+    // Pushed to, then paused across the restart; read from before it.
+    let mut paused_writer = RecordingWriter::new(producer(&config, paused.clone(), SUBS, false));
+    for i in 0..24 {
+        for sub in 0..SUBS {
+            paused_writer
+                .write(sub, Buffer::data(payload(4, sub, i, 4096)))
+                .expect("write before the restart");
+        }
+    }
+    paused_writer.agent.flush_and_wait().expect("acknowledged");
+    let paused_reader = {
+        let (config, paused) = (config.clone(), paused.clone());
+        std::thread::spawn(move || read_partition(&config, paused, SUBS, Duration::from_secs(90)))
+    };
     terrace_tests::hold(Duration::from_millis(150));
 
     // The restart.
@@ -249,6 +269,29 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
         ["w0".to_string()],
         "written where it was placed"
     );
+    for i in 24..48 {
+        for sub in 0..SUBS {
+            paused_writer
+                .write(sub, Buffer::data(payload(4, sub, i, 4096)))
+                .expect("pushes on after the restart");
+        }
+    }
+    paused_writer.end_and_close(SUBS);
+    assert_eq!(
+        paused_writer.agent.parts(),
+        ["w0".to_string()],
+        "written on where it was"
+    );
+    let paused_read =
+        terrace_tests::join_within(paused_reader, Duration::from_secs(90), "paused reader")
+            .expect("the reader waits across the restart");
+    for sub in 0..SUBS {
+        assert_buffers_eq(
+            &paused_read[&sub],
+            &paused_writer.expected[&sub],
+            &format!("partition paused across the restart, subpartition {sub}"),
+        );
+    }
     let idle_read = terrace_tests::join_within(idle_reader, Duration::from_secs(90), "idle reader")
         .expect("the reader waits across the restart");
     for sub in 0..SUBS {

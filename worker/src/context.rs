@@ -35,6 +35,9 @@ pub(crate) struct Shared {
     /// Set once the worker began stopping for a restart (SIGTERM): see
     /// `crate::restart`.
     pub restart: Decommission,
+    /// Set when a restarting worker keeps its open partitions: no push is
+    /// taken any more.
+    pub pushes_frozen: std::sync::atomic::AtomicBool,
     /// Partitions created here as relocated (their placed worker was
     /// unreachable) or adopted as first parts; heartbeats name those still
     /// held so masters can locate them. Persisted in each partition's index,

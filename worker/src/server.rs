@@ -173,6 +173,7 @@ fn prepare(
             address,
             decommission: Decommission::default(),
             restart: Decommission::default(),
+            pushes_frozen: Default::default(),
             relocated: std::sync::Mutex::new(relocated),
             heartbeat_now: tokio::sync::Notify::new(),
             rates: std::sync::Mutex::new(Rates::default()),

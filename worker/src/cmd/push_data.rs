@@ -21,6 +21,12 @@ pub(crate) async fn apply(
     let started = clock::now();
     let store = &conn.shared.store;
     let _in_flight = Occupied::new(&store.counters, Occupancy::Push);
+    if conn.shared.pushes_frozen.load(Ordering::Acquire) {
+        return Err(terrace_tier_api::TierError::unavailable(format!(
+            "{}: worker {} is stopping for a restart and keeps what it holds; push again once it is back",
+            request.key, conn.shared.worker_id
+        )));
+    }
     let ack = store_push(request, conn, reservation).await?;
     store
         .counters

@@ -18,7 +18,7 @@
 //! ```text
 //! magic "TRIX" | u32 version | u32 job id len | job id | u32 partition id len | partition id
 //! | u32 num_subpartitions | u8 broadcast_only
-//! | u8 flags (1: continuation, 2: relocated, 4: open and empty)
+//! | u8 flags (1: continuation, 2: relocated, 4: open)
 //! | u64 generation
 //! | u32 num_files   | per local data file: u32 id | u64 length
 //! | u32 prefix len  | object key prefix (UTF-8)
@@ -35,10 +35,10 @@
 //! relocated. A *relocated* partition is one the masters locate here
 //! although its descriptor names another worker (created here when that
 //! worker was unreachable, or adopted from a decommissioning worker): a
-//! restarted worker names it in its heartbeats again. An *open and empty*
-//! index stands for a partition created and not pushed to yet when its
-//! worker stopped for a restart: it has no segment, file or object, and is
-//! recovered open, so its producer pushes to it after the restart.
+//! restarted worker names it in its heartbeats again. An *open* index is
+//! a partition still being written when its worker stopped for a restart
+//! (every push it acknowledged flushed and synced first): it is recovered
+//! open, and its producer pushes on to it after the restart.
 //!
 //! Version 2 (still read): no `continuation`, no `first_segment` (0), and no
 //! forward pointer. Version 1 (still read): as version 2 without generation
@@ -736,11 +736,6 @@ impl PersistedIndex {
             flags |= FLAG_RELOCATED;
         }
         if !self.index.sealed {
-            if !self.index.subs.is_empty() || !self.files.is_empty() || !self.objects.is_empty() {
-                return Err(TierError::internal(
-                    "only an empty partition is persisted open",
-                ));
-            }
             flags |= FLAG_OPEN;
         }
         out.put_u8(flags);
@@ -790,7 +785,7 @@ impl PersistedIndex {
 
     /// Decodes and checks an index of any version this worker reads; any
     /// damage is an error, never a panic. The result is sealed, unless it
-    /// stands for an empty partition left open by a restart.
+    /// stands for a partition left open by a restart.
     pub fn decode(bytes: &[u8]) -> TierResult<Self> {
         if bytes.len() < 12 {
             return Err(damaged("too short"));
@@ -931,9 +926,6 @@ impl PersistedIndex {
         }
         if r.r.has_remaining() {
             return Err(damaged("trailing bytes"));
-        }
-        if open && (!index.subs.is_empty() || !files.is_empty() || !objects.is_empty()) {
-            return Err(damaged("an open partition with data"));
         }
         index.sealed = !open;
         index.recount();

@@ -181,24 +181,28 @@ impl Partition {
     }
 
     /// What [`Partition::persist`] writes: the next generation of the index.
-    /// Persists a partition that is open and holds nothing yet (its
-    /// producer has not pushed), so that after a restart it is there, open,
-    /// for the producer to push to. False when it is not empty any more.
-    pub async fn persist_open_empty(self: &Arc<Self>, tiers: &Tiers) -> TierResult<bool> {
+    /// Persists a partition that is still open (its worker stops for a
+    /// restart and takes no more pushes): its data flushed and synced, its
+    /// index marked open, so that after the restart it is recovered open
+    /// and its producer pushes on. False when it is not open.
+    pub async fn persist_open(self: &Arc<Self>, tiers: &Tiers) -> TierResult<bool> {
         let _guard = self.flush_lock.lock().await;
+        if !matches!(self.lock().phase, Phase::Open) {
+            return Ok(false);
+        }
+        self.flush_locked(tiers).await?;
+        self.sync_files(tiers).await?;
         let (encoded, preferred) = {
             let state = self.lock();
-            let empty = matches!(state.phase, Phase::Open)
-                && state.index.subs.is_empty()
-                && state.pending.is_empty()
-                && state.files.is_empty()
-                && state.objects.is_empty();
-            if !empty {
+            if !matches!(state.phase, Phase::Open) || !state.pending.is_empty() {
                 return Ok(false);
             }
             let mut persisted = self.persisted(&state);
             persisted.index.sealed = false;
-            (persisted.encode()?, state.index_dir)
+            let preferred = state
+                .index_dir
+                .or_else(|| state.files.first().map(|f| f.dir));
+            (persisted.encode()?, preferred)
         };
         let mut last = None;
         for dir in tiers.dirs.any_healthy(preferred) {
@@ -214,7 +218,9 @@ impl Partition {
                     })?;
             match written {
                 Ok(()) => {
-                    self.lock().index_dir = Some(dir);
+                    let mut state = self.lock();
+                    state.generation += 1;
+                    state.index_dir = Some(dir);
                     return Ok(true);
                 }
                 Err(e) => last = Some(e),
