@@ -331,11 +331,18 @@ async fn relocated_first_hop(
                 break Some(at);
             }
             Ok(located) => {
-                // Not relocated: the worker may be back (from a restart).
-                if let Ok(Ok(client)) =
+                // Not relocated. A worker that could not be reached may be
+                // back (from a restart); one that answered without the
+                // partition is not asked again.
+                let back = if error.kind() == ErrorKind::Unavailable {
                     clock::timeout(RECONNECT_TIMEOUT, shared.client_for(from, &context.options))
                         .await
-                {
+                        .ok()
+                        .and_then(Result::ok)
+                } else {
+                    None
+                };
+                if let Some(client) = back {
                     shared.hops.lock().expect("hops lock poisoned")[context.slot].clear();
                     let opened = start_hop(
                         shared,

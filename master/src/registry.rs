@@ -843,14 +843,19 @@ impl Registry {
             .insert(key.partition.clone());
     }
 
-    /// The partitions of `job` with a later part on `worker`: at most
-    /// `max`, and whether there are more.
+    /// The partitions of `job` with a later part on `worker`, if this
+    /// master took `worker` for lost (a decommissioned worker handed its
+    /// parts over before it left): at most `max`, and whether there are
+    /// more.
     pub(crate) fn parts_on(
         &self,
         job: &JobId,
         worker: &str,
         max: usize,
     ) -> (Vec<PartitionId>, bool) {
+        if !self.lost.contains_key(worker) {
+            return (Vec::new(), false);
+        }
         let Some(held) = self.parts.get(job).and_then(|w| w.get(worker)) else {
             return (Vec::new(), false);
         };
@@ -1760,6 +1765,10 @@ mod tests {
         );
         r.register_job(job("j"), t0).expect("room");
         r.register_job(job("k"), t0).expect("room");
+        for w in ["w1", "w2", "w3"] {
+            r.heartbeat(w.into(), format!("{w}:1"), stored(0), t0)
+                .expect("room");
+        }
         r.record_part(&key("j", 1), "w1");
         r.record_part(&key("j", 1), "w1");
         r.record_part(&key("j", 2), "w1");
@@ -1767,6 +1776,16 @@ mod tests {
         // Past the job's limit: not recorded.
         r.record_part(&key("j", 3), "w1");
         r.record_part(&key("k", 1), "w1");
+        // Asked about only once lost (w3 decommissions: gone, not lost).
+        assert_eq!(r.parts_on(&job("j"), "w1", 10), (Vec::new(), false));
+        let mut leaving = stored(0);
+        leaving.decommissioning = true;
+        r.heartbeat("w3".into(), "w3:1".into(), leaving, t0)
+            .expect("room");
+        r.record_part(&key("k", 2), "w3");
+        let later = t0 + Duration::from_secs(11);
+        r.expire(later);
+        assert_eq!(r.parts_on(&job("k"), "w3", 10), (Vec::new(), false));
         let ids =
             |n: &[u32]| -> Vec<PartitionId> { n.iter().map(|&n| key("j", n).partition).collect() };
         assert_eq!(r.parts_on(&job("j"), "w1", 10), (ids(&[1, 2]), false));

@@ -749,3 +749,25 @@ pub fn entries_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Stops process `pid` (SIGSTOP) and waits (at most 10 s) until the kernel
+/// shows it stopped: `kill` returns once the signal is queued, and a busy
+/// process may still run for a moment.
+pub fn stop_process(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -STOP {pid}");
+    let stopped = wait::poll_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // "pid (comm) STATE ...": the state follows the last ')'.
+                let rest = &stat[stat.rfind(')')? + 1..];
+                rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+            })
+            .unwrap_or(false)
+    });
+    assert!(stopped, "process {pid} did not stop within 10 s of SIGSTOP");
+}

@@ -1060,15 +1060,6 @@ struct Faulted {
     elapsed: Duration,
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to `pid`.
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
 /// Continues a stopped worker when dropped (a failed assertion included),
 /// so the cluster's teardown can kill it.
 struct ContinueOnDrop(u32);
@@ -1130,13 +1121,13 @@ fn fault_a_worker_mid_shuffle(
         }
         Fault::Hang => {
             let pid = cluster.worker(victim).pid();
-            signal(pid, "STOP");
             stopped = Some(ContinueOnDrop(pid));
+            terrace_tests::stop_process(pid);
         }
         Fault::Pause(pause) => {
             let pid = cluster.worker(victim).pid();
-            signal(pid, "STOP");
             let paused = ContinueOnDrop(pid);
+            terrace_tests::stop_process(pid);
             terrace_tests::hold(pause);
             drop(paused);
         }

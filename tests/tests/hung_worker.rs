@@ -59,14 +59,6 @@ fn start_worker(dir: &Path, index: usize, master: &str) -> ServiceProcess {
     ServiceProcess::start(&["worker", "--config", path.to_str().expect("utf-8 path")])
 }
 
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
 /// Kills the stopped worker if the test fails before it continues it.
 struct Stopped(u32);
 
@@ -185,8 +177,8 @@ fn a_hung_worker_is_taken_for_lost_within_seconds_and_serves_nothing_stale_when_
     // The reader has read what was pushed and waits for more.
     terrace_tests::hold(Duration::from_millis(500));
 
-    signal(hung.pid(), "STOP");
     let stopped = Stopped(hung.pid());
+    terrace_tests::stop_process(hung.pid());
     let hung_at = clock::now();
 
     // The producer's next pushes fail within the deadline.

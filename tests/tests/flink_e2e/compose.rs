@@ -133,6 +133,19 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
     // bytes were pushed, and every pushed byte read back) and its partitions
     // released, within a few scrapes.
     let payload = (work.records * work.payload) as f64;
+    // What the workers themselves count (their WorkerStats replies, asked
+    // over Terrace's own protocol on the compose network): the job is
+    // over, so these are final, and Prometheus must reach exactly them (a
+    // worker scraped before the job's last pushes shows less until its
+    // next scrape).
+    let counted = || -> (u64, u64) {
+        COMPOSE_MEMBERS
+            .iter()
+            .filter(|(service, _, _)| service.starts_with("worker"))
+            .map(|(_, octet, _)| worker_stats(&cluster.address(*octet, 9871).to_string()))
+            .fold((0, 0), |(p, r), s| (p + s.bytes_pushed, r + s.bytes_read))
+    };
+    let counted = counted();
     let mut last = (0.0, 0.0, f64::NAN, 0.0);
     let seen_all = terrace_tests::wait::poll_until(SCRAPED, || {
         let value = |q: &str| cluster.query_value(q).unwrap_or(f64::NAN);
@@ -143,7 +156,10 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
             value("count(terrace_worker_pushed_bytes_total > 0)"),
         );
         let (pushed, read, partitions, _) = last;
-        pushed >= payload && read == pushed && partitions == 0.0
+        pushed >= payload
+            && read == pushed
+            && partitions == 0.0
+            && (pushed as u64, read as u64) == counted
     });
     let (pushed, read, partitions, workers_used) = last;
     assert!(
@@ -155,14 +171,6 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
         workers_used >= 2.0,
         "the masters spread the job over the workers: {workers_used} got data"
     );
-    // Exactly what the workers themselves count (their WorkerStats replies,
-    // asked over Terrace's own protocol on the compose network): the job is
-    // over, so the last scrape holds the final values.
-    let counted: (u64, u64) = COMPOSE_MEMBERS
-        .iter()
-        .filter(|(service, _, _)| service.starts_with("worker"))
-        .map(|(_, octet, _)| worker_stats(&cluster.address(*octet, 9871).to_string()))
-        .fold((0, 0), |(p, r), s| (p + s.bytes_pushed, r + s.bytes_read));
     assert_eq!(
         (pushed as u64, read as u64),
         counted,

@@ -366,8 +366,14 @@ fn open_partitions_persist_open() {
     with_data.index.sealed = false;
     with_data.index.relocated = true;
     let bytes = with_data.encode().expect("encode").to_vec();
-    let at = 4 + 4 + 4 + with_data.key.job.as_bytes().len() + 4
-        + with_data.key.partition.as_bytes().len() + 4 + 1;
+    let at = 4
+        + 4
+        + 4
+        + with_data.key.job.as_bytes().len()
+        + 4
+        + with_data.key.partition.as_bytes().len()
+        + 4
+        + 1;
     assert_eq!(bytes[at], FLAG_RELOCATED | FLAG_OPEN, "the flags byte");
     let back = PersistedIndex::decode(&bytes).expect("decode");
     assert!(!back.index.sealed);
