@@ -183,6 +183,97 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
         clock::elapsed(up)
     );
 
+    // A rolling restart of the containers under a 1.1 GiB job:
+    // `docker-compose restart` of each worker, then each master, one at a
+    // time, each waited for until both masters list every worker live
+    // again. The exact result, and no producer runs twice.
+    let big_work = big(Line::V1_20);
+    let big_default = default_result(big_work);
+    let rolled_output = dir.path().join("compose-rolling.txt");
+    let mut flink = job.flink.clone();
+    flink.extend([
+        "terrace.master.poll-interval=500ms".to_string(),
+        "restart-strategy.type=fixed-delay".to_string(),
+        "restart-strategy.fixed-delay.attempts=5".to_string(),
+        "restart-strategy.fixed-delay.delay=1s".to_string(),
+    ]);
+    let rolling = Job {
+        name: "terrace-compose-rolling",
+        parallelism: 4,
+        work: big_work,
+        flink,
+    };
+    let worker_addresses: Vec<String> = COMPOSE_MEMBERS
+        .iter()
+        .filter(|(service, _, _)| service.starts_with("worker"))
+        .map(|(_, octet, _)| cluster.address(*octet, 9871).to_string())
+        .collect();
+    let masters: Vec<String> = cluster
+        .master_addresses()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let pushed = || -> u64 {
+        worker_addresses
+            .iter()
+            .filter_map(|a| {
+                terrace_tests::call(a, terrace_tier_api::protocol::WorkerStats)
+                    .ok()
+                    .map(|s| s.bytes_pushed)
+            })
+            .sum()
+    };
+    let all_live = || {
+        masters.iter().all(|m| {
+            terrace_tests::list_workers(m).is_ok_and(|l| {
+                l.workers.len() == 3 && l.workers.iter().all(|w| !w.load.restarting)
+            })
+        })
+    };
+    let before = pushed();
+    let mut running = rolling.spawn(&rolled_output, dir.path());
+    terrace_tests::wait_until(Duration::from_secs(120), "the job pushes 10 MB", || {
+        pushed() >= before + (10 << 20)
+    });
+    let rolled_at = clock::now();
+    for service in ["worker1", "worker2", "worker3", "master1", "master2"] {
+        terrace_tests::deploy::run_ok(
+            cluster.command(&["restart", "-t", "30", service]),
+            Duration::from_secs(60),
+            &format!("docker-compose restart {service}"),
+        );
+        terrace_tests::wait_until(
+            Duration::from_secs(60),
+            &format!("both masters list every worker live after {service} restarted"),
+            all_live,
+        );
+    }
+    let rolled = clock::elapsed(rolled_at);
+    let still_running = running.child.try_wait().expect("poll the job").is_none();
+    let done = running.wait(JOB_DEADLINE);
+    assert!(
+        done.succeeded(),
+        "the job under a rolling restart of the containers failed ({:?}):\n{}",
+        done.status,
+        done.tail()
+    );
+    assert_same_result(
+        &rolled_output,
+        &big_default,
+        "the job under a rolling restart of the containers",
+    );
+    let reruns = Reruns::from_log(&done.stderr);
+    eprintln!(
+        "flink_e2e: compose: rolling restart of 3 workers and 2 masters in {rolled:.1?}, the job still running: {still_running}; the job took {:.1?}; shuffle-1 producers {reruns:?}",
+        done.elapsed
+    );
+    assert!(still_running, "the job ended before the rolling restart did");
+    assert!(reruns.subtasks > 0, "no shuffle-1 producer in Flink's log");
+    assert!(
+        reruns.rerun.is_empty() && reruns.lost.is_empty(),
+        "a rolling restart of the containers cost re-runs: {reruns:?}"
+    );
+
     // A worker killed (SIGKILL, as a crashed host): the masters count it
     // lost after their worker_timeout (10 s here), and Prometheus, which
     // evaluates deploy/prometheus/alerts.yml itself, fires TerraceWorkerLost.
