@@ -108,6 +108,7 @@ messages! {
     42 => PartitionMetricsReply,
     43 => ListParts,
     44 => PartsListed,
+    45 => Restart,
 }
 
 impl MessageType {
@@ -160,6 +161,7 @@ impl Message {
             Message::PushAck(m) => m.request_id,
             Message::SplitPartition(m) => m.request_id,
             Message::Decommission(m) => m.request_id,
+            Message::Restart(m) => m.request_id,
             Message::OpenStream(m) => m.request_id,
             Message::StreamOpened(m) => m.request_id,
             Message::RequireSegment(_)

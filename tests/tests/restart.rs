@@ -27,8 +27,8 @@ use terrace_tests::{
     write_partition,
 };
 use terrace_tier_api::{
-    AgentConfig, Buffer, ConsumerSpec, InputChannelId, PartitionId, SegmentId, SubpartitionId,
-    TierConsumerAgent, TierError, TierMasterAgent, TierShuffleHandler,
+    AgentConfig, Buffer, ConsumerSpec, InputChannelId, PartitionId, SegmentId, ShuffleDescriptor,
+    SubpartitionId, TierConsumerAgent, TierError, TierMasterAgent, TierShuffleHandler,
 };
 
 fn write_config(path: &Path, text: String) -> PathBuf {
@@ -339,4 +339,57 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
     );
     reader.close().expect("close");
     agent.close();
+}
+
+/// `terrace worker restart ADDR` stops the worker as SIGTERM does: it
+/// drains and exits 0, and started again it serves what it held.
+#[test]
+fn terrace_worker_restart_drains_the_worker_and_it_serves_its_partitions_after() {
+    let _logs = logs::capture();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let master_config = write_config(
+        &root.join("master.toml"),
+        "listen = \"127.0.0.1:0\"\nworker_timeout = \"3s\"\n".to_string(),
+    );
+    let master = ServiceProcess::start(&[
+        "master",
+        "--config",
+        master_config.to_str().expect("utf-8 path"),
+    ]);
+    let mut worker = Worker::new(root, 0, &master.address);
+    let config = AgentConfig {
+        master_addresses: vec![master.address.clone()],
+        ..terrace_tests::small_agent_config()
+    };
+    let descriptor = ShuffleDescriptor::new(
+        &terrace_tests::key(11, 1),
+        "w0".to_string(),
+        worker.address.clone(),
+    );
+    let expected = write_partition(&config, descriptor.clone(), 1, 2, 16, 4096);
+    let out = terrace_tests::run_terrace(
+        &["worker", "restart", &worker.address],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "terrace worker restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is stopping for a restart"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut process = worker.process.take().expect("running");
+    let (exit, _) = terrace_tests::wait_for(Duration::from_secs(30), "the worker exits", || {
+        process.child.try_wait().expect("poll the worker")
+    });
+    assert!(exit.success(), "the worker exits cleanly: {exit}");
+    worker.start();
+    let read = read_partition(&config, descriptor, 2, Duration::from_secs(30)).expect("read");
+    for sub in 0..2 {
+        assert_buffers_eq(&read[&sub], &expected[&sub], &format!("subpartition {sub}"));
+    }
 }

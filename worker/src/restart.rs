@@ -50,6 +50,13 @@ const PUSHES_SETTLE: Duration = Duration::from_secs(1);
 /// How long the drain waits for the masters to hear that it is restarting.
 const TELL_MASTERS: Duration = Duration::from_secs(2);
 
+/// A `Restart` request from `peer`: the worker stops as on SIGTERM (a
+/// `terrace worker` process drains first; see [`drain`]).
+pub(crate) fn requested(shared: &Arc<Shared>, peer: &str) {
+    tracing::warn!(worker = %shared.worker_id, %peer, "asked to restart");
+    shared.stop.cancel();
+}
+
 /// Drains the worker for a restart; returns when it may stop.
 pub(crate) async fn drain(shared: &Arc<Shared>) {
     if shared.decommission.is_started() || !shared.restart.start() {

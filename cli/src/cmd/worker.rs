@@ -177,6 +177,28 @@ enum Action {
     /// partitions, its producers split away at their next push, and it exits
     /// once its partitions are released (or after `decommission_timeout`).
     Decommission(DecommissionArgs),
+    /// Ask a running worker to stop for a restart, as SIGTERM does: it
+    /// drains (producers split away, what is still open is kept), tells its
+    /// masters it is restarting and exits 0, for its supervisor (systemd,
+    /// Docker, Kubernetes) to start it again on the same directories and
+    /// address. Jobs lose nothing.
+    Restart(RestartArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RestartArgs {
+    /// The worker's data address (host:port).
+    worker: String,
+    /// Wait until the worker has stopped and answers again (its supervisor
+    /// started it), at most this long, e.g. "2m".
+    #[arg(long, value_parser = terrace_tier_api::parse_duration)]
+    wait: Option<std::time::Duration>,
+    /// File holding the cluster secret, when the cluster has one.
+    #[arg(long, env = "TERRACE_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// PEM CA certificates, when the cluster serves TLS.
+    #[arg(long, env = "TERRACE_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -195,8 +217,10 @@ struct DecommissionArgs {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(Action::Decommission(d)) = args.action {
-        return decommission(d);
+    match args.action {
+        Some(Action::Decommission(d)) => return decommission(d),
+        Some(Action::Restart(r)) => return restart(r),
+        None => {}
     }
     let config = args.config(std::env::vars_os())?;
     crate::config::raise_open_file_limit("worker");
@@ -225,6 +249,57 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         terrace_worker::run_with_admin(config, listener, admin, shutdown)
             .await
             .context("run worker")
+    })
+}
+
+fn restart(args: RestartArgs) -> anyhow::Result<()> {
+    let options = crate::cmd::status::client_options(
+        "terrace worker restart",
+        args.secret_file,
+        args.tls_ca_file,
+    )?
+    .expecting(terrace_rpc::ExpectedServer::AnyWorker);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async {
+        let client = Client::connect(&args.worker, &options)
+            .await
+            .with_context(|| format!("connect to worker {}", args.worker))?;
+        client
+            .call(terrace_tier_api::protocol::Restart)
+            .await
+            .context("ask the worker to restart")?;
+        println!("worker {} is stopping for a restart", args.worker);
+        drop(client);
+        let Some(wait) = args.wait else {
+            return Ok(());
+        };
+        let deadline = clock::now() + wait;
+        let answers = || crate::cmd::status::worker_stats(&args.worker, &options);
+        // It answers while it drains, then stops; then answers again once
+        // its supervisor started it.
+        while answers().await.is_ok() {
+            if clock::now() >= deadline {
+                anyhow::bail!("worker {} still runs after {wait:?}", args.worker);
+            }
+            clock::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        println!("worker {} has stopped", args.worker);
+        loop {
+            if answers().await.is_ok() {
+                println!("worker {} is back", args.worker);
+                return Ok(());
+            }
+            if clock::now() >= deadline {
+                anyhow::bail!(
+                    "worker {} did not come back within {wait:?}: is a supervisor restarting it?",
+                    args.worker
+                );
+            }
+            clock::sleep(std::time::Duration::from_millis(200)).await;
+        }
     })
 }
 

@@ -225,9 +225,8 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
     };
     let all_live = || {
         masters.iter().all(|m| {
-            terrace_tests::list_workers(m).is_ok_and(|l| {
-                l.workers.len() == 3 && l.workers.iter().all(|w| !w.load.restarting)
-            })
+            terrace_tests::list_workers(m)
+                .is_ok_and(|l| l.workers.len() == 3 && l.workers.iter().all(|w| !w.load.restarting))
         })
     };
     let before = pushed();
@@ -267,7 +266,10 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
         "flink_e2e: compose: rolling restart of 3 workers and 2 masters in {rolled:.1?}, the job still running: {still_running}; the job took {:.1?}; shuffle-1 producers {reruns:?}",
         done.elapsed
     );
-    assert!(still_running, "the job ended before the rolling restart did");
+    assert!(
+        still_running,
+        "the job ended before the rolling restart did"
+    );
     assert!(reruns.subtasks > 0, "no shuffle-1 producer in Flink's log");
     assert!(
         reruns.rerun.is_empty() && reruns.lost.is_empty(),

@@ -423,6 +423,28 @@ impl Decommission {
 wire!(Decommission);
 request!(Decommission => Ack, |_r| Access::Cluster);
 
+/// Asks a worker to stop for a restart (as SIGTERM does). Answered with
+/// [`Ack`] at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restart;
+
+impl TryFrom<pb::Restart> for Restart {
+    type Error = TierError;
+
+    fn try_from(_: pb::Restart) -> TierResult<Self> {
+        Ok(Restart)
+    }
+}
+
+impl Restart {
+    pub fn into_pb(self, request_id: u64) -> pb::Restart {
+        pb::Restart { request_id }
+    }
+}
+
+wire!(Restart);
+request!(Restart => Ack, |_r| Access::Cluster);
+
 /// Hands a partition of a decommissioning worker (`from`) to this one. The
 /// body is the partition's persisted index. Answered with [`Ack`].
 #[derive(Clone, Debug, PartialEq, Eq)]

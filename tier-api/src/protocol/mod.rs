@@ -46,8 +46,8 @@ pub use control::{
 };
 pub use data::{
     AdoptPartition, CreatePartition, Decommission, DropJob, MoveForward, OpenStream,
-    PartitionMetrics, PartitionMetricsReply, PushAck, PushData, ReleasePartition, SealPartition,
-    SplitPartition, StreamOpened, WorkerStats, WorkerStatsReply,
+    PartitionMetrics, PartitionMetricsReply, PushAck, PushData, ReleasePartition, Restart,
+    SealPartition, SplitPartition, StreamOpened, WorkerStats, WorkerStatsReply,
 };
 pub use stream::{
     AddCredit, CloseStream, Extent, ReadData, RequireSegment, StreamControl, StreamError,
@@ -372,6 +372,7 @@ pub enum WorkerRequest {
     WorkerStats(WorkerStats),
     PartitionMetrics(PartitionMetrics),
     Decommission(Decommission),
+    Restart(Restart),
     AdoptPartition(AdoptPartition),
     MoveForward(MoveForward),
     OpenStream(OpenStream),
@@ -450,6 +451,7 @@ dispatch_enum!(
         WorkerStats,
         PartitionMetrics,
         Decommission,
+        Restart,
         AdoptPartition,
         MoveForward,
         OpenStream

@@ -223,6 +223,7 @@ fn every_data_message_roundtrips() {
     });
     roundtrips(PartitionMetricsReply::default());
     roundtrips(Decommission);
+    roundtrips(Restart);
     roundtrips(AdoptPartition {
         key: key(4),
         from: worker(5).id,
@@ -519,6 +520,7 @@ fn parse_any(message: Message, body: Bytes) -> TierResult<()> {
         | T::WorkerStats
         | T::PartitionMetrics
         | T::Decommission
+        | T::Restart
         | T::AdoptPartition
         | T::MoveForward
         | T::OpenStream
@@ -567,6 +569,7 @@ fn servers_refuse_what_they_do_not_serve_and_authorize_by_request() {
     let drop_job = DropJob { job: job(3) };
     assert_eq!(drop_job.access(), Access::Job(&job(3)));
     assert_eq!(Decommission.access(), Access::Cluster);
+    assert_eq!(Restart.access(), Access::Cluster);
     assert_eq!(ListWorkers.access(), Access::Cluster);
     let report = WorkerUnreachable {
         worker: worker(1).id,

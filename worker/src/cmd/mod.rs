@@ -85,6 +85,10 @@ impl Command {
                 Some(partition_metrics::apply(r, conn).map(|r| frame(r, request_id)))
             }
             WorkerRequest::Decommission(r) => reply(Ok(decommission::apply(r, conn))),
+            WorkerRequest::Restart(_) => {
+                crate::restart::requested(&conn.shared, &conn.peer);
+                reply(Ok(terrace_tier_api::protocol::Ack))
+            }
             WorkerRequest::AdoptPartition(r) => reply(adopt_partition::apply(r, conn).await),
             WorkerRequest::MoveForward(r) => reply(move_forward::apply(r, conn).await),
             WorkerRequest::OpenStream(r) => open_stream::apply(r, request_id, conn).err().map(Err),
