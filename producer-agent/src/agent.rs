@@ -182,6 +182,9 @@ impl ProducerAgent {
         let (next, client) = match next {
             Ok(next) => next,
             Err(e) => {
+                if self.wait_out_restart(&e)? {
+                    return Ok(());
+                }
                 tracing::warn!(partition = %self.key, error = %e,
                     "the worker asked for a split that cannot be placed now; writing on where the partition is");
                 self.pusher.clear_split_request();
@@ -406,6 +409,46 @@ impl ProducerAgent {
             self.config.max_bytes_in_flight.as_u64(),
         );
         Ok(())
+    }
+
+    /// The worker asked for a split that cannot be placed (`unplaced`: every
+    /// other worker holds a part already, say). When it asks because it is
+    /// restarting, pushing on would only be refused once it stops: this
+    /// producer stops pushing instead (so the worker keeps the partition
+    /// open), waits until every push is acknowledged and the worker has
+    /// stopped, and pushes on once it is back. False when the worker is not
+    /// restarting.
+    fn wait_out_restart(&mut self, unplaced: &TierError) -> TierResult<bool> {
+        let worker_id = self.parts.last().cloned().unwrap_or_default();
+        let ask = LocatePartition {
+            key: self.key.clone(),
+            worker: WorkerId::new(worker_id.clone()).ok(),
+        };
+        let restarting = io_runtime().block_on(async {
+            Client::ask_first(&self.config.master_addresses, &self.options, ask)
+                .await
+                .is_ok_and(|located| located.restarting)
+        });
+        if !restarting {
+            return Ok(false);
+        }
+        tracing::info!(partition = %self.key, worker = %worker_id, error = %unplaced,
+            "the worker is restarting and the partition cannot split away; waiting for it");
+        io_runtime().block_on(self.pusher.drain())?;
+        let deadline = clock::now() + RESTART_WAIT;
+        while !self.pusher.client().is_closed() {
+            if clock::now() >= deadline {
+                return Err(TierError::unavailable(format!(
+                    "{}: worker {worker_id} said it was restarting and still runs after {RESTART_WAIT:?}",
+                    self.key
+                )));
+            }
+            // Made inside the runtime: a timer needs its reactor.
+            io_runtime().block_on(async { clock::sleep(RESTART_POLL / 4).await });
+        }
+        self.push_on_after_restart()?;
+        self.pusher.clear_split_request();
+        Ok(true)
     }
 
     /// The connection to the current part's worker is gone after pushes

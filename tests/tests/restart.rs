@@ -393,3 +393,99 @@ fn terrace_worker_restart_drains_the_worker_and_it_serves_its_partitions_after()
         assert_buffers_eq(&read[&sub], &expected[&sub], &format!("subpartition {sub}"));
     }
 }
+
+/// Two workers restarted one after the other under a producer writing
+/// continuously: at the first restart it splits to the other worker; at
+/// the second no worker is left that holds no part of it, so it stops
+/// pushing, waits for the worker to come back (which keeps the partition
+/// open) and pushes on there. Every buffer arrives exactly once.
+#[test]
+fn a_producer_that_cannot_split_away_waits_for_its_restarting_worker() {
+    let _logs = logs::capture();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let master_config = write_config(
+        &root.join("master.toml"),
+        "listen = \"127.0.0.1:0\"\nworker_timeout = \"3s\"\n".to_string(),
+    );
+    let master = ServiceProcess::start(&[
+        "master",
+        "--config",
+        master_config.to_str().expect("utf-8 path"),
+    ]);
+    let m = master.address.clone();
+    let mut workers: Vec<Worker> = (0..2).map(|i| Worker::new(root, i, &m)).collect();
+    let all_live = || {
+        terrace_tests::list_workers(&m)
+            .is_ok_and(|l| l.workers.len() == 2 && l.workers.iter().all(|w| !w.load.restarting))
+    };
+    terrace_tests::wait_until(Duration::from_secs(20), "two workers registered", all_live);
+    let config = AgentConfig {
+        master_addresses: vec![m.clone()],
+        ..terrace_tests::small_agent_config()
+    };
+    let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
+        .expect("master agent");
+    const SUBS: u32 = 2;
+    let job = terrace_tests::key(12, 0).job;
+    let lost = Arc::new(Lost::default());
+    agent
+        .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
+        .expect("register");
+    let descriptor = agent
+        .add_partition_and_get_shuffle_descriptor(&job, &terrace_tests::key(12, 1).partition, SUBS)
+        .expect("place");
+    let first: usize = descriptor.worker_id[1..].parse().expect("w0 or w1");
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (config, descriptor, writing) = (config.clone(), descriptor.clone(), writing.clone());
+        std::thread::spawn(move || {
+            let mut writer = RecordingWriter::new(producer(&config, descriptor, SUBS, false));
+            let mut i = 0;
+            while writing.load(std::sync::atomic::Ordering::Acquire) {
+                for sub in 0..SUBS {
+                    writer
+                        .write(sub, Buffer::data(payload(5, sub, i, 4096)))
+                        .expect("write across both restarts");
+                }
+                i += 1;
+                if i % 8 == 0 {
+                    terrace_tests::hold(Duration::from_millis(5));
+                }
+            }
+            writer.end_and_close(SUBS);
+            (writer.expected, writer.agent.parts().to_vec())
+        })
+    };
+    let reader = {
+        let (config, descriptor) = (config.clone(), descriptor.clone());
+        std::thread::spawn(move || {
+            read_partition(&config, descriptor, SUBS, Duration::from_secs(120))
+        })
+    };
+    terrace_tests::hold(Duration::from_millis(300));
+    for i in [first, 1 - first] {
+        let drained = workers[i].stop_gracefully();
+        eprintln!("restart: w{i} drained and exited {drained:.1?} after SIGTERM");
+        workers[i].start();
+        terrace_tests::wait_until(Duration::from_secs(20), "both workers live", all_live);
+        terrace_tests::hold(Duration::from_millis(300));
+    }
+    writing.store(false, std::sync::atomic::Ordering::Release);
+    let (expected, parts) = terrace_tests::join_within(writer, Duration::from_secs(60), "writer");
+    assert_eq!(
+        parts,
+        [format!("w{first}"), format!("w{}", 1 - first)],
+        "split once, then waited where it was"
+    );
+    let read = terrace_tests::join_within(reader, Duration::from_secs(120), "reader")
+        .expect("the reader follows the partition across both restarts");
+    for sub in 0..SUBS {
+        assert_buffers_eq(&read[&sub], &expected[&sub], &format!("subpartition {sub}"));
+    }
+    assert!(
+        lost.0.lock().expect("lost lock").is_empty(),
+        "nothing is reported lost"
+    );
+    agent.close();
+}
