@@ -518,7 +518,10 @@ fn a_restart_that_cannot_read_a_file_refuses_to_start_and_deletes_nothing() {
     const COUNT: u32 = 300;
     let root = tempfile::tempdir().expect("temp dir");
     let (a, b) = (root.path().join("a"), root.path().join("b"));
-    let config = write_config(root.path(), &[&a, &b], "");
+    // A capacity per directory, so that the choice of directory follows
+    // what each holds, not the free space of the filesystem they share
+    // (which other tests' writes move by megabytes between two looks).
+    let config = write_config(root.path(), &[&a, &b], "dir_capacity = \"1GiB\"\n");
     give_to_nobody(root.path());
     let mut worker = Worker::spawn(&unprivileged(), &config, &[]);
     let address = worker.serving(Duration::from_secs(30));
