@@ -771,3 +771,25 @@ pub fn stop_process(pid: u32) {
     });
     assert!(stopped, "process {pid} did not stop within 10 s of SIGSTOP");
 }
+
+/// An engine's shuffle handler that records the partitions it is told are
+/// lost (`on_release_partitions`), in the order told.
+#[derive(Debug, Default)]
+pub struct LostPartitions(Mutex<Vec<PartitionId>>);
+
+impl LostPartitions {
+    /// Every partition reported so far.
+    pub fn reported(&self) -> Vec<PartitionId> {
+        self.0.lock().expect("lost partitions lock").clone()
+    }
+}
+
+impl terrace_tier_api::TierShuffleHandler for LostPartitions {
+    fn on_release_partitions(&self, partitions: Vec<PartitionId>) {
+        self.0
+            .lock()
+            .expect("lost partitions lock")
+            .extend(partitions);
+    }
+    fn on_fatal_error(&self, _error: TierError) {}
+}

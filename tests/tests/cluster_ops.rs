@@ -466,17 +466,6 @@ fn a_worker_decommissioned_under_a_running_job_loses_nothing_and_exits_after_rel
     agent.close();
 }
 
-/// Records the partitions an engine is told are lost.
-#[derive(Default)]
-struct Lost(std::sync::Mutex<Vec<PartitionId>>);
-
-impl TierShuffleHandler for Lost {
-    fn on_release_partitions(&self, partitions: Vec<PartitionId>) {
-        self.0.lock().expect("lost lock").extend(partitions);
-    }
-    fn on_fatal_error(&self, _error: TierError) {}
-}
-
 /// The worker a partition was placed on is SIGKILLed before its producer
 /// starts: the producer tells a master, gets another worker and writes the
 /// whole partition there; a consumer that started first (from the same
@@ -511,7 +500,7 @@ fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_n
     const JOB: u8 = 6;
     const SUBS: u32 = 2;
     let job = terrace_tests::key(JOB, 0).job;
-    let lost = Arc::new(Lost::default());
+    let lost = Arc::new(terrace_tests::LostPartitions::default());
     agent
         .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
         .expect("register");
@@ -577,7 +566,7 @@ fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_n
     );
     terrace_tests::hold(Duration::from_millis(200));
     assert!(
-        lost.0.lock().expect("lost lock").is_empty(),
+        lost.reported().is_empty(),
         "a relocated partition is not reported lost"
     );
     let live = &workers[1 - dead].as_ref().expect("running").address;
@@ -649,7 +638,7 @@ fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_an
     const PARTITIONS: u32 = 6;
     const SUBS: u32 = 2;
     let job = terrace_tests::key(JOB, 0).job;
-    let lost = Arc::new(Lost::default());
+    let lost = Arc::new(terrace_tests::LostPartitions::default());
     agent
         .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
         .expect("register");
@@ -814,7 +803,7 @@ fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_an
     }
     terrace_tests::hold(Duration::from_millis(200));
     assert!(
-        lost.0.lock().expect("lost lock").is_empty(),
+        lost.reported().is_empty(),
         "a handed-over partition is not reported lost"
     );
     // Releasing through the descriptors reaches every part where it is now.
@@ -877,7 +866,7 @@ fn a_relocated_partition_is_located_after_its_worker_and_the_master_restart() {
     agent
         .register_job(
             &job,
-            Arc::new(Lost::default()) as Arc<dyn TierShuffleHandler>,
+            Arc::new(terrace_tests::LostPartitions::default()) as Arc<dyn TierShuffleHandler>,
         )
         .expect("register");
     let descriptor = agent

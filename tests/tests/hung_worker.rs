@@ -87,23 +87,6 @@ fn allocate(master: &str, n: u32, exclude: &[&str]) -> Result<String, TierError>
     Ok(placed.worker.id.into_string())
 }
 
-/// Records the partitions an engine is told are lost, in order.
-#[derive(Default)]
-struct Lost(std::sync::Mutex<Vec<PartitionId>>);
-
-impl Lost {
-    fn reported(&self) -> Vec<PartitionId> {
-        self.0.lock().expect("lost lock").clone()
-    }
-}
-
-impl TierShuffleHandler for Lost {
-    fn on_release_partitions(&self, partitions: Vec<PartitionId>) {
-        self.0.lock().expect("lost lock").extend(partitions);
-    }
-    fn on_fatal_error(&self, _error: TierError) {}
-}
-
 #[test]
 fn a_hung_worker_is_taken_for_lost_within_seconds_and_serves_nothing_stale_when_it_resumes() {
     let _logs = logs::capture();
@@ -127,7 +110,7 @@ fn a_hung_worker_is_taken_for_lost_within_seconds_and_serves_nothing_stale_when_
     const JOB: u8 = 7;
     const SUBS: u32 = 2;
     let job = terrace_tests::key(JOB, 0).job;
-    let lost = Arc::new(Lost::default());
+    let lost = Arc::new(terrace_tests::LostPartitions::default());
     agent
         .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
         .expect("register");

@@ -28,7 +28,7 @@ use terrace_tests::{
 };
 use terrace_tier_api::{
     AgentConfig, Buffer, ConsumerSpec, InputChannelId, PartitionId, SegmentId, ShuffleDescriptor,
-    SubpartitionId, TierConsumerAgent, TierError, TierMasterAgent, TierShuffleHandler,
+    SubpartitionId, TierConsumerAgent, TierMasterAgent, TierShuffleHandler,
 };
 
 fn write_config(path: &Path, text: String) -> PathBuf {
@@ -95,17 +95,6 @@ impl Worker {
     }
 }
 
-/// Records the partitions an engine is told are lost.
-#[derive(Default)]
-struct Lost(std::sync::Mutex<Vec<PartitionId>>);
-
-impl TierShuffleHandler for Lost {
-    fn on_release_partitions(&self, partitions: Vec<PartitionId>) {
-        self.0.lock().expect("lost lock").extend(partitions);
-    }
-    fn on_fatal_error(&self, _error: TierError) {}
-}
-
 #[test]
 fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
     let _logs = logs::capture();
@@ -136,7 +125,7 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
     const JOB: u8 = 10;
     const SUBS: u32 = 2;
     let job = terrace_tests::key(JOB, 0).job;
-    let lost = Arc::new(Lost::default());
+    let lost = Arc::new(terrace_tests::LostPartitions::default());
     agent
         .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
         .expect("register");
@@ -334,7 +323,7 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
     );
     terrace_tests::hold(Duration::from_secs(1));
     assert!(
-        lost.0.lock().expect("lost lock").is_empty(),
+        lost.reported().is_empty(),
         "nothing is reported lost for a restart"
     );
     reader.close().expect("close");
@@ -428,7 +417,7 @@ fn a_producer_that_cannot_split_away_waits_for_its_restarting_worker() {
         .expect("master agent");
     const SUBS: u32 = 2;
     let job = terrace_tests::key(12, 0).job;
-    let lost = Arc::new(Lost::default());
+    let lost = Arc::new(terrace_tests::LostPartitions::default());
     agent
         .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
         .expect("register");
@@ -483,9 +472,6 @@ fn a_producer_that_cannot_split_away_waits_for_its_restarting_worker() {
     for sub in 0..SUBS {
         assert_buffers_eq(&read[&sub], &expected[&sub], &format!("subpartition {sub}"));
     }
-    assert!(
-        lost.0.lock().expect("lost lock").is_empty(),
-        "nothing is reported lost"
-    );
+    assert!(lost.reported().is_empty(), "nothing is reported lost");
     agent.close();
 }

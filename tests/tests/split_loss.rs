@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use terrace_master_agent::MasterAgent;
 use terrace_tests::{RecordingWriter, ServiceProcess, logs, payload, producer, read_partition};
-use terrace_tier_api::{
-    AgentConfig, Buffer, ErrorKind, PartitionId, TierError, TierMasterAgent, TierShuffleHandler,
-};
+use terrace_tier_api::{AgentConfig, Buffer, ErrorKind, TierMasterAgent, TierShuffleHandler};
 
 fn start_master(dir: &Path) -> ServiceProcess {
     let config = dir.join("master.toml");
@@ -40,17 +38,6 @@ fn start_worker(dir: &Path, index: usize, master: &str) -> ServiceProcess {
     ServiceProcess::start(&["worker", "--config", path.to_str().expect("utf-8 path")])
 }
 
-/// Records the partitions an engine is told are lost.
-#[derive(Default)]
-struct Lost(std::sync::Mutex<Vec<PartitionId>>);
-
-impl TierShuffleHandler for Lost {
-    fn on_release_partitions(&self, partitions: Vec<PartitionId>) {
-        self.0.lock().expect("lost lock").extend(partitions);
-    }
-    fn on_fatal_error(&self, _error: TierError) {}
-}
-
 #[test]
 fn a_lost_later_part_of_a_split_partition_is_reported_once() {
     let _logs = logs::capture();
@@ -74,7 +61,7 @@ fn a_lost_later_part_of_a_split_partition_is_reported_once() {
     const JOB: u8 = 8;
     const SUBS: u32 = 2;
     let job = terrace_tests::key(JOB, 0).job;
-    let lost = Arc::new(Lost::default());
+    let lost = Arc::new(terrace_tests::LostPartitions::default());
     agent
         .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
         .expect("register");
@@ -122,12 +109,12 @@ fn a_lost_later_part_of_a_split_partition_is_reported_once() {
     terrace_tests::wait_for(
         Duration::from_secs(20),
         "the split partition reported lost",
-        || (!lost.0.lock().expect("lost lock").is_empty()).then_some(()),
+        || (!lost.reported().is_empty()).then_some(()),
     );
     // A few more polls: reported once, and nothing else.
     terrace_tests::hold(Duration::from_secs(1));
     assert_eq!(
-        *lost.0.lock().expect("lost lock"),
+        lost.reported(),
         vec![key.partition.clone()],
         "the partition whose later part was lost, once"
     );

@@ -252,27 +252,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
-fn restart(args: RestartArgs) -> anyhow::Result<()> {
-    let options = crate::cmd::status::client_options(
-        "terrace worker restart",
-        args.secret_file,
-        args.tls_ca_file,
-    )?
-    .expecting(terrace_rpc::ExpectedServer::AnyWorker);
+/// The options and a runtime for asking the worker at `worker` something
+/// (as `command`), and `request` asked there.
+fn ask_worker<R: terrace_tier_api::protocol::Request>(
+    command: &str,
+    worker: &str,
+    secret_file: Option<PathBuf>,
+    tls_ca_file: Option<PathBuf>,
+    request: R,
+) -> anyhow::Result<(tokio::runtime::Runtime, terrace_rpc::ClientOptions)> {
+    let options = crate::cmd::status::client_options(command, secret_file, tls_ca_file)?
+        .expecting(terrace_rpc::ExpectedServer::AnyWorker);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async {
-        let client = Client::connect(&args.worker, &options)
+        let client = Client::connect(worker, &options)
             .await
-            .with_context(|| format!("connect to worker {}", args.worker))?;
+            .with_context(|| format!("connect to worker {worker}"))?;
         client
-            .call(terrace_tier_api::protocol::Restart)
+            .call(request)
             .await
-            .context("ask the worker to restart")?;
-        println!("worker {} is stopping for a restart", args.worker);
-        drop(client);
+            .with_context(|| format!("ask worker {worker}"))?;
+        anyhow::Ok(())
+    })?;
+    Ok((runtime, options))
+}
+
+fn restart(args: RestartArgs) -> anyhow::Result<()> {
+    let (runtime, options) = ask_worker(
+        "terrace worker restart",
+        &args.worker,
+        args.secret_file,
+        args.tls_ca_file,
+        terrace_tier_api::protocol::Restart,
+    )?;
+    println!("worker {} is stopping for a restart", args.worker);
+    runtime.block_on(async {
         let Some(wait) = args.wait else {
             return Ok(());
         };
@@ -304,26 +321,15 @@ fn restart(args: RestartArgs) -> anyhow::Result<()> {
 }
 
 fn decommission(args: DecommissionArgs) -> anyhow::Result<()> {
-    let options = crate::cmd::status::client_options(
+    let (runtime, options) = ask_worker(
         "terrace worker decommission",
+        &args.worker,
         args.secret_file,
         args.tls_ca_file,
-    )?
-    .expecting(terrace_rpc::ExpectedServer::AnyWorker);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
+        Decommission,
+    )?;
+    println!("worker {} is decommissioning", args.worker);
     runtime.block_on(async {
-        let client = Client::connect(&args.worker, &options)
-            .await
-            .with_context(|| format!("connect to worker {}", args.worker))?;
-        client
-            .call(Decommission)
-            .await
-            .context("ask the worker to decommission")?;
-        println!("worker {} is decommissioning", args.worker);
-        drop(client);
         if !args.wait {
             return Ok(());
         }
