@@ -486,6 +486,15 @@ fn default_result(work: Work) -> PathBuf {
     output
 }
 
+/// Flink's keys for a restart strategy of `attempts` restarts 1 s apart.
+fn restart_strategy(attempts: u32) -> [String; 3] {
+    [
+        "restart-strategy.type=fixed-delay".to_string(),
+        format!("restart-strategy.fixed-delay.attempts={attempts}"),
+        "restart-strategy.fixed-delay.delay=1s".to_string(),
+    ]
+}
+
 /// A master and workers as processes, each worker with its own data
 /// directory. Fields drop in order: workers, then the master, then the files.
 struct Cluster {
@@ -590,10 +599,8 @@ impl Cluster {
             "terrace.master.poll-interval=500ms".to_string(),
             "terrace.connect-timeout=2s".to_string(),
             "terrace.request-timeout=30s".to_string(),
-            "restart-strategy.type=fixed-delay".to_string(),
-            format!("restart-strategy.fixed-delay.attempts={attempts}"),
-            "restart-strategy.fixed-delay.delay=1s".to_string(),
         ]);
+        flink.extend(restart_strategy(attempts));
         flink
     }
 

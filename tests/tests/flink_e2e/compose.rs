@@ -191,12 +191,8 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
     let big_default = default_result(big_work);
     let rolled_output = dir.path().join("compose-rolling.txt");
     let mut flink = job.flink.clone();
-    flink.extend([
-        "terrace.master.poll-interval=500ms".to_string(),
-        "restart-strategy.type=fixed-delay".to_string(),
-        "restart-strategy.fixed-delay.attempts=5".to_string(),
-        "restart-strategy.fixed-delay.delay=1s".to_string(),
-    ]);
+    flink.push("terrace.master.poll-interval=500ms".to_string());
+    flink.extend(restart_strategy(5));
     let rolling = Job {
         name: "terrace-compose-rolling",
         parallelism: 4,
@@ -347,12 +343,8 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
         ),
         format!("terrace.master.address={}", cluster.master_addresses()),
     ];
-    flink.extend([
-        "terrace.master.poll-interval=500ms".to_string(),
-        "restart-strategy.type=fixed-delay".to_string(),
-        "restart-strategy.fixed-delay.attempts=5".to_string(),
-        "restart-strategy.fixed-delay.delay=1s".to_string(),
-    ]);
+    flink.push("terrace.master.poll-interval=500ms".to_string());
+    flink.extend(restart_strategy(5));
     let job = Job {
         name: "terrace-compose-cut",
         parallelism: 4,

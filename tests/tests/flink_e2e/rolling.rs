@@ -117,11 +117,7 @@ fn rolling_restart_of_every_worker_and_master_under_a_gib_job_reruns_nothing() {
     ];
     // A re-run would show in the log; the restart strategy only keeps a
     // failure from ending the job before it is counted.
-    flink.extend([
-        "restart-strategy.type=fixed-delay".to_string(),
-        "restart-strategy.fixed-delay.attempts=5".to_string(),
-        "restart-strategy.fixed-delay.delay=1s".to_string(),
-    ]);
+    flink.extend(restart_strategy(5));
     let job = Job {
         name: "terrace-rolling-restart",
         parallelism: 4,
