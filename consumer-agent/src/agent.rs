@@ -462,6 +462,7 @@ fn reopen_hop(
     context: &Arc<HopContext>,
     hop: usize,
     client: Client,
+    worker_id: String,
 ) -> TierResult<()> {
     let stream_id = StreamId(NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed));
     let receiver = client.register_stream(stream_id)?;
@@ -484,6 +485,7 @@ fn reopen_hop(
         };
         open.client = client.clone();
         open.stream_id = stream_id;
+        open.worker_id = worker_id;
         for sub in context.spec.subpartitions.clone() {
             let Some(queue) = state.queues.get_mut(&(context.spec.partition.clone(), sub)) else {
                 continue;
@@ -529,21 +531,24 @@ async fn resume_after_restart(
         .hop(context.slot, hop)
         .map(|open| open.worker_id)
         .unwrap_or_default();
-    let client = reach_through_restart(shared, context, &worker_id, address, lost).await?;
-    reopen_hop(shared, context, hop, client)
+    let (client, worker_id) =
+        reach_through_restart(shared, context, &worker_id, address, lost).await?;
+    reopen_hop(shared, context, hop, client, worker_id)
 }
 
 /// A connection to worker `worker_id` at `address`, which just failed
-/// (`lost`): at once if it answers, else, while the masters say it is
-/// restarting, once it is back. `lost` when it neither answers nor is
-/// restarting (it crashed or hangs).
+/// (`lost`), and the id of the worker it reaches: at once if it answers,
+/// else, while the masters say it is restarting (or, durable, not counted
+/// lost yet), once it is back or once a master names the worker that
+/// adopted its part from the object store. `lost` when it neither answers
+/// nor is waited for (it crashed or hangs, and nothing adopted its part).
 async fn reach_through_restart(
     shared: &Arc<Shared>,
     context: &Arc<HopContext>,
     worker_id: &str,
     address: &str,
     lost: &TierError,
-) -> TierResult<Client> {
+) -> TierResult<(Client, String)> {
     let ask = LocatePartition {
         key: context.key.clone(),
         worker: WorkerId::new(worker_id.to_string()).ok(),
@@ -561,17 +566,36 @@ async fn reach_through_restart(
                 tracing::info!(partition = %context.spec.partition, worker = %worker_id, %address,
                     "worker back from its restart; resuming");
             }
-            return Ok(client);
+            return Ok((client, worker_id.to_string()));
         }
-        let restarting = Client::ask_first(&context.masters, &context.options, ask.clone())
-            .await
-            .is_ok_and(|located| located.restarting);
-        if !restarting || clock::now() >= deadline {
+        let located = Client::ask_first(&context.masters, &context.options, ask.clone()).await;
+        let (wait, adopted_by) = match &located {
+            Ok(located) => (
+                located.restarting || located.recovering,
+                located.adopted_by.clone(),
+            ),
+            Err(_) => (false, None),
+        };
+        if let Some(at) = adopted_by {
+            let reached = clock::timeout(
+                RECONNECT_TIMEOUT,
+                shared.client_for(&at.address, &context.options),
+            )
+            .await;
+            if let Ok(Ok(client)) = reached {
+                tracing::info!(partition = %context.spec.partition, lost = %worker_id,
+                    adopter = %at.address, "worker lost; its part was adopted from the object store; resuming there");
+                return Ok((client, at.id.into_string()));
+            }
+        }
+        if !wait || clock::now() >= deadline {
+            tracing::info!(partition = %context.spec.partition, worker = %worker_id, %address,
+                masters_said = ?located, "worker unreachable and not waited for");
             return Err(lost.clone());
         }
         if !waited {
             tracing::info!(partition = %context.spec.partition, worker = %worker_id, %address,
-                "worker restarting; reading resumes when it is back");
+                "worker restarting or being recovered; reading resumes when it is back or its part is adopted");
             waited = true;
         }
         clock::sleep(RESTART_POLL).await;
@@ -653,8 +677,9 @@ async fn follow_redirect(
             })?;
         }
         None => {
-            let client = match shared.client_for(&m.to.address, &context.options).await {
-                Ok(client) => client,
+            let (client, worker_id) = match shared.client_for(&m.to.address, &context.options).await
+            {
+                Ok(client) => (client, m.to.id.to_string()),
                 Err(e) if e.kind() == ErrorKind::Unavailable => {
                     reach_through_restart(shared, context, m.to.id.as_str(), &m.to.address, &e)
                         .await?
@@ -666,7 +691,7 @@ async fn follow_redirect(
                 context,
                 next,
                 client,
-                m.to.id.to_string(),
+                worker_id,
                 vec![(subpartition, m.segment.0)],
             )?;
         }

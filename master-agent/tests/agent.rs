@@ -179,6 +179,7 @@ async fn heartbeat(master: String, id: String, address: String, stop: Cancellati
                 jobs: Vec::new(),
                 relocated: Vec::new(),
                 parts: Vec::new(),
+                adopted: Vec::new(),
             })
             .await;
         if sent.is_err() {

@@ -252,6 +252,7 @@ mod tests {
             clock: Arc::clone(&clock) as Arc<dyn Clock>,
             secret: None,
             prober: Prober::new(config.probe_timeout, None),
+            recoverer: crate::recovery::Recoverer::new(terrace_rpc::Credential::None, None),
             sweep_period: crate::registry::sweep_period(&config),
         });
         let shutdown = CancellationToken::new();

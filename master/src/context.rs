@@ -20,6 +20,8 @@ pub(crate) struct Shared {
     pub(crate) secret: Option<ClusterSecret>,
     /// Checks workers peers report unreachable.
     pub(crate) prober: Prober,
+    /// Asks workers to adopt lost durable workers' partitions.
+    pub(crate) recoverer: crate::recovery::Recoverer,
     /// How often the registry is swept (see [`crate::registry::sweep_period`]).
     pub(crate) sweep_period: Duration,
 }

@@ -16,6 +16,7 @@ mod context;
 mod error;
 mod metrics;
 mod probe;
+mod recovery;
 mod registry;
 mod server;
 

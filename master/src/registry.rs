@@ -112,7 +112,32 @@ struct Worker {
     /// heartbeat reply has told it so (and it dropped what it held), it
     /// gets no partitions.
     rejoined: bool,
+    /// The worker kept its sealed partitions in the object store
+    /// (durability = "object-store") and went silent past the timeout: until
+    /// this deadline, or until another worker has adopted them, it stays
+    /// listed (so master agents do not report its partitions yet), gets no
+    /// partitions, and readers are told to wait for it.
+    recovering: Option<Recovering>,
 }
+
+/// A durable worker's partitions being adopted by others.
+#[derive(Clone, Copy, Debug)]
+struct Recovering {
+    deadline: Instant,
+    done: bool,
+}
+
+/// A lost durable worker whose partitions another worker should adopt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RecoveryDue {
+    pub worker_id: String,
+    pub store_id: String,
+}
+
+/// How long a lost durable worker stays listed while its partitions are
+/// adopted, at most; past it, it is counted lost and what was not adopted
+/// is reported.
+pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Worker {
     /// How long until the next probe may start (zero: now).
@@ -228,7 +253,9 @@ impl Worker {
     }
 
     fn refusal(&self) -> Option<&'static str> {
-        if self.load.restarting {
+        if self.recovering.is_some() {
+            Some("lost (its partitions are being adopted from the object store)")
+        } else if self.load.restarting {
             Some("restarting")
         } else if self.rejoined {
             Some("rejoining after it was taken for lost")
@@ -270,6 +297,11 @@ pub(crate) struct Registry {
     /// and the partitions whose part each holds (from allocations of next
     /// parts and from the workers' heartbeats), for `ListParts`.
     parts: BTreeMap<JobId, BTreeMap<String, BTreeSet<PartitionId>>>,
+    /// Later parts adopted from a lost worker: (partition, lost worker) to
+    /// the adopter (at most [`MAX_RELOCATIONS`]). Forgotten with the job.
+    moved: BTreeMap<(PartitionKey, String), String>,
+    /// Lost durable workers whose partitions no adopter was asked for yet.
+    recoveries_due: Vec<RecoveryDue>,
     /// Entries of `parts` per job, and in all.
     job_parts: BTreeMap<JobId, usize>,
     part_count: usize,
@@ -290,6 +322,18 @@ pub(crate) struct Registry {
     /// process stopped or starved) from time that passed while it was
     /// watching. See [`Registry::observe`].
     last_seen: (Instant, Instant),
+}
+
+/// A weight of `worker` for adopting `lost`'s partitions (rendezvous
+/// hashing: the same on every master, spread over lost workers).
+fn rendezvous(lost: &str, worker: &str) -> u64 {
+    // FNV-1a, fixed, so masters of different builds agree.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in lost.bytes().chain([0u8]).chain(worker.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// The shortest gap between two observations taken for a stall: shorter
@@ -321,6 +365,8 @@ impl Registry {
             relocations: BTreeMap::new(),
             job_relocations: BTreeMap::new(),
             parts: BTreeMap::new(),
+            moved: BTreeMap::new(),
+            recoveries_due: Vec::new(),
             job_parts: BTreeMap::new(),
             part_count: 0,
             lost: BTreeMap::new(),
@@ -379,13 +425,35 @@ impl Registry {
         );
         let mut lost = Vec::new();
         let mut newly_lost = Vec::new();
+        let mut due = Vec::new();
         self.workers.retain(|id, worker| {
             let silent = now.saturating_duration_since(worker.last_heartbeat);
-            let live = if worker.load.restarting {
+            let mut live = if worker.load.restarting {
                 silent <= restart_grace
             } else {
                 silent <= timeout
             };
+            // A durable worker's partitions are adopted before it counts
+            // as lost (see `Worker::recovering`).
+            if !live && !worker.load.decommissioning {
+                match (&mut worker.recovering, &worker.load.durable_store) {
+                    (None, Some(store_id)) => {
+                        tracing::warn!(worker = %id, address = %worker.data_address, silent_ms = silent.as_millis() as u64,
+                            "durable worker silent past the worker timeout: asking another worker to adopt its partitions from the object store");
+                        worker.recovering = Some(Recovering {
+                            deadline: now + RECOVERY_TIMEOUT,
+                            done: false,
+                        });
+                        due.push(RecoveryDue {
+                            worker_id: id.clone(),
+                            store_id: store_id.clone(),
+                        });
+                        live = true;
+                    }
+                    (Some(r), _) if !r.done && now < r.deadline => live = true,
+                    _ => {}
+                }
+            }
             if !live {
                 if worker.load.decommissioning {
                     tracing::info!(worker = %id, address = %worker.data_address, silent_ms = silent.as_millis() as u64,
@@ -410,6 +478,7 @@ impl Registry {
             self.metrics.workers_lost.inc();
             self.lost.insert(id, worker);
         }
+        self.recoveries_due.extend(due);
         let memory = self.lost_worker_memory;
         self.lost
             .retain(|_, w| now.saturating_duration_since(w.lost_at) <= memory);
@@ -510,6 +579,7 @@ impl Registry {
                         last_probe: None,
                         placed_since_heartbeat: 0,
                         rejoined: was_lost,
+                        recovering: None,
                     },
                 );
                 Ok(true)
@@ -538,6 +608,12 @@ impl Registry {
         worker.load = load;
         worker.placed_bytes = 0;
         worker.placed_since_heartbeat = 0;
+        if worker.recovering.take().is_some() {
+            // Others may have adopted its partitions meanwhile: it drops
+            // what it held, as a worker taken for lost does.
+            tracing::warn!(worker = %key, "durable worker heartbeats again while its partitions were being adopted: it will be told to drop what it held");
+            worker.rejoined = true;
+        }
         let declared_lost = std::mem::take(&mut worker.rejoined);
         Ok((self.released.keys().cloned().collect(), declared_lost))
     }
@@ -672,6 +748,7 @@ impl Registry {
             self.relocations.retain(|key, _| key.job != job);
         }
         self.parts.remove(&job);
+        self.moved.retain(|(key, _), _| key.job != job);
         if let Some(n) = self.job_parts.remove(&job) {
             self.part_count = self.part_count.saturating_sub(n);
         }
@@ -843,6 +920,79 @@ impl Registry {
             .insert(key.partition.clone());
     }
 
+    /// Records that `to` adopted the part of `key` that lost worker `from`
+    /// held: readers of that part are sent there, and a later part is no
+    /// longer listed among `from`'s parts.
+    pub(crate) fn record_moved(&mut self, key: &PartitionKey, from: &str, to: &str) {
+        if self.released.contains_key(&key.job) {
+            return;
+        }
+        let entry = (key.clone(), from.to_string());
+        if !self.moved.contains_key(&entry) && self.moved.len() >= MAX_RELOCATIONS {
+            tracing::warn!(partition = %key, %from, %to, limit = MAX_RELOCATIONS,
+                "too many adopted parts to remember; readers of this one will not find it");
+            return;
+        }
+        self.moved.insert(entry, to.to_string());
+        let removed = self
+            .parts
+            .get_mut(&key.job)
+            .and_then(|w| w.get_mut(from))
+            .is_some_and(|held| held.remove(&key.partition));
+        if removed {
+            if let Some(n) = self.job_parts.get_mut(&key.job) {
+                *n = n.saturating_sub(1);
+            }
+            self.part_count = self.part_count.saturating_sub(1);
+            self.record_part(key, to);
+        }
+    }
+
+    /// Lost durable workers whose partitions an adopter should be asked for
+    /// now (each once).
+    pub(crate) fn take_recoveries(&mut self) -> Vec<RecoveryDue> {
+        std::mem::take(&mut self.recoveries_due)
+    }
+
+    /// Live workers that may adopt `lost`'s partitions, best first: those
+    /// with an object store that take partitions, in an order every master
+    /// computes alike (so that they ask the same one).
+    pub(crate) fn adopters_for(&self, lost: &str) -> Vec<Placement> {
+        let mut candidates: Vec<(u64, &String, &Worker)> = self
+            .workers
+            .iter()
+            .filter(|(id, w)| {
+                id.as_str() != lost
+                    && w.refusal().is_none()
+                    && w.load
+                        .tiers
+                        .as_ref()
+                        .is_some_and(|t| t.object_store.is_some())
+            })
+            .map(|(id, w)| (rendezvous(lost, id), id, w))
+            .collect();
+        candidates.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        candidates
+            .into_iter()
+            .map(|(_, id, w)| Placement {
+                worker_id: id.clone(),
+                data_address: w.data_address.clone(),
+            })
+            .collect()
+    }
+
+    /// The adopters were asked (whatever they answered): `worker` counts as
+    /// lost at the next sweep, and what was not adopted is reported.
+    pub(crate) fn recovery_finished(&mut self, worker: &str) {
+        if let Some(r) = self
+            .workers
+            .get_mut(worker)
+            .and_then(|w| w.recovering.as_mut())
+        {
+            r.done = true;
+        }
+    }
+
     /// The partitions of `job` with a later part on `worker`, if this
     /// master took `worker` for lost (a decommissioned worker handed its
     /// parts over before it left): at most `max`, and whether there are
@@ -867,12 +1017,34 @@ impl Registry {
     pub(crate) fn locate(&mut self, key: &PartitionKey, now: Instant) -> Option<Placement> {
         self.expire(now);
         let id = self.relocations.get(key)?;
+        self.live_placement(id, key)
+    }
+
+    /// Where the part of `key` that lost worker `from` held lives now, if
+    /// another worker adopted it.
+    pub(crate) fn locate_moved(
+        &mut self,
+        key: &PartitionKey,
+        from: &str,
+        now: Instant,
+    ) -> Option<Placement> {
+        self.expire(now);
+        let id = self.moved.get(&(key.clone(), from.to_string()))?.clone();
+        self.live_placement(&id, key)
+    }
+
+    /// Worker `id` for readers of `key`: if it is live and not reported
+    /// unreachable.
+    fn live_placement(&self, id: &str, key: &PartitionKey) -> Option<Placement> {
         let worker = self.workers.get(id)?;
-        if worker.unreachable_since.is_some() || worker.reported_by.contains_key(&key.job) {
+        if worker.unreachable_since.is_some()
+            || worker.reported_by.contains_key(&key.job)
+            || worker.recovering.is_some()
+        {
             return None;
         }
         Some(Placement {
-            worker_id: id.clone(),
+            worker_id: id.to_string(),
             data_address: worker.data_address.clone(),
         })
     }
@@ -930,6 +1102,15 @@ impl Registry {
         self.workers
             .get(id)
             .is_some_and(|w| w.load.restarting && !self.silent_past_timeout(w, now))
+    }
+
+    /// Whether worker `id` is durable (durability = "object-store") and not
+    /// counted lost yet: its parts are back when it is, or adopted by
+    /// another worker, so a reader that cannot reach it waits.
+    pub(crate) fn is_recovering(&self, id: &str) -> bool {
+        self.workers
+            .get(id)
+            .is_some_and(|w| w.load.durable_store.is_some() && w.recovering.is_none_or(|r| !r.done))
     }
 
     /// Whether `worker` has been silent longer than it may be: its

@@ -93,6 +93,10 @@ pub async fn serve(
         clock,
         secret: security.secret.clone(),
         prober: Prober::new(config.probe_timeout, security.tls_client.clone()),
+        recoverer: crate::recovery::Recoverer::new(
+            security.credential(),
+            security.tls_client.clone(),
+        ),
         sweep_period: crate::registry::sweep_period(&config),
     });
     // Up first and stopped last, so health and metrics are seen while the
@@ -120,6 +124,7 @@ pub async fn serve(
                     _ = shutdown.cancelled() => return,
                     _ = sweep.tick() => {
                         shared.with_registry(|registry, now| registry.expire(now));
+                        shared.start_recoveries();
                     }
                 }
             }

@@ -135,6 +135,7 @@ async fn heartbeat(client: &Client, id: &str, load: WorkerLoad) {
             jobs: Vec::new(),
             relocated: Vec::new(),
             parts: Vec::new(),
+            adopted: Vec::new(),
         })
         .await
         .expect("heartbeat");

@@ -93,6 +93,7 @@ async fn heartbeat(client: &Client, id: &str, address: &str, stored_bytes: u64) 
             jobs: Vec::new(),
             relocated: Vec::new(),
             parts: Vec::new(),
+            adopted: Vec::new(),
         })
         .await
         .expect("heartbeat");

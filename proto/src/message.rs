@@ -109,6 +109,8 @@ messages! {
     43 => ListParts,
     44 => PartsListed,
     45 => Restart,
+    46 => AdoptLost,
+    47 => LostAdopted,
 }
 
 impl MessageType {
@@ -162,6 +164,8 @@ impl Message {
             Message::SplitPartition(m) => m.request_id,
             Message::Decommission(m) => m.request_id,
             Message::Restart(m) => m.request_id,
+            Message::AdoptLost(m) => m.request_id,
+            Message::LostAdopted(m) => m.request_id,
             Message::OpenStream(m) => m.request_id,
             Message::StreamOpened(m) => m.request_id,
             Message::RequireSegment(_)

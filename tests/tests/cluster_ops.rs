@@ -598,157 +598,297 @@ fn store_id(data_dir: &Path) -> String {
 /// (first parts through the masters, later parts through the moved forward
 /// pointers), the engine is told of no lost partition, the worker's objects
 /// are deleted, and releasing the partitions reaches the adopters.
+/// Four workers with an object store (`extra` worker settings beside it)
+/// and a 128 KiB split size, and one job of six partitions written and
+/// sealed as chains of parts over them.
+struct ChainedJob {
+    s3: terrace_tests::s3::S3Server,
+    root: tempfile::TempDir,
+    master: ServiceProcess,
+    workers: Vec<ServiceProcess>,
+    config: AgentConfig,
+    agent: MasterAgent,
+    lost: Arc<terrace_tests::LostPartitions>,
+    descriptors: Vec<ShuffleDescriptor>,
+    /// Each partition's parts, by worker id.
+    chains: Vec<Vec<String>>,
+    expected: Vec<HashMap<u32, Vec<Buffer>>>,
+}
+
+const CHAINED_WORKERS: usize = 4;
+const CHAINED_SUBS: u32 = 2;
+const CHAINED_PREFIX: &str = "chained";
+
+impl ChainedJob {
+    fn write(extra: &str) -> ChainedJob {
+        let s3 = terrace_tests::s3::S3Server::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        let master = start_master_dropping_workers_after_4s(root);
+        let m = master.address.clone();
+        let object_store = format!(
+            "split_size = \"128KiB\"\n{extra}[object_store]\nurl = \"{url}\"\nrequest_timeout = \"5s\"\n\
+             retries = 2\nbackoff = \"100ms\"\ncold_after = \"1h\"\n[object_store.options]\n\
+             aws_endpoint = \"{endpoint}\"\naws_access_key_id = \"{ak}\"\n\
+             aws_secret_access_key = \"{sk}\"\naws_region = \"{region}\"\naws_allow_http = \"true\"\n",
+            url = s3.url(CHAINED_PREFIX),
+            endpoint = s3.endpoint(),
+            ak = terrace_tests::s3::ACCESS_KEY,
+            sk = terrace_tests::s3::SECRET_KEY,
+            region = terrace_tests::s3::REGION,
+        );
+        let workers: Vec<ServiceProcess> = (0..CHAINED_WORKERS)
+            .map(|i| {
+                let data = root.join(format!("d{i}"));
+                start_worker(root, i, &m, &(data_dirs(&[&data]) + &object_store))
+            })
+            .collect();
+        wait_for_list(&m, "four workers registered", |l| {
+            l.workers.len() == CHAINED_WORKERS
+        });
+        let config = AgentConfig {
+            master_addresses: vec![m.clone()],
+            segment_size: terrace_tier_api::ByteSize::kib(64),
+            push_size: terrace_tier_api::ByteSize::kib(32),
+            ..terrace_tests::small_agent_config()
+        };
+        let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
+            .expect("master agent");
+        const JOB: u8 = 8;
+        const PARTITIONS: u32 = 6;
+        let job = terrace_tests::key(JOB, 0).job;
+        let lost = Arc::new(terrace_tests::LostPartitions::default());
+        agent
+            .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
+            .expect("register");
+        let descriptors: Vec<ShuffleDescriptor> = (0..PARTITIONS)
+            .map(|p| {
+                agent
+                    .add_partition_and_get_shuffle_descriptor(
+                        &job,
+                        &terrace_tests::key(JOB, p).partition,
+                        CHAINED_SUBS,
+                    )
+                    .expect("place")
+            })
+            .collect();
+        // 2 subpartitions x 32 buffers x 4 KiB = 256 KiB each: chains of two or
+        // three parts, so each part has a worker to go to that holds no other
+        // part of its partition.
+        let mut expected = Vec::new();
+        let mut chains = Vec::new();
+        for (p, d) in descriptors.iter().enumerate() {
+            let mut writer =
+                RecordingWriter::new(producer(&config, d.clone(), CHAINED_SUBS, false));
+            for i in 0..32 {
+                for sub in 0..CHAINED_SUBS {
+                    writer
+                        .write(sub, Buffer::data(payload(p as u32, sub, i, 4096)))
+                        .expect("write");
+                }
+                if i % 8 == 0 {
+                    writer.agent.flush_and_wait().expect("flush");
+                }
+            }
+            chains.push(writer.end_and_close(CHAINED_SUBS));
+            expected.push(writer.expected);
+        }
+        ChainedJob {
+            s3,
+            root: dir,
+            master,
+            workers,
+            config,
+            agent,
+            lost,
+            descriptors,
+            chains,
+            expected,
+        }
+    }
+
+    fn data(&self, i: usize) -> std::path::PathBuf {
+        self.root.path().join(format!("d{i}"))
+    }
+
+    /// A worker holding a first part and a later part of the chains, none
+    /// of whose chains spans every worker (each part has a worker to go to
+    /// that holds no other part of its partition).
+    fn worker_with_first_and_later_parts(&self) -> usize {
+        let chains = &self.chains;
+        (0..CHAINED_WORKERS)
+            .find(|i| {
+                let id = format!("w{i}");
+                chains.iter().any(|c| c[0] == id)
+                    && chains.iter().any(|c| c[1..].contains(&id))
+                    && chains
+                        .iter()
+                        .all(|c| !c.contains(&id) || c.len() < CHAINED_WORKERS)
+            })
+            .unwrap_or_else(|| panic!("no worker holds first and later parts: {chains:?}"))
+    }
+
+    /// A reader of the first partition whose first part is on worker
+    /// `index`, started, with its first buffers arrived.
+    fn slow_reader_of_first_part_on(
+        &self,
+        index: usize,
+    ) -> (usize, ConsumerAgent, Arc<terrace_tests::Wakeup>) {
+        let slow = self
+            .chains
+            .iter()
+            .position(|c| c[0] == format!("w{index}"))
+            .expect("a first part on the worker");
+        let partition = self.descriptors[slow].key().expect("key").partition;
+        let wake = terrace_tests::wakeup();
+        let mut reader = ConsumerAgent::new(
+            self.config.clone(),
+            vec![ConsumerSpec {
+                partition,
+                input_channel: InputChannelId(0),
+                subpartitions: 0..=CHAINED_SUBS - 1,
+            }],
+            vec![Some(self.descriptors[slow].clone())],
+        )
+        .expect("consumer");
+        reader.register_availability_notifier(Arc::clone(&wake) as _);
+        reader.start().expect("start");
+        assert!(
+            wake.wait(0, Duration::from_secs(10)) > 0,
+            "the slow reader's first buffers arrive"
+        );
+        (slow, reader, wake)
+    }
+
+    /// Reads partition `p` (a reader already started) to its end and
+    /// compares every buffer.
+    fn drain_and_check(&self, p: usize, reader: &ConsumerAgent, wake: &terrace_tests::Wakeup) {
+        let partition = self.descriptors[p].key().expect("key").partition;
+        let targets: Vec<(PartitionId, u32)> = (0..CHAINED_SUBS)
+            .map(|sub| (partition.clone(), sub))
+            .collect();
+        let read = terrace_tests::drain(reader, wake, &targets, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("the slow reader of partition {p} reads to its end: {e}"));
+        for sub in 0..CHAINED_SUBS {
+            assert_buffers_eq(
+                &read[&(partition.clone(), sub)],
+                &self.expected[p][&sub],
+                &format!("slow reader, subpartition {sub}"),
+            );
+        }
+    }
+
+    /// Every partition read back through its (unchanged) descriptor.
+    fn read_all_back(&self) {
+        for (p, d) in self.descriptors.iter().enumerate() {
+            let read = read_partition(
+                &self.config,
+                d.clone(),
+                CHAINED_SUBS,
+                Duration::from_secs(40),
+            )
+            .unwrap_or_else(|e| panic!("partition {p} (chain {:?}) reads: {e}", self.chains[p]));
+            for sub in 0..CHAINED_SUBS {
+                assert_buffers_eq(
+                    &read[&sub],
+                    &self.expected[p][&sub],
+                    &format!("partition {p} subpartition {sub}"),
+                );
+            }
+        }
+    }
+
+    /// Parts held by the workers `staying`.
+    fn held(&self, staying: &[usize]) -> usize {
+        staying
+            .iter()
+            .map(|&i| terrace_tests::worker_stats(&self.workers[i].address).partitions as usize)
+            .sum()
+    }
+
+    /// Waits until the agent found worker `index` gone and located each of
+    /// its first parts elsewhere, then checks nothing was reported lost.
+    fn assert_nothing_reported_lost(&self, index: usize) {
+        let id = format!("w{index}");
+        for d in self.descriptors.iter().filter(|d| d.worker_id == id) {
+            let key = d.key().expect("key");
+            logs::wait_for_line(
+                Duration::from_secs(10),
+                &[&format!("partition={key} "), "not lost"],
+            );
+        }
+        // One more 200 ms poll later a loss report would have come.
+        terrace_tests::hold(Duration::from_millis(400));
+        assert!(
+            self.lost.reported().is_empty(),
+            "no partition is reported lost: {:?}",
+            self.lost.reported()
+        );
+    }
+
+    /// Releases every partition through its descriptor and waits until no
+    /// part and no object is left.
+    fn release_all(&self, staying: &[usize]) {
+        for d in &self.descriptors {
+            self.agent.release_partition(d).expect("release");
+        }
+        terrace_tests::wait_until(
+            Duration::from_secs(10),
+            "no parts left after release",
+            || self.held(staying) == 0,
+        );
+        // Objects are deleted in the background after a release.
+        terrace_tests::wait_until(
+            Duration::from_secs(10),
+            "no objects left after release",
+            || self.s3.objects(CHAINED_PREFIX).is_empty(),
+        );
+    }
+}
+
 #[test]
 fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_and_exits() {
     let _logs = logs::capture();
-    let s3 = terrace_tests::s3::S3Server::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let root = dir.path();
-    let master = start_master_dropping_workers_after_4s(root);
-    let m = master.address.clone();
-    const PREFIX: &str = "handover";
-    let object_store = format!(
-        "split_size = \"128KiB\"\n[object_store]\nurl = \"{url}\"\nrequest_timeout = \"5s\"\n\
-         retries = 2\nbackoff = \"100ms\"\ncold_after = \"1h\"\n[object_store.options]\n\
-         aws_endpoint = \"{endpoint}\"\naws_access_key_id = \"{ak}\"\n\
-         aws_secret_access_key = \"{sk}\"\naws_region = \"{region}\"\naws_allow_http = \"true\"\n",
-        url = s3.url(PREFIX),
-        endpoint = s3.endpoint(),
-        ak = terrace_tests::s3::ACCESS_KEY,
-        sk = terrace_tests::s3::SECRET_KEY,
-        region = terrace_tests::s3::REGION,
-    );
-    let data = |i: usize| root.join(format!("d{i}"));
-    const WORKERS: usize = 4;
-    let mut workers: Vec<ServiceProcess> = (0..WORKERS)
-        .map(|i| start_worker(root, i, &m, &(data_dirs(&[&data(i)]) + &object_store)))
+    let mut job = ChainedJob::write("");
+    let leaving_index = job.worker_with_first_and_later_parts();
+    let staying: Vec<usize> = (0..CHAINED_WORKERS)
+        .filter(|&i| i != leaving_index)
         .collect();
-    wait_for_list(&m, "four workers registered", |l| {
-        l.workers.len() == WORKERS
-    });
-    let config = AgentConfig {
-        master_addresses: vec![m.clone()],
-        segment_size: terrace_tier_api::ByteSize::kib(64),
-        push_size: terrace_tier_api::ByteSize::kib(32),
-        ..terrace_tests::small_agent_config()
-    };
-    let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
-        .expect("master agent");
-    const JOB: u8 = 8;
-    const PARTITIONS: u32 = 6;
-    const SUBS: u32 = 2;
-    let job = terrace_tests::key(JOB, 0).job;
-    let lost = Arc::new(terrace_tests::LostPartitions::default());
-    agent
-        .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
-        .expect("register");
-    let descriptors: Vec<ShuffleDescriptor> = (0..PARTITIONS)
-        .map(|p| {
-            agent
-                .add_partition_and_get_shuffle_descriptor(
-                    &job,
-                    &terrace_tests::key(JOB, p).partition,
-                    SUBS,
-                )
-                .expect("place")
-        })
-        .collect();
-    // 2 subpartitions x 32 buffers x 4 KiB = 256 KiB each: chains of two or
-    // three parts, so each part has a worker to go to that holds no other
-    // part of its partition.
-    let mut expected = Vec::new();
-    let mut chains = Vec::new();
-    for (p, d) in descriptors.iter().enumerate() {
-        let mut writer = RecordingWriter::new(producer(&config, d.clone(), SUBS, false));
-        for i in 0..32 {
-            for sub in 0..SUBS {
-                writer
-                    .write(sub, Buffer::data(payload(p as u32, sub, i, 4096)))
-                    .expect("write");
-            }
-            if i % 8 == 0 {
-                writer.agent.flush_and_wait().expect("flush");
-            }
-        }
-        chains.push(writer.end_and_close(SUBS));
-        expected.push(writer.expected);
-    }
-    // The worker leaving holds a first part and a later part of chains.
-    let leaving_index = (0..WORKERS)
-        .find(|i| {
-            let id = format!("w{i}");
-            chains.iter().any(|c| c[0] == id)
-                && chains.iter().any(|c| c[1..].contains(&id))
-                && chains.iter().all(|c| !c.contains(&id) || c.len() < WORKERS)
-        })
-        .unwrap_or_else(|| panic!("no worker holds first and later parts: {chains:?}"));
-    let staying: Vec<usize> = (0..WORKERS).filter(|&i| i != leaving_index).collect();
-    let leaving_store = store_id(&data(leaving_index));
+    let leaving_store = store_id(&job.data(leaving_index));
     assert!(
-        s3.objects(PREFIX).is_empty(),
+        job.s3.objects(CHAINED_PREFIX).is_empty(),
         "everything is on local disks before the decommission migrates it"
     );
 
     // A reader of a first part on the leaving worker opens its stream now
     // and takes only its first credits' worth.
-    let slow = chains
-        .iter()
-        .position(|c| c[0] == format!("w{leaving_index}"))
-        .expect("a first part on the leaving worker");
-    let slow_partition = descriptors[slow].key().expect("key").partition;
-    let wake = terrace_tests::wakeup();
-    let mut slow_reader = ConsumerAgent::new(
-        config.clone(),
-        vec![ConsumerSpec {
-            partition: slow_partition.clone(),
-            input_channel: InputChannelId(0),
-            subpartitions: 0..=SUBS - 1,
-        }],
-        vec![Some(descriptors[slow].clone())],
-    )
-    .expect("consumer");
-    slow_reader.register_availability_notifier(Arc::clone(&wake) as _);
-    slow_reader.start().expect("start");
-    assert!(
-        wake.wait(0, Duration::from_secs(10)) > 0,
-        "the slow reader's first buffers arrive"
-    );
-
-    let decommission = start_decommission(&workers[leaving_index].address);
+    let (slow, mut slow_reader, wake) = job.slow_reader_of_first_part_on(leaving_index);
+    let decommission = start_decommission(&job.workers[leaving_index].address);
     // It hands everything over but waits for the reader streaming from it.
     // Nothing to wait on: the worker must NOT exit while the reader streams
     // from it (it has handed over its parts within this time).
     terrace_tests::hold(Duration::from_secs(2));
     assert!(
-        workers[leaving_index]
+        job.workers[leaving_index]
             .child
             .try_wait()
             .expect("poll")
             .is_none(),
         "the worker stays while a reader streams from it"
     );
-    let targets: Vec<(PartitionId, u32)> =
-        (0..SUBS).map(|sub| (slow_partition.clone(), sub)).collect();
-    let read = terrace_tests::drain(&slow_reader, &wake, &targets, Duration::from_secs(30))
-        .expect("the slow reader reads to its end");
-    for sub in 0..SUBS {
-        assert_buffers_eq(
-            &read[&(slow_partition.clone(), sub)],
-            &expected[slow][&sub],
-            &format!("slow reader, subpartition {sub}"),
-        );
-    }
+    job.drain_and_check(slow, &slow_reader, &wake);
     slow_reader.close().expect("close");
     // It exits by itself while the job still holds every partition.
-    let status = wait_for_exit(&mut workers[leaving_index], Duration::from_secs(60));
+    let status = wait_for_exit(&mut job.workers[leaving_index], Duration::from_secs(60));
     assert!(
         status.success(),
         "the decommissioned worker exits cleanly: {status}"
     );
     let out = decommission_output(decommission);
     assert!(out.contains("has exited"), "{out}");
-    let left: Vec<String> = s3
-        .objects(PREFIX)
+    let left: Vec<String> = job
+        .s3
+        .objects(CHAINED_PREFIX)
         .into_iter()
         .filter(|k| k.contains(&leaving_store))
         .collect();
@@ -757,71 +897,97 @@ fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_an
         "the leaving worker's objects are deleted: {left:?}"
     );
     assert!(
-        !s3.objects(PREFIX).is_empty(),
+        !job.s3.objects(CHAINED_PREFIX).is_empty(),
         "the adopters hold the handed-over parts in the store"
     );
-    let held = |workers: &[ServiceProcess]| -> u32 {
-        staying
-            .iter()
-            .map(|&i| terrace_tests::worker_stats(&workers[i].address).partitions)
-            .sum()
-    };
-    let parts: usize = chains.iter().map(Vec::len).sum();
+    let parts: usize = job.chains.iter().map(Vec::len).sum();
     assert_eq!(
-        held(&workers) as usize,
+        job.held(&staying),
         parts,
         "every part is held by the workers left"
     );
 
     // The old descriptors read every buffer.
-    for (p, d) in descriptors.iter().enumerate() {
-        let read = read_partition(&config, d.clone(), SUBS, Duration::from_secs(40))
-            .unwrap_or_else(|e| panic!("partition {p} (chain {:?}) reads: {e}", chains[p]));
-        for sub in 0..SUBS {
-            assert_buffers_eq(
-                &read[&sub],
-                &expected[p][&sub],
-                &format!("partition {p} subpartition {sub}"),
-            );
-        }
-    }
+    job.read_all_back();
     // The master drops the worker (4 s without heartbeats); the agent finds
     // its first parts adopted and reports nothing lost.
-    wait_for_list(&m, "the decommissioned worker dropped", |l| {
-        l.workers.len() == WORKERS - 1
-    });
-    // The agent's next poll finds the worker gone and each of its first
-    // parts located at its adopter; one more 200 ms poll later a loss
-    // report would have come.
-    let leaving_id = format!("w{leaving_index}");
-    for d in descriptors.iter().filter(|d| d.worker_id == leaving_id) {
-        let key = d.key().expect("key");
-        logs::wait_for_line(
-            Duration::from_secs(10),
-            &[&format!("partition={key} "), "not lost"],
-        );
-    }
-    terrace_tests::hold(Duration::from_millis(200));
-    assert!(
-        lost.reported().is_empty(),
-        "a handed-over partition is not reported lost"
+    wait_for_list(
+        &job.master.address,
+        "the decommissioned worker dropped",
+        |l| l.workers.len() == CHAINED_WORKERS - 1,
     );
+    job.assert_nothing_reported_lost(leaving_index);
     // Releasing through the descriptors reaches every part where it is now.
-    for d in &descriptors {
-        agent.release_partition(d).expect("release");
-    }
-    terrace_tests::wait_until(
-        Duration::from_secs(10),
-        "no parts left after release",
-        || held(&workers) == 0,
+    job.release_all(&staying);
+    job.agent.close();
+}
+
+/// Durability through the object store: four workers with `durability =
+/// "object-store"`, one job of six partitions sealed as chains over them
+/// (every part's data and index in the store when its seal or split is
+/// acknowledged). A worker holding first and later parts is SIGKILLed, for
+/// good, while a reader streams one of its first parts. The master keeps it
+/// listed while a live worker adopts its parts from the store; the reader
+/// resumes at the adopter and gets every buffer once; every partition reads
+/// back exactly through its old descriptor; nothing is reported lost; the
+/// lost worker's objects are gone; a release reaches the adopted parts.
+#[test]
+fn a_lost_durable_workers_sealed_parts_are_adopted_from_the_object_store_and_nothing_is_lost() {
+    let _logs = logs::capture();
+    let mut job = ChainedJob::write("durability = \"object-store\"\n");
+    let victim = job.worker_with_first_and_later_parts();
+    let staying: Vec<usize> = (0..CHAINED_WORKERS).filter(|&i| i != victim).collect();
+    let victim_store = store_id(&job.data(victim));
+    // Every part is in the store, data and index, once its seal returned.
+    let parts: usize = job.chains.iter().map(Vec::len).sum();
+    let indexes = job
+        .s3
+        .objects(CHAINED_PREFIX)
+        .into_iter()
+        .filter(|k| k.ends_with("/index"))
+        .count();
+    assert_eq!(indexes, parts, "one index object per sealed part");
+    let stats = terrace_tests::worker_stats(&job.workers[victim].address);
+    assert_eq!(
+        stats.load.tiers.as_ref().map(|t| t.local_bytes),
+        Some(0),
+        "a durable worker's sealed parts are served from the object store"
     );
-    // Objects are deleted in the background after a release.
-    terrace_tests::wait_until(
-        Duration::from_secs(10),
-        "no objects left after release",
-        || s3.objects(PREFIX).is_empty(),
+
+    let (slow, mut slow_reader, wake) = job.slow_reader_of_first_part_on(victim);
+    // SIGKILL, as a host lost for good.
+    let process = &mut job.workers[victim].child;
+    process.kill().expect("kill the worker");
+    process.wait().expect("reap the worker");
+    // The reader resumes where it was, at the worker that adopted the part.
+    job.drain_and_check(slow, &slow_reader, &wake);
+    slow_reader.close().expect("close");
+    logs::wait_for_line(
+        Duration::from_secs(30),
+        &["worker lost; its part was adopted from the object store; resuming there"],
     );
-    agent.close();
+    let left: Vec<String> = job
+        .s3
+        .objects(CHAINED_PREFIX)
+        .into_iter()
+        .filter(|k| k.contains(&victim_store))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the lost worker's objects are deleted once adopted: {left:?}"
+    );
+    assert_eq!(
+        job.held(&staying),
+        parts,
+        "every part is held by the workers left"
+    );
+    job.read_all_back();
+    wait_for_list(&job.master.address, "the lost worker dropped", |l| {
+        l.workers.len() == CHAINED_WORKERS - 1
+    });
+    job.assert_nothing_reported_lost(victim);
+    job.release_all(&staying);
+    job.agent.close();
 }
 
 /// A relocated partition is found again after both the worker holding it

@@ -108,6 +108,7 @@ fn loads() -> impl Strategy<Value = Option<pb::WorkerLoad>> {
                 full: open % 2 == 0,
                 decommissioning: sealed % 2 == 0,
                 restarting: sealed % 3 == 0,
+                durable_store: text.clone(),
                 read_streams: sealed,
                 push_bytes_per_sec: memory,
                 read_bytes_per_sec: stored,
@@ -206,6 +207,16 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                             partition_id: id.clone(),
                         })
                         .collect(),
+                    adopted: jobs
+                        .iter()
+                        .map(|id| pb::AdoptedPart {
+                            key: Some(pb::PartitionKey {
+                                job_id: id.clone(),
+                                partition_id: id.clone(),
+                            }),
+                            from_worker_id: String::from_utf8_lossy(id).into_owned(),
+                        })
+                        .collect(),
                     jobs,
                 })
             }
@@ -278,6 +289,9 @@ fn frames() -> impl Strategy<Value = (Message, Vec<u8>)> {
                 request_id,
                 worker_address: worker_id.clone(),
                 worker_restarting: request_id % 2 == 0,
+                worker_recovering: request_id % 3 == 0,
+                adopted_by_id: worker_id.clone(),
+                adopted_by_address: worker_id.clone(),
                 worker_id,
             })
         }),

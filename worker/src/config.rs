@@ -35,6 +35,11 @@ pub struct WorkerConfig {
     pub dir_reserve: ByteSize,
     /// The object-store tier (cold and overflow data). Absent: none.
     pub object_store: Option<ObjectStoreConfig>,
+    /// What a sealed partition must reach before its seal is acknowledged:
+    /// `"local"`, this worker's disks (lost with the worker for good), or
+    /// `"object-store"`, the object store (data and index), from which
+    /// another worker adopts it when this one is lost. Needs `object_store`.
+    pub durability: Durability,
     /// Bytes of pushed data held in memory at most; pushes wait beyond it.
     pub memory_budget: ByteSize,
     /// When memory use passes this fraction of the budget, the flusher writes
@@ -141,6 +146,7 @@ impl Default for WorkerConfig {
             dir_capacity: None,
             dir_reserve: ByteSize::gib(1),
             object_store: None,
+            durability: Durability::Local,
             memory_budget: ByteSize::gib(1),
             flush_high_watermark: 0.75,
             flush_low_watermark: 0.5,
@@ -221,6 +227,12 @@ impl WorkerConfig {
         if let Some(store) = &self.object_store {
             store.validate(self.max_frame_size)?;
         }
+        if self.durability == Durability::ObjectStore && self.object_store.is_none() {
+            return Err(ConfigError::new(
+                "durability",
+                "durability = \"object-store\" needs an [object_store] table",
+            ));
+        }
         let l = &self.limits;
         for (name, value) in [
             ("max_subpartitions", l.max_subpartitions),
@@ -249,6 +261,19 @@ impl WorkerConfig {
         }
         Ok(())
     }
+}
+
+/// Where a sealed partition must be before its seal is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// This worker's data directories (or the object store for what
+    /// overflowed): a worker lost for good loses its partitions.
+    #[default]
+    Local,
+    /// The object store, data and index: a lost worker's sealed partitions
+    /// are adopted by other workers.
+    ObjectStore,
 }
 
 /// The `[object_store]` table.

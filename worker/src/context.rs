@@ -43,6 +43,13 @@ pub(crate) struct Shared {
     /// held so masters can locate them. Persisted in each partition's index,
     /// so a restarted worker names them again.
     pub relocated: std::sync::Mutex<std::collections::BTreeSet<terrace_tier_api::PartitionKey>>,
+    /// Parts adopted here from a lost worker, and that worker:
+    /// heartbeats name those still held, so masters send their readers here.
+    pub adopted: std::sync::Mutex<
+        std::collections::BTreeMap<terrace_tier_api::PartitionKey, terrace_tier_api::WorkerId>,
+    >,
+    /// Held while a lost worker's partitions are adopted (one at a time).
+    pub adopting_lost: tokio::sync::Mutex<()>,
     /// Wakes the heartbeat loops (a change masters should hear of at once).
     pub heartbeat_now: tokio::sync::Notify,
     /// Push and read rates between heartbeats.

@@ -233,7 +233,7 @@ async fn hand_off(
 /// Asks every live worker to point forward pointers naming this worker for
 /// `key` at the adopter. Best effort: a worker that misses it leaves its
 /// readers to fail on this part, and the engine reruns the producer.
-async fn move_forward_pointers(
+pub(crate) async fn move_forward_pointers(
     shared: &Arc<Shared>,
     key: &PartitionKey,
     this_worker: &WorkerId,

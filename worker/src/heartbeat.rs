@@ -60,6 +60,9 @@ pub(crate) fn load(shared: &Shared) -> WorkerLoad {
         full: store.short_of_room(),
         decommissioning: shared.decommission.is_started(),
         restarting: shared.restart.is_started() && !shared.decommission.is_started(),
+        durable_store: store
+            .durable()
+            .then(|| store.tiers().dirs.store_id().to_string()),
         read_streams: store.counters.read_streams.load(Ordering::Relaxed) as u32,
         push_bytes_per_sec: push_rate,
         read_bytes_per_sec: read_rate,
@@ -348,6 +351,7 @@ async fn session(
             jobs: Vec::new(),
             relocated: Vec::new(),
             parts: Vec::new(),
+            adopted: Vec::new(),
         };
         // What the lists may take: the load and ids come first.
         let fixed = heartbeat.header_len();
@@ -355,7 +359,7 @@ async fn session(
             .saturating_sub(fixed)
             .min(HEARTBEAT_LIST_BYTES);
         let held = held_jobs(&shared.store);
-        let jobs = jobs_pager.page(&held, MAX_HEARTBEAT_JOBS, lists * 2 / 3, |job| {
+        let jobs = jobs_pager.page(&held, MAX_HEARTBEAT_JOBS, lists / 2, |job| {
             wire_len(job.as_bytes())
         });
         heartbeat.relocated = relocated_pager.page(
@@ -370,6 +374,7 @@ async fn session(
             lists / 6,
             key_wire_len,
         );
+        heartbeat.adopted = adopted_held(shared, MAX_HEARTBEAT_JOBS, lists / 6);
         heartbeat.jobs = jobs.clone();
         let sent_at = clock::now();
         let reply = request_within(&client, deadline, heartbeat).await?;
@@ -450,6 +455,33 @@ fn relocated_held(shared: &Shared) -> BTreeSet<PartitionKey> {
     let mut relocated = shared.relocated.lock().expect("relocated lock poisoned");
     relocated.retain(|key| shared.store.get(key).is_ok());
     relocated.clone()
+}
+
+/// Later parts adopted from lost workers and still held here: the first
+/// `max` that fit in `bytes` (readers of the others find them through the
+/// forward pointers the adopter moved).
+fn adopted_held(shared: &Shared, max: usize, bytes: usize) -> Vec<(PartitionKey, WorkerId)> {
+    let mut adopted = shared.adopted.lock().expect("adopted lock poisoned");
+    adopted.retain(|key, _| shared.store.get(key).is_ok());
+    adopted_page(&adopted, max, bytes)
+}
+
+/// The first of `adopted` that fit in `bytes`, at most `max`.
+fn adopted_page(
+    adopted: &std::collections::BTreeMap<PartitionKey, WorkerId>,
+    max: usize,
+    bytes: usize,
+) -> Vec<(PartitionKey, WorkerId)> {
+    let mut used = 0;
+    adopted
+        .iter()
+        .take(max)
+        .take_while(|(k, w)| {
+            used += key_wire_len(k) + wire_len(w.as_str().as_bytes()) + 4;
+            used <= bytes
+        })
+        .map(|(k, w)| (k.clone(), w.clone()))
+        .collect()
 }
 
 /// Later parts of split partitions held here, in order.
@@ -587,12 +619,10 @@ mod tests {
                 partition: terrace_tier_api::PartitionId::new(longest(n)).expect("partition id"),
             })
             .collect();
-        let page = Pager::default().page(
-            &jobs,
-            MAX_HEARTBEAT_JOBS,
-            HEARTBEAT_LIST_BYTES * 2 / 3,
-            |j| wire_len(j.as_bytes()),
-        );
+        let page =
+            Pager::default().page(&jobs, MAX_HEARTBEAT_JOBS, HEARTBEAT_LIST_BYTES / 2, |j| {
+                wire_len(j.as_bytes())
+            });
         let relocated = Pager::default().page(
             &keys,
             MAX_HEARTBEAT_JOBS,
@@ -605,14 +635,27 @@ mod tests {
             HEARTBEAT_LIST_BYTES / 6,
             key_wire_len,
         );
-        assert_eq!((page.len(), relocated.len(), parts.len()), (126, 15, 15));
+        let from = WorkerId::new("w".repeat(256)).expect("worker id");
+        let adopted = adopted_page(
+            &keys.iter().map(|k| (k.clone(), from.clone())).collect(),
+            MAX_HEARTBEAT_JOBS,
+            HEARTBEAT_LIST_BYTES / 6,
+        );
+        assert_eq!(
+            (page.len(), relocated.len(), parts.len(), adopted.len()),
+            (94, 15, 15, 10)
+        );
         let heartbeat = WorkerHeartbeat {
-            worker: WorkerId::new("w".repeat(256)).expect("worker id"),
+            worker: from,
             data_address: "a".repeat(256),
-            load: WorkerLoad::default(),
+            load: WorkerLoad {
+                durable_store: Some("f".repeat(terrace_tier_api::protocol::MAX_STORE_ID_BYTES)),
+                ..WorkerLoad::default()
+            },
             jobs: page,
             relocated,
             parts,
+            adopted,
         };
         assert!(
             heartbeat.header_len() <= HEARTBEAT_LIST_BYTES + 1024,

@@ -326,6 +326,30 @@ impl Collector for WorkerCollector {
         )?;
         counter(
             e,
+            "terrace_worker_durable_parts",
+            "Sealed partition parts made durable in the object store, data and index (durability = \"object-store\").",
+            load(&c.durable_parts),
+        )?;
+        counter(
+            e,
+            "terrace_worker_durable_index_bytes",
+            "Bytes of partition indexes written to the object store for durability.",
+            load(&c.durable_index_bytes),
+        )?;
+        counter(
+            e,
+            "terrace_worker_durability_failures",
+            "Seals acknowledged before the part reached the object store (the store failed); the migrator tries again.",
+            load(&c.durable_failures),
+        )?;
+        counter(
+            e,
+            "terrace_worker_lost_adoptions",
+            "Partitions adopted from the object store after the worker holding them was lost.",
+            load(&c.lost_adoptions),
+        )?;
+        counter(
+            e,
             "terrace_worker_fenced_partitions",
             "Partitions dropped because a master had taken this running worker for lost (paused or cut off past the worker timeout) and reported them to the engines.",
             load(&c.fenced),

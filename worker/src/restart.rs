@@ -143,7 +143,7 @@ fn written_partitions(shared: &Shared) -> usize {
 
 /// Whether every master that ever answered this worker answered a
 /// heartbeat sent after `since` (which carried the restarting flag).
-fn masters_told(shared: &Shared, since: std::time::Instant) -> bool {
+pub(crate) fn masters_told(shared: &Shared, since: std::time::Instant) -> bool {
     shared.config.master_addresses.iter().all(|master| {
         shared
             .masters

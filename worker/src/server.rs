@@ -175,6 +175,8 @@ fn prepare(
             restart: Decommission::default(),
             pushes_frozen: Default::default(),
             relocated: std::sync::Mutex::new(relocated),
+            adopted: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            adopting_lost: tokio::sync::Mutex::new(()),
             heartbeat_now: tokio::sync::Notify::new(),
             rates: std::sync::Mutex::new(Rates::default()),
             drops: JobDrops::default(),

@@ -24,6 +24,9 @@ pub(crate) fn apply(
     for key in &r.parts {
         registry.record_part(key, &worker);
     }
+    for (key, from) in &r.adopted {
+        registry.record_moved(key, from.as_str(), &worker);
+    }
     Ok(HeartbeatReply {
         released_jobs,
         unknown_jobs: registry

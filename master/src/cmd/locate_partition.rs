@@ -16,6 +16,16 @@ pub(crate) fn apply(r: LocatePartition, registry: &mut Registry, now: Instant) -
             .map(|p| super::worker_at(p.worker_id, p.data_address)),
         restarting: r
             .worker
+            .as_ref()
             .is_some_and(|w| registry.is_restarting(w.as_str(), now)),
+        recovering: r
+            .worker
+            .as_ref()
+            .is_some_and(|w| registry.is_recovering(w.as_str())),
+        adopted_by: r.worker.as_ref().and_then(|w| {
+            registry
+                .locate_moved(&r.key, w.as_str(), now)
+                .map(|p| super::worker_at(p.worker_id, p.data_address))
+        }),
     }
 }

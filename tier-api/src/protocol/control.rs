@@ -105,6 +105,9 @@ pub struct WorkerHeartbeat {
     /// Later parts of split partitions held here (at most
     /// [`MAX_HEARTBEAT_JOBS`]: a page of them when there are more).
     pub parts: Vec<PartitionKey>,
+    /// Parts adopted here from a lost worker, and that worker (at most
+    /// [`MAX_HEARTBEAT_JOBS`]).
+    pub adopted: Vec<(PartitionKey, WorkerId)>,
 }
 
 impl TryFrom<pb::WorkerHeartbeat> for WorkerHeartbeat {
@@ -129,6 +132,12 @@ impl TryFrom<pb::WorkerHeartbeat> for WorkerHeartbeat {
                 m.jobs.len()
             )));
         }
+        if m.adopted.len() > MAX_HEARTBEAT_JOBS {
+            return Err(TierError::bad_input(format!(
+                "a heartbeat names {} adopted parts, more than {MAX_HEARTBEAT_JOBS}",
+                m.adopted.len()
+            )));
+        }
         Ok(WorkerHeartbeat {
             worker: WorkerId::new(m.worker_id)?,
             data_address: data_address(m.data_address)?,
@@ -144,6 +153,16 @@ impl TryFrom<pb::WorkerHeartbeat> for WorkerHeartbeat {
                 .into_iter()
                 .map(PartitionKey::try_from)
                 .collect::<TierResult<_>>()?,
+            adopted: m
+                .adopted
+                .into_iter()
+                .map(|a| {
+                    Ok((
+                        PartitionKey::try_from(a.key)?,
+                        WorkerId::parse_field("adopted.from_worker_id", a.from_worker_id)?,
+                    ))
+                })
+                .collect::<TierResult<_>>()?,
         })
     }
 }
@@ -158,6 +177,14 @@ impl WorkerHeartbeat {
             jobs: job_bytes(self.jobs),
             relocated: self.relocated.into_iter().map(Into::into).collect(),
             parts: self.parts.into_iter().map(Into::into).collect(),
+            adopted: self
+                .adopted
+                .into_iter()
+                .map(|(key, from)| pb::AdoptedPart {
+                    key: Some(key.into()),
+                    from_worker_id: from.into_string(),
+                })
+                .collect(),
         }
     }
 }
@@ -187,6 +214,10 @@ pub struct WorkerLoad {
     pub decommissioning: bool,
     /// The worker is restarting: it will be back, serving what it holds.
     pub restarting: bool,
+    /// The worker's store id when it runs with `durability =
+    /// "object-store"` (checked by [`check_store_id`]): its sealed
+    /// partitions are in the object store under it.
+    pub durable_store: Option<String>,
     pub read_streams: u32,
     pub push_bytes_per_sec: u64,
     pub read_bytes_per_sec: u64,
@@ -254,6 +285,12 @@ impl TryFrom<pb::WorkerLoad> for WorkerLoad {
             full: m.full,
             decommissioning: m.decommissioning,
             restarting: m.restarting,
+            durable_store: if m.durable_store.is_empty() {
+                None
+            } else {
+                check_store_id("load.durable_store", &m.durable_store)?;
+                Some(m.durable_store)
+            },
             read_streams: m.read_streams,
             push_bytes_per_sec: m.push_bytes_per_sec,
             read_bytes_per_sec: m.read_bytes_per_sec,
@@ -275,11 +312,31 @@ impl From<WorkerLoad> for pb::WorkerLoad {
             full: l.full,
             decommissioning: l.decommissioning,
             restarting: l.restarting,
+            durable_store: l.durable_store.unwrap_or_default(),
             read_streams: l.read_streams,
             push_bytes_per_sec: l.push_bytes_per_sec,
             read_bytes_per_sec: l.read_bytes_per_sec,
         }
     }
+}
+
+/// Longest store id a peer may name.
+pub const MAX_STORE_ID_BYTES: usize = 64;
+
+/// A worker's store id (the name of its objects' prefix): 1 to
+/// [`MAX_STORE_ID_BYTES`] ASCII letters and digits, so it is one path
+/// segment and nothing else.
+pub fn check_store_id(field: &str, id: &str) -> TierResult<()> {
+    if id.is_empty()
+        || id.len() > MAX_STORE_ID_BYTES
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(TierError::bad_input(format!(
+            "{field} must be 1 to {MAX_STORE_ID_BYTES} ASCII letters and digits, not {:?}",
+            id.chars().take(MAX_STORE_ID_BYTES + 1).collect::<String>()
+        )));
+    }
+    Ok(())
 }
 
 impl TryFrom<pb::TierStats> for TierStats {
@@ -709,6 +766,12 @@ pub struct PartitionLocated {
     pub worker: Option<WorkerAt>,
     /// The worker the request named is restarting.
     pub restarting: bool,
+    /// The worker the request named is durable and not counted lost yet:
+    /// a reader that cannot reach it waits and asks again.
+    pub recovering: bool,
+    /// Where the part the named worker held lives now, if another worker
+    /// adopted it (the named worker was lost).
+    pub adopted_by: Option<WorkerAt>,
 }
 
 impl TryFrom<pb::PartitionLocated> for PartitionLocated {
@@ -725,9 +788,21 @@ impl TryFrom<pb::PartitionLocated> for PartitionLocated {
                 m.worker_address,
             )?)
         };
+        let adopted_by = if m.adopted_by_id.is_empty() {
+            None
+        } else {
+            Some(WorkerAt::parse(
+                "adopted_by_id",
+                m.adopted_by_id,
+                "adopted_by_address",
+                m.adopted_by_address,
+            )?)
+        };
         Ok(PartitionLocated {
             worker,
             restarting: m.worker_restarting,
+            recovering: m.worker_recovering,
+            adopted_by,
         })
     }
 }
@@ -738,11 +813,18 @@ impl PartitionLocated {
             .worker
             .map(|w| (w.id.into_string(), w.address))
             .unwrap_or_default();
+        let (adopted_by_id, adopted_by_address) = self
+            .adopted_by
+            .map(|w| (w.id.into_string(), w.address))
+            .unwrap_or_default();
         pb::PartitionLocated {
             request_id,
             worker_id,
             worker_address,
             worker_restarting: self.restarting,
+            worker_recovering: self.recovering,
+            adopted_by_id,
+            adopted_by_address,
         }
     }
 }

@@ -445,6 +445,72 @@ impl Restart {
 wire!(Restart);
 request!(Restart => Ack, |_r| Access::Cluster);
 
+/// Asks a worker to adopt the partitions lost worker `lost` kept in the
+/// object store under `store_id` (durability = "object-store"). Answered
+/// with [`LostAdopted`] once every master has heard of the adoptions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdoptLost {
+    pub lost: WorkerId,
+    pub store_id: String,
+}
+
+impl TryFrom<pb::AdoptLost> for AdoptLost {
+    type Error = TierError;
+
+    fn try_from(m: pb::AdoptLost) -> TierResult<Self> {
+        super::control::check_store_id("store_id", &m.store_id)?;
+        Ok(AdoptLost {
+            lost: WorkerId::parse_field("lost_worker_id", m.lost_worker_id)?,
+            store_id: m.store_id,
+        })
+    }
+}
+
+impl AdoptLost {
+    pub fn into_pb(self, request_id: u64) -> pb::AdoptLost {
+        pb::AdoptLost {
+            request_id,
+            lost_worker_id: self.lost.into_string(),
+            store_id: self.store_id,
+        }
+    }
+}
+
+wire!(AdoptLost);
+request!(AdoptLost => LostAdopted, |_r| Access::Cluster);
+
+/// What a worker adopted of a lost worker's partitions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostAdopted {
+    /// Partitions this worker holds adopted from the lost worker.
+    pub adopted: u32,
+    /// Partitions found in the store but not adopted here.
+    pub skipped: u32,
+}
+
+impl TryFrom<pb::LostAdopted> for LostAdopted {
+    type Error = TierError;
+
+    fn try_from(m: pb::LostAdopted) -> TierResult<Self> {
+        Ok(LostAdopted {
+            adopted: m.adopted,
+            skipped: m.skipped,
+        })
+    }
+}
+
+impl LostAdopted {
+    pub fn into_pb(self, request_id: u64) -> pb::LostAdopted {
+        pb::LostAdopted {
+            request_id,
+            adopted: self.adopted,
+            skipped: self.skipped,
+        }
+    }
+}
+
+wire!(LostAdopted);
+
 /// Hands a partition of a decommissioning worker (`from`) to this one. The
 /// body is the partition's persisted index. Answered with [`Ack`].
 #[derive(Clone, Debug, PartialEq, Eq)]

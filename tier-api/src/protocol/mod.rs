@@ -40,14 +40,15 @@ use crate::ids::{JobId, MAX_ID_BYTES, WorkerId};
 pub use control::{
     AllocatePartition, DirStats, HeartbeatReply, JOB_TOKEN_BYTES, JobRegistered, ListParts,
     ListWorkers, LocatePartition, MAX_DIRS, MAX_ERROR_BYTES, MAX_EXCLUDED_WORKERS,
-    MAX_HEARTBEAT_JOBS, MAX_LISTED_PARTS, MAX_PATH_BYTES, MAX_REPORT_ERROR_BYTES, ObjectStoreStats,
-    PartitionAllocated, PartitionLocated, PartsListed, RegisterJob, RegisterWorker, TierStats,
-    UnregisterJob, WorkerHeartbeat, WorkerInfo, WorkerList, WorkerLoad, WorkerUnreachable,
+    MAX_HEARTBEAT_JOBS, MAX_LISTED_PARTS, MAX_PATH_BYTES, MAX_REPORT_ERROR_BYTES,
+    MAX_STORE_ID_BYTES, ObjectStoreStats, PartitionAllocated, PartitionLocated, PartsListed,
+    RegisterJob, RegisterWorker, TierStats, UnregisterJob, WorkerHeartbeat, WorkerInfo, WorkerList,
+    WorkerLoad, WorkerUnreachable, check_store_id,
 };
 pub use data::{
-    AdoptPartition, CreatePartition, Decommission, DropJob, MoveForward, OpenStream,
-    PartitionMetrics, PartitionMetricsReply, PushAck, PushData, ReleasePartition, Restart,
-    SealPartition, SplitPartition, StreamOpened, WorkerStats, WorkerStatsReply,
+    AdoptLost, AdoptPartition, CreatePartition, Decommission, DropJob, LostAdopted, MoveForward,
+    OpenStream, PartitionMetrics, PartitionMetricsReply, PushAck, PushData, ReleasePartition,
+    Restart, SealPartition, SplitPartition, StreamOpened, WorkerStats, WorkerStatsReply,
 };
 pub use stream::{
     AddCredit, CloseStream, Extent, ReadData, RequireSegment, StreamControl, StreamError,
@@ -373,6 +374,7 @@ pub enum WorkerRequest {
     PartitionMetrics(PartitionMetrics),
     Decommission(Decommission),
     Restart(Restart),
+    AdoptLost(AdoptLost),
     AdoptPartition(AdoptPartition),
     MoveForward(MoveForward),
     OpenStream(OpenStream),
@@ -452,6 +454,7 @@ dispatch_enum!(
         PartitionMetrics,
         Decommission,
         Restart,
+        AdoptLost,
         AdoptPartition,
         MoveForward,
         OpenStream

@@ -83,6 +83,7 @@ fn load() -> WorkerLoad {
         full: true,
         decommissioning: true,
         restarting: true,
+        durable_store: Some("0123456789abcdef".into()),
         read_streams: 20,
         push_bytes_per_sec: 21,
         read_bytes_per_sec: 22,
@@ -102,6 +103,7 @@ fn every_control_message_roundtrips() {
         jobs: vec![job(1), job(2)],
         relocated: vec![key(3)],
         parts: vec![key(4), key(5)],
+        adopted: vec![(key(6), worker(7).id)],
     });
     roundtrips(HeartbeatReply {
         released_jobs: vec![job(1)],
@@ -154,10 +156,14 @@ fn every_control_message_roundtrips() {
     roundtrips(PartitionLocated {
         worker: Some(worker(6)),
         restarting: false,
+        recovering: true,
+        adopted_by: Some(worker(7)),
     });
     roundtrips(PartitionLocated {
         worker: None,
         restarting: true,
+        recovering: false,
+        adopted_by: None,
     });
     roundtrips(ListParts {
         job: job(7),
@@ -224,6 +230,14 @@ fn every_data_message_roundtrips() {
     roundtrips(PartitionMetricsReply::default());
     roundtrips(Decommission);
     roundtrips(Restart);
+    roundtrips(AdoptLost {
+        lost: worker(5).id,
+        store_id: "0123456789abcdef".into(),
+    });
+    roundtrips(LostAdopted {
+        adopted: 3,
+        skipped: 1,
+    });
     roundtrips(AdoptPartition {
         key: key(4),
         from: worker(5).id,
@@ -390,6 +404,7 @@ fn hostile_headers_are_bad_input_naming_what_is_wrong() {
                 jobs: vec![Bytes::from_static(b"j"); MAX_HEARTBEAT_JOBS + 1],
                 relocated: Vec::new(),
                 parts: Vec::new(),
+                adopted: Vec::new(),
             }),
             "a heartbeat names 4097 jobs, more than 4096",
         ),
@@ -408,8 +423,30 @@ fn hostile_headers_are_bad_input_naming_what_is_wrong() {
                 jobs: Vec::new(),
                 relocated: Vec::new(),
                 parts: Vec::new(),
+                adopted: Vec::new(),
             }),
             "load.tiers.dirs has 65 entries, more than 64",
+        ),
+        (
+            Message::WorkerHeartbeat(pb::WorkerHeartbeat {
+                request_id: 1,
+                worker_id: "w".into(),
+                data_address: "h:1".into(),
+                load: Some(pb::WorkerLoad {
+                    durable_store: "../other".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "load.durable_store must be 1 to 64 ASCII letters and digits, not \"../other\"",
+        ),
+        (
+            Message::AdoptLost(pb::AdoptLost {
+                request_id: 1,
+                lost_worker_id: "w".into(),
+                store_id: "a".repeat(65),
+            }),
+            "store_id must be 1 to 64 ASCII letters and digits, not \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"",
         ),
         (
             Message::SplitPartition(pb::SplitPartition {
@@ -497,6 +534,7 @@ fn parse_any(message: Message, body: Bytes) -> TierResult<()> {
         T::PushAck => PushAck::from_frame(message, body).map(drop),
         T::WorkerStatsReply => WorkerStatsReply::from_frame(message, body).map(drop),
         T::PartitionMetricsReply => PartitionMetricsReply::from_frame(message, body).map(drop),
+        T::LostAdopted => LostAdopted::from_frame(message, body).map(drop),
         T::StreamOpened => StreamOpened::from_frame(message, body).map(drop),
         T::ReadData | T::SubpartitionEnd | T::SubpartitionRedirect | T::StreamError => {
             StreamFrame::from_frame(message, body).map(drop)
@@ -521,6 +559,7 @@ fn parse_any(message: Message, body: Bytes) -> TierResult<()> {
         | T::PartitionMetrics
         | T::Decommission
         | T::Restart
+        | T::AdoptLost
         | T::AdoptPartition
         | T::MoveForward
         | T::OpenStream
@@ -570,6 +609,11 @@ fn servers_refuse_what_they_do_not_serve_and_authorize_by_request() {
     assert_eq!(drop_job.access(), Access::Job(&job(3)));
     assert_eq!(Decommission.access(), Access::Cluster);
     assert_eq!(Restart.access(), Access::Cluster);
+    let adopt = AdoptLost {
+        lost: worker(1).id,
+        store_id: "abc".into(),
+    };
+    assert_eq!(adopt.access(), Access::Cluster);
     assert_eq!(ListWorkers.access(), Access::Cluster);
     let report = WorkerUnreachable {
         worker: worker(1).id,

@@ -20,6 +20,7 @@ pub(crate) async fn apply(request: AdoptPartition, conn: &Connection) -> TierRes
         )));
     }
     let partition = shared.store.adopt(&key, &index).await?;
+    shared.store.make_durable_or_later(&partition).await;
     shared
         .store
         .counters

@@ -5,6 +5,7 @@
 //! identity); each file here applies one to the connection and the worker's
 //! shared state and returns its typed reply.
 
+mod adopt_lost;
 mod adopt_partition;
 mod create_partition;
 mod decommission;
@@ -89,6 +90,11 @@ impl Command {
                 crate::restart::requested(&conn.shared, &conn.peer);
                 reply(Ok(terrace_tier_api::protocol::Ack))
             }
+            WorkerRequest::AdoptLost(r) => Some(
+                adopt_lost::apply(r, conn)
+                    .await
+                    .map(|r| frame(r, request_id)),
+            ),
             WorkerRequest::AdoptPartition(r) => reply(adopt_partition::apply(r, conn).await),
             WorkerRequest::MoveForward(r) => reply(move_forward::apply(r, conn).await),
             WorkerRequest::OpenStream(r) => open_stream::apply(r, request_id, conn).err().map(Err),

@@ -41,6 +41,15 @@ pub struct Counters {
     pub adoptions: AtomicU64,
     /// Partitions this worker handed over while decommissioning.
     pub handovers: AtomicU64,
+    /// Sealed parts made durable in the object store (durability =
+    /// "object-store"), and bytes of their indexes written there.
+    pub durable_parts: AtomicU64,
+    pub durable_index_bytes: AtomicU64,
+    /// Sealed parts acknowledged before they reached the object store (it
+    /// failed); the migrator tries again.
+    pub durable_failures: AtomicU64,
+    /// Partitions adopted from the object store after their worker was lost.
+    pub lost_adoptions: AtomicU64,
     /// Partitions dropped because a master had taken this running worker
     /// for lost (see `crate::heartbeat`).
     pub fenced: AtomicU64,

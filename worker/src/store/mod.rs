@@ -18,6 +18,7 @@ mod budget;
 pub(crate) mod counters;
 mod deletions;
 mod dirs;
+mod durable;
 mod error;
 mod faults;
 mod files;
@@ -527,14 +528,20 @@ impl Store {
         partition.flush(&self.tiers).await
     }
 
-    /// Seals a partition: its data and index are durable when this returns Ok.
+    /// Seals a partition: its data and index are durable when this returns
+    /// Ok, on the local disks, and with durability = "object-store" in the
+    /// object store too (see [`Store::make_durable`]).
     pub async fn seal(&self, partition: &Arc<Partition>) -> TierResult<()> {
-        partition.seal(&self.tiers).await
+        partition.seal(&self.tiers).await?;
+        self.make_durable_or_later(partition).await;
+        Ok(())
     }
 
     /// Ends this worker's part of a split partition (see [`Partition::split`]).
     pub async fn split(&self, partition: &Arc<Partition>, next: Forward) -> TierResult<()> {
-        partition.split(&self.tiers, next).await
+        partition.split(&self.tiers, next).await?;
+        self.make_durable_or_later(partition).await;
+        Ok(())
     }
 
     /// Migrates one partition's local data to the object store now.
@@ -914,6 +921,7 @@ impl Store {
 
     /// One pass of the migrator.
     pub async fn migrate_once(&self) {
+        self.make_parts_durable().await;
         let cold_after = self.object.cold_after;
         let mut cold: Vec<Arc<Partition>> = self
             .partitions()
@@ -1015,6 +1023,9 @@ impl Store {
             Some(p) if !p.is_sealed() => true,
             Some(p) => {
                 let (_, ids) = p.object_keys();
+                if id == Some(object::INDEX_OBJECT) {
+                    return true;
+                }
                 let id: Option<u32> = id.and_then(|i| i.parse().ok());
                 p.is_migrating() || id.is_some_and(|i| ids.contains(&i))
             }

@@ -85,6 +85,9 @@ impl ObjectOp {
     }
 }
 
+/// The name of a durable partition's index object in its prefix.
+pub const INDEX_OBJECT: &str = "index";
+
 #[derive(Debug)]
 pub struct ObjectTier {
     store: Arc<dyn ObjectStore>,
@@ -259,6 +262,20 @@ impl ObjectTier {
                     .iter()
                     .all(|p| !p.is_empty() && *p != "." && *p != "..")
         })
+    }
+
+    /// Where another worker's objects are: its store id under this store's URL.
+    pub fn root_of(&self, store_id: &str) -> String {
+        if self.base.is_empty() {
+            store_id.to_string()
+        } else {
+            format!("{}/{store_id}", self.base)
+        }
+    }
+
+    /// The object holding a durable partition's index, beside its data.
+    pub fn index_key(prefix: &str) -> ObjectPath {
+        ObjectPath::from(format!("{prefix}/{INDEX_OBJECT}"))
     }
 
     pub fn object_key(prefix: &str, id: u32) -> ObjectPath {

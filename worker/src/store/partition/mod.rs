@@ -20,6 +20,7 @@
 //! Every change bumps a version on a watch channel, which parked readers wait on.
 
 mod append;
+mod durable;
 mod flush;
 mod migrate;
 mod persist;
@@ -98,6 +99,10 @@ struct State {
     migrating: bool,
     /// A failed migration is not tried again before this.
     migrate_after: Option<Instant>,
+    /// The index generation last written to the object store beside the
+    /// data (durability = "object-store"); `None`: not written, or the
+    /// index changed since.
+    durable_generation: Option<u64>,
     migration_failures: u32,
     /// What the partition's state and index take of the metadata budget
     /// (`None`: not charged, a partition made outside a store).
@@ -177,6 +182,7 @@ impl Partition {
                 sealed_at: None,
                 migrating: false,
                 migrate_after: None,
+                durable_generation: None,
                 migration_failures: 0,
                 charge: None,
             }),

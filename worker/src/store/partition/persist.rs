@@ -233,7 +233,7 @@ impl Partition {
         )))
     }
 
-    fn persisted(&self, state: &State) -> PersistedIndex {
+    pub(super) fn persisted(&self, state: &State) -> PersistedIndex {
         let mut index = state.index.clone();
         index.sealed = true;
         PersistedIndex {
