@@ -26,6 +26,13 @@
 #   TERRACE_EXTRA  extra Flink config for the Terrace run, space-separated key=value
 #   WORKER_TOML    extra worker config (TOML lines, e.g. "write_on_push = true"; see
 #                  docs/configuration.md)
+#   DURABILITY  1: measure what durability = "object-store" costs instead of the remote tier: an
+#               S3-compatible server (s3s-fs, scripts/s3-server.sh) is started here, the Terrace
+#               worker gets it as its object store, and a second master and worker with the same
+#               store and durability = "object-store" run the variant `durable`; reported: job time
+#               against `terrace`, and bytes uploaded to the store per byte pushed (the durable
+#               worker's terrace_worker_migrated_bytes + overflowed + durable_index_bytes, from its
+#               /metrics)
 #
 # Each job's result file is compared with the default run's (cmp): a mismatch fails the script.
 set -euo pipefail
@@ -107,8 +114,10 @@ measure_once() { # <variant> <r> <flink k=v...>
   local t c0=0 c1=0 cpu
   [[ "$variant" == remote ]] && rm -rf "$WORK/remote" && mkdir -p "$WORK/remote"
   [[ "$variant" == terrace ]] && c0="$(cpu_seconds "$WORKER_PID")"
+  [[ "$variant" == durable ]] && c0="$(cpu_seconds "$DURABLE_PID")"
   t="$(run_job "$variant-$r" "$@")"
   [[ "$variant" == terrace ]] && c1="$(cpu_seconds "$WORKER_PID")"
+  [[ "$variant" == durable ]] && c1="$(cpu_seconds "$DURABLE_PID")"
   cpu="$(calc "$c1 - $c0")"
   RUN_JOB[$variant]+="${t% *} "; RUN_PROC[$variant]+="${t#* } "; RUN_CPU[$variant]+="$cpu "
   if [[ "$variant" != default ]] && ! cmp -s "$WORK/$variant-$r.result" "$WORK/default-1.result"; then
@@ -119,26 +128,62 @@ measure_once() { # <variant> <r> <flink k=v...>
 
 log "working in $WORK; job: parallelism $P, $N records x $S B payload, $ROUNDS round(s)"
 mkdir -p "$WORK/remote" "$WORK/terrace-data"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+VARIANTS=(default remote terrace)
+STORE_TOML=""
+if [[ "${DURABILITY:-}" == 1 ]]; then
+  VARIANTS=(default terrace durable)
+  S3S="$("$ROOT/scripts/s3-server.sh" </dev/null | tail -n 1)"
+  S3_PORT="$(free_port)"
+  mkdir -p "$WORK/s3/bench"
+  "$S3S" --host 127.0.0.1 --port "$S3_PORT" --access-key bench-key --secret-key bench-secret "$WORK/s3" \
+    >"$WORK/s3s.log" 2>&1 </dev/null &
+  PIDS+=("$!")
+  STORE_TOML="[object_store]
+url = \"s3://bench/terrace\"
+[object_store.options]
+aws_endpoint = \"http://127.0.0.1:$S3_PORT\"
+aws_access_key_id = \"bench-key\"
+aws_secret_access_key = \"bench-secret\"
+aws_region = \"us-east-1\"
+aws_allow_http = \"true\""
+fi
 start_service master master --listen 127.0.0.1:0
 MASTER="$ADDRESS"
-printf '%s\n' "${WORKER_TOML:-}" > "$WORK/worker.toml"
+printf '%s\n%s\n' "${WORKER_TOML:-}" "$STORE_TOML" > "$WORK/worker.toml"
 start_service worker worker --config "$WORK/worker.toml" --listen 127.0.0.1:0 \
   --data-dir "$WORK/terrace-data" --master "$MASTER"
 WORKER_PID="${PIDS[-1]}"
+if [[ "${DURABILITY:-}" == 1 ]]; then
+  mkdir -p "$WORK/durable-data"
+  start_service durable-master master --listen 127.0.0.1:0
+  DURABLE_MASTER="$ADDRESS"
+  DURABLE_ADMIN="127.0.0.1:$(free_port)"
+  printf 'durability = "object-store"\n%s\n%s\n[admin]\nlisten = "%s"\n' "${WORKER_TOML:-}" "$STORE_TOML" \
+    "$DURABLE_ADMIN" > "$WORK/durable-worker.toml"
+  start_service durable-worker worker --config "$WORK/durable-worker.toml" --listen 127.0.0.1:0 \
+    --data-dir "$WORK/durable-data" --master "$DURABLE_MASTER"
+  DURABLE_PID="${PIDS[-1]}"
+fi
 # The variants take turns, round by round, so that a machine that slows down or speeds up during
 # the benchmark (it is shared) weighs on all three alike. The idle Terrace services cost nothing
 # meanwhile.
+TERRACE_TIER=taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=dev.terrace.flink.TerraceTierFactory
 for r in $(seq "$ROUNDS"); do
-  measure_once default "$r"
-  measure_once remote "$r" \
-    taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.remote.RemoteTierFactory \
-    "taskmanager.network.hybrid-shuffle.remote.path=file://$WORK/remote"
-  # shellcheck disable=SC2086
-  measure_once terrace "$r" \
-    taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=dev.terrace.flink.TerraceTierFactory \
-    "terrace.master.address=$MASTER" ${TERRACE_EXTRA:-}
+  for v in "${VARIANTS[@]}"; do
+    case $v in
+      default) measure_once default "$r" ;;
+      remote) measure_once remote "$r" \
+        taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.remote.RemoteTierFactory \
+        "taskmanager.network.hybrid-shuffle.remote.path=file://$WORK/remote" ;;
+      # shellcheck disable=SC2086
+      terrace) measure_once terrace "$r" "$TERRACE_TIER" "terrace.master.address=$MASTER" ${TERRACE_EXTRA:-} ;;
+      # shellcheck disable=SC2086
+      durable) measure_once durable "$r" "$TERRACE_TIER" "terrace.master.address=$DURABLE_MASTER" ${TERRACE_EXTRA:-} ;;
+    esac
+  done
 done
-for v in default remote terrace; do
+for v in "${VARIANTS[@]}"; do
   JOB_S[$v]="$(printf '%s\n' ${RUN_JOB[$v]} | median)"
   PROC[$v]="$(printf '%s\n' ${RUN_PROC[$v]} | median)"
   WCPU[$v]="$(printf '%s\n' ${RUN_CPU[$v]} | median)"
@@ -163,17 +208,26 @@ case "$JOB" in
   keyed) echo "Flink 1.20.3 KeyedAggregationJob: parallelism $P, $N records x $S B payload (~$(calc "$N * ($S + 40) / 1073741824") GiB through shuffle 1), median of $ROUNDS" ;;
   shuffle-heavy) echo "Flink 1.20.3 ShuffleHeavyJob: parallelism $P, $N records x $S B (~$(calc "$N * $S / 1073741824") GiB through the shuffle, about half incompressible), median of $ROUNDS" ;;
 esac
-printf '%-40s %10s %10s %14s %14s %12s\n' variant "job s" "process s" "job/default" "job/remote" "worker cpu s"
-for v in default remote terrace; do
+BASE=remote; [[ "${DURABILITY:-}" == 1 ]] && BASE=terrace
+printf '%-40s %10s %10s %14s %14s %12s\n' variant "job s" "process s" "job/default" "job/$BASE" "worker cpu s"
+for v in "${VARIANTS[@]}"; do
   case $v in
     default) label="Flink default hybrid (memory+disk)";;
     remote) label="Flink RemoteTierFactory (local dir)";;
     terrace) label="Terrace (1 master + 1 worker)";;
+    durable) label="Terrace, durability = object-store";;
   esac
-  cpu="-"; [[ "$v" == terrace ]] && cpu="${WCPU[$v]}"
+  cpu="-"; [[ "$v" == terrace || "$v" == durable ]] && cpu="${WCPU[$v]}"
   printf '%-40s %10.2f %10.2f %14s %14s %12s\n' "$label" "${JOB_S[$v]}" "${PROC[$v]}" \
-    "$(ratio "${JOB_S[$v]}" "${JOB_S[default]}")" "$(ratio "${JOB_S[$v]}" "${JOB_S[remote]}")" "$cpu"
+    "$(ratio "${JOB_S[$v]}" "${JOB_S[default]}")" "$(ratio "${JOB_S[$v]}" "${JOB_S[$BASE]}")" "$cpu"
 done
+if [[ "${DURABILITY:-}" == 1 ]]; then
+  metric() { curl -s "http://$DURABLE_ADMIN/metrics" | awk -v m="$1" '$1 == m { s += $2 } END { printf "%.0f", s }'; }
+  D_PUSHED="$(metric terrace_worker_pushed_bytes_total)"
+  D_UP="$(( $(metric terrace_worker_migrated_bytes_total) + $(metric terrace_worker_overflowed_bytes_total) + $(metric terrace_worker_durable_index_bytes_total) ))"
+  D_PARTS="$(metric terrace_worker_durable_parts_total)"
+  echo "durable worker, all $ROUNDS run(s) together: pushed $D_PUSHED B, uploaded $D_UP B to the object store ($(calc "$D_UP / $D_PUSHED") per byte pushed), $D_PARTS parts made durable"
+fi
 echo "terrace worker, all $ROUNDS terrace run(s) together: bytes_pushed $PUSHED, bytes_read $READ, partitions left $LEFT"
 printf 'yardstick: raw disk write %d MiB (fdatasync) %.2f s (%.0f MiB/s), read back %.2f s (page cache likely)\n' \
   "$VOL_MB" "$RAW_W" "$(calc "$VOL_MB / $RAW_W")" "$RAW_R"

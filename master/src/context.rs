@@ -62,6 +62,24 @@ impl Shared {
         });
     }
 
+    /// Starts the adoption of every lost durable worker's partitions the
+    /// registry has due (see `crate::recovery`); each worker counts as lost
+    /// once its adopters were asked.
+    pub(crate) fn start_recoveries(self: &Arc<Self>) {
+        let due = self.with_registry(|registry, _| registry.take_recoveries());
+        for due in due {
+            let shared = Arc::clone(self);
+            tokio::spawn(async move {
+                let adopters =
+                    shared.with_registry(|registry, _| registry.adopters_for(&due.worker_id));
+                let adopted = shared.recoverer.recover(&due, &adopters).await;
+                shared.with_registry(|registry, _| registry.recovery_finished(&due.worker_id));
+                tracing::warn!(worker = %due.worker_id, adopted,
+                    "recovery of the lost worker done: it counts as lost now, and its partitions not adopted are reported");
+            });
+        }
+    }
+
     /// Waits `wait`, then starts the probe the registry scheduled.
     async fn scheduled_probe(&self, worker_id: &str, wait: Duration) -> Option<String> {
         terrace_rpc::clock::sleep(wait).await;

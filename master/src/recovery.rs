@@ -7,14 +7,12 @@
 //! list, master agents find its adopted partitions where they are now and
 //! report only the others.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use terrace_rpc::{Client, ClientOptions, Credential, ExpectedServer, ServerIdentity, TlsClient};
 use terrace_tier_api::protocol::AdoptLost;
 use terrace_tier_api::{TierError, TierResult, WorkerId};
 
-use crate::context::Shared;
 use crate::registry::{Placement, RecoveryDue};
 
 /// Adopters asked, one after another, while some of the partitions are left.
@@ -66,26 +64,18 @@ impl Recoverer {
     }
 }
 
-impl Shared {
-    /// Starts the adoption of every lost durable worker's partitions the
-    /// registry has due.
-    pub(crate) fn start_recoveries(self: &Arc<Self>) {
-        let due = self.with_registry(|registry, _| registry.take_recoveries());
-        for due in due {
-            let shared = Arc::clone(self);
-            tokio::spawn(async move { shared.recover(due).await });
-        }
-    }
-
-    async fn recover(&self, due: RecoveryDue) {
-        let adopters = self.with_registry(|registry, _| registry.adopters_for(&due.worker_id));
+impl Recoverer {
+    /// Asks `adopters`, best first, to adopt what `due`'s worker left in the
+    /// store, until one adopts everything it finds (at most
+    /// [`ADOPTERS_TRIED`]); returns how many partitions were adopted.
+    pub(crate) async fn recover(&self, due: &RecoveryDue, adopters: &[Placement]) -> u64 {
         if adopters.is_empty() {
             tracing::error!(worker = %due.worker_id,
                 "no live worker with an object store can adopt the lost worker's partitions: they are reported lost");
         }
         let mut adopted = 0u64;
         for adopter in adopters.iter().take(ADOPTERS_TRIED) {
-            match self.recoverer.ask(adopter, &due).await {
+            match self.ask(adopter, due).await {
                 Ok((n, skipped)) => {
                     adopted += u64::from(n);
                     tracing::warn!(worker = %due.worker_id, adopter = %adopter.worker_id,
@@ -100,8 +90,6 @@ impl Shared {
                 }
             }
         }
-        self.with_registry(|registry, _| registry.recovery_finished(&due.worker_id));
-        tracing::warn!(worker = %due.worker_id, adopted,
-            "recovery of the lost worker done: it counts as lost now, and its partitions not adopted are reported");
+        adopted
     }
 }

@@ -609,10 +609,16 @@ impl Registry {
         worker.placed_bytes = 0;
         worker.placed_since_heartbeat = 0;
         if worker.recovering.take().is_some() {
-            // Others may have adopted its partitions meanwhile: it drops
-            // what it held, as a worker taken for lost does.
-            tracing::warn!(worker = %key, "durable worker heartbeats again while its partitions were being adopted: it will be told to drop what it held");
-            worker.rejoined = true;
+            let due = self.recoveries_due.len();
+            self.recoveries_due.retain(|d| d.worker_id != key);
+            if self.recoveries_due.len() == due {
+                // An adopter was asked already and may hold its partitions:
+                // it drops what it held, as a worker taken for lost does.
+                tracing::warn!(worker = %key, "durable worker heartbeats again while its partitions were being adopted: it will be told to drop what it held");
+                worker.rejoined = true;
+            } else {
+                tracing::info!(worker = %key, "durable worker heartbeats again before any adopter was asked: nothing to recover");
+            }
         }
         let declared_lost = std::mem::take(&mut worker.rejoined);
         Ok((self.released.keys().cloned().collect(), declared_lost))
@@ -1221,6 +1227,7 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::error::placement;
+    use terrace_tier_api::protocol::TierStats;
     use terrace_tier_api::{ByteSize, ErrorKind, TierError};
 
     /// Why each live worker was passed over, from a `NoWorkers` error.
@@ -2038,6 +2045,109 @@ mod tests {
             .heartbeat("w2".into(), "w2:1".into(), stored(0), t2)
             .expect("room");
         assert!(!w2_told);
+    }
+
+    /// A durable worker (durability = "object-store") silent past the
+    /// timeout stays listed, refused for placements, while readers are told
+    /// to wait; its recovery is due once; parts its adopter names move (read
+    /// from the adopter, no longer listed on the lost worker); once the
+    /// adopters were asked it counts as lost at the next sweep.
+    #[test]
+    fn a_silent_durable_worker_is_recovered_before_it_counts_as_lost() {
+        let t0 = clock::now();
+        let mut r = registry(0);
+        r.register_job(job("j"), t0).expect("room");
+        let durable = || {
+            let mut load = stored(0);
+            load.durable_store = Some("abc123".into());
+            load.tiers = Some(Box::new(TierStats {
+                object_store: Some(Default::default()),
+                ..Default::default()
+            }));
+            load
+        };
+        for w in ["w1", "w2", "w3"] {
+            r.heartbeat(w.into(), format!("{w}:1"), durable(), t0)
+                .expect("room");
+        }
+        r.record_part(&key("j", 1), "w1");
+        assert!(r.is_recovering("w1"), "readers wait for a durable worker");
+        assert!(r.take_recoveries().is_empty());
+        // w1 silent past the 300 ms timeout: recovering, still listed.
+        let t1 = t0 + Duration::from_millis(400);
+        for at in [t0 + Duration::from_millis(200), t1] {
+            for w in ["w2", "w3"] {
+                r.heartbeat(w.into(), format!("{w}:1"), durable(), at)
+                    .expect("room");
+            }
+        }
+        let listed: Vec<String> = r.live_workers(t1).into_iter().map(|w| w.id).collect();
+        assert_eq!(listed, ["w1", "w2", "w3"]);
+        assert!(r.lost_workers().is_empty());
+        assert_eq!(
+            r.take_recoveries(),
+            [RecoveryDue {
+                worker_id: "w1".into(),
+                store_id: "abc123".into(),
+            }]
+        );
+        assert!(r.take_recoveries().is_empty(), "due once");
+        assert!(r.is_recovering("w1"));
+        let adopters: Vec<String> = r
+            .adopters_for("w1")
+            .into_iter()
+            .map(|p| p.worker_id)
+            .collect();
+        let mut sorted = adopters.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["w2", "w3"], "live workers with a store, never w1");
+        let err = r
+            .allocate(&key("j", 9), &["w2".into(), "w3".into()], t1)
+            .expect_err("nothing is placed on a recovering worker");
+        assert!(err.message().contains("being adopted"), "{err}");
+        // The adopter names the part it adopted from w1.
+        r.record_moved(&key("j", 1), "w1", "w2");
+        assert_eq!(
+            r.locate_moved(&key("j", 1), "w1", t1).map(|p| p.worker_id),
+            Some("w2".into())
+        );
+        assert_eq!(r.locate_moved(&key("j", 1), "w3", t1), None);
+        r.recovery_finished("w1");
+        assert!(!r.is_recovering("w1"));
+        let t2 = t1 + Duration::from_millis(10);
+        r.expire(t2);
+        let lost: Vec<String> = r.lost_workers().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(lost, ["w1"]);
+        assert_eq!(
+            r.parts_on(&job("j"), "w1", 10),
+            (Vec::new(), false),
+            "the adopted part is no longer listed on the lost worker"
+        );
+        assert_eq!(
+            r.parts_on(&job("j"), "w2", 10),
+            (Vec::new(), false),
+            "w2 is live: not asked about"
+        );
+        // Forgotten with the job.
+        r.unregister_job(job("j"), t2);
+        assert_eq!(r.locate_moved(&key("j", 1), "w1", t2), None);
+
+        // w3 late past the timeout, heartbeating before any adopter was
+        // asked: nothing is due and it is not fenced.
+        let t3 = t2 + Duration::from_millis(400);
+        r.heartbeat("w2".into(), "w2:1".into(), durable(), t2)
+            .expect("room");
+        r.expire(t3 - Duration::from_millis(50));
+        let (_, fenced) = r
+            .heartbeat("w3".into(), "w3:1".into(), durable(), t3)
+            .expect("room");
+        assert!(!fenced, "not asked about yet: nothing to fence");
+        let due: Vec<String> = r
+            .take_recoveries()
+            .into_iter()
+            .map(|d| d.worker_id)
+            .collect();
+        assert!(!due.contains(&"w3".to_string()), "{due:?}");
     }
 
     #[test]

@@ -389,8 +389,8 @@ fn a_master_stopped_for_longer_than_the_lease_expires_no_job() {
 fn a_worker_holding_more_jobs_than_a_heartbeat_carries_still_drops_an_unknown_one() {
     let _logs = logs::capture();
     const LEASE: Duration = Duration::from_secs(3);
-    // 16-byte ids take 19 bytes in a heartbeat, which carries 32 KiB of
-    // them: 1724 per heartbeat, so 2100 jobs take two.
+    // 16-byte ids take 19 bytes in a heartbeat, which carries 24 KiB of
+    // them: 1293 per heartbeat, so 2100 jobs take two.
     const JOBS: u32 = 2100;
     let dir = tempfile::tempdir().expect("temp dir");
     let master_address = closed_address();

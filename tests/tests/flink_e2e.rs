@@ -1485,6 +1485,17 @@ fn producer_starts(log: &str) -> BTreeMap<String, usize> {
 /// The lines of a Flink log that tell how a new JobMaster recovered a job
 /// (replayed events, partitions found or missed, a recovery that failed),
 /// at most 60 of them, for assertion messages.
+/// The lines of a job's log that say why tasks failed (for the message of
+/// a failed assertion on re-runs).
+fn failure_lines(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("to FAILED") || l.contains("Caused by") || l.contains("Exception:"))
+        .take(40)
+        .collect();
+    lines.join("\n")
+}
+
 fn recovery_lines(log: &str) -> String {
     const SIGNS: [&str; 8] = [
         "recover",
@@ -1594,5 +1605,7 @@ fn flink_2_job_manager_failover_reuses_finished_partitions_instead_of_rerunning_
 /// The image and the compose cluster of `deploy/compose` running a job.
 #[path = "flink_e2e/compose.rs"]
 mod compose;
+#[path = "flink_e2e/durability.rs"]
+mod durability;
 #[path = "flink_e2e/rolling.rs"]
 mod rolling;

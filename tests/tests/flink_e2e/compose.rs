@@ -269,7 +269,8 @@ fn compose_cluster_runs_a_flink_job_with_the_exact_result() {
     assert!(reruns.subtasks > 0, "no shuffle-1 producer in Flink's log");
     assert!(
         reruns.rerun.is_empty() && reruns.lost.is_empty(),
-        "a rolling restart of the containers cost re-runs: {reruns:?}"
+        "a rolling restart of the containers cost re-runs: {reruns:?}; failures in Flink's log:\n{}",
+        failure_lines(&done.stderr)
     );
 
     // A worker killed (SIGKILL, as a crashed host): the masters count it

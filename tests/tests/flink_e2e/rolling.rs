@@ -188,16 +188,10 @@ fn rolling_restart_of_every_worker_and_master_under_a_gib_job_reruns_nothing() {
         "the job ended before the rolling restart did"
     );
     assert!(reruns.subtasks > 0, "no shuffle-1 producer in Flink's log");
-    let failures: Vec<&str> = done
-        .stderr
-        .lines()
-        .filter(|l| l.contains("to FAILED") || l.contains("Caused by") || l.contains("Exception:"))
-        .take(40)
-        .collect();
     assert!(
         reruns.rerun.is_empty() && reruns.lost.is_empty(),
         "a rolling restart cost re-runs: {reruns:?}; failures in Flink's log:\n{}",
-        failures.join("\n")
+        failure_lines(&done.stderr)
     );
     let attempts = done.stderr.matches(TASK_STATE_LOG).count();
     assert!(
