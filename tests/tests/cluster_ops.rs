@@ -986,6 +986,30 @@ fn a_lost_durable_workers_sealed_parts_are_adopted_from_the_object_store_and_not
         l.workers.len() == CHAINED_WORKERS - 1
     });
     job.assert_nothing_reported_lost(victim);
+    // The lost worker comes back on its directories: the parts it recovers
+    // are gone from the store (adopted), so it drops them instead of
+    // serving reads that would fail.
+    let indexes = |dir: &Path| {
+        terrace_tests::entries_under(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "index"))
+            .count()
+    };
+    let victim_dir = job.data(victim);
+    let held_before = indexes(&victim_dir);
+    assert!(held_before > 0, "the lost worker's disks kept its indexes");
+    let config = job.root.path().join(format!("worker-{victim}.toml"));
+    job.workers[victim] =
+        ServiceProcess::start(&["worker", "--config", config.to_str().expect("utf-8 path")]);
+    terrace_tests::wait_until(
+        Duration::from_secs(20),
+        "the returning worker drops the parts adopted elsewhere",
+        || {
+            indexes(&victim_dir) == 0
+                && terrace_tests::worker_stats(&job.workers[victim].address).partitions == 0
+        },
+    );
+    job.read_all_back();
     job.release_all(&staying);
     job.agent.close();
 }

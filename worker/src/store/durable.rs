@@ -128,22 +128,17 @@ impl Store {
             ));
         }
         let root = object.root_of(store_id);
-        let listed = object.list(&root).await?;
         let suffix = format!("/{INDEX_OBJECT}");
         let limit = self.config.limits.max_partitions as usize;
         let mut scan = LostScan::default();
-        let indexes: Vec<(object_store::path::Path, u64)> = listed
-            .into_iter()
-            .filter(|(path, _)| path.as_ref().ends_with(&suffix))
-            .collect();
-        if indexes.len() > limit {
+        let (indexes, more) = object.list_ending(&root, &suffix, limit).await?;
+        if more {
             tracing::warn!(
-                found = indexes.len(),
                 limit,
-                "the lost worker left more durable parts than limits.max_partitions; adopting that many"
+                "the lost worker left more durable parts than limits.max_partitions; adopting that many now (asking again adopts more)"
             );
         }
-        for (path, size) in indexes.into_iter().take(limit) {
+        for (path, size) in indexes {
             let prefix = path
                 .as_ref()
                 .strip_suffix(&suffix)
@@ -167,6 +162,46 @@ impl Store {
             }
         }
         Ok(scan)
+    }
+
+    /// Drops the sealed parts recovered at start whose objects are gone
+    /// from the store: this worker was lost while it was down, and another
+    /// adopted them (and deleted its copy). Readers are sent to the adopter
+    /// by the masters; serving them here would fail every read.
+    pub async fn drop_adopted_elsewhere(&self) {
+        if !self.durable() {
+            return;
+        }
+        let Ok(object) = self.tiers.object() else {
+            return;
+        };
+        for partition in self.partitions() {
+            let (Some(prefix), ids) = partition.object_keys() else {
+                continue;
+            };
+            let Some(&first) = ids.first() else {
+                continue;
+            };
+            if !partition.is_sealed() {
+                continue;
+            }
+            match object.exists(&ObjectTier::object_key(&prefix, first)).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(partition = %partition.key(),
+                        "a part recovered at start is gone from the object store (adopted by another worker while this one was lost): dropped here");
+                    let key = partition.key().clone();
+                    drop(partition);
+                    if let Err(e) = self.release(&key).await {
+                        tracing::warn!(partition = %key, error = %e, "dropping it failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(partition = %partition.key(), error = %e,
+                        "cannot tell whether a recovered part is still in the object store; serving it");
+                }
+            }
+        }
     }
 
     async fn adopt_one(

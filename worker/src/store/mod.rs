@@ -905,6 +905,10 @@ impl Store {
         if self.tiers.object.is_none() {
             return;
         }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = self.drop_adopted_elsewhere() => {}
+        }
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,

@@ -535,6 +535,47 @@ impl ObjectTier {
         .await
     }
 
+    /// The keys under `prefix` that end with `suffix`, at most `max` of them,
+    /// and whether more matched. Keys that do not match are not kept, so a
+    /// prefix of millions of objects costs only what matches.
+    pub async fn list_ending(
+        &self,
+        prefix: &str,
+        suffix: &str,
+        max: usize,
+    ) -> TierResult<(Vec<(ObjectPath, u64)>, bool)> {
+        let path = ObjectPath::from(prefix);
+        self.retry(ObjectOp::List, prefix, || async {
+            let mut stream = self.store.list(Some(&path));
+            let mut out = Vec::new();
+            while let Some(meta) = stream.next().await {
+                let meta = meta?;
+                if meta.location.as_ref().ends_with(suffix) {
+                    if out.len() == max {
+                        return Ok((out, true));
+                    }
+                    out.push((meta.location, meta.size));
+                }
+            }
+            Ok((out, false))
+        })
+        .await
+    }
+
+    /// Whether `key` exists (a HEAD request).
+    pub async fn exists(&self, key: &ObjectPath) -> TierResult<bool> {
+        let found = self
+            .retry(ObjectOp::Get, key.as_ref(), || async {
+                match self.store.head(key).await {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        Ok(found)
+    }
+
     /// Copies `from` to `to` inside the store (server side on S3: the bytes
     /// do not pass through the worker).
     pub async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> TierResult<()> {
