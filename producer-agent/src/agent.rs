@@ -64,6 +64,8 @@ const RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
 const RESTART_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// One attempt to reach a worker that may be back from a restart.
 const RECONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Restarts of its worker one flush or seal waits through, at most.
+const RESTARTS_WAITED: usize = 3;
 
 impl ProducerAgent {
     /// Connects to the partition's worker and creates the partition there.
@@ -266,6 +268,10 @@ impl ProducerAgent {
                 self.key
             )));
         }
+        // Pushes cut by a restart are sent again (`reattach_if_cut`).
+        if self.pusher.cut() {
+            return Ok(());
+        }
         self.pusher.check()
     }
 
@@ -365,7 +371,7 @@ impl ProducerAgent {
     /// place the partition on another worker, as for a worker unreachable
     /// at the first create.
     fn reattach_if_cut(&mut self) -> TierResult<()> {
-        if !self.pusher.client().is_closed() {
+        if !self.pusher.client().is_closed() && !self.pusher.cut() {
             return Ok(());
         }
         if self.pushed || self.parts.len() != 1 {
@@ -434,18 +440,13 @@ impl ProducerAgent {
         }
         tracing::info!(partition = %self.key, worker = %worker_id, error = %unplaced,
             "the worker is restarting and the partition cannot split away; waiting for it");
-        io_runtime().block_on(self.pusher.drain())?;
-        let deadline = clock::now() + RESTART_WAIT;
-        while !self.pusher.client().is_closed() {
-            if clock::now() >= deadline {
-                return Err(TierError::unavailable(format!(
-                    "{}: worker {worker_id} said it was restarting and still runs after {RESTART_WAIT:?}",
-                    self.key
-                )));
+        // A push refused as the worker stops is sent again after it.
+        if let Err(e) = io_runtime().block_on(self.pusher.drain()) {
+            if !self.pusher.cut() {
+                return Err(e);
             }
-            // Made inside the runtime: a timer needs its reactor.
-            io_runtime().block_on(async { clock::sleep(RESTART_POLL / 4).await });
         }
+        self.wait_until_stopped(&worker_id)?;
         self.push_on_after_restart()?;
         self.pusher.clear_split_request();
         Ok(true)
@@ -457,10 +458,60 @@ impl ProducerAgent {
     /// it is back, if no push failed and it holds exactly the bytes it
     /// acknowledged; otherwise the partition is lost (the engine re-runs
     /// this producer).
+    /// Waits (at most [`RESTART_WAIT`]) until the connection to the
+    /// current part's worker `worker_id`, which is restarting, closes.
+    fn wait_until_stopped(&self, worker_id: &str) -> TierResult<()> {
+        let deadline = clock::now() + RESTART_WAIT;
+        while !self.pusher.client().is_closed() {
+            if clock::now() >= deadline {
+                return Err(TierError::unavailable(format!(
+                    "{}: worker {worker_id} said it was restarting and still runs after {RESTART_WAIT:?}",
+                    self.key
+                )));
+            }
+            // Made inside the runtime: a timer needs its reactor.
+            io_runtime().block_on(async { clock::sleep(RESTART_POLL / 4).await });
+        }
+        Ok(())
+    }
+
+    /// The connection to the current part's worker is gone, or it refused
+    /// pushes as it stopped: once it is back from its restart holding every
+    /// push it acknowledged, goes on there, sending again the pushes it did
+    /// not store. An error when it does not come back, holds something else,
+    /// or a push failed for another reason.
     fn push_on_after_restart(&mut self) -> TierResult<()> {
-        self.pusher.check()?;
+        self.go_on_after_restart(false)
+    }
+
+    /// [`ProducerAgent::push_on_after_restart`]; `sealing`: the partition
+    /// was being sealed, and a worker that sealed it before it stopped (the
+    /// answer was cut) holds it sealed with every push.
+    fn go_on_after_restart(&mut self, sealing: bool) -> TierResult<()> {
+        // Every push has completed (acknowledged, failed or refused).
+        let drained = io_runtime().block_on(self.pusher.drain());
+        if drained.is_err() && !self.pusher.cut() {
+            return drained;
+        }
         let worker_id = self.parts.last().cloned().unwrap_or_default();
+        if !self.pusher.client().is_closed() {
+            // Refused while the worker stops: it must be restarting.
+            let ask = LocatePartition {
+                key: self.key.clone(),
+                worker: WorkerId::new(worker_id.clone()).ok(),
+            };
+            let restarting = io_runtime().block_on(async {
+                Client::ask_first(&self.config.master_addresses, &self.options, ask)
+                    .await
+                    .is_ok_and(|located| located.restarting)
+            });
+            if !restarting {
+                return self.pusher.check();
+            }
+            self.wait_until_stopped(&worker_id)?;
+        }
         let acked = self.pusher.acked();
+        let unacked = self.pusher.take_unacked();
         let lost = |why: String| {
             TierError::unavailable(format!(
                 "{}: the connection to worker {worker_id} at {} is gone and {why}",
@@ -486,21 +537,37 @@ impl ProducerAgent {
         } else {
             metrics.subpartition_bytes.iter().sum()
         };
-        if metrics.sealed || stored != acked {
+        // The worker stores pushes in order: those it stored without the
+        // acknowledgement reaching here come first; the rest go again.
+        let mut held = acked;
+        let mut again = Vec::new();
+        for sent in unacked {
+            if again.is_empty() && held + u64::from(sent.len) <= stored {
+                held += u64::from(sent.len);
+            } else {
+                again.push(sent);
+            }
+        }
+        let sealed_ok = sealing && again.is_empty();
+        if (metrics.sealed && !sealed_ok) || stored != held {
             return Err(lost(format!(
-                "after its restart it holds {stored} bytes of the partition (sealed: {}), not the {acked} it acknowledged",
-                metrics.sealed
+                "after its restart it holds {stored} bytes of the partition (sealed: {}), not the {acked} it acknowledged (and {} more it stored unacknowledged)",
+                metrics.sealed,
+                held - acked
             )));
         }
-        tracing::info!(partition = %self.key, worker = %worker_id, bytes = acked,
-            "the partition's worker is back from a restart holding every acknowledged push; pushing on");
+        tracing::info!(partition = %self.key, worker = %worker_id, bytes = stored,
+            resent = again.len(), "the partition's worker is back from a restart holding every acknowledged push; pushing on");
         self.current_address = client.peer().to_string();
         self.pusher = Pusher::continuing(
             client,
             self.key.clone(),
             self.config.max_bytes_in_flight.as_u64(),
-            acked,
+            stored,
         );
+        for sent in again {
+            io_runtime().block_on(self.pusher.push(sent.chunks, sent.num_buffers))?;
+        }
         Ok(())
     }
 
@@ -543,6 +610,42 @@ impl ProducerAgent {
         }
     }
 
+    /// Waits until every push is acknowledged, and seals the partition's
+    /// last part. A worker that stops for a restart meanwhile (pushes
+    /// refused, the connection cut) is waited for, and what it did not store
+    /// is sent again ([`ProducerAgent::push_on_after_restart`]); a seal is
+    /// idempotent, so one cut before its answer is asked again.
+    fn seal_through_restart(&mut self) -> TierResult<()> {
+        let seal = SealPartition {
+            key: self.key.clone(),
+        };
+        for _ in 0..RESTARTS_WAITED {
+            let sealed = io_runtime().block_on(async {
+                self.pusher.drain().await?;
+                self.pusher.client().call(seal.clone()).await?;
+                Ok::<_, TierError>(())
+            });
+            match sealed {
+                Err(e) if e.kind() == ErrorKind::Unavailable && self.worker_stopping() => {
+                    tracing::info!(partition = %self.key, error = %e,
+                        "the worker stopped while the partition was sealed; sealing once it is back");
+                    self.go_on_after_restart(true)?;
+                }
+                other => return other,
+            }
+        }
+        Err(TierError::unavailable(format!(
+            "{}: its worker restarted {RESTARTS_WAITED} times while it was sealed",
+            self.key
+        )))
+    }
+
+    /// Whether the current part's worker is stopping for a restart: its
+    /// pushes were refused or cut, or its connection is gone.
+    fn worker_stopping(&self) -> bool {
+        self.pusher.cut() || self.pusher.client().is_closed()
+    }
+
     /// Pushes what is batched without waiting for a full push (lower latency
     /// for readers that consume while the producer runs).
     pub fn flush(&mut self) -> TierResult<()> {
@@ -554,7 +657,18 @@ impl ProducerAgent {
     /// push (the data is in the worker's memory or files, not yet sealed).
     pub fn flush_and_wait(&mut self) -> TierResult<()> {
         self.flush()?;
-        io_runtime().block_on(self.pusher.drain())
+        for _ in 0..RESTARTS_WAITED {
+            match io_runtime().block_on(self.pusher.drain()) {
+                Err(e) if e.kind() == ErrorKind::Unavailable && self.worker_stopping() => {
+                    self.push_on_after_restart()?;
+                }
+                other => return other,
+            }
+        }
+        Err(TierError::unavailable(format!(
+            "{}: its worker restarted {RESTARTS_WAITED} times during one flush",
+            self.key
+        )))
     }
 }
 
@@ -616,17 +730,10 @@ impl TierProducerAgent for ProducerAgent {
             return Ok(());
         }
         self.reattach_if_cut()?;
-        self.pusher.check()?;
+        self.check_open()?;
         self.push_batch()?;
         self.closed = true;
-        let seal = SealPartition {
-            key: self.key.clone(),
-        };
-        let result = io_runtime().block_on(async {
-            self.pusher.drain().await?;
-            self.pusher.client().call(seal).await?;
-            Ok::<_, TierError>(())
-        });
+        let result = self.seal_through_restart();
         self.pusher.client().close();
         self.workers.close();
         result.map_err(|e| e.context(format!("close producer of {}", self.key)))

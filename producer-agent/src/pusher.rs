@@ -1,5 +1,6 @@
 //! Pushes batches to a worker, keeping at most a budget of bytes unacknowledged.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +23,19 @@ pub struct Pusher {
     /// Body bytes the worker acknowledged (on this part, across the
     /// pushers of one part).
     acked: Arc<AtomicU64>,
+    /// Pushes sent and not acknowledged, by sequence number (within the
+    /// in-flight budget): if the connection is cut (the worker restarts),
+    /// those the worker did not store are sent again.
+    unacked: Arc<Mutex<BTreeMap<u64, Sent>>>,
+    next_seq: AtomicU64,
+}
+
+/// One push, as sent.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub chunks: Vec<Bytes>,
+    pub num_buffers: u32,
+    pub len: u32,
 }
 
 impl Pusher {
@@ -45,7 +59,28 @@ impl Pusher {
             failure: Arc::new(Mutex::new(None)),
             split_requested: Arc::new(AtomicBool::new(false)),
             acked: Arc::new(AtomicU64::new(acked)),
+            unacked: Arc::new(Mutex::new(BTreeMap::new())),
+            next_seq: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the pushes failed only because the connection is gone or
+    /// the worker refused them while stopping (`Unavailable`): nothing was
+    /// stored wrong, and what was not stored can be sent again.
+    pub fn cut(&self) -> bool {
+        self.failure
+            .lock()
+            .expect("failure lock poisoned")
+            .as_ref()
+            .is_some_and(|e| e.kind() == terrace_tier_api::ErrorKind::Unavailable)
+    }
+
+    /// The pushes not acknowledged, in the order they were sent. Call once
+    /// every push has completed ([`Pusher::drain`]).
+    pub fn take_unacked(&self) -> Vec<Sent> {
+        std::mem::take(&mut *self.unacked.lock().expect("unacked lock poisoned"))
+            .into_values()
+            .collect()
     }
 
     /// Body bytes the worker acknowledged on this part.
@@ -89,12 +124,36 @@ impl Pusher {
             .acquire_many_owned(len.clamp(1, self.budget))
             .await
             .map_err(|_| TierError::closed("producer closed"))?;
-        let pending = self.client.start_call(PushData {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        // Kept (the chunks are shared, not copied) until acknowledged.
+        self.unacked.lock().expect("unacked lock poisoned").insert(
+            seq,
+            Sent {
+                chunks: chunks.clone(),
+                num_buffers,
+                len,
+            },
+        );
+        let sent = self.client.start_call(PushData {
             key: self.key.clone(),
             crc32c,
             num_buffers,
             body: chunks.into(),
-        })?;
+        });
+        let pending = match sent {
+            Ok(pending) => pending,
+            // The connection is gone: the push is kept, to be sent again
+            // once the worker is back (see `cut`).
+            Err(e) if e.kind() == terrace_tier_api::ErrorKind::Unavailable => {
+                let mut failure = self.failure.lock().expect("failure lock poisoned");
+                if failure.is_none() {
+                    *failure = Some(e.context(format!("push to {}", self.key)));
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let unacked = Arc::clone(&self.unacked);
         let failure = Arc::clone(&self.failure);
         let split_requested = Arc::clone(&self.split_requested);
         let acked = Arc::clone(&self.acked);
@@ -102,6 +161,7 @@ impl Pusher {
         tokio::spawn(async move {
             match pending.wait().await {
                 Ok(ack) => {
+                    unacked.lock().expect("unacked lock poisoned").remove(&seq);
                     acked.fetch_add(u64::from(len), Ordering::AcqRel);
                     if ack.split {
                         split_requested.store(true, Ordering::Relaxed);

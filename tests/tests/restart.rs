@@ -45,11 +45,17 @@ struct Worker {
 
 impl Worker {
     fn new(dir: &Path, index: usize, master: &str) -> Worker {
+        Worker::with_masters(dir, index, &[master])
+    }
+
+    fn with_masters(dir: &Path, index: usize, masters: &[&str]) -> Worker {
         let address = terrace_tests::closed_address();
+        let masters: Vec<String> = masters.iter().map(|m| format!("\"{m}\"")).collect();
+        let masters = masters.join(", ");
         let config = write_config(
             &dir.join(format!("worker-{index}.toml")),
             format!(
-                "listen = \"{address}\"\nworker_id = \"w{index}\"\nmaster_addresses = [\"{master}\"]\n\
+                "listen = \"{address}\"\nworker_id = \"w{index}\"\nmaster_addresses = [{masters}]\n\
                  heartbeat_interval = \"200ms\"\nmemory_budget = \"64MiB\"\nmax_frame_size = \"4MiB\"\n\
                  data_dirs = [\"{}\"]\n",
                 dir.join(format!("d{index}")).display()
@@ -474,4 +480,134 @@ fn a_producer_that_cannot_split_away_waits_for_its_restarting_worker() {
     }
     assert!(lost.reported().is_empty(), "nothing is reported lost");
     agent.close();
+}
+
+/// A push that reaches a worker as it stops (refused once it no longer
+/// takes pushes) is not lost and fails nothing: its producer keeps every
+/// push until acknowledged, waits for the worker to stop and come back
+/// holding what it acknowledged, and sends the rest again. One worker, so
+/// the producer cannot split away; its partition is idle when SIGTERM comes,
+/// so the worker stops taking pushes 500 ms later. Of its two masters one is
+/// stopped (SIGSTOP): the worker waits up to 2 s for it to hear that it is
+/// restarting, refusing pushes meanwhile, which is when the push comes.
+#[test]
+fn a_push_refused_as_its_worker_stops_is_sent_again_after_the_restart() {
+    let _logs = logs::capture();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let masters: Vec<ServiceProcess> = (0..2)
+        .map(|i| {
+            let config = write_config(
+                &root.join(format!("master-{i}.toml")),
+                "listen = \"127.0.0.1:0\"\nworker_timeout = \"3s\"\n".to_string(),
+            );
+            ServiceProcess::start(&["master", "--config", config.to_str().expect("utf-8 path")])
+        })
+        .collect();
+    let addresses: Vec<String> = masters.iter().map(|m| m.address.clone()).collect();
+    let mut worker = Worker::with_masters(root, 0, &[&addresses[0], &addresses[1]]);
+    let live = |m: &str| {
+        terrace_tests::list_workers(m)
+            .is_ok_and(|l| l.workers.len() == 1 && l.workers.iter().all(|w| !w.load.restarting))
+    };
+    terrace_tests::wait_until(Duration::from_secs(20), "the worker registered", || {
+        live(&addresses[0]) && live(&addresses[1])
+    });
+    let config = AgentConfig {
+        master_addresses: addresses.clone(),
+        ..terrace_tests::small_agent_config()
+    };
+    let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
+        .expect("master agent");
+    const SUBS: u32 = 2;
+    let job = terrace_tests::key(13, 0).job;
+    let lost = Arc::new(terrace_tests::LostPartitions::default());
+    agent
+        .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
+        .expect("register");
+    let descriptor = agent
+        .add_partition_and_get_shuffle_descriptor(&job, &terrace_tests::key(13, 1).partition, SUBS)
+        .expect("place");
+    let mut writer = RecordingWriter::new(producer(&config, descriptor.clone(), SUBS, false));
+    let write_some = |writer: &mut RecordingWriter, from: u32, n: u32| {
+        for i in from..from + n {
+            for sub in 0..SUBS {
+                writer
+                    .write(sub, Buffer::data(payload(6, sub, i, 4096)))
+                    .expect("write");
+            }
+        }
+    };
+    write_some(&mut writer, 0, 16);
+    writer.agent.flush_and_wait().expect("acknowledged");
+    let stopped_master = ContinueOnDrop(masters[1].pid());
+    terrace_tests::stop_process(masters[1].pid());
+    let process = worker.process.as_ref().expect("running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &process.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    // Past 500 ms the worker refuses pushes; it exits about 2 s after SIGTERM.
+    terrace_tests::hold(Duration::from_millis(1000));
+    assert!(
+        worker
+            .process
+            .as_mut()
+            .expect("running")
+            .child
+            .try_wait()
+            .expect("poll")
+            .is_none(),
+        "the worker waits for its stopped master"
+    );
+    let writing = std::thread::spawn(move || {
+        write_some(&mut writer, 16, 8);
+        writer.agent.flush().expect("sent");
+        write_some(&mut writer, 24, 8);
+        writer.end_and_close(SUBS);
+        writer.expected
+    });
+    let mut process = worker.process.take().expect("running");
+    let (exit, _) = terrace_tests::wait_for(Duration::from_secs(30), "the worker exits", || {
+        process.child.try_wait().expect("poll the worker")
+    });
+    assert!(exit.success(), "the worker exits cleanly: {exit}");
+    drop(stopped_master);
+    worker.start();
+    terrace_tests::wait_until(Duration::from_secs(20), "the worker back", || {
+        live(&addresses[0])
+    });
+    let expected = terrace_tests::join_within(writing, Duration::from_secs(60), "writer");
+    // This test's job (other tests of the binary log the same line).
+    let back = logs::wait_for_line(
+        Duration::from_secs(5),
+        &[
+            "holding every acknowledged push; pushing on",
+            "job 0d0d0d0d0d0d0d0d",
+        ],
+    );
+    assert!(
+        !back.text.contains("resent=0"),
+        "the refused push was sent again: {}",
+        back.text
+    );
+    let read = read_partition(&config, descriptor, SUBS, Duration::from_secs(30))
+        .expect("read after the restart");
+    for sub in 0..SUBS {
+        assert_buffers_eq(&read[&sub], &expected[&sub], &format!("subpartition {sub}"));
+    }
+    assert!(lost.reported().is_empty(), "nothing reported lost");
+    agent.close();
+}
+
+/// Continues a stopped process when dropped (a failed assertion included).
+struct ContinueOnDrop(u32);
+
+impl Drop for ContinueOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
 }
