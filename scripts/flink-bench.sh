@@ -31,8 +31,8 @@
 #               worker gets it as its object store, and a second master and worker with the same
 #               store and durability = "object-store" run the variant `durable`; reported: job time
 #               against `terrace`, and bytes uploaded to the store per byte pushed (the durable
-#               worker's terrace_worker_migrated_bytes + overflowed + durable_index_bytes, from its
-#               /metrics)
+#               worker's terrace_worker_durable_bytes + durable_index_bytes + migrated_bytes +
+#               overflowed_bytes, from its /metrics)
 #
 # Each job's result file is compared with the default run's (cmp): a mismatch fails the script.
 set -euo pipefail
@@ -227,7 +227,7 @@ done
 if [[ "${DURABILITY:-}" == 1 ]]; then
   metric() { curl -s "http://$DURABLE_ADMIN/metrics" | awk -v m="$1" '$1 == m { s += $2 } END { printf "%.0f", s }'; }
   D_PUSHED="$(metric terrace_worker_pushed_bytes_total)"
-  D_UP="$(( $(metric terrace_worker_migrated_bytes_total) + $(metric terrace_worker_overflowed_bytes_total) + $(metric terrace_worker_durable_index_bytes_total) ))"
+  D_UP="$(( $(metric terrace_worker_durable_bytes_total) + $(metric terrace_worker_migrated_bytes_total) + $(metric terrace_worker_overflowed_bytes_total) + $(metric terrace_worker_durable_index_bytes_total) ))"
   D_PARTS="$(metric terrace_worker_durable_parts_total)"
   echo "durable worker, all $ROUNDS run(s) together: pushed $D_PUSHED B, uploaded $D_UP B to the object store ($(calc "$D_UP / $D_PUSHED") per byte pushed), $D_PARTS parts made durable"
 fi

@@ -530,7 +530,13 @@ impl ProducerAgent {
                 Some((client, metrics))
             })
             .ok_or_else(|| {
-                lost("it did not come back from a restart holding the partition".into())
+                // What cut it (a hung worker, a reset) says more than this.
+                match self.pusher.check() {
+                    Err(e) => e.context("its worker did not come back from a restart"),
+                    Ok(()) => {
+                        lost("it did not come back from a restart holding the partition".into())
+                    }
+                }
             })?;
         let stored: u64 = if self.spec.broadcast_only {
             metrics.subpartition_bytes.first().copied().unwrap_or(0)

@@ -332,6 +332,12 @@ impl Collector for WorkerCollector {
         )?;
         counter(
             e,
+            "terrace_worker_durable_bytes",
+            "Bytes of sealed parts' local data copied to the object store for durability (reads stay local).",
+            load(&c.durable_bytes),
+        )?;
+        counter(
+            e,
             "terrace_worker_durable_index_bytes",
             "Bytes of partition indexes written to the object store for durability.",
             load(&c.durable_index_bytes),

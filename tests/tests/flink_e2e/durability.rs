@@ -83,19 +83,8 @@ fn kill_a_worker_after_the_map_stage(name: &str, durable: bool) -> AfterMapStage
         .collect();
     let pushed: Vec<u64> = stats.iter().map(|s| s.bytes_pushed).collect();
     let sealed: u32 = stats.iter().map(|s| s.load.sealed_partitions).sum();
-    let uploaded: u64 = (0..cluster.workers.len())
-        .map(|i| {
-            let stats = cluster.stats(i);
-            let objects = stats
-                .load
-                .tiers
-                .as_ref()
-                .and_then(|t| t.object_store.clone())
-                .unwrap_or_default();
-            objects.bytes_migrated + objects.bytes_overflowed
-        })
-        .sum::<u64>()
-        + index_object_bytes(s3.root());
+    // What is in the store now: copies, indexes, anything overflowed.
+    let uploaded = stored_object_bytes(&s3.root().join(terrace_tests::s3::BUCKET));
     let victim = (0..pushed.len())
         .max_by_key(|&i| pushed[i])
         .expect("three workers");
@@ -133,12 +122,12 @@ fn kill_a_worker_after_the_map_stage(name: &str, durable: bool) -> AfterMapStage
     }
 }
 
-/// Bytes of the durable indexes in the object store (the S3 server keeps
-/// each object as a file under its root).
-fn index_object_bytes(root: &Path) -> u64 {
-    terrace_tests::entries_under(root)
+/// Bytes of the objects in the S3 server's bucket directory (it keeps each
+/// object as a file there, its metadata elsewhere).
+fn stored_object_bytes(bucket: &Path) -> u64 {
+    terrace_tests::entries_under(bucket)
         .into_iter()
-        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n == "index"))
+        .filter(|p| p.is_file())
         .map(|p| fs::metadata(&p).map(|m| m.len()).unwrap_or(0))
         .sum()
 }

@@ -45,6 +45,8 @@ pub struct Counters {
     /// "object-store"), and bytes of their indexes written there.
     pub durable_parts: AtomicU64,
     pub durable_index_bytes: AtomicU64,
+    /// Bytes of durable copies uploaded (local data copied to the store).
+    pub durable_bytes: AtomicU64,
     /// Sealed parts acknowledged before they reached the object store (it
     /// failed); the migrator tries again.
     pub durable_failures: AtomicU64,

@@ -1,8 +1,9 @@
 //! Durability through the object store (`durability = "object-store"`).
 //!
-//! A sealed part is migrated to the object store and its index written
-//! beside its data (`{partition prefix}/index`) before the seal is
-//! acknowledged. A worker lost for good then leaves every sealed part in
+//! A copy of a sealed part's local data is uploaded to the object store
+//! and its index, locating every extent there, written beside it
+//! (`{partition prefix}/index`) before the seal is acknowledged; reads stay
+//! local (a migration later swaps the copy in instead of uploading again). A worker lost for good then leaves every sealed part in
 //! the store, data and index, and a master asks a live worker to adopt
 //! them ([`Store::adopt_lost`]): it copies each under its own prefix,
 //! serves it, and deletes the lost worker's copy.
@@ -41,9 +42,9 @@ impl Store {
         self.config.durability == Durability::ObjectStore && self.tiers.object.is_some()
     }
 
-    /// With durability = "object-store": moves a sealed part's data to the
-    /// object store (a migration) and writes its index there beside it. A
-    /// part already durable costs nothing.
+    /// With durability = "object-store": uploads a copy of a sealed part's
+    /// local data to the object store and writes its index there beside it.
+    /// A part already durable costs nothing.
     pub async fn make_durable(&self, partition: &Arc<Partition>) -> TierResult<()> {
         if !self.durable() {
             return Ok(());
@@ -60,7 +61,10 @@ impl Store {
                     partition.key()
                 )));
             }
-            partition.migrate(&self.tiers).await?;
+            let copied = partition.upload_durable_copy(&self.tiers).await?;
+            self.counters
+                .durable_bytes
+                .fetch_add(copied, Ordering::Relaxed);
             if let Some((encoded, generation)) = partition.durable_index(object)? {
                 let len = encoded.len() as u64;
                 let at = ObjectTier::index_key(&object.partition_prefix(partition.key()));
@@ -147,7 +151,14 @@ impl Store {
             match self.adopt_one(object, &path, size, max_index_bytes).await {
                 Ok((key, continuation)) => {
                     // The lost worker's copy goes: this one is served now.
-                    if let Err(e) = object.delete_prefix(&prefix).await {
+                    // A marker stays, for the lost worker should it return.
+                    let gone = async {
+                        object.delete_prefix(&prefix).await?;
+                        object
+                            .put(&ObjectTier::adopted_key(&prefix), &[bytes::Bytes::new()])
+                            .await
+                    };
+                    if let Err(e) = gone.await {
                         tracing::warn!(partition = %key, error = %e,
                             "adopted a lost worker's part; its old objects are left in the store");
                     }
@@ -164,10 +175,10 @@ impl Store {
         Ok(scan)
     }
 
-    /// Drops the sealed parts recovered at start whose objects are gone
-    /// from the store: this worker was lost while it was down, and another
-    /// adopted them (and deleted its copy). Readers are sent to the adopter
-    /// by the masters; serving them here would fail every read.
+    /// Drops the sealed parts recovered at start that another worker
+    /// adopted while this one was lost (their prefix holds the adopter's
+    /// marker, [`super::object::ADOPTED_MARKER`]): the masters send their
+    /// readers to the adopter, and the engine was told nothing was lost.
     pub async fn drop_adopted_elsewhere(&self) {
         if !self.durable() {
             return;
@@ -176,20 +187,15 @@ impl Store {
             return;
         };
         for partition in self.partitions() {
-            let (Some(prefix), ids) = partition.object_keys() else {
-                continue;
-            };
-            let Some(&first) = ids.first() else {
-                continue;
-            };
             if !partition.is_sealed() {
                 continue;
             }
-            match object.exists(&ObjectTier::object_key(&prefix, first)).await {
-                Ok(true) => {}
-                Ok(false) => {
+            let marker = ObjectTier::adopted_key(&object.partition_prefix(partition.key()));
+            match object.exists(&marker).await {
+                Ok(false) => {}
+                Ok(true) => {
                     tracing::warn!(partition = %partition.key(),
-                        "a part recovered at start is gone from the object store (adopted by another worker while this one was lost): dropped here");
+                        "a part recovered at start was adopted by another worker while this one was lost: dropped here");
                     let key = partition.key().clone();
                     drop(partition);
                     if let Err(e) = self.release(&key).await {
@@ -198,7 +204,7 @@ impl Store {
                 }
                 Err(e) => {
                     tracing::warn!(partition = %partition.key(), error = %e,
-                        "cannot tell whether a recovered part is still in the object store; serving it");
+                        "cannot tell whether a recovered part was adopted elsewhere; serving it");
                 }
             }
         }

@@ -716,6 +716,12 @@ impl Store {
         .map_err(|e| {
             TierError::with_source(ErrorKind::Internal, format!("delete index of {key}"), e)
         })?;
+        // A durable part's copy and index are under its prefix even when its
+        // local index names no object (it was recovered after a restart).
+        let object_prefix = match (&self.tiers.object, object_prefix) {
+            (Some(object), None) if self.durable() => Some(object.partition_prefix(key)),
+            (_, prefix) => prefix,
+        };
         if let (Some(object), Some(prefix)) = (&self.tiers.object, object_prefix) {
             let _ = object
                 .counters
@@ -1027,7 +1033,7 @@ impl Store {
             Some(p) if !p.is_sealed() => true,
             Some(p) => {
                 let (_, ids) = p.object_keys();
-                if id == Some(object::INDEX_OBJECT) {
+                if id == Some(object::INDEX_OBJECT) || id == Some(object::ADOPTED_MARKER) {
                     return true;
                 }
                 let id: Option<u32> = id.and_then(|i| i.parse().ok());

@@ -87,6 +87,10 @@ impl ObjectOp {
 
 /// The name of a durable partition's index object in its prefix.
 pub const INDEX_OBJECT: &str = "index";
+/// The object another worker leaves in a lost worker's partition prefix
+/// once it adopted that partition (its other objects deleted): the lost
+/// worker, should it come back, drops its own copy.
+pub const ADOPTED_MARKER: &str = "adopted";
 
 #[derive(Debug)]
 pub struct ObjectTier {
@@ -276,6 +280,11 @@ impl ObjectTier {
     /// The object holding a durable partition's index, beside its data.
     pub fn index_key(prefix: &str) -> ObjectPath {
         ObjectPath::from(format!("{prefix}/{INDEX_OBJECT}"))
+    }
+
+    /// The marker of a partition adopted by another worker (see [`ADOPTED_MARKER`]).
+    pub fn adopted_key(prefix: &str) -> ObjectPath {
+        ObjectPath::from(format!("{prefix}/{ADOPTED_MARKER}"))
     }
 
     pub fn object_key(prefix: &str, id: u32) -> ObjectPath {

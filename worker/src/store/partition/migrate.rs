@@ -11,7 +11,7 @@ use std::time::Instant;
 use terrace_rpc::clock;
 use terrace_tier_api::{ErrorKind, TierError, TierResult};
 
-use super::{Partition, Phase, delete_files};
+use super::{Partition, Phase, State, delete_files};
 use crate::store::handles::DataFile;
 use crate::store::index::{Blob, ExtentRef, Location};
 use crate::store::object::ObjectTier;
@@ -39,37 +39,55 @@ impl Partition {
     /// Moves the partition's local extents to one new object, laid out
     /// segment by segment. Commit order: upload, persist the index pointing
     /// at the object, swap it in, delete the local files. On failure the
-    /// local copy stays and the migration backs off.
+    /// local copy stays and the migration backs off. A part with a durable
+    /// copy in the store already (durability = "object-store") uploads
+    /// nothing: its copy is swapped in.
     pub async fn migrate(self: &Arc<Self>, tiers: &Tiers) -> TierResult<u64> {
         let object = tiers.object()?;
+        let prefix = self.object_prefix(object);
         // 1. Snapshot what to move. Sealed extents never change but by migration.
-        let (moves, prefix, id) = {
+        let (moves, copy) = {
             let mut state = self.lock();
             if !matches!(state.phase, Phase::Sealed) || state.migrating {
                 return Ok(0);
             }
-            let mut moves: Vec<(ExtentRef, Arc<DataFile>, u64, u32)> = Vec::new();
-            for (at, extent) in state.index.extents() {
-                if let Location::Local { file, offset } = extent.location {
-                    let Some(f) = state.files.iter().find(|f| f.id == file) else {
-                        return Err(TierError::internal(format!(
-                            "{}: index names local file {file}, which the partition lacks",
-                            self.meta.key
-                        )));
-                    };
-                    moves.push((at, Arc::clone(&f.file), offset, extent.len));
-                }
-            }
+            let moves = self.local_moves(&state)?;
             if moves.is_empty() && state.files.is_empty() {
                 return Ok(0);
             }
+            let total: u64 = moves.iter().map(|m| u64::from(m.3)).sum();
+            let copy = match state.durable_copy {
+                Some(copy) if copy.len == total => (copy, false),
+                Some(copy) => {
+                    return Err(TierError::internal(format!(
+                        "{}: its durable copy holds {} bytes, its local extents {total}",
+                        self.meta.key, copy.len
+                    )));
+                }
+                None => {
+                    state.next_blob += 1;
+                    (
+                        Blob {
+                            id: state.next_blob - 1,
+                            len: total,
+                        },
+                        true,
+                    )
+                }
+            };
             state.migrating = true;
-            state.next_blob += 1;
-            let id = state.next_blob - 1;
-            drop(state);
-            (moves, self.object_prefix(object), id)
+            (moves, copy)
         };
-        let result = self.migrate_moves(tiers, object, &moves, &prefix, id).await;
+        let (blob, upload) = copy;
+        let result = async {
+            if upload {
+                self.upload_moves(tiers, object, &moves, &prefix, blob.id)
+                    .await?;
+            }
+            self.commit_moves(tiers, object, &moves, &prefix, blob, upload)
+                .await
+        }
+        .await;
         let mut state = self.lock();
         state.migrating = false;
         match &result {
@@ -86,20 +104,40 @@ impl Partition {
         result
     }
 
-    async fn migrate_moves(
-        self: &Arc<Self>,
+    /// The local extents of the partition, in index order, with the file
+    /// holding each: what a migration or a durable copy uploads, laid out
+    /// one after another in this order.
+    pub(super) fn local_moves(&self, state: &State) -> TierResult<Vec<Move>> {
+        let mut moves: Vec<Move> = Vec::new();
+        for (at, extent) in state.index.extents() {
+            if let Location::Local { file, offset } = extent.location {
+                let Some(f) = state.files.iter().find(|f| f.id == file) else {
+                    return Err(TierError::internal(format!(
+                        "{}: index names local file {file}, which the partition lacks",
+                        self.meta.key
+                    )));
+                };
+                moves.push((at, Arc::clone(&f.file), offset, extent.len));
+            }
+        }
+        Ok(moves)
+    }
+
+    /// Uploads `moves` as object `id` under `prefix`, part by part: each
+    /// part is read from the local files in index order. Every part but the
+    /// last is exactly `part_size` bytes (S3 refuses a completion whose
+    /// non-last parts are under 5 MiB), so a part may start or end inside an
+    /// extent. Returns the object's length.
+    pub(super) async fn upload_moves(
+        &self,
         tiers: &Tiers,
         object: &ObjectTier,
-        moves: &[(ExtentRef, Arc<DataFile>, u64, u32)],
+        moves: &[Move],
         prefix: &str,
         id: u32,
     ) -> TierResult<u64> {
         let key = ObjectTier::object_key(prefix, id);
         let total: u64 = moves.iter().map(|m| u64::from(m.3)).sum();
-        // 2. Upload, part by part: each part is read from the local files in
-        // index order. Every part but the last is exactly `part_size` bytes
-        // (S3 refuses a completion whose non-last parts are under 5 MiB), so
-        // a part may start or end inside an extent.
         let part_size = tiers.object_part_size.max(5 << 20);
         let num_parts = usize::try_from(total.div_ceil(part_size).max(1)).unwrap_or(usize::MAX);
         let sources: Vec<(Arc<DataFile>, u64, u32)> = moves
@@ -127,54 +165,81 @@ impl Partition {
                 }
             })
             .await?;
+        Ok(total)
+    }
+
+    /// Points the extents of `moves` at `blob` (laid out in their order),
+    /// persists the index, and deletes the local files. `uploaded`: the blob
+    /// was uploaded for this migration (else it is the durable copy, counted
+    /// when it was uploaded). The caller has set `migrating`.
+    async fn commit_moves(
+        self: &Arc<Self>,
+        tiers: &Tiers,
+        object: &ObjectTier,
+        moves: &[Move],
+        prefix: &str,
+        blob: Blob,
+        uploaded: bool,
+    ) -> TierResult<u64> {
+        let key = ObjectTier::object_key(prefix, blob.id);
         // 3. Commit under the flush lock: a release waits, or has already happened.
         let _guard = self.flush_lock.lock().await;
         let released = matches!(self.lock().phase, Phase::Released);
         if released {
-            let _ = object.delete(&key).await;
+            if uploaded {
+                let _ = object.delete(&key).await;
+            }
             return Ok(0);
         }
-        let (old_index, old_files, old_objects) = {
+        let (old_index, old_files, old_objects, old_copy) = {
             let mut state = self.lock();
             let old = (
                 state.index.clone(),
                 std::mem::take(&mut state.files),
                 state.objects.clone(),
+                state.durable_copy.take(),
             );
             let mut at = 0u64;
             for (extent, _, _, len) in moves {
                 state.index.relocate(
                     *extent,
                     Location::Object {
-                        object: id,
+                        object: blob.id,
                         offset: at,
                     },
                 );
                 at += u64::from(*len);
             }
-            state.objects.push(Blob { id, len: total });
-            // Counted with the swap, so figures and index never disagree.
-            object.counters.bytes.fetch_add(total, Ordering::Relaxed);
-            object.counters.objects.fetch_add(1, Ordering::Relaxed);
+            state.objects.push(blob);
+            if uploaded {
+                // Counted with the swap, so figures and index never disagree.
+                object.counters.bytes.fetch_add(blob.len, Ordering::Relaxed);
+                object.counters.objects.fetch_add(1, Ordering::Relaxed);
+            }
             old
         };
         if let Err(e) = self.persist(tiers, false).await {
-            // Roll back to the local copy; the uploaded object is removed.
+            // Roll back to the local copy; an object uploaded now is removed.
             {
                 let mut state = self.lock();
                 state.index = old_index;
                 state.files = old_files;
                 state.objects = old_objects;
-                object.counters.bytes.fetch_sub(total, Ordering::Relaxed);
-                object.counters.objects.fetch_sub(1, Ordering::Relaxed);
+                state.durable_copy = old_copy;
+                if uploaded {
+                    object.counters.bytes.fetch_sub(blob.len, Ordering::Relaxed);
+                    object.counters.objects.fetch_sub(1, Ordering::Relaxed);
+                }
             }
-            let _ = object.delete(&key).await;
+            if uploaded {
+                let _ = object.delete(&key).await;
+            }
             return Err(e.context(format!("migrate {}", self.meta.key)));
         }
         object
             .counters
             .bytes_migrated
-            .fetch_add(total, Ordering::Relaxed);
+            .fetch_add(blob.len, Ordering::Relaxed);
         object
             .counters
             .partitions_migrated
@@ -187,9 +252,12 @@ impl Partition {
             .map(|f| (f.dir, f.file, f.len))
             .collect();
         delete_files(tiers, doomed).await;
-        Ok(total)
+        Ok(blob.len)
     }
 }
+
+/// A local extent to move: where it is in the index, its file, offset and length.
+pub(super) type Move = (ExtentRef, Arc<DataFile>, u64, u32);
 
 /// Reads the extents of one migration part into one buffer. Blocking.
 /// A failed open or read is a [`StoreError::Disk`] underneath.

@@ -103,6 +103,11 @@ struct State {
     /// data (durability = "object-store"); `None`: not written, or the
     /// index changed since.
     durable_generation: Option<u64>,
+    /// A copy of the local extents in the object store, laid out in index
+    /// order (durability = "object-store"): the durable index locates them
+    /// there, reads stay local, and a migration swaps it in. Not persisted
+    /// locally: after a restart the part is made durable again.
+    durable_copy: Option<Blob>,
     migration_failures: u32,
     /// What the partition's state and index take of the metadata budget
     /// (`None`: not charged, a partition made outside a store).
@@ -183,6 +188,7 @@ impl Partition {
                 migrating: false,
                 migrate_after: None,
                 durable_generation: None,
+                durable_copy: None,
                 migration_failures: 0,
                 charge: None,
             }),
@@ -336,7 +342,12 @@ impl Partition {
         let state = self.lock();
         (
             state.object_prefix.clone(),
-            state.objects.iter().map(|o| o.id).collect(),
+            state
+                .objects
+                .iter()
+                .chain(state.durable_copy.as_ref())
+                .map(|o| o.id)
+                .collect(),
         )
     }
 
@@ -408,10 +419,8 @@ impl Partition {
     /// Objects of the partition and their bytes.
     pub fn object_totals(&self) -> (u64, u64) {
         let state = self.lock();
-        (
-            state.objects.len() as u64,
-            state.objects.iter().map(|o| o.len).sum(),
-        )
+        let held = || state.objects.iter().chain(state.durable_copy.as_ref());
+        (held().count() as u64, held().map(|o| o.len).sum())
     }
 
     pub fn is_migrating(&self) -> bool {
