@@ -930,23 +930,47 @@ fn a_decommissioned_worker_hands_its_partitions_over_through_the_object_store_an
 /// listed while a live worker adopts its parts from the store; the reader
 /// resumes at the adopter and gets every buffer once; every partition reads
 /// back exactly through its old descriptor; nothing is reported lost; the
-/// lost worker's objects are gone; a release reaches the adopted parts.
+/// lost worker's objects are gone; started again on its disks, it drops the
+/// parts adopted elsewhere; a release reaches the adopted parts.
 #[test]
 fn a_lost_durable_workers_sealed_parts_are_adopted_from_the_object_store_and_nothing_is_lost() {
+    lose_a_durable_worker(true);
+}
+
+/// The same with `durable_before_ack = false`: seals are acknowledged at
+/// once and every part reaches the store within a migration interval.
+#[test]
+fn parts_acknowledged_before_their_upload_reach_the_store_shortly_after_and_survive_a_loss() {
+    lose_a_durable_worker(false);
+}
+
+fn lose_a_durable_worker(before_ack: bool) {
     let _logs = logs::capture();
-    let mut job = ChainedJob::write("durability = \"object-store\"\n");
+    let mut job = ChainedJob::write(&format!(
+        "durability = \"object-store\"\ndurable_before_ack = {before_ack}\n"
+    ));
     let victim = job.worker_with_first_and_later_parts();
     let staying: Vec<usize> = (0..CHAINED_WORKERS).filter(|&i| i != victim).collect();
     let victim_store = store_id(&job.data(victim));
-    // Every part is in the store, data and index, once its seal returned.
+    // Every part is in the store, data and index, once its seal returned
+    // (or, acknowledged before, within the migration interval: 1 s).
     let parts: usize = job.chains.iter().map(Vec::len).sum();
-    let indexes = job
-        .s3
-        .objects(CHAINED_PREFIX)
-        .into_iter()
-        .filter(|k| k.ends_with("/index"))
-        .count();
-    assert_eq!(indexes, parts, "one index object per sealed part");
+    let indexes = || {
+        job.s3
+            .objects(CHAINED_PREFIX)
+            .into_iter()
+            .filter(|k| k.ends_with("/index"))
+            .count()
+    };
+    if before_ack {
+        assert_eq!(indexes(), parts, "one index object per sealed part");
+    } else {
+        terrace_tests::wait_until(
+            Duration::from_secs(10),
+            "one index object per sealed part",
+            || indexes() == parts,
+        );
+    }
     // Reads stay local: the store holds a copy.
     let stats = terrace_tests::worker_stats(&job.workers[victim].address);
     let tiers = stats.load.tiers.clone().expect("tier figures");

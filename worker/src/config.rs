@@ -40,6 +40,11 @@ pub struct WorkerConfig {
     /// `"object-store"`, the object store (data and index), from which
     /// another worker adopts it when this one is lost. Needs `object_store`.
     pub durability: Durability,
+    /// With `durability = "object-store"`: the seal waits for the upload
+    /// (true), or is acknowledged at once and the part made durable right
+    /// after, within `object_store.migration_interval` (false: faster seals;
+    /// a worker lost in between loses the part, and its producer re-runs).
+    pub durable_before_ack: bool,
     /// Bytes of pushed data held in memory at most; pushes wait beyond it.
     pub memory_budget: ByteSize,
     /// When memory use passes this fraction of the budget, the flusher writes
@@ -147,6 +152,7 @@ impl Default for WorkerConfig {
             dir_reserve: ByteSize::gib(1),
             object_store: None,
             durability: Durability::Local,
+            durable_before_ack: true,
             memory_budget: ByteSize::gib(1),
             flush_high_watermark: 0.75,
             flush_low_watermark: 0.5,

@@ -92,7 +92,11 @@ impl Store {
     /// [`Store::make_durable`] for a seal being acknowledged: a failure (the
     /// store is down) is logged and counted, the seal is acknowledged as a
     /// local one, and the migrator tries again ([`Store::make_parts_durable`]).
+    /// With `durable_before_ack = false` the migrator does it all, right after.
     pub(crate) async fn make_durable_or_later(&self, partition: &Arc<Partition>) {
+        if !self.config.durable_before_ack {
+            return;
+        }
         if let Err(e) = self.make_durable(partition).await {
             self.counters
                 .durable_failures
