@@ -202,6 +202,14 @@ VOL_MB=$(( ${PUSHED:-0} / ROUNDS / 1048576 ))
 sync
 w0=$(date +%s.%N); dd if=/dev/zero of="$WORK/raw.bin" bs=1M count="$VOL_MB" conv=fdatasync status=none; w1=$(date +%s.%N)
 r0=$(date +%s.%N); dd if="$WORK/raw.bin" of=/dev/null bs=1M status=none; r1=$(date +%s.%N)
+if [[ "${DURABILITY:-}" == 1 ]]; then
+  # The same bytes PUT to the same S3 server in one request (no Terrace code).
+  u0=$(date +%s.%N)
+  curl -sf -o /dev/null -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" --aws-sigv4 "aws:amz:us-east-1:s3" \
+    --user bench-key:bench-secret -T "$WORK/raw.bin" "http://127.0.0.1:$S3_PORT/bench/raw.bin"
+  u1=$(date +%s.%N)
+  RAW_PUT="$(calc "$u1 - $u0")"
+fi
 rm -f "$WORK/raw.bin"
 RAW_W="$(calc "$w1 - $w0")"; RAW_R="$(calc "$r1 - $r0")"
 
@@ -234,3 +242,8 @@ fi
 echo "terrace worker, all $ROUNDS terrace run(s) together: bytes_pushed $PUSHED, bytes_read $READ, partitions left $LEFT"
 printf 'yardstick: raw disk write %d MiB (fdatasync) %.2f s (%.0f MiB/s), read back %.2f s (page cache likely)\n' \
   "$VOL_MB" "$RAW_W" "$(calc "$VOL_MB / $RAW_W")" "$RAW_R"
+if [[ "${DURABILITY:-}" == 1 ]]; then
+  printf 'yardstick: raw PUT of %d MiB to the same S3 server (curl, one request) %.2f s (%.0f MiB/s); durable job time minus terrace job time %.2f s = %.2fx the raw PUT\n' \
+    "$VOL_MB" "$RAW_PUT" "$(calc "$VOL_MB / $RAW_PUT")" "$(calc "${JOB_S[durable]} - ${JOB_S[terrace]}")" \
+    "$(calc "(${JOB_S[durable]} - ${JOB_S[terrace]}) / $RAW_PUT")"
+fi
