@@ -555,6 +555,10 @@ async fn reach_through_restart(
     };
     let deadline = clock::now() + RESTART_WAIT;
     let mut waited = false;
+    // A worker back from its restart serves before its first heartbeat
+    // tells the masters it no longer restarts: once they stop saying to
+    // wait, it is tried once more before it is given up.
+    let mut last_try = false;
     loop {
         if let Ok(Ok(client)) = clock::timeout(
             RECONNECT_TIMEOUT,
@@ -588,10 +592,14 @@ async fn reach_through_restart(
                 return Ok((client, at.id.into_string()));
             }
         }
-        if !wait || clock::now() >= deadline {
+        if (!wait && last_try) || clock::now() >= deadline {
             tracing::info!(partition = %context.spec.partition, worker = %worker_id, %address,
                 masters_said = ?located, "worker unreachable and not waited for");
             return Err(lost.clone());
+        }
+        if !wait {
+            last_try = true;
+            continue;
         }
         if !waited {
             tracing::info!(partition = %context.spec.partition, worker = %worker_id, %address,

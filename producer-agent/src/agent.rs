@@ -588,6 +588,10 @@ impl ProducerAgent {
             worker: WorkerId::new(worker_id).ok(),
         };
         let deadline = clock::now() + RESTART_WAIT;
+        // A worker back from its restart serves before its first heartbeat
+        // tells the masters it no longer restarts: once they say it is not
+        // restarting, it is tried once more before it is given up.
+        let mut last_try = false;
         loop {
             if let Ok(Ok(client)) =
                 clock::timeout(RECONNECT_TIMEOUT, self.workers.client(&peer)).await
@@ -605,14 +609,18 @@ impl ProducerAgent {
                     }
                 }
             }
+            if last_try || clock::now() >= deadline {
+                return None;
+            }
             let restarting =
                 Client::ask_first(&self.config.master_addresses, &self.options, ask.clone())
                     .await
                     .is_ok_and(|located| located.restarting);
-            if !restarting || clock::now() >= deadline {
-                return None;
+            if restarting {
+                clock::sleep(RESTART_POLL).await;
+            } else {
+                last_try = true;
             }
-            clock::sleep(RESTART_POLL).await;
         }
     }
 
