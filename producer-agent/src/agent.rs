@@ -426,16 +426,7 @@ impl ProducerAgent {
     /// restarting.
     fn wait_out_restart(&mut self, unplaced: &TierError) -> TierResult<bool> {
         let worker_id = self.parts.last().cloned().unwrap_or_default();
-        let ask = LocatePartition {
-            key: self.key.clone(),
-            worker: WorkerId::new(worker_id.clone()).ok(),
-        };
-        let restarting = io_runtime().block_on(async {
-            Client::ask_first(&self.config.master_addresses, &self.options, ask)
-                .await
-                .is_ok_and(|located| located.restarting)
-        });
-        if !restarting {
+        if !self.masters_say_restarting(&worker_id) {
             return Ok(false);
         }
         tracing::info!(partition = %self.key, worker = %worker_id, error = %unplaced,
@@ -458,6 +449,19 @@ impl ProducerAgent {
     /// it is back, if no push failed and it holds exactly the bytes it
     /// acknowledged; otherwise the partition is lost (the engine re-runs
     /// this producer).
+    /// Whether the masters say worker `worker_id` is restarting.
+    fn masters_say_restarting(&self, worker_id: &str) -> bool {
+        let ask = LocatePartition {
+            key: self.key.clone(),
+            worker: WorkerId::new(worker_id.to_string()).ok(),
+        };
+        io_runtime().block_on(async {
+            Client::ask_first(&self.config.master_addresses, &self.options, ask)
+                .await
+                .is_ok_and(|located| located.restarting)
+        })
+    }
+
     /// Waits (at most [`RESTART_WAIT`]) until the connection to the
     /// current part's worker `worker_id`, which is restarting, closes.
     fn wait_until_stopped(&self, worker_id: &str) -> TierResult<()> {
@@ -496,16 +500,7 @@ impl ProducerAgent {
         let worker_id = self.parts.last().cloned().unwrap_or_default();
         if !self.pusher.client().is_closed() {
             // Refused while the worker stops: it must be restarting.
-            let ask = LocatePartition {
-                key: self.key.clone(),
-                worker: WorkerId::new(worker_id.clone()).ok(),
-            };
-            let restarting = io_runtime().block_on(async {
-                Client::ask_first(&self.config.master_addresses, &self.options, ask)
-                    .await
-                    .is_ok_and(|located| located.restarting)
-            });
-            if !restarting {
+            if !self.masters_say_restarting(&worker_id) {
                 return self.pusher.check();
             }
             self.wait_until_stopped(&worker_id)?;

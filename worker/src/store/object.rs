@@ -531,17 +531,8 @@ impl ObjectTier {
 
     /// Every object key under `prefix` with its size.
     pub async fn list(&self, prefix: &str) -> TierResult<Vec<(ObjectPath, u64)>> {
-        let path = ObjectPath::from(prefix);
-        self.retry(ObjectOp::List, prefix, || async {
-            let mut stream = self.store.list(Some(&path));
-            let mut out = Vec::new();
-            while let Some(meta) = stream.next().await {
-                let meta = meta?;
-                out.push((meta.location, meta.size));
-            }
-            Ok(out)
-        })
-        .await
+        let (all, _) = self.list_ending(prefix, "", usize::MAX).await?;
+        Ok(all)
     }
 
     /// The keys under `prefix` that end with `suffix`, at most `max` of them,
