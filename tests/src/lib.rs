@@ -772,6 +772,34 @@ pub fn stop_process(pid: u32) {
     assert!(stopped, "process {pid} did not stop within 10 s of SIGSTOP");
 }
 
+/// A master agent polling for lost workers every 200 ms, with the job of
+/// key byte `job` ([`key`]) registered and its losses recorded.
+pub fn agent_with_job(
+    config: &AgentConfig,
+    job: u8,
+) -> (
+    terrace_master_agent::MasterAgent,
+    terrace_tier_api::JobId,
+    Arc<LostPartitions>,
+) {
+    use terrace_tier_api::TierMasterAgent;
+    let agent = terrace_master_agent::MasterAgent::with_poll_interval(
+        config.clone(),
+        Duration::from_millis(200),
+    )
+    .expect("master agent");
+    let job = key(job, 0).job;
+    let lost = Arc::new(LostPartitions::default());
+    agent
+        .register_job(
+            &job,
+            std::sync::Arc::clone(&lost)
+                as std::sync::Arc<dyn terrace_tier_api::TierShuffleHandler>,
+        )
+        .expect("register the job");
+    (agent, job, lost)
+}
+
 /// An engine's shuffle handler that records the partitions it is told are
 /// lost (`on_release_partitions`), in the order told.
 #[derive(Debug, Default)]

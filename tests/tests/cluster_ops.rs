@@ -495,15 +495,9 @@ fn a_producer_whose_worker_died_before_its_first_push_goes_elsewhere_and_loses_n
         master_addresses: vec![m.clone()],
         ..terrace_tests::small_agent_config()
     };
-    let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
-        .expect("master agent");
     const JOB: u8 = 6;
     const SUBS: u32 = 2;
-    let job = terrace_tests::key(JOB, 0).job;
-    let lost = Arc::new(terrace_tests::LostPartitions::default());
-    agent
-        .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
-        .expect("register");
+    let (agent, job, lost) = terrace_tests::agent_with_job(&config, JOB);
     let descriptor = agent
         .add_partition_and_get_shuffle_descriptor(&job, &terrace_tests::key(JOB, 1).partition, SUBS)
         .expect("place");
@@ -652,15 +646,9 @@ impl ChainedJob {
             push_size: terrace_tier_api::ByteSize::kib(32),
             ..terrace_tests::small_agent_config()
         };
-        let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
-            .expect("master agent");
         const JOB: u8 = 8;
         const PARTITIONS: u32 = 6;
-        let job = terrace_tests::key(JOB, 0).job;
-        let lost = Arc::new(terrace_tests::LostPartitions::default());
-        agent
-            .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
-            .expect("register");
+        let (agent, job, lost) = terrace_tests::agent_with_job(&config, JOB);
         let descriptors: Vec<ShuffleDescriptor> = (0..PARTITIONS)
             .map(|p| {
                 agent

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use terrace_consumer_agent::ConsumerAgent;
-use terrace_master_agent::MasterAgent;
 use terrace_rpc::clock;
 use terrace_tests::{
     RecordingWriter, ServiceProcess, assert_buffers_eq, logs, payload, producer, read_partition,
@@ -28,12 +27,22 @@ use terrace_tests::{
 };
 use terrace_tier_api::{
     AgentConfig, Buffer, ConsumerSpec, InputChannelId, PartitionId, SegmentId, ShuffleDescriptor,
-    SubpartitionId, TierConsumerAgent, TierMasterAgent, TierShuffleHandler,
+    SubpartitionId, TierConsumerAgent, TierMasterAgent,
 };
 
 fn write_config(path: &Path, text: String) -> PathBuf {
     std::fs::write(path, text).expect("write config");
     path.to_path_buf()
+}
+
+/// A master that takes a worker for lost after 3 s without heartbeats, its
+/// config in `{dir}/{name}.toml`.
+fn start_master(dir: &Path, name: &str) -> ServiceProcess {
+    let config = write_config(
+        &dir.join(format!("{name}.toml")),
+        "listen = \"127.0.0.1:0\"\nworker_timeout = \"3s\"\n".to_string(),
+    );
+    ServiceProcess::start(&["master", "--config", config.to_str().expect("utf-8 path")])
 }
 
 /// Worker `w{index}` at a fixed address, so a restart comes back there.
@@ -106,15 +115,7 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
     let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
-    let master_config = write_config(
-        &root.join("master.toml"),
-        "listen = \"127.0.0.1:0\"\nworker_timeout = \"3s\"\n".to_string(),
-    );
-    let master = ServiceProcess::start(&[
-        "master",
-        "--config",
-        master_config.to_str().expect("utf-8 path"),
-    ]);
+    let master = start_master(root, "master");
     let m = master.address.clone();
     let mut workers: Vec<Worker> = (0..3).map(|i| Worker::new(root, i, &m)).collect();
     terrace_tests::wait_for(Duration::from_secs(20), "three workers registered", || {
@@ -126,15 +127,9 @@ fn a_worker_restarted_under_a_writer_and_readers_loses_nothing() {
         master_addresses: vec![m.clone()],
         ..terrace_tests::small_agent_config()
     };
-    let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
-        .expect("master agent");
     const JOB: u8 = 10;
     const SUBS: u32 = 2;
-    let job = terrace_tests::key(JOB, 0).job;
-    let lost = Arc::new(terrace_tests::LostPartitions::default());
-    agent
-        .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
-        .expect("register");
+    let (agent, job, lost) = terrace_tests::agent_with_job(&config, JOB);
     // Two partitions on w0: one sealed, one being written across the restart.
     let on_w0: Vec<_> = (1..=16)
         .map(|p| {
@@ -343,15 +338,7 @@ fn terrace_worker_restart_drains_the_worker_and_it_serves_its_partitions_after()
     let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
-    let master_config = write_config(
-        &root.join("master.toml"),
-        "listen = \"127.0.0.1:0\"\nworker_timeout = \"3s\"\n".to_string(),
-    );
-    let master = ServiceProcess::start(&[
-        "master",
-        "--config",
-        master_config.to_str().expect("utf-8 path"),
-    ]);
+    let master = start_master(root, "master");
     let mut worker = Worker::new(root, 0, &master.address);
     let config = AgentConfig {
         master_addresses: vec![master.address.clone()],
@@ -399,15 +386,7 @@ fn a_producer_that_cannot_split_away_waits_for_its_restarting_worker() {
     let _logs = logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
-    let master_config = write_config(
-        &root.join("master.toml"),
-        "listen = \"127.0.0.1:0\"\nworker_timeout = \"3s\"\n".to_string(),
-    );
-    let master = ServiceProcess::start(&[
-        "master",
-        "--config",
-        master_config.to_str().expect("utf-8 path"),
-    ]);
+    let master = start_master(root, "master");
     let m = master.address.clone();
     let mut workers: Vec<Worker> = (0..2).map(|i| Worker::new(root, i, &m)).collect();
     let all_live = || {
@@ -419,14 +398,8 @@ fn a_producer_that_cannot_split_away_waits_for_its_restarting_worker() {
         master_addresses: vec![m.clone()],
         ..terrace_tests::small_agent_config()
     };
-    let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
-        .expect("master agent");
     const SUBS: u32 = 2;
-    let job = terrace_tests::key(12, 0).job;
-    let lost = Arc::new(terrace_tests::LostPartitions::default());
-    agent
-        .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
-        .expect("register");
+    let (agent, job, lost) = terrace_tests::agent_with_job(&config, 12);
     let descriptor = agent
         .add_partition_and_get_shuffle_descriptor(&job, &terrace_tests::key(12, 1).partition, SUBS)
         .expect("place");
@@ -496,13 +469,7 @@ fn a_push_refused_as_its_worker_stops_is_sent_again_after_the_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
     let masters: Vec<ServiceProcess> = (0..2)
-        .map(|i| {
-            let config = write_config(
-                &root.join(format!("master-{i}.toml")),
-                "listen = \"127.0.0.1:0\"\nworker_timeout = \"3s\"\n".to_string(),
-            );
-            ServiceProcess::start(&["master", "--config", config.to_str().expect("utf-8 path")])
-        })
+        .map(|i| start_master(root, &format!("master-{i}")))
         .collect();
     let addresses: Vec<String> = masters.iter().map(|m| m.address.clone()).collect();
     let mut worker = Worker::with_masters(root, 0, &[&addresses[0], &addresses[1]]);
@@ -517,14 +484,8 @@ fn a_push_refused_as_its_worker_stops_is_sent_again_after_the_restart() {
         master_addresses: addresses.clone(),
         ..terrace_tests::small_agent_config()
     };
-    let agent = MasterAgent::with_poll_interval(config.clone(), Duration::from_millis(200))
-        .expect("master agent");
     const SUBS: u32 = 2;
-    let job = terrace_tests::key(13, 0).job;
-    let lost = Arc::new(terrace_tests::LostPartitions::default());
-    agent
-        .register_job(&job, Arc::clone(&lost) as Arc<dyn TierShuffleHandler>)
-        .expect("register");
+    let (agent, job, lost) = terrace_tests::agent_with_job(&config, 13);
     let descriptor = agent
         .add_partition_and_get_shuffle_descriptor(&job, &terrace_tests::key(13, 1).partition, SUBS)
         .expect("place");
