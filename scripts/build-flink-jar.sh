@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build Terrace's Flink adapter jar for one Flink line, with the linux-x86_64 native library
-# bundled at /native/linux-x86_64/libterrace_flink.so (the adapter extracts and loads it itself).
+# bundled at /native/linux-x86_64/libterrace_jni.so (the adapter extracts and loads it itself).
 # Drop the jar into Flink's lib/; nothing else is needed on Flink's classpath.
 #
 #   scripts/build-flink-jar.sh [VERSION]
@@ -14,7 +14,7 @@
 # signatures differ (the TierFactory's createProducerAgent).
 #
 # Steps: fetch that Flink's jars (scripts/fetch-flink.sh, cached outside the repo), build the JNI
-# crate (cargo build --release -p terrace-flink-jni), javac the adapter against the Flink jars,
+# crate (cargo build --release -p terrace-jni), javac the adapter against the Flink jars,
 # pack the jar. Idempotent and non-interactive (CI=true, no stdin); an unchanged tree only re-runs
 # cargo's no-op check and rewrites nothing.
 #
@@ -39,7 +39,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="$ROOT/target/flink"
 JAR_NAME="terrace-flink-$LINE.jar"
 JAR="$OUT/$JAR_NAME"
-SRC=("$ROOT/flink-plugin/src/main/java" "$ROOT/flink-plugin/src/$LINE_SRC/java")
+SRC=("$ROOT/bridge/java" "$ROOT/flink-plugin/src/main/java" "$ROOT/flink-plugin/src/$LINE_SRC/java")
 CARGO="${CARGO:-cargo}"
 
 log() { echo "build-flink-jar: $*" >&2; }
@@ -50,9 +50,9 @@ fi
 ls "$FLINK_LIB"/flink-dist-*.jar >/dev/null 2>&1 || { log "no flink-dist jar in $FLINK_LIB"; exit 1; }
 command -v javac >/dev/null && command -v jar >/dev/null || { log "javac and jar (a JDK 11+) are required"; exit 1; }
 
-log "cargo build --release -p terrace-flink-jni"
-(cd "$ROOT" && "$CARGO" build --release --quiet -p terrace-flink-jni </dev/null >&2)
-SO="$CARGO_TARGET_DIR/release/libterrace_flink.so"
+log "cargo build --release -p terrace-jni"
+(cd "$ROOT" && "$CARGO" build --release --quiet -p terrace-jni </dev/null >&2)
+SO="$CARGO_TARGET_DIR/release/libterrace_jni.so"
 [[ -f "$SO" ]] || { log "expected $SO after the build"; exit 1; }
 
 mkdir -p "$OUT"
@@ -72,7 +72,7 @@ find "${SRC[@]}" -name '*.java' -type f | sort >"$STAGE/sources.txt"
 log "javac $(wc -l <"$STAGE/sources.txt") files against $FLINK_LIB"
 javac -nowarn -Xlint:-options -encoding UTF-8 --release 11 -cp "$FLINK_LIB/*" \
   -d "$STAGE/classes" @"$STAGE/sources.txt" >&2
-cp "$SO" "$STAGE/classes/native/linux-x86_64/libterrace_flink.so"
+cp "$SO" "$STAGE/classes/native/linux-x86_64/libterrace_jni.so"
 cat >"$STAGE/MANIFEST.MF" <<MF
 Implementation-Title: Terrace tier for Apache $SERVES
 Implementation-Vendor: Terrace

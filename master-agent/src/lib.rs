@@ -12,6 +12,8 @@
 mod agent;
 mod masters;
 mod placements;
+mod placer;
 mod recovery;
 
 pub use agent::{DEFAULT_POLL_INTERVAL, MasterAgent};
+pub use placer::JobPlacer;

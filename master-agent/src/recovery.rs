@@ -23,6 +23,17 @@ const MAX_PARTS: usize = 256;
 const CONCURRENT_QUERIES: usize = 16;
 
 impl MasterAgent {
+    /// The token of a registered job (hex; empty when the cluster has no
+    /// secret): what an engine hands to the processes that place, write and
+    /// read the job's partitions without the cluster secret.
+    pub fn job_token(&self, job: &JobId) -> TierResult<String> {
+        self.shared.check_open()?;
+        self.shared
+            .placements()
+            .token(job)
+            .ok_or_else(|| TierError::bad_input(format!("job {job} is not registered")))
+    }
+
     /// Stops tracking `job` (its lease is no longer renewed, lost workers are
     /// no longer reported for it) without dropping its data: a coordinator
     /// that lost its leadership leaves the job to the next one, which

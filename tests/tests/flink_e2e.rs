@@ -1363,7 +1363,7 @@ fn jar_build_is_idempotent_and_bundles_the_native_library() {
             .expect("run jar --list");
         let listing = String::from_utf8_lossy(&listing.stdout);
         for entry in [
-            "native/linux-x86_64/libterrace_flink.so",
+            "native/linux-x86_64/libterrace_jni.so",
             "dev/terrace/flink/TerraceTierFactory.class",
             "dev/terrace/flink/TerraceTierFactoryBase.class",
             "dev/terrace/flink/TerraceShuffleDescriptor.class",

@@ -1,5 +1,7 @@
 package dev.terrace.flink;
 
+import dev.terrace.bridge.NativeBridge;
+
 import org.apache.flink.api.common.JobID;
 import org.apache.flink.runtime.executiongraph.ResultPartitionBytes;
 import org.apache.flink.runtime.io.network.partition.ResultPartitionID;

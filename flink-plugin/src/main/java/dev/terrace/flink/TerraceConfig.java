@@ -1,16 +1,11 @@
 package dev.terrace.flink;
 
+import dev.terrace.bridge.NativeLibrary;
+
 import org.apache.flink.configuration.Configuration;
 
-import java.io.IOException;
-import java.io.InputStream;
-import java.io.UncheckedIOException;
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.Locale;
 import java.util.Map;
 import java.util.TreeMap;
 
@@ -52,7 +47,7 @@ import java.util.TreeMap;
  *       and trust the servers these sign</td></tr>
  *   <tr><td>terrace.event-poll-interval-ms</td><td>200</td><td>how long a Java event thread
  *       blocks in one native wait before checking whether it should stop</td></tr>
- *   <tr><td>terrace.native.library</td><td>(bundled)</td><td>path of a libterrace_flink.so to
+ *   <tr><td>terrace.native.library</td><td>(bundled)</td><td>path of a libterrace_jni.so to
  *       load instead of the copy bundled in the jar</td></tr>
  *   <tr><td>terrace.log</td><td>warn</td><td>filter for the native library's log lines on
  *       stderr</td></tr>
@@ -63,11 +58,6 @@ final class TerraceConfig {
     static final String NATIVE_LIBRARY = "terrace.native.library";
     static final String EVENT_POLL_INTERVAL_MS = "terrace.event-poll-interval-ms";
     static final String COMPRESSION = "terrace.compression";
-
-    /** Where build-flink-jar.sh puts the native library inside the jar. */
-    static final String BUNDLED_LIBRARY = "/native/linux-x86_64/libterrace_flink.so";
-
-    private static volatile boolean loaded;
 
     final Map<String, String> terraceKeys;
     final long eventPollIntervalMillis;
@@ -115,61 +105,6 @@ final class TerraceConfig {
 
     /** Loads the native library once per class loader and checks its ABI version. */
     void ensureNativeLoaded() {
-        if (loaded) {
-            return;
-        }
-        synchronized (TerraceConfig.class) {
-            if (loaded) {
-                return;
-            }
-            String path = terraceKeys.get(NATIVE_LIBRARY);
-            if (path != null && !path.trim().isEmpty()) {
-                System.load(path.trim());
-            } else {
-                System.load(extractBundled().toString());
-            }
-            int abi = NativeBridge.abiVersion();
-            if (abi != NativeBridge.ABI_VERSION) {
-                throw new IllegalStateException(
-                        "terrace_flink native library ABI "
-                                + abi
-                                + " does not match the Java adapter's "
-                                + NativeBridge.ABI_VERSION);
-            }
-            loaded = true;
-        }
-    }
-
-    /**
-     * Copies the library bundled in the jar to a private temporary file (deleted when the JVM
-     * exits) and returns its path. A fresh file per class loader, so two class loaders can each
-     * load their own copy.
-     */
-    private static Path extractBundled() {
-        String os = System.getProperty("os.name", "").toLowerCase(Locale.ROOT);
-        String arch = System.getProperty("os.arch", "");
-        if (!os.contains("linux") || !(arch.equals("amd64") || arch.equals("x86_64"))) {
-            throw new UnsatisfiedLinkError(
-                    "the Terrace jar bundles a linux-x86_64 native library only; this JVM runs on "
-                            + os
-                            + "/"
-                            + arch
-                            + " (set "
-                            + NATIVE_LIBRARY
-                            + " to a library built for it)");
-        }
-        try (InputStream in = TerraceConfig.class.getResourceAsStream(BUNDLED_LIBRARY)) {
-            if (in == null) {
-                throw new UnsatisfiedLinkError(
-                        BUNDLED_LIBRARY + " is missing from the Terrace jar; rebuild it with"
-                                + " scripts/build-flink-jar.sh or set " + NATIVE_LIBRARY);
-            }
-            Path file = Files.createTempFile("libterrace_flink-", ".so");
-            file.toFile().deleteOnExit();
-            Files.copy(in, file, StandardCopyOption.REPLACE_EXISTING);
-            return file;
-        } catch (IOException e) {
-            throw new UncheckedIOException("extract the Terrace native library", e);
-        }
+        NativeLibrary.ensureLoaded(terraceKeys.get(NATIVE_LIBRARY), NATIVE_LIBRARY);
     }
 }

@@ -1,5 +1,8 @@
 package dev.terrace.flink;
 
+import dev.terrace.bridge.NativeBridge;
+import dev.terrace.bridge.TerraceNativeException;
+
 import org.apache.flink.core.memory.MemorySegment;
 import org.apache.flink.core.memory.MemorySegmentFactory;
 import org.apache.flink.runtime.io.network.buffer.Buffer;

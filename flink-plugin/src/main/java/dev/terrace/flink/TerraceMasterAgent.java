@@ -1,5 +1,9 @@
 package dev.terrace.flink;
 
+import dev.terrace.bridge.NativeBridge;
+import dev.terrace.bridge.NativeBridgeCalls;
+import dev.terrace.bridge.TerraceNativeException;
+
 import org.apache.flink.api.common.JobID;
 import org.apache.flink.runtime.io.network.partition.ResultPartitionID;
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.common.TieredStoragePartitionId;

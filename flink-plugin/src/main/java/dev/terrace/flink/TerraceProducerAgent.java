@@ -1,5 +1,8 @@
 package dev.terrace.flink;
 
+import dev.terrace.bridge.NativeBridge;
+import dev.terrace.bridge.NativeBridgeCalls;
+
 import org.apache.flink.runtime.io.network.api.EndOfSegmentEvent;
 import org.apache.flink.runtime.io.network.api.serialization.EventSerializer;
 import org.apache.flink.runtime.io.network.buffer.Buffer;

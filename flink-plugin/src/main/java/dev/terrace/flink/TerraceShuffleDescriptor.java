@@ -1,5 +1,7 @@
 package dev.terrace.flink;
 
+import dev.terrace.bridge.NativeBridge;
+
 import org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.TierShuffleDescriptor;
 
 import java.util.Objects;

@@ -94,7 +94,22 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     (
         "terrace.native.library",
         "",
-        "Java: path of libterrace_flink.so to load instead of the copy bundled in the jar",
+        "Java: path of libterrace_jni.so to load instead of the copy bundled in the jar",
+    ),
+    (
+        "terrace.spark.chunk-size",
+        "1MiB",
+        "Spark: serialized bytes of one reduce partition a map task buffers before it compresses and pushes them as one chunk (1KiB to 64MiB)",
+    ),
+    (
+        "terrace.spark.writer-buffer-size",
+        "64MiB",
+        "Spark: serialized bytes one map task buffers across all its reduce partitions; past it the largest buffers are pushed",
+    ),
+    (
+        "terrace.spark.reader-streams",
+        "64",
+        "Spark: map outputs one reduce task reads at once (one stream each, terrace.read-credits batches of memory each)",
     ),
     (
         "terrace.log",
@@ -195,6 +210,14 @@ pub fn parse_config<'a>(
             "terrace.log" => log_filter = value.to_string(),
             // Read by the Java side.
             "terrace.event-poll-interval-ms" | "terrace.native.library" => {}
+            "terrace.spark.chunk-size" | "terrace.spark.writer-buffer-size" => {
+                parse_size(key, value)?;
+            }
+            "terrace.spark.reader-streams" => {
+                value.trim().parse::<u32>().map_err(|_| {
+                    NativeError::invalid(format!("{key}: expected a whole number, got {value:?}"))
+                })?;
+            }
             other if other.starts_with("terrace.") => {
                 let known: Vec<&str> = KEYS.iter().map(|(k, _, _)| *k).collect();
                 return Err(NativeError::invalid(format!(

@@ -8,7 +8,7 @@ use jni::sys::jint;
 
 /// Must equal `NativeBridge.ABI_VERSION` on the Java side; bump both when a
 /// native signature, an error-kind ordinal or an encoding changes.
-pub const ABI_VERSION: i32 = 3;
+pub const ABI_VERSION: i32 = 4;
 
 /// Sends the agents' `tracing` output to stderr (the TaskManager's .out/.err
 /// or the test's console), filtered by `terrace.log`. The first agent opened
@@ -28,7 +28,7 @@ pub(crate) fn init_logging(filter: &str) {
 }
 
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_abiVersion(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_abiVersion(
     _env: JNIEnv<'_>,
     _class: JClass<'_>,
 ) -> jint {

@@ -1,6 +1,6 @@
 //! The FFI boundary: every JNI entry point runs its body through [`entry`],
 //! which catches panics and turns errors into a thrown
-//! `dev.terrace.flink.TerraceNativeException`, so nothing unwinds into the JVM.
+//! `dev.terrace.bridge.TerraceNativeException`, so nothing unwinds into the JVM.
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -10,7 +10,7 @@ use jni::objects::JValue;
 
 use crate::error::{NativeError, NativeErrorKind, NativeResult};
 
-pub(crate) const EXCEPTION_CLASS: &str = "dev/terrace/flink/TerraceNativeException";
+pub(crate) const EXCEPTION_CLASS: &str = "dev/terrace/bridge/TerraceNativeException";
 
 /// Runs `body`; on an error or a panic throws a Java exception and returns
 /// `fallback` (which Java never sees: the pending exception wins).

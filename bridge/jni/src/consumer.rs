@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use jni::JNIEnv;
 use jni::objects::{JByteBuffer, JClass, JIntArray, JObjectArray, JString};
-use jni::sys::{jint, jlong};
+use jni::sys::{jboolean, jint, jlong};
 use terrace_consumer_agent::ConsumerAgent;
 use terrace_tier_api::{
     AvailabilityNotifier, Buffer, ConsumerSpec, InputChannelId, PartitionId, SegmentId,
@@ -140,7 +140,7 @@ fn descriptor_at(
 /// (`job, partition, workerId, workerAddress, token`, all null while unknown).
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerOpen<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_consumerOpen<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     conf: JObjectArray<'l>,
@@ -217,7 +217,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerOpen<'l>(
 /// The descriptor of `stream` became known (Flink `updateTierShuffleDescriptor`).
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerUpdateDescriptor<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_consumerUpdateDescriptor<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -250,7 +250,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerUpdateDescrip
 
 /// Opens the streams whose descriptors are known and asks for segment 0 of each subpartition.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerStart<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_consumerStart<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -264,7 +264,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerStart<'l>(
 /// A subpartition of `stream` in `first..=last` with a buffer ready, else -1.
 /// Throws the partition's failure, if it has one.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerPeek<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_consumerPeek<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -295,7 +295,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerPeek<'l>(
 /// its position 0) and returns its packed header, [`POLL_EMPTY`], or
 /// [`needs_larger`] when `dst` is too small.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerPoll<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_consumerPoll<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -348,7 +348,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerPoll<'l>(
 /// Blocks up to `timeout_millis` until streams have data or failed; writes
 /// their indices to `out`; returns how many (0 on timeout, -1 once closed).
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerWaitEvents<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_consumerWaitEvents<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -383,7 +383,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerWaitEvents<'l
 
 /// Closes every stream, wakes `consumerWaitEvents` and frees the consumer.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerClose<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_consumerClose<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -393,6 +393,34 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_consumerClose<'l>(
         consumer.ready.close();
         consumer.oversized().clear();
         Ok(consumer.lock()?.close()?)
+    })
+}
+
+/// Whether `subpartition` of `stream` is read to its end: the partition is
+/// sealed, the worker said no more segments of it exist, and every buffer
+/// received was polled. Throws the partition's failure, as a peek would.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_consumerFinished<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    stream: jint,
+    subpartition: jint,
+) -> jboolean {
+    entry(&mut env, "check a Terrace subpartition's end", 0, |_env| {
+        let consumer = CONSUMERS.get(handle)?;
+        let (index, s) = consumer.stream(stream)?;
+        let subpartition = sub("subpartition", subpartition)?;
+        if consumer.oversized().contains_key(&(index, subpartition)) {
+            return Ok(0);
+        }
+        let agent = consumer.lock()?;
+        // A failed partition fails here too, so a reader that only asks
+        // whether it is done still learns of the loss.
+        agent.peek_next_buffer_subpartition_id(&s.partition, &(subpartition..=subpartition))?;
+        Ok(u8::from(
+            agent.is_finished(&s.partition, SubpartitionId(subpartition)),
+        ))
     })
 }
 

@@ -81,7 +81,7 @@ pub(crate) fn descriptor_from(
 }
 
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterOpen<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterOpen<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     conf: JObjectArray<'l>,
@@ -99,7 +99,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterOpen<'l>(
 }
 
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterRegisterJob<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterRegisterJob<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -117,7 +117,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterRegisterJob<'l>
 }
 
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterUnregisterJob<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterUnregisterJob<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -133,7 +133,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterUnregisterJob<'
 /// Stops tracking the job without dropping its data (a JobManager that lost
 /// its leadership; see `MasterAgent::detach_job`).
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterDetachJob<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterDetachJob<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -149,7 +149,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterDetachJob<'l>(
 /// Tracks partitions an earlier JobManager placed: `fields` holds
 /// [`DESCRIPTOR_FIELDS`] strings per descriptor, all of `job`.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterRestorePartitions<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterRestorePartitions<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -189,7 +189,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterRestorePartitio
 /// `partitions` (a `byte[][]` of partition ids), within `timeout_millis`:
 /// `n × (u16 len, partition id | u32 count | count × i64)`, big-endian.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterPartitionMetrics<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterPartitionMetrics<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -237,7 +237,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterPartitionMetric
 
 /// Returns the descriptor's fields: `{jobHex, partitionHex, workerId, workerAddress, token}`.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterAddPartition<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterAddPartition<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -265,7 +265,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterAddPartition<'l
 }
 
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterReleasePartition<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterReleasePartition<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -296,7 +296,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterReleasePartitio
 /// Blocks up to `timeout_millis` for events; `null` on timeout, else the
 /// batch encoded by [`encode_events`]. Throws `CLOSED` once the agent is closed.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterWaitEvents<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterWaitEvents<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -325,7 +325,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterWaitEvents<'l>(
 }
 
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterClose<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterClose<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -336,4 +336,30 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_masterClose<'l>(
         master.agent.close();
         Ok(())
     })
+}
+
+/// The token of a registered job (hex; empty when the cluster has no
+/// secret), for the engine to hand to the processes that place, write and
+/// read the job's partitions.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterJobToken<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    job: JByteArray<'l>,
+) -> jni::sys::jstring {
+    entry(
+        &mut env,
+        "get a Terrace job's token",
+        std::ptr::null_mut(),
+        |env| {
+            let master = MASTERS.get(handle)?;
+            let job = job_id(env, &job)?;
+            let token = master.agent.job_token(&job)?;
+            Ok(env
+                .new_string(token)
+                .map_err(|e| NativeError::jni("allocate String", e))?
+                .into_raw())
+        },
+    )
 }

@@ -1,5 +1,5 @@
 //! The native half of Terrace's Flink adapter: the JNI entry points that
-//! `dev.terrace.flink.NativeBridge` declares, over the Rust master, producer
+//! `dev.terrace.bridge.NativeBridge` declares, over the Rust master, producer
 //! and consumer agents. Java holds opaque `long` handles into generation-checked
 //! tables (a stale or foreign handle is a Java exception, never a crash);
 //! buffers cross with one copy each way (Flink's off-heap segment straight into
@@ -24,6 +24,7 @@ mod handles;
 mod java;
 mod library;
 mod master;
+mod placer;
 mod producer;
 
 pub use config::{KEYS, NativeConfig, parse_config};

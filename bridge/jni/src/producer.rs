@@ -76,7 +76,7 @@ fn write(
 
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerOpen<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_producerOpen<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     conf: JObjectArray<'l>,
@@ -118,7 +118,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerOpen<'l>(
 }
 
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerStartSegment<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_producerStartSegment<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -139,7 +139,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerStartSegment<
 
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerWrite<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_producerWrite<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -179,7 +179,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerWrite<'l>(
 /// As `producerWrite`, for heap segments (Flink's events: a few bytes each).
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerWriteArray<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_producerWriteArray<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -198,10 +198,13 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerWriteArray<'l
         if data.is_null() {
             return Err(NativeError::invalid("buffer array is null"));
         }
-        let mut payload = vec![0i8; len];
-        env.get_byte_array_region(&data, offset as i32, &mut payload)
+        let mut payload = vec![0u8; len];
+        // SAFETY: i8 and u8 have the same size and alignment, and `payload`
+        // is borrowed exclusively for the copy; JNI writes only `len` bytes.
+        let region =
+            unsafe { std::slice::from_raw_parts_mut(payload.as_mut_ptr().cast::<i8>(), len) };
+        env.get_byte_array_region(&data, offset as i32, region)
             .map_err(|e| NativeError::invalid(format!("buffer range {offset}+{len}: {e}")))?;
-        let payload: Vec<u8> = payload.into_iter().map(|b| b as u8).collect();
         write(
             &mut *producer.lock()?,
             subpartition,
@@ -215,7 +218,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerWriteArray<'l
 
 /// Flushes, ends every open segment and seals the partition on its worker.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerFinish<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_producerFinish<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,
@@ -229,7 +232,7 @@ pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerFinish<'l>(
 /// Frees the producer; a partition not finished is abandoned (its data is
 /// deleted when Flink releases the partition or the job).
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_terrace_flink_NativeBridge_producerRelease<'l>(
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_producerRelease<'l>(
     mut env: JNIEnv<'l>,
     _class: JClass<'l>,
     handle: jlong,

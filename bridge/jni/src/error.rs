@@ -5,7 +5,7 @@ use std::fmt;
 
 use terrace_tier_api::{ErrorKind, TierError};
 
-/// `dev.terrace.flink.TerraceNativeException.Kind`, by ordinal. Part of the
+/// `dev.terrace.bridge.TerraceNativeException.Kind`, by ordinal. Part of the
 /// JNI ABI: reorder only together with the Java enum and `ABI_VERSION`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(i32)]
@@ -134,7 +134,7 @@ mod tests {
     /// declaration (ordinal) order.
     fn java_kinds() -> Vec<String> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../src/main/java/dev/terrace/flink/TerraceNativeException.java");
+            .join("../java/dev/terrace/bridge/TerraceNativeException.java");
         let source = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         assert!(
@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn the_thrown_class_exists() {
         let class = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../src/main/java")
+            .join("../java")
             .join(format!("{}.java", crate::boundary::EXCEPTION_CLASS));
         assert!(class.is_file(), "{}", class.display());
     }

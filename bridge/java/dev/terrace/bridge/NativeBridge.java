@@ -1,10 +1,10 @@
-package dev.terrace.flink;
+package dev.terrace.bridge;
 
 import java.nio.ByteBuffer;
 
 /**
- * The whole JNI surface between the Flink adapter and the Rust agents (library {@code
- * terrace_flink}, crate {@code flink-plugin/jni}). All calls go Java → Rust; Rust never calls back
+ * The whole JNI surface between the engine adapters (Flink, Spark) and the Rust agents (library {@code
+ * terrace_jni}, crate {@code bridge/jni}). All calls go Java → Rust; Rust never calls back
  * into the JVM. Events that start in Rust (data available, partitions lost) are fetched by one
  * Java daemon thread per agent through a blocking {@code *WaitEvents} call, then dispatched to
  * Flink on that Java thread.
@@ -50,7 +50,7 @@ public final class NativeBridge {
     // ---------------------------------------------------------------- library
 
     /** ABI version of the Java side; the native library must report the same. */
-    public static final int ABI_VERSION = 3;
+    public static final int ABI_VERSION = 4;
 
     public static native int abiVersion();
 
@@ -117,8 +117,35 @@ public final class NativeBridge {
     public static native byte[] masterWaitEvents(long master, long timeoutMillis)
             throws TerraceNativeException;
 
+    /**
+     * The token of a registered job (hex; empty when the cluster has no secret): what the engine
+     * hands to the processes that place, write and read the job's partitions.
+     */
+    public static native String masterJobToken(long master, byte[] jobId)
+            throws TerraceNativeException;
+
     /** Wakes {@link #masterWaitEvents}, stops lost-worker detection, frees the agent. */
     public static native void masterClose(long master) throws TerraceNativeException;
+
+    // ---------------------------------------------------------------- placer (task process)
+
+    /**
+     * Opens a placer for job {@code jobHex}: it places the job's partitions presenting only the
+     * job's {@code token} (hex, empty without a cluster secret), for engines whose tasks create
+     * their own partitions (Spark's map tasks).
+     */
+    public static native long placerOpen(String[] conf, String jobHex, String token)
+            throws TerraceNativeException;
+
+    /**
+     * Places a new partition of the placer's job. Returns the descriptor's fields {@code {jobHex,
+     * partitionHex, workerId, workerAddress, token}}.
+     */
+    public static native String[] placerPlace(long placer, byte[] partitionId, int numSubpartitions)
+            throws TerraceNativeException;
+
+    /** Closes the placer's connection to the masters and frees it. */
+    public static native void placerClose(long placer) throws TerraceNativeException;
 
     // ---------------------------------------------------------------- producer agent (TaskManager)
 
@@ -230,6 +257,14 @@ public final class NativeBridge {
      */
     public static native long consumerPoll(
             long consumer, int stream, int subpartition, int segmentId, ByteBuffer dst)
+            throws TerraceNativeException;
+
+    /**
+     * Whether {@code subpartition} of {@code stream} is read to its end: the partition is sealed,
+     * the worker said it has no more segments of it, and every buffer received was polled.
+     * Throws the partition's failure, as {@link #consumerPeek} does.
+     */
+    public static native boolean consumerFinished(long consumer, int stream, int subpartition)
             throws TerraceNativeException;
 
     /**

@@ -1,4 +1,4 @@
-package dev.terrace.flink;
+package dev.terrace.bridge;
 
 import java.io.IOException;
 

@@ -17,6 +17,7 @@ pub enum HandleKind {
     Master = 1,
     Producer = 2,
     Consumer = 3,
+    Placer = 4,
 }
 
 /// A decoded handle.

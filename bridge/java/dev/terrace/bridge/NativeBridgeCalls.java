@@ -1,21 +1,21 @@
-package dev.terrace.flink;
+package dev.terrace.bridge;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 /** Small helpers around native calls. */
-final class NativeBridgeCalls {
+public final class NativeBridgeCalls {
     private static final Logger LOG = LoggerFactory.getLogger(NativeBridgeCalls.class);
 
-    interface Call<T> {
+    public interface Call<T> {
         T call() throws Exception;
     }
 
-    interface Run {
+    public interface Run {
         void run() throws Exception;
     }
 
-    static void quietly(Run r) {
+    public static void quietly(Run r) {
         try {
             r.run();
         } catch (Throwable t) {

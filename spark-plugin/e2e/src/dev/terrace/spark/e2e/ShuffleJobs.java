@@ -1,0 +1,298 @@
+package dev.terrace.spark.e2e;
+
+import org.apache.spark.SparkConf;
+import org.apache.spark.api.java.JavaPairRDD;
+import org.apache.spark.api.java.JavaRDD;
+import org.apache.spark.api.java.JavaSparkContext;
+import org.apache.spark.sql.Dataset;
+import org.apache.spark.sql.Row;
+import org.apache.spark.sql.SparkSession;
+
+import scala.Tuple2;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.security.MessageDigest;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Iterator;
+import java.util.List;
+import java.util.Random;
+
+/**
+ * The Spark jobs of Terrace's end-to-end tests. Each writes a deterministic text result (sorted
+ * lines, or digests of them) to {@code args[1]}, so the same job on Spark's own sort shuffle and
+ * on Terrace can be compared byte for byte.
+ *
+ * <pre>
+ *   ShuffleJobs rdd OUT            reduceByKey, groupByKey, join, sortByKey, repartition(200+),
+ *                                  skewed keys, empty partitions, records over 1 MiB
+ *   ShuffleJobs sql OUT            DataFrame aggregation and a skewed join, adaptive execution on;
+ *                                  the final plans are appended to OUT.plan
+ *   ShuffleJobs big OUT MIB        about MIB MiB shuffled through one groupBy
+ *   ShuffleJobs slow-map OUT       reduceByKey whose first map task is slow (for speculation)
+ *   ShuffleJobs two-stage OUT GATE a reduceByKey whose reduce stage waits for file GATE to exist
+ *                                  (the test acts between the stages), then writes OUT
+ * </pre>
+ */
+public final class ShuffleJobs {
+    private ShuffleJobs() {}
+
+    public static void main(String[] args) throws Exception {
+        String job = args[0];
+        Path out = Paths.get(args[1]);
+        SparkConf conf = new SparkConf().setAppName("terrace-e2e-" + job);
+        SparkSession spark = SparkSession.builder().config(conf).getOrCreate();
+        JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
+        List<String> lines = new ArrayList<>();
+        long start = System.nanoTime();
+        switch (job) {
+            case "rdd":
+                rdd(sc, lines);
+                break;
+            case "sql":
+                sql(spark, lines, Paths.get(args[1] + ".plan"));
+                break;
+            case "big":
+                big(sc, lines, Integer.parseInt(args[2]));
+                break;
+            case "slow-map":
+                slowMap(sc, lines);
+                break;
+            case "two-stage":
+                twoStage(sc, lines, Paths.get(args[2]));
+                break;
+            default:
+                throw new IllegalArgumentException("unknown job " + job);
+        }
+        try (PrintWriter w = new PrintWriter(Files.newBufferedWriter(out, StandardCharsets.UTF_8))) {
+            for (String line : lines) {
+                w.println(line);
+            }
+        }
+        System.out.println(
+                "TERRACE-E2E " + job + " done in " + (System.nanoTime() - start) / 1_000_000 + " ms");
+        spark.stop();
+    }
+
+    private static String digest(List<String> sorted) throws Exception {
+        MessageDigest md = MessageDigest.getInstance("SHA-256");
+        for (String s : sorted) {
+            md.update(s.getBytes(StandardCharsets.UTF_8));
+            md.update((byte) '\n');
+        }
+        StringBuilder sb = new StringBuilder();
+        for (byte b : md.digest()) {
+            sb.append(String.format("%02x", b));
+        }
+        return sorted.size() + " " + sb;
+    }
+
+    private static List<String> sortedStrings(JavaRDD<String> rdd) {
+        List<String> all = new ArrayList<>(rdd.collect());
+        all.sort(null);
+        return all;
+    }
+
+    static void rdd(JavaSparkContext sc, List<String> lines) throws Exception {
+        // Skewed keys: key 0 takes half the records.
+        JavaPairRDD<Integer, Long> pairs =
+                sc.parallelize(range(0, 200_000), 8)
+                        .mapToPair(i -> new Tuple2<>(i % 2 == 0 ? 0 : i % 5003, (long) i));
+        lines.add("reduceByKey " + digest(sortedStrings(
+                pairs.reduceByKey(Long::sum, 13).map(t -> t._1() + "=" + t._2()))));
+        lines.add("groupByKey " + digest(sortedStrings(
+                pairs.groupByKey(7).map(t -> {
+                    long sum = 0;
+                    int n = 0;
+                    for (long v : t._2()) {
+                        sum += v;
+                        n++;
+                    }
+                    return t._1() + ":" + n + ":" + sum;
+                }))));
+        JavaPairRDD<Integer, String> names =
+                sc.parallelize(range(0, 6000), 5).mapToPair(i -> new Tuple2<>(i, "n" + i));
+        lines.add("join " + digest(sortedStrings(
+                pairs.filter(t -> t._1() < 3000).join(names, 11).map(t -> t._1() + "," + t._2()._1() + "," + t._2()._2()))));
+        // sortByKey: the order itself is the result (keys are distinct: 1,000,003 is prime).
+        List<String> sorted = pairs.mapToPair(t -> new Tuple2<>(t._2() * 7919 % 1_000_003, t._1()))
+                .sortByKey(true, 9)
+                .map(t -> t._1() + "/" + t._2())
+                .collect();
+        lines.add("sortByKey " + digest(sorted));
+        // 250 reduce partitions, most of them empty: only 40 distinct keys.
+        lines.add("repartition " + digest(sortedStrings(
+                sc.parallelize(range(0, 50_000), 6)
+                        .mapToPair(i -> new Tuple2<>(i % 40, 1L))
+                        .partitionBy(new org.apache.spark.HashPartitioner(250))
+                        .mapPartitionsWithIndex((idx, it) -> {
+                            long n = 0;
+                            while (it.hasNext()) {
+                                it.next();
+                                n++;
+                            }
+                            return Arrays.asList(idx + "#" + n).iterator();
+                        }, true))));
+        lines.add("repartition-rdd " + digest(sortedStrings(
+                sc.parallelize(range(0, 30_000), 3).repartition(217).map(i -> "r" + i))));
+        // Records over 1 MiB: 12 values of 1.5 MiB each, through a groupByKey.
+        lines.add("large " + digest(sortedStrings(
+                sc.parallelize(range(0, 12), 4)
+                        .mapToPair(i -> new Tuple2<>(i % 3, bigValue(i)))
+                        .groupByKey(3)
+                        .map(t -> {
+                            long sum = 0;
+                            int n = 0;
+                            for (byte[] v : t._2()) {
+                                sum += checksum(v);
+                                n++;
+                            }
+                            return t._1() + ":" + n + ":" + sum;
+                        }))));
+        // A shuffle whose map side writes nothing at all.
+        lines.add("empty " + sc.parallelize(range(0, 100), 4)
+                .filter(i -> i < 0)
+                .mapToPair(i -> new Tuple2<>(i, i))
+                .reduceByKey(Integer::sum, 5)
+                .count());
+    }
+
+    static byte[] bigValue(int i) {
+        byte[] v = new byte[(3 << 20) / 2];
+        new Random(i).nextBytes(v);
+        return v;
+    }
+
+    static long checksum(byte[] v) {
+        long h = 1125899906842597L;
+        for (byte b : v) {
+            h = 31 * h + b;
+        }
+        return h;
+    }
+
+    static List<Integer> range(int from, int to) {
+        List<Integer> r = new ArrayList<>(to - from);
+        for (int i = from; i < to; i++) {
+            r.add(i);
+        }
+        return r;
+    }
+
+    static void sql(SparkSession spark, List<String> lines, Path planFile) throws Exception {
+        spark.conf().set("spark.sql.adaptive.enabled", "true");
+        spark.conf().set("spark.sql.adaptive.coalescePartitions.enabled", "true");
+        spark.conf().set("spark.sql.adaptive.skewJoin.enabled", "true");
+        spark.conf().set("spark.sql.adaptive.skewJoin.skewedPartitionThresholdInBytes", "256KB");
+        spark.conf().set("spark.sql.adaptive.skewJoin.skewedPartitionFactor", "2");
+        spark.conf().set("spark.sql.adaptive.advisoryPartitionSizeInBytes", "64KB");
+        spark.conf().set("spark.sql.autoBroadcastJoinThreshold", "-1");
+        spark.conf().set("spark.sql.shuffle.partitions", "40");
+        Dataset<Row> facts = spark.range(0, 400_000).selectExpr(
+                "id", "CASE WHEN id % 3 = 0 THEN 7 ELSE id % 997 END AS k", "id * 3 AS v",
+                "concat('payload-', id) AS p");
+        Dataset<Row> dims = spark.range(0, 997).selectExpr("id AS k", "concat('dim-', id) AS name");
+        Dataset<Row> agg = facts.groupBy("k").agg(
+                org.apache.spark.sql.functions.count("*").as("n"),
+                org.apache.spark.sql.functions.sum("v").as("s"));
+        List<String> aggRows = new ArrayList<>();
+        for (Row r : agg.collectAsList()) {
+            aggRows.add(r.getLong(0) + "," + r.getLong(1) + "," + r.getLong(2));
+        }
+        aggRows.sort(null);
+        lines.add("agg " + digest(aggRows));
+        Dataset<Row> joined = facts.join(dims, "k").groupBy("name").agg(
+                org.apache.spark.sql.functions.count("*").as("n"),
+                org.apache.spark.sql.functions.max("p").as("m"));
+        List<String> joinRows = new ArrayList<>();
+        for (Row r : joined.collectAsList()) {
+            joinRows.add(r.getString(0) + "," + r.getLong(1) + "," + r.getString(2));
+        }
+        joinRows.sort(null);
+        lines.add("join " + digest(joinRows));
+        String plans =
+                "== agg\n" + agg.queryExecution().executedPlan().toString()
+                        + "\n== join\n" + joined.queryExecution().executedPlan().toString();
+        Files.write(planFile, plans.getBytes(StandardCharsets.UTF_8));
+    }
+
+    static void big(JavaSparkContext sc, List<String> lines, int mib) throws Exception {
+        int maps = 8;
+        long perMap = (long) mib * (1 << 20) / maps / 1000;
+        JavaPairRDD<Integer, byte[]> data = sc.parallelize(range(0, maps), maps).flatMapToPair(m -> {
+            Random r = new Random(m);
+            List<Tuple2<Integer, byte[]>> out = new ArrayList<>();
+            Iterator<Tuple2<Integer, byte[]>> it = new Iterator<Tuple2<Integer, byte[]>>() {
+                long i = 0;
+
+                @Override
+                public boolean hasNext() {
+                    return i < perMap;
+                }
+
+                @Override
+                public Tuple2<Integer, byte[]> next() {
+                    byte[] v = new byte[1000];
+                    r.nextBytes(v);
+                    i++;
+                    return new Tuple2<>(r.nextInt(100_000), v);
+                }
+            };
+            return it;
+        });
+        lines.add("big " + digest(sortedStrings(
+                data.mapValues(ShuffleJobs::checksum)
+                        .reduceByKey(Long::sum, 16)
+                        .mapPartitions(it -> {
+                            long n = 0;
+                            long sum = 0;
+                            while (it.hasNext()) {
+                                Tuple2<Integer, Long> t = it.next();
+                                n++;
+                                sum += t._2() ^ t._1();
+                            }
+                            return Arrays.asList(n + ":" + sum).iterator();
+                        }))));
+        lines.add("big-raw " + data.partitionBy(new org.apache.spark.HashPartitioner(16))
+                .map(t -> checksum(t._2()) ^ t._1())
+                .reduce(Long::sum));
+    }
+
+    static void slowMap(JavaSparkContext sc, List<String> lines) throws Exception {
+        lines.add("slow " + digest(sortedStrings(
+                sc.parallelize(range(0, 40_000), 6)
+                        .mapPartitionsWithIndex((idx, it) -> {
+                            if (idx == 0 && org.apache.spark.TaskContext.get().attemptNumber() == 0) {
+                                Thread.sleep(8000);
+                            }
+                            return it;
+                        }, true)
+                        .mapToPair(i -> new Tuple2<>(i % 777, (long) i))
+                        .reduceByKey(Long::sum, 9)
+                        .map(t -> t._1() + "=" + t._2()))));
+    }
+
+    static void twoStage(JavaSparkContext sc, List<String> lines, Path gate) throws Exception {
+        JavaPairRDD<Integer, Long> reduced = sc.parallelize(range(0, 100_000), 6)
+                .mapToPair(i -> new Tuple2<>(i % 1013, (long) i))
+                .reduceByKey(Long::sum, 8);
+        String gatePath = gate.toString();
+        lines.add("two-stage " + digest(sortedStrings(reduced.mapPartitions(it -> {
+            Path g = Paths.get(gatePath);
+            while (!Files.exists(g)) {
+                Thread.sleep(100);
+            }
+            List<String> out = new ArrayList<>();
+            while (it.hasNext()) {
+                Tuple2<Integer, Long> t = it.next();
+                out.add(t._1() + "=" + t._2());
+            }
+            return out.iterator();
+        }))));
+    }
+}
