@@ -3,6 +3,7 @@
 //! exactly what a reader must see, and a reader that drains a gate with a
 //! deadline (a test never hangs).
 
+pub mod child;
 pub mod deploy;
 pub mod logs;
 pub mod pki;

@@ -18,14 +18,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use terrace_tests::logs;
 
 use terrace_rpc::clock;
+use terrace_tests::child::{Child, Finished};
 use terrace_tests::pki::TestPki;
 use terrace_tests::{ServiceProcess, worker_stats};
 use terrace_tier_api::protocol::{ListWorkers, WorkerStatsReply};
@@ -264,104 +264,14 @@ impl Reruns {
     }
 }
 
-/// A child process that finished (or was killed at its deadline).
-#[derive(Debug)]
-struct Finished {
-    status: Option<ExitStatus>,
-    elapsed: Duration,
-    stdout: String,
-    stderr: String,
+/// [`Finished::tail`] without Flink's task-state lines, which crowd out the cause of a failure.
+trait FlinkTail {
+    fn tail(&self) -> String;
 }
 
-impl Finished {
-    fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-
-    /// The last lines of the output, for assertion messages.
+impl FlinkTail for Finished {
     fn tail(&self) -> String {
-        let lines: Vec<&str> = self
-            .stderr
-            .lines()
-            .chain(self.stdout.lines())
-            .filter(|line| !line.contains(TASK_STATE_LOG))
-            .collect();
-        let from = lines.len().saturating_sub(60);
-        lines[from..].join("\n")
-    }
-}
-
-/// A child process in its own process group, with its output in files.
-struct Child {
-    child: std::process::Child,
-    started: Instant,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Child {
-    fn spawn(mut command: Command, logs: &Path, name: &str) -> Child {
-        let stdout = logs.join(format!("{name}.out"));
-        let stderr = logs.join(format!("{name}.err"));
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout).expect("create stdout file"))
-            .stderr(fs::File::create(&stderr).expect("create stderr file"))
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Child {
-            child,
-            started: clock::now(),
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Kills the whole process group (the script and the JVM or cargo under it).
-    fn kill_group(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the child; at `deadline` kills it and returns with `status: None`.
-    fn wait(mut self, deadline: Duration) -> Finished {
-        let child = &mut self.child;
-        let mut status = None;
-        let mut failed = false;
-        terrace_tests::wait::poll_until(
-            deadline.saturating_sub(clock::elapsed(self.started)),
-            || {
-                match child.try_wait() {
-                    Ok(Some(exited)) => status = Some(exited),
-                    Ok(None) => {}
-                    Err(_) => failed = true,
-                }
-                status.is_some() || failed
-            },
-        );
-        if status.is_none() {
-            self.kill_group();
-        }
-        let elapsed = clock::elapsed(self.started);
-        Finished {
-            status,
-            elapsed,
-            stdout: fs::read_to_string(&self.stdout).unwrap_or_default(),
-            stderr: fs::read_to_string(&self.stderr).unwrap_or_default(),
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.kill_group();
-        }
+        self.tail_skipping(TASK_STATE_LOG)
     }
 }
 

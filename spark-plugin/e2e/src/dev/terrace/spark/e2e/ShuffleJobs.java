@@ -35,8 +35,11 @@ import java.util.Random;
  *                                  the final plans are appended to OUT.plan
  *   ShuffleJobs big OUT MIB        about MIB MiB shuffled through one groupBy
  *   ShuffleJobs slow-map OUT       reduceByKey whose first map task is slow (for speculation)
- *   ShuffleJobs two-stage OUT GATE a reduceByKey whose reduce stage waits for file GATE to exist
- *                                  (the test acts between the stages), then writes OUT
+ *   ShuffleJobs reduce-gate OUT GATE  a reduceByKey whose reduce tasks wait for file GATE before
+ *                                  they read (the test acts once the map stage is done)
+ *   ShuffleJobs two-jobs OUT GATE  a reduceByKey counted by one job; then, once file GATE exists,
+ *                                  collected by a second job that reuses the map outputs (the test
+ *                                  removes executors in between)
  * </pre>
  */
 public final class ShuffleJobs {
@@ -63,8 +66,11 @@ public final class ShuffleJobs {
             case "slow-map":
                 slowMap(sc, lines);
                 break;
-            case "two-stage":
-                twoStage(sc, lines, Paths.get(args[2]));
+            case "reduce-gate":
+                reduceGate(sc, lines, Paths.get(args[2]));
+                break;
+            case "two-jobs":
+                twoJobs(sc, lines, Paths.get(args[2]));
                 break;
             default:
                 throw new IllegalArgumentException("unknown job " + job);
@@ -277,21 +283,41 @@ public final class ShuffleJobs {
                         .map(t -> t._1() + "=" + t._2()))));
     }
 
-    static void twoStage(JavaSparkContext sc, List<String> lines, Path gate) throws Exception {
-        JavaPairRDD<Integer, Long> reduced = sc.parallelize(range(0, 100_000), 6)
+    static JavaPairRDD<Integer, Long> sixMapsEightReducers(JavaSparkContext sc) {
+        return sc.parallelize(range(0, 300_000), 6)
                 .mapToPair(i -> new Tuple2<>(i % 1013, (long) i))
                 .reduceByKey(Long::sum, 8);
+    }
+
+    static void twoJobs(JavaSparkContext sc, List<String> lines, Path gate) throws Exception {
+        JavaPairRDD<Integer, Long> reduced = sixMapsEightReducers(sc);
+        lines.add("count " + reduced.count());
+        System.out.println("TERRACE-E2E first job done");
+        while (!Files.exists(gate)) {
+            Thread.sleep(100);
+        }
+        lines.add("two-jobs " + digest(sortedStrings(reduced.map(t -> t._1() + "=" + t._2()))));
+    }
+
+    static void reduceGate(JavaSparkContext sc, List<String> lines, Path gate) throws Exception {
+        // partitionBy has no aggregator, so a reduce task reads only as the function consumes its
+        // iterator: after the gate.
+        JavaPairRDD<Integer, Long> shuffled = sc.parallelize(range(0, 300_000), 6)
+                .mapToPair(i -> new Tuple2<>(i % 1013, (long) i))
+                .partitionBy(new org.apache.spark.HashPartitioner(8));
         String gatePath = gate.toString();
-        lines.add("two-stage " + digest(sortedStrings(reduced.mapPartitions(it -> {
+        lines.add("reduce-gate " + digest(sortedStrings(shuffled.mapPartitions(it -> {
             Path g = Paths.get(gatePath);
             while (!Files.exists(g)) {
                 Thread.sleep(100);
             }
-            List<String> out = new ArrayList<>();
+            java.util.TreeMap<Integer, Long> sums = new java.util.TreeMap<>();
             while (it.hasNext()) {
                 Tuple2<Integer, Long> t = it.next();
-                out.add(t._1() + "=" + t._2());
+                sums.merge(t._1(), t._2(), Long::sum);
             }
+            List<String> out = new ArrayList<>();
+            sums.forEach((k, v) -> out.add(k + "=" + v));
             return out.iterator();
         }))));
     }

@@ -17,7 +17,7 @@ import java.util.TreeMap;
  * keys are an error), plus the Spark-only keys below, which the native parser knows too.
  *
  * <p>The driver's configuration reaches every executor, so both sides read the same keys; only
- * the driver reads {@code spark.terrace.secret-file}.
+ * the driver's agents are given {@code spark.terrace.secret-file}.
  */
 final class SparkTerraceConfig {
     static final String SPARK_PREFIX = "spark.";
@@ -31,6 +31,7 @@ final class SparkTerraceConfig {
     static final String READER_STREAMS = "terrace.spark.reader-streams";
 
     static final String NATIVE_LIBRARY = "terrace.native.library";
+    static final String SECRET_FILE = "terrace.secret-file";
     static final String COMPRESSION = "terrace.compression";
 
     /** The {@code terrace.*} keys (the {@code spark.} prefix taken off). */
@@ -40,10 +41,17 @@ final class SparkTerraceConfig {
     final long writerBufferSize;
     final int readerStreams;
 
-    SparkTerraceConfig(SparkConf conf) {
+    /**
+     * @param isDriver whether this is the driver: only the driver's agents get {@code
+     *     spark.terrace.secret-file}; executors place, write and read with the job's token alone
+     */
+    SparkTerraceConfig(SparkConf conf, boolean isDriver) {
         Map<String, String> keys = new TreeMap<>();
         for (Tuple2<String, String> kv : conf.getAllWithPrefix(PREFIX)) {
             keys.put("terrace." + kv._1(), kv._2());
+        }
+        if (!isDriver) {
+            keys.remove(SECRET_FILE);
         }
         // Spark compresses shuffle blocks with its own codec (spark.shuffle.compress): the agents'
         // lz4 would compress them again, so it is off unless asked for.

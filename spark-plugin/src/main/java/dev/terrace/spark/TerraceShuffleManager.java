@@ -59,7 +59,7 @@ public class TerraceShuffleManager implements ShuffleManager {
     public TerraceShuffleManager(SparkConf conf, boolean isDriver) {
         this.conf = conf;
         this.isDriver = isDriver;
-        this.config = new SparkTerraceConfig(conf);
+        this.config = new SparkTerraceConfig(conf, isDriver);
         byte[] run = new byte[8];
         new SecureRandom().nextBytes(run);
         this.appRun = conf.get("spark.app.id", "app") + "/" + MapOutputs.hex(run);
