@@ -611,11 +611,16 @@ fn dynamic_allocation_removes_idle_executors_without_costing_map_tasks() {
     };
     let running = app.spawn();
     wait_for_driver_line(&running, &["TERRACE-E2E first job done"], JOB_DEADLINE);
-    // Both executors go idle and are removed.
-    terrace_tests::wait_until(Duration::from_secs(120), "idle executors removed", || {
+    // Both executors go idle, are removed, and the scheduler takes them for lost.
+    wait_for_driver_line(
+        &running,
+        &["ExecutorAllocationManager", "removed due to idle timeout"],
+        Duration::from_secs(120),
+    );
+    terrace_tests::wait_until(Duration::from_secs(120), "both executors lost", || {
         let log = fs::read_to_string(&running.stderr).unwrap_or_default();
         log.lines()
-            .filter(|l| l.contains("ExecutorAllocationManager") && l.contains("Removing executor"))
+            .filter(|l| l.contains("Executor lost: "))
             .count()
             >= 2
     });

@@ -34,6 +34,8 @@ import java.util.Random;
  *   ShuffleJobs sql OUT            DataFrame aggregation and a skewed join, adaptive execution on;
  *                                  the final plans are appended to OUT.plan
  *   ShuffleJobs big OUT MIB        about MIB MiB shuffled through one groupBy
+ *   ShuffleJobs heavy OUT MIB      about MIB MiB of 1000-byte records (half random, half zeros) through
+ *                                  one partitionBy, little CPU per record (the benchmark's job)
  *   ShuffleJobs slow-map OUT       reduceByKey whose first map task is slow (for speculation)
  *   ShuffleJobs reduce-gate OUT GATE  a reduceByKey whose reduce tasks wait for file GATE before
  *                                  they read (the test acts once the map stage is done)
@@ -62,6 +64,9 @@ public final class ShuffleJobs {
                 break;
             case "big":
                 big(sc, lines, Integer.parseInt(args[2]));
+                break;
+            case "heavy":
+                heavy(sc, lines, Integer.parseInt(args[2]));
                 break;
             case "slow-map":
                 slowMap(sc, lines);
@@ -267,6 +272,50 @@ public final class ShuffleJobs {
         lines.add("big-raw " + data.partitionBy(new org.apache.spark.HashPartitioner(16))
                 .map(t -> checksum(t._2()) ^ t._1())
                 .reduce(Long::sum));
+    }
+
+    static void heavy(JavaSparkContext sc, List<String> lines, int mib) {
+        int maps = 8;
+        long perMap = (long) mib * (1 << 20) / maps / 1000;
+        JavaPairRDD<Integer, byte[]> data = sc.parallelize(range(0, maps), maps).flatMapToPair(m -> {
+            return new Iterator<Tuple2<Integer, byte[]>>() {
+                long i = 0;
+                long x = 0x9E3779B97F4A7C15L * (m + 1);
+
+                @Override
+                public boolean hasNext() {
+                    return i < perMap;
+                }
+
+                @Override
+                public Tuple2<Integer, byte[]> next() {
+                    byte[] v = new byte[1000];
+                    for (int j = 0; j < 500; j += 8) {
+                        x ^= x << 13;
+                        x ^= x >>> 7;
+                        x ^= x << 17;
+                        for (int b = 0; b < 8 && j + b < 500; b++) {
+                            v[j + b] = (byte) (x >>> (8 * b));
+                        }
+                    }
+                    i++;
+                    return new Tuple2<>((int) (x & 0x7FFFFFFF), v);
+                }
+            };
+        });
+        List<Long> perPartition = data.partitionBy(new org.apache.spark.HashPartitioner(8))
+                .mapPartitions(it -> {
+                    long n = 0;
+                    long sum = 0;
+                    while (it.hasNext()) {
+                        Tuple2<Integer, byte[]> t = it.next();
+                        n++;
+                        sum += t._1() + t._2()[0] + t._2()[499];
+                    }
+                    return Arrays.asList(n, sum).iterator();
+                })
+                .collect();
+        lines.add("heavy " + perPartition);
     }
 
     static void slowMap(JavaSparkContext sc, List<String> lines) throws Exception {
