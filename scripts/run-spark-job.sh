@@ -4,7 +4,8 @@
 #
 #   scripts/run-spark-job.sh <job> <outputFile> [job args ...]
 #
-#   <job>: rdd | sql | big MIB | slow-map | two-stage GATE_FILE (see ShuffleJobs.java)
+#   <job>: rdd | sql | big MIB | heavy MIB | failed-attempt | reduce-gate GATE | two-jobs GATE
+#          (see spark-plugin/e2e/.../ShuffleJobs.java)
 #
 # Examples:
 #   # Spark's own sort shuffle
@@ -80,6 +81,11 @@ if [[ -z "$work" ]]; then
   trap 'rm -rf "$work"' EXIT
 fi
 mkdir -p "$work"
+# local-cluster puts executors' work directories (their logs, copied jars) in $SPARK_HOME/work:
+# a SPARK_HOME of this run's own, whose jars/ is the cached Spark's, keeps them in $work.
+mkdir -p "$work/spark-home"
+ln -sfn "$SPARK_HOME/jars" "$work/spark-home/jars"
+export SPARK_HOME="$work/spark-home"
 # Everything on loopback: the driver, the local-cluster master and workers, the executors.
 export SPARK_WORKER_DIR="$work/worker" SPARK_LOCAL_DIRS="$work/local" SPARK_LOCAL_IP=127.0.0.1
 

@@ -2,9 +2,10 @@
 # The README's test command: installs what the tests need on a fresh machine,
 # then runs every test of the workspace (unit, property, integration over
 # loopback TCP, process-level SIGKILL tests, the deployment files checked by
-# their tools, and the Flink end-to-end tests on Flink 1.20 and 2.x, which
+# their tools, the Flink end-to-end tests on Flink 1.20 and 2.x, which
 # build the adapter jars themselves, one of them through the container image
-# and the compose cluster of deploy/). Everything runs with no arguments;
+# and the compose cluster of deploy/, and the Spark end-to-end tests on Spark
+# 3.5 and 4.0 to 4.3, which build the plug-in jars). Everything runs with no arguments;
 # arguments are passed to one `cargo test` (e.g. `-p terrace-tests --test
 # cli`), after the same set-up.
 set -euo pipefail
@@ -26,8 +27,9 @@ echo "test.sh: $(nproc) cores, umask $(umask), available: $(df -h --output=targe
 # Set-up runs in the background while the tests build, its output shown if
 # it fails: the S3-compatible server the object-store tests run on loopback
 # (s3s-fs, built once into a cache outside the repository; the script waits
-# for an install already in progress), the Flink releases the end-to-end
-# tests run (scripts/fetch-flink.sh, ~300 MB each from PyPI, cached), and the
+# for an install already in progress), the Flink and Spark releases the
+# end-to-end tests run (scripts/fetch-flink.sh and scripts/fetch-spark.sh,
+# 230-460 MB each from PyPI, cached), and the
 # deployment tests' tools: promtool, kubernetes-validate (pinned, in a cached
 # virtual environment), docker-compose, busybox-static for the image base,
 # systemd-analyze (scripts/deploy-tools.sh; needs kubectl and Docker).
@@ -37,6 +39,9 @@ scripts/s3-server.sh >"$setup_log/s3s" 2>"$setup_log/s3s.err" </dev/null &
 s3s_install=$!
 (for version in 1.20.3 2.0.1 2.1.3 2.2.1 2.3.0; do
   scripts/fetch-flink.sh "$version" </dev/null >/dev/null
+done
+for version in 3.5.9 4.0.5 4.1.4 4.2.1 4.3.0; do
+  scripts/fetch-spark.sh "$version" </dev/null >/dev/null
 done) 2>"$setup_log/flink" &
 flink_fetch=$!
 scripts/deploy-tools.sh >"$setup_log/deploy" 2>"$setup_log/deploy.err" </dev/null &
@@ -51,7 +56,7 @@ finish_setup() {
   wait "$s3s_install" || { cat "$setup_log/s3s.err" >&2; echo "scripts/s3-server.sh failed" >&2; exit 1; }
   TERRACE_S3S_FS="$(tail -n1 "$setup_log/s3s")"
   export TERRACE_S3S_FS
-  wait "$flink_fetch" || { cat "$setup_log/flink" >&2; echo "fetching Flink failed" >&2; exit 1; }
+  wait "$flink_fetch" || { cat "$setup_log/flink" >&2; echo "fetching Flink or Spark failed" >&2; exit 1; }
   wait "$deploy_tools" || { cat "$setup_log/deploy.err" >&2; echo "scripts/deploy-tools.sh failed" >&2; exit 1; }
   TERRACE_KUBERNETES_VALIDATE="$(tail -n1 "$setup_log/deploy")"
   export TERRACE_KUBERNETES_VALIDATE

@@ -1519,3 +1519,5 @@ mod compose;
 mod durability;
 #[path = "flink_e2e/rolling.rs"]
 mod rolling;
+#[path = "flink_e2e/spark.rs"]
+mod spark;

@@ -60,6 +60,11 @@ struct Cluster {
 impl Cluster {
     /// `n` workers, lost to the master after `worker_timeout` of silence.
     fn start(n: usize, worker_timeout: &str, secured: bool) -> Cluster {
+        Cluster::start_with(n, worker_timeout, secured, &[])
+    }
+
+    /// [`Cluster::start`] with extra `terrace worker` flags.
+    fn start_with(n: usize, worker_timeout: &str, secured: bool, worker_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("cluster directory");
         let pki = secured.then(|| TestPki::generate(dir.path()));
         let security = pki
@@ -84,7 +89,7 @@ impl Cluster {
         for i in 0..n {
             let data = dir.path().join(format!("worker-{i}"));
             fs::create_dir_all(&data).expect("worker data directory");
-            let worker = ServiceProcess::start(&[
+            let mut args = vec![
                 "worker",
                 "--config",
                 worker_config.to_str().expect("utf-8 path"),
@@ -94,7 +99,9 @@ impl Cluster {
                 data.to_str().expect("utf-8 path"),
                 "--master",
                 &master.address,
-            ]);
+            ];
+            args.extend_from_slice(worker_args);
+            let worker = ServiceProcess::start(&args);
             workers.push((worker, data));
         }
         let cluster = Cluster {
@@ -182,7 +189,7 @@ struct App<'a> {
     args: Vec<String>,
     conf: Vec<String>,
     /// Where its result, logs and Spark work directories go.
-    dir: &'a Path,
+    dir: PathBuf,
 }
 
 impl App<'_> {
@@ -217,7 +224,7 @@ impl App<'_> {
                 )),
             );
         let name = format!("{}-{}-{:?}", self.job, self.version, self.shuffle);
-        Child::spawn(command, self.dir, &name)
+        Child::spawn(command, &self.dir, &name)
     }
 
     /// Runs the application to its end; returns its result and how it went.
@@ -263,7 +270,7 @@ fn sort_result_with(version: &str, job: &str, args: &[&str]) -> String {
         job,
         args: args.iter().map(|a| a.to_string()).collect(),
         conf: Vec::new(),
-        dir: dir.path(),
+        dir: dir.path().to_path_buf(),
     }
     .run();
     assert!(
@@ -317,7 +324,7 @@ fn rdd_and_sql_on(version: &str, expected: Option<(&str, &str)>) {
             job,
             args: Vec::new(),
             conf: cluster.spark_conf(),
-            dir: cluster.dir.path(),
+            dir: cluster.dir.path().to_path_buf(),
         };
         let (have, _) = app.run();
         assert_eq!(
@@ -401,14 +408,68 @@ fn wait_for_driver_line(running: &Child, parts: &[&str], within: Duration) {
     );
 }
 
-/// Map stage 0 and its tasks in a finished application's driver log: how
-/// many times each map partition was started.
+/// How many times each map partition was started, over every shuffle map
+/// stage of a finished application's driver log (a job that finds a
+/// shuffle's outputs missing runs them in a map stage of its own).
 fn map_task_starts(done: &Finished) -> BTreeMap<u32, u32> {
-    task_starts(&done.stderr)
-        .into_iter()
-        .filter(|((stage, _), _)| *stage == 0)
-        .map(|((_, partition), n)| (partition, n))
-        .collect()
+    let map_stages: std::collections::BTreeSet<u32> = done
+        .stderr
+        .split("ShuffleMapStage ")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect();
+    let mut starts = BTreeMap::new();
+    for ((stage, partition), n) in task_starts(&done.stderr) {
+        if map_stages.contains(&stage) {
+            *starts.entry(partition).or_insert(0) += n;
+        }
+    }
+    starts
+}
+
+/// `reduce-gate` on Spark 3.5 and `cluster`, started and past its map stage:
+/// every map output is written and sealed, the reduce tasks wait at the gate.
+fn reduce_gate_at_the_gate(cluster: &Cluster, conf: &[&str]) -> (App<'static>, Child) {
+    let mut spark_conf = cluster.spark_conf();
+    spark_conf.extend(conf.iter().map(|c| c.to_string()));
+    let app = App {
+        version: SPARK_3_5,
+        shuffle: Shuffle::Terrace,
+        job: "reduce-gate",
+        args: vec![cluster.dir.path().join("gate").display().to_string()],
+        conf: spark_conf,
+        dir: cluster.dir.path().to_path_buf(),
+    };
+    let running = app.spawn();
+    wait_for_driver_line(
+        &running,
+        &["ShuffleMapStage 0", "finished in"],
+        JOB_DEADLINE,
+    );
+    (app, running)
+}
+
+/// Opens `reduce-gate`'s gate, waits for its end and checks its result
+/// against the sort shuffle's; `what` names what the test did meanwhile.
+fn finish_reduce_gate(app: &App<'_>, running: Child, what: &str) -> Finished {
+    fs::write(app.dir.join("gate"), b"").expect("open the gate");
+    let done = running.wait(JOB_DEADLINE);
+    assert!(
+        done.succeeded(),
+        "the job failed after {what} ({:?}):\n{}",
+        done.status,
+        done.tail_skipping(" INFO ")
+    );
+    let have = fs::read_to_string(app.output()).expect("the job's result");
+    let want = sort_result_with(SPARK_3_5, "reduce-gate", &["/"]);
+    assert_eq!(
+        have, want,
+        "the result after {what} differs from the sort shuffle's"
+    );
+    done
 }
 
 /// A worker SIGKILLed while the reduce tasks wait at their gate (the map
@@ -419,23 +480,9 @@ fn map_task_starts(done: &Finished) -> BTreeMap<u32, u32> {
 #[test]
 fn a_worker_killed_in_the_reduce_stage_costs_a_rerun_of_exactly_its_map_tasks() {
     let _spark = spark_lock();
-    let want = sort_result_with(SPARK_3_5, "reduce-gate", &["/"]);
+    sort_result_with(SPARK_3_5, "reduce-gate", &["/"]);
     let mut cluster = Cluster::start(3, "2s", false);
-    let gate = cluster.dir.path().join("gate");
-    let app = App {
-        version: SPARK_3_5,
-        shuffle: Shuffle::Terrace,
-        job: "reduce-gate",
-        args: vec![gate.display().to_string()],
-        conf: cluster.spark_conf(),
-        dir: cluster.dir.path(),
-    };
-    let running = app.spawn();
-    wait_for_driver_line(
-        &running,
-        &["ShuffleMapStage 0", "finished in"],
-        JOB_DEADLINE,
-    );
+    let (app, running) = reduce_gate_at_the_gate(&cluster, &[]);
     let held: Vec<u32> = (0..3).map(|i| cluster.stats(i).partitions).collect();
     let victim = (0..3).max_by_key(|&i| held[i]).expect("three workers");
     let lost = held[victim];
@@ -450,19 +497,7 @@ fn a_worker_killed_in_the_reduce_stage_costs_a_rerun_of_exactly_its_map_tasks() 
     eprintln!(
         "spark_e2e: killed worker {victim}, which held {lost} of the 6 map outputs ({held:?})"
     );
-    fs::write(&gate, b"").expect("open the gate");
-    let done = running.wait(JOB_DEADLINE);
-    assert!(
-        done.succeeded(),
-        "the job failed after the worker was killed ({:?}):\n{}",
-        done.status,
-        done.tail_skipping(" INFO ")
-    );
-    let have = fs::read_to_string(app.output()).expect("the job's result");
-    assert_eq!(
-        have, want,
-        "the result after the worker's loss differs from the sort shuffle's"
-    );
+    let done = finish_reduce_gate(&app, running, "a worker was killed");
     let starts = map_task_starts(&done);
     assert_eq!(starts.len(), 6, "six map tasks: {starts:?}");
     let rerun = starts.values().filter(|&&n| n > 1).count() as u32;
@@ -519,7 +554,7 @@ fn executors_killed_between_jobs(
         job: "two-jobs",
         args: vec![gate.display().to_string()],
         conf: cluster.map_or_else(Vec::new, Cluster::spark_conf),
-        dir,
+        dir: dir.to_path_buf(),
     };
     let work = dir.join(format!("work-two-jobs-{SPARK_3_5}-{:?}", app.shuffle));
     let running = app.spawn();
@@ -607,7 +642,7 @@ fn dynamic_allocation_removes_idle_executors_without_costing_map_tasks() {
         job: "two-jobs",
         args: vec![gate.display().to_string()],
         conf,
-        dir: cluster.dir.path(),
+        dir: cluster.dir.path().to_path_buf(),
     };
     let running = app.spawn();
     wait_for_driver_line(&running, &["TERRACE-E2E first job done"], JOB_DEADLINE);
@@ -645,40 +680,83 @@ fn dynamic_allocation_removes_idle_executors_without_costing_map_tasks() {
     cluster.assert_empty();
 }
 
-/// Speculation on, one map task slow: Spark starts a second attempt of it;
-/// whichever attempt Spark registers is the one read, and the result is exact.
+/// Map task 0's first attempt writes and seals its whole output, then
+/// fails (a task-completion listener throws); Spark runs it again. Readers
+/// must read only the attempt Spark registered: reading the failed one too
+/// would count its records twice.
+///
+/// (Speculation is the other way two attempts of a map task both write: on
+/// `local-cluster` Spark never starts a speculative copy, because it keeps a
+/// copy off every host where its task runs and all executors share one host.)
 #[test]
-fn a_speculative_map_attempt_gives_the_exact_result() {
+fn only_the_map_attempt_spark_registered_is_read() {
     let _spark = spark_lock();
-    let want = sort_result(SPARK_3_5, "slow-map");
+    let want = sort_result(SPARK_3_5, "failed-attempt");
     let cluster = Cluster::start(2, "10s", false);
-    let mut conf = cluster.spark_conf();
-    conf.extend(
-        [
-            "spark.speculation=true",
-            "spark.speculation.interval=100ms",
-            "spark.speculation.multiplier=1.5",
-            "spark.speculation.quantile=0.5",
-        ]
-        .map(String::from),
-    );
     let app = App {
         version: SPARK_3_5,
         shuffle: Shuffle::Terrace,
-        job: "slow-map",
+        job: "failed-attempt",
         args: Vec::new(),
-        conf,
-        dir: cluster.dir.path(),
+        conf: cluster.spark_conf(),
+        dir: cluster.dir.path().to_path_buf(),
     };
     let (have, done) = app.run();
-    assert_eq!(
-        have, want,
-        "slow-map with speculation differs from the sort shuffle"
-    );
+    assert_eq!(have, want, "failed-attempt differs from the sort shuffle");
     assert_eq!(
         map_task_starts(&done).get(&0),
         Some(&2),
-        "the slow map task 0 ran a speculative second attempt"
+        "map task 0 ran twice (its first attempt failed after writing)"
+    );
+    assert!(
+        done.stderr
+            .contains("attempt 0 of map 0 fails after writing its output"),
+        "the first attempt failed as the job made it"
+    );
+    cluster.assert_empty();
+}
+
+/// A stored byte flipped on the worker's disk after the map stage: the
+/// reader's CRC check fails, the task ends with a fetch failure naming the
+/// map output, Spark runs the map tasks on that worker again, and the result
+/// is exact, never silently wrong.
+#[test]
+fn a_corrupted_stored_byte_costs_a_rerun_of_the_map_tasks_never_a_wrong_result() {
+    let _spark = spark_lock();
+    sort_result_with(SPARK_3_5, "reduce-gate", &["/"]);
+    // A small memory budget, and map outputs Spark does not compress (about
+    // 20 MB of Java-serialized records), keep most of them on disk only.
+    let cluster = Cluster::start_with(
+        1,
+        "10s",
+        false,
+        &["--memory-budget", "8MiB", "--set", "max_frame_size=4MiB"],
+    );
+    let (app, running) = reduce_gate_at_the_gate(&cluster, &["spark.shuffle.compress=false"]);
+    let (_, data) = &cluster.workers[0];
+    let file = terrace_tests::entries_under(data)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("the worker stores the map outputs in files");
+    let mut bytes = fs::read(&file).expect("read the data file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(&file, &bytes).expect("write the corrupted data file");
+    eprintln!(
+        "spark_e2e: flipped byte {middle} of {} ({} bytes)",
+        file.display(),
+        bytes.len()
+    );
+    let done = finish_reduce_gate(&app, running, "a stored byte was corrupted");
+    assert!(
+        done.stderr.contains("FetchFailed") && done.stderr.contains("lost or corrupt"),
+        "the corruption reached Spark as a fetch failure naming the map output"
+    );
+    let starts = map_task_starts(&done);
+    assert!(
+        starts.values().any(|&n| n > 1),
+        "the map outputs on the worker were computed again: {starts:?}"
     );
     cluster.assert_empty();
 }

@@ -202,7 +202,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         jobs.len()
     );
     for job in &jobs {
-        println!("  job {job}");
+        println!("  job {}", job_label(job));
     }
     println!(
         "{:<24} {:<22} {:>8} {:>12} {:>12} {:>12} {:>6} {:>6} {:>12} {:>12} {:>12}",
@@ -440,6 +440,25 @@ pub async fn worker_stats(
     Ok(stats)
 }
 
+/// A job id for people: its hex, and its text when the id is printable
+/// ASCII (Spark's plug-in names its jobs `spark/<application>/<run>/<shuffle>`;
+/// Flink's job ids are 16 raw bytes, shown in hex only).
+fn job_label(hex: &str) -> String {
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect();
+    match bytes {
+        Some(b) if !b.is_empty() && b.iter().all(|c| c.is_ascii_graphic()) => {
+            format!("{hex} ({})", String::from_utf8_lossy(&b))
+        }
+        _ => hex.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -505,6 +524,15 @@ mod tests {
     /// `terrace status --json` keeps its shape: the fields it prints (with
     /// every optional part present) are exactly those docs/configuration.md
     /// documents under `<!-- status-json -->`, and the version is 1.
+    #[test]
+    fn printable_job_ids_are_shown_as_text_too() {
+        assert_eq!(
+            super::job_label("737061726b2f612f30"),
+            "737061726b2f612f30 (spark/a/0)"
+        );
+        assert_eq!(super::job_label("00ff10"), "00ff10");
+    }
+
     #[test]
     fn the_json_shape_is_the_documented_one() {
         let stats = TierStats {

@@ -1,12 +1,14 @@
 package dev.terrace.spark.e2e;
 
 import org.apache.spark.SparkConf;
+import org.apache.spark.TaskContext;
 import org.apache.spark.api.java.JavaPairRDD;
 import org.apache.spark.api.java.JavaRDD;
 import org.apache.spark.api.java.JavaSparkContext;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
+import org.apache.spark.util.TaskCompletionListener;
 
 import scala.Tuple2;
 
@@ -36,7 +38,8 @@ import java.util.Random;
  *   ShuffleJobs big OUT MIB        about MIB MiB shuffled through one groupBy
  *   ShuffleJobs heavy OUT MIB      about MIB MiB of 1000-byte records (half random, half zeros) through
  *                                  one partitionBy, little CPU per record (the benchmark's job)
- *   ShuffleJobs slow-map OUT       reduceByKey whose first map task is slow (for speculation)
+ *   ShuffleJobs failed-attempt OUT reduceByKey whose map task 0 fails its first attempt after the
+ *                                  attempt wrote its whole output (Spark runs it again)
  *   ShuffleJobs reduce-gate OUT GATE  a reduceByKey whose reduce tasks wait for file GATE before
  *                                  they read (the test acts once the map stage is done)
  *   ShuffleJobs two-jobs OUT GATE  a reduceByKey counted by one job; then, once file GATE exists,
@@ -68,8 +71,8 @@ public final class ShuffleJobs {
             case "heavy":
                 heavy(sc, lines, Integer.parseInt(args[2]));
                 break;
-            case "slow-map":
-                slowMap(sc, lines);
+            case "failed-attempt":
+                failedAttempt(sc, lines);
                 break;
             case "reduce-gate":
                 reduceGate(sc, lines, Paths.get(args[2]));
@@ -318,12 +321,20 @@ public final class ShuffleJobs {
         lines.add("heavy " + perPartition);
     }
 
-    static void slowMap(JavaSparkContext sc, List<String> lines) throws Exception {
-        lines.add("slow " + digest(sortedStrings(
+    static void failedAttempt(JavaSparkContext sc, List<String> lines) throws Exception {
+        lines.add("failed-attempt " + digest(sortedStrings(
                 sc.parallelize(range(0, 40_000), 6)
                         .mapPartitionsWithIndex((idx, it) -> {
-                            if (idx == 0 && org.apache.spark.TaskContext.get().attemptNumber() == 0) {
-                                Thread.sleep(8000);
+                            TaskContext task = TaskContext.get();
+                            if (idx == 0 && task.attemptNumber() == 0) {
+                                // Fails the attempt once its output is written and sealed.
+                                task.addTaskCompletionListener(new TaskCompletionListener() {
+                                    @Override
+                                    public void onTaskCompletion(TaskContext context) {
+                                        throw new IllegalStateException(
+                                                "TERRACE-E2E attempt 0 of map 0 fails after writing its output");
+                                    }
+                                });
                             }
                             return it;
                         }, true)
