@@ -63,7 +63,8 @@ confs=(
 )
 CP="$SPARK_HOME/jars/*:$APP"
 if [[ "$SHUFFLE" == terrace ]]; then
-  PLUGIN="$("$ROOT/scripts/build-spark-jar.sh" "$LINE" </dev/null | tail -n 1)"
+  # The jar of the line, compiled against the Spark build-spark-jar.sh picks for it.
+  PLUGIN="$(env -u SPARK_HOME "$ROOT/scripts/build-spark-jar.sh" "$LINE" </dev/null | tail -n 1)"
   CP="$CP:$PLUGIN"
   manager=dev.terrace.spark.TerraceShuffleManager
   [[ "$SPARK_VERSION" == 4.[3-9]* ]] && manager=dev.terrace.spark.TerraceBlockingShuffleManager

@@ -65,17 +65,23 @@ impl Cluster {
 
     /// [`Cluster::start`] with extra `terrace worker` flags.
     fn start_with(n: usize, worker_timeout: &str, secured: bool, worker_args: &[&str]) -> Cluster {
+        Cluster::start_full(
+            n,
+            &format!("worker_timeout = \"{worker_timeout}\"\n"),
+            secured,
+            worker_args,
+        )
+    }
+
+    /// `n` workers and a master configured by `master_toml`.
+    fn start_full(n: usize, master_toml: &str, secured: bool, worker_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("cluster directory");
         let pki = secured.then(|| TestPki::generate(dir.path()));
         let security = pki
             .as_ref()
             .map_or(String::new(), |p| p.security_toml(true));
         let master_config = dir.path().join("master.toml");
-        fs::write(
-            &master_config,
-            format!("worker_timeout = \"{worker_timeout}\"\n{security}"),
-        )
-        .expect("write master config");
+        fs::write(&master_config, format!("{master_toml}{security}")).expect("write master config");
         let worker_config = dir.path().join("worker.toml");
         fs::write(&worker_config, &security).expect("write worker config");
         let master = ServiceProcess::start(&[
@@ -757,6 +763,47 @@ fn a_corrupted_stored_byte_costs_a_rerun_of_the_map_tasks_never_a_wrong_result()
     assert!(
         starts.values().any(|&n| n > 1),
         "the map outputs on the worker were computed again: {starts:?}"
+    );
+    cluster.assert_empty();
+}
+
+/// The driver (and its executors) SIGKILLed between two jobs of a shuffle:
+/// nobody unregisters the shuffle, so the masters' job lease (5 s here)
+/// runs out and every worker drops its data.
+#[test]
+fn a_dead_drivers_shuffles_are_dropped_when_their_lease_runs_out() {
+    let _spark = spark_lock();
+    let cluster = Cluster::start_full(
+        2,
+        "worker_timeout = \"10s\"\njob_lease = \"5s\"\n",
+        false,
+        &[],
+    );
+    let mut conf = cluster.spark_conf();
+    conf.push("spark.terrace.job-renew-interval=1s".into());
+    let app = App {
+        version: SPARK_3_5,
+        shuffle: Shuffle::Terrace,
+        job: "two-jobs",
+        args: vec![cluster.dir.path().join("gate").display().to_string()],
+        conf,
+        dir: cluster.dir.path().to_path_buf(),
+    };
+    let mut running = app.spawn();
+    wait_for_driver_line(&running, &["TERRACE-E2E first job done"], JOB_DEADLINE);
+    let held: u32 = (0..2).map(|i| cluster.stats(i).partitions).sum();
+    assert_eq!(
+        held, 6,
+        "the first job's six map outputs are on the workers"
+    );
+    running.kill_group();
+    // Within the lease, a sweep, and the workers' next heartbeats.
+    let dropped = terrace_tests::wait::poll_until(Duration::from_secs(30), || {
+        (0..2).all(|i| cluster.stats(i).partitions == 0)
+    });
+    assert!(
+        dropped,
+        "the dead driver's map outputs are still on the workers"
     );
     cluster.assert_empty();
 }

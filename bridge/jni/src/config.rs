@@ -34,12 +34,12 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     (
         "terrace.max-buffer-size",
         "4MiB",
-        "largest single Flink buffer accepted",
+        "largest single engine buffer accepted (a Flink buffer; a piece of a Spark chunk)",
     ),
     (
         "terrace.compression",
         "true",
-        "lz4-compress pushes (Flink 1.20 hands external tiers uncompressed buffers)",
+        "lz4-compress each data buffer in the producer agent (Flink 1.20 hands external tiers uncompressed buffers; the Spark plug-in sets it false unless given, as Spark compresses with its own codec)",
     ),
     (
         "terrace.read-credits",
@@ -69,17 +69,17 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     (
         "terrace.master.poll-interval",
         "1s",
-        "how often the JobManager's agent checks the master for lost workers",
+        "how often the coordinator's agent (Flink's JobManager, Spark's driver) checks the master for lost workers",
     ),
     (
         "terrace.job-renew-interval",
         "10s",
-        "how often the JobManager's agent renews its jobs' leases on every master (keep it several times shorter than the masters' job_lease)",
+        "how often the coordinator's agent (Flink's JobManager, Spark's driver) renews its jobs' leases on every master (keep it several times shorter than the masters' job_lease)",
     ),
     (
         "terrace.secret-file",
         "",
-        "JobManager: file holding the cluster secret (else TERRACE_SECRET_FILE); the master agent proves it to masters and workers, and gets each job's token from the masters",
+        "the coordinator (Flink's JobManager, Spark's driver) only: file holding the cluster secret (else TERRACE_SECRET_FILE); its master agent proves it to masters and workers and gets each job's token, which task processes present instead",
     ),
     (
         "terrace.tls.ca-file",
@@ -89,7 +89,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     (
         "terrace.event-poll-interval-ms",
         "200",
-        "Java: how long an event thread blocks in one native wait",
+        "Flink, Java: how long an event thread blocks in one native wait",
     ),
     (
         "terrace.native.library",
@@ -243,6 +243,7 @@ pub fn parse_config<'a>(
 mod tests {
     use super::*;
     use crate::error::NativeErrorKind;
+    use std::path::Path;
 
     #[test]
     fn defaults_match_the_documented_table() {
@@ -277,6 +278,70 @@ mod tests {
                 "AgentConfig.{field} has no Flink key {key}"
             );
         }
+    }
+
+    /// docs/configuration.md's engine table lists every key, under its Flink
+    /// name (unless Spark-only) and its Spark name (unless Flink-only), with
+    /// its default; and no key that does not exist.
+    #[test]
+    fn the_engine_key_table_lists_every_key() {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+        )
+        .expect("read docs/configuration.md");
+        let table: Vec<&str> = doc
+            .split("<!-- keys: engine -->")
+            .nth(1)
+            .expect("an engine key table")
+            .lines()
+            .skip(3)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert_eq!(
+            table.len(),
+            KEYS.len(),
+            "one row per key:\n{}",
+            table.join("\n")
+        );
+        for (key, default, _) in KEYS {
+            let flink = if key.starts_with("terrace.spark.") {
+                "—".to_string()
+            } else {
+                format!("`{key}`")
+            };
+            let spark = if *key == "terrace.event-poll-interval-ms" {
+                "—".to_string()
+            } else {
+                format!("`spark.{key}`")
+            };
+            let row = table
+                .iter()
+                .find(|l| l.starts_with(&format!("| {flink} | {spark} |")))
+                .unwrap_or_else(|| panic!("no row for {key} ({flink}, {spark})"));
+            if !default.is_empty() {
+                assert!(
+                    row.contains(&format!("`{default}`")),
+                    "{key}: default {default} in {row}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn spark_keys_are_checked() {
+        let e = parse_config([("terrace.spark.chunk-size", "lots")]).expect_err("not a size");
+        assert!(e.to_string().contains("terrace.spark.chunk-size"), "{e}");
+        let e = parse_config([("terrace.spark.reader-streams", "-1")]).expect_err("negative");
+        assert!(
+            e.to_string().contains("terrace.spark.reader-streams"),
+            "{e}"
+        );
+        parse_config([
+            ("terrace.spark.chunk-size", "2MiB"),
+            ("terrace.spark.writer-buffer-size", "128MiB"),
+            ("terrace.spark.reader-streams", "16"),
+        ])
+        .expect("valid Spark keys");
     }
 
     #[test]

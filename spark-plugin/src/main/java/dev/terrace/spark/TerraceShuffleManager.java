@@ -68,6 +68,13 @@ public class TerraceShuffleManager implements ShuffleManager {
             // allocation may remove executors without an external shuffle service.
             conf.set(DATA_IO_KEY, TerraceShuffleDataIO.class.getName());
         }
+        if (conf.getBoolean("spark.shuffle.useOldFetchProtocol", false)) {
+            // Map ids are then map indices, the same for every attempt of a map task: Terrace
+            // keeps one partition per attempt and tells them apart by the task attempt id.
+            throw new IllegalArgumentException(
+                    "Terrace needs Spark's map ids to be task attempt ids: set"
+                            + " spark.shuffle.useOldFetchProtocol=false");
+        }
         if (conf.getBoolean("spark.shuffle.push.enabled", false)) {
             throw new IllegalArgumentException(
                     "Terrace does not take Spark's push-based shuffle: set spark.shuffle.push.enabled=false");
