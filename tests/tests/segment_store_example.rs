@@ -10,28 +10,34 @@ use std::time::Duration;
 use terrace_tests::ServiceProcess;
 use terrace_tests::deploy::run;
 
-/// The example's binary, built for this test run if cargo has not already.
+/// The example's binary. `cargo test --workspace` builds examples beside the
+/// tests (the README's test command does); a run of this test alone builds it.
 fn example_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
+    let bin = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("test executable lives in target/<profile>/deps")
-        .to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "terrace-agents",
-            "--example",
-            "segment_store",
-        ])
-        .status()
-        .expect("run cargo build");
-    assert!(built.success(), "cargo build of the example failed");
-    profile_dir.join("examples/segment_store")
+        .join("examples/segment_store");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../agents/examples/segment_store.rs");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&bin).is_none() || modified(&bin) < modified(&source) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "terrace-agents",
+                "--example",
+                "segment_store",
+            ])
+            .status()
+            .expect("run cargo build");
+        assert!(built.success(), "cargo build of the example failed");
+    }
+    bin
 }
 
 #[test]
