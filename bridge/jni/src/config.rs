@@ -108,8 +108,8 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
     (
         "terrace.spark.reader-streams",
-        "64",
-        "Spark: map outputs one reduce task reads at once (one stream each, terrace.read-credits batches of memory each)",
+        "16",
+        "Spark: map outputs one reduce task reads at once, one stream each; a stream holds up to terrace.read-credits read batches (the workers' read_batch_size, 512KiB by default), so 16 streams hold at most 64MiB by default",
     ),
     (
         "terrace.log",

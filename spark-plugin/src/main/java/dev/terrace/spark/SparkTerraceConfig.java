@@ -40,6 +40,11 @@ final class SparkTerraceConfig {
     final int chunkSize;
     final long writerBufferSize;
     final int readerStreams;
+    /**
+     * Largest Terrace buffer a chunk is cut into: 1 MiB, or {@code terrace.max-buffer-size} when
+     * that is smaller.
+     */
+    final int pieceSize;
 
     /**
      * @param isDriver whether this is the driver: only the driver's agents get {@code
@@ -59,7 +64,12 @@ final class SparkTerraceConfig {
         this.terraceKeys = keys;
         this.chunkSize = (int) Math.min(bytes(keys, CHUNK_SIZE, "1MiB"), 64L << 20);
         this.writerBufferSize = bytes(keys, WRITER_BUFFER, "64MiB");
-        this.readerStreams = (int) Math.min(longValue(keys, READER_STREAMS, "64"), 4096);
+        this.readerStreams = (int) Math.min(longValue(keys, READER_STREAMS, "16"), 4096);
+        this.pieceSize = (int) Math.min(1 << 20, bytes(keys, "terrace.max-buffer-size", "4MiB"));
+        if (pieceSize < 1024) {
+            throw new IllegalArgumentException(
+                    SPARK_PREFIX + "terrace.max-buffer-size must be at least 1KiB for Spark");
+        }
         if (chunkSize < 1024) {
             throw new IllegalArgumentException(
                     SPARK_PREFIX + CHUNK_SIZE + " must be at least 1KiB, got " + keys.get(CHUNK_SIZE));

@@ -298,7 +298,7 @@ final class TerraceShuffleReader<K, C> implements ShuffleReader<K, C> {
         private final int[] ready;
         /** Per stream: reduce partitions below this one are read to their end. */
         private final int[] finishedUpTo;
-        private ByteBuffer dst = ByteBuffer.allocateDirect(TerraceShuffleWriter.PIECE + 64);
+        private ByteBuffer dst = ByteBuffer.allocateDirect(config.pieceSize);
         private int remaining;
 
         Round(List<MapInput> inputs) {

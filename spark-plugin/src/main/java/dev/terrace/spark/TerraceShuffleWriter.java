@@ -36,7 +36,8 @@ import java.io.OutputStream;
  * A buffer that reaches {@code spark.terrace.spark.chunk-size} (or the largest buffers, when all
  * of them together pass {@code spark.terrace.spark.writer-buffer-size}) becomes one chunk:
  * compressed (and encrypted) as Spark wraps any shuffle block, then pushed as Terrace buffers of
- * at most {@link #PIECE} bytes, every piece but the last typed {@link #CONTINUED}. A chunk is a
+ * at most {@link SparkTerraceConfig#pieceSize} bytes, every piece but the last typed {@link
+ * #CONTINUED}. A chunk is a
  * whole serialization stream, so a reader deserializes each on its own.
  *
  * <p>With a serializer that supports relocation (Kryo, Spark SQL's rows) one serialization stream
@@ -53,8 +54,6 @@ final class TerraceShuffleWriter<K, V> extends ShuffleWriter<K, V> {
     static final int CONTINUED = 9;
     /** Data type of the marker closing a segment (the agent appends it). */
     static final int END_OF_SEGMENT = 7;
-    /** Largest Terrace buffer a chunk is cut into (below the default terrace.max-buffer-size). */
-    static final int PIECE = 1 << 20;
 
     private final TerraceShuffleHandle<K, V, ?> handle;
     private final ShuffleDependency<K, V, ?> dep;
@@ -188,7 +187,7 @@ final class TerraceShuffleWriter<K, V> extends ShuffleWriter<K, V> {
         byte[] bytes = chunk.array();
         int size = chunk.size();
         for (int offset = 0; offset < size; ) {
-            int len = Math.min(PIECE, size - offset);
+            int len = Math.min(config.pieceSize, size - offset);
             int type = offset + len == size ? CHUNK_END : CONTINUED;
             write(reduceId, bytes, offset, len, type);
             offset += len;
