@@ -531,10 +531,26 @@ async fn resume_after_restart(
         .hop(context.slot, hop)
         .map(|open| open.worker_id)
         .unwrap_or_default();
-    let (client, worker_id) =
-        reach_through_restart(shared, context, &worker_id, address, lost).await?;
-    reopen_hop(shared, context, hop, client, worker_id)
+    let mut lost = lost.clone();
+    // The process that answered may be the old one on its way out (it
+    // listens until it exits): a reopen cut that way waits for the new one.
+    for _ in 0..REOPENS {
+        let (client, reached) =
+            reach_through_restart(shared, context, &worker_id, address, &lost).await?;
+        match reopen_hop(shared, context, hop, client, reached) {
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                tracing::info!(partition = %context.spec.partition, worker = %worker_id, %address,
+                    error = %e, "the reopened stream was cut at once; waiting for the worker again");
+                lost = e;
+            }
+            done => return done,
+        }
+    }
+    Err(lost)
 }
+
+/// Reopens of one hop's stream after one loss, at most.
+const REOPENS: usize = 3;
 
 /// A connection to worker `worker_id` at `address`, which just failed
 /// (`lost`), and the id of the worker it reaches: at once if it answers,
