@@ -313,40 +313,37 @@ fn task_starts(log: &str) -> BTreeMap<(u32, u32), u32> {
     starts
 }
 
-/// Runs the RDD and SQL jobs of one release on Terrace, checks them against
-/// the sort shuffle's results (`expected`, or this release's own), the plans
-/// adaptive execution chose, the workers' counters, and that nothing is left.
-fn rdd_and_sql_on(version: &str, expected: Option<(&str, &str)>) {
+/// Runs the RDD and SQL jobs of one release on Terrace (one application,
+/// `rdd-sql`), checks their results against the sort shuffle's (`expected`,
+/// or this release's own), the plans adaptive execution chose, the workers'
+/// counters, and that nothing is left.
+fn rdd_and_sql_on(version: &str, expected: Option<&str>) {
     let _spark = spark_lock();
-    let (want_rdd, want_sql) = match expected {
-        Some((rdd, sql)) => (rdd.to_string(), sql.to_string()),
-        None => (sort_result(version, "rdd"), sort_result(version, "sql")),
+    let want = match expected {
+        Some(want) => want.to_string(),
+        None => sort_result(version, "rdd-sql"),
     };
     let cluster = Cluster::start(2, "10s", false);
-    for (job, want) in [("rdd", &want_rdd), ("sql", &want_sql)] {
-        let app = App {
-            version,
-            shuffle: Shuffle::Terrace,
-            job,
-            args: Vec::new(),
-            conf: cluster.spark_conf(),
-            dir: cluster.dir.path().to_path_buf(),
-        };
-        let (have, _) = app.run();
-        assert_eq!(
-            &have, want,
-            "{job} on Spark {version}: Terrace's result differs from the sort shuffle's"
+    let app = App {
+        version,
+        shuffle: Shuffle::Terrace,
+        job: "rdd-sql",
+        args: Vec::new(),
+        conf: cluster.spark_conf(),
+        dir: cluster.dir.path().to_path_buf(),
+    };
+    let (have, _) = app.run();
+    assert_eq!(
+        have, want,
+        "rdd-sql on Spark {version}: Terrace's result differs from the sort shuffle's"
+    );
+    let plan = fs::read_to_string(format!("{}.plan", app.output().display()))
+        .expect("the SQL job's plans");
+    for wanted in ["coalesced", "skew"] {
+        assert!(
+            plan.contains(wanted),
+            "Spark {version}: adaptive execution shows no {wanted:?} read over Terrace's statistics:\n{plan}"
         );
-        if job == "sql" {
-            let plan = fs::read_to_string(format!("{}.plan", app.output().display()))
-                .expect("the SQL job's plans");
-            for wanted in ["coalesced", "skew"] {
-                assert!(
-                    plan.contains(wanted),
-                    "Spark {version}: adaptive execution shows no {wanted:?} read over Terrace's statistics:\n{plan}"
-                );
-            }
-        }
     }
     let stats: Vec<WorkerStatsReply> = (0..2).map(|i| cluster.stats(i)).collect();
     let pushed: u64 = stats.iter().map(|s| s.bytes_pushed).sum();
@@ -378,24 +375,18 @@ fn spark_4_3_rdd_and_sql_jobs_match_the_sort_shuffle() {
 /// not depend on the release.
 #[test]
 fn spark_4_0_to_4_2_rdd_and_sql_jobs_match_the_sort_shuffle() {
-    let (rdd, sql) = {
+    let want = {
         let _spark = spark_lock();
-        let rdd = sort_result(SPARK_3_5, "rdd");
-        let sql = sort_result(SPARK_3_5, "sql");
+        let want = sort_result(SPARK_3_5, "rdd-sql");
         assert_eq!(
-            rdd,
-            sort_result(SPARK_4_3, "rdd"),
-            "rdd: 3.5.9 and 4.3.0 disagree"
+            want,
+            sort_result(SPARK_4_3, "rdd-sql"),
+            "the sort shuffle's results on 3.5.9 and 4.3.0 disagree"
         );
-        assert_eq!(
-            sql,
-            sort_result(SPARK_4_3, "sql"),
-            "sql: 3.5.9 and 4.3.0 disagree"
-        );
-        (rdd, sql)
+        want
     };
     for version in OTHER_4 {
-        rdd_and_sql_on(version, Some((&rdd, &sql)));
+        rdd_and_sql_on(version, Some(&want));
     }
 }
 

@@ -34,7 +34,8 @@ import java.util.Random;
  *   ShuffleJobs rdd OUT            reduceByKey, groupByKey, join, sortByKey, repartition(200+),
  *                                  skewed keys, empty partitions, records over 1 MiB
  *   ShuffleJobs sql OUT            DataFrame aggregation and a skewed join, adaptive execution on;
- *                                  the final plans are appended to OUT.plan
+ *                                  the final plans are written to OUT.plan
+ *   ShuffleJobs rdd-sql OUT        both, in one application
  *   ShuffleJobs big OUT MIB        about MIB MiB shuffled through one groupBy
  *   ShuffleJobs heavy OUT MIB      about MIB MiB of 1000-byte records (half random, half zeros) through
  *                                  one partitionBy, little CPU per record (the benchmark's job)
@@ -63,6 +64,10 @@ public final class ShuffleJobs {
                 rdd(sc, lines);
                 break;
             case "sql":
+                sql(spark, lines, Paths.get(args[1] + ".plan"));
+                break;
+            case "rdd-sql":
+                rdd(sc, lines);
                 sql(spark, lines, Paths.get(args[1] + ".plan"));
                 break;
             case "big":
