@@ -61,6 +61,17 @@ fn job_id(env: &mut JNIEnv<'_>, job: &JByteArray<'_>) -> NativeResult<JobId> {
 /// Strings of a descriptor on the Java side (`TerraceShuffleDescriptor`).
 pub(crate) const DESCRIPTOR_FIELDS: usize = 5;
 
+/// A descriptor as Java gets it: its [`DESCRIPTOR_FIELDS`] strings `{jobHex,
+/// partitionHex, workerId, workerAddress, token}`.
+pub(crate) fn descriptor_to_java<'l>(
+    env: &mut JNIEnv<'l>,
+    d: ShuffleDescriptor,
+) -> NativeResult<JObjectArray<'l>> {
+    let fields: [String; DESCRIPTOR_FIELDS] =
+        [d.job, d.partition, d.worker_id, d.worker_address, d.token];
+    java::string_array(env, &fields)
+}
+
 /// A descriptor from its Java fields.
 pub(crate) fn descriptor_from(
     job: String,
@@ -257,9 +268,7 @@ pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterAddPartition<'
                 &partition,
                 UNKNOWN_NUM_SUBPARTITIONS,
             )?;
-            let fields: [String; DESCRIPTOR_FIELDS] =
-                [d.job, d.partition, d.worker_id, d.worker_address, d.token];
-            Ok(java::string_array(env, &fields)?.into_raw())
+            Ok(descriptor_to_java(env, d)?.into_raw())
         },
     )
 }

@@ -14,7 +14,7 @@ use crate::error::NativeError;
 use crate::handles::{HandleKind, HandleTable};
 use crate::java;
 use crate::library::init_logging;
-use crate::master::DESCRIPTOR_FIELDS;
+use crate::master::descriptor_to_java;
 
 static PLACERS: HandleTable<JobPlacer> = HandleTable::new(HandleKind::Placer);
 
@@ -65,9 +65,7 @@ pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_placerPlace<'l>(
                     ))
                 })?;
             let d = placer.place(&partition, num_subpartitions)?;
-            let fields: [String; DESCRIPTOR_FIELDS] =
-                [d.job, d.partition, d.worker_id, d.worker_address, d.token];
-            Ok(java::string_array(env, &fields)?.into_raw())
+            Ok(descriptor_to_java(env, d)?.into_raw())
         },
     )
 }
