@@ -729,6 +729,26 @@ pub fn closed_address() -> String {
     address
 }
 
+/// Flips the middle byte of the largest regular file below `dir` (a
+/// worker's data directory): a stored byte corrupted on disk, for a reader's
+/// checksum to catch.
+pub fn corrupt_largest_file(dir: &std::path::Path) {
+    let file = entries_under(dir)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("the worker stores data in files");
+    let mut bytes = std::fs::read(&file).expect("read the data file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).expect("write the corrupted data file");
+    eprintln!(
+        "flipped byte {middle} of {} ({} bytes)",
+        file.display(),
+        bytes.len()
+    );
+}
+
 /// Every file and directory under `dir`, recursively, but the data
 /// directory's marker (which a worker keeps for the life of the directory).
 pub fn entries_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

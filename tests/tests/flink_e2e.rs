@@ -827,20 +827,7 @@ fn corrupted_stored_byte_reruns_the_producer_and_the_result_is_exact() {
     }
     // Its largest data file: flip a byte in the middle.
     let (_, data) = &cluster.workers[0];
-    let file = terrace_tests::entries_under(data)
-        .into_iter()
-        .filter(|p| p.is_file())
-        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("the worker stores shuffle 1 in files");
-    let mut bytes = fs::read(&file).expect("read the data file");
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    fs::write(&file, &bytes).expect("write the corrupted data file");
-    eprintln!(
-        "flink_e2e: flipped byte {middle} of {} ({} bytes)",
-        file.display(),
-        bytes.len()
-    );
+    terrace_tests::corrupt_largest_file(data);
     fs::write(&gate, b"open").expect("open the gate");
 
     let done = running.wait(JOB_DEADLINE);

@@ -731,20 +731,7 @@ fn a_corrupted_stored_byte_costs_a_rerun_of_the_map_tasks_never_a_wrong_result()
     );
     let (app, running) = reduce_gate_at_the_gate(&cluster, &["spark.shuffle.compress=false"]);
     let (_, data) = &cluster.workers[0];
-    let file = terrace_tests::entries_under(data)
-        .into_iter()
-        .filter(|p| p.is_file())
-        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("the worker stores the map outputs in files");
-    let mut bytes = fs::read(&file).expect("read the data file");
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    fs::write(&file, &bytes).expect("write the corrupted data file");
-    eprintln!(
-        "spark_e2e: flipped byte {middle} of {} ({} bytes)",
-        file.display(),
-        bytes.len()
-    );
+    terrace_tests::corrupt_largest_file(data);
     let done = finish_reduce_gate(&app, running, "a stored byte was corrupted");
     assert!(
         done.stderr.contains("FetchFailed") && done.stderr.contains("lost or corrupt"),
