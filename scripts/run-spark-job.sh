@@ -20,6 +20,10 @@
 #   SPARK_CONF      extra Spark settings, key=value, one per line
 #   EXECUTORS       executor processes (default 2), each with EXECUTOR_CORES cores (default 1)
 #                   and EXECUTOR_MIB MiB (default 1024)
+#   WORKER_HOSTS    instead of local-cluster (whose executors all share one host), a standalone
+#                   Spark cluster: a master JVM and one worker JVM per address listed (loopback
+#                   addresses such as "127.0.0.2 127.0.0.3"), each worker running one executor on
+#                   its own host; Spark then tells the executors' hosts apart, as speculation needs
 #   DRIVER_HEAP     the driver JVM's heap (default 1g)
 #   WORK_DIR        where executors' work directories and logs go (default: a temporary one,
 #                   removed at the end; set it to keep them)
@@ -54,7 +58,6 @@ if [[ ! -f "$APP" ]] || [[ -n "$(find "$SRC" -name '*.java' -newer "$APP")" ]]; 
 fi
 
 confs=(
-  "-Dspark.master=local-cluster[${EXECUTORS:-2},${EXECUTOR_CORES:-1},${EXECUTOR_MIB:-1024}]"
   "-Dspark.jars=$APP"
   "-Dspark.executor.memory=$(( ${EXECUTOR_MIB:-1024} * 3 / 4 ))m"
   "-Dspark.ui.enabled=false"
@@ -99,6 +102,32 @@ flags=(-XX:+IgnoreUnrecognizedVMOptions -Djdk.reflect.useDirectMethodHandle=fals
 for p in "${opens[@]}"; do flags+=("--add-opens=java.base/$p=ALL-UNNAMED"); done
 
 cd "$work"
-exec java "${flags[@]}" "-Xmx${DRIVER_HEAP:-1g}" -cp "$CP" "${confs[@]}" \
-  -Dlog4j2.configurationFile="$ROOT/spark-plugin/e2e/log4j2.properties" \
-  dev.terrace.spark.e2e.ShuffleJobs "$@"
+log4j="-Dlog4j2.configurationFile=$ROOT/spark-plugin/e2e/log4j2.properties"
+if [[ -z "${WORKER_HOSTS:-}" ]]; then
+  exec java "${flags[@]}" "-Xmx${DRIVER_HEAP:-1g}" -cp "$CP" "${confs[@]}" \
+    "-Dspark.master=local-cluster[${EXECUTORS:-2},${EXECUTOR_CORES:-1},${EXECUTOR_MIB:-1024}]" \
+    "$log4j" dev.terrace.spark.e2e.ShuffleJobs "$@"
+fi
+
+# A standalone cluster: its master and workers live as long as this script.
+daemons=()
+stop_daemons() {
+  for pid in "${daemons[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [[ -n "${WORK_DIR:-}" ]] || rm -rf "$work"
+}
+trap stop_daemons EXIT
+port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+java "${flags[@]}" -Xmx256m -cp "$SPARK_HOME/jars/*" "$log4j" \
+  org.apache.spark.deploy.master.Master --host 127.0.0.1 --port "$port" --webui-port 0 \
+  >"$work/spark-master.log" 2>&1 &
+daemons+=("$!")
+for host in $WORKER_HOSTS; do
+  SPARK_LOCAL_IP="$host" java "${flags[@]}" -Xmx256m -cp "$SPARK_HOME/jars/*" "$log4j" \
+    org.apache.spark.deploy.worker.Worker --host "$host" --cores "${EXECUTOR_CORES:-1}" \
+    --memory "${EXECUTOR_MIB:-1024}m" --work-dir "$work/worker-$host" --webui-port 0 \
+    "spark://127.0.0.1:$port" >"$work/spark-worker-$host.log" 2>&1 &
+  daemons+=("$!")
+done
+java "${flags[@]}" "-Xmx${DRIVER_HEAP:-1g}" -cp "$CP" "${confs[@]}" \
+  "-Dspark.master=spark://127.0.0.1:$port" "$log4j" dev.terrace.spark.e2e.ShuffleJobs "$@"

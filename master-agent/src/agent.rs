@@ -128,6 +128,52 @@ impl MasterAgent {
         ));
         Ok(MasterAgent { shared, stop })
     }
+
+    /// Releases a partition of a registered job that some other process
+    /// placed (an engine's task, through a [`crate::JobPlacer`]), whose
+    /// worker this agent does not know: every live worker is asked to
+    /// delete it (a worker holding its first part deletes its later parts
+    /// too). Returns whether a worker held it; a partition never placed, or
+    /// already gone, is `Ok(false)`. Meant for the rare attempt an engine
+    /// gives up on: it costs one request per live worker.
+    pub fn release_placed(&self, job: &JobId, partition: &PartitionId) -> TierResult<bool> {
+        self.shared.check_open()?;
+        if self.shared.placements().token(job).is_none() {
+            return Err(TierError::bad_input(format!("job {job} is not registered")));
+        }
+        let key = PartitionKey {
+            job: job.clone(),
+            partition: partition.clone(),
+        };
+        block_on(async {
+            let list = self.shared.list_workers().await?;
+            let mut releases = tokio::task::JoinSet::new();
+            for worker in list.workers {
+                let shared = Arc::clone(&self.shared);
+                let key = key.clone();
+                releases.spawn(async move {
+                    let peer = Peer::worker(&worker.worker);
+                    shared.workers.call(&peer, ReleasePartition { key }).await
+                });
+            }
+            let mut held = false;
+            let mut failed = None;
+            while let Some(joined) = releases.join_next().await {
+                let result = joined
+                    .map_err(|e| TierError::with_source(ErrorKind::Internal, "release task", e))?;
+                match result {
+                    Ok(_) => held = true,
+                    Err(e) if e.kind() == ErrorKind::PartitionNotFound => {}
+                    Err(e) => failed = Some(e),
+                }
+            }
+            match failed {
+                // A worker that could not be asked may be the one holding it.
+                Some(e) if !held => Err(e.context(format!("release {key}"))),
+                _ => Ok(held),
+            }
+        })
+    }
 }
 
 impl Shared {

@@ -196,6 +196,9 @@ struct App<'a> {
     conf: Vec<String>,
     /// Where its result, logs and Spark work directories go.
     dir: PathBuf,
+    /// Empty: a `local-cluster` Spark; else a standalone Spark cluster with
+    /// one worker per loopback address listed (`WORKER_HOSTS`).
+    worker_hosts: &'a str,
 }
 
 impl App<'_> {
@@ -222,6 +225,7 @@ impl App<'_> {
                 },
             )
             .env("SPARK_CONF", self.conf.join("\n"))
+            .env("WORKER_HOSTS", self.worker_hosts)
             .env(
                 "WORK_DIR",
                 self.dir.join(format!(
@@ -271,6 +275,7 @@ fn sort_result_with(version: &str, job: &str, args: &[&str]) -> String {
     }
     let dir = tempfile::tempdir().expect("sort-shuffle directory");
     let (result, _) = App {
+        worker_hosts: "",
         version,
         shuffle: Shuffle::Sort,
         job,
@@ -325,6 +330,7 @@ fn rdd_and_sql_on(version: &str, expected: Option<&str>) {
     };
     let cluster = Cluster::start(2, "10s", false);
     let app = App {
+        worker_hosts: "",
         version,
         shuffle: Shuffle::Terrace,
         job: "rdd-sql",
@@ -433,6 +439,7 @@ fn reduce_gate_at_the_gate(cluster: &Cluster, conf: &[&str]) -> (App<'static>, C
     let mut spark_conf = cluster.spark_conf();
     spark_conf.extend(conf.iter().map(|c| c.to_string()));
     let app = App {
+        worker_hosts: "",
         version: SPARK_3_5,
         shuffle: Shuffle::Terrace,
         job: "reduce-gate",
@@ -542,6 +549,7 @@ fn executors_killed_between_jobs(
 ) -> (String, BTreeMap<u32, u32>) {
     let gate = dir.join("gate");
     let app = App {
+        worker_hosts: "",
         version: SPARK_3_5,
         shuffle: if cluster.is_some() {
             Shuffle::Terrace
@@ -634,6 +642,7 @@ fn dynamic_allocation_removes_idle_executors_without_costing_map_tasks() {
         .map(String::from),
     );
     let app = App {
+        worker_hosts: "",
         version: SPARK_3_5,
         shuffle: Shuffle::Terrace,
         job: "two-jobs",
@@ -680,17 +689,15 @@ fn dynamic_allocation_removes_idle_executors_without_costing_map_tasks() {
 /// Map task 0's first attempt writes and seals its whole output, then
 /// fails (a task-completion listener throws); Spark runs it again. Readers
 /// must read only the attempt Spark registered: reading the failed one too
-/// would count its records twice.
-///
-/// (Speculation is the other way two attempts of a map task both write: on
-/// `local-cluster` Spark never starts a speculative copy, because it keeps a
-/// copy off every host where its task runs and all executors share one host.)
+/// would count its records twice. The driver releases the failed attempt's
+/// partition when the failure reaches it.
 #[test]
 fn only_the_map_attempt_spark_registered_is_read() {
     let _spark = spark_lock();
     let want = sort_result(SPARK_3_5, "failed-attempt");
     let cluster = Cluster::start(2, "10s", false);
     let app = App {
+        worker_hosts: "",
         version: SPARK_3_5,
         shuffle: Shuffle::Terrace,
         job: "failed-attempt",
@@ -709,6 +716,94 @@ fn only_the_map_attempt_spark_registered_is_read() {
         done.stderr
             .contains("attempt 0 of map 0 fails after writing its output"),
         "the first attempt failed as the job made it"
+    );
+    assert!(
+        done.stderr
+            .lines()
+            .any(|l| l.contains("map 0 attempt") && l.contains("was released")),
+        "the driver released the failed attempt's partition:\n{}",
+        done.tail_skipping(" INFO ")
+    );
+    cluster.assert_empty();
+}
+
+/// Speculation, on a standalone Spark cluster whose two executors have
+/// hosts of their own (127.0.0.2 and 127.0.0.3: Spark never starts a copy of
+/// a task on a host where the task already runs, so `local-cluster`, whose
+/// executors share one host, never speculates). Map task 0's first attempt
+/// stalls half-way through its output, pushed in small chunks by then, so
+/// its partition holds data. Spark starts a copy on the other host, the copy
+/// wins, the stalled attempt is killed and the driver releases its
+/// partition: while the reduce tasks wait at their gate, the workers hold
+/// one partition per map task. The result equals the sort shuffle's.
+#[test]
+fn a_speculative_copy_wins_and_the_stalled_attempts_partition_is_released() {
+    let _spark = spark_lock();
+    let want = sort_result_with(SPARK_3_5, "speculation", &["/"]);
+    let cluster = Cluster::start(2, "10s", false);
+    let gate = cluster.dir.path().join("gate");
+    let mut conf = cluster.spark_conf();
+    conf.extend(
+        [
+            "spark.speculation=true",
+            "spark.speculation.interval=200ms",
+            "spark.speculation.quantile=0.5",
+            "spark.speculation.multiplier=2",
+            "spark.speculation.minTaskRuntime=1s",
+            "spark.speculation.efficiency.enabled=false",
+            "spark.terrace.spark.chunk-size=16KiB",
+            "spark.terrace.spark.writer-buffer-size=64KiB",
+        ]
+        .map(String::from),
+    );
+    let app = App {
+        version: SPARK_3_5,
+        shuffle: Shuffle::Terrace,
+        job: "speculation",
+        args: vec![gate.display().to_string()],
+        conf,
+        dir: cluster.dir.path().to_path_buf(),
+        worker_hosts: "127.0.0.2 127.0.0.3",
+    };
+    let running = app.spawn();
+    wait_for_driver_line(
+        &running,
+        &["ShuffleMapStage 0", "finished in"],
+        JOB_DEADLINE,
+    );
+    let held = || (0..2).map(|i| cluster.stats(i).partitions).sum::<u32>();
+    let one_per_map = terrace_tests::wait::poll_until(Duration::from_secs(30), || held() == 4);
+    assert!(
+        one_per_map,
+        "the workers hold {} partitions after the map stage, not one per map task (4):\n{}",
+        held(),
+        fs::read_to_string(&running.stderr).unwrap_or_default()
+    );
+    wait_for_driver_line(
+        &running,
+        &["map 0 attempt", "was released"],
+        Duration::from_secs(30),
+    );
+    fs::write(&gate, b"").expect("open the gate");
+    let done = running.wait(JOB_DEADLINE);
+    assert!(
+        done.succeeded(),
+        "the job failed ({:?}):\n{}",
+        done.status,
+        done.tail_skipping(" INFO ")
+    );
+    let have = fs::read_to_string(app.output()).expect("the job's result");
+    assert_eq!(have, want, "the result differs from the sort shuffle's");
+    let starts = map_task_starts(&done);
+    assert_eq!(
+        starts,
+        BTreeMap::from([(0, 2), (1, 1), (2, 1), (3, 1)]),
+        "map task 0 ran twice (the stalled attempt and its speculative copy), the others once"
+    );
+    assert!(
+        done.stderr
+            .contains("Killing attempt 0 for task 0.0 in stage 0.0"),
+        "the stalled attempt was killed because its copy succeeded"
     );
     cluster.assert_empty();
 }
@@ -760,6 +855,7 @@ fn a_dead_drivers_shuffles_are_dropped_when_their_lease_runs_out() {
     let mut conf = cluster.spark_conf();
     conf.push("spark.terrace.job-renew-interval=1s".into());
     let app = App {
+        worker_hosts: "",
         version: SPARK_3_5,
         shuffle: Shuffle::Terrace,
         job: "two-jobs",

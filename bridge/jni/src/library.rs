@@ -8,7 +8,7 @@ use jni::sys::jint;
 
 /// Must equal `NativeBridge.ABI_VERSION` on the Java side; bump both when a
 /// native signature, an error-kind ordinal or an encoding changes.
-pub const ABI_VERSION: i32 = 4;
+pub const ABI_VERSION: i32 = 5;
 
 /// Sends the agents' `tracing` output to stderr (the TaskManager's .out/.err
 /// or the test's console), filtered by `terrace.log`. The first agent opened

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jni::JNIEnv;
 use jni::objects::{JByteArray, JClass, JObjectArray, JString};
-use jni::sys::{jbyteArray, jlong, jobjectArray};
+use jni::sys::{jboolean, jbyteArray, jlong, jobjectArray};
 use terrace_master_agent::MasterAgent;
 use terrace_tier_api::{
     JobId, PartitionId, ShuffleDescriptor, TierError, TierMasterAgent, TierShuffleHandler,
@@ -298,6 +298,29 @@ pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterReleasePartiti
                 java::string(env, "job token", &token)?,
             )?;
             Ok(master.agent.release_partition(&descriptor)?)
+        },
+    )
+}
+
+/// Releases a partition another process placed (located through the
+/// masters); `true` when a worker held it.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_terrace_bridge_NativeBridge_masterReleasePlaced<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    job: JByteArray<'l>,
+    partition: JByteArray<'l>,
+) -> jboolean {
+    entry(
+        &mut env,
+        "release a placed partition on its Terrace worker",
+        0,
+        |env| {
+            let master = MASTERS.get(handle)?;
+            let job = job_id(env, &job)?;
+            let partition = PartitionId::new(java::bytes(env, "partition id", &partition)?)?;
+            Ok(u8::from(master.agent.release_placed(&job, &partition)?))
         },
     )
 }

@@ -50,7 +50,7 @@ public final class NativeBridge {
     // ---------------------------------------------------------------- library
 
     /** ABI version of the Java side; the native library must report the same. */
-    public static final int ABI_VERSION = 4;
+    public static final int ABI_VERSION = 5;
 
     public static native int abiVersion();
 
@@ -106,6 +106,14 @@ public final class NativeBridge {
             String workerId,
             String workerAddress,
             String token)
+            throws TerraceNativeException;
+
+    /**
+     * Releases a partition of a registered job that another process placed (an engine's task,
+     * through a placer): the masters locate it, its worker deletes it. Returns whether a worker
+     * held it (a partition never placed, or already gone, is {@code false}).
+     */
+    public static native boolean masterReleasePlaced(long master, byte[] jobId, byte[] partitionId)
             throws TerraceNativeException;
 
     /**

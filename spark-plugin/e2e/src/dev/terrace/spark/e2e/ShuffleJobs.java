@@ -43,6 +43,10 @@ import java.util.Random;
  *                                  attempt wrote its whole output (Spark runs it again)
  *   ShuffleJobs reduce-gate OUT GATE  a reduceByKey whose reduce tasks wait for file GATE before
  *                                  they read (the test acts once the map stage is done)
+ *   ShuffleJobs speculation OUT GATE  a partitionBy whose map task 0 stalls in its first attempt
+ *                                  half-way through its output until it is killed (run with
+ *                                  speculation on, a copy on another host wins); its reduce tasks
+ *                                  wait for file GATE before they read
  *   ShuffleJobs two-jobs OUT GATE  a reduceByKey counted by one job; then, once file GATE exists,
  *                                  collected by a second job that reuses the map outputs (the test
  *                                  removes executors in between)
@@ -81,6 +85,9 @@ public final class ShuffleJobs {
                 break;
             case "reduce-gate":
                 reduceGate(sc, lines, Paths.get(args[2]));
+                break;
+            case "speculation":
+                speculation(sc, lines, Paths.get(args[2]));
                 break;
             case "two-jobs":
                 twoJobs(sc, lines, Paths.get(args[2]));
@@ -365,13 +372,76 @@ public final class ShuffleJobs {
     }
 
     static void reduceGate(JavaSparkContext sc, List<String> lines, Path gate) throws Exception {
-        // partitionBy has no aggregator, so a reduce task reads only as the function consumes its
-        // iterator: after the gate.
         JavaPairRDD<Integer, Long> shuffled = sc.parallelize(range(0, 300_000), 6)
                 .mapToPair(i -> new Tuple2<>(i % 1013, (long) i))
                 .partitionBy(new org.apache.spark.HashPartitioner(8));
+        lines.add("reduce-gate " + sumsAfterGate(shuffled, gate));
+    }
+
+    static void speculation(JavaSparkContext sc, List<String> lines, Path gate) throws Exception {
+        JavaPairRDD<Integer, Long> shuffled = sc.parallelize(range(0, 400_000), 4)
+                .mapPartitionsWithIndex((idx, it) -> {
+                    TaskContext task = TaskContext.get();
+                    boolean speculation =
+                            org.apache.spark.SparkEnv.get().conf().getBoolean("spark.speculation", false);
+                    if (idx != 0 || task.attemptNumber() != 0 || !speculation) {
+                        return it; // without speculation (the sort-shuffle control) nothing stalls
+                    }
+                    System.err.println("TERRACE-E2E map 0 attempt 0 (task " + task.taskAttemptId()
+                            + ") stalls half-way");
+                    return new StallHalfWay<>(it, 50_000);
+                }, true)
+                .mapToPair(i -> new Tuple2<>(i % 1013, (long) i))
+                .partitionBy(new org.apache.spark.HashPartitioner(8));
+        lines.add("speculation " + sumsAfterGate(shuffled, gate));
+    }
+
+    /**
+     * Yields {@code half} elements, then waits until its task is killed (at most two minutes, then
+     * it goes on): the slow task speculation starts a copy of.
+     */
+    static final class StallHalfWay<T> implements Iterator<T> {
+        private final Iterator<T> inner;
+        private long left;
+
+        StallHalfWay(Iterator<T> inner, long half) {
+            this.inner = inner;
+            this.left = half;
+        }
+
+        @Override
+        public boolean hasNext() {
+            if (left-- == 0) {
+                long until = System.nanoTime() + 120_000_000_000L;
+                TaskContext task = TaskContext.get();
+                while (!task.isInterrupted() && System.nanoTime() < until) {
+                    try {
+                        Thread.sleep(50);
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                        throw new IllegalStateException("TERRACE-E2E stalled attempt interrupted", e);
+                    }
+                }
+                task.killTaskIfInterrupted();
+            }
+            return inner.hasNext();
+        }
+
+        @Override
+        public T next() {
+            return inner.next();
+        }
+    }
+
+    /**
+     * Per reduce partition, the sums of the values of each key, taken once file {@code gate}
+     * exists: partitionBy has no aggregator, so a reduce task reads only as this consumes its
+     * iterator, after the gate.
+     */
+    private static String sumsAfterGate(JavaPairRDD<Integer, Long> shuffled, Path gate)
+            throws Exception {
         String gatePath = gate.toString();
-        lines.add("reduce-gate " + digest(sortedStrings(shuffled.mapPartitions(it -> {
+        return digest(sortedStrings(shuffled.mapPartitions(it -> {
             Path g = Paths.get(gatePath);
             while (!Files.exists(g)) {
                 Thread.sleep(100);
@@ -384,6 +454,6 @@ public final class ShuffleJobs {
             List<String> out = new ArrayList<>();
             sums.forEach((k, v) -> out.add(k + "=" + v));
             return out.iterator();
-        }))));
+        })));
     }
 }

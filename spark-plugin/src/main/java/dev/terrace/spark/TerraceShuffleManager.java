@@ -6,6 +6,8 @@ import dev.terrace.bridge.TerraceNativeException;
 
 import org.apache.spark.ShuffleDependency;
 import org.apache.spark.SparkConf;
+import org.apache.spark.SparkContext;
+import org.apache.spark.SparkContext$;
 import org.apache.spark.TaskContext;
 import org.apache.spark.shuffle.ShuffleBlockResolver;
 import org.apache.spark.shuffle.ShuffleHandle;
@@ -17,6 +19,8 @@ import org.apache.spark.shuffle.ShuffleWriter;
 import org.apache.spark.shuffle.sort.SortShuffleManager;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+
+import scala.Option;
 
 import java.security.SecureRandom;
 import java.util.ArrayList;
@@ -49,8 +53,12 @@ public class TerraceShuffleManager implements ShuffleManager {
 
     /** Driver: the master agent, opened at the first shuffle. */
     private long master;
+    /** Set by {@link #stop}: no agent opens after it. */
+    private boolean stopped;
     /** Driver: the Terrace job of each registered shuffle. */
     private final Map<Integer, byte[]> jobs = new ConcurrentHashMap<>();
+    /** Driver: releases the partitions of map attempts Spark did not register. */
+    private LosingAttempts losingAttempts;
     /** Executors: the placer of each shuffle this process has written. */
     private final Map<Integer, Long> placers = new ConcurrentHashMap<>();
     /** Lazily built: only for {@link #shuffleBlockResolver()}. */
@@ -90,6 +98,7 @@ public class TerraceShuffleManager implements ShuffleManager {
             NativeBridge.masterRegisterJob(agent, job);
             jobs.put(shuffleId, job);
             String token = NativeBridge.masterJobToken(agent, job);
+            watchAttempts();
             LOG.info("shuffle {} is Terrace job {}", shuffleId, MapOutputs.hex(job));
             return new TerraceShuffleHandle<>(shuffleId, dependency, MapOutputs.hex(job), token);
         } catch (TerraceNativeException e) {
@@ -97,7 +106,40 @@ public class TerraceShuffleManager implements ShuffleManager {
         }
     }
 
+    /**
+     * Listens for map task attempts that end without their output registered (at the first
+     * shuffle: the application's context is running by then).
+     */
+    private synchronized void watchAttempts() {
+        if (losingAttempts != null) {
+            return;
+        }
+        Option<SparkContext> context = SparkContext$.MODULE$.getActive();
+        if (context.isEmpty()) {
+            LOG.warn("no active SparkContext: failed map attempts' partitions stay until their shuffle ends");
+            return;
+        }
+        losingAttempts =
+                new LosingAttempts(
+                        new LosingAttempts.Jobs() {
+                            @Override
+                            public byte[] job(int shuffleId) {
+                                return jobs.get(shuffleId);
+                            }
+
+                            @Override
+                            public boolean release(byte[] job, byte[] partition)
+                                    throws TerraceNativeException {
+                                return NativeBridge.masterReleasePlaced(master(), job, partition);
+                            }
+                        });
+        context.get().addSparkListener(losingAttempts);
+    }
+
     private synchronized long master() throws TerraceNativeException {
+        if (stopped) {
+            throw new IllegalStateException("the Terrace shuffle manager was stopped");
+        }
         if (master == 0) {
             master = NativeBridge.masterOpen(config.flat());
         }
@@ -158,6 +200,10 @@ public class TerraceShuffleManager implements ShuffleManager {
             NativeBridgeCalls.quietly(() -> NativeBridge.masterUnregisterJob(agent, job));
             LOG.info("shuffle {} released (Terrace job {})", shuffleId, MapOutputs.hex(job));
         }
+        LosingAttempts watcher = losingAttempts;
+        if (watcher != null) {
+            watcher.forget(shuffleId);
+        }
         return true;
     }
 
@@ -186,6 +232,10 @@ public class TerraceShuffleManager implements ShuffleManager {
             unregisterShuffle(shuffleId);
         }
         synchronized (this) {
+            stopped = true;
+            if (losingAttempts != null) {
+                losingAttempts.stop();
+            }
             if (master != 0) {
                 long agent = master;
                 master = 0;

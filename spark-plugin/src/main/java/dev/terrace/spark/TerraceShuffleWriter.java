@@ -158,7 +158,7 @@ final class TerraceShuffleWriter<K, V> extends ShuffleWriter<K, V> {
         }
         if (!success && descriptor != null) {
             LOG.info(
-                    "map task {} (attempt {}) of shuffle {} failed; its partition {} is dropped with the shuffle",
+                    "map task {} (attempt {}) of shuffle {} failed; the driver releases its partition {}",
                     context.partitionId(),
                     mapId,
                     handle.shuffleId(),
