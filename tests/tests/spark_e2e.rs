@@ -476,6 +476,36 @@ fn finish_reduce_gate(app: &App<'_>, running: Child, what: &str) -> Finished {
     done
 }
 
+/// A SQL job that shuffles over a GiB (a window over rows of incompressible
+/// hex) gives the sort shuffle's result; the workers saw every byte of it.
+#[test]
+fn a_sql_job_shuffling_over_a_gibibyte_matches_the_sort_shuffle() {
+    let _spark = spark_lock();
+    let want = sort_result_with(SPARK_3_5, "sql-big", &["1100"]);
+    let cluster = Cluster::start(2, "10s", false);
+    let app = App {
+        worker_hosts: "",
+        version: SPARK_3_5,
+        shuffle: Shuffle::Terrace,
+        job: "sql-big",
+        args: vec!["1100".into()],
+        conf: cluster.spark_conf(),
+        dir: cluster.dir.path().to_path_buf(),
+    };
+    let (have, _) = app.run();
+    assert_eq!(
+        have, want,
+        "sql-big: Terrace's result differs from the sort shuffle's"
+    );
+    let pushed: u64 = (0..2).map(|i| cluster.stats(i).bytes_pushed).sum();
+    eprintln!("spark_e2e: sql-big: the workers took {pushed} bytes");
+    assert!(
+        pushed >= 1 << 30,
+        "sql-big shuffled only {pushed} bytes through Terrace, not a GiB"
+    );
+    cluster.assert_empty();
+}
+
 /// A worker SIGKILLed while the reduce tasks wait at their gate (the map
 /// stage is done, its outputs are spread over three workers): the readers
 /// fail to fetch the outputs it held, Spark runs again exactly those map

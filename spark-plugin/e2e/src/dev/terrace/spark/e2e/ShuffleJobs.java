@@ -36,6 +36,8 @@ import java.util.Random;
  *   ShuffleJobs sql OUT            DataFrame aggregation and a skewed join, adaptive execution on;
  *                                  the final plans are written to OUT.plan
  *   ShuffleJobs rdd-sql OUT        both, in one application
+ *   ShuffleJobs sql-big OUT MIB    a SQL window over about MIB MiB of rows (1 KiB of hex each, which
+ *                                  Spark's lz4 cannot shrink), all shuffled, then aggregated
  *   ShuffleJobs big OUT MIB        about MIB MiB shuffled through one groupBy
  *   ShuffleJobs heavy OUT MIB      about MIB MiB of 1000-byte records (half random, half zeros) through
  *                                  one partitionBy, little CPU per record (the benchmark's job)
@@ -73,6 +75,9 @@ public final class ShuffleJobs {
             case "rdd-sql":
                 rdd(sc, lines);
                 sql(spark, lines, Paths.get(args[1] + ".plan"));
+                break;
+            case "sql-big":
+                sqlBig(spark, lines, Integer.parseInt(args[2]));
                 break;
             case "big":
                 big(sc, lines, Integer.parseInt(args[2]));
@@ -245,6 +250,33 @@ public final class ShuffleJobs {
                 "== agg\n" + agg.queryExecution().executedPlan().toString()
                         + "\n== join\n" + joined.queryExecution().executedPlan().toString();
         Files.write(planFile, plans.getBytes(StandardCharsets.UTF_8));
+    }
+
+    static void sqlBig(SparkSession spark, List<String> lines, int mib) throws Exception {
+        spark.conf().set("spark.sql.adaptive.enabled", "true");
+        spark.conf().set("spark.sql.shuffle.partitions", "16");
+        long rows = (long) mib * (1 << 20) / 1040;
+        StringBuilder payload = new StringBuilder("concat(");
+        for (int i = 0; i < 8; i++) {
+            payload.append(i == 0 ? "" : ", ").append("sha2(cast(id * 8 + ").append(i).append(" AS string), 512)");
+        }
+        payload.append(") AS p");
+        // A window ranks each key's rows by payload: every row, payload included, crosses the
+        // shuffle (no partial aggregation can shrink it).
+        Dataset<Row> ranked = spark.range(0, rows, 1, 8)
+                .selectExpr("id % 100003 AS k", payload.toString())
+                .selectExpr("k", "p", "row_number() OVER (PARTITION BY k ORDER BY p) AS rn");
+        Dataset<Row> groups = ranked
+                .selectExpr("k % 1000 AS g", "(xxhash64(p) % 1000000) * rn AS h")
+                .groupBy("g")
+                .agg(org.apache.spark.sql.functions.count("*").as("n"),
+                        org.apache.spark.sql.functions.sum("h").as("s"));
+        List<String> out = new ArrayList<>();
+        for (Row r : groups.collectAsList()) {
+            out.add(r.getLong(0) + "," + r.getLong(1) + "," + r.getLong(2));
+        }
+        out.sort(null);
+        lines.add("sql-big rows " + rows + " " + digest(out));
     }
 
     static void big(JavaSparkContext sc, List<String> lines, int mib) throws Exception {
