@@ -173,6 +173,18 @@ impl Collector for WorkerCollector {
         )?;
         counter(
             e,
+            "terrace_worker_compacted_bytes",
+            "Bytes of sealed partitions rewritten in the object store by compaction (overflow objects laid out again segment by segment).",
+            object_load(|o| &o.bytes_compacted),
+        )?;
+        counter(
+            e,
+            "terrace_worker_object_gets",
+            "Ranged GETs the worker sent to the object store.",
+            object_load(|o| &o.gets),
+        )?;
+        counter(
+            e,
             "terrace_worker_overflowed_bytes",
             "Bytes flushed straight to the object store because no local directory had room.",
             object_load(|o| &o.bytes_overflowed),

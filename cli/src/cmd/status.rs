@@ -140,6 +140,9 @@ struct ObjectStoreStatus {
     bytes_migrated: u64,
     partitions_migrated: u64,
     bytes_read: u64,
+    gets: u64,
+    bytes_compacted: u64,
+    partitions_compacted: u64,
     failures: u64,
     available: bool,
     last_error: Option<String>,
@@ -172,6 +175,9 @@ impl TierStatus {
                 bytes_migrated: o.bytes_migrated,
                 partitions_migrated: o.partitions_migrated,
                 bytes_read: o.bytes_read,
+                gets: o.gets,
+                bytes_compacted: o.bytes_compacted,
+                partitions_compacted: o.partitions_compacted,
                 failures: o.failures,
                 available: o.available,
                 last_error: non_empty(&o.last_error),
@@ -306,14 +312,17 @@ fn tier_lines(w: &WorkerStatus) -> Vec<String> {
                 ),
             };
             out.push(format!(
-                "object store {}: {} in {} object(s), {} overflowed, {} migrated ({} partition(s)), {} read, {} failure(s), {state}",
+                "object store {}: {} in {} object(s), {} overflowed, {} migrated ({} partition(s)), {} compacted ({} partition(s)), {} read in {} GET(s), {} failure(s), {state}",
                 o.url,
                 human(o.bytes),
                 o.objects,
                 human(o.bytes_overflowed),
                 human(o.bytes_migrated),
                 o.partitions_migrated,
+                human(o.bytes_compacted),
+                o.partitions_compacted,
                 human(o.bytes_read),
+                o.gets,
                 o.failures
             ));
         }

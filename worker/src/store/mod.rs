@@ -113,6 +113,10 @@ pub struct Store {
     /// Partitions being adopted: their objects are copied in before the
     /// partition is held, and no deletion may take them meanwhile.
     adopting: Mutex<HashSet<PartitionKey>>,
+    /// Objects replaced by compaction, deleted once past their instant:
+    /// reads resolved to them before the swap may still fetch them until
+    /// then. A crash meanwhile leaves them to the orphan cleanup at start.
+    replaced: Mutex<Vec<(std::time::Instant, object_store::path::Path)>>,
 }
 
 impl Store {
@@ -188,6 +192,7 @@ impl Store {
             held_back: HashSet::new(),
             deletions: Deletions::default(),
             adopting: Mutex::new(HashSet::new()),
+            replaced: Mutex::new(Vec::new()),
         };
         store.held_back = store.recover()?;
         // What recovery brought back is in memory already: it is charged
@@ -547,6 +552,65 @@ impl Store {
     /// Migrates one partition's local data to the object store now.
     pub async fn migrate(&self, partition: &Arc<Partition>) -> TierResult<u64> {
         partition.migrate(&self.tiers).await
+    }
+
+    /// Compacts a sealed partition's object extents now (see
+    /// [`Partition::compact`]); returns the new object's length (0: nothing
+    /// to do). The objects it replaced are deleted by the migrator once no
+    /// read resolved before the swap can still want them.
+    pub async fn compact(&self, partition: &Arc<Partition>) -> TierResult<u64> {
+        let compacted = partition.compact(&self.tiers).await?;
+        if !compacted.replaced.is_empty() {
+            let at = clock::now() + self.replaced_grace();
+            let mut replaced = self.replaced.lock().expect("replaced lock poisoned");
+            replaced.extend(compacted.replaced.into_iter().map(|key| (at, key)));
+        }
+        Ok(compacted.bytes)
+    }
+
+    /// How long a read resolved to an object may still fetch it: every
+    /// attempt of its GET, and one more request time.
+    fn replaced_grace(&self) -> Duration {
+        self.object
+            .request_timeout
+            .saturating_mul(self.object.retries.saturating_add(2))
+    }
+
+    /// Deletes the replaced objects whose grace has passed (all of them
+    /// when `all`); returns how many were deleted.
+    pub async fn delete_replaced(&self, all: bool) -> usize {
+        let Ok(object) = self.tiers.object() else {
+            return 0;
+        };
+        let now = clock::now();
+        let due: Vec<object_store::path::Path> = {
+            let mut replaced = self.replaced.lock().expect("replaced lock poisoned");
+            let (due, later): (Vec<_>, Vec<_>) =
+                replaced.drain(..).partition(|(at, _)| all || *at <= now);
+            *replaced = later;
+            due.into_iter().map(|(_, key)| key).collect()
+        };
+        let mut deleted = 0;
+        for key in due {
+            match object.delete(&key).await {
+                Ok(()) => deleted += 1,
+                Err(e) => tracing::warn!(object = %key, error = %e,
+                    "could not delete an object replaced by compaction; the orphan cleanup at the next start deletes it"),
+            }
+        }
+        deleted
+    }
+
+    async fn compact_logged(&self, partition: &Arc<Partition>) {
+        match self.compact(partition).await {
+            Ok(0) => {}
+            Ok(bytes) => {
+                tracing::debug!(partition = %partition.key(), bytes, "compacted in the object store")
+            }
+            Err(e) => {
+                tracing::warn!(partition = %partition.key(), error = %e, "compaction failed; the partition's objects stay as they are and the compaction is retried later")
+            }
+        }
     }
 
     /// Releases a partition and deletes its data in every tier. Not found is an error.
@@ -959,6 +1023,19 @@ impl Store {
         for p in cold {
             self.migrate_logged(&p).await;
         }
+        // Sealed partitions whose object extents overflow flushes wrote,
+        // subpartitions interleaved: laid out again segment by segment.
+        if !self.durable() {
+            let fragmented: Vec<Arc<Partition>> = self
+                .partitions()
+                .into_iter()
+                .filter(|p| p.compaction_candidate())
+                .collect();
+            for p in fragmented {
+                self.compact_logged(&p).await;
+            }
+        }
+        self.delete_replaced(false).await;
     }
 
     async fn migrate_logged(&self, partition: &Arc<Partition>) {
@@ -1015,6 +1092,16 @@ impl Store {
         let (Some(job), Some(partition)) = (job, partition) else {
             return false;
         };
+        // Replaced by a compaction: kept through its grace (`delete_replaced`).
+        if self
+            .replaced
+            .lock()
+            .expect("replaced lock poisoned")
+            .iter()
+            .any(|(_, k)| k.as_ref() == key)
+        {
+            return true;
+        }
         let named = |k: &PartitionKey| {
             names::job_name(&k.job) == job && names::partition_name(&k.partition) == partition
         };

@@ -35,6 +35,10 @@ pub struct ObjectCounters {
     pub bytes_overflowed: AtomicU64,
     pub bytes_migrated: AtomicU64,
     pub partitions_migrated: AtomicU64,
+    /// Bytes and partitions rewritten by compaction (overflow objects laid
+    /// out again segment by segment).
+    pub bytes_compacted: AtomicU64,
+    pub partitions_compacted: AtomicU64,
     pub bytes_read: AtomicU64,
     /// Ranges fetched (ranged GETs).
     pub gets: AtomicU64,

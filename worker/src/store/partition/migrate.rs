@@ -285,7 +285,7 @@ pub(super) fn read_chunk(chunk: &[(Arc<DataFile>, u64, u32)]) -> TierResult<Byte
 
 /// The pieces of `sources` (each `(source, offset, len)`, laid end to end)
 /// that make up bytes `part * part_size ..` of at most `part_size` bytes.
-fn part_slices<T: Clone>(
+pub(super) fn part_slices<T: Clone>(
     sources: &[(T, u64, u32)],
     part_size: u64,
     part: usize,

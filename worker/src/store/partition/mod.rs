@@ -16,10 +16,14 @@
 //! - **Migration**: a sealed partition's local extents are uploaded as one
 //!   object laid out segment by segment; then the index is persisted
 //!   pointing at it, swapped in, and only then are the local files deleted.
+//! - **Compaction**: a sealed partition's object extents written by
+//!   overflow flushes (subpartitions interleaved) are rewritten the same
+//!   way as one object laid out segment by segment.
 //!
 //! Every change bumps a version on a watch channel, which parked readers wait on.
 
 mod append;
+mod compact;
 mod durable;
 mod flush;
 mod migrate;

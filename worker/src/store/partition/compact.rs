@@ -1,0 +1,353 @@
+//! Compaction: overflow flushes write a partition's extents to the object
+//! store in the order they arrived, every subpartition's buffers interleaved,
+//! so one segment of one subpartition is spread over many small ranges of
+//! many objects. Once the partition is sealed its object extents are
+//! rewritten as one object laid out segment by segment (the layout a
+//! migration writes): a reader then reads each segment as one range, and
+//! adjacent segments coalesce into large GETs.
+//!
+//! Commit order, as for a migration: upload the new object; persist the
+//! index pointing at it and swap it in; only then delete the old objects,
+//! after a grace period for reads already resolved to them. A crash before
+//! the persist leaves the new object unreferenced, a crash after it the old
+//! ones: the orphan cleanup at start-up deletes either, and the index read
+//! back names a complete set of objects.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use object_store::path::Path as ObjectPath;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use terrace_rpc::clock;
+use terrace_tier_api::{TierError, TierResult};
+
+use super::migrate::part_slices;
+use super::{Partition, Phase};
+use crate::store::StoreError;
+use crate::store::index::{Blob, ExtentRef, Location};
+use crate::store::object::ObjectTier;
+use crate::store::tiers::Tiers;
+
+/// Ranged GETs one compaction part has in flight at once.
+const PART_GETS: usize = 8;
+
+/// An object extent to rewrite: where it is in the index, its object,
+/// offset and length.
+type Piece = (ExtentRef, u32, u64, u32);
+
+impl Partition {
+    /// Whether the partition's object extents should be compacted now:
+    /// sealed, not migrating, no local files (a partition with local data
+    /// is compacted after its migration, so its bytes are uploaded once
+    /// more at most), and its object extents fragmented (see
+    /// [`fragmented`]).
+    pub fn compaction_candidate(&self) -> bool {
+        let state = self.lock();
+        let now = clock::now();
+        matches!(state.phase, Phase::Sealed)
+            && !state.migrating
+            && state.migrate_after.is_none_or(|t| now >= t)
+            && state.files.is_empty()
+            && state.durable_copy.is_none()
+            && fragmented(&object_pieces(&state.index))
+    }
+
+    /// Rewrites the partition's object extents as one new object in index
+    /// order; returns its length (0: nothing to do) and the keys of the
+    /// objects it replaced, which the caller deletes once reads already
+    /// resolved to them are done. On failure the old objects stay in use and
+    /// the partition backs off as after a failed migration.
+    pub async fn compact(self: &Arc<Self>, tiers: &Tiers) -> TierResult<Compacted> {
+        let object = tiers.object()?;
+        let prefix = self.object_prefix(object);
+        let (pieces, blob) = {
+            let mut state = self.lock();
+            if !matches!(state.phase, Phase::Sealed) || state.migrating {
+                return Ok(Compacted::default());
+            }
+            let pieces = object_pieces(&state.index);
+            if !fragmented(&pieces) {
+                return Ok(Compacted::default());
+            }
+            let len: u64 = pieces.iter().map(|p| u64::from(p.3)).sum();
+            state.next_blob += 1;
+            state.migrating = true;
+            (
+                pieces,
+                Blob {
+                    id: state.next_blob - 1,
+                    len,
+                },
+            )
+        };
+        let result = async {
+            self.upload_pieces(tiers, object, &pieces, &prefix, blob.id)
+                .await?;
+            self.commit_compaction(tiers, object, &pieces, &prefix, blob)
+                .await
+        }
+        .await;
+        let mut state = self.lock();
+        state.migrating = false;
+        match &result {
+            Ok(_) => {
+                state.migration_failures = 0;
+                state.migrate_after = None;
+            }
+            Err(_) => {
+                state.migration_failures = state.migration_failures.saturating_add(1);
+                let backoff = Duration::from_secs(1 << state.migration_failures.min(6));
+                state.migrate_after = Some(clock::now() + backoff);
+            }
+        }
+        result
+    }
+
+    /// Uploads `pieces` (read from their old objects) end to end as object
+    /// `id`, in parts of `object_part_size` (at least 5 MiB).
+    async fn upload_pieces(
+        &self,
+        tiers: &Tiers,
+        object: &ObjectTier,
+        pieces: &[Piece],
+        prefix: &str,
+        id: u32,
+    ) -> TierResult<()> {
+        let key = ObjectTier::object_key(prefix, id);
+        let total: u64 = pieces.iter().map(|p| u64::from(p.3)).sum();
+        let part_size = tiers.object_part_size.max(5 << 20);
+        let num_parts = usize::try_from(total.div_ceil(part_size).max(1)).unwrap_or(usize::MAX);
+        let sources: Vec<(u32, u64, u32)> = pieces.iter().map(|p| (p.1, p.2, p.3)).collect();
+        object
+            .put_parts(&key, num_parts, |i| {
+                let slices = part_slices(&sources, part_size, i);
+                async move { fetch_part(object, prefix, &slices).await }
+            })
+            .await
+    }
+
+    /// Points every piece at `blob` and persists the index. On a failed
+    /// persist the old index and objects stay and the new object is deleted.
+    async fn commit_compaction(
+        self: &Arc<Self>,
+        tiers: &Tiers,
+        object: &ObjectTier,
+        pieces: &[Piece],
+        prefix: &str,
+        blob: Blob,
+    ) -> TierResult<Compacted> {
+        let key = ObjectTier::object_key(prefix, blob.id);
+        let _guard = self.flush_lock.lock().await;
+        if matches!(self.lock().phase, Phase::Released) {
+            let _ = object.delete(&key).await;
+            return Ok(Compacted::default());
+        }
+        let (old_index, old_objects) = {
+            let mut state = self.lock();
+            let old = (state.index.clone(), state.objects.clone());
+            let mut at = 0u64;
+            for (extent, _, _, len) in pieces {
+                state.index.relocate(
+                    *extent,
+                    Location::Object {
+                        object: blob.id,
+                        offset: at,
+                    },
+                );
+                at += u64::from(*len);
+            }
+            state.objects = vec![blob];
+            old
+        };
+        if let Err(e) = self.persist(tiers, false).await {
+            {
+                let mut state = self.lock();
+                state.index = old_index;
+                state.objects = old_objects;
+            }
+            let _ = object.delete(&key).await;
+            return Err(e.context(format!("compact {}", self.meta.key)));
+        }
+        // Counted with the swap, so figures and index never disagree.
+        let old_len: u64 = old_objects.iter().map(|b| b.len).sum();
+        object.counters.bytes.fetch_add(blob.len, Ordering::Relaxed);
+        object.counters.bytes.fetch_sub(old_len, Ordering::Relaxed);
+        object.counters.objects.fetch_add(1, Ordering::Relaxed);
+        object
+            .counters
+            .objects
+            .fetch_sub(old_objects.len() as u64, Ordering::Relaxed);
+        object
+            .counters
+            .bytes_compacted
+            .fetch_add(blob.len, Ordering::Relaxed);
+        object
+            .counters
+            .partitions_compacted
+            .fetch_add(1, Ordering::Relaxed);
+        self.bump();
+        Ok(Compacted {
+            bytes: blob.len,
+            replaced: old_objects
+                .iter()
+                .map(|b| ObjectTier::object_key(prefix, b.id))
+                .collect(),
+        })
+    }
+}
+
+/// What a compaction did: the new object's length (0: nothing done) and
+/// the objects it replaced, to delete once no read can still want them.
+#[derive(Debug, Default)]
+pub struct Compacted {
+    pub bytes: u64,
+    pub replaced: Vec<ObjectPath>,
+}
+
+/// The partition's object extents, in index order.
+fn object_pieces(index: &crate::store::index::PartitionIndex) -> Vec<Piece> {
+    index
+        .extents()
+        .filter_map(|(at, e)| match e.location {
+            Location::Object { object, offset } => Some((at, object, offset, e.len)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `pieces` are not one run laid out in index order: some piece
+/// does not follow the one before it back to back in the same object.
+/// (Pieces written by a migration or a compaction are one run.)
+fn fragmented(pieces: &[Piece]) -> bool {
+    pieces
+        .windows(2)
+        .any(|w| w[1].1 != w[0].1 || w[1].2 != w[0].2 + u64::from(w[0].3))
+}
+
+/// Reads one part's `slices` (object id, offset, length; laid end to end)
+/// from their objects. The slices of one object are fetched in ranges that
+/// cover neighbours when what lies between is no larger than what they
+/// carry (so at most twice the part's bytes are fetched), `PART_GETS` GETs
+/// at a time.
+async fn fetch_part(
+    object: &ObjectTier,
+    prefix: &str,
+    slices: &[(u32, u64, u32)],
+) -> TierResult<Bytes> {
+    let total: usize = slices.iter().map(|s| s.2 as usize).sum();
+    let mut by_object: BTreeMap<u32, Vec<Range<u64>>> = BTreeMap::new();
+    for (id, offset, len) in slices {
+        by_object
+            .entry(*id)
+            .or_default()
+            .push(*offset..offset + u64::from(*len));
+    }
+    let mut requests = Vec::new();
+    for (id, mut ranges) in by_object {
+        ranges.sort_by_key(|r| r.start);
+        for range in cover(&ranges) {
+            requests.push((id, range));
+        }
+    }
+    let fetched: Vec<(u32, Range<u64>, Bytes)> = futures::stream::iter(requests)
+        .map(|(id, range)| async move {
+            let key = ObjectTier::object_key(prefix, id);
+            let body = object
+                .get_ranges(&key, std::slice::from_ref(&range))
+                .await?
+                .pop()
+                .unwrap_or_default();
+            if body.len() as u64 != range.end - range.start {
+                return Err(TierError::from(StoreError::Corrupt {
+                    what: format!("object {key} range {range:?}"),
+                    detail: format!(
+                        "returned {} bytes, expected {}",
+                        body.len(),
+                        range.end - range.start
+                    ),
+                }));
+            }
+            Ok((id, range, body))
+        })
+        .buffer_unordered(PART_GETS)
+        .collect::<Vec<TierResult<_>>>()
+        .await
+        .into_iter()
+        .collect::<TierResult<_>>()?;
+    let fetched: BTreeMap<(u32, u64), (u64, Bytes)> = fetched
+        .into_iter()
+        .map(|(id, range, body)| ((id, range.start), (range.end, body)))
+        .collect();
+    let mut out = BytesMut::with_capacity(total);
+    for (id, offset, len) in slices {
+        let end = offset + u64::from(*len);
+        let covering = fetched
+            .range(..=(*id, *offset))
+            .next_back()
+            .filter(|((i, _), (e, _))| i == id && end <= *e);
+        let Some(((_, start), (_, body))) = covering else {
+            return Err(TierError::internal(format!(
+                "compaction: no fetched range of object {id} covers {offset}..{end}"
+            )));
+        };
+        let from = (offset - start) as usize;
+        out.extend_from_slice(&body[from..from + *len as usize]);
+    }
+    Ok(out.freeze())
+}
+
+/// Sorted, possibly overlapping-free `ranges` merged into the ranges to
+/// fetch: a range grows over the next one when the gap between them is no
+/// larger than the bytes it already carries.
+fn cover(ranges: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out: Vec<(Range<u64>, u64)> = Vec::new();
+    for r in ranges {
+        let len = r.end - r.start;
+        match out.last_mut() {
+            Some((last, useful)) if r.start.saturating_sub(last.end) <= *useful => {
+                last.end = last.end.max(r.end);
+                *useful += len;
+            }
+            _ => out.push((r.clone(), len)),
+        }
+    }
+    out.into_iter().map(|(r, _)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cover;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every wanted range lies inside one fetched range, fetched ranges
+        /// do not overlap, and at most twice the wanted bytes are fetched.
+        #[test]
+        fn fetched_ranges_cover_every_slice_at_most_twice_over(
+            spans in proptest::collection::vec((0u64..5000, 1u64..3000), 1..60),
+        ) {
+            let mut wanted = Vec::new();
+            let mut at = 0;
+            for (gap, len) in spans {
+                at += gap;
+                wanted.push(at..at + len);
+                at += len;
+            }
+            let fetched = cover(&wanted);
+            for w in &wanted {
+                prop_assert!(fetched.iter().any(|f| f.start <= w.start && w.end <= f.end));
+            }
+            for pair in fetched.windows(2) {
+                prop_assert!(pair[0].end <= pair[1].start);
+            }
+            let want: u64 = wanted.iter().map(|r| r.end - r.start).sum();
+            let got: u64 = fetched.iter().map(|r| r.end - r.start).sum();
+            prop_assert!(got <= 2 * want);
+        }
+    }
+}
