@@ -62,6 +62,9 @@ const SPLIT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// masters say is restarting, at most.
 const RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
 const RESTART_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a worker that refused pushes as it stops is given to close its
+/// connection when no master confirms that it is restarting.
+const REFUSED_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// One attempt to reach a worker that may be back from a restart.
 const RECONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Restarts of its worker one flush or seal waits through, at most.
@@ -462,6 +465,20 @@ impl ProducerAgent {
         })
     }
 
+    /// Whether the connection to the current part's worker closes within
+    /// `wait`.
+    fn closes_within(&self, wait: std::time::Duration) -> bool {
+        let deadline = clock::now() + wait;
+        while !self.pusher.client().is_closed() {
+            if clock::now() >= deadline {
+                return false;
+            }
+            // Made inside the runtime: a timer needs its reactor.
+            io_runtime().block_on(async { clock::sleep(RESTART_POLL / 4).await });
+        }
+        true
+    }
+
     /// Waits (at most [`RESTART_WAIT`]) until the connection to the
     /// current part's worker `worker_id`, which is restarting, closes.
     fn wait_until_stopped(&self, worker_id: &str) -> TierResult<()> {
@@ -499,8 +516,10 @@ impl ProducerAgent {
         }
         let worker_id = self.parts.last().cloned().unwrap_or_default();
         if !self.pusher.client().is_closed() {
-            // Refused while the worker stops: it must be restarting.
-            if !self.masters_say_restarting(&worker_id) {
+            // Refused while the worker stops: it must be restarting, as the
+            // masters say, or (none answering in time, as on a loaded
+            // machine) as its connection closing soon after shows.
+            if !self.masters_say_restarting(&worker_id) && !self.closes_within(REFUSED_CLOSE_WAIT) {
                 return self.pusher.check();
             }
             self.wait_until_stopped(&worker_id)?;

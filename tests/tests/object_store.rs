@@ -24,6 +24,8 @@ struct Setup<'a> {
     memory_budget: &'a str,
     dir_capacity: &'a str,
     cold_after: &'a str,
+    /// `object_store.read_budget`.
+    read_budget: &'a str,
 }
 
 /// Writes a worker config using `s3` as its object store and returns its path.
@@ -45,7 +47,7 @@ request_timeout = "1s"
 retries = 2
 backoff = "100ms"
 part_size = "8MiB"
-read_budget = "16MiB"
+read_budget = "{read_budget}"
 cold_after = "{cold}"
 migration_interval = "100ms"
 
@@ -61,6 +63,7 @@ aws_allow_http = "true"
         capacity = setup.dir_capacity,
         url = setup.s3.url(PREFIX),
         cold = setup.cold_after,
+        read_budget = setup.read_budget,
         endpoint = setup.s3.endpoint(),
         ak = terrace_tests::s3::ACCESS_KEY,
         sk = terrace_tests::s3::SECRET_KEY,
@@ -81,6 +84,16 @@ struct Rig {
 
 impl Rig {
     fn start(memory_budget: &str, dir_capacity: &str, cold_after: &str) -> Rig {
+        Rig::start_reading(memory_budget, dir_capacity, cold_after, "16MiB")
+    }
+
+    /// [`Rig::start`] with another object-store `read_budget`.
+    fn start_reading(
+        memory_budget: &str,
+        dir_capacity: &str,
+        cold_after: &str,
+        read_budget: &str,
+    ) -> Rig {
         let s3 = S3Server::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = worker_config(&Setup {
@@ -89,6 +102,7 @@ impl Rig {
             memory_budget,
             dir_capacity,
             cold_after,
+            read_budget,
         });
         let worker = start_worker(&config_path);
         Rig {
@@ -258,7 +272,14 @@ fn overflow_takes_a_gib_past_a_64_mib_disk_within_the_memory_bound() {
         "{o:?}"
     );
     assert_eq!(o.failures, 0, "{o:?}");
-    assert!(s3.objects(PREFIX).len() as u64 == o.objects, "{o:?}");
+    // Compactions of sealed partitions, and the deletion of the objects they
+    // replaced (after a grace), settle: then the bucket holds what the
+    // worker counts.
+    terrace_tests::wait_until(
+        Duration::from_secs(120),
+        "the bucket holds exactly the objects the worker counts",
+        || s3.objects(PREFIX).len() as u64 == object_stats(&tiers(&worker)).objects,
+    );
     for (p, expected) in expected.iter().enumerate() {
         assert_reads_exactly(&config, &worker, &key(20, p as u32), SUBS, expected);
     }
@@ -336,6 +357,150 @@ fn migration_survives_sigkill_during_and_after() {
     drop_job(&worker, &small);
     wait_objects_gone(&s3);
     assert!(data_files(dir.path()).is_empty());
+}
+
+/// Agent settings of the compaction tests: 32 KiB buffers in 2 MiB segments.
+fn compaction_config() -> AgentConfig {
+    AgentConfig {
+        push_size: ByteSize::kib(512),
+        segment_size: ByteSize::mib(2),
+        max_buffer_size: ByteSize::kib(64),
+        ..agent_config()
+    }
+}
+
+/// Waits until every one of `partitions` partitions is one object (in the
+/// worker's figures and in the bucket: what compaction replaced is gone).
+fn wait_compacted(worker: &ServiceProcess, s3: &S3Server, partitions: u64) -> TierStats {
+    let t = wait_for(worker, Duration::from_secs(120), "compaction", |t| {
+        let o = object_stats(t);
+        o.partitions_compacted >= partitions && o.objects == partitions && t.local_bytes == 0
+    });
+    terrace_tests::wait_until(
+        Duration::from_secs(60),
+        "the replaced objects are deleted",
+        || s3.objects(PREFIX).len() as u64 == partitions,
+    );
+    t
+}
+
+/// A worker whose disk takes 1 MiB overflows every flush to the store,
+/// every subpartition's buffers interleaved in each object. Sealed, each
+/// partition is compacted into one object laid out segment by segment, the
+/// objects it replaced are deleted, and the partitions read back exactly in
+/// GETs of at least 1 MiB on average (each segment one range, adjacent
+/// segments coalesced by reading ahead), with the default read budget
+/// (64 MiB) for the 16 subpartitions read at once.
+#[test]
+fn overflowed_partitions_are_compacted_and_read_back_in_large_gets() {
+    let _logs = logs::capture();
+    let Rig {
+        s3,
+        dir: _dir,
+        config_path: _config_path,
+        worker,
+    } = Rig::start_reading("64MiB", "1MiB", "1h", "64MiB");
+    let config = compaction_config();
+    const SUBS: u32 = 16;
+    // 2 partitions x 16 subpartitions x 128 buffers x 32 KiB = 128 MiB.
+    let expected: Vec<_> = (0..2)
+        .map(|p| {
+            write_partition(
+                &config,
+                descriptor(&worker, &key(24, p)),
+                p,
+                SUBS,
+                128,
+                32 * 1024,
+            )
+        })
+        .collect();
+    let overflowed = object_stats(&tiers(&worker)).bytes_overflowed;
+    assert!(overflowed >= 120 << 20, "{overflowed} bytes overflowed");
+    let t = wait_compacted(&worker, &s3, 2);
+    let before = object_stats(&t);
+    assert!(before.bytes_compacted >= 128 << 20, "{before:?}");
+    assert_eq!(before.failures, 0, "{before:?}");
+    for (p, expected) in expected.iter().enumerate() {
+        assert_reads_exactly(&config, &worker, &key(24, p as u32), SUBS, expected);
+    }
+    let after = object_stats(&tiers(&worker));
+    let gets = after.gets - before.gets;
+    let bytes = after.bytes_read - before.bytes_read;
+    let per_get = bytes as f64 / gets.max(1) as f64;
+    eprintln!(
+        "compacted partitions read back: {bytes} bytes in {gets} GETs, {:.2} MiB per GET, {:.0} GETs per GiB",
+        per_get / f64::from(1 << 20),
+        gets as f64 / (bytes as f64 / f64::from(1 << 30))
+    );
+    assert!(bytes >= 128 << 20, "{bytes} bytes read from the store");
+    assert!(
+        per_get >= f64::from(1 << 20),
+        "{per_get:.0} bytes per GET: reads of compacted partitions should be at least 1 MiB each"
+    );
+    drop_job(&worker, &key(24, 0));
+    wait_objects_gone(&s3);
+}
+
+/// A worker SIGKILLed while it uploads a compaction's object, and one
+/// SIGKILLed right after a compaction swapped its object in (the replaced
+/// objects not deleted yet): each restarts serving every byte exactly, and
+/// compaction ends with one object per partition and no orphan.
+#[test]
+fn a_worker_killed_during_or_after_a_compaction_loses_nothing_and_leaves_no_orphan() {
+    let _logs = logs::capture();
+    let Rig {
+        s3,
+        dir: _dir,
+        config_path,
+        worker,
+    } = Rig::start("64MiB", "1MiB", "1h");
+    let config = compaction_config();
+    const SUBS: u32 = 16;
+    // 16 subpartitions x 256 buffers x 32 KiB = 128 MiB: 16 parts of 8 MiB.
+    let big = key(25, 1);
+    let expected = write_partition(&config, descriptor(&worker, &big), 1, SUBS, 256, 32 * 1024);
+    terrace_tests::wait_until_every(
+        Duration::from_secs(60),
+        Duration::from_millis(5),
+        "a compaction upload begins",
+        || !s3.open_uploads().is_empty(),
+    );
+    worker.kill();
+    let worker = start_worker(&config_path);
+    assert_reads_exactly(&config, &worker, &big, SUBS, &expected);
+    wait_compacted(&worker, &s3, 1);
+    assert_reads_exactly(&config, &worker, &big, SUBS, &expected);
+
+    // Killed within the grace of the replaced objects: they are orphans at
+    // the next start, and go.
+    let small = key(25, 2);
+    let expected_small =
+        write_partition(&config, descriptor(&worker, &small), 2, SUBS, 32, 32 * 1024);
+    wait_for(
+        &worker,
+        Duration::from_secs(60),
+        "the second compaction",
+        |t| object_stats(t).partitions_compacted >= 2,
+    );
+    let replaced_left = s3.objects(PREFIX).len();
+    worker.kill();
+    assert!(
+        replaced_left > 2,
+        "the replaced objects were still there when the worker was killed: {replaced_left}"
+    );
+    let worker = start_worker(&config_path);
+    terrace_tests::wait_until(
+        Duration::from_secs(60),
+        "orphans deleted at start: one object per partition",
+        || s3.objects(PREFIX).len() == 2,
+    );
+    let t = tiers(&worker);
+    assert_eq!(object_stats(&t).objects, 2, "{t:?}");
+    assert_reads_exactly(&config, &worker, &big, SUBS, &expected);
+    assert_reads_exactly(&config, &worker, &small, SUBS, &expected_small);
+    drop_job(&worker, &big);
+    wait_objects_gone(&s3);
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -37,6 +37,10 @@ use crate::context::{Shared, StreamInput};
 use crate::store::counters::{Counters, ErrorClass, Occupancy, Occupied};
 use crate::store::{Charge, Partition, ReadStep, Source, cost, single_object_range};
 
+/// Smallest read-ahead window opened when the budget cannot take a full
+/// `read_ahead` one.
+const MIN_WINDOW: u64 = 1 << 20;
+
 /// What a reader asked for in `OpenStream`, validated.
 #[derive(Debug)]
 pub(crate) struct Request {
@@ -641,13 +645,26 @@ impl Stream {
             return None;
         }
         let subpartition = self.first + index as u32;
-        let (key, range) = partition.object_run(
-            subpartition,
-            segment,
-            position,
-            tiers.read_ahead.max(min_bytes),
-        )?;
-        let permit = tiers.try_reserve_ahead(range.end - range.start)?;
+        // A window of `read_ahead` at most, and of half the free read-ahead
+        // budget, so that many streams at once share it in windows rather
+        // than a few take it all and the rest fall back to batch-sized GETs;
+        // where even that is short, halves down to `MIN_WINDOW`.
+        let mut want = tiers
+            .read_ahead
+            .min(tiers.ahead_free() / 2)
+            .max(MIN_WINDOW)
+            .max(min_bytes);
+        let (key, range, permit) = loop {
+            let (key, range) = partition.object_run(subpartition, segment, position, want)?;
+            if let Some(permit) = tiers.try_reserve_ahead(range.end - range.start) {
+                break (key, range, permit);
+            }
+            let smaller = (range.end - range.start).min(want) / 2;
+            if smaller < MIN_WINDOW.max(min_bytes) {
+                return None;
+            }
+            want = smaller;
+        };
         let shared = Arc::clone(&self.shared);
         let (k, r) = (key.clone(), range.clone());
         let handle =
@@ -798,6 +815,18 @@ impl Stream {
                             }
                         }));
                         progressed = true;
+                        continue;
+                    }
+                    // Object data, no window to be had (the read-ahead budget
+                    // is taken): while this stream has reads in flight, whose
+                    // bodies free budget as they go out, the subpartition
+                    // waits for a window instead of fetching a batch-sized
+                    // range of its own.
+                    if !self.inflight.is_empty()
+                        && self.shared.store.tiers().read_ahead > 0
+                        && sources.iter().all(|s| matches!(s, Source::Object { .. }))
+                    {
+                        self.ready = Some(memory);
                         continue;
                     }
                     if let Some(sub) = self.sub(index) {

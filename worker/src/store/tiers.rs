@@ -168,6 +168,11 @@ impl Tiers {
         Ok(chunks)
     }
 
+    /// Read-ahead budget free now, in bytes.
+    pub fn ahead_free(&self) -> u64 {
+        self.ahead_budget.available_permits() as u64
+    }
+
     /// Read budget for `bytes` read ahead, if it is free now: reads ahead
     /// never wait, and hold at most half of the budget.
     pub fn try_reserve_ahead(&self, bytes: u64) -> Option<AheadPermit> {

@@ -1,17 +1,20 @@
 //! Compaction: overflow flushes write a partition's extents to the object
 //! store in the order they arrived, every subpartition's buffers interleaved,
 //! so one segment of one subpartition is spread over many small ranges of
-//! many objects. Once the partition is sealed its object extents are
-//! rewritten as one object laid out segment by segment (the layout a
-//! migration writes): a reader then reads each segment as one range, and
-//! adjacent segments coalesce into large GETs.
+//! many objects. Once the partition is sealed all its extents (those in
+//! objects, and those a full disk still took) are rewritten as one object
+//! laid out segment by segment (the layout a migration writes): a reader then
+//! reads each segment as one range, and adjacent segments coalesce into large
+//! GETs. Overflow happens when the local disks are full, so moving the
+//! partition's local rest out with it frees them too.
 //!
 //! Commit order, as for a migration: upload the new object; persist the
-//! index pointing at it and swap it in; only then delete the old objects,
-//! after a grace period for reads already resolved to them. A crash before
-//! the persist leaves the new object unreferenced, a crash after it the old
-//! ones: the orphan cleanup at start-up deletes either, and the index read
-//! back names a complete set of objects.
+//! index pointing at it and swap it in; delete the local files; delete the
+//! old objects only after a grace period for reads already resolved to them
+//! (the caller's). A crash before the persist leaves the new object
+//! unreferenced, a crash after it the old ones: the orphan cleanup at
+//! start-up deletes either, and the index read back names a complete set of
+//! objects and files.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -24,11 +27,12 @@ use object_store::path::Path as ObjectPath;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use terrace_rpc::clock;
-use terrace_tier_api::{TierError, TierResult};
+use terrace_tier_api::{ErrorKind, TierError, TierResult};
 
-use super::migrate::part_slices;
-use super::{Partition, Phase};
+use super::migrate::{part_slices, read_chunk};
+use super::{Partition, Phase, delete_files};
 use crate::store::StoreError;
+use crate::store::handles::DataFile;
 use crate::store::index::{Blob, ExtentRef, Location};
 use crate::store::object::ObjectTier;
 use crate::store::tiers::Tiers;
@@ -36,25 +40,29 @@ use crate::store::tiers::Tiers;
 /// Ranged GETs one compaction part has in flight at once.
 const PART_GETS: usize = 8;
 
-/// An object extent to rewrite: where it is in the index, its object,
-/// offset and length.
-type Piece = (ExtentRef, u32, u64, u32);
+/// Where an extent to rewrite lies: an object (by id) or a local file.
+#[derive(Debug, Clone)]
+enum Held {
+    Object(u32),
+    File(Arc<DataFile>),
+}
+
+/// An extent to rewrite: where it is in the index, what holds it, its
+/// offset there and its length.
+type Piece = (ExtentRef, Held, u64, u32);
 
 impl Partition {
-    /// Whether the partition's object extents should be compacted now:
-    /// sealed, not migrating, no local files (a partition with local data
-    /// is compacted after its migration, so its bytes are uploaded once
-    /// more at most), and its object extents fragmented (see
-    /// [`fragmented`]).
+    /// Whether the partition should be compacted now: sealed, not
+    /// migrating or backing off, without a durable copy, and with object
+    /// extents that are not one run in index order (see [`fragmented`]).
     pub fn compaction_candidate(&self) -> bool {
         let state = self.lock();
         let now = clock::now();
         matches!(state.phase, Phase::Sealed)
             && !state.migrating
             && state.migrate_after.is_none_or(|t| now >= t)
-            && state.files.is_empty()
             && state.durable_copy.is_none()
-            && fragmented(&object_pieces(&state.index))
+            && fragmented(&state.index)
     }
 
     /// Rewrites the partition's object extents as one new object in index
@@ -67,13 +75,14 @@ impl Partition {
         let prefix = self.object_prefix(object);
         let (pieces, blob) = {
             let mut state = self.lock();
-            if !matches!(state.phase, Phase::Sealed) || state.migrating {
+            if !matches!(state.phase, Phase::Sealed)
+                || state.migrating
+                || state.durable_copy.is_some()
+                || !fragmented(&state.index)
+            {
                 return Ok(Compacted::default());
             }
-            let pieces = object_pieces(&state.index);
-            if !fragmented(&pieces) {
-                return Ok(Compacted::default());
-            }
+            let pieces = self.pieces(&state)?;
             let len: u64 = pieces.iter().map(|p| u64::from(p.3)).sum();
             state.next_blob += 1;
             state.migrating = true;
@@ -108,7 +117,35 @@ impl Partition {
         result
     }
 
-    /// Uploads `pieces` (read from their old objects) end to end as object
+    /// Every extent of the partition (none is in memory once it is sealed),
+    /// in index order, with what holds it.
+    fn pieces(&self, state: &super::State) -> TierResult<Vec<Piece>> {
+        let mut pieces = Vec::new();
+        for (at, extent) in state.index.extents() {
+            let (held, offset) = match &extent.location {
+                Location::Object { object, offset } => (Held::Object(*object), *offset),
+                Location::Local { file, offset } => {
+                    let Some(f) = state.files.iter().find(|f| f.id == *file) else {
+                        return Err(TierError::internal(format!(
+                            "{}: index names local file {file}, which the partition lacks",
+                            self.meta.key
+                        )));
+                    };
+                    (Held::File(Arc::clone(&f.file)), *offset)
+                }
+                Location::Memory(_) => {
+                    return Err(TierError::internal(format!(
+                        "{}: a sealed partition holds an extent in memory",
+                        self.meta.key
+                    )));
+                }
+            };
+            pieces.push((at, held, offset, extent.len));
+        }
+        Ok(pieces)
+    }
+
+    /// Uploads `pieces` (read from their old objects and files) end to end as object
     /// `id`, in parts of `object_part_size` (at least 5 MiB).
     async fn upload_pieces(
         &self,
@@ -122,7 +159,8 @@ impl Partition {
         let total: u64 = pieces.iter().map(|p| u64::from(p.3)).sum();
         let part_size = tiers.object_part_size.max(5 << 20);
         let num_parts = usize::try_from(total.div_ceil(part_size).max(1)).unwrap_or(usize::MAX);
-        let sources: Vec<(u32, u64, u32)> = pieces.iter().map(|p| (p.1, p.2, p.3)).collect();
+        let sources: Vec<(Held, u64, u32)> =
+            pieces.iter().map(|p| (p.1.clone(), p.2, p.3)).collect();
         object
             .put_parts(&key, num_parts, |i| {
                 let slices = part_slices(&sources, part_size, i);
@@ -131,8 +169,9 @@ impl Partition {
             .await
     }
 
-    /// Points every piece at `blob` and persists the index. On a failed
-    /// persist the old index and objects stay and the new object is deleted.
+    /// Points every piece at `blob`, persists the index and deletes the
+    /// local files. On a failed persist the old index, files and objects
+    /// stay and the new object is deleted.
     async fn commit_compaction(
         self: &Arc<Self>,
         tiers: &Tiers,
@@ -147,9 +186,13 @@ impl Partition {
             let _ = object.delete(&key).await;
             return Ok(Compacted::default());
         }
-        let (old_index, old_objects) = {
+        let (old_index, old_files, old_objects) = {
             let mut state = self.lock();
-            let old = (state.index.clone(), state.objects.clone());
+            let old = (
+                state.index.clone(),
+                std::mem::take(&mut state.files),
+                state.objects.clone(),
+            );
             let mut at = 0u64;
             for (extent, _, _, len) in pieces {
                 state.index.relocate(
@@ -168,6 +211,7 @@ impl Partition {
             {
                 let mut state = self.lock();
                 state.index = old_index;
+                state.files = old_files;
                 state.objects = old_objects;
             }
             let _ = object.delete(&key).await;
@@ -191,6 +235,12 @@ impl Partition {
             .partitions_compacted
             .fetch_add(1, Ordering::Relaxed);
         self.bump();
+        // Open handles held by readers stay valid after the unlink.
+        let doomed: Vec<(usize, Arc<DataFile>, u64)> = old_files
+            .into_iter()
+            .map(|f| (f.dir, f.file, f.len))
+            .collect();
+        delete_files(tiers, doomed).await;
         Ok(Compacted {
             bytes: blob.len,
             replaced: old_objects
@@ -209,24 +259,21 @@ pub struct Compacted {
     pub replaced: Vec<ObjectPath>,
 }
 
-/// The partition's object extents, in index order.
-fn object_pieces(index: &crate::store::index::PartitionIndex) -> Vec<Piece> {
-    index
-        .extents()
-        .filter_map(|(at, e)| match e.location {
-            Location::Object { object, offset } => Some((at, object, offset, e.len)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Whether `pieces` are not one run laid out in index order: some piece
-/// does not follow the one before it back to back in the same object.
-/// (Pieces written by a migration or a compaction are one run.)
-fn fragmented(pieces: &[Piece]) -> bool {
-    pieces
-        .windows(2)
-        .any(|w| w[1].1 != w[0].1 || w[1].2 != w[0].2 + u64::from(w[0].3))
+/// Whether the index's object extents are not one run laid out in index
+/// order: some object extent does not follow the one before it back to
+/// back in the same object. (A migration's or a compaction's object is one
+/// run; overflow objects interleave subpartitions.)
+fn fragmented(index: &crate::store::index::PartitionIndex) -> bool {
+    let mut last: Option<(u32, u64)> = None;
+    for (_, extent) in index.extents() {
+        if let Location::Object { object, offset } = extent.location {
+            if last.is_some_and(|(o, end)| o != object || end != offset) {
+                return true;
+            }
+            last = Some((object, offset + u64::from(extent.len)));
+        }
+    }
+    false
 }
 
 /// Reads one part's `slices` (object id, offset, length; laid end to end)
@@ -237,16 +284,30 @@ fn fragmented(pieces: &[Piece]) -> bool {
 async fn fetch_part(
     object: &ObjectTier,
     prefix: &str,
-    slices: &[(u32, u64, u32)],
+    slices: &[(Held, u64, u32)],
 ) -> TierResult<Bytes> {
     let total: usize = slices.iter().map(|s| s.2 as usize).sum();
     let mut by_object: BTreeMap<u32, Vec<Range<u64>>> = BTreeMap::new();
-    for (id, offset, len) in slices {
-        by_object
-            .entry(*id)
-            .or_default()
-            .push(*offset..offset + u64::from(*len));
+    let mut in_files = Vec::new();
+    for (held, offset, len) in slices {
+        match held {
+            Held::Object(id) => by_object
+                .entry(*id)
+                .or_default()
+                .push(*offset..offset + u64::from(*len)),
+            Held::File(file) => in_files.push((Arc::clone(file), *offset, *len)),
+        }
     }
+    // One blocking read per local slice, on the blocking pool.
+    let mut from_files = tokio::task::spawn_blocking(move || {
+        in_files
+            .iter()
+            .map(|slice| read_chunk(std::slice::from_ref(slice)))
+            .collect::<TierResult<Vec<Bytes>>>()
+    })
+    .await
+    .map_err(|e| TierError::with_source(ErrorKind::Internal, "read task failed", e))??
+    .into_iter();
     let mut requests = Vec::new();
     for (id, mut ranges) in by_object {
         ranges.sort_by_key(|r| r.start);
@@ -284,7 +345,19 @@ async fn fetch_part(
         .map(|(id, range, body)| ((id, range.start), (range.end, body)))
         .collect();
     let mut out = BytesMut::with_capacity(total);
-    for (id, offset, len) in slices {
+    for (held, offset, len) in slices {
+        let id = match held {
+            Held::Object(id) => id,
+            Held::File(_) => {
+                let Some(bytes) = from_files.next() else {
+                    return Err(TierError::internal(
+                        "compaction: a local slice was not read",
+                    ));
+                };
+                out.extend_from_slice(&bytes);
+                continue;
+            }
+        };
         let end = offset + u64::from(*len);
         let covering = fetched
             .range(..=(*id, *offset))
