@@ -153,8 +153,11 @@ struct ObjectStorePhase {
     object_read_seconds: f64,
     /// Bytes the worker fetched from the object store during that read...
     object_bytes_fetched: u64,
-    /// ...in this many ranged GETs.
+    /// ...in this many ranged GETs...
     object_gets: u64,
+    /// ...so many bytes per GET on average, and GETs per GiB fetched.
+    object_bytes_per_get: f64,
+    object_gets_per_gib: f64,
     /// The store's own ceiling in the same run: every object fetched in
     /// 4 MiB ranged GETs, 16 at a time, by the worker's client with no
     /// Terrace code around it (nothing sent anywhere).
@@ -428,11 +431,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
                 println!("  read from local disk      {local:>8.0} MiB/s");
                 println!(
-                    "  read from object store    {object:>8.0} MiB/s  = {:.2} x read from local disk, {:.2} x raw GETs ({} GETs, {:.1} MiB each)",
+                    "  read from object store    {object:>8.0} MiB/s  = {:.2} x read from local disk, {:.2} x raw GETs ({} GETs, {:.2} MiB each, {:.0} GETs per GiB)",
                     object / local,
                     object / o.raw_get_mib_s,
                     o.object_gets,
-                    o.object_bytes_fetched as f64 / MIB / o.object_gets.max(1) as f64
+                    o.object_bytes_per_get / MIB,
+                    o.object_gets_per_gib
                 );
                 println!(
                     "  raw GETs of the store     {:>8.0} MiB/s  (4 MiB ranges, 16 in flight, no Terrace code)",
@@ -643,6 +647,9 @@ fn object_store_phase(
         object_read_seconds,
         object_bytes_fetched,
         object_gets,
+        object_bytes_per_get: object_bytes_fetched as f64 / object_gets.max(1) as f64,
+        object_gets_per_gib: object_gets as f64
+            / (object_bytes_fetched.max(1) as f64 / MIB / 1024.0),
         raw_get_mib_s,
         objects_left,
     })

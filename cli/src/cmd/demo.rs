@@ -168,12 +168,45 @@ fn run_tiered(args: Args) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
     });
+    // Overflowed partitions are compacted once sealed: wait for that too
+    // (none left fragmented), so the read below meets the final layout.
+    progress::during("waiting for compaction in the object store", || {
+        let deadline = clock::now() + Duration::from_secs(60);
+        while store.partitions().iter().any(|p| p.compaction_candidate()) && clock::now() < deadline
+        {
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
     let migrated = tier_line(&store);
+    let object = store.tiers().object.as_ref().context("the object tier")?;
+    let (gets_before, fetched_before) = (
+        object
+            .counters
+            .gets
+            .load(std::sync::atomic::Ordering::Relaxed),
+        object
+            .counters
+            .bytes_read
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     let read_start = clock::now();
     let verified_again = with_progress("reading back from the object store", &params, || {
         read_back(&factory, &params, &pool, &descriptors)
     })?;
     let read_seconds = clock::elapsed(read_start).as_secs_f64();
+    let gets = object
+        .counters
+        .gets
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - gets_before;
+    let fetched = object
+        .counters
+        .bytes_read
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - fetched_before;
+    let bytes_per_get = fetched as f64 / gets.max(1) as f64;
+    let gets_per_gib = gets as f64 / (fetched.max(1) as f64 / (1u64 << 30) as f64);
     verify(verified_again == report.payload_bytes, || {
         format!(
             "read back {verified_again} bytes of {} from the object store",
@@ -200,6 +233,10 @@ fn run_tiered(args: Args) -> anyhow::Result<()> {
             "after_shuffle": during,
             "after_migration": migrated,
             "objects_left": left,
+            "read_back_gets": gets,
+            "read_back_bytes_fetched": fetched,
+            "bytes_per_get": bytes_per_get,
+            "gets_per_gib": gets_per_gib,
         }))?;
     } else {
         println!(
@@ -214,6 +251,10 @@ fn run_tiered(args: Args) -> anyhow::Result<()> {
         println!("  after migration:     {}", migrated.text);
         println!(
             "  read back from the object store and verified again: {verified_again} bytes in {read_seconds:.2} s"
+        );
+        println!(
+            "  object-store reads: {gets} GETs fetched {fetched} bytes: {:.2} MiB per GET, {gets_per_gib:.0} GETs per GiB",
+            bytes_per_get / (1024.0 * 1024.0)
         );
         println!("  after release and job drop: {left} objects left in the store");
     }

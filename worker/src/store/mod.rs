@@ -1092,16 +1092,7 @@ impl Store {
         let (Some(job), Some(partition)) = (job, partition) else {
             return false;
         };
-        // Replaced by a compaction: kept through its grace (`delete_replaced`).
-        if self
-            .replaced
-            .lock()
-            .expect("replaced lock poisoned")
-            .iter()
-            .any(|(_, k)| k.as_ref() == key)
-        {
-            return true;
-        }
+
         let named = |k: &PartitionKey| {
             names::job_name(&k.job) == job && names::partition_name(&k.partition) == partition
         };
@@ -1115,6 +1106,18 @@ impl Store {
             return true;
         }
         let owner = self.partitions().into_iter().find(|p| named(p.key()));
+        // Replaced by a compaction of a partition still held: kept through
+        // its grace (`delete_replaced`), for reads resolved before the swap.
+        if owner.is_some()
+            && self
+                .replaced
+                .lock()
+                .expect("replaced lock poisoned")
+                .iter()
+                .any(|(_, k)| k.as_ref() == key)
+        {
+            return true;
+        }
         match owner {
             // Not sealed yet (writes may be in flight) or migrating: its own business.
             Some(p) if !p.is_sealed() => true,

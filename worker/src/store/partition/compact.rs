@@ -103,6 +103,10 @@ impl Partition {
         .await;
         let mut state = self.lock();
         state.migrating = false;
+        if result.is_err() && matches!(state.phase, Phase::Released) {
+            // Released meanwhile: its objects went with it.
+            return Ok(Compacted::default());
+        }
         match &result {
             Ok(_) => {
                 state.migration_failures = 0;
@@ -374,22 +378,24 @@ async fn fetch_part(
     Ok(out.freeze())
 }
 
-/// Sorted, possibly overlapping-free `ranges` merged into the ranges to
-/// fetch: a range grows over the next one when the gap between them is no
-/// larger than the bytes it already carries.
+/// Sorted, non-overlapping `ranges` merged into the ranges to fetch: a
+/// range grows over the next one while the gaps it spans stay no larger in
+/// total than the bytes it carries (so at most twice those are fetched).
 fn cover(ranges: &[Range<u64>]) -> Vec<Range<u64>> {
-    let mut out: Vec<(Range<u64>, u64)> = Vec::new();
+    // (range, useful bytes, gap bytes)
+    let mut out: Vec<(Range<u64>, u64, u64)> = Vec::new();
     for r in ranges {
         let len = r.end - r.start;
         match out.last_mut() {
-            Some((last, useful)) if r.start.saturating_sub(last.end) <= *useful => {
-                last.end = last.end.max(r.end);
+            Some((last, useful, waste)) if *waste + r.start.saturating_sub(last.end) <= *useful => {
+                *waste += r.start.saturating_sub(last.end);
                 *useful += len;
+                last.end = last.end.max(r.end);
             }
-            _ => out.push((r.clone(), len)),
+            _ => out.push((r.clone(), len, 0)),
         }
     }
-    out.into_iter().map(|(r, _)| r).collect()
+    out.into_iter().map(|(r, _, _)| r).collect()
 }
 
 #[cfg(test)]
