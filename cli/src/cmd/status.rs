@@ -636,7 +636,7 @@ mod tests {
                 "tiers: as of the worker's last heartbeat to the master",
                 "dir /a: 2.0 MiB used of 1.0 GiB, healthy, 0 write failure(s)",
                 "dir /b: 0 B used of 1.0 GiB, UNHEALTHY (No space left on device), 3 write failure(s)",
-                "object store s3://bucket/prefix: 3.0 GiB in 7 object(s), 0 B overflowed, 0 B migrated (0 partition(s)), 0 B read, 2 failure(s), UNAVAILABLE (timed out)",
+                "object store s3://bucket/prefix: 3.0 GiB in 7 object(s), 0 B overflowed, 0 B migrated (0 partition(s)), 0 B compacted (0 partition(s)), 0 B read in 0 GET(s), 2 failure(s), UNAVAILABLE (timed out)",
             ]
         );
         let json = serde_json::to_value(&w).unwrap();
