@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use object_store::path::Path as ObjectPath;
 
@@ -30,7 +29,7 @@ use terrace_rpc::clock;
 use terrace_tier_api::{ErrorKind, TierError, TierResult};
 
 use super::migrate::{part_slices, read_chunk};
-use super::{Partition, Phase, delete_files};
+use super::{Partition, Phase, delete_moved_files};
 use crate::store::StoreError;
 use crate::store::handles::DataFile;
 use crate::store::index::{Blob, ExtentRef, Location};
@@ -102,21 +101,10 @@ impl Partition {
         }
         .await;
         let mut state = self.lock();
-        state.migrating = false;
+        state.finish_move(result.is_ok());
         if result.is_err() && matches!(state.phase, Phase::Released) {
             // Released meanwhile: its objects went with it.
             return Ok(Compacted::default());
-        }
-        match &result {
-            Ok(_) => {
-                state.migration_failures = 0;
-                state.migrate_after = None;
-            }
-            Err(_) => {
-                state.migration_failures = state.migration_failures.saturating_add(1);
-                let backoff = Duration::from_secs(1 << state.migration_failures.min(6));
-                state.migrate_after = Some(clock::now() + backoff);
-            }
         }
         result
     }
@@ -239,12 +227,7 @@ impl Partition {
             .partitions_compacted
             .fetch_add(1, Ordering::Relaxed);
         self.bump();
-        // Open handles held by readers stay valid after the unlink.
-        let doomed: Vec<(usize, Arc<DataFile>, u64)> = old_files
-            .into_iter()
-            .map(|f| (f.dir, f.file, f.len))
-            .collect();
-        delete_files(tiers, doomed).await;
+        delete_moved_files(tiers, old_files).await;
         Ok(Compacted {
             bytes: blob.len,
             replaced: old_objects

@@ -11,7 +11,7 @@ use std::time::Instant;
 use terrace_rpc::clock;
 use terrace_tier_api::{ErrorKind, TierError, TierResult};
 
-use super::{Partition, Phase, State, delete_files};
+use super::{Partition, Phase, State, delete_moved_files};
 use crate::store::handles::DataFile;
 use crate::store::index::{Blob, ExtentRef, Location};
 use crate::store::object::ObjectTier;
@@ -88,19 +88,7 @@ impl Partition {
                 .await
         }
         .await;
-        let mut state = self.lock();
-        state.migrating = false;
-        match &result {
-            Ok(_) => {
-                state.migration_failures = 0;
-                state.migrate_after = None;
-            }
-            Err(_) => {
-                state.migration_failures = state.migration_failures.saturating_add(1);
-                let backoff = std::time::Duration::from_secs(1 << state.migration_failures.min(6));
-                state.migrate_after = Some(clock::now() + backoff);
-            }
-        }
+        self.lock().finish_move(result.is_ok());
         result
     }
 
@@ -245,13 +233,8 @@ impl Partition {
             .partitions_migrated
             .fetch_add(1, Ordering::Relaxed);
         self.bump();
-        // 4. The index points at the object: the local copy can go. Open
-        // handles held by readers stay valid after the unlink.
-        let doomed: Vec<(usize, Arc<DataFile>, u64)> = old_files
-            .into_iter()
-            .map(|f| (f.dir, f.file, f.len))
-            .collect();
-        delete_files(tiers, doomed).await;
+        // 4. The index points at the object: the local copy can go.
+        delete_moved_files(tiers, old_files).await;
         Ok(blob.len)
     }
 }

@@ -118,6 +118,31 @@ struct State {
     charge: Option<Charge>,
 }
 
+impl State {
+    /// A migration or compaction ended (`ok` or not): the partition may
+    /// move again, at once after a success, after a doubling back-off
+    /// (2 s up to 64 s) after failures.
+    fn finish_move(&mut self, ok: bool) {
+        self.migrating = false;
+        if ok {
+            self.migration_failures = 0;
+            self.migrate_after = None;
+        } else {
+            self.migration_failures = self.migration_failures.saturating_add(1);
+            let backoff = std::time::Duration::from_secs(1 << self.migration_failures.min(6));
+            self.migrate_after = Some(clock::now() + backoff);
+        }
+    }
+}
+
+/// Deletes a partition's local files that a move replaced; open handles
+/// held by readers stay valid after the unlink.
+async fn delete_moved_files(tiers: &Tiers, files: Vec<LocalFile>) {
+    let doomed: Vec<(usize, Arc<DataFile>, u64)> =
+        files.into_iter().map(|f| (f.dir, f.file, f.len)).collect();
+    delete_files(tiers, doomed).await;
+}
+
 /// What a released partition leaves to delete: its files (directory, file,
 /// length), its index directory, its object prefix and its objects' bytes.
 pub type Leftovers = (
