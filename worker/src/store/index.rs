@@ -456,6 +456,21 @@ impl PartitionIndex {
         }
     }
 
+    /// Points `extents` (each with its length) at `object`, laid out one
+    /// after another from offset 0 in the order given (a migration's or a
+    /// compaction's new object).
+    pub fn relocate_into(
+        &mut self,
+        object: u32,
+        extents: impl IntoIterator<Item = (ExtentRef, u32)>,
+    ) {
+        let mut offset = 0u64;
+        for (at, len) in extents {
+            self.relocate(at, Location::Object { object, offset });
+            offset += u64::from(len);
+        }
+    }
+
     /// Every extent with where it is, in (subpartition, segment, write) order.
     pub fn extents(&self) -> impl Iterator<Item = (ExtentRef, &Extent)> {
         self.subs.iter().flat_map(|(&sub, s)| {

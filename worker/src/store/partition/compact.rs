@@ -185,17 +185,9 @@ impl Partition {
                 std::mem::take(&mut state.files),
                 state.objects.clone(),
             );
-            let mut at = 0u64;
-            for (extent, _, _, len) in pieces {
-                state.index.relocate(
-                    *extent,
-                    Location::Object {
-                        object: blob.id,
-                        offset: at,
-                    },
-                );
-                at += u64::from(*len);
-            }
+            state
+                .index
+                .relocate_into(blob.id, pieces.iter().map(|m| (m.0, m.3)));
             state.objects = vec![blob];
             old
         };

@@ -187,17 +187,9 @@ impl Partition {
                 state.objects.clone(),
                 state.durable_copy.take(),
             );
-            let mut at = 0u64;
-            for (extent, _, _, len) in moves {
-                state.index.relocate(
-                    *extent,
-                    Location::Object {
-                        object: blob.id,
-                        offset: at,
-                    },
-                );
-                at += u64::from(*len);
-            }
+            state
+                .index
+                .relocate_into(blob.id, moves.iter().map(|m| (m.0, m.3)));
             state.objects.push(blob);
             if uploaded {
                 // Counted with the swap, so figures and index never disagree.
