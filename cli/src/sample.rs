@@ -261,7 +261,7 @@ pub fn shuffle_and_keep(
 
 /// Writes one partition the way Flink's producer client does; returns
 /// (segments, buffers written including END_OF_SEGMENT markers).
-fn write_partition(
+pub(crate) fn write_partition(
     mut agent: ProducerAgent,
     p: u32,
     params: &ShuffleParams,
@@ -350,7 +350,7 @@ impl TierShuffleHandler for LogLosses {
 }
 
 #[derive(Debug, Default)]
-struct Wakeup {
+pub(crate) struct Wakeup {
     count: Mutex<u64>,
     condvar: Condvar,
 }
@@ -405,21 +405,23 @@ fn start_readers(
                 &params,
                 &pool,
             )
+            .map(|(verified, _)| verified)
         }));
     }
     Ok(readers)
 }
 
 /// Reads every (partition, subpartition) of the range to its end event and
-/// verifies each data buffer; returns the verified payload bytes.
-fn read_range(
+/// verifies each data buffer; returns the verified payload bytes and when
+/// the first data buffer arrived.
+pub(crate) fn read_range(
     consumer: &ConsumerAgent,
     wakeup: &Wakeup,
     partitions: &[PartitionId],
     range: std::ops::RangeInclusive<u32>,
     params: &ShuffleParams,
     pool: &Pool,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Option<Instant>)> {
     struct Cursor {
         p: u32,
         partition: PartitionId,
@@ -444,6 +446,7 @@ fn read_range(
         .collect();
     let deadline = clock::now() + params.read_timeout;
     let mut verified = 0u64;
+    let mut first = None;
     let mut left = cursors.len();
     while left > 0 {
         if clock::now() > deadline {
@@ -462,6 +465,7 @@ fn read_range(
                 match buffer.data_type {
                     DataType::EndOfSegment => cursor.segment += 1,
                     DataType::Data => {
+                        first.get_or_insert_with(clock::now);
                         let want =
                             pool.slice(cursor.p, cursor.sub, cursor.data, params.buffer_size);
                         verify(buffer.payload == want, || {
@@ -505,5 +509,5 @@ fn read_range(
                 .expect("wakeup wait");
         }
     }
-    Ok(verified)
+    Ok((verified, first))
 }

@@ -456,6 +456,69 @@ fn bench_measures_the_worker_process_and_the_raw_pipeline() {
     }
 }
 
+/// `terrace bench --scale` at a small size: every step's data is read back
+/// (the command verifies every byte and exits 3 otherwise), and each figure
+/// it reports is there and consistent with the step's shape.
+#[test]
+fn bench_scale_mode_reports_what_each_partition_subpartition_and_buffer_costs() {
+    let _logs = logs::capture();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path().to_str().expect("a UTF-8 temp path");
+    let report = json_report(&[
+        "bench",
+        "--scale",
+        "--scale-steps",
+        "4x4,24x32",
+        "--scale-slots",
+        "4",
+        "--scale-buffer",
+        "2KiB",
+        "--memory-budget",
+        "64MiB",
+        "--json",
+        "--dir",
+        dir,
+    ]);
+    let steps = report["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{report}");
+    for (step, (p, s)) in steps.iter().zip([(4u64, 4u64), (24, 32)]) {
+        let number = |field: &str| {
+            step[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{field} in {step}"))
+        };
+        assert_eq!(step["buffers"].as_u64(), Some(p * s), "{step}");
+        assert_eq!(step["payload_bytes"].as_u64(), Some(p * s * 2048), "{step}");
+        assert!(number("placements_per_second") > 0.0, "{step}");
+        assert!(number("micros_per_buffer") > 0.0, "{step}");
+        // Budget + 64 MiB + 64 bytes per pair, and the peak is a real reading.
+        assert_eq!(
+            step["worker_rss_limit_bytes"].as_u64(),
+            Some((64 << 20) + (64 << 20) + 64 * p * s),
+            "{step}"
+        );
+        assert!(number("worker_rss_peak_bytes") > 1e6, "{step}");
+        // Four tasks at a time, each agent with a connection of its own
+        // today: a few at once (a closed agent's connection may linger until
+        // its close completes), never one per partition.
+        let at_once = number("connections_at_once_write").max(number("connections_at_once_read"));
+        assert!(at_once <= 8.0, "{step}");
+        // Every consumer task got data, after it started.
+        assert!(number("consumer_first_buffer_ms_max") > 0.0, "{step}");
+        assert!(
+            number("consumer_first_buffer_ms_median") <= number("consumer_first_buffer_ms_max"),
+            "{step}"
+        );
+        assert!(number("producer_setup_ms_max") > 0.0, "{step}");
+    }
+    assert!(
+        report["time_per_buffer_largest_vs_smallest"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "{report}"
+    );
+}
+
 #[test]
 fn bench_io_runs_every_kernel_path_and_gets_every_byte_back() {
     let _logs = logs::capture();

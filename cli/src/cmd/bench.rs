@@ -18,6 +18,7 @@ use terrace_tier_api::{AgentConfig, ByteSize, JobId, TierFactory, TierMasterAgen
 use crate::cmd::bench_process::{
     Pipeline, WorkerProcess, cpu_seconds, peak_rss, pipeline_yardstick, work_dir,
 };
+use crate::cmd::bench_scale::{ScaleArgs, parse_steps};
 use crate::cmd::cluster::Cluster;
 use crate::progress;
 use crate::sample::{
@@ -65,6 +66,24 @@ pub struct Args {
     /// that is smaller): the phase writes, reads, migrates and reads again.
     #[arg(long, default_value = "256MiB")]
     object_store_bytes: ByteSize,
+    /// Scale mode instead of the byte benchmark: one shuffle per step of
+    /// --scale-steps, many producers x many subpartitions with one small
+    /// buffer each, reporting placements per second, time and CPU per
+    /// buffer, worker memory per partition and per written subpartition,
+    /// connections held, and time to first byte.
+    #[arg(long)]
+    scale: bool,
+    /// Scale mode's steps: PRODUCERSxSUBPARTITIONS, comma-separated (one
+    /// consumer task per subpartition reads it from every partition).
+    #[arg(long, default_value = "10x10,100x100,1000x1000")]
+    scale_steps: String,
+    /// Scale mode: the one buffer written per (partition, subpartition).
+    #[arg(long, default_value = "4KiB")]
+    scale_buffer: ByteSize,
+    /// Scale mode: producer (then consumer) tasks running at once, as an
+    /// engine's slots run them.
+    #[arg(long, default_value_t = 16)]
+    scale_slots: u32,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -174,6 +193,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--cpu-runs must be 1 to 20"
     );
     let (_temp, dir) = work_dir(args.dir.as_deref())?;
+    if args.scale {
+        let scale = ScaleArgs {
+            steps: parse_steps(&args.scale_steps).context("--scale-steps")?,
+            buffer: args.scale_buffer,
+            slots: args.scale_slots,
+            memory_budget: args.memory_budget,
+            write_on_push: args.write_on_push,
+            json: args.json,
+        };
+        return crate::cmd::bench_scale::run(scale, &dir);
+    }
     let buffer_size = 32 * 1024;
     let (buffers, payload) = shape(&args, args.bytes, buffer_size)?;
     let object_store = match args.object_store.trim() {
@@ -198,6 +228,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &cluster.master_address,
         args.memory_budget,
         args.write_on_push,
+        "",
     )?;
     let config = AgentConfig {
         compression: args.compression,
@@ -451,7 +482,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Waits until process `pid` has used no CPU time for half a second (at
 /// most 20 s): the worker has dropped the job it was told to drop.
-fn wait_until_idle(pid: u32) -> anyhow::Result<()> {
+pub(crate) fn wait_until_idle(pid: u32) -> anyhow::Result<()> {
     let deadline = clock::now() + Duration::from_secs(20);
     let mut last = cpu_seconds(pid)?;
     let mut quiet = 0;

@@ -106,12 +106,14 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// A worker with data under `dir`, registered with `master`.
-    /// `write_on_push` is the worker's setting of that name.
+    /// `write_on_push` is the worker's setting of that name; `extra` is more
+    /// of its config (TOML tables), appended.
     pub fn start(
         dir: &Path,
         master: &str,
         memory_budget: ByteSize,
         write_on_push: bool,
+        extra: &str,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let config = dir.join("worker.toml");
@@ -120,7 +122,7 @@ impl WorkerProcess {
             format!(
                 "listen = \"127.0.0.1:0\"\nmaster_addresses = [\"{master}\"]\n\
                  data_dirs = [{:?}]\nmemory_budget = \"{}\"\nheartbeat_interval = \"200ms\"\n\
-                 dir_reserve = \"64MiB\"\nwrite_on_push = {}\n",
+                 dir_reserve = \"64MiB\"\nwrite_on_push = {}\n{extra}",
                 dir.join("data"),
                 memory_budget,
                 write_on_push
