@@ -11,14 +11,41 @@
 #   scripts/flink-bench.sh [parallelism] [records] [payloadBytes]
 #
 # Jobs (env JOB):
-#   keyed          flink-plugin/e2e KeyedAggregationJob: two keyed shuffles, payloads verified
+#   keyed          flink-plugin/e2e KeyedAggregationJob: two keyed shuffles, payloads verified; the
+#                  second shuffle carries only the per-key sums
 #                  (default: 4 4000000 256, ~1.1 GiB through shuffle 1)
 #   shuffle-heavy  flink-plugin/e2e ShuffleHeavyJob: one all-to-all shuffle of byte[] records, about
 #                  half incompressible, summed on the other side, little CPU per record
 #                  (default: 4 2200000 1024, ~2.1 GiB; the third argument is the record size)
+#   bytes          flink-plugin/e2e CompressibleBytesJob: one all-to-all shuffle, parallelism to
+#                  parallelism, of compressible byte[] records (log lines; LZ4 makes them ~3.7x
+#                  smaller), each checked against its source and summed on the other side
+#                  (default: 4 2400000 1000, 2.4 GB = ~2.2 GiB; the third argument is the record size)
+#   two-shuffle    flink-plugin/e2e TwoShuffleJob: small records through two all-to-all shuffles on
+#                  independent keys, every record through both (unlike keyed); log-line byte[]
+#                  records (LZ4 ~3.2x) checked after each shuffle
+#                  (default: 4 6000000 250, 1.5 GB = ~1.4 GiB through each shuffle; the third
+#                  argument is the record size)
+#   sql            flink-plugin/e2e SqlJoinAggregationJob: Flink SQL (Table API, batch mode) over
+#                  generated tables: orders joined with 1,000 products (BROADCAST hint) and 200,000
+#                  customers (SHUFFLE_HASH hint: orders, notes included, hash-partitioned on the
+#                  customer), then two group-by aggregations, one of them two-level, each reading the
+#                  shuffled orders and customers; the job fails unless its plan has both join
+#                  strategies and every result row equals the figure plain Java computes
+#                  (default: 4 3000000 100, 3 million orders, ~0.4 GB through the orders shuffle; the
+#                  third argument is the note's length in characters)
+#   all            each job above in turn, at its default sizes (records times SCALE; only
+#                  [parallelism] may be given), each with its own services and yardstick, then one
+#                  table of job times and ratios, a row per job
 #
 # Env:
-#   JOB         keyed (default) or shuffle-heavy
+#   JOB         keyed (default), shuffle-heavy, bytes, two-shuffle, sql or all
+#   SCALE       factor on the job's default record count, when no [records] is given (default 1;
+#               e.g. JOB=all SCALE=0.01 for a quick pass over every job)
+#   BUSY        1: keep one core busy while the variants run, with `stress-ng --cpu 1` (installed with
+#               apt-get if missing and this runs as root), else with a bash busy loop; `loop`: the
+#               bash busy loop even where stress-ng is installed. Started before the first round,
+#               killed at exit; the header line says which ran (default: none)
 #   ROUNDS      runs per variant, the variants taking turns round by round; the median job time
 #               is reported (default 1)
 #   BENCH_DIR   working directory for data and outputs (default: a fresh mktemp -d, removed at exit)
@@ -40,18 +67,76 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 JOB="${JOB:-keyed}"
+ALL_JOBS=(keyed shuffle-heavy bytes two-shuffle sql)
 case "$JOB" in
   keyed) export JOB_CLASS=dev.terrace.e2e.KeyedAggregationJob; N_DEFAULT=4000000; S_DEFAULT=256 ;;
   shuffle-heavy) export JOB_CLASS=dev.terrace.e2e.ShuffleHeavyJob; N_DEFAULT=2200000; S_DEFAULT=1024 ;;
-  *) echo "flink-bench: JOB must be keyed or shuffle-heavy, not $JOB" >&2; exit 2 ;;
+  bytes) export JOB_CLASS=dev.terrace.e2e.CompressibleBytesJob; N_DEFAULT=2400000; S_DEFAULT=1000 ;;
+  two-shuffle) export JOB_CLASS=dev.terrace.e2e.TwoShuffleJob; N_DEFAULT=6000000; S_DEFAULT=250 ;;
+  sql) export JOB_CLASS=dev.terrace.e2e.SqlJoinAggregationJob; N_DEFAULT=3000000; S_DEFAULT=100 ;;
+  all) ;;
+  *) echo "flink-bench: JOB must be one of ${ALL_JOBS[*]} or all, not $JOB" >&2; exit 2 ;;
 esac
-P="${1:-4}"
-N="${2:-$N_DEFAULT}"
-S="${3:-$S_DEFAULT}"
+case "${BUSY:-0}" in
+  0 | 1 | loop) ;;
+  *) echo "flink-bench: BUSY must be 1, loop or 0, not $BUSY" >&2; exit 2 ;;
+esac
 ROUNDS="${ROUNDS:-1}"
 
 log() { echo "flink-bench: $*" >&2; }
 calc() { awk "BEGIN { printf \"%.4f\", $1 }"; }
+ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
+
+VARIANTS=(default remote terrace)
+BASE=remote
+if [[ "${DURABILITY:-}" == 1 ]]; then VARIANTS=(default terrace durable); BASE=terrace; fi
+label() { # <variant>
+  case $1 in
+    default) echo "Flink default hybrid (memory+disk)" ;;
+    remote) echo "Flink RemoteTierFactory (local dir)" ;;
+    terrace) echo "Terrace (1 master + 1 worker)" ;;
+    durable) echo "Terrace, durability = object-store" ;;
+  esac
+}
+
+# JOB=all: this script once per job, then one summary table read from their tables (the rows
+# start with the variant's label; from the end: job/default, job/BASE, worker cpu).
+if [[ "$JOB" == all ]]; then
+  if [[ $# -gt 1 ]]; then
+    echo "flink-bench: JOB=all takes only [parallelism]; each job runs at its default sizes (times SCALE)" >&2
+    exit 2
+  fi
+  declare -A TABLE
+  for j in "${ALL_JOBS[@]}"; do
+    log "JOB=all: $j"
+    TABLE[$j]="$(JOB="$j" BENCH_DIR="${BENCH_DIR:+$BENCH_DIR/$j}" "$ROOT/scripts/flink-bench.sh" "$@")"
+    printf '%s\n' "${TABLE[$j]}"
+  done
+  echo
+  busy=""
+  if [[ "${BUSY:-0}" != 0 ]]; then busy="; machine busy: one core kept busy during each job's runs (its header says by what)"; fi
+  echo "Flink 1.20.3, all jobs: parallelism ${1:-4}, default sizes x ${SCALE:-1}, median of $ROUNDS$busy"
+  printf '%-14s' job
+  for v in "${VARIANTS[@]}"; do printf ' %11s' "$v s"; done
+  for v in "${VARIANTS[@]:1}"; do printf ' %16s' "$v/default"; done
+  for v in "${VARIANTS[@]:1}"; do [[ "$v" == "$BASE" ]] || printf ' %16s' "$v/$BASE"; done
+  echo
+  row() { # <job> <variant> <field from the end>
+    awk -v l="$(label "$2")" -v f="$3" 'index($0, l) == 1 { print $(NF - f) }' <<<"${TABLE[$1]}"
+  }
+  for j in "${ALL_JOBS[@]}"; do
+    printf '%-14s' "$j"
+    for v in "${VARIANTS[@]}"; do printf ' %11s' "$(row "$j" "$v" 4)"; done
+    for v in "${VARIANTS[@]:1}"; do printf ' %16s' "$(row "$j" "$v" 2)"; done
+    for v in "${VARIANTS[@]:1}"; do [[ "$v" == "$BASE" ]] || printf ' %16s' "$(row "$j" "$v" 1)"; done
+    echo
+  done
+  exit 0
+fi
+
+P="${1:-4}"
+N="${2:-$(awk -v n="$N_DEFAULT" -v s="${SCALE:-1}" 'BEGIN { r = int(n * s); print (r < 1) ? 1 : r }')}"
+S="${3:-$S_DEFAULT}"
 
 if [[ -n "${BENCH_DIR:-}" ]]; then
   WORK="$BENCH_DIR"; mkdir -p "$WORK"
@@ -59,9 +144,14 @@ else
   WORK="$(mktemp -d /tmp/terrace-flink-bench.XXXXXX)"
 fi
 PIDS=()
+BURNER=""
 cleanup() {
+  if [[ -n "$BURNER" ]]; then
+    # Its own process group (setsid): stress-ng's worker goes with it.
+    kill -TERM -- "-$BURNER" 2>/dev/null || true; wait "$BURNER" 2>/dev/null || true
+  fi
   for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-  [[ -z "${BENCH_DIR:-}" ]] && rm -rf "$WORK"
+  if [[ -z "${BENCH_DIR:-}" ]]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -119,20 +209,18 @@ measure_once() { # <variant> <r> <flink k=v...>
   [[ "$variant" == terrace ]] && c1="$(cpu_seconds "$WORKER_PID")"
   [[ "$variant" == durable ]] && c1="$(cpu_seconds "$DURABLE_PID")"
   cpu="$(calc "$c1 - $c0")"
-  RUN_JOB[$variant]+="${t% *} "; RUN_PROC[$variant]+="${t#* } "; RUN_CPU[$variant]+="$cpu "
+  RUN_JOB[$variant]+="${t% *}"$'\n'; RUN_PROC[$variant]+="${t#* }"$'\n'; RUN_CPU[$variant]+="$cpu"$'\n'
   if [[ "$variant" != default ]] && ! cmp -s "$WORK/$variant-$r.result" "$WORK/default-1.result"; then
     log "$variant run $r: result differs from the default shuffle's"; exit 1
   fi
   log "$variant run $r: job ${t% *} s, process ${t#* } s, terrace worker CPU $cpu s"
 }
 
-log "working in $WORK; job: parallelism $P, $N records x $S B payload, $ROUNDS round(s)"
+log "working in $WORK; job $JOB: parallelism $P, $N records, size argument $S, $ROUNDS round(s)"
 mkdir -p "$WORK/remote" "$WORK/terrace-data"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-VARIANTS=(default remote terrace)
 STORE_TOML=""
 if [[ "${DURABILITY:-}" == 1 ]]; then
-  VARIANTS=(default terrace durable)
   S3S="$("$ROOT/scripts/s3-server.sh" </dev/null | tail -n 1)"
   S3_PORT="$(free_port)"
   mkdir -p "$WORK/s3/bench"
@@ -168,10 +256,39 @@ if [[ "${DURABILITY:-}" == 1 ]]; then
     --data-dir "$WORK/durable-data" --master "$DURABLE_MASTER"
   DURABLE_PID="${PIDS[-1]}"
 fi
+
+# BUSY: one core kept busy by another process while the variants run (the yardstick too).
+# start_burner <command...>: runs it in its own process group (setsid), which the exit trap ends,
+# and which ends itself within a second of this script's end if that trap never ran (kill -9).
+start_burner() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  setsid bash -c '"$@" & c=$!; trap "kill -TERM $c; wait $c; exit 0" TERM
+    while kill -0 "$0" 2>/dev/null; do sleep 1; done; kill -TERM -- "-$$"' \
+    "$$" "$@" </dev/null >"$WORK/burner.log" 2>&1 &
+  BURNER="$!"
+}
+BUSY_NOTE=""
+if [[ "${BUSY:-0}" != 0 ]]; then
+  if [[ "$BUSY" == 1 ]] && ! command -v stress-ng >/dev/null && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    log "BUSY=1: installing stress-ng (apt-get install -y stress-ng)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stress-ng </dev/null >"$WORK/apt.log" 2>&1 \
+      || log "could not install stress-ng (see $WORK/apt.log); a bash busy loop stands in"
+  fi
+  if [[ "$BUSY" == 1 ]] && command -v stress-ng >/dev/null; then
+    start_burner stress-ng --cpu 1 --cpu-load 100
+    BUSY_NOTE="one core kept busy by stress-ng --cpu 1 (stress-ng $(stress-ng --version 2>/dev/null | awk '{ print $3; exit }'))"
+  else
+    start_burner bash -c 'while :; do :; done'
+    BUSY_NOTE="one core kept busy by a bash busy loop ($([[ "$BUSY" == loop ]] && echo BUSY=loop || echo "no stress-ng"))"
+  fi
+  log "BUSY=$BUSY: $BUSY_NOTE, process group $BURNER"
+fi
+
 # The variants take turns, round by round, so that a machine that slows down or speeds up during
 # the benchmark (it is shared) weighs on all three alike. The idle Terrace services cost nothing
 # meanwhile.
 TERRACE_TIER=taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=dev.terrace.flink.TerraceTierFactory
+read -r -a EXTRA <<<"${TERRACE_EXTRA:-}"
 for r in $(seq "$ROUNDS"); do
   for v in "${VARIANTS[@]}"; do
     case $v in
@@ -179,17 +296,15 @@ for r in $(seq "$ROUNDS"); do
       remote) measure_once remote "$r" \
         taskmanager.network.hybrid-shuffle.external-remote-tier-factory.class=org.apache.flink.runtime.io.network.partition.hybrid.tiered.tier.remote.RemoteTierFactory \
         "taskmanager.network.hybrid-shuffle.remote.path=file://$WORK/remote" ;;
-      # shellcheck disable=SC2086
-      terrace) measure_once terrace "$r" "$TERRACE_TIER" "terrace.master.address=$MASTER" ${TERRACE_EXTRA:-} ;;
-      # shellcheck disable=SC2086
-      durable) measure_once durable "$r" "$TERRACE_TIER" "terrace.master.address=$DURABLE_MASTER" ${TERRACE_EXTRA:-} ;;
+      terrace) measure_once terrace "$r" "$TERRACE_TIER" "terrace.master.address=$MASTER" "${EXTRA[@]}" ;;
+      durable) measure_once durable "$r" "$TERRACE_TIER" "terrace.master.address=$DURABLE_MASTER" "${EXTRA[@]}" ;;
     esac
   done
 done
 for v in "${VARIANTS[@]}"; do
-  JOB_S[$v]="$(printf '%s\n' ${RUN_JOB[$v]} | median)"
-  PROC[$v]="$(printf '%s\n' ${RUN_PROC[$v]} | median)"
-  WCPU[$v]="$(printf '%s\n' ${RUN_CPU[$v]} | median)"
+  JOB_S[$v]="$(printf '%s' "${RUN_JOB[$v]}" | median)"
+  PROC[$v]="$(printf '%s' "${RUN_PROC[$v]}" | median)"
+  WCPU[$v]="$(printf '%s' "${RUN_CPU[$v]}" | median)"
 done
 STATUS="$("$TERRACE" status --master "$MASTER" --json)"
 PUSHED="$(echo "$STATUS" | sed -n 's/.*"bytes_pushed": \([0-9]*\).*/\1/p' | head -n 1)"
@@ -213,23 +328,20 @@ fi
 rm -f "$WORK/raw.bin"
 RAW_W="$(calc "$w1 - $w0")"; RAW_R="$(calc "$r1 - $r0")"
 
-ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
 echo
+busy=""
+if [[ -n "$BUSY_NOTE" ]]; then busy="; machine busy: $BUSY_NOTE"; fi
 case "$JOB" in
-  keyed) echo "Flink 1.20.3 KeyedAggregationJob: parallelism $P, $N records x $S B payload (~$(calc "$N * ($S + 40) / 1073741824") GiB through shuffle 1), median of $ROUNDS" ;;
-  shuffle-heavy) echo "Flink 1.20.3 ShuffleHeavyJob: parallelism $P, $N records x $S B (~$(calc "$N * $S / 1073741824") GiB through the shuffle, about half incompressible), median of $ROUNDS" ;;
+  keyed) echo "Flink 1.20.3 KeyedAggregationJob: parallelism $P, $N records x $S B payload (~$(calc "$N * ($S + 40) / 1073741824") GiB through shuffle 1), median of $ROUNDS$busy" ;;
+  shuffle-heavy) echo "Flink 1.20.3 ShuffleHeavyJob: parallelism $P, $N records x $S B (~$(calc "$N * $S / 1073741824") GiB through the shuffle, about half incompressible), median of $ROUNDS$busy" ;;
+  bytes) echo "Flink 1.20.3 CompressibleBytesJob: parallelism $P -> $P, $N records x $S B (~$(calc "$N * $S / 1073741824") GiB through the shuffle, log lines, LZ4 ~3.7x), median of $ROUNDS$busy" ;;
+  two-shuffle) echo "Flink 1.20.3 TwoShuffleJob: parallelism $P, $N records x $S B (~$(calc "$N * $S / 1073741824") GiB through each of two shuffles, log lines, LZ4 ~3.2x), median of $ROUNDS$busy" ;;
+  sql) echo "Flink 1.20.3 SqlJoinAggregationJob (SQL, batch): parallelism $P, $N orders with $S-char notes, broadcast join with 1000 products, shuffled hash join with 200000 customers, two group-bys, median of $ROUNDS$busy" ;;
 esac
-BASE=remote; [[ "${DURABILITY:-}" == 1 ]] && BASE=terrace
 printf '%-40s %10s %10s %14s %14s %12s\n' variant "job s" "process s" "job/default" "job/$BASE" "worker cpu s"
 for v in "${VARIANTS[@]}"; do
-  case $v in
-    default) label="Flink default hybrid (memory+disk)";;
-    remote) label="Flink RemoteTierFactory (local dir)";;
-    terrace) label="Terrace (1 master + 1 worker)";;
-    durable) label="Terrace, durability = object-store";;
-  esac
   cpu="-"; [[ "$v" == terrace || "$v" == durable ]] && cpu="${WCPU[$v]}"
-  printf '%-40s %10.2f %10.2f %14s %14s %12s\n' "$label" "${JOB_S[$v]}" "${PROC[$v]}" \
+  printf '%-40s %10.2f %10.2f %14s %14s %12s\n' "$(label "$v")" "${JOB_S[$v]}" "${PROC[$v]}" \
     "$(ratio "${JOB_S[$v]}" "${JOB_S[default]}")" "$(ratio "${JOB_S[$v]}" "${JOB_S[$BASE]}")" "$cpu"
 done
 if [[ "${DURABILITY:-}" == 1 ]]; then
