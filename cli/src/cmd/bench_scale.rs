@@ -169,7 +169,7 @@ pub fn run(args: ScaleArgs, dir: &Path) -> anyhow::Result<()> {
         &cluster.master_address,
         args.memory_budget,
         args.write_on_push,
-        "[limits]\nmetadata_memory = \"4GiB\"\n",
+        "",
     )?;
     let factory = cluster.factory_for(&AgentConfig::default(), 1)?;
     let master = factory

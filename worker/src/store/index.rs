@@ -51,6 +51,9 @@ use terrace_tier_api::{JobId, PartitionId, PartitionKey, TierError, TierResult};
 
 use super::StoreError;
 
+mod frozen;
+use frozen::Frozen;
+
 const MAGIC: &[u8; 4] = b"TRIX";
 const VERSION_1: u32 = 1;
 const VERSION_2: u32 = 2;
@@ -120,12 +123,6 @@ pub struct SubpartitionIndex {
 }
 
 impl SubpartitionIndex {
-    /// The segment with id `segment`, if this part holds it.
-    fn segment(&self, segment: u32) -> Option<&SegmentIndex> {
-        let at = segment.checked_sub(self.first_segment)?;
-        self.segments.get(at as usize)
-    }
-
     /// The id the next new segment gets.
     pub fn next_segment(&self) -> u32 {
         self.first_segment + self.segments.len() as u32
@@ -219,7 +216,12 @@ pub struct PartitionIndex {
     pub broadcast_only: bool,
     /// The stored subpartitions that have data, by number: an index costs
     /// memory for what was written, not for the subpartitions declared.
-    pub subs: std::collections::BTreeMap<usize, SubpartitionIndex>,
+    /// Empty once the index is frozen.
+    subs: std::collections::BTreeMap<usize, SubpartitionIndex>,
+    /// The compact form, once the index is settled (sealed, nothing in
+    /// memory; see [`PartitionIndex::freeze_if_settled`]): it then holds
+    /// what `subs` held.
+    frozen: Option<Frozen>,
     /// Sealed: no segment will be added; readers past the end get `End`
     /// (or, with a forward pointer, a redirect).
     pub sealed: bool,
@@ -241,7 +243,7 @@ impl PartialEq for PartitionIndex {
     fn eq(&self, other: &Self) -> bool {
         self.num_subpartitions == other.num_subpartitions
             && self.broadcast_only == other.broadcast_only
-            && self.subs == other.subs
+            && *self.tree() == *other.tree()
             && self.sealed == other.sealed
             && self.continuation == other.continuation
             && self.relocated == other.relocated
@@ -257,6 +259,7 @@ impl PartitionIndex {
             num_subpartitions,
             broadcast_only,
             subs: std::collections::BTreeMap::new(),
+            frozen: None,
             sealed: false,
             continuation: false,
             relocated: false,
@@ -283,6 +286,14 @@ impl PartitionIndex {
     /// Subpartitions, segments and extents in the index: what its memory
     /// is charged for. Walks the index's segment lists (not its extents).
     pub fn size(&self) -> Growth {
+        if let Some(frozen) = &self.frozen {
+            let (subpartitions, segments, extents) = frozen.counts();
+            return Growth {
+                subpartitions,
+                segments,
+                extents,
+            };
+        }
         let mut size = Growth {
             subpartitions: self.subs.len() as u64,
             ..Growth::default()
@@ -345,6 +356,8 @@ impl PartitionIndex {
                 "sealed; no more pushes",
             ));
         }
+        // Only a sealed index is frozen; one unsealed by hand is thawed.
+        self.thaw();
         // Per subpartition touched: (last segment, closed) as the runs would leave it.
         let mut state: Vec<(usize, Option<(usize, bool)>)> = Vec::new();
         // Where each subpartition's entry in `state` is (pushes may carry
@@ -412,7 +425,8 @@ impl PartitionIndex {
                 .entry(run.sub)
                 .or_insert_with(|| SubpartitionIndex {
                     first_segment: run.segment as u32,
-                    segments: Vec::new(),
+                    // Most subpartitions of a partition get one segment.
+                    segments: Vec::with_capacity(1),
                 });
             let at = run.segment - sub.first_segment as usize;
             let segments = &mut sub.segments;
@@ -443,6 +457,19 @@ impl PartitionIndex {
 
     /// Points the extent at `at` to a new location (after a flush or a migration).
     pub fn relocate(&mut self, at: ExtentRef, location: Location) {
+        if let Some(frozen) = &mut self.frozen {
+            let Some(slot) = frozen.slot_of(at.sub, at.segment, at.extent) else {
+                return;
+            };
+            let (len, old) = frozen.at(slot);
+            if frozen.set(slot, &location) {
+                self.totals.sub(old.tier(), u64::from(len));
+                self.totals.add(location.tier(), u64::from(len));
+                return;
+            }
+            // Somewhere the compact form cannot say (never done to a sealed index).
+            self.thaw();
+        }
         if let Some(extent) = self
             .subs
             .get_mut(&at.sub)
@@ -472,21 +499,83 @@ impl PartitionIndex {
     }
 
     /// Every extent with where it is, in (subpartition, segment, write) order.
-    pub fn extents(&self) -> impl Iterator<Item = (ExtentRef, &Extent)> {
-        self.subs.iter().flat_map(|(&sub, s)| {
-            s.segments.iter().enumerate().flat_map(move |(segment, g)| {
-                g.extents.iter().enumerate().map(move |(extent, e)| {
+    pub fn extents(&self) -> impl Iterator<Item = (ExtentRef, Extent)> + '_ {
+        self.sub_views().flat_map(|(sub, view)| {
+            (0..view.num_segments()).flat_map(move |segment| {
+                (0..view.num_extents(segment)).map(move |extent| {
                     (
                         ExtentRef {
                             sub,
                             segment,
                             extent,
                         },
-                        e,
+                        view.extent(segment, extent),
                     )
                 })
             })
         })
+    }
+
+    /// Switches the index to its compact form if it is settled: sealed,
+    /// with no extent in memory. Returns whether it switched now. A frozen
+    /// index reads and relocates as before; only appends (refused once
+    /// sealed) need the tree form.
+    pub fn freeze_if_settled(&mut self) -> bool {
+        if self.frozen.is_some() || !self.sealed || self.totals.memory != 0 {
+            return false;
+        }
+        match Frozen::of(&self.subs) {
+            Some(frozen) => {
+                self.frozen = Some(frozen);
+                self.subs = std::collections::BTreeMap::new();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the index is in its compact form.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.is_some()
+    }
+
+    /// Bytes the compact form's arrays take (0 in the tree form).
+    pub fn frozen_bytes(&self) -> u64 {
+        self.frozen.as_ref().map_or(0, Frozen::bytes)
+    }
+
+    /// Back to the tree form.
+    fn thaw(&mut self) {
+        if let Some(frozen) = self.frozen.take() {
+            self.subs = frozen.thaw();
+        }
+    }
+
+    /// The tree form's map, built from the compact form when frozen.
+    fn tree(&self) -> std::borrow::Cow<'_, std::collections::BTreeMap<usize, SubpartitionIndex>> {
+        match &self.frozen {
+            Some(frozen) => std::borrow::Cow::Owned(frozen.thaw()),
+            None => std::borrow::Cow::Borrowed(&self.subs),
+        }
+    }
+
+    /// Stored subpartition `number`, if it has data.
+    fn sub(&self, number: usize) -> Option<SubView<'_>> {
+        match &self.frozen {
+            Some(frozen) => frozen.find(number).map(|slot| SubView::Flat(frozen, slot)),
+            None => self.subs.get(&number).map(SubView::Tree),
+        }
+    }
+
+    /// Every stored subpartition with data, by number.
+    fn sub_views(&self) -> Box<dyn Iterator<Item = (usize, SubView<'_>)> + '_> {
+        match &self.frozen {
+            Some(frozen) => Box::new(
+                (0..frozen.len())
+                    .map(move |slot| (frozen.number(slot), SubView::Flat(frozen, slot))),
+            ),
+            None => Box::new(self.subs.iter().map(|(&n, s)| (n, SubView::Tree(s)))),
+        }
     }
 
     /// Where `subpartition`'s data is stored: a broadcast-only partition
@@ -513,11 +602,10 @@ impl PartitionIndex {
     /// broadcast-only partition's one stored copy is every subpartition's.
     pub fn subpartition_bytes(&self) -> Vec<u64> {
         let bytes = |sub: usize| -> u64 {
-            self.subs.get(&sub).map_or(0, |s| {
-                s.segments
-                    .iter()
-                    .flat_map(|g| &g.extents)
-                    .map(|e| u64::from(e.len))
+            self.sub(sub).map_or(0, |view| {
+                (0..view.num_segments())
+                    .flat_map(|g| (0..view.num_extents(g)).map(move |e| (g, e)))
+                    .map(|(g, e)| u64::from(view.len(g, e)))
                     .sum()
             })
         };
@@ -542,7 +630,10 @@ impl PartitionIndex {
         max_bytes: usize,
     ) -> NextRead {
         let sub = self.stored_sub(subpartition);
-        let Some(seg) = self.subs.get(&sub).and_then(|s| s.segment(segment)) else {
+        let found = self
+            .sub(sub)
+            .and_then(|view| Some((view, view.segment_at(segment)?)));
+        let Some((view, seg)) = found else {
             return match &self.forward {
                 Some(next) if self.sealed && !self.precedes(sub, segment) => {
                     NextRead::Redirect(next.clone())
@@ -551,19 +642,21 @@ impl PartitionIndex {
                 _ => NextRead::Wait,
             };
         };
-        if position < seg.extents.len() {
+        let num_extents = view.num_extents(seg);
+        if position < num_extents {
             let mut out = Vec::new();
             let mut bytes = 0usize;
-            for extent in &seg.extents[position..] {
-                if !out.is_empty() && bytes + extent.len as usize > max_bytes {
+            for k in position..num_extents {
+                let len = view.len(seg, k) as usize;
+                if !out.is_empty() && bytes + len > max_bytes {
                     break;
                 }
-                bytes += extent.len as usize;
-                out.push(extent.clone());
+                bytes += len;
+                out.push(view.extent(seg, k));
             }
             return NextRead::Extents(out);
         }
-        if seg.closed {
+        if view.closed(seg) {
             NextRead::SegmentDone
         } else if self.sealed {
             NextRead::End
@@ -577,9 +670,8 @@ impl PartitionIndex {
     /// Whether `segment` of stored subpartition `sub` comes before this
     /// part's first (a continuation part never holds those).
     fn precedes(&self, sub: usize, segment: u32) -> bool {
-        self.subs
-            .get(&sub)
-            .is_some_and(|s| segment < s.first_segment)
+        self.sub(sub)
+            .is_some_and(|view| segment < view.first_segment())
     }
 
     /// The object range a reader of `subpartition` at extent `position` of
@@ -595,13 +687,12 @@ impl PartitionIndex {
         max_bytes: u64,
     ) -> Option<(u32, std::ops::Range<u64>)> {
         let sub = self.stored_sub(subpartition);
-        let sub_index = self.subs.get(&sub)?;
-        let at = segment.checked_sub(sub_index.first_segment)? as usize;
-        let segments = sub_index.segments.get(at..)?;
-        let mut extents = segments
-            .iter()
-            .enumerate()
-            .flat_map(|(i, g)| g.extents.iter().skip(if i == 0 { position } else { 0 }));
+        let view = self.sub(sub)?;
+        let at = view.segment_at(segment)?;
+        let mut extents = (at..view.num_segments()).flat_map(|g| {
+            let skip = if g == at { position } else { 0 };
+            (skip..view.num_extents(g)).map(move |k| view.extent(g, k))
+        });
         let first = extents.next()?;
         let Location::Object { object, offset } = first.location else {
             return None;
@@ -622,6 +713,63 @@ impl PartitionIndex {
             }
         }
         Some((object, offset..end))
+    }
+}
+
+/// One stored subpartition with data, in either form of the index.
+#[derive(Clone, Copy)]
+enum SubView<'a> {
+    Tree(&'a SubpartitionIndex),
+    Flat(&'a Frozen, usize),
+}
+
+impl SubView<'_> {
+    fn first_segment(self) -> u32 {
+        match self {
+            SubView::Tree(s) => s.first_segment,
+            SubView::Flat(f, slot) => f.first_segment(slot),
+        }
+    }
+
+    fn num_segments(self) -> usize {
+        match self {
+            SubView::Tree(s) => s.segments.len(),
+            SubView::Flat(f, slot) => f.num_segments(slot),
+        }
+    }
+
+    /// The position of the segment with id `segment`, if this part holds it.
+    fn segment_at(self, segment: u32) -> Option<usize> {
+        let at = segment.checked_sub(self.first_segment())? as usize;
+        (at < self.num_segments()).then_some(at)
+    }
+
+    fn closed(self, segment: usize) -> bool {
+        match self {
+            SubView::Tree(s) => s.segments[segment].closed,
+            SubView::Flat(f, slot) => f.closed(slot, segment),
+        }
+    }
+
+    fn num_extents(self, segment: usize) -> usize {
+        match self {
+            SubView::Tree(s) => s.segments[segment].extents.len(),
+            SubView::Flat(f, slot) => f.num_extents(slot, segment),
+        }
+    }
+
+    fn extent(self, segment: usize, extent: usize) -> Extent {
+        match self {
+            SubView::Tree(s) => s.segments[segment].extents[extent].clone(),
+            SubView::Flat(f, slot) => f.extent(slot, segment, extent),
+        }
+    }
+
+    fn len(self, segment: usize, extent: usize) -> u32 {
+        match self {
+            SubView::Tree(s) => s.segments[segment].extents[extent].len,
+            SubView::Flat(f, slot) => f.extent(slot, segment, extent).len,
+        }
     }
 }
 
@@ -735,7 +883,7 @@ impl PersistedIndex {
     /// that the tables list.
     pub fn encode(&self) -> TierResult<Bytes> {
         let mut out = BytesMut::with_capacity(
-            128 + self.index.stored_subpartitions() * 4 + self.index.subs.len() * 16,
+            128 + self.index.stored_subpartitions() * 4 + self.index.size().extents as usize * 25,
         );
         out.put_slice(MAGIC);
         out.put_u32_le(VERSION);
@@ -758,15 +906,18 @@ impl PersistedIndex {
         put_blobs(&mut out, &self.files);
         put_bytes(&mut out, self.object_prefix.as_bytes());
         put_blobs(&mut out, &self.objects);
-        let empty = SubpartitionIndex::default();
         for number in 0..self.index.stored_subpartitions() {
-            let sub = self.index.subs.get(&number).unwrap_or(&empty);
-            out.put_u32_le(sub.first_segment);
-            out.put_u32_le(sub.segments.len() as u32);
-            for segment in &sub.segments {
-                out.put_u8(u8::from(segment.closed));
-                out.put_u32_le(segment.extents.len() as u32);
-                for extent in &segment.extents {
+            let Some(sub) = self.index.sub(number) else {
+                out.put_u32_le(0);
+                out.put_u32_le(0);
+                continue;
+            };
+            out.put_u32_le(sub.first_segment());
+            out.put_u32_le(sub.num_segments() as u32);
+            for segment in 0..sub.num_segments() {
+                out.put_u8(u8::from(sub.closed(segment)));
+                out.put_u32_le(sub.num_extents(segment) as u32);
+                for extent in (0..sub.num_extents(segment)).map(|k| sub.extent(segment, k)) {
                     let (kind, id, offset) = match extent.location {
                         Location::Local { file, offset } => (KIND_LOCAL, file, offset),
                         Location::Object { object, offset } => (KIND_OBJECT, object, offset),

@@ -31,6 +31,10 @@ pub mod cost {
     /// An extent (twice its size for spare capacity, plus its entry in the
     /// list of extents waiting for a flush).
     pub const EXTENT: u64 = 192;
+    /// The same in a frozen (compact) index: exactly its array entries.
+    pub const FROZEN_SUBPARTITION: u64 = 12;
+    pub const FROZEN_SEGMENT: u64 = 4;
+    pub const FROZEN_EXTENT: u64 = 24;
     /// A read stream: its task, its state and its command queue's first block.
     pub const STREAM: u64 = 8192;
     /// A subpartition a read stream is asked for (its entry in the stream's map).

@@ -146,6 +146,97 @@ proptest! {
         }
     }
 
+    /// The compact form of a settled index reads, counts, relocates and
+    /// persists exactly as the tree form it came from; an index with an
+    /// extent in memory, or not sealed, is not frozen.
+    #[test]
+    fn a_frozen_index_behaves_as_its_tree_form(
+        pushes in proptest::collection::vec(
+            proptest::collection::vec((0usize..3, 0usize..4, any::<bool>(), 1usize..50), 1..4),
+            0..30,
+        ),
+        max_bytes in 1usize..200,
+        objects in any::<u64>(),
+        moves in any::<u64>(),
+    ) {
+        let mut index = PartitionIndex::new(3, false);
+        let mut tag = 1u8;
+        for push in pushes {
+            let runs: Vec<Run> = push.iter().map(|&(s, g, e, len)| {
+                tag = tag.wrapping_add(1).max(1);
+                run(s, g, len, e, tag)
+            }).collect();
+            let _ = index.append(&runs);
+        }
+        let placed: Vec<(ExtentRef, Extent)> = index.extents().collect();
+        prop_assert!(!index.freeze_if_settled(), "not sealed");
+        index.sealed = true;
+        if !placed.is_empty() {
+            prop_assert!(!index.freeze_if_settled(), "extents in memory");
+        }
+        // Flushed: each extent at the offset of its tag, so reads see the tags.
+        for (i, (at, extent)) in placed.iter().enumerate() {
+            let Location::Memory(bytes) = &extent.location else { unreachable!() };
+            let offset = u64::from(bytes[0]);
+            let location = if objects & (1 << (i % 64)) != 0 {
+                Location::Object { object: 1, offset }
+            } else {
+                Location::Local { file: 2, offset }
+            };
+            index.relocate(*at, location);
+        }
+        let mut tree = index.clone();
+        prop_assert!(index.freeze_if_settled());
+        prop_assert!(index.is_frozen() && !tree.is_frozen());
+        for round in 0..2 {
+            prop_assert_eq!(&index, &tree);
+            prop_assert_eq!(read_all(&index, 3, max_bytes), read_all(&tree, 3, max_bytes));
+            prop_assert_eq!(index.size(), tree.size());
+            prop_assert_eq!(index.totals(), tree.totals());
+            prop_assert_eq!(index.subpartition_bytes(), tree.subpartition_bytes());
+            let frozen_extents: Vec<(ExtentRef, Extent)> = index.extents().collect();
+            let tree_extents: Vec<(ExtentRef, Extent)> = tree.extents().collect();
+            prop_assert_eq!(frozen_extents, tree_extents);
+            for sub in 0..4u32 {
+                for segment in 0..5u32 {
+                    for position in 0..4usize {
+                        prop_assert_eq!(
+                            index.object_run(sub, segment, position, max_bytes as u64),
+                            tree.object_run(sub, segment, position, max_bytes as u64)
+                        );
+                        prop_assert_eq!(
+                            format!("{:?}", index.next_read(sub, segment, position, max_bytes)),
+                            format!("{:?}", tree.next_read(sub, segment, position, max_bytes))
+                        );
+                    }
+                }
+            }
+            let persisted = |index: &PartitionIndex| PersistedIndex {
+                key: key(),
+                generation: 3,
+                files: vec![Blob { id: 2, len: 1 << 20 }],
+                object_prefix: "p/".into(),
+                objects: vec![Blob { id: 1, len: 1 << 20 }, Blob { id: 5, len: 1 << 20 }],
+                index: index.clone(),
+            };
+            let encoded = persisted(&index).encode().expect("encode frozen");
+            prop_assert_eq!(&encoded, &persisted(&tree).encode().expect("encode tree"));
+            let back = PersistedIndex::decode(&encoded).expect("decode");
+            prop_assert_eq!(&back.index, &tree);
+            if round == 0 {
+                // A migration moves some extents: both forms alike.
+                for (i, (at, _)) in placed.iter().enumerate() {
+                    if moves & (1 << (i % 64)) != 0 {
+                        let location = Location::Object { object: 5, offset: (i * 3) as u64 % 250 };
+                        index.relocate(*at, location.clone());
+                        tree.relocate(*at, location);
+                    }
+                }
+                prop_assert!(index.is_frozen(), "a relocation keeps the compact form");
+            }
+        }
+    }
+
     /// Relocating extents changes where they are, never what a reader gets.
     #[test]
     fn relocation_keeps_reads(lens in proptest::collection::vec(1usize..100, 1..20), to_object in any::<u64>()) {

@@ -119,6 +119,20 @@ struct State {
 }
 
 impl State {
+    /// Marks the index sealed and, every extent being flushed by then,
+    /// moves it to its compact form, giving back the metadata charge the
+    /// tree form needed beyond it.
+    fn seal_index(&mut self) {
+        self.index.sealed = true;
+        let before = index_memory_cost(&self.index);
+        if self.index.freeze_if_settled() {
+            let after = index_memory_cost(&self.index);
+            if let Some(charge) = &mut self.charge {
+                charge.shrink(before.saturating_sub(after));
+            }
+        }
+    }
+
     /// A migration or compaction ended (`ok` or not): the partition may
     /// move again, at once after a success, after a doubling back-off
     /// (2 s up to 64 s) after failures.
@@ -269,6 +283,8 @@ impl Partition {
             state.object_prefix = Some(persisted.object_prefix).filter(|p: &String| !p.is_empty());
             state.generation = persisted.generation;
             state.index = persisted.index;
+            // Charged after this (metadata_cost), in the compact form.
+            state.index.freeze_if_settled();
             state.index_dir = Some(index_dir);
             if state.index.sealed {
                 state.phase = Phase::Sealed;
@@ -342,7 +358,7 @@ impl Partition {
     /// What the partition's state and index cost the metadata budget.
     pub fn metadata_cost(&self) -> u64 {
         let state = self.lock();
-        base_cost(&self.meta.key) + index_cost(state.index.size())
+        base_cost(&self.meta.key) + index_memory_cost(&state.index)
     }
 
     /// Whether this part is sealed, its stored bytes per subpartition, and
@@ -498,6 +514,18 @@ pub fn base_cost(key: &PartitionKey) -> u64 {
 /// The metadata an index of this size (or an append of this growth) costs.
 pub fn index_cost(g: Growth) -> u64 {
     g.subpartitions * cost::SUBPARTITION + g.segments * cost::SEGMENT + g.extents * cost::EXTENT
+}
+
+/// The metadata `index` costs in the form it is in.
+pub fn index_memory_cost(index: &PartitionIndex) -> u64 {
+    let g = index.size();
+    if index.is_frozen() {
+        g.subpartitions * cost::FROZEN_SUBPARTITION
+            + (g.segments + 1) * cost::FROZEN_SEGMENT
+            + g.extents * cost::FROZEN_EXTENT
+    } else {
+        index_cost(g)
+    }
 }
 
 /// `{dir}/{job}/{partition}.data` for file 0 (the name version 1 used),

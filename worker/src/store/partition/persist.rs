@@ -38,7 +38,7 @@ impl Partition {
                 let mut state = self.lock();
                 if matches!(state.phase, Phase::Sealing) {
                     state.phase = Phase::Sealed;
-                    state.index.sealed = true;
+                    state.seal_index();
                     state.sealed_at = Some(clock::now());
                     state.last_access = clock::now();
                 }
@@ -83,7 +83,7 @@ impl Partition {
         match stored {
             Ok(()) if matches!(state.phase, Phase::Sealing) => {
                 state.phase = Phase::Sealed;
-                state.index.sealed = true;
+                state.seal_index();
                 state.sealed_at = Some(clock::now());
                 state.last_access = clock::now();
             }
