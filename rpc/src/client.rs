@@ -309,6 +309,7 @@ impl Client {
             Arc::downgrade(&inner),
             FrameReader::new(read, options.max_frame_bytes),
             cancel,
+            Counted::open(addr),
         ));
         let client = Client { inner };
         // Servers refuse longer names; a name is for logs, so its tail may go.
@@ -637,6 +638,8 @@ async fn read_loop(
     inner: std::sync::Weak<Inner>,
     mut reader: FrameReader<BoxRead>,
     cancel: CancellationToken,
+    // Counted open until the loop ends: the connection is gone then.
+    _counted: Counted,
 ) {
     let failure = loop {
         let frame = tokio::select! {
@@ -831,4 +834,45 @@ pub async fn answers_handshake(address: &str, options: &ClientOptions, timeout: 
         Ok(Err(e)) => !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Closed),
         Err(_) => false,
     }
+}
+
+/// Client connections this process opened, by the address they went to:
+/// how many are open now and how many were ever opened (a benchmark's
+/// reading of what agents cost; see [`connections_to`]).
+static CONNECTIONS: Mutex<Option<std::collections::HashMap<String, (u64, u64)>>> = Mutex::new(None);
+
+/// Counts one open connection to an address for as long as it lives.
+struct Counted(String);
+
+impl Counted {
+    fn open(address: &str) -> Counted {
+        let mut map = CONNECTIONS.lock().expect("connections lock poisoned");
+        let entry = map
+            .get_or_insert_with(Default::default)
+            .entry(address.to_string())
+            .or_default();
+        entry.0 += 1;
+        entry.1 += 1;
+        Counted(address.to_string())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut map = CONNECTIONS.lock().expect("connections lock poisoned");
+        if let Some(entry) = map.as_mut().and_then(|m| m.get_mut(&self.0)) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
+    }
+}
+
+/// Client connections of this process to `address` (as it was dialled):
+/// open now, and opened since the process started.
+pub fn connections_to(address: &str) -> (u64, u64) {
+    CONNECTIONS
+        .lock()
+        .expect("connections lock poisoned")
+        .as_ref()
+        .and_then(|m| m.get(address).copied())
+        .unwrap_or_default()
 }

@@ -21,7 +21,7 @@ mod writer;
 pub use buffers::{BufferPool, PooledBuf, class_size, shared_pool};
 pub use client::{
     Client, ClientOptions, PendingCall, PendingReply, StreamEvent, StreamReceiver,
-    answers_handshake,
+    answers_handshake, connections_to,
 };
 pub use error::{AuthError, ConnectError, OpeningError, SecurityError};
 pub use listener::{Accepted, BoxRead, Meter, ServerOptions, ServerSpec, serve};

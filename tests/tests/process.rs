@@ -498,11 +498,17 @@ fn bench_scale_mode_reports_what_each_partition_subpartition_and_buffer_costs() 
             "{step}"
         );
         assert!(number("worker_rss_peak_bytes") > 1e6, "{step}");
+        assert!(number("concurrent_placements_per_second") > 0.0, "{step}");
         // Four tasks at a time, each agent with a connection of its own
         // today: a few at once (a closed agent's connection may linger until
-        // its close completes), never one per partition.
+        // its close completes), and at least one and at most one per task
+        // opened (counted exactly by the rpc layer).
         let at_once = number("connections_at_once_write").max(number("connections_at_once_read"));
-        assert!(at_once <= 8.0, "{step}");
+        assert!((1.0..=8.0).contains(&at_once), "{step}");
+        let opened_write = number("connections_opened_write");
+        let opened_read = number("connections_opened_read");
+        assert!((1.0..=p as f64).contains(&opened_write), "{step}");
+        assert!((1.0..=s as f64).contains(&opened_read), "{step}");
         // Every consumer task got data, after it started.
         assert!(number("consumer_first_buffer_ms_max") > 0.0, "{step}");
         assert!(

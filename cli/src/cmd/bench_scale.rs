@@ -9,17 +9,16 @@
 //! subpartition, the connections this process (the only agent process)
 //! holds to the worker, and each task's time to its first byte.
 
-use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use bytes::Bytes;
-use terrace_agents::TerraceTierFactory;
-use terrace_rpc::clock;
+use terrace_agents::{TerraceMasterAgent, TerraceTierFactory};
+use terrace_rpc::{clock, connections_to};
 use terrace_tier_api::{
     AgentConfig, ByteSize, ConsumerSpec, InputChannelId, JobId, PartitionId, ProducerSpec,
     ShuffleDescriptor, TierConsumerAgent, TierFactory, TierMasterAgent,
@@ -41,8 +40,8 @@ const MAX_SUBPARTITIONS: u32 = 10_000;
 const MAX_PAIRS: u64 = 10_000_000;
 const MAX_BUFFER: u64 = 1024 * 1024;
 const MAX_SLOTS: u32 = 256;
-/// How often the connections this process holds are counted.
-const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+/// How often the connections this process holds open are counted.
+const SAMPLE_EVERY: Duration = Duration::from_millis(5);
 /// The worker's resident memory may exceed its budget by this much plus
 /// [`BYTES_PER_PAIR`] per written (partition, subpartition) (the issue's bound).
 const RSS_ALLOWANCE: u64 = 64 * 1024 * 1024;
@@ -113,6 +112,9 @@ struct Step {
     /// Placing every partition, one call after another (as a job master does).
     place_seconds: f64,
     placements_per_second: f64,
+    /// The master's rate with `slots` callers at once (as many partitions
+    /// again, placed and released).
+    concurrent_placements_per_second: f64,
     write_seconds: f64,
     read_seconds: f64,
     /// Write and read stage time over the buffers.
@@ -137,13 +139,13 @@ struct Step {
     /// includes any growth of the worker's buffer pools).
     worker_bytes_per_partition: f64,
     worker_bytes_per_written_subpartition: f64,
-    /// Connections this process held to the worker at once, at most
-    /// (counted every 20 ms), in each stage...
-    connections_at_once_write: usize,
-    connections_at_once_read: usize,
-    /// ...and how many different ones were seen over the step (a lower
-    /// bound: one opened and closed between two counts is missed).
-    connections_seen: usize,
+    /// Connections this process held open to the worker at once, at most
+    /// (counted every 5 ms), in each stage...
+    connections_at_once_write: u64,
+    connections_at_once_read: u64,
+    /// ...and how many it opened in each (exact: the rpc layer counts them).
+    connections_opened_write: u64,
+    connections_opened_read: u64,
     /// Producer tasks: from the task's start to its agent ready to write
     /// (connected, partition created), median and slowest, in ms.
     producer_setup_ms_median: f64,
@@ -231,9 +233,9 @@ fn print_text(report: &Report) {
         report.memory_budget_bytes as f64 / MIB
     );
     println!(
-        "  {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>7} {:>9} {:>9}",
+        "  {:>11} {:>14} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9}",
         "P x S",
-        "places/s",
+        "places/s 1/N",
         "us/buf",
         "wCPU us",
         "aCPU us",
@@ -247,9 +249,12 @@ fn print_text(report: &Report) {
     );
     for s in &report.steps {
         println!(
-            "  {:>11} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.0} {:>10.1} {:>10.0} {:>8} {:>7} {:>9.1} {:>9.1}",
+            "  {:>11} {:>14} {:>9.2} {:>9.2} {:>9.2} {:>9.0} {:>10.1} {:>10.0} {:>8} {:>9} {:>9.1} {:>9.1}",
             format!("{}x{}", s.producers, s.subpartitions),
-            s.placements_per_second,
+            format!(
+                "{:.0}/{:.0}",
+                s.placements_per_second, s.concurrent_placements_per_second
+            ),
             s.micros_per_buffer,
             s.worker_cpu_micros_per_buffer,
             s.agent_cpu_micros_per_buffer,
@@ -264,7 +269,7 @@ fn print_text(report: &Report) {
             format!(
                 "{}/{}",
                 s.connections_at_once_write.max(s.connections_at_once_read),
-                s.connections_seen
+                s.connections_opened_write + s.connections_opened_read
             ),
             s.producer_setup_ms_median,
             s.consumer_first_buffer_ms_median,
@@ -276,7 +281,7 @@ fn print_text(report: &Report) {
         report.agent_process_peak_rss_bytes as f64 / MIB
     );
     println!(
-        "  (us/buf: write and read stage time per buffer; wCPU/aCPU: worker's and this process's CPU per buffer; B/part, B/subpart: worker RSS growth per partition and per written subpartition; conns: most at once / seen)"
+        "  (places/s: one caller / as many callers as slots; us/buf: write and read stage time per buffer; wCPU/aCPU: worker's and this process's CPU per buffer; B/part, B/subpart: worker RSS growth per partition and per written subpartition; conns: most open at once / opened)"
     );
 }
 
@@ -284,7 +289,7 @@ fn print_text(report: &Report) {
 fn run_step(
     args: &ScaleArgs,
     factory: &TerraceTierFactory,
-    master: &dyn TierMasterAgent,
+    master: &TerraceMasterAgent,
     worker: &WorkerProcess,
     pool: &Pool,
     index: usize,
@@ -322,15 +327,30 @@ fn run_step(
         );
     }
     let place_seconds = clock::elapsed(start).as_secs_f64();
-    let port = worker_port(&descriptors)?;
+    // What the master sustains: as many callers as slots placing as many
+    // partitions again (nothing is written to them; released at once).
+    let probe_start = clock::now();
+    let probes = run_tasks(args.slots, producers, |p| {
+        let partition = PartitionId::new(format!("scale-{index}-probe-{p}").into_bytes())?;
+        master
+            .add_partition_and_get_shuffle_descriptor(&job, &partition, subpartitions)
+            .context("place a partition")
+    })?;
+    let concurrent_place_seconds = clock::elapsed(probe_start).as_secs_f64();
+    release_all(master, &probes)?;
+    let address = descriptors
+        .first()
+        .context("a step places at least one partition")?
+        .worker_address
+        .clone();
 
-    let sampler = Sampler::start(port);
+    let mut sampler = Sampler::start(&address);
     let write_start = clock::now();
     let setups = run_tasks(args.slots, producers, |p| {
         produce(factory, &descriptors, p, &params, pool)
     })?;
     let write_seconds = clock::elapsed(write_start).as_secs_f64();
-    let (connections_at_once_write, seen_write) = sampler.take();
+    let (connections_at_once_write, connections_opened_write) = sampler.take();
     let rss_sealed = rss(pid)?;
 
     let partitions: Vec<PartitionId> = descriptors
@@ -342,7 +362,7 @@ fn run_step(
         consume(factory, &descriptors, &partitions, s, &params, pool)
     })?;
     let read_seconds = clock::elapsed(read_start).as_secs_f64();
-    let (connections_at_once_read, seen_read) = sampler.stop();
+    let (connections_at_once_read, connections_opened_read) = sampler.stop();
     let verified: u64 = firsts.iter().map(|(bytes, _)| bytes).sum();
     verify(verified == params.payload_bytes(), || {
         format!(
@@ -374,6 +394,7 @@ fn run_step(
         payload_bytes: params.payload_bytes(),
         place_seconds,
         placements_per_second: f64::from(producers) / place_seconds.max(1e-9),
+        concurrent_placements_per_second: f64::from(producers) / concurrent_place_seconds.max(1e-9),
         write_seconds,
         read_seconds,
         micros_per_buffer: micros(write_seconds + read_seconds),
@@ -390,7 +411,8 @@ fn run_step(
         worker_bytes_per_written_subpartition: growth / buffers as f64,
         connections_at_once_write,
         connections_at_once_read,
-        connections_seen: seen_write.union(&seen_read).count(),
+        connections_opened_write,
+        connections_opened_read,
         producer_setup_ms_median: median(&mut setups),
         producer_setup_ms_max: setups.last().copied().unwrap_or_default(),
         consumer_first_buffer_ms_median: median(&mut first_buffers),
@@ -497,18 +519,6 @@ fn consume(
     Ok((verified, first.map(|at| at.duration_since(start))))
 }
 
-fn worker_port(descriptors: &[ShuffleDescriptor]) -> anyhow::Result<u16> {
-    let address = &descriptors
-        .first()
-        .context("a step places at least one partition")?
-        .worker_address;
-    let port = address
-        .rsplit_once(':')
-        .and_then(|(_, port)| port.parse().ok())
-        .with_context(|| format!("no port in the worker's address {address}"))?;
-    Ok(port)
-}
-
 /// The worker's resident memory now (`VmRSS`), in bytes.
 fn rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -527,28 +537,25 @@ fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
-/// Counts, every [`SAMPLE_EVERY`], the established TCP connections this
-/// process holds to a port, on a thread of its own.
+/// Watches, every [`SAMPLE_EVERY`], how many connections this process holds
+/// open to an address (the rpc layer counts them), on a thread of its own.
 struct Sampler {
+    address: String,
     stop: Arc<AtomicBool>,
-    most: Arc<AtomicUsize>,
-    seen: Arc<Mutex<BTreeSet<u16>>>,
+    most: Arc<AtomicU64>,
+    opened_before: u64,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Sampler {
-    fn start(port: u16) -> Sampler {
+    fn start(address: &str) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let most = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let most = Arc::new(AtomicU64::new(0));
         let thread = {
-            let (stop, most, seen) = (Arc::clone(&stop), Arc::clone(&most), Arc::clone(&seen));
+            let (stop, most, address) = (Arc::clone(&stop), Arc::clone(&most), address.to_string());
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok(ports) = connections_to(port) {
-                        most.fetch_max(ports.len(), Ordering::Relaxed);
-                        seen.lock().expect("seen lock").extend(ports);
-                    }
+                    most.fetch_max(connections_to(&address).0, Ordering::Relaxed);
                     // A sampling thread of a command-line benchmark.
                     #[allow(clippy::disallowed_methods)]
                     thread::sleep(SAMPLE_EVERY);
@@ -556,22 +563,25 @@ impl Sampler {
             })
         };
         Sampler {
+            address: address.to_string(),
             stop,
             most,
-            seen,
+            opened_before: connections_to(address).1,
             thread: Some(thread),
         }
     }
 
-    /// The most connections at once and those seen since the last take.
-    fn take(&self) -> (usize, BTreeSet<u16>) {
-        (
-            self.most.swap(0, Ordering::Relaxed),
-            std::mem::take(&mut *self.seen.lock().expect("seen lock")),
-        )
+    /// The most connections open at once since the last take, and how many
+    /// were opened.
+    fn take(&mut self) -> (u64, u64) {
+        let opened = connections_to(&self.address).1;
+        let most = self.most.swap(0, Ordering::Relaxed);
+        let new = opened - self.opened_before;
+        self.opened_before = opened;
+        (most, new)
     }
 
-    fn stop(mut self) -> (usize, BTreeSet<u16>) {
+    fn stop(mut self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -584,56 +594,6 @@ impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// The local ports of the established TCP connections this process holds
-/// to `port` on some address (its own sockets, matched by inode in
-/// `/proc/self/net/tcp`).
-fn connections_to(port: u16) -> anyhow::Result<Vec<u16>> {
-    let mut inodes = HashSet::new();
-    for entry in std::fs::read_dir("/proc/self/fd").context("list /proc/self/fd")? {
-        let Ok(target) = entry.and_then(|e| std::fs::read_link(e.path())) else {
-            continue;
-        };
-        if let Some(inode) = target
-            .to_str()
-            .and_then(|t| t.strip_prefix("socket:["))
-            .and_then(|t| t.strip_suffix(']'))
-            .and_then(|t| t.parse::<u64>().ok())
-        {
-            inodes.insert(inode);
-        }
-    }
-    let table = std::fs::read_to_string("/proc/self/net/tcp").context("read /proc/self/net/tcp")?;
-    Ok(parse_tcp_table(&table, port, &inodes))
-}
-
-/// From a `/proc/net/tcp` table: the local ports of established connections
-/// to remote `port` whose socket inode is in `inodes`.
-fn parse_tcp_table(table: &str, port: u16, inodes: &HashSet<u64>) -> Vec<u16> {
-    const ESTABLISHED: &str = "01";
-    let hex_port = |address: &str| {
-        address
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-    };
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (local, remote, state, inode) = (
-                fields.get(1)?,
-                fields.get(2)?,
-                fields.get(3)?,
-                fields.get(9)?,
-            );
-            let inode: u64 = inode.parse().ok()?;
-            (*state == ESTABLISHED && hex_port(remote)? == port && inodes.contains(&inode))
-                .then(|| hex_port(local))
-                .flatten()
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -661,18 +621,5 @@ mod tests {
         }
         let nine = ["1x1"; 9].join(",");
         assert!(parse_steps(&nine).is_err());
-    }
-
-    #[test]
-    fn the_tcp_table_yields_this_processs_established_connections_to_the_port() {
-        // Two connections to port 0x1F90 (8080): one ours, one not; one of
-        // ours to another port; one of ours in TIME_WAIT (06).
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-           0: 0100007F:A001 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 111 1 0 20 4 30 10 -1\n\
-           1: 0100007F:A002 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0 20 4 30 10 -1\n\
-           2: 0100007F:A003 0100007F:1F91 01 00000000:00000000 00:00000000 00000000     0        0 333 1 0 20 4 30 10 -1\n\
-           3: 0100007F:A004 0100007F:1F90 06 00000000:00000000 00:00000000 00000000     0        0 444 1 0 20 4 30 10 -1\n";
-        let ours: HashSet<u64> = [111, 333, 444].into_iter().collect();
-        assert_eq!(parse_tcp_table(table, 0x1F90, &ours), vec![0xA001]);
     }
 }
