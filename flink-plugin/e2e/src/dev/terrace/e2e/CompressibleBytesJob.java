@@ -1,15 +1,11 @@
 package dev.terrace.e2e;
 
-import org.apache.flink.api.common.RuntimeExecutionMode;
 import org.apache.flink.api.common.functions.Partitioner;
 import org.apache.flink.api.java.functions.KeySelector;
-import org.apache.flink.configuration.Configuration;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
-import java.util.Map;
 
 /**
  * A shuffle-heavy Flink batch job over compressible records: byte[] records of log lines (see
@@ -38,20 +34,8 @@ public final class CompressibleBytesJob {
         final int recordBytes = Integer.parseInt(args[2]);
         final Path output = Paths.get(args[3]);
         CompressibleRecords.checkSize(recordBytes);
-        Map<String, String> extra = JobSupport.keyValues(args, 4);
-        Configuration conf = new Configuration();
-        conf.setString("execution.runtime-mode", "BATCH");
-        for (Map.Entry<String, String> e : extra.entrySet()) {
-            conf.setString(e.getKey(), e.getValue());
-        }
-        System.out.println("flink config overrides: " + extra);
-
-        StreamExecutionEnvironment env =
-                StreamExecutionEnvironment.createLocalEnvironment(parallelism, conf);
-        env.setRuntimeMode(RuntimeExecutionMode.BATCH);
-        Path parts = Paths.get(output.toString() + ".parts");
-        JobSupport.deleteRecursively(parts);
-        Files.createDirectories(parts);
+        StreamExecutionEnvironment env = JobSupport.batchEnvironment(args, 4, parallelism);
+        Path parts = JobSupport.freshParts(output);
         // Parallelism set on each side so that the shuffle is parallelism -> parallelism whatever
         // the scheduler would derive, and the result has one line per consumer subtask.
         env.fromSequence(0, numRecords - 1)

@@ -1,11 +1,14 @@
 package dev.terrace.e2e;
 
+import org.apache.flink.api.common.RuntimeExecutionMode;
 import org.apache.flink.api.common.io.OutputFormat;
 import org.apache.flink.configuration.Configuration;
+import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.Paths;
 import java.util.LinkedHashMap;
 import java.util.Map;
 
@@ -23,6 +26,32 @@ final class JobSupport {
             extra.put(args[i].substring(0, eq).trim(), args[i].substring(eq + 1).trim());
         }
         return extra;
+    }
+
+    /**
+     * A local batch environment of {@code parallelism} whose configuration holds the {@code
+     * key=value} pairs of {@code args[from..]} (printed), in batch runtime mode.
+     */
+    static StreamExecutionEnvironment batchEnvironment(String[] args, int from, int parallelism) {
+        Map<String, String> extra = keyValues(args, from);
+        Configuration conf = new Configuration();
+        conf.setString("execution.runtime-mode", "BATCH");
+        for (Map.Entry<String, String> e : extra.entrySet()) {
+            conf.setString(e.getKey(), e.getValue());
+        }
+        System.out.println("flink config overrides: " + extra);
+        StreamExecutionEnvironment env =
+                StreamExecutionEnvironment.createLocalEnvironment(parallelism, conf);
+        env.setRuntimeMode(RuntimeExecutionMode.BATCH);
+        return env;
+    }
+
+    /** {@code <output>.parts}, emptied and created: where a job's subtasks write their parts. */
+    static Path freshParts(Path output) throws IOException {
+        Path parts = Paths.get(output.toString() + ".parts");
+        deleteRecursively(parts);
+        Files.createDirectories(parts);
+        return parts;
     }
 
     static void deleteRecursively(Path p) throws IOException {

@@ -1,10 +1,8 @@
 package dev.terrace.e2e;
 
-import org.apache.flink.api.common.RuntimeExecutionMode;
 import org.apache.flink.api.common.functions.MapFunction;
 import org.apache.flink.api.common.functions.Partitioner;
 import org.apache.flink.api.java.functions.KeySelector;
-import org.apache.flink.configuration.Configuration;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 
 import java.io.IOException;
@@ -16,7 +14,6 @@ import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
-import java.util.Map;
 
 /**
  * A shuffle-heavy Flink batch job with little CPU per record, for measuring what a shuffle
@@ -133,20 +130,8 @@ public final class ShuffleHeavyJob {
         if (recordBytes < 8) {
             throw new IllegalArgumentException("records hold at least their 8-byte id");
         }
-        Map<String, String> extra = JobSupport.keyValues(args, 4);
-        Configuration conf = new Configuration();
-        conf.setString("execution.runtime-mode", "BATCH");
-        for (Map.Entry<String, String> e : extra.entrySet()) {
-            conf.setString(e.getKey(), e.getValue());
-        }
-        System.out.println("flink config overrides: " + extra);
-
-        StreamExecutionEnvironment env =
-                StreamExecutionEnvironment.createLocalEnvironment(parallelism, conf);
-        env.setRuntimeMode(RuntimeExecutionMode.BATCH);
-        Path parts = Paths.get(output.toString() + ".parts");
-        JobSupport.deleteRecursively(parts);
-        Files.createDirectories(parts);
+        StreamExecutionEnvironment env = JobSupport.batchEnvironment(args, 4, parallelism);
+        Path parts = JobSupport.freshParts(output);
         env.fromSequence(0, numRecords - 1)
                 .name("generate")
                 .map(new MakeRecord(recordBytes))
