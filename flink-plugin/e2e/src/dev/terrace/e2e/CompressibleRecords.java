@@ -91,26 +91,12 @@ final class CompressibleRecords {
         return (int) Math.floorMod(mix(id ^ 0x10C5L), (long) (POOL - (size - HEADER) + 1));
     }
 
-    static long readLong(byte[] b, int at) {
-        long v = 0;
-        for (int i = 7; i >= 0; i--) {
-            v = (v << 8) | (b[at + i] & 0xFF);
-        }
-        return v;
-    }
-
-    static void writeLong(byte[] b, int at, long v) {
-        for (int i = 0; i < 8; i++) {
-            b[at + i] = (byte) (v >>> (8 * i));
-        }
-    }
-
     static long id(byte[] r) {
-        return readLong(r, 0);
+        return JobSupport.readLong(r, 0);
     }
 
     static long tag(byte[] r) {
-        return readLong(r, 8);
+        return JobSupport.readLong(r, 8);
     }
 
     /** Makes record {@code i}, tagged {@code mix(i ^ tagSalt)}. */
@@ -132,8 +118,8 @@ final class CompressibleRecords {
                 pool = pool();
             }
             byte[] r = new byte[size];
-            writeLong(r, 0, i);
-            writeLong(r, 8, mix(i ^ tagSalt));
+            JobSupport.writeLong(r, 0, i);
+            JobSupport.writeLong(r, 8, mix(i ^ tagSalt));
             System.arraycopy(pool, offset(i, size), r, HEADER, size - HEADER);
             return r;
         }

@@ -54,6 +54,22 @@ final class JobSupport {
         return parts;
     }
 
+    /** The little-endian long at {@code b[at..at + 8]}. */
+    static long readLong(byte[] b, int at) {
+        long v = 0;
+        for (int i = 7; i >= 0; i--) {
+            v = (v << 8) | (b[at + i] & 0xFF);
+        }
+        return v;
+    }
+
+    /** Writes {@code v} little-endian at {@code b[at..at + 8]}. */
+    static void writeLong(byte[] b, int at, long v) {
+        for (int i = 0; i < 8; i++) {
+            b[at + i] = (byte) (v >>> (8 * i));
+        }
+    }
+
     static void deleteRecursively(Path p) throws IOException {
         if (!Files.exists(p)) {
             return;

@@ -48,20 +48,6 @@ public final class ShuffleHeavyJob {
         return p;
     }
 
-    static long readLong(byte[] b, int at) {
-        long v = 0;
-        for (int i = 7; i >= 0; i--) {
-            v = (v << 8) | (b[at + i] & 0xFF);
-        }
-        return v;
-    }
-
-    static void writeLong(byte[] b, int at, long v) {
-        for (int i = 0; i < 8; i++) {
-            b[at + i] = (byte) (v >>> (8 * i));
-        }
-    }
-
     /** Record {@code i} of {@code size} bytes. */
     static final class MakeRecord implements MapFunction<Long, byte[]> {
         private static final long serialVersionUID = 1L;
@@ -78,7 +64,7 @@ public final class ShuffleHeavyJob {
                 pool = pool();
             }
             byte[] r = new byte[size];
-            writeLong(r, 0, i);
+            JobSupport.writeLong(r, 0, i);
             int random = Math.max(0, (size - 8) / 2);
             int offset = (int) Math.floorMod(i * 7919L, (long) (POOL - random));
             System.arraycopy(pool, offset, r, 8, random);
@@ -101,9 +87,9 @@ public final class ShuffleHeavyJob {
         @Override
         public void writeRecord(byte[] r) {
             count++;
-            sumOfIds += readLong(r, 0);
+            sumOfIds += JobSupport.readLong(r, 0);
             if (r.length >= 16) {
-                sumOfRandom += readLong(r, 8);
+                sumOfRandom += JobSupport.readLong(r, 8);
             }
         }
 
@@ -138,7 +124,7 @@ public final class ShuffleHeavyJob {
                 .name("make-records")
                 .partitionCustom(
                         (Partitioner<Long>) (id, n) -> (int) Math.floorMod(id, (long) n),
-                        (KeySelector<byte[], Long>) r -> readLong(r, 0))
+                        (KeySelector<byte[], Long>) r -> JobSupport.readLong(r, 0))
                 .writeUsingOutputFormat(new SumSink(parts.toString()))
                 .name("sum");
 

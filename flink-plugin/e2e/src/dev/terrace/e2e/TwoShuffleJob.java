@@ -61,7 +61,7 @@ public final class TwoShuffleJob {
             if (CompressibleRecords.tag(r) != CompressibleRecords.mix(id ^ TAG_SALT_1)) {
                 throw new IllegalStateException("record " + id + ": wrong stage-1 tag");
             }
-            CompressibleRecords.writeLong(r, 8, CompressibleRecords.mix(id ^ TAG_SALT_2));
+            JobSupport.writeLong(r, 8, CompressibleRecords.mix(id ^ TAG_SALT_2));
             return r;
         }
     }
